@@ -1,0 +1,201 @@
+"""Command line: ``configurator models | clusters | estimate | validate``.
+
+A thin layer over typed results: every command computes through the library and renders with
+``configurator.render``; ``--json`` prints the same objects. User errors (``InputError``) become one
+line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from configurator.errors import InputError
+from configurator.memory import RUNTIMES, estimate_memory
+from configurator.profiles import GIB, cluster_names, load_cluster, load_model, model_names, model_published
+from configurator.render import estimate_dict, memory_table
+from configurator.specs.job import JobSpec
+from configurator.specs.plan import check_plan, resolve_plan
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Pick and check LLM-training parallelism plans without a GPU.")
+console = Console()
+
+ModelOpt = Annotated[str, typer.Option("--model", help="Preset name (see `models`) or a Hugging Face config.json path.")]
+ClusterOpt = Annotated[str, typer.Option("--cluster", help="Preset name (see `clusters`) or a cluster profile JSON path.")]
+NumGpusOpt = Annotated[Optional[int], typer.Option("--num-gpus", help="Cluster size in GPUs (presets).")]
+NodesOpt = Annotated[Optional[int], typer.Option("--nodes", help="Cluster size in nodes (presets).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def _parse_layers(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise InputError("pipeline_layers", text, "must be comma-separated integers") from None
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """List the model presets."""
+    rows = []
+    for name in model_names():
+        spec = load_model(name)
+        published, source = model_published(name)
+        rows.append({"name": name, "layers": spec.num_layers, "hidden": spec.hidden_size,
+                     "total_params": spec.total_params, "active_params": spec.active_params,
+                     "experts": spec.num_experts, "attention": spec.attention, "source": source})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="Model presets")
+    for col in ("name", "layers", "hidden", "params (B)", "active (B)", "experts", "attention"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], str(r["layers"]), str(r["hidden"]), f"{r['total_params'] / 1e9:.2f}",
+                      f"{r['active_params'] / 1e9:.2f}", str(r["experts"] or "-"), r["attention"])
+    console.print(table)
+
+
+@app.command()
+def clusters(as_json: JsonOpt = False) -> None:
+    """List the cluster presets."""
+    rows = []
+    for name in cluster_names():
+        c = load_cluster(name)
+        rows.append({"name": name, "gpu": c.gpu.key, "gpu_memory_gib": round(c.gpu.memory_bytes / GIB, 2),
+                     "gpus_per_node": c.gpus_per_node, "nvlink_domain_gpus": c.nvlink_domain_gpus,
+                     "nvlink_GBps": c.intra_domain_link.bandwidth_Bps / 1e9,
+                     "scale_out_GBps_per_gpu": c.scale_out_link.bandwidth_Bps / 1e9,
+                     "description": c.description})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="Cluster presets")
+    for col in ("name", "gpu", "GiB", "GPUs/node", "NVLink domain", "NVLink GB/s", "scale-out GB/s/GPU"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["gpu"], f"{r['gpu_memory_gib']:.1f}", str(r["gpus_per_node"]),
+                      str(r["nvlink_domain_gpus"]), f"{r['nvlink_GBps']:g}", f"{r['scale_out_GBps_per_gpu']:g}")
+    console.print(table)
+
+
+@app.command()
+def estimate(
+    model: ModelOpt,
+    cluster: ClusterOpt,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")],
+    global_batch: Annotated[int, typer.Option("--global-batch", help="Sequences per optimizer step.")],
+    num_gpus: NumGpusOpt = None,
+    nodes: NodesOpt = None,
+    micro_batch: Annotated[int, typer.Option("--micro-batch", help="Sequences per micro-batch.")] = 1,
+    tp: Annotated[int, typer.Option("--tp", help="Tensor parallel degree.")] = 1,
+    pp: Annotated[int, typer.Option("--pp", help="Pipeline stages.")] = 1,
+    vpp: Annotated[int, typer.Option("--vpp", help="Virtual stages per pipeline rank (interleaved).")] = 1,
+    cp: Annotated[int, typer.Option("--cp", help="Context parallel degree.")] = 1,
+    ep: Annotated[int, typer.Option("--ep", help="Expert parallel degree.")] = 1,
+    etp: Annotated[int, typer.Option("--etp", help="Expert tensor parallel degree.")] = 1,
+    dp: Annotated[Optional[int], typer.Option("--dp", help="Data parallel degree (default: GPUs/(tp*pp*cp)).")] = None,
+    sp: Annotated[Optional[bool], typer.Option("--sp/--no-sp", help="Sequence parallel (default: on when tp > 1).")] = None,
+    sharding: Annotated[str, typer.Option("--sharding", help="none|zero1|zero2|zero3|distopt.")] = "distopt",
+    recompute: Annotated[str, typer.Option("--recompute", help="none|selective|full.")] = "none",
+    recompute_layers: Annotated[int, typer.Option("--recompute-layers", help="With full: layers per chunk recomputed (0 = all).")] = 0,
+    offload: Annotated[float, typer.Option("--offload", help="Optimizer CPU-offload fraction in [0, 1].")] = 0.0,
+    precision: Annotated[str, typer.Option("--precision", help="bf16|fp16|fp8|fp4.")] = "bf16",
+    pipeline_layers: Annotated[Optional[str], typer.Option("--pipeline-layers", help="Layers per virtual stage, e.g. 7,8,...,8,7 (default: even).")] = None,
+    runtime: Annotated[str, typer.Option("--runtime", help=f"Memory layout of the framework: {'|'.join(RUNTIMES)}.")] = "megatron",
+    as_json: JsonOpt = False,
+) -> None:
+    """Memory of one given plan, per pipeline stage, and whether it fits."""
+    spec = load_model(model)
+    hw = load_cluster(cluster, num_gpus=num_gpus, nodes=nodes)
+    job = JobSpec(global_batch=global_batch, seq_len=seq_len, precision=precision)
+    if not hw.gpu.supports(precision):
+        raise InputError("precision", precision, f"is not supported by {hw.gpu.key} ({hw.name})")
+    plan, chosen = resolve_plan(hw.num_gpus, tp=tp, pp=pp, cp=cp, dp=dp, sp=sp, vpp=vpp, ep=ep, etp=etp,
+                                sharding=sharding, recompute=recompute, recompute_num_layers=recompute_layers,
+                                micro_batch=micro_batch, offload=offload,
+                                pipeline_layers=_parse_layers(pipeline_layers))
+    check_plan(spec, job, plan, hw.num_gpus)
+    memory = estimate_memory(spec, hw, job, plan, runtime=runtime)
+    result = estimate_dict(spec, hw, job, plan, memory, chosen)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(f"[bold]{spec.name}[/bold] on {hw.num_gpus} x {hw.gpu.key} ({hw.name}), "
+                  f"seq {seq_len}, global batch {global_batch}, {precision}")
+    console.print(f"plan: {plan.describe()}  ({plan.num_microbatches(job)} micro-batches)")
+    for note in chosen:
+        console.print(f"  chosen: {note}")
+    console.print(memory_table(memory))
+    verdict = "[green]fits[/green]" if memory.fits else f"[red]does not fit[/red]: {memory.reason()}"
+    console.print(f"peak {memory.peak_bytes / GIB:.1f} GiB of {memory.capacity_bytes / GIB:.1f} GiB "
+                  f"(stage {memory.peak.stage}) - {verdict}")
+    if memory.host_peak_bytes:
+        console.print(f"host: offloaded optimizer {memory.host_peak_bytes / GIB:.1f} GiB per node of "
+                      f"{memory.host_capacity_bytes / GIB:.1f} GiB usable")
+
+
+@app.command()
+def validate(
+    runs: Annotated[Path, typer.Option("--runs", help="Runs CSV (INTERFACE.md columns).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write per-row predictions to this CSV.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Predict every row of a runs CSV and report the errors."""
+    from configurator.validate import summarize, validate_runs, write_predictions
+
+    if out is not None and out.exists() and not force:
+        raise InputError("out", str(out), "exists; pass --force to overwrite")
+    if out is not None and out.resolve() == runs.resolve():
+        raise InputError("out", str(out), "is the input file")
+    predictions = validate_runs(runs)
+    summary = summarize(predictions)
+    if out is not None:
+        write_predictions(predictions, out)
+    if as_json:
+        print(json.dumps(summary.as_dict(), indent=2))
+        return
+    d = summary.as_dict()
+    console.print(f"{summary.predicted} of {summary.rows} rows modelled "
+                  f"({summary.rows - summary.predicted} with a reason in `error`)")
+    mem = d["memory"]
+    console.print(f"memory: {mem['rows']} rows with a measurement, median |error| "
+                  f"{mem['median_abs_error_pct']}%, p90 {mem['p90_abs_error_pct']}%")
+    table = Table(title="Memory error by source")
+    table.add_column("source")
+    table.add_column("rows", justify="right")
+    table.add_column("median |err| %", justify="right")
+    for s in mem["by_source"]:
+        table.add_row(s["source"], str(s["rows"]), f"{s['median_abs_error_pct']:.1f}")
+    console.print(table)
+    fit = d["fit"]
+    console.print(f"fit: {fit['oom_predicted_not_fit']}/{fit['oom_rows']} OOM rows predicted not to fit; "
+                  f"{fit['ran_predicted_fit']}/{fit['ran_rows']} rows that ran predicted to fit "
+                  f"({fit['recompute_inferred_rows']} with recompute not stated, taken as the least that fits)")
+    if fit["wrong"]:
+        console.print(f"wrong fit predictions: {', '.join(fit['wrong'])}")
+    if out is not None:
+        console.print(f"predictions written to {out}")
+
+
+def main() -> None:
+    """Entry point: user errors are one line on stderr and exit 2 (typer's usage errors exit 2 too)."""
+    try:
+        app()
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,421 @@
+"""Per-rank, per-stage peak memory of a plan: ``estimate_memory(...) -> MemoryReport``.
+
+What is counted (bytes per GPU), for every pipeline stage:
+
+* **weights, grads, optimizer** - the stage's parameters (its layers' non-expert parameters over TP,
+  routed experts over EP x expert-TP, the embedding on the first stage, the LM head on the last) times
+  the runtime's bytes per parameter, sharded by the plan: ZeRO-1 / distributed optimizer shard the
+  optimizer over DP x CP (Megatron's distributed optimizer shards over the DP x CP group), ZeRO-2 also
+  the grads, ZeRO-3 also the weights (plus the unsharded layers in flight). Routed experts shard over
+  the expert-data-parallel group instead. An optimizer CPU-offload fraction ``f`` moves ``f`` of the
+  optimizer states (fp32 master weights + Adam moments) to host memory, which is reported and checked.
+* **activations** - per layer and micro-batch after Korthikanti et al. 2022 (Table 2) generalised to
+  GQA/MLA widths, SwiGLU, MoE top-k routing buffers, TP / sequence parallel / context parallel, with
+  flash attention (no s^2 score matrix is stored), times the micro-batches the schedule keeps in
+  flight on that stage (1F1B: ``min(pp - stage, m)``; interleaved: Megatron's warm-up count of
+  chunks). Full recompute keeps only each layer's input plus one layer's working set; selective
+  recompute keeps ``selective_keep_fraction`` (1.0 for Megatron: with flash attention its core-attention
+  recompute saves nothing more). The loss (logits) is counted once on the last stage.
+* **overhead** - allocator fragmentation (reserved - allocated, a fraction of allocated per runtime),
+  CUDA context and NCCL buffers (per GPU family); constants in ``profiles/memory.json``.
+
+Where we deliberately differ from Megatron-LM's ``theoretical_memory_usage.py`` (reproduced by
+``megatron_theoretical_memory`` below): it ignores CP, full recompute, MoE activations, offload, the
+real in-flight count of non-first stages and the SwiGLU's wider fc1 output; it always assumes the
+first stage is the peak. ``tests/test_memory.py`` checks both.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from configurator.errors import InputError
+from configurator.profiles import GIB, profiles_dir
+from configurator.specs.hardware import ClusterSpec
+from configurator.specs.job import JobSpec
+from configurator.specs.model import ModelSpec
+from configurator.specs.plan import Plan
+
+RUNTIMES: tuple[str, ...] = ("megatron", "nemo", "deepspeed", "fsdp", "llm-foundry")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Runtime:
+    """How a training framework lays out memory (one mechanism; constants in profiles/memory.json)."""
+
+    name: str
+    weight_bytes: float
+    """Bytes per parameter of the compute copy (bf16)."""
+    grad_bytes: float
+    """Bytes per parameter of gradient buffers (Megatron: fp32 main grads)."""
+    master_bytes: float
+    """Separate fp32 master copy (0 where the sharded fp32 parameter is the master: FSDP2)."""
+    adam_bytes: float
+    zero3_param_bytes: float
+    """Bytes per parameter of the sharded parameter under ZeRO-3 / FSDP."""
+    logit_bytes: float
+    """Bytes per logit element kept for the loss and its gradient."""
+    selective_keep_fraction: float
+    fragmentation: float
+    """(reserved - allocated) / allocated of the caching allocator at peak."""
+    pipe_buffers: int
+    """Stage-boundary activations kept per in-flight micro-batch (DeepSpeed's pipe buffers)."""
+    zero3_pp_unsharded: bool
+    """With pp > 1, ZeRO-3 keeps the stage's bf16 parameters and grads unsharded (torchtitan)."""
+
+    @property
+    def optimizer_bytes(self) -> float:
+        return self.master_bytes + self.adam_bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FamilyOverhead:
+    cuda_context_bytes: float
+    nccl_bytes: float
+
+
+@lru_cache(maxsize=None)
+def _constants() -> dict[str, Any]:
+    return json.loads((profiles_dir() / "memory.json").read_text())
+
+
+def load_runtime(name: str) -> Runtime:
+    table = _constants()["runtimes"]
+    if name not in table:
+        raise InputError("runtime", name, f"must be one of {', '.join(sorted(table))}")
+    fields = {k: v for k, v in table[name].items() if k != "source"}
+    return Runtime(name=name, **fields)
+
+
+def load_overhead(family: str) -> FamilyOverhead:
+    entry = _constants()["gpu_families"][family]
+    return FamilyOverhead(cuda_context_bytes=entry["cuda_context_GiB"] * GIB,
+                          nccl_bytes=entry["nccl_buffers_GiB"] * GIB)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StageMemory:
+    """One pipeline stage's rank; the parts add up to ``total_bytes``."""
+
+    stage: int
+    num_layers: int
+    params: int
+    """Parameters held by one rank of this stage (non-expert shard + expert shard)."""
+    weights_bytes: float
+    grads_bytes: float
+    optimizer_bytes: float
+    activations_bytes: float
+    fragmentation_bytes: float
+    context_bytes: float
+    """CUDA context + NCCL buffers: outside the PyTorch allocator."""
+    host_optimizer_bytes: float
+    """Offloaded optimizer states of this rank, in host memory."""
+    inflight_microbatches: float
+
+    @property
+    def allocated_bytes(self) -> float:
+        """What ``torch.cuda.max_memory_allocated`` would report."""
+        return self.weights_bytes + self.grads_bytes + self.optimizer_bytes + self.activations_bytes
+
+    @property
+    def reserved_bytes(self) -> float:
+        """What ``torch.cuda.max_memory_reserved`` would report."""
+        return self.allocated_bytes + self.fragmentation_bytes
+
+    @property
+    def total_bytes(self) -> float:
+        """Device memory in use, as nvidia-smi shows it; this must fit the GPU."""
+        return self.reserved_bytes + self.context_bytes
+
+    @property
+    def overhead_bytes(self) -> float:
+        return self.fragmentation_bytes + self.context_bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MemoryReport:
+    stages: tuple[StageMemory, ...]
+    capacity_bytes: float
+    host_capacity_bytes: float
+    host_peak_bytes: float
+    """Offloaded optimizer states of the busiest node (all its ranks)."""
+    runtime: str
+
+    @property
+    def peak(self) -> StageMemory:
+        return max(self.stages, key=lambda s: s.total_bytes)
+
+    @property
+    def peak_bytes(self) -> float:
+        return self.peak.total_bytes
+
+    @property
+    def fits_device(self) -> bool:
+        return self.peak_bytes <= self.capacity_bytes
+
+    @property
+    def fits_host(self) -> bool:
+        return self.host_peak_bytes <= self.host_capacity_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.fits_device and self.fits_host
+
+    def reason(self) -> str:
+        """Why it does not fit ('' when it does)."""
+        if not self.fits_device:
+            return (f"stage {self.peak.stage} needs {self.peak_bytes / GIB:.1f} GiB of "
+                    f"{self.capacity_bytes / GIB:.1f} GiB")
+        if not self.fits_host:
+            return (f"offloaded optimizer needs {self.host_peak_bytes / GIB:.1f} GiB of host memory per "
+                    f"node, {self.host_capacity_bytes / GIB:.1f} GiB available")
+        return ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """INTERFACE.md's ``memory`` object (GiB)."""
+        p = self.peak
+        return {
+            "peak_gib": round(p.total_bytes / GIB, 3),
+            "capacity_gib": round(self.capacity_bytes / GIB, 3),
+            "host_peak_gib": round(self.host_peak_bytes / GIB, 3),
+            "host_capacity_gib": round(self.host_capacity_bytes / GIB, 3),
+            "peak_stage": p.stage,
+            "allocated_gib": round(p.allocated_bytes / GIB, 3),
+            "reserved_gib": round(p.reserved_bytes / GIB, 3),
+            "breakdown_gib": {
+                "weights": round(p.weights_bytes / GIB, 3),
+                "grads": round(p.grads_bytes / GIB, 3),
+                "optimizer": round(p.optimizer_bytes / GIB, 3),
+                "activations": round(p.activations_bytes / GIB, 3),
+                "overhead": round(p.overhead_bytes / GIB, 3),
+            },
+            "per_stage_peak_gib": [round(s.total_bytes / GIB, 3) for s in self.stages],
+            "runtime": self.runtime,
+        }
+
+
+# ----- layers and parameters per stage ---------------------------------------------------------
+def stage_layer_indices(model: ModelSpec, plan: Plan) -> list[list[int]]:
+    """Global layer indices held by each pipeline rank.
+
+    As Megatron: virtual stage ``v`` (chunk ``v // pp`` of rank ``v % pp``) holds the next
+    ``virtual_stage_layers[v]`` layers in model order.
+    """
+    out: list[list[int]] = [[] for _ in range(plan.pp)]
+    start = 0
+    for v, n in enumerate(plan.virtual_stage_layers(model)):
+        out[v % plan.pp].extend(range(start, start + n))
+        start += n
+    return out
+
+
+def _stage_params(model: ModelSpec, plan: Plan, stage: int, layers: list[int]) -> tuple[float, float]:
+    """(non-expert, expert) parameters on one rank of ``stage``."""
+    dense = expert = 0.0
+    for i in layers:
+        d, e = model.layer_params(i)
+        dense += d
+        expert += e
+    vocab = model.padded_vocab_size(plan.tp)
+    if stage == 0:
+        dense += vocab * model.hidden_size + model.learned_position_embeddings * model.hidden_size
+    if stage == plan.pp - 1:
+        dense += model.norm_params
+        if not model.tied_embeddings or plan.pp > 1:
+            dense += vocab * model.hidden_size  # tied weights keep a copy on the last stage when pp > 1
+    return dense / plan.tp, expert / (plan.ep * plan.etp)
+
+
+# ----- activations -----------------------------------------------------------------------------
+def layer_activation_bytes(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> float:
+    """Bytes one layer keeps for backward for one micro-batch, nothing recomputed.
+
+    Korthikanti et al. 2022 count 34*s*b*h bytes for a GPT layer without the attention-score terms
+    (flash attention stores none): LayerNorm inputs 4sbh, QKV input 2sbh, Q,K,V 6sbh, projection input
+    2sbh, fc1 input 2sbh, GELU in/out 16sbh, two dropout masks 2sbh. Parts before a TP split are
+    divided by tp only with sequence parallelism; the rest always by tp.
+    """
+    h = model.hidden_size
+    tokens = job.seq_len / plan.cp * plan.micro_batch
+    sp_div = plan.tp if plan.sp else 1
+    tp = plan.tp
+    drop = 1 if model.dropout else 0
+    # GEMM inputs saved for the weight gradient: bf16, or an fp8 copy under fp8/fp4 training
+    # (Transformer Engine keeps the quantised input, not the bf16 one).
+    gin = 1 if job.precision in ("fp8", "fp4") else 2
+    # Replicated over TP (split only by SP): two norm inputs, the attention and MLP GEMM inputs,
+    # dropout masks.
+    repl = 2 * h * 2 + gin * h + gin * h + 2 * drop * h
+    if model.attention == "mla":
+        qk = model.num_attention_heads * (model.qk_nope_head_dim + model.qk_rope_head_dim)
+        v = model.num_attention_heads * model.v_head_dim
+        q_in, kv_in, attn_out = qk, qk, v  # q, k (2 x qk) and v saved by flash attention
+        split = 2 * (2 * qk + v)
+        repl += 2 * 2 * (model.q_lora_rank + model.kv_lora_rank) + 2 * model.qk_rope_head_dim
+    else:
+        q = model.num_attention_heads * model.kv_channels
+        kv = model.num_kv_heads * model.kv_channels
+        attn_out = q
+        split = 2 * (q + 2 * kv)
+    # Flash attention saves its output (bf16); the projection's input is that tensor in bf16, or an
+    # extra fp8 copy; plus the fp32 softmax statistics.
+    split += 2 * attn_out + (gin * attn_out if gin == 1 else 0) + 4 * model.num_attention_heads
+    # MLP: SwiGLU keeps its fc1 output (2f wide, bf16) and fc2's input; GELU its input and output.
+    act_bytes_per_f = (4 + gin) if model.mlp == "swiglu" else (2 + gin)
+    if model.layer_is_moe(index):
+        k = model.moe_topk
+        shared = model.shared_expert_ffn_hidden_size or model.num_shared_experts * model.moe_ffn_hidden_size
+        split += act_bytes_per_f * shared
+        repl += 2 * 4 * model.num_experts  # router logits and probabilities (fp32)
+        # Routed (alltoall dispatcher): each local token reaches k experts; per (token, expert) pair
+        # the expert's fc1 input (gathered over expert-TP), its activation over moe_ffn/etp, and the
+        # expert output kept by the probability-weighted unpermute.
+        routed = k * (gin * h * plan.etp + act_bytes_per_f * model.moe_ffn_hidden_size + 2 * h * plan.etp)
+        return tokens * (repl / sp_div + split / tp + routed / sp_div)
+    split += act_bytes_per_f * model.ffn_hidden_size
+    return tokens * (repl / sp_div + split / tp)
+
+
+def layer_input_bytes(model: ModelSpec, job: JobSpec, plan: Plan) -> float:
+    """What full recompute keeps per layer: its input (bf16), split by SP."""
+    tokens = job.seq_len / plan.cp * plan.micro_batch
+    return tokens * 2 * model.hidden_size / (plan.tp if plan.sp else 1)
+
+
+def inflight_chunks(plan: Plan, stage: int, num_microbatches: int) -> float:
+    """Micro-batch x model-chunk activations held at once by ``stage`` (in units of whole stages).
+
+    1F1B: stage s warms up with pp - s - 1 forwards, then holds one more: min(pp - s, m).
+    Interleaved: Megatron's warm-up is (pp - s - 1) * 2 + (vpp - 1) * pp chunks (+1), each chunk
+    1/vpp of the stage; for the first stage that is pp * (1 + (pp - 1) / (pp * vpp)) stages' worth.
+    """
+    if plan.vpp == 1:
+        return float(min(plan.pp - stage, num_microbatches))
+    chunks = min((plan.pp - stage - 1) * 2 + (plan.vpp - 1) * plan.pp + 1, num_microbatches * plan.vpp)
+    return chunks / plan.vpp
+
+
+def _stage_activations(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, stage: int,
+                       layers: list[int], inflight: float) -> float:
+    if not layers:
+        per_stage = 0.0
+        working = 0.0
+    else:
+        full = [layer_activation_bytes(model, job, plan, i) for i in layers]
+        if plan.recompute == "full":
+            chunk_layers = len(layers) / plan.vpp
+            recomputed = plan.recompute_num_layers or chunk_layers
+            frac = min(1.0, recomputed / chunk_layers)
+            kept_input = layer_input_bytes(model, job, plan)
+            per_stage = sum(frac * kept_input + (1 - frac) * f for f in full)
+            working = max(full)  # one recomputed layer's activations during its backward
+        else:
+            keep = rt.selective_keep_fraction if plan.recompute == "selective" else 1.0
+            per_stage = keep * sum(full)
+            working = 0.0
+    tokens = job.seq_len / plan.cp * plan.micro_batch
+    act = inflight * (per_stage + rt.pipe_buffers * layer_input_bytes(model, job, plan)) + working
+    if stage == 0:
+        act += inflight * tokens * 8  # token ids and position ids (int64)
+    if stage == plan.pp - 1:
+        vocab = model.padded_vocab_size(plan.tp)
+        act += tokens * (2 * model.hidden_size / (plan.tp if plan.sp else 1) + rt.logit_bytes * vocab / plan.tp)
+    return act
+
+
+# ----- the estimator -----------------------------------------------------------------------------
+def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan, *,
+                    runtime: str | Runtime = "megatron") -> MemoryReport:
+    """Peak memory of every pipeline stage's rank. Pure; assumes ``plan`` is legal."""
+    rt = runtime if isinstance(runtime, Runtime) else load_runtime(runtime)
+    overhead = load_overhead(cluster.gpu.family)
+    m = max(1, plan.num_microbatches(job))
+    dense_group = plan.dp * plan.cp
+    expert_group = plan.expert_dp
+    stages = []
+    for s, layers in enumerate(stage_layer_indices(model, plan)):
+        dense, expert = _stage_params(model, plan, s, layers)
+        weights = grads = optim = 0.0
+        for params, group in ((dense, dense_group), (expert, expert_group)):
+            w_b, g_b, o_b = rt.weight_bytes, rt.grad_bytes, rt.optimizer_bytes
+            if plan.sharding in ("zero1", "distopt", "zero2", "zero3"):
+                o_b /= group
+            if plan.sharding in ("zero2", "zero3"):
+                g_b /= group
+            if plan.sharding == "zero3":
+                w_b = rt.zero3_param_bytes / group
+            weights += params * w_b
+            grads += params * g_b
+            optim += params * o_b
+        if plan.sharding == "zero3":
+            # Unsharded working set: two gathered layers (current + prefetch) in bf16 and one layer's
+            # unsharded fp32 gradient before its reduce-scatter; the embedding/head gathered likewise.
+            per_layer = [sum(model.layer_params(i)) / plan.tp for i in layers] or [0]
+            biggest = max(per_layer)
+            if s in (0, plan.pp - 1):
+                biggest = max(biggest, model.padded_vocab_size(plan.tp) * model.hidden_size / plan.tp)
+            weights += 2 * 2 * biggest
+            grads += 4 * biggest
+            if plan.pp > 1 and rt.zero3_pp_unsharded:
+                weights += 2 * (dense + expert)
+                grads += 2 * (dense + expert)
+        host = optim * plan.offload
+        optim -= host
+        inflight = inflight_chunks(plan, s, m)
+        act = _stage_activations(model, job, plan, rt, s, layers, inflight)
+        allocated = weights + grads + optim + act
+        stages.append(StageMemory(
+            stage=s, num_layers=len(layers), params=int(dense + expert), weights_bytes=weights,
+            grads_bytes=grads, optimizer_bytes=optim, activations_bytes=act,
+            fragmentation_bytes=allocated * rt.fragmentation,
+            context_bytes=overhead.cuda_context_bytes + overhead.nccl_bytes,
+            host_optimizer_bytes=host, inflight_microbatches=inflight))
+    # Host memory: a node's GPUs belong to the same stage under Megatron's order when pp is the
+    # slowest dimension, so a node holds gpus_per_node ranks of (at worst) the busiest stage.
+    per_node = min(cluster.gpus_per_node, plan.world_size)
+    host_peak = per_node * max(s.host_optimizer_bytes for s in stages)
+    return MemoryReport(stages=tuple(stages), capacity_bytes=float(cluster.gpu_memory_bytes),
+                        host_capacity_bytes=float(cluster.host_memory_bytes) * HOST_USABLE_FRACTION,
+                        host_peak_bytes=host_peak, runtime=rt.name)
+
+
+HOST_USABLE_FRACTION = 0.8
+"""Share of a node's RAM the offloaded optimizer may use (the OS, data loaders and pinned staging
+buffers need the rest)."""
+
+
+# ----- Megatron-LM's reference formula ---------------------------------------------------------
+def megatron_theoretical_memory(model: ModelSpec, job: JobSpec, plan: Plan) -> tuple[float, float]:
+    """(weights+optimizer, activations) bytes as Megatron-LM's ``theoretical_memory_usage.py``.
+
+    Reimplemented from its published formulas (not its code) so tests can check that we agree
+    where its assumptions hold: its numbers are for the first stage, with 18 B/param (6 + 12/dp
+    with the distributed optimizer), and activations from Korthikanti's 34sbh-style term
+    (18 + 4 ffn/h) sbh per layer for SP + selective recompute.
+    """
+    h, L = model.hidden_size, model.num_layers
+    vocab = model.padded_vocab_size(plan.tp)
+    block = sum(sum(model.layer_params(i)) for i in range(L)) + model.norm_params
+    embedding = vocab * h
+    shard = (block / plan.pp + embedding) / plan.tp
+    if not model.tied_embeddings and plan.pp == 1:
+        shard += embedding / plan.tp
+    per_param = 6 + 12 / plan.dp if plan.sharding == "distopt" else 18
+    weights_optimizer = shard * per_param
+    s, b = job.seq_len, plan.micro_batch
+    act = s * b * h * (18 + 4 * model.ffn_hidden_size / h) * L
+    act += 8 * s * b * plan.pp + s * b * h * plan.pp
+    if plan.vpp > 1:
+        act *= 1 + (plan.pp - 1) / (plan.pp * plan.vpp)
+    elif plan.pp > 1:
+        act *= min(1, plan.num_microbatches(job) / plan.pp)
+    if plan.pp == 1:
+        act += s * b * h * 4 * (1 + vocab / h)
+    return weights_optimizer, act / plan.tp
+
+
+__all__ = ["MemoryReport", "Runtime", "StageMemory", "estimate_memory", "inflight_chunks",
+           "layer_activation_bytes", "load_runtime", "megatron_theoretical_memory"]

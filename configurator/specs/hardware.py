@@ -1,0 +1,167 @@
+"""GPUSpec and ClusterSpec: the hardware a plan runs on, in SI units.
+
+Data files (``profiles/gpus``, ``profiles/clusters``, probe output) carry units in their key
+names (``bandwidth_GBps``, ``memory_GiB``); ``configurator.profiles`` converts them to SI
+(bytes, bytes/s, FLOP/s, seconds) once, here nothing is in GB or TB any more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from configurator.errors import InputError, require, require_positive_int, require_positive_number
+
+Precision = Literal["bf16", "fp16", "fp8", "fp4"]
+PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp8", "fp4")
+GPU_FAMILIES: tuple[str, ...] = ("ampere", "hopper", "blackwell")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LinkSpec:
+    """One direction of a link: payload bandwidth and small-message latency (alpha-beta model)."""
+
+    bandwidth_Bps: float
+    latency_s: float
+
+    def __post_init__(self) -> None:
+        require_positive_number("bandwidth_GBps", self.bandwidth_Bps)
+        require(self.latency_s >= 0, "latency_s", self.latency_s, "must be >= 0")
+
+    def transfer_s(self, num_bytes: float) -> float:
+        return self.latency_s + num_bytes / self.bandwidth_Bps
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GPUSpec:
+    key: str
+    name: str
+    family: str
+    """Calibrated constants (memory overheads, efficiencies) are per family."""
+    memory_bytes: int
+    """Device memory as the driver reports it (nvidia-smi total)."""
+    hbm_bandwidth_Bps: float
+    peak_flops: tuple[tuple[str, float], ...]
+    """Dense peak FLOP/s per precision, as (precision, flops) pairs; missing = unsupported."""
+    nvlink_bandwidth_Bps: float
+    pcie_host_bandwidth_Bps: float
+    tdp_W: float
+    source: str
+
+    def __post_init__(self) -> None:
+        require(self.family in GPU_FAMILIES, "family", self.family,
+                f"must be one of {', '.join(GPU_FAMILIES)}")
+        require_positive_int("memory_bytes", self.memory_bytes)
+        for name in ("hbm_bandwidth_Bps", "nvlink_bandwidth_Bps", "pcie_host_bandwidth_Bps"):
+            require_positive_number(name, getattr(self, name))
+        require(any(p == "bf16" for p, _ in self.peak_flops), "peak_dense_TFLOPs", dict(self.peak_flops),
+                "must give bf16")
+
+    def peak_flops_for(self, precision: str) -> float:
+        """Dense peak for ``precision``; an ``InputError`` if the GPU lacks it (fp8 on A100)."""
+        for p, flops in self.peak_flops:
+            if p == precision:
+                return flops
+        raise InputError("precision", precision, f"is not supported by GPU {self.key}")
+
+    def supports(self, precision: str) -> bool:
+        return any(p == precision for p, _ in self.peak_flops)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeInfo:
+    """A measured node (probe profiles): where it is and what it reported."""
+
+    index: int
+    host: str
+    num_gpus: int
+    gpu_memory_bytes: int
+    host_memory_bytes: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClusterSpec:
+    """A cluster of identical nodes, sized; links as tiers or as a measured node matrix."""
+
+    name: str
+    description: str
+    gpu: GPUSpec
+    num_nodes: int
+    gpus_per_node: int
+    nvlink_domain_gpus: int
+    """GPUs that reach each other over NVLink: a node (8) or a rack (NVL72)."""
+    intra_domain_link: LinkSpec
+    """Per GPU, per direction, inside the NVLink domain."""
+    scale_out_link: LinkSpec
+    """Per GPU, per direction, between NVLink domains (InfiniBand/RoCE NIC share)."""
+    host_memory_bytes_per_node: int
+    host_cpu_cores_per_node: int
+    source: str
+    node_links: tuple[tuple[LinkSpec | None, ...], ...] | None = None
+    """Optional per-ordered-node-pair scale-out links (measured), per GPU; ``[i][i]`` is None."""
+    nodes: tuple[NodeInfo, ...] = ()
+    warnings: tuple[str, ...] = ()
+    measured: tuple[tuple[str, object], ...] = field(default=())
+    """Probe extras kept verbatim (collectives, compute curve, provenance) for later stages."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_nodes", "gpus_per_node", "nvlink_domain_gpus", "host_cpu_cores_per_node"):
+            require_positive_int(name, getattr(self, name))
+        require_positive_int("host_memory_bytes_per_node", self.host_memory_bytes_per_node)
+        if self.node_links is not None:
+            require(len(self.node_links) == self.num_nodes
+                    and all(len(row) == self.num_nodes for row in self.node_links),
+                    "links", f"{len(self.node_links)} rows",
+                    f"must form a {self.num_nodes}x{self.num_nodes} node matrix")
+
+    @property
+    def num_gpus(self) -> int:
+        return self.num_nodes * self.gpus_per_node
+
+    @property
+    def gpu_memory_bytes(self) -> int:
+        """Smallest device memory over the nodes (measured) or the GPU's nominal memory."""
+        if self.nodes:
+            return min(n.gpu_memory_bytes for n in self.nodes)
+        return self.gpu.memory_bytes
+
+    @property
+    def host_memory_bytes(self) -> int:
+        """Host memory per node (smallest measured node where measured)."""
+        if self.nodes:
+            return min(n.host_memory_bytes for n in self.nodes)
+        return self.host_memory_bytes_per_node
+
+    def sized(self, *, num_gpus: int | None = None, nodes: int | None = None) -> ClusterSpec:
+        """This cluster with ``num_gpus`` GPUs or ``nodes`` nodes.
+
+        A measured profile describes real machines and cannot be resized, only confirmed. Fewer
+        GPUs than one node is allowed (a single partial node, e.g. 4 of 8 GPUs).
+        """
+        if num_gpus is not None and nodes is not None:
+            raise InputError("num_gpus", num_gpus, "give either --num-gpus or --nodes, not both")
+        if num_gpus is None and nodes is None:
+            return self
+        if nodes is not None:
+            require_positive_int("nodes", nodes)
+            num_nodes, per_node = nodes, self.gpus_per_node
+        else:
+            require_positive_int("num_gpus", num_gpus)
+            assert num_gpus is not None
+            if num_gpus < self.gpus_per_node:
+                num_nodes, per_node = 1, num_gpus
+            else:
+                require(num_gpus % self.gpus_per_node == 0, "num_gpus", num_gpus,
+                        f"must be a multiple of the {self.gpus_per_node} GPUs per node of {self.name}")
+                num_nodes, per_node = num_gpus // self.gpus_per_node, self.gpus_per_node
+        if self.node_links is not None or self.nodes:
+            if num_nodes != self.num_nodes or per_node != self.gpus_per_node:
+                raise InputError("num_gpus" if num_gpus is not None else "nodes",
+                                 num_gpus if num_gpus is not None else nodes,
+                                 f"measured profile {self.name} has {self.num_nodes} nodes x "
+                                 f"{self.gpus_per_node} GPUs and cannot be resized")
+            return self
+        return replace(self, num_nodes=num_nodes, gpus_per_node=per_node,
+                       nvlink_domain_gpus=min(self.nvlink_domain_gpus, num_nodes * per_node)
+                       if self.nvlink_domain_gpus > self.gpus_per_node else
+                       min(self.nvlink_domain_gpus, per_node))

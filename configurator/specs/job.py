@@ -1,0 +1,28 @@
+"""JobSpec: what the user wants trained, independent of how it is parallelised."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from configurator.errors import require, require_positive_int
+from configurator.specs.hardware import PRECISIONS
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobSpec:
+    global_batch: int
+    """Sequences per optimizer step (Megatron's --global-batch-size)."""
+    seq_len: int
+    """Tokens per sequence."""
+    precision: str = "bf16"
+    """Compute precision of the GEMMs: bf16, fp16, fp8 (Hopper+) or fp4 (Blackwell)."""
+
+    def __post_init__(self) -> None:
+        require_positive_int("global_batch", self.global_batch)
+        require_positive_int("seq_len", self.seq_len)
+        require(self.precision in PRECISIONS, "precision", self.precision,
+                f"must be one of {', '.join(PRECISIONS)}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.seq_len

@@ -1,0 +1,236 @@
+"""Plan: every degree and switch of a parallelisation, and Megatron-LM's legality rules.
+
+A ``Plan`` validates only what it can see alone (positive degrees, known enum values). Whether a
+plan is legal *for a model, job and cluster* is ``plan_violations``: a list of reasons, empty
+when legal, so the search can count why candidates were dropped (an illegal plan is a result,
+not an exception); ``check_plan`` raises the first reason as an ``InputError`` for user input.
+
+The rules are Megatron-LM's (``megatron/training/arguments.py`` and Megatron-Core's parallel
+state). Where DeepSpeed differs it is said at the rule; the DeepSpeed emitter applies its own
+extra restrictions (pipeline engine needs ZeRO < 2, no CP ring attention, no interleaving).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from configurator.errors import InputError, require, require_positive_int
+from configurator.specs.job import JobSpec
+from configurator.specs.model import ModelSpec
+
+SHARDINGS: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "distopt")
+RECOMPUTES: tuple[str, ...] = ("none", "selective", "full")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Plan:
+    """How one job is laid out on the cluster. World size = dp * tp * pp * cp."""
+
+    tp: int = 1
+    """Tensor parallel degree (Megatron --tensor-model-parallel-size)."""
+    pp: int = 1
+    """Pipeline stages."""
+    dp: int = 1
+    """Data-parallel replicas of the dense part."""
+    cp: int = 1
+    """Context parallel degree: the sequence is split over cp ranks (ring attention)."""
+    ep: int = 1
+    """Expert parallel degree: routed experts are split over ep ranks."""
+    etp: int = 1
+    """Expert tensor parallel degree (Megatron --expert-tensor-parallel-size)."""
+    vpp: int = 1
+    """Virtual pipeline chunks per rank (interleaved 1F1B); 1 = plain 1F1B."""
+    sp: bool = False
+    """Megatron sequence parallelism (activations outside attention/MLP split over TP)."""
+    sharding: str = "distopt"
+    """none | zero1 | zero2 | zero3 | distopt (Megatron distributed optimizer = ZeRO-1 over DP x CP)."""
+    recompute: str = "none"
+    """none | selective (attention core) | full (whole layers)."""
+    recompute_num_layers: int = 0
+    """With full recompute: layers per stage recomputed (0 = all of them)."""
+    micro_batch: int = 1
+    """Sequences per micro-batch per data-parallel rank."""
+    offload: float = 0.0
+    """Fraction of the optimizer (fp32 master weights + Adam moments) kept and updated on the CPU."""
+    pipeline_layers: tuple[int, ...] = ()
+    """Layers per virtual pipeline stage (pp * vpp entries, in model order; virtual stage v runs on
+    pipeline rank v % pp); empty = an even split. Megatron: --decoder-first/last-pipeline-num-layers
+    or --pipeline-model-parallel-layout. Llama-3.1-405B on 16 stages: (7, 8 x 14, 7)."""
+
+    def __post_init__(self) -> None:
+        for name in ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch"):
+            require_positive_int(name, getattr(self, name))
+        require(isinstance(self.sp, bool), "sp", self.sp, "must be true or false")
+        require(self.sharding in SHARDINGS, "sharding", self.sharding,
+                f"must be one of {', '.join(SHARDINGS)}")
+        require(self.recompute in RECOMPUTES, "recompute", self.recompute,
+                f"must be one of {', '.join(RECOMPUTES)}")
+        if isinstance(self.recompute_num_layers, bool) or not isinstance(self.recompute_num_layers, int) \
+                or self.recompute_num_layers < 0:
+            raise InputError("recompute_num_layers", self.recompute_num_layers,
+                             "must be a non-negative integer")
+        if self.recompute_num_layers and self.recompute != "full":
+            raise InputError("recompute_num_layers", self.recompute_num_layers,
+                             "needs recompute=full")
+        require(isinstance(self.offload, (int, float)) and not isinstance(self.offload, bool)
+                and 0.0 <= self.offload <= 1.0, "offload", self.offload, "must be a fraction in [0, 1]")
+        if self.pipeline_layers:
+            require(len(self.pipeline_layers) == self.pp * self.vpp, "pipeline_layers",
+                    self.pipeline_layers,
+                    f"must list one layer count per virtual stage (pp*vpp = {self.pp * self.vpp})")
+            for n in self.pipeline_layers:
+                require(isinstance(n, int) and not isinstance(n, bool) and n >= 0, "pipeline_layers",
+                        self.pipeline_layers, "must be non-negative integers")
+
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.tp * self.pp * self.cp
+
+    @property
+    def expert_dp(self) -> int:
+        """Data-parallel degree of the routed experts: (dp*cp*tp) / (ep*etp) (MoE parallel folding)."""
+        return max(1, (self.dp * self.cp * self.tp) // (self.ep * self.etp))
+
+    def num_microbatches(self, job: JobSpec) -> int:
+        return job.global_batch // (self.micro_batch * self.dp)
+
+    def virtual_stage_layers(self, model: ModelSpec) -> tuple[int, ...]:
+        """Layers of each virtual stage (pp * vpp of them): the explicit split, or an even one."""
+        if self.pipeline_layers:
+            return self.pipeline_layers
+        return tuple([model.num_layers // (self.pp * self.vpp)] * (self.pp * self.vpp))
+
+    def stage_layers(self, model: ModelSpec) -> tuple[int, ...]:
+        """Layers held by each pipeline rank (all its virtual chunks)."""
+        virtual = self.virtual_stage_layers(model)
+        return tuple(sum(virtual[s::self.pp]) for s in range(self.pp))
+
+    def describe(self) -> str:
+        parts = [f"TP{self.tp}", f"PP{self.pp}"]
+        if self.vpp > 1:
+            parts.append(f"VPP{self.vpp}")
+        parts += [f"CP{self.cp}", f"DP{self.dp}"]
+        if self.ep > 1 or self.etp > 1:
+            parts += [f"EP{self.ep}", f"ETP{self.etp}"]
+        parts += [f"mb{self.micro_batch}", self.sharding, f"rc={self.recompute}"]
+        if self.sp:
+            parts.append("SP")
+        if self.offload:
+            parts.append(f"offload={self.offload:.2f}")
+        return " ".join(parts)
+
+
+def plan_violations(model: ModelSpec, job: JobSpec, plan: Plan, num_gpus: int | None = None) -> list[str]:
+    """Every reason ``plan`` cannot run ``job`` on ``model`` (Megatron-LM's rules); [] if legal."""
+    out: list[str] = []
+    if num_gpus is not None and plan.world_size != num_gpus:
+        out.append(f"dp*tp*pp*cp = {plan.dp}*{plan.tp}*{plan.pp}*{plan.cp} = {plan.world_size} "
+                   f"must equal the {num_gpus} GPUs")
+    # Tensor parallel: heads, query groups and FFN columns are split evenly.
+    if model.num_attention_heads % plan.tp:
+        out.append(f"tp={plan.tp} must divide num_attention_heads={model.num_attention_heads}")
+    if model.attention != "mla" and model.num_kv_heads % plan.tp:
+        out.append(f"tp={plan.tp} must divide the {model.num_kv_heads} key/value heads (query groups)")
+    if model.ffn_hidden_size % plan.tp:
+        out.append(f"tp={plan.tp} must divide ffn_hidden_size={model.ffn_hidden_size}")
+    if plan.sp and plan.tp == 1:
+        out.append("sequence parallel needs tp > 1 (Megatron turns it off at tp=1)")
+    # Pipeline: layers over pp x vpp.
+    layers = plan.stage_layers(model)
+    if plan.pipeline_layers:
+        if sum(layers) != model.num_layers:
+            out.append(f"pipeline_layers {list(plan.pipeline_layers)} sum to {sum(layers)}, "
+                       f"not num_layers={model.num_layers}")
+    elif model.num_layers % (plan.pp * plan.vpp):
+        out.append(f"num_layers={model.num_layers} must divide evenly over pp*vpp = "
+                   f"{plan.pp}*{plan.vpp} (or give an uneven pipeline_layers split)")
+    if plan.vpp > 1 and plan.pp == 1:
+        out.append("vpp > 1 (interleaved schedule) needs pp > 1")
+    # Context parallel: load-balanced causal attention splits the sequence in 2*cp chunks.
+    if plan.cp > 1 and job.seq_len % (2 * plan.cp):
+        out.append(f"seq_len={job.seq_len} must be divisible by 2*cp = {2 * plan.cp}")
+    if plan.tp > 1 and plan.sp and (job.seq_len // plan.cp) % plan.tp:
+        out.append(f"sequence parallel needs seq_len/cp = {job.seq_len // plan.cp} divisible by tp={plan.tp}")
+    # Experts.
+    if not model.is_moe and (plan.ep > 1 or plan.etp > 1):
+        out.append(f"ep={plan.ep}, etp={plan.etp}: expert parallelism needs an MoE model")
+    if model.is_moe:
+        if model.num_experts % plan.ep:
+            out.append(f"ep={plan.ep} must divide num_experts={model.num_experts}")
+        if model.moe_ffn_hidden_size % plan.etp:
+            out.append(f"etp={plan.etp} must divide moe_ffn_hidden_size={model.moe_ffn_hidden_size}")
+        if (plan.dp * plan.cp * plan.tp) % (plan.ep * plan.etp):
+            out.append(f"ep*etp = {plan.ep * plan.etp} must divide dp*cp*tp = "
+                       f"{plan.dp * plan.cp * plan.tp} (world size / pp)")
+    # Batch.
+    if job.global_batch % (plan.micro_batch * plan.dp):
+        out.append(f"global_batch={job.global_batch} must be divisible by micro_batch*dp = "
+                   f"{plan.micro_batch}*{plan.dp}")
+    else:
+        m = plan.num_microbatches(job)
+        if plan.vpp > 1 and (m % plan.pp or m < plan.pp):
+            out.append(f"interleaved schedule needs the {m} micro-batches to be a multiple of "
+                       f"pp={plan.pp} (and at least pp)")
+    # Optimizer.
+    if plan.offload > 0 and plan.sharding == "none":
+        out.append("optimizer offload needs a sharded optimizer (distopt or ZeRO; Megatron: "
+                   "--optimizer-cpu-offload requires --use-distributed-optimizer)")
+    chunk = max(plan.virtual_stage_layers(model))
+    if plan.recompute_num_layers and plan.recompute_num_layers > chunk:
+        out.append(f"recompute_num_layers={plan.recompute_num_layers} exceeds the "
+                   f"{chunk} layers of a pipeline chunk")
+    return out
+
+
+def balanced_layout(num_layers: int, pp: int, vpp: int = 1) -> tuple[int, ...]:
+    """Layers per virtual stage as even as possible, the first and last stages lighter.
+
+    When ``num_layers`` does not divide over ``pp * vpp`` virtual stages, the stages that get one
+    layer fewer are taken from the ends inwards (first, last, second, second-to-last, ...), because
+    the ends also hold the embedding and the LM head/loss. For Llama-3.1-405B (126 layers, pp=16)
+    this gives Meta's split: 7 on the first and last stage, 8 elsewhere.
+    """
+    virtual = pp * vpp
+    base, extra = divmod(num_layers, virtual)
+    if extra == 0:
+        return tuple([base] * virtual)
+    counts = [base + 1] * virtual
+    order = [i // 2 if i % 2 == 0 else virtual - 1 - i // 2 for i in range(virtual)]
+    for v in order[: virtual - extra]:
+        counts[v] = base
+    return tuple(counts)
+
+
+def check_plan(model: ModelSpec, job: JobSpec, plan: Plan, num_gpus: int | None = None) -> None:
+    """Raise ``InputError`` naming the first violated rule."""
+    reasons = plan_violations(model, job, plan, num_gpus)
+    if reasons:
+        raise InputError("plan", plan.describe(), reasons[0])
+
+
+def resolve_plan(num_gpus: int, *, tp: int = 1, pp: int = 1, cp: int = 1, dp: int | None = None,
+                 sp: bool | None = None, **rest: object) -> tuple[Plan, list[str]]:
+    """Fill unspecified choices as Megatron-LM would, returning the plan and what was chosen.
+
+    dp = GPUs / (tp*pp*cp); sequence parallel on when tp > 1. Other fields keep ``Plan``'s
+    defaults (distributed optimizer on, no recompute, micro-batch 1).
+    """
+    chosen: list[str] = []
+    for name, value in (("tp", tp), ("pp", pp), ("cp", cp)):
+        require_positive_int(name, value)
+    if dp is None:
+        model_parallel = tp * pp * cp
+        require(num_gpus % model_parallel == 0, "tp*pp*cp", model_parallel,
+                f"must divide the {num_gpus} GPUs")
+        dp = num_gpus // model_parallel
+        chosen.append(f"dp={dp} (GPUs / (tp*pp*cp))")
+    if sp is None:
+        sp = tp > 1
+        chosen.append(f"sp={'on' if sp else 'off'} (on when tp > 1)")
+    plan = Plan(tp=tp, pp=pp, cp=cp, dp=dp, sp=sp, **rest)  # type: ignore[arg-type]
+    return plan, chosen
+
+
+def with_megatron_sp(plan: Plan) -> Plan:
+    """Megatron silently disables sequence parallelism at tp=1; mirror that for imported runs."""
+    return replace(plan, sp=False) if plan.tp == 1 and plan.sp else plan

@@ -1,0 +1,86 @@
+"""The command line as a user runs it: real processes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+BASE = ["--cluster", "dgx-h100", "--num-gpus", "8", "--seq-len", "4096", "--global-batch", "64"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "configurator.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_estimate_json_has_interface_keys() -> None:
+    proc = run("estimate", "--model", "llama3-8b", *BASE, "--tp", "2", "--pp", "2", "--recompute", "selective",
+               "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["fits"] is True
+    assert set(out["plan"]) >= {"dp", "tp", "pp", "vpp", "cp", "ep", "etp", "sp", "sharding", "recompute",
+                                "micro_batch", "global_batch", "offload", "precision", "num_gpus"}
+    assert out["plan"]["dp"] == 2 and out["plan"]["sp"] is True
+    assert set(out["memory"]["breakdown_gib"]) == {"weights", "grads", "optimizer", "activations", "overhead"}
+    assert len(out["memory"]["per_stage_peak_gib"]) == 2
+    assert "time" not in out  # the step-time model is not built yet; nothing is faked
+
+
+def test_estimate_table_renders() -> None:
+    proc = run("estimate", "--model", "mixtral-8x7b", *BASE, "--tp", "2", "--ep", "4", "--recompute", "full")
+    assert proc.returncode == 0, proc.stderr
+    assert "Memory per GPU" in proc.stdout and "peak" in proc.stdout
+
+
+def test_models_and_clusters_list_presets() -> None:
+    models = json.loads(run("models", "--json").stdout)
+    assert {m["name"] for m in models} >= {"llama3-405b", "deepseek-v3", "gpt3-175b"}
+    clusters = json.loads(run("clusters", "--json").stdout)
+    assert {c["name"] for c in clusters} >= {"dgx-h100", "gb200-nvl72"}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "llama9-1b", *BASE], "model='llama9-1b'"),
+    (["--model", "llama3-8b", *BASE, "--tp", "3"], "tp*pp*cp=3"),
+    (["--model", "llama3-8b", *BASE, "--tp", "0"], "tp=0"),
+    (["--model", "llama3-8b", *BASE, "--pp", "3", "--dp", "1", "--tp", "1"], "dp*tp*pp*cp"),
+    (["--model", "llama3-8b", *BASE, "--precision", "fp9"], "precision='fp9'"),
+    (["--model", "llama3-8b", *BASE, "--sharding", "zero5"], "sharding='zero5'"),
+    (["--model", "llama3-8b", *BASE, "--offload", "-0.1"], "offload=-0.1"),
+    (["--model", "llama3-8b", *BASE, "--seq-len", "-5"], "seq_len=-5"),
+    (["--model", "/no/such/config.json", *BASE], "file not found"),
+    (["--model", "llama3-8b", "--cluster", "dgx-h900", "--num-gpus", "8", "--seq-len", "8", "--global-batch", "8"],
+     "cluster='dgx-h900'"),
+    (["--model", "llama3-8b", "--cluster", "dgx-a100", "--num-gpus", "8", "--seq-len", "8", "--global-batch", "8",
+      "--precision", "fp8"], "not supported"),
+])
+def test_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
+    proc = run("estimate", *args)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_malformed_config_json(tmp_path) -> None:
+    bad = tmp_path / "config.json"
+    bad.write_text(json.dumps({"model_type": "llama", "hidden_size": 4096}))
+    proc = run("estimate", "--model", str(bad), *BASE)
+    assert proc.returncode == 2 and "num_attention_heads" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_non_integer_option_exits_2() -> None:
+    proc = run("estimate", "--model", "llama3-8b", *BASE, "--tp", "two")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_validate_refuses_to_overwrite(tmp_path, published_runs) -> None:
+    out = tmp_path / "pred.csv"
+    out.write_text("keep me")
+    proc = run("validate", "--runs", str(published_runs), "--out", str(out))
+    assert proc.returncode == 2 and "--force" in proc.stderr
+    assert out.read_text() == "keep me"
