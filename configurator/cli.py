@@ -1,4 +1,4 @@
-"""Command line: ``configurator models | clusters | estimate | validate``.
+"""Command line: ``configurator models | clusters | estimate | validate | calibrate``.
 
 A thin layer over typed results: every command computes through the library and renders with
 ``configurator.render``; ``--json`` prints the same objects. User errors (``InputError``) become one
@@ -19,7 +19,8 @@ from rich.table import Table
 from configurator.errors import InputError
 from configurator.memory import RUNTIMES, estimate_memory
 from configurator.profiles import GIB, cluster_names, load_cluster, load_model, model_names, model_published
-from configurator.render import estimate_dict, memory_table
+from configurator.cost.step import estimate_step
+from configurator.render import estimate_dict, memory_table, step_table
 from configurator.specs.job import JobSpec
 from configurator.specs.plan import check_plan, resolve_plan
 
@@ -32,6 +33,14 @@ ClusterOpt = Annotated[str, typer.Option("--cluster", help="Preset name (see `cl
 NumGpusOpt = Annotated[Optional[int], typer.Option("--num-gpus", help="Cluster size in GPUs (presets).")]
 NodesOpt = Annotated[Optional[int], typer.Option("--nodes", help="Cluster size in nodes (presets).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+CalibrationOpt = Annotated[Optional[Path], typer.Option(
+    "--calibration", help="Cost-model constants file (default: profiles/calibration.json).")]
+
+
+def _constants(path: Path | None):  # type: ignore[no-untyped-def]
+    from configurator.cost.constants import load_calibration
+
+    return load_calibration(path)
 
 
 def _parse_layers(text: str | None) -> tuple[int, ...]:
@@ -111,10 +120,11 @@ def estimate(
     offload: Annotated[float, typer.Option("--offload", help="Optimizer CPU-offload fraction in [0, 1].")] = 0.0,
     precision: Annotated[str, typer.Option("--precision", help="bf16|fp16|fp8|fp4.")] = "bf16",
     pipeline_layers: Annotated[Optional[str], typer.Option("--pipeline-layers", help="Layers per virtual stage, e.g. 7,8,...,8,7 (default: even).")] = None,
-    runtime: Annotated[str, typer.Option("--runtime", help=f"Memory layout of the framework: {'|'.join(RUNTIMES)}.")] = "megatron",
+    runtime: Annotated[str, typer.Option("--runtime", help=f"The framework that runs the plan (memory layout and step mechanics): {'|'.join(RUNTIMES)}.")] = "megatron",
+    calibration: CalibrationOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Memory of one given plan, per pipeline stage, and whether it fits."""
+    """Memory and step time of one given plan, per pipeline stage, and whether it fits."""
     spec = load_model(model)
     hw = load_cluster(cluster, num_gpus=num_gpus, nodes=nodes)
     job = JobSpec(global_batch=global_batch, seq_len=seq_len, precision=precision)
@@ -126,7 +136,8 @@ def estimate(
                                 pipeline_layers=_parse_layers(pipeline_layers))
     check_plan(spec, job, plan, hw.num_gpus)
     memory = estimate_memory(spec, hw, job, plan, runtime=runtime)
-    result = estimate_dict(spec, hw, job, plan, memory, chosen)
+    step = estimate_step(spec, hw, job, plan, runtime=runtime, constants=_constants(calibration))
+    result = estimate_dict(spec, hw, job, plan, memory, chosen, step)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -142,32 +153,66 @@ def estimate(
     if memory.host_peak_bytes:
         console.print(f"host: offloaded optimizer {memory.host_peak_bytes / GIB:.1f} GiB per node of "
                       f"{memory.host_capacity_bytes / GIB:.1f} GiB usable")
+    console.print(step_table(step))
+    console.print(f"step {step.step_s:.3f} s: {step.tokens_per_s_per_gpu:,.0f} tokens/s per GPU, "
+                  f"{step.model_tflops_per_gpu:.0f} model TFLOP/s per GPU, MFU {100 * step.mfu:.1f}% "
+                  f"(of {step.peak_flops / 1e12:.0f} TFLOP/s {precision} peak; bubble "
+                  f"{100 * step.bubble_fraction:.1f}%)")
 
 
 @app.command()
 def validate(
     runs: Annotated[Path, typer.Option("--runs", help="Runs CSV (INTERFACE.md columns).")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Write per-row predictions to this CSV.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write validation.md, plots and summary.json to this folder.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out / --report files that exist.")] = False,
+    calibration: CalibrationOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Predict every row of a runs CSV and report the errors."""
+    """Predict every row of a runs CSV (memory and throughput) and report the errors."""
     from configurator.validate import summarize, validate_runs, write_predictions
 
     if out is not None and out.exists() and not force:
         raise InputError("out", str(out), "exists; pass --force to overwrite")
     if out is not None and out.resolve() == runs.resolve():
         raise InputError("out", str(out), "is the input file")
-    predictions = validate_runs(runs)
+    if report is not None:
+        from configurator.report import REPORT_FILES
+
+        if report.exists() and not report.is_dir():
+            raise InputError("report", str(report), "is a file, not a folder")
+        clash = [f for f in REPORT_FILES if (report / f).exists()]
+        if clash and not force:
+            raise InputError("report", str(report), f"already holds {clash[0]}; pass --force to overwrite")
+    constants = _constants(calibration)
+    predictions = validate_runs(runs, constants)
     summary = summarize(predictions)
     if out is not None:
         write_predictions(predictions, out)
+    if report is not None:
+        from configurator.report import write_report
+
+        cal_path = calibration or _calibration_path()
+        write_report(predictions, summary, report, runs=runs,
+                     calibration=json.loads(cal_path.read_text()) if cal_path.exists() else None)
     if as_json:
         print(json.dumps(summary.as_dict(), indent=2))
         return
     d = summary.as_dict()
     console.print(f"{summary.predicted} of {summary.rows} rows modelled "
                   f"({summary.rows - summary.predicted} with a reason in `error`)")
+    t = d["throughput"]
+    console.print(f"throughput: {t['predicted_rows']} of {t['measured_rows']} measured rows predicted, median |error| "
+                  f"{t['median_abs_error_pct']}%, p90 {t['p90_abs_error_pct']}%, median signed {t['median_error_pct']:+}%")
+    ttable = Table(title="Throughput (tokens/s/GPU) error by source")
+    for col in ("source", "rows", "median |err| %", "median err %"):
+        ttable.add_column(col, justify="left" if col == "source" else "right")
+    for s in t["by_source"]:
+        ttable.add_row(s["source"], str(s["rows"]), f"{s['median_abs_error_pct']:.1f}", f"{s['median_error_pct']:+.1f}")
+    console.print(ttable)
+    if t["sweeps"]:
+        console.print(f"sweeps: {len(t['sweeps'])} (Spearman below 0.9 in {t['sweeps_below_0_9']}; "
+                      f"lowest {t['sweeps_min_spearman']})")
     mem = d["memory"]
     console.print(f"memory: {mem['rows']} rows with a measurement, median |error| "
                   f"{mem['median_abs_error_pct']}%, p90 {mem['p90_abs_error_pct']}%")
@@ -186,6 +231,54 @@ def validate(
         console.print(f"wrong fit predictions: {', '.join(fit['wrong'])}")
     if out is not None:
         console.print(f"predictions written to {out}")
+    if report is not None:
+        console.print(f"report written to {report / 'validation.md'}")
+
+
+def _calibration_path() -> Path:
+    from configurator.cost.constants import calibration_path
+
+    return calibration_path()
+
+
+@app.command()
+def calibrate(
+    runs: Annotated[Path, typer.Option("--runs", help="Runs CSV with measured throughput (INTERFACE.md columns).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the constants (default: profiles/calibration.json).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+    cross_validate: Annotated[bool, typer.Option("--cv/--no-cv", help="Also report leave-one-source-group-out errors (refits once per group).")] = True,
+    workers: Annotated[int, typer.Option("--workers", help="Processes for the cross-validation refits.")] = 2,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit the cost model's named constants to measured runs (least squares on log error)."""
+    from configurator.calibrate import calibrate as run_calibration, write_calibration
+
+    target = out or _calibration_path()
+    if target.exists() and not force:
+        raise InputError("out", str(target), "exists; pass --force to overwrite")
+    if not runs.exists():
+        raise InputError("runs", str(runs), "file not found")
+    say = (lambda msg: None) if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    if workers < 1:
+        raise InputError("workers", workers, "must be >= 1")
+    result = run_calibration(runs, cross_validate=cross_validate, workers=workers, progress=say)
+    write_calibration(result, target)
+    d = result.as_dict()
+    if as_json:
+        print(json.dumps(d, indent=2))
+        return
+    table = Table(title=f"Fitted constants ({result.rows} rows) -> {target}")
+    for col in ("constant", "value", "default", "bounds"):
+        table.add_column(col, justify="left" if col == "constant" else "right")
+    for p in d["parameters"]:
+        table.add_row(p["name"], f"{p['value']:.4g}", f"{p['default']:.4g}", f"[{p['lower']:g}, {p['upper']:g}]")
+    console.print(table)
+    ins = result.in_sample
+    console.print(f"in-sample: median |error| {ins['median_abs_error_pct']}%, p90 {ins['p90_abs_error_pct']}%")
+    if result.cross_validated:
+        cv = result.cross_validated
+        console.print(f"cross-validated ({cv['method']}): median |error| {cv['median_abs_error_pct']}%, "
+                      f"p90 {cv['p90_abs_error_pct']}%")
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
 from configurator.specs.plan import Plan
 
-RUNTIMES: tuple[str, ...] = ("megatron", "nemo", "deepspeed", "fsdp", "llm-foundry")
+RUNTIMES: tuple[str, ...] = ("megatron", "megatron-2021", "nemo", "deepspeed", "fsdp", "llm-foundry")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -212,7 +212,7 @@ def stage_layer_indices(model: ModelSpec, plan: Plan) -> list[list[int]]:
     return out
 
 
-def _stage_params(model: ModelSpec, plan: Plan, stage: int, layers: list[int]) -> tuple[float, float]:
+def stage_params(model: ModelSpec, plan: Plan, stage: int, layers: list[int]) -> tuple[float, float]:
     """(non-expert, expert) parameters on one rank of ``stage``."""
     dense = expert = 0.0
     for i in layers:
@@ -337,7 +337,7 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
     expert_group = plan.expert_dp
     stages = []
     for s, layers in enumerate(stage_layer_indices(model, plan)):
-        dense, expert = _stage_params(model, plan, s, layers)
+        dense, expert = stage_params(model, plan, s, layers)
         weights = grads = optim = 0.0
         for params, group in ((dense, dense_group), (expert, expert_group)):
             w_b, g_b, o_b = rt.weight_bytes, rt.grad_bytes, rt.optimizer_bytes

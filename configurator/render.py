@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
+from configurator.cost.step import StepReport
 from configurator.memory import MemoryReport
 from configurator.profiles import GIB
 from configurator.specs.hardware import ClusterSpec
@@ -27,8 +28,8 @@ def plan_dict(plan: Plan, job: JobSpec) -> dict[str, Any]:
 
 
 def estimate_dict(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan, memory: MemoryReport,
-                  chosen: list[str]) -> dict[str, Any]:
-    return {
+                  chosen: list[str], step: StepReport | None = None) -> dict[str, Any]:
+    out = {
         "model": {"name": model.name, "total_params": model.total_params, "active_params": model.active_params},
         "cluster": {"name": cluster.name, "gpu": cluster.gpu.key, "num_nodes": cluster.num_nodes,
                     "gpus_per_node": cluster.gpus_per_node},
@@ -38,6 +39,22 @@ def estimate_dict(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
         "memory": memory.as_dict(),
         "chosen": chosen,
     }
+    if step is not None:
+        out["time"] = step.as_dict()
+    return out
+
+
+def step_table(step: StepReport) -> Table:
+    """Where the step's time goes; the rows add up to the step."""
+    table = Table(title=f"Step time breakdown (s; runtime {step.runtime}; busiest pipeline rank {step.critical_stage})")
+    table.add_column("term")
+    table.add_column("seconds", justify="right")
+    table.add_column("share", justify="right")
+    for name, value in step.breakdown_s:
+        if value > 0:
+            table.add_row(name, f"{value:.4f}", f"{100 * value / step.step_s:.1f}%")
+    table.add_row("[bold]step[/bold]", f"[bold]{step.step_s:.4f}[/bold]", "100%")
+    return table
 
 
 def memory_table(memory: MemoryReport) -> Table:

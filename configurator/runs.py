@@ -7,7 +7,8 @@ in ``assumptions`` (the data README asks for exactly that):
 * framework (the memory ``runtime``) from the source: torchtitan runs PyTorch FSDP, MosaicML runs
   llm-foundry (FSDP with a fused loss); BigScience BLOOM ran Megatron-DeepSpeed; NeMo,
   Megatron-Bridge and DGX Cloud recipes run Megatron-Core with NeMo's performance settings; the
-  rest (Megatron-LM papers and READMEs) Megatron-LM's defaults.
+  Megatron-LM papers of 2021/2022 (Narayanan, Korthikanti) the Megatron-LM of their day (no flash
+  attention, no overlap flags: ``megatron-2021``); the rest (MCore READMEs) Megatron-LM's defaults.
 * model details the CSV does not carry: GELU models are GPT-style (LayerNorm with biases, tied
   embeddings, dropout), SwiGLU models Llama-style (RMSNorm, no biases, untied); MLA dimensions,
   dense first layers and head_dim come from the preset with the same shape, if any.
@@ -39,7 +40,7 @@ REQUIRED_COLUMNS = ("run_id", "source", "model", "layers", "hidden", "ffn_hidden
                     "measured_tokens_per_s_per_gpu", "measured_step_s", "measured_tflops_per_gpu",
                     "measured_mem_gib", "mem_kind", "oom", "notes")
 MEM_KINDS = ("peak", "peak-allocated", "nvidia-smi")
-DEFAULT_SHARDING = {"megatron": "distopt", "nemo": "distopt", "fsdp": "zero3", "llm-foundry": "zero3",
+DEFAULT_SHARDING = {"megatron": "distopt", "megatron-2021": "none", "nemo": "distopt", "fsdp": "zero3", "llm-foundry": "zero3",
                     "deepspeed": "zero1"}
 
 
@@ -81,6 +82,8 @@ def runtime_for_source(source: str) -> str:
         return "deepspeed"
     if "nemo" in s or "megatron-bridge" in s or "dgx cloud" in s:
         return "nemo"
+    if "narayanan" in s or "korthikanti" in s:
+        return "megatron-2021"
     return "megatron"
 
 

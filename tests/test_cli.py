@@ -27,13 +27,19 @@ def test_estimate_json_has_interface_keys() -> None:
     assert out["plan"]["dp"] == 2 and out["plan"]["sp"] is True
     assert set(out["memory"]["breakdown_gib"]) == {"weights", "grads", "optimizer", "activations", "overhead"}
     assert len(out["memory"]["per_stage_peak_gib"]) == 2
-    assert "time" not in out  # the step-time model is not built yet; nothing is faked
+    t = out["time"]
+    assert set(t) >= {"step_s", "tokens_per_s_per_gpu", "model_tflops_per_gpu", "mfu", "breakdown_s"}
+    assert set(t["breakdown_s"]) >= {"compute", "pipeline_bubble", "tp_comm", "cp_comm", "ep_comm", "pp_comm",
+                                     "dp_comm", "optimizer", "offload"}
+    assert sum(t["breakdown_s"].values()) == pytest.approx(t["step_s"], rel=1e-4)
+    assert 0 < t["mfu"] < 1
 
 
 def test_estimate_table_renders() -> None:
     proc = run("estimate", "--model", "mixtral-8x7b", *BASE, "--tp", "2", "--ep", "4", "--recompute", "full")
     assert proc.returncode == 0, proc.stderr
     assert "Memory per GPU" in proc.stdout and "peak" in proc.stdout
+    assert "Step time breakdown" in proc.stdout and "tokens/s per GPU" in proc.stdout
 
 
 def test_models_and_clusters_list_presets() -> None:
@@ -84,3 +90,53 @@ def test_validate_refuses_to_overwrite(tmp_path, published_runs) -> None:
     proc = run("validate", "--runs", str(published_runs), "--out", str(out))
     assert proc.returncode == 2 and "--force" in proc.stderr
     assert out.read_text() == "keep me"
+
+
+def _tiny_runs(published_runs, tmp_path, n: int = 12):  # type: ignore[no-untyped-def]
+    import csv
+
+    rows = [r for r in csv.DictReader(published_runs.open()) if r["measured_tokens_per_s_per_gpu"]][:n]
+    path = tmp_path / "runs.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_calibrate_writes_constants_and_refuses_to_overwrite(tmp_path, published_runs) -> None:
+    runs = _tiny_runs(published_runs, tmp_path)
+    out = tmp_path / "cal.json"
+    proc = run("calibrate", "--runs", str(runs), "--out", str(out), "--no-cv", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data["fit"]["rows"] == 12 and data["fit"]["cross_validated"] is None
+    assert json.loads(proc.stdout)["constants"] == data["constants"]
+    # The fitted file is usable as --calibration.
+    est = run("estimate", "--model", "llama3-8b", *BASE, "--calibration", str(out), "--json")
+    assert est.returncode == 0, est.stderr
+    again = run("calibrate", "--runs", str(runs), "--out", str(out), "--no-cv")
+    assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_calibrate_bad_input_is_one_line(tmp_path) -> None:
+    proc = run("calibrate", "--runs", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "c.json"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "missing.csv" in proc.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    est = run("estimate", "--model", "llama3-8b", *BASE, "--calibration", str(bad))
+    assert est.returncode == 2 and "constants" in est.stderr and "Traceback" not in est.stderr
+
+
+def test_validate_report_writes_page_and_plots(tmp_path, published_runs) -> None:
+    runs = _tiny_runs(published_runs, tmp_path, n=30)
+    report = tmp_path / "report"
+    proc = run("validate", "--runs", str(runs), "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    page = (report / "validation.md").read_text()
+    assert "median absolute error" in page and "![throughput](throughput.png)" in page
+    for name in ("throughput.png", "memory.png", "error_by_group.png"):
+        assert (report / name).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((report / "summary.json").read_text())["throughput"]["predicted_rows"] >= 27
+    again = run("validate", "--runs", str(runs), "--report", str(report))
+    assert again.returncode == 2 and "--force" in again.stderr

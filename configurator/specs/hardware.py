@@ -68,6 +68,23 @@ class GPUSpec:
         return any(p == precision for p, _ in self.peak_flops)
 
 
+def job_domain_gpus(domain_gpus: int, gpus_per_node: int, num_nodes: int, per_node: int) -> int:
+    """NVLink domain size as a job of ``num_nodes`` nodes sees it.
+
+    A rack-scale domain (NVL72: 18 nodes of 4) is cut into equal segments by the scheduler (Slurm
+    ``--segment``): a job takes the largest node count up to the rack's that divides its own node
+    count, so 64 nodes of GB200 use 16-node (64-GPU) NVLink segments, not 72-GPU racks with ranks
+    straddling them. Node-sized domains are simply the node (or the part of it the job uses).
+    """
+    if domain_gpus <= gpus_per_node:
+        return min(domain_gpus, per_node)
+    rack_nodes = domain_gpus // gpus_per_node
+    if num_nodes <= rack_nodes:
+        return num_nodes * per_node
+    segment = max(n for n in range(1, rack_nodes + 1) if num_nodes % n == 0)
+    return segment * per_node
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class NodeInfo:
     """A measured node (probe profiles): where it is and what it reported."""
@@ -162,6 +179,5 @@ class ClusterSpec:
                                  f"{self.gpus_per_node} GPUs and cannot be resized")
             return self
         return replace(self, num_nodes=num_nodes, gpus_per_node=per_node,
-                       nvlink_domain_gpus=min(self.nvlink_domain_gpus, num_nodes * per_node)
-                       if self.nvlink_domain_gpus > self.gpus_per_node else
-                       min(self.nvlink_domain_gpus, per_node))
+                       nvlink_domain_gpus=job_domain_gpus(self.nvlink_domain_gpus, self.gpus_per_node,
+                                                         num_nodes, per_node))

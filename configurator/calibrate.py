@@ -1,0 +1,231 @@
+"""``configurator calibrate``: fit the cost model's named constants to measured runs.
+
+The fit minimises the log error of predicted vs measured tokens/s per GPU over every row of a
+runs CSV that has a measured throughput and that the model can predict (scipy's
+``least_squares``, trust-region reflective, within each constant's physical bounds). Two guards
+against fitting noise:
+
+* a robust loss (``soft_l1`` with a 10% scale): rows that are wrong in their source (a
+  mis-transcribed micro-batch, a model whose MLP the CSV cannot describe) pull like a 10% error,
+  not like their full error;
+* a weak prior: each constant also pays ``PRIOR_WEIGHT * log(value / physical default)``, so a
+  constant that no row informs (e.g. Blackwell fp4 when no fp4 row is left) stays at its
+  physical default instead of drifting.
+
+Constants are per GPU family and precision or per mechanism (``constants.PARAMETERS``), never per
+row or per source. Overfitting shows in the cross-validation: for each source group the constants
+are refitted without that group's rows and the group is predicted with them; the out-of-fold
+errors are reported next to the in-sample ones. A source group is a publisher (all of NVIDIA's
+NeMo/Megatron-Bridge/DGX-Cloud tables form one, all MosaicML tables another, ...), which is
+stricter than leaving out one table while its siblings, measured the same way, stay in.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from configurator.cost.constants import PARAMETERS, CostConstants
+from configurator.cost.step import StepInputs, evaluate, prepare
+from configurator.runs import RunCase, read_runs
+from configurator.validate import Prediction, resolve_case
+
+PRIOR_WEIGHT = 0.05
+ROBUST_SCALE = 0.1
+SOURCE_GROUPS: tuple[tuple[str, str], ...] = (
+    ("mosaicml", "MosaicML llm-foundry"),
+    ("nemo", "NVIDIA NeMo / Megatron-Bridge / DGX Cloud"),
+    ("dgx cloud", "NVIDIA NeMo / Megatron-Bridge / DGX Cloud"),
+    ("megatron-bridge", "NVIDIA NeMo / Megatron-Bridge / DGX Cloud"),
+    ("torchtitan", "torchtitan"),
+    ("bigscience", "BigScience"),
+    ("narayanan", "Narayanan et al. 2021"),
+    ("korthikanti", "Korthikanti et al. 2022"),
+    ("megatron-moe", "Megatron-Core MoE"),
+    ("megatron-core moe", "Megatron-Core MoE"),
+)
+
+
+def source_group(source: str) -> str:
+    s = source.lower()
+    for needle, group in SOURCE_GROUPS:
+        if needle in s:
+            return group
+    return source
+
+
+@dataclass(kw_only=True, slots=True)
+class Sample:
+    case: RunCase
+    inputs: StepInputs
+    measured_tokens_per_s_per_gpu: float
+    group: str
+
+
+def load_samples(runs: Path) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """Rows usable for fitting, and (run_id, reason) for measured rows that are not."""
+    samples, skipped = [], []
+    for case in read_runs(runs):
+        resolved, memory = resolve_case(case)
+        pred = Prediction(case=resolved, memory=memory)
+        measured = pred.measured_tokens_per_s_per_gpu if memory is not None else None
+        if memory is None:
+            if case.measured("measured_tokens_per_s_per_gpu") or case.measured("measured_step_s"):
+                skipped.append((case.run_id, case.error))
+            continue
+        if measured is None or measured <= 0:
+            continue
+        assert resolved.model and resolved.cluster and resolved.job and resolved.plan
+        inputs = prepare(resolved.model, resolved.cluster, resolved.job, resolved.plan, runtime=resolved.runtime)
+        samples.append(Sample(case=resolved, inputs=inputs, measured_tokens_per_s_per_gpu=measured,
+                              group=source_group(resolved.source)))
+    return samples, skipped
+
+
+# ----- parameter transform: log for strictly positive constants, linear for shares that may be 0 --
+def _to_x(values: dict[str, float]) -> np.ndarray:
+    return np.array([math.log(values[p.name]) if p.lower > 0 else values[p.name] for p in PARAMETERS])
+
+
+def _from_x(x: np.ndarray) -> dict[str, float]:
+    return {p.name: (math.exp(v) if p.lower > 0 else float(v)) for p, v in zip(PARAMETERS, x)}
+
+
+def _bounds() -> tuple[np.ndarray, np.ndarray]:
+    lo = np.array([math.log(p.lower) if p.lower > 0 else p.lower for p in PARAMETERS])
+    hi = np.array([math.log(p.upper) if p.lower > 0 else p.upper for p in PARAMETERS])
+    return lo, hi
+
+
+def log_errors(samples: list[Sample], constants: CostConstants) -> np.ndarray:
+    """log(predicted / measured) per sample."""
+    return np.array([math.log(evaluate(s.inputs, constants).tokens_per_s_per_gpu / s.measured_tokens_per_s_per_gpu)
+                     for s in samples])
+
+
+def fit(samples: list[Sample], start: dict[str, float] | None = None, *,
+        progress: Callable[[str], None] | None = None, tolerance: float = 1e-6) -> tuple[CostConstants, Any]:
+    """Least-squares fit of all constants on ``samples`` (module docstring)."""
+    from scipy.optimize import least_squares
+
+    defaults = _to_x({p.name: p.default for p in PARAMETERS})
+    x0 = _to_x(start) if start else defaults.copy()
+    lo, hi = _bounds()
+    x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
+    calls = [0]
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        calls[0] += 1
+        constants = CostConstants.from_dict(_from_x(x))
+        data = log_errors(samples, constants)
+        prior = PRIOR_WEIGHT * (x - defaults)
+        if progress and calls[0] % 25 == 0:
+            progress(f"{calls[0]} evaluations, median |log err| {np.median(np.abs(data)):.4f}")
+        return np.concatenate([data, prior])
+
+    sol = least_squares(residual, x0, bounds=(lo, hi), loss="soft_l1", f_scale=ROBUST_SCALE,
+                        diff_step=1e-3, x_scale=1.0, max_nfev=60 * len(PARAMETERS), xtol=tolerance, ftol=tolerance)
+    return CostConstants.from_dict(_from_x(sol.x)), sol
+
+
+def error_stats(log_errs: np.ndarray) -> dict[str, float]:
+    """Absolute percentage errors of tokens/s from log errors."""
+    ape = 100.0 * np.abs(np.exp(log_errs) - 1.0)
+    return {"rows": int(len(ape)), "median_abs_error_pct": round(float(np.median(ape)), 2),
+            "p90_abs_error_pct": round(float(np.percentile(ape, 90)), 2),
+            "median_error_pct": round(float(np.median(100.0 * (np.exp(log_errs) - 1.0))), 2)}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CalibrationResult:
+    constants: CostConstants
+    in_sample: dict[str, float]
+    cross_validated: dict[str, Any] | None
+    rows: int
+    skipped: tuple[tuple[str, str], ...]
+    runs_path: str
+    runs_sha256: str
+
+    def as_dict(self) -> dict[str, Any]:
+        values = self.constants.as_dict()
+        return {
+            "about": "Cost-model constants fitted by `configurator calibrate` (configurator/calibrate.py) to the "
+                     "measured tokens/s/GPU of a runs CSV. Per GPU family and precision or per mechanism; "
+                     "never per row or source. Regenerate with the command under fit.command.",
+            "constants": {p.name: round(values[p.name], 6) for p in PARAMETERS},
+            "fit": {
+                "command": f"configurator calibrate --runs {self.runs_path} --force",
+                "runs": self.runs_path, "runs_sha256": self.runs_sha256,
+                "date": _dt.date.today().isoformat(), "rows": self.rows,
+                "loss": f"soft_l1 on log(predicted/measured), scale {ROBUST_SCALE}; prior weight {PRIOR_WEIGHT}",
+                "in_sample": self.in_sample,
+                "cross_validated": self.cross_validated,
+                "skipped": [{"run_id": r, "reason": why} for r, why in self.skipped],
+            },
+            "parameters": [{"name": p.name, "value": round(values[p.name], 6), "default": p.default,
+                            "lower": p.lower, "upper": p.upper, "meaning": p.doc} for p in PARAMETERS],
+        }
+
+
+def _fold(job: tuple[str, str, dict[str, float]]) -> tuple[dict[str, float], str]:
+    """Refit without one source group (run in a worker process)."""
+    runs, group, start = job
+    samples, _ = load_samples(Path(runs))
+    train = [s for s in samples if s.group != group]
+    fitted, _ = fit(train, start=start, tolerance=1e-4)
+    return fitted.as_dict(), group
+
+
+def calibrate(runs: Path, *, cross_validate: bool = True, workers: int = 2,
+              progress: Callable[[str], None] | None = None) -> CalibrationResult:
+    samples, skipped = load_samples(runs)
+    if not samples:
+        from configurator.errors import InputError
+        raise InputError("runs", str(runs), "has no row with a measured throughput the model can predict")
+    say = progress or (lambda _msg: None)
+    say(f"fitting {len(PARAMETERS)} constants to {len(samples)} rows")
+    constants, _ = fit(samples, progress=progress)
+    in_sample = error_stats(log_errors(samples, constants))
+    say(f"in-sample median |error| {in_sample['median_abs_error_pct']}%")
+    cv: dict[str, Any] | None = None
+    if cross_validate:
+        groups = sorted({s.group for s in samples})
+        say(f"cross-validation: {len(groups)} refits, one without each source group, {workers} at a time")
+        jobs = [(str(runs), g, constants.as_dict()) for g in groups]
+        if workers > 1:
+            import multiprocessing
+
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                folds = pool.map(_fold, jobs)
+        else:
+            folds = [_fold(job) for job in jobs]
+        out_of_fold = np.zeros(len(samples))
+        by_group = []
+        for g, (fold_values, _) in zip(groups, folds):
+            test_idx = [i for i, s in enumerate(samples) if s.group == g]
+            errs = log_errors([samples[i] for i in test_idx], CostConstants.from_dict(fold_values))
+            out_of_fold[test_idx] = errs
+            by_group.append({"group": g, **error_stats(errs)})
+            say(f"  without {g}: {len(test_idx)} rows, median |error| {by_group[-1]['median_abs_error_pct']}%")
+        cv = {"method": "leave-one-source-group-out (a group is a publisher; see configurator/calibrate.py)",
+              **error_stats(out_of_fold), "by_group": by_group}
+    digest = hashlib.sha256(runs.read_bytes()).hexdigest()
+    return CalibrationResult(constants=constants, in_sample=in_sample, cross_validated=cv, rows=len(samples),
+                             skipped=tuple(skipped), runs_path=str(runs), runs_sha256=digest)
+
+
+def write_calibration(result: CalibrationResult, out: Path) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    tmp.replace(out)
+
+
+__all__ = ["CalibrationResult", "Sample", "calibrate", "error_stats", "fit", "load_samples", "log_errors",
+           "source_group", "write_calibration"]

@@ -1,0 +1,193 @@
+"""Collective and point-to-point times with an alpha-beta model on the links a group really uses.
+
+A group's ranks are mapped to GPUs by the placement; GPUs in one NVLink domain (a node, or a rack
+for NVL72) talk over NVLink, others over the scale-out network (InfiniBand/RoCE, one NIC share per
+GPU, rail-optimised). Collectives are hierarchical, as NCCL runs them across nodes:
+
+* all-reduce of S bytes, g ranks per domain over D domains:
+  ``2(g-1)/g * S / B_nvlink + 2(D-1)/D * (S/g) / B_scaleout`` (intra-domain reduce-scatter, an
+  inter-domain all-reduce of each rank's 1/g shard on its own NIC, intra-domain all-gather);
+* all-gather / reduce-scatter (S = the full, gathered size): half of that;
+* all-to-all of S bytes sent per rank: the NVLink part ``S(g-1)/n / B_nvlink`` and the scale-out
+  part ``S(n-g)/n / B_scaleout`` run at once (the slower one counts), and no single pair may be
+  slower than its own link allows (``S/n / B_pair``, which is what a slow node pair costs);
+* point-to-point: ``alpha + S / B_link`` of that GPU pair.
+
+Bandwidths are multiplied by the calibrated bus efficiency of their link type. Latency terms use
+the ring step count, capped by a tree's ``2 log2 D`` for large groups. With a measured node matrix,
+the inter-domain bandwidth of a ring is its slowest consecutive node pair, and the time of a kind of
+collective is that of its slowest group (all groups of a kind run at once and the step waits for
+the last).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from configurator.placement import Placement, groups
+from configurator.specs.hardware import ClusterSpec
+from configurator.specs.plan import Plan
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LinkEfficiency:
+    nvlink: float
+    """Achieved / nominal bus bandwidth inside an NVLink domain."""
+    scale_out: float
+    """Achieved / nominal bus bandwidth over the scale-out network."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GroupShape:
+    """The communication shape of one group: what its time depends on."""
+
+    size: int
+    per_domain: int
+    """Ranks of the group in its most crowded NVLink domain."""
+    domains: int
+    ring_bw_Bps: float
+    """Slowest scale-out link between consecutive domains of the ring (inf if one domain)."""
+    pair_bw_Bps: float
+    """Slowest scale-out link between any two of its domains (inf if one domain)."""
+    inter_latency_s: float
+
+
+class CommModel:
+    """Times of the collectives of one plan on one placed cluster. Caches group shapes."""
+
+    def __init__(self, cluster: ClusterSpec, plan: Plan, placement: Placement | None,
+                 efficiency: LinkEfficiency) -> None:
+        self.cluster = cluster
+        self.plan = plan
+        self.placement = placement or Placement.default(cluster)
+        self.eff = efficiency
+        self.gpu = self.placement.gpu_ids(cluster, plan.world_size)
+        domain = cluster.nvlink_domain_gpus if cluster.node_links is None else cluster.gpus_per_node
+        self.domain_size = max(domain, 1)
+        self._shapes: dict[str, list[GroupShape]] = {}
+        self._p2p: dict[int, tuple[bool, list[tuple[float, float]]]] = {}
+        self.nv_bw = cluster.intra_domain_link.bandwidth_Bps * efficiency.nvlink
+        self.nv_lat = cluster.intra_domain_link.latency_s
+
+    def with_efficiency(self, efficiency: LinkEfficiency) -> CommModel:
+        """The same placed plan under other link efficiencies; group shapes are shared (calibration)."""
+        other = object.__new__(CommModel)
+        other.__dict__.update(self.__dict__)
+        other.eff = efficiency
+        other.nv_bw = self.cluster.intra_domain_link.bandwidth_Bps * efficiency.nvlink
+        return other
+
+    # ----- group shapes ---------------------------------------------------------------------
+    def _node_link(self, a: int, b: int) -> tuple[float, float]:
+        """(bandwidth, latency) from node a to node b over the scale-out network."""
+        links = self.cluster.node_links
+        if links is not None:
+            link = links[a][b]
+            if link is not None:
+                return link.bandwidth_Bps, link.latency_s
+        so = self.cluster.scale_out_link
+        return so.bandwidth_Bps, so.latency_s
+
+    def shapes(self, kind: str) -> list[GroupShape]:
+        """Distinct shapes of all groups of ``kind`` (usually one on a homogeneous cluster)."""
+        if kind in self._shapes:
+            return self._shapes[kind]
+        rows = self.gpu[groups(self.plan, kind)]
+        domains = rows // self.domain_size
+        size = rows.shape[1]
+        measured = self.cluster.node_links is not None
+        seen: dict[tuple, GroupShape] = {}
+        # On a homogeneous cluster groups differ only in how they spread over domains.
+        keys = np.sort(domains, axis=1)
+        if not measured:
+            uniq = np.unique(keys - keys[:, :1], axis=0)
+            candidates = [u for u in uniq]
+        else:
+            candidates = list(range(len(rows)))
+        so = self.cluster.scale_out_link
+        for cand in candidates:
+            if measured:
+                ring = domains[cand]  # type: ignore[index]
+                ds = list(dict.fromkeys(int(d) for d in ring))
+                counts = np.unique(ring, return_counts=True)[1]
+                if len(ds) > 1:
+                    ring_links = [self._node_link(ds[i], ds[(i + 1) % len(ds)]) for i in range(len(ds))]
+                    ring_bw = min(bw for bw, _ in ring_links)
+                    lat = max(lt for _, lt in ring_links)
+                    pair_bw = min(self._node_link(a, b)[0] for a in ds for b in ds if a != b) \
+                        if len(ds) <= 64 else ring_bw
+                else:
+                    ring_bw = pair_bw = math.inf
+                    lat = 0.0
+                key = (int(counts.max()), len(ds), ring_bw, pair_bw, lat)
+            else:
+                counts = np.unique(cand, return_counts=True)[1]
+                nd = len(counts)
+                bw = so.bandwidth_Bps if nd > 1 else math.inf
+                key = (int(counts.max()), nd, bw, bw, so.latency_s if nd > 1 else 0.0)
+            if key not in seen:
+                seen[key] = GroupShape(size=size, per_domain=key[0], domains=key[1], ring_bw_Bps=key[2],
+                                       pair_bw_Bps=key[3], inter_latency_s=key[4])
+        self._shapes[kind] = list(seen.values())
+        return self._shapes[kind]
+
+    # ----- collectives ----------------------------------------------------------------------
+    def _allreduce_one(self, s: GroupShape, num_bytes: float, factor: float) -> float:
+        """``factor`` = 2 for all-reduce, 1 for all-gather / reduce-scatter."""
+        if s.size == 1 or num_bytes <= 0:
+            return 0.0
+        g, d = s.per_domain, s.domains
+        t = factor * (g - 1) / g * num_bytes / self.nv_bw + factor * (g - 1) * self.nv_lat
+        if d > 1:
+            steps = min(d - 1, 2 * math.ceil(math.log2(d)))
+            t += (factor * (d - 1) / d * (num_bytes / g) / (s.ring_bw_Bps * self.eff.scale_out)
+                  + factor * steps * s.inter_latency_s)
+        return t
+
+    def allreduce_s(self, kind: str, num_bytes: float) -> float:
+        return max((self._allreduce_one(s, num_bytes, 2.0) for s in self.shapes(kind)), default=0.0)
+
+    def allgather_s(self, kind: str, num_bytes: float) -> float:
+        """All-gather (or reduce-scatter) whose gathered buffer is ``num_bytes`` per rank."""
+        return max((self._allreduce_one(s, num_bytes, 1.0) for s in self.shapes(kind)), default=0.0)
+
+    reduce_scatter_s = allgather_s
+
+    def alltoall_s(self, kind: str, num_bytes: float) -> float:
+        """All-to-all where every rank sends ``num_bytes`` in total (its share to itself included)."""
+        worst = 0.0
+        for s in self.shapes(kind):
+            n, g = s.size, s.per_domain
+            if n == 1 or num_bytes <= 0:
+                continue
+            t = num_bytes * (g - 1) / n / self.nv_bw + (g - 1) * self.nv_lat
+            if s.domains > 1:
+                so = self.eff.scale_out
+                inter = max(num_bytes * (n - g) / n / (s.ring_bw_Bps * so), num_bytes / n / (s.pair_bw_Bps * so))
+                t = max(t, inter + s.inter_latency_s * min(s.domains - 1, 2 * math.ceil(math.log2(s.domains))))
+            worst = max(worst, t)
+        return worst
+
+    def p2p_stage_s(self, stage: int, num_bytes: float) -> float:
+        """Send from pipeline rank ``stage`` to ``stage + 1`` (wrapping), slowest of all pipelines."""
+        if self.plan.pp == 1 or num_bytes <= 0:
+            return 0.0
+        if stage not in self._p2p:
+            pipes = self.gpu[groups(self.plan, "pp")]
+            src, dst = pipes[:, stage], pipes[:, (stage + 1) % self.plan.pp]
+            same = (src // self.domain_size) == (dst // self.domain_size)
+            cross = ~same
+            g = self.cluster.gpus_per_node
+            pairs = set(zip((src[cross] // g).tolist(), (dst[cross] // g).tolist())) if cross.any() else set()
+            self._p2p[stage] = (bool(same.any()), [self._node_link(a, b) for a, b in pairs])
+        any_same, links = self._p2p[stage]
+        worst = self.nv_lat + num_bytes / self.nv_bw if any_same else 0.0
+        for bw, lat in links:
+            worst = max(worst, lat + num_bytes / (bw * self.eff.scale_out))
+        return worst
+
+
+__all__ = ["CommModel", "GroupShape", "LinkEfficiency"]

@@ -1,0 +1,162 @@
+"""How long a GPU takes for a piece of work: GEMMs on a size-dependent efficiency curve, flash
+attention on a length-dependent one, memory-bound kernels at a share of HBM bandwidth.
+
+GEMM time is ``max(FLOPs / (peak * eff(m, n, k)), bytes / HBM)`` with
+``eff = gemm_max * prod(d / (d + half_dim))`` over the three dimensions: large square GEMMs run at
+``gemm_max`` of the dense peak, thin ones (few tokens per expert, small hidden sizes) lose tiles
+and waves. ``gemm_max`` and ``half_dim`` are calibrated per GPU family and precision
+(``profiles/calibration.json``), or fitted to a probe's measured GEMM curve when the cluster
+profile has one (``"compute": {"gemm": [{"precision", "m", "n", "k", "tflops"}, ...]}``), which
+then replaces the calibrated curve for that precision.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from configurator.cost.constants import CostConstants
+from configurator.cost.work import BF16, LayerWork
+from configurator.specs.hardware import ClusterSpec
+
+
+UNFUSED_SCORE_BYTES = 2 + 2 + 2 + 1 + 2
+"""Forward traffic per attention score without flash attention: the QK^T output written (bf16), read
+and written by the fused scale-mask-softmax, the dropout mask (1 B) and the dropped-out probabilities
+read by the PV GEMM."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GemmCurve:
+    max_flops: float
+    """Achievable FLOP/s of a large GEMM."""
+    half_dim: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GpuRates:
+    """Achievable rates of one GPU under one set of constants."""
+
+    gemm: GemmCurve
+    """At the job's GEMM precision."""
+    gemm_bf16: GemmCurve
+    attention_flops: float
+    attention_half_len: float
+    attention_bwd_factor: float
+    hbm_Bps: float
+    gemm_input_bytes: float
+    """Bytes per element of GEMM operands for the memory-bound check (1 under fp8/fp4)."""
+    attention_kernel: str
+    """'cudnn' / 'fa2' (flash: FLOPs over the length curve) or 'unfused' (batched GEMMs over the
+    whole s x s score matrix plus its softmax/dropout traffic, ``UNFUSED_SCORE_BYTES`` per score)."""
+
+    def gemm_s(self, m: float, n: float, k: float, count: float, bf16: bool) -> float:
+        curve = self.gemm_bf16 if bf16 else self.gemm
+        d0 = curve.half_dim
+        eff = (m / (m + d0)) * (n / (n + d0)) * (k / (k + d0))
+        flops_s = 2.0 * m * n * k * count / (curve.max_flops * eff)
+        in_bytes = BF16 if bf16 else self.gemm_input_bytes
+        bytes_s = count * ((m * k + k * n) * in_bytes + m * n * BF16) / self.hbm_Bps
+        return max(flops_s, bytes_s)
+
+    def attention_s(self, work: LayerWork) -> float:
+        if work.attention_flops <= 0:
+            return 0.0
+        if self.attention_kernel == "unfused":
+            q, kv, n = work.attn_q_len, work.attention_kv_len, work.attn_batch
+            gemms = self.gemm_s(q, kv, work.attn_d_qk, n, True) + self.gemm_s(q, work.attn_d_v, kv, n, True)
+            return gemms + n * q * kv * UNFUSED_SCORE_BYTES / self.hbm_Bps
+        kv_len = work.attention_kv_len
+        return work.attention_flops / (self.attention_flops * kv_len / (kv_len + self.attention_half_len))
+
+
+def fit_gemm_curve(points: list[tuple[float, float, float, float]], peak_flops: float) -> GemmCurve:
+    """Fit ``max`` and ``half_dim`` to measured (m, n, k, flops_per_s) points (least squares on log)."""
+    from scipy.optimize import least_squares
+
+    arr = np.asarray(points, dtype=float)
+    dims, measured = arr[:, :3], arr[:, 3]
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        emax, d0 = math.exp(x[0]), math.exp(x[1])
+        eff = emax * np.prod(dims / (dims + d0), axis=1)
+        return np.log(eff * peak_flops) - np.log(measured)
+
+    sol = least_squares(residual, x0=[math.log(0.7), math.log(64.0)],
+                        bounds=([math.log(0.01), math.log(1.0)], [math.log(1.2), math.log(1e5)]))
+    return GemmCurve(max_flops=math.exp(sol.x[0]) * peak_flops, half_dim=math.exp(sol.x[1]))
+
+
+def measured_gemm_curves(cluster: ClusterSpec) -> dict[str, GemmCurve]:
+    """GEMM curves per precision from a probe's ``compute.gemm`` measurements (needs >= 3 points)."""
+    compute = dict(cluster.measured).get("compute")
+    if not isinstance(compute, dict) or not isinstance(compute.get("gemm"), list):
+        return {}
+    by_precision: dict[str, list[tuple[float, float, float, float]]] = {}
+    for p in compute["gemm"]:
+        try:
+            by_precision.setdefault(str(p["precision"]), []).append(
+                (float(p["m"]), float(p["n"]), float(p["k"]), float(p["tflops"]) * 1e12))
+        except (KeyError, TypeError, ValueError):
+            continue
+    curves = {}
+    for precision, points in by_precision.items():
+        if len(points) >= 3 and cluster.gpu.supports(precision):
+            curves[precision] = fit_gemm_curve(points, cluster.gpu.peak_flops_for(precision))
+    return curves
+
+
+def attention_efficiency(family: str, kernel: str, constants: CostConstants) -> float:
+    """Flash-attention throughput / bf16 peak for a kernel family (module docstring)."""
+    cudnn = constants[f"attention.{family}"]
+    if kernel != "fa2" or family == "ampere":
+        return cudnn
+    fa2_ratio = constants["attention.fa2.hopper"] / constants["attention.hopper"]
+    return constants["attention.fa2.hopper"] if family == "hopper" else cudnn * fa2_ratio
+
+
+def gpu_rates(cluster: ClusterSpec, precision: str, constants: CostConstants,
+              measured: dict[str, GemmCurve] | None = None, attention_kernel: str = "cudnn") -> GpuRates:
+    gpu = cluster.gpu
+    measured = measured if measured is not None else measured_gemm_curves(cluster)
+    half = constants["gemm.half_dim"]
+
+    def curve(p: str) -> GemmCurve:
+        if p in measured:
+            return measured[p]
+        return GemmCurve(max_flops=gpu.peak_flops_for(p) * constants.gemm_efficiency(gpu.family, p),
+                         half_dim=half)
+
+    bf16_peak = gpu.peak_flops_for("bf16")
+    return GpuRates(gemm=curve(precision), gemm_bf16=curve("bf16"),
+                    attention_flops=bf16_peak * attention_efficiency(gpu.family, attention_kernel, constants),
+                    attention_half_len=constants["attention.half_len"],
+                    attention_bwd_factor=2.0 if attention_kernel == "unfused" else constants["attention.bwd_factor"],
+                    hbm_Bps=gpu.hbm_bandwidth_Bps * constants["memory.hbm"],
+                    gemm_input_bytes=1.0 if precision in ("fp8", "fp4") else float(BF16),
+                    attention_kernel=attention_kernel)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkTime:
+    """Seconds of one piece of work, forward; backward is derived by ``backward_s``."""
+
+    gemm_s: float
+    attention_s: float
+    elementwise_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.gemm_s + self.attention_s + self.elementwise_s
+
+
+def time_work(work: LayerWork, rates: GpuRates) -> WorkTime:
+    gemm = sum(rates.gemm_s(g.m, g.n, g.k, g.count, g.bf16) for g in work.gemms)
+    return WorkTime(gemm_s=gemm, attention_s=rates.attention_s(work),
+                    elementwise_s=work.elementwise_bytes / rates.hbm_Bps)
+
+
+__all__ = ["GemmCurve", "GpuRates", "WorkTime", "fit_gemm_curve", "gpu_rates", "measured_gemm_curves",
+           "time_work"]

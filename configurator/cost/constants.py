@@ -1,0 +1,215 @@
+"""The cost model's constants: calibrated efficiencies and per-runtime mechanisms.
+
+Two files under ``profiles/``, kept apart on purpose:
+
+* ``calibration.json`` - the named efficiency constants that ``configurator calibrate`` fits to
+  measured runs (GEMM efficiency per GPU family and precision, attention kernel efficiency per
+  family, bus efficiency per link type, HBM efficiency of memory-bound kernels, fixed overheads),
+  with the data they came from and the fit's in-sample and leave-one-source-out errors;
+* ``cost.json`` - facts about how each framework runs a step (does it overlap TP communication,
+  the gradient reduce, the parameter gather; what selective recompute recomputes), with sources.
+  These are mechanisms, never fitted.
+
+``PARAMETERS`` lists every calibrated constant with its physical default, bounds and meaning; a
+calibration file must give exactly these names (strict, as all loaders here).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from configurator.errors import InputError
+from configurator.profiles import profiles_dir
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ParamDef:
+    name: str
+    default: float
+    lower: float
+    upper: float
+    doc: str
+
+
+PARAMETERS: tuple[ParamDef, ...] = (
+    ParamDef(name="gemm.ampere.bf16", default=0.75, lower=0.2, upper=1.0,
+             doc="Large-GEMM throughput / dense peak, A100, bf16 and fp16."),
+    ParamDef(name="gemm.hopper.bf16", default=0.7, lower=0.2, upper=1.0,
+             doc="Large-GEMM throughput / dense peak, H100/H200/H800, bf16 and fp16."),
+    ParamDef(name="gemm.hopper.fp8", default=0.6, lower=0.2, upper=1.0,
+             doc="Large-GEMM throughput / fp8 dense peak, Hopper (Transformer Engine delayed/current scaling)."),
+    ParamDef(name="gemm.blackwell.bf16", default=0.7, lower=0.2, upper=1.0,
+             doc="Large-GEMM throughput / dense peak, B200/B300/GB200/GB300, bf16."),
+    ParamDef(name="gemm.blackwell.fp8", default=0.6, lower=0.2, upper=1.0,
+             doc="Large-GEMM throughput / fp8 dense peak, Blackwell (MXFP8 / per-tensor)."),
+    ParamDef(name="gemm.blackwell.fp4", default=0.5, lower=0.1, upper=1.0,
+             doc="Large-GEMM throughput / fp4 dense peak, Blackwell (NVFP4)."),
+    ParamDef(name="gemm.half_dim", default=96.0, lower=4.0, upper=2048.0,
+             doc="GEMM size curve: efficiency = max * prod(d / (d + half_dim)) over m, n, k (wave "
+                 "quantisation and tile under-use of small or thin matrices)."),
+    ParamDef(name="attention.ampere", default=0.55, lower=0.1, upper=1.0,
+             doc="Flash-attention throughput / bf16 dense peak on long sequences, A100."),
+    ParamDef(name="attention.hopper", default=0.5, lower=0.1, upper=1.0,
+             doc="Flash-attention throughput / bf16 dense peak on long sequences, Hopper."),
+    ParamDef(name="attention.blackwell", default=0.5, lower=0.1, upper=1.0,
+             doc="Flash-attention throughput / bf16 dense peak on long sequences, Blackwell."),
+    ParamDef(name="attention.fa2.hopper", default=0.35, lower=0.1, upper=1.0,
+             doc="flash-attention 2 (PyTorch SDPA, flash-attn 2) throughput / bf16 dense peak on Hopper, "
+                 "which lacks FA3's Hopper kernels; Blackwell scales by the same ratio to cuDNN."),
+    ParamDef(name="attention.half_len", default=256.0, lower=1.0, upper=8192.0,
+             doc="Attention length curve: efficiency = max * s_kv / (s_kv + half_len)."),
+    ParamDef(name="attention.bwd_factor", default=3.0, lower=2.0, upper=4.5,
+             doc="Flash-attention backward time / forward time (5 matmuls vs 2, plus recomputing P)."),
+    ParamDef(name="memory.hbm", default=0.6, lower=0.1, upper=1.0,
+             doc="Achieved / nominal HBM bandwidth of memory-bound kernels (norms, activations, "
+                 "residuals, casts, optimizer)."),
+    ParamDef(name="link.nvlink", default=0.75, lower=0.1, upper=1.0,
+             doc="Achieved / nominal NVLink bus bandwidth of NCCL collectives."),
+    ParamDef(name="link.scale_out", default=0.8, lower=0.1, upper=1.0,
+             doc="Achieved / nominal scale-out (InfiniBand/RoCE) bus bandwidth of NCCL collectives."),
+    ParamDef(name="overhead.layer_s", default=2e-4, lower=1e-6, upper=5e-3,
+             doc="Host/launch overhead per transformer layer per micro-batch (forward + backward)."),
+    ParamDef(name="overhead.step_s", default=0.05, lower=1e-4, upper=2.0,
+             doc="Fixed time per optimizer step (data loading, logging, synchronisation)."),
+    ParamDef(name="overhead.microbatch_s", default=2e-3, lower=1e-6, upper=0.1,
+             doc="Host overhead per micro-batch per pipeline rank (schedule bookkeeping, data loading, "
+                 "transfer set-up), forward + backward."),
+    ParamDef(name="overhead.moe_layer_s", default=5e-4, lower=1e-6, upper=2e-2,
+             doc="Extra host overhead per MoE layer per micro-batch (router, permutation, the dispatcher's "
+                 "device-to-host sync of token counts, many small kernels)."),
+    ParamDef(name="overlap.tp", default=0.6, lower=0.0, upper=1.0,
+             doc="Share of TP communication hidden under GEMMs when the framework overlaps it "
+                 "(Transformer Engine userbuffers, NeMo's tp_comm_overlap)."),
+    ParamDef(name="overlap.ep", default=0.5, lower=0.0, upper=1.0,
+             doc="Share of expert-parallel all-to-all hidden when the framework overlaps it with "
+                 "another micro-batch's computation (NeMo/Megatron-Bridge MoE recipes)."),
+)
+PARAMETER_NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CostConstants:
+    """Calibrated values by name (see ``PARAMETERS``)."""
+
+    values: tuple[tuple[str, float], ...]
+
+    def __post_init__(self) -> None:
+        names = [n for n, _ in self.values]
+        if sorted(names) != sorted(PARAMETER_NAMES):
+            missing = sorted(set(PARAMETER_NAMES) - set(names))
+            extra = sorted(set(names) - set(PARAMETER_NAMES))
+            raise InputError("calibration", missing[0] if missing else extra[0],
+                             "is missing" if missing else "is not a known constant")
+
+    @staticmethod
+    def defaults() -> CostConstants:
+        return CostConstants(values=tuple((p.name, p.default) for p in PARAMETERS))
+
+    @staticmethod
+    def from_dict(values: dict[str, float]) -> CostConstants:
+        return CostConstants(values=tuple((n, float(values[n])) for n in PARAMETER_NAMES if n in values)
+                             + tuple((n, float(v)) for n, v in values.items() if n not in PARAMETER_NAMES))
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.values)
+
+    def __getitem__(self, name: str) -> float:
+        for n, v in self.values:
+            if n == name:
+                return v
+        raise KeyError(name)
+
+    def gemm_efficiency(self, family: str, precision: str) -> float:
+        key = "bf16" if precision == "fp16" else precision
+        if family == "ampere":
+            key = "bf16"
+        return self[f"gemm.{family}.{key}"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RuntimeCost:
+    """How a framework runs a step (profiles/cost.json; mechanisms with sources, not fitted)."""
+
+    name: str
+    tp_comm_overlap: bool
+    """TP all-gather/reduce-scatter overlapped with the GEMMs that use them."""
+    overlap_grad_reduce: bool
+    """Data-parallel gradient reduction overlapped with the last micro-batch's backward."""
+    overlap_param_gather: bool
+    """Distributed-optimizer parameter all-gather overlapped with the next step's first forward."""
+    grad_reduce_bytes: int
+    """Bytes per gradient element on the wire in the data-parallel reduction."""
+    zero3_per_microbatch: bool
+    """ZeRO-3/FSDP gathers parameters (and reduces gradients) in every micro-batch."""
+    selective_recompute: str
+    """'attention' (Megatron: the core-attention forward is recomputed) or 'ops' (torchtitan's
+    op-level policy: every second matmul is recomputed)."""
+    overlap_cpu_optimizer: bool
+    """Offloaded optimizer: D2H/H2D copies overlap the CPU Adam (Megatron's
+    --overlap-cpu-optimizer-d2h-h2d)."""
+    attention_kernel: str
+    """'cudnn' (Transformer Engine fused/flash attention), 'fa2' (flash-attention 2, PyTorch SDPA) or
+    'unfused' (materialised s^2 scores with a fused softmax: Megatron before flash attention)."""
+    ep_comm_overlap: bool
+    """Expert-parallel all-to-all overlapped with another micro-batch's computation."""
+    p2p_blocking: bool
+    """Pipeline sends/receives occupy both ranks (DeepSpeed's pipeline engine) instead of running
+    beside computation."""
+    p2p_split_over_tp: bool
+    """Without sequence parallelism, each TP rank sends 1/tp of the activation (Megatron's
+    scatter/gather optimisation); otherwise every TP rank sends all of it."""
+    source: str
+
+
+@lru_cache(maxsize=None)
+def _cost_file() -> dict[str, Any]:
+    return json.loads((profiles_dir() / "cost.json").read_text())
+
+
+def load_runtime_cost(name: str) -> RuntimeCost:
+    table = _cost_file()["runtimes"]
+    if name not in table:
+        raise InputError("runtime", name, f"must be one of {', '.join(sorted(table))}")
+    entry = dict(table[name])
+    return RuntimeCost(name=name, **entry)
+
+
+def hardware_default(key: str) -> float:
+    """Hardware figures used when a profile does not measure them (cost.json 'hardware_defaults')."""
+    return float(_cost_file()["hardware_defaults"][key]["value"])
+
+
+def calibration_path() -> Path:
+    return profiles_dir() / "calibration.json"
+
+
+@lru_cache(maxsize=None)
+def _load_calibration_cached(path: str) -> CostConstants:
+    return load_calibration(Path(path))
+
+
+def load_calibration(path: Path | None = None) -> CostConstants:
+    """The fitted constants (``profiles/calibration.json``), strictly checked."""
+    if path is None:
+        return _load_calibration_cached(str(calibration_path()))
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError("calibration", str(path), "file not found") from None
+    except json.JSONDecodeError as exc:
+        raise InputError("calibration", str(path), f"is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("constants"), dict):
+        raise InputError("calibration", str(path), "must hold a 'constants' object")
+    values = data["constants"]
+    for name, value in values.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise InputError(f"calibration.constants.{name}", value, "must be a number")
+    return CostConstants.from_dict(values)
+
+
+__all__ = ["CostConstants", "PARAMETERS", "PARAMETER_NAMES", "ParamDef", "RuntimeCost", "calibration_path",
+           "hardware_default", "load_calibration", "load_runtime_cost"]

@@ -1,0 +1,374 @@
+"""``estimate_step(model, cluster, job, plan, placement) -> StepReport``: the time of one training
+step, as named exposed-time terms that add up to ``step_s``.
+
+How a step is put together:
+
+1. Per virtual pipeline stage, the forward and backward time of one micro-batch: its layers' GEMMs,
+   attention and memory-bound kernels (``compute.py``), recompute (full: the forward again;
+   selective: the attention forward, or every second matmul under torchtitan's op policy), a host
+   overhead per layer, plus the communication the layer cannot hide - TP all-reduce-equivalents
+   (partly hidden where the framework overlaps them), the CP ring exchange beyond the attention it
+   overlaps, EP dispatch and combine, and ZeRO-3 parameter gathers / gradient reduce-scatters beyond
+   the layer compute they are prefetched under. The embedding sits on the first and the LM head and
+   loss on the last virtual stage.
+2. The pipeline schedule is simulated (``schedule.py``) with the point-to-point transfer of each
+   stage boundary on its real link. The busiest rank's time splits into compute and exposed
+   TP/CP/EP/ZeRO-3 communication; the rest of the makespan is bubble, and what the transfers add
+   to the makespan is ``pp_comm``.
+3. After its last backward, every stage reduces its gradients over data parallel (reduce-scatter for
+   ZeRO / the distributed optimizer, all-reduce otherwise; hierarchical on the real links) and
+   all-gathers updated parameters; with the framework's overlap the reduction hides under the last
+   backward and the gather under the next step's first forward. The step waits for the slowest
+   stage (``dp_comm``).
+4. The optimizer: the GPU part is memory-bound (``ADAM_BYTES_PER_PARAM``); the offloaded fraction
+   runs CPU Adam at the node's measured or default rate while gradients go down and parameters come
+   back over PCIe (overlapped with the CPU work where the framework does that); GPU and CPU parts
+   run at once, and what the CPU part adds beyond the GPU part is ``offload``.
+5. A fixed per-step overhead (calibrated).
+
+``prepare`` does everything that does not depend on the calibrated constants, ``evaluate`` the
+rest, so calibration can re-time hundreds of runs per trial.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from configurator.cost.comm import CommModel, LinkEfficiency
+from configurator.cost.compute import GemmCurve, GpuRates, gpu_rates, measured_gemm_curves, time_work
+from configurator.cost.constants import CostConstants, RuntimeCost, hardware_default, load_calibration, \
+    load_runtime_cost
+from configurator.cost.schedule import ScheduleResult, simulate
+from configurator.cost.work import BF16, LayerWork, embedding_work, head_work, layer_work, model_flops_per_token
+from configurator.memory import stage_layer_indices, stage_params
+from configurator.placement import Placement
+from configurator.specs.hardware import ClusterSpec
+from configurator.specs.job import JobSpec
+from configurator.specs.model import ModelSpec
+from configurator.specs.plan import Plan
+
+ADAM_BYTES_PER_PARAM = 4 * 2 + 4 * 2 + 4 * 2 + 4 + 2
+"""Adam's memory traffic per sharded parameter: read+write the fp32 master, both moments, read the
+fp32 gradient, write the bf16 parameter (30 B)."""
+OFFLOAD_PCIE_BYTES_PER_PARAM = 4 + 2
+"""Per offloaded parameter and step: its fp32 gradient down, its bf16 parameter back up."""
+BREAKDOWN_TERMS: tuple[str, ...] = ("compute", "pipeline_bubble", "tp_comm", "cp_comm", "ep_comm", "pp_comm",
+                                    "dp_comm", "optimizer", "offload", "overhead")
+_COMPONENTS = ("compute", "tp_comm", "cp_comm", "ep_comm", "dp_comm", "pp_comm")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepReport:
+    """One step's time; ``breakdown_s`` adds up to ``step_s``."""
+
+    step_s: float
+    tokens_per_s_per_gpu: float
+    model_tflops_per_gpu: float
+    mfu: float
+    breakdown_s: tuple[tuple[str, float], ...]
+    compute_detail_s: tuple[tuple[str, float], ...]
+    """The busiest rank's compute split: gemm, attention, elementwise, recompute, launch overhead."""
+    critical_stage: int
+    """Pipeline rank with the most work (its time is the ``compute`` term)."""
+    stage_busy_s: tuple[float, ...]
+    num_microbatches: int
+    bubble_fraction: float
+    runtime: str
+    peak_flops: float
+
+    def term(self, name: str) -> float:
+        return dict(self.breakdown_s)[name]
+
+    def as_dict(self) -> dict[str, Any]:
+        """INTERFACE.md's ``time`` object (plus details)."""
+        return {
+            "step_s": round(self.step_s, 6),
+            "tokens_per_s_per_gpu": round(self.tokens_per_s_per_gpu, 3),
+            "model_tflops_per_gpu": round(self.model_tflops_per_gpu, 3),
+            "mfu": round(self.mfu, 5),
+            "breakdown_s": {k: round(v, 6) for k, v in self.breakdown_s},
+            "compute_detail_s": {k: round(v, 6) for k, v in self.compute_detail_s},
+            "critical_stage": self.critical_stage,
+            "stage_busy_s": [round(b, 6) for b in self.stage_busy_s],
+            "num_microbatches": self.num_microbatches,
+            "bubble_fraction": round(self.bubble_fraction, 5),
+            "runtime": self.runtime,
+        }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class VirtualStage:
+    works: tuple[tuple[LayerWork, int, bool], ...]
+    """(work, how many layers, is an MoE layer) plus the embedding/head entries (count 1)."""
+    num_layers: int
+
+
+@dataclass(kw_only=True, slots=True)
+class StepInputs:
+    """Everything about one (model, cluster, job, plan, placement) that the constants do not change."""
+
+    model: ModelSpec
+    cluster: ClusterSpec
+    job: JobSpec
+    plan: Plan
+    runtime: RuntimeCost
+    stages: tuple[VirtualStage, ...]
+    comm: CommModel
+    num_microbatches: int
+    rank_params: tuple[tuple[float, float], ...]
+    """Per pipeline rank: (non-expert, expert) parameters held by one of its ranks."""
+    zero3_layer_bytes: tuple[float, ...]
+    """Per virtual stage: bf16 parameter bytes of one layer on a rank (ZeRO-3 gathers), mean."""
+    measured_curves: dict[str, GemmCurve]
+    p2p_bytes: float
+    cpu_adam_params_per_s_per_gpu: float
+    model_flops_per_step: float
+    _rates: dict[tuple, GpuRates] = field(default_factory=dict)
+    _schedules: dict[tuple, ScheduleResult] = field(default_factory=dict)
+
+    def schedule(self, forward_s: list[float], backward_s: list[float], send_s: list[float]) -> ScheduleResult:
+        """``simulate`` for this plan, remembering the last few results (calibration re-times the same
+        stages many times while varying constants that do not touch them)."""
+        key = (tuple(forward_s), tuple(backward_s), tuple(send_s))
+        hit = self._schedules.get(key)
+        if hit is None:
+            hit = simulate(pp=self.plan.pp, vpp=self.plan.vpp, num_microbatches=self.num_microbatches,
+                           forward_s=forward_s, backward_s=backward_s, send_forward_s=send_s,
+                           send_backward_s=send_s)
+            if len(self._schedules) >= 8:
+                self._schedules.pop(next(iter(self._schedules)))
+            self._schedules[key] = hit
+        return hit
+
+
+def _cpu_adam_rate(cluster: ClusterSpec) -> float:
+    node_rate = dict(cluster.measured).get("cpu_adam_params_per_s_per_node")
+    if isinstance(node_rate, (int, float)) and node_rate > 0:
+        return float(node_rate) / cluster.gpus_per_node
+    return hardware_default("cpu_adam_params_per_s_per_core") * cluster.host_cpu_cores_per_node / cluster.gpus_per_node
+
+
+def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
+            placement: Placement | None = None, *, runtime: str = "megatron") -> StepInputs:
+    """The constant-independent part of ``estimate_step``. ``plan`` must be legal (``check_plan``)."""
+    rt = load_runtime_cost(runtime)
+    if placement is not None:
+        placement.check(cluster)
+    m = max(1, plan.num_microbatches(job))
+    work_cache: dict[bool, LayerWork] = {}
+
+    def work_of(index: int) -> tuple[LayerWork, bool]:
+        moe = model.layer_is_moe(index)
+        if moe not in work_cache:
+            work_cache[moe] = layer_work(model, job, plan, index)
+        return work_cache[moe], moe
+
+    stages = []
+    zero3 = []
+    start = 0
+    virtual = plan.virtual_stage_layers(model)
+    for v, n in enumerate(virtual):
+        counts: dict[bool, int] = {}
+        per_layer_params = 0.0
+        for i in range(start, start + n):
+            _, moe = work_of(i)
+            counts[moe] = counts.get(moe, 0) + 1
+            dense, expert = model.layer_params(i)
+            per_layer_params += dense / plan.tp + expert / (plan.ep * plan.etp)
+        works = [(work_cache[moe], c, moe) for moe, c in sorted(counts.items())]
+        if v == 0:
+            works.append((embedding_work(model, job, plan), 1, False))
+        if v == len(virtual) - 1:
+            works.append((head_work(model, job, plan), 1, False))
+        stages.append(VirtualStage(works=tuple(works), num_layers=n))
+        zero3.append(BF16 * per_layer_params / max(n, 1))
+        start += n
+    rank_params = tuple(stage_params(model, plan, s, layers)
+                        for s, layers in enumerate(stage_layer_indices(model, plan)))
+    split = plan.sp or rt.p2p_split_over_tp
+    p2p = plan.micro_batch * job.seq_len / plan.cp * model.hidden_size * BF16 / (plan.tp if split else 1)
+    comm = CommModel(cluster, plan, placement, LinkEfficiency(nvlink=1.0, scale_out=1.0))
+    return StepInputs(model=model, cluster=cluster, job=job, plan=plan, runtime=rt, stages=tuple(stages),
+                      comm=comm, num_microbatches=m, rank_params=rank_params, zero3_layer_bytes=tuple(zero3),
+                      measured_curves=measured_gemm_curves(cluster), p2p_bytes=p2p,
+                      cpu_adam_params_per_s_per_gpu=_cpu_adam_rate(cluster),
+                      model_flops_per_step=model_flops_per_token(model, job.seq_len) * job.tokens_per_step)
+
+
+def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConstants,
+                 v: int) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """(forward components, backward components, compute detail) of one micro-batch on virtual stage v."""
+    plan, rt = inp.plan, inp.runtime
+    fwd = dict.fromkeys(_COMPONENTS, 0.0)
+    bwd = dict.fromkeys(_COMPONENTS, 0.0)
+    detail = dict.fromkeys(("gemm", "attention", "elementwise", "recompute", "launch"), 0.0)
+    tp_hidden = c["overlap.tp"] if rt.tp_comm_overlap else 0.0
+    ep_hidden = c["overlap.ep"] if rt.ep_comm_overlap else 0.0
+    stage = inp.stages[v]
+    chunk_layers = stage.num_layers
+    full_frac = 0.0
+    if plan.recompute == "full" and chunk_layers:
+        full_frac = min(1.0, (plan.recompute_num_layers or chunk_layers) / chunk_layers)
+    zero3_gather = plan.sharding == "zero3" or (plan.sharding == "zero2" and rt.zero3_per_microbatch)
+    for work, n, moe in stage.works:
+        wt = time_work(work, rates)
+        is_layer = work.attention_flops > 0
+        f_compute = wt.total_s
+        b_compute = 2 * wt.gemm_s + rates.attention_bwd_factor * wt.attention_s + 2 * wt.elementwise_s
+        tp_one = comm.allreduce_s("tp", work.tp_bytes) * (1 - tp_hidden) if work.tp_bytes else 0.0
+        tp_f = work.tp_collectives * tp_one
+        cp_f = cp_b = 0.0
+        if work.cp_bytes:
+            ring = comm.allgather_s("cp", work.cp_bytes * plan.cp)
+            hide = (plan.cp - 1) / plan.cp
+            cp_f = max(0.0, ring - hide * wt.attention_s)
+            cp_b = max(0.0, 2 * ring - hide * rates.attention_bwd_factor * wt.attention_s)
+        ep_f = 2 * comm.alltoall_s("ep", work.ep_bytes) * (1 - ep_hidden) if work.ep_bytes else 0.0
+        recompute = 0.0
+        re_frac = 0.0  # share of the forward's communication repeated by recompute
+        if is_layer:
+            if full_frac:
+                recompute = full_frac * f_compute
+                re_frac = full_frac
+            elif plan.recompute == "selective":
+                recompute = wt.attention_s if rt.selective_recompute == "attention" else 0.5 * wt.gemm_s
+        launch = (c["overhead.layer_s"] + (c["overhead.moe_layer_s"] if moe else 0.0)) if is_layer else 0.0
+        z_f = z_b = 0.0
+        if zero3_gather and is_layer and plan.dp * plan.cp > 1:
+            layer_bytes = inp.zero3_layer_bytes[v]
+            gather = comm.allgather_s("dp_cp", layer_bytes)
+            reduce = comm.reduce_scatter_s("dp_cp", layer_bytes / BF16 * rt.grad_reduce_bytes)
+            z_f = max(0.0, gather - f_compute)
+            back = reduce + (gather if plan.sharding == "zero3" else 0.0)
+            z_b = max(0.0, back - (b_compute + recompute))
+        fwd["compute"] += n * (f_compute + launch / 3)
+        bwd["compute"] += n * (b_compute + recompute + 2 * launch / 3)
+        fwd["tp_comm"] += n * tp_f
+        bwd["tp_comm"] += n * (1 + re_frac) * tp_f
+        fwd["cp_comm"] += n * cp_f
+        bwd["cp_comm"] += n * (cp_b + re_frac * cp_f)
+        fwd["ep_comm"] += n * ep_f
+        bwd["ep_comm"] += n * (1 + re_frac) * ep_f
+        fwd["dp_comm"] += n * z_f
+        bwd["dp_comm"] += n * z_b
+        detail["gemm"] += n * 3 * wt.gemm_s
+        detail["attention"] += n * (1 + rates.attention_bwd_factor) * wt.attention_s
+        detail["elementwise"] += n * 3 * wt.elementwise_s
+        detail["recompute"] += n * recompute
+        detail["launch"] += n * launch
+    return fwd, bwd, detail
+
+
+def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
+    """Time one prepared step under ``constants``."""
+    c = constants
+    plan, job, cluster, rt = inp.plan, inp.job, inp.cluster, inp.runtime
+    key = c.values
+    rates = inp._rates.get(key)
+    if rates is None:
+        rates = gpu_rates(cluster, job.precision, c, inp.measured_curves, rt.attention_kernel)
+        inp._rates.clear()
+        inp._rates[key] = rates
+    comm = inp.comm.with_efficiency(LinkEfficiency(nvlink=c["link.nvlink"], scale_out=c["link.scale_out"]))
+    m = inp.num_microbatches
+    pp, vpp = plan.pp, plan.vpp
+    per_stage = [_stage_times(inp, rates, comm, c, v) for v in range(pp * vpp)]
+    send_f = [comm.p2p_stage_s(r, inp.p2p_bytes) for r in range(pp)]
+    V = pp * vpp
+    per_mb = c["overhead.microbatch_s"] / vpp
+    for v, (f, b, _) in enumerate(per_stage):
+        f["compute"] += per_mb / 3
+        b["compute"] += 2 * per_mb / 3
+        if rt.p2p_blocking and pp > 1:
+            # The rank sends its output and receives its input itself: both transfers cost it time.
+            recv = send_f[(v - 1) % pp] if v > 0 else 0.0
+            send = send_f[v % pp] if v < V - 1 else 0.0
+            f["pp_comm"] = recv + send
+            b["pp_comm"] = recv + send
+    fwd_s = [sum(f.values()) for f, _, _ in per_stage]
+    bwd_s = [sum(b.values()) for _, b, _ in per_stage]
+    if rt.p2p_blocking:
+        send_f = [0.0] * pp
+    sched = inp.schedule(fwd_s, bwd_s, send_f)
+    if any(send_f):
+        makespan0 = inp.schedule(fwd_s, bwd_s, [0.0] * pp).makespan_s
+    else:
+        makespan0 = sched.makespan_s
+    critical = max(range(pp), key=lambda r: sched.busy_s[r])
+    components = dict.fromkeys(_COMPONENTS, 0.0)
+    detail = dict.fromkeys(("gemm", "attention", "elementwise", "recompute", "launch"), 0.0)
+    for v in range(critical, pp * vpp, pp):
+        f, b, d = per_stage[v]
+        for k in _COMPONENTS:
+            components[k] += m * (f[k] + b[k])
+        for k in detail:
+            detail[k] += m * d[k]
+    bubble = max(0.0, makespan0 - sched.busy_s[critical])
+    pp_comm = max(0.0, sched.makespan_s - makespan0) + components["pp_comm"]
+    # ---- data-parallel gradient reduction and parameter gather at the end of the step ----
+    end_times = []
+    gpu_opt = []
+    cpu_opt = []
+    zero3_like = plan.sharding == "zero3" or (plan.sharding == "zero2" and rt.zero3_per_microbatch)
+    for r in range(pp):
+        dense, expert = inp.rank_params[r]
+        exposed = 0.0
+        if not zero3_like:
+            grad = dense * rt.grad_reduce_bytes
+            grad_e = expert * rt.grad_reduce_bytes
+            if plan.sharding == "none":
+                reduce = comm.allreduce_s("dp_cp", grad) + comm.allreduce_s("edp", grad_e)
+                gather = 0.0
+            else:
+                reduce = comm.reduce_scatter_s("dp_cp", grad) + comm.reduce_scatter_s("edp", grad_e)
+                gather = comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
+            window = sched.finish_s[r] - sched.last_backward_start_s[r] if rt.overlap_grad_reduce else 0.0
+            exposed += max(0.0, reduce - window)
+            first_fwd = fwd_s[r] if rt.overlap_param_gather else 0.0
+            exposed += max(0.0, gather - first_fwd)
+        end_times.append(sched.finish_s[r] + exposed)
+        # Optimizer: parameters this rank updates.
+        group = plan.dp * plan.cp
+        sharded = plan.sharding != "none"
+        owned = dense / group + expert / plan.expert_dp if sharded else dense + expert
+        gpu_opt.append((1 - plan.offload) * owned * ADAM_BYTES_PER_PARAM / rates.hbm_Bps)
+        if plan.offload > 0:
+            cpu = plan.offload * owned / inp.cpu_adam_params_per_s_per_gpu
+            pcie = plan.offload * owned * OFFLOAD_PCIE_BYTES_PER_PARAM / cluster.gpu.pcie_host_bandwidth_Bps
+            cpu_opt.append(max(cpu, pcie) if rt.overlap_cpu_optimizer else cpu + pcie)
+        else:
+            cpu_opt.append(0.0)
+    dp_end = max(end_times) - sched.makespan_s
+    optimizer = max(gpu_opt)
+    offload = max(0.0, max(cpu_opt) - optimizer)
+    overhead = c["overhead.step_s"]
+    breakdown = {
+        "compute": components["compute"], "pipeline_bubble": bubble, "tp_comm": components["tp_comm"],
+        "cp_comm": components["cp_comm"], "ep_comm": components["ep_comm"], "pp_comm": pp_comm,
+        "dp_comm": components["dp_comm"] + dp_end, "optimizer": optimizer, "offload": offload,
+        "overhead": overhead,
+    }
+    step = sched.makespan_s + dp_end + optimizer + offload + overhead
+    world = plan.world_size
+    tokens = job.tokens_per_step
+    peak = cluster.gpu.peak_flops_for(job.precision)
+    model_tflops = inp.model_flops_per_step / step / world
+    return StepReport(
+        step_s=step, tokens_per_s_per_gpu=tokens / step / world, model_tflops_per_gpu=model_tflops / 1e12,
+        mfu=model_tflops / peak, breakdown_s=tuple((k, breakdown[k]) for k in BREAKDOWN_TERMS),
+        compute_detail_s=tuple(detail.items()), critical_stage=critical, stage_busy_s=sched.busy_s,
+        num_microbatches=m, bubble_fraction=bubble / sched.makespan_s if sched.makespan_s else 0.0,
+        runtime=rt.name, peak_flops=peak)
+
+
+def estimate_step(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
+                  placement: Placement | None = None, *, runtime: str = "megatron",
+                  constants: CostConstants | None = None) -> StepReport:
+    """Step time of a legal plan; ``placement`` defaults to Megatron's order on consecutive GPUs."""
+    inputs = prepare(model, cluster, job, plan, placement, runtime=runtime)
+    return evaluate(inputs, constants or load_calibration())
+
+
+__all__ = ["ADAM_BYTES_PER_PARAM", "BREAKDOWN_TERMS", "StepInputs", "StepReport", "estimate_step", "evaluate",
+           "prepare"]

@@ -1,0 +1,211 @@
+"""What one micro-batch asks of one rank: GEMMs, attention, memory-bound traffic, message sizes.
+
+Everything here is a count (FLOPs, bytes), independent of how fast the hardware is, so the
+calibration can compute it once per run and re-time it for every trial of the constants.
+
+Per layer and micro-batch on one rank, with ``t = micro_batch * seq_len / cp`` tokens:
+
+* GEMMs (forward; backward is the dgrad and wgrad GEMMs, twice the FLOPs with the same shapes):
+  QKV and output projections and the MLP, split over TP (``2*m*n*k`` FLOPs each); MLA's low-rank
+  projections; for MoE layers the router, the shared experts (over TP) and the routed experts:
+  ``t * top_k`` token-expert pairs spread over the stage's ``tp*cp*dp`` ranks, so a rank computes
+  ``t * k / tp`` pairs' worth, as grouped GEMMs of ``t*k*etp*ep/(tp*E)`` rows per local expert.
+* attention core (flash, causal): ``2 * t * s * heads/tp * (d_qk + d_v) * 1/2`` FLOPs forward;
+  with CP each rank's queries see the whole sequence once around the ring, so the work is 1/cp.
+* memory-bound bytes (norms, residual adds, activation functions, dropout, rotary, fp8 casts, MoE
+  permutes): read + write of each elementwise kernel's tensors, split over TP where the tensor is
+  (and over SP for the replicated ones).
+* messages: the TP all-reduce-equivalent size (``t * h`` bf16; two per layer forward), the CP ring
+  exchange of K and V, the EP dispatch size (``t/tp * k * h``).
+
+``model_flops_per_token`` is the MFU convention of INTERFACE.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from configurator.specs.job import JobSpec
+from configurator.specs.model import ModelSpec
+from configurator.specs.plan import Plan
+
+BF16 = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Gemm:
+    """``count`` GEMMs of (m x k) @ (k x n) at the job's GEMM precision (or bf16 if ``bf16``)."""
+
+    m: float
+    n: float
+    k: float
+    count: float = 1.0
+    bf16: bool = False
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.m * self.n * self.k * self.count
+
+
+@dataclass(frozen=True, slots=True)
+class LayerWork:
+    """Forward work of one layer for one micro-batch on one rank."""
+
+    gemms: tuple[Gemm, ...]
+    attention_flops: float
+    attention_kv_len: float
+    elementwise_bytes: float
+    tp_bytes: float
+    """Size of one TP all-reduce-equivalent (all-gather + reduce-scatter with SP)."""
+    tp_collectives: int
+    """TP all-reduce-equivalents per forward (backward has as many)."""
+    cp_bytes: float
+    """K and V bytes one rank passes on per ring step (forward)."""
+    ep_bytes: float
+    """Bytes one rank sends in one all-to-all (dispatch or combine) of the forward."""
+    attn_batch: float = 0.0
+    """Sequences x local heads (for an unfused attention's batched GEMMs)."""
+    attn_q_len: float = 0.0
+    attn_d_qk: float = 0.0
+    attn_d_v: float = 0.0
+
+
+def _mlp_gemms(tokens: float, h: int, ffn: float, swiglu: bool, count: float = 1.0) -> list[Gemm]:
+    up = 2 * ffn if swiglu else ffn
+    return [Gemm(tokens, up, h, count), Gemm(tokens, h, ffn, count)]
+
+
+def _mlp_act_bytes(ffn: float, swiglu: bool, fp8: bool) -> float:
+    """Activation function read/write per token (+ the fp8 cast of fc2's input)."""
+    act = (2 * ffn + ffn) * BF16 if swiglu else 2 * ffn * BF16
+    return act + (3 * ffn if fp8 else 0)
+
+
+def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerWork:
+    h = model.hidden_size
+    tp = plan.tp
+    t = plan.micro_batch * job.seq_len / plan.cp
+    sp_div = tp if plan.sp else 1
+    fp8 = job.precision in ("fp8", "fp4")
+    gemms: list[Gemm] = []
+    # ---- attention ----
+    heads = model.num_attention_heads / tp
+    if model.attention == "mla":
+        qk_d = model.qk_nope_head_dim + model.qk_rope_head_dim
+        v_d = model.v_head_dim
+        if model.q_lora_rank:
+            gemms += [Gemm(t, model.q_lora_rank, h), Gemm(t, heads * qk_d, model.q_lora_rank)]
+        else:
+            gemms.append(Gemm(t, heads * qk_d, h))
+        gemms += [Gemm(t, model.kv_lora_rank + model.qk_rope_head_dim, h),
+                  Gemm(t, heads * (model.qk_nope_head_dim + v_d), model.kv_lora_rank),
+                  Gemm(t, h, heads * v_d)]
+        q_width, kv_width = heads * qk_d, heads * (qk_d + v_d) / 2
+        head_sum = qk_d + v_d
+        attn_out = heads * v_d
+        d_qk, d_v = float(qk_d), float(v_d)
+    else:
+        d = model.kv_channels
+        q_width = heads * d
+        kv_width = model.num_kv_heads / tp * d
+        gemms += [Gemm(t, q_width + 2 * kv_width, h), Gemm(t, h, q_width)]
+        head_sum = 2 * d
+        attn_out = q_width
+        d_qk = d_v = float(d)
+    attention_flops = 2.0 * t * job.seq_len * heads * head_sum * 0.5
+    # ---- MLP / MoE ----
+    swiglu = model.mlp == "swiglu"
+    moe = model.layer_is_moe(index)
+    ep_bytes = 0.0
+    elem_split = 0.0
+    if moe:
+        k = model.moe_topk
+        shared = model.shared_expert_ffn_hidden_size or model.num_shared_experts * model.moe_ffn_hidden_size
+        gemms.append(Gemm(t, model.num_experts, h, bf16=True))  # router
+        if shared:
+            gemms += _mlp_gemms(t, h, shared / tp, swiglu)
+            elem_split += _mlp_act_bytes(shared / tp, swiglu, fp8)
+        local_experts = model.num_experts / plan.ep
+        pairs = t * k / tp * plan.etp  # token-expert pairs per rank, each on ffn/etp columns
+        rows = pairs / local_experts
+        gemms += _mlp_gemms(rows, h, model.moe_ffn_hidden_size / plan.etp, swiglu, count=local_experts)
+        elem_split += (t * k / tp) * _mlp_act_bytes(model.moe_ffn_hidden_size, swiglu, fp8) / t
+        # permute + unpermute copies of the routed tokens (read + write, bf16), probabilities.
+        elem_split += k * h * BF16 * 4 / tp * plan.etp
+        if plan.ep > 1:
+            ep_bytes = t / tp * k * h * BF16
+    else:
+        gemms += _mlp_gemms(t, h, model.ffn_hidden_size / tp, swiglu)
+        elem_split += _mlp_act_bytes(model.ffn_hidden_size / tp, swiglu, fp8)
+    # ---- memory-bound traffic per token ----
+    drop = 1 if model.dropout else 0
+    # Replicated over TP (split by SP): two norms (r+w), two residual adds (2r+w), dropout masks.
+    repl = 2 * 2 * h * BF16 + 2 * 3 * h * BF16 + drop * 2 * (2 * h * BF16 + h)
+    if fp8:
+        repl += 2 * 3 * h  # casts of the QKV and fc1 inputs to fp8
+    # Split over TP: rotary / bias on q and k, the attention output cast, MLP activations.
+    split = 2 * (q_width + 2 * kv_width) * BF16 + (3 * attn_out if fp8 else 0) + elem_split
+    if model.linear_bias:
+        split += 2 * (q_width + 2 * kv_width + 2 * model.ffn_hidden_size / tp) * BF16
+    elementwise = t * (repl / sp_div + split)
+    cp_bytes = 0.0
+    if plan.cp > 1:
+        cp_bytes = t * 2 * kv_width * BF16 if model.attention != "mla" else t * heads * (head_sum) * BF16
+    return LayerWork(gemms=tuple(gemms), attention_flops=attention_flops, attention_kv_len=job.seq_len,
+                     elementwise_bytes=elementwise, tp_bytes=t * h * BF16 if tp > 1 else 0.0,
+                     tp_collectives=2, cp_bytes=cp_bytes, ep_bytes=ep_bytes,
+                     attn_batch=plan.micro_batch * heads, attn_q_len=job.seq_len / plan.cp, attn_d_qk=d_qk,
+                     attn_d_v=d_v)
+
+
+def head_work(model: ModelSpec, job: JobSpec, plan: Plan) -> LayerWork:
+    """The LM head and the loss on the last stage (bf16 GEMM; fp32 softmax traffic)."""
+    t = plan.micro_batch * job.seq_len / plan.cp
+    vocab = model.padded_vocab_size(plan.tp) / plan.tp
+    h = model.hidden_size
+    elementwise = t * (vocab * (BF16 + 4 + 4) + 2 * h * BF16 / (plan.tp if plan.sp else 1))
+    return LayerWork(gemms=(Gemm(t, vocab, h, bf16=True),), attention_flops=0.0, attention_kv_len=1.0,
+                     elementwise_bytes=elementwise, tp_bytes=t * h * BF16 if plan.tp > 1 else 0.0,
+                     tp_collectives=1 if plan.sp else 0, cp_bytes=0.0, ep_bytes=0.0)
+
+
+def embedding_work(model: ModelSpec, job: JobSpec, plan: Plan) -> LayerWork:
+    """The input embedding on the first stage: a gather, then an all-reduce over TP (vocab-parallel)."""
+    t = plan.micro_batch * job.seq_len / plan.cp
+    h = model.hidden_size
+    return LayerWork(gemms=(), attention_flops=0.0, attention_kv_len=1.0, elementwise_bytes=t * h * BF16 * 2,
+                     tp_bytes=t * h * BF16 if plan.tp > 1 else 0.0, tp_collectives=1, cp_bytes=0.0,
+                     ep_bytes=0.0)
+
+
+def flops_params(model: ModelSpec) -> int:
+    """Parameters that cost matmul FLOPs per token: active parameters minus the input embedding
+    (a table lookup) and learned position embeddings. A tied LM head is counted once, as the head."""
+    lookup = model.learned_position_embeddings * model.hidden_size
+    if not model.tied_embeddings:
+        lookup += model.vocab_size * model.hidden_size
+    return model.active_params - lookup
+
+
+def attention_head_dim_sum(model: ModelSpec) -> float:
+    if model.attention == "mla":
+        return model.qk_nope_head_dim + model.qk_rope_head_dim + model.v_head_dim
+    return 2.0 * model.kv_channels
+
+
+def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
+    """Model FLOPs per trained token, forward + backward, no recompute (INTERFACE.md's MFU):
+
+        6 * N  +  3 * L * seq_len * n_heads * (d_qk + d_v)
+
+    ``N`` = ``flops_params`` (active parameters that do matmuls). The attention term counts the
+    causal half of QK^T and PV: forward ``2 * s * n_heads * (d_qk + d_v) / 2`` per token and layer,
+    times 3 for forward + backward. For MHA with n_heads * d = h it is ``6 * L * s * h``, half of the
+    non-causal ``12 * L * s * h`` of the PaLM paper's appendix B.
+    """
+    attention = 3.0 * model.num_layers * seq_len * model.num_attention_heads * attention_head_dim_sum(model)
+    return 6.0 * flops_params(model) + attention
+
+
+__all__ = ["Gemm", "LayerWork", "embedding_work", "flops_params", "head_work", "layer_work",
+           "model_flops_per_token"]

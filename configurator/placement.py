@@ -1,0 +1,103 @@
+"""Placement: which GPU runs which rank, and the communication groups a plan forms.
+
+Ranks follow Megatron-LM's order ``tp-cp-dp-pp`` (leftmost fastest) for the dense part:
+``rank = tp_i + tp * (cp_i + cp * (dp_i + dp * pp_i))``; the routed experts regroup each pipeline
+stage's ``tp * cp * dp`` ranks as ``etp-ep-edp`` (MoE parallel folding). A ``Placement`` maps rank
+``r`` to job slot ``r // gpus_per_node`` and local index ``r % gpus_per_node``, then slot to a
+physical node (``node_order``) and local index to a physical GPU (``gpu_order``). The default is
+the identity: Megatron's order on consecutive GPUs, which is what torchrun with static node ranks
+gives. The placement search (a later stage) only permutes these two orders; the emitters realise
+them with static node ranks and ``CUDA_VISIBLE_DEVICES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from configurator.errors import InputError
+from configurator.specs.hardware import ClusterSpec
+from configurator.specs.plan import Plan
+
+GROUP_KINDS: tuple[str, ...] = ("tp", "cp", "dp", "pp", "ep", "etp", "dp_cp", "edp")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Placement:
+    """Node order and per-node GPU order of a job (both permutations)."""
+
+    node_order: tuple[int, ...]
+    """Physical node index of job slot i (slot i holds ranks i*gpus_per_node ...)."""
+    gpu_order: tuple[tuple[int, ...], ...] = ()
+    """Per slot, the physical local GPU of each local rank; empty = identity on every node."""
+
+    @staticmethod
+    def default(cluster: ClusterSpec) -> Placement:
+        return Placement(node_order=tuple(range(cluster.num_nodes)))
+
+    def check(self, cluster: ClusterSpec) -> None:
+        if sorted(self.node_order) != list(range(cluster.num_nodes)):
+            raise InputError("placement.node_order", list(self.node_order),
+                             f"must be a permutation of the {cluster.num_nodes} nodes")
+        if self.gpu_order:
+            if len(self.gpu_order) != cluster.num_nodes:
+                raise InputError("placement.gpu_order", len(self.gpu_order),
+                                 f"must give one GPU order per node ({cluster.num_nodes})")
+            for order in self.gpu_order:
+                if sorted(order) != list(range(cluster.gpus_per_node)):
+                    raise InputError("placement.gpu_order", list(order),
+                                     f"must be a permutation of the {cluster.gpus_per_node} GPUs of a node")
+
+    def gpu_ids(self, cluster: ClusterSpec, world_size: int) -> np.ndarray:
+        """Global GPU index (node * gpus_per_node + local) of every rank."""
+        g = cluster.gpus_per_node
+        ranks = np.arange(world_size)
+        slots, local = ranks // g, ranks % g
+        nodes = np.asarray(self.node_order)[slots]
+        if self.gpu_order:
+            local = np.asarray(self.gpu_order)[slots, local]
+        return nodes * g + local
+
+    def as_dict(self, cluster: ClusterSpec) -> dict[str, object]:
+        return {"node_order": list(self.node_order),
+                "gpu_order": [list(o) for o in self.gpu_order] or None,
+                "rank_order": "tp-cp-dp-pp (Megatron, leftmost fastest); experts etp-ep-edp-pp",
+                "gpus_per_node": cluster.gpus_per_node}
+
+
+def rank_grid(plan: Plan) -> np.ndarray:
+    """Ranks as an array indexed [pp, dp, cp, tp] (Megatron's order read from the right)."""
+    return np.arange(plan.world_size).reshape(plan.pp, plan.dp, plan.cp, plan.tp)
+
+
+def groups(plan: Plan, kind: str) -> np.ndarray:
+    """All groups of one kind as a 2-D array of ranks (one row per group, in ring order).
+
+    ``dp_cp`` is the distributed optimizer's group (DP x CP); ``ep``/``etp``/``edp`` are the expert
+    groups of MoE parallel folding inside each stage's ``tp*cp*dp`` ranks.
+    """
+    grid = rank_grid(plan)
+    if kind == "tp":
+        return grid.reshape(-1, plan.tp)
+    if kind == "cp":
+        return grid.transpose(0, 1, 3, 2).reshape(-1, plan.cp)
+    if kind == "dp":
+        return grid.transpose(0, 2, 3, 1).reshape(-1, plan.dp)
+    if kind == "dp_cp":
+        return grid.transpose(0, 3, 1, 2).reshape(-1, plan.dp * plan.cp)
+    if kind == "pp":
+        return grid.transpose(1, 2, 3, 0).reshape(-1, plan.pp)
+    per_stage = plan.tp * plan.cp * plan.dp
+    edp = per_stage // (plan.ep * plan.etp)
+    expert = np.arange(plan.world_size).reshape(plan.pp, edp, plan.ep, plan.etp)
+    if kind == "etp":
+        return expert.reshape(-1, plan.etp)
+    if kind == "ep":
+        return expert.transpose(0, 1, 3, 2).reshape(-1, plan.ep)
+    if kind == "edp":
+        return expert.transpose(0, 2, 3, 1).reshape(-1, edp)
+    raise ValueError(f"unknown group kind {kind!r}")
+
+
+__all__ = ["GROUP_KINDS", "Placement", "groups", "rank_grid"]
