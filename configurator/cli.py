@@ -1,4 +1,4 @@
-"""Command line: ``configurator models | clusters | estimate | validate | calibrate``.
+"""Command line: ``configurator models | clusters | plan | estimate | validate | calibrate``.
 
 A thin layer over typed results: every command computes through the library and renders with
 ``configurator.render``; ``--json`` prints the same objects. User errors (``InputError``) become one
@@ -33,6 +33,9 @@ ClusterOpt = Annotated[str, typer.Option("--cluster", help="Preset name (see `cl
 NumGpusOpt = Annotated[Optional[int], typer.Option("--num-gpus", help="Cluster size in GPUs (presets).")]
 NodesOpt = Annotated[Optional[int], typer.Option("--nodes", help="Cluster size in nodes (presets).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")]
+GlobalBatchOpt = Annotated[int, typer.Option("--global-batch", help="Sequences per optimizer step.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="bf16|fp16|fp8|fp4.")]
 CalibrationOpt = Annotated[Optional[Path], typer.Option(
     "--calibration", help="Cost-model constants file (default: profiles/calibration.json).")]
 
@@ -50,6 +53,17 @@ def _parse_layers(text: str | None) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(","))
     except ValueError:
         raise InputError("pipeline_layers", text, "must be comma-separated integers") from None
+
+
+def _job(model: str, cluster: str, num_gpus: int | None, nodes: int | None, global_batch: int, seq_len: int,
+         precision: str):  # type: ignore[no-untyped-def]
+    """The model, the sized cluster and the job of a request (each checked)."""
+    spec = load_model(model)
+    hw = load_cluster(cluster, num_gpus=num_gpus, nodes=nodes)
+    job = JobSpec(global_batch=global_batch, seq_len=seq_len, precision=precision)
+    if not hw.gpu.supports(precision):
+        raise InputError("precision", precision, f"is not supported by {hw.gpu.key} ({hw.name})")
+    return spec, hw, job
 
 
 @app.command()
@@ -98,11 +112,84 @@ def clusters(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def plan(
+    model: ModelOpt,
+    cluster: ClusterOpt,
+    seq_len: SeqLenOpt,
+    global_batch: GlobalBatchOpt,
+    num_gpus: NumGpusOpt = None,
+    nodes: NodesOpt = None,
+    precision: PrecisionOpt = "bf16",
+    top: Annotated[int, typer.Option("--top", help="How many plans to show.")] = 5,
+    time_budget: Annotated[float, typer.Option("--time-budget", help="Seconds the search may take (Optuna's budget; exhaustive stops there too).")] = 8.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the Optuna sampler and the placement search.")] = 0,
+    trials: Annotated[int, typer.Option("--trials", help="Optuna's trial cap (deterministic for a seed when it, not the time budget, ends the study).")] = 1500,
+    method: Annotated[str, typer.Option("--method", help="auto|exhaustive|optuna (auto: exhaustive up to 20000 structures).")] = "auto",
+    runtime: Annotated[str, typer.Option("--runtime", help=f"The framework that will run the plan: {'|'.join(RUNTIMES)}.")] = "megatron",
+    calibration: CalibrationOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search the plan space for the fastest plans that fit; exit 3 if none fits."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from configurator.render import plans_table, search_plans_dicts
+    from configurator.search.optimize import METHODS, search
+    from configurator.search.space import SearchContext
+
+    spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision)
+    if method not in METHODS:
+        raise InputError("method", method, f"must be one of {', '.join(METHODS)}")
+    if runtime not in RUNTIMES:
+        raise InputError("runtime", runtime, f"must be one of {', '.join(RUNTIMES)}")
+    if top < 1:
+        raise InputError("top", top, "must be >= 1")
+    if trials < 1:
+        raise InputError("trials", trials, "must be >= 1")
+    if not time_budget > 0:
+        raise InputError("time_budget", time_budget, "must be > 0 seconds")
+    constants = _constants(calibration)
+    ctx = SearchContext(model=spec, cluster=hw, job=job, runtime=runtime)
+    err = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
+                  transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("searching", total=1.0)
+        result = search(ctx, top_k=top, time_budget_s=time_budget, seed=seed, method=method, constants=constants,
+                        max_trials=trials,
+                        progress=lambda frac, msg: bar.update(task, completed=frac, description=msg))
+    ranked = list(result.ranked)
+    if not ranked:
+        need = (f"; the smallest candidate needs {result.smallest_need_bytes / GIB:.1f} GiB of "
+                f"{hw.gpu_memory_bytes / GIB:.1f}" if result.smallest_need_bytes else "")
+        reasons = "; ".join(f"{n} x {r}" for r, n in result.pruned[:3])
+        print(f"error: no plan fits: {result.candidates} legal candidates, none fits memory{need} "
+              f"(why candidates were dropped: {reasons})", file=sys.stderr)
+        if as_json:
+            print(json.dumps({"plans": [], "search": result.as_dict()}, indent=2))
+        raise typer.Exit(3)
+    if as_json:
+        print(json.dumps({"plans": search_plans_dicts(spec, hw, job, ranked), "search": result.as_dict()}, indent=2))
+        return
+    console.print(f"[bold]{spec.name}[/bold] on {hw.num_gpus} x {hw.gpu.key} ({hw.name}), seq {seq_len}, "
+                  f"global batch {global_batch}, {precision}, runtime {runtime}")
+    console.print(plans_table(ranked, hw.gpu_memory_bytes / GIB))
+    best = ranked[0]
+    console.print(f"best: {best.plan.describe()} — {best.why}")
+    if best.placement is not None and best.default_placement_step_s:
+        gain = best.default_placement_step_s / best.step.step_s - 1
+        console.print(f"placement: node order {list(best.placement.node_order)} is {100 * gain:.1f}% faster than "
+                      f"Megatron's default order ({best.default_placement_step_s:.3f} s -> {best.step.step_s:.3f} s)")
+    console.print(f"search: {result.method}, {result.candidates} candidates, {result.feasible} fit, "
+                  f"{result.evaluated} costed, {result.seconds:.1f} s")
+    for note in result.notes:
+        console.print(f"  {note}")
+
+
+@app.command()
 def estimate(
     model: ModelOpt,
     cluster: ClusterOpt,
-    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")],
-    global_batch: Annotated[int, typer.Option("--global-batch", help="Sequences per optimizer step.")],
+    seq_len: SeqLenOpt,
+    global_batch: GlobalBatchOpt,
     num_gpus: NumGpusOpt = None,
     nodes: NodesOpt = None,
     micro_batch: Annotated[int, typer.Option("--micro-batch", help="Sequences per micro-batch.")] = 1,
@@ -118,18 +205,14 @@ def estimate(
     recompute: Annotated[str, typer.Option("--recompute", help="none|selective|full.")] = "none",
     recompute_layers: Annotated[int, typer.Option("--recompute-layers", help="With full: layers per chunk recomputed (0 = all).")] = 0,
     offload: Annotated[float, typer.Option("--offload", help="Optimizer CPU-offload fraction in [0, 1].")] = 0.0,
-    precision: Annotated[str, typer.Option("--precision", help="bf16|fp16|fp8|fp4.")] = "bf16",
+    precision: PrecisionOpt = "bf16",
     pipeline_layers: Annotated[Optional[str], typer.Option("--pipeline-layers", help="Layers per virtual stage, e.g. 7,8,...,8,7 (default: even).")] = None,
     runtime: Annotated[str, typer.Option("--runtime", help=f"The framework that runs the plan (memory layout and step mechanics): {'|'.join(RUNTIMES)}.")] = "megatron",
     calibration: CalibrationOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Memory and step time of one given plan, per pipeline stage, and whether it fits."""
-    spec = load_model(model)
-    hw = load_cluster(cluster, num_gpus=num_gpus, nodes=nodes)
-    job = JobSpec(global_batch=global_batch, seq_len=seq_len, precision=precision)
-    if not hw.gpu.supports(precision):
-        raise InputError("precision", precision, f"is not supported by {hw.gpu.key} ({hw.name})")
+    spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision)
     plan, chosen = resolve_plan(hw.num_gpus, tp=tp, pp=pp, cp=cp, dp=dp, sp=sp, vpp=vpp, ep=ep, etp=etp,
                                 sharding=sharding, recompute=recompute, recompute_num_layers=recompute_layers,
                                 micro_batch=micro_batch, offload=offload,

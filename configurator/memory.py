@@ -212,11 +212,24 @@ def stage_layer_indices(model: ModelSpec, plan: Plan) -> list[list[int]]:
     return out
 
 
+@lru_cache(maxsize=64)
+def all_layer_params(model: ModelSpec) -> tuple[tuple[int, int], ...]:
+    """``model.layer_params(i)`` for every layer, computed once per model (the search asks often)."""
+    return tuple(model.layer_params(i) for i in range(model.num_layers))
+
+
+@lru_cache(maxsize=64)
+def layer_moe_flags(model: ModelSpec) -> tuple[bool, ...]:
+    """``model.layer_is_moe(i)`` for every layer, once per model."""
+    return tuple(model.layer_is_moe(i) for i in range(model.num_layers))
+
+
 def stage_params(model: ModelSpec, plan: Plan, stage: int, layers: list[int]) -> tuple[float, float]:
     """(non-expert, expert) parameters on one rank of ``stage``."""
     dense = expert = 0.0
+    params = all_layer_params(model)
     for i in layers:
-        d, e = model.layer_params(i)
+        d, e = params[i]
         dense += d
         expert += e
     vocab = model.padded_vocab_size(plan.tp)
@@ -304,7 +317,14 @@ def _stage_activations(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, 
         per_stage = 0.0
         working = 0.0
     else:
-        full = [layer_activation_bytes(model, job, plan, i) for i in layers]
+        flags = layer_moe_flags(model)
+        by_kind: dict[bool, float] = {}
+        full = []
+        for i in layers:
+            kind = flags[i]
+            if kind not in by_kind:
+                by_kind[kind] = layer_activation_bytes(model, job, plan, i)
+            full.append(by_kind[kind])
         if plan.recompute == "full":
             chunk_layers = len(layers) / plan.vpp
             recomputed = plan.recompute_num_layers or chunk_layers
@@ -353,7 +373,8 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
         if plan.sharding == "zero3":
             # Unsharded working set: two gathered layers (current + prefetch) in bf16 and one layer's
             # unsharded fp32 gradient before its reduce-scatter; the embedding/head gathered likewise.
-            per_layer = [sum(model.layer_params(i)) / plan.tp for i in layers] or [0]
+            params = all_layer_params(model)
+            per_layer = [sum(params[i]) / plan.tp for i in layers] or [0]
             biggest = max(per_layer)
             if s in (0, plan.pp - 1):
                 biggest = max(biggest, model.padded_vocab_size(plan.tp) * model.hidden_size / plan.tp)

@@ -70,3 +70,48 @@ def memory_table(memory: MemoryReport) -> Table:
                       f"{s.activations_bytes / GIB:.1f}", f"{s.overhead_bytes / GIB:.1f}",
                       f"[red]{total}[/red]" if over else total, f"{memory.capacity_bytes / GIB:.1f}")
     return table
+
+
+def lost_reason(plan_step: StepReport, best_step: StepReport) -> str:
+    """One line on why a plan lost to the best: the term that grew most."""
+    slower = plan_step.step_s / best_step.step_s - 1.0
+    if slower <= 1e-9:
+        return "best"
+    best_terms = dict(best_step.breakdown_s)
+    diffs = sorted(((v - best_terms[k], k) for k, v in plan_step.breakdown_s), reverse=True)
+    delta, term = diffs[0]
+    return f"{100 * slower:.1f}% slower, mostly {term.replace('_', ' ')} (+{delta:.3f} s)"
+
+
+def search_plans_dicts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, ranked: list[Any]) -> list[dict[str, Any]]:
+    """INTERFACE.md's ``plans`` list: estimate objects plus placement, choices and why each lost."""
+    out = []
+    best = ranked[0].step if ranked else None
+    for e in ranked:
+        d = estimate_dict(model, cluster, job, e.plan, e.memory, [e.why], e.step)
+        placement = e.placement
+        d["placement"] = (placement.as_dict(cluster) if placement is not None else
+                          {"node_order": list(range(cluster.num_nodes)), "gpu_order": None,
+                           "rank_order": "tp-cp-dp-pp (Megatron, leftmost fastest); experts etp-ep-edp-pp",
+                           "gpus_per_node": cluster.gpus_per_node, "default": True})
+        if e.default_placement_step_s is not None:
+            d["placement"]["default_order_step_s"] = round(e.default_placement_step_s, 6)
+        d["why"] = e.why
+        d["vs_best"] = lost_reason(e.step, best) if best is not None else ""
+        out.append(d)
+    return out
+
+
+def plans_table(ranked: list[Any], capacity_gib: float) -> Table:
+    table = Table(title="Best plans (modelled)")
+    for col in ("#", "plan", "tokens/s/GPU", "MFU", "peak GiB", "step s", "compute / bubble / comm s", "vs best"):
+        table.add_column(col, justify="left" if col in ("plan", "vs best") else "right")
+    best = ranked[0].step
+    for i, e in enumerate(ranked, 1):
+        t = dict(e.step.breakdown_s)
+        comm = sum(t[k] for k in ("tp_comm", "cp_comm", "ep_comm", "pp_comm", "dp_comm"))
+        table.add_row(str(i), e.plan.describe(), f"{e.step.tokens_per_s_per_gpu:,.0f}", f"{100 * e.step.mfu:.1f}%",
+                      f"{e.memory.peak_bytes / GIB:.1f}/{capacity_gib:.0f}", f"{e.step.step_s:.3f}",
+                      f"{t['compute']:.2f} / {t['pipeline_bubble']:.2f} / {comm:.2f}",
+                      lost_reason(e.step, best))
+    return table

@@ -140,3 +140,44 @@ def test_validate_report_writes_page_and_plots(tmp_path, published_runs) -> None
     assert json.loads((report / "summary.json").read_text())["throughput"]["predicted_rows"] >= 27
     again = run("validate", "--runs", str(runs), "--report", str(report))
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_plan_json_lists_ranked_plans_and_the_search() -> None:
+    proc = run("plan", "--model", "llama3-8b", "--cluster", "dgx-h100", "--num-gpus", "16", "--seq-len", "4096",
+               "--global-batch", "64", "--top", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert len(out["plans"]) == 3
+    assert set(out["search"]) >= {"candidates", "feasible", "evaluated", "seconds", "method"}
+    steps = [p["time"]["step_s"] for p in out["plans"]]
+    assert steps == sorted(steps)
+    best = out["plans"][0]
+    assert best["fits"] and best["vs_best"] == "best" and best["placement"]["node_order"] == [0, 1]
+    assert "slower" in out["plans"][1]["vs_best"] or out["plans"][1]["time"]["step_s"] == best["time"]["step_s"]
+
+
+def test_plan_table_renders() -> None:
+    proc = run("plan", "--model", "llama3-70b", "--cluster", "dgx-h100", "--num-gpus", "8", "--seq-len", "4096",
+               "--global-batch", "32", "--top", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "Best plans" in proc.stdout and "offload" in proc.stdout and "search: exhaustive" in proc.stdout
+
+
+def test_plan_exits_3_when_nothing_fits() -> None:
+    proc = run("plan", "--model", "llama3-405b", "--cluster", "dgx-h100", "--num-gpus", "8", "--seq-len", "8192",
+               "--global-batch", "16")
+    assert proc.returncode == 3
+    assert "no plan fits" in proc.stderr and "GiB of 79.6" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--method", "annealing"], "method='annealing'"),
+    (["--top", "0"], "top=0"),
+    (["--precision", "fp4"], "precision='fp4'"),
+    (["--runtime", "jax"], "runtime='jax'"),
+])
+def test_plan_bad_input_exits_2(args: list[str], needle: str) -> None:
+    proc = run("plan", "--model", "llama3-8b", "--cluster", "dgx-h100", "--num-gpus", "8", "--seq-len", "4096",
+               "--global-batch", "64", *args)
+    assert proc.returncode == 2, proc.stdout
+    assert needle in proc.stderr and "Traceback" not in proc.stderr

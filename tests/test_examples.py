@@ -19,6 +19,9 @@ def test_example_runs(script: Path) -> None:
     proc = subprocess.run(["bash", str(script), "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
+    if script.name.startswith("plan"):
+        assert out["plans"] and out["plans"][0]["fits"] and out["search"]["evaluated"] > 0
+        return
     if script.name.startswith("validate"):
         assert out["throughput"]["predicted_rows"] > 0 and out["memory"]["rows"] > 0
         return

@@ -23,6 +23,7 @@ the last).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,10 @@ class GroupShape:
     pair_bw_Bps: float
     """Slowest scale-out link between any two of its domains (inf if one domain)."""
     inter_latency_s: float
+
+
+SAMPLED_GROUPS = 64
+_SHAPES: dict[tuple, tuple[object, list[GroupShape]]] = {}
 
 
 class CommModel:
@@ -95,44 +100,52 @@ class CommModel:
         """Distinct shapes of all groups of ``kind`` (usually one on a homogeneous cluster)."""
         if kind in self._shapes:
             return self._shapes[kind]
-        rows = self.gpu[groups(self.plan, kind)]
-        domains = rows // self.domain_size
-        size = rows.shape[1]
         measured = self.cluster.node_links is not None
+        # The shapes depend only on the degrees, the placement, the domain size and the links: remember
+        # them across the thousands of plans a search costs (keyed by the link matrix object itself).
+        plan = self.plan
+        key = (kind, plan.tp, plan.cp, plan.dp, plan.pp, plan.ep, plan.etp, self.domain_size,
+               self.cluster.gpus_per_node, self.placement.node_order, self.placement.gpu_order,
+               self.cluster.scale_out_link, id(self.cluster.node_links))
+        hit = _SHAPES.get(key)
+        if hit is not None and hit[0] is self.cluster.node_links:
+            self._shapes[kind] = hit[1]
+            return hit[1]
+        rows = self.gpu[groups(self.plan, kind)]
+        if not measured and len(rows) > SAMPLED_GROUPS:
+            # Homogeneous links: groups differ only in how they spread over NVLink domains, and with
+            # Megatron's strided groups that pattern repeats; an even sample of groups (first and last
+            # included) finds every pattern without sorting tens of thousands of rows.
+            pick = np.unique(np.linspace(0, len(rows) - 1, SAMPLED_GROUPS).astype(int))
+            rows = rows[pick]
+        domains = (rows // self.domain_size).tolist()
+        size = len(domains[0])
         seen: dict[tuple, GroupShape] = {}
-        # On a homogeneous cluster groups differ only in how they spread over domains.
-        keys = np.sort(domains, axis=1)
-        if not measured:
-            uniq = np.unique(keys - keys[:, :1], axis=0)
-            candidates = [u for u in uniq]
-        else:
-            candidates = list(range(len(rows)))
         so = self.cluster.scale_out_link
-        for cand in candidates:
-            if measured:
-                ring = domains[cand]  # type: ignore[index]
-                ds = list(dict.fromkeys(int(d) for d in ring))
-                counts = np.unique(ring, return_counts=True)[1]
-                if len(ds) > 1:
-                    ring_links = [self._node_link(ds[i], ds[(i + 1) % len(ds)]) for i in range(len(ds))]
-                    ring_bw = min(bw for bw, _ in ring_links)
-                    lat = max(lt for _, lt in ring_links)
-                    pair_bw = min(self._node_link(a, b)[0] for a in ds for b in ds if a != b) \
-                        if len(ds) <= 64 else ring_bw
-                else:
-                    ring_bw = pair_bw = math.inf
-                    lat = 0.0
-                key = (int(counts.max()), len(ds), ring_bw, pair_bw, lat)
+        for ring in domains:
+            tally = Counter(ring)
+            ds = list(tally)
+            per_domain = max(tally.values())
+            if len(ds) == 1:
+                sig: tuple = (per_domain, 1, math.inf, math.inf, 0.0)
+            elif measured:
+                ring_links = [self._node_link(ds[i], ds[(i + 1) % len(ds)]) for i in range(len(ds))]
+                ring_bw = min(bw for bw, _ in ring_links)
+                lat = max(lt for _, lt in ring_links)
+                pair_bw = min(self._node_link(a, b)[0] for a in ds for b in ds if a != b) \
+                    if len(ds) <= 64 else ring_bw
+                sig = (per_domain, len(ds), ring_bw, pair_bw, lat)
             else:
-                counts = np.unique(cand, return_counts=True)[1]
-                nd = len(counts)
-                bw = so.bandwidth_Bps if nd > 1 else math.inf
-                key = (int(counts.max()), nd, bw, bw, so.latency_s if nd > 1 else 0.0)
-            if key not in seen:
-                seen[key] = GroupShape(size=size, per_domain=key[0], domains=key[1], ring_bw_Bps=key[2],
-                                       pair_bw_Bps=key[3], inter_latency_s=key[4])
-        self._shapes[kind] = list(seen.values())
-        return self._shapes[kind]
+                sig = (per_domain, len(ds), so.bandwidth_Bps, so.bandwidth_Bps, so.latency_s)
+            if sig not in seen:
+                seen[sig] = GroupShape(size=size, per_domain=sig[0], domains=sig[1], ring_bw_Bps=sig[2],
+                                       pair_bw_Bps=sig[3], inter_latency_s=sig[4])
+        shapes = list(seen.values())
+        self._shapes[kind] = shapes
+        if len(_SHAPES) > 20000:
+            _SHAPES.clear()
+        _SHAPES[key] = (self.cluster.node_links, shapes)  # holding the matrix keeps its id unique
+        return shapes
 
     # ----- collectives ----------------------------------------------------------------------
     def _allreduce_one(self, s: GroupShape, num_bytes: float, factor: float) -> float:

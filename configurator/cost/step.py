@@ -41,7 +41,7 @@ from configurator.cost.constants import CostConstants, RuntimeCost, hardware_def
     load_runtime_cost
 from configurator.cost.schedule import ScheduleResult, simulate
 from configurator.cost.work import BF16, LayerWork, embedding_work, head_work, layer_work, model_flops_per_token
-from configurator.memory import stage_layer_indices, stage_params
+from configurator.memory import all_layer_params, stage_layer_indices, stage_params
 from configurator.placement import Placement
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
@@ -142,8 +142,9 @@ class StepInputs:
         return hit
 
 
-def _cpu_adam_rate(cluster: ClusterSpec) -> float:
-    node_rate = dict(cluster.measured).get("cpu_adam_params_per_s_per_node")
+def cpu_adam_rate_per_gpu(cluster: ClusterSpec) -> float:
+    """CPU Adam parameters per second available to one GPU: measured per node, or the default per core."""
+    node_rate = dict(cluster.measured).get("cpu_adam_params_per_s")
     if isinstance(node_rate, (int, float)) and node_rate > 0:
         return float(node_rate) / cluster.gpus_per_node
     return hardware_default("cpu_adam_params_per_s_per_core") * cluster.host_cpu_cores_per_node / cluster.gpus_per_node
@@ -168,13 +169,14 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
     zero3 = []
     start = 0
     virtual = plan.virtual_stage_layers(model)
+    params = all_layer_params(model)
     for v, n in enumerate(virtual):
         counts: dict[bool, int] = {}
         per_layer_params = 0.0
         for i in range(start, start + n):
             _, moe = work_of(i)
             counts[moe] = counts.get(moe, 0) + 1
-            dense, expert = model.layer_params(i)
+            dense, expert = params[i]
             per_layer_params += dense / plan.tp + expert / (plan.ep * plan.etp)
         works = [(work_cache[moe], c, moe) for moe, c in sorted(counts.items())]
         if v == 0:
@@ -192,7 +194,7 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
     return StepInputs(model=model, cluster=cluster, job=job, plan=plan, runtime=rt, stages=tuple(stages),
                       comm=comm, num_microbatches=m, rank_params=rank_params, zero3_layer_bytes=tuple(zero3),
                       measured_curves=measured_gemm_curves(cluster), p2p_bytes=p2p,
-                      cpu_adam_params_per_s_per_gpu=_cpu_adam_rate(cluster),
+                      cpu_adam_params_per_s_per_gpu=cpu_adam_rate_per_gpu(cluster),
                       model_flops_per_step=model_flops_per_token(model, job.seq_len) * job.tokens_per_step)
 
 
@@ -210,7 +212,9 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     full_frac = 0.0
     if plan.recompute == "full" and chunk_layers:
         full_frac = min(1.0, (plan.recompute_num_layers or chunk_layers) / chunk_layers)
-    zero3_gather = plan.sharding == "zero3" or (plan.sharding == "zero2" and rt.zero3_per_microbatch)
+    # ZeRO-3 gathers parameters in every micro-batch; ZeRO-2 keeps them but must reduce-scatter each
+    # micro-batch's gradients into the shards (no full gradient buffer to accumulate into).
+    zero3_gather = plan.sharding in ("zero2", "zero3")
     for work, n, moe in stage.works:
         wt = time_work(work, rates)
         is_layer = work.attention_flops > 0
@@ -260,20 +264,60 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     return fwd, bwd, detail
 
 
+def _all_stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel,
+                     c: CostConstants) -> list[tuple[dict[str, float], dict[str, float], dict[str, float]]]:
+    """``_stage_times`` of every virtual stage; stages with the same layers share one computation
+    (fresh dict copies, since ``evaluate`` adds to them)."""
+    memo: dict[tuple, tuple[dict[str, float], dict[str, float], dict[str, float]]] = {}
+    out = []
+    for v, stage in enumerate(inp.stages):
+        key = (tuple((id(w), n, moe) for w, n, moe in stage.works), stage.num_layers, inp.zero3_layer_bytes[v])
+        if key not in memo:
+            memo[key] = _stage_times(inp, rates, comm, c, v)
+        f, b, d = memo[key]
+        out.append((dict(f), dict(b), dict(d)))
+    return out
+
+
+def _rates_for(inp: StepInputs, c: CostConstants) -> GpuRates:
+    rates = inp._rates.get(c.values)
+    if rates is None:
+        rates = gpu_rates(inp.cluster, inp.job.precision, c, inp.measured_curves, inp.runtime.attention_kernel)
+        inp._rates.clear()
+        inp._rates[c.values] = rates
+    return rates
+
+
+def busy_lower_bound(inp: StepInputs, constants: CostConstants) -> float:
+    """A lower bound of ``evaluate(inp).step_s`` without simulating the schedule.
+
+    Rank r runs all its micro-batches one after another (``m * W_r``); it cannot start before the first
+    micro-batch's forward has passed virtual stages 0..r-1, and after its last operation (the backward
+    of chunk 0 of the last micro-batch, in Megatron's 1F1B and interleaved orders) that backward still
+    passes virtual stages r-1..0. So ``step >= max_r (sum_{v<r} (F_v + B_v) + m * W_r)``, exact for
+    equal stages without transfers. The search ranks candidates by it and stops costing once it
+    exceeds the best step found (branch and bound).
+    """
+    rates = _rates_for(inp, constants)
+    comm = inp.comm.with_efficiency(LinkEfficiency(nvlink=constants["link.nvlink"],
+                                                   scale_out=constants["link.scale_out"]))
+    pp = inp.plan.pp
+    per_mb = constants["overhead.microbatch_s"] / inp.plan.vpp
+    times = [sum(f.values()) + sum(b.values()) + per_mb for f, b, _ in _all_stage_times(inp, rates, comm, constants)]
+    busy = [sum(times[r::pp]) for r in range(pp)]
+    fill = [sum(times[:r]) for r in range(pp)]
+    return max(fill[r] + inp.num_microbatches * busy[r] for r in range(pp)) + constants["overhead.step_s"]
+
+
 def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
     """Time one prepared step under ``constants``."""
     c = constants
     plan, job, cluster, rt = inp.plan, inp.job, inp.cluster, inp.runtime
-    key = c.values
-    rates = inp._rates.get(key)
-    if rates is None:
-        rates = gpu_rates(cluster, job.precision, c, inp.measured_curves, rt.attention_kernel)
-        inp._rates.clear()
-        inp._rates[key] = rates
+    rates = _rates_for(inp, c)
     comm = inp.comm.with_efficiency(LinkEfficiency(nvlink=c["link.nvlink"], scale_out=c["link.scale_out"]))
     m = inp.num_microbatches
     pp, vpp = plan.pp, plan.vpp
-    per_stage = [_stage_times(inp, rates, comm, c, v) for v in range(pp * vpp)]
+    per_stage = _all_stage_times(inp, rates, comm, c)
     send_f = [comm.p2p_stage_s(r, inp.p2p_bytes) for r in range(pp)]
     V = pp * vpp
     per_mb = c["overhead.microbatch_s"] / vpp
@@ -310,7 +354,7 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
     end_times = []
     gpu_opt = []
     cpu_opt = []
-    zero3_like = plan.sharding == "zero3" or (plan.sharding == "zero2" and rt.zero3_per_microbatch)
+    zero3_like = plan.sharding in ("zero2", "zero3")
     for r in range(pp):
         dense, expert = inp.rank_params[r]
         exposed = 0.0
@@ -370,5 +414,5 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
     return evaluate(inputs, constants or load_calibration())
 
 
-__all__ = ["ADAM_BYTES_PER_PARAM", "BREAKDOWN_TERMS", "StepInputs", "StepReport", "estimate_step", "evaluate",
-           "prepare"]
+__all__ = ["ADAM_BYTES_PER_PARAM", "BREAKDOWN_TERMS", "StepInputs", "StepReport", "busy_lower_bound", "estimate_step",
+           "evaluate", "prepare"]

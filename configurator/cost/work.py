@@ -24,6 +24,7 @@ Per layer and micro-batch on one rank, with ``t = micro_batch * seq_len / cp`` t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
@@ -193,6 +194,7 @@ def attention_head_dim_sum(model: ModelSpec) -> float:
     return 2.0 * model.kv_channels
 
 
+@lru_cache(maxsize=256)
 def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
     """Model FLOPs per trained token, forward + backward, no recompute (INTERFACE.md's MFU):
 

@@ -1,0 +1,197 @@
+"""The plan space as data: ordered axes whose values may depend on the axes before them, plus
+Megatron-LM's legality rules (``plan_violations``). Every candidate that is dropped keeps its reason.
+
+Axes (in order): tp, cp, pp, vpp, ep, etp, micro_batch. ``dp`` follows from the GPU count; sequence
+parallelism is on whenever tp > 1 (it never costs time and always saves memory in Megatron). Sharding,
+recompute and the optimizer offload fraction are not axes but resolved per structure by
+``configurator.search.resolve`` (the least sharding and recompute that fit; the offload fraction that
+fits or that minimises step time), because more of any of them never makes a plan faster by itself.
+
+Values come from the model, the cluster and the job, with the reason a value is left out counted in
+``SpaceStats.pruned`` (e.g. TP beyond one NVLink domain). Uneven layer counts get Megatron's
+``balanced_layout`` (ends lighter), so pp needs not divide the layers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from configurator.specs.hardware import ClusterSpec
+from configurator.specs.job import JobSpec
+from configurator.specs.model import ModelSpec
+from configurator.specs.plan import SHARDINGS, Plan, balanced_layout, plan_violations
+
+MAX_MICRO_BATCH = 8
+MIN_TOKENS_PER_CP_RANK = 1024
+MAX_VPP = 8
+SEARCH_SHARDINGS: dict[str, tuple[str, ...]] = {
+    # Least sharded first. Megatron-LM: the distributed optimizer (ZeRO-1 over DP x CP; it holds less than
+    # no sharding and, with its gather overlapped, is not slower, so "none" is only used at dp*cp = 1),
+    # Megatron-FSDP for ZeRO-2/3 (--data-parallel-sharding-strategy optim_grads / optim_grads_params).
+    "megatron": ("distopt", "zero2", "zero3"),
+    "nemo": ("distopt", "zero3"),
+    "deepspeed": ("zero1", "zero2", "zero3"),
+    "fsdp": ("zero3", "zero2"),
+    "llm-foundry": ("zero3", "zero2"),
+    "megatron-2021": ("none", "distopt"),
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SearchContext:
+    model: ModelSpec
+    cluster: ClusterSpec
+    job: JobSpec
+    runtime: str = "megatron"
+
+    @property
+    def num_gpus(self) -> int:
+        return self.cluster.num_gpus
+
+
+@dataclass(kw_only=True, slots=True)
+class SpaceStats:
+    """What enumeration saw: structures generated and every reason one was dropped."""
+
+    generated: int = 0
+    legal: int = 0
+    pruned: Counter[str] = field(default_factory=Counter)
+
+
+Values = Callable[[SearchContext, dict[str, Any], SpaceStats], list[Any]]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Axis:
+    name: str
+    doc: str
+    values: Values
+
+
+def _powers_of_two(limit: int) -> list[int]:
+    out, v = [], 1
+    while v <= limit:
+        out.append(v)
+        v *= 2
+    return out
+
+
+def _tp(ctx: SearchContext, _: dict[str, Any], stats: SpaceStats) -> list[int]:
+    domain = ctx.cluster.nvlink_domain_gpus
+    limit = min(domain, 16, ctx.num_gpus)
+    values = [v for v in _powers_of_two(limit) if ctx.num_gpus % v == 0]
+    beyond = [v for v in _powers_of_two(ctx.num_gpus) if v > limit]
+    if beyond:
+        stats.pruned["tp larger than one NVLink domain (or 16) never pays for its all-reduces"] += len(beyond)
+    return values
+
+
+def _cp(ctx: SearchContext, chosen: dict[str, Any], stats: SpaceStats) -> list[int]:
+    rest = ctx.num_gpus // chosen["tp"]
+    out = []
+    for v in _powers_of_two(rest):
+        if ctx.job.seq_len // v < MIN_TOKENS_PER_CP_RANK:
+            stats.pruned[f"cp leaves under {MIN_TOKENS_PER_CP_RANK} tokens per rank"] += 1
+            continue
+        out.append(v)
+    return out
+
+
+def _pp(ctx: SearchContext, chosen: dict[str, Any], _: SpaceStats) -> list[int]:
+    rest = ctx.num_gpus // (chosen["tp"] * chosen["cp"])
+    return [v for v in range(1, min(rest, ctx.model.num_layers) + 1) if rest % v == 0]
+
+
+def _vpp(ctx: SearchContext, chosen: dict[str, Any], stats: SpaceStats) -> list[int]:
+    pp = chosen["pp"]
+    if pp == 1:
+        return [1]
+    out = [1]
+    for v in range(2, MAX_VPP + 1):
+        if ctx.model.num_layers < pp * v:
+            break
+        if ctx.model.num_layers % (pp * v) and ctx.model.num_layers // (pp * v) < 2:
+            stats.pruned["uneven interleaving with chunks under 2 layers"] += 1
+            continue
+        out.append(v)
+    return out
+
+
+def _ep(ctx: SearchContext, chosen: dict[str, Any], _: SpaceStats) -> list[int]:
+    if not ctx.model.is_moe:
+        return [1]
+    per_stage = ctx.num_gpus // chosen["pp"]
+    return [v for v in range(1, min(ctx.model.num_experts, per_stage) + 1)
+            if ctx.model.num_experts % v == 0 and per_stage % v == 0 and (v & (v - 1) == 0 or v == ctx.model.num_experts)]
+
+
+def _etp(ctx: SearchContext, chosen: dict[str, Any], _: SpaceStats) -> list[int]:
+    if not ctx.model.is_moe or chosen["tp"] == 1:
+        return [1]
+    return [1, chosen["tp"]]
+
+
+def _micro_batch(ctx: SearchContext, chosen: dict[str, Any], _: SpaceStats) -> list[int]:
+    dp = ctx.num_gpus // (chosen["tp"] * chosen["cp"] * chosen["pp"])
+    per_dp = ctx.job.global_batch // dp if ctx.job.global_batch % dp == 0 else 0
+    return [v for v in range(1, MAX_MICRO_BATCH + 1) if per_dp and per_dp % v == 0 and (v & (v - 1) == 0)]
+
+
+def search_shardings(runtime: str, dp_cp: int) -> tuple[str, ...]:
+    """Shardings the search tries for a structure, least sharded first."""
+    allowed = SEARCH_SHARDINGS.get(runtime, SHARDINGS)
+    return allowed if dp_cp > 1 else allowed[:1]
+
+
+AXES: tuple[Axis, ...] = (
+    Axis(name="tp", doc="tensor parallel: powers of two inside one NVLink domain", values=_tp),
+    Axis(name="cp", doc=f"context parallel: powers of two, >= {MIN_TOKENS_PER_CP_RANK} tokens per rank", values=_cp),
+    Axis(name="pp", doc="pipeline stages: divisors of the remaining GPUs, at most one layer each", values=_pp),
+    Axis(name="vpp", doc=f"model chunks per pipeline rank (interleaved 1F1B), up to {MAX_VPP}", values=_vpp),
+    Axis(name="ep", doc="expert parallel (MoE): divisors of the expert count and of the stage's GPUs", values=_ep),
+    Axis(name="etp", doc="expert tensor parallel (MoE): 1 or tp", values=_etp),
+    Axis(name="micro_batch", doc=f"sequences per micro-batch: powers of two up to {MAX_MICRO_BATCH}", values=_micro_batch),
+)
+
+
+def structure_plan(ctx: SearchContext, values: dict[str, Any]) -> Plan:
+    """The plan of one point of the space (no recompute, no offload yet)."""
+    tp, cp, pp, vpp = values["tp"], values["cp"], values["pp"], values["vpp"]
+    dp = ctx.num_gpus // (tp * cp * pp)
+    layout: tuple[int, ...] = ()
+    if ctx.model.num_layers % (pp * vpp):
+        layout = balanced_layout(ctx.model.num_layers, pp, vpp)
+    return Plan(tp=tp, cp=cp, pp=pp, vpp=vpp, dp=dp, ep=values["ep"], etp=values["etp"], sp=tp > 1,
+                micro_batch=values["micro_batch"], sharding=search_shardings(ctx.runtime, dp * cp)[0],
+                pipeline_layers=layout)
+
+
+def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iterator[Plan]:
+    """Every legal structure of the space; illegal ones are counted by their first reason."""
+    stats = stats if stats is not None else SpaceStats()
+
+    def walk(i: int, chosen: dict[str, Any]) -> Iterator[Plan]:
+        if i == len(AXES):
+            stats.generated += 1
+            plan = structure_plan(ctx, chosen)
+            reasons = plan_violations(ctx.model, ctx.job, plan, ctx.num_gpus)
+            if reasons:
+                stats.pruned[re.sub(r"\d+", "N", reasons[0])] += 1
+                return
+            stats.legal += 1
+            yield plan
+            return
+        axis = AXES[i]
+        for value in axis.values(ctx, chosen, stats):
+            chosen[axis.name] = value
+            yield from walk(i + 1, chosen)
+        chosen.pop(axis.name, None)
+
+    yield from walk(0, {})
+
+
+__all__ = ["AXES", "Axis", "SearchContext", "SpaceStats", "enumerate_plans", "search_shardings", "structure_plan"]
