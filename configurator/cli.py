@@ -1,4 +1,4 @@
-"""Command line: ``configurator models | clusters | plan | estimate | validate | calibrate``.
+"""Command line: ``configurator models | clusters | plan | estimate | validate | calibrate | bench``.
 
 A thin layer over typed results: every command computes through the library and renders with
 ``configurator.render``; ``--json`` prints the same objects. User errors (``InputError``) become one
@@ -362,6 +362,70 @@ def calibrate(
         cv = result.cross_validated
         console.print(f"cross-validated ({cv['method']}): median |error| {cv['median_abs_error_pct']}%, "
                       f"p90 {cv['p90_abs_error_pct']}%")
+
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+@app.command()
+def bench(
+    check: Annotated[bool, typer.Option("--check", help="Compare with the golden file; exit 1 listing each regression.")] = False,
+    update: Annotated[bool, typer.Option("--update", help="Rewrite the golden file (needs --reason, recorded in CHANGELOG.md).")] = False,
+    reason: Annotated[Optional[str], typer.Option("--reason", help="Why the golden values change (a model fix, a new scenario).")] = None,
+    golden: Annotated[Optional[Path], typer.Option("--golden", help="Golden file (default: benchmarks/golden.json).")] = None,
+    scenarios: Annotated[Optional[Path], typer.Option("--scenarios", help="Scenario file (default: benchmarks/scenarios.json).")] = None,
+    only: Annotated[Optional[str], typer.Option("--only", help="Run only the scenarios whose name contains this.")] = None,
+    calibration: CalibrationOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the fixed plan-search scenarios; with --check, fail on plan-quality regressions."""
+    from configurator.bench import compare, load_scenarios, run_scenario, summary_row, write_golden
+
+    golden_path = golden or _REPO / "benchmarks" / "golden.json"
+    scenario_path = scenarios or _REPO / "benchmarks" / "scenarios.json"
+    if update and not (reason and reason.strip()):
+        raise InputError("reason", reason or "", "is required with --update (it goes into CHANGELOG.md)")
+    if update and only:
+        raise InputError("only", only, "cannot be combined with --update (the golden file covers every scenario)")
+    if check and not golden_path.exists():
+        raise InputError("golden", str(golden_path), "file not found (create it with --update --reason ...)")
+    chosen = [s for s in load_scenarios(scenario_path) if not only or only in s.name]
+    if not chosen:
+        raise InputError("only", only, "matches no scenario")
+    constants = _constants(calibration)
+    results = []
+    for s in chosen:
+        if not as_json:
+            console.print(f"[dim]running {s.name}[/dim]")
+        results.append(run_scenario(s, constants))
+    failures: list[str] = []
+    if check:
+        failures = compare(results, json.loads(golden_path.read_text()), chosen)
+    if update:
+        write_golden(results, golden_path, reason.strip(), _REPO / "CHANGELOG.md")  # type: ignore[union-attr]
+    if as_json:
+        print(json.dumps({"scenarios": [{"name": r["name"], "best": r["best"], "reference": r["reference"],
+                                         "search": r["search"], "wall_s": r["wall_s"]} for r in results],
+                          "failures": failures}, indent=2))
+    else:
+        table = Table(title="Plan-search scenarios (modelled)")
+        for col in ("scenario", "best plan", "tokens/s/GPU", "reference", "peak GiB", "candidates", "evaluated", "s"):
+            table.add_column(col, justify="left" if col in ("scenario", "best plan") else "right")
+        for r in results:
+            row = summary_row(r)
+            ref = row["reference_tokens_per_s_per_gpu"]
+            table.add_row(row["name"], row["best"], f"{row['tokens_per_s_per_gpu'] or 0:,.1f}",
+                          f"{ref:,.1f}" if ref else "-", f"{row['peak_gib'] or 0:.1f}", str(row["candidates"]),
+                          str(row["evaluated"]), f"{row['wall_s']:.1f}")
+        console.print(table)
+        if update:
+            console.print(f"golden file written to {golden_path}; reason recorded in CHANGELOG.md")
+        for f in failures:
+            console.print(f"[red]regression[/red]: {f}")
+        if check and not failures:
+            console.print(f"no regressions against {golden_path}")
+    if failures:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -374,7 +374,8 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
             # Unsharded working set: two gathered layers (current + prefetch) in bf16 and one layer's
             # unsharded fp32 gradient before its reduce-scatter; the embedding/head gathered likewise.
             params = all_layer_params(model)
-            per_layer = [sum(params[i]) / plan.tp for i in layers] or [0]
+            # A gathered layer holds its non-expert part over TP and only this rank's experts (EP x ETP).
+            per_layer = [params[i][0] / plan.tp + params[i][1] / (plan.ep * plan.etp) for i in layers] or [0]
             biggest = max(per_layer)
             if s in (0, plan.pp - 1):
                 biggest = max(biggest, model.padded_vocab_size(plan.tp) * model.hidden_size / plan.tp)

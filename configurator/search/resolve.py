@@ -144,14 +144,14 @@ def resolve(ctx: SearchContext, structure: Plan) -> Resolution:
     options: list[Option] = []
     smallest = math.inf
     shardings = search_shardings(ctx.runtime, structure.dp * structure.cp)
-    # Quick exit: the most memory-frugal choice (most sharding, full recompute, all optimizer states on
-    # the host) does not fit the device either.
-    frugal = replace(structure, sharding=shardings[-1], recompute="full", recompute_num_layers=0,
-                     offload=1.0 if shardings[-1] != "none" else 0.0)
-    frugal_mem = _memory(ctx, frugal)
-    if not frugal_mem.fits_device:
-        return Resolution(options=(), smallest_need_bytes=frugal_mem.peak_bytes,
-                          reason=f"needs {frugal_mem.peak_bytes / GIB:.1f} GiB of {frugal_mem.capacity_bytes / GIB:.1f} "
+    # Quick exit: no sharding fits the device even with full recompute and all optimizer states on the
+    # host (more sharding is not always less memory: ZeRO-3 also holds gathered layers).
+    frugal = [_memory(ctx, replace(structure, sharding=sh, recompute="full", recompute_num_layers=0,
+                                   offload=1.0 if sh != "none" else 0.0)) for sh in shardings]
+    least = min(frugal, key=lambda m: m.peak_bytes)
+    if not least.fits_device:
+        return Resolution(options=(), smallest_need_bytes=least.peak_bytes,
+                          reason=f"needs {least.peak_bytes / GIB:.1f} GiB of {least.capacity_bytes / GIB:.1f} "
                                  "GiB even with full recompute and optimizer offload")
     for sharding in shardings:
         base = replace(structure, sharding=sharding)
