@@ -125,7 +125,11 @@ def plan(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the Optuna sampler and the placement search.")] = 0,
     trials: Annotated[int, typer.Option("--trials", help="Optuna's trial cap (deterministic for a seed when it, not the time budget, ends the study).")] = 1500,
     method: Annotated[str, typer.Option("--method", help="auto|exhaustive|optuna (auto: exhaustive up to 20000 structures).")] = "auto",
-    runtime: Annotated[str, typer.Option("--runtime", help=f"The framework that will run the plan: {'|'.join(RUNTIMES)}.")] = "megatron",
+    framework: Annotated[Optional[str], typer.Option("--framework", help="megatron|deepspeed: search only plans that framework runs (default: megatron; deepspeed with --emit deepspeed|all).")] = None,
+    runtime: Annotated[Optional[str], typer.Option("--runtime", help=f"Cost/memory mechanics: {'|'.join(RUNTIMES)} (default: the framework's).")] = None,
+    emit: Annotated[Optional[str], typer.Option("--emit", help="Write launch files of the best plan: megatron|deepspeed|all (needs --out).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for --emit's files.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out folder.")] = False,
     calibration: CalibrationOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -139,8 +143,10 @@ def plan(
     spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision)
     if method not in METHODS:
         raise InputError("method", method, f"must be one of {', '.join(METHODS)}")
-    if runtime not in RUNTIMES:
-        raise InputError("runtime", runtime, f"must be one of {', '.join(RUNTIMES)}")
+    framework, runtime = _framework_and_runtime(framework, runtime, emit)
+    if (emit is None) != (out is None):
+        raise InputError("emit" if emit is None else "out", str(out) if emit is None else emit,
+                         "--emit and --out go together")
     if top < 1:
         raise InputError("top", top, "must be >= 1")
     if trials < 1:
@@ -148,7 +154,7 @@ def plan(
     if not time_budget > 0:
         raise InputError("time_budget", time_budget, "must be > 0 seconds")
     constants = _constants(calibration)
-    ctx = SearchContext(model=spec, cluster=hw, job=job, runtime=runtime)
+    ctx = SearchContext(model=spec, cluster=hw, job=job, runtime=runtime, framework=framework)
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
                   transient=True, disable=not err.is_terminal) as bar:
@@ -157,6 +163,13 @@ def plan(
                         max_trials=trials,
                         progress=lambda frac, msg: bar.update(task, completed=frac, description=msg))
     ranked = list(result.ranked)
+    written: list[Path] = []
+    if ranked and emit is not None and out is not None:
+        from configurator.emit import EmitRequest, emit as write_files
+
+        best = ranked[0]
+        written = write_files(EmitRequest(model=spec, cluster=hw, job=job, plan=best.plan, placement=best.placement),
+                              emit, out, force=force)
     if not ranked:
         need = (f"; the smallest candidate needs {result.smallest_need_bytes / GIB:.1f} GiB of "
                 f"{hw.gpu_memory_bytes / GIB:.1f}" if result.smallest_need_bytes else "")
@@ -167,7 +180,8 @@ def plan(
             print(json.dumps({"plans": [], "search": result.as_dict()}, indent=2))
         raise typer.Exit(3)
     if as_json:
-        print(json.dumps({"plans": search_plans_dicts(spec, hw, job, ranked), "search": result.as_dict()}, indent=2))
+        print(json.dumps({"plans": search_plans_dicts(spec, hw, job, ranked), "search": result.as_dict(),
+                          "emitted": [str(p) for p in written]}, indent=2))
         return
     console.print(f"[bold]{spec.name}[/bold] on {hw.num_gpus} x {hw.gpu.key} ({hw.name}), seq {seq_len}, "
                   f"global batch {global_batch}, {precision}, runtime {runtime}")
@@ -182,6 +196,8 @@ def plan(
                   f"{result.evaluated} costed, {result.seconds:.1f} s")
     for note in result.notes:
         console.print(f"  {note}")
+    if written:
+        console.print(f"launch files for the best plan: {', '.join(str(p) for p in written)}")
 
 
 @app.command()
@@ -241,6 +257,51 @@ def estimate(
                   f"{step.model_tflops_per_gpu:.0f} model TFLOP/s per GPU, MFU {100 * step.mfu:.1f}% "
                   f"(of {step.peak_flops / 1e12:.0f} TFLOP/s {precision} peak; bubble "
                   f"{100 * step.bubble_fraction:.1f}%)")
+
+
+@app.command(name="emit")
+def emit_files(
+    model: ModelOpt,
+    cluster: ClusterOpt,
+    seq_len: SeqLenOpt,
+    global_batch: GlobalBatchOpt,
+    framework: Annotated[str, typer.Option("--framework", help="megatron|deepspeed|all.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the launch files.")],
+    num_gpus: NumGpusOpt = None,
+    nodes: NodesOpt = None,
+    micro_batch: Annotated[int, typer.Option("--micro-batch", help="Sequences per micro-batch.")] = 1,
+    tp: Annotated[int, typer.Option("--tp", help="Tensor parallel degree.")] = 1,
+    pp: Annotated[int, typer.Option("--pp", help="Pipeline stages.")] = 1,
+    vpp: Annotated[int, typer.Option("--vpp", help="Virtual stages per pipeline rank (interleaved).")] = 1,
+    cp: Annotated[int, typer.Option("--cp", help="Context parallel degree.")] = 1,
+    ep: Annotated[int, typer.Option("--ep", help="Expert parallel degree.")] = 1,
+    etp: Annotated[int, typer.Option("--etp", help="Expert tensor parallel degree.")] = 1,
+    dp: Annotated[Optional[int], typer.Option("--dp", help="Data parallel degree (default: GPUs/(tp*pp*cp)).")] = None,
+    sp: Annotated[Optional[bool], typer.Option("--sp/--no-sp", help="Sequence parallel (default: on when tp > 1; off for DeepSpeed).")] = None,
+    sharding: Annotated[str, typer.Option("--sharding", help="none|zero1|zero2|zero3|distopt.")] = "distopt",
+    recompute: Annotated[str, typer.Option("--recompute", help="none|selective|full.")] = "none",
+    recompute_layers: Annotated[int, typer.Option("--recompute-layers", help="With full: layers per chunk recomputed (0 = all).")] = 0,
+    offload: Annotated[float, typer.Option("--offload", help="Optimizer CPU-offload fraction in [0, 1].")] = 0.0,
+    precision: PrecisionOpt = "bf16",
+    pipeline_layers: Annotated[Optional[str], typer.Option("--pipeline-layers", help="Layers per virtual stage (default: even).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out folder.")] = False,
+) -> None:
+    """Write Megatron-LM and/or DeepSpeed launch files for a given plan."""
+    from configurator.emit import EmitRequest, emit as write_files
+
+    spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision)
+    if sp is None and framework in ("deepspeed", "all"):
+        sp = False
+    plan, chosen = resolve_plan(hw.num_gpus, tp=tp, pp=pp, cp=cp, dp=dp, sp=sp, vpp=vpp, ep=ep, etp=etp,
+                                sharding=sharding, recompute=recompute, recompute_num_layers=recompute_layers,
+                                micro_batch=micro_batch, offload=offload,
+                                pipeline_layers=_parse_layers(pipeline_layers))
+    check_plan(spec, job, plan, hw.num_gpus)
+    written = write_files(EmitRequest(model=spec, cluster=hw, job=job, plan=plan), framework, out, force=force)
+    for note in chosen:
+        console.print(f"chosen: {note}")
+    for path in written:
+        console.print(f"wrote {path}")
 
 
 @app.command()
@@ -316,6 +377,24 @@ def validate(
         console.print(f"predictions written to {out}")
     if report is not None:
         console.print(f"report written to {report / 'validation.md'}")
+
+
+def _framework_and_runtime(framework: str | None, runtime: str | None, emit: str | None) -> tuple[str, str]:
+    """The framework whose plans are searched and the runtime whose mechanics are modelled."""
+    from configurator.emit import FRAMEWORKS
+
+    if emit is not None and emit not in FRAMEWORKS:
+        raise InputError("emit", emit, f"must be one of {', '.join(FRAMEWORKS)}")
+    if framework is not None and framework not in ("megatron", "deepspeed"):
+        raise InputError("framework", framework, "must be megatron or deepspeed")
+    if framework is None:
+        framework = "deepspeed" if emit in ("deepspeed", "all") else "megatron"
+    elif emit in ("deepspeed", "all") and framework != "deepspeed":
+        raise InputError("framework", framework, f"--emit {emit} needs plans DeepSpeed can run (--framework deepspeed)")
+    runtime = runtime or ("deepspeed" if framework == "deepspeed" else "megatron")
+    if runtime not in RUNTIMES:
+        raise InputError("runtime", runtime, f"must be one of {', '.join(RUNTIMES)}")
+    return framework, runtime
 
 
 def _calibration_path() -> Path:

@@ -21,6 +21,8 @@ def test_example_runs(script: Path) -> None:
     out = json.loads(proc.stdout)
     if script.name.startswith("plan"):
         assert out["plans"] and out["plans"][0]["fits"] and out["search"]["evaluated"] > 0
+        for path in out.get("emitted", []):
+            assert Path(path).read_text()
         return
     if script.name.startswith("validate"):
         assert out["throughput"]["predicted_rows"] > 0 and out["memory"]["rows"] > 0

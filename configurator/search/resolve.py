@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from configurator.cost.step import ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, cpu_adam_rate_per_gpu
 from configurator.memory import MemoryReport, estimate_memory
 from configurator.profiles import GIB
-from configurator.search.space import SearchContext, search_shardings
+from configurator.search.space import SearchContext, framework_shardings
 from configurator.specs.plan import Plan, plan_violations
 
 
@@ -143,7 +143,7 @@ def balanced_offload(ctx: SearchContext) -> float:
 def resolve(ctx: SearchContext, structure: Plan) -> Resolution:
     options: list[Option] = []
     smallest = math.inf
-    shardings = search_shardings(ctx.runtime, structure.dp * structure.cp)
+    shardings = framework_shardings(ctx, structure)
     # Quick exit: no sharding fits the device even with full recompute and all optimizer states on the
     # host (more sharding is not always less memory: ZeRO-3 also holds gathered layers).
     frugal = [_memory(ctx, replace(structure, sharding=sh, recompute="full", recompute_num_layers=0,
@@ -190,12 +190,33 @@ def resolve(ctx: SearchContext, structure: Plan) -> Resolution:
             if mem.fits:
                 extra.append(Option(plan=plan, memory=mem, why=o.why + f"; {plan.offload:.0%} balances GPU and CPU Adam"))
     options += extra
+    if ctx.framework == "deepspeed":
+        options = _deepspeed_runnable(ctx, options)
     if options:
         return Resolution(options=tuple(options))
     cap = ctx.cluster.gpu_memory_bytes
     need = f"{smallest / GIB:.1f} GiB" if math.isfinite(smallest) else "more than the host can offload"
     return Resolution(options=(), smallest_need_bytes=smallest if math.isfinite(smallest) else 0.0,
                       reason=f"needs {need} of {cap / GIB:.1f} GiB even with full recompute and optimizer offload")
+
+
+def _deepspeed_runnable(ctx: SearchContext, options: list[Option]) -> list[Option]:
+    """Keep what DeepSpeed can run; a partial offload below ZeRO-3 becomes a full one (DeepSpeed offloads
+    all or nothing there) when that still fits the host."""
+    from configurator.emit.deepspeed import unsupported
+
+    out = []
+    for o in options:
+        if not unsupported(o.plan, ctx.job):
+            out.append(o)
+            continue
+        if 0 < o.plan.offload < 1:
+            full = replace(o.plan, offload=1.0)
+            if not unsupported(full, ctx.job):
+                mem = _memory(ctx, full)
+                if mem.fits:
+                    out.append(Option(plan=full, memory=mem, why=o.why + "; DeepSpeed below ZeRO-3 offloads all of it"))
+    return out
 
 
 def _describe_recompute(plan: Plan) -> str:

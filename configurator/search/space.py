@@ -47,6 +47,9 @@ class SearchContext:
     cluster: ClusterSpec
     job: JobSpec
     runtime: str = "megatron"
+    framework: str = "megatron"
+    """'megatron' (everything Megatron-LM runs) or 'deepspeed' (only what DeepSpeed can run: no CP, no
+    interleaving, no expert parallelism, no Megatron-style SP; see ``configurator.emit.deepspeed``)."""
 
     @property
     def num_gpus(self) -> int:
@@ -91,6 +94,8 @@ def _tp(ctx: SearchContext, _: dict[str, Any], stats: SpaceStats) -> list[int]:
 
 
 def _cp(ctx: SearchContext, chosen: dict[str, Any], stats: SpaceStats) -> list[int]:
+    if ctx.framework == "deepspeed":
+        return [1]
     rest = ctx.num_gpus // chosen["tp"]
     out = []
     for v in _powers_of_two(rest):
@@ -108,7 +113,7 @@ def _pp(ctx: SearchContext, chosen: dict[str, Any], _: SpaceStats) -> list[int]:
 
 def _vpp(ctx: SearchContext, chosen: dict[str, Any], stats: SpaceStats) -> list[int]:
     pp = chosen["pp"]
-    if pp == 1:
+    if pp == 1 or ctx.framework == "deepspeed":
         return [1]
     out = [1]
     for v in range(2, MAX_VPP + 1):
@@ -122,7 +127,7 @@ def _vpp(ctx: SearchContext, chosen: dict[str, Any], stats: SpaceStats) -> list[
 
 
 def _ep(ctx: SearchContext, chosen: dict[str, Any], _: SpaceStats) -> list[int]:
-    if not ctx.model.is_moe:
+    if not ctx.model.is_moe or ctx.framework == "deepspeed":
         return [1]
     per_stage = ctx.num_gpus // chosen["pp"]
     return [v for v in range(1, min(ctx.model.num_experts, per_stage) + 1)
@@ -147,6 +152,16 @@ def search_shardings(runtime: str, dp_cp: int) -> tuple[str, ...]:
     return allowed if dp_cp > 1 else allowed[:1]
 
 
+def framework_shardings(ctx: SearchContext, plan: Plan) -> tuple[str, ...]:
+    """``search_shardings`` narrowed to what the target framework runs with this structure."""
+    shardings = search_shardings(ctx.runtime, plan.dp * plan.cp)
+    if ctx.framework == "deepspeed":
+        # Pipeline engine: ZeRO stage < 2; AutoTP: ZeRO stage <= 2.
+        shardings = tuple(s for s in shardings if not (plan.pp > 1 and s in ("zero2", "zero3"))
+                          and not (plan.tp > 1 and s == "zero3")) or ("zero1",)
+    return shardings
+
+
 AXES: tuple[Axis, ...] = (
     Axis(name="tp", doc="tensor parallel: powers of two inside one NVLink domain", values=_tp),
     Axis(name="cp", doc=f"context parallel: powers of two, >= {MIN_TOKENS_PER_CP_RANK} tokens per rank", values=_cp),
@@ -165,7 +180,8 @@ def structure_plan(ctx: SearchContext, values: dict[str, Any]) -> Plan:
     layout: tuple[int, ...] = ()
     if ctx.model.num_layers % (pp * vpp):
         layout = balanced_layout(ctx.model.num_layers, pp, vpp)
-    return Plan(tp=tp, cp=cp, pp=pp, vpp=vpp, dp=dp, ep=values["ep"], etp=values["etp"], sp=tp > 1,
+    return Plan(tp=tp, cp=cp, pp=pp, vpp=vpp, dp=dp, ep=values["ep"], etp=values["etp"],
+                sp=tp > 1 and ctx.framework != "deepspeed",
                 micro_batch=values["micro_batch"], sharding=search_shardings(ctx.runtime, dp * cp)[0],
                 pipeline_layers=layout)
 
@@ -194,4 +210,5 @@ def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iter
     yield from walk(0, {})
 
 
-__all__ = ["AXES", "Axis", "SearchContext", "SpaceStats", "enumerate_plans", "search_shardings", "structure_plan"]
+__all__ = ["AXES", "Axis", "SearchContext", "SpaceStats", "enumerate_plans", "framework_shardings", "search_shardings",
+           "structure_plan"]
