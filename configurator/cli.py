@@ -447,6 +447,39 @@ _REPO = Path(__file__).resolve().parent.parent
 
 
 @app.command()
+def probe(
+    out: Annotated[Path, typer.Option("--out", help="Profile JSON that rank 0 writes.")],
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes taking part.")],
+    node_rank: Annotated[int, typer.Option("--node-rank", help="This node's position (static rank: it sets the node order).")],
+    master_addr: Annotated[str, typer.Option("--master-addr", help="Address of node rank 0.")],
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="GPUs (ranks) per node.")] = 8,
+    master_port: Annotated[int, typer.Option("--master-port", help="Rendezvous port.")] = 29400,
+    sizes_mib: Annotated[str, typer.Option("--sizes-mib", help="Message sizes, MiB.")] = "1,16,64",
+    repeat: Annotated[int, typer.Option("--repeat", help="Repeats per measurement (best kept).")] = 2,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds before a stuck transfer fails.")] = 120.0,
+    run: Annotated[bool, typer.Option("--exec", help="Run the torchrun line instead of printing it.")] = False,
+) -> None:
+    """Print (or run, with --exec) this node's torchrun line for the cluster probes."""
+    import shlex
+
+    for name, value in (("nodes", nodes), ("nproc_per_node", nproc_per_node)):
+        if value < 1:
+            raise InputError(name, value, "must be >= 1")
+    if not 0 <= node_rank < nodes:
+        raise InputError("node_rank", node_rank, f"must be in 0..{nodes - 1}")
+    line = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node-rank", str(node_rank),
+            "--nproc-per-node", str(nproc_per_node), "--master-addr", master_addr, "--master-port", str(master_port),
+            "-m", "cluster_probes", "--out", str(out), "--sizes-mib", sizes_mib, "--repeat", str(repeat),
+            "--timeout", str(timeout)]
+    if not run:
+        print(shlex.join(line))
+        return
+    import os
+
+    os.execv(sys.executable, line)
+
+
+@app.command()
 def bench(
     check: Annotated[bool, typer.Option("--check", help="Compare with the golden file; exit 1 listing each regression.")] = False,
     update: Annotated[bool, typer.Option("--update", help="Rewrite the golden file (needs --reason, recorded in CHANGELOG.md).")] = False,

@@ -181,3 +181,13 @@ def test_plan_bad_input_exits_2(args: list[str], needle: str) -> None:
                "--global-batch", "64", *args)
     assert proc.returncode == 2, proc.stdout
     assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_probe_prints_the_torchrun_line_and_checks_ranks() -> None:
+    proc = run("probe", "--out", "c.json", "--nodes", "4", "--node-rank", "2", "--master-addr", "10.0.0.1",
+               "--nproc-per-node", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert "--nnodes 4 --node-rank 2 --nproc-per-node 8 --master-addr 10.0.0.1" in proc.stdout
+    assert "-m cluster_probes --out c.json" in proc.stdout
+    bad = run("probe", "--out", "c.json", "--nodes", "4", "--node-rank", "4", "--master-addr", "10.0.0.1")
+    assert bad.returncode == 2 and "node_rank=4" in bad.stderr
