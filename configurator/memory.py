@@ -265,7 +265,7 @@ def layer_activation_bytes(model: ModelSpec, job: JobSpec, plan: Plan, index: in
     if model.attention == "mla":
         qk = model.num_attention_heads * (model.qk_nope_head_dim + model.qk_rope_head_dim)
         v = model.num_attention_heads * model.v_head_dim
-        q_in, kv_in, attn_out = qk, qk, v  # q, k (2 x qk) and v saved by flash attention
+        attn_out = v  # q, k (2 x qk) and v are saved by flash attention (counted in split below)
         split = 2 * (2 * qk + v)
         repl += 2 * 2 * (model.q_lora_rank + model.kv_lora_rank) + 2 * model.qk_rope_head_dim
     else:

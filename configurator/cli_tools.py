@@ -1,0 +1,238 @@
+"""Commands for checking and maintaining the model: ``validate``, ``calibrate``, ``bench``, ``probe``.
+
+Registered on the main app by ``register`` (so ``python -m configurator.cli`` and the console script
+share one app).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from configurator.cli_options import CalibrationOpt, JsonOpt, _constants, console
+from configurator.errors import InputError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def validate(
+        runs: Annotated[Path, typer.Option("--runs", help="Runs CSV (INTERFACE.md columns).")],
+        out: Annotated[Optional[Path], typer.Option("--out", help="Write per-row predictions to this CSV.")] = None,
+        report: Annotated[Optional[Path], typer.Option("--report", help="Write validation.md, plots and summary.json to this folder.")] = None,
+        force: Annotated[bool, typer.Option("--force", help="Overwrite --out / --report files that exist.")] = False,
+        calibration: CalibrationOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Predict every row of a runs CSV (memory and throughput) and report the errors."""
+        from configurator.validate import summarize, validate_runs, write_predictions
+
+        if out is not None and out.exists() and not force:
+            raise InputError("out", str(out), "exists; pass --force to overwrite")
+        if out is not None and out.resolve() == runs.resolve():
+            raise InputError("out", str(out), "is the input file")
+        if report is not None:
+            from configurator.report import REPORT_FILES
+
+            if report.exists() and not report.is_dir():
+                raise InputError("report", str(report), "is a file, not a folder")
+            clash = [f for f in REPORT_FILES if (report / f).exists()]
+            if clash and not force:
+                raise InputError("report", str(report), f"already holds {clash[0]}; pass --force to overwrite")
+        constants = _constants(calibration)
+        predictions = validate_runs(runs, constants)
+        summary = summarize(predictions)
+        if out is not None:
+            write_predictions(predictions, out)
+        if report is not None:
+            from configurator.report import write_report
+
+            cal_path = calibration or _calibration_path()
+            write_report(predictions, summary, report, runs=runs,
+                         calibration=json.loads(cal_path.read_text()) if cal_path.exists() else None)
+        if as_json:
+            print(json.dumps(summary.as_dict(), indent=2))
+            return
+        d = summary.as_dict()
+        console.print(f"{summary.predicted} of {summary.rows} rows modelled "
+                      f"({summary.rows - summary.predicted} with a reason in `error`)")
+        t = d["throughput"]
+        console.print(f"throughput: {t['predicted_rows']} of {t['measured_rows']} measured rows predicted, median |error| "
+                      f"{t['median_abs_error_pct']}%, p90 {t['p90_abs_error_pct']}%, median signed {t['median_error_pct']:+}%")
+        ttable = Table(title="Throughput (tokens/s/GPU) error by source")
+        for col in ("source", "rows", "median |err| %", "median err %"):
+            ttable.add_column(col, justify="left" if col == "source" else "right")
+        for s in t["by_source"]:
+            ttable.add_row(s["source"], str(s["rows"]), f"{s['median_abs_error_pct']:.1f}", f"{s['median_error_pct']:+.1f}")
+        console.print(ttable)
+        if t["sweeps"]:
+            console.print(f"sweeps: {len(t['sweeps'])} (Spearman below 0.9 in {t['sweeps_below_0_9']}; "
+                          f"lowest {t['sweeps_min_spearman']})")
+        mem = d["memory"]
+        console.print(f"memory: {mem['rows']} rows with a measurement, median |error| "
+                      f"{mem['median_abs_error_pct']}%, p90 {mem['p90_abs_error_pct']}%")
+        table = Table(title="Memory error by source")
+        table.add_column("source")
+        table.add_column("rows", justify="right")
+        table.add_column("median |err| %", justify="right")
+        for s in mem["by_source"]:
+            table.add_row(s["source"], str(s["rows"]), f"{s['median_abs_error_pct']:.1f}")
+        console.print(table)
+        fit = d["fit"]
+        console.print(f"fit: {fit['oom_predicted_not_fit']}/{fit['oom_rows']} OOM rows predicted not to fit; "
+                      f"{fit['ran_predicted_fit']}/{fit['ran_rows']} rows that ran predicted to fit "
+                      f"({fit['recompute_inferred_rows']} with recompute not stated, taken as the least that fits)")
+        if fit["wrong"]:
+            console.print(f"wrong fit predictions: {', '.join(fit['wrong'])}")
+        if out is not None:
+            console.print(f"predictions written to {out}")
+        if report is not None:
+            console.print(f"report written to {report / 'validation.md'}")
+
+
+
+    def _calibration_path() -> Path:
+        from configurator.cost.constants import calibration_path
+
+        return calibration_path()
+
+
+    @app.command()
+    def calibrate(
+        runs: Annotated[Path, typer.Option("--runs", help="Runs CSV with measured throughput (INTERFACE.md columns).")],
+        out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the constants (default: profiles/calibration.json).")] = None,
+        force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+        cross_validate: Annotated[bool, typer.Option("--cv/--no-cv", help="Also report leave-one-source-group-out errors (refits once per group).")] = True,
+        workers: Annotated[int, typer.Option("--workers", help="Processes for the cross-validation refits.")] = 2,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Fit the cost model's named constants to measured runs (least squares on log error)."""
+        from configurator.calibrate import calibrate as run_calibration, write_calibration
+
+        target = out or _calibration_path()
+        if target.exists() and not force:
+            raise InputError("out", str(target), "exists; pass --force to overwrite")
+        if not runs.exists():
+            raise InputError("runs", str(runs), "file not found")
+        say = (lambda msg: None) if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
+        if workers < 1:
+            raise InputError("workers", workers, "must be >= 1")
+        result = run_calibration(runs, cross_validate=cross_validate, workers=workers, progress=say)
+        write_calibration(result, target)
+        d = result.as_dict()
+        if as_json:
+            print(json.dumps(d, indent=2))
+            return
+        table = Table(title=f"Fitted constants ({result.rows} rows) -> {target}")
+        for col in ("constant", "value", "default", "bounds"):
+            table.add_column(col, justify="left" if col == "constant" else "right")
+        for p in d["parameters"]:
+            table.add_row(p["name"], f"{p['value']:.4g}", f"{p['default']:.4g}", f"[{p['lower']:g}, {p['upper']:g}]")
+        console.print(table)
+        ins = result.in_sample
+        console.print(f"in-sample: median |error| {ins['median_abs_error_pct']}%, p90 {ins['p90_abs_error_pct']}%")
+        if result.cross_validated:
+            cv = result.cross_validated
+            console.print(f"cross-validated ({cv['method']}): median |error| {cv['median_abs_error_pct']}%, "
+                          f"p90 {cv['p90_abs_error_pct']}%")
+
+
+    _REPO = Path(__file__).resolve().parent.parent
+
+
+    @app.command()
+    def probe(
+        out: Annotated[Path, typer.Option("--out", help="Profile JSON that rank 0 writes.")],
+        nodes: Annotated[int, typer.Option("--nodes", help="Nodes taking part.")],
+        node_rank: Annotated[int, typer.Option("--node-rank", help="This node's position (static rank: it sets the node order).")],
+        master_addr: Annotated[str, typer.Option("--master-addr", help="Address of node rank 0.")],
+        nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="GPUs (ranks) per node.")] = 8,
+        master_port: Annotated[int, typer.Option("--master-port", help="Rendezvous port.")] = 29400,
+        sizes_mib: Annotated[str, typer.Option("--sizes-mib", help="Message sizes, MiB.")] = "1,16,64",
+        repeat: Annotated[int, typer.Option("--repeat", help="Repeats per measurement (best kept).")] = 2,
+        timeout: Annotated[float, typer.Option("--timeout", help="Seconds before a stuck transfer fails.")] = 120.0,
+        run: Annotated[bool, typer.Option("--exec", help="Run the torchrun line instead of printing it.")] = False,
+    ) -> None:
+        """Print (or run, with --exec) this node's torchrun line for the cluster probes."""
+        import shlex
+
+        for name, value in (("nodes", nodes), ("nproc_per_node", nproc_per_node)):
+            if value < 1:
+                raise InputError(name, value, "must be >= 1")
+        if not 0 <= node_rank < nodes:
+            raise InputError("node_rank", node_rank, f"must be in 0..{nodes - 1}")
+        line = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node-rank", str(node_rank),
+                "--nproc-per-node", str(nproc_per_node), "--master-addr", master_addr, "--master-port", str(master_port),
+                "-m", "cluster_probes", "--out", str(out), "--sizes-mib", sizes_mib, "--repeat", str(repeat),
+                "--timeout", str(timeout)]
+        if not run:
+            print(shlex.join(line))
+            return
+        import os
+
+        os.execv(sys.executable, line)
+
+
+    @app.command()
+    def bench(
+        check: Annotated[bool, typer.Option("--check", help="Compare with the golden file; exit 1 listing each regression.")] = False,
+        update: Annotated[bool, typer.Option("--update", help="Rewrite the golden file (needs --reason, recorded in CHANGELOG.md).")] = False,
+        reason: Annotated[Optional[str], typer.Option("--reason", help="Why the golden values change (a model fix, a new scenario).")] = None,
+        golden: Annotated[Optional[Path], typer.Option("--golden", help="Golden file (default: benchmarks/golden.json).")] = None,
+        scenarios: Annotated[Optional[Path], typer.Option("--scenarios", help="Scenario file (default: benchmarks/scenarios.json).")] = None,
+        only: Annotated[Optional[str], typer.Option("--only", help="Run only the scenarios whose name contains this.")] = None,
+        calibration: CalibrationOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Run the fixed plan-search scenarios; with --check, fail on plan-quality regressions."""
+        from configurator.bench import compare, load_scenarios, run_scenario, summary_row, write_golden
+
+        golden_path = golden or _REPO / "benchmarks" / "golden.json"
+        scenario_path = scenarios or _REPO / "benchmarks" / "scenarios.json"
+        if update and not (reason and reason.strip()):
+            raise InputError("reason", reason or "", "is required with --update (it goes into CHANGELOG.md)")
+        if update and only:
+            raise InputError("only", only, "cannot be combined with --update (the golden file covers every scenario)")
+        if check and not golden_path.exists():
+            raise InputError("golden", str(golden_path), "file not found (create it with --update --reason ...)")
+        chosen = [s for s in load_scenarios(scenario_path) if not only or only in s.name]
+        if not chosen:
+            raise InputError("only", only, "matches no scenario")
+        constants = _constants(calibration)
+        results = []
+        for s in chosen:
+            if not as_json:
+                console.print(f"[dim]running {s.name}[/dim]")
+            results.append(run_scenario(s, constants))
+        failures: list[str] = []
+        if check:
+            failures = compare(results, json.loads(golden_path.read_text()), chosen)
+        if update:
+            write_golden(results, golden_path, reason.strip(), _REPO / "CHANGELOG.md")  # type: ignore[union-attr]
+        if as_json:
+            print(json.dumps({"scenarios": [{"name": r["name"], "best": r["best"], "reference": r["reference"],
+                                             "search": r["search"], "wall_s": r["wall_s"]} for r in results],
+                              "failures": failures}, indent=2))
+        else:
+            table = Table(title="Plan-search scenarios (modelled)")
+            for col in ("scenario", "best plan", "tokens/s/GPU", "reference", "peak GiB", "candidates", "evaluated", "s"):
+                table.add_column(col, justify="left" if col in ("scenario", "best plan") else "right")
+            for r in results:
+                row = summary_row(r)
+                ref = row["reference_tokens_per_s_per_gpu"]
+                table.add_row(row["name"], row["best"], f"{row['tokens_per_s_per_gpu'] or 0:,.1f}",
+                              f"{ref:,.1f}" if ref else "-", f"{row['peak_gib'] or 0:.1f}", str(row["candidates"]),
+                              str(row["evaluated"]), f"{row['wall_s']:.1f}")
+            console.print(table)
+            if update:
+                console.print(f"golden file written to {golden_path}; reason recorded in CHANGELOG.md")
+            for f in failures:
+                console.print(f"[red]regression[/red]: {f}")
+            if check and not failures:
+                console.print(f"no regressions against {golden_path}")
+        if failures:
+            raise typer.Exit(1)
