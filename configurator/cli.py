@@ -190,17 +190,30 @@ def estimate(
     pipeline_layers: Annotated[Optional[str], typer.Option("--pipeline-layers", help="Layers per virtual stage, e.g. 7,8,...,8,7 (default: even).")] = None,
     runtime: Annotated[str, typer.Option("--runtime", help=f"The framework that runs the plan (memory layout and step mechanics): {'|'.join(RUNTIMES)}.")] = "megatron",
     calibration: CalibrationOpt = None,
+    svg: Annotated[Optional[Path], typer.Option("--svg", help="Also draw the step (pipeline timeline, memory per stage) to this SVG file.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --svg if it exists.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Memory and step time of one given plan, per pipeline stage, and whether it fits."""
+    """Memory and step time of one given plan, per pipeline stage, and whether it fits (alias: explain)."""
     spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision)
     plan, chosen = resolve_plan(hw.num_gpus, tp=tp, pp=pp, cp=cp, dp=dp, sp=sp, vpp=vpp, ep=ep, etp=etp,
                                 sharding=sharding, recompute=recompute, recompute_num_layers=recompute_layers,
                                 micro_batch=micro_batch, offload=offload,
                                 pipeline_layers=_parse_layers(pipeline_layers))
     check_plan(spec, job, plan, hw.num_gpus)
+    if svg is not None and svg.exists() and not force:
+        raise InputError("svg", str(svg), "exists; pass --force to overwrite")
     memory = estimate_memory(spec, hw, job, plan, runtime=runtime)
-    step = estimate_step(spec, hw, job, plan, runtime=runtime, constants=_constants(calibration))
+    constants = _constants(calibration)
+    step = estimate_step(spec, hw, job, plan, runtime=runtime, constants=constants)
+    if svg is not None:
+        from configurator.explain import svg as draw, timeline
+
+        picture = draw(timeline(spec, hw, job, plan, constants, runtime=runtime), memory,
+                       title=f"{spec.name} on {hw.num_gpus} x {hw.gpu.key}: {plan.describe()}")
+        tmp = svg.with_name(svg.name + ".tmp")
+        tmp.write_text(picture)
+        tmp.replace(svg)
     result = estimate_dict(spec, hw, job, plan, memory, chosen, step)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -288,6 +301,8 @@ def _framework_and_runtime(framework: str | None, runtime: str | None, emit: str
 
 
 
+app.command(name="explain", help="Where a given plan's step goes: estimate's output, and with --svg the "
+            "pipeline timeline and memory per stage as a picture.")(estimate)
 register_tools(app)
 
 

@@ -34,6 +34,8 @@ class ScheduleResult:
     last_backward_start_s: tuple[float, ...]
     """Per pipeline rank: when its last backward starts (gradient reduction may overlap it)."""
     first_forward_end_s: tuple[float, ...]
+    ops: tuple[tuple[int, int, int, int, float, float], ...] = ()
+    """With ``trace=True``: (rank, is_backward, micro_batch, virtual_stage, start_s, end_s) per operation."""
 
 
 def _rank_ops(rank: int, pp: int, vpp: int, m: int) -> list[tuple[int, int, int]]:
@@ -115,7 +117,7 @@ def _graph(pp: int, vpp: int, m: int) -> tuple[tuple[tuple[int, int, int, int], 
 
 
 def simulate(*, pp: int, vpp: int, num_microbatches: int, forward_s: list[float], backward_s: list[float],
-             send_forward_s: list[float], send_backward_s: list[float]) -> ScheduleResult:
+             send_forward_s: list[float], send_backward_s: list[float], trace: bool = False) -> ScheduleResult:
     """Simulate one step of the pipeline.
 
     ``forward_s[v]`` / ``backward_s[v]``: time of one micro-batch on virtual stage ``v`` (model order,
@@ -129,8 +131,10 @@ def simulate(*, pp: int, vpp: int, num_microbatches: int, forward_s: list[float]
     if pp == 1:
         f, b = sum(forward_s), sum(backward_s)
         total = m * (f + b)
+        ops = tuple(op for i in range(m) for op in ((0, 0, i, 0, i * (f + b), i * (f + b) + f),
+                                                    (0, 1, i, 0, i * (f + b) + f, (i + 1) * (f + b)))) if trace else ()
         return ScheduleResult(makespan_s=total, busy_s=(total,), finish_s=(total,),
-                              last_backward_start_s=(total - b,), first_forward_end_s=(f,))
+                              last_backward_start_s=(total - b,), first_forward_end_s=(f,), ops=ops)
     entries, first, last = _graph(pp, vpp, m)
     durations = list(forward_s) + list(backward_s)
     sends = list(send_forward_s) + list(send_backward_s)
@@ -147,8 +151,38 @@ def simulate(*, pp: int, vpp: int, num_microbatches: int, forward_s: list[float]
     busy = tuple(m * sum(forward_s[v] + backward_s[v] for v in range(r, stages, pp)) for r in range(pp))
     finish = tuple(end[last[r]] for r in range(pp))
     last_bwd = tuple(end[last[r]] - durations[entries[last[r]][3]] for r in range(pp))
+    ops: tuple = ()
+    if trace:
+        mb_of = _microbatch_of(pp, vpp, m)
+        ops = tuple(((k % stages) % pp, int(k >= stages), mb_of[i], k % stages, end[i] - durations[k], end[i])
+                    for i, (_, _, _, k) in enumerate(entries))
     return ScheduleResult(makespan_s=max(finish), busy_s=busy, finish_s=finish,
-                          last_backward_start_s=last_bwd, first_forward_end_s=tuple(end[first[r]] for r in range(pp)))
+                          last_backward_start_s=last_bwd, first_forward_end_s=tuple(end[first[r]] for r in range(pp)),
+                          ops=ops)
+
+
+@lru_cache(maxsize=64)
+def _microbatch_of(pp: int, vpp: int, m: int) -> tuple[int, ...]:
+    """Micro-batch of every operation of ``_graph(pp, vpp, m)`` (same order; for traces)."""
+    ops = [_rank_ops(r, pp, vpp, m) for r in range(pp)]
+    stages = pp * vpp
+    pos = [0] * pp
+    done: set[tuple[int, int, int]] = set()
+    out: list[int] = []
+    remaining = sum(len(o) for o in ops)
+    while remaining:
+        for r in range(pp):
+            while pos[r] < len(ops[r]):
+                is_bwd, mb, v = ops[r][pos[r]]
+                dep = ((0, mb, v) if v == stages - 1 else (1, mb, v + 1)) if is_bwd else \
+                    (None if v == 0 else (0, mb, v - 1))
+                if dep is not None and dep not in done:
+                    break
+                done.add((is_bwd, mb, v))
+                out.append(mb)
+                pos[r] += 1
+                remaining -= 1
+    return tuple(out)
 
 
 __all__ = ["ScheduleResult", "simulate"]
