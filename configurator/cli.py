@@ -89,6 +89,8 @@ def plan(
     time_budget: Annotated[float, typer.Option("--time-budget", help="Seconds the search may take (Optuna's budget; exhaustive stops there too).")] = 8.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the Optuna sampler and the placement search.")] = 0,
     trials: Annotated[int, typer.Option("--trials", help="Optuna's trial cap (deterministic for a seed when it, not the time budget, ends the study).")] = 1500,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna RDB storage URL (sqlite:///FILE, postgresql://...): the study lives there.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Processes sharing one Optuna study (implies --method optuna).")] = 1,
     method: Annotated[str, typer.Option("--method", help="auto|exhaustive|optuna (auto: exhaustive up to 20000 structures).")] = "auto",
     framework: Annotated[Optional[str], typer.Option("--framework", help="megatron|deepspeed: search only plans that framework runs (default: megatron; deepspeed with --emit deepspeed|all).")] = None,
     runtime: Annotated[Optional[str], typer.Option("--runtime", help=f"Cost/memory mechanics: {'|'.join(RUNTIMES)} (default: the framework's).")] = None,
@@ -116,6 +118,8 @@ def plan(
         raise InputError("top", top, "must be >= 1")
     if trials < 1:
         raise InputError("trials", trials, "must be >= 1")
+    if workers < 1:
+        raise InputError("workers", workers, "must be >= 1")
     if not time_budget > 0:
         raise InputError("time_budget", time_budget, "must be > 0 seconds")
     constants = _constants(calibration)
@@ -125,7 +129,7 @@ def plan(
                   transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("searching", total=1.0)
         result = search(ctx, top_k=top, time_budget_s=time_budget, seed=seed, method=method, constants=constants,
-                        max_trials=trials,
+                        max_trials=trials, storage=storage, workers=workers,
                         progress=lambda frac, msg: bar.update(task, completed=frac, description=msg))
     ranked = list(result.ranked)
     written: list[Path] = []

@@ -236,3 +236,35 @@ def register(app: typer.Typer) -> None:
                 console.print(f"no regressions against {golden_path}")
         if failures:
             raise typer.Exit(1)
+
+    @app.command()
+    def serve(
+        host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+        db: Annotated[Optional[str], typer.Option("--db", help="Store URL: sqlite:///FILE (default sqlite:///configurator.db) or postgresql://...")] = None,
+        workers: Annotated[int, typer.Option("--workers", help="Search worker processes.")] = 2,
+        token: Annotated[Optional[str], typer.Option("--token", envvar="CONFIGURATOR_TOKEN", help="Bearer token every request must carry (required off loopback).")] = None,
+    ) -> None:
+        """Run the search service (HTTP API, plan pages) until interrupted."""
+        import ipaddress
+
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            raise InputError("host", host, "must be an IP address or localhost") from None
+        if not loopback and not token:
+            raise InputError("host", host, "is not loopback: configure a token (--token or CONFIGURATOR_TOKEN)")
+        if workers < 1:
+            raise InputError("workers", workers, "must be >= 1")
+        if not 0 < port < 65536:
+            raise InputError("port", port, "must be a TCP port")
+        try:
+            import uvicorn
+
+            from configurator.service.app import create_app
+        except ImportError:
+            raise InputError("serve", "fastapi/uvicorn", "not installed: pip install -e '.[service]'") from None
+        url = db or "sqlite:///configurator.db"
+        app_ = create_app(url, workers=workers, token=token)
+        uvicorn.run(app_, host=host, port=port, log_level="warning")
+

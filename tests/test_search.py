@@ -94,3 +94,16 @@ def test_moe_search_considers_expert_parallelism(model: str) -> None:
     assert any(p.ep > 1 for p in plans) and any(p.etp > 1 for p in plans)
     result = search(ctx, top_k=5, constants=CONSTANTS)
     assert result.ranked
+
+
+def test_workers_share_one_optuna_study_in_rdb_storage(tmp_path) -> None:
+    import optuna
+
+    ctx = ctx_for("mixtral-8x7b", "dgx-h100", 32, 128, 4096)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    result = search(ctx, top_k=2, method="optuna", workers=2, storage=storage, max_trials=40, time_budget_s=120,
+                    constants=CONSTANTS)
+    assert result.method.startswith("optuna (2 workers") and result.ranked
+    studies = optuna.study.get_all_study_summaries(storage)
+    assert len(studies) == 1 and studies[0].n_trials == 40  # both processes wrote into one study
+    assert all(e.memory.fits for e in result.ranked)

@@ -113,8 +113,13 @@ def _key(plan: Plan) -> tuple:
 
 def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = None, seed: int = 0,
            method: str = "auto", constants: CostConstants | None = None, max_trials: int = DEFAULT_TRIALS,
-           progress: Progress | None = None) -> SearchResult:
-    """Best plans for ``ctx``, best first (``SearchResult.ranked`` is empty when nothing fits)."""
+           progress: Progress | None = None, storage: str | None = None, workers: int = 1) -> SearchResult:
+    """Best plans for ``ctx``, best first (``SearchResult.ranked`` is empty when nothing fits).
+
+    ``storage`` (an Optuna RDB URL) keeps the Optuna study in a database; ``workers > 1`` runs that many
+    processes on one shared study (Optuna's RDB storage coordinates them; without ``storage`` a temporary
+    SQLite file is used), and their best plans are merged. Both imply the Optuna method.
+    """
     constants = constants or load_calibration()
     start = time.perf_counter()
     stats = SpaceStats()
@@ -124,6 +129,7 @@ def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = 
     infeasible: Counter[str] = Counter()
     smallest = [float("inf")]
     resolutions: dict[tuple, list[Option]] = {}
+    feasible_elsewhere = 0
 
     def options_of(plan: Plan) -> list[Option]:
         key = _key(plan)
@@ -136,12 +142,19 @@ def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = 
             resolutions[key] = list(res.options)
         return resolutions[key]
 
+    if storage is not None or workers > 1:
+        chosen = "optuna"
     if chosen == "exhaustive":
         top, evaluated, notes = _exhaustive(ctx, structures, options_of, constants, top_k, time_budget_s, start, say)
+    elif workers > 1:
+        top, evaluated, notes, feasible_elsewhere = _optuna_parallel(ctx, constants, top_k, time_budget_s, seed,
+                                                                     max_trials, storage, workers)
+        chosen = f"optuna ({workers} workers, one shared study)"
     else:
         top, evaluated, notes = _optuna(ctx, structures, options_of, constants, top_k, time_budget_s, seed, start, say,
-                                        max_trials)
-    feasible = sum(1 for opts in resolutions.values() if opts)
+                                        max_trials, storage, _study_name(ctx, seed) if storage else None)
+    feasible = sum(1 for opts in resolutions.values() if opts) + (feasible_elsewhere if workers > 1 and
+                                                                   chosen.startswith("optuna (") else 0)
     if chosen == "exhaustive" and len(resolutions) < len(structures):
         notes.append(f"memory was resolved for {len(resolutions)} of {len(structures)} structures (the rest were "
                      "bounded out first), so 'feasible' counts those")
@@ -204,7 +217,8 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
 
 def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Plan], list[Option]],
             constants: CostConstants, top_k: int, budget: float | None, seed: int, start: float,
-            say: Progress, max_trials: int) -> tuple[_TopK, int, list[str]]:
+            say: Progress, max_trials: int, storage: str | None = None,
+            study_name: str | None = None) -> tuple[_TopK, int, list[str]]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -237,7 +251,8 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Pl
         return best
 
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=30)
-    study = optuna.create_study(direction="minimize", sampler=sampler)
+    study = optuna.create_study(direction="minimize", sampler=sampler, storage=storage, study_name=study_name,
+                                load_if_exists=storage is not None)
     elapsed = time.perf_counter() - start
     study.optimize(objective, n_trials=max_trials, timeout=max(0.5, remaining - elapsed), catch=())
     ended = "trial cap (deterministic for the seed)" if len(study.trials) >= max_trials else \
@@ -245,6 +260,60 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Pl
     notes = [f"optuna TPE (seed {seed}): {len(study.trials)} trials, {len(costed)} distinct structures costed "
              f"of {len(legal)}; ended by the {ended}"]
     return top, evaluated[0], notes
+
+
+def _study_name(ctx: SearchContext, seed: int) -> str:
+    import hashlib
+
+    key = repr((ctx.model, ctx.cluster.name, ctx.cluster.num_nodes, ctx.cluster.gpus_per_node, ctx.job, ctx.runtime,
+                ctx.framework, seed))
+    return "configurator-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _optuna_worker(ctx: SearchContext, constants: CostConstants, top_k: int, budget: float | None, seed: int,
+                   max_trials: int, storage: str, study_name: str) -> tuple[list[Evaluated], int, int]:
+    """One process of a shared study: its own structure cache, the study's trials in the database."""
+    structures = list(enumerate_plans(ctx))
+    resolutions: dict[tuple, list[Option]] = {}
+
+    def options_of(plan: Plan) -> list[Option]:
+        key = _key(plan)
+        if key not in resolutions:
+            resolutions[key] = list(resolve(ctx, plan).options)
+        return resolutions[key]
+
+    top, evaluated, _ = _optuna(ctx, structures, options_of, constants, top_k, budget, seed, time.perf_counter(),
+                                lambda _f, _m: None, max_trials, storage, study_name)
+    return top.ranked(), evaluated, sum(1 for opts in resolutions.values() if opts)
+
+
+def _optuna_parallel(ctx: SearchContext, constants: CostConstants, top_k: int, budget: float | None, seed: int,
+                     max_trials: int, storage: str | None, workers: int) -> tuple[_TopK, int, list[str], int]:
+    import multiprocessing
+    import tempfile
+
+    import optuna
+
+    tmp = None
+    if storage is None:
+        tmp = tempfile.TemporaryDirectory()
+        storage = f"sqlite:///{tmp.name}/study.db"
+    name = _study_name(ctx, seed)
+    optuna.create_study(direction="minimize", storage=storage, study_name=name, load_if_exists=True)
+    share = max(1, max_trials // workers)
+    jobs = [(ctx, constants, top_k, budget, seed + i, share, storage, name) for i in range(workers)]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        parts = pool.starmap(_optuna_worker, jobs)
+    top = _TopK(top_k)
+    for ranked, _, _ in parts:
+        for e in ranked:
+            top.push(e)
+    trials = len(optuna.load_study(study_name=name, storage=storage).trials)
+    if tmp is not None:
+        tmp.cleanup()
+    notes = [f"optuna TPE: {workers} processes shared study {name} ({trials} trials); 'feasible' sums the "
+             "structures each process found fitting (a structure tried by two processes counts twice)"]
+    return top, sum(n for _, n, _ in parts), notes, sum(f for _, _, f in parts)
 
 
 def _with_placement(ctx: SearchContext, e: Evaluated, constants: CostConstants) -> Evaluated:

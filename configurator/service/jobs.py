@@ -1,0 +1,95 @@
+"""Plan requests: validation into specs, the cache key, and the worker that runs a search.
+
+A worker runs in its own process (the search is CPU-bound Python), opens the store itself and writes
+progress and the result there, so the API process only enqueues and reads. The cache key covers the
+request, the version of a registered cluster profile and the code version (package version plus the
+calibration file), so identical requests are answered from the store only while nothing that could
+change the answer has changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from configurator import __version__
+from configurator.cost.constants import calibration_path
+from configurator.errors import InputError
+from configurator.profiles import cluster_from_dict, load_cluster, load_model
+from configurator.specs.hardware import ClusterSpec
+from configurator.specs.job import JobSpec
+
+
+def code_version() -> str:
+    digest = hashlib.sha256(calibration_path().read_bytes()).hexdigest()[:12]
+    return f"{__version__}+cal.{digest}"
+
+
+def cache_key(request: dict[str, Any], profile_version: int | None) -> str:
+    canonical = json.dumps({"request": request, "profile_version": profile_version, "code": code_version()},
+                           sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def build_cluster(request: dict[str, Any], profile: dict[str, Any] | None) -> ClusterSpec:
+    if profile is not None:
+        cluster = cluster_from_dict(profile, f"cluster {request['cluster']}")
+        return cluster.sized(num_gpus=request.get("num_gpus"), nodes=request.get("nodes"))
+    return load_cluster(request["cluster"], num_gpus=request.get("num_gpus"), nodes=request.get("nodes"))
+
+
+def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None) -> None:
+    """Worker entry point: run the search of a stored job and store the outcome (never raises)."""
+    from configurator.render import search_plans_dicts
+    from configurator.search.optimize import search
+    from configurator.search.space import SearchContext
+    from configurator.service.store import Store
+
+    store = Store(db_url)
+    job = store.get_job(job_id)
+    if job is None:
+        return
+    store.update_job(job_id, status="running", progress=0.0)
+    request = job.request
+    try:
+        model = load_model(request["model"])
+        cluster = build_cluster(request, profile)
+        spec = JobSpec(global_batch=request["global_batch"], seq_len=request["seq_len"],
+                       precision=request.get("precision", "bf16"))
+        if not cluster.gpu.supports(spec.precision):
+            raise InputError("precision", spec.precision, f"is not supported by {cluster.gpu.key}")
+        framework = request.get("framework") or "megatron"
+        runtime = request.get("runtime") or ("deepspeed" if framework == "deepspeed" else "megatron")
+        ctx = SearchContext(model=model, cluster=cluster, job=spec, runtime=runtime, framework=framework)
+        last = [0.0]
+
+        def progress(fraction: float, _message: str) -> None:
+            now = time.monotonic()
+            if now - last[0] > 0.5:
+                last[0] = now
+                store.update_job(job_id, progress=min(0.99, fraction))
+
+        method = request.get("method", "auto")
+        # Optuna searches keep their study in the service's database: a job resumed after a restart
+        # continues the same study instead of starting over.
+        result = search(ctx, top_k=request.get("top", 5), time_budget_s=request.get("time_budget", 8.0),
+                        seed=request.get("seed", 0), method=method, progress=progress,
+                        storage=db_url if method == "optuna" else None)
+        payload = {"plans": search_plans_dicts(model, cluster, spec, list(result.ranked)),
+                   "search": result.as_dict()}
+        if not result.ranked:
+            need = (f"; the smallest candidate needs {result.smallest_need_bytes / 2**30:.1f} GiB"
+                    if result.smallest_need_bytes else "")
+            store.update_job(job_id, status="failed", progress=1.0, result=payload,
+                             error=f"no plan fits: {result.candidates} legal candidates, none fits memory{need}")
+            return
+        store.update_job(job_id, status="done", progress=1.0, result=payload)
+    except InputError as exc:
+        store.update_job(job_id, status="failed", error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a job fails with its reason, the worker lives on
+        store.update_job(job_id, status="failed", error=f"internal error: {type(exc).__name__}")
+
+
+__all__ = ["build_cluster", "cache_key", "code_version", "run_job"]

@@ -1,0 +1,227 @@
+"""The search service, driven over HTTP: the server runs in a subprocess on loopback (SQLite store)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi", reason="the service needs the service extra: pip install -e '.[service]'")
+
+REPO = Path(__file__).resolve().parent.parent
+PLAN = {"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 16, "seq_len": 4096, "global_batch": 64}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, db: Path | str, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        url = db if isinstance(db, str) else f"sqlite:///{db}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "configurator.cli", "serve", "--port", str(self.port),
+                                      "--db", url, "--workers", "2", *extra], cwd=REPO,
+                                     env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(self.base + "/healthz", timeout=1, headers=self.headers(extra)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.kill()
+        raise AssertionError(f"server did not start: {self.proc.stdout.read() if self.proc.stdout else ''}")
+
+    @staticmethod
+    def headers(extra: tuple[str, ...]) -> dict[str, str]:
+        if "--token" in extra:
+            return {"Authorization": f"Bearer {extra[extra.index('--token') + 1]}"}
+        return {}
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def server(tmp_path):  # type: ignore[no-untyped-def]
+    s = Server(tmp_path / "store.db")
+    yield s
+    s.kill()
+
+
+def wait_done(base: str, job_id: str, timeout: float = 120, headers: dict[str, str] | None = None) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = httpx.get(f"{base}/v1/plans/{job_id}", headers=headers or {}, timeout=10).json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} not finished: {job}")
+
+
+def test_plan_job_runs_and_identical_requests_come_from_the_store(server) -> None:  # type: ignore[no-untyped-def]
+    first = httpx.post(server.base + "/v1/plans", json=PLAN, timeout=30)
+    assert first.status_code == 202 and first.json()["status"] == "queued"
+    job = wait_done(server.base, first.json()["id"])
+    assert job["status"] == "done" and job["plans"] and job["search"]["evaluated"] > 0
+    assert job["plans"][0]["fits"] and set(job["plans"][0]["time"]) >= {"step_s", "tokens_per_s_per_gpu", "mfu"}
+    again = httpx.post(server.base + "/v1/plans", json=PLAN, timeout=30).json()
+    assert again == {"id": first.json()["id"], "status": "done", "cached": True}
+    page = httpx.get(f"{server.base}/plans/{first.json()['id']}", timeout=30)
+    assert page.status_code == 200 and "<svg" in page.text and "id='plans'" in page.text
+
+
+def test_estimate_models_and_health(server) -> None:  # type: ignore[no-untyped-def]
+    est = httpx.post(server.base + "/v1/estimate", json={**PLAN, "tp": 2, "pp": 2}, timeout=30).json()
+    assert est["plan"]["dp"] == 4 and est["time"]["step_s"] > 0 and est["fits"]
+    models = httpx.get(server.base + "/v1/models", timeout=30).json()
+    assert any(m["name"] == "deepseek-v3" for m in models)
+
+
+@pytest.mark.parametrize(("body", "status", "field"), [
+    ({**PLAN, "model": "nope"}, 400, "model"),
+    ({**PLAN, "model": "/etc/passwd"}, 400, "model"),
+    ({**PLAN, "cluster": "/etc/hosts"}, 400, "cluster"),
+    ({**PLAN, "seq_len": 0}, 422, "seq_len"),
+    ({**PLAN, "time_budget": 3600}, 422, "time_budget"),
+    ({**PLAN, "unknown": 1}, 422, "unknown"),
+    ({**PLAN, "num_gpus": 12}, 400, "num_gpus"),
+])
+def test_bad_requests_name_the_field_without_a_trace(server, body, status, field) -> None:  # type: ignore[no-untyped-def]
+    r = httpx.post(server.base + "/v1/plans", json=body, timeout=30)
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field and "Traceback" not in r.text
+
+
+def test_body_size_is_bounded(server) -> None:  # type: ignore[no-untyped-def]
+    r = httpx.post(server.base + "/v1/plans", content=b"{" + b" " * 2_000_000 + b"}",
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 413
+
+
+def test_cluster_profiles_are_versioned_and_usable(server) -> None:  # type: ignore[no-untyped-def]
+    profile = json.loads((REPO / "examples/profiles/measured_8_nodes.json").read_text())
+    v1 = httpx.post(server.base + "/v1/clusters", json={"name": "lab", "profile": profile}, timeout=30).json()
+    profile["description"] += " (re-probed)"
+    v2 = httpx.post(server.base + "/v1/clusters", json={"name": "lab", "profile": profile}, timeout=30).json()
+    assert (v1["version"], v2["version"]) == (1, 2)
+    assert httpx.get(server.base + "/v1/clusters/lab?version=1", timeout=30).json()["version"] == 1
+    assert httpx.get(server.base + "/v1/clusters", timeout=30).json() == [{"name": "lab", "latest_version": 2,
+                                                                            "versions": 2}]
+    bad = dict(profile)
+    bad.pop("gpu")
+    r = httpx.post(server.base + "/v1/clusters", json={"name": "lab", "profile": bad}, timeout=30)
+    assert r.status_code == 400 and "gpu" in r.json()["error"]
+    job = httpx.post(server.base + "/v1/plans", json={"model": "llama3-8b", "cluster": "lab", "seq_len": 4096,
+                                                      "global_batch": 128}, timeout=30).json()
+    assert wait_done(server.base, job["id"])["status"] == "done"
+
+
+def test_token_is_required_when_configured(tmp_path) -> None:
+    s = Server(tmp_path / "t.db", "--token", "s3cret")
+    try:
+        assert httpx.get(s.base + "/healthz", timeout=10).status_code == 401
+        ok = httpx.get(s.base + "/healthz", headers={"Authorization": "Bearer s3cret"}, timeout=10)
+        assert ok.status_code == 200
+    finally:
+        s.kill()
+    refused = subprocess.run([sys.executable, "-m", "configurator.cli", "serve", "--host", "0.0.0.0", "--port",
+                              str(free_port())], capture_output=True, text=True, timeout=60,
+                             env={k: v for k, v in os.environ.items() if k != "CONFIGURATOR_TOKEN"})
+    assert refused.returncode == 2 and "token" in refused.stderr
+
+
+def test_jobs_survive_a_restart(tmp_path) -> None:
+    db = tmp_path / "restart.db"
+    s = Server(db)
+    long_job = {"model": "deepseek-v3", "cluster": "h800-ib", "num_gpus": 2048, "seq_len": 4096,
+                "global_batch": 4096, "method": "optuna", "time_budget": 20}
+    job_id = httpx.post(s.base + "/v1/plans", json=long_job, timeout=30).json()["id"]
+    time.sleep(3)
+    assert httpx.get(f"{s.base}/v1/plans/{job_id}", timeout=30).json()["status"] in ("queued", "running")
+    s.kill()  # mid-search, no shutdown hooks
+    s2 = Server(db)
+    try:
+        job = wait_done(s2.base, job_id, timeout=180)
+        assert job["status"] == "done" or job["error"], job
+    finally:
+        s2.kill()
+
+
+def test_openapi_contract_is_committed(tmp_path) -> None:
+    from configurator.service.app import create_app
+
+    app = create_app(f"sqlite:///{tmp_path / 'o.db'}", workers=1)
+    try:
+        spec = app.openapi()
+    finally:
+        app.state.pool.shutdown()
+    spec["info"]["version"] = "see /healthz code_version"
+    committed = REPO / "configurator" / "service" / "openapi.json"
+    if os.environ.get("CONFIGURATOR_UPDATE_GOLDEN") == "1":
+        committed.write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
+    assert json.loads(committed.read_text()) == json.loads(json.dumps(spec)), \
+        "the API changed: review it, then CONFIGURATOR_UPDATE_GOLDEN=1 rewrites configurator/service/openapi.json"
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def test_plan_page_renders_in_a_real_browser(server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    browser = shutil.which("chromium")
+    if browser is None:
+        if os.environ.get("CONFIGURATOR_REQUIRE_BROWSER") == "1":
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium not installed: apt-get install chromium")
+    job_id = httpx.post(server.base + "/v1/plans", json=PLAN, timeout=30).json()["id"]
+    assert wait_done(server.base, job_id)["status"] == "done"
+    url = f"{server.base}/plans/{job_id}"
+    profile = tmp_path / "chrome-profile"
+    dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    assert "status: <b>done</b>" in html
+    assert html.count("<tr>") >= 2  # header + at least one plan row
+    assert "<svg" in html and html.count('class="op ') >= 2 and 'class="capacity"' in html
+    shot = tmp_path / "page.png"
+    subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}",
+                    "--window-size=1280,1400", url], capture_output=True, text=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000  # a drawn page, not a blank one
+
+
+def test_service_runs_on_postgresql(tmp_path) -> None:
+    url = os.environ.get("CONFIGURATOR_TEST_PG_URL")
+    if not url:
+        if os.environ.get("CONFIGURATOR_REQUIRE_POSTGRES") == "1":
+            pytest.fail("CONFIGURATOR_TEST_PG_URL is not set: start one with `bash .ci/postgres.sh`")
+        pytest.skip("no PostgreSQL: set CONFIGURATOR_TEST_PG_URL (bash .ci/postgres.sh prints one)")
+    server = Server(url)
+    base = server.base
+    try:
+        body = {**PLAN, "seed": int(time.time())}  # a fresh request: not served from an earlier run's store
+        job_id = httpx.post(base + "/v1/plans", json=body, timeout=30).json()["id"]
+        assert wait_done(base, job_id)["status"] == "done"
+        optuna_job = httpx.post(base + "/v1/plans", json={**body, "method": "optuna", "time_budget": 5},
+                                timeout=30).json()["id"]
+        assert wait_done(base, optuna_job)["status"] == "done"  # its study lives in PostgreSQL
+    finally:
+        server.kill()
