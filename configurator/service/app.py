@@ -10,6 +10,7 @@ configured every request must carry it (``Authorization: Bearer <token>``).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import threading
 from typing import Any, Literal, Optional
@@ -96,7 +97,12 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None) -> Fa
     store = Store(db_url)
     context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
-    app = FastAPI(title="configurator", version=code_version(),
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        yield
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="configurator", version=code_version(), lifespan=lifespan,
                   description="Parallelism plans for LLM training: search, estimate, cluster profiles.")
     app.state.store = store
     app.state.pool = pool
@@ -233,10 +239,6 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None) -> Fa
         if job is None:
             return HTMLResponse("<h1>No such plan job</h1>", status_code=404)
         return HTMLResponse(render_page(job, store))
-
-    @app.on_event("shutdown")
-    def stop() -> None:
-        pool.shutdown(wait=False, cancel_futures=True)
 
     return app
 
