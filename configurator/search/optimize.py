@@ -153,8 +153,7 @@ def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = 
     else:
         top, evaluated, notes = _optuna(ctx, structures, options_of, constants, top_k, time_budget_s, seed, start, say,
                                         max_trials, storage, _study_name(ctx, seed) if storage else None)
-    feasible = sum(1 for opts in resolutions.values() if opts) + (feasible_elsewhere if workers > 1 and
-                                                                   chosen.startswith("optuna (") else 0)
+    feasible = sum(1 for opts in resolutions.values() if opts) + feasible_elsewhere
     if chosen == "exhaustive" and len(resolutions) < len(structures):
         notes.append(f"memory was resolved for {len(resolutions)} of {len(structures)} structures (the rest were "
                      "bounded out first), so 'feasible' counts those")
