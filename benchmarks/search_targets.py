@@ -31,10 +31,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from configurator import JobSpec, Plan, load_cluster, load_model  # noqa: E402
+from configurator.bench import modelled_alike  # noqa: E402
 from configurator.cost import evaluate, load_calibration, prepare  # noqa: E402
 from configurator.search.optimize import gap, search  # noqa: E402
 from configurator.search.placement import place  # noqa: E402
-from configurator.search.resolve import resolve  # noqa: E402
 from configurator.search.space import SearchContext  # noqa: E402
 from configurator.specs.hardware import LinkSpec  # noqa: E402
 from configurator.specs.plan import balanced_layout  # noqa: E402
@@ -43,14 +43,11 @@ CONSTANTS = load_calibration()
 
 
 def reference(ctx: SearchContext, structure: Plan) -> tuple[Plan, float]:
-    """A published plan modelled the same way as the search's: its fastest fitting memory option."""
-    options = resolve(ctx, structure).options
-    if not options:
+    """A published plan modelled the same way as the search's (``configurator.bench.modelled_alike``)."""
+    best = modelled_alike(ctx, structure, CONSTANTS)
+    if best is None:
         return structure, 0.0
-    best = max(options, key=lambda o: evaluate(prepare(ctx.model, ctx.cluster, ctx.job, o.plan), CONSTANTS)
-               .tokens_per_s_per_gpu)
-    tput = evaluate(prepare(ctx.model, ctx.cluster, ctx.job, best.plan), CONSTANTS).tokens_per_s_per_gpu
-    return best.plan, tput
+    return best[0].plan, best[1].tokens_per_s_per_gpu
 
 
 def measured_cluster(nodes: int, slow_fraction: float, factor: float, seed: int):  # type: ignore[no-untyped-def]

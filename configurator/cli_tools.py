@@ -16,6 +16,7 @@ from rich.table import Table
 
 from configurator.cli_options import CalibrationOpt, JsonOpt, _constants, console
 from configurator.errors import InputError
+from configurator.render import error_table
 
 
 def register(app: typer.Typer) -> None:
@@ -63,25 +64,14 @@ def register(app: typer.Typer) -> None:
         t = d["throughput"]
         console.print(f"throughput: {t['predicted_rows']} of {t['measured_rows']} measured rows predicted, median |error| "
                       f"{t['median_abs_error_pct']}%, p90 {t['p90_abs_error_pct']}%, median signed {t['median_error_pct']:+}%")
-        ttable = Table(title="Throughput (tokens/s/GPU) error by source")
-        for col in ("source", "rows", "median |err| %", "median err %"):
-            ttable.add_column(col, justify="left" if col == "source" else "right")
-        for s in t["by_source"]:
-            ttable.add_row(s["source"], str(s["rows"]), f"{s['median_abs_error_pct']:.1f}", f"{s['median_error_pct']:+.1f}")
-        console.print(ttable)
+        console.print(error_table("Throughput (tokens/s/GPU) error by source", t["by_source"], signed=True))
         if t["sweeps"]:
             console.print(f"sweeps: {len(t['sweeps'])} (Spearman below 0.9 in {t['sweeps_below_0_9']}; "
                           f"lowest {t['sweeps_min_spearman']})")
         mem = d["memory"]
         console.print(f"memory: {mem['rows']} rows with a measurement, median |error| "
                       f"{mem['median_abs_error_pct']}%, p90 {mem['p90_abs_error_pct']}%")
-        table = Table(title="Memory error by source")
-        table.add_column("source")
-        table.add_column("rows", justify="right")
-        table.add_column("median |err| %", justify="right")
-        for s in mem["by_source"]:
-            table.add_row(s["source"], str(s["rows"]), f"{s['median_abs_error_pct']:.1f}")
-        console.print(table)
+        console.print(error_table("Memory error by source", mem["by_source"], signed=False))
         fit = d["fit"]
         console.print(f"fit: {fit['oom_predicted_not_fit']}/{fit['oom_rows']} OOM rows predicted not to fit; "
                       f"{fit['ran_predicted_fit']}/{fit['ran_rows']} rows that ran predicted to fit "

@@ -115,3 +115,17 @@ def plans_table(ranked: list[Any], capacity_gib: float) -> Table:
                       f"{t['compute']:.2f} / {t['pipeline_bubble']:.2f} / {comm:.2f}",
                       lost_reason(e.step, best))
     return table
+
+
+def error_table(title: str, by_source: list[dict[str, Any]], *, signed: bool) -> Table:
+    """Error per source of ``validate`` (median |error|, and the signed median where given)."""
+    table = Table(title=title)
+    columns = ["source", "rows", "median |err| %"] + (["median err %"] if signed else [])
+    for col in columns:
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for s in by_source:
+        cells = [s["source"], str(s["rows"]), f"{s['median_abs_error_pct']:.1f}"]
+        if signed:
+            cells.append(f"{s['median_error_pct']:+.1f}")
+        table.add_row(*cells)
+    return table
