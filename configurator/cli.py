@@ -17,15 +17,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from configurator.cli_options import (CalibrationOpt, ClusterOpt, GlobalBatchOpt, JsonOpt, ModelOpt, NodesOpt,
-                                      NumGpusOpt, PrecisionOpt, SeqLenOpt, _constants, _job, _parse_layers, console)
+from configurator.cli_options import (CalibrationOpt, ClusterOpt, CpOpt, DpOpt, EpOpt, EtpOpt, GlobalBatchOpt, JsonOpt,
+                                      MicroBatchOpt, ModelOpt, NodesOpt, NumGpusOpt, OffloadOpt, PipelineLayersOpt,
+                                      PpOpt, PrecisionOpt, RecomputeLayersOpt, RecomputeOpt, SeqLenOpt, ShardingOpt,
+                                      SpOpt, TpOpt, VppOpt, _constants, _given_plan, _job, console)
 from configurator.cli_tools import register as register_tools
 from configurator.cost.step import estimate_step
 from configurator.errors import InputError
 from configurator.memory import RUNTIMES, estimate_memory
 from configurator.profiles import GIB, cluster_names, load_cluster, load_model, model_names, model_published
 from configurator.render import estimate_dict, memory_table, step_table
-from configurator.specs.plan import check_plan, resolve_plan
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Pick and check LLM-training parallelism plans without a GPU.")
@@ -177,21 +178,21 @@ def estimate(
     global_batch: GlobalBatchOpt,
     num_gpus: NumGpusOpt = None,
     nodes: NodesOpt = None,
-    micro_batch: Annotated[int, typer.Option("--micro-batch", help="Sequences per micro-batch.")] = 1,
-    tp: Annotated[int, typer.Option("--tp", help="Tensor parallel degree.")] = 1,
-    pp: Annotated[int, typer.Option("--pp", help="Pipeline stages.")] = 1,
-    vpp: Annotated[int, typer.Option("--vpp", help="Virtual stages per pipeline rank (interleaved).")] = 1,
-    cp: Annotated[int, typer.Option("--cp", help="Context parallel degree.")] = 1,
-    ep: Annotated[int, typer.Option("--ep", help="Expert parallel degree.")] = 1,
-    etp: Annotated[int, typer.Option("--etp", help="Expert tensor parallel degree.")] = 1,
-    dp: Annotated[Optional[int], typer.Option("--dp", help="Data parallel degree (default: GPUs/(tp*pp*cp)).")] = None,
-    sp: Annotated[Optional[bool], typer.Option("--sp/--no-sp", help="Sequence parallel (default: on when tp > 1).")] = None,
-    sharding: Annotated[str, typer.Option("--sharding", help="none|zero1|zero2|zero3|distopt.")] = "distopt",
-    recompute: Annotated[str, typer.Option("--recompute", help="none|selective|full.")] = "none",
-    recompute_layers: Annotated[int, typer.Option("--recompute-layers", help="With full: layers per chunk recomputed (0 = all).")] = 0,
-    offload: Annotated[float, typer.Option("--offload", help="Optimizer CPU-offload fraction in [0, 1].")] = 0.0,
+    micro_batch: MicroBatchOpt = 1,
+    tp: TpOpt = 1,
+    pp: PpOpt = 1,
+    vpp: VppOpt = 1,
+    cp: CpOpt = 1,
+    ep: EpOpt = 1,
+    etp: EtpOpt = 1,
+    dp: DpOpt = None,
+    sp: SpOpt = None,
+    sharding: ShardingOpt = "distopt",
+    recompute: RecomputeOpt = "none",
+    recompute_layers: RecomputeLayersOpt = 0,
+    offload: OffloadOpt = 0.0,
     precision: PrecisionOpt = "bf16",
-    pipeline_layers: Annotated[Optional[str], typer.Option("--pipeline-layers", help="Layers per virtual stage, e.g. 7,8,...,8,7 (default: even).")] = None,
+    pipeline_layers: PipelineLayersOpt = None,
     runtime: Annotated[str, typer.Option("--runtime", help=f"The framework that runs the plan (memory layout and step mechanics): {'|'.join(RUNTIMES)}.")] = "megatron",
     calibration: CalibrationOpt = None,
     svg: Annotated[Optional[Path], typer.Option("--svg", help="Also draw the step (pipeline timeline, memory per stage) to this SVG file.")] = None,
@@ -200,11 +201,9 @@ def estimate(
 ) -> None:
     """Memory and step time of one given plan, per pipeline stage, and whether it fits (alias: explain)."""
     spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision)
-    plan, chosen = resolve_plan(hw.num_gpus, tp=tp, pp=pp, cp=cp, dp=dp, sp=sp, vpp=vpp, ep=ep, etp=etp,
-                                sharding=sharding, recompute=recompute, recompute_num_layers=recompute_layers,
-                                micro_batch=micro_batch, offload=offload,
-                                pipeline_layers=_parse_layers(pipeline_layers))
-    check_plan(spec, job, plan, hw.num_gpus)
+    plan, chosen = _given_plan(spec, hw, job, tp=tp, pp=pp, vpp=vpp, cp=cp, ep=ep, etp=etp, dp=dp, sp=sp,
+                               sharding=sharding, recompute=recompute, recompute_layers=recompute_layers,
+                               micro_batch=micro_batch, offload=offload, pipeline_layers=pipeline_layers)
     if svg is not None and svg.exists() and not force:
         raise InputError("svg", str(svg), "exists; pass --force to overwrite")
     memory = estimate_memory(spec, hw, job, plan, runtime=runtime)
@@ -251,21 +250,21 @@ def emit_files(
     out: Annotated[Path, typer.Option("--out", help="Folder for the launch files.")],
     num_gpus: NumGpusOpt = None,
     nodes: NodesOpt = None,
-    micro_batch: Annotated[int, typer.Option("--micro-batch", help="Sequences per micro-batch.")] = 1,
-    tp: Annotated[int, typer.Option("--tp", help="Tensor parallel degree.")] = 1,
-    pp: Annotated[int, typer.Option("--pp", help="Pipeline stages.")] = 1,
-    vpp: Annotated[int, typer.Option("--vpp", help="Virtual stages per pipeline rank (interleaved).")] = 1,
-    cp: Annotated[int, typer.Option("--cp", help="Context parallel degree.")] = 1,
-    ep: Annotated[int, typer.Option("--ep", help="Expert parallel degree.")] = 1,
-    etp: Annotated[int, typer.Option("--etp", help="Expert tensor parallel degree.")] = 1,
-    dp: Annotated[Optional[int], typer.Option("--dp", help="Data parallel degree (default: GPUs/(tp*pp*cp)).")] = None,
-    sp: Annotated[Optional[bool], typer.Option("--sp/--no-sp", help="Sequence parallel (default: on when tp > 1; off for DeepSpeed).")] = None,
-    sharding: Annotated[str, typer.Option("--sharding", help="none|zero1|zero2|zero3|distopt.")] = "distopt",
-    recompute: Annotated[str, typer.Option("--recompute", help="none|selective|full.")] = "none",
-    recompute_layers: Annotated[int, typer.Option("--recompute-layers", help="With full: layers per chunk recomputed (0 = all).")] = 0,
-    offload: Annotated[float, typer.Option("--offload", help="Optimizer CPU-offload fraction in [0, 1].")] = 0.0,
+    micro_batch: MicroBatchOpt = 1,
+    tp: TpOpt = 1,
+    pp: PpOpt = 1,
+    vpp: VppOpt = 1,
+    cp: CpOpt = 1,
+    ep: EpOpt = 1,
+    etp: EtpOpt = 1,
+    dp: DpOpt = None,
+    sp: SpOpt = None,
+    sharding: ShardingOpt = "distopt",
+    recompute: RecomputeOpt = "none",
+    recompute_layers: RecomputeLayersOpt = 0,
+    offload: OffloadOpt = 0.0,
     precision: PrecisionOpt = "bf16",
-    pipeline_layers: Annotated[Optional[str], typer.Option("--pipeline-layers", help="Layers per virtual stage (default: even).")] = None,
+    pipeline_layers: PipelineLayersOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out folder.")] = False,
 ) -> None:
     """Write Megatron-LM and/or DeepSpeed launch files for a given plan."""
@@ -274,11 +273,9 @@ def emit_files(
     spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision)
     if sp is None and framework in ("deepspeed", "all"):
         sp = False
-    plan, chosen = resolve_plan(hw.num_gpus, tp=tp, pp=pp, cp=cp, dp=dp, sp=sp, vpp=vpp, ep=ep, etp=etp,
-                                sharding=sharding, recompute=recompute, recompute_num_layers=recompute_layers,
-                                micro_batch=micro_batch, offload=offload,
-                                pipeline_layers=_parse_layers(pipeline_layers))
-    check_plan(spec, job, plan, hw.num_gpus)
+    plan, chosen = _given_plan(spec, hw, job, tp=tp, pp=pp, vpp=vpp, cp=cp, ep=ep, etp=etp, dp=dp, sp=sp,
+                               sharding=sharding, recompute=recompute, recompute_layers=recompute_layers,
+                               micro_batch=micro_batch, offload=offload, pipeline_layers=pipeline_layers)
     written = write_files(EmitRequest(model=spec, cluster=hw, job=job, plan=plan), framework, out, force=force)
     for note in chosen:
         console.print(f"chosen: {note}")

@@ -50,3 +50,37 @@ def _job(model: str, cluster: str, num_gpus: int | None, nodes: int | None, glob
     if not hw.gpu.supports(precision):
         raise InputError("precision", precision, f"is not supported by {hw.gpu.key} ({hw.name})")
     return spec, hw, job
+
+# The options of one given plan (estimate/explain and emit share them).
+MicroBatchOpt = Annotated[int, typer.Option("--micro-batch", help="Sequences per micro-batch.")]
+TpOpt = Annotated[int, typer.Option("--tp", help="Tensor parallel degree.")]
+PpOpt = Annotated[int, typer.Option("--pp", help="Pipeline stages.")]
+VppOpt = Annotated[int, typer.Option("--vpp", help="Virtual stages per pipeline rank (interleaved).")]
+CpOpt = Annotated[int, typer.Option("--cp", help="Context parallel degree.")]
+EpOpt = Annotated[int, typer.Option("--ep", help="Expert parallel degree.")]
+EtpOpt = Annotated[int, typer.Option("--etp", help="Expert tensor parallel degree.")]
+DpOpt = Annotated[Optional[int], typer.Option("--dp", help="Data parallel degree (default: GPUs/(tp*pp*cp)).")]
+SpOpt = Annotated[Optional[bool], typer.Option(
+    "--sp/--no-sp", help="Sequence parallel (default: on when tp > 1; off when emitting for DeepSpeed).")]
+ShardingOpt = Annotated[str, typer.Option("--sharding", help="none|zero1|zero2|zero3|distopt.")]
+RecomputeOpt = Annotated[str, typer.Option("--recompute", help="none|selective|full.")]
+RecomputeLayersOpt = Annotated[int, typer.Option(
+    "--recompute-layers", help="With full: layers per chunk recomputed (0 = all).")]
+OffloadOpt = Annotated[float, typer.Option("--offload", help="Optimizer CPU-offload fraction in [0, 1].")]
+PipelineLayersOpt = Annotated[Optional[str], typer.Option(
+    "--pipeline-layers", help="Layers per virtual stage, e.g. 7,8,...,8,7 (default: even).")]
+
+
+def _given_plan(spec, hw, job, *, tp: int, pp: int, vpp: int, cp: int, ep: int, etp: int, dp: int | None,  # type: ignore[no-untyped-def]
+                sp: bool | None, sharding: str, recompute: str, recompute_layers: int, micro_batch: int,
+                offload: float, pipeline_layers: str | None):
+    """The plan of a request, defaults filled as Megatron-LM would, checked against the model and job."""
+    from configurator.specs.plan import check_plan, resolve_plan
+
+    plan, chosen = resolve_plan(hw.num_gpus, tp=tp, pp=pp, cp=cp, dp=dp, sp=sp, vpp=vpp, ep=ep, etp=etp,
+                                sharding=sharding, recompute=recompute, recompute_num_layers=recompute_layers,
+                                micro_batch=micro_batch, offload=offload,
+                                pipeline_layers=_parse_layers(pipeline_layers))
+    check_plan(spec, job, plan, hw.num_gpus)
+    return plan, chosen
+

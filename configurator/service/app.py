@@ -166,8 +166,8 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None) -> Fa
     def models() -> list[dict[str, Any]]:
         from configurator.profiles import load_model as load, model_names
 
-        return [{"name": n, "total_params": load(n).total_params, "active_params": load(n).active_params}
-                for n in model_names()]
+        specs = [load(n) for n in model_names()]
+        return [{"name": m.name, "total_params": m.total_params, "active_params": m.active_params} for m in specs]
 
     @app.post("/v1/plans", status_code=202)
     def create_plan(req: PlanRequest) -> dict[str, Any]:
