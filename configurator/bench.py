@@ -35,15 +35,13 @@ from configurator.search.optimize import search
 from configurator.search.resolve import resolve
 from configurator.search.space import SearchContext, search_shardings
 from configurator.specs.job import JobSpec
-from configurator.specs.plan import Plan, balanced_layout, plan_violations
+from configurator.specs.plan import PLAN_FIELDS, Plan, balanced_layout, plan_from_dict, plan_violations
 
 MAX_DROP = 0.005
 MAX_EVALUATION_GROWTH = 2.0
 REFERENCE_KEYS = {"tp", "pp", "vpp", "cp", "ep", "etp", "micro_batch", "pipeline_layers", "source"}
 SCENARIO_KEYS = {"name", "model", "cluster", "num_gpus", "nodes", "seq_len", "global_batch", "precision", "reference",
                  "runtime"}
-PLAN_FIELDS = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "sp", "sharding", "recompute", "recompute_num_layers",
-               "micro_batch", "offload", "pipeline_layers")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -147,12 +145,6 @@ def golden_entry(result: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def _plan_from_golden(fields: dict[str, Any]) -> Plan:
-    kw = dict(fields)
-    kw["pipeline_layers"] = tuple(kw.get("pipeline_layers") or ())
-    return Plan(**kw)
-
-
 def compare(results: list[dict[str, Any]], golden: dict[str, Any], scenarios: list[Scenario]) -> list[str]:
     """Every regression against the golden file (module docstring)."""
     failures = []
@@ -173,7 +165,7 @@ def compare(results: list[dict[str, Any]], golden: dict[str, Any], scenarios: li
                 failures.append(f"{r['name']}: best plan's modelled throughput dropped {100 * (1 - now / gb['tokens_per_s_per_gpu']):.2f}% "
                                 f"({gb['tokens_per_s_per_gpu']:.1f} -> {now:.1f} tokens/s/GPU)")
             ctx = ctx_by_name[r["name"]]
-            plan = _plan_from_golden(gb["plan"])
+            plan = plan_from_dict(gb["plan"])
             memory = estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
             if not memory.fits:
                 failures.append(f"{r['name']}: the golden best plan {plan.describe()} no longer fits memory "
@@ -213,8 +205,7 @@ def summary_row(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan_summary(plan: dict[str, Any]) -> str:
-    p = _plan_from_golden({k: plan[k] for k in PLAN_FIELDS if k in plan})
-    return p.describe()
+    return plan_from_dict(plan).describe()
 
 
 __all__ = ["MAX_DROP", "MAX_EVALUATION_GROWTH", "Scenario", "compare", "golden_entry", "load_scenarios",

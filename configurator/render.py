@@ -24,6 +24,8 @@ def plan_dict(plan: Plan, job: JobSpec) -> dict[str, Any]:
         "global_batch": job.global_batch, "num_microbatches": plan.num_microbatches(job),
         "offload": plan.offload, "precision": job.precision, "num_gpus": plan.world_size,
         "pipeline_layers": list(plan.pipeline_layers) or None,
+        "shard_group": plan.shard_group, "recompute_modules": list(plan.recompute_modules),
+        "tp_overlap": plan.tp_overlap, "ep_overlap": plan.ep_overlap, "cp_comm": plan.cp_comm,
     }
 
 

@@ -8,9 +8,6 @@ from typing import Any
 
 from configurator.service.store import Job, Store
 
-PLAN_FIELDS = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "sp", "sharding", "recompute", "recompute_num_layers",
-               "micro_batch", "offload", "pipeline_layers")
-
 
 def _best_svg(job: Job, store: Store) -> str:
     from configurator.cost.constants import load_calibration
@@ -19,7 +16,7 @@ def _best_svg(job: Job, store: Store) -> str:
     from configurator.profiles import load_model
     from configurator.service.jobs import build_cluster
     from configurator.specs.job import JobSpec
-    from configurator.specs.plan import Plan
+    from configurator.specs.plan import plan_from_dict
 
     best = job.result["plans"][0]  # type: ignore[index]
     request = job.request
@@ -28,9 +25,7 @@ def _best_svg(job: Job, store: Store) -> str:
     cluster = build_cluster(request, found[1] if found else None)
     spec = JobSpec(global_batch=request["global_batch"], seq_len=request["seq_len"],
                    precision=request.get("precision", "bf16"))
-    fields = {k: best["plan"][k] for k in PLAN_FIELDS}
-    fields["pipeline_layers"] = tuple(fields["pipeline_layers"] or ())
-    plan = Plan(**fields)
+    plan = plan_from_dict(best["plan"])
     runtime = best["time"].get("runtime", "megatron")
     tl = timeline(model, cluster, spec, plan, load_calibration(), runtime=runtime)
     memory = estimate_memory(model, cluster, spec, plan, runtime=runtime)

@@ -16,11 +16,12 @@ from typing import Literal
 
 from configurator.errors import InputError, require, require_nonnegative_int, require_positive_int
 
-MlpKind = Literal["gelu", "swiglu"]
+MlpKind = Literal["gelu", "swiglu", "relu2"]
 AttentionKind = Literal["mha", "gqa", "mla"]
 NormKind = Literal["layernorm", "rmsnorm"]
 
-MLP_KINDS: tuple[str, ...] = ("gelu", "swiglu")
+MLP_KINDS: tuple[str, ...] = ("gelu", "swiglu", "relu2")
+"""relu2 = squared ReLU without a gate (Nemotron): two matrices, like gelu."""
 ATTENTION_KINDS: tuple[str, ...] = ("mha", "gqa", "mla")
 NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm")
 

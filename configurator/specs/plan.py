@@ -18,8 +18,14 @@ from configurator.errors import InputError, require, require_positive_int
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
 
-SHARDINGS: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "distopt")
+SHARDINGS: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "distopt", "hsdp")
 RECOMPUTES: tuple[str, ...] = ("none", "selective", "full")
+CP_COMMS: tuple[str, ...] = ("p2p", "all_gather", "a2a", "a2a+p2p")
+"""Megatron's ``--cp-comm-type``: ring of point-to-point exchanges, all-gather of K/V (Llama 3),
+Ulysses-style all-to-all over heads, and the hierarchical all-to-all inside + ring across."""
+RECOMPUTE_MODULES: tuple[str, ...] = ("core_attn", "mlp", "moe", "moe_act", "layernorm", "mla_up_proj",
+                                      "shared_experts")
+"""Megatron-Core's ``--recompute-modules`` names (selective recompute)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -43,11 +49,25 @@ class Plan:
     sp: bool = False
     """Megatron sequence parallelism (activations outside attention/MLP split over TP)."""
     sharding: str = "distopt"
-    """none | zero1 | zero2 | zero3 | distopt (Megatron distributed optimizer = ZeRO-1 over DP x CP)."""
+    """none | zero1 | zero2 | zero3 | distopt (Megatron distributed optimizer = ZeRO-1 over DP x CP) |
+    hsdp (ZeRO-3 inside groups of ``shard_group`` GPUs, replicated across the groups)."""
+    shard_group: int = 0
+    """With sharding=hsdp: GPUs per shard group (a divisor of dp * cp greater than 1); 0 otherwise."""
     recompute: str = "none"
     """none | selective (attention core) | full (whole layers)."""
     recompute_num_layers: int = 0
     """With full recompute: layers per stage recomputed (0 = all of them)."""
+    recompute_modules: tuple[str, ...] = ()
+    """With selective recompute: Megatron-Core's ``--recompute-modules`` (names in RECOMPUTE_MODULES);
+    empty = Megatron's default (core_attn)."""
+    tp_overlap: bool | None = None
+    """TP communication overlapped with GEMMs (Transformer Engine userbuffers / async TP);
+    None = the runtime's default (profiles/cost.json)."""
+    ep_overlap: bool | None = None
+    """MoE all-to-all overlapped with compute (Megatron's EP A2A overlap with 1F1B);
+    None = the runtime's default."""
+    cp_comm: str | None = None
+    """Context-parallel communication (CP_COMMS); None = the runtime's default."""
     micro_batch: int = 1
     """Sequences per micro-batch per data-parallel rank."""
     offload: float = 0.0
@@ -65,6 +85,25 @@ class Plan:
                 f"must be one of {', '.join(SHARDINGS)}")
         require(self.recompute in RECOMPUTES, "recompute", self.recompute,
                 f"must be one of {', '.join(RECOMPUTES)}")
+        if isinstance(self.shard_group, bool) or not isinstance(self.shard_group, int) or self.shard_group < 0:
+            raise InputError("shard_group", self.shard_group, "must be a non-negative integer")
+        if self.sharding == "hsdp":
+            require(self.shard_group > 1, "shard_group", self.shard_group,
+                    "must be > 1 (GPUs per shard group) with sharding=hsdp")
+        elif self.shard_group:
+            raise InputError("shard_group", self.shard_group, "needs sharding=hsdp")
+        require(isinstance(self.recompute_modules, tuple)
+                and all(m in RECOMPUTE_MODULES for m in self.recompute_modules)
+                and len(set(self.recompute_modules)) == len(self.recompute_modules),
+                "recompute_modules", self.recompute_modules,
+                f"must be distinct names from {', '.join(RECOMPUTE_MODULES)}")
+        if self.recompute_modules and self.recompute != "selective":
+            raise InputError("recompute_modules", ",".join(self.recompute_modules), "needs recompute=selective")
+        for name in ("tp_overlap", "ep_overlap"):
+            value = getattr(self, name)
+            require(value is None or isinstance(value, bool), name, value, "must be true, false or unset")
+        require(self.cp_comm is None or self.cp_comm in CP_COMMS, "cp_comm", self.cp_comm,
+                f"must be one of {', '.join(CP_COMMS)}")
         if isinstance(self.recompute_num_layers, bool) or not isinstance(self.recompute_num_layers, int) \
                 or self.recompute_num_layers < 0:
             raise InputError("recompute_num_layers", self.recompute_num_layers,
@@ -112,12 +151,41 @@ class Plan:
         parts += [f"CP{self.cp}", f"DP{self.dp}"]
         if self.ep > 1 or self.etp > 1:
             parts += [f"EP{self.ep}", f"ETP{self.etp}"]
-        parts += [f"mb{self.micro_batch}", self.sharding, f"rc={self.recompute}"]
+        parts += [f"mb{self.micro_batch}",
+                  f"hsdp{self.shard_group}" if self.sharding == "hsdp" else self.sharding,
+                  f"rc={self.recompute}"]
+        if self.recompute_modules:
+            parts[-1] += "(" + ",".join(self.recompute_modules) + ")"
         if self.sp:
             parts.append("SP")
         if self.offload:
             parts.append(f"offload={self.offload:.2f}")
+        if self.tp_overlap is not None:
+            parts.append(f"tp_overlap={'on' if self.tp_overlap else 'off'}")
+        if self.ep_overlap is not None:
+            parts.append(f"ep_overlap={'on' if self.ep_overlap else 'off'}")
+        if self.cp_comm is not None:
+            parts.append(f"cp_comm={self.cp_comm}")
         return " ".join(parts)
+
+    def as_dict(self) -> dict[str, object]:
+        """Every field, JSON-ready (tuples as lists); ``plan_from_dict`` reads it back."""
+        return {name: (list(getattr(self, name)) if isinstance(getattr(self, name), tuple) else getattr(self, name))
+                for name in PLAN_FIELDS}
+
+
+PLAN_FIELDS: tuple[str, ...] = tuple(f for f in Plan.__dataclass_fields__)
+"""Every field of ``Plan`` in declaration order (what a stored or golden plan object carries)."""
+
+
+def plan_from_dict(fields: dict[str, object]) -> Plan:
+    """A Plan from a JSON plan object: unknown keys (``global_batch``, ``num_gpus``, ...) are ignored,
+    missing keys take Plan's defaults, lists become tuples."""
+    kw = {k: fields[k] for k in PLAN_FIELDS if k in fields}
+    for name in ("pipeline_layers", "recompute_modules"):
+        if name in kw:
+            kw[name] = tuple(kw[name] or ())  # type: ignore[arg-type]
+    return Plan(**kw)  # type: ignore[arg-type]
 
 
 def plan_violations(model: ModelSpec, job: JobSpec, plan: Plan, num_gpus: int | None = None) -> list[str]:
@@ -172,6 +240,16 @@ def plan_violations(model: ModelSpec, job: JobSpec, plan: Plan, num_gpus: int | 
             out.append(f"interleaved schedule needs the {m} micro-batches to be a multiple of "
                        f"pp={plan.pp} (and at least pp)")
     # Optimizer.
+    if plan.sharding == "hsdp" and (plan.dp * plan.cp) % plan.shard_group:
+        out.append(f"shard_group={plan.shard_group} must divide dp*cp = {plan.dp * plan.cp}")
+    if plan.cp_comm is not None and plan.cp_comm != "p2p" and plan.cp == 1:
+        out.append(f"cp_comm={plan.cp_comm} needs cp > 1")
+    if plan.cp_comm in ("a2a", "a2a+p2p") and plan.cp > 1:
+        heads = model.num_attention_heads // plan.tp
+        if plan.cp_comm == "a2a" and heads % plan.cp:
+            out.append(f"cp_comm=a2a splits the {heads} heads per TP rank over cp={plan.cp}: cp must divide them")
+    if plan.ep_overlap and not model.is_moe:
+        out.append("ep_overlap needs an MoE model")
     if plan.offload > 0 and plan.sharding == "none":
         out.append("optimizer offload needs a sharded optimizer (distopt or ZeRO; Megatron: "
                    "--optimizer-cpu-offload requires --use-distributed-optimizer)")
