@@ -11,8 +11,10 @@ beside the package (a source checkout or editable install), then ``<prefix>/shar
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -110,9 +112,22 @@ def model_published(name: str) -> tuple[dict[str, Any], str]:
     return published, source
 
 
-# ----- GPUs -----------------------------------------------------------------------------------
+# ----- GPUs: presets, inline specs in a cluster profile, --gpu-spec files -------------------------
 _GPU_KEYS = {"key", "name", "family", "memory_GiB", "hbm_bandwidth_TBps", "peak_dense_TFLOPs",
              "nvlink_bandwidth_GBps", "pcie_host_bandwidth_GBps", "tdp_W", "source"}
+GPU_BOUNDS: dict[str, tuple[float, float]] = {
+    "memory_GiB": (1.0, 1024.0),
+    "hbm_bandwidth_TBps": (0.05, 50.0),
+    "nvlink_bandwidth_GBps": (0.0, 10_000.0),
+    "pcie_host_bandwidth_GBps": (1.0, 1_000.0),
+    "tdp_W": (10.0, 5_000.0),
+}
+"""Plausible range of each GPU figure in the file's units (inclusive): T4's 0.32 TB/s GDDR6 and 15 GiB
+to a rack-scale part's 1 TiB; 0 NVLink means PCIe only (L40S, T4)."""
+PEAK_BOUNDS_TFLOPs: dict[str, tuple[float, float]] = {
+    "bf16": (1.0, 10_000.0), "fp16": (1.0, 10_000.0), "fp8": (1.0, 20_000.0), "fp4": (1.0, 40_000.0)}
+"""Dense peak per precision (T4's 65 fp16 to B300's ~15,000 fp4, with headroom)."""
+_GPU_KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 def gpu_names() -> list[str]:
@@ -120,27 +135,136 @@ def gpu_names() -> list[str]:
 
 
 @lru_cache(maxsize=None)
-def load_gpu(key: str) -> GPUSpec:
-    if key not in gpu_names():
-        raise InputError("gpu", key, f"unknown GPU (known: {', '.join(gpu_names())})")
-    where = f"profiles/gpus/{key}.json"
-    data = _read_json(profiles_dir() / "gpus" / f"{key}.json", "gpu")
-    _check_keys(data, where, _GPU_KEYS)
-    peaks = data["peak_dense_TFLOPs"]
+def gpu_families() -> dict[str, dict[str, Any]]:
+    """Architecture -> vendor, the family whose constants it uses, and why (profiles/gpu_families.json)."""
+    data = _read_json(profiles_dir() / "gpu_families.json", "gpu_families")
+    return dict(data["architectures"])
+
+
+def _bounded(data: dict[str, Any], key: str, where: str, lo: float, hi: float) -> float:
+    """A finite number in [lo, hi] (JSON's NaN/Infinity and booleans are rejected)."""
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"{where}:{key}", value, "must be a finite number")
+    if not lo <= value <= hi:
+        raise InputError(f"{where}:{key}", value, f"must be between {lo:g} and {hi:g}")
+    return float(value)
+
+
+def _peak_flops(peaks: Any, where: str) -> tuple[tuple[str, float], ...]:
+    """Dense TFLOP/s per precision -> FLOP/s pairs; null or absent = the GPU does not run it."""
+    field = f"{where}:peak_dense_TFLOPs"
     if not isinstance(peaks, dict):
-        raise InputError(f"{where}:peak_dense_TFLOPs", peaks, "must be an object of precision -> TFLOP/s")
-    peak_flops = tuple((p, float(v) * TERA) for p, v in peaks.items() if v is not None)
+        raise InputError(field, peaks, "must be an object of precision -> TFLOP/s (null = not supported)")
+    unknown = sorted(set(peaks) - set(PEAK_BOUNDS_TFLOPs))
+    if unknown:
+        raise InputError(f"{field}:{unknown[0]}", peaks[unknown[0]],
+                         f"unknown precision (known: {', '.join(PEAK_BOUNDS_TFLOPs)})")
+    given = {p: _bounded(peaks, p, field, *PEAK_BOUNDS_TFLOPs[p]) for p in PEAK_BOUNDS_TFLOPs
+             if peaks.get(p) is not None}
+    if "bf16" not in given and "fp16" not in given:
+        raise InputError(field, peaks, "must give bf16 or fp16 (the 16-bit GEMMs every plan runs)")
+    half = max(given.get("bf16", 0.0), given.get("fp16", 0.0))
+    if "fp8" in given and given["fp8"] < half:
+        raise InputError(f"{field}:fp8", given["fp8"], f"must be >= the 16-bit peak {half:g} (fp8 runs at least as fast)")
+    if "fp4" in given and given["fp4"] < given.get("fp8", half):
+        raise InputError(f"{field}:fp4", given["fp4"], "must be >= the fp8 and 16-bit peaks")
+    return tuple((p, v * TERA) for p, v in given.items())
+
+
+def gpu_from_dict(data: Any, where: str) -> GPUSpec:
+    """A GPU spec (the schema of profiles/gpus/*.json), strictly checked: every key present, no
+    unknown key, finite figures in plausible ranges, a known architecture in ``family``."""
+    if not isinstance(data, dict):
+        raise InputError(where, data, "must be a GPU key or an object with the keys of profiles/gpus/*.json")
+    _check_keys(data, where, _GPU_KEYS)
+    key = data["key"]
+    if not isinstance(key, str) or not 0 < len(key) <= 64 or not set(key) <= _GPU_KEY_CHARS:
+        raise InputError(f"{where}:key", key, "must be 1-64 characters of letters, digits, '.', '_', '-'")
+    for text in ("name", "source"):
+        if not isinstance(data[text], str) or not data[text].strip():
+            raise InputError(f"{where}:{text}", data[text], "must be a non-empty string")
+    families = gpu_families()
+    arch = data["family"]
+    if arch not in families:
+        raise InputError(f"{where}:family", arch, f"unknown architecture (known: {', '.join(sorted(families))})")
+    entry = families[arch]
+    figures = {k: _bounded(data, k, where, *bounds) for k, bounds in GPU_BOUNDS.items()}
     try:
         return GPUSpec(
-            key=data["key"], name=data["name"], family=data["family"],
-            memory_bytes=int(_number(data, "memory_GiB", where) * GIB),
-            hbm_bandwidth_Bps=_number(data, "hbm_bandwidth_TBps", where) * TERA,
-            peak_flops=peak_flops,
-            nvlink_bandwidth_Bps=_number(data, "nvlink_bandwidth_GBps", where) * GB,
-            pcie_host_bandwidth_Bps=_number(data, "pcie_host_bandwidth_GBps", where) * GB,
-            tdp_W=_number(data, "tdp_W", where), source=str(data["source"]))
+            key=key, name=data["name"], family=entry["constants_from"], architecture=arch, vendor=entry["vendor"],
+            fallback_reason="" if entry["measured_runs"] else entry["reason"],
+            memory_bytes=int(figures["memory_GiB"] * GIB),
+            hbm_bandwidth_Bps=figures["hbm_bandwidth_TBps"] * TERA,
+            peak_flops=_peak_flops(data["peak_dense_TFLOPs"], where),
+            nvlink_bandwidth_Bps=figures["nvlink_bandwidth_GBps"] * GB,
+            pcie_host_bandwidth_Bps=figures["pcie_host_bandwidth_GBps"] * GB,
+            tdp_W=figures["tdp_W"], source=data["source"])
     except InputError as exc:
         raise InputError(f"{where}:{exc.field}", exc.value, exc.problem) from None
+
+
+@lru_cache(maxsize=None)
+def load_gpu(key: str) -> GPUSpec:
+    if key not in gpu_names():
+        raise InputError("gpu", key, f"unknown GPU (known: {', '.join(gpu_names())}; or an inline GPU object)")
+    where = f"profiles/gpus/{key}.json"
+    gpu = gpu_from_dict(_read_json(profiles_dir() / "gpus" / f"{key}.json", "gpu"), where)
+    if gpu.key != key:
+        raise InputError(f"{where}:key", gpu.key, f"must equal the file name {key}")
+    return gpu
+
+
+def load_gpu_spec(path: str | Path) -> GPUSpec:
+    """A user's GPU spec file (``--gpu-spec FILE``): the schema of profiles/gpus/*.json."""
+    return gpu_from_dict(_read_json(Path(path), "gpu_spec"), str(path))
+
+
+def cluster_gpu(value: Any, where: str) -> GPUSpec:
+    """A cluster profile's ``gpu``: a preset key or an inline GPU spec object."""
+    if isinstance(value, str):
+        return load_gpu(value)
+    return gpu_from_dict(value, f"{where}:gpu")
+
+
+_GPU_MEASURED_KEYS = {"name", "memory_GiB", "gemm", "hbm_copy_TBps"}
+_GPU_MEASURED_OPTIONAL = {"backend", "copy_size_bytes", "repeat", "device_count"}
+MEASURED_OVER_PEAK = 1.1
+"""A measured GEMM or copy may exceed the datasheet figure by clock boost and timer noise, not more:
+above 1.1 x the profile's GPU is not the GPU that was measured."""
+
+
+def check_gpu_measured(data: Any, gpu: GPUSpec, where: str) -> dict[str, Any]:
+    """A probe's measured GPU section, strictly checked against the profile's (datasheet) GPU."""
+    where = f"{where}:gpu_measured"
+    if not isinstance(data, dict):
+        raise InputError(where, data, "must be an object (cluster_probes writes it)")
+    _check_keys(data, where, _GPU_MEASURED_KEYS, _GPU_MEASURED_OPTIONAL)
+    if not isinstance(data["name"], str) or not data["name"]:
+        raise InputError(f"{where}:name", data["name"], "must be the driver's device name")
+    _bounded(data, "memory_GiB", where, *GPU_BOUNDS["memory_GiB"])
+    hbm = _bounded(data, "hbm_copy_TBps", where, 0.001, GPU_BOUNDS["hbm_bandwidth_TBps"][1])
+    if hbm * TERA > MEASURED_OVER_PEAK * gpu.hbm_bandwidth_Bps:
+        raise InputError(f"{where}:hbm_copy_TBps", hbm,
+                         f"exceeds {gpu.key}'s datasheet {gpu.hbm_bandwidth_Bps / TERA:g} TB/s: not the measured GPU")
+    if not isinstance(data["gemm"], list):
+        raise InputError(f"{where}:gemm", data["gemm"], "must be a list of {precision, m, n, k, tflops}")
+    for i, point in enumerate(data["gemm"]):
+        w = f"{where}:gemm[{i}]"
+        if not isinstance(point, dict):
+            raise InputError(w, point, "must be an object")
+        _check_keys(point, w, {"precision", "m", "n", "k", "tflops"})
+        if point["precision"] not in PEAK_BOUNDS_TFLOPs:
+            raise InputError(f"{w}:precision", point["precision"], f"must be one of {', '.join(PEAK_BOUNDS_TFLOPs)}")
+        for dim in ("m", "n", "k"):
+            if isinstance(point[dim], bool) or not isinstance(point[dim], int) or point[dim] <= 0:
+                raise InputError(f"{w}:{dim}", point[dim], "must be a positive integer")
+        tflops = _bounded(point, "tflops", w, 1e-6, PEAK_BOUNDS_TFLOPs[point["precision"]][1])
+        if gpu.supports(point["precision"]) and \
+                tflops * TERA > MEASURED_OVER_PEAK * gpu.peak_flops_for(point["precision"]):
+            raise InputError(f"{w}:tflops", tflops, f"exceeds {gpu.key}'s datasheet {point['precision']} peak "
+                             f"{gpu.peak_flops_for(point['precision']) / TERA:g}: not the measured GPU")
+    return data
 
 
 # ----- clusters -------------------------------------------------------------------------------
@@ -148,7 +272,7 @@ _CLUSTER_KEYS = {"name", "description", "gpu", "gpus_per_node", "nvlink_domain_g
                  "scale_out_link", "host_memory_GiB_per_node", "host_cpu_cores_per_node",
                  "default_num_nodes", "source"}
 _MEASURED_KEYS = {"nodes", "links", "intra_links", "collectives", "compute", "provenance", "warnings",
-                  "host_device_bandwidth_GBps", "cpu_adam_params_per_s"}
+                  "host_device_bandwidth_GBps", "cpu_adam_params_per_s", "gpu_measured"}
 
 
 def cluster_names() -> list[str]:
@@ -172,9 +296,7 @@ def cluster_from_dict(data: dict[str, Any], where: str) -> ClusterSpec:
     for key in ("gpus_per_node", "nvlink_domain_gpus", "default_num_nodes", "host_cpu_cores_per_node"):
         if isinstance(data[key], bool) or not isinstance(data[key], int) or data[key] <= 0:
             raise InputError(f"{where}:{key}", data[key], "must be a positive integer")
-    gpu = load_gpu(data["gpu"]) if isinstance(data["gpu"], str) else None
-    if gpu is None:
-        raise InputError(f"{where}:gpu", data["gpu"], "must be a GPU key")
+    gpu = cluster_gpu(data["gpu"], where)
     num_nodes = data["default_num_nodes"]
     nodes: tuple[NodeInfo, ...] = ()
     if "nodes" in data:
@@ -221,6 +343,8 @@ def cluster_from_dict(data: dict[str, Any], where: str) -> ClusterSpec:
     measured = tuple((k, data[k]) for k in ("intra_links", "collectives", "compute", "provenance",
                                               "host_device_bandwidth_GBps", "cpu_adam_params_per_s")
                      if k in data)
+    if "gpu_measured" in data:
+        measured += (("gpu_measured", check_gpu_measured(data["gpu_measured"], gpu, where)),)
     try:
         return ClusterSpec(
             name=str(data["name"]), description=str(data["description"]), gpu=gpu, num_nodes=num_nodes,
@@ -235,8 +359,10 @@ def cluster_from_dict(data: dict[str, Any], where: str) -> ClusterSpec:
         raise InputError(f"{where}:{exc.field}", exc.value, exc.problem) from None
 
 
-def load_cluster(cluster: str, *, num_gpus: int | None = None, nodes: int | None = None) -> ClusterSpec:
-    """A preset name or a profile JSON path, sized by ``num_gpus`` or ``nodes``."""
+def load_cluster(cluster: str, *, num_gpus: int | None = None, nodes: int | None = None,
+                 gpu_spec: str | Path | None = None) -> ClusterSpec:
+    """A preset name or a profile JSON path, sized by ``num_gpus`` or ``nodes``; ``gpu_spec`` (a GPU
+    spec file) replaces the profile's GPU."""
     if cluster in cluster_names():
         spec = cluster_from_dict(_read_json(profiles_dir() / "clusters" / f"{cluster}.json", "cluster"),
                                  f"profiles/clusters/{cluster}.json")
@@ -246,4 +372,15 @@ def load_cluster(cluster: str, *, num_gpus: int | None = None, nodes: int | None
             raise InputError("cluster", cluster,
                              f"unknown preset (known: {', '.join(cluster_names())}; or a profile JSON path)")
         spec = cluster_from_dict(_read_json(path, "cluster"), str(path))
+    if gpu_spec is not None:
+        spec = with_gpu_spec(spec, gpu_spec)
     return spec.sized(num_gpus=num_gpus, nodes=nodes)
+
+
+def with_gpu_spec(spec: ClusterSpec, gpu_spec: str | Path) -> ClusterSpec:
+    """The cluster with the GPU of a ``--gpu-spec`` file (a measured GPU section is re-checked)."""
+    gpu = load_gpu_spec(gpu_spec)
+    measured = dict(spec.measured)
+    if "gpu_measured" in measured:
+        check_gpu_measured(measured["gpu_measured"], gpu, str(gpu_spec))
+    return replace(spec, gpu=gpu)

@@ -90,12 +90,17 @@ def fit_gemm_curve(points: list[tuple[float, float, float, float]], peak_flops: 
 
 
 def measured_gemm_curves(cluster: ClusterSpec) -> dict[str, GemmCurve]:
-    """GEMM curves per precision from a probe's ``compute.gemm`` measurements (needs >= 3 points)."""
-    compute = dict(cluster.measured).get("compute")
-    if not isinstance(compute, dict) or not isinstance(compute.get("gemm"), list):
+    """GEMM curves per precision from a probe's ``compute.gemm`` and ``gpu_measured.gemm``
+    measurements (needs >= 3 points)."""
+    measured = dict(cluster.measured)
+    raw = []
+    for section in ("compute", "gpu_measured"):
+        if isinstance(measured.get(section), dict) and isinstance(measured[section].get("gemm"), list):
+            raw += measured[section]["gemm"]
+    if not raw:
         return {}
     by_precision: dict[str, list[tuple[float, float, float, float]]] = {}
-    for p in compute["gemm"]:
+    for p in raw:
         try:
             by_precision.setdefault(str(p["precision"]), []).append(
                 (float(p["m"]), float(p["n"]), float(p["k"]), float(p["tflops"]) * 1e12))
@@ -106,6 +111,17 @@ def measured_gemm_curves(cluster: ClusterSpec) -> dict[str, GemmCurve]:
         if len(points) >= 3 and cluster.gpu.supports(precision):
             curves[precision] = fit_gemm_curve(points, cluster.gpu.peak_flops_for(precision))
     return curves
+
+
+def measured_hbm_Bps(cluster: ClusterSpec) -> float:
+    """A probe's copy-kernel HBM bandwidth (``gpu_measured.hbm_copy_TBps``), 0 when not measured.
+
+    It is an achieved rate, so it replaces ``datasheet x memory.hbm`` outright (as a measured GEMM
+    curve replaces ``peak x gemm efficiency``)."""
+    section = dict(cluster.measured).get("gpu_measured")
+    if isinstance(section, dict) and isinstance(section.get("hbm_copy_TBps"), (int, float)):
+        return float(section["hbm_copy_TBps"]) * 1e12
+    return 0.0
 
 
 def attention_efficiency(family: str, kernel: str, constants: CostConstants) -> float:
@@ -129,12 +145,13 @@ def gpu_rates(cluster: ClusterSpec, precision: str, constants: CostConstants,
         return GemmCurve(max_flops=gpu.peak_flops_for(p) * constants.gemm_efficiency(gpu.family, p),
                          half_dim=half)
 
-    bf16_peak = gpu.peak_flops_for("bf16")
-    return GpuRates(gemm=curve(precision), gemm_bf16=curve("bf16"),
+    sixteen = gpu.half_precision  # bf16, or fp16 where the GPU has no bf16 (V100, T4)
+    bf16_peak = gpu.peak_flops_for(sixteen)
+    return GpuRates(gemm=curve(precision), gemm_bf16=curve(sixteen),
                     attention_flops=bf16_peak * attention_efficiency(gpu.family, attention_kernel, constants),
                     attention_half_len=constants["attention.half_len"],
                     attention_bwd_factor=2.0 if attention_kernel == "unfused" else constants["attention.bwd_factor"],
-                    hbm_Bps=gpu.hbm_bandwidth_Bps * constants["memory.hbm"],
+                    hbm_Bps=measured_hbm_Bps(cluster) or gpu.hbm_bandwidth_Bps * constants["memory.hbm"],
                     gemm_input_bytes=1.0 if precision in ("fp8", "fp4") else float(BF16),
                     attention_kernel=attention_kernel)
 
@@ -159,4 +176,4 @@ def time_work(work: LayerWork, rates: GpuRates) -> WorkTime:
 
 
 __all__ = ["GemmCurve", "GpuRates", "WorkTime", "fit_gemm_curve", "gpu_rates", "measured_gemm_curves",
-           "time_work"]
+           "measured_hbm_Bps", "time_work"]

@@ -15,6 +15,9 @@ from configurator.errors import InputError, require, require_positive_int, requi
 Precision = Literal["bf16", "fp16", "fp8", "fp4"]
 PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp8", "fp4")
 GPU_FAMILIES: tuple[str, ...] = ("ampere", "hopper", "blackwell")
+"""Families with calibrated constants (profiles/calibration.json, memory.json); other architectures
+borrow one of them through ``profiles/gpu_families.json`` (a stated fallback, not a fit)."""
+VENDORS: tuple[str, ...] = ("nvidia", "amd")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -37,7 +40,8 @@ class GPUSpec:
     key: str
     name: str
     family: str
-    """Calibrated constants (memory overheads, efficiencies) are per family."""
+    """The family whose calibrated constants (memory overheads, efficiencies) this GPU uses: its own
+    architecture where runs were measured, else the fallback of ``profiles/gpu_families.json``."""
     memory_bytes: int
     """Device memory as the driver reports it (nvidia-smi total)."""
     hbm_bandwidth_Bps: float
@@ -47,15 +51,34 @@ class GPUSpec:
     pcie_host_bandwidth_Bps: float
     tdp_W: float
     source: str
+    architecture: str = ""
+    """The GPU's own architecture (``volta``, ``cdna3``, ...); empty = the same as ``family``."""
+    vendor: str = "nvidia"
+    fallback_reason: str = ""
+    """Why ``family``'s constants stand in for ``architecture`` (non-empty only for a fallback: no
+    measured runs of this architecture, so its error band is wider)."""
 
     def __post_init__(self) -> None:
         require(self.family in GPU_FAMILIES, "family", self.family,
                 f"must be one of {', '.join(GPU_FAMILIES)}")
+        require(self.vendor in VENDORS, "vendor", self.vendor, f"must be one of {', '.join(VENDORS)}")
         require_positive_int("memory_bytes", self.memory_bytes)
-        for name in ("hbm_bandwidth_Bps", "nvlink_bandwidth_Bps", "pcie_host_bandwidth_Bps"):
+        for name in ("hbm_bandwidth_Bps", "pcie_host_bandwidth_Bps"):
             require_positive_number(name, getattr(self, name))
-        require(any(p == "bf16" for p, _ in self.peak_flops), "peak_dense_TFLOPs", dict(self.peak_flops),
-                "must give bf16")
+        require(self.nvlink_bandwidth_Bps >= 0, "nvlink_bandwidth_GBps", self.nvlink_bandwidth_Bps,
+                "must be >= 0 (0 = no NVLink/xGMI, PCIe only)")
+        require(any(p in ("bf16", "fp16") for p, _ in self.peak_flops), "peak_dense_TFLOPs",
+                dict(self.peak_flops), "must give bf16 or fp16")
+
+    @property
+    def half_precision(self) -> str:
+        """The 16-bit GEMM precision: bf16, or fp16 on GPUs without bf16 (V100, T4)."""
+        return "bf16" if self.supports("bf16") else "fp16"
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether this GPU's architecture has measured runs behind its constants."""
+        return not self.fallback_reason
 
     def peak_flops_for(self, precision: str) -> float:
         """Dense peak for ``precision``; an ``InputError`` if the GPU lacks it (fp8 on A100)."""
