@@ -17,13 +17,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from configurator.cli_options import (CalibrationOpt, ClusterOpt, CpOpt, DpOpt, EpOpt, EtpOpt, GlobalBatchOpt, JsonOpt,
+from configurator.cli_options import (CalibrationOpt, ClusterOpt, CpOpt, DpOpt, EpOpt, EtpOpt, GlobalBatchOpt, GpuSpecOpt,
+                                      JsonOpt,
                                       MicroBatchOpt, ModelOpt, NodesOpt, NumGpusOpt, OffloadOpt, PipelineLayersOpt,
                                       PpOpt, PrecisionOpt, RecomputeLayersOpt, RecomputeOpt, SeqLenOpt, ShardingOpt,
                                       SpOpt, TpOpt, VppOpt, _constants, _given_plan, _job, console)
 from configurator.cli_tools import register as register_tools
 from configurator.cost.step import estimate_step
 from configurator.errors import InputError
+from configurator.gpu_figures import gpu_figures, gpu_line
 from configurator.memory import RUNTIMES, estimate_memory
 from configurator.profiles import GIB, cluster_names, load_cluster, load_model, model_names, model_published
 from configurator.render import estimate_dict, memory_table, step_table
@@ -85,6 +87,7 @@ def plan(
     global_batch: GlobalBatchOpt,
     num_gpus: NumGpusOpt = None,
     nodes: NodesOpt = None,
+    gpu_spec: GpuSpecOpt = None,
     precision: PrecisionOpt = "bf16",
     top: Annotated[int, typer.Option("--top", help="How many plans to show.")] = 5,
     time_budget: Annotated[float, typer.Option("--time-budget", help="Seconds the search may take (Optuna's budget; exhaustive stops there too).")] = 8.0,
@@ -108,7 +111,7 @@ def plan(
     from configurator.search.optimize import METHODS, search
     from configurator.search.space import SearchContext
 
-    spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision)
+    spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision, gpu_spec)
     if method not in METHODS:
         raise InputError("method", method, f"must be one of {', '.join(METHODS)}")
     framework, runtime = _framework_and_runtime(framework, runtime, emit)
@@ -151,10 +154,11 @@ def plan(
         raise typer.Exit(3)
     if as_json:
         print(json.dumps({"plans": search_plans_dicts(spec, hw, job, ranked), "search": result.as_dict(),
-                          "emitted": [str(p) for p in written]}, indent=2))
+                          "emitted": [str(p) for p in written], "gpu_spec": gpu_figures(hw)}, indent=2))
         return
     console.print(f"[bold]{spec.name}[/bold] on {hw.num_gpus} x {hw.gpu.key} ({hw.name}), seq {seq_len}, "
                   f"global batch {global_batch}, {precision}, runtime {runtime}")
+    console.print(gpu_line(hw))
     console.print(plans_table(ranked, hw.gpu_memory_bytes / GIB))
     best = ranked[0]
     console.print(f"best: {best.plan.describe()} — {best.why}")
@@ -178,6 +182,7 @@ def estimate(
     global_batch: GlobalBatchOpt,
     num_gpus: NumGpusOpt = None,
     nodes: NodesOpt = None,
+    gpu_spec: GpuSpecOpt = None,
     micro_batch: MicroBatchOpt = 1,
     tp: TpOpt = 1,
     pp: PpOpt = 1,
@@ -200,7 +205,7 @@ def estimate(
     as_json: JsonOpt = False,
 ) -> None:
     """Memory and step time of one given plan, per pipeline stage, and whether it fits (alias: explain)."""
-    spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision)
+    spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision, gpu_spec)
     plan, chosen = _given_plan(spec, hw, job, tp=tp, pp=pp, vpp=vpp, cp=cp, ep=ep, etp=etp, dp=dp, sp=sp,
                                sharding=sharding, recompute=recompute, recompute_layers=recompute_layers,
                                micro_batch=micro_batch, offload=offload, pipeline_layers=pipeline_layers)
@@ -224,6 +229,7 @@ def estimate(
     console.print(f"[bold]{spec.name}[/bold] on {hw.num_gpus} x {hw.gpu.key} ({hw.name}), "
                   f"seq {seq_len}, global batch {global_batch}, {precision}")
     console.print(f"plan: {plan.describe()}  ({plan.num_microbatches(job)} micro-batches)")
+    console.print(gpu_line(hw))
     for note in chosen:
         console.print(f"  chosen: {note}")
     console.print(memory_table(memory))
@@ -250,6 +256,7 @@ def emit_files(
     out: Annotated[Path, typer.Option("--out", help="Folder for the launch files.")],
     num_gpus: NumGpusOpt = None,
     nodes: NodesOpt = None,
+    gpu_spec: GpuSpecOpt = None,
     micro_batch: MicroBatchOpt = 1,
     tp: TpOpt = 1,
     pp: PpOpt = 1,
@@ -270,7 +277,7 @@ def emit_files(
     """Write Megatron-LM and/or DeepSpeed launch files for a given plan."""
     from configurator.emit import EmitRequest, emit as write_files
 
-    spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision)
+    spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision, gpu_spec)
     if sp is None and framework in ("deepspeed", "all"):
         sp = False
     plan, chosen = _given_plan(spec, hw, job, tp=tp, pp=pp, vpp=vpp, cp=cp, ep=ep, etp=etp, dp=dp, sp=sp,

@@ -22,6 +22,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.
 SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")]
 GlobalBatchOpt = Annotated[int, typer.Option("--global-batch", help="Sequences per optimizer step.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="bf16|fp16|fp8|fp4.")]
+GpuSpecOpt = Annotated[Optional[Path], typer.Option(
+    "--gpu-spec", help="GPU spec JSON (the keys of profiles/gpus/*.json) replacing the cluster's GPU.")]
 CalibrationOpt = Annotated[Optional[Path], typer.Option(
     "--calibration", help="Cost-model constants file (default: profiles/calibration.json).")]
 
@@ -42,10 +44,10 @@ def _parse_layers(text: str | None) -> tuple[int, ...]:
 
 
 def _job(model: str, cluster: str, num_gpus: int | None, nodes: int | None, global_batch: int, seq_len: int,
-         precision: str):  # type: ignore[no-untyped-def]
+         precision: str, gpu_spec: Path | None = None):  # type: ignore[no-untyped-def]
     """The model, the sized cluster and the job of a request (each checked)."""
     spec = load_model(model)
-    hw = load_cluster(cluster, num_gpus=num_gpus, nodes=nodes)
+    hw = load_cluster(cluster, num_gpus=num_gpus, nodes=nodes, gpu_spec=gpu_spec)
     job = JobSpec(global_batch=global_batch, seq_len=seq_len, precision=precision)
     if not hw.gpu.supports(precision):
         raise InputError("precision", precision, f"is not supported by {hw.gpu.key} ({hw.name})")

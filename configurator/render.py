@@ -7,6 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from configurator.cost.step import StepReport
+from configurator.gpu_figures import gpu_figures
 from configurator.memory import MemoryReport
 from configurator.profiles import GIB
 from configurator.specs.hardware import ClusterSpec
@@ -34,7 +35,7 @@ def estimate_dict(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
     out = {
         "model": {"name": model.name, "total_params": model.total_params, "active_params": model.active_params},
         "cluster": {"name": cluster.name, "gpu": cluster.gpu.key, "num_nodes": cluster.num_nodes,
-                    "gpus_per_node": cluster.gpus_per_node},
+                    "gpus_per_node": cluster.gpus_per_node, "gpu_spec": gpu_figures(cluster)},
         "plan": plan_dict(plan, job),
         "fits": memory.fits,
         "fit_reason": memory.reason(),

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from configurator.emit import deepspeed, megatron
+from configurator.emit import deepspeed, megatron, rocm
 from configurator.errors import InputError
 from configurator.placement import Placement
 from configurator.specs.hardware import ClusterSpec
@@ -57,7 +57,7 @@ def files_for(request: EmitRequest, framework: str) -> dict[str, str]:
         out["ds_config.json"] = deepspeed.ds_config_text(request.model, request.job, request.plan)
         out["hostfile"] = deepspeed.hostfile(request.cluster, placement)
         out["launch_deepspeed.sh"] = deepspeed.launch_script(request.cluster, request.plan, placement)
-    return out
+    return rocm.adapt(out, request.cluster, request.plan, request.job)  # AMD: RCCL env, refusals by name
 
 
 def emit(request: EmitRequest, framework: str, out_dir: Path, *, force: bool = False) -> list[Path]:
