@@ -76,7 +76,11 @@ def host_memory_bytes() -> int:
 
 
 GPU_KEYS = (("H100", "h100-80gb"), ("H200", "h200"), ("H800", "h800-80gb"), ("A100-SXM4-40GB", "a100-40gb"),
-            ("A100", "a100-80gb"), ("GB200", "gb200"), ("GB300", "gb300"), ("B200", "b200"), ("B300", "b300"))
+            ("A100", "a100-80gb"), ("GB200", "gb200"), ("GB300", "gb300"), ("B200", "b200"), ("B300", "b300"),
+            ("H20", "h20"), ("A800", "a800-80gb"), ("L40S", "l40s"), ("V100-SXM2-32GB", "v100-32gb"),
+            ("V100", "v100-16gb"), ("T4", "t4"), ("MI250X", "mi250x"), ("MI300X", "mi300x"), ("MI325X", "mi325x"),
+            ("MI355X", "mi355x"))
+"""Driver device-name fragments -> GPU presets, first match wins (H200 before H20, the 32 GB V100 first)."""
 
 
 def gpu_key(name: str) -> str:
@@ -152,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
                        "sizes_bytes": args.sizes, "repeat": args.repeat},
     })
     if not cuda:
-        writer.data["warnings"].append("no GPU: gpu_memory_GiB and the GEMM curve are not measured (gloo run)")
+        writer.data["warnings"].append("no GPU: gpu_memory_GiB, the GEMM curve and gpu_measured are not measured "
+                                       "(gloo run)")
+    elif not args.gpu and not gpu_key(first["gpu_name"]):
+        writer.data["warnings"].append(f"GPU {first['gpu_name']!r} matches no preset: the profile names {key}; "
+                                       "pass --gpu KEY or replace gpu by an inline GPU spec (README 'Your own GPUs')")
     status = 0
     current = "discovery"
     try:
@@ -205,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
                                       **measure.measure_host_copy(device, 256 * 2**20, args.repeat)}
             writer.data["cpu_adam_params_per_s"] = round(measure.measure_cpu_adam() * per_node, 1)
             writer.write()
+            if cuda:  # the measured GPU section the planner uses in place of the datasheet figures
+                from cluster_probes import gpu as gpu_probe
+
+                writer.data["gpu_measured"] = gpu_probe.gpu_section(device, args.repeat)
+                writer.write()
         dist.barrier()
     except Exception as exc:  # a rank died or hung: keep what was measured, name where it stopped
         status = 1

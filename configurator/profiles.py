@@ -243,7 +243,7 @@ def check_gpu_measured(data: Any, gpu: GPUSpec, where: str) -> dict[str, Any]:
     if not isinstance(data["name"], str) or not data["name"]:
         raise InputError(f"{where}:name", data["name"], "must be the driver's device name")
     _bounded(data, "memory_GiB", where, *GPU_BOUNDS["memory_GiB"])
-    hbm = _bounded(data, "hbm_copy_TBps", where, 0.001, GPU_BOUNDS["hbm_bandwidth_TBps"][1])
+    hbm = _bounded(data, "hbm_copy_TBps", where, 1e-9, GPU_BOUNDS["hbm_bandwidth_TBps"][1])
     if hbm * TERA > MEASURED_OVER_PEAK * gpu.hbm_bandwidth_Bps:
         raise InputError(f"{where}:hbm_copy_TBps", hbm,
                          f"exceeds {gpu.key}'s datasheet {gpu.hbm_bandwidth_Bps / TERA:g} TB/s: not the measured GPU")
