@@ -203,8 +203,39 @@ def write_report(predictions: list[Prediction], summary: ValidationSummary, out:
                      f"{p.measured_tokens_per_s_per_gpu:.0f} | {p.step.tokens_per_s_per_gpu:.0f} | "
                      f"{p.throughput_error_pct:+.1f} | {'; '.join(p.case.assumptions)[:160]} |")
     lines.append("")
+    lines += family_coverage_lines([p.case.cluster.gpu for p in with_err if p.case.cluster is not None])
     (out / "validation.md").write_text("\n".join(lines))
     (out / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
 
 
-__all__ = ["REPORT_FILES", "write_report"]
+def family_coverage_lines(row_gpus: list[Any]) -> list[str]:
+    """Which GPU architectures these rows measured, and which borrow another family's constants.
+
+    Architectures without rows here have no evidence behind their throughput: their error band is wider
+    than the figures above (profiles/gpu_families.json gives each fallback and why)."""
+    from configurator.profiles import gpu_families, gpu_names, load_gpu
+
+    rows: dict[str, int] = {}
+    for gpu in row_gpus:
+        arch = gpu.architecture or gpu.family
+        rows[arch] = rows.get(arch, 0) + 1
+    presets: dict[str, list[str]] = {}
+    for key in gpu_names():
+        gpu = load_gpu(key)
+        presets.setdefault(gpu.architecture or gpu.family, []).append(key)
+    lines = ["## GPU families: measured here or a fallback", "",
+             "Constants are per family. Architectures with no rows below borrow a calibrated family's "
+             "constants (`profiles/gpu_families.json`: the fallback and its reason): no measured run backs "
+             "them, so read their predictions with a wider error band than this report's, or measure the GPU "
+             "with `cluster_probes` (its GEMM curve and HBM copy bandwidth replace the borrowed efficiencies).",
+             "", "| architecture | vendor | constants from | rows with a measured throughput | presets |",
+             "|---|---|---|---:|---|"]
+    for arch, entry in sorted(gpu_families().items(), key=lambda kv: (not kv[1]["measured_runs"], kv[0])):
+        lines.append(f"| {arch} | {entry['vendor']} | {entry['constants_from']}"
+                     f"{'' if entry['measured_runs'] else ' (fallback)'} | {rows.get(arch, 0)} | "
+                     f"{', '.join(presets.get(arch, []))} |")
+    lines.append("")
+    return lines
+
+
+__all__ = ["REPORT_FILES", "family_coverage_lines", "write_report"]
