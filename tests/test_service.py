@@ -170,7 +170,7 @@ def test_openapi_contract_is_committed(tmp_path) -> None:
     try:
         spec = app.openapi()
     finally:
-        app.state.pool.shutdown()
+        app.state.pool.stop(0)
     spec["info"]["version"] = "see /healthz code_version"
     committed = REPO / "configurator" / "service" / "openapi.json"
     if os.environ.get("CONFIGURATOR_UPDATE_GOLDEN") == "1":

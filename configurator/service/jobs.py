@@ -45,7 +45,7 @@ def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None) -> None:
     from configurator.render import search_plans_dicts
     from configurator.search.optimize import search
     from configurator.search.space import SearchContext
-    from configurator.service.store import Store
+    from configurator.service.store import Store, is_store_error
 
     store = Store(db_url)
     job = store.get_job(job_id)
@@ -88,7 +88,11 @@ def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None) -> None:
         store.update_job(job_id, status="done", progress=1.0, result=payload)
     except InputError as exc:
         store.update_job(job_id, status="failed", error=str(exc))
-    except Exception as exc:  # noqa: BLE001 - a job fails with its reason, the worker lives on
+    except Exception as exc:  # noqa: BLE001 - a job fails with its reason, never a stack trace
+        if is_store_error(exc):
+            raise  # the store cannot take the outcome: the supervisor records the fault (workers.py)
+        if isinstance(exc, MemoryError):
+            raise  # the worker's memory limit: the supervisor names it
         store.update_job(job_id, status="failed", error=f"internal error: {type(exc).__name__}")
 
 
