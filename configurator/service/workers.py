@@ -123,12 +123,13 @@ class PoolHealth:
     max_queue: int
     supervisor_alive: bool
     pending_writes: int
+    worker_pids: list[int]
     problem: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "workers": self.workers, "running": self.running, "queued": self.queued,
                 "max_queue": self.max_queue, "supervisor_alive": self.supervisor_alive,
-                "pending_writes": self.pending_writes, "problem": self.problem}
+                "pending_writes": self.pending_writes, "worker_pids": self.worker_pids, "problem": self.problem}
 
 
 @dataclass
@@ -157,6 +158,10 @@ class WorkerPool:
             # Children fork from a server that already imported the search: a job starts in milliseconds.
             self._context.set_forkserver_preload(["configurator.service.jobs", "configurator.search.optimize",
                                                   "configurator.render", "sqlalchemy"])
+            # Start the fork server now, beside the HTTP server's own start, not on the first job.
+            from multiprocessing import forkserver
+
+            threading.Thread(target=forkserver.ensure_running, daemon=True, name="forkserver-start").start()
         else:
             self._context = multiprocessing.get_context("spawn")
         self._thread = threading.Thread(target=self._supervise, daemon=True, name="worker-supervisor")
@@ -186,7 +191,8 @@ class WorkerPool:
                 problem = f"{len(self._pending)} job outcomes wait for the store to accept them"
             return PoolHealth(ok=problem is None, workers=self.workers, running=len(self._running),
                               queued=len(self._queue), max_queue=self.max_queue, supervisor_alive=alive,
-                              pending_writes=len(self._pending), problem=problem)
+                              pending_writes=len(self._pending), problem=problem,
+                              worker_pids=[r.process.pid for r in self._running.values() if r.process.pid])
 
     def child_pids(self) -> list[int]:
         with self._lock:
