@@ -236,3 +236,25 @@ def test_full_disk_is_a_named_503_jobs_end_once_space_returns_and_a_read_only_st
                             url], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert start.returncode == 1, start
     assert start.stderr.strip().count("\n") == 0 and "store is read-only" in start.stderr, start.stderr
+
+
+def test_a_job_over_its_memory_limit_fails_saying_so_and_leaves_no_process(tmp_path) -> None:
+    from configurator.service.store import Store
+    from configurator.service.workers import WorkerPool
+
+    store = Store(f"sqlite:///{tmp_path / 'mem.db'}")
+    job = store.create_job("k", {**LONG, "time_budget": 5})
+    pool = WorkerPool(store.url, workers=1, memory_limit_bytes=2**28, mark_job=store.update_job)  # 256 MiB
+    pool.start()
+    try:
+        pool.submit(job.id, None)
+        deadline = time.time() + 120
+        while store.get_job(job.id).status not in ("done", "failed") and time.time() < deadline:
+            time.sleep(0.2)
+        pids = pool.child_pids()
+    finally:
+        pool.stop(0)
+    failed = store.get_job(job.id)
+    assert failed.status == "failed" and failed.error.startswith("out of memory"), failed
+    assert "256 MiB" in failed.error or "0.25 GiB" in failed.error
+    assert not pids and not pool.health().running

@@ -42,6 +42,8 @@ hence the margin."""
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_DRAIN_S = 10.0
 _POLL_S = 0.1
+_EXIT_FAULT = 3
+_EXIT_OUT_OF_MEMORY = 4
 
 
 class QueueFull(RuntimeError):
@@ -91,17 +93,20 @@ def _child_main(db_url: str, job_id: str, profile: dict[str, Any] | None, memory
 
         run_job(db_url, job_id, profile)
     except MemoryError:
-        conn.send(f"out of memory: the job exceeded the worker's limit of {_gib(memory_limit_bytes)}")
-        sys.exit(3)
+        os._exit(_EXIT_OUT_OF_MEMORY)  # no allocation on the way out: the traceback still holds the memory
     except BaseException as exc:  # noqa: BLE001 - the reason goes to the supervisor, never a stack trace
-        from configurator.service.store import describe_store_error
+        try:
+            from configurator.service.store import describe_store_error
 
-        conn.send(describe_store_error(exc))
-        sys.exit(3)
+            conn.send(describe_store_error(exc))
+        except BaseException:  # noqa: BLE001 - the exit status still says the job failed
+            pass
+        os._exit(_EXIT_FAULT)
+    os._exit(0)
 
 
 def _gib(n: int | None) -> str:
-    return f"{n / 2**30:.1f} GiB" if n else "none"
+    return f"{n / 2**30:.3g} GiB" if n else "none"
 
 
 @dataclass
@@ -279,6 +284,10 @@ class WorkerPool:
                 name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
                 self._write(r.job_id, status="failed", progress=1.0,
                             error=f"worker process died ({name}); the job did not finish")
+            elif code == _EXIT_OUT_OF_MEMORY:
+                self._write(r.job_id, status="failed", progress=1.0,
+                            error=f"out of memory: the job exceeded the worker's limit of "
+                                  f"{_gib(self.memory_limit_bytes)} (serve --job-memory-gib)")
             elif code:
                 self._write(r.job_id, status="failed", progress=1.0,
                             error=f"worker failed: {message or f'exit status {code}'}")
