@@ -258,3 +258,22 @@ def test_a_job_over_its_memory_limit_fails_saying_so_and_leaves_no_process(tmp_p
     assert failed.status == "failed" and failed.error.startswith("out of memory"), failed
     assert "256 MiB" in failed.error or "0.25 GiB" in failed.error
     assert not pids and not pool.health().running
+
+
+def test_optuna_tables_exist_before_any_worker_opens_a_study(tmp_path) -> None:
+    """Two Optuna jobs starting together on a fresh store raced to create Optuna's tables ("table studies
+    already exists"): the server creates them once, before it queues the first Optuna job."""
+    import sqlalchemy as sa
+    from fastapi.testclient import TestClient
+
+    from configurator.service.app import create_app
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    app = create_app(url, workers=1)
+    queued: list[str] = []
+    app.state.pool.submit = lambda job_id, profile, bounded=True: queued.append(job_id)
+    with TestClient(app) as client:
+        assert "studies" not in sa.inspect(sa.create_engine(url)).get_table_names()
+        r = client.post("/v1/plans", json={**SMALL, "method": "optuna"})
+        assert r.status_code == 202 and queued == [r.json()["id"]]
+        assert "studies" in sa.inspect(sa.create_engine(url)).get_table_names()
