@@ -101,6 +101,37 @@ def test_estimates_never_5xx_and_stay_bounded(client, data) -> None:  # type: ig
     check(client.post("/v1/estimate", json=body))
 
 
+@st.composite
+def in_range_estimate(draw: st.DrawFn) -> dict:  # type: ignore[type-arg]
+    """A legal-looking plan (the GPU count is the product of the degrees, the batch divides), with sizes drawn up
+    to the stated bounds: reaches the memory and step models rather than the plan checks."""
+    tp, pp, cp, dp = (draw(st.sampled_from(v)) for v in ([1, 2, 8], [1, 2, 4, 1024], [1, 2], [1, 8, 256]))
+    micro = draw(st.sampled_from([1, 2, 64]))
+    gpus = tp * pp * cp * dp
+    if gpus % 8:
+        dp *= 8 // (gpus % 8) if 8 % gpus == 0 else 8
+        gpus = tp * pp * cp * dp
+    per_step = dp * micro
+    return {"model": draw(st.sampled_from(["llama3-8b", "llama3-405b", "deepseek-v3", "mixtral-8x7b"])),
+            "cluster": draw(st.sampled_from(["dgx-h100", "dgx-a100", "gb200-nvl72"])), "num_gpus": gpus,
+            "seq_len": draw(st.sampled_from([1, 3, 4096, 131072, 10_000_000])),
+            "global_batch": min(65536, per_step * draw(st.sampled_from([1, 4, 4096]))), "micro_batch": micro,
+            "tp": tp, "pp": pp, "cp": cp, "vpp": draw(st.sampled_from([1, 1, 1, 2, 1024])),
+            "ep": draw(st.sampled_from([1, 1, 8])), "recompute": draw(st.sampled_from(["none", "selective", "full"])),
+            "offload": draw(st.sampled_from([0.0, 0.5, 1.0])), "precision": draw(st.sampled_from(["bf16", "fp8"])),
+            "sharding": draw(st.sampled_from(["none", "zero1", "zero3", "distopt"]))}
+
+
+IN_RANGE_ESTIMATE = in_range_estimate()
+
+
+@FUZZ
+@given(body=IN_RANGE_ESTIMATE)
+def test_in_range_estimates_never_5xx(client, body) -> None:  # type: ignore[no-untyped-def]
+    """Every field within its stated bounds, at the edges too: the model answers or names the field."""
+    check(client.post("/v1/estimate", json=body))
+
+
 PROFILE_PATHS = ["default_num_nodes", "gpus_per_node", "nvlink_domain_gpus", "gpu", "host_cpu_cores_per_node",
                  "intra_domain_link.bandwidth_GBps", "scale_out_link.latency_s", "nodes", "links",
                  "nodes.0.gpu_memory_GiB", "links.0.bandwidth_GBps", "links.0.src_node", "compute", "warnings"]
