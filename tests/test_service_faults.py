@@ -144,9 +144,14 @@ def test_killed_worker_fails_its_job_and_is_replaced_and_a_runaway_job_is_stoppe
         assert not again["cached"], "a failed job must not be served from the store"
         health = s.health()
         assert health.status_code == 200 and health.json()["pool"]["supervisor_alive"]
-        s.stop(signal.SIGTERM)  # drains: the running job's worker is stopped, the job is queued for next start
+        drained = s.post({**LONG, "seed": 2}).json()["id"]
+        s.wait_running(drained)
+        s.stop(signal.SIGTERM)  # drains (--drain 0): the running job's worker is stopped, nothing is orphaned
     finally:
         s.kill_all()
+    from configurator.service.store import Store
+
+    assert Store(sqlite_url).get_job(drained).status == "queued"  # the next start resumes it
 
 
 def test_server_killed_mid_search_leaves_no_worker_and_the_job_resumes(tmp_path, sqlite_url) -> None:

@@ -422,7 +422,7 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
 
         job = store.get_job(job_id)
         if job is None:
-            return HTMLResponse("<h1>No such plan job</h1>", status_code=404)
+            return _error(404, "id", f"id={job_id!r}: no such plan job")  # type: ignore[return-value]
         return HTMLResponse(render_page(job, store))
 
     return app
