@@ -282,3 +282,23 @@ def test_optuna_tables_exist_before_any_worker_opens_a_study(tmp_path) -> None:
         r = client.post("/v1/plans", json={**SMALL, "method": "optuna"})
         assert r.status_code == 202 and queued == [r.json()["id"]]
         assert "studies" in sa.inspect(sa.create_engine(url)).get_table_names()
+
+
+def test_a_full_queue_answers_429_with_retry_after_and_stores_no_orphan_job(tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from configurator.service.app import create_app
+
+    app = create_app(f"sqlite:///{tmp_path / 'queue.db'}", workers=1, max_queue=1)
+    app.state.pool._start_queued = lambda: None  # no worker takes jobs: the queue only fills
+    with TestClient(app) as client:
+        first = client.post("/v1/plans", json=SMALL)
+        assert first.status_code == 202
+        full = client.post("/v1/plans", json={**SMALL, "seed": 1})
+        assert full.status_code == 429 and full.json()["field"] == "queue", full.text
+        assert int(full.headers["retry-after"]) >= 1
+        assert client.get("/healthz").json()["pool"]["queued"] == 1
+        again = client.post("/v1/plans", json=SMALL).json()
+        assert again["cached"] and again["id"] == first.json()["id"]  # an identical request joins the queued job
+    # the rejected request left no job that waits for a worker
+    assert [j.id for j in app.state.store.unfinished_jobs()] == [first.json()["id"]]

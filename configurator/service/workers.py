@@ -223,7 +223,7 @@ class WorkerPool:
             self._thread.join(timeout=5)
         # Jobs killed by the shutdown, and jobs never started, are resumed by the next start.
         for job_id in [r.job_id for r in leftover] + queued:
-            self._write(job_id, status="queued", progress=0.0)
+            self._write(job_id, status="queued", progress=0.0, only_if_unfinished=True)
         self._flush()
         for r in leftover:
             r.conn.close()
