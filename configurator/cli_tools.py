@@ -236,7 +236,7 @@ def register(app: typer.Typer) -> None:
         token: Annotated[Optional[str], typer.Option("--token", envvar="CONFIGURATOR_TOKEN", help="Bearer token every request must carry (required off loopback).")] = None,
         max_queue: Annotated[int, typer.Option("--max-queue", help="Jobs that may wait for a worker; more get 429 with Retry-After.")] = 64,
         job_timeout: Annotated[float, typer.Option("--job-timeout", help="Hard wall-clock limit of one job, seconds (the worker is killed).")] = 300.0,
-        job_memory_gib: Annotated[float, typer.Option("--job-memory-gib", help="Address-space limit of one worker, GiB (0: none).")] = 4.0,
+        job_memory_gib: Annotated[float, typer.Option("--job-memory-gib", help="Address space one job may add to its worker, GiB (RLIMIT_AS; 0: no limit).")] = 4.0,
         drain: Annotated[float, typer.Option("--drain", help="On SIGTERM/SIGINT, seconds running jobs may finish before their workers are stopped (their jobs resume at the next start).")] = 10.0,
         access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request (uvicorn's access log) to stderr.")] = False,
     ) -> None:

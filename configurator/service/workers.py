@@ -36,9 +36,9 @@ DEFAULT_JOB_TIMEOUT_S = 300.0
 """Hard wall-clock limit of one job: five times the largest search budget (60 s), for the set-up and the
 rendering of the plans around the search."""
 DEFAULT_MEMORY_LIMIT_BYTES = 4 * 2**30
-"""Address-space limit of one worker. A DeepSeek-V3 search on 2,048 GPUs peaks near 0.3 GiB resident (README,
-Reliability); the address space of a Python process with numpy/scipy loaded is larger than its resident set,
-hence the margin."""
+"""Address space one job may add to its worker's start (``RLIMIT_AS`` = the worker's mapped size at start + this).
+Searches stay near 50 MiB resident (README, Reliability); the margin covers address space that is mapped but
+never touched (allocator arenas, thread stacks)."""
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_DRAIN_S = 10.0
 _POLL_S = 0.1
@@ -85,7 +85,10 @@ def _child_main(db_url: str, job_id: str, profile: dict[str, Any] | None, memory
         try:
             import resource
 
-            resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+            # On top of what the worker has mapped already (the preloaded search, numpy's thread buffers: their
+            # size depends on the host's core count), so the limit means the same on a laptop and a 192-core node.
+            limit = _address_space_bytes() + memory_limit_bytes
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         except (ImportError, ValueError, OSError):
             pass
     try:
@@ -105,8 +108,22 @@ def _child_main(db_url: str, job_id: str, profile: dict[str, Any] | None, memory
     os._exit(0)
 
 
+def _address_space_bytes() -> int:
+    """This process's mapped address space now (``VmSize``), 0 where /proc is missing."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def _gib(n: int | None) -> str:
-    return f"{n / 2**30:.3g} GiB" if n else "none"
+    if not n:
+        return "none"
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 @dataclass
@@ -286,8 +303,8 @@ class WorkerPool:
                             error=f"worker process died ({name}); the job did not finish")
             elif code == _EXIT_OUT_OF_MEMORY:
                 self._write(r.job_id, status="failed", progress=1.0,
-                            error=f"out of memory: the job exceeded the worker's limit of "
-                                  f"{_gib(self.memory_limit_bytes)} (serve --job-memory-gib)")
+                            error=f"out of memory: the job needed more than the {_gib(self.memory_limit_bytes)} "
+                                  "of address space a job may add to its worker (serve --job-memory-gib)")
             elif code:
                 self._write(r.job_id, status="failed", progress=1.0,
                             error=f"worker failed: {message or f'exit status {code}'}")
