@@ -195,6 +195,8 @@ def test_hostile_examples_from_the_issue(client) -> None:
     for field, value in (("cluster_version", 2**63), ("seq_len", 1e39), ("seed", 2**32)):
         r = client.post("/v1/plans", json={**PLAN, field: value})
         assert r.status_code == 422 and r.json()["field"] == field, r.text
+    r = client.post("/v1/plans", json={**PLAN, "runtime": "bogus"})
+    assert r.status_code == 400 and r.json()["field"] == "runtime"
     r = client.post("/v1/estimate", json={**PLAN, "vpp": 2**40})
     assert r.status_code == 422 and r.json()["field"] == "vpp"
     huge = {**PROFILE, "default_num_nodes": 8000, "links": []}

@@ -329,7 +329,11 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
         """Queue a search (or answer from the store: an identical, untruncated earlier search)."""
         request = req.model_dump()
         version, profile = profile_for(req.cluster, req.cluster_version)
-        # Fail fast on what can be checked without searching (unknown model or cluster, sizes).
+        # Fail fast on what can be checked without searching (unknown model, cluster or runtime, sizes).
+        from configurator.memory import RUNTIMES
+
+        if req.runtime is not None and req.runtime not in RUNTIMES:
+            raise InputError("runtime", req.runtime, f"must be one of {', '.join(RUNTIMES)}")
         _check_model(req.model)
         build_cluster(request, profile)
         prepare_optuna(request)
