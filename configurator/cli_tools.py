@@ -234,6 +234,11 @@ def register(app: typer.Typer) -> None:
         db: Annotated[Optional[str], typer.Option("--db", help="Store URL: sqlite:///FILE (default sqlite:///configurator.db) or postgresql://...")] = None,
         workers: Annotated[int, typer.Option("--workers", help="Search worker processes.")] = 2,
         token: Annotated[Optional[str], typer.Option("--token", envvar="CONFIGURATOR_TOKEN", help="Bearer token every request must carry (required off loopback).")] = None,
+        max_queue: Annotated[int, typer.Option("--max-queue", help="Jobs that may wait for a worker; more get 429 with Retry-After.")] = 64,
+        job_timeout: Annotated[float, typer.Option("--job-timeout", help="Hard wall-clock limit of one job, seconds (the worker is killed).")] = 300.0,
+        job_memory_gib: Annotated[float, typer.Option("--job-memory-gib", help="Address space one job may add to its worker, GiB (RLIMIT_AS; 0: no limit).")] = 4.0,
+        drain: Annotated[float, typer.Option("--drain", help="On SIGTERM/SIGINT, seconds running jobs may finish before their workers are stopped (their jobs resume at the next start).")] = 10.0,
+        access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request (uvicorn's access log) to stderr.")] = False,
     ) -> None:
         """Run the search service (HTTP API, plan pages) until interrupted."""
         import ipaddress
@@ -254,7 +259,26 @@ def register(app: typer.Typer) -> None:
             from configurator.service.app import create_app
         except ImportError:
             raise InputError("serve", "fastapi/uvicorn", "not installed: pip install -e '.[service]'") from None
+        if max_queue < 1:
+            raise InputError("max-queue", max_queue, "must be >= 1")
+        if not 0 < job_timeout <= 86_400:
+            raise InputError("job-timeout", job_timeout, "must be in (0, 86400] seconds")
+        if not 0 <= job_memory_gib <= 4096:
+            raise InputError("job-memory-gib", job_memory_gib, "must be in [0, 4096] GiB")
+        if not 0 <= drain <= 3600:
+            raise InputError("drain", drain, "must be in [0, 3600] seconds")
+        from configurator.service.store import StoreError
+
         url = db or "sqlite:///configurator.db"
-        app_ = create_app(url, workers=workers, token=token)
-        uvicorn.run(app_, host=host, port=port, log_level="warning")
+        try:
+            app_ = create_app(url, workers=workers, token=token, max_queue=max_queue, job_timeout_s=job_timeout,
+                              memory_limit_bytes=int(job_memory_gib * 2**30) or None, drain_s=drain)
+        except StoreError as exc:  # an environment fault, not bad input: one line, exit 1
+            typer.echo(f"configurator: error: store {url.split('@')[-1]}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        shown = f"[{host}]" if ":" in host else host
+        typer.echo(f"configurator serving on http://{shown}:{port} (store {url.split('@')[-1]}, {workers} workers, "
+                   f"queue {max_queue}); Ctrl-C stops it", err=True)
+        uvicorn.run(app_, host=host, port=port, log_level="info" if access_log else "warning",
+                    access_log=access_log)
 

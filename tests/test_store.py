@@ -27,6 +27,7 @@ def store(request, tmp_path):  # type: ignore[no-untyped-def]
     with s.engine.begin() as conn:  # a clean slate for each test
         conn.execute(sqlalchemy.text("DELETE FROM jobs"))
         conn.execute(sqlalchemy.text("DELETE FROM clusters"))
+        conn.execute(sqlalchemy.text("DELETE FROM health"))
     return s
 
 
@@ -60,3 +61,33 @@ def test_cluster_versions_are_never_overwritten(store) -> None:  # type: ignore[
     assert store.get_cluster("lab", 1) == (1, {"v": 1})
     assert store.get_cluster("lab", 3) is None
     assert store.list_clusters() == [{"name": "lab", "latest_version": 2, "versions": 2}]
+
+
+def test_a_truncated_answer_is_never_reused(store) -> None:  # type: ignore[no-untyped-def]
+    key = uuid.uuid4().hex
+    cut = store.create_job(key, {"model": "llama3-8b"})
+    store.update_job(cut.id, status="done", progress=1.0,
+                     result={"plans": [], "search": {"evaluated": 1, "truncated": True, "budget_s": 8.0}})
+    assert store.get_job(cut.id).as_dict()["truncated"] is True
+    assert store.find_reusable(key) is None  # a later identical request searches again
+    full = store.create_job(key, {"model": "llama3-8b"})
+    store.update_job(full.id, status="done", progress=1.0, result={"plans": [], "search": {"truncated": False}})
+    assert store.find_reusable(key).id == full.id
+
+
+def test_deleted_cluster_versions_are_hidden_and_never_reused(store) -> None:  # type: ignore[no-untyped-def]
+    assert store.add_cluster("gone", {"v": 1}) == 1
+    assert store.delete_cluster("gone") == 1
+    assert store.get_cluster("gone") is None and store.list_clusters() == []
+    assert store.add_cluster("gone", {"v": 2}) == 2
+
+
+def test_truncated_page_says_so(store) -> None:  # type: ignore[no-untyped-def]
+    from configurator.service.page import render_page
+
+    job = store.create_job(uuid.uuid4().hex, {"model": "llama3-8b", "cluster": "dgx-h100"})
+    store.update_job(job.id, status="done", result={"plans": [], "search": {"truncated": True, "budget_s": 8.0}})
+    page = render_page(store.get_job(job.id), store)
+    assert "id='truncated'" in page and "time budget of 8 s" in page
+    store.update_job(job.id, result={"plans": [], "search": {"truncated": False}})
+    assert "id='truncated'" not in render_page(store.get_job(job.id), store)

@@ -1,77 +1,111 @@
 """The HTTP API (FastAPI): plan jobs, synchronous estimates, cluster profiles, models, a plan page.
 
-``create_app(db_url, workers, token)`` builds the app; ``configurator serve`` runs it with uvicorn.
-Searches run in a process pool; the store keeps every job, so after a restart unfinished jobs are
-queued again (their request is stored) and none is silently lost. Requests are bounded (body size,
-search time); bad requests get 4xx with the field named and never a stack trace; with a token
+``create_app(db_url, workers, token, ...)`` builds the app; ``configurator serve`` runs it with uvicorn.
+Searches run in supervised worker processes (``workers.py``: a dead or runaway worker fails its job with
+the reason, the queue is bounded); the store keeps every job, so after a restart unfinished jobs are
+queued again (their request is stored) and none is silently lost. Requests are bounded (body size counted
+on the bytes received, every number's range in ``bounds.py``, search time); every 4xx/5xx body is
+``{"error", "field"}`` and never a stack trace; storage faults are 503 naming themselves. With a token
 configured every request must carry it (``Authorization: Bearer <token>``).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import multiprocessing
 import threading
 from typing import Any, Literal, Optional
 
-from fastapi import FastAPI, Request
+import sqlalchemy.exc as sa_exc
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from configurator.errors import InputError
-from configurator.service.jobs import build_cluster, cache_key, code_version, run_job
-from configurator.service.store import Store
+from configurator.service.bounds import (
+    MAX_ESTIMATE_MICROBATCHES,
+    MAX_GLOBAL_BATCH,
+    MAX_GPUS,
+    MAX_MICRO_BATCH,
+    MAX_NODES,
+    MAX_RECOMPUTE_LAYERS,
+    MAX_SEED,
+    MAX_SEQ_LEN,
+    MAX_VERSION,
+    MAX_VPP,
+    MAX_DEGREE,
+    check_measured_gemm,
+    check_profile_size,
+)
+from configurator.service.jobs import build_cluster, cache_key, code_version
+from configurator.service.store import Store, StoreError, describe_store_error, is_store_error
+from configurator.service.workers import (
+    DEFAULT_DRAIN_S,
+    DEFAULT_JOB_TIMEOUT_S,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MEMORY_LIMIT_BYTES,
+    PoolStopped,
+    QueueFull,
+    WorkerPool,
+)
 
 MAX_BODY_BYTES = 1_000_000
 MAX_TIME_BUDGET_S = 60.0
 
 
+_FINITE = {"allow_inf_nan": False}
+_NAME = {"min_length": 1, "max_length": 200}
+
+
 class PlanRequest(BaseModel):
-    """A plan request: the options of ``configurator plan`` with underscores (INTERFACE.md)."""
+    """A plan request: the options of ``configurator plan`` with underscores (INTERFACE.md). Every number is
+    bounded (``bounds.py`` says why each bound is generous)."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(min_length=1, max_length=200)
-    cluster: str = Field(min_length=1, max_length=200)
-    cluster_version: Optional[int] = Field(default=None, ge=1)
-    num_gpus: Optional[int] = Field(default=None, ge=1, le=1_000_000)
-    nodes: Optional[int] = Field(default=None, ge=1, le=100_000)
-    seq_len: int = Field(ge=1, le=10_000_000)
-    global_batch: int = Field(ge=1, le=10_000_000)
+    model: str = Field(**_NAME)
+    cluster: str = Field(**_NAME)
+    cluster_version: Optional[int] = Field(default=None, ge=1, le=MAX_VERSION)
+    num_gpus: Optional[int] = Field(default=None, ge=1, le=MAX_GPUS)
+    nodes: Optional[int] = Field(default=None, ge=1, le=MAX_NODES)
+    seq_len: int = Field(ge=1, le=MAX_SEQ_LEN)
+    global_batch: int = Field(ge=1, le=MAX_GLOBAL_BATCH)
     precision: Literal["bf16", "fp16", "fp8", "fp4"] = "bf16"
     top: int = Field(default=5, ge=1, le=50)
-    time_budget: float = Field(default=8.0, gt=0, le=MAX_TIME_BUDGET_S)
-    seed: int = 0
+    time_budget: float = Field(default=8.0, gt=0, le=MAX_TIME_BUDGET_S, **_FINITE)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     method: Literal["auto", "exhaustive", "optuna"] = "auto"
     framework: Literal["megatron", "deepspeed"] = "megatron"
-    runtime: Optional[str] = None
+    runtime: Optional[str] = Field(default=None, max_length=40)
 
 
 class EstimateRequest(BaseModel):
+    """One plan's estimate. Its cost is bounded too: at most ``MAX_ESTIMATE_MICROBATCHES`` micro-batches
+    (global_batch / (micro_batch x dp)) are simulated."""
+
     model_config = ConfigDict(extra="forbid")
-    model: str
-    cluster: str
-    cluster_version: Optional[int] = Field(default=None, ge=1)
-    num_gpus: Optional[int] = Field(default=None, ge=1)
-    nodes: Optional[int] = Field(default=None, ge=1)
-    seq_len: int = Field(ge=1)
-    global_batch: int = Field(ge=1)
-    micro_batch: int = Field(default=1, ge=1)
-    tp: int = Field(default=1, ge=1)
-    pp: int = Field(default=1, ge=1)
-    vpp: int = Field(default=1, ge=1)
-    cp: int = Field(default=1, ge=1)
-    ep: int = Field(default=1, ge=1)
-    etp: int = Field(default=1, ge=1)
-    dp: Optional[int] = Field(default=None, ge=1)
+    model: str = Field(**_NAME)
+    cluster: str = Field(**_NAME)
+    cluster_version: Optional[int] = Field(default=None, ge=1, le=MAX_VERSION)
+    num_gpus: Optional[int] = Field(default=None, ge=1, le=MAX_GPUS)
+    nodes: Optional[int] = Field(default=None, ge=1, le=MAX_NODES)
+    seq_len: int = Field(ge=1, le=MAX_SEQ_LEN)
+    global_batch: int = Field(ge=1, le=MAX_GLOBAL_BATCH)
+    micro_batch: int = Field(default=1, ge=1, le=MAX_MICRO_BATCH)
+    tp: int = Field(default=1, ge=1, le=MAX_DEGREE)
+    pp: int = Field(default=1, ge=1, le=MAX_DEGREE)
+    vpp: int = Field(default=1, ge=1, le=MAX_VPP)
+    cp: int = Field(default=1, ge=1, le=MAX_DEGREE)
+    ep: int = Field(default=1, ge=1, le=MAX_DEGREE)
+    etp: int = Field(default=1, ge=1, le=MAX_DEGREE)
+    dp: Optional[int] = Field(default=None, ge=1, le=MAX_GPUS)
     sp: Optional[bool] = None
     sharding: Literal["none", "zero1", "zero2", "zero3", "distopt"] = "distopt"
     recompute: Literal["none", "selective", "full"] = "none"
-    recompute_layers: int = Field(default=0, ge=0)
-    offload: float = Field(default=0.0, ge=0.0, le=1.0)
+    recompute_layers: int = Field(default=0, ge=0, le=MAX_RECOMPUTE_LAYERS)
+    offload: float = Field(default=0.0, ge=0.0, le=1.0, **_FINITE)
     precision: Literal["bf16", "fp16", "fp8", "fp4"] = "bf16"
-    runtime: str = "megatron"
+    runtime: str = Field(default="megatron", max_length=40)
 
 
 class ClusterRegistration(BaseModel):
@@ -89,78 +123,199 @@ def _check_model(name: str):  # type: ignore[no-untyped-def]
     return load_model(name)
 
 
-def _error(status: int, field: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": message, "field": field})
+def _error(status: int, field: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message, "field": field}, headers=headers)
 
 
-def create_app(db_url: str, *, workers: int = 2, token: str | None = None) -> FastAPI:
-    store = Store(db_url)
-    context = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
+class BodyGuard:
+    """ASGI middleware: the bearer token, and the body cap counted on the bytes received, so a chunked upload
+    (no Content-Length) is bounded too. The body is read here (at most ``MAX_BODY_BYTES``) and replayed."""
+
+    def __init__(self, app: Any, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
+            await _error(401, "authorization", "missing or wrong bearer token")(scope, receive, send)
+            return
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            await _error(413, "body", f"request body over {MAX_BODY_BYTES} bytes (or a bad Content-Length)")(
+                scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                await _error(413, "body", f"request body over {MAX_BODY_BYTES} bytes")(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
+               job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
+               memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT_BYTES,
+               drain_s: float = DEFAULT_DRAIN_S) -> FastAPI:
+    """The app, its store and its worker pool. A store that cannot be opened or written raises ``StoreError``
+    (one line naming the fault: ``serve`` prints it and exits 1)."""
+    try:
+        store = Store(db_url)
+        store.check_writable()
+    except Exception as exc:  # noqa: BLE001 - classified below, never a trace
+        if isinstance(exc, (sa_exc.ArgumentError, sa_exc.NoSuchModuleError)):
+            raise InputError("db", db_url, "is not a database URL (sqlite:///FILE or postgresql://...)") from None
+        if is_store_error(exc):
+            raise StoreError(describe_store_error(exc)) from None
+        raise
+    pool = WorkerPool(db_url, workers=workers, max_queue=max_queue, job_timeout_s=job_timeout_s,
+                      memory_limit_bytes=memory_limit_bytes, mark_job=store.update_job)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
         yield
-        pool.shutdown(wait=False, cancel_futures=True)
+        # SIGTERM/SIGINT: uvicorn stops accepting, then this drains the pool and stops every worker.
+        pool.stop(drain_s)
+        store.engine.dispose()
 
     app = FastAPI(title="configurator", version=code_version(), lifespan=lifespan,
-                  description="Parallelism plans for LLM training: search, estimate, cluster profiles.")
+                  description="Parallelism plans for LLM training: search, estimate, cluster profiles. Every error "
+                              "is {\"error\", \"field\"}; limits are stated on each field.")
     app.state.store = store
     app.state.pool = pool
     creating = threading.Lock()  # look-up + insert of a job is one step, so identical requests share one job
+    optuna_ready = threading.Lock()
+    optuna_done = [False]
+
+    def prepare_optuna(request: dict[str, Any]) -> None:
+        """Optuna's tables are created once, here, before any worker opens the study: two workers creating
+        them at once on a fresh store race ("table studies already exists")."""
+        if request.get("method") != "optuna" or optuna_done[0]:
+            return
+        with optuna_ready:
+            if optuna_done[0]:
+                return
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            storage = optuna.storages.RDBStorage(db_url)
+            storage.engine.dispose()
+            optuna_done[0] = True
 
     def profile_for(name: str, version: int | None) -> tuple[int | None, dict[str, Any] | None]:
         from configurator.profiles import cluster_names
 
-        found = store.get_cluster(name, version)
-        if found is None and name not in cluster_names():
-            # Never a file path from the network: presets and registered profiles only.
-            raise InputError("cluster", name, "is neither a preset nor a registered cluster profile")
-        if found is None:
+        if name in cluster_names():
             if version is not None:
-                raise InputError("cluster_version", version, f"cluster {name!r} has no such registered version")
+                raise InputError("cluster_version", version, f"{name!r} is a preset: presets have no versions")
             return None, None
+        found = store.get_cluster(name, version)
+        if found is None:
+            # Never a file path from the network: presets and registered profiles only.
+            if version is not None and store.get_cluster(name) is not None:
+                raise InputError("cluster_version", version, f"cluster {name!r} has no such registered version")
+            raise InputError("cluster", name, "is neither a preset nor a registered cluster profile")
         return found
-
-    def submit(job_id: str, profile: dict[str, Any] | None) -> None:
-        pool.submit(run_job, db_url, job_id, profile)
 
     # Jobs that a previous run of the service left unfinished are queued again (their requests are stored).
     for job in store.unfinished_jobs():
         try:
             _, profile = profile_for(job.request["cluster"], job.request.get("cluster_version"))
+            prepare_optuna(job.request)
         except InputError as exc:
             store.update_job(job.id, status="failed", error=f"not resumed after restart: {exc}")
             continue
         store.update_job(job.id, status="queued", progress=0.0)
-        submit(job.id, profile)
+        pool.submit(job.id, profile, bounded=False)
+    pool.start()
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):  # type: ignore[no-untyped-def]
-        if token is not None and request.headers.get("authorization") != f"Bearer {token}":
-            return _error(401, "authorization", "missing or wrong bearer token")
-        length = request.headers.get("content-length")
-        if length is not None and int(length) > MAX_BODY_BYTES:
-            return _error(413, "body", f"request body over {MAX_BODY_BYTES} bytes")
-        try:
-            return await call_next(request)
-        except InputError as exc:
-            return _error(400, exc.field, str(exc))
-        except Exception as exc:  # noqa: BLE001 - never a stack trace in a response
-            return _error(500, "server", f"internal error ({type(exc).__name__})")
+    app.add_middleware(BodyGuard, token=token)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            return _error(422, "body", f"body: malformed JSON ({first.get('ctx', {}).get('error', 'invalid')})")
         field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         return _error(422, field, f"{field}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        field = {404: "path", 405: "method"}.get(exc.status_code, "body")
+        detail = exc.detail if isinstance(exc.detail, str) else "invalid request"
+        if exc.status_code == 404:
+            detail = f"no such route: {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"method {request.method} is not allowed on {request.url.path}"
+        return _error(exc.status_code, field, detail, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(InputError)
     async def bad_input(_: Request, exc: InputError) -> JSONResponse:
         return _error(400, exc.field, str(exc))
 
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+        return _error(429, "queue", f"the job queue is full: {exc}; retry later",
+                      headers={"Retry-After": str(pool.retry_after_s())})
+
+    @app.exception_handler(PoolStopped)
+    async def stopped(_: Request, exc: PoolStopped) -> JSONResponse:
+        return _error(503, "pool", str(exc), headers={"Retry-After": "30"})
+
+    @app.exception_handler(StoreError)
+    async def store_fault(_: Request, exc: StoreError) -> JSONResponse:
+        return _error(503, "store", str(exc), headers={"Retry-After": "10"})
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        if is_store_error(exc):
+            return _error(503, "store", describe_store_error(exc), headers={"Retry-After": "10"})
+        if isinstance(exc, RecursionError):
+            return _error(400, "body", "body: nested too deeply")
+        return _error(500, "server", f"internal error ({type(exc).__name__})")
+
+    for kind in (sa_exc.SQLAlchemyError, OSError):
+        app.add_exception_handler(kind, internal)  # type: ignore[arg-type]
+
     @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        return {"status": "ok", "code_version": code_version()}
+    def healthz() -> JSONResponse:
+        """200 when the worker pool and the store are healthy; 503 naming which one is not."""
+        pool_health = pool.health()
+        try:
+            store.check_writable()
+            store_state = "ok"
+        except Exception as exc:  # noqa: BLE001 - reported, never raised
+            store_state = describe_store_error(exc)
+        body: dict[str, Any] = {"status": "ok", "code_version": code_version(), "pool": pool_health.as_dict(),
+                                "store": store_state}
+        if store_state != "ok":
+            body.update(status="degraded", error=store_state, field="store")
+        elif not pool_health.ok:
+            body.update(status="degraded", error=pool_health.problem, field="pool")
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     @app.get("/v1/models")
     def models() -> list[dict[str, Any]]:
@@ -169,20 +324,30 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None) -> Fa
         specs = [load(n) for n in model_names()]
         return [{"name": m.name, "total_params": m.total_params, "active_params": m.active_params} for m in specs]
 
-    @app.post("/v1/plans", status_code=202)
+    @app.post("/v1/plans", status_code=202, responses={429: {"description": "queue full (Retry-After)"}})
     def create_plan(req: PlanRequest) -> dict[str, Any]:
+        """Queue a search (or answer from the store: an identical, untruncated earlier search)."""
         request = req.model_dump()
         version, profile = profile_for(req.cluster, req.cluster_version)
-        # Fail fast on what can be checked without searching (unknown model or cluster, sizes).
+        # Fail fast on what can be checked without searching (unknown model, cluster or runtime, sizes).
+        from configurator.memory import RUNTIMES
+
+        if req.runtime is not None and req.runtime not in RUNTIMES:
+            raise InputError("runtime", req.runtime, f"must be one of {', '.join(RUNTIMES)}")
         _check_model(req.model)
         build_cluster(request, profile)
+        prepare_optuna(request)
         key = cache_key(request, version)
         with creating:
             reusable = store.find_reusable(key)
             if reusable is not None:
                 return {"id": reusable.id, "status": reusable.status, "cached": True}
             job = store.create_job(key, request)
-        submit(job.id, profile)
+            try:
+                pool.submit(job.id, profile)
+            except (QueueFull, PoolStopped) as exc:
+                store.update_job(job.id, status="failed", error=f"not queued: {exc}")
+                raise
         return {"id": job.id, "status": job.status, "cached": False}
 
     @app.get("/v1/plans/{job_id}")
@@ -209,27 +374,51 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None) -> Fa
                                     recompute_num_layers=req.recompute_layers, micro_batch=req.micro_batch,
                                     offload=req.offload)
         check_plan(spec, job, plan, hw.num_gpus)
+        microbatches = req.global_batch // max(1, req.micro_batch * plan.dp)
+        if microbatches > MAX_ESTIMATE_MICROBATCHES:
+            raise InputError("global_batch", req.global_batch,
+                             f"gives {microbatches} micro-batches per pipeline (global_batch / (micro_batch x dp)); "
+                             f"an estimate simulates at most {MAX_ESTIMATE_MICROBATCHES}: raise micro_batch or dp")
         memory = estimate_memory(spec, hw, job, plan, runtime=req.runtime)
         step = estimate_step(spec, hw, job, plan, runtime=req.runtime)
         return estimate_dict(spec, hw, job, plan, memory, chosen, step)
 
-    @app.post("/v1/clusters", status_code=201)
-    def register_cluster(reg: ClusterRegistration) -> dict[str, Any]:
-        from configurator.profiles import cluster_from_dict
+    @app.post("/v1/clusters", status_code=201, responses={409: {"description": "a preset's name"}})
+    def register_cluster(reg: ClusterRegistration) -> JSONResponse:
+        """Register a measured cluster profile (a new version each time). Preset names are read-only."""
+        from configurator.profiles import cluster_from_dict, cluster_names
 
-        cluster_from_dict(reg.profile, f"cluster {reg.name}")  # strict: the same checks as a profile file
-        return {"name": reg.name, "version": store.add_cluster(reg.name, reg.profile)}
+        if reg.name in cluster_names():
+            return _error(409, "name", f"name={reg.name!r}: is a preset (read-only); register under another name")
+        check_profile_size(reg.profile)  # before any parsing: no N x N matrix for a hostile node count
+        cluster = cluster_from_dict(reg.profile, f"cluster {reg.name}")  # strict: the checks of a profile file
+        check_measured_gemm(reg.profile, cluster)
+        return JSONResponse({"name": reg.name, "version": store.add_cluster(reg.name, reg.profile)}, status_code=201)
 
     @app.get("/v1/clusters")
     def list_clusters() -> list[dict[str, Any]]:
         return store.list_clusters()
 
     @app.get("/v1/clusters/{name}")
-    def get_cluster(name: str, version: Optional[int] = None) -> JSONResponse:
+    def get_cluster(name: str, version: Optional[int] = Query(default=None, ge=1, le=MAX_VERSION)) -> JSONResponse:
         found = store.get_cluster(name, version)
         if found is None:
             return _error(404, "name", f"name={name!r}: no registered cluster profile (version {version})")
-        return JSONResponse({"name": name, "version": found[0], "profile": found[1]})
+        return JSONResponse({"name": name, "version": found[0], "profile": found[1],
+                             "versions": store.cluster_versions(name)})
+
+    @app.delete("/v1/clusters/{name}", responses={409: {"description": "a preset's name"}})
+    def delete_cluster(name: str, version: Optional[int] = Query(default=None, ge=1, le=MAX_VERSION)) -> JSONResponse:
+        """Delete one version, or every version, of a registered profile (the service's token guards this as
+        every request). Version numbers are never reused; jobs already stored keep their answers."""
+        from configurator.profiles import cluster_names
+
+        if name in cluster_names():
+            return _error(409, "name", f"name={name!r}: is a preset (read-only)")
+        deleted = store.delete_cluster(name, version)
+        if not deleted:
+            return _error(404, "name", f"name={name!r}: no registered cluster profile (version {version})")
+        return JSONResponse({"name": name, "deleted_versions": deleted})
 
     @app.get("/plans/{job_id}", response_class=HTMLResponse)
     def plan_page(job_id: str) -> HTMLResponse:
@@ -237,10 +426,10 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None) -> Fa
 
         job = store.get_job(job_id)
         if job is None:
-            return HTMLResponse("<h1>No such plan job</h1>", status_code=404)
+            return _error(404, "id", f"id={job_id!r}: no such plan job")  # type: ignore[return-value]
         return HTMLResponse(render_page(job, store))
 
     return app
 
 
-__all__ = ["ClusterRegistration", "EstimateRequest", "MAX_BODY_BYTES", "PlanRequest", "create_app"]
+__all__ = ["BodyGuard", "ClusterRegistration", "EstimateRequest", "MAX_BODY_BYTES", "PlanRequest", "create_app"]

@@ -40,12 +40,30 @@ def build_cluster(request: dict[str, Any], profile: dict[str, Any] | None) -> Cl
     return load_cluster(request["cluster"], num_gpus=request.get("num_gpus"), nodes=request.get("nodes"))
 
 
+def near_memory_limit(fraction: float = 0.9) -> bool:
+    """Whether this process's peak address space reached its ``RLIMIT_AS``: an allocation failure inside C code
+    (numpy, scipy) surfaces as an arbitrary exception (``SystemError``...), and this names it for what it is."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return False
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmPeak:"):
+                    return int(line.split()[1]) * 1024 >= fraction * soft
+    except (ImportError, OSError, ValueError):
+        return False
+    return False
+
+
 def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None) -> None:
     """Worker entry point: run the search of a stored job and store the outcome (never raises)."""
     from configurator.render import search_plans_dicts
     from configurator.search.optimize import search
     from configurator.search.space import SearchContext
-    from configurator.service.store import Store
+    from configurator.service.store import Store, is_store_error
 
     store = Store(db_url)
     job = store.get_job(job_id)
@@ -88,8 +106,12 @@ def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None) -> None:
         store.update_job(job_id, status="done", progress=1.0, result=payload)
     except InputError as exc:
         store.update_job(job_id, status="failed", error=str(exc))
-    except Exception as exc:  # noqa: BLE001 - a job fails with its reason, the worker lives on
+    except Exception as exc:  # noqa: BLE001 - a job fails with its reason, never a stack trace
+        if is_store_error(exc):
+            raise  # the store cannot take the outcome: the supervisor records the fault (workers.py)
+        if isinstance(exc, MemoryError) or near_memory_limit():
+            raise MemoryError from exc  # the worker's memory limit: the supervisor names it
         store.update_job(job_id, status="failed", error=f"internal error: {type(exc).__name__}")
 
 
-__all__ = ["build_cluster", "cache_key", "code_version", "run_job"]
+__all__ = ["build_cluster", "cache_key", "code_version", "near_memory_limit", "run_job"]

@@ -42,6 +42,13 @@ def render_page(job: Job, store: Store) -> str:
              f"<p id='status'>status: <b>{escape(job.status)}</b>, progress {100 * job.progress:.0f}%</p>"]
     if job.error:
         parts.append(f"<p id='error'>{escape(job.error)}</p>")
+    if job.truncated:
+        budget = ((job.result or {}).get("search") or {}).get("budget_s")
+        within = f" of {budget:g} s" if isinstance(budget, (int, float)) else ""
+        parts.append("<p id='truncated' style='background:#fff3cd;border:1px solid #e0b000;padding:8px'>"
+                     f"<b>Search cut short</b>: it hit its time budget{escape(within)} before it covered every "
+                     "candidate, so a better plan may exist. This answer is not cached: the same request runs the "
+                     "search again.</p>")
     plans: list[dict[str, Any]] = (job.result or {}).get("plans", [])
     if plans:
         parts.append("<table id='plans'><tr><th>#</th><th class='l'>plan</th><th>tokens/s/GPU</th><th>MFU</th>"
