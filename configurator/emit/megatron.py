@@ -47,6 +47,8 @@ def _layout(plan: Plan, model: ModelSpec) -> str:
         if v == 0:
             items.insert(0, "E")
         if v == len(counts) - 1:
+            if model.mtp_layers:  # Megatron: MTP modules sit in the last virtual stage, before the loss
+                items.append(f"m*{model.mtp_layers}" if model.mtp_layers > 1 else "m")
             items.append("L")
         parts.append(",".join(items))
     return "|".join(parts)
