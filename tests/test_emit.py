@@ -17,7 +17,7 @@ import pytest
 
 from configurator import JobSpec, Plan, load_cluster, load_model
 from configurator.bench import PLAN_FIELDS, load_scenarios, reference_plan
-from configurator.emit import EmitRequest, emit, files_for
+from configurator.emit import DEEPSPEED_FILES, MEGATRON_FILES, EmitRequest, emit, files_for
 from configurator.emit.deepspeed import unsupported
 from configurator.errors import InputError
 from configurator.search.resolve import resolve
@@ -353,23 +353,178 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "configurator.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_plan_emit_writes_the_best_plan_and_never_overwrites_silently(tmp_path) -> None:
+def test_plan_emit_all_searches_each_framework_and_never_overwrites_silently(tmp_path) -> None:
     out = tmp_path / "launch"
     base = ["plan", "--model", "llama3-8b", "--cluster", "dgx-h100", "--num-gpus", "16", "--seq-len", "4096",
-            "--global-batch", "64", "--json"]
+            "--global-batch", "64", "--json", "--time-budget", "4"]
     proc = cli(*base, "--emit", "all", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["megatron_args.txt", "launch_megatron.sh", "placement.txt", "ds_config.json",
-                            "hostfile", "launch_deepspeed.sh"])
-    best = json.loads(proc.stdout)["plans"][0]["plan"]
-    assert best["cp"] == 1 and best["vpp"] == 1 and best["sp"] is False  # a plan DeepSpeed can run
+    assert names == sorted(["MANIFEST", *MEGATRON_FILES, *DEEPSPEED_FILES])
+    answer = json.loads(proc.stdout)
+    held = answer["emitted_plans"]
+    assert held["megatron"] == Plan(**{k: (tuple(v) if isinstance(v, list) else v)
+                                       for k, v in answer["plans"][0]["plan"].items()
+                                       if k in Plan.__dataclass_fields__}).describe()  # the Megatron search's best
+    manifest = (out / "MANIFEST").read_text()
+    assert f"# megatron: {held['megatron']}" in manifest and f"# deepspeed: {held['deepspeed']}" in manifest
     assert os.access(out / "launch_megatron.sh", os.X_OK)
     again = cli(*base, "--emit", "megatron", "--out", str(out))
     assert again.returncode == 2 and "--force" in again.stderr
+    (out / "notes.txt").write_text("mine")
     assert cli(*base, "--emit", "megatron", "--out", str(out), "--force").returncode == 0
+    # --force replaced the Megatron files, removed the stale DeepSpeed ones, kept the user's file.
+    assert sorted(p.name for p in out.iterdir()) == sorted(["MANIFEST", "notes.txt", *MEGATRON_FILES])
     lone = cli(*base, "--emit", "megatron")
-    assert lone.returncode == 2 and "--out" in lone.stderr
+    assert lone.returncode == 2 and lone.stderr.startswith("error: out=None") and "--out" in lone.stderr
+    stray = cli(*base, "--out", str(tmp_path / "x"))
+    assert stray.returncode == 2 and stray.stderr.startswith("error: emit=None")
+
+
+def test_plan_emit_checks_the_folder_before_searching(tmp_path) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    import time
+
+    start = time.monotonic()
+    proc = cli("plan", "--model", "deepseek-v3", "--cluster", "dgx-h100", "--num-gpus", "2048", "--seq-len", "4096",
+               "--global-batch", "8192", "--time-budget", "60", "--emit", "megatron", "--out", str(tmp_path / "full"))
+    assert proc.returncode == 2 and "not empty" in proc.stderr
+    assert time.monotonic() - start < 30  # no 60 s search first
+
+
+def test_plan_emit_all_says_when_deepspeed_cannot_run_any_plan_and_writes_megatron(tmp_path) -> None:
+    out = tmp_path / "moe"
+    proc = cli("plan", "--model", "deepseek-v3", "--cluster", "dgx-h100", "--num-gpus", "256", "--seq-len", "4096",
+               "--global-batch", "1024", "--time-budget", "3", "--emit", "all", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: deepspeed")]
+    assert len(notes) == 1 and "no plan deepspeed can run fits" in notes[0]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["MANIFEST", *MEGATRON_FILES])
+
+
+def _small_request(**kw) -> EmitRequest:  # type: ignore[no-untyped-def]
+    return EmitRequest(model=load_model("llama3-8b"), cluster=load_cluster("dgx-h100", num_gpus=32),
+                       job=JobSpec(global_batch=64, seq_len=4096), plan=Plan(tp=2, dp=16, sp=False), **kw)
+
+
+def test_launch_script_rejects_a_bad_node_rank_or_slurm_allocation_in_one_line(tmp_path) -> None:
+    out = tmp_path / "e"
+    emit(_small_request(), "megatron", out)
+    script = out / "launch_megatron.sh"
+    cases = {("4", "10.0.0.1"): "NODE_RANK=4 is out of range: this plan has 4 nodes (0..3)",
+             ("x1",): "NODE_RANK='x1' must be an integer in 0..3",
+             ("0",): "MASTER_ADDR: no host names were given"}
+    for args, message in cases.items():
+        proc, launches = run_script(script, *args, root=tmp_path, record=tmp_path / f"r{len(args)}{args[0]}")
+        assert proc.returncode == 2 and not launches
+        assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    proc, launches = run_script(script, root=tmp_path, record=tmp_path / "slurm",
+                                env={"SLURM_JOB_NODELIST": "a,b,c", "SLURM_NODEID": "0"})
+    assert proc.returncode == 2 and not launches
+    assert "Slurm allocated 3 nodes (a,b,c); the plan needs 4" in proc.stderr
+    with pytest.raises(InputError, match="gives 3 hosts; the plan runs on 4 nodes"):
+        files_for(_small_request(hosts=("h1", "h2", "h3")), "megatron")
+
+
+def test_slurm_and_given_hosts_keep_the_placements_node_order(tmp_path) -> None:
+    from configurator.placement import Placement
+
+    placement = Placement(node_order=(2, 0, 3, 1), gpu_order=((1, 0, 2, 3, 4, 5, 6, 7),) + ((0, 1, 2, 3, 4, 5, 6, 7),) * 3)
+    out = tmp_path / "e"
+    emit(_small_request(placement=placement, hosts=("h0", "h1", "h2", "h3")), "all", out)
+    assert (out / "hostfile").read_text().split()[::2] == ["h2", "h0", "h3", "h1"]
+    # Slurm: srun starts one task per node; node i of the allocation is the profile's node i.
+    proc, launches = run_script(out / "launch_megatron.sbatch", root=tmp_path, record=tmp_path / "sbatch",
+                                env={"SLURM_JOB_NODELIST": "s0,s1,s2,s3", "SLURM_SUBMIT_DIR": str(out)})
+    assert proc.returncode == 0, proc.stderr
+    by_node = {launch.env["SLURM_NODEID"]: launch for launch in launches}
+    assert {k: option(v.argv, "--node-rank") for k, v in by_node.items()} == {"2": "0", "0": "1", "3": "2", "1": "3"}
+    assert {option(v.argv, "--master-addr") for v in launches} == {"s2"}
+    assert by_node["2"].env["CUDA_VISIBLE_DEVICES"] == "1,0,2,3,4,5,6,7"
+    assert by_node["2"].env["CUDA_DEVICE_MAX_CONNECTIONS"] == "1"
+    # Bare metal with the given names: node rank 0 is h2.
+    proc, launches = run_script(out / "launch_megatron.sh", "1", root=tmp_path, record=tmp_path / "bare")
+    assert proc.returncode == 0 and option(launches[0].argv, "--master-addr") == "h2"
+    proc, launches = run_script(out / "launch_deepspeed.sh", root=tmp_path, record=tmp_path / "ds")
+    assert proc.returncode == 0, proc.stderr
+    assert option(launches[0].argv, "--include") == "h2:1,0,2,3,4,5,6,7@h0:0,1,2,3,4,5,6,7@h3:0,1,2,3,4,5,6,7@h1:0,1,2,3,4,5,6,7"
+
+
+def test_emit_is_atomic_and_never_writes_through_a_planted_symlink(tmp_path, monkeypatch) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    for name in ("megatron_args.txt", "launch_megatron.sh"):
+        (tmp_path / f".out.{name}.tmp").symlink_to(victim)
+    out.mkdir()
+    (out / ".megatron_args.txt.tmp").symlink_to(victim)  # the old writer's temporary name
+    with pytest.raises(InputError, match="not empty"):
+        emit(_small_request(), "megatron", out)
+    (out / ".megatron_args.txt.tmp").unlink()
+    emit(_small_request(), "megatron", out)
+    assert victim.read_text() == "precious"
+    link = tmp_path / "link"
+    link.symlink_to(out)
+    with pytest.raises(InputError, match="symbolic link"):
+        emit(_small_request(), "megatron", link, force=True)
+    # A failure part-way leaves the folder as it was and no temporary folder behind.
+    before = {p.name: p.read_text() for p in out.iterdir()}
+    import configurator.emit.files as files
+
+    real = files._write_new
+    calls = []
+
+    def failing(path, text, mode):  # type: ignore[no-untyped-def]
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real(path, text, mode)
+
+    monkeypatch.setattr(files, "_write_new", failing)
+    with pytest.raises(OSError):
+        emit(_small_request(), "all", out, force=True)
+    assert {p.name: p.read_text() for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.") and p.is_dir()]
+
+
+def test_force_replaces_only_files_the_tool_wrote(tmp_path) -> None:
+    out = tmp_path / "out"
+    emit(_small_request(), "all", out)
+    (out / "README").write_text("mine")
+    emit(_small_request(), "megatron", out, force=True)
+    assert (out / "README").read_text() == "mine"
+    assert not (out / "hostfile").exists() and not (out / "ds_config.json").exists()
+    (out / "ds_config.json").write_text("{}")  # not in the MANIFEST now: the user's
+    with pytest.raises(InputError, match="configurator did not write it"):
+        emit(_small_request(), "all", out, force=True)
+    assert (out / "ds_config.json").read_text() == "{}"
+
+
+def test_a_model_field_megatron_cannot_express_is_refused_by_name() -> None:
+    from dataclasses import replace
+
+    base = load_model("llama3-8b")
+    for field, value, word in (("features", ("logit_softcapping=30",), "logit_softcapping"),
+                               ("norm_placement", "sandwich", "sandwich"),
+                               ("activation", "gelu_tanh", "GeGLU"),
+                               ("qk_norm_full_width", True, "all heads")):
+        request = replace(_small_request(), model=replace(base, **{field: value}))
+        with pytest.raises(InputError, match=word) as err:
+            files_for(request, "megatron")
+        assert err.value.field == f"model.{field}"
+
+
+def test_explain_svg_replaces_a_symlink_instead_of_writing_through_it(tmp_path) -> None:
+    from configurator.emit.files import write_file_atomic
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "step.svg.tmp").symlink_to(victim)
+    (tmp_path / "step.svg").symlink_to(victim)
+    write_file_atomic(tmp_path / "step.svg", "<svg/>")
+    assert victim.read_text() == "precious" and (tmp_path / "step.svg").read_text() == "<svg/>"
+    assert not (tmp_path / "step.svg").is_symlink()
 
 
 def test_emit_command_for_a_given_plan(tmp_path) -> None:
