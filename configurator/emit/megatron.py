@@ -36,6 +36,8 @@ from configurator.specs.model import ModelSpec
 from configurator.specs.plan import Plan
 
 PRE_BLACKWELL = ("ampere", "hopper")
+EXPRESSIBLE_FEATURES = {"shared_expert_gate": "--moe-shared-expert-gate"}
+"""ModelSpec ``features`` Megatron can express (Qwen2-MoE's sigmoid gate on the shared expert)."""
 
 
 def _layout(plan: Plan, model: ModelSpec) -> str:
@@ -105,8 +107,9 @@ def model_args(model: ModelSpec, job: JobSpec, plan: Plan) -> list[str]:
         if value is not None:
             a.append(str(value))
 
-    if model.features:
-        _refuse("features", model.features[0], f"'{model.features[0]}'")
+    for feature in model.features:
+        if feature not in EXPRESSIBLE_FEATURES:
+            _refuse("features", feature, f"'{feature}'")
     if model.norm_placement != "pre":
         _refuse("norm_placement", model.norm_placement, f"{model.norm_placement}-norm layers (only pre-norm)")
     if model.qk_norm_full_width:
@@ -184,6 +187,8 @@ def model_args(model: ModelSpec, job: JobSpec, plan: Plan) -> list[str]:
         flag("--moe-grouped-gemm")
     if model.mtp_layers:
         flag("--mtp-num-layers", model.mtp_layers)
+    for feature in model.features:
+        flag(EXPRESSIBLE_FEATURES[feature])
     return a
 
 
