@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 from configurator import JobSpec, Plan, load_cluster, load_model
-from configurator.bench import PLAN_FIELDS, load_scenarios, reference_plan
+from configurator.bench import load_scenarios, reference_plan
 from configurator.emit import DEEPSPEED_FILES, MEGATRON_FILES, EmitRequest, emit, files_for
 from configurator.emit.deepspeed import unsupported
 from configurator.errors import InputError
 from configurator.search.resolve import resolve
 from configurator.profiles import model_names
 from configurator.specs.model import ModelSpec
-from configurator.specs.plan import balanced_layout, plan_violations
+from configurator.specs.plan import balanced_layout, plan_from_dict, plan_violations
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from launch_stubs import option, run_script  # noqa: E402
@@ -223,9 +223,7 @@ def test_megatron_accepts_the_benchmark_scenarios_best_and_reference_plans(valid
     for entry in golden["scenarios"]:
         s = scenarios[entry["name"]]
         ctx = s.ctx
-        fields = {k: entry["best"]["plan"][k] for k in PLAN_FIELDS}
-        fields["pipeline_layers"] = tuple(fields["pipeline_layers"] or ())
-        plans = {"best": Plan(**fields)}
+        plans = {"best": plan_from_dict(entry["best"]["plan"])}
         if s.reference:
             structure = reference_plan(ctx, s.reference)
             options = resolve(ctx, structure).options if not plan_violations(ctx.model, ctx.job, structure,
