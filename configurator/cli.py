@@ -164,7 +164,12 @@ def plan(
             requests[target] = EmitRequest(model=spec, cluster=hw, job=job, plan=found.plan,
                                            placement=found.placement, hosts=host_names)
             held[target] = found.plan.describe()
-        written = write_files(requests, "all" if len(requests) > 1 else next(iter(requests)), out, force=force)
+        notes: list[str] = []
+        written = write_files(requests, "all" if len(requests) > 1 else next(iter(requests)), out, force=force,
+                              notes=notes)
+        for line in notes:
+            print(f"note: {line}", file=sys.stderr)
+            held.pop(line.split(":", 1)[0], None)
     if not ranked:
         need = (f"; the smallest candidate needs {result.smallest_need_bytes / GIB:.1f} GiB of "
                 f"{hw.gpu_memory_bytes / GIB:.1f}" if result.smallest_need_bytes else "")
@@ -325,8 +330,11 @@ def emit_files(
     plan, chosen = _given_plan(spec, hw, job, tp=tp, pp=pp, vpp=vpp, cp=cp, ep=ep, etp=etp, dp=dp, sp=sp,
                                sharding=sharding, recompute=recompute, recompute_layers=recompute_layers,
                                micro_batch=micro_batch, offload=offload, pipeline_layers=pipeline_layers)
+    notes: list[str] = []
     written = write_files(EmitRequest(model=spec, cluster=hw, job=job, plan=plan, hosts=host_names), framework, out,
-                          force=force)
+                          force=force, notes=notes)
+    for line in notes:
+        print(f"note: {line}", file=sys.stderr)
     for note in chosen:
         console.print(f"chosen: {note}")
     for path in written:

@@ -394,7 +394,8 @@ def test_plan_emit_checks_the_folder_before_searching(tmp_path) -> None:
 def test_plan_emit_all_says_when_deepspeed_cannot_run_any_plan_and_writes_megatron(tmp_path) -> None:
     out = tmp_path / "moe"
     proc = cli("plan", "--model", "deepseek-v3", "--cluster", "dgx-h100", "--num-gpus", "256", "--seq-len", "4096",
-               "--global-batch", "1024", "--time-budget", "3", "--emit", "all", "--out", str(out))
+               "--global-batch", "1024", "--time-budget", "3", "--method", "optuna", "--trials", "200",
+               "--emit", "all", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     notes = [line for line in proc.stderr.splitlines() if line.startswith("note: deepspeed")]
     assert len(notes) == 1 and "no plan deepspeed can run fits" in notes[0]
@@ -540,3 +541,22 @@ def test_emit_command_for_a_given_plan(tmp_path) -> None:
                   "--framework", "deepspeed", "--out", str(tmp_path / "d"))
     assert refused.returncode == 2 and "cannot run" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_emit_all_writes_what_can_run_and_says_what_cannot_in_one_line(tmp_path) -> None:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# our nodes\nn-a slots=8\nn-b slots=8\n\nn-c slots=8\nn-d slots=8\n")
+    out = tmp_path / "e"
+    proc = cli("emit", "--model", "llama3-8b", "--cluster", "dgx-h100", "--num-gpus", "32", "--seq-len", "8192",
+               "--global-batch", "64", "--tp", "2", "--cp", "2", "--framework", "all", "--hostfile", str(hostfile),
+               "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: deepspeed")]
+    assert len(notes) == 1 and "context parallel" in notes[0]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["MANIFEST", *MEGATRON_FILES])
+    assert "HOSTS" not in (out / "launch_megatron.sh").read_text()
+    assert "NODES=('n-a' 'n-b' 'n-c' 'n-d')" in (out / "launch_megatron.sh").read_text()
+    wrong = cli("emit", "--model", "llama3-8b", "--cluster", "dgx-h100", "--num-gpus", "32", "--seq-len", "8192",
+                "--global-batch", "64", "--framework", "megatron", "--hosts", "a,b", "--out", str(tmp_path / "w"))
+    assert wrong.returncode == 2 and wrong.stderr.strip().count("\n") == 0
+    assert "gives 2 hosts; the plan runs on 4 nodes" in wrong.stderr and not (tmp_path / "w").exists()

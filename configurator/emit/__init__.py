@@ -78,16 +78,29 @@ def files_for(request: EmitRequest, framework: str) -> dict[str, str]:
 
 
 def emit(request: EmitRequest | dict[str, EmitRequest], framework: str, out_dir: Path, *,
-         force: bool = False) -> list[Path]:
-    """Write the files of ``framework`` for ``request`` (one request, or one per target) into ``out_dir``."""
+         force: bool = False, notes: list[str] | None = None) -> list[Path]:
+    """Write the files of ``framework`` for ``request`` (one request, or one per target) into ``out_dir``.
+
+    With ``notes`` (a list) and several targets, a target that refuses its plan or model adds one line to
+    ``notes`` and the others are still written; without it, or when every target refuses, the refusal raises."""
     targets = targets_of(framework)
     requests = request if isinstance(request, dict) else {t: request for t in targets}
     files: dict[str, str] = {}
     held: list[str] = []
+    refused: list[InputError] = []
     for target in targets:
-        part = files_for(requests[target], target)
+        try:
+            part = files_for(requests[target], target)
+        except InputError as exc:
+            if notes is None or len(targets) == 1:
+                raise
+            refused.append(exc)
+            notes.append(f"{target}: {exc}; its files are not written")
+            continue
         files.update(part)
         held.append(f"{target}: {requests[target].plan.describe()}: {', '.join(part)}")
+    if not files:
+        raise refused[0]
     return write_folder(out_dir, files, held, force=force)
 
 
