@@ -98,9 +98,11 @@ def plan(
     method: Annotated[str, typer.Option("--method", help="auto|exhaustive|optuna (auto: exhaustive up to 20000 structures).")] = "auto",
     framework: Annotated[Optional[str], typer.Option("--framework", help="megatron|deepspeed: search only plans that framework runs (default: megatron; deepspeed with --emit deepspeed|all).")] = None,
     runtime: Annotated[Optional[str], typer.Option("--runtime", help=f"Cost/memory mechanics: {'|'.join(RUNTIMES)} (default: the framework's).")] = None,
-    emit: Annotated[Optional[str], typer.Option("--emit", help="Write launch files of the best plan: megatron|deepspeed|all (needs --out).")] = None,
+    emit: Annotated[Optional[str], typer.Option("--emit", help="Write launch files of the best plan: megatron|deepspeed|all (needs --out; all: each framework's own best plan).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for --emit's files.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out folder.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace the files an earlier emit wrote in --out (its MANIFEST).")] = False,
+    hosts: HostsOpt = None,
+    hostfile: HostfileOpt = None,
     calibration: CalibrationOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -115,9 +117,15 @@ def plan(
     if method not in METHODS:
         raise InputError("method", method, f"must be one of {', '.join(METHODS)}")
     framework, runtime = _framework_and_runtime(framework, runtime, emit)
-    if (emit is None) != (out is None):
-        raise InputError("emit" if emit is None else "out", str(out) if emit is None else emit,
-                         "--emit and --out go together")
+    if emit is not None and out is None:
+        raise InputError("out", None, f"--emit {emit} needs --out FOLDER for the files")
+    if out is not None and emit is None:
+        raise InputError("emit", None, f"--out {out} needs --emit megatron|deepspeed|all")
+    host_names = _host_names(hosts, hostfile, hw)
+    if out is not None:
+        from configurator.emit.files import check_out_dir
+
+        check_out_dir(out, force=force)  # before the search, not after it
     if top < 1:
         raise InputError("top", top, "must be >= 1")
     if trials < 1:
@@ -137,12 +145,34 @@ def plan(
                         progress=lambda frac, msg: bar.update(task, completed=frac, description=msg))
     ranked = list(result.ranked)
     written: list[Path] = []
+    held: dict[str, str] = {}
     if ranked and emit is not None and out is not None:
-        from configurator.emit import EmitRequest, emit as write_files
+        from configurator.emit import EmitRequest, emit as write_files, targets_of
 
-        best = ranked[0]
-        written = write_files(EmitRequest(model=spec, cluster=hw, job=job, plan=best.plan, placement=best.placement),
-                              emit, out, force=force)
+        requests = {}
+        for target in targets_of(emit):
+            if target == framework:
+                found = ranked[0]
+            else:  # --emit all: the other framework's own space (and runtime), not the first one's
+                other = search(SearchContext(model=spec, cluster=hw, job=job, framework=target,
+                                             runtime="deepspeed" if target == "deepspeed" else "megatron"),
+                               top_k=1, time_budget_s=time_budget, seed=seed, method=method, constants=constants,
+                               max_trials=trials)
+                if not other.ranked:
+                    why = "; ".join(f"{n} x {r}" for r, n in other.pruned[:2])
+                    print(f"note: {target}: no plan {target} can run fits ({other.candidates} candidates; {why}); "
+                          f"writing the other files only", file=sys.stderr)
+                    continue
+                found = other.ranked[0]
+            requests[target] = EmitRequest(model=spec, cluster=hw, job=job, plan=found.plan,
+                                           placement=found.placement, hosts=host_names)
+            held[target] = found.plan.describe()
+        notes: list[str] = []
+        written = write_files(requests, "all" if len(requests) > 1 else next(iter(requests)), out, force=force,
+                              notes=notes)
+        for line in notes:
+            print(f"note: {line}", file=sys.stderr)
+            held.pop(line.split(":", 1)[0], None)
     if not ranked:
         need = (f"; the smallest candidate needs {result.smallest_need_bytes / GIB:.1f} GiB of "
                 f"{hw.gpu_memory_bytes / GIB:.1f}" if result.smallest_need_bytes else "")
@@ -154,7 +184,8 @@ def plan(
         raise typer.Exit(3)
     if as_json:
         print(json.dumps({"plans": search_plans_dicts(spec, hw, job, ranked), "search": result.as_dict(),
-                          "emitted": [str(p) for p in written], "gpu_spec": gpu_figures(hw)}, indent=2))
+                          "emitted": [str(p) for p in written], "emitted_plans": held,
+                          "gpu_spec": gpu_figures(hw)}, indent=2))
         return
     console.print(f"[bold]{spec.name}[/bold] on {hw.num_gpus} x {hw.gpu.key} ({hw.name}), seq {seq_len}, "
                   f"global batch {global_batch}, {precision}, runtime {runtime}")
@@ -171,7 +202,9 @@ def plan(
     for note in result.notes:
         console.print(f"  {note}")
     if written:
-        console.print(f"launch files for the best plan: {', '.join(str(p) for p in written)}")
+        for target, described in held.items():
+            console.print(f"{target} files hold: {described}")
+        console.print(f"launch files: {', '.join(str(p) for p in written)}")
 
 
 @app.command()
@@ -219,9 +252,9 @@ def estimate(
 
         picture = draw(timeline(spec, hw, job, plan, constants, runtime=runtime), memory,
                        title=f"{spec.name} on {hw.num_gpus} x {hw.gpu.key}: {plan.describe()}")
-        tmp = svg.with_name(svg.name + ".tmp")
-        tmp.write_text(picture)
-        tmp.replace(svg)
+        from configurator.emit.files import write_file_atomic
+
+        write_file_atomic(svg, picture)
     result = estimate_dict(spec, hw, job, plan, memory, chosen, step)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -244,6 +277,22 @@ def estimate(
                   f"{step.model_tflops_per_gpu:.0f} model TFLOP/s per GPU, MFU {100 * step.mfu:.1f}% "
                   f"(of {step.peak_flops / 1e12:.0f} TFLOP/s {precision} peak; bubble "
                   f"{100 * step.bubble_fraction:.1f}%)")
+
+
+HostsOpt = Annotated[Optional[str], typer.Option("--hosts", help="Host names of the cluster's nodes, comma-separated, in the cluster profile's node order (the launch files keep the placement's order over them).")]
+HostfileOpt = Annotated[Optional[Path], typer.Option("--hostfile", help="File of host names, one per line (DeepSpeed/MPI hostfile syntax: 'host slots=N' is fine); like --hosts.")]
+
+
+def _host_names(hosts: str | None, hostfile: Path | None, hw) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+    from configurator.emit.shell import check_hosts, read_hostfile
+
+    if hosts is not None and hostfile is not None:
+        raise InputError("hostfile", str(hostfile), "give --hosts or --hostfile, not both")
+    if hosts is not None:
+        return check_hosts(hw, tuple(h.strip() for h in hosts.split(",") if h.strip()), "hosts")
+    if hostfile is not None:
+        return check_hosts(hw, read_hostfile(hostfile), "hostfile")
+    return ()
 
 
 @app.command(name="emit")
@@ -272,18 +321,28 @@ def emit_files(
     offload: OffloadOpt = 0.0,
     precision: PrecisionOpt = "bf16",
     pipeline_layers: PipelineLayersOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out folder.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace the files an earlier emit wrote in --out (its MANIFEST).")] = False,
+    hosts: HostsOpt = None,
+    hostfile: HostfileOpt = None,
 ) -> None:
     """Write Megatron-LM and/or DeepSpeed launch files for a given plan."""
-    from configurator.emit import EmitRequest, emit as write_files
+    from configurator.emit import EmitRequest, emit as write_files, targets_of
+    from configurator.emit.files import check_out_dir
 
+    targets_of(framework)
     spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision, gpu_spec)
+    host_names = _host_names(hosts, hostfile, hw)
+    check_out_dir(out, force=force)
     if sp is None and framework in ("deepspeed", "all"):
         sp = False
     plan, chosen = _given_plan(spec, hw, job, tp=tp, pp=pp, vpp=vpp, cp=cp, ep=ep, etp=etp, dp=dp, sp=sp,
                                sharding=sharding, recompute=recompute, recompute_layers=recompute_layers,
                                micro_batch=micro_batch, offload=offload, pipeline_layers=pipeline_layers)
-    written = write_files(EmitRequest(model=spec, cluster=hw, job=job, plan=plan), framework, out, force=force)
+    notes: list[str] = []
+    written = write_files(EmitRequest(model=spec, cluster=hw, job=job, plan=plan, hosts=host_names), framework, out,
+                          force=force, notes=notes)
+    for line in notes:
+        print(f"note: {line}", file=sys.stderr)
     for note in chosen:
         console.print(f"chosen: {note}")
     for path in written:
@@ -299,8 +358,8 @@ def _framework_and_runtime(framework: str | None, runtime: str | None, emit: str
     if framework is not None and framework not in ("megatron", "deepspeed"):
         raise InputError("framework", framework, "must be megatron or deepspeed")
     if framework is None:
-        framework = "deepspeed" if emit in ("deepspeed", "all") else "megatron"
-    elif emit in ("deepspeed", "all") and framework != "deepspeed":
+        framework = "deepspeed" if emit == "deepspeed" else "megatron"
+    elif emit == "deepspeed" and framework != "deepspeed":
         raise InputError("framework", framework, f"--emit {emit} needs plans DeepSpeed can run (--framework deepspeed)")
     runtime = runtime or ("deepspeed" if framework == "deepspeed" else "megatron")
     if runtime not in RUNTIMES:

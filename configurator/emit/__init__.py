@@ -1,23 +1,26 @@
-"""Launch files for a plan. One entry point: ``emit(request, framework, out_dir, force=...)``.
+"""Launch files for a plan. One entry point: ``emit(requests, out_dir, force=...)``.
 
 Files (INTERFACE.md "Emitted files"):
 
-* ``megatron``: ``megatron_args.txt``, ``launch_megatron.sh``, ``placement.txt``;
-* ``deepspeed``: ``ds_config.json``, ``hostfile``, ``launch_deepspeed.sh`` (plans DeepSpeed cannot run
-  are refused with the reason, see ``deepspeed.unsupported``);
-* ``all``: both.
+* ``megatron``: ``megatron_args.txt``, ``launch_megatron.sh``, ``launch_megatron.sbatch``, ``placement.txt``;
+* ``deepspeed``: ``ds_config.json``, ``hostfile``, ``launch_deepspeed.sh``, ``launch_deepspeed.sbatch``
+  (plans DeepSpeed cannot run are refused with the reason, see ``deepspeed.unsupported``);
+* ``all``: both, each for its own request (``plan --emit all`` searches each framework's space);
+* always ``MANIFEST``: which plan each file set holds and the files written.
 
-An existing folder holding other files is never overwritten silently: refused unless ``force``;
-files are written to a temporary name first, so a failure leaves nothing half-written.
+Writing is atomic and never touches what the tool did not write (``files.write_folder``): the files are
+built in a fresh temporary folder beside the target and renamed into place; ``--force`` replaces only
+the files an earlier ``MANIFEST`` lists.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from configurator.emit import deepspeed, megatron, rocm
+from configurator.emit.files import write_folder
+from configurator.emit.shell import check_hosts, sbatch_script
 from configurator.errors import InputError
 from configurator.placement import Placement
 from configurator.specs.hardware import ClusterSpec
@@ -25,9 +28,10 @@ from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
 from configurator.specs.plan import Plan
 
-FRAMEWORKS = ("megatron", "deepspeed", "all")
-MEGATRON_FILES = ("megatron_args.txt", "launch_megatron.sh", "placement.txt")
-DEEPSPEED_FILES = ("ds_config.json", "hostfile", "launch_deepspeed.sh")
+TARGETS = ("megatron", "deepspeed")
+FRAMEWORKS = (*TARGETS, "all")
+MEGATRON_FILES = ("megatron_args.txt", "launch_megatron.sh", "launch_megatron.sbatch", "placement.txt")
+DEEPSPEED_FILES = ("ds_config.json", "hostfile", "launch_deepspeed.sh", "launch_deepspeed.sbatch")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -37,46 +41,68 @@ class EmitRequest:
     job: JobSpec
     plan: Plan
     placement: Placement | None = None
+    hosts: tuple[str, ...] = ()
+    """Host names of the cluster's nodes in its profile order (--hosts/--hostfile); () = unknown."""
+
+
+def targets_of(framework: str) -> tuple[str, ...]:
+    if framework not in FRAMEWORKS:
+        raise InputError("emit", framework, f"must be one of {', '.join(FRAMEWORKS)}")
+    return TARGETS if framework == "all" else (framework,)
 
 
 def files_for(request: EmitRequest, framework: str) -> dict[str, str]:
-    """File name -> content, or an ``InputError`` when the framework cannot run the plan."""
-    if framework not in FRAMEWORKS:
-        raise InputError("emit", framework, f"must be one of {', '.join(FRAMEWORKS)}")
+    """File name -> content, or an ``InputError`` when the framework cannot run the plan or the model."""
+    targets = targets_of(framework)
     placement = request.placement or Placement.default(request.cluster)
+    names = check_hosts(request.cluster, request.hosts) if request.hosts else ()
     out: dict[str, str] = {}
-    if framework in ("megatron", "all"):
+    if "megatron" in targets:
         args = megatron.megatron_args(request.model, request.cluster, request.job, request.plan)
         out["megatron_args.txt"] = "\n".join(args) + "\n"
-        out["launch_megatron.sh"] = megatron.launch_script(request.model, request.cluster, request.plan, placement)
-        out["placement.txt"] = megatron.placement_text(request.cluster, request.plan, placement)
-    if framework in ("deepspeed", "all"):
+        out["launch_megatron.sh"] = megatron.launch_script(request.model, request.cluster, request.plan, placement,
+                                                           names)
+        out["launch_megatron.sbatch"] = sbatch_script(request.cluster, "Megatron-LM", "launch_megatron.sh",
+                                                      per_node=True)
+        out["placement.txt"] = megatron.placement_text(request.cluster, request.plan, placement, names)
+    if "deepspeed" in targets:
         reasons = deepspeed.unsupported(request.plan, request.job)
         if reasons:
             raise InputError("emit", "deepspeed", f"cannot run {request.plan.describe()}: {reasons[0]}")
         out["ds_config.json"] = deepspeed.ds_config_text(request.model, request.job, request.plan)
-        out["hostfile"] = deepspeed.hostfile(request.cluster, placement)
-        out["launch_deepspeed.sh"] = deepspeed.launch_script(request.cluster, request.plan, placement)
+        out["hostfile"] = deepspeed.hostfile(request.cluster, placement, names)
+        out["launch_deepspeed.sh"] = deepspeed.launch_script(request.cluster, request.plan, placement, names)
+        out["launch_deepspeed.sbatch"] = sbatch_script(request.cluster, "DeepSpeed", "launch_deepspeed.sh",
+                                                       per_node=False)
     return rocm.adapt(out, request.cluster, request.plan, request.job)  # AMD: RCCL env, refusals by name
 
 
-def emit(request: EmitRequest, framework: str, out_dir: Path, *, force: bool = False) -> list[Path]:
-    files = files_for(request, framework)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError("out", str(out_dir), "is a file, not a folder")
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise InputError("out", str(out_dir), "is not empty; pass --force to overwrite the emitted files")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in files.items():
-        path = out_dir / name
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        if name.endswith(".sh"):
-            os.chmod(tmp, 0o755)
-        tmp.replace(path)
-        written.append(path)
-    return written
+def emit(request: EmitRequest | dict[str, EmitRequest], framework: str, out_dir: Path, *,
+         force: bool = False, notes: list[str] | None = None) -> list[Path]:
+    """Write the files of ``framework`` for ``request`` (one request, or one per target) into ``out_dir``.
+
+    With ``notes`` (a list) and several targets, a target that refuses its plan or model adds one line to
+    ``notes`` and the others are still written; without it, or when every target refuses, the refusal raises."""
+    targets = targets_of(framework)
+    requests = request if isinstance(request, dict) else {t: request for t in targets}
+    files: dict[str, str] = {}
+    held: list[str] = []
+    refused: list[InputError] = []
+    for target in targets:
+        try:
+            part = files_for(requests[target], target)
+        except InputError as exc:
+            if notes is None or len(targets) == 1:
+                raise
+            refused.append(exc)
+            notes.append(f"{target}: {exc}; its files are not written")
+            continue
+        files.update(part)
+        held.append(f"{target}: {requests[target].plan.describe()}: {', '.join(part)}")
+    if not files:
+        raise refused[0]
+    return write_folder(out_dir, files, held, force=force)
 
 
-__all__ = ["DEEPSPEED_FILES", "EmitRequest", "FRAMEWORKS", "MEGATRON_FILES", "emit", "files_for"]
+__all__ = ["DEEPSPEED_FILES", "EmitRequest", "FRAMEWORKS", "MEGATRON_FILES", "TARGETS", "emit", "files_for",
+           "targets_of"]

@@ -27,6 +27,7 @@ import math
 from typing import Any
 
 from configurator.emit.megatron import gpu_orders, hosts
+from configurator.emit.shell import known_hosts, node_prologue
 from configurator.placement import Placement
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
@@ -38,6 +39,9 @@ ZERO_STAGE = {"none": 0, "zero1": 1, "distopt": 1, "zero2": 2, "zero3": 3}
 
 def unsupported(plan: Plan, job: JobSpec) -> list[str]:
     """Why DeepSpeed cannot run ``plan`` as modelled ([] if it can)."""
+    if plan.sharding == "hsdp":
+        return ["hsdp: DeepSpeed 0.19 removed MiCS (zero_optimization.mics_shard_size), its only hybrid "
+                "shard/replicate ZeRO-3; hpZ shards the optimizer over all ranks"]
     out = []
     stage = ZERO_STAGE[plan.sharding]
     if plan.cp > 1:
@@ -59,6 +63,10 @@ def unsupported(plan: Plan, job: JobSpec) -> list[str]:
     if 0 < plan.offload < 1 and stage != 3:
         out.append(f"a partial optimizer offload (ratio {plan.offload:g}) needs ZeRO-3; with stage {stage} "
                    "DeepSpeed offloads all or nothing")
+    if plan.tp_overlap:
+        out.append("tp_overlap (TP communication/GEMM overlap) is Megatron/Transformer Engine's; AutoTP has none")
+    if plan.recompute_modules:
+        out.append("recompute_modules names Megatron-Core modules; DeepSpeed checkpoints what the model code wraps")
     if plan.pipeline_layers and plan.pp == 1:
         out.append("pipeline_layers without pipeline parallelism")
     return out
@@ -85,6 +93,7 @@ def ds_config(model: ModelSpec, job: JobSpec, plan: Plan) -> dict[str, Any]:
                     overlap_comm=True, contiguous_gradients=True)
     if stage == 3:
         zero.update(stage3_prefetch_bucket_size=int(5e8), stage3_param_persistence_threshold=int(1e6))
+
     if plan.offload > 0:
         off: dict[str, Any] = {"device": "cpu", "pin_memory": True}
         if plan.offload < 1:
@@ -101,29 +110,36 @@ def ds_config(model: ModelSpec, job: JobSpec, plan: Plan) -> dict[str, Any]:
     return cfg
 
 
-def hostfile(cluster: ClusterSpec, placement: Placement) -> str:
-    return "".join(f"{h} slots={cluster.gpus_per_node}\n" for h in hosts(cluster, placement))
+def hostfile(cluster: ClusterSpec, placement: Placement, names: tuple[str, ...] = ()) -> str:
+    return "".join(f"{h} slots={cluster.gpus_per_node}\n" for h in hosts(cluster, placement, names))
 
 
-def launch_script(cluster: ClusterSpec, plan: Plan, placement: Placement) -> str:
-    host_list = hosts(cluster, placement)
-    orders = gpu_orders(cluster, placement)
-    include = "@".join(f"{h}:{','.join(map(str, o))}" for h, o in zip(host_list, orders))
+def launch_script(cluster: ClusterSpec, plan: Plan, placement: Placement, names: tuple[str, ...] = ()) -> str:
     lines = [
         "#!/usr/bin/env bash",
-        "# DeepSpeed launch for this plan (written by configurator). Run once, on the first host of hostfile.",
-        "# The hostfile lists nodes in placement order and --include pins each node's GPU order, so the",
-        "# launcher's ranks (hostfile order x local GPU order) realise the placement.",
+        "# DeepSpeed launch for this plan (written by configurator). Run once, on the first host:",
+        "#   bare metal: bash launch_deepspeed.sh [TRAINING-SCRIPT ARGS...]   (hosts from --hosts/--hostfile)",
+        "#   Slurm:      sbatch launch_deepspeed.sbatch   (hosts from SLURM_JOB_NODELIST)",
+        "# The host list is written in placement order and --include pins each node's GPU order, so the",
+        "# launcher's ranks (host order x local GPU order) realise the placement. DeepSpeed reaches the",
+        "# other nodes with pdsh/ssh (passwordless ssh between the nodes is needed).",
     ]
     if plan.pp > 1:
         lines.append(f"# Pipeline: build the model as deepspeed.pipe.PipelineModule(num_stages={plan.pp}) in train.py.")
     if plan.tp > 1:
         lines.append(f"# Tensor parallel: AutoTP with autotp_size={plan.tp} (ds_config.json tensor_parallel).")
+    lines += node_prologue("launch_deepspeed.sh", cluster, placement, known_hosts(cluster, names),
+                           gpu_orders(cluster, placement), per_node=False)
     lines += [
-        "set -euo pipefail",
-        'HERE="$(cd "$(dirname "$0")" && pwd)"',
-        'TRAIN_SCRIPT="${TRAIN_SCRIPT:-train.py}"  # your DeepSpeed training script',
-        f'exec deepspeed --hostfile "$HERE/hostfile" --include "{include}" --master_addr "{host_list[0]}" \\',
+        'HOSTFILE="$HERE/hostfile"',
+        'if [ -n "${SLURM_JOB_NODELIST:-}" ]; then',
+        '  HOSTFILE="$(mktemp "${TMPDIR:-/tmp}/configurator-hostfile.XXXXXX")"',
+        '  for r in "${!NODE_ORDER[@]}"; do echo "${NODES[${NODE_ORDER[$r]}]} slots=$NPROC"; done > "$HOSTFILE"',
+        "fi",
+        'INCLUDE=""',
+        'for r in "${!NODE_ORDER[@]}"; do INCLUDE+="${INCLUDE:+@}${NODES[${NODE_ORDER[$r]}]}:${GPU_ORDERS[$r]}"; done',
+        'TRAIN_SCRIPT="${TRAIN_SCRIPT:-train.py}"  # your DeepSpeed training script (data, tokenizer, checkpoints)',
+        'exec deepspeed --hostfile "$HOSTFILE" --include "$INCLUDE" --master_addr "$MASTER_ADDR" \\',
         '  "$TRAIN_SCRIPT" --deepspeed --deepspeed_config "$HERE/ds_config.json" "$@"',
     ]
     return "\n".join(lines) + "\n"

@@ -25,6 +25,10 @@ and each node's ``CUDA_VISIBLE_DEVICES`` come from the placement.
 
 from __future__ import annotations
 
+from typing import Callable
+
+from configurator.emit.shell import known_hosts, node_prologue
+from configurator.errors import InputError
 from configurator.placement import Placement, groups
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
@@ -32,6 +36,8 @@ from configurator.specs.model import ModelSpec
 from configurator.specs.plan import Plan
 
 PRE_BLACKWELL = ("ampere", "hopper")
+EXPRESSIBLE_FEATURES = {"shared_expert_gate": "--moe-shared-expert-gate"}
+"""ModelSpec ``features`` Megatron can express (Qwen2-MoE's sigmoid gate on the shared expert)."""
 
 
 def _layout(plan: Plan, model: ModelSpec) -> str:
@@ -43,12 +49,57 @@ def _layout(plan: Plan, model: ModelSpec) -> str:
         if v == 0:
             items.insert(0, "E")
         if v == len(counts) - 1:
+            if model.mtp_layers:  # Megatron: MTP modules sit in the last virtual stage, before the loss
+                items.append(f"m*{model.mtp_layers}" if model.mtp_layers > 1 else "m")
             items.append("L")
         parts.append(",".join(items))
     return "|".join(parts)
 
 
-def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan) -> list[str]:
+def _refuse(field: str, value: object, why: str) -> None:
+    raise InputError(f"model.{field}", value, f"Megatron-LM's pretrain_gpt.py arguments cannot express {why}; "
+                     "refusing rather than emitting a different model")
+
+
+def _rope_args(model: ModelSpec, flag: Callable[..., None]) -> None:
+    """Positions: learned table, or rotary with base, partial rotation and scaling as Megatron spells them."""
+    if model.learned_position_embeddings:
+        flag("--position-embedding-type", "learned_absolute")
+        return
+    if float(model.rope_base) != int(model.rope_base):
+        _refuse("rope_base", model.rope_base, "a non-integer rotary base (--rotary-base is an int)")
+    scaling = model.rope_scaling
+    mla = model.attention == "mla"
+    flag("--position-embedding-type", "yarn" if scaling == "yarn" and not mla else "rope")
+    flag("--rotary-base", int(model.rope_base))
+    if model.rope_percent != 1.0:
+        flag("--rotary-percent", f"{model.rope_percent:g}")
+    if mla:  # MLA's rope_type defaults to yarn in Megatron-Core: always say which
+        flag("--rope-type", "yarn" if scaling == "yarn" else "rope")
+    if scaling == "llama3":
+        if model.rope_original_max_positions != 8192:
+            _refuse("rope_original_max_positions", model.rope_original_max_positions,
+                    "Llama-3 rope scaling with an original context other than 8192 (fixed in Megatron-Core)")
+        flag("--use-rope-scaling")
+        flag("--rope-scaling-factor", f"{model.rope_scaling_factor:g}")
+    elif scaling == "yarn":
+        flag("--rotary-scaling-factor", f"{model.rope_scaling_factor:g}")
+        flag("--mscale", f"{model.rope_mscale:g}")
+        flag("--mscale-all-dim", f"{model.rope_mscale_all_dim:g}")
+        if mla:
+            if model.rope_original_max_positions not in (0, 4096):
+                _refuse("rope_original_max_positions", model.rope_original_max_positions,
+                        "an MLA YaRN original context other than 4096 (MLATransformerConfig's default, no flag)")
+        else:
+            flag("--yarn-original-max-position-embeddings", model.rope_original_max_positions or 4096)
+    elif scaling == "linear":
+        if float(model.rope_scaling_factor) != int(model.rope_scaling_factor):
+            _refuse("rope_scaling_factor", model.rope_scaling_factor, "a non-integer linear rope interpolation")
+        flag("--rotary-seq-len-interpolation-factor", int(model.rope_scaling_factor))
+
+
+def model_args(model: ModelSpec, job: JobSpec, plan: Plan) -> list[str]:
+    """The network itself: every ModelSpec field as Megatron spells it, or an InputError naming the field."""
     a: list[str] = []
 
     def flag(name: str, value: object = None) -> None:
@@ -56,7 +107,17 @@ def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
         if value is not None:
             a.append(str(value))
 
-    # ----- model shape -----
+    for feature in model.features:
+        if feature not in EXPRESSIBLE_FEATURES:
+            _refuse("features", feature, f"'{feature}'")
+    if model.norm_placement != "pre":
+        _refuse("norm_placement", model.norm_placement, f"{model.norm_placement}-norm layers (only pre-norm)")
+    if model.qk_norm_full_width:
+        _refuse("qk_norm_full_width", True, "a query/key norm across all heads (--qk-layernorm is per head)")
+    if model.activation == "gelu_tanh":
+        _refuse("activation", model.activation, "a gated GELU-tanh MLP (GeGLU; --quick-geglu is a different function)")
+    if model.moe_router_score == "sigmoid" and not model.moe_norm_topk_prob and model.moe_topk > 1:
+        _refuse("moe_norm_topk_prob", False, "unnormalised sigmoid top-k weights (Megatron normalises them)")
     flag("--num-layers", model.num_layers)
     flag("--hidden-size", model.hidden_size)
     flag("--ffn-hidden-size", model.ffn_hidden_size)
@@ -68,12 +129,22 @@ def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
         flag("--kv-channels", model.head_dim)
     flag("--seq-length", job.seq_len)
     flag("--max-position-embeddings", max(job.seq_len, model.learned_position_embeddings))
-    flag("--position-embedding-type", "learned_absolute" if model.learned_position_embeddings else "rope")
+    _rope_args(model, flag)
     flag("--normalization", "RMSNorm" if model.norm == "rmsnorm" else "LayerNorm")
+    flag("--norm-epsilon", f"{model.norm_eps:g}")
+    if model.norm_zero_centered:
+        flag("--apply-layernorm-1p")
     if model.mlp == "swiglu":
         flag("--swiglu")
+    elif model.mlp == "relu2":
+        flag("--squared-relu")
     if not model.linear_bias or (model.is_moe and plan.etp > 1):
+        if model.linear_bias:
+            _refuse("linear_bias", True, "linear biases with expert-tensor parallelism > 1 (Megatron requires "
+                    "--disable-bias-linear there)")
         flag("--disable-bias-linear")
+        if model.qkv_bias:
+            flag("--add-qkv-bias")
     if not model.tied_embeddings:
         flag("--untie-embeddings-and-output-weights")
     if model.qk_norm:
@@ -99,8 +170,43 @@ def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
         if model.first_dense_layers or model.moe_layer_freq > 1:
             pattern = [1 if model.layer_is_moe(i) else 0 for i in range(model.num_layers)]
             flag("--moe-layer-freq", "[" + ",".join(map(str, pattern)) + "]")
+        flag("--moe-router-score-function", model.moe_router_score)
+        if not model.moe_norm_topk_prob:
+            flag("--moe-router-pre-softmax")
+        if model.moe_router_expert_bias:
+            flag("--moe-router-enable-expert-bias")
+        if model.moe_router_num_groups:
+            flag("--moe-router-num-groups", model.moe_router_num_groups)
+            flag("--moe-router-group-topk", model.moe_router_group_topk)
+        if model.moe_routed_scaling_factor != 1.0:
+            flag("--moe-router-topk-scaling-factor", f"{model.moe_routed_scaling_factor:g}")
+        flag("--moe-router-load-balancing-type", model.moe_aux_loss_type if model.moe_aux_loss_coeff else "none")
+        if model.moe_aux_loss_coeff:
+            flag("--moe-aux-loss-coeff", f"{model.moe_aux_loss_coeff:g}")
         flag("--moe-token-dispatcher-type", "alltoall")
         flag("--moe-grouped-gemm")
+    if model.mtp_layers:
+        flag("--mtp-num-layers", model.mtp_layers)
+    for feature in model.features:
+        flag(EXPRESSIBLE_FEATURES[feature])
+    return a
+
+
+def hierarchical_cp_sizes(cluster: ClusterSpec, plan: Plan) -> tuple[int, int]:
+    """a2a+p2p: all-to-all inside the node (the largest divisor of cp that fits next to tp on one node),
+    ring (p2p) across the rest."""
+    inner = max(d for d in range(1, plan.cp + 1) if plan.cp % d == 0 and plan.tp * d <= cluster.gpus_per_node)
+    return inner, plan.cp // inner
+
+
+def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan) -> list[str]:
+    a: list[str] = model_args(model, job, plan)
+
+    def flag(name: str, *values: object) -> None:
+        a.append(name)
+        a.extend(str(v) for v in values)
+
+    if model.is_moe:
         flag("--expert-model-parallel-size", plan.ep)
         flag("--expert-tensor-parallel-size", plan.etp)
     # ----- parallelism -----
@@ -114,19 +220,33 @@ def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
         flag("--sequence-parallel")
     if plan.cp > 1:
         flag("--context-parallel-size", plan.cp)
-        flag("--cp-comm-type", "p2p")
+        if plan.cp_comm is not None:  # None: Megatron's default (p2p)
+            flag("--cp-comm-type", plan.cp_comm)
+            if plan.cp_comm == "a2a+p2p":
+                flag("--hierarchical-context-parallel-sizes", *hierarchical_cp_sizes(cluster, plan))
+    if plan.tp_overlap:
+        # Needs Transformer Engine built with userbuffers (NGC PyTorch containers) and sequence parallel.
+        flag("--tp-comm-overlap")
+    if plan.ep_overlap:
+        flag("--overlap-moe-expert-parallel-comm")
     if plan.sharding in ("distopt", "zero1"):
         flag("--use-distributed-optimizer")
         flag("--overlap-grad-reduce")
         flag("--overlap-param-gather")
-    elif plan.sharding in ("zero2", "zero3"):
+    elif plan.sharding in ("zero2", "zero3", "hsdp"):
         flag("--use-megatron-fsdp")
         flag("--data-parallel-sharding-strategy", "optim_grads" if plan.sharding == "zero2" else "optim_grads_params")
+        if plan.sharding == "hsdp":
+            # Megatron-FSDP's HSDP: shard inside groups, replicate across (dp*cp / shard_group) instances.
+            flag("--num-distributed-optimizer-instances", plan.dp * plan.cp // plan.shard_group)
+            flag("--outer-dp-sharding-strategy", "no_shard")
         flag("--ckpt-format", "fsdp_dtensor")  # Megatron-FSDP asserts this checkpoint format
         flag("--overlap-grad-reduce")
         flag("--overlap-param-gather")
     if plan.recompute == "selective":
         flag("--recompute-granularity", "selective")
+        if plan.recompute_modules:
+            flag("--recompute-modules", *plan.recompute_modules)
     elif plan.recompute == "full":
         flag("--recompute-granularity", "full")
         if plan.recompute_num_layers:
@@ -158,7 +278,7 @@ def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
 def needs_single_connection(cluster: ClusterSpec, plan: Plan) -> bool:
     """Megatron asserts CUDA_DEVICE_MAX_CONNECTIONS=1 with TP or CP > 1 before Blackwell, except under
     Megatron-FSDP (ZeRO-2/3), which asserts the opposite (it only warns about the TP/CP combination)."""
-    fsdp = plan.sharding in ("zero2", "zero3")
+    fsdp = plan.sharding in ("zero2", "zero3", "hsdp")
     return (plan.tp > 1 or plan.cp > 1) and cluster.gpu.family in PRE_BLACKWELL and not fsdp
 
 
@@ -169,45 +289,59 @@ def user_args(model: ModelSpec) -> list[str]:
             "--lr-warmup-iters", "10", "--weight-decay", "0.1", "--clip-grad", "1.0", "--log-interval", "1"]
 
 
-def hosts(cluster: ClusterSpec, placement: Placement) -> list[str]:
-    """Host of each job slot, in placement order (measured profiles name them; presets get node00...)."""
-    names = [n.host for n in cluster.nodes] if cluster.nodes else [f"node{i:02d}" for i in range(cluster.num_nodes)]
-    return [names[i] for i in placement.node_order]
+def hosts(cluster: ClusterSpec, placement: Placement, names: tuple[str, ...] = ()) -> list[str]:
+    """Host of each job slot, in placement order (given names, a measured profile's, else node00...)."""
+    known = known_hosts(cluster, names) or tuple(f"node{i:02d}" for i in range(cluster.num_nodes))
+    return [known[i] for i in placement.node_order]
 
 
 def gpu_orders(cluster: ClusterSpec, placement: Placement) -> list[list[int]]:
     return [list(o) for o in placement.gpu_order] or [list(range(cluster.gpus_per_node))] * cluster.num_nodes
 
 
-def launch_script(model: ModelSpec, cluster: ClusterSpec, plan: Plan, placement: Placement) -> str:
-    host_list = hosts(cluster, placement)
-    orders = gpu_orders(cluster, placement)
+def connections_env(cluster: ClusterSpec, plan: Plan) -> str | None:
+    """The CUDA_DEVICE_MAX_CONNECTIONS the launch script exports (None: leave it unset)."""
+    if needs_single_connection(cluster, plan):
+        return "1"
+    if plan.ep_overlap and cluster.gpu.family in PRE_BLACKWELL:
+        return "32"  # Megatron: EP A2A overlap wants more than one hardware queue
+    return None
+
+
+def launch_script(model: ModelSpec, cluster: ClusterSpec, plan: Plan, placement: Placement,
+                  names: tuple[str, ...] = ()) -> str:
     lines = [
         "#!/usr/bin/env bash",
         "# Per-node launch of Megatron-LM's pretrain_gpt.py for this plan (written by configurator).",
-        "# Run on every node:  bash launch_megatron.sh NODE_RANK [MASTER_ADDR] [MASTER_PORT]",
-        "# NODE_RANK is the node's position in HOSTS below (the placement's node order); static ranks, not",
-        "# c10d rendezvous, because c10d orders nodes by address and would undo the placement.",
+        "#   bare metal: on every node   bash launch_megatron.sh NODE_RANK [MASTER_ADDR] [MASTER_PORT]",
+        "#   Slurm:      sbatch launch_megatron.sbatch   (srun runs this once per node)",
+        "# Static node ranks, not c10d rendezvous: c10d orders nodes by address and would undo the placement.",
         "# Global rank = NODE_RANK * NPROC + local rank; groups follow Megatron's tp-cp-ep-dp-pp order",
         "# (leftmost fastest), see placement.txt.",
-        "set -euo pipefail",
-        'HERE="$(cd "$(dirname "$0")" && pwd)"',
-        f"HOSTS=({' '.join(host_list)})",
-        'NODE_RANK="${1:?usage: launch_megatron.sh NODE_RANK [MASTER_ADDR] [MASTER_PORT]}"',
-        'MASTER_ADDR="${2:-${HOSTS[0]}}"',
-        'MASTER_PORT="${3:-6000}"',
-        f"NNODES={cluster.num_nodes}",
-        f"NPROC={cluster.gpus_per_node}",
+    ]
+    lines += node_prologue("launch_megatron.sh", cluster, placement, known_hosts(cluster, names),
+                           gpu_orders(cluster, placement), per_node=True)
+    lines += [
         'MEGATRON_DIR="${MEGATRON_DIR:-$PWD/Megatron-LM}"',
-        "GPU_ORDERS=(" + " ".join('"' + ",".join(map(str, o)) + '"' for o in orders) + ")",
+        '[ -f "$MEGATRON_DIR/pretrain_gpt.py" ] || die "MEGATRON_DIR=$MEGATRON_DIR has no pretrain_gpt.py'
+        ' (set MEGATRON_DIR to a Megatron-LM checkout)"',
         'export CUDA_VISIBLE_DEVICES="${GPU_ORDERS[$NODE_RANK]}"',
     ]
-    if needs_single_connection(cluster, plan):
+    conn = connections_env(cluster, plan)
+    if conn == "1":
         lines.append("export CUDA_DEVICE_MAX_CONNECTIONS=1  # Megatron asserts it with TP/CP > 1 before Blackwell")
+    elif conn is not None:
+        lines.append(f"export CUDA_DEVICE_MAX_CONNECTIONS={conn}  # EP all-to-all overlap needs several queues")
+    else:
+        lines.append("unset CUDA_DEVICE_MAX_CONNECTIONS  # this plan needs the driver's default")
+    if plan.tp_overlap:
+        lines.append("# --tp-comm-overlap needs Transformer Engine built with userbuffers (NGC PyTorch containers).")
     lines += [
-        "# Data, tokenizer and schedule are yours: replace these placeholders.",
-        'USER_ARGS=(' + " ".join(user_args(model)) + ')',
-        'read -r -a PLAN_ARGS < <(tr "\\n" " " < "$HERE/megatron_args.txt")',
+        "# Data, tokenizer, schedule and checkpoints are yours: replace these placeholders, e.g.",
+        "#   --data-path PREFIX --tokenizer-type HuggingFaceTokenizer --tokenizer-model NAME_OR_DIR",
+        "#   --save CKPT_DIR --load CKPT_DIR --save-interval N --train-iters N --lr ...",
+        "USER_ARGS=(" + " ".join(user_args(model)) + ")",
+        'mapfile -t PLAN_ARGS < "$HERE/megatron_args.txt"  # one word per line',
         'exec torchrun --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$NPROC" \\',
         '  --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \\',
         '  "$MEGATRON_DIR/pretrain_gpt.py" "${PLAN_ARGS[@]}" "${USER_ARGS[@]}"',
@@ -215,8 +349,8 @@ def launch_script(model: ModelSpec, cluster: ClusterSpec, plan: Plan, placement:
     return "\n".join(lines) + "\n"
 
 
-def placement_text(cluster: ClusterSpec, plan: Plan, placement: Placement) -> str:
-    host_list = hosts(cluster, placement)
+def placement_text(cluster: ClusterSpec, plan: Plan, placement: Placement, names: tuple[str, ...] = ()) -> str:
+    host_list = hosts(cluster, placement, names)
     orders = gpu_orders(cluster, placement)
     g = cluster.gpus_per_node
     lines = ["# Placement of the plan's ranks (written by configurator).",
@@ -239,4 +373,5 @@ def placement_text(cluster: ClusterSpec, plan: Plan, placement: Placement) -> st
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["launch_script", "megatron_args", "needs_single_connection", "placement_text", "user_args"]
+__all__ = ["connections_env", "launch_script", "megatron_args", "model_args", "needs_single_connection",
+           "placement_text", "user_args"]

@@ -24,6 +24,14 @@ MLP_KINDS: tuple[str, ...] = ("gelu", "swiglu", "relu2")
 """relu2 = squared ReLU without a gate (Nemotron): two matrices, like gelu."""
 ATTENTION_KINDS: tuple[str, ...] = ("mha", "gqa", "mla")
 NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm")
+ACTIVATIONS: tuple[str, ...] = ("", "gelu_tanh")
+"""Activation override; "" = the MLP kind's own (swiglu: SiLU, gelu: GELU, relu2: ReLU^2). gelu_tanh with
+mlp=swiglu is a gated GELU-tanh (GeGLU, Gemma): same matrices as SwiGLU, a different nonlinearity."""
+ROPE_SCALINGS: tuple[str, ...] = ("", "llama3", "yarn", "linear")
+NORM_PLACEMENTS: tuple[str, ...] = ("pre", "post", "sandwich")
+"""pre: a norm before attention and before the MLP (Llama); post: after each sublayer's output, before the
+residual add, no input norm (OLMo-2, EXAONE-4); sandwich: both (Gemma-2/3, GLM-4): four norms a layer."""
+ROUTER_SCORES: tuple[str, ...] = ("softmax", "sigmoid")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,6 +85,46 @@ class ModelSpec:
     qk_nope_head_dim: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    # What changes the network without changing the cost model's shapes; emitted so the launch files
+    # describe the same model (issue 14). Defaults are Llama-2's and keep every count unchanged.
+    rope_base: float = 10000.0
+    """Rotary base (theta): Llama-3 500000, Qwen/Mixtral 1e6."""
+    rope_percent: float = 1.0
+    """Fraction of each head's dimensions that are rotated (GLM-4, Nemotron: 0.5)."""
+    rope_scaling: str = ""
+    """"" none; llama3 (Llama-3.1: factor, low 1, high 4, original 8192); yarn (DeepSeek-V3); linear."""
+    rope_scaling_factor: float = 1.0
+    rope_original_max_positions: int = 0
+    """The context the rotary frequencies were trained for, before scaling (0 = not scaled)."""
+    rope_mscale: float = 1.0
+    rope_mscale_all_dim: float = 0.0
+    qkv_bias: bool = False
+    """Biases on the query/key/value projections only (Qwen2, GLM-4); linear_bias covers all linears."""
+    norm_eps: float = 1e-5
+    norm_zero_centered: bool = False
+    """Norm weights stored as w-1 (layernorm1p: Nemotron; Gemma's RMSNorm)."""
+    norm_placement: str = "pre"
+    qk_norm_full_width: bool = False
+    """The query/key norm spans all heads (OLMo-2: over heads x head_dim), not one head (Qwen3)."""
+    activation: str = ""
+    moe_router_score: str = "softmax"
+    moe_norm_topk_prob: bool = True
+    """Top-k weights renormalised to sum to 1 (Mixtral, Qwen3-MoE, DeepSeek-V3); False: Qwen2-MoE."""
+    moe_router_expert_bias: bool = False
+    """Aux-loss-free balancing: a per-expert bias added to the scores for selection (DeepSeek-V3)."""
+    moe_router_num_groups: int = 0
+    moe_router_group_topk: int = 0
+    """Group-limited routing: experts in ``num_groups`` groups, tokens go to the best ``group_topk``."""
+    moe_routed_scaling_factor: float = 1.0
+    moe_aux_loss_coeff: float = 0.0
+    moe_aux_loss_type: str = "aux_loss"
+    """aux_loss (per micro-batch, Switch/Mixtral) or seq_aux_loss (per sequence, DeepSeek-V3)."""
+    mtp_layers: int = 0
+    """Multi-token-prediction modules after the main stack (DeepSeek-V3: 1); not in ``total_params``."""
+    features: tuple[str, ...] = ()
+    """Named properties of the network outside the fields above ("sliding_window=4096",
+    "logit_softcapping=30", "embedding_multiplier=12", "attention_sinks", ...). Nothing may silently
+    drop them: an emitter that cannot express one refuses the model, naming it."""
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
@@ -88,6 +136,39 @@ class ModelSpec:
                      "qk_rope_head_dim", "v_head_dim"):
             require_nonnegative_int(name, getattr(self, name))
         require_positive_int("moe_layer_freq", self.moe_layer_freq)
+        for name in ("rope_original_max_positions", "moe_router_num_groups", "moe_router_group_topk",
+                     "mtp_layers"):
+            require_nonnegative_int(name, getattr(self, name))
+        for name in ("rope_base", "rope_percent", "rope_scaling_factor", "norm_eps",
+                     "moe_routed_scaling_factor", "rope_mscale"):
+            value = getattr(self, name)
+            require(not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < 1e12,
+                    name, value, "must be a positive number")
+        for name in ("rope_mscale_all_dim", "moe_aux_loss_coeff"):
+            value = getattr(self, name)
+            require(not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < 1e12,
+                    name, value, "must be a non-negative number")
+        require(self.rope_percent <= 1, "rope_percent", self.rope_percent, "must be in (0, 1]")
+        require(self.rope_scaling in ROPE_SCALINGS, "rope_scaling", self.rope_scaling,
+                f"must be one of {', '.join(repr(r) for r in ROPE_SCALINGS)}")
+        require(self.norm_placement in NORM_PLACEMENTS, "norm_placement", self.norm_placement,
+                f"must be one of {', '.join(NORM_PLACEMENTS)}")
+        require(self.activation in ACTIVATIONS, "activation", self.activation,
+                f"must be one of {', '.join(repr(a) for a in ACTIVATIONS)}")
+        require(self.moe_router_score in ROUTER_SCORES, "moe_router_score", self.moe_router_score,
+                f"must be one of {', '.join(ROUTER_SCORES)}")
+        require(self.moe_aux_loss_type in ("aux_loss", "seq_aux_loss"), "moe_aux_loss_type",
+                self.moe_aux_loss_type, "must be aux_loss or seq_aux_loss")
+        if isinstance(self.features, list):  # from JSON
+            object.__setattr__(self, "features", tuple(self.features))
+        require(isinstance(self.features, tuple) and all(isinstance(f, str) and f for f in self.features),
+                "features", self.features, "must be a list of non-empty names")
+        if self.moe_router_num_groups or self.moe_router_group_topk:
+            require(self.moe_router_num_groups > 0 and 0 < self.moe_router_group_topk <= self.moe_router_num_groups,
+                    "moe_router_group_topk", self.moe_router_group_topk,
+                    f"must be in 1..moe_router_num_groups={self.moe_router_num_groups}")
+            require(self.num_experts % self.moe_router_num_groups == 0, "moe_router_num_groups",
+                    self.moe_router_num_groups, f"must divide num_experts={self.num_experts}")
         require(self.mlp in MLP_KINDS, "mlp", self.mlp, f"must be one of {', '.join(MLP_KINDS)}")
         require(self.attention in ATTENTION_KINDS, "attention", self.attention,
                 f"must be one of {', '.join(ATTENTION_KINDS)}")
@@ -153,6 +234,10 @@ class ModelSpec:
         return self.hidden_size * (2 if self.norm == "layernorm" else 1)
 
     @property
+    def norms_per_layer(self) -> int:
+        return 4 if self.norm_placement == "sandwich" else 2
+
+    @property
     def attention_params(self) -> int:
         """Attention block of one layer, its input norm excluded."""
         h = self.hidden_size
@@ -173,8 +258,10 @@ class ModelSpec:
         params = h * (q_width + 2 * kv_width) + q_width * h
         if self.linear_bias:
             params += q_width + 2 * kv_width + h
+        elif self.qkv_bias:
+            params += q_width + 2 * kv_width
         if self.qk_norm:
-            params += 2 * d
+            params += (q_width + kv_width) if self.qk_norm_full_width else 2 * d
         return params
 
     def _mlp_params(self, ffn: int) -> int:
@@ -208,7 +295,7 @@ class ModelSpec:
         experts are split over EP x expert-TP. Shared experts and the router count as
         non-expert (Megatron shards shared experts with TP like a dense MLP).
         """
-        common = self.attention_params + 2 * self.norm_params
+        common = self.attention_params + self.norms_per_layer * self.norm_params
         if self.layer_is_moe(index):
             return (common + self.shared_expert_params + self.router_params,
                     self.num_experts * self.expert_params)
@@ -226,6 +313,15 @@ class ModelSpec:
     def total_params(self) -> int:
         layers = sum(sum(self.layer_params(i)) for i in range(self.num_layers))
         return layers + self.norm_params + self.embedding_params + self.lm_head_params
+
+    @property
+    def mtp_params(self) -> int:
+        """Multi-token-prediction modules (DeepSeek-V3): per module a projection of [h; e] (2h x h), two
+        input norms, one transformer layer like the last one, a final norm; embedding and head shared."""
+        if not self.mtp_layers:
+            return 0
+        per = 2 * self.hidden_size * self.hidden_size + 3 * self.norm_params + sum(self.layer_params(self.num_layers - 1))
+        return self.mtp_layers * per
 
     @property
     def active_params(self) -> int:

@@ -1,6 +1,8 @@
 """Validate an emitted ds_config.json with DeepSpeed's own ``DeepSpeedConfig`` (validators environment).
 
-Usage: python deepspeed_check.py DIR:DATA_PARALLEL_SIZE [...]
+Usage: python deepspeed_check.py RECORD:DATA_PARALLEL_SIZE [...]
+RECORD.argv is what the emitted launch_deepspeed.sh passed to the ``deepspeed`` launcher (recorded by a stub,
+NUL-separated); the config checked is the file its ``--deepspeed_config`` names.
 DeepSpeed falls back to world size 1 unless ``deepspeed.comm`` works, so a one-process gloo group is
 started, and an ``mpu`` reports the data-parallel size so the batch equation
 ``train_batch_size = micro_batch x accumulation x dp`` is checked for the real cluster. Prints one JSON
@@ -55,8 +57,10 @@ def main() -> int:
     failed = 0
     for directory, dp in specs:
         try:
+            argv = Path(f"{directory}.argv").read_bytes().decode().split("\0")[:-1]
+            config_path = Path(argv[argv.index("--deepspeed_config") + 1])
             with contextlib.redirect_stdout(io.StringIO()):
-                config = json.loads((Path(directory) / "ds_config.json").read_text())
+                config = json.loads(config_path.read_text())
                 parsed = DeepSpeedConfig(config, mpu=_MPU(int(dp)))
         except BaseException as exc:  # noqa: BLE001 - report every rejection as data
             failed += 1

@@ -1,12 +1,13 @@
 """Validate emitted Megatron-LM arguments with Megatron's own code (runs in the validators environment).
 
-Usage: python megatron_check.py DIR:WORLD_SIZE:GPU_FAMILY [...]
-For each emitted folder: reads DIR/megatron_args.txt and the USER_ARGS placeholders of
-DIR/launch_megatron.sh (and whether it exports CUDA_DEVICE_MAX_CONNECTIONS=1), then runs ``parse_args`` +
-``validate_args``, builds the TransformerConfig, the OptimizerConfig and the DDP config as
-``pretrain_gpt.py`` would, and Megatron's ``RankGenerator`` groups (order tp-cp-ep-dp-pp). Prints one
-JSON object per folder: {"dir": ..., "ok": true, "groups": {...}} or {"dir": ..., "ok": false, "error": ...};
-exit 1 if any folder was rejected.
+Usage: python megatron_check.py RECORD:GPU_FAMILY [...]
+RECORD.argv / RECORD.env are what the emitted launch_megatron.sh passed to ``torchrun`` (recorded by a stub
+launcher, NUL-separated): the world size is torchrun's ``--nnodes x --nproc-per-node``, the arguments are
+the words after ``pretrain_gpt.py``, and CUDA_DEVICE_MAX_CONNECTIONS is set exactly as the script exported
+it. Then ``parse_args`` + ``validate_args`` run, the TransformerConfig, the OptimizerConfig and the DDP
+config are built as ``pretrain_gpt.py`` would, and Megatron's ``RankGenerator`` groups (order
+tp-cp-ep-dp-pp). Prints one JSON object per record: {"dir": RECORD, "ok": true, "groups": {...},
+"model": {...}} or {"dir": ..., "ok": false, "error": ...}; exit 1 if any was rejected.
 """
 
 from __future__ import annotations
@@ -29,16 +30,62 @@ def _provided_by_transformer_engine(*args: object, **kwargs: object) -> None:
     raise RuntimeError("stand-in for a Transformer Engine kernel: validation never runs it")
 
 
-def check(out_dir: Path, world: int) -> dict:
-    launch = (out_dir / "launch_megatron.sh").read_text()
-    if "export CUDA_DEVICE_MAX_CONNECTIONS=1" in launch:
-        os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"
+MODEL_FIELDS = (
+    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
+    "normalization", "layernorm_epsilon", "layernorm_zero_centered_gamma", "gated_linear_unit", "add_bias_linear",
+    "add_qkv_bias", "qk_layernorm", "multi_latent_attention", "q_lora_rank", "kv_lora_rank", "qk_head_dim",
+    "qk_pos_emb_head_dim", "v_head_dim", "rotary_scaling_factor", "mscale", "mscale_all_dim", "rope_type",
+    "original_max_position_embeddings", "num_moe_experts", "moe_router_topk", "moe_ffn_hidden_size",
+    "moe_shared_expert_intermediate_size", "moe_layer_freq", "moe_router_score_function",
+    "moe_router_enable_expert_bias", "moe_router_num_groups", "moe_router_group_topk",
+    "moe_router_topk_scaling_factor", "moe_aux_loss_coeff", "moe_router_load_balancing_type",
+    "moe_router_pre_softmax", "mtp_num_layers", "attention_dropout", "hidden_dropout",
+)
+ARG_FIELDS = ("position_embedding_type", "rotary_base", "rotary_percent", "use_rope_scaling", "rope_scaling_factor",
+              "rotary_seq_len_interpolation_factor", "yarn_original_max_position_embeddings",
+              "untie_embeddings_and_output_weights", "swiglu", "squared_relu", "vocab_size",
+              "make_vocab_size_divisible_by", "max_position_embeddings", "seq_length")
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return getattr(value, "__name__", None) or str(value)
+
+
+def _model_fields(args, config) -> dict:  # type: ignore[no-untyped-def]
+    """What Megatron will build, read back from its parsed args and TransformerConfig."""
+    out = {f: _jsonable(getattr(config, f, None)) for f in MODEL_FIELDS}
+    out.update({f: _jsonable(getattr(args, f, None)) for f in ARG_FIELDS})
+    out["activation_func"] = _jsonable(config.activation_func)
+    out["padded_vocab_size"] = _padded_vocab(args)
+    return out
+
+
+def _padded_vocab(args) -> int:  # type: ignore[no-untyped-def]
+    multiple = args.make_vocab_size_divisible_by * args.tensor_model_parallel_size
+    return -(-args.vocab_size // multiple) * multiple
+
+
+def read_record(prefix: Path) -> tuple[list[str], dict[str, str]]:
+    argv = Path(f"{prefix}.argv").read_bytes().decode().split("\0")[:-1]
+    env = dict(item.split("=", 1) for item in Path(f"{prefix}.env").read_bytes().decode().split("\0") if "=" in item)
+    return argv, env
+
+
+def check(record: Path) -> dict:
+    argv, env = read_record(record)
+    script = next(i for i, word in enumerate(argv) if word.endswith("pretrain_gpt.py"))
+    launcher = argv[:script]
+    world = int(launcher[launcher.index("--nnodes") + 1]) * int(launcher[launcher.index("--nproc-per-node") + 1])
+    if "CUDA_DEVICE_MAX_CONNECTIONS" in env:
+        os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] = env["CUDA_DEVICE_MAX_CONNECTIONS"]
     else:
         os.environ.pop("CUDA_DEVICE_MAX_CONNECTIONS", None)
     os.environ.update(WORLD_SIZE=str(world), RANK="0", LOCAL_RANK="0")
-    user = next(line for line in launch.splitlines() if line.startswith("USER_ARGS=("))
-    extra = user[len("USER_ARGS=("):-1].split()
-    plan_args = (out_dir / "megatron_args.txt").read_text().split()
+    out_dir = record
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             from megatron.core.distributed import DistributedDataParallelConfig
@@ -59,7 +106,7 @@ def check(out_dir: Path, world: int) -> dict:
             for name in ("fused_apply_rotary_pos_emb", "fused_apply_rotary_pos_emb_thd"):
                 if getattr(rope_utils, name, None) is None:
                     setattr(rope_utils, name, _provided_by_transformer_engine)
-            sys.argv = ["pretrain_gpt.py", *plan_args, *extra]
+            sys.argv = ["pretrain_gpt.py", *argv[script + 1:]]
             args = parse_args()
             validate_args(args)
             config = core_transformer_config_from_args(args)
@@ -82,7 +129,14 @@ def check(out_dir: Path, world: int) -> dict:
         last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         where = f" ({Path(last.filename).name}:{last.lineno})" if last else ""
         return {"dir": str(out_dir), "ok": False, "error": f"{type(exc).__name__}: {exc}{where}"}
-    return {"dir": str(out_dir), "ok": True, "data_parallel_size": args.data_parallel_size,
+    return {"dir": str(out_dir), "ok": True, "world_size": world, "data_parallel_size": args.data_parallel_size,
+            "model": _model_fields(args, config),
+            "cp_comm_type": _jsonable(args.cp_comm_type), "tp_comm_overlap": args.tp_comm_overlap,
+            "overlap_moe_expert_parallel_comm": args.overlap_moe_expert_parallel_comm,
+            "recompute_modules": _jsonable(args.recompute_modules),
+            "hierarchical_context_parallel_sizes": _jsonable(args.hierarchical_context_parallel_sizes),
+            "num_distributed_optimizer_instances": args.num_distributed_optimizer_instances,
+            "use_megatron_fsdp": args.use_megatron_fsdp,
             "num_layers": config.num_layers, "optimizer": optimizer_config.optimizer,
             "offload_fraction": getattr(optimizer_config, "optimizer_offload_fraction", None), "groups": groups}
 
@@ -90,16 +144,16 @@ def check(out_dir: Path, world: int) -> dict:
 def main() -> int:
     import _shims
 
-    specs = [arg.rsplit(":", 2) for arg in sys.argv[1:]]
+    specs = [arg.rsplit(":", 1) for arg in sys.argv[1:]]
     installed = None
     failed = 0
-    for directory, world, family in specs:
+    for record, family in specs:
         if installed is None:
             _shims.install(family)
             installed = family
         elif family != installed:
             _shims.set_family(family)
-        result = check(Path(directory), int(world))
+        result = check(Path(record))
         failed += not result["ok"]
         print(json.dumps(result), flush=True)
     return 1 if failed else 0
