@@ -131,10 +131,10 @@ def resolve_case(case: RunCase) -> tuple[RunCase, MemoryReport | None]:
     if case.error:
         return case, None
     assert case.model and case.cluster and case.job and case.plan
-    memory = estimate_memory(case.model, case.cluster, case.job, case.plan, runtime=case.runtime)
+    memory = estimate_memory(case.model, case.cluster, case.job, case.plan, runtime=case.memory_layout)
     if case.recompute_unknown:
         for plan in recompute_ladder(case):
-            memory = estimate_memory(case.model, case.cluster, case.job, plan, runtime=case.runtime)
+            memory = estimate_memory(case.model, case.cluster, case.job, plan, runtime=case.memory_layout)
             if memory.fits:
                 break
         what = plan.recompute + (f" ({plan.recompute_num_layers} layers per chunk)"
