@@ -66,6 +66,12 @@ class Runtime:
     """Stage-boundary activations kept per in-flight micro-batch (DeepSpeed's pipe buffers)."""
     zero3_pp_unsharded: bool
     """With pp > 1, ZeRO-3 keeps the stage's bf16 parameters and grads unsharded (torchtitan)."""
+    pp_unsharded_grad_bytes: float = 2.0
+    """With ``zero3_pp_unsharded``: bytes per parameter of the unsharded gradient accumulated over the
+    micro-batches (FSDP2 upcasts it to its fp32 reduce dtype while gradient sync is off: 4)."""
+    selective_policy: str = "fraction"
+    """What selective recompute keeps without a module list: ``fraction`` (``selective_keep_fraction``
+    of the layer) or ``op_every_second_mm`` (torchtitan's op-level policy, ``torchtitan_op_sac_bytes``)."""
 
     @property
     def optimizer_bytes(self) -> float:
@@ -353,7 +359,36 @@ def layer_kept_bytes(model: ModelSpec, job: JobSpec, plan: Plan, index: int, rt:
     if plan.recompute_modules:
         dropped = recompute_dropped_parts(plan.recompute_modules)
         return sum(v for k, v in parts.items() if k not in dropped)
+    if rt.selective_policy == "op_every_second_mm" and model.attention != "mla" and not model.layer_is_moe(index):
+        return torchtitan_op_sac_bytes(model, job, plan)
     return rt.selective_keep_fraction * sum(parts.values())
+
+
+def torchtitan_op_sac_bytes(model: ModelSpec, job: JobSpec, plan: Plan) -> float:
+    """Bytes a dense layer keeps under torchtitan's op-level selective activation checkpointing.
+
+    The policy (torchtitan ``activation_checkpoint.py``, ``_get_custom_policy``) saves the outputs of
+    ``aten.mm`` except every second one, of the SDPA kernels and of TP's reduce-scatters, and
+    recomputes everything else from the checkpointed layer input. The layer's matmuls run in the
+    order wq, wk, wv, wo, w1, w3, w2 (gelu/relu2: fc1, fc2), so the odd ones are kept: wq, wv, w1, w2
+    (bf16 outputs, also under Float8 training). Plus the layer input, the attention output and its
+    fp32 log-sum-exp. Row-parallel outputs under TP are the unreduced (full-width) matmul output plus
+    the reduce-scattered shard.
+    """
+    h = model.hidden_size
+    tp = plan.tp
+    sp_div = tp if plan.sp else 1
+    q = model.num_attention_heads * model.kv_channels
+    kv = model.num_kv_heads * model.kv_channels
+    f = model.ffn_hidden_size
+    row_out = h + (h / tp if tp > 1 else 0.0)  # width of a row-parallel output kept per token
+    # (width, column-parallel?) of each matmul output, in execution order
+    mms = [(q / tp, True), (kv / tp, True), (kv / tp, True), (row_out, False)]
+    mms += ([(f / tp, True), (f / tp, True), (row_out, False)] if model.mlp == "swiglu"
+            else [(f / tp, True), (row_out, False)])
+    kept_mm = sum(width for n, (width, _) in enumerate(mms, start=1) if n % 2 == 1)
+    per_token = 2 * h / sp_div + 2 * kept_mm + 2 * q / tp + 4 * model.num_attention_heads / tp
+    return job.seq_len / plan.cp * plan.micro_batch * per_token
 
 
 def layer_input_bytes(model: ModelSpec, job: JobSpec, plan: Plan) -> float:
@@ -470,7 +505,7 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
             grads += 4 * biggest
             if plan.pp > 1 and rt.zero3_pp_unsharded:
                 weights += 2 * (dense + expert)
-                grads += 2 * (dense + expert)
+                grads += rt.pp_unsharded_grad_bytes * (dense + expert)
         host = optim * plan.offload
         optim -= host
         act, inflight = _stage_activations(model, job, plan, rt, s, m)

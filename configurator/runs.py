@@ -76,6 +76,19 @@ class RunCase:
         return self.row.get("mem_kind", "").strip()
 
     @property
+    def mem_measure(self) -> str:
+        """What the measured memory counts: ``allocated`` (max_memory_allocated), ``reserved``
+        (max_memory_reserved) or ``device`` (nvidia-smi: reserved + CUDA context + NCCL). torchtitan's
+        logged "memory" is ``max_reserved_gib`` (torchtitan/components/metrics.py, the ``memory:``
+        field of its log line), whatever the row's label says."""
+        kind = self.mem_kind
+        if kind == "peak" or (kind == "peak-allocated" and self.runtime == "fsdp"):
+            return "reserved"
+        if kind == "peak-allocated":
+            return "allocated"
+        return "device"
+
+    @property
     def oom(self) -> bool:
         return self.row.get("oom", "").strip() == "1"
 

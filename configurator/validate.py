@@ -70,10 +70,10 @@ class Prediction:
         if self.memory is None:
             return None
         peak = self.memory.peak
-        kind = self.case.mem_kind
-        if kind == "peak-allocated":
+        kind = self.case.mem_measure
+        if kind == "allocated":
             return max(s.allocated_bytes for s in self.memory.stages)
-        if kind == "peak":
+        if kind == "reserved":
             return max(s.reserved_bytes for s in self.memory.stages)
         return peak.total_bytes
 
