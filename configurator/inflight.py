@@ -96,11 +96,23 @@ def inflight_count_sets(pp: int, vpp: int, m: int, rank: int, group: int | None 
     return tuple(sorted(seen))
 
 
+@lru_cache(maxsize=4096)
+def _equal_peak_counts(pp: int, vpp: int, m: int, rank: int, group: int | None, held: int) -> tuple[int, ...]:
+    return next(c for c in inflight_count_sets(pp, vpp, m, rank, group) if sum(c) == held)
+
+
 def peak_inflight(pp: int, vpp: int, m: int, rank: int, chunk_weights: tuple[float, ...] | None = None,
                   group: int | None = None) -> tuple[float, tuple[int, ...]]:
     """(the largest sum of ``count[c] * chunk_weights[c]``, the counts that reach it). Without weights
     every chunk weighs 1, i.e. the peak number of chunk-micro-batches held."""
+    if vpp == 1:  # 1F1B: min(pp - rank, m), whatever the weight
+        held = min(pp - rank, m) if pp > 1 else min(1, m)
+        return held * (chunk_weights[0] if chunk_weights else 1.0), (held,)
     weights = chunk_weights or (1.0,) * vpp
+    if all(w == weights[0] for w in weights):
+        # Equal chunks: the peak is right after the first steady-state forward, warm-up + 1 chunks.
+        held = min(warmup_forwards(pp, vpp, m, rank, min(group or pp, m)) + 1, m * vpp)
+        return held * weights[0], _equal_peak_counts(pp, vpp, m, rank, group, held)
     best, best_counts = -1.0, (0,) * vpp
     for counts in inflight_count_sets(pp, vpp, m, rank, group):
         value = sum(c * w for c, w in zip(counts, weights))

@@ -41,6 +41,8 @@ from configurator.specs.model import ModelSpec
 from configurator.specs.plan import Plan
 
 RUNTIMES: tuple[str, ...] = ("megatron", "megatron-2021", "nemo", "deepspeed", "fsdp", "llm-foundry")
+"""Frameworks with both a memory layout and step mechanics. ``profiles/memory.json`` also has memory-only
+layouts (``deepspeed-bf16``: DeepSpeed's BF16 optimizer) that ``validate`` uses for the rows that ran them."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -87,6 +89,11 @@ class FamilyOverhead:
 @lru_cache(maxsize=None)
 def _constants() -> dict[str, Any]:
     return json.loads((profiles_dir() / "memory.json").read_text())
+
+
+def memory_constants() -> dict[str, Any]:
+    """``profiles/memory.json`` as loaded (read-only use)."""
+    return _constants()
 
 
 def load_runtime(name: str) -> Runtime:
@@ -422,46 +429,49 @@ def chunk_layer_indices(model: ModelSpec, plan: Plan, stage: int) -> list[list[i
     return out
 
 
-def _chunk_activations(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime,
+def _per_kind(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime) -> dict[bool, tuple[float, float]]:
+    """(everything, what the plan's recompute keeps) per layer kind (MoE or dense), one micro-batch."""
+    out: dict[bool, tuple[float, float]] = {}
+    for i, kind in enumerate(layer_moe_flags(model)):
+        if kind not in out:
+            out[kind] = (layer_activation_bytes(model, job, plan, i), layer_kept_bytes(model, job, plan, i, rt))
+    return out
+
+
+def _chunk_activations(model: ModelSpec, job: JobSpec, plan: Plan, kinds: dict[bool, tuple[float, float]],
                        layers: list[int]) -> tuple[float, float]:
     """(bytes one micro-batch leaves on this chunk until its backward, the largest single layer's
     full activations - the working set of a recomputed layer)."""
     if not layers:
         return 0.0, 0.0
     flags = layer_moe_flags(model)
-    full: dict[bool, float] = {}
-    kept: dict[bool, float] = {}
-    for i in layers:
-        kind = flags[i]
-        if kind not in full:
-            full[kind] = layer_activation_bytes(model, job, plan, i)
-            kept[kind] = layer_kept_bytes(model, job, plan, i, rt)
     if plan.recompute == "full":
         # Megatron's --recompute-method block: the first recompute_num_layers layers of each chunk
         # keep only their input; the others keep everything (0 = all layers recomputed).
         recomputed = plan.recompute_num_layers or len(layers)
         kept_input = layer_input_bytes(model, job, plan)
-        per_chunk = sum(kept_input if n < recomputed else full[flags[i]] for n, i in enumerate(layers))
-        return per_chunk, max(full[flags[i]] for i in layers[:recomputed])
-    return sum(kept[flags[i]] for i in layers), 0.0
+        per_chunk = sum(kept_input if n < recomputed else kinds[flags[i]][0] for n, i in enumerate(layers))
+        return per_chunk, max(kinds[flags[i]][0] for i in layers[:recomputed])
+    return sum(kinds[flags[i]][1] for i in layers), 0.0
 
 
 def _stage_activations(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, stage: int,
-                       num_microbatches: int) -> tuple[float, float]:
+                       num_microbatches: int, kinds: dict[bool, tuple[float, float]] | None = None) -> tuple[float, float]:
     """(activation bytes of the stage's rank at its peak, micro-batches in flight in stage units)."""
+    kinds = kinds or _per_kind(model, job, plan, rt)
     chunks = chunk_layer_indices(model, plan, stage)
     tokens = job.seq_len / plan.cp * plan.micro_batch
     boundary = rt.pipe_buffers * layer_input_bytes(model, job, plan)
     per_chunk = []
     working = 0.0
     for c, layers in enumerate(chunks):
-        kept, work = _chunk_activations(model, job, plan, rt, layers)
-        if stage == 0 and c == 0:
-            kept += tokens * 8  # token ids and position ids (int64)
+        kept, work = _chunk_activations(model, job, plan, kinds, layers)
         per_chunk.append(kept + boundary)
         working = max(working, work)
     held, counts = peak_inflight(plan.pp, plan.vpp, num_microbatches, stage, tuple(per_chunk))
     act = held + working
+    if stage == 0:
+        act += sum(counts) / plan.vpp * tokens * 8  # token ids and position ids (int64) per micro-batch
     if stage == plan.pp - 1:
         vocab = model.padded_vocab_size(plan.tp)
         act += tokens * (2 * model.hidden_size / (plan.tp if plan.sp else 1) + rt.logit_bytes * vocab / plan.tp)
@@ -477,6 +487,7 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
     m = max(1, plan.num_microbatches(job))
     dense_group = plan.dp * plan.cp
     expert_group = plan.expert_dp
+    kinds = _per_kind(model, job, plan, rt)
     stages = []
     for s, layers in enumerate(stage_layer_indices(model, plan)):
         dense, expert = stage_params(model, plan, s, layers)
@@ -508,7 +519,7 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
                 grads += rt.pp_unsharded_grad_bytes * (dense + expert)
         host = optim * plan.offload
         optim -= host
-        act, inflight = _stage_activations(model, job, plan, rt, s, m)
+        act, inflight = _stage_activations(model, job, plan, rt, s, m, kinds)
         allocated = weights + grads + optim + act
         stages.append(StageMemory(
             stage=s, num_layers=len(layers), params=int(dense + expert), weights_bytes=weights,

@@ -61,6 +61,8 @@ class RunCase:
     assumptions: tuple[str, ...] = ()
     error: str = ""
     recompute_unknown: bool = False
+    sharding_unknown: bool = False
+    """The row does not state its sharding (the framework default was taken)."""
 
     def measured(self, column: str) -> float | None:
         value = self.row.get(column, "").strip()
@@ -295,7 +297,8 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         if reasons:
             raise InputError("plan", plan.describe(), reasons[0])
         return replace(base, model=model, cluster=cluster, job=job, plan=plan, memory_runtime=memory_runtime,
-                       assumptions=tuple(notes), recompute_unknown=not _cell(row, "recompute"))
+                       assumptions=tuple(notes), recompute_unknown=not _cell(row, "recompute"),
+                       sharding_unknown=not _cell(row, "sharding"))
     except (InputError, ValueError) as exc:
         return replace(base, error=str(exc))
 
