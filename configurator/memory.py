@@ -28,6 +28,7 @@ first stage is the peak. ``tests/test_memory.py`` checks both.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -68,6 +69,9 @@ class Runtime:
     """Stage-boundary activations kept per in-flight micro-batch (DeepSpeed's pipe buffers)."""
     zero3_pp_unsharded: bool
     """With pp > 1, ZeRO-3 keeps the stage's bf16 parameters and grads unsharded (torchtitan)."""
+    grad_bucket_bytes: float = 0.0
+    """A fixed gradient-reduction buffer per rank (DeepSpeed ZeRO-1/2's contiguous IPG bucket of
+    ``reduce_bucket_size`` elements), bytes; counted with the grads."""
     pp_unsharded_grad_bytes: float = 2.0
     """With ``zero3_pp_unsharded``: bytes per parameter of the unsharded gradient accumulated over the
     micro-batches (FSDP2 upcasts it to its fp32 reduce dtype while gradient sync is off: 4)."""
@@ -487,6 +491,12 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
     m = max(1, plan.num_microbatches(job))
     dense_group = plan.dp * plan.cp
     expert_group = plan.expert_dp
+    if plan.sharding == "hsdp":
+        # HSDP: ZeRO-3 inside each shard group of ``shard_group`` ranks, replicated across groups; the
+        # experts' data-parallel ranks split the same way (their shard group is the part of it they span).
+        dense_group = math.gcd(dense_group, plan.shard_group)
+        expert_group = math.gcd(expert_group, plan.shard_group)
+    zero3 = plan.sharding in ("zero3", "hsdp")
     kinds = _per_kind(model, job, plan, rt)
     stages = []
     for s, layers in enumerate(stage_layer_indices(model, plan)):
@@ -494,16 +504,16 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
         weights = grads = optim = 0.0
         for params, group in ((dense, dense_group), (expert, expert_group)):
             w_b, g_b, o_b = rt.weight_bytes, rt.grad_bytes, rt.optimizer_bytes
-            if plan.sharding in ("zero1", "distopt", "zero2", "zero3"):
+            if plan.sharding in ("zero1", "distopt", "zero2", "zero3", "hsdp"):
                 o_b /= group
-            if plan.sharding in ("zero2", "zero3"):
+            if plan.sharding in ("zero2", "zero3", "hsdp"):
                 g_b /= group
-            if plan.sharding == "zero3":
+            if zero3:
                 w_b = rt.zero3_param_bytes / group
             weights += params * w_b
             grads += params * g_b
             optim += params * o_b
-        if plan.sharding == "zero3":
+        if zero3:
             # Unsharded working set: two gathered layers (current + prefetch) in bf16 and one layer's
             # unsharded fp32 gradient before its reduce-scatter; the embedding/head gathered likewise.
             params = all_layer_params(model)
@@ -517,6 +527,8 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
             if plan.pp > 1 and rt.zero3_pp_unsharded:
                 weights += 2 * (dense + expert)
                 grads += rt.pp_unsharded_grad_bytes * (dense + expert)
+        if plan.sharding in ("zero1", "zero2"):
+            grads += rt.grad_bucket_bytes
         host = optim * plan.offload
         optim -= host
         act, inflight = _stage_activations(model, job, plan, rt, s, m, kinds)

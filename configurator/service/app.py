@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from configurator.errors import InputError
+from configurator.margin import parse_margin
 from configurator.service.jobs import build_cluster, cache_key, code_version, run_job
 from configurator.service.store import Store
 
@@ -46,6 +47,9 @@ class PlanRequest(BaseModel):
     method: Literal["auto", "exhaustive", "optuna"] = "auto"
     framework: Literal["megatron", "deepspeed"] = "megatron"
     runtime: Optional[str] = None
+    memory_margin: Optional[str] = Field(default=None, max_length=32, description=(
+        "GPU memory the plan must leave free: GiB ('8') or a percentage of the GPU ('12%'); default: the "
+        "memory p90 error of the validation report. Plans that fit only without it come back \"tight\": true."))
 
 
 class EstimateRequest(BaseModel):
@@ -176,6 +180,7 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None) -> Fa
         # Fail fast on what can be checked without searching (unknown model or cluster, sizes).
         _check_model(req.model)
         build_cluster(request, profile)
+        parse_margin(req.memory_margin)
         key = cache_key(request, version)
         with creating:
             reusable = store.find_reusable(key)

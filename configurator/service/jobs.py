@@ -42,6 +42,7 @@ def build_cluster(request: dict[str, Any], profile: dict[str, Any] | None) -> Cl
 
 def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None) -> None:
     """Worker entry point: run the search of a stored job and store the outcome (never raises)."""
+    from configurator.margin import parse_margin
     from configurator.render import search_plans_dicts
     from configurator.search.optimize import search
     from configurator.search.space import SearchContext
@@ -62,7 +63,8 @@ def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None) -> None:
             raise InputError("precision", spec.precision, f"is not supported by {cluster.gpu.key}")
         framework = request.get("framework") or "megatron"
         runtime = request.get("runtime") or ("deepspeed" if framework == "deepspeed" else "megatron")
-        ctx = SearchContext(model=model, cluster=cluster, job=spec, runtime=runtime, framework=framework)
+        ctx = SearchContext(model=model, cluster=cluster, job=spec, runtime=runtime, framework=framework,
+                            memory_margin=parse_margin(request.get("memory_margin")))
         last = [0.0]
 
         def progress(fraction: float, _message: str) -> None:
