@@ -11,11 +11,13 @@ What is counted (bytes per GPU), for every pipeline stage:
   optimizer states (fp32 master weights + Adam moments) to host memory, which is reported and checked.
 * **activations** - per layer and micro-batch after Korthikanti et al. 2022 (Table 2) generalised to
   GQA/MLA widths, SwiGLU, MoE top-k routing buffers, TP / sequence parallel / context parallel, with
-  flash attention (no s^2 score matrix is stored), times the micro-batches the schedule keeps in
-  flight on that stage (1F1B: ``min(pp - stage, m)``; interleaved: Megatron's warm-up count of
-  chunks). Full recompute keeps only each layer's input plus one layer's working set; selective
-  recompute keeps ``selective_keep_fraction`` (1.0 for Megatron: with flash attention its core-attention
-  recompute saves nothing more). The loss (logits) is counted once on the last stage.
+  flash attention (no s^2 score matrix is stored), by named parts, times the micro-batches the
+  schedule keeps in flight per model chunk (Megatron-Core's order replayed: ``configurator/inflight.py``).
+  Full recompute (``recompute_num_layers`` N: the first N layers of each chunk) keeps those layers'
+  inputs plus one layer's working set; selective recompute drops the parts of Megatron-Core's
+  ``--recompute-modules`` (``RECOMPUTE_MODULE_PARTS``), or without a list keeps
+  ``selective_keep_fraction`` (1.0 for Megatron: with flash attention its core-attention recompute
+  saves nothing more) or torchtitan's op-level policy. The loss (logits) is counted once on the last stage.
 * **overhead** - allocator fragmentation (reserved - allocated, a fraction of allocated per runtime),
   CUDA context and NCCL buffers (per GPU family); constants in ``profiles/memory.json``.
 

@@ -13,8 +13,14 @@ in ``assumptions`` (the data README asks for exactly that):
   embeddings, dropout), SwiGLU models Llama-style (RMSNorm, no biases, untied); MLA dimensions,
   dense first layers and head_dim come from the preset with the same shape, if any.
 * plan: sharding = the framework's default (Megatron: distributed optimizer; FSDP: zero3;
-  DeepSpeed: zero1), sp = on when tp > 1 (NeMo default), dp = GPUs/(tp*pp*cp), micro_batch = 1,
-  etp = 1 (Megatron MoE recipes).
+  DeepSpeed: zero1), sp = on when tp > 1 (NeMo default), dp = GPUs/(tp*pp*cp), etp = 1 (Megatron MoE
+  recipes); ``micro_batch`` empty = not stated: 1, except torchtitan, which splits the local batch
+  into ``pp`` micro-batches (its default ``pipeline_parallel_microbatches``) or runs it whole without PP;
+  ``vpp`` empty with pp > 1 = interleaved with an unstated count (``unknown_vpp``); ``tp_overlap`` /
+  ``ep_overlap`` (yes/no, CSV version 2) go to the Plan fields of the same names, empty = None.
+* memory layout: DeepSpeed rows that ran the BF16 optimizer (``uses_bf16_optimizer``) use the
+  ``deepspeed-bf16`` layout of profiles/memory.json (``memory_runtime``).
+* columns are read by name; only ``REQUIRED_COLUMNS`` must be present (CSV version 2 and later).
 * recompute, when empty, is unknown: the recipes pick it per model to fit memory, so the row is
   marked ``recompute_unknown`` and ``validate`` takes the least recompute (none, selective, full)
   under which the run fits, saying so; it reports how many rows needed that.

@@ -307,3 +307,14 @@ def test_tight_plans_rank_after_plans_with_headroom() -> None:
     for e in (_E(1.0, True), _E(3.0, False), _E(2.0, False)):
         top.push(e)  # type: ignore[arg-type]
     assert [(e.step.step_s, e.tight) for e in top.ranked()] == [(2.0, False), (3.0, False)]
+
+
+def test_plan_rejects_a_bad_memory_margin_in_one_line() -> None:
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "configurator.cli", "plan", "--model", "llama3-8b", "--cluster", "dgx-h100",
+                           "--num-gpus", "8", "--seq-len", "4096", "--global-batch", "8", "--memory-margin", "lots"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: memory_margin='lots': must be GiB (e.g. 8) or a percentage (e.g. 12%)"]
