@@ -13,6 +13,12 @@ bisection, memory falls monotonically along that ladder), and the optimizer offl
 * and, for any offloaded option, the fraction that balances the GPU and CPU halves of the optimizer step
   if that is larger (then the offload costs no time: ``f = G / (G + C)``).
 
+For Megatron-Core runtimes, when whole-layer recompute is needed, the first ``--recompute-modules`` list
+that fits (``recompute.selective_module_ladder``) is offered too; the step model charges what it repeats.
+
+Every "fits" keeps ``ctx.memory_margin`` free (``configurator/margin.py``). A structure that fits only
+without the margin gets the options that fit the GPU, marked ``tight`` (the search ranks them last).
+
 The search costs every option and keeps the fastest. A more sharded option is only tried while the
 less sharded ones need recompute or offload (more sharding adds communication and cannot be faster
 than a fitting plan without recompute). A structure with no option gets the reason, with the smallest
@@ -162,7 +168,7 @@ def resolve(ctx: SearchContext, structure: Plan) -> Resolution:
         return res
     tight = _resolve(ctx, structure, NO_MARGIN)
     if not tight.options:
-        return res
+        return tight  # nothing fits even without the margin: say so against the GPU's capacity
     keep = margin.bytes_for(ctx.cluster.gpu_memory_bytes) / GIB
     return Resolution(options=tuple(replace(o, tight=True, why=o.why + f"; tight: leaves less than the "
                                             f"{keep:.1f} GiB memory margin free") for o in tight.options))
