@@ -104,6 +104,7 @@ def plan(
     hosts: HostsOpt = None,
     hostfile: HostfileOpt = None,
     calibration: CalibrationOpt = None,
+    memory_margin: Annotated[Optional[str], typer.Option("--memory-margin", help="GPU memory the plan must leave free: GiB (e.g. 8) or a percentage of the GPU (e.g. 12%); default: the memory p90 error of the validation report. Plans that fit only without it are marked tight and ranked last.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search the plan space for the fastest plans that fit; exit 3 if none fits."""
@@ -111,6 +112,7 @@ def plan(
 
     from configurator.render import plans_table, search_plans_dicts
     from configurator.search.optimize import METHODS, search
+    from configurator.margin import parse_margin
     from configurator.search.space import SearchContext
 
     spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision, gpu_spec)
@@ -135,7 +137,8 @@ def plan(
     if not time_budget > 0:
         raise InputError("time_budget", time_budget, "must be > 0 seconds")
     constants = _constants(calibration)
-    ctx = SearchContext(model=spec, cluster=hw, job=job, runtime=runtime, framework=framework)
+    margin = parse_margin(memory_margin)
+    ctx = SearchContext(model=spec, cluster=hw, job=job, runtime=runtime, framework=framework, memory_margin=margin)
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
                   transient=True, disable=not err.is_terminal) as bar:
@@ -182,14 +185,20 @@ def plan(
         if as_json:
             print(json.dumps({"plans": [], "search": result.as_dict()}, indent=2))
         raise typer.Exit(3)
+    margin_info = {"memory_margin_gib": round(margin.bytes_for(hw.gpu_memory_bytes) / GIB, 3),
+                   "memory_margin": margin.describe()}
     if as_json:
-        print(json.dumps({"plans": search_plans_dicts(spec, hw, job, ranked), "search": result.as_dict(),
+        print(json.dumps({"plans": search_plans_dicts(spec, hw, job, ranked), "search": {**result.as_dict(), **margin_info},
                           "emitted": [str(p) for p in written], "emitted_plans": held,
                           "gpu_spec": gpu_figures(hw)}, indent=2))
         return
     console.print(f"[bold]{spec.name}[/bold] on {hw.num_gpus} x {hw.gpu.key} ({hw.name}), seq {seq_len}, "
                   f"global batch {global_batch}, {precision}, runtime {runtime}")
     console.print(gpu_line(hw))
+    console.print(f"memory margin: {margin_info['memory_margin_gib']:.1f} GiB kept free per GPU - {margin.describe()}")
+    if ranked[0].tight:
+        console.print("[yellow]no plan keeps the memory margin free: every plan shown is tight (it fits the GPU "
+                      "only without the margin)[/yellow]")
     console.print(plans_table(ranked, hw.gpu_memory_bytes / GIB))
     best = ranked[0]
     console.print(f"best: {best.plan.describe()} — {best.why}")

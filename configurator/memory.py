@@ -11,11 +11,13 @@ What is counted (bytes per GPU), for every pipeline stage:
   optimizer states (fp32 master weights + Adam moments) to host memory, which is reported and checked.
 * **activations** - per layer and micro-batch after Korthikanti et al. 2022 (Table 2) generalised to
   GQA/MLA widths, SwiGLU, MoE top-k routing buffers, TP / sequence parallel / context parallel, with
-  flash attention (no s^2 score matrix is stored), times the micro-batches the schedule keeps in
-  flight on that stage (1F1B: ``min(pp - stage, m)``; interleaved: Megatron's warm-up count of
-  chunks). Full recompute keeps only each layer's input plus one layer's working set; selective
-  recompute keeps ``selective_keep_fraction`` (1.0 for Megatron: with flash attention its core-attention
-  recompute saves nothing more). The loss (logits) is counted once on the last stage.
+  flash attention (no s^2 score matrix is stored), by named parts, times the micro-batches the
+  schedule keeps in flight per model chunk (Megatron-Core's order replayed: ``configurator/inflight.py``).
+  Full recompute (``recompute_num_layers`` N: the first N layers of each chunk) keeps those layers'
+  inputs plus one layer's working set; selective recompute drops the parts of Megatron-Core's
+  ``--recompute-modules`` (``RECOMPUTE_MODULE_PARTS``), or without a list keeps
+  ``selective_keep_fraction`` (1.0 for Megatron: with flash attention its core-attention recompute
+  saves nothing more) or torchtitan's op-level policy. The loss (logits) is counted once on the last stage.
 * **overhead** - allocator fragmentation (reserved - allocated, a fraction of allocated per runtime),
   CUDA context and NCCL buffers (per GPU family); constants in ``profiles/memory.json``.
 
@@ -28,11 +30,13 @@ first stage is the peak. ``tests/test_memory.py`` checks both.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from configurator.errors import InputError
+from configurator.inflight import peak_inflight
 from configurator.profiles import GIB, profiles_dir
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
@@ -40,6 +44,8 @@ from configurator.specs.model import ModelSpec
 from configurator.specs.plan import Plan
 
 RUNTIMES: tuple[str, ...] = ("megatron", "megatron-2021", "nemo", "deepspeed", "fsdp", "llm-foundry")
+"""Frameworks with both a memory layout and step mechanics. ``profiles/memory.json`` also has memory-only
+layouts (``deepspeed-bf16``: DeepSpeed's BF16 optimizer) that ``validate`` uses for the rows that ran them."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -65,6 +71,15 @@ class Runtime:
     """Stage-boundary activations kept per in-flight micro-batch (DeepSpeed's pipe buffers)."""
     zero3_pp_unsharded: bool
     """With pp > 1, ZeRO-3 keeps the stage's bf16 parameters and grads unsharded (torchtitan)."""
+    grad_bucket_bytes: float = 0.0
+    """A fixed gradient-reduction buffer per rank (DeepSpeed ZeRO-1/2's contiguous IPG bucket of
+    ``reduce_bucket_size`` elements), bytes; counted with the grads."""
+    pp_unsharded_grad_bytes: float = 2.0
+    """With ``zero3_pp_unsharded``: bytes per parameter of the unsharded gradient accumulated over the
+    micro-batches (FSDP2 upcasts it to its fp32 reduce dtype while gradient sync is off: 4)."""
+    selective_policy: str = "fraction"
+    """What selective recompute keeps without a module list: ``fraction`` (``selective_keep_fraction``
+    of the layer) or ``op_every_second_mm`` (torchtitan's op-level policy, ``torchtitan_op_sac_bytes``)."""
 
     @property
     def optimizer_bytes(self) -> float:
@@ -80,6 +95,11 @@ class FamilyOverhead:
 @lru_cache(maxsize=None)
 def _constants() -> dict[str, Any]:
     return json.loads((profiles_dir() / "memory.json").read_text())
+
+
+def memory_constants() -> dict[str, Any]:
+    """``profiles/memory.json`` as loaded (read-only use)."""
+    return _constants()
 
 
 def load_runtime(name: str) -> Runtime:
@@ -243,13 +263,27 @@ def stage_params(model: ModelSpec, plan: Plan, stage: int, layers: list[int]) ->
 
 
 # ----- activations -----------------------------------------------------------------------------
-def layer_activation_bytes(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> float:
-    """Bytes one layer keeps for backward for one micro-batch, nothing recomputed.
+def layer_activation_parts(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> dict[str, float]:
+    """Bytes one layer keeps for backward for one micro-batch, nothing recomputed, by part.
 
     Korthikanti et al. 2022 count 34*s*b*h bytes for a GPT layer without the attention-score terms
     (flash attention stores none): LayerNorm inputs 4sbh, QKV input 2sbh, Q,K,V 6sbh, projection input
     2sbh, fc1 input 2sbh, GELU in/out 16sbh, two dropout masks 2sbh. Parts before a TP split are
-    divided by tp only with sequence parallelism; the rest always by tp.
+    divided by tp only with sequence parallelism; the rest always by tp. The parts are named after
+    what Megatron-Core's ``--recompute-modules`` can drop (``recompute_dropped_parts``):
+
+    * ``norm_in`` (the two norm inputs = residual stream), ``norm_out`` (the QKV and fc1 GEMM inputs:
+      the norms' outputs), ``dropout`` masks;
+    * ``qkv`` (q, k, v saved for flash attention; MLA: after the up projection), ``mla_latent``
+      (MLA's compressed q/kv and the shared rope key), ``attn_out`` (flash output, the projection's
+      input), ``softmax_stats`` (fp32 log-sum-exp);
+    * dense ``mlp``: SwiGLU keeps fc1's output (2f wide) and fc2's input; GELU and squared ReLU
+      (``relu2``, Nemotron: ``relu(x)**2`` saves its input - fc1's output - and fc2's input, as
+      Transformer Engine's fused srelu does) keep f-wide input and output: (2 + gin) bytes per f;
+    * MoE: ``router`` (fp32 logits and probabilities), ``shared`` experts, and per routed
+      (token, expert) pair ``routed_in`` (the expert's fc1 input), ``routed_fc1_out`` (the
+      activation's input), ``routed_act_out`` (fc2's input) and ``routed_out`` (the expert output
+      kept by the probability-weighted unpermute).
     """
     h = model.hidden_size
     tokens = job.seq_len / plan.cp * plan.micro_batch
@@ -259,37 +293,115 @@ def layer_activation_bytes(model: ModelSpec, job: JobSpec, plan: Plan, index: in
     # GEMM inputs saved for the weight gradient: bf16, or an fp8 copy under fp8/fp4 training
     # (Transformer Engine keeps the quantised input, not the bf16 one).
     gin = 1 if job.precision in ("fp8", "fp4") else 2
+    parts: dict[str, float] = {}
     # Replicated over TP (split only by SP): two norm inputs, the attention and MLP GEMM inputs,
     # dropout masks.
-    repl = 2 * h * 2 + gin * h + gin * h + 2 * drop * h
+    parts["norm_in"] = 2 * h * 2 / sp_div
+    parts["norm_out"] = 2 * gin * h / sp_div
+    parts["dropout"] = 2 * drop * h / sp_div
     if model.attention == "mla":
         qk = model.num_attention_heads * (model.qk_nope_head_dim + model.qk_rope_head_dim)
         v = model.num_attention_heads * model.v_head_dim
-        attn_out = v  # q, k (2 x qk) and v are saved by flash attention (counted in split below)
-        split = 2 * (2 * qk + v)
-        repl += 2 * 2 * (model.q_lora_rank + model.kv_lora_rank) + 2 * model.qk_rope_head_dim
+        attn_out = v  # q, k (2 x qk) and v are saved by flash attention
+        parts["qkv"] = 2 * (2 * qk + v) / tp
+        parts["mla_latent"] = (2 * 2 * (model.q_lora_rank + model.kv_lora_rank) + 2 * model.qk_rope_head_dim) / sp_div
     else:
         q = model.num_attention_heads * model.kv_channels
         kv = model.num_kv_heads * model.kv_channels
         attn_out = q
-        split = 2 * (q + 2 * kv)
+        parts["qkv"] = 2 * (q + 2 * kv) / tp
     # Flash attention saves its output (bf16); the projection's input is that tensor in bf16, or an
     # extra fp8 copy; plus the fp32 softmax statistics.
-    split += 2 * attn_out + (gin * attn_out if gin == 1 else 0) + 4 * model.num_attention_heads
-    # MLP: SwiGLU keeps its fc1 output (2f wide, bf16) and fc2's input; GELU its input and output.
-    act_bytes_per_f = (4 + gin) if model.mlp == "swiglu" else (2 + gin)
+    parts["attn_out"] = (2 * attn_out + (gin * attn_out if gin == 1 else 0)) / tp
+    parts["softmax_stats"] = 4 * model.num_attention_heads / tp
+    fc1_out = 4 if model.mlp == "swiglu" else 2  # bytes per f of fc1's output (2f wide for SwiGLU)
+    act_bytes_per_f = fc1_out + gin
     if model.layer_is_moe(index):
         k = model.moe_topk
         shared = model.shared_expert_ffn_hidden_size or model.num_shared_experts * model.moe_ffn_hidden_size
-        split += act_bytes_per_f * shared
-        repl += 2 * 4 * model.num_experts  # router logits and probabilities (fp32)
+        parts["shared"] = act_bytes_per_f * shared / tp
+        parts["router"] = 2 * 4 * model.num_experts / sp_div
         # Routed (alltoall dispatcher): each local token reaches k experts; per (token, expert) pair
         # the expert's fc1 input (gathered over expert-TP), its activation over moe_ffn/etp, and the
         # expert output kept by the probability-weighted unpermute.
-        routed = k * (gin * h * plan.etp + act_bytes_per_f * model.moe_ffn_hidden_size + 2 * h * plan.etp)
-        return tokens * (repl / sp_div + split / tp + routed / sp_div)
-    split += act_bytes_per_f * model.ffn_hidden_size
-    return tokens * (repl / sp_div + split / tp)
+        parts["routed_in"] = k * gin * h * plan.etp / sp_div
+        parts["routed_fc1_out"] = k * fc1_out * model.moe_ffn_hidden_size / sp_div
+        parts["routed_act_out"] = k * gin * model.moe_ffn_hidden_size / sp_div
+        parts["routed_out"] = k * 2 * h * plan.etp / sp_div
+    else:
+        parts["mlp"] = act_bytes_per_f * model.ffn_hidden_size / tp
+    return {name: tokens * value for name, value in parts.items()}
+
+
+def layer_activation_bytes(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> float:
+    """Bytes one layer keeps for backward for one micro-batch, nothing recomputed (the parts of
+    ``layer_activation_parts`` summed)."""
+    return sum(layer_activation_parts(model, job, plan, index).values())
+
+
+RECOMPUTE_MODULE_PARTS: dict[str, tuple[str, ...]] = {
+    "core_attn": ("softmax_stats",),
+    "layernorm": ("norm_out",),
+    "mlp": ("mlp",),
+    "moe": ("router", "shared", "routed_in", "routed_fc1_out", "routed_act_out", "routed_out"),
+    "moe_act": ("routed_act_out",),
+    "shared_experts": ("shared",),
+    "mla_up_proj": ("qkv",),
+}
+"""What each of Megatron-Core's ``--recompute-modules`` stops keeping (transformer_config.py,
+0.19.2). ``core_attn`` checkpoints the attention core: its inputs q, k, v stay (the checkpoint's
+inputs) and its output stays (the projection saves it), so with flash attention only the softmax
+statistics go - the s^2 scores it was designed for are not stored by flash attention at all.
+``layernorm`` and ``moe_act`` are output-discarding checkpoints: the norms' outputs (the QKV/fc1
+GEMM inputs) and the expert activation's output (fc2's input) are recomputed from the kept inputs.
+``mlp``, ``moe`` and ``shared_experts`` checkpoint the whole (dense / MoE / shared-expert) MLP: only
+its input stays, which is the norm output already counted in ``norm_out``. ``mla_up_proj`` drops the
+up-projected q, k, v (recomputed from the kept latents, with RoPE)."""
+
+
+def recompute_dropped_parts(modules: tuple[str, ...]) -> frozenset[str]:
+    """Activation parts not kept when ``modules`` are recomputed (Megatron's default: core_attn)."""
+    return frozenset(p for m in (modules or ("core_attn",)) for p in RECOMPUTE_MODULE_PARTS[m])
+
+
+def layer_kept_bytes(model: ModelSpec, job: JobSpec, plan: Plan, index: int, rt: "Runtime") -> float:
+    """Bytes a layer keeps for backward under the plan's recompute (none or selective)."""
+    parts = layer_activation_parts(model, job, plan, index)
+    if plan.recompute != "selective":
+        return sum(parts.values())
+    if plan.recompute_modules:
+        dropped = recompute_dropped_parts(plan.recompute_modules)
+        return sum(v for k, v in parts.items() if k not in dropped)
+    if rt.selective_policy == "op_every_second_mm" and model.attention != "mla" and not model.layer_is_moe(index):
+        return torchtitan_op_sac_bytes(model, job, plan)
+    return rt.selective_keep_fraction * sum(parts.values())
+
+
+def torchtitan_op_sac_bytes(model: ModelSpec, job: JobSpec, plan: Plan) -> float:
+    """Bytes a dense layer keeps under torchtitan's op-level selective activation checkpointing.
+
+    The policy (torchtitan ``activation_checkpoint.py``, ``_get_custom_policy``) saves the outputs of
+    ``aten.mm`` except every second one, of the SDPA kernels and of TP's reduce-scatters, and
+    recomputes everything else from the checkpointed layer input. The layer's matmuls run in the
+    order wq, wk, wv, wo, w1, w3, w2 (gelu/relu2: fc1, fc2), so the odd ones are kept: wq, wv, w1, w2
+    (bf16 outputs, also under Float8 training). Plus the layer input, the attention output and its
+    fp32 log-sum-exp. Row-parallel outputs under TP are the unreduced (full-width) matmul output plus
+    the reduce-scattered shard.
+    """
+    h = model.hidden_size
+    tp = plan.tp
+    sp_div = tp if plan.sp else 1
+    q = model.num_attention_heads * model.kv_channels
+    kv = model.num_kv_heads * model.kv_channels
+    f = model.ffn_hidden_size
+    row_out = h + (h / tp if tp > 1 else 0.0)  # width of a row-parallel output kept per token
+    # (width, column-parallel?) of each matmul output, in execution order
+    mms = [(q / tp, True), (kv / tp, True), (kv / tp, True), (row_out, False)]
+    mms += ([(f / tp, True), (f / tp, True), (row_out, False)] if model.mlp == "swiglu"
+            else [(f / tp, True), (row_out, False)])
+    kept_mm = sum(width for n, (width, _) in enumerate(mms, start=1) if n % 2 == 1)
+    per_token = 2 * h / sp_div + 2 * kept_mm + 2 * q / tp + 4 * model.num_attention_heads / tp
+    return job.seq_len / plan.cp * plan.micro_batch * per_token
 
 
 def layer_input_bytes(model: ModelSpec, job: JobSpec, plan: Plan) -> float:
@@ -299,51 +411,77 @@ def layer_input_bytes(model: ModelSpec, job: JobSpec, plan: Plan) -> float:
 
 
 def inflight_chunks(plan: Plan, stage: int, num_microbatches: int) -> float:
-    """Micro-batch x model-chunk activations held at once by ``stage`` (in units of whole stages).
+    """Micro-batch x model-chunk activations held at once by ``stage`` (in units of whole stages),
+    all chunks weighing the same: Megatron's schedule replayed (``configurator/inflight.py``).
 
     1F1B: stage s warms up with pp - s - 1 forwards, then holds one more: min(pp - s, m).
-    Interleaved: Megatron's warm-up is (pp - s - 1) * 2 + (vpp - 1) * pp chunks (+1), each chunk
-    1/vpp of the stage; for the first stage that is pp * (1 + (pp - 1) / (pp * vpp)) stages' worth.
+    Interleaved: the warm-up is (pp - s - 1) * 2 + (vpp - 1) * g chunks (+1), each chunk 1/vpp of the
+    stage (g = microbatch_group_size_per_vp_stage = pp by default); for the first stage that is
+    pp * (1 + (pp - 1) / (pp * vpp)) stages' worth.
     """
-    if plan.vpp == 1:
-        return float(min(plan.pp - stage, num_microbatches))
-    chunks = min((plan.pp - stage - 1) * 2 + (plan.vpp - 1) * plan.pp + 1, num_microbatches * plan.vpp)
-    return chunks / plan.vpp
+    held, _ = peak_inflight(plan.pp, plan.vpp, num_microbatches, stage)
+    return held / plan.vpp
+
+
+def chunk_layer_indices(model: ModelSpec, plan: Plan, stage: int) -> list[list[int]]:
+    """Global layer indices of each model chunk of pipeline rank ``stage`` (chunk c = virtual stage
+    c * pp + stage)."""
+    out: list[list[int]] = []
+    start = 0
+    for v, n in enumerate(plan.virtual_stage_layers(model)):
+        if v % plan.pp == stage:
+            out.append(list(range(start, start + n)))
+        start += n
+    return out
+
+
+def _per_kind(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime) -> dict[bool, tuple[float, float]]:
+    """(everything, what the plan's recompute keeps) per layer kind (MoE or dense), one micro-batch."""
+    out: dict[bool, tuple[float, float]] = {}
+    for i, kind in enumerate(layer_moe_flags(model)):
+        if kind not in out:
+            out[kind] = (layer_activation_bytes(model, job, plan, i), layer_kept_bytes(model, job, plan, i, rt))
+    return out
+
+
+def _chunk_activations(model: ModelSpec, job: JobSpec, plan: Plan, kinds: dict[bool, tuple[float, float]],
+                       layers: list[int]) -> tuple[float, float]:
+    """(bytes one micro-batch leaves on this chunk until its backward, the largest single layer's
+    full activations - the working set of a recomputed layer)."""
+    if not layers:
+        return 0.0, 0.0
+    flags = layer_moe_flags(model)
+    if plan.recompute == "full":
+        # Megatron's --recompute-method block: the first recompute_num_layers layers of each chunk
+        # keep only their input; the others keep everything (0 = all layers recomputed).
+        recomputed = plan.recompute_num_layers or len(layers)
+        kept_input = layer_input_bytes(model, job, plan)
+        per_chunk = sum(kept_input if n < recomputed else kinds[flags[i]][0] for n, i in enumerate(layers))
+        return per_chunk, max(kinds[flags[i]][0] for i in layers[:recomputed])
+    return sum(kinds[flags[i]][1] for i in layers), 0.0
 
 
 def _stage_activations(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, stage: int,
-                       layers: list[int], inflight: float) -> float:
-    if not layers:
-        per_stage = 0.0
-        working = 0.0
-    else:
-        flags = layer_moe_flags(model)
-        by_kind: dict[bool, float] = {}
-        full = []
-        for i in layers:
-            kind = flags[i]
-            if kind not in by_kind:
-                by_kind[kind] = layer_activation_bytes(model, job, plan, i)
-            full.append(by_kind[kind])
-        if plan.recompute == "full":
-            chunk_layers = len(layers) / plan.vpp
-            recomputed = plan.recompute_num_layers or chunk_layers
-            frac = min(1.0, recomputed / chunk_layers)
-            kept_input = layer_input_bytes(model, job, plan)
-            per_stage = sum(frac * kept_input + (1 - frac) * f for f in full)
-            working = max(full)  # one recomputed layer's activations during its backward
-        else:
-            keep = rt.selective_keep_fraction if plan.recompute == "selective" else 1.0
-            per_stage = keep * sum(full)
-            working = 0.0
+                       num_microbatches: int, kinds: dict[bool, tuple[float, float]] | None = None) -> tuple[float, float]:
+    """(activation bytes of the stage's rank at its peak, micro-batches in flight in stage units)."""
+    kinds = kinds or _per_kind(model, job, plan, rt)
+    chunks = chunk_layer_indices(model, plan, stage)
     tokens = job.seq_len / plan.cp * plan.micro_batch
-    act = inflight * (per_stage + rt.pipe_buffers * layer_input_bytes(model, job, plan)) + working
+    boundary = rt.pipe_buffers * layer_input_bytes(model, job, plan)
+    per_chunk = []
+    working = 0.0
+    for c, layers in enumerate(chunks):
+        kept, work = _chunk_activations(model, job, plan, kinds, layers)
+        per_chunk.append(kept + boundary)
+        working = max(working, work)
+    held, counts = peak_inflight(plan.pp, plan.vpp, num_microbatches, stage, tuple(per_chunk))
+    act = held + working
     if stage == 0:
-        act += inflight * tokens * 8  # token ids and position ids (int64)
+        act += sum(counts) / plan.vpp * tokens * 8  # token ids and position ids (int64) per micro-batch
     if stage == plan.pp - 1:
         vocab = model.padded_vocab_size(plan.tp)
         act += tokens * (2 * model.hidden_size / (plan.tp if plan.sp else 1) + rt.logit_bytes * vocab / plan.tp)
-    return act
+    return act, sum(counts) / plan.vpp
 
 
 # ----- the estimator -----------------------------------------------------------------------------
@@ -355,22 +493,29 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
     m = max(1, plan.num_microbatches(job))
     dense_group = plan.dp * plan.cp
     expert_group = plan.expert_dp
+    if plan.sharding == "hsdp":
+        # HSDP: ZeRO-3 inside each shard group of ``shard_group`` ranks, replicated across groups; the
+        # experts' data-parallel ranks split the same way (their shard group is the part of it they span).
+        dense_group = math.gcd(dense_group, plan.shard_group)
+        expert_group = math.gcd(expert_group, plan.shard_group)
+    zero3 = plan.sharding in ("zero3", "hsdp")
+    kinds = _per_kind(model, job, plan, rt)
     stages = []
     for s, layers in enumerate(stage_layer_indices(model, plan)):
         dense, expert = stage_params(model, plan, s, layers)
         weights = grads = optim = 0.0
         for params, group in ((dense, dense_group), (expert, expert_group)):
             w_b, g_b, o_b = rt.weight_bytes, rt.grad_bytes, rt.optimizer_bytes
-            if plan.sharding in ("zero1", "distopt", "zero2", "zero3"):
+            if plan.sharding in ("zero1", "distopt", "zero2", "zero3", "hsdp"):
                 o_b /= group
-            if plan.sharding in ("zero2", "zero3"):
+            if plan.sharding in ("zero2", "zero3", "hsdp"):
                 g_b /= group
-            if plan.sharding == "zero3":
+            if zero3:
                 w_b = rt.zero3_param_bytes / group
             weights += params * w_b
             grads += params * g_b
             optim += params * o_b
-        if plan.sharding == "zero3":
+        if zero3:
             # Unsharded working set: two gathered layers (current + prefetch) in bf16 and one layer's
             # unsharded fp32 gradient before its reduce-scatter; the embedding/head gathered likewise.
             params = all_layer_params(model)
@@ -383,11 +528,12 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
             grads += 4 * biggest
             if plan.pp > 1 and rt.zero3_pp_unsharded:
                 weights += 2 * (dense + expert)
-                grads += 2 * (dense + expert)
+                grads += rt.pp_unsharded_grad_bytes * (dense + expert)
+        if plan.sharding in ("zero1", "zero2"):
+            grads += rt.grad_bucket_bytes
         host = optim * plan.offload
         optim -= host
-        inflight = inflight_chunks(plan, s, m)
-        act = _stage_activations(model, job, plan, rt, s, layers, inflight)
+        act, inflight = _stage_activations(model, job, plan, rt, s, m, kinds)
         allocated = weights + grads + optim + act
         stages.append(StageMemory(
             stage=s, num_layers=len(layers), params=int(dense + expert), weights_bytes=weights,

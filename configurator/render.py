@@ -100,6 +100,7 @@ def search_plans_dicts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, ran
         if e.default_placement_step_s is not None:
             d["placement"]["default_order_step_s"] = round(e.default_placement_step_s, 6)
         d["why"] = e.why
+        d["tight"] = bool(getattr(e, "tight", False))
         d["vs_best"] = lost_reason(e.step, best) if best is not None else ""
         out.append(d)
     return out
@@ -113,7 +114,8 @@ def plans_table(ranked: list[Any], capacity_gib: float) -> Table:
     for i, e in enumerate(ranked, 1):
         t = dict(e.step.breakdown_s)
         comm = sum(t[k] for k in ("tp_comm", "cp_comm", "ep_comm", "pp_comm", "dp_comm"))
-        table.add_row(str(i), e.plan.describe(), f"{e.step.tokens_per_s_per_gpu:,.0f}", f"{100 * e.step.mfu:.1f}%",
+        tight = " [yellow]tight[/yellow]" if getattr(e, "tight", False) else ""
+        table.add_row(str(i), e.plan.describe() + tight, f"{e.step.tokens_per_s_per_gpu:,.0f}", f"{100 * e.step.mfu:.1f}%",
                       f"{e.memory.peak_bytes / GIB:.1f}/{capacity_gib:.0f}", f"{e.step.step_s:.3f}",
                       f"{t['compute']:.2f} / {t['pipeline_bubble']:.2f} / {comm:.2f}",
                       lost_reason(e.step, best))

@@ -13,8 +13,14 @@ in ``assumptions`` (the data README asks for exactly that):
   embeddings, dropout), SwiGLU models Llama-style (RMSNorm, no biases, untied); MLA dimensions,
   dense first layers and head_dim come from the preset with the same shape, if any.
 * plan: sharding = the framework's default (Megatron: distributed optimizer; FSDP: zero3;
-  DeepSpeed: zero1), sp = on when tp > 1 (NeMo default), dp = GPUs/(tp*pp*cp), micro_batch = 1,
-  etp = 1 (Megatron MoE recipes).
+  DeepSpeed: zero1), sp = on when tp > 1 (NeMo default), dp = GPUs/(tp*pp*cp), etp = 1 (Megatron MoE
+  recipes); ``micro_batch`` empty = not stated: 1, except torchtitan, which splits the local batch
+  into ``pp`` micro-batches (its default ``pipeline_parallel_microbatches``) or runs it whole without PP;
+  ``vpp`` empty with pp > 1 = interleaved with an unstated count (``unknown_vpp``); ``tp_overlap`` /
+  ``ep_overlap`` (yes/no, CSV version 2) go to the Plan fields of the same names, empty = None.
+* memory layout: DeepSpeed rows that ran the BF16 optimizer (``uses_bf16_optimizer``) use the
+  ``deepspeed-bf16`` layout of profiles/memory.json (``memory_runtime``).
+* columns are read by name; only ``REQUIRED_COLUMNS`` must be present (CSV version 2 and later).
 * recompute, when empty, is unknown: the recipes pick it per model to fit memory, so the row is
   marked ``recompute_unknown`` and ``validate`` takes the least recompute (none, selective, full)
   under which the run fits, saying so; it reports how many rows needed that.
@@ -33,12 +39,14 @@ from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
 from configurator.specs.plan import Plan, balanced_layout, plan_violations
 
-REQUIRED_COLUMNS = ("run_id", "source", "model", "layers", "hidden", "ffn_hidden", "heads", "kv_heads",
-                    "vocab", "seq_len", "mlp", "attention", "moe_experts", "moe_topk", "moe_ffn_hidden",
-                    "moe_shared_experts", "gpu", "system", "num_gpus", "tp", "pp", "vpp", "cp", "ep",
-                    "dp", "sp", "sharding", "recompute", "micro_batch", "global_batch", "precision",
-                    "measured_tokens_per_s_per_gpu", "measured_step_s", "measured_tflops_per_gpu",
-                    "measured_mem_gib", "mem_kind", "oom", "notes")
+REQUIRED_COLUMNS = ("run_id", "source", "model", "layers", "hidden", "ffn_hidden", "heads", "vocab", "seq_len",
+                    "mlp", "attention", "system", "num_gpus", "global_batch")
+"""Without these a row cannot be modelled. Every other column of INTERFACE.md's "Runs CSV" is optional
+(absent = empty = unknown); columns are read by name, so later additions do not break the reader."""
+OPTIONAL_COLUMNS = ("kv_heads", "moe_experts", "moe_topk", "moe_ffn_hidden", "moe_shared_experts", "gpu", "tp",
+                    "pp", "vpp", "cp", "ep", "dp", "sp", "sharding", "recompute", "micro_batch", "precision",
+                    "tp_overlap", "ep_overlap", "measured_tokens_per_s_per_gpu", "measured_step_s",
+                    "measured_tflops_per_gpu", "measured_mem_gib", "mem_kind", "oom", "notes")
 MEM_KINDS = ("peak", "peak-allocated", "nvidia-smi")
 DEFAULT_SHARDING = {"megatron": "distopt", "megatron-2021": "none", "nemo": "distopt", "fsdp": "zero3", "llm-foundry": "zero3",
                     "deepspeed": "zero1"}
@@ -54,17 +62,39 @@ class RunCase:
     job: JobSpec | None = None
     plan: Plan | None = None
     runtime: str = "megatron"
+    memory_runtime: str = ""
+    """The memory layout, where it differs from ``runtime`` (DeepSpeed's BF16 optimizer); '' = runtime."""
     assumptions: tuple[str, ...] = ()
     error: str = ""
     recompute_unknown: bool = False
+    sharding_unknown: bool = False
+    """The row does not state its sharding (the framework default was taken)."""
 
     def measured(self, column: str) -> float | None:
         value = self.row.get(column, "").strip()
         return float(value) if value else None
 
     @property
+    def memory_layout(self) -> str:
+        """The memory runtime (profiles/memory.json) of the row."""
+        return self.memory_runtime or self.runtime
+
+    @property
     def mem_kind(self) -> str:
         return self.row.get("mem_kind", "").strip()
+
+    @property
+    def mem_measure(self) -> str:
+        """What the measured memory counts: ``allocated`` (max_memory_allocated), ``reserved``
+        (max_memory_reserved) or ``device`` (nvidia-smi: reserved + CUDA context + NCCL). torchtitan's
+        logged "memory" is ``max_reserved_gib`` (torchtitan/components/metrics.py, the ``memory:``
+        field of its log line), whatever the row's label says."""
+        kind = self.mem_kind
+        if kind == "peak" or (kind == "peak-allocated" and self.runtime == "fsdp"):
+            return "reserved"
+        if kind == "peak-allocated":
+            return "allocated"
+        return "device"
 
     @property
     def oom(self) -> bool:
@@ -99,7 +129,7 @@ def read_runs(path: Path) -> list[RunCase]:
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise InputError("runs", str(path), f"missing column {missing[0]!r}")
-        return [case_from_row(row) for row in reader]
+        return [case_from_row({k: v or "" for k, v in row.items() if k is not None}) for row in reader]
 
 
 def _int(row: dict[str, str], col: str, default: int | None = None) -> int | None:
@@ -129,8 +159,8 @@ def model_from_row(row: dict[str, str]) -> tuple[ModelSpec, list[str]]:
         if val is None:
             raise InputError(col, "", "is empty; the model shape cannot be built")
     assert layers and hidden and heads and vocab and ffn
-    mlp = row["mlp"].strip()
-    attention = row["attention"].strip()
+    mlp = _cell(row, "mlp")
+    attention = _cell(row, "attention")
     experts = _int(row, "moe_experts", 0) or 0
     preset = _matching_preset(layers, hidden, experts)
     gpt_style = mlp == "gelu"
@@ -165,62 +195,119 @@ def model_from_row(row: dict[str, str]) -> tuple[ModelSpec, list[str]]:
     return ModelSpec(**kw), notes  # type: ignore[arg-type]
 
 
+def _cell(row: dict[str, str], col: str) -> str:
+    return (row.get(col) or "").strip()
+
+
+def _yes_no(row: dict[str, str], col: str) -> bool | None:
+    """``yes``/``no`` (also 1/0, true/false) -> True/False; empty = not stated -> None."""
+    value = _cell(row, col).lower()
+    if not value:
+        return None
+    if value in ("yes", "1", "true"):
+        return True
+    if value in ("no", "0", "false"):
+        return False
+    raise InputError(col, value, "must be yes or no")
+
+
+def uses_bf16_optimizer(source: str, notes: str) -> bool:
+    """DeepSpeed's BF16_Optimizer (fp32 gradient accumulator): the final BLOOM-176B setup - the tr11
+    production README, and topology rows whose notes say they ran it."""
+    return "bloom-176b training readme" in source.lower() or "bf16 optimizer" in notes.lower()
+
+
+def unknown_vpp(layers: int, pp: int) -> int:
+    """Virtual stages of an interleaved schedule whose count the source does not state, chosen as
+    Megatron-Bridge's recipes do: the most chunks that keep at least 4 layers per virtual stage (Llama-3
+    70B: PP4 VPP5), with an even split; 2 when no even split exists."""
+    best = 0
+    for v in range(2, layers // pp + 1):
+        if layers % (pp * v) == 0 and layers // (pp * v) >= 4:
+            best = v
+    return best or 2
+
+
+def unknown_micro_batch(runtime: str, gbs: int, dp: int, pp: int) -> tuple[int, str]:
+    """Micro-batch of a row that does not state it, as the framework chooses it."""
+    local = max(1, gbs // dp)
+    if runtime == "fsdp":
+        if pp > 1:
+            # torchtitan: pipeline_parallel_microbatches defaults to the number of stages; the local
+            # batch is split into that many micro-batches.
+            mb = max(1, local // pp)
+            return mb, f"micro_batch={mb} (not stated: torchtitan splits the local batch {local} into pp={pp} micro-batches)"
+        return local, f"micro_batch={local} (not stated: torchtitan runs the local batch {local} at once)"
+    return 1, "micro_batch=1 (not stated)"
+
+
 def case_from_row(row: dict[str, str]) -> RunCase:
-    run_id = row.get("run_id", "").strip()
-    source = row.get("source", "").strip()
+    run_id = _cell(row, "run_id")
+    source = _cell(row, "source")
     runtime = runtime_for_source(source)
     base = RunCase(run_id=run_id, source=source, row=dict(row), runtime=runtime)
     try:
         model, notes = model_from_row(row)
-        system = row["system"].strip()
+        memory_runtime = ""
+        if runtime == "deepspeed" and uses_bf16_optimizer(source, _cell(row, "notes")):
+            memory_runtime = "deepspeed-bf16"
+            notes.append("DeepSpeed BF16 optimizer (fp32 gradient accumulator)")
+        system = _cell(row, "system")
         if system not in cluster_names():
             raise InputError("system", system, "is not a shipped cluster preset")
         num_gpus = _int(row, "num_gpus")
         if num_gpus is None:
             raise InputError("num_gpus", "", "is empty")
         cluster = load_cluster(system, num_gpus=num_gpus)
-        gpu = row["gpu"].strip()
+        gpu = _cell(row, "gpu")
         if gpu and gpu != cluster.gpu.key:
             notes.append(f"gpu {gpu} differs from {system}'s {cluster.gpu.key}; using the system")
         seq_len, gbs = _int(row, "seq_len"), _int(row, "global_batch")
         if seq_len is None or gbs is None:
             raise InputError("seq_len" if seq_len is None else "global_batch", "", "is empty")
-        precision = row["precision"].strip() or "bf16"
+        precision = _cell(row, "precision") or "bf16"
         job = JobSpec(global_batch=gbs, seq_len=seq_len, precision=precision)
         tp, pp, cp = (_int(row, c, 1) or 1 for c in ("tp", "pp", "cp"))
         dp = _int(row, "dp")
         if dp is None:
             dp = num_gpus // (tp * pp * cp)
             notes.append(f"dp={dp} from GPUs/(tp*pp*cp)")
-        sp_cell = row["sp"].strip()
+        sp_cell = _cell(row, "sp")
         sp = (sp_cell == "1") if sp_cell else tp > 1
         if not sp_cell:
             notes.append(f"sp={'on' if sp else 'off'} (default: on when tp > 1)")
         if sp and tp == 1:
             sp = False  # Megatron turns SP off at tp=1
-        sharding = row["sharding"].strip()
+        sharding = _cell(row, "sharding")
         if not sharding:
             sharding = DEFAULT_SHARDING[runtime]
             notes.append(f"sharding={sharding} ({runtime} default)")
-        recompute = row["recompute"].strip() or "none"
+        recompute = _cell(row, "recompute") or "none"
         mb = _int(row, "micro_batch")
         if mb is None:
-            mb = 1
-            notes.append("micro_batch=1 (not stated)")
-        vpp = _int(row, "vpp", 1) or 1
+            mb, why = unknown_micro_batch(runtime, gbs, dp, pp)
+            notes.append(why)
+        vpp = _int(row, "vpp")
+        if vpp is None:
+            vpp = unknown_vpp(model.num_layers, pp) if pp > 1 else 1
+            if pp > 1:
+                notes.append(f"vpp={vpp} (interleaved, count not stated: most chunks with >= 4 layers each)")
         layout: tuple[int, ...] = ()
         if model.num_layers % (pp * vpp):
             layout = balanced_layout(model.num_layers, pp, vpp)
             notes.append(f"uneven pipeline split {'/'.join(map(str, layout))} (ends lighter)")
         plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, ep=_int(row, "ep", 1) or 1, etp=1, vpp=vpp, sp=sp,
-                    sharding=sharding, recompute=recompute, micro_batch=mb, pipeline_layers=layout)
+                    sharding=sharding, recompute=recompute, micro_batch=mb, pipeline_layers=layout,
+                    tp_overlap=_yes_no(row, "tp_overlap"), ep_overlap=_yes_no(row, "ep_overlap"))
         reasons = plan_violations(model, job, plan, cluster.num_gpus)
         if reasons:
             raise InputError("plan", plan.describe(), reasons[0])
-        return replace(base, model=model, cluster=cluster, job=job, plan=plan,
-                       assumptions=tuple(notes), recompute_unknown=not row["recompute"].strip())
+        return replace(base, model=model, cluster=cluster, job=job, plan=plan, memory_runtime=memory_runtime,
+                       assumptions=tuple(notes), recompute_unknown=not _cell(row, "recompute"),
+                       sharding_unknown=not _cell(row, "sharding"))
     except (InputError, ValueError) as exc:
         return replace(base, error=str(exc))
 
 
-__all__ = ["MEM_KINDS", "RunCase", "case_from_row", "read_runs", "runtime_for_source"]
+__all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "read_runs", "runtime_for_source",
+           "unknown_micro_batch", "unknown_vpp", "uses_bf16_optimizer"]

@@ -34,6 +34,7 @@ from configurator.cost.constants import CostConstants
 from configurator.cost.step import StepReport, estimate_step
 from configurator.memory import MemoryReport, estimate_memory
 from configurator.profiles import GIB
+from configurator.recompute import MEGATRON_RUNTIMES, selective_module_ladder
 from configurator.runs import RunCase, read_runs
 from configurator.specs.plan import RECOMPUTES, Plan
 
@@ -70,10 +71,10 @@ class Prediction:
         if self.memory is None:
             return None
         peak = self.memory.peak
-        kind = self.case.mem_kind
-        if kind == "peak-allocated":
+        kind = self.case.mem_measure
+        if kind == "allocated":
             return max(s.allocated_bytes for s in self.memory.stages)
-        if kind == "peak":
+        if kind == "reserved":
             return max(s.reserved_bytes for s in self.memory.stages)
         return peak.total_bytes
 
@@ -126,22 +127,73 @@ def recompute_ladder(case: RunCase) -> list[Plan]:
     return plans
 
 
+def _describe(plan: Plan) -> str:
+    what = plan.recompute + (f" ({plan.recompute_num_layers} layers per chunk)" if plan.recompute_num_layers else "")
+    if plan.recompute_modules:
+        what += " (" + ",".join(plan.recompute_modules) + ")"
+    return what
+
+
+def _least_recompute(case: RunCase, base: Plan) -> tuple[Plan, MemoryReport]:
+    """The least recompute under which ``base`` fits (the last of the ladder if none does)."""
+    assert case.model and case.cluster and case.job
+    memory = None
+    plan = base
+    for plan in recompute_ladder(replace(case, plan=base)):
+        memory = estimate_memory(case.model, case.cluster, case.job, plan, runtime=case.memory_layout)
+        if memory.fits:
+            break
+    assert memory is not None
+    return plan, memory
+
+
+def _least_modules(case: RunCase, base: Plan) -> tuple[Plan, MemoryReport]:
+    """Selective recompute whose module list is not stated: the first list of Megatron's that fits."""
+    assert case.model and case.cluster and case.job
+    memory = None
+    plan = base
+    for modules in selective_module_ladder(case.model):
+        plan = replace(base, recompute_modules=modules)
+        memory = estimate_memory(case.model, case.cluster, case.job, plan, runtime=case.memory_layout)
+        if memory.fits:
+            break
+    assert memory is not None
+    return plan, memory
+
+
 def resolve_case(case: RunCase) -> tuple[RunCase, MemoryReport | None]:
-    """The row with an unknown recompute setting taken as the least recompute that fits."""
+    """The row with its unstated memory choices taken as the least that fits, each one said in
+    ``assumptions``: recompute (none, selective, partial, full); for Megatron-Core rows, the
+    ``--recompute-modules`` of a "selective" row (the CSV has no column for them), and Megatron-FSDP
+    when the default distributed optimizer cannot hold the row at all."""
     if case.error:
         return case, None
     assert case.model and case.cluster and case.job and case.plan
-    memory = estimate_memory(case.model, case.cluster, case.job, case.plan, runtime=case.runtime)
+    memory = estimate_memory(case.model, case.cluster, case.job, case.plan, runtime=case.memory_layout)
+    notes: list[str] = []
+    plan = case.plan
+    megatron = case.runtime in MEGATRON_RUNTIMES
     if case.recompute_unknown:
-        for plan in recompute_ladder(case):
-            memory = estimate_memory(case.model, case.cluster, case.job, plan, runtime=case.runtime)
-            if memory.fits:
-                break
-        what = plan.recompute + (f" ({plan.recompute_num_layers} layers per chunk)"
-                                 if plan.recompute_num_layers else "")
-        note = (f"recompute not stated: {what} is the least that fits" if memory.fits
-                else "recompute not stated: does not fit even with full recompute")
-        case = replace(case, plan=plan, assumptions=case.assumptions + (note,))
+        plan, memory = _least_recompute(case, case.plan)
+        notes.append(f"recompute not stated: {_describe(plan)} is the least that fits" if memory.fits
+                     else "recompute not stated: does not fit even with full recompute")
+    elif megatron and plan.recompute == "selective" and not memory.fits:
+        plan, memory = _least_modules(case, plan)
+        if memory.fits:
+            notes.append(f"recompute modules not stated: {','.join(plan.recompute_modules) or 'core_attn'} "
+                         "is the least list that fits")
+    if megatron and case.sharding_unknown and not memory.fits:
+        fsdp = replace(plan, sharding="zero3")
+        plan2, memory2 = (_least_recompute(case, replace(fsdp, recompute="none", recompute_num_layers=0,
+                                                          recompute_modules=()))
+                          if case.recompute_unknown else (fsdp, estimate_memory(
+                              case.model, case.cluster, case.job, fsdp, runtime=case.memory_layout)))
+        if memory2.fits:
+            plan, memory = plan2, memory2
+            notes.append("sharding not stated and the distributed optimizer cannot fit: Megatron-FSDP (zero3)"
+                         + (f" with {_describe(plan)}" if case.recompute_unknown else ""))
+    if notes:
+        case = replace(case, plan=plan, assumptions=case.assumptions + tuple(notes))
     return case, memory
 
 

@@ -1,7 +1,7 @@
 """`validate` on the published runs: every row comes back, and the accuracy gates hold.
 
-Memory gate (issue 2): median |error| <= 10% on rows with measured memory, every OOM row predicted not
-to fit. Rows that ran must be predicted to fit except the ones listed (and explained) in the README;
+Memory gate (issues 2, 13): median |error| <= 6% and p90 <= 15% on rows with measured memory, every OOM row
+predicted not to fit. Rows that ran must be predicted to fit except the ones listed (and explained) in the README;
 the test fails if that list grows.
 
 Throughput gate (issue 3): the median |error| of tokens/s/GPU may not grow by more than one point over
@@ -28,7 +28,9 @@ BASELINE = Path(__file__).resolve().parent.parent / "benchmarks" / "validation" 
 def predictions(published_runs) -> list[Prediction]:
     return validate_runs(published_runs)
 
-KNOWN_MISFITS = {"r100", "r467", "r493", "r543", "r544", "r546"}
+KNOWN_MISFITS = {"r100"}
+"""r100: 70B at TP1 PP1 with the distributed optimizer on GB300 - its bf16 weights and grads alone (282 GB)
+exceed the GPU as the row is written (README, Accuracy > Memory)."""
 
 
 def test_every_row_predicted_or_explained(published_runs, predictions, tmp_path) -> None:
@@ -45,7 +47,8 @@ def test_every_row_predicted_or_explained(published_runs, predictions, tmp_path)
 def test_memory_accuracy_gate(predictions) -> None:
     summary = summarize(predictions)
     assert summary.memory_rows >= 30
-    assert summary.memory_median_abs_error_pct <= 10.0
+    assert summary.memory_median_abs_error_pct <= 6.0  # issue 13's targets: median <= 6%, p90 <= 15%
+    assert summary.memory_p90_abs_error_pct <= 15.0
     assert summary.oom_rows >= 2 and summary.oom_predicted_not_fit == summary.oom_rows
     assert set(summary.misfits) <= KNOWN_MISFITS, sorted(set(summary.misfits) - KNOWN_MISFITS)
     assert summary.predicted >= 0.9 * summary.rows

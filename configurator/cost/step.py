@@ -43,6 +43,7 @@ from configurator.cost.schedule import ScheduleResult, simulate
 from configurator.cost.work import BF16, LayerWork, embedding_work, head_work, layer_work, model_flops_per_token
 from configurator.memory import all_layer_params, stage_layer_indices, stage_params
 from configurator.placement import Placement
+from configurator.recompute import recompute_shares
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
@@ -198,6 +199,11 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
                       model_flops_per_step=model_flops_per_token(model, job.seq_len) * job.tokens_per_step)
 
 
+def _layer_of_kind(model: ModelSpec, moe: bool) -> int:
+    """Index of the first MoE (or dense) layer: selective-recompute shares differ only by kind."""
+    return next((i for i in range(model.num_layers) if model.layer_is_moe(i) == moe), 0)
+
+
 def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConstants,
                  v: int) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """(forward components, backward components, compute detail) of one micro-batch on virtual stage v."""
@@ -231,10 +237,17 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         ep_f = 2 * comm.alltoall_s("ep", work.ep_bytes) * (1 - ep_hidden) if work.ep_bytes else 0.0
         recompute = 0.0
         re_frac = 0.0  # share of the forward's communication repeated by recompute
+        re_ep = 0.0
         if is_layer:
             if full_frac:
                 recompute = full_frac * f_compute
                 re_frac = full_frac
+            elif plan.recompute == "selective" and plan.recompute_modules:
+                # Megatron's --recompute-modules: configurator/recompute.py says what repeats.
+                share = recompute_shares(inp.model, inp.job, plan, _layer_of_kind(inp.model, moe))
+                recompute = (share.gemm * wt.gemm_s + share.attention * wt.attention_s
+                             + share.elementwise * wt.elementwise_s)
+                re_ep = share.ep_comm  # the MoE recompute repeats its dispatch and combine
             elif plan.recompute == "selective":
                 recompute = wt.attention_s if rt.selective_recompute == "attention" else 0.5 * wt.gemm_s
         launch = (c["overhead.layer_s"] + (c["overhead.moe_layer_s"] if moe else 0.0)) if is_layer else 0.0
@@ -253,7 +266,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         fwd["cp_comm"] += n * cp_f
         bwd["cp_comm"] += n * (cp_b + re_frac * cp_f)
         fwd["ep_comm"] += n * ep_f
-        bwd["ep_comm"] += n * (1 + re_frac) * ep_f
+        bwd["ep_comm"] += n * (1 + re_frac + re_ep) * ep_f
         fwd["dp_comm"] += n * z_f
         bwd["dp_comm"] += n * z_b
         detail["gemm"] += n * 3 * wt.gemm_s

@@ -51,6 +51,8 @@ class Evaluated:
     """None: Megatron's default order."""
     default_placement_step_s: float | None = None
     """Step time on the default order, where a placement search ran."""
+    tight: bool = False
+    """Fits only without the memory margin (``search/resolve.py``): ranked after every plan with headroom."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -83,11 +85,11 @@ class SearchResult:
 class _TopK:
     def __init__(self, k: int) -> None:
         self.k = k
-        self.heap: list[tuple[float, int, Evaluated]] = []
+        self.heap: list[tuple[tuple[int, float], int, Evaluated]] = []
         self.counter = itertools.count()
 
     def push(self, item: Evaluated) -> None:
-        entry = (-item.step.step_s, next(self.counter), item)
+        entry = ((-int(item.tight), -item.step.step_s), next(self.counter), item)
         if len(self.heap) < self.k:
             heapq.heappush(self.heap, entry)
         elif entry[0] > self.heap[0][0]:
@@ -95,16 +97,20 @@ class _TopK:
 
     @property
     def bound(self) -> float:
-        """Step time a new option must beat to enter (inf until k are kept)."""
-        return -self.heap[0][0] if len(self.heap) >= self.k else float("inf")
+        """Step time a new option must beat to enter (inf until k are kept, or while a tight plan is kept:
+        any plan with headroom enters before it)."""
+        if len(self.heap) < self.k or self.heap[0][0][0]:
+            return float("inf")
+        return -self.heap[0][0][1]
 
     def ranked(self) -> list[Evaluated]:
-        return [e for _, _, e in sorted(self.heap, key=lambda t: (-t[0], t[1]))]
+        return [e for _, _, e in sorted(self.heap, key=lambda t: (-t[0][0], -t[0][1], t[1]))]
 
 
 def _cost(ctx: SearchContext, option: Option, constants: CostConstants) -> Evaluated:
     inputs = prepare(ctx.model, ctx.cluster, ctx.job, option.plan, runtime=ctx.runtime)
-    return Evaluated(plan=option.plan, memory=option.memory, step=evaluate(inputs, constants), why=option.why)
+    return Evaluated(plan=option.plan, memory=option.memory, step=evaluate(inputs, constants), why=option.why,
+                     tight=option.tight)
 
 
 def _key(plan: Plan) -> tuple:
@@ -158,7 +164,7 @@ def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = 
         notes.append(f"memory was resolved for {len(resolutions)} of {len(structures)} structures (the rest were "
                      "bounded out first), so 'feasible' counts those")
     ranked = [_with_placement(ctx, e, constants) for e in top.ranked()]
-    ranked.sort(key=lambda e: e.step.step_s)
+    ranked.sort(key=lambda e: (e.tight, e.step.step_s))
     pruned = Counter(stats.pruned) + infeasible
     return SearchResult(ranked=tuple(ranked), method=chosen, candidates=len(structures), feasible=feasible,
                         options=sum(len(o) for o in resolutions.values()), evaluated=evaluated,
@@ -328,9 +334,9 @@ def _with_placement(ctx: SearchContext, e: Evaluated, constants: CostConstants) 
     placed = evaluate(inputs, constants)
     if placed.step_s >= e.step.step_s:
         return Evaluated(plan=e.plan, memory=e.memory, step=e.step, why=e.why, placement=None,
-                         default_placement_step_s=e.step.step_s)
+                         default_placement_step_s=e.step.step_s, tight=e.tight)
     return Evaluated(plan=e.plan, memory=e.memory, step=placed, why=e.why, placement=placement,
-                     default_placement_step_s=e.step.step_s)
+                     default_placement_step_s=e.step.step_s, tight=e.tight)
 
 
 def gap(result: SearchResult, exhaustive: SearchResult) -> float | None:

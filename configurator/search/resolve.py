@@ -13,6 +13,12 @@ bisection, memory falls monotonically along that ladder), and the optimizer offl
 * and, for any offloaded option, the fraction that balances the GPU and CPU halves of the optimizer step
   if that is larger (then the offload costs no time: ``f = G / (G + C)``).
 
+For Megatron-Core runtimes, when whole-layer recompute is needed, the first ``--recompute-modules`` list
+that fits (``recompute.selective_module_ladder``) is offered too; the step model charges what it repeats.
+
+Every "fits" keeps ``ctx.memory_margin`` free (``configurator/margin.py``). A structure that fits only
+without the margin gets the options that fit the GPU, marked ``tight`` (the search ranks them last).
+
 The search costs every option and keeps the fastest. A more sharded option is only tried while the
 less sharded ones need recompute or offload (more sharding adds communication and cannot be faster
 than a fitting plan without recompute). A structure with no option gets the reason, with the smallest
@@ -26,8 +32,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from configurator.cost.step import ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, cpu_adam_rate_per_gpu
+from configurator.margin import NO_MARGIN, MemoryMargin, fits_with_margin
 from configurator.memory import MemoryReport, estimate_memory
 from configurator.profiles import GIB
+from configurator.recompute import MEGATRON_RUNTIMES, selective_module_ladder
 from configurator.search.space import SearchContext, framework_shardings
 from configurator.specs.plan import Plan, plan_violations
 
@@ -39,6 +47,9 @@ class Option:
     plan: Plan
     memory: MemoryReport
     why: str
+    tight: bool = False
+    """Fits the GPU only without the memory margin (``ctx.memory_margin``): shown, ranked after plans
+    with headroom."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -55,7 +66,9 @@ class RecomputeLadder(Sequence[Plan]):
 
     def __init__(self, ctx: SearchContext, plan: Plan) -> None:
         self.plan = plan
-        chunk = min(n for n in plan.virtual_stage_layers(ctx.model) if n > 0)
+        # --recompute-num-layers counts per model chunk; a chunk with fewer layers recomputes all of them,
+        # so the partial ladder runs up to the largest chunk.
+        chunk = max(plan.virtual_stage_layers(ctx.model))
         partial = chunk - 1 if ctx.runtime in ("megatron", "nemo", "megatron-2021") else 0
         self.steps: list[tuple[str, int]] = ([("none", 0), ("selective", 0)]
                                              + [("full", k) for k in range(1, partial + 1)] + [("full", 0)])
@@ -82,48 +95,54 @@ def _memory(ctx: SearchContext, plan: Plan) -> MemoryReport:
     return estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
 
 
+def _fits_device(mem: MemoryReport, margin: MemoryMargin) -> bool:
+    """The device fits the predicted peak with ``margin`` left free."""
+    return mem.fits_device and fits_with_margin(mem.peak_bytes, mem.capacity_bytes, margin)
+
+
 def _least_fitting(ctx: SearchContext, ladder: Sequence[Plan], last: MemoryReport,
-                   first_out: list[MemoryReport | None]) -> tuple[int, MemoryReport]:
+                   first_out: list[MemoryReport | None], margin: MemoryMargin = NO_MARGIN) -> tuple[int, MemoryReport]:
     """Index of the first plan of the ladder that fits the device (bisection) and its memory; -1 and
     the memory of the last plan (``last``) if none does."""
     lo, hi = 0, len(ladder) - 1
     hi_mem = last
-    if not hi_mem.fits_device:
+    if not _fits_device(hi_mem, margin):
         return -1, hi_mem
     first = _memory(ctx, ladder[0])
     first_out[0] = first
-    if first.fits_device:  # the common case: no recompute needed
+    if _fits_device(first, margin):  # the common case: no recompute needed
         return 0, first
     lo = 1
     while lo < hi:
         mid = (lo + hi) // 2
         mem = _memory(ctx, ladder[mid])
-        if mem.fits_device:
+        if _fits_device(mem, margin):
             hi, hi_mem = mid, mem
         else:
             lo = mid + 1
     return hi, hi_mem
 
 
-def min_offload(ctx: SearchContext, plan: Plan, m0: MemoryReport | None = None) -> tuple[float, MemoryReport] | None:
-    """The smallest offload fraction (1% steps) under which ``plan`` fits, or None. ``m0``: the memory
-    of ``plan`` without offload, if already known."""
+def min_offload(ctx: SearchContext, plan: Plan, m0: MemoryReport | None = None,
+                margin: MemoryMargin = NO_MARGIN) -> tuple[float, MemoryReport] | None:
+    """The smallest offload fraction (1% steps) under which ``plan`` fits with ``margin`` free, or None.
+    ``m0``: the memory of ``plan`` without offload, if already known."""
     if plan.sharding == "none":
         return None
     m0 = m0 or _memory(ctx, replace(plan, offload=0.0))
-    if m0.fits:
+    if m0.fits_host and _fits_device(m0, margin):
         return 0.0, m0
     m1 = _memory(ctx, replace(plan, offload=1.0))
-    if not m1.fits_device:
+    if not _fits_device(m1, margin):
         return None
-    cap = m0.capacity_bytes
+    cap = m0.capacity_bytes - margin.bytes_for(m0.capacity_bytes)
     need = 0.0
     for s0, s1 in zip(m0.stages, m1.stages):
         if s0.total_bytes > cap:
             need = max(need, (s0.total_bytes - cap) / (s0.total_bytes - s1.total_bytes))
     f = min(1.0, math.ceil(need * 100 - 1e-9) / 100)
     mem = _memory(ctx, replace(plan, offload=f))
-    while not mem.fits_device and f < 1.0:  # rounding guard
+    while not _fits_device(mem, margin) and f < 1.0:  # rounding guard
         f = min(1.0, f + 0.01)
         mem = _memory(ctx, replace(plan, offload=f))
     if not mem.fits:
@@ -141,6 +160,21 @@ def balanced_offload(ctx: SearchContext) -> float:
 
 
 def resolve(ctx: SearchContext, structure: Plan) -> Resolution:
+    """The structure's memory options with ``ctx.memory_margin`` left free; if none keeps it, the options
+    that fit the GPU without it, marked ``tight``."""
+    margin = getattr(ctx, "memory_margin", None) or NO_MARGIN
+    res = _resolve(ctx, structure, margin)
+    if res.options or margin == NO_MARGIN or margin.bytes_for(ctx.cluster.gpu_memory_bytes) <= 0:
+        return res
+    tight = _resolve(ctx, structure, NO_MARGIN)
+    if not tight.options:
+        return tight  # nothing fits even without the margin: say so against the GPU's capacity
+    keep = margin.bytes_for(ctx.cluster.gpu_memory_bytes) / GIB
+    return Resolution(options=tuple(replace(o, tight=True, why=o.why + f"; tight: leaves less than the "
+                                            f"{keep:.1f} GiB memory margin free") for o in tight.options))
+
+
+def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin) -> Resolution:
     options: list[Option] = []
     smallest = math.inf
     shardings = framework_shardings(ctx, structure)
@@ -149,7 +183,7 @@ def resolve(ctx: SearchContext, structure: Plan) -> Resolution:
     frugal = [_memory(ctx, replace(structure, sharding=sh, recompute="full", recompute_num_layers=0,
                                    offload=1.0 if sh != "none" else 0.0)) for sh in shardings]
     least = min(frugal, key=lambda m: m.peak_bytes)
-    if not least.fits_device:
+    if not _fits_device(least, margin):
         return Resolution(options=(), smallest_need_bytes=least.peak_bytes,
                           reason=f"needs {least.peak_bytes / GIB:.1f} GiB of {least.capacity_bytes / GIB:.1f} "
                                  "GiB even with full recompute and optimizer offload")
@@ -160,20 +194,24 @@ def resolve(ctx: SearchContext, structure: Plan) -> Resolution:
         ladder = recompute_ladder(ctx, base)
         full = _memory(ctx, ladder[-1])
         ladder_first: list[MemoryReport | None] = [None]
-        index, mem = _least_fitting(ctx, ladder, full, ladder_first)
+        index, mem = _least_fitting(ctx, ladder, full, ladder_first, margin)
         if index >= 0 and mem.fits:
             plan = ladder[index]
             what = "no recompute" if index == 0 else _describe_recompute(plan)
             options.append(Option(plan=plan, memory=mem, why=f"{sharding}: {what} is the least that fits"))
+            if index > 1 and ctx.runtime in MEGATRON_RUNTIMES:
+                modules = _least_modules(ctx, ladder[1], margin)
+                if modules is not None:
+                    options.append(modules)
             if index > 0:
-                off = min_offload(ctx, ladder[0], ladder_first[0])
+                off = min_offload(ctx, ladder[0], ladder_first[0], margin)
                 if off is not None and off[0] > 0:
                     options.append(Option(plan=replace(ladder[0], offload=off[0]), memory=off[1],
                                           why=f"{sharding}: offloading {off[0]:.0%} of the optimizer avoids recompute"))
             else:
                 break  # fits without recompute or offload: more sharding cannot be faster
         else:
-            off = min_offload(ctx, ladder[-1], full)
+            off = min_offload(ctx, ladder[-1], full, margin)
             if off is not None:
                 options.append(Option(plan=replace(ladder[-1], offload=off[0]), memory=off[1],
                                       why=f"{sharding}: fits only with full recompute and {off[0]:.0%} of the "
@@ -187,7 +225,7 @@ def resolve(ctx: SearchContext, structure: Plan) -> Resolution:
         if 0 < o.plan.offload < balanced:
             plan = replace(o.plan, offload=math.ceil(balanced * 100) / 100)
             mem = _memory(ctx, plan)
-            if mem.fits:
+            if mem.fits and _fits_device(mem, margin):
                 extra.append(Option(plan=plan, memory=mem, why=o.why + f"; {plan.offload:.0%} balances GPU and CPU Adam"))
     options += extra
     if ctx.framework == "deepspeed":
@@ -198,6 +236,20 @@ def resolve(ctx: SearchContext, structure: Plan) -> Resolution:
     need = f"{smallest / GIB:.1f} GiB" if math.isfinite(smallest) else "more than the host can offload"
     return Resolution(options=(), smallest_need_bytes=smallest if math.isfinite(smallest) else 0.0,
                       reason=f"needs {need} of {cap / GIB:.1f} GiB even with full recompute and optimizer offload")
+
+
+def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) -> Option | None:
+    """Megatron-Core's ``--recompute-modules``: the first module list (least recompute first,
+    ``runs.selective_module_ladder``) under which the plan fits, as an alternative to recomputing whole
+    layers - for MoE and long-context plans it often costs less time (the step model charges what the
+    modules repeat, ``configurator/recompute.py``)."""
+    for modules in selective_module_ladder(ctx.model)[1:]:
+        plan = replace(selective, recompute="selective", recompute_num_layers=0, recompute_modules=modules)
+        mem = _memory(ctx, plan)
+        if mem.fits and _fits_device(mem, margin):
+            return Option(plan=plan, memory=mem,
+                          why=f"{plan.sharding}: selective recompute of {','.join(modules)} fits")
+    return None
 
 
 def _deepspeed_runnable(ctx: SearchContext, options: list[Option]) -> list[Option]:

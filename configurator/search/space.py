@@ -50,6 +50,9 @@ class SearchContext:
     framework: str = "megatron"
     """'megatron' (everything Megatron-LM runs) or 'deepspeed' (only what DeepSpeed can run: no CP, no
     interleaving, no expert parallelism, no Megatron-style SP; see ``configurator.emit.deepspeed``)."""
+    memory_margin: Any = None
+    """``configurator.margin.MemoryMargin`` kept free on every GPU by ``search/resolve.py`` (None: none);
+    plans that fit only without it come back marked ``tight``."""
 
     @property
     def num_gpus(self) -> int:

@@ -49,6 +49,7 @@ from configurator.service.workers import (
     QueueFull,
     WorkerPool,
 )
+from configurator.margin import parse_margin
 
 MAX_BODY_BYTES = 1_000_000
 MAX_TIME_BUDGET_S = 60.0
@@ -77,6 +78,9 @@ class PlanRequest(BaseModel):
     method: Literal["auto", "exhaustive", "optuna"] = "auto"
     framework: Literal["megatron", "deepspeed"] = "megatron"
     runtime: Optional[str] = Field(default=None, max_length=40)
+    memory_margin: Optional[str] = Field(default=None, max_length=32, description=(
+        "GPU memory the plan must leave free: GiB ('8') or a percentage of the GPU ('12%'); default: the "
+        "memory p90 error of the validation report. Plans that fit only without it come back \"tight\": true."))
 
 
 class EstimateRequest(BaseModel):
@@ -337,6 +341,7 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
         _check_model(req.model)
         build_cluster(request, profile)
         prepare_optuna(request)
+        parse_margin(req.memory_margin)
         key = cache_key(request, version)
         with creating:
             reusable = store.find_reusable(key)

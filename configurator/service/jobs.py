@@ -60,6 +60,7 @@ def near_memory_limit(fraction: float = 0.9) -> bool:
 
 def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None) -> None:
     """Worker entry point: run the search of a stored job and store the outcome (never raises)."""
+    from configurator.margin import parse_margin
     from configurator.render import search_plans_dicts
     from configurator.search.optimize import search
     from configurator.search.space import SearchContext
@@ -80,7 +81,8 @@ def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None) -> None:
             raise InputError("precision", spec.precision, f"is not supported by {cluster.gpu.key}")
         framework = request.get("framework") or "megatron"
         runtime = request.get("runtime") or ("deepspeed" if framework == "deepspeed" else "megatron")
-        ctx = SearchContext(model=model, cluster=cluster, job=spec, runtime=runtime, framework=framework)
+        ctx = SearchContext(model=model, cluster=cluster, job=spec, runtime=runtime, framework=framework,
+                            memory_margin=parse_margin(request.get("memory_margin")))
         last = [0.0]
 
         def progress(fraction: float, _message: str) -> None:

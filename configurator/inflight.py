@@ -1,0 +1,124 @@
+"""Micro-batches in flight on one pipeline rank, by replaying Megatron-Core's schedule order.
+
+A rank holds a micro-batch's activations for a model chunk from that chunk's forward until its
+backward. The peak is therefore a count per model chunk at the worst moment of the schedule. We
+replay the order of ``megatron/core/pipeline_parallel/schedules.py`` (Megatron-Core 0.19.2):
+
+* 1F1B (``forward_backward_pipelining_without_interleaving``): ``pp - rank - 1`` warm-up forwards
+  (at most ``m``), then one forward + one backward per step, then the cool-down backwards; the peak
+  is ``min(pp - rank, m)`` micro-batches.
+* interleaved (``get_pp_rank_microbatches`` + ``get_schedule_table``): ``(pp - rank - 1) * 2 +
+  (vpp - 1) * g`` warm-up forwards (``g`` = ``microbatch_group_size_per_vp_stage``, default ``pp``;
+  at most ``m * vpp``), then 1F1B over virtual micro-batches. Forwards follow the schedule table
+  (groups of ``g`` micro-batches, chunk 0 first); backwards the same table with the chunk index
+  reversed (``num_model_chunks - chunk - 1``).
+
+torchtitan's ``Schedule1F1B`` and DeepSpeed's ``TrainSchedule`` keep the same ``min(pp - rank, m)``.
+The result is a set of per-chunk counts (one per moment right after a forward, where a peak can
+be); the memory model weighs them by each chunk's activation bytes (uneven splits make the chunks
+differ) and takes the largest.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+
+def warmup_forwards(pp: int, vpp: int, m: int, rank: int, group: int | None = None) -> int:
+    """Megatron's ``num_warmup_microbatches`` (``get_pp_rank_microbatches``) for training."""
+    total = m * vpp
+    if pp == 1:
+        return 0
+    if vpp == 1:
+        warm = pp - rank - 1
+    else:
+        g = group or pp
+        warm = (pp - rank - 1) * 2 + (vpp - 1) * g
+    return min(warm, total)
+
+
+def schedule_table(m: int, vpp: int, group: int) -> list[tuple[int, int]]:
+    """``get_schedule_table``: (micro-batch, chunk) of each virtual micro-batch, in forward order."""
+    table: list[tuple[int, int]] = []
+    for first in range(0, m, group):
+        last = m if first + group >= m else first + group
+        table.extend((mb, chunk) for chunk in range(vpp) for mb in range(first, last))
+    return table
+
+
+def replay(pp: int, vpp: int, m: int, rank: int, group: int | None = None) -> list[tuple[str, int, int]]:
+    """The rank's operations in order: ("F" or "B", micro-batch, chunk)."""
+    g = min(group or pp, m) if vpp > 1 else 1
+    table = schedule_table(m, vpp, g) if vpp > 1 else [(mb, 0) for mb in range(m)]
+    total = len(table)
+    warm = warmup_forwards(pp, vpp, m, rank, g if vpp > 1 else None)
+    ops: list[tuple[str, int, int]] = []
+
+    def fwd(k: int) -> None:
+        mb, chunk = table[k]
+        ops.append(("F", mb, chunk))
+
+    def bwd(k: int) -> None:
+        mb, chunk = table[k]
+        ops.append(("B", mb, vpp - chunk - 1))
+
+    for k in range(warm):
+        fwd(k)
+    for k in range(total - warm):
+        fwd(warm + k)
+        bwd(k)
+    for k in range(total - warm, total):
+        bwd(k)
+    return ops
+
+
+_REPLAY_LIMIT_GROUPS = 4
+
+
+@lru_cache(maxsize=4096)
+def inflight_count_sets(pp: int, vpp: int, m: int, rank: int, group: int | None = None) -> tuple[tuple[int, ...], ...]:
+    """Distinct per-chunk counts of outstanding (forwarded, not yet back-propagated) micro-batches
+    right after each forward. For a large ``m`` the steady state repeats every group, so a shorter
+    replay with the same remainder ``m mod g`` gives the same set."""
+    g = min(group or pp, m) if vpp > 1 else 1
+    period = g if vpp > 1 else 1
+    span = _REPLAY_LIMIT_GROUPS * max(period, pp)
+    if m > span + period:
+        m = span + (m % period)
+    outstanding = [0] * vpp
+    seen: set[tuple[int, ...]] = set()
+    for kind, _mb, chunk in replay(pp, vpp, m, rank, group):
+        if kind == "F":
+            outstanding[chunk] += 1
+            seen.add(tuple(outstanding))
+        else:
+            outstanding[chunk] -= 1
+    return tuple(sorted(seen))
+
+
+@lru_cache(maxsize=4096)
+def _equal_peak_counts(pp: int, vpp: int, m: int, rank: int, group: int | None, held: int) -> tuple[int, ...]:
+    return next(c for c in inflight_count_sets(pp, vpp, m, rank, group) if sum(c) == held)
+
+
+def peak_inflight(pp: int, vpp: int, m: int, rank: int, chunk_weights: tuple[float, ...] | None = None,
+                  group: int | None = None) -> tuple[float, tuple[int, ...]]:
+    """(the largest sum of ``count[c] * chunk_weights[c]``, the counts that reach it). Without weights
+    every chunk weighs 1, i.e. the peak number of chunk-micro-batches held."""
+    if vpp == 1:  # 1F1B: min(pp - rank, m), whatever the weight
+        held = min(pp - rank, m) if pp > 1 else min(1, m)
+        return held * (chunk_weights[0] if chunk_weights else 1.0), (held,)
+    weights = chunk_weights or (1.0,) * vpp
+    if all(w == weights[0] for w in weights):
+        # Equal chunks: the peak is right after the first steady-state forward, warm-up + 1 chunks.
+        held = min(warmup_forwards(pp, vpp, m, rank, min(group or pp, m)) + 1, m * vpp)
+        return held * weights[0], _equal_peak_counts(pp, vpp, m, rank, group, held)
+    best, best_counts = -1.0, (0,) * vpp
+    for counts in inflight_count_sets(pp, vpp, m, rank, group):
+        value = sum(c * w for c, w in zip(counts, weights))
+        if value > best:
+            best, best_counts = value, counts
+    return max(best, 0.0), best_counts
+
+
+__all__ = ["inflight_count_sets", "peak_inflight", "replay", "schedule_table", "warmup_forwards"]
