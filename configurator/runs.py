@@ -112,6 +112,16 @@ def _int(row: dict[str, str], col: str, default: int | None = None) -> int | Non
     return int(number)
 
 
+def _overlap(row: dict[str, str], col: str) -> bool | None:
+    """A stated overlap setting (runs CSV version 2: yes/no; empty = the runtime's default)."""
+    cell = (row.get(col) or "").strip().lower()
+    if cell in ("yes", "1", "true", "on"):
+        return True
+    if cell in ("no", "0", "false", "off"):
+        return False
+    return None
+
+
 def _matching_preset(layers: int, hidden: int, experts: int) -> ModelSpec | None:
     for name in model_names():
         spec = load_model(name)
@@ -213,7 +223,9 @@ def case_from_row(row: dict[str, str]) -> RunCase:
             layout = balanced_layout(model.num_layers, pp, vpp)
             notes.append(f"uneven pipeline split {'/'.join(map(str, layout))} (ends lighter)")
         plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, ep=_int(row, "ep", 1) or 1, etp=1, vpp=vpp, sp=sp,
-                    sharding=sharding, recompute=recompute, micro_batch=mb, pipeline_layers=layout)
+                    sharding=sharding, recompute=recompute, micro_batch=mb, pipeline_layers=layout,
+                    tp_overlap=_overlap(row, "tp_overlap") if tp > 1 else None,
+                    ep_overlap=_overlap(row, "ep_overlap") if model.is_moe else None)
         reasons = plan_violations(model, job, plan, cluster.num_gpus)
         if reasons:
             raise InputError("plan", plan.describe(), reasons[0])
