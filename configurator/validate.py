@@ -252,9 +252,10 @@ def sweep_key(case: RunCase) -> tuple[str, ...]:
 
 
 def sweep_pair_indices(keys: list[tuple[str, ...]], measured: list[float],
-                       min_gap: float = PAIR_MIN_GAP) -> list[tuple[int, int]]:
+                       min_gap: float = PAIR_MIN_GAP, plans: list[object] | None = None) -> list[tuple[int, int]]:
     """Index pairs (i, j) of rows in one sweep whose measured throughputs differ by more than
-    ``min_gap``, the faster one first."""
+    ``min_gap``, the faster one first. With ``plans``, pairs of rows with the same plan (repeated
+    runs: their difference is noise no model can order) are left out."""
     by_key: dict[tuple[str, ...], list[int]] = {}
     for i, k in enumerate(keys):
         by_key.setdefault(k, []).append(i)
@@ -263,6 +264,8 @@ def sweep_pair_indices(keys: list[tuple[str, ...]], measured: list[float],
         for a in range(len(members)):
             for b in range(a + 1, len(members)):
                 i, j = members[a], members[b]
+                if plans is not None and plans[i] == plans[j]:
+                    continue
                 if measured[i] < measured[j]:
                     i, j = j, i
                 if measured[i] > min_gap * measured[j]:
@@ -271,9 +274,9 @@ def sweep_pair_indices(keys: list[tuple[str, ...]], measured: list[float],
 
 
 def pair_order(keys: list[tuple[str, ...]], measured: list[float], predicted: list[float],
-               min_gap: float = PAIR_MIN_GAP) -> tuple[int, int]:
-    """(pairs more than ``min_gap`` apart, of those ordered right by the prediction)."""
-    pairs = sweep_pair_indices(keys, measured, min_gap)
+               min_gap: float = PAIR_MIN_GAP, plans: list[object] | None = None) -> tuple[int, int]:
+    """(pairs of different plans more than ``min_gap`` apart, of those ordered right by the prediction)."""
+    pairs = sweep_pair_indices(keys, measured, min_gap, plans)
     return len(pairs), sum(1 for i, j in pairs if predicted[i] > predicted[j])
 
 
@@ -297,7 +300,8 @@ def summarize_throughput(predictions: list[Prediction]) -> ThroughputSummary:
 def _pairs(predictions: list[Prediction]) -> tuple[int, int]:
     done = [p for p in predictions if p.step is not None and p.measured_tokens_per_s_per_gpu is not None]
     return pair_order([sweep_key(p.case) for p in done], [p.measured_tokens_per_s_per_gpu for p in done],  # type: ignore[misc]
-                      [p.step.tokens_per_s_per_gpu for p in done])  # type: ignore[union-attr]
+                      [p.step.tokens_per_s_per_gpu for p in done],  # type: ignore[union-attr]
+                      plans=[p.case.plan for p in done])
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -183,3 +183,40 @@ def test_pair_order_counts_only_pairs_more_than_5pct_apart() -> None:
     predicted = [90.0, 200.0, 110.0, 70.0, 65.0]
     # sweep a: (120,100) right, (120,104) wrong, (104,100) within 5%; sweep b: (60,50) wrong
     assert pair_order(keys, measured, predicted) == (3, 1)
+
+
+def test_pairs_of_the_same_plan_are_noise_and_left_out() -> None:
+    keys = [("a",)] * 3
+    measured = [100.0, 110.0, 130.0]
+    predicted = [100.0, 100.0, 90.0]
+    plans = ["x", "x", "y"]
+    # (110, 100) share plan x: left out; (130, 100) and (130, 110) both ordered wrong
+    assert pair_order(keys, measured, predicted, plans=plans) == (2, 0)
+
+
+def test_every_committed_constant_at_a_bound_has_a_written_reason() -> None:
+    import json
+
+    from configurator.calibrate import at_bound
+    from configurator.cost.constants import calibration_path
+
+    values = json.loads(calibration_path().read_text())["constants"]
+    missing = [b["name"] for b in at_bound(values) if b["reason"] == "no reason recorded"]
+    assert not missing, missing
+
+
+def test_the_knob_bound_is_below_every_knob_setting() -> None:
+    from configurator.cost.step import busy_lower_bound
+    from configurator.search.knobs import best_knobs, knob_lower_bound
+
+    model = load_model("mixtral-8x7b")
+    cluster = load_cluster("dgx-h100", num_gpus=32)
+    job = JobSpec(global_batch=64, seq_len=8192)
+    plan = Plan(tp=2, sp=True, cp=2, dp=8, ep=4)
+    assert not plan_violations(model, job, plan, 32)
+    inputs = prepare(model, cluster, job, plan)
+    bound = knob_lower_bound(inputs, C)
+    for p in knob_variants(plan, "megatron", model.num_attention_heads, True):
+        assert bound <= busy_lower_bound(prepare(model, cluster, job, p), C) + 1e-12
+    chosen, report = best_knobs(inputs, C)
+    assert bound <= report.step_s and chosen.plan.tp_overlap is not None and chosen.plan.cp_comm is not None

@@ -59,8 +59,19 @@ def best_knobs(inputs: StepInputs, constants: CostConstants) -> tuple[StepInputs
 
 
 def knob_lower_bound(inputs: StepInputs, constants: CostConstants) -> float:
-    """``busy_lower_bound`` under the most favourable knob setting (keeps branch and bound exact)."""
-    return min(busy_lower_bound(v, constants) for v in _variants(inputs))
+    """``busy_lower_bound`` under the most favourable knob setting (keeps branch and bound exact).
+
+    Turning an overlap on never lengthens a modelled step (it hides ``overlap.*`` of the communication
+    and costs the compute beside it only ``nccl_overlap_compute_slowdown`` < 1 of what it hides), so
+    the bound takes both overlaps on where they can be chosen and the minimum over the CP types."""
+    variants = _variants(inputs)
+    if len(variants) == 1:
+        return busy_lower_bound(inputs, constants)
+    plan = inputs.plan
+    optimistic = [v for v in variants
+                  if (plan.tp_overlap is not None or v.plan.tp_overlap is not False)
+                  and (plan.ep_overlap is not None or v.plan.ep_overlap is not False)]
+    return min(busy_lower_bound(v, constants) for v in optimistic or variants)
 
 
 __all__ = ["best_knobs", "knob_lower_bound", "knob_variants"]
