@@ -220,3 +220,37 @@ def test_the_knob_bound_is_below_every_knob_setting() -> None:
         assert bound <= busy_lower_bound(prepare(model, cluster, job, p), C) + 1e-12
     chosen, report = best_knobs(inputs, C)
     assert bound <= report.step_s and chosen.plan.tp_overlap is not None and chosen.plan.cp_comm is not None
+
+
+def test_deepspeed_accumulates_each_microbatchs_gradients_in_fp32_outside_the_gemms() -> None:
+    from configurator.cost.compute import gpu_rates
+    from configurator.cost.step import evaluate
+
+    cluster = load_cluster("dgx-a100", num_gpus=16)
+    job = JobSpec(global_batch=64, seq_len=2048)
+    plan = Plan(tp=8, pp=2, dp=1)
+    inp = prepare(LLAMA70B, cluster, job, plan, runtime="deepspeed")
+    with_hook = evaluate(inp, C)
+    fused = evaluate(replace(inp, runtime=replace(inp.runtime, grad_accum_bytes_per_param=0), _rates={},
+                             _schedules={}), C)
+    hbm = gpu_rates(cluster, "bf16", C).hbm_Bps
+    r = with_hook.critical_stage
+    expect = 64 * sum(inp.rank_params[r]) * 10 / hbm  # 64 micro-batches, 10 B per parameter each
+    assert math.isclose(with_hook.term("compute") - fused.term("compute"), expect, rel_tol=1e-6)
+
+
+def test_deepspeed_zero1_all_reduces_the_full_gradients() -> None:
+    from configurator.cost.step import evaluate
+
+    cluster = load_cluster("dgx-a100", num_gpus=32)
+    job = JobSpec(global_batch=64, seq_len=2048)
+    plan = Plan(tp=8, pp=2, dp=2, sharding="zero1")
+    inp = prepare(LLAMA70B, cluster, job, plan, runtime="deepspeed")
+    comm = inp.comm.with_efficiency(LinkEfficiency(nvlink=C["link.nvlink"], scale_out=C["link.scale_out"],
+                                                   alltoall=C["link.alltoall"]))
+    ar = evaluate(inp, C)
+    rs = evaluate(replace(inp, runtime=replace(inp.runtime, zero1_grad_allreduce=False), _rates={}, _schedules={}), C)
+    dense = max(p[0] for p in inp.rank_params)
+    grad = dense * 4  # fp32 gradients, not overlapped under DeepSpeed
+    extra = comm.allreduce_s("dp_cp", grad) - comm.reduce_scatter_s("dp_cp", grad)
+    assert math.isclose(ar.term("dp_comm") - rs.term("dp_comm"), extra, rel_tol=1e-6)

@@ -184,6 +184,12 @@ class RuntimeCost:
     p2p_split_over_tp: bool
     """Without sequence parallelism, each TP rank sends 1/tp of the activation (Megatron's
     scatter/gather optimisation); otherwise every TP rank sends all of it."""
+    grad_accum_bytes_per_param: int
+    """Memory traffic per parameter and micro-batch to accumulate gradients outside the GEMMs (0 where
+    the wgrad GEMM accumulates into the fp32 buffer itself)."""
+    zero1_grad_allreduce: bool
+    """ZeRO-1 all-reduces the full gradients (then each rank updates its partition) instead of
+    reduce-scattering them (DeepSpeed's BF16_Optimizer)."""
     cp_comm: str
     """Context-parallel exchange when the plan does not choose one: 'p2p' (Megatron's ring),
     'all_gather' (torchtitan's default rotate method, Llama 3), 'a2a' or 'a2a+p2p'."""

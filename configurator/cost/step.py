@@ -405,9 +405,14 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
     send_f = [comm.p2p_stage_s(r, inp.p2p_bytes) for r in range(pp)]
     V = pp * vpp
     per_mb = c["overhead.microbatch_s"] / vpp
-    for v, (f, b, _) in enumerate(per_stage):
+    for v, (f, b, d) in enumerate(per_stage):
         f["compute"] += per_mb / 3
         b["compute"] += 2 * per_mb / 3
+        if rt.grad_accum_bytes_per_param:
+            # Each micro-batch's gradients added into the fp32 buffers by a backward hook.
+            accum = sum(inp.rank_params[v % pp]) / vpp * rt.grad_accum_bytes_per_param / rates.hbm_Bps
+            b["compute"] += accum
+            d["elementwise"] += accum
         if rt.p2p_blocking and pp > 1:
             # The rank sends its output and receives its input itself: both transfers cost it time.
             recv = send_f[(v - 1) % pp] if v > 0 else 0.0
@@ -458,6 +463,9 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
             if plan.sharding == "none":
                 reduce = comm.allreduce_s("dp_cp", grad) + comm.allreduce_s("edp", grad_e)
                 gather = 0.0
+            elif plan.sharding == "zero1" and rt.zero1_grad_allreduce:
+                reduce = comm.allreduce_s("dp_cp", grad) + comm.allreduce_s("edp", grad_e)
+                gather = comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
             else:
                 reduce = comm.reduce_scatter_s("dp_cp", grad) + comm.reduce_scatter_s("edp", grad_e)
                 gather = comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
