@@ -99,6 +99,7 @@ def plan(
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for --emit's files.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out folder.")] = False,
     calibration: CalibrationOpt = None,
+    versus: Annotated[Optional[str], typer.Option("--versus", help="A published plan to compare with, e.g. 'tp=1,pp=16,ep=64,mb=1' (modelled like the search's; says why when the top plan beats it by >15%).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search the plan space for the fastest plans that fit; exit 3 if none fits."""
@@ -125,6 +126,9 @@ def plan(
         raise InputError("time_budget", time_budget, "must be > 0 seconds")
     constants = _constants(calibration)
     ctx = SearchContext(model=spec, cluster=hw, job=job, runtime=runtime, framework=framework)
+    from configurator.cost.gap import parse_versus, versus_line
+
+    reference = parse_versus(versus) if versus is not None else None
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
                   transient=True, disable=not err.is_terminal) as bar:
@@ -149,15 +153,19 @@ def plan(
         if as_json:
             print(json.dumps({"plans": [], "search": result.as_dict()}, indent=2))
         raise typer.Exit(3)
+    versus_text = versus_line(ctx, ranked[0].step, reference, constants) if reference is not None else None
     if as_json:
         print(json.dumps({"plans": search_plans_dicts(spec, hw, job, ranked), "search": result.as_dict(),
-                          "emitted": [str(p) for p in written]}, indent=2))
+                          "emitted": [str(p) for p in written],
+                          **({"versus": versus_text} if versus_text is not None else {})}, indent=2))
         return
     console.print(f"[bold]{spec.name}[/bold] on {hw.num_gpus} x {hw.gpu.key} ({hw.name}), seq {seq_len}, "
                   f"global batch {global_batch}, {precision}, runtime {runtime}")
     console.print(plans_table(ranked, hw.gpu_memory_bytes / GIB))
     best = ranked[0]
     console.print(f"best: {best.plan.describe()} — {best.why}")
+    if versus_text is not None:
+        console.print(versus_text)
     if best.placement is not None and best.default_placement_step_s:
         gain = best.default_placement_step_s / best.step.step_s - 1
         console.print(f"placement: node order {list(best.placement.node_order)} is {100 * gain:.1f}% faster than "

@@ -254,3 +254,22 @@ def test_deepspeed_zero1_all_reduces_the_full_gradients() -> None:
     grad = dense * 4  # fp32 gradients, not overlapped under DeepSpeed
     extra = comm.allreduce_s("dp_cp", grad) - comm.reduce_scatter_s("dp_cp", grad)
     assert math.isclose(ar.term("dp_comm") - rs.term("dp_comm"), extra, rel_tol=1e-6)
+
+
+def test_gap_line_names_the_terms_that_separate_two_plans() -> None:
+    import pytest
+
+    from configurator.cost.gap import gap_line, parse_versus
+    from configurator.errors import InputError
+
+    cluster = load_cluster("dgx-h100", num_gpus=8)
+    job = JobSpec(global_batch=64, seq_len=4096)
+    fast = estimate_step(LLAMA70B, cluster, job, Plan(tp=8, sp=True, tp_overlap=True), constants=C)
+    slow = estimate_step(LLAMA70B, cluster, job, Plan(tp=8, sp=True, tp_overlap=False, recompute="full"),
+                         constants=C)
+    line = gap_line(fast, slow)
+    assert line is not None and "compute" in line.split("loses")[1]  # recompute is the largest term
+    assert gap_line(slow, fast) is None  # slower: nothing to explain
+    assert parse_versus("tp=1, pp=16,ep=64,mb=2") == {"tp": 1, "pp": 16, "ep": 64, "micro_batch": 2}
+    with pytest.raises(InputError):
+        parse_versus("tq=4")
