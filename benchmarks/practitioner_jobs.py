@@ -21,7 +21,7 @@ from configurator.specs.job import JobSpec
 JOBS = [
     ("Qwen3-30B-A3B, 16 H100, fp8, GBS 1024", "qwen3-30b-a3b", "dgx-h100", 16, 4096, 1024, "fp8",
      {"tp": 1, "pp": 2, "vpp": 12, "ep": 8, "micro_batch": 2, "source": "Megatron-Bridge recipe (r141 family)"}),
-    ("DeepSeek-V3, 2048 H800, GBS 15360", "deepseek-v3", "h800-ib", 2048, 4096, 15360, "bf16",
+    ("DeepSeek-V3, 2048 H800, fp8, GBS 15360", "deepseek-v3", "h800-ib", 2048, 4096, 15360, "fp8",
      {"tp": 1, "pp": 16, "ep": 64, "pipeline_layers": "balanced", "source": "DeepSeek-V3 report: PP16 EP64"}),
     ("Mixtral-8x22B, 256 H100, GBS 1024", "mixtral-8x22b", "dgx-h100", 256, 4096, 1024, "bf16",
      {"tp": 2, "pp": 4, "ep": 8, "source": "hand-tuned TP2 PP4 EP8"}),
