@@ -10,7 +10,9 @@ the reference's modelled throughput.
 * the best plan's modelled throughput dropped by more than ``MAX_DROP`` (0.5%);
 * a scenario that had a plan has none;
 * the golden best plan no longer fits memory under the current model;
-* the search evaluated more than ``MAX_EVALUATION_GROWTH`` (2x) the options it did.
+* the search evaluated more than ``MAX_EVALUATION_GROWTH`` (2x) the options it did;
+* the top plan is implausible: its predicted MFU is more than 5 points above the best MFU measured on
+  its GPU family and precision in the published runs (``plausibility.py``, ``benchmarks/measured_mfu.json``).
 
 Wall time is reported, never gated. ``--update`` rewrites the golden file and needs a reason, which is
 appended to ``CHANGELOG.md`` ("the test failed" is not a reason; a model fix is).
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from configurator.cost.constants import CostConstants
+from configurator.cost.gap import gap_line
 from configurator.cost.step import evaluate, prepare
 from configurator.errors import InputError
 from configurator.memory import estimate_memory
@@ -102,8 +105,15 @@ def reference_plan(ctx: SearchContext, ref: dict[str, Any]) -> Plan:
 def modelled_alike(ctx: SearchContext, structure: Plan, constants: CostConstants):  # type: ignore[no-untyped-def]
     """A published or hand-tuned plan modelled the way the search models its own: its memory choices
     (sharding, recompute, offload) resolved like the search's, the fastest option kept. None if nothing fits."""
-    timed = [(o, evaluate(prepare(ctx.model, ctx.cluster, ctx.job, o.plan, runtime=ctx.runtime), constants))
-             for o in resolve(ctx, structure).options]
+    from dataclasses import replace
+
+    from configurator.search.knobs import best_knobs
+
+    timed = []
+    for o in resolve(ctx, structure).options:
+        # communication knobs chosen as the search chooses them (search/knobs.py)
+        inputs, step = best_knobs(prepare(ctx.model, ctx.cluster, ctx.job, o.plan, runtime=ctx.runtime), constants)
+        timed.append((replace(o, plan=inputs.plan), step))
     return min(timed, key=lambda t: t[1].step_s) if timed else None
 
 
@@ -115,6 +125,7 @@ def run_scenario(scenario: Scenario, constants: CostConstants, time_budget_s: fl
                            "wall_s": round(time.perf_counter() - start, 3)}
     if result.ranked:
         out["best"] = search_plans_dicts(ctx.model, ctx.cluster, ctx.job, list(result.ranked[:1]))[0]
+        out["plausibility"] = plausibility(ctx, result.ranked[0].step.mfu)
     if scenario.reference is not None:
         structure = reference_plan(ctx, scenario.reference)
         reasons = plan_violations(ctx.model, ctx.job, structure, ctx.num_gpus)
@@ -128,8 +139,23 @@ def run_scenario(scenario: Scenario, constants: CostConstants, time_budget_s: fl
                 option, step = best
                 ref = estimate_dict(ctx.model, ctx.cluster, ctx.job, option.plan, option.memory, [option.why], step)
                 ref["source"] = scenario.reference.get("source", "")
+                if result.ranked:
+                    ref["why_top_plan_is_faster"] = gap_line(result.ranked[0].step, step)
                 out["reference"] = ref
     return out
+
+
+MEASURED_MFU = Path(__file__).resolve().parent.parent / "benchmarks" / "measured_mfu.json"
+
+
+def plausibility(ctx: SearchContext, predicted_mfu: float) -> dict[str, Any] | None:
+    """The top plan's predicted MFU against the best measured for its GPU family and precision
+    (``configurator/plausibility.py``); None without the measured table."""
+    from configurator.plausibility import check_mfu, load_table
+
+    if not MEASURED_MFU.exists():
+        return None
+    return check_mfu(ctx.cluster.gpu.family, ctx.job.precision, predicted_mfu, load_table(MEASURED_MFU))
 
 
 def golden_entry(result: dict[str, Any]) -> dict[str, Any]:
@@ -170,6 +196,11 @@ def compare(results: list[dict[str, Any]], golden: dict[str, Any], scenarios: li
             if not memory.fits:
                 failures.append(f"{r['name']}: the golden best plan {plan.describe()} no longer fits memory "
                                 f"({memory.reason()})")
+        verdict = r.get("plausibility")
+        if verdict and verdict.get("flagged"):
+            failures.append(f"{r['name']}: implausible top plan: predicted MFU {100 * verdict['predicted_mfu']:.1f}% is "
+                            f"{verdict['excess_points']:.1f} points above the best measured on {verdict['group']} "
+                            f"({100 * verdict['best_measured_mfu']:.1f}%, {verdict['best_measured_run']})")
         if r["search"]["evaluated"] > MAX_EVALUATION_GROWTH * max(1, g["evaluated"]):
             failures.append(f"{r['name']}: the search evaluated {r['search']['evaluated']} options, more than "
                             f"{MAX_EVALUATION_GROWTH:g}x the golden {g['evaluated']}")
@@ -201,6 +232,7 @@ def summary_row(r: dict[str, Any]) -> dict[str, Any]:
         "peak_gib": best["memory"]["peak_gib"] if best else None,
         "reference_tokens_per_s_per_gpu": ref["time"]["tokens_per_s_per_gpu"] if ref and "time" in ref else None,
         "candidates": r["search"]["candidates"], "evaluated": r["search"]["evaluated"], "wall_s": r["wall_s"],
+        "plausibility": r.get("plausibility"),
     }
 
 

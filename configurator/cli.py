@@ -105,6 +105,7 @@ def plan(
     hostfile: HostfileOpt = None,
     calibration: CalibrationOpt = None,
     memory_margin: Annotated[Optional[str], typer.Option("--memory-margin", help="GPU memory the plan must leave free: GiB (e.g. 8) or a percentage of the GPU (e.g. 12%); default: the memory p90 error of the validation report. Plans that fit only without it are marked tight and ranked last.")] = None,
+    versus: Annotated[Optional[str], typer.Option("--versus", help="A published plan to compare with, e.g. 'tp=1,pp=16,ep=64,mb=1' (modelled like the search's; says why when the top plan beats it by >15%).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search the plan space for the fastest plans that fit; exit 3 if none fits."""
@@ -139,6 +140,9 @@ def plan(
     constants = _constants(calibration)
     margin = parse_margin(memory_margin)
     ctx = SearchContext(model=spec, cluster=hw, job=job, runtime=runtime, framework=framework, memory_margin=margin)
+    from configurator.cost.gap import parse_versus, versus_line
+
+    reference = parse_versus(versus) if versus is not None else None
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
                   transient=True, disable=not err.is_terminal) as bar:
@@ -187,10 +191,12 @@ def plan(
         raise typer.Exit(3)
     margin_info = {"memory_margin_gib": round(margin.bytes_for(hw.gpu_memory_bytes) / GIB, 3),
                    "memory_margin": margin.describe()}
+    versus_text = versus_line(ctx, ranked[0].step, reference, constants) if reference is not None else None
     if as_json:
         print(json.dumps({"plans": search_plans_dicts(spec, hw, job, ranked), "search": {**result.as_dict(), **margin_info},
                           "emitted": [str(p) for p in written], "emitted_plans": held,
-                          "gpu_spec": gpu_figures(hw)}, indent=2))
+                          "gpu_spec": gpu_figures(hw),
+                          **({"versus": versus_text} if versus_text is not None else {})}, indent=2))
         return
     console.print(f"[bold]{spec.name}[/bold] on {hw.num_gpus} x {hw.gpu.key} ({hw.name}), seq {seq_len}, "
                   f"global batch {global_batch}, {precision}, runtime {runtime}")
@@ -202,6 +208,8 @@ def plan(
     console.print(plans_table(ranked, hw.gpu_memory_bytes / GIB))
     best = ranked[0]
     console.print(f"best: {best.plan.describe()} — {best.why}")
+    if versus_text is not None:
+        console.print(versus_text)
     if best.placement is not None and best.default_placement_step_s:
         gain = best.default_placement_step_s / best.step.step_s - 1
         console.print(f"placement: node order {list(best.placement.node_order)} is {100 * gain:.1f}% faster than "

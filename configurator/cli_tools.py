@@ -205,7 +205,8 @@ def register(app: typer.Typer) -> None:
             write_golden(results, golden_path, reason.strip(), _REPO / "CHANGELOG.md")  # type: ignore[union-attr]
         if as_json:
             print(json.dumps({"scenarios": [{"name": r["name"], "best": r["best"], "reference": r["reference"],
-                                             "search": r["search"], "wall_s": r["wall_s"]} for r in results],
+                                             "search": r["search"], "wall_s": r["wall_s"],
+                                             "plausibility": r.get("plausibility")} for r in results],
                               "failures": failures}, indent=2))
         else:
             table = Table(title="Plan-search scenarios (modelled)")
@@ -218,6 +219,11 @@ def register(app: typer.Typer) -> None:
                               f"{ref:,.1f}" if ref else "-", f"{row['peak_gib'] or 0:.1f}", str(row["candidates"]),
                               str(row["evaluated"]), f"{row['wall_s']:.1f}")
             console.print(table)
+            _print_plausibility(results)
+            for r in results:
+                why = (r.get("reference") or {}).get("why_top_plan_is_faster")
+                if why:
+                    console.print(f"{r['name']}: top plan {why}")
             if update:
                 console.print(f"golden file written to {golden_path}; reason recorded in CHANGELOG.md")
             for f in failures:
@@ -282,3 +288,20 @@ def register(app: typer.Typer) -> None:
         uvicorn.run(app_, host=host, port=port, log_level="info" if access_log else "warning",
                     access_log=access_log)
 
+
+def _print_plausibility(results: list[dict]) -> None:  # type: ignore[type-arg]
+    """bench's plausibility section: each top plan's predicted MFU against the best measured MFU of its
+    GPU family and precision in the published runs (configurator/plausibility.py)."""
+    table = Table(title="Plausibility: top plan's predicted MFU vs best measured (runs data)")
+    for col in ("scenario", "GPU/precision", "predicted MFU %", "best measured %", "run", "excess points", "flag"):
+        table.add_column(col, justify="left" if col in ("scenario", "GPU/precision", "run", "flag") else "right")
+    for r in results:
+        v = r.get("plausibility")
+        if not v:
+            continue
+        best = v["best_measured_mfu"]
+        table.add_row(r["name"], v["group"], f"{100 * v['predicted_mfu']:.1f}",
+                      f"{100 * best:.1f}" if best is not None else "-", v.get("best_measured_run", "-"),
+                      f"{v['excess_points']:+.1f}" if best is not None else "-",
+                      "[red]IMPLAUSIBLE (>5 points)[/red]" if v["flagged"] else "ok")
+    console.print(table)

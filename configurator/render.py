@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
+from configurator.cost.knobs import megatron_warnings
 from configurator.cost.step import StepReport
 from configurator.gpu_figures import gpu_figures
 from configurator.memory import MemoryReport
@@ -92,6 +93,9 @@ def search_plans_dicts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, ran
     best = ranked[0].step if ranked else None
     for e in ranked:
         d = estimate_dict(model, cluster, job, e.plan, e.memory, [e.why], e.step)
+        warnings = megatron_warnings(e.plan, cluster.gpu.family)
+        if warnings:
+            d["runtime_warnings"] = warnings
         placement = e.placement
         d["placement"] = (placement.as_dict(cluster) if placement is not None else
                           {"node_order": list(range(cluster.num_nodes)), "gpu_order": None,

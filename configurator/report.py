@@ -167,6 +167,9 @@ def write_report(predictions: list[Prediction], summary: ValidationSummary, out:
         f"{d['fit']['ran_predicted_fit']}/{d['fit']['ran_rows']} rows that ran predicted to fit.",
         f"- **Sweeps** (same source, model, system, sequence length and precision; >= 3 plans; measured spread "
         f"> 10%): {len(t['sweeps'])}; Spearman below 0.9 in {t['sweeps_below_0_9']}.",
+        f"- **Within-sweep pairs** (rows differing only in the plan, measured > 5% apart): "
+        f"{t['pairs_over_5pct']['ordered_right']} of {t['pairs_over_5pct']['pairs']} ordered right"
+        f" ({100 * (t['pairs_over_5pct']['share'] or 0):.1f}%).",
         "",
     ]
     if calibration:
@@ -176,9 +179,17 @@ def write_report(predictions: list[Prediction], summary: ValidationSummary, out:
         if ins:
             lines.append(f"- In-sample ({ins['rows']} rows): median abs error {ins['median_abs_error_pct']}%, "
                          f"p90 {ins['p90_abs_error_pct']}%.")
+        if ins and "pairs" in ins:
+            lines.append(f"- In-sample within-sweep pairs > 5% apart ordered right: {ins['pairs_right']} of "
+                         f"{ins['pairs']}; MoE rows: median {ins.get('moe', {}).get('median_abs_error_pct')}%, "
+                         f"p90 {ins.get('moe', {}).get('p90_abs_error_pct')}%.")
         if cv:
             lines.append(f"- Cross-validated ({cv['method']}): median abs error {cv['median_abs_error_pct']}%, "
                          f"p90 {cv['p90_abs_error_pct']}%.")
+            if "pairs" in cv:
+                lines.append(f"- Cross-validated within-sweep pairs ordered right: {cv['pairs_right']} of "
+                             f"{cv['pairs']}; MoE rows: median {cv.get('moe', {}).get('median_abs_error_pct')}%, "
+                             f"p90 {cv.get('moe', {}).get('p90_abs_error_pct')}%.")
             lines += ["", "| left-out group | rows | median abs error % | p90 % | median signed % |",
                       "|---|---:|---:|---:|---:|"]
             for g in cv.get("by_group", []):

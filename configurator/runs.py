@@ -298,7 +298,8 @@ def case_from_row(row: dict[str, str]) -> RunCase:
             notes.append(f"uneven pipeline split {'/'.join(map(str, layout))} (ends lighter)")
         plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, ep=_int(row, "ep", 1) or 1, etp=1, vpp=vpp, sp=sp,
                     sharding=sharding, recompute=recompute, micro_batch=mb, pipeline_layers=layout,
-                    tp_overlap=_yes_no(row, "tp_overlap"), ep_overlap=_yes_no(row, "ep_overlap"))
+                    tp_overlap=_yes_no(row, "tp_overlap") if tp > 1 else None,
+                    ep_overlap=_yes_no(row, "ep_overlap") if model.is_moe else None)
         reasons = plan_violations(model, job, plan, cluster.num_gpus)
         if reasons:
             raise InputError("plan", plan.describe(), reasons[0])

@@ -236,10 +236,15 @@ class ThroughputSummary:
     by_source: tuple[tuple[str, int, float, float], ...]
     """(source, rows, median |error| %, median signed error %)."""
     sweeps: tuple[Sweep, ...]
+    pairs: tuple[int, int] = (0, 0)
+    """Within-sweep pairs more than 5% apart, and how many of them the model orders right."""
 
     def as_dict(self) -> dict[str, Any]:
         spearmans = [s.spearman for s in self.sweeps]
+        n, right = self.pairs
         return {
+            "pairs_over_5pct": {"pairs": n, "ordered_right": right,
+                                "share": round(right / n, 4) if n else None},
             "measured_rows": self.measured_rows, "predicted_rows": self.predicted_rows,
             "median_abs_error_pct": self.median_abs_error_pct, "p90_abs_error_pct": self.p90_abs_error_pct,
             "median_error_pct": self.median_error_pct,
@@ -285,6 +290,48 @@ def sweeps(predictions: list[Prediction]) -> tuple[Sweep, ...]:
     return tuple(out)
 
 
+PAIR_MIN_GAP = 1.05
+"""Within-sweep pairs count when their measured throughputs differ by more than 5% (the sources'
+run-to-run noise is about that)."""
+
+
+def sweep_key(case: RunCase) -> tuple[str, ...]:
+    """Rows with one key differ only in the plan: same source (release), model, system, sequence
+    length and precision."""
+    r = case.row
+    return (case.source, r["model"].strip(), r["system"].strip(), r["seq_len"].strip(),
+            r["precision"].strip() or "bf16")
+
+
+def sweep_pair_indices(keys: list[tuple[str, ...]], measured: list[float],
+                       min_gap: float = PAIR_MIN_GAP, plans: list[object] | None = None) -> list[tuple[int, int]]:
+    """Index pairs (i, j) of rows in one sweep whose measured throughputs differ by more than
+    ``min_gap``, the faster one first. With ``plans``, pairs of rows with the same plan (repeated
+    runs: their difference is noise no model can order) are left out."""
+    by_key: dict[tuple[str, ...], list[int]] = {}
+    for i, k in enumerate(keys):
+        by_key.setdefault(k, []).append(i)
+    out = []
+    for members in by_key.values():
+        for a in range(len(members)):
+            for b in range(a + 1, len(members)):
+                i, j = members[a], members[b]
+                if plans is not None and plans[i] == plans[j]:
+                    continue
+                if measured[i] < measured[j]:
+                    i, j = j, i
+                if measured[i] > min_gap * measured[j]:
+                    out.append((i, j))
+    return out
+
+
+def pair_order(keys: list[tuple[str, ...]], measured: list[float], predicted: list[float],
+               min_gap: float = PAIR_MIN_GAP, plans: list[object] | None = None) -> tuple[int, int]:
+    """(pairs of different plans more than ``min_gap`` apart, of those ordered right by the prediction)."""
+    pairs = sweep_pair_indices(keys, measured, min_gap, plans)
+    return len(pairs), sum(1 for i, j in pairs if predicted[i] > predicted[j])
+
+
 def summarize_throughput(predictions: list[Prediction]) -> ThroughputSummary:
     measured = [p for p in predictions if p.measured_tokens_per_s_per_gpu is not None]
     errors = [(p.case.source, p.throughput_error_pct) for p in measured if p.throughput_error_pct is not None]
@@ -299,7 +346,14 @@ def summarize_throughput(predictions: list[Prediction]) -> ThroughputSummary:
         median_error_pct=round(statistics.median([e for _, e in errors]), 2) if errors else None,  # type: ignore[type-var]
         by_source=tuple(sorted((s, len(v), round(statistics.median([abs(x) for x in v]), 2),
                                 round(statistics.median(v), 2)) for s, v in by_source.items())),
-        sweeps=sweeps(predictions))
+        sweeps=sweeps(predictions), pairs=_pairs(predictions))
+
+
+def _pairs(predictions: list[Prediction]) -> tuple[int, int]:
+    done = [p for p in predictions if p.step is not None and p.measured_tokens_per_s_per_gpu is not None]
+    return pair_order([sweep_key(p.case) for p in done], [p.measured_tokens_per_s_per_gpu for p in done],  # type: ignore[misc]
+                      [p.step.tokens_per_s_per_gpu for p in done],  # type: ignore[union-attr]
+                      plans=[p.case.plan for p in done])
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -39,6 +39,8 @@ class LinkEfficiency:
     """Achieved / nominal bus bandwidth inside an NVLink domain."""
     scale_out: float
     """Achieved / nominal bus bandwidth over the scale-out network."""
+    alltoall: float = 1.0
+    """All-to-all throughput / ring-collective throughput on the same links."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -169,19 +171,74 @@ class CommModel:
 
     reduce_scatter_s = allgather_s
 
-    def alltoall_s(self, kind: str, num_bytes: float) -> float:
-        """All-to-all where every rank sends ``num_bytes`` in total (its share to itself included)."""
+    def alltoall_s(self, kind: str, num_bytes: float, scale_out_share: float | None = None) -> float:
+        """All-to-all where every rank sends ``num_bytes`` in total (its share to itself included).
+
+        ``scale_out_share``: the share of ``num_bytes`` that leaves the NVLink domain when the traffic
+        is not spread evenly over all ranks (node-limited MoE routing); default ``(n - g) / n``."""
         worst = 0.0
+        a2a = self.eff.alltoall
         for s in self.shapes(kind):
             n, g = s.size, s.per_domain
             if n == 1 or num_bytes <= 0:
                 continue
-            t = num_bytes * (g - 1) / n / self.nv_bw + (g - 1) * self.nv_lat
+            t = num_bytes * (g - 1) / n / (self.nv_bw * a2a) + (g - 1) * self.nv_lat
             if s.domains > 1:
-                so = self.eff.scale_out
-                inter = max(num_bytes * (n - g) / n / (s.ring_bw_Bps * so), num_bytes / n / (s.pair_bw_Bps * so))
+                so = self.eff.scale_out * a2a
+                share = (n - g) / n if scale_out_share is None else min(scale_out_share, (n - g) / n)
+                inter = max(num_bytes * share / (s.ring_bw_Bps * so), num_bytes / n / (s.pair_bw_Bps * so))
                 t = max(t, inter + s.inter_latency_s * min(s.domains - 1, 2 * math.ceil(math.log2(s.domains))))
             worst = max(worst, t)
+        return worst
+
+    def ring_hop_s(self, kind: str, num_bytes: float) -> float:
+        """One step of a ring in which every rank of each ``kind`` group sends ``num_bytes`` to the next
+        at once: paced by the slowest hop, which is an inter-domain one (on that GPU's own NIC share)
+        as soon as the group spans domains."""
+        worst = 0.0
+        for s in self.shapes(kind):
+            if s.size == 1 or num_bytes <= 0:
+                continue
+            if s.domains > 1:
+                t = s.inter_latency_s + num_bytes / (s.ring_bw_Bps * self.eff.scale_out)
+            else:
+                t = self.nv_lat + num_bytes / self.nv_bw
+            worst = max(worst, t)
+        return worst
+
+    def cp_ranks_per_domain(self) -> int:
+        """Ranks of a CP group in one NVLink domain (the a2a part of ``a2a+p2p``)."""
+        return min((s.per_domain for s in self.shapes("cp")), default=1)
+
+    def alltoall_within_domain_s(self, num_bytes: float, ranks: int) -> float:
+        """All-to-all over ``ranks`` GPUs of one NVLink domain, ``num_bytes`` sent per rank."""
+        if ranks <= 1 or num_bytes <= 0:
+            return 0.0
+        return num_bytes * (ranks - 1) / ranks / (self.nv_bw * self.eff.alltoall) + (ranks - 1) * self.nv_lat
+
+    def subgroup_allgather_s(self, kind: str, num_bytes: float, size: int, outer: bool) -> float:
+        """All-gather over part of a ``kind`` group: with ``outer=False`` its ``size`` consecutive
+        ranks (an HSDP shard group), with ``outer=True`` the ``n/size`` ranks one per such block (the
+        replica group). Domains are filled as the whole group fills them."""
+        worst = 0.0
+        for s in self.shapes(kind):
+            n = s.size
+            if n <= 1 or size <= 0:
+                continue
+            g = s.per_domain
+            if outer:
+                members = n // size
+                per_dom = max(1, g // size) if size < g else 1
+            else:
+                members = size
+                per_dom = min(size, g)
+            if members <= 1:
+                continue
+            domains = -(-members // per_dom)
+            sub = GroupShape(size=members, per_domain=per_dom, domains=domains,
+                             ring_bw_Bps=s.ring_bw_Bps, pair_bw_Bps=s.pair_bw_Bps,
+                             inter_latency_s=s.inter_latency_s if domains > 1 else 0.0)
+            worst = max(worst, self._allreduce_one(sub, num_bytes, 1.0))
         return worst
 
     def p2p_stage_s(self, stage: int, num_bytes: float) -> float:

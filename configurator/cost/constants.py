@@ -36,57 +36,75 @@ class ParamDef:
 
 
 PARAMETERS: tuple[ParamDef, ...] = (
-    ParamDef(name="gemm.ampere.bf16", default=0.75, lower=0.2, upper=1.0,
-             doc="Large-GEMM throughput / dense peak, A100, bf16 and fp16."),
-    ParamDef(name="gemm.hopper.bf16", default=0.7, lower=0.2, upper=1.0,
-             doc="Large-GEMM throughput / dense peak, H100/H200/H800, bf16 and fp16."),
-    ParamDef(name="gemm.hopper.fp8", default=0.6, lower=0.2, upper=1.0,
-             doc="Large-GEMM throughput / fp8 dense peak, Hopper (Transformer Engine delayed/current scaling)."),
-    ParamDef(name="gemm.blackwell.bf16", default=0.7, lower=0.2, upper=1.0,
+    ParamDef(name="gemm.ampere.bf16", default=0.75, lower=0.4, upper=0.9,
+             doc="Large-GEMM throughput / dense peak, A100, bf16 and fp16 (cuBLAS reaches 0.8-0.88 on "
+                 "large square GEMMs; 0.9 is the most any kernel sustains at the boost clock)."),
+    ParamDef(name="gemm.hopper.bf16", default=0.7, lower=0.4, upper=0.9,
+             doc="Large-GEMM throughput / dense peak, H100/H200/H800, bf16 and fp16 (cuBLAS: ~0.75-0.8 of "
+                 "989 TFLOP/s at the power-limited clock)."),
+    ParamDef(name="gemm.hopper.fp8", default=0.85, lower=0.4, upper=1.0,
+             doc="fp8 GEMM efficiency (of the fp8 peak) / bf16 GEMM efficiency (of the bf16 peak), Hopper: "
+                 "the fp8 speed-up over bf16 as a share of the 2x peak ratio, so it can never exceed it "
+                 "(per-tensor scaling and casts cost some of it)."),
+    ParamDef(name="gemm.blackwell.bf16", default=0.7, lower=0.4, upper=0.9,
              doc="Large-GEMM throughput / dense peak, B200/B300/GB200/GB300, bf16."),
-    ParamDef(name="gemm.blackwell.fp8", default=0.6, lower=0.2, upper=1.0,
-             doc="Large-GEMM throughput / fp8 dense peak, Blackwell (MXFP8 / per-tensor)."),
-    ParamDef(name="gemm.blackwell.fp4", default=0.5, lower=0.1, upper=1.0,
-             doc="Large-GEMM throughput / fp4 dense peak, Blackwell (NVFP4)."),
-    ParamDef(name="gemm.half_dim", default=96.0, lower=4.0, upper=2048.0,
-             doc="GEMM size curve: efficiency = max * prod(d / (d + half_dim)) over m, n, k (wave "
-                 "quantisation and tile under-use of small or thin matrices)."),
-    ParamDef(name="attention.ampere", default=0.55, lower=0.1, upper=1.0,
-             doc="Flash-attention throughput / bf16 dense peak on long sequences, A100."),
-    ParamDef(name="attention.hopper", default=0.5, lower=0.1, upper=1.0,
-             doc="Flash-attention throughput / bf16 dense peak on long sequences, Hopper."),
-    ParamDef(name="attention.blackwell", default=0.5, lower=0.1, upper=1.0,
-             doc="Flash-attention throughput / bf16 dense peak on long sequences, Blackwell."),
-    ParamDef(name="attention.fa2.hopper", default=0.35, lower=0.1, upper=1.0,
+    ParamDef(name="gemm.blackwell.fp8", default=0.85, lower=0.4, upper=1.0,
+             doc="fp8 (MXFP8) efficiency / bf16 efficiency, Blackwell: the fp8 speed-up as a share of the "
+                 "peak ratio (<= 1)."),
+    ParamDef(name="gemm.blackwell.fp4", default=0.8, lower=0.3, upper=1.0,
+             doc="fp4 (NVFP4) efficiency / fp8 efficiency, Blackwell: the fp4 speed-up over fp8 as a share "
+                 "of the peak ratio (<= 1)."),
+    ParamDef(name="gemm.half_dim", default=96.0, lower=32.0, upper=512.0,
+             doc="GEMM size curve: efficiency = max * prod(d / (d + half_dim)) over m, n, k - the dimension "
+                 "at which a thin GEMM runs at half the large-GEMM rate (wave quantisation and tile "
+                 "under-use; Hopper's 128x128/128x256 tiles put it near one tile: cuBLAS runs M=128 x "
+                 "8192 x 8192 at ~0.5-0.6 of the large-GEMM rate). Below 32 a 16-row GEMM would run at "
+                 "a third of peak, which no tile can."),
+    ParamDef(name="attention.ampere", default=0.55, lower=0.2, upper=0.85,
+             doc="Flash-attention throughput / bf16 dense peak on long sequences, A100 (FA2: ~0.6-0.7 fwd)."),
+    ParamDef(name="attention.hopper", default=0.5, lower=0.2, upper=0.85,
+             doc="Flash-attention throughput / bf16 dense peak on long sequences, Hopper (FA3/cuDNN: "
+                 "~0.75 fwd at 16K)."),
+    ParamDef(name="attention.blackwell", default=0.5, lower=0.2, upper=0.85,
+             doc="Flash-attention throughput / bf16 dense peak on long sequences, Blackwell (cuDNN)."),
+    ParamDef(name="attention.fa2.hopper", default=0.35, lower=0.15, upper=0.7,
              doc="flash-attention 2 (PyTorch SDPA, flash-attn 2) throughput / bf16 dense peak on Hopper, "
-                 "which lacks FA3's Hopper kernels; Blackwell scales by the same ratio to cuDNN."),
-    ParamDef(name="attention.half_len", default=256.0, lower=1.0, upper=8192.0,
+                 "which lacks FA3's Hopper kernels (FA3 paper: FA2 reaches ~0.35 of H100 peak); "
+                 "Blackwell scales by the same ratio to cuDNN."),
+    ParamDef(name="attention.half_len", default=256.0, lower=16.0, upper=4096.0,
              doc="Attention length curve: efficiency = max * s_kv / (s_kv + half_len)."),
-    ParamDef(name="attention.bwd_factor", default=3.0, lower=2.0, upper=4.5,
-             doc="Flash-attention backward time / forward time (5 matmuls vs 2, plus recomputing P)."),
-    ParamDef(name="memory.hbm", default=0.6, lower=0.1, upper=1.0,
+    ParamDef(name="attention.bwd_factor", default=3.0, lower=2.5, upper=5.0,
+             doc="Flash-attention backward time / forward time: 2.5x the FLOPs (5 matmuls vs 2) at a lower "
+                 "efficiency (FA2/FA3 backward runs at 0.5-0.9 of the forward's rate)."),
+    ParamDef(name="memory.hbm", default=0.6, lower=0.3, upper=0.92,
              doc="Achieved / nominal HBM bandwidth of memory-bound kernels (norms, activations, "
-                 "residuals, casts, optimizer)."),
-    ParamDef(name="link.nvlink", default=0.75, lower=0.1, upper=1.0,
+                 "residuals, casts, optimizer); a streaming copy reaches ~0.9 of nominal."),
+    ParamDef(name="link.nvlink", default=0.75, lower=0.3, upper=0.95,
              doc="Achieved / nominal NVLink bus bandwidth of NCCL collectives."),
-    ParamDef(name="link.scale_out", default=0.8, lower=0.1, upper=1.0,
+    ParamDef(name="link.scale_out", default=0.8, lower=0.3, upper=0.97,
              doc="Achieved / nominal scale-out (InfiniBand/RoCE) bus bandwidth of NCCL collectives."),
-    ParamDef(name="overhead.layer_s", default=2e-4, lower=1e-6, upper=5e-3,
-             doc="Host/launch overhead per transformer layer per micro-batch (forward + backward)."),
-    ParamDef(name="overhead.step_s", default=0.05, lower=1e-4, upper=2.0,
-             doc="Fixed time per optimizer step (data loading, logging, synchronisation)."),
-    ParamDef(name="overhead.microbatch_s", default=2e-3, lower=1e-6, upper=0.1,
+    ParamDef(name="link.alltoall", default=0.7, lower=0.25, upper=1.0,
+             doc="All-to-all throughput / ring-collective throughput on the same links (many small "
+                 "messages, one per peer; NCCL all-to-all over IB reaches 0.5-0.8 of the ring bus bandwidth)."),
+    ParamDef(name="overhead.launch_s", default=1e-5, lower=3e-6, upper=4e-5,
+             doc="Host time to issue one kernel from eager PyTorch (CUDA launch ~4 us plus the Python/ATen "
+                 "dispatch). Costs time only where a layer's GPU work is shorter than its launches, or "
+                 "after an MoE dispatcher's device-to-host sync (cost/launch.py)."),
+    ParamDef(name="overhead.step_s", default=0.05, lower=1e-3, upper=1.0,
+             doc="Fixed time per optimizer step (data loading, logging, synchronisation, grad-norm)."),
+    ParamDef(name="overhead.microbatch_s", default=2e-3, lower=1e-5, upper=2e-2,
              doc="Host overhead per micro-batch per pipeline rank (schedule bookkeeping, data loading, "
                  "transfer set-up), forward + backward."),
-    ParamDef(name="overhead.moe_layer_s", default=5e-4, lower=1e-6, upper=2e-2,
-             doc="Extra host overhead per MoE layer per micro-batch (router, permutation, the dispatcher's "
-                 "device-to-host sync of token counts, many small kernels)."),
+    ParamDef(name="moe.expert_load_cv", default=0.15, lower=0.0, upper=0.5,
+             doc="Coefficient of variation of the tokens routed to one expert (dropless, aux-loss balanced "
+                 "routers keep it ~0.1-0.3). The busiest EP rank's load sets the MoE layer's time "
+                 "(cost/moe.py)."),
     ParamDef(name="overlap.tp", default=0.6, lower=0.0, upper=1.0,
-             doc="Share of TP communication hidden under GEMMs when the framework overlaps it "
+             doc="Share of TP communication hidden under GEMMs when TP overlap is on "
                  "(Transformer Engine userbuffers, NeMo's tp_comm_overlap)."),
     ParamDef(name="overlap.ep", default=0.5, lower=0.0, upper=1.0,
-             doc="Share of expert-parallel all-to-all hidden when the framework overlaps it with "
-                 "another micro-batch's computation (NeMo/Megatron-Bridge MoE recipes)."),
+             doc="Share of expert-parallel all-to-all hidden when EP overlap is on (Megatron's "
+                 "--overlap-moe-expert-parallel-comm: another micro-batch's computation)."),
 )
 PARAMETER_NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
 
@@ -124,10 +142,14 @@ class CostConstants:
         raise KeyError(name)
 
     def gemm_efficiency(self, family: str, precision: str) -> float:
-        key = "bf16" if precision == "fp16" else precision
-        if family == "ampere":
-            key = "bf16"
-        return self[f"gemm.{family}.{key}"]
+        """Large-GEMM throughput / the precision's dense peak. fp8 and fp4 constants are ratios to the
+        next wider precision's efficiency, so their speed-up never exceeds the hardware's peak ratio."""
+        if family == "ampere" or precision in ("bf16", "fp16"):
+            return self[f"gemm.{family}.bf16"]
+        eff = self[f"gemm.{family}.bf16"] * self[f"gemm.{family}.fp8"]
+        if precision == "fp4":
+            eff *= self[f"gemm.{family}.fp4"]
+        return eff
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -162,6 +184,15 @@ class RuntimeCost:
     p2p_split_over_tp: bool
     """Without sequence parallelism, each TP rank sends 1/tp of the activation (Megatron's
     scatter/gather optimisation); otherwise every TP rank sends all of it."""
+    grad_accum_bytes_per_param: int
+    """Memory traffic per parameter and micro-batch to accumulate gradients outside the GEMMs (0 where
+    the wgrad GEMM accumulates into the fp32 buffer itself)."""
+    zero1_grad_allreduce: bool
+    """ZeRO-1 all-reduces the full gradients (then each rank updates its partition) instead of
+    reduce-scattering them (DeepSpeed's BF16_Optimizer)."""
+    cp_comm: str
+    """Context-parallel exchange when the plan does not choose one: 'p2p' (Megatron's ring),
+    'all_gather' (torchtitan's default rotate method, Llama 3), 'a2a' or 'a2a+p2p'."""
     source: str
 
 

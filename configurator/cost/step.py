@@ -39,6 +39,10 @@ from configurator.cost.comm import CommModel, LinkEfficiency
 from configurator.cost.compute import GemmCurve, GpuRates, gpu_rates, measured_gemm_curves, time_work
 from configurator.cost.constants import CostConstants, RuntimeCost, hardware_default, load_calibration, \
     load_runtime_cost
+from configurator.cost.cp import cp_times_s
+from configurator.cost.knobs import effective_knobs
+from configurator.cost.launch import layer_launch_s
+from configurator.cost.moe import busiest_rank_factor, ep_scale_out_share
 from configurator.cost.schedule import ScheduleResult, simulate
 from configurator.cost.work import BF16, LayerWork, embedding_work, head_work, layer_work, model_flops_per_token
 from configurator.memory import all_layer_params, stage_layer_indices, stage_params
@@ -120,8 +124,15 @@ class StepInputs:
     rank_params: tuple[tuple[float, float], ...]
     """Per pipeline rank: (non-expert, expert) parameters held by one of its ranks."""
     zero3_layer_bytes: tuple[float, ...]
-    """Per virtual stage: bf16 parameter bytes of one layer on a rank (ZeRO-3 gathers), mean."""
+    """Per virtual stage: bf16 non-expert parameter bytes of one layer on a rank (ZeRO-3 gathers over
+    dp x cp), mean."""
+    zero3_expert_bytes: tuple[float, ...]
+    """Per virtual stage: bf16 expert parameter bytes of one layer on a rank (gathered over the
+    expert-data-parallel group, which is what shards them), mean."""
     measured_curves: dict[str, GemmCurve]
+    ep_domains: int
+    """NVLink domains one expert-parallel group spans (node-limited routing, NIC sharing)."""
+    cp_domains: int
     p2p_bytes: float
     cpu_adam_params_per_s_per_gpu: float
     model_flops_per_step: float
@@ -168,17 +179,20 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
 
     stages = []
     zero3 = []
+    zero3_e = []
     start = 0
     virtual = plan.virtual_stage_layers(model)
     params = all_layer_params(model)
     for v, n in enumerate(virtual):
         counts: dict[bool, int] = {}
         per_layer_params = 0.0
+        per_layer_expert = 0.0
         for i in range(start, start + n):
             _, moe = work_of(i)
             counts[moe] = counts.get(moe, 0) + 1
             dense, expert = params[i]
-            per_layer_params += dense / plan.tp + expert / (plan.ep * plan.etp)
+            per_layer_params += dense / plan.tp
+            per_layer_expert += expert / (plan.ep * plan.etp)
         works = [(work_cache[moe], c, moe) for moe, c in sorted(counts.items())]
         if v == 0:
             works.append((embedding_work(model, job, plan), 1, False))
@@ -186,15 +200,20 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
             works.append((head_work(model, job, plan), 1, False))
         stages.append(VirtualStage(works=tuple(works), num_layers=n))
         zero3.append(BF16 * per_layer_params / max(n, 1))
+        zero3_e.append(BF16 * per_layer_expert / max(n, 1))
         start += n
     rank_params = tuple(stage_params(model, plan, s, layers)
                         for s, layers in enumerate(stage_layer_indices(model, plan)))
     split = plan.sp or rt.p2p_split_over_tp
     p2p = plan.micro_batch * job.seq_len / plan.cp * model.hidden_size * BF16 / (plan.tp if split else 1)
     comm = CommModel(cluster, plan, placement, LinkEfficiency(nvlink=1.0, scale_out=1.0))
+    ep_domains = max((sh.domains for sh in comm.shapes("ep")), default=1) if plan.ep > 1 else 1
+    cp_domains = max((sh.domains for sh in comm.shapes("cp")), default=1) if plan.cp > 1 else 1
     return StepInputs(model=model, cluster=cluster, job=job, plan=plan, runtime=rt, stages=tuple(stages),
                       comm=comm, num_microbatches=m, rank_params=rank_params, zero3_layer_bytes=tuple(zero3),
+                      zero3_expert_bytes=tuple(zero3_e),
                       measured_curves=measured_gemm_curves(cluster), p2p_bytes=p2p,
+                      ep_domains=ep_domains, cp_domains=cp_domains,
                       cpu_adam_params_per_s_per_gpu=cpu_adam_rate_per_gpu(cluster),
                       model_flops_per_step=model_flops_per_token(model, job.seq_len) * job.tokens_per_step)
 
@@ -206,35 +225,50 @@ def _layer_of_kind(model: ModelSpec, moe: bool) -> int:
 
 def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConstants,
                  v: int) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-    """(forward components, backward components, compute detail) of one micro-batch on virtual stage v."""
+    """(forward components, backward components, compute detail) of one micro-batch on virtual stage v.
+
+    Hidden communication is not free: NCCL's SMs slow the compute it hides under
+    (``nccl_overlap_compute_slowdown`` of the hidden time is added to compute)."""
     plan, rt = inp.plan, inp.runtime
+    knobs = effective_knobs(plan, rt)
     fwd = dict.fromkeys(_COMPONENTS, 0.0)
     bwd = dict.fromkeys(_COMPONENTS, 0.0)
     detail = dict.fromkeys(("gemm", "attention", "elementwise", "recompute", "launch"), 0.0)
-    tp_hidden = c["overlap.tp"] if rt.tp_comm_overlap else 0.0
-    ep_hidden = c["overlap.ep"] if rt.ep_comm_overlap else 0.0
+    tp_hidden = c["overlap.tp"] if knobs.tp_overlap else 0.0
+    ep_hidden = c["overlap.ep"] if knobs.ep_overlap else 0.0
+    slowdown = hardware_default("nccl_overlap_compute_slowdown")
+    sync_s = hardware_default("d2h_sync_s")
     stage = inp.stages[v]
     chunk_layers = stage.num_layers
     full_frac = 0.0
     if plan.recompute == "full" and chunk_layers:
         full_frac = min(1.0, (plan.recompute_num_layers or chunk_layers) / chunk_layers)
-    # ZeRO-3 gathers parameters in every micro-batch; ZeRO-2 keeps them but must reduce-scatter each
-    # micro-batch's gradients into the shards (no full gradient buffer to accumulate into).
-    zero3_gather = plan.sharding in ("zero2", "zero3")
+    per_mb_sharding = _per_microbatch_sharding(plan)
+    first_layer = v == 0
     for work, n, moe in stage.works:
         wt = time_work(work, rates)
         is_layer = work.attention_flops > 0
-        f_compute = wt.total_s
-        b_compute = 2 * wt.gemm_s + rates.attention_bwd_factor * wt.attention_s + 2 * wt.elementwise_s
-        tp_one = comm.allreduce_s("tp", work.tp_bytes) * (1 - tp_hidden) if work.tp_bytes else 0.0
-        tp_f = work.tp_collectives * tp_one
-        cp_f = cp_b = 0.0
-        if work.cp_bytes:
-            ring = comm.allgather_s("cp", work.cp_bytes * plan.cp)
-            hide = (plan.cp - 1) / plan.cp
-            cp_f = max(0.0, ring - hide * wt.attention_s)
-            cp_b = max(0.0, 2 * ring - hide * rates.attention_bwd_factor * wt.attention_s)
-        ep_f = 2 * comm.alltoall_s("ep", work.ep_bytes) * (1 - ep_hidden) if work.ep_bytes else 0.0
+        imbalance = 0.0
+        factor = 1.0
+        if work.expert_gemms:
+            # Dropless routing: the busiest EP rank's grouped GEMMs and all-to-all set the pace.
+            factor = busiest_rank_factor(inp.model, plan, work.pairs_per_expert, c["moe.expert_load_cv"])
+            imbalance = (factor - 1.0) * sum(rates.gemm_s(g.m, g.n, g.k, g.count, g.bf16) for g in work.expert_gemms)
+        f_compute = wt.total_s + imbalance
+        b_compute = 2 * (wt.gemm_s + imbalance) + rates.attention_bwd_factor * wt.attention_s + 2 * wt.elementwise_s
+        hidden_f = 0.0  # communication hidden under this layer's forward (repeated in backward)
+        hidden_z: tuple[float, float] | float = 0.0  # sharding gathers/reductions hidden (fwd, bwd)
+        tp_raw = comm.allreduce_s("tp", work.tp_bytes) if work.tp_bytes else 0.0
+        tp_f = work.tp_collectives * tp_raw * (1 - tp_hidden)
+        hidden_f += work.tp_collectives * tp_raw * tp_hidden
+        cp_f, cp_b, cp_hidden = cp_times_s(knobs.cp_comm, work, plan.cp, comm, wt.attention_s,
+                                           rates.attention_bwd_factor)
+        ep_raw = 0.0
+        if work.ep_bytes:
+            share = ep_scale_out_share(inp.model, inp.model.moe_topk, inp.ep_domains)
+            ep_raw = 2 * comm.alltoall_s("ep", work.ep_bytes * factor, share)
+        ep_f = ep_raw * (1 - ep_hidden)
+        hidden_f += ep_raw * ep_hidden
         recompute = 0.0
         re_frac = 0.0  # share of the forward's communication repeated by recompute
         re_ep = 0.0
@@ -250,31 +284,78 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
                 re_ep = share.ep_comm  # the MoE recompute repeats its dispatch and combine
             elif plan.recompute == "selective":
                 recompute = wt.attention_s if rt.selective_recompute == "attention" else 0.5 * wt.gemm_s
-        launch = (c["overhead.layer_s"] + (c["overhead.moe_layer_s"] if moe else 0.0)) if is_layer else 0.0
-        z_f = z_b = 0.0
-        if zero3_gather and is_layer and plan.dp * plan.cp > 1:
-            layer_bytes = inp.zero3_layer_bytes[v]
-            gather = comm.allgather_s("dp_cp", layer_bytes)
-            reduce = comm.reduce_scatter_s("dp_cp", layer_bytes / BF16 * rt.grad_reduce_bytes)
-            z_f = max(0.0, gather - f_compute)
-            back = reduce + (gather if plan.sharding == "zero3" else 0.0)
-            z_b = max(0.0, back - (b_compute + recompute))
-        fwd["compute"] += n * (f_compute + launch / 3)
-        bwd["compute"] += n * (b_compute + recompute + 2 * launch / 3)
+        launch_f = launch_b = 0.0
+        if is_layer:
+            syncs = 1 if (moe and plan.ep > 1) else 0
+            launch_f, launch_b = layer_launch_s(f_compute, b_compute + recompute, moe, c["overhead.launch_s"],
+                                                sync_s, syncs)
+            launch_b += re_frac * launch_f
+        z_f = z_b = z_first = 0.0
+        if per_mb_sharding and is_layer:
+            gather, reduce = _layer_shard_comm(inp, comm, v, plan)
+            # The NIC is shared with the CP and EP exchanges of the same layer: what they occupy of the
+            # layer's compute window is not available to hide the gathers under.
+            busy_f = (cp_f + cp_hidden / 3 + ep_raw) if (inp.cp_domains > 1 or inp.ep_domains > 1) else 0.0
+            window_f = max(0.0, f_compute - busy_f)
+            window_b = max(0.0, b_compute + recompute - 2 * busy_f)
+            f_gather = gather if per_mb_sharding == "zero3" else 0.0
+            z_f = max(0.0, f_gather - window_f)
+            back = reduce + f_gather
+            z_b = max(0.0, back - window_b)
+            hidden_z = (f_gather - z_f, back - z_b)
+            if first_layer and f_gather:
+                # The first layer's gather of a micro-batch has nothing before it to hide under.
+                z_first = f_gather - z_f
+                first_layer = False
+        zf_hidden, zb_hidden = hidden_z if isinstance(hidden_z, tuple) else (0.0, 0.0)
+        slow_f = slowdown * (hidden_f + zf_hidden + cp_hidden / 3)
+        slow_b = slowdown * ((1 + re_frac) * hidden_f + zb_hidden + 2 * cp_hidden / 3)
+        fwd["compute"] += n * (f_compute + launch_f + slow_f)
+        bwd["compute"] += n * (b_compute + recompute + launch_b + slow_b)
         fwd["tp_comm"] += n * tp_f
         bwd["tp_comm"] += n * (1 + re_frac) * tp_f
         fwd["cp_comm"] += n * cp_f
         bwd["cp_comm"] += n * (cp_b + re_frac * cp_f)
         fwd["ep_comm"] += n * ep_f
         bwd["ep_comm"] += n * (1 + re_frac + re_ep) * ep_f
-        fwd["dp_comm"] += n * z_f
+        fwd["dp_comm"] += n * z_f + z_first
         bwd["dp_comm"] += n * z_b
-        detail["gemm"] += n * 3 * wt.gemm_s
+        detail["gemm"] += n * 3 * (wt.gemm_s + imbalance)
         detail["attention"] += n * (1 + rates.attention_bwd_factor) * wt.attention_s
         detail["elementwise"] += n * 3 * wt.elementwise_s
         detail["recompute"] += n * recompute
-        detail["launch"] += n * launch
+        detail["launch"] += n * (launch_f + launch_b + slow_f + slow_b)
     return fwd, bwd, detail
+
+
+def _per_microbatch_sharding(plan: Plan) -> str:
+    """Which per-layer, per-micro-batch sharding traffic the plan has: 'zero3' (ZeRO-3 / FSDP / HSDP:
+    gather in forward and backward, reduce-scatter in backward), 'zero2' (ZeRO-2 without pipeline
+    parallelism: reduce-scatter each micro-batch's gradients, no gathers), or '' (none: ZeRO-1,
+    the distributed optimizer, and ZeRO-2 under pipeline parallelism, which reduce once per step)."""
+    if plan.sharding in ("zero3", "hsdp"):
+        return "zero3"
+    if plan.sharding == "zero2" and plan.pp == 1:
+        return "zero2"
+    return ""
+
+
+def _layer_shard_comm(inp: StepInputs, comm: CommModel, v: int, plan: Plan) -> tuple[float, float]:
+    """(all-gather, gradient reduce-scatter) seconds of one layer's shards on virtual stage v.
+
+    Non-expert parameters are sharded over dp x cp, expert parameters over the expert-data-parallel
+    group (``dp*cp*tp / (ep*etp)`` ranks); HSDP shards both inside ``shard_group`` consecutive ranks."""
+    rt = inp.runtime
+    dense_b, expert_b = inp.zero3_layer_bytes[v], inp.zero3_expert_bytes[v]
+    grad = rt.grad_reduce_bytes / BF16
+    if plan.sharding == "hsdp":
+        g = comm.subgroup_allgather_s("dp_cp", dense_b + expert_b, plan.shard_group, outer=False)
+        r = comm.subgroup_allgather_s("dp_cp", (dense_b + expert_b) * grad, plan.shard_group, outer=False)
+        return g, r
+    gather = comm.allgather_s("dp_cp", dense_b) + (comm.allgather_s("edp", expert_b) if expert_b else 0.0)
+    reduce = comm.reduce_scatter_s("dp_cp", dense_b * grad) + \
+        (comm.reduce_scatter_s("edp", expert_b * grad) if expert_b else 0.0)
+    return gather, reduce
 
 
 def _all_stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel,
@@ -284,7 +365,8 @@ def _all_stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel,
     memo: dict[tuple, tuple[dict[str, float], dict[str, float], dict[str, float]]] = {}
     out = []
     for v, stage in enumerate(inp.stages):
-        key = (tuple((id(w), n, moe) for w, n, moe in stage.works), stage.num_layers, inp.zero3_layer_bytes[v])
+        key = (tuple((id(w), n, moe) for w, n, moe in stage.works), stage.num_layers, inp.zero3_layer_bytes[v],
+               inp.zero3_expert_bytes[v], v == 0)
         if key not in memo:
             memo[key] = _stage_times(inp, rates, comm, c, v)
         f, b, d = memo[key]
@@ -313,7 +395,8 @@ def busy_lower_bound(inp: StepInputs, constants: CostConstants) -> float:
     """
     rates = _rates_for(inp, constants)
     comm = inp.comm.with_efficiency(LinkEfficiency(nvlink=constants["link.nvlink"],
-                                                   scale_out=constants["link.scale_out"]))
+                                                   scale_out=constants["link.scale_out"],
+                                                   alltoall=constants["link.alltoall"]))
     pp = inp.plan.pp
     per_mb = constants["overhead.microbatch_s"] / inp.plan.vpp
     times = [sum(f.values()) + sum(b.values()) + per_mb for f, b, _ in _all_stage_times(inp, rates, comm, constants)]
@@ -327,16 +410,22 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
     c = constants
     plan, job, cluster, rt = inp.plan, inp.job, inp.cluster, inp.runtime
     rates = _rates_for(inp, c)
-    comm = inp.comm.with_efficiency(LinkEfficiency(nvlink=c["link.nvlink"], scale_out=c["link.scale_out"]))
+    comm = inp.comm.with_efficiency(LinkEfficiency(nvlink=c["link.nvlink"], scale_out=c["link.scale_out"],
+                                                   alltoall=c["link.alltoall"]))
     m = inp.num_microbatches
     pp, vpp = plan.pp, plan.vpp
     per_stage = _all_stage_times(inp, rates, comm, c)
     send_f = [comm.p2p_stage_s(r, inp.p2p_bytes) for r in range(pp)]
     V = pp * vpp
     per_mb = c["overhead.microbatch_s"] / vpp
-    for v, (f, b, _) in enumerate(per_stage):
+    for v, (f, b, d) in enumerate(per_stage):
         f["compute"] += per_mb / 3
         b["compute"] += 2 * per_mb / 3
+        if rt.grad_accum_bytes_per_param:
+            # Each micro-batch's gradients added into the fp32 buffers by a backward hook.
+            accum = sum(inp.rank_params[v % pp]) / vpp * rt.grad_accum_bytes_per_param / rates.hbm_Bps
+            b["compute"] += accum
+            d["elementwise"] += accum
         if rt.p2p_blocking and pp > 1:
             # The rank sends its output and receives its input itself: both transfers cost it time.
             recv = send_f[(v - 1) % pp] if v > 0 else 0.0
@@ -367,16 +456,29 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
     end_times = []
     gpu_opt = []
     cpu_opt = []
-    zero3_like = plan.sharding in ("zero2", "zero3")
+    per_mb = _per_microbatch_sharding(plan)
     for r in range(pp):
         dense, expert = inp.rank_params[r]
         exposed = 0.0
-        if not zero3_like:
+        if plan.sharding == "hsdp":
+            # Gradient shards all-reduced across the replicas once per step, under the last backward.
+            shard = (dense + expert) / plan.shard_group * rt.grad_reduce_bytes
+            reduce = 2 * comm.subgroup_allgather_s("dp_cp", shard, plan.shard_group, outer=True)
+            window = sched.finish_s[r] - sched.last_backward_start_s[r] if rt.overlap_grad_reduce else 0.0
+            exposed += max(0.0, reduce - window)
+        elif per_mb == "zero2":
+            # Gradients were reduce-scattered per micro-batch; updated parameters are gathered once.
+            gather = comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
+            exposed += max(0.0, gather - (fwd_s[r] if rt.overlap_param_gather else 0.0))
+        elif not per_mb:
             grad = dense * rt.grad_reduce_bytes
             grad_e = expert * rt.grad_reduce_bytes
             if plan.sharding == "none":
                 reduce = comm.allreduce_s("dp_cp", grad) + comm.allreduce_s("edp", grad_e)
                 gather = 0.0
+            elif plan.sharding == "zero1" and rt.zero1_grad_allreduce:
+                reduce = comm.allreduce_s("dp_cp", grad) + comm.allreduce_s("edp", grad_e)
+                gather = comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
             else:
                 reduce = comm.reduce_scatter_s("dp_cp", grad) + comm.reduce_scatter_s("edp", grad_e)
                 gather = comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
@@ -389,6 +491,8 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
         group = plan.dp * plan.cp
         sharded = plan.sharding != "none"
         owned = dense / group + expert / plan.expert_dp if sharded else dense + expert
+        if plan.sharding == "hsdp":
+            owned = (dense + expert) / plan.shard_group
         gpu_opt.append((1 - plan.offload) * owned * ADAM_BYTES_PER_PARAM / rates.hbm_Bps)
         if plan.offload > 0:
             cpu = plan.offload * owned / inp.cpu_adam_params_per_s_per_gpu

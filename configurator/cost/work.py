@@ -69,6 +69,12 @@ class LayerWork:
     attn_q_len: float = 0.0
     attn_d_qk: float = 0.0
     attn_d_v: float = 0.0
+    expert_gemms: tuple[Gemm, ...] = ()
+    """The routed experts' grouped GEMMs (also in ``gemms``): the busiest EP rank runs more of them."""
+    pairs_per_expert: float = 0.0
+    """Mean token-expert pairs one expert receives per micro-batch (whole EP group)."""
+    cp_a2a_bytes: float = 0.0
+    """Bytes one rank sends in the all-to-alls of Ulysses CP per forward (Q, K, V and the output)."""
 
 
 def _mlp_gemms(tokens: float, h: int, ffn: float, swiglu: bool, count: float = 1.0) -> list[Gemm]:
@@ -119,6 +125,8 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
     moe = model.layer_is_moe(index)
     ep_bytes = 0.0
     elem_split = 0.0
+    expert_gemms: list[Gemm] = []
+    pairs_per_expert = 0.0
     if moe:
         k = model.moe_topk
         shared = model.shared_expert_ffn_hidden_size or model.num_shared_experts * model.moe_ffn_hidden_size
@@ -129,10 +137,14 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
         local_experts = model.num_experts / plan.ep
         pairs = t * k / tp * plan.etp  # token-expert pairs per rank, each on ffn/etp columns
         rows = pairs / local_experts
-        gemms += _mlp_gemms(rows, h, model.moe_ffn_hidden_size / plan.etp, swiglu, count=local_experts)
+        expert_gemms = _mlp_gemms(rows, h, model.moe_ffn_hidden_size / plan.etp, swiglu, count=local_experts)
+        gemms += expert_gemms
+        pairs_per_expert = rows
         elem_split += (t * k / tp) * _mlp_act_bytes(model.moe_ffn_hidden_size, swiglu, fp8) / t
         # permute + unpermute copies of the routed tokens (read + write, bf16), probabilities.
         elem_split += k * h * BF16 * 4 / tp * plan.etp
+        # router: fp32 logits written, softmax read + write, top-k read; per token and expert.
+        elem_split += model.num_experts * 4 * 4 / tp
         if plan.ep > 1:
             ep_bytes = t / tp * k * h * BF16
     else:
@@ -156,7 +168,8 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
                      elementwise_bytes=elementwise, tp_bytes=t * h * BF16 if tp > 1 else 0.0,
                      tp_collectives=2, cp_bytes=cp_bytes, ep_bytes=ep_bytes,
                      attn_batch=plan.micro_batch * heads, attn_q_len=job.seq_len / plan.cp, attn_d_qk=d_qk,
-                     attn_d_v=d_v)
+                     attn_d_v=d_v, expert_gemms=tuple(expert_gemms), pairs_per_expert=pairs_per_expert,
+                     cp_a2a_bytes=t * (2 * (q_width + 2 * kv_width) + attn_out) * BF16 if plan.cp > 1 else 0.0)
 
 
 def head_work(model: ModelSpec, job: JobSpec, plan: Plan) -> LayerWork:

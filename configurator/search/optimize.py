@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from configurator.cost.constants import CostConstants, load_calibration
 from configurator.cost.step import StepReport, busy_lower_bound, evaluate, prepare
+from configurator.search.knobs import best_knobs, knob_lower_bound
 from configurator.memory import MemoryReport
 from configurator.placement import Placement
 from configurator.search.resolve import Option, resolve
@@ -109,8 +110,8 @@ class _TopK:
 
 def _cost(ctx: SearchContext, option: Option, constants: CostConstants) -> Evaluated:
     inputs = prepare(ctx.model, ctx.cluster, ctx.job, option.plan, runtime=ctx.runtime)
-    return Evaluated(plan=option.plan, memory=option.memory, step=evaluate(inputs, constants), why=option.why,
-                     tight=option.tight)
+    inputs, step = best_knobs(inputs, constants)  # communication knobs chosen per plan (search/knobs.py)
+    return Evaluated(plan=inputs.plan, memory=option.memory, step=step, why=option.why, tight=option.tight)
 
 
 def _key(plan: Plan) -> tuple:
@@ -188,7 +189,7 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     n = len(structures)
     for i, plan in enumerate(structures):
         inputs = prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
-        queue.append((busy_lower_bound(inputs, constants), next(counter), 0, plan))
+        queue.append((knob_lower_bound(inputs, constants), next(counter), 0, plan))
         if i % 128 == 0:
             say(0.6 * i / max(n, 1), f"bounding {i}/{n} structures")
     heapq.heapify(queue)
@@ -211,7 +212,7 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
             resolved += 1
             for option in options_of(item):  # type: ignore[arg-type]
                 inputs = prepare(ctx.model, ctx.cluster, ctx.job, option.plan, runtime=ctx.runtime)
-                heapq.heappush(queue, (max(lb, busy_lower_bound(inputs, constants)), next(counter), 1, option))
+                heapq.heappush(queue, (max(lb, knob_lower_bound(inputs, constants)), next(counter), 1, option))
         else:
             top.push(_cost(ctx, item, constants))  # type: ignore[arg-type]
             evaluated += 1

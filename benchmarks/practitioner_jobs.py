@@ -1,0 +1,70 @@
+"""The six practitioner jobs of issue 12: the search's top plan against a published plan, both modelled
+alike (memory choices and communication knobs resolved the same way), and the mechanism that separates
+them. Prints the README's markdown table.
+
+    python benchmarks/practitioner_jobs.py [--budget 60]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from configurator.bench import modelled_alike, reference_plan
+from configurator.cost.constants import load_calibration
+from configurator.cost.gap import gap_line, separating_terms
+from configurator.profiles import load_cluster, load_model
+from configurator.search.optimize import search
+from configurator.search.space import SearchContext
+from configurator.specs.job import JobSpec
+
+JOBS = [
+    ("Qwen3-30B-A3B, 16 H100, fp8, GBS 1024", "qwen3-30b-a3b", "dgx-h100", 16, 4096, 1024, "fp8",
+     {"tp": 1, "pp": 2, "vpp": 12, "ep": 8, "micro_batch": 2, "source": "Megatron-Bridge recipe (r141 family)"}),
+    ("DeepSeek-V3, 2048 H800, fp8, GBS 15360", "deepseek-v3", "h800-ib", 2048, 4096, 15360, "fp8",
+     {"tp": 1, "pp": 16, "ep": 64, "pipeline_layers": "balanced", "source": "DeepSeek-V3 report: PP16 EP64"}),
+    ("Mixtral-8x22B, 256 H100, GBS 1024", "mixtral-8x22b", "dgx-h100", 256, 4096, 1024, "bf16",
+     {"tp": 2, "pp": 4, "ep": 8, "source": "hand-tuned TP2 PP4 EP8"}),
+    ("Llama-3-70B at 128K, 256 H100, GBS 32", "llama3-70b", "dgx-h100", 256, 131072, 32, "bf16",
+     {"tp": 8, "pp": 4, "cp": 8, "source": "hand-tuned TP8 PP4 CP8 (long-context recipe shape)"}),
+    ("Llama-3-70B, 64 H100, GBS 128", "llama3-70b", "dgx-h100", 64, 8192, 128, "bf16",
+     {"tp": 4, "pp": 4, "vpp": 5, "cp": 2, "source": "DGX Cloud recipe (r153)"}),
+    ("GPT-3 175B, 1024 A100, GBS 1536", "gpt3-175b", "dgx-a100", 1024, 2048, 1536, "fp16",
+     {"tp": 8, "pp": 16, "vpp": 3, "source": "Narayanan et al. 2021"}),
+]
+
+
+def main(budget: float) -> None:
+    constants = load_calibration()
+    print("| job | top plan (modelled tok/s/GPU, MFU) | published plan (modelled tok/s/GPU, MFU) | what separates them |")
+    print("|---|---|---|---|")
+    for title, model, cluster, gpus, seq, gbs, precision, ref in JOBS:
+        ctx = SearchContext(model=load_model(model), cluster=load_cluster(cluster, num_gpus=gpus),
+                            job=JobSpec(global_batch=gbs, seq_len=seq, precision=precision))
+        t0 = time.perf_counter()
+        result = search(ctx, top_k=1, constants=constants, time_budget_s=budget)
+        top = result.ranked[0] if result.ranked else None
+        published = modelled_alike(ctx, reference_plan(ctx, ref), constants)
+        cells = [title]
+        cells.append(f"{top.plan.describe()} ({top.step.tokens_per_s_per_gpu:,.0f}, {100 * top.step.mfu:.1f}%)"
+                     if top else "none fits")
+        if published:
+            option, step = published
+            cells.append(f"{ref['source']}: {option.plan.describe()} ({step.tokens_per_s_per_gpu:,.0f}, "
+                         f"{100 * step.mfu:.1f}%)")
+            if top:
+                why = gap_line(top.step, step)
+                if why is None:
+                    terms = ", ".join(f"{k} {d:+.2f} s" for k, d in separating_terms(top.step, step))
+                    why = f"within 15% ({100 * (top.step.tokens_per_s_per_gpu / step.tokens_per_s_per_gpu - 1):+.0f}%); largest terms: {terms}"
+                cells.append(why)
+            else:
+                cells.append("-")
+        else:
+            cells += [f"{ref['source']}: does not fit or is illegal", "-"]
+        print("| " + " | ".join(cells) + " |", flush=True)
+        print(f"<!-- {title}: {time.perf_counter() - t0:.0f} s -->", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(float(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[1] == "--budget" else 60.0)

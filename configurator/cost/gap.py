@@ -1,0 +1,78 @@
+"""Why one plan is modelled faster than another: the step terms that separate them.
+
+Used where the search's top plan beats a published plan by more than ``EXPLAIN_GAP`` (15%): a gap that
+large is either a real finding or a model artefact, and the reader needs the mechanism to judge which.
+"""
+
+from __future__ import annotations
+
+from configurator.cost.step import StepReport
+
+EXPLAIN_GAP = 0.15
+
+
+def separating_terms(best: StepReport, other: StepReport, top: int = 2) -> list[tuple[str, float]]:
+    """The step terms where ``other`` spends the most seconds more than ``best`` (plans of one job train
+    the same tokens per step on the same GPUs, so step terms compare directly)."""
+    b, o = dict(best.breakdown_s), dict(other.breakdown_s)
+    return sorted(((k, o[k] - b[k]) for k in b), key=lambda kv: -kv[1])[:top]
+
+
+def gap_line(best: StepReport, other: StepReport, label: str = "the published plan") -> str | None:
+    """One line saying why ``best`` beats ``other`` when it does by more than ``EXPLAIN_GAP``; else None."""
+    speedup = best.tokens_per_s_per_gpu / max(other.tokens_per_s_per_gpu, 1e-30) - 1.0
+    if speedup <= EXPLAIN_GAP:
+        return None
+    parts = [f"{name} {d:+.2f} s" for name, d in separating_terms(best, other) if d > 0]
+    return (f"{100 * speedup:.0f}% faster than {label} (modelled): it loses "
+            + (", ".join(parts) if parts else "no single term") + f" per step ({other.step_s:.2f} s vs {best.step_s:.2f} s)")
+
+
+__all__ = ["EXPLAIN_GAP", "gap_line", "separating_terms"]
+
+
+VERSUS_KEYS = {"tp": "tp", "pp": "pp", "vpp": "vpp", "cp": "cp", "ep": "ep", "etp": "etp", "mb": "micro_batch",
+               "micro_batch": "micro_batch"}
+
+
+def parse_versus(text: str) -> dict[str, int]:
+    """``plan --versus 'tp=1,pp=16,ep=64,mb=1'`` -> a reference dict for ``bench.reference_plan``."""
+    from configurator.errors import InputError
+
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        key, _, value = part.partition("=")
+        key = key.strip().lower()
+        if key not in VERSUS_KEYS:
+            raise InputError("versus", part, f"names no plan degree (use {', '.join(sorted(VERSUS_KEYS))})")
+        try:
+            number = int(value)
+        except ValueError:
+            raise InputError("versus", part, "needs an integer value") from None
+        if number < 1:
+            raise InputError("versus", part, "must be >= 1")
+        out[VERSUS_KEYS[key]] = number
+    if not out:
+        raise InputError("versus", text, "names no plan degree (e.g. 'tp=1,pp=16,ep=64,mb=1')")
+    return out
+
+
+def versus_line(ctx, best: StepReport, reference: dict[str, int], constants) -> str:  # type: ignore[no-untyped-def]
+    """``plan --versus``'s line: the reference modelled like the search's plans, and why the top plan
+    beats it when it does by more than ``EXPLAIN_GAP``."""
+    from configurator.bench import modelled_alike, reference_plan
+    from configurator.specs.plan import plan_violations
+
+    structure = reference_plan(ctx, reference)
+    reasons = plan_violations(ctx.model, ctx.job, structure, ctx.num_gpus)
+    if reasons:
+        return f"versus {structure.describe()}: not a legal plan here ({reasons[0]})"
+    modelled = modelled_alike(ctx, structure, constants)
+    if modelled is None:
+        return f"versus {structure.describe()}: does not fit memory under any sharding/recompute/offload"
+    option, step = modelled
+    why = gap_line(best, step, label=option.plan.describe())
+    if why is None:
+        return (f"versus {option.plan.describe()}: {step.tokens_per_s_per_gpu:,.0f} tokens/s/GPU modelled, "
+                f"the top plan is {100 * (best.tokens_per_s_per_gpu / step.tokens_per_s_per_gpu - 1):+.0f}%")
+    return "why: top plan is " + why

@@ -1,0 +1,77 @@
+"""Communication knobs chosen per plan at costing time (issue 12): TP overlap, EP all-to-all overlap
+and the CP exchange type do not change memory or legality of the structure, only its step time, so
+rather than multiplying the search's structure axes each costed plan gets the knob setting that is
+fastest for it, like ``resolve`` picks the least offload that fits.
+
+Only knobs the plan leaves open (``None``) are chosen, and only where the runtime can run them:
+Megatron-LM / NeMo (``--tp-comm-overlap`` with sequence parallelism, ``--overlap-moe-expert-parallel-
+comm``, ``--cp-comm-type``); torchtitan (``fsdp``) chooses between its all-gather and ring
+(``p2p``-like) context-parallel rotations.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+from configurator.cost.constants import CostConstants
+from configurator.cost.step import StepInputs, StepReport, busy_lower_bound, evaluate
+from configurator.specs.plan import CP_COMMS, Plan
+
+MEGATRON_RUNTIMES = ("megatron", "nemo")
+
+
+def knob_variants(plan: Plan, runtime: str, attention_heads: int, is_moe: bool) -> list[Plan]:
+    """The plan with each open knob set to each value the runtime supports (the plan itself first)."""
+    tp: list[bool | None] = [plan.tp_overlap]
+    ep: list[bool | None] = [plan.ep_overlap]
+    cp: list[str | None] = [plan.cp_comm]
+    if runtime in MEGATRON_RUNTIMES:
+        if plan.tp_overlap is None and plan.tp > 1 and plan.sp:
+            tp = [False, True]
+        if plan.ep_overlap is None and is_moe and plan.ep > 1:
+            ep = [False, True]
+        if plan.cp_comm is None and plan.cp > 1:
+            heads = attention_heads // plan.tp
+            cp = [c for c in CP_COMMS if c != "a2a" or heads % plan.cp == 0]
+    elif runtime == "fsdp" and plan.cp_comm is None and plan.cp > 1:
+        cp = ["all_gather", "p2p"]
+    variants = [replace(plan, tp_overlap=a, ep_overlap=b, cp_comm=c) for a, b, c in itertools.product(tp, ep, cp)]
+    return variants or [plan]
+
+
+def _variants(inputs: StepInputs) -> list[StepInputs]:
+    plans = knob_variants(inputs.plan, inputs.runtime.name, inputs.model.num_attention_heads, inputs.model.is_moe)
+    if len(plans) == 1:
+        return [inputs]
+    return [replace(inputs, plan=p, _rates={}, _schedules={}) for p in plans]
+
+
+def best_knobs(inputs: StepInputs, constants: CostConstants) -> tuple[StepInputs, StepReport]:
+    """The knob setting with the shortest step, and its report."""
+    best: tuple[StepInputs, StepReport] | None = None
+    for v in _variants(inputs):
+        report = evaluate(v, constants)
+        if best is None or report.step_s < best[1].step_s:
+            best = (v, report)
+    assert best is not None
+    return best
+
+
+def knob_lower_bound(inputs: StepInputs, constants: CostConstants) -> float:
+    """``busy_lower_bound`` under the most favourable knob setting (keeps branch and bound exact).
+
+    Turning an overlap on never lengthens a modelled step (it hides ``overlap.*`` of the communication
+    and costs the compute beside it only ``nccl_overlap_compute_slowdown`` < 1 of what it hides), so
+    the bound takes both overlaps on where they can be chosen and the minimum over the CP types."""
+    variants = _variants(inputs)
+    if len(variants) == 1:
+        return busy_lower_bound(inputs, constants)
+    plan = inputs.plan
+    optimistic = [v for v in variants
+                  if (plan.tp_overlap is not None or v.plan.tp_overlap is not False)
+                  and (plan.ep_overlap is not None or v.plan.ep_overlap is not False)]
+    return min(busy_lower_bound(v, constants) for v in optimistic or variants)
+
+
+__all__ = ["best_knobs", "knob_lower_bound", "knob_variants"]

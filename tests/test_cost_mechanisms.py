@@ -1,0 +1,275 @@
+"""Issue 12's step-model mechanisms, each against a hand-computed case: CP exchange types, communication
+knobs, MoE load imbalance and node-limited routing, the launch model, ZeRO-3/ZeRO-2/HSDP sharding
+traffic, fp8 efficiency within the peak ratio, and within-sweep pair order."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from configurator import JobSpec, Plan, load_cluster, load_model, plan_violations
+from configurator.cost import CostConstants, estimate_step, prepare
+from configurator.cost.comm import CommModel, LinkEfficiency
+from configurator.cost.constants import hardware_default, load_runtime_cost
+from configurator.cost.cp import cp_times_s
+from configurator.cost.knobs import effective_knobs
+from configurator.cost.launch import DENSE_LAYER_KERNELS, exposed_launch_s, layer_launch_s
+from configurator.cost.moe import busiest_rank_factor, ep_scale_out_share
+from configurator.cost.step import _layer_shard_comm
+from configurator.cost.work import layer_work
+from configurator.search.knobs import knob_variants
+from configurator.validate import pair_order
+
+C = CostConstants.defaults()
+EFF = LinkEfficiency(nvlink=0.75, scale_out=0.8, alltoall=0.7)
+LLAMA70B = load_model("llama3-70b")
+
+
+def test_p2p_ring_is_paced_by_its_slowest_hop_not_spread_over_the_nodes_nics() -> None:
+    cluster = load_cluster("dgx-h100", num_gpus=32)
+    plan = Plan(tp=8, cp=4)  # each CP rank in its own node: every hop is on InfiniBand
+    job = JobSpec(global_batch=4, seq_len=131072)
+    work = layer_work(LLAMA70B, job, plan, 0)
+    comm = CommModel(cluster, plan, None, EFF)
+    so = cluster.scale_out_link
+    hop = so.latency_s + work.cp_bytes / (so.bandwidth_Bps * 0.8)
+    attention = 1e-3
+    f, b, _ = cp_times_s("p2p", work, 4, comm, attention, 3.0)
+    assert math.isclose(f, 3 * max(0.0, hop - attention / 4), rel_tol=1e-9)
+    assert math.isclose(b, 3 * max(0.0, 2 * hop - 3.0 * attention / 4), rel_tol=1e-9)
+    # A hierarchical all-gather of the same bytes would be no slower per byte; the ring is never faster
+    # than its hops.
+    assert comm.ring_hop_s("cp", work.cp_bytes) == hop
+
+
+def test_all_gather_cp_is_exposed_and_ulysses_uses_all_to_all() -> None:
+    cluster = load_cluster("dgx-h100", num_gpus=8)
+    plan = Plan(cp=8)  # CP inside the node
+    job = JobSpec(global_batch=4, seq_len=32768)
+    work = layer_work(LLAMA70B, job, plan, 0)
+    comm = CommModel(cluster, plan, None, EFF)
+    f, b, hidden = cp_times_s("all_gather", work, 8, comm, 1.0, 3.0)
+    assert f == b == comm.allgather_s("cp", 8 * work.cp_bytes) and hidden == 0.0
+    f, b, _ = cp_times_s("a2a", work, 8, comm, 1.0, 3.0)
+    nv = cluster.intra_domain_link
+    expect = work.cp_a2a_bytes * 7 / 8 / (nv.bandwidth_Bps * 0.75 * 0.7) + 7 * nv.latency_s
+    assert math.isclose(f, expect, rel_tol=1e-9) and f == b
+
+
+def test_knobs_default_to_the_runtime_and_the_plan_overrides_them() -> None:
+    mega, nemo = load_runtime_cost("megatron"), load_runtime_cost("nemo")
+    plan = Plan(tp=4, sp=True, dp=2)
+    assert not effective_knobs(plan, mega).tp_overlap and effective_knobs(plan, nemo).tp_overlap
+    assert effective_knobs(replace(plan, tp_overlap=True), mega).tp_overlap
+    assert effective_knobs(replace(plan, tp_overlap=False), nemo).tp_overlap is False
+    assert effective_knobs(plan, mega).cp_comm == "p2p" and effective_knobs(plan, load_runtime_cost("fsdp")).cp_comm \
+        == "all_gather"
+    # tp overlap does not exist at tp=1
+    assert not effective_knobs(Plan(dp=8, tp_overlap=True), mega).tp_overlap
+
+
+def test_tp_overlap_knob_shortens_the_step_by_the_hidden_share() -> None:
+    cluster = load_cluster("dgx-h100", num_gpus=8)
+    job = JobSpec(global_batch=64, seq_len=4096)
+    plan = Plan(tp=8, sp=True)
+    off = estimate_step(LLAMA70B, cluster, job, replace(plan, tp_overlap=False), constants=C)
+    on = estimate_step(LLAMA70B, cluster, job, replace(plan, tp_overlap=True), constants=C)
+    assert math.isclose(on.term("tp_comm"), (1 - C["overlap.tp"]) * off.term("tp_comm"), rel_tol=1e-9)
+    assert on.step_s < off.step_s
+
+
+def test_search_offers_only_the_knobs_the_runtime_runs() -> None:
+    plan = Plan(tp=2, sp=True, cp=4, ep=2, dp=2)
+    v = knob_variants(plan, "megatron", attention_heads=64, is_moe=True)
+    assert len(v) == 2 * 2 * 4  # tp overlap x ep overlap x four CP types (32 heads per TP rank: cp | 32)
+    v = knob_variants(plan, "megatron", attention_heads=6, is_moe=True)
+    assert {p.cp_comm for p in v} == {"p2p", "all_gather", "a2a+p2p"}  # 3 heads per TP rank: no Ulysses over 4
+    assert knob_variants(plan, "deepspeed", attention_heads=64, is_moe=True) == [plan]
+    fixed = replace(plan, tp_overlap=True, ep_overlap=False, cp_comm="p2p")
+    assert knob_variants(fixed, "megatron", attention_heads=64, is_moe=True) == [fixed]
+
+
+def test_busiest_expert_rank_by_the_gaussian_maximum() -> None:
+    model = load_model("mixtral-8x22b")  # 8 experts
+    plan = Plan(ep=8, dp=8)
+    factor = busiest_rank_factor(model, plan, pairs_per_expert=1000.0, expert_cv=0.2)
+    cv_rank = math.sqrt((0.04 + 0.001) / 1)
+    assert math.isclose(factor, 1 + math.sqrt(2 * math.log(8)) * cv_rank, rel_tol=1e-12)  # ~1.413
+    assert busiest_rank_factor(model, Plan(dp=8), 1000.0, 0.2) == 1.0  # all experts on one rank
+
+
+def test_node_limited_routing_caps_the_bytes_leaving_a_node() -> None:
+    dsv3 = load_model("deepseek-v3")  # top-8, at most 4 nodes per token
+    assert math.isclose(ep_scale_out_share(dsv3, 8, 8), 4 * 7 / 8 / 8)  # 0.4375 instead of 7/8
+    assert ep_scale_out_share(dsv3, 8, 1) is None  # EP inside one node
+    assert ep_scale_out_share(load_model("qwen3-30b-a3b"), 8, 8) is None  # no node limit
+
+
+def test_launches_cost_only_what_the_gpu_does_not_cover() -> None:
+    assert math.isclose(exposed_launch_s(100e-6, 24, 1e-5), 140e-6)
+    assert exposed_launch_s(1e-3, 24, 1e-5) == 0.0
+    f, b = layer_launch_s(1e-3, 2e-3, True, 1e-5, 2e-5, syncs=1)
+    assert b == 0.0 and math.isclose(f, 2e-5 + 8 * 1e-5)  # the dispatcher's sync drains the queue
+    f, _ = layer_launch_s(50e-6, 1.0, False, 1e-5, 2e-5, syncs=0)
+    assert math.isclose(f, DENSE_LAYER_KERNELS * 1e-5 - 50e-6)
+
+
+def test_zero3_expert_shards_are_gathered_over_expert_data_parallel() -> None:
+    model = load_model("mixtral-8x22b")
+    cluster = load_cluster("dgx-h100", num_gpus=256)
+    job = JobSpec(global_batch=256, seq_len=4096)
+    plan = Plan(ep=8, dp=256, sharding="zero3")
+    assert not plan_violations(model, job, plan, 256)
+    inp = prepare(model, cluster, job, plan)
+    comm = inp.comm.with_efficiency(EFF)
+    gather, _ = _layer_shard_comm(inp, comm, 0, plan)
+    dense_b, expert_b = inp.zero3_layer_bytes[0], inp.zero3_expert_bytes[0]
+    # Expert-DP: 256/8 = 32 ranks, one per node (EP fills the node): a ring over 32 NICs.
+    so = cluster.scale_out_link
+    edp = 31 / 32 * expert_b / (so.bandwidth_Bps * 0.8) + min(31, 2 * 5) * so.latency_s
+    assert math.isclose(comm.allgather_s("edp", expert_b), edp, rel_tol=1e-9)
+    assert math.isclose(gather, comm.allgather_s("dp_cp", dense_b) + edp, rel_tol=1e-9)
+
+
+def test_zero2_under_pipeline_parallelism_reduces_once_per_step_like_the_distributed_optimizer() -> None:
+    cluster = load_cluster("dgx-h100", num_gpus=16)
+    job = JobSpec(global_batch=64, seq_len=4096)
+    base = Plan(tp=2, sp=True, pp=2, dp=4, sharding="distopt")
+    a = estimate_step(LLAMA70B, cluster, job, base, constants=C)
+    b = estimate_step(LLAMA70B, cluster, job, replace(base, sharding="zero2"), constants=C)
+    assert math.isclose(a.step_s, b.step_s, rel_tol=1e-12)
+    # Without PP, ZeRO-2 reduce-scatters each micro-batch's gradients (more DP traffic than distopt).
+    flat = Plan(tp=8, sp=True, dp=2, sharding="distopt")
+    assert estimate_step(LLAMA70B, cluster, job, replace(flat, sharding="zero2"), constants=C).term("dp_comm") > \
+        estimate_step(LLAMA70B, cluster, job, flat, constants=C).term("dp_comm")
+
+
+def test_hsdp_shards_inside_the_node_over_nvlink() -> None:
+    cluster = load_cluster("dgx-h100", num_gpus=32)
+    plan = Plan(dp=32, sharding="hsdp", shard_group=8)
+    comm = CommModel(cluster, plan, None, EFF)
+    nv = cluster.intra_domain_link
+    nbytes = 1e9
+    assert math.isclose(comm.subgroup_allgather_s("dp_cp", nbytes, 8, outer=False),
+                        7 / 8 * nbytes / (nv.bandwidth_Bps * 0.75) + 7 * nv.latency_s, rel_tol=1e-9)
+    so = cluster.scale_out_link  # replicas: 4 ranks, one per node
+    assert math.isclose(comm.subgroup_allgather_s("dp_cp", nbytes, 8, outer=True),
+                        3 / 4 * nbytes / (so.bandwidth_Bps * 0.8) + 3 * so.latency_s, rel_tol=1e-9)
+
+
+def test_fp8_speedup_never_exceeds_the_peak_ratio() -> None:
+    from configurator.cost.constants import PARAMETERS
+
+    top = CostConstants.from_dict({p.name: p.upper for p in PARAMETERS})
+    for family in ("hopper", "blackwell"):
+        assert top.gemm_efficiency(family, "fp8") <= top.gemm_efficiency(family, "bf16")
+    assert top.gemm_efficiency("blackwell", "fp4") <= top.gemm_efficiency("blackwell", "fp8")
+
+
+def test_nccl_sms_slow_the_compute_they_hide_under() -> None:
+    cluster = load_cluster("dgx-h100", num_gpus=8)
+    job = JobSpec(global_batch=64, seq_len=4096)
+    plan = Plan(tp=8, sp=True, tp_overlap=True)
+    on = estimate_step(LLAMA70B, cluster, job, plan, constants=C)
+    off = estimate_step(LLAMA70B, cluster, job, replace(plan, tp_overlap=False), constants=C)
+    hidden = off.term("tp_comm") - on.term("tp_comm")
+    slow = hardware_default("nccl_overlap_compute_slowdown")
+    assert math.isclose(on.term("compute") - off.term("compute"), slow * hidden, rel_tol=1e-6)
+
+
+def test_pair_order_counts_only_pairs_more_than_5pct_apart() -> None:
+    keys = [("a",)] * 3 + [("b",)] * 2
+    measured = [100.0, 104.0, 120.0, 50.0, 60.0]
+    predicted = [90.0, 200.0, 110.0, 70.0, 65.0]
+    # sweep a: (120,100) right, (120,104) wrong, (104,100) within 5%; sweep b: (60,50) wrong
+    assert pair_order(keys, measured, predicted) == (3, 1)
+
+
+def test_pairs_of_the_same_plan_are_noise_and_left_out() -> None:
+    keys = [("a",)] * 3
+    measured = [100.0, 110.0, 130.0]
+    predicted = [100.0, 100.0, 90.0]
+    plans = ["x", "x", "y"]
+    # (110, 100) share plan x: left out; (130, 100) and (130, 110) both ordered wrong
+    assert pair_order(keys, measured, predicted, plans=plans) == (2, 0)
+
+
+def test_every_committed_constant_at_a_bound_has_a_written_reason() -> None:
+    import json
+
+    from configurator.calibrate import at_bound
+    from configurator.cost.constants import calibration_path
+
+    values = json.loads(calibration_path().read_text())["constants"]
+    missing = [b["name"] for b in at_bound(values) if b["reason"] == "no reason recorded"]
+    assert not missing, missing
+
+
+def test_the_knob_bound_is_below_every_knob_setting() -> None:
+    from configurator.cost.step import busy_lower_bound
+    from configurator.search.knobs import best_knobs, knob_lower_bound
+
+    model = load_model("mixtral-8x7b")
+    cluster = load_cluster("dgx-h100", num_gpus=32)
+    job = JobSpec(global_batch=64, seq_len=8192)
+    plan = Plan(tp=2, sp=True, cp=2, dp=8, ep=4)
+    assert not plan_violations(model, job, plan, 32)
+    inputs = prepare(model, cluster, job, plan)
+    bound = knob_lower_bound(inputs, C)
+    for p in knob_variants(plan, "megatron", model.num_attention_heads, True):
+        assert bound <= busy_lower_bound(prepare(model, cluster, job, p), C) + 1e-12
+    chosen, report = best_knobs(inputs, C)
+    assert bound <= report.step_s and chosen.plan.tp_overlap is not None and chosen.plan.cp_comm is not None
+
+
+def test_deepspeed_accumulates_each_microbatchs_gradients_in_fp32_outside_the_gemms() -> None:
+    from configurator.cost.compute import gpu_rates
+    from configurator.cost.step import evaluate
+
+    cluster = load_cluster("dgx-a100", num_gpus=16)
+    job = JobSpec(global_batch=64, seq_len=2048)
+    plan = Plan(tp=8, pp=2, dp=1)
+    inp = prepare(LLAMA70B, cluster, job, plan, runtime="deepspeed")
+    with_hook = evaluate(inp, C)
+    fused = evaluate(replace(inp, runtime=replace(inp.runtime, grad_accum_bytes_per_param=0), _rates={},
+                             _schedules={}), C)
+    hbm = gpu_rates(cluster, "bf16", C).hbm_Bps
+    r = with_hook.critical_stage
+    expect = 64 * sum(inp.rank_params[r]) * 10 / hbm  # 64 micro-batches, 10 B per parameter each
+    assert math.isclose(with_hook.term("compute") - fused.term("compute"), expect, rel_tol=1e-6)
+
+
+def test_deepspeed_zero1_all_reduces_the_full_gradients() -> None:
+    from configurator.cost.step import evaluate
+
+    cluster = load_cluster("dgx-a100", num_gpus=32)
+    job = JobSpec(global_batch=64, seq_len=2048)
+    plan = Plan(tp=8, pp=2, dp=2, sharding="zero1")
+    inp = prepare(LLAMA70B, cluster, job, plan, runtime="deepspeed")
+    comm = inp.comm.with_efficiency(LinkEfficiency(nvlink=C["link.nvlink"], scale_out=C["link.scale_out"],
+                                                   alltoall=C["link.alltoall"]))
+    ar = evaluate(inp, C)
+    rs = evaluate(replace(inp, runtime=replace(inp.runtime, zero1_grad_allreduce=False), _rates={}, _schedules={}), C)
+    dense = max(p[0] for p in inp.rank_params)
+    grad = dense * 4  # fp32 gradients, not overlapped under DeepSpeed
+    extra = comm.allreduce_s("dp_cp", grad) - comm.reduce_scatter_s("dp_cp", grad)
+    assert math.isclose(ar.term("dp_comm") - rs.term("dp_comm"), extra, rel_tol=1e-6)
+
+
+def test_gap_line_names_the_terms_that_separate_two_plans() -> None:
+    import pytest
+
+    from configurator.cost.gap import gap_line, parse_versus
+    from configurator.errors import InputError
+
+    cluster = load_cluster("dgx-h100", num_gpus=8)
+    job = JobSpec(global_batch=64, seq_len=4096)
+    fast = estimate_step(LLAMA70B, cluster, job, Plan(tp=8, sp=True, tp_overlap=True), constants=C)
+    slow = estimate_step(LLAMA70B, cluster, job, Plan(tp=8, sp=True, tp_overlap=False, recompute="full"),
+                         constants=C)
+    line = gap_line(fast, slow)
+    assert line is not None and "compute" in line.split("loses")[1]  # recompute is the largest term
+    assert gap_line(slow, fast) is None  # slower: nothing to explain
+    assert parse_versus("tp=1, pp=16,ep=64,mb=2") == {"tp": 1, "pp": 16, "ep": 64, "micro_batch": 2}
+    with pytest.raises(InputError):
+        parse_versus("tq=4")
