@@ -121,6 +121,13 @@ def main() -> int:
                                 "jobs": len(ids), "p50_ms": round(pct(lat, 0.5)), "p95_ms": round(pct(lat, 0.95)),
                                 "done": sum(s == "done" for s in status.values())}
         ok &= len(ids) == 1 and all(r.status_code == 202 for _, r in results) and set(status.values()) == {"done"}
+        # 1b. the same burst once the answer is stored: every request is answered from the store
+        results = asyncio.run(post_all(base, [body(0)] * args.identical))
+        lat = [t for t, _ in results]
+        cached = sum(r.status_code == 202 and r.json().get("cached") is True for _, r in results)
+        figures["identical_stored"] = {"requests": args.identical, "cached": cached, "p50_ms": round(pct(lat, 0.5)),
+                                       "p95_ms": round(pct(lat, 0.95))}
+        ok &= cached == args.identical
 
         # 2. distinct requests at once (within workers + queue): all accepted, all done
         start = time.perf_counter()
@@ -149,7 +156,9 @@ def main() -> int:
         figures["peak_worker_rss_mib"] = round(peak_worker_mib[0])
         figures["peak_server_rss_mib"] = round(peak_server_mib[0])
         i, d, f = figures["identical"], figures["distinct"], figures["flood"]
+        c = figures["identical_stored"]
         print(f"identical: {i['requests']} requests -> {i['jobs']} job, p50 {i['p50_ms']} ms, p95 {i['p95_ms']} ms; "
+              f"again once stored: {c['cached']} cached, p50 {c['p50_ms']} ms, p95 {c['p95_ms']} ms; "
               f"distinct: {d['requests']} jobs done in {d['all_done_s']} s ({d['jobs_per_min']} jobs/min on "
               f"{args.workers} workers); flood: {f['requests']} at once -> {f['accepted']} accepted, "
               f"{f['rejected_429']} x 429 (Retry-After {f['retry_after_s']} s), {f['other']} other; "

@@ -57,9 +57,10 @@ class Server:
             self.proc.wait(timeout=30)
 
 
-@pytest.fixture()
-def server(tmp_path):  # type: ignore[no-untyped-def]
-    s = Server(tmp_path / "store.db")
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """One server for the module (a start costs seconds); tests that need a fresh store make their own."""
+    s = Server(tmp_path_factory.mktemp("service") / "store.db")
     yield s
     s.kill()
 
@@ -75,12 +76,13 @@ def wait_done(base: str, job_id: str, timeout: float = 120, headers: dict[str, s
 
 
 def test_plan_job_runs_and_identical_requests_come_from_the_store(server) -> None:  # type: ignore[no-untyped-def]
-    first = httpx.post(server.base + "/v1/plans", json=PLAN, timeout=30)
+    body = {**PLAN, "seed": 11}  # a request no other test of the module sends
+    first = httpx.post(server.base + "/v1/plans", json=body, timeout=30)
     assert first.status_code == 202 and first.json()["status"] == "queued"
     job = wait_done(server.base, first.json()["id"])
     assert job["status"] == "done" and job["plans"] and job["search"]["evaluated"] > 0
     assert job["plans"][0]["fits"] and set(job["plans"][0]["time"]) >= {"step_s", "tokens_per_s_per_gpu", "mfu"}
-    again = httpx.post(server.base + "/v1/plans", json=PLAN, timeout=30).json()
+    again = httpx.post(server.base + "/v1/plans", json=body, timeout=30).json()
     assert again == {"id": first.json()["id"], "status": "done", "cached": True}
     page = httpx.get(f"{server.base}/plans/{first.json()['id']}", timeout=30)
     assert page.status_code == 200 and "<svg" in page.text and "id='plans'" in page.text

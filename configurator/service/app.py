@@ -333,6 +333,12 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
         """Queue a search (or answer from the store: an identical, untruncated earlier search)."""
         request = req.model_dump()
         version, profile = profile_for(req.cluster, req.cluster_version)
+        key = cache_key(request, version)
+        # An identical request (same profile version, same code) was checked when its job was made: answer it
+        # without loading the model again, so a burst of identical requests stays cheap.
+        reusable = store.find_reusable(key)
+        if reusable is not None:
+            return {"id": reusable.id, "status": reusable.status, "cached": True}
         # Fail fast on what can be checked without searching (unknown model, cluster or runtime, sizes).
         from configurator.memory import RUNTIMES
 
@@ -342,7 +348,6 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
         build_cluster(request, profile)
         prepare_optuna(request)
         parse_margin(req.memory_margin)
-        key = cache_key(request, version)
         with creating:
             reusable = store.find_reusable(key)
             if reusable is not None:
