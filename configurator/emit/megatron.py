@@ -127,6 +127,9 @@ def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
         flag("--overlap-param-gather")
     if plan.recompute == "selective":
         flag("--recompute-granularity", "selective")
+        if plan.recompute_modules:  # Megatron-Core's --recompute-modules (nargs='*'); the memory model relies on them
+            flag("--recompute-modules")
+            a.extend(plan.recompute_modules)
     elif plan.recompute == "full":
         flag("--recompute-granularity", "full")
         if plan.recompute_num_layers:
