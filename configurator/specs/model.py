@@ -88,6 +88,9 @@ class ModelSpec:
                      "qk_rope_head_dim", "v_head_dim"):
             require_nonnegative_int(name, getattr(self, name))
         require_positive_int("moe_layer_freq", self.moe_layer_freq)
+        from configurator.bounds import check_model_bounds
+
+        check_model_bounds(self)
         require(self.mlp in MLP_KINDS, "mlp", self.mlp, f"must be one of {', '.join(MLP_KINDS)}")
         require(self.attention in ATTENTION_KINDS, "attention", self.attention,
                 f"must be one of {', '.join(ATTENTION_KINDS)}")

@@ -80,6 +80,9 @@ class Plan:
     def __post_init__(self) -> None:
         for name in ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch"):
             require_positive_int(name, getattr(self, name))
+        from configurator.bounds import check_plan_bounds
+
+        check_plan_bounds(self)
         require(isinstance(self.sp, bool), "sp", self.sp, "must be true or false")
         require(self.sharding in SHARDINGS, "sharding", self.sharding,
                 f"must be one of {', '.join(SHARDINGS)}")
