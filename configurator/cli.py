@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -54,6 +55,11 @@ def _main_options(
     """Pick and check LLM-training parallelism plans without a GPU."""
 
 
+def _name_width(rows: list[dict]) -> int:
+    """Preset names are never cut: their column is as wide as the longest (others fold at 80 columns)."""
+    return max((len(r["name"]) for r in rows), default=4)
+
+
 @app.command()
 def models(as_json: JsonOpt = False) -> None:
     """List the model presets."""
@@ -67,9 +73,9 @@ def models(as_json: JsonOpt = False) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title="Model presets")
-    for col in ("name", "layers", "hidden", "params (B)", "active (B)", "experts", "attention"):
-        table.add_column(col)
+    table = Table(title="Model presets", box=box.SIMPLE_HEAD)
+    for col in ("name", "layers", "hidden", "params\n(B)", "active\n(B)", "experts", "attention"):
+        table.add_column(col, overflow="fold", min_width=_name_width(rows) if col == "name" else None)
     for r in rows:
         table.add_row(r["name"], str(r["layers"]), str(r["hidden"]), f"{r['total_params'] / 1e9:.2f}",
                       f"{r['active_params'] / 1e9:.2f}", str(r["experts"] or "-"), r["attention"])
@@ -90,9 +96,9 @@ def clusters(as_json: JsonOpt = False) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title="Cluster presets")
-    for col in ("name", "gpu", "GiB", "GPUs/node", "NVLink domain", "NVLink GB/s", "scale-out GB/s/GPU"):
-        table.add_column(col)
+    table = Table(title="Cluster presets", box=box.SIMPLE_HEAD)
+    for col in ("name", "gpu", "GiB", "GPUs/\nnode", "NVLink\ndomain", "NVLink\nGB/s", "scale-out\nGB/s/GPU"):
+        table.add_column(col, overflow="fold", min_width=_name_width(rows) if col == "name" else None)
     for r in rows:
         table.add_row(r["name"], r["gpu"], f"{r['gpu_memory_gib']:.1f}", str(r["gpus_per_node"]),
                       str(r["nvlink_domain_gpus"]), f"{r['nvlink_GBps']:g}", f"{r['scale_out_GBps_per_gpu']:g}")

@@ -165,7 +165,7 @@ def register(app: typer.Typer) -> None:
             return
         table = Table(title=f"Fitted constants ({result.rows} rows) -> {target}")
         for col in ("constant", "value", "default", "bounds"):
-            table.add_column(col, justify="left" if col == "constant" else "right")
+            table.add_column(col, justify="left" if col == "constant" else "right", overflow="fold")
         for p in d["parameters"]:
             table.add_row(p["name"], f"{p['value']:.4g}", f"{p['default']:.4g}", f"[{p['lower']:g}, {p['upper']:g}]")
         console.print(table)
@@ -271,7 +271,7 @@ def register(app: typer.Typer) -> None:
         else:
             table = Table(title="Plan-search scenarios (modelled)")
             for col in ("scenario", "best plan", "tokens/s/GPU", "reference", "peak GiB", "candidates", "evaluated", "s"):
-                table.add_column(col, justify="left" if col in ("scenario", "best plan") else "right")
+                table.add_column(col, justify="left" if col in ("scenario", "best plan") else "right", overflow="fold")
             for r in results:
                 row = summary_row(r)
                 ref = row["reference_tokens_per_s_per_gpu"]

@@ -297,8 +297,11 @@ def resolve_plan(num_gpus: int, *, tp: int = 1, pp: int = 1, cp: int = 1, dp: in
     defaults (distributed optimizer on, no recompute, micro-batch 1).
     """
     chosen: list[str] = []
+    from configurator.bounds import MAX_GPUS, require_at_most
+
     for name, value in (("tp", tp), ("pp", pp), ("cp", cp)):
         require_positive_int(name, value)
+        require_at_most(name, value, MAX_GPUS, "(the largest GPU count)")
     if dp is None:
         model_parallel = tp * pp * cp
         require(num_gpus % model_parallel == 0, "tp*pp*cp", model_parallel,
