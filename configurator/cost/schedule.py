@@ -220,7 +220,7 @@ def _steady_window(pp: int, vpp: int) -> tuple[int, int, int]:
     """(group, first micro-batch count of the window, largest cyclicity considered, in groups).
 
     Micro-batches enter the interleaved schedule in groups of ``pp`` (Megatron requires a multiple), one
-    at a time in 1F1B. The window starts at half the op-by-op limit (512 micro-batches) or 4 x pp + 8
+    at a time in 1F1B. The window starts at a quarter of the op-by-op limit (256 micro-batches) or 4 x pp + 8
     groups, whichever is later: on random stage and link times (pp 2..8) the warm-up transient lasted at
     most ~2.3 x pp groups and the cyclicity was 1, 2 or 3, never above pp (1 for every interleaved
     schedule; we consider up to 4 there). A transient is long only when
@@ -228,7 +228,7 @@ def _steady_window(pp: int, vpp: int) -> tuple[int, int, int]:
     then extrapolating with the nearly-equal period errs by about that gap (see ``extrapolated``).
     """
     group = pp if vpp > 1 else 1
-    start = max(FULL_SIMULATION_MAX_MICROBATCHES // 2, (4 * pp + 8) * group)
+    start = max(FULL_SIMULATION_MAX_MICROBATCHES // 4, (4 * pp + 8) * group)
     return group, -(-start // group) * group, max(pp, 4) if vpp == 1 else 4
 
 
@@ -247,8 +247,8 @@ def extrapolated(*, pp: int, vpp: int, num_microbatches: int, forward_s: list[fl
     ``tests/test_schedule_bounded.py`` compares this to the full simulation on random pipelines.
 
     Exact once the warm-up transient is over before the window (``_steady_window``). A transient that
-    outlasts it needs two cycles of the schedule within ~offset/512 of each other in mean, and then the
-    answer is off by at most that difference per micro-batch (below ~pp/512 of the step in the worst
+    outlasts it needs two cycles of the schedule within ~offset/256 of each other in mean, and then the
+    answer is off by at most that difference per micro-batch (below ~pp/256 of the step in the worst
     case); a window with no repeating increments falls back to its mean slope.
     """
     m = num_microbatches
