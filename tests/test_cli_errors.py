@@ -260,3 +260,20 @@ def test_preset_names_are_not_cut_at_80_columns() -> None:
         assert all(len(line) <= 80 for line in proc.stdout.splitlines())
         for name in names:
             assert name in proc.stdout, name
+
+
+def test_last_resort_guard_prints_one_line_for_anything_unexpected(capsys) -> None:  # type: ignore[no-untyped-def]
+    from configurator.cli import guarded
+
+    def boom(exc: BaseException):  # type: ignore[no-untyped-def]
+        def run() -> None:
+            raise exc
+        return run
+
+    assert guarded(boom(RecursionError("deep"))) == 2
+    assert guarded(boom(PermissionError(13, "Permission denied", "/x"))) == 1
+    assert guarded(boom(KeyError("surprise"))) == 1
+    assert guarded(boom(SystemExit(3))) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+    assert "internal error (KeyError" in err[2] and "/x: Permission denied" in err[1]

@@ -166,8 +166,8 @@ class ClusterSpec:
 
         if nodes is not None:
             require_positive_int("nodes", nodes)
-            require_at_most("nodes", nodes * self.gpus_per_node, MAX_GPUS,
-                            f"GPUs ({self.gpus_per_node} per node of {self.name})")
+            require_at_most("nodes", nodes, MAX_GPUS // self.gpus_per_node,
+                            f"nodes of {self.gpus_per_node} GPUs ({MAX_GPUS:,} GPUs)")
             num_nodes, per_node = nodes, self.gpus_per_node
         else:
             require_positive_int("num_gpus", num_gpus)
