@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -21,10 +22,11 @@ from configurator.cli_options import (CalibrationOpt, ClusterOpt, CpOpt, DpOpt, 
                                       JsonOpt,
                                       MicroBatchOpt, ModelOpt, NodesOpt, NumGpusOpt, OffloadOpt, PipelineLayersOpt,
                                       PpOpt, PrecisionOpt, RecomputeLayersOpt, RecomputeOpt, SeqLenOpt, ShardingOpt,
-                                      SpOpt, TpOpt, VppOpt, _constants, _given_plan, _job, console)
+                                      SpOpt, TpOpt, VppOpt, _constants, _given_plan, _job, check_database_url,
+                                      check_seed, console)
 from configurator.cli_tools import register as register_tools
 from configurator.cost.step import estimate_step
-from configurator.errors import InputError
+from configurator.errors import EnvironmentProblem, InputError
 from configurator.gpu_figures import gpu_figures, gpu_line
 from configurator.memory import RUNTIMES, estimate_memory
 from configurator.profiles import GIB, cluster_names, load_cluster, load_model, model_names, model_published
@@ -32,6 +34,32 @@ from configurator.render import estimate_dict, memory_table, step_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Pick and check LLM-training parallelism plans without a GPU.")
+
+MAX_TOP = 1000
+MAX_TRIALS = 1_000_000
+MAX_WORKERS = 256
+MAX_TIME_BUDGET_S = 86_400.0
+
+
+def _version(value: bool) -> None:
+    if value:
+        from configurator import __version__
+
+        print(f"configurator {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Pick and check LLM-training parallelism plans without a GPU."""
+
+
+def _name_width(rows: list[dict]) -> int:
+    """Preset names are never cut: their column is as wide as the longest (others fold at 80 columns)."""
+    return max((len(r["name"]) for r in rows), default=4)
 
 
 @app.command()
@@ -47,9 +75,9 @@ def models(as_json: JsonOpt = False) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title="Model presets")
-    for col in ("name", "layers", "hidden", "params (B)", "active (B)", "experts", "attention"):
-        table.add_column(col)
+    table = Table(title="Model presets", box=box.SIMPLE_HEAD)
+    for col in ("name", "layers", "hidden", "params\n(B)", "active\n(B)", "experts", "attention"):
+        table.add_column(col, overflow="fold", min_width=_name_width(rows) if col == "name" else None)
     for r in rows:
         table.add_row(r["name"], str(r["layers"]), str(r["hidden"]), f"{r['total_params'] / 1e9:.2f}",
                       f"{r['active_params'] / 1e9:.2f}", str(r["experts"] or "-"), r["attention"])
@@ -70,9 +98,9 @@ def clusters(as_json: JsonOpt = False) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title="Cluster presets")
-    for col in ("name", "gpu", "GiB", "GPUs/node", "NVLink domain", "NVLink GB/s", "scale-out GB/s/GPU"):
-        table.add_column(col)
+    table = Table(title="Cluster presets", box=box.SIMPLE_HEAD)
+    for col in ("name", "gpu", "GiB", "GPUs/\nnode", "NVLink\ndomain", "NVLink\nGB/s", "scale-out\nGB/s/GPU"):
+        table.add_column(col, overflow="fold", min_width=_name_width(rows) if col == "name" else None)
     for r in rows:
         table.add_row(r["name"], r["gpu"], f"{r['gpu_memory_gib']:.1f}", str(r["gpus_per_node"]),
                       str(r["nvlink_domain_gpus"]), f"{r['nvlink_GBps']:g}", f"{r['scale_out_GBps_per_gpu']:g}")
@@ -117,26 +145,30 @@ def plan(
     from configurator.search.space import SearchContext
 
     spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision, gpu_spec)
+    precision = job.precision
     if method not in METHODS:
         raise InputError("method", method, f"must be one of {', '.join(METHODS)}")
     framework, runtime = _framework_and_runtime(framework, runtime, emit)
-    if emit is not None and out is None:
-        raise InputError("out", None, f"--emit {emit} needs --out FOLDER for the files")
-    if out is not None and emit is None:
+    if emit is None and out is not None:
         raise InputError("emit", None, f"--out {out} needs --emit megatron|deepspeed|all")
+    if emit is not None and out is None:
+        raise InputError("out", None, f"--emit {emit} needs --out DIR")
+    for name, value, limit in (("top", top, MAX_TOP), ("trials", trials, MAX_TRIALS),
+                               ("workers", workers, MAX_WORKERS)):
+        if not 1 <= value <= limit:
+            raise InputError(name, value, f"must be in 1..{limit:,}")
+    if not 0 < time_budget <= MAX_TIME_BUDGET_S:
+        raise InputError("time_budget", time_budget, f"must be > 0 and <= {MAX_TIME_BUDGET_S:,.0f} seconds")
+    check_seed(seed)
+    if storage is not None:
+        check_database_url(storage, "storage", connect=True)
     host_names = _host_names(hosts, hostfile, hw)
-    if out is not None:
+    if out is not None:  # before the search, not after it
         from configurator.emit.files import check_out_dir
+        from configurator.safe_files import writable_folder
 
-        check_out_dir(out, force=force)  # before the search, not after it
-    if top < 1:
-        raise InputError("top", top, "must be >= 1")
-    if trials < 1:
-        raise InputError("trials", trials, "must be >= 1")
-    if workers < 1:
-        raise InputError("workers", workers, "must be >= 1")
-    if not time_budget > 0:
-        raise InputError("time_budget", time_budget, "must be > 0 seconds")
+        check_out_dir(out, force=force)
+        writable_folder(out, "out", create=True)
     constants = _constants(calibration)
     margin = parse_margin(memory_margin)
     ctx = SearchContext(model=spec, cluster=hw, job=job, runtime=runtime, framework=framework, memory_margin=margin)
@@ -256,11 +288,16 @@ def estimate(
 ) -> None:
     """Memory and step time of one given plan, per pipeline stage, and whether it fits (alias: explain)."""
     spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision, gpu_spec)
+    precision = job.precision
     plan, chosen = _given_plan(spec, hw, job, tp=tp, pp=pp, vpp=vpp, cp=cp, ep=ep, etp=etp, dp=dp, sp=sp,
                                sharding=sharding, recompute=recompute, recompute_layers=recompute_layers,
                                micro_batch=micro_batch, offload=offload, pipeline_layers=pipeline_layers)
     if svg is not None and svg.exists() and not force:
         raise InputError("svg", str(svg), "exists; pass --force to overwrite")
+    if svg is not None:
+        from configurator.safe_files import writable_file
+
+        writable_file(svg, "svg")
     memory = estimate_memory(spec, hw, job, plan, runtime=runtime)
     constants = _constants(calibration)
     step = estimate_step(spec, hw, job, plan, runtime=runtime, constants=constants)
@@ -271,7 +308,10 @@ def estimate(
                        title=f"{spec.name} on {hw.num_gpus} x {hw.gpu.key}: {plan.describe()}")
         from configurator.emit.files import write_file_atomic
 
-        write_file_atomic(svg, picture)
+        try:
+            write_file_atomic(svg, picture)
+        except OSError as exc:
+            raise EnvironmentProblem("svg", str(svg), f"cannot write ({exc.strerror})") from None
     result = estimate_dict(spec, hw, job, plan, memory, chosen, step)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -346,10 +386,13 @@ def emit_files(
     from configurator.emit import EmitRequest, emit as write_files, targets_of
     from configurator.emit.files import check_out_dir
 
+    from configurator.safe_files import writable_folder
+
     targets_of(framework)
     spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision, gpu_spec)
     host_names = _host_names(hosts, hostfile, hw)
     check_out_dir(out, force=force)
+    writable_folder(out, "out", create=True)
     if sp is None and framework in ("deepspeed", "all"):
         sp = False
     plan, chosen = _given_plan(spec, hw, job, tp=tp, pp=pp, vpp=vpp, cp=cp, ep=ep, etp=etp, dp=dp, sp=sp,
@@ -391,12 +434,43 @@ register_tools(app)
 
 
 def main() -> None:
-    """Entry point: user errors are one line on stderr and exit 2 (typer's usage errors exit 2 too)."""
+    """Entry point: every failure is one line on stderr, never a traceback.
+
+    Exit 2: bad input (an ``InputError`` naming the field; typer's usage errors exit 2 too); exit 1:
+    the environment (``EnvironmentProblem``: an unwritable folder, an unreachable database); exit 3:
+    ``plan`` found nothing that fits. Each case is caught where it arises, with its field; the generic
+    branches below are the last resort (the fuzz tests fail if one of them is ever reached).
+    """
+    sys.exit(guarded(app))
+
+
+def guarded(run) -> int:  # type: ignore[no-untyped-def]
+    """Run ``run()`` and map what escapes it to (one line on stderr, an exit status)."""
     try:
-        app()
+        run()
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    except EnvironmentProblem as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (RecursionError, MemoryError, OverflowError) as exc:
+        print(f"error: input too large or too deeply nested ({type(exc).__name__})", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a traceback
+        print(f"error: internal error ({type(exc).__name__}: {str(exc)[:300]}); please report it", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -29,8 +29,13 @@ CalibrationOpt = Annotated[Optional[Path], typer.Option(
 
 
 def _constants(path: Path | None):  # type: ignore[no-untyped-def]
+    """The cost constants of ``--calibration`` (checked here: a regular UTF-8 JSON file) or the default."""
     from configurator.cost.constants import load_calibration
 
+    if path is not None:
+        from configurator.safe_files import load_json
+
+        load_json(path, "calibration")  # a folder, FIFO, binary or hostile JSON fails here, naming the option
     return load_calibration(path)
 
 
@@ -45,9 +50,17 @@ def _parse_layers(text: str | None) -> tuple[int, ...]:
 
 def _job(model: str, cluster: str, num_gpus: int | None, nodes: int | None, global_batch: int, seq_len: int,
          precision: str, gpu_spec: Path | None = None):  # type: ignore[no-untyped-def]
-    """The model, the sized cluster and the job of a request (each checked)."""
+    """The model, the sized cluster and the job of a request (each checked).
+
+    A preset has no size of its own: ``--num-gpus`` or ``--nodes`` is required (a measured profile
+    carries its nodes). ``--precision`` is case-insensitive.
+    """
     spec = load_model(model)
     hw = load_cluster(cluster, num_gpus=num_gpus, nodes=nodes, gpu_spec=gpu_spec)
+    if num_gpus is None and nodes is None and not (hw.nodes or hw.node_links is not None):
+        raise InputError("num_gpus", None, f"give --num-gpus or --nodes: cluster {hw.name} is a preset "
+                         "without a size (a measured profile carries its own)")
+    precision = precision.lower()
     job = JobSpec(global_batch=global_batch, seq_len=seq_len, precision=precision)
     if not hw.gpu.supports(precision):
         raise InputError("precision", precision, f"is not supported by {hw.gpu.key} ({hw.name})")
@@ -86,3 +99,50 @@ def _given_plan(spec, hw, job, *, tp: int, pp: int, vpp: int, cp: int, ep: int, 
     check_plan(spec, job, plan, hw.num_gpus)
     return plan, chosen
 
+
+
+SEED_LIMIT = 2**32
+"""Optuna's samplers and numpy seed with 32 bits."""
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed < SEED_LIMIT:
+        raise InputError("seed", seed, f"must be in 0..{SEED_LIMIT - 1} (a 32-bit seed)")
+
+
+def check_database_url(url: str, field: str, *, connect: bool) -> None:
+    """A database URL the store can use: parsed, its dialect and driver installed, and (``connect``)
+    reachable now. A malformed URL or unknown dialect is bad input (exit 2); a server or file that cannot
+    be opened is the machine's fault (``EnvironmentProblem``, exit 1)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    from configurator.errors import EnvironmentProblem
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise InputError(field, url, "is not a database URL (sqlite:///FILE or postgresql+psycopg://...)") from None
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        raise InputError(field, shown, f"unknown database kind {parsed.drivername!r} "
+                         "(sqlite:///FILE or postgresql+psycopg://...)") from None
+    except ImportError as exc:
+        raise InputError(field, shown, f"its driver is not installed ({exc.name or exc})") from None
+    if not connect:
+        return
+    try:
+        engine = create_engine(parsed)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except SQLAlchemyError as exc:
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+        raise EnvironmentProblem(field, shown, f"cannot open the database ({first})") from None
+    except (ValueError, TypeError) as exc:  # bad URL query arguments reach the driver
+        raise InputError(field, shown, f"is not usable ({exc})") from None

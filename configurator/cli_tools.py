@@ -14,9 +14,44 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from configurator.cli_options import CalibrationOpt, JsonOpt, _constants, console
-from configurator.errors import InputError
+from configurator.cli_options import CalibrationOpt, JsonOpt, _constants, check_database_url, console
+from configurator.errors import EnvironmentProblem, InputError
 from configurator.render import error_table
+
+
+MAX_WORKERS = 256
+
+
+def check_runs_file(path: Path) -> None:
+    """A runs CSV we can read: a regular UTF-8 file, parseable as CSV, with a header and data rows."""
+    import csv
+    import io
+
+    from configurator.safe_files import read_text
+
+    text = read_text(path, "runs")
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text, newline="")) if any(c.strip() for c in r)]
+    except csv.Error as exc:
+        raise InputError("runs", str(path), f"is not a readable CSV ({exc})") from None
+    if not rows:
+        raise InputError("runs", str(path), "is empty (a header row and data rows are needed)")
+    if len(rows) == 1:
+        raise InputError("runs", str(path), "has a header but no data rows")
+
+
+def _writing(field: str, path: Path):  # type: ignore[no-untyped-def]
+    """Turn an ``OSError`` while writing ``path`` into an ``EnvironmentProblem`` naming ``field``."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():  # type: ignore[no-untyped-def]
+        try:
+            yield
+        except OSError as exc:
+            raise EnvironmentProblem(field, str(path), f"cannot write ({exc.strerror or exc})") from None
+
+    return guard()
 
 
 def register(app: typer.Typer) -> None:
@@ -30,12 +65,16 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Predict every row of a runs CSV (memory and throughput) and report the errors."""
+        from configurator.safe_files import writable_file, writable_folder
         from configurator.validate import summarize, validate_runs, write_predictions
 
+        check_runs_file(runs)
         if out is not None and out.exists() and not force:
             raise InputError("out", str(out), "exists; pass --force to overwrite")
         if out is not None and out.resolve() == runs.resolve():
             raise InputError("out", str(out), "is the input file")
+        if out is not None:
+            writable_file(out, "out")
         if report is not None:
             from configurator.report import REPORT_FILES
 
@@ -44,17 +83,21 @@ def register(app: typer.Typer) -> None:
             clash = [f for f in REPORT_FILES if (report / f).exists()]
             if clash and not force:
                 raise InputError("report", str(report), f"already holds {clash[0]}; pass --force to overwrite")
+            writable_folder(report, "report", create=True)
         constants = _constants(calibration)
         predictions = validate_runs(runs, constants)
         summary = summarize(predictions)
         if out is not None:
-            write_predictions(predictions, out)
+            with _writing("out", out):
+                write_predictions(predictions, out)
         if report is not None:
             from configurator.report import write_report
+            from configurator.safe_files import load_json
 
             cal_path = calibration or _calibration_path()
-            write_report(predictions, summary, report, runs=runs,
-                         calibration=json.loads(cal_path.read_text()) if cal_path.exists() else None)
+            with _writing("report", report):
+                write_report(predictions, summary, report, runs=runs,
+                             calibration=load_json(cal_path, "calibration") if cal_path.exists() else None)
         if as_json:
             print(json.dumps(summary.as_dict(), indent=2))
             return
@@ -103,23 +146,26 @@ def register(app: typer.Typer) -> None:
         """Fit the cost model's named constants to measured runs (least squares on log error)."""
         from configurator.calibrate import calibrate as run_calibration, write_calibration
 
+        from configurator.safe_files import writable_file
+
         target = out or _calibration_path()
         if target.exists() and not force:
             raise InputError("out", str(target), "exists; pass --force to overwrite")
-        if not runs.exists():
-            raise InputError("runs", str(runs), "file not found")
+        check_runs_file(runs)
+        writable_file(target, "out")
         say = (lambda msg: None) if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
-        if workers < 1:
-            raise InputError("workers", workers, "must be >= 1")
+        if not 1 <= workers <= MAX_WORKERS:
+            raise InputError("workers", workers, f"must be in 1..{MAX_WORKERS}")
         result = run_calibration(runs, cross_validate=cross_validate, workers=workers, progress=say)
-        write_calibration(result, target)
+        with _writing("out", target):
+            write_calibration(result, target)
         d = result.as_dict()
         if as_json:
             print(json.dumps(d, indent=2))
             return
         table = Table(title=f"Fitted constants ({result.rows} rows) -> {target}")
         for col in ("constant", "value", "default", "bounds"):
-            table.add_column(col, justify="left" if col == "constant" else "right")
+            table.add_column(col, justify="left" if col == "constant" else "right", overflow="fold")
         for p in d["parameters"]:
             table.add_row(p["name"], f"{p['value']:.4g}", f"{p['default']:.4g}", f"[{p['lower']:g}, {p['upper']:g}]")
         console.print(table)
@@ -150,9 +196,16 @@ def register(app: typer.Typer) -> None:
         """Print (or run, with --exec) this node's torchrun line for the cluster probes."""
         import shlex
 
-        for name, value in (("nodes", nodes), ("nproc_per_node", nproc_per_node)):
-            if value < 1:
-                raise InputError(name, value, "must be >= 1")
+        from configurator.bounds import MAX_GPUS_PER_NODE, MAX_NODES
+
+        for name, value, limit in (("nodes", nodes, MAX_NODES), ("nproc_per_node", nproc_per_node, MAX_GPUS_PER_NODE),
+                                   ("repeat", repeat, 1000)):
+            if not 1 <= value <= limit:
+                raise InputError(name, value, f"must be in 1..{limit:,}")
+        if not 0 < master_port < 65536:
+            raise InputError("master_port", master_port, "must be a TCP port")
+        if not 0 < timeout <= 86_400:
+            raise InputError("timeout", timeout, "must be > 0 and <= 86,400 seconds")
         if not 0 <= node_rank < nodes:
             raise InputError("node_rank", node_rank, f"must be in 0..{nodes - 1}")
         line = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node-rank", str(node_rank),
@@ -189,6 +242,13 @@ def register(app: typer.Typer) -> None:
             raise InputError("only", only, "cannot be combined with --update (the golden file covers every scenario)")
         if check and not golden_path.exists():
             raise InputError("golden", str(golden_path), "file not found (create it with --update --reason ...)")
+        from configurator.safe_files import load_json, writable_file
+
+        load_json(scenario_path, "scenarios")
+        if check:
+            load_json(golden_path, "golden")
+        if update:
+            writable_file(golden_path, "golden")
         chosen = [s for s in load_scenarios(scenario_path) if not only or only in s.name]
         if not chosen:
             raise InputError("only", only, "matches no scenario")
@@ -200,9 +260,10 @@ def register(app: typer.Typer) -> None:
             results.append(run_scenario(s, constants))
         failures: list[str] = []
         if check:
-            failures = compare(results, json.loads(golden_path.read_text()), chosen)
+            failures = compare(results, load_json(golden_path, "golden"), chosen)
         if update:
-            write_golden(results, golden_path, reason.strip(), _REPO / "CHANGELOG.md")  # type: ignore[union-attr]
+            with _writing("golden", golden_path):
+                write_golden(results, golden_path, reason.strip(), _REPO / "CHANGELOG.md")  # type: ignore[union-attr]
         if as_json:
             print(json.dumps({"scenarios": [{"name": r["name"], "best": r["best"], "reference": r["reference"],
                                              "search": r["search"], "wall_s": r["wall_s"],
@@ -211,7 +272,7 @@ def register(app: typer.Typer) -> None:
         else:
             table = Table(title="Plan-search scenarios (modelled)")
             for col in ("scenario", "best plan", "tokens/s/GPU", "reference", "peak GiB", "candidates", "evaluated", "s"):
-                table.add_column(col, justify="left" if col in ("scenario", "best plan") else "right")
+                table.add_column(col, justify="left" if col in ("scenario", "best plan") else "right", overflow="fold")
             for r in results:
                 row = summary_row(r)
                 ref = row["reference_tokens_per_s_per_gpu"]
@@ -255,10 +316,12 @@ def register(app: typer.Typer) -> None:
             raise InputError("host", host, "must be an IP address or localhost") from None
         if not loopback and not token:
             raise InputError("host", host, "is not loopback: configure a token (--token or CONFIGURATOR_TOKEN)")
-        if workers < 1:
-            raise InputError("workers", workers, "must be >= 1")
+        if not 1 <= workers <= MAX_WORKERS:
+            raise InputError("workers", workers, f"must be in 1..{MAX_WORKERS}")
         if not 0 < port < 65536:
             raise InputError("port", port, "must be a TCP port")
+        if db is not None:
+            check_database_url(db, "db", connect=False)  # the service opens (and reports) the store itself
         try:
             import uvicorn
 

@@ -46,3 +46,16 @@ def require_nonnegative_int(field: str, value: Any) -> None:
 def require_positive_number(field: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise InputError(field, value, "must be a positive number")
+
+
+class EnvironmentProblem(RuntimeError):
+    """The machine, not the request, is at fault (an unwritable folder, an unreachable database).
+
+    The CLI prints ``str(err)`` as one line and exits with status 1 (bad input exits 2).
+    """
+
+    def __init__(self, field: str, value: Any, problem: str) -> None:
+        self.field = field
+        self.value = value
+        self.problem = problem
+        super().__init__(f"{field}={value!r}: {problem}")

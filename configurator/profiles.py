@@ -19,8 +19,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from configurator.bounds import (MAX_LINK_BANDWIDTH_GBPS, MAX_LINK_LATENCY_S, MAX_PROFILE_NODES,
+                                 require_at_most)
 from configurator.errors import InputError
-from configurator.hf_config import load_hf_config
+from configurator.hf_config import spec_from_hf_dict
+from configurator.safe_files import load_json
 from configurator.specs.hardware import ClusterSpec, GPUSpec, LinkSpec, NodeInfo
 from configurator.specs.model import ModelSpec
 
@@ -41,14 +44,7 @@ def profiles_dir() -> Path:
 
 
 def _read_json(path: Path, field: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(field, str(path), "file not found") from None
-    except OSError as exc:
-        raise InputError(field, str(path), f"cannot read file ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(field, str(path), f"is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    data = load_json(path, field)
     if not isinstance(data, dict):
         raise InputError(field, str(path), "must hold a JSON object")
     return data
@@ -65,8 +61,8 @@ def _check_keys(data: dict[str, Any], where: str, required: set[str], optional: 
 
 def _number(data: dict[str, Any], key: str, where: str) -> float:
     value = data[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise InputError(f"{where}:{key}", value, "must be a non-negative number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise InputError(f"{where}:{key}", value, "must be a non-negative finite number")
     return float(value)
 
 
@@ -100,9 +96,14 @@ def load_model(model: str) -> ModelSpec:
         return _preset_model(model)[0]
     path = Path(model)
     if path.suffix == ".json" or path.exists() or os.sep in model:
-        if not path.exists():
-            raise InputError("model", model, "file not found")
-        return load_hf_config(path)
+        if path.is_dir():  # a checkpoint folder: its config.json
+            if not (path / "config.json").exists():
+                raise InputError("model", model, "folder holds no config.json")
+            path = path / "config.json"
+        cfg = load_json(path, "model")
+        if not isinstance(cfg, dict):
+            raise InputError("model", str(path), "must hold a JSON object")
+        return spec_from_hf_dict(cfg, name=str(path))
     raise InputError("model", model, f"unknown preset (known: {', '.join(model_names())}; or a config.json path)")
 
 
@@ -287,7 +288,10 @@ def _link(obj: Any, where: str) -> LinkSpec:
     bw = _number(obj, "bandwidth_GBps", where)
     if bw <= 0:
         raise InputError(f"{where}:bandwidth_GBps", bw, "must be positive")
-    return LinkSpec(bandwidth_Bps=bw * GB, latency_s=_number(obj, "latency_s", where))
+    require_at_most(f"{where}:bandwidth_GBps", bw, MAX_LINK_BANDWIDTH_GBPS, "GB/s (a unit mistake?)")
+    latency = _number(obj, "latency_s", where)
+    require_at_most(f"{where}:latency_s", latency, MAX_LINK_LATENCY_S, "seconds")
+    return LinkSpec(bandwidth_Bps=bw * GB, latency_s=latency)
 
 
 def cluster_from_dict(data: dict[str, Any], where: str) -> ClusterSpec:
@@ -303,6 +307,7 @@ def cluster_from_dict(data: dict[str, Any], where: str) -> ClusterSpec:
         raw_nodes = data["nodes"]
         if not isinstance(raw_nodes, list) or not raw_nodes:
             raise InputError(f"{where}:nodes", raw_nodes, "must be a non-empty list")
+        require_at_most(f"{where}:nodes", len(raw_nodes), MAX_PROFILE_NODES, "nodes in a measured profile")
         parsed = []
         for i, n in enumerate(raw_nodes):
             w = f"{where}:nodes[{i}]"
@@ -321,9 +326,16 @@ def cluster_from_dict(data: dict[str, Any], where: str) -> ClusterSpec:
         num_nodes = len(nodes)
     node_links = None
     if "links" in data:
-        matrix: list[list[LinkSpec | None]] = [[None] * num_nodes for _ in range(num_nodes)]
+        # Sizes first: nothing of num_nodes^2 is built before the list is known to hold every pair once.
+        require_at_most(f"{where}:default_num_nodes" if "nodes" not in data else f"{where}:nodes", num_nodes,
+                        MAX_PROFILE_NODES, "nodes in a measured profile")
         if not isinstance(data["links"], list):
-            raise InputError(f"{where}:links", data["links"], "must be a list")
+            raise InputError(f"{where}:links", f"{type(data['links']).__name__}", "must be a list")
+        pairs = num_nodes * (num_nodes - 1)
+        if len(data["links"]) != pairs:
+            raise InputError(f"{where}:links", f"{len(data['links'])} entries",
+                             f"must list every ordered node pair once ({pairs:,} for {num_nodes} nodes)")
+        matrix: list[list[LinkSpec | None]] = [[None] * num_nodes for _ in range(num_nodes)]
         for k, entry in enumerate(data["links"]):
             w = f"{where}:links[{k}]"
             link = _link(entry, w)

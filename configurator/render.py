@@ -51,7 +51,7 @@ def estimate_dict(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
 def step_table(step: StepReport) -> Table:
     """Where the step's time goes; the rows add up to the step."""
     table = Table(title=f"Step time breakdown (s; runtime {step.runtime}; busiest pipeline rank {step.critical_stage})")
-    table.add_column("term")
+    table.add_column("term", overflow="fold")
     table.add_column("seconds", justify="right")
     table.add_column("share", justify="right")
     for name, value in step.breakdown_s:
@@ -65,7 +65,7 @@ def memory_table(memory: MemoryReport) -> Table:
     table = Table(title=f"Memory per GPU by pipeline stage (GiB; runtime {memory.runtime})")
     for col in ("stage", "layers", "weights", "grads", "optimizer", "activations", "overhead", "total",
                 "capacity"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", overflow="fold")
     for s in memory.stages:
         over = s.total_bytes > memory.capacity_bytes
         total = f"{s.total_bytes / GIB:.1f}"
@@ -113,7 +113,7 @@ def search_plans_dicts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, ran
 def plans_table(ranked: list[Any], capacity_gib: float) -> Table:
     table = Table(title="Best plans (modelled)")
     for col in ("#", "plan", "tokens/s/GPU", "MFU", "peak GiB", "step s", "compute / bubble / comm s", "vs best"):
-        table.add_column(col, justify="left" if col in ("plan", "vs best") else "right")
+        table.add_column(col, justify="left" if col in ("plan", "vs best") else "right", overflow="fold")
     best = ranked[0].step
     for i, e in enumerate(ranked, 1):
         t = dict(e.step.breakdown_s)
@@ -131,7 +131,7 @@ def error_table(title: str, by_source: list[dict[str, Any]], *, signed: bool) ->
     table = Table(title=title)
     columns = ["source", "rows", "median |err| %"] + (["median err %"] if signed else [])
     for col in columns:
-        table.add_column(col, justify="left" if col == "source" else "right")
+        table.add_column(col, justify="left" if col == "source" else "right", overflow="fold")
     for s in by_source:
         cells = [s["source"], str(s["rows"]), f"{s['median_abs_error_pct']:.1f}"]
         if signed:

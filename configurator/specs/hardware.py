@@ -148,6 +148,9 @@ class ClusterSpec:
         for name in ("num_nodes", "gpus_per_node", "nvlink_domain_gpus", "host_cpu_cores_per_node"):
             require_positive_int(name, getattr(self, name))
         require_positive_int("host_memory_bytes_per_node", self.host_memory_bytes_per_node)
+        from configurator.bounds import check_cluster_bounds
+
+        check_cluster_bounds(self)
         if self.node_links is not None:
             require(len(self.node_links) == self.num_nodes
                     and all(len(row) == self.num_nodes for row in self.node_links),
@@ -182,12 +185,17 @@ class ClusterSpec:
             raise InputError("num_gpus", num_gpus, "give either --num-gpus or --nodes, not both")
         if num_gpus is None and nodes is None:
             return self
+        from configurator.bounds import MAX_GPUS, require_at_most
+
         if nodes is not None:
             require_positive_int("nodes", nodes)
+            require_at_most("nodes", nodes, MAX_GPUS // self.gpus_per_node,
+                            f"nodes of {self.gpus_per_node} GPUs ({MAX_GPUS:,} GPUs)")
             num_nodes, per_node = nodes, self.gpus_per_node
         else:
             require_positive_int("num_gpus", num_gpus)
             assert num_gpus is not None
+            require_at_most("num_gpus", num_gpus, MAX_GPUS)
             if num_gpus < self.gpus_per_node:
                 num_nodes, per_node = 1, num_gpus
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from configurator.bounds import MAX_GLOBAL_BATCH, MAX_SEQ_LEN, require_at_most
 from configurator.errors import require, require_positive_int
 from configurator.specs.hardware import PRECISIONS
 
@@ -20,6 +21,8 @@ class JobSpec:
     def __post_init__(self) -> None:
         require_positive_int("global_batch", self.global_batch)
         require_positive_int("seq_len", self.seq_len)
+        require_at_most("global_batch", self.global_batch, MAX_GLOBAL_BATCH, "sequences")
+        require_at_most("seq_len", self.seq_len, MAX_SEQ_LEN, "tokens")
         require(self.precision in PRECISIONS, "precision", self.precision,
                 f"must be one of {', '.join(PRECISIONS)}")
 

@@ -169,6 +169,9 @@ class ModelSpec:
                     f"must be in 1..moe_router_num_groups={self.moe_router_num_groups}")
             require(self.num_experts % self.moe_router_num_groups == 0, "moe_router_num_groups",
                     self.moe_router_num_groups, f"must divide num_experts={self.num_experts}")
+        from configurator.bounds import check_model_bounds
+
+        check_model_bounds(self)
         require(self.mlp in MLP_KINDS, "mlp", self.mlp, f"must be one of {', '.join(MLP_KINDS)}")
         require(self.attention in ATTENTION_KINDS, "attention", self.attention,
                 f"must be one of {', '.join(ATTENTION_KINDS)}")

@@ -80,6 +80,9 @@ class Plan:
     def __post_init__(self) -> None:
         for name in ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch"):
             require_positive_int(name, getattr(self, name))
+        from configurator.bounds import check_plan_bounds
+
+        check_plan_bounds(self)
         require(isinstance(self.sp, bool), "sp", self.sp, "must be true or false")
         require(self.sharding in SHARDINGS, "sharding", self.sharding,
                 f"must be one of {', '.join(SHARDINGS)}")
@@ -294,8 +297,11 @@ def resolve_plan(num_gpus: int, *, tp: int = 1, pp: int = 1, cp: int = 1, dp: in
     defaults (distributed optimizer on, no recompute, micro-batch 1).
     """
     chosen: list[str] = []
+    from configurator.bounds import MAX_GPUS, require_at_most
+
     for name, value in (("tp", tp), ("pp", pp), ("cp", cp)):
         require_positive_int(name, value)
+        require_at_most(name, value, MAX_GPUS, "(the largest GPU count)")
     if dp is None:
         model_parallel = tp * pp * cp
         require(num_gpus % model_parallel == 0, "tp*pp*cp", model_parallel,
