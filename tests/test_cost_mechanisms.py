@@ -273,3 +273,17 @@ def test_gap_line_names_the_terms_that_separate_two_plans() -> None:
     assert parse_versus("tp=1, pp=16,ep=64,mb=2") == {"tp": 1, "pp": 16, "ep": 64, "micro_batch": 2}
     with pytest.raises(InputError):
         parse_versus("tq=4")
+
+
+def test_turning_an_overlap_on_never_lengthens_the_modelled_step() -> None:
+    from configurator.cost.step import evaluate
+
+    model = load_model("mixtral-8x7b")
+    cluster = load_cluster("dgx-h100", num_gpus=32)
+    job = JobSpec(global_batch=64, seq_len=8192)
+    for plan in (Plan(tp=2, sp=True, dp=16, ep=8), Plan(tp=4, sp=True, pp=2, dp=4, ep=4)):
+        inp = prepare(model, cluster, job, plan)
+        for tp in (False, True):
+            off = evaluate(replace(inp, plan=replace(plan, tp_overlap=tp, ep_overlap=False), _rates={}, _schedules={}), C)
+            on = evaluate(replace(inp, plan=replace(plan, tp_overlap=tp, ep_overlap=True), _rates={}, _schedules={}), C)
+            assert on.step_s <= off.step_s

@@ -47,10 +47,22 @@ def _variants(inputs: StepInputs) -> list[StepInputs]:
     return [replace(inputs, plan=p, _rates={}, _schedules={}) for p in plans]
 
 
+def _optimistic(inputs: StepInputs) -> list[StepInputs]:
+    """The variants with every open overlap on (never slower in the model: see ``knob_lower_bound``)."""
+    variants = _variants(inputs)
+    plan = inputs.plan
+    keep = [v for v in variants
+            if (plan.tp_overlap is not None or v.plan.tp_overlap is not False)
+            and (plan.ep_overlap is not None or v.plan.ep_overlap is not False)]
+    return keep or variants
+
+
 def best_knobs(inputs: StepInputs, constants: CostConstants) -> tuple[StepInputs, StepReport]:
-    """The knob setting with the shortest step, and its report."""
+    """The knob setting with the shortest step, and its report. Overlaps that can be chosen are on
+    (an overlap hides ``overlap.*`` of its communication and slows the compute beside it by only
+    ``nccl_overlap_compute_slowdown`` of what it hides, so it never loses); the CP types are tried."""
     best: tuple[StepInputs, StepReport] | None = None
-    for v in _variants(inputs):
+    for v in _optimistic(inputs):
         report = evaluate(v, constants)
         if best is None or report.step_s < best[1].step_s:
             best = (v, report)
@@ -64,14 +76,7 @@ def knob_lower_bound(inputs: StepInputs, constants: CostConstants) -> float:
     Turning an overlap on never lengthens a modelled step (it hides ``overlap.*`` of the communication
     and costs the compute beside it only ``nccl_overlap_compute_slowdown`` < 1 of what it hides), so
     the bound takes both overlaps on where they can be chosen and the minimum over the CP types."""
-    variants = _variants(inputs)
-    if len(variants) == 1:
-        return busy_lower_bound(inputs, constants)
-    plan = inputs.plan
-    optimistic = [v for v in variants
-                  if (plan.tp_overlap is not None or v.plan.tp_overlap is not False)
-                  and (plan.ep_overlap is not None or v.plan.ep_overlap is not False)]
-    return min(busy_lower_bound(v, constants) for v in optimistic or variants)
+    return min(busy_lower_bound(v, constants) for v in _optimistic(inputs))
 
 
 __all__ = ["best_knobs", "knob_lower_bound", "knob_variants"]
