@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from configurator import JobSpec, Plan, load_cluster, load_model
-from configurator.bench import PLAN_FIELDS, load_scenarios, reference_plan
+from configurator.bench import load_scenarios, reference_plan
 from configurator.emit import EmitRequest, emit, files_for
 from configurator.emit.deepspeed import unsupported
 from configurator.errors import InputError
 from configurator.search.resolve import resolve
-from configurator.specs.plan import balanced_layout, plan_violations
+from configurator.specs.plan import balanced_layout, plan_from_dict, plan_violations
 
 REPO = Path(__file__).resolve().parent.parent
 VALIDATOR_PYTHON = REPO / ".venv-validators" / "bin" / "python"
@@ -107,9 +107,7 @@ def test_megatron_accepts_the_benchmark_scenarios_best_and_reference_plans(valid
     for entry in golden["scenarios"]:
         s = scenarios[entry["name"]]
         ctx = s.ctx
-        fields = {k: entry["best"]["plan"][k] for k in PLAN_FIELDS}
-        fields["pipeline_layers"] = tuple(fields["pipeline_layers"] or ())
-        plans = {"best": Plan(**fields)}
+        plans = {"best": plan_from_dict(entry["best"]["plan"])}
         if s.reference:
             structure = reference_plan(ctx, s.reference)
             options = resolve(ctx, structure).options if not plan_violations(ctx.model, ctx.job, structure,
