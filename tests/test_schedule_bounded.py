@@ -62,6 +62,18 @@ def test_cyclicity_three_steady_state_is_extrapolated_exactly() -> None:
         _assert_same(simulate_full(num_microbatches=m, **args), extrapolated(num_microbatches=m, **args))
 
 
+def test_a_warm_up_longer_than_the_window_moves_the_window() -> None:
+    # Rank 1's own work (0.75 + 4.265625 s) is the true period, 1/64 s above rank 4's (1.25 + 3.75 s), but
+    # its warm-up slack lets rank 4 set the pace for hundreds of micro-batches: a window at 256 still sees
+    # ranks growing at 5.0 s. The busiest-rank bound and the equal-growth check move the window later.
+    args = dict(pp=5, vpp=1, forward_s=[1.0, 0.75, 1.0, 1.0, 1.25], backward_s=[1.0, 4.25 + 1 / 64, 1.0, 1.0, 3.75],
+                send_forward_s=[0.0] * 5, send_backward_s=[0.0] * 5)
+    early = [simulate_full(num_microbatches=n, **args).finish_s[4] for n in (256, 257)]
+    assert early[1] - early[0] == pytest.approx(5.0)  # rank 4 is still in its warm-up pace at 256
+    for m in (3000, 5001):
+        _assert_same(simulate_full(num_microbatches=m, **args), extrapolated(num_microbatches=m, **args))
+
+
 def test_equal_stages_give_the_textbook_1f1b_makespan_for_a_million_microbatches() -> None:
     # (m + pp - 1) * (F + B) with F=1, B=2, pp=4, m=1,000,000: 1,000,003 * 3 s.
     t0 = time.perf_counter()
