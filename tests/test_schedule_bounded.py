@@ -97,3 +97,19 @@ def test_small_counts_still_run_op_by_op() -> None:
     args = dict(pp=3, vpp=1, num_microbatches=12, forward_s=[1.0, 2.0, 1.0], backward_s=[2.0, 3.0, 2.0],
                 send_forward_s=[0.1] * 3, send_backward_s=[0.1] * 3)
     assert simulate(**args) == simulate_full(**args)
+
+
+def test_extrapolation_is_exact_on_seeded_random_pipelines_with_continuous_times() -> None:
+    # A fixed sample (the hypothesis test above uses a 1/8 grid); 792 such pipelines were all exact to 2e-13.
+    import random
+
+    rng = random.Random(7)
+    for _ in range(25):
+        pp, vpp = rng.choice([2, 3, 4, 5, 6, 8]), rng.choice([1, 1, 2, 3])
+        stages, group = pp * vpp, (pp if vpp > 1 else 1)
+        args = dict(pp=pp, vpp=vpp, num_microbatches=(rng.randint(1100, 2500) // group) * group,
+                    forward_s=[rng.uniform(0.05, 3) for _ in range(stages)],
+                    backward_s=[rng.uniform(0.05, 6) for _ in range(stages)],
+                    send_forward_s=[rng.choice([0.0, rng.uniform(0, 2)]) for _ in range(pp)],
+                    send_backward_s=[rng.choice([0.0, rng.uniform(0, 2)]) for _ in range(pp)])
+        _assert_same(simulate_full(**args), extrapolated(**args))
