@@ -10,6 +10,19 @@ from __future__ import annotations
 from typing import Any
 
 
+MAX_SHOWN_CHARS = 200
+"""A value is shown up to this many characters: a hostile file's 30 MB list stays one short line."""
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to ``MAX_SHOWN_CHARS`` (and safe for integers past Python's 4,300-digit repr limit)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"<{value.bit_length()}-bit integer>" if isinstance(value, int) else "<unprintable>"
+    return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS] + "..."
+
+
 class InputError(ValueError):
     """Bad user input; ``str(err)`` is the one line shown to the user."""
 
@@ -17,7 +30,7 @@ class InputError(ValueError):
         self.field = field
         self.value = value
         self.problem = problem
-        super().__init__(f"{field}={value!r}: {problem}")
+        super().__init__(f"{field}={shown(value)}: {problem}")
 
 
 class NoFeasiblePlan(RuntimeError):
@@ -58,4 +71,4 @@ class EnvironmentProblem(RuntimeError):
         self.field = field
         self.value = value
         self.problem = problem
-        super().__init__(f"{field}={value!r}: {problem}")
+        super().__init__(f"{field}={shown(value)}: {problem}")

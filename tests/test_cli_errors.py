@@ -277,3 +277,9 @@ def test_last_resort_guard_prints_one_line_for_anything_unexpected(capsys) -> No
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("error: ") for line in err)
     assert "internal error (KeyError" in err[2] and "/x: Permission denied" in err[1]
+
+
+def test_error_lines_stay_short_whatever_the_value() -> None:
+    # A 100,000-element list from a hostile profile, an integer past Python's 4,300-digit repr limit.
+    assert len(str(InputError("cluster:nodes", list(range(100_000)), "must be a list of objects"))) < 260
+    assert str(InputError("num_layers", 10**5000, "too big")) == "num_layers=<16610-bit integer>: too big"

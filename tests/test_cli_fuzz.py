@@ -140,7 +140,7 @@ def fuzz(examples: int) -> settings:
     return settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
-@fuzz(60)
+@fuzz(45)
 @given(st.one_of(given_plan_args("estimate"), given_plan_args("explain")))
 def test_estimate_never_escapes_with_a_traceback(args: list[str]) -> None:
     check(args)

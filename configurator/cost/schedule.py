@@ -232,32 +232,15 @@ def _steady_window(pp: int, vpp: int) -> tuple[int, int, int]:
     return group, -(-start // group) * group, max(pp, 4) if vpp == 1 else 4
 
 
-def extrapolated(*, pp: int, vpp: int, num_microbatches: int, forward_s: list[float], backward_s: list[float],
-                 send_forward_s: list[float], send_backward_s: list[float]) -> ScheduleResult:
-    """``simulate_full`` at ``m`` micro-batches from the schedule's steady state, at a cost independent of m.
+_WINDOW_WIDENINGS = (1, 4, 16, 64)
+"""Window starts tried (x the first): a window still in the warm-up is moved later, at most to 64 x 256."""
 
-    The schedule is a max-plus linear recurrence with constant operation times, so after the warm-up it is
-    periodic: adding ``c`` groups of micro-batches (cyclicity ``c``, mostly 1) adds the same time ``P`` to
-    every rank's finish, last-backward start and the makespan. We simulate the counts ``n0 + j x group`` for
-    ``j = 0 .. 2C + 1`` (``C`` the largest cyclicity considered), take the smallest ``c`` with which the
-    increments repeat over that whole window (by Fine and Wilf's theorem, a window of ``2C`` increments cannot
-    show a false smaller period of a sequence whose true period is at most ``C``), and answer
-    ``R(n) + k x (R(n + c x group) - R(n))`` from the ``n`` of the window congruent to ``m``. The first
-    forward's end is fixed by the warm-up; the busy time is exactly ``m`` x the stage times.
-    ``tests/test_schedule_bounded.py`` compares this to the full simulation on random pipelines.
 
-    Exact once the warm-up transient is over before the window (``_steady_window``). A transient that
-    outlasts it needs two cycles of the schedule within ~offset/256 of each other in mean, and then the
-    answer is off by at most that difference per micro-batch (below ~pp/256 of the step in the worst
-    case); a window with no repeating increments falls back to its mean slope.
-    """
-    m = num_microbatches
-    group, start, cmax = _steady_window(pp, vpp)
-    start += (m - start) % group  # same residue as m (the interleaved schedule needs whole groups)
-    count = 2 * cmax + 2
-    if m <= start + count * group:
-        return simulate_full(pp=pp, vpp=vpp, num_microbatches=m, forward_s=forward_s, backward_s=backward_s,
-                             send_forward_s=send_forward_s, send_backward_s=send_backward_s)
+def _window(pp: int, vpp: int, start: int, group: int, count: int, cmax: int, forward_s: list[float],
+            backward_s: list[float], send_forward_s: list[float],
+            send_backward_s: list[float]) -> tuple[list[int], list[list[float]], int]:
+    """The counts ``start + j x group`` (j < count), each one's results, and the smallest period (in
+    groups) with which their increments repeat over the whole window (``count - 1`` if none does)."""
 
     def vector(n: int) -> list[float]:
         r = simulate_full(pp=pp, vpp=vpp, num_microbatches=n, forward_s=forward_s, backward_s=backward_s,
@@ -272,15 +255,60 @@ def extrapolated(*, pp: int, vpp: int, num_microbatches: int, forward_s: list[fl
     def has_period(c: int) -> bool:
         return all(abs(x - y) <= tol for j in range(len(deltas) - c) for x, y in zip(deltas[j], deltas[j + c]))
 
-    cyc = next((c for c in range(1, cmax + 1) if has_period(c)), None)
-    if cyc is None:  # never seen: not periodic within the window; answer with the window's mean slope
-        cyc = count - 1
+    # None repeating (never seen): the window's mean slope.
+    return counts, values, next((c for c in range(1, cmax + 1) if has_period(c)), count - 1)
+
+
+def extrapolated(*, pp: int, vpp: int, num_microbatches: int, forward_s: list[float], backward_s: list[float],
+                 send_forward_s: list[float], send_backward_s: list[float]) -> ScheduleResult:
+    """``simulate_full`` at ``m`` micro-batches from the schedule's steady state, at a cost independent of m.
+
+    The schedule is a max-plus linear recurrence with constant operation times, so after the warm-up it is
+    periodic: adding ``c`` groups of micro-batches (cyclicity ``c``, mostly 1) adds the same time ``P`` to
+    every rank's finish, last-backward start and the makespan. We simulate the counts ``n0 + j x group`` for
+    ``j = 0 .. 2C + 1`` (``C`` the largest cyclicity considered), take the smallest ``c`` with which the
+    increments repeat over that whole window (by Fine and Wilf's theorem, a window of ``2C`` increments cannot
+    show a false smaller period of a sequence whose true period is at most ``C``), and answer
+    ``R(n) + k x (R(n + c x group) - R(n))`` from the ``n`` of the window congruent to ``m``. The first
+    forward's end is fixed by the warm-up; the busy time is exactly ``m`` x the stage times.
+    ``tests/test_schedule_bounded.py`` compares this to the full simulation on random pipelines.
+
+    Exact once the warm-up transient is over before the window (``_steady_window``). A transient outlasts
+    it only when two cycles of the schedule have nearly the same mean (it lasts about offset / gap
+    micro-batches); the common cases -- a rank with slack in the warm-up whose own work is the true
+    bottleneck, ranks whose finishes still grow at different rates -- show as a window period below the
+    busiest rank's work per micro-batch or unequal growth across ranks, and the window is moved later
+    (x4, up to 64 x) until neither holds. A near-tie between cross-rank cycles can still outlast
+    the last window, and then the answer is off by at most that gap per micro-batch; a window with no
+    repeating increments falls back to its mean slope.
+    """
+    m = num_microbatches
+    group, first, cmax = _steady_window(pp, vpp)
+    stages = pp * vpp
+    busy_per_mb = [sum(forward_s[s] + backward_s[s] for s in range(r, stages, pp)) for r in range(pp)]
+    count = 2 * cmax + 2
+    for widen in _WINDOW_WIDENINGS:
+        start = first * widen
+        start += (m - start) % group  # same residue as m (the interleaved schedule needs whole groups)
+        if m <= start + count * group:
+            return simulate_full(pp=pp, vpp=vpp, num_microbatches=m, forward_s=forward_s, backward_s=backward_s,
+                                 send_forward_s=send_forward_s, send_backward_s=send_backward_s)
+        counts, values, cyc = _window(pp, vpp, start, group, count, cmax, forward_s, backward_s, send_forward_s,
+                                      send_backward_s)
+        growth = [b - a for a, b in zip(values[0][:1 + 2 * pp], values[cyc][:1 + 2 * pp])]
+        slope = growth[0] / (cyc * group)
+        tol = _STEADY_RTOL * max(abs(x) for x in values[-1])
+        # In the steady state every rank's finish grows by the same period (the ranks are coupled both ways),
+        # and every rank runs its own work serially, so the period per micro-batch is at least the busiest
+        # rank's work. A window where ranks still grow apart, or slower than that, is still in the warm-up
+        # (a rank with slack there catches up later).
+        if all(abs(g - growth[0]) <= tol for g in growth) and slope >= max(busy_per_mb) * (1 - 1e-12):
+            break
     j0 = next(j for j in range(cyc) if (m - counts[j]) % (cyc * group) == 0) if cyc < count - 1 else 0
     k = (m - counts[j0]) / (cyc * group)
     base, nxt = values[j0], values[j0 + cyc]
     v = [a + k * (b - a) for a, b in zip(base, nxt)]
-    stages = pp * vpp
-    busy = tuple(m * sum(forward_s[s] + backward_s[s] for s in range(r, stages, pp)) for r in range(pp))
+    busy = tuple(m * b for b in busy_per_mb)
     return ScheduleResult(makespan_s=v[0], busy_s=busy, finish_s=tuple(v[1:1 + pp]),
                           last_backward_start_s=tuple(v[1 + pp:1 + 2 * pp]),
                           first_forward_end_s=tuple(base[1 + 2 * pp:1 + 3 * pp]))
