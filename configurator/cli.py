@@ -87,7 +87,7 @@ def plan(
     nodes: NodesOpt = None,
     precision: PrecisionOpt = "bf16",
     top: Annotated[int, typer.Option("--top", help="How many plans to show.")] = 5,
-    time_budget: Annotated[float, typer.Option("--time-budget", help="Seconds the search may take (Optuna's budget; exhaustive stops there too).")] = 8.0,
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Wall-clock seconds the whole search may take (default: none; the exhaustive search is bounded by a work count and Optuna by --trials, so the answer does not depend on the machine's load). A search cut short says so.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the Optuna sampler and the placement search.")] = 0,
     trials: Annotated[int, typer.Option("--trials", help="Optuna's trial cap (deterministic for a seed when it, not the time budget, ends the study).")] = 1500,
     storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna RDB storage URL (sqlite:///FILE, postgresql://...): the study lives there.")] = None,
@@ -121,7 +121,7 @@ def plan(
         raise InputError("trials", trials, "must be >= 1")
     if workers < 1:
         raise InputError("workers", workers, "must be >= 1")
-    if not time_budget > 0:
+    if time_budget is not None and not time_budget > 0:
         raise InputError("time_budget", time_budget, "must be > 0 seconds")
     constants = _constants(calibration)
     ctx = SearchContext(model=spec, cluster=hw, job=job, runtime=runtime, framework=framework)
@@ -155,6 +155,9 @@ def plan(
         return
     console.print(f"[bold]{spec.name}[/bold] on {hw.num_gpus} x {hw.gpu.key} ({hw.name}), seq {seq_len}, "
                   f"global batch {global_batch}, {precision}, runtime {runtime}")
+    if result.truncated:
+        console.print("[bold yellow]TRUNCATED: the search's budget cut it short; these are the best plans found, "
+                      "not proven optimal (rerun with a larger --time-budget).[/bold yellow]")
     console.print(plans_table(ranked, hw.gpu_memory_bytes / GIB))
     best = ranked[0]
     console.print(f"best: {best.plan.describe()} — {best.why}")

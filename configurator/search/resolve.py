@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 from configurator.cost.step import ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, cpu_adam_rate_per_gpu
 from configurator.memory import MemoryReport, estimate_memory
 from configurator.profiles import GIB
 from configurator.search.space import SearchContext, framework_shardings
 from configurator.specs.plan import Plan, plan_violations
+from configurator.specs.plan import replace_unchecked as replace  # derived from checked plans
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -78,8 +80,19 @@ def recompute_ladder(ctx: SearchContext, plan: Plan) -> RecomputeLadder:
     return RecomputeLadder(ctx, plan)
 
 
+MEMORY_MEMO: ContextVar[dict[Plan, MemoryReport] | None] = ContextVar("configurator_memory_memo", default=None)
+"""Set by a search for its duration: memory estimates by plan, so the plans ``resolve`` estimates twice
+(the quick exit's frugal forms again in the offload search, a ladder's ends) are estimated once."""
+
+
 def _memory(ctx: SearchContext, plan: Plan) -> MemoryReport:
-    return estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+    memo = MEMORY_MEMO.get()
+    if memo is None:
+        return estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+    hit = memo.get(plan)
+    if hit is None:
+        hit = memo[plan] = estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+    return hit
 
 
 def _least_fitting(ctx: SearchContext, ladder: Sequence[Plan], last: MemoryReport,
@@ -200,6 +213,90 @@ def resolve(ctx: SearchContext, structure: Plan) -> Resolution:
                       reason=f"needs {need} of {cap / GIB:.1f} GiB even with full recompute and optimizer offload")
 
 
+def resolve_least(ctx: SearchContext, structure: Plan) -> Resolution | None:
+    """``resolve``'s answer from one memory estimate when the structure's least form (its least
+    sharding, no recompute, no offload) fits: then that form is its only option, as in ``resolve``
+    (memory only grows from it down the recompute ladder and towards less sharding). None when it does
+    not fit, or for DeepSpeed (whose runnable set needs ``resolve``): call ``resolve``. Most structures
+    that reach the front of a search fit this way, with one estimate instead of about five."""
+    shardings = framework_shardings(ctx, structure)
+    if ctx.framework == "deepspeed" or structure.sharding != shardings[0] or structure.recompute != "none" \
+            or structure.offload:
+        return None
+    mem = _memory(ctx, structure)
+    if not (mem.fits_device and mem.fits):
+        return None
+    return Resolution(options=(Option(plan=structure, memory=mem,
+                                      why=f"{structure.sharding}: no recompute is the least that fits"),))
+
+
+def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
+    """True when every option of ``structure`` must recompute all its layers: even the most frugal
+    partial step of the recompute ladder (the one before "all layers"), under each sharding with the
+    whole optimizer offloaded, does not fit the device. Memory only falls along the ladder and with the
+    offload fraction, so no less recompute can fit either. Up to one estimate per sharding; the search
+    uses it to raise a structure's lower bound to its full-recompute form before resolving it."""
+    for sharding in framework_shardings(ctx, structure):
+        base = replace(structure, sharding=sharding, recompute="none", recompute_num_layers=0, offload=0.0)
+        ladder = recompute_ladder(ctx, base)
+        partial = ladder[len(ladder) - 2]
+        if _memory(ctx, replace(partial, offload=1.0 if sharding != "none" else 0.0)).fits_device:
+            return False
+    return True
+
+
+def resolve_full_recompute(ctx: SearchContext, structure: Plan) -> Resolution:
+    """``resolve``'s answer for a structure where ``needs_full_recompute`` holds, without its searches
+    that cannot succeed: every shorter step of the recompute ladder fails even with the whole optimizer
+    offloaded, so the bisection always ends at "all layers" and no offload can avoid recompute. Same
+    options, same order, same reasons as ``resolve`` (``tests/test_search_speed.py`` compares them)."""
+    options: list[Option] = []
+    smallest = math.inf
+    shardings = framework_shardings(ctx, structure)
+    frugal = [_memory(ctx, replace(structure, sharding=sh, recompute="full", recompute_num_layers=0,
+                                   offload=1.0 if sh != "none" else 0.0)) for sh in shardings]
+    least = min(frugal, key=lambda m: m.peak_bytes)
+    if not least.fits_device:
+        return Resolution(options=(), smallest_need_bytes=least.peak_bytes,
+                          reason=f"needs {least.peak_bytes / GIB:.1f} GiB of {least.capacity_bytes / GIB:.1f} "
+                                 "GiB even with full recompute and optimizer offload")
+    for sharding in shardings:
+        base = replace(structure, sharding=sharding)
+        if plan_violations(ctx.model, ctx.job, base, ctx.num_gpus):
+            continue
+        ladder = recompute_ladder(ctx, base)
+        full = _memory(ctx, ladder[-1])
+        if full.fits_device and full.fits:
+            options.append(Option(plan=ladder[-1], memory=full,
+                                  why=f"{sharding}: {_describe_recompute(ladder[-1])} is the least that fits"))
+            continue
+        off = min_offload(ctx, ladder[-1], full)
+        if off is not None:
+            options.append(Option(plan=replace(ladder[-1], offload=off[0]), memory=off[1],
+                                  why=f"{sharding}: fits only with full recompute and {off[0]:.0%} of the "
+                                      "optimizer offloaded (the smallest fraction that fits)"))
+        else:
+            smallest = min(smallest, _memory(ctx, replace(ladder[-1], offload=1.0)).peak_bytes
+                           if sharding != "none" else full.peak_bytes)
+    balanced = balanced_offload(ctx)
+    extra = []
+    for o in options:
+        if 0 < o.plan.offload < balanced:
+            plan = replace(o.plan, offload=math.ceil(balanced * 100) / 100)
+            mem = _memory(ctx, plan)
+            if mem.fits:
+                extra.append(Option(plan=plan, memory=mem, why=o.why + f"; {plan.offload:.0%} balances GPU and CPU Adam"))
+    options += extra
+    if ctx.framework == "deepspeed":
+        options = _deepspeed_runnable(ctx, options)
+    if options:
+        return Resolution(options=tuple(options))
+    cap = ctx.cluster.gpu_memory_bytes
+    need = f"{smallest / GIB:.1f} GiB" if math.isfinite(smallest) else "more than the host can offload"
+    return Resolution(options=(), smallest_need_bytes=smallest if math.isfinite(smallest) else 0.0,
+                      reason=f"needs {need} of {cap / GIB:.1f} GiB even with full recompute and optimizer offload")
+
+
 def _deepspeed_runnable(ctx: SearchContext, options: list[Option]) -> list[Option]:
     """Keep what DeepSpeed can run; a partial offload below ZeRO-3 becomes a full one (DeepSpeed offloads
     all or nothing there) when that still fits the host."""
@@ -225,4 +322,5 @@ def _describe_recompute(plan: Plan) -> str:
     return f"{plan.recompute} recompute"
 
 
-__all__ = ["Option", "Resolution", "balanced_offload", "min_offload", "recompute_ladder", "resolve"]
+__all__ = ["Option", "Resolution", "balanced_offload", "min_offload", "needs_full_recompute", "recompute_ladder", "resolve",
+           "resolve_full_recompute", "resolve_least"]
