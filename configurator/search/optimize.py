@@ -258,13 +258,16 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     bounds = StructureBounds(ctx, constants)
     queue: list[tuple[float, int, int, object]] = []
     n = len(structures)
+    cut = False
     for i, plan in enumerate(structures):
-        if i % 256 == 0:
-            if budget.seconds is not None and budget.over():
-                budget.hit = True
-                break
-            say(0.5 * i / max(n, 1), f"bounding {i}/{n} structures")
-        queue.append((bounds.bound(plan), i, 0, plan))
+        if i % 256 == 0 and not cut:
+            if i and budget.seconds is not None and budget.over():
+                budget.hit = cut = True
+            else:
+                say(0.5 * i / max(n, 1), f"bounding {i}/{n} structures")
+        # Unbounded once the budget is spent: after every bounded one, in enumeration order (still
+        # reachable, so that the search returns a plan if any structure has one).
+        queue.append((_UNBOUNDED if cut else bounds.bound(plan), i, 0, plan))
     heapq.heapify(queue)
     counter = itertools.count(n)
     top = _TopK(top_k)
@@ -310,6 +313,8 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     return top, evaluated, notes
 
 
+_UNBOUNDED = 1e300
+"""The lower bound of a structure the budget left unbounded (finite: it is still explored for a first plan)."""
 OPTUNA_WARM_START = 30
 """Optuna's first trials: the structures with the least lower bounds (``bound.py``), not random ones."""
 

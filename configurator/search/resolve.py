@@ -236,7 +236,10 @@ def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
     whole optimizer offloaded, does not fit the device. Memory only falls along the ladder and with the
     offload fraction, so no less recompute can fit either. Up to one estimate per sharding; the search
     uses it to raise a structure's lower bound to its full-recompute form before resolving it."""
-    for sharding in framework_shardings(ctx, structure):
+    shardings = framework_shardings(ctx, structure)
+    for sharding in shardings:
+        if sharding in ("zero1", "distopt") and "zero2" in shardings:
+            continue  # ZeRO-2 holds the same weights and optimizer shards and fewer gradients: never more
         base = replace(structure, sharding=sharding, recompute="none", recompute_num_layers=0, offload=0.0)
         ladder = recompute_ladder(ctx, base)
         partial = ladder[len(ladder) - 2]
