@@ -1,15 +1,23 @@
 """The search: every legal structure, memory-resolved, costed best-first; Optuna where the space is large.
 
-Exhaustive (branch and bound): each structure's fitting options (``resolve.py``) get a cheap lower
-bound of their step time (``busy_lower_bound``: the busiest rank's own work plus the pipeline fill and
-drain, exact for equal stages); options are costed in order of that bound, and costing stops once the
-bound exceeds the k-th best step found — nothing skipped can beat what was kept. The answer is the
-exhaustive optimum of the model, found without costing most of the space.
+Exhaustive (branch and bound): every structure gets a lower bound of its step time (the busiest rank's
+own work plus the pipeline fill and drain, exact for equal stages; ``bound.py`` shares the per-layer
+times across pipeline variants, so a bound is arithmetic). Structures are taken in order of that bound;
+memory is resolved lazily — one estimate of the least form first, and where no partial recompute can
+fit, the structure goes back with the bound of its full-recompute form — and options are costed in
+order of their bounds; costing stops once the bound exceeds the k-th best step found. Nothing skipped
+can beat what was kept: the answer is the exhaustive optimum of the model.
 
-Optuna (TPE, seeded): where the space has more structures than ``EXHAUSTIVE_LIMIT``, the trials pick
-one value per axis (by index into each axis's values) and are costed like above; illegal combinations
-are pruned trials. Deterministic for a seed when the trial count, not the time budget, ends the study.
-Where both can run, ``gap_to_exhaustive`` reports how far the search's best is from the exhaustive best.
+Budget: a wall-clock ``time_budget_s`` covers every phase (enumeration, bounding, resolution, costing,
+placement); without one, a count of resolutions + evaluations (``DEFAULT_WORK_BUDGET``) bounds the
+search, so the answer does not depend on the machine's load. A search cut short still returns the best
+plan found and is marked ``truncated``.
+
+Optuna (TPE, seeded): where the space has more structures than ``EXHAUSTIVE_LIMIT``, the trials choose
+each axis among the values legal after the axes before it (no illegal trial), a structure already
+costed is never re-costed, and the first trials are the structures with the least bounds.
+Deterministic for a seed when the trial count, not a wall-clock budget, ends the study. Where both can
+run, ``gap_to_exhaustive`` reports how far the search's best is from the exhaustive best.
 
 Placement: on a cluster with a measured link matrix, the best plans get a link-aware placement
 (``placement.py``) and are re-costed on it; on a homogeneous cluster Megatron's order is kept.
@@ -301,9 +309,15 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
         if kind == 2:
             resolved += 1
             for option in options_of(item, full_recompute=full_recompute):  # type: ignore[arg-type]
-                # The structure's own least form has the bound just popped; others get their own.
-                own = lb if option.plan is item else bounds.bound(option.plan)
-                heapq.heappush(queue, (max(lb, own), next(counter), 1, option))
+                # The structure's own least form has the bound just popped; the others get their own
+                # bound only when they reach the front (kind 3), since it needs a full preparation.
+                heapq.heappush(queue, (lb, next(counter), 1 if option.plan is item else 3, option))
+        elif kind == 3:
+            own = bounds.bound(item.plan)  # type: ignore[attr-defined]
+            if own > lb:
+                heapq.heappush(queue, (own, next(counter), 1, item))
+            else:
+                heapq.heappush(queue, (lb, next(counter), 1, item))
         else:
             top.push(_cost(ctx, item, constants))  # type: ignore[arg-type]
             evaluated += 1
