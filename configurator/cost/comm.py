@@ -161,10 +161,28 @@ class CommModel:
             # included) finds every pattern without sorting tens of thousands of rows.
             pick = np.unique(np.linspace(0, len(rows) - 1, SAMPLED_GROUPS).astype(int))
             rows = rows[pick]
-        domains = (rows // self.domain_size).tolist()
-        size = len(domains[0])
         seen: dict[tuple, GroupShape] = {}
         so = self.cluster.scale_out_link
+        if not measured:
+            # Vectorised tally (a ring has up to N/tp ranks): sorted domains, so a domain's count is its run.
+            d = rows // self.domain_size
+            if self.placement is not None:
+                d = np.sort(d, axis=1)  # Megatron's order on consecutive GPUs gives rising rows already
+            size = d.shape[1]
+            change = d[:, 1:] != d[:, :-1]
+            for row in change:
+                edges = np.flatnonzero(row)
+                per_domain = int(np.diff(edges, prepend=-1, append=size - 1).max())
+                n_dom = len(edges) + 1
+                sig = (per_domain, 1, math.inf, math.inf, 0.0) if n_dom == 1 else \
+                    (per_domain, n_dom, so.bandwidth_Bps, so.bandwidth_Bps, so.latency_s)
+                if sig not in seen:
+                    seen[sig] = GroupShape(size=size, per_domain=sig[0], domains=sig[1], ring_bw_Bps=sig[2],
+                                           pair_bw_Bps=sig[3], inter_latency_s=sig[4])
+            domains: list = []
+        else:
+            domains = (rows // self.domain_size).tolist()
+            size = len(domains[0])
         for ring in domains:
             tally = Counter(ring)
             ds = list(tally)
