@@ -28,8 +28,10 @@ first stage is the peak. ``tests/test_memory.py`` checks both.
 from __future__ import annotations
 
 import json
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 from configurator.errors import InputError
@@ -37,7 +39,7 @@ from configurator.profiles import GIB, profiles_dir
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
-from configurator.specs.plan import Plan
+from configurator.specs.plan import PLAN_FIELDS, Plan
 
 RUNTIMES: tuple[str, ...] = ("megatron", "megatron-2021", "nemo", "deepspeed", "fsdp", "llm-foundry")
 
@@ -347,6 +349,12 @@ def _stage_activations(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, 
 
 
 # ----- the estimator -----------------------------------------------------------------------------
+ACTIVATION_MEMO: ContextVar[dict[tuple, float] | None] = ContextVar("configurator_activation_memo", default=None)
+"""Set by a search (one model, job and cluster) for its duration: a stage's activation bytes by the
+plan fields they depend on — not the sharding or the offload fraction, which the search varies most."""
+_ACTIVATION_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("sharding", "shard_group", "offload")))
+
+
 def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan, *,
                     runtime: str | Runtime = "megatron") -> MemoryReport:
     """Peak memory of every pipeline stage's rank. Pure; assumes ``plan`` is legal."""
@@ -387,7 +395,14 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
         host = optim * plan.offload
         optim -= host
         inflight = inflight_chunks(plan, s, m)
-        act = _stage_activations(model, job, plan, rt, s, layers, inflight)
+        memo = ACTIVATION_MEMO.get()
+        if memo is None:
+            act = _stage_activations(model, job, plan, rt, s, layers, inflight)
+        else:  # a search: the same structure and recompute under other shardings / offload fractions
+            key = (_ACTIVATION_FIELDS(plan), s, inflight, rt.name)
+            act = memo.get(key)  # type: ignore[assignment]
+            if act is None:
+                act = memo[key] = _stage_activations(model, job, plan, rt, s, layers, inflight)
         allocated = weights + grads + optim + act
         stages.append(StageMemory(
             stage=s, num_layers=len(layers), params=int(dense + expert), weights_bytes=weights,

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from configurator.cost.comm import SHAPE_CACHE, ShapeCache
 from configurator.cost.constants import CostConstants, load_calibration
 from configurator.cost.step import StepReport, evaluate, prepare
-from configurator.memory import MemoryReport
+from configurator.memory import ACTIVATION_MEMO, MemoryReport
 from configurator.placement import Placement
 from configurator.search.bound import StructureBounds
 from configurator.search.resolve import (MEMORY_MEMO, Option, needs_full_recompute, resolve, resolve_full_recompute,
@@ -167,7 +167,7 @@ def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = 
     a database; ``workers > 1`` runs that many processes (see ``_optuna_parallel``). Both imply Optuna.
     """
     # Per-search caches (group shapes, memory estimates): bounded, and gone when the search returns.
-    shapes, memo = SHAPE_CACHE.set(ShapeCache()), MEMORY_MEMO.set({})
+    shapes, memo, acts = SHAPE_CACHE.set(ShapeCache()), MEMORY_MEMO.set({}), ACTIVATION_MEMO.set({})
     try:
         return _search(ctx, top_k=top_k, time_budget_s=time_budget_s, seed=seed, method=method, constants=constants,
                        max_trials=max_trials, progress=progress, storage=storage, workers=workers,
@@ -175,6 +175,7 @@ def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = 
     finally:
         SHAPE_CACHE.reset(shapes)
         MEMORY_MEMO.reset(memo)
+        ACTIVATION_MEMO.reset(acts)
 
 
 def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed: int, method: str,
