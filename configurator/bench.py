@@ -117,7 +117,7 @@ def modelled_alike(ctx: SearchContext, structure: Plan, constants: CostConstants
     return min(timed, key=lambda t: t[1].step_s) if timed else None
 
 
-def run_scenario(scenario: Scenario, constants: CostConstants, time_budget_s: float = 60.0) -> dict[str, Any]:
+def run_scenario(scenario: Scenario, constants: CostConstants, time_budget_s: float | None = None) -> dict[str, Any]:
     ctx = scenario.ctx
     start = time.perf_counter()
     result = search(ctx, top_k=3, constants=constants, time_budget_s=time_budget_s)

@@ -118,7 +118,7 @@ def plan(
     gpu_spec: GpuSpecOpt = None,
     precision: PrecisionOpt = "bf16",
     top: Annotated[int, typer.Option("--top", help="How many plans to show.")] = 5,
-    time_budget: Annotated[float, typer.Option("--time-budget", help="Seconds the search may take (Optuna's budget; exhaustive stops there too).")] = 8.0,
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Wall-clock seconds the whole search may take (default: none; the exhaustive search is bounded by a work count and Optuna by --trials, so the answer does not depend on the machine's load). A search cut short says so.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the Optuna sampler and the placement search.")] = 0,
     trials: Annotated[int, typer.Option("--trials", help="Optuna's trial cap (deterministic for a seed when it, not the time budget, ends the study).")] = 1500,
     storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna RDB storage URL (sqlite:///FILE, postgresql://...): the study lives there.")] = None,
@@ -157,7 +157,7 @@ def plan(
                                ("workers", workers, MAX_WORKERS)):
         if not 1 <= value <= limit:
             raise InputError(name, value, f"must be in 1..{limit:,}")
-    if not 0 < time_budget <= MAX_TIME_BUDGET_S:
+    if time_budget is not None and not 0 < time_budget <= MAX_TIME_BUDGET_S:
         raise InputError("time_budget", time_budget, f"must be > 0 and <= {MAX_TIME_BUDGET_S:,.0f} seconds")
     check_seed(seed)
     if storage is not None:
@@ -237,6 +237,9 @@ def plan(
     if ranked[0].tight:
         console.print("[yellow]no plan keeps the memory margin free: every plan shown is tight (it fits the GPU "
                       "only without the margin)[/yellow]")
+    if result.truncated:
+        console.print("[bold yellow]TRUNCATED: the search's budget cut it short; these are the best plans found, "
+                      "not proven optimal (rerun with a larger --time-budget).[/bold yellow]")
     console.print(plans_table(ranked, hw.gpu_memory_bytes / GIB))
     best = ranked[0]
     console.print(f"best: {best.plan.describe()} — {best.why}")

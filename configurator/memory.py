@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import json
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 from configurator.errors import InputError
@@ -41,7 +43,7 @@ from configurator.profiles import GIB, profiles_dir
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
-from configurator.specs.plan import Plan
+from configurator.specs.plan import PLAN_FIELDS, Plan
 
 RUNTIMES: tuple[str, ...] = ("megatron", "megatron-2021", "nemo", "deepspeed", "fsdp", "llm-foundry")
 """Frameworks with both a memory layout and step mechanics. ``profiles/memory.json`` also has memory-only
@@ -485,6 +487,12 @@ def _stage_activations(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, 
 
 
 # ----- the estimator -----------------------------------------------------------------------------
+ACTIVATION_MEMO: ContextVar[dict[tuple, tuple[float, float]] | None] = ContextVar("configurator_activation_memo", default=None)
+"""Set by a search (one model, job and cluster) for its duration: a stage's activation bytes by the
+plan fields they depend on — not the sharding or the offload fraction, which the search varies most."""
+_ACTIVATION_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("sharding", "shard_group", "offload")))
+
+
 def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan, *,
                     runtime: str | Runtime = "megatron") -> MemoryReport:
     """Peak memory of every pipeline stage's rank. Pure; assumes ``plan`` is legal."""
@@ -499,7 +507,7 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
         dense_group = math.gcd(dense_group, plan.shard_group)
         expert_group = math.gcd(expert_group, plan.shard_group)
     zero3 = plan.sharding in ("zero3", "hsdp")
-    kinds = _per_kind(model, job, plan, rt)
+    kinds: dict[bool, tuple[float, float]] | None = None  # per-layer activation bytes, computed on a memo miss
     stages = []
     for s, layers in enumerate(stage_layer_indices(model, plan)):
         dense, expert = stage_params(model, plan, s, layers)
@@ -533,7 +541,16 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
             grads += rt.grad_bucket_bytes
         host = optim * plan.offload
         optim -= host
-        act, inflight = _stage_activations(model, job, plan, rt, s, m, kinds)
+        memo = ACTIVATION_MEMO.get()
+        key = (_ACTIVATION_FIELDS(plan), s, m, rt.name) if memo is not None else None
+        hit = memo.get(key) if memo is not None else None
+        if hit is None:  # (a search reuses it across shardings and offload fractions of one structure)
+            if kinds is None:
+                kinds = _per_kind(model, job, plan, rt)
+            hit = _stage_activations(model, job, plan, rt, s, m, kinds)
+            if memo is not None:
+                memo[key] = hit
+        act, inflight = hit
         allocated = weights + grads + optim + act
         stages.append(StageMemory(
             stage=s, num_layers=len(layers), params=int(dense + expert), weights_bytes=weights,

@@ -23,7 +23,8 @@ the last).
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +60,37 @@ class GroupShape:
 
 
 SAMPLED_GROUPS = 64
-_SHAPES: dict[tuple, tuple[object, list[GroupShape]]] = {}
+
+
+class ShapeCache:
+    """Group shapes shared by the plans of one search (bounded, least recently used out first).
+
+    Keyed on the degrees, the domain size, the links and the placement's *kind* (Megatron's default
+    order, or one explicit placement) — never on per-GPU tuples, so an entry is small whatever the GPU
+    count. A search installs one with ``SHAPE_CACHE.set`` for its duration; outside a search each
+    ``CommModel`` keeps only its own shapes (nothing module-global grows in a long-lived service)."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, tuple[object, list[GroupShape]]] = OrderedDict()
+
+    def get(self, key: tuple) -> tuple[object, list[GroupShape]] | None:
+        hit = self._entries.get(key)
+        if hit is not None:
+            self._entries.move_to_end(key)
+        return hit
+
+    def put(self, key: tuple, value: tuple[object, list[GroupShape]]) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+SHAPE_CACHE: ContextVar[ShapeCache | None] = ContextVar("configurator_shape_cache", default=None)
 
 
 class CommModel:
@@ -69,9 +100,10 @@ class CommModel:
                  efficiency: LinkEfficiency) -> None:
         self.cluster = cluster
         self.plan = plan
-        self.placement = placement or Placement.default(cluster)
+        self.placement = placement
+        """None: Megatron's default order (rank r on global GPU r), worked out arithmetically."""
         self.eff = efficiency
-        self.gpu = self.placement.gpu_ids(cluster, plan.world_size)
+        self._gpu: np.ndarray | None = None
         domain = cluster.nvlink_domain_gpus if cluster.node_links is None else cluster.gpus_per_node
         self.domain_size = max(domain, 1)
         self._shapes: dict[str, list[GroupShape]] = {}
@@ -86,6 +118,16 @@ class CommModel:
         other.eff = efficiency
         other.nv_bw = self.cluster.intra_domain_link.bandwidth_Bps * efficiency.nvlink
         return other
+
+    @property
+    def gpu(self) -> np.ndarray:
+        """Global GPU index of every rank (built only when a group's shape is not cached)."""
+        if self._gpu is None:
+            if self.placement is None:
+                self._gpu = np.arange(self.plan.world_size)
+            else:
+                self._gpu = self.placement.gpu_ids(self.cluster, self.plan.world_size)
+        return self._gpu
 
     # ----- group shapes ---------------------------------------------------------------------
     def _node_link(self, a: int, b: int) -> tuple[float, float]:
@@ -106,10 +148,11 @@ class CommModel:
         # The shapes depend only on the degrees, the placement, the domain size and the links: remember
         # them across the thousands of plans a search costs (keyed by the link matrix object itself).
         plan = self.plan
+        placed = "default" if self.placement is None else (self.placement.node_order, self.placement.gpu_order)
         key = (kind, plan.tp, plan.cp, plan.dp, plan.pp, plan.ep, plan.etp, self.domain_size,
-               self.cluster.gpus_per_node, self.placement.node_order, self.placement.gpu_order,
-               self.cluster.scale_out_link, id(self.cluster.node_links))
-        hit = _SHAPES.get(key)
+               self.cluster.gpus_per_node, placed, self.cluster.scale_out_link, id(self.cluster.node_links))
+        cache = SHAPE_CACHE.get()
+        hit = cache.get(key) if cache is not None else None
         if hit is not None and hit[0] is self.cluster.node_links:
             self._shapes[kind] = hit[1]
             return hit[1]
@@ -120,10 +163,28 @@ class CommModel:
             # included) finds every pattern without sorting tens of thousands of rows.
             pick = np.unique(np.linspace(0, len(rows) - 1, SAMPLED_GROUPS).astype(int))
             rows = rows[pick]
-        domains = (rows // self.domain_size).tolist()
-        size = len(domains[0])
         seen: dict[tuple, GroupShape] = {}
         so = self.cluster.scale_out_link
+        if not measured:
+            # Vectorised tally (a ring has up to N/tp ranks): sorted domains, so a domain's count is its run.
+            d = rows // self.domain_size
+            if self.placement is not None:
+                d = np.sort(d, axis=1)  # Megatron's order on consecutive GPUs gives rising rows already
+            size = d.shape[1]
+            change = d[:, 1:] != d[:, :-1]
+            for row in change:
+                edges = np.flatnonzero(row)
+                per_domain = int(np.diff(edges, prepend=-1, append=size - 1).max())
+                n_dom = len(edges) + 1
+                sig = (per_domain, 1, math.inf, math.inf, 0.0) if n_dom == 1 else \
+                    (per_domain, n_dom, so.bandwidth_Bps, so.bandwidth_Bps, so.latency_s)
+                if sig not in seen:
+                    seen[sig] = GroupShape(size=size, per_domain=sig[0], domains=sig[1], ring_bw_Bps=sig[2],
+                                           pair_bw_Bps=sig[3], inter_latency_s=sig[4])
+            domains: list = []
+        else:
+            domains = (rows // self.domain_size).tolist()
+            size = len(domains[0])
         for ring in domains:
             tally = Counter(ring)
             ds = list(tally)
@@ -144,9 +205,8 @@ class CommModel:
                                        pair_bw_Bps=sig[3], inter_latency_s=sig[4])
         shapes = list(seen.values())
         self._shapes[kind] = shapes
-        if len(_SHAPES) > 20000:
-            _SHAPES.clear()
-        _SHAPES[key] = (self.cluster.node_links, shapes)  # holding the matrix keeps its id unique
+        if cache is not None:
+            cache.put(key, (self.cluster.node_links, shapes))  # holding the matrix keeps its id unique
         return shapes
 
     # ----- collectives ----------------------------------------------------------------------
@@ -260,4 +320,4 @@ class CommModel:
         return worst
 
 
-__all__ = ["CommModel", "GroupShape", "LinkEfficiency"]
+__all__ = ["SHAPE_CACHE", "CommModel", "GroupShape", "LinkEfficiency", "ShapeCache"]

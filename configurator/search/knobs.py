@@ -40,21 +40,20 @@ def knob_variants(plan: Plan, runtime: str, attention_heads: int, is_moe: bool) 
     return variants or [plan]
 
 
-def _variants(inputs: StepInputs) -> list[StepInputs]:
-    plans = knob_variants(inputs.plan, inputs.runtime.name, inputs.model.num_attention_heads, inputs.model.is_moe)
-    if len(plans) == 1:
-        return [inputs]
-    return [replace(inputs, plan=p, _rates={}, _schedules={}) for p in plans]
+def optimistic_plans(plan: Plan, runtime: str, attention_heads: int, is_moe: bool) -> list[Plan]:
+    """The knob variants with every open overlap on (never slower in the model: see ``knob_lower_bound``)."""
+    variants = knob_variants(plan, runtime, attention_heads, is_moe)
+    keep = [v for v in variants
+            if (plan.tp_overlap is not None or v.tp_overlap is not False)
+            and (plan.ep_overlap is not None or v.ep_overlap is not False)]
+    return keep or variants
 
 
 def _optimistic(inputs: StepInputs) -> list[StepInputs]:
-    """The variants with every open overlap on (never slower in the model: see ``knob_lower_bound``)."""
-    variants = _variants(inputs)
-    plan = inputs.plan
-    keep = [v for v in variants
-            if (plan.tp_overlap is not None or v.plan.tp_overlap is not False)
-            and (plan.ep_overlap is not None or v.plan.ep_overlap is not False)]
-    return keep or variants
+    plans = optimistic_plans(inputs.plan, inputs.runtime.name, inputs.model.num_attention_heads, inputs.model.is_moe)
+    if len(plans) == 1 and plans[0] == inputs.plan:
+        return [inputs]
+    return [replace(inputs, plan=p, _rates={}, _schedules={}) for p in plans]
 
 
 def best_knobs(inputs: StepInputs, constants: CostConstants) -> tuple[StepInputs, StepReport]:
@@ -79,4 +78,4 @@ def knob_lower_bound(inputs: StepInputs, constants: CostConstants) -> float:
     return min(busy_lower_bound(v, constants) for v in _optimistic(inputs))
 
 
-__all__ = ["best_knobs", "knob_lower_bound", "knob_variants"]
+__all__ = ["best_knobs", "knob_lower_bound", "knob_variants", "optimistic_plans"]

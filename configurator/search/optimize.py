@@ -1,15 +1,23 @@
 """The search: every legal structure, memory-resolved, costed best-first; Optuna where the space is large.
 
-Exhaustive (branch and bound): each structure's fitting options (``resolve.py``) get a cheap lower
-bound of their step time (``busy_lower_bound``: the busiest rank's own work plus the pipeline fill and
-drain, exact for equal stages); options are costed in order of that bound, and costing stops once the
-bound exceeds the k-th best step found — nothing skipped can beat what was kept. The answer is the
-exhaustive optimum of the model, found without costing most of the space.
+Exhaustive (branch and bound): every structure gets a lower bound of its step time (the busiest rank's
+own work plus the pipeline fill and drain, exact for equal stages; ``bound.py`` shares the per-layer
+times across pipeline variants, so a bound is arithmetic). Structures are taken in order of that bound;
+memory is resolved lazily — one estimate of the least form first, and where no partial recompute can
+fit, the structure goes back with the bound of its full-recompute form — and options are costed in
+order of their bounds; costing stops once the bound exceeds the k-th best step found. Nothing skipped
+can beat what was kept: the answer is the exhaustive optimum of the model.
 
-Optuna (TPE, seeded): where the space has more structures than ``EXHAUSTIVE_LIMIT``, the trials pick
-one value per axis (by index into each axis's values) and are costed like above; illegal combinations
-are pruned trials. Deterministic for a seed when the trial count, not the time budget, ends the study.
-Where both can run, ``gap_to_exhaustive`` reports how far the search's best is from the exhaustive best.
+Budget: a wall-clock ``time_budget_s`` covers every phase (enumeration, bounding, resolution, costing,
+placement); without one, a count of resolutions + evaluations (``DEFAULT_WORK_BUDGET``) bounds the
+search, so the answer does not depend on the machine's load. A search cut short still returns the best
+plan found and is marked ``truncated``.
+
+Optuna (TPE, seeded): where the space has more structures than ``EXHAUSTIVE_LIMIT``, the trials choose
+each axis among the values legal after the axes before it (no illegal trial), a structure already
+costed is never re-costed, and the first trials are the structures with the least bounds.
+Deterministic for a seed when the trial count, not a wall-clock budget, ends the study. Where both can
+run, ``gap_to_exhaustive`` reports how far the search's best is from the exhaustive best.
 
 Placement: on a cluster with a measured link matrix, the best plans get a link-aware placement
 (``placement.py``) and are re-costed on it; on a homogeneous cluster Megatron's order is kept.
@@ -20,25 +28,54 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from configurator.cost.comm import SHAPE_CACHE, ShapeCache
 from configurator.cost.constants import CostConstants, load_calibration
-from configurator.cost.step import StepReport, busy_lower_bound, evaluate, prepare
-from configurator.search.knobs import best_knobs, knob_lower_bound
-from configurator.memory import MemoryReport
+from configurator.cost.step import StepReport, evaluate, prepare
+from configurator.search.knobs import best_knobs
+from configurator.memory import ACTIVATION_MEMO, MemoryReport
 from configurator.placement import Placement
-from configurator.search.resolve import Option, resolve
+from configurator.search.bound import StructureBounds
+from configurator.search.resolve import (MEMORY_MEMO, Option, needs_full_recompute, resolve, resolve_full_recompute,
+                                         resolve_least)
 from configurator.search.space import AXES, SearchContext, SpaceStats, enumerate_plans
-from configurator.specs.plan import Plan
+from configurator.specs.plan import Plan, replace_unchecked
 
 EXHAUSTIVE_LIMIT = 20000
 """Structures above which ``method='auto'`` switches from exhaustive branch and bound to Optuna."""
 METHODS = ("auto", "exhaustive", "optuna")
 DEFAULT_TRIALS = 1500
-"""Optuna trials (illegal combinations are cheap, pruned trials); the time budget may end it first."""
+"""Optuna trials; a wall-clock budget, where one is given, may end the study first."""
+DEFAULT_WORK_BUDGET = 20000
+"""Without a wall-clock budget, the exhaustive search stops after this many memory resolutions plus
+costed options (a count, so the answer does not depend on how busy the machine is). The largest job of
+``benchmarks/search_speed.py``'s grid needs a few hundred; a search that hits it is marked truncated."""
 Progress = Callable[[float, str], None]
+
+
+class _Budget:
+    """A search's budget over every phase: wall-clock seconds where given, else a count of work."""
+
+    def __init__(self, seconds: float | None, start: float, work: int | None) -> None:
+        self.seconds = seconds
+        self.start = start
+        self.work_cap = work if seconds is None else None
+        self.work = 0
+        self.hit = False
+        """Set once a phase was cut short by the budget."""
+
+    def over(self) -> bool:
+        if self.seconds is not None:
+            return time.perf_counter() - self.start > self.seconds
+        return self.work_cap is not None and self.work >= self.work_cap
+
+    def describe(self) -> str:
+        return f"time budget of {self.seconds:g} s" if self.seconds is not None else \
+            f"work budget of {self.work_cap} resolutions + evaluations"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -75,12 +112,18 @@ class SearchResult:
     """When nothing fits: the least memory any structure would need."""
     gap_to_exhaustive: float | None = None
     notes: tuple[str, ...] = field(default=())
+    truncated: bool = False
+    """A budget cut the search short: the ranking is the best found, not proven optimal."""
+    budget_s: float | None = None
+    """The wall-clock budget it ran under; None: the deterministic work budget (``work_budget``)."""
+    work_budget: int | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {"candidates": self.candidates, "feasible": self.feasible, "options": self.options,
                 "evaluated": self.evaluated, "seconds": round(self.seconds, 3), "method": self.method,
                 "pruned": [{"reason": r, "count": n} for r, n in self.pruned],
-                "gap_to_exhaustive": self.gap_to_exhaustive, "notes": list(self.notes)}
+                "gap_to_exhaustive": self.gap_to_exhaustive, "notes": list(self.notes),
+                "truncated": self.truncated, "budget_s": self.budget_s, "work_budget": self.work_budget}
 
 
 class _TopK:
@@ -120,28 +163,59 @@ def _key(plan: Plan) -> tuple:
 
 def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = None, seed: int = 0,
            method: str = "auto", constants: CostConstants | None = None, max_trials: int = DEFAULT_TRIALS,
-           progress: Progress | None = None, storage: str | None = None, workers: int = 1) -> SearchResult:
+           progress: Progress | None = None, storage: str | None = None, workers: int = 1,
+           work_budget: int | None = DEFAULT_WORK_BUDGET) -> SearchResult:
     """Best plans for ``ctx``, best first (``SearchResult.ranked`` is empty when nothing fits).
 
-    ``storage`` (an Optuna RDB URL) keeps the Optuna study in a database; ``workers > 1`` runs that many
-    processes on one shared study (Optuna's RDB storage coordinates them; without ``storage`` a temporary
-    SQLite file is used), and their best plans are merged. Both imply the Optuna method.
+    ``time_budget_s`` bounds the wall-clock time of every phase (enumeration, bounding, memory
+    resolution, costing, placement); without it the exhaustive search is bounded by ``work_budget``
+    (a count, so the answer does not depend on the machine's load) and Optuna by ``max_trials``. A search
+    cut short by either is marked ``truncated``. ``storage`` (an Optuna RDB URL) keeps the Optuna study in
+    a database; ``workers > 1`` runs that many processes (see ``_optuna_parallel``). Both imply Optuna.
     """
+    # Per-search caches (group shapes, memory estimates): bounded, and gone when the search returns.
+    shapes, memo, acts = SHAPE_CACHE.set(ShapeCache()), MEMORY_MEMO.set({}), ACTIVATION_MEMO.set({})
+    try:
+        return _search(ctx, top_k=top_k, time_budget_s=time_budget_s, seed=seed, method=method, constants=constants,
+                       max_trials=max_trials, progress=progress, storage=storage, workers=workers,
+                       work_budget=work_budget)
+    finally:
+        SHAPE_CACHE.reset(shapes)
+        MEMORY_MEMO.reset(memo)
+        ACTIVATION_MEMO.reset(acts)
+
+
+def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed: int, method: str,
+            constants: CostConstants | None, max_trials: int, progress: Progress | None, storage: str | None,
+            workers: int, work_budget: int | None) -> SearchResult:
     constants = constants or load_calibration()
     start = time.perf_counter()
+    budget = _Budget(time_budget_s, start, work_budget)
     stats = SpaceStats()
-    structures = list(enumerate_plans(ctx, stats))
-    chosen = method if method != "auto" else ("exhaustive" if len(structures) <= EXHAUSTIVE_LIMIT else "optuna")
     say = progress or (lambda _f, _m: None)
+    structures: list[Plan] = []
+    for plan in enumerate_plans(ctx, stats):
+        structures.append(plan)
+        if len(structures) % 512 == 0 and time_budget_s is not None and budget.over():
+            budget.hit = True
+            break
+    chosen = method if method != "auto" else ("exhaustive" if len(structures) <= EXHAUSTIVE_LIMIT else "optuna")
     infeasible: Counter[str] = Counter()
     smallest = [float("inf")]
     resolutions: dict[tuple, list[Option]] = {}
     feasible_elsewhere = 0
 
-    def options_of(plan: Plan) -> list[Option]:
+    def options_of(plan: Plan, least_only: bool = False, full_recompute: bool = False) -> list[Option] | None:
+        """The structure's fitting options (``resolve``); with ``least_only``, only if its least form fits
+        (one estimate), else None (nothing recorded); ``full_recompute``: ``needs_full_recompute`` is known
+        to hold, so the shorter resolution gives the same answer."""
         key = _key(plan)
         if key not in resolutions:
-            res = resolve(ctx, plan)
+            budget.work += 1
+            res = resolve_least(ctx, plan)
+            if res is None and least_only:
+                return None
+            res = res or (resolve_full_recompute(ctx, plan) if full_recompute else resolve(ctx, plan))
             if not res.options:
                 infeasible["nothing fits memory even with full recompute and optimizer offload"] += 1
                 if res.smallest_need_bytes:
@@ -152,47 +226,66 @@ def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = 
     if storage is not None or workers > 1:
         chosen = "optuna"
     if chosen == "exhaustive":
-        top, evaluated, notes = _exhaustive(ctx, structures, options_of, constants, top_k, time_budget_s, start, say)
+        top, evaluated, notes = _exhaustive(ctx, structures, options_of, constants, top_k, budget, say)
     elif workers > 1:
         top, evaluated, notes, feasible_elsewhere = _optuna_parallel(ctx, constants, top_k, time_budget_s, seed,
                                                                      max_trials, storage, workers)
-        chosen = f"optuna ({workers} workers, one shared study)"
+        chosen = f"optuna ({workers} workers, one study each)"
     else:
         top, evaluated, notes = _optuna(ctx, structures, options_of, constants, top_k, time_budget_s, seed, start, say,
-                                        max_trials, storage, _study_name(ctx, seed) if storage else None)
+                                        max_trials, storage, _study_name(ctx, seed) if storage else None,
+                                        budget=budget)
     feasible = sum(1 for opts in resolutions.values() if opts) + feasible_elsewhere
     if chosen == "exhaustive" and len(resolutions) < len(structures):
         notes.append(f"memory was resolved for {len(resolutions)} of {len(structures)} structures (the rest were "
                      "bounded out first), so 'feasible' counts those")
-    ranked = [_with_placement(ctx, e, constants) for e in top.ranked()]
+    ranked = []
+    for e in top.ranked():
+        if ctx.cluster.node_links is not None and time_budget_s is not None and budget.over():
+            budget.hit = True  # no time left for the placement search: Megatron's order is kept
+            ranked.append(e)
+        else:
+            ranked.append(_with_placement(ctx, e, constants))
     ranked.sort(key=lambda e: (e.tight, e.step.step_s))
     pruned = Counter(stats.pruned) + infeasible
+    if budget.hit:
+        notes.append(f"truncated: the {budget.describe()} cut the search short; the ranking is the best found, "
+                     "not proven optimal (a larger budget may find better)")
     return SearchResult(ranked=tuple(ranked), method=chosen, candidates=len(structures), feasible=feasible,
                         options=sum(len(o) for o in resolutions.values()), evaluated=evaluated,
                         seconds=time.perf_counter() - start, pruned=tuple(pruned.most_common()),
                         smallest_need_bytes=0.0 if smallest[0] == float("inf") else smallest[0],
-                        notes=tuple(notes))
+                        notes=tuple(notes), truncated=budget.hit, budget_s=time_budget_s,
+                        work_budget=budget.work_cap)
 
 
-def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Plan], list[Option]],
-                constants: CostConstants, top_k: int, budget: float | None, start: float,
-                say: Progress) -> tuple[_TopK, int, list[str]]:
+def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable[..., list[Option] | None],
+                constants: CostConstants, top_k: int, budget: _Budget, say: Progress) -> tuple[_TopK, int, list[str]]:
     """Best-first branch and bound over structures, then their memory options.
 
     A structure's optimistic bound uses its least-sharded, recompute-free, offload-free form: every
     fitting option of it adds sharding communication, recompute or offload time on top, so the bound
-    holds for all of them. Structures are resolved (memory) and their options bounded only when they
-    reach the front of the queue; the search stops when the front's bound reaches the k-th best step.
+    holds for all of them. The bounds share per-layer times across pipeline variants (``bound.py``).
+    Structures are resolved (memory; one estimate when the least form fits) and their options bounded
+    only when they reach the front of the queue; the search stops when the front's bound reaches the
+    k-th best step. The budget is checked in every phase; once it is spent the search still costs
+    until it has one plan, and is marked truncated.
     """
+    bounds = StructureBounds(ctx, constants)
     queue: list[tuple[float, int, int, object]] = []
-    counter = itertools.count()
     n = len(structures)
+    cut = False
     for i, plan in enumerate(structures):
-        inputs = prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
-        queue.append((knob_lower_bound(inputs, constants), next(counter), 0, plan))
-        if i % 128 == 0:
-            say(0.6 * i / max(n, 1), f"bounding {i}/{n} structures")
+        if i % 256 == 0 and not cut:
+            if i and budget.seconds is not None and budget.over():
+                budget.hit = cut = True
+            else:
+                say(0.5 * i / max(n, 1), f"bounding {i}/{n} structures")
+        # Unbounded once the budget is spent: after every bounded one, in enumeration order (still
+        # reachable, so that the search returns a plan if any structure has one).
+        queue.append((_UNBOUNDED if cut else bounds.bound(plan), i, 0, plan))
     heapq.heapify(queue)
+    counter = itertools.count(n)
     top = _TopK(top_k)
     evaluated = resolved = 0
     notes: list[str] = []
@@ -203,68 +296,128 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
                          f"exceed the {top_k}-th best step ({top.bound:.3f} s); {resolved} of {n} structures "
                          "needed a memory resolution")
             break
-        if budget is not None and time.perf_counter() - start > budget and top.heap:
-            notes.append(f"time budget of {budget:g} s reached after {evaluated} evaluations: the ranking is "
-                         "the best found, not proven optimal")
+        if top.heap and budget.over():
+            budget.hit = True
+            notes.append(f"{budget.describe()} reached after {evaluated} evaluations and {resolved} memory "
+                         f"resolutions, {len(queue)} structures/options unexplored")
             break
         heapq.heappop(queue)
+        full_recompute = kind == 2
         if kind == 0:
+            # Lazy memory: one estimate of the least form; if it does not fit and no partial recompute
+            # can fit either, the structure goes back with the bound of its full-recompute form.
+            if options_of(item, True) is None and needs_full_recompute(ctx, item):  # type: ignore[arg-type]
+                budget.work += 1
+                full_recompute = True
+                raised = bounds.bound(replace_unchecked(item, recompute="full", recompute_num_layers=0))  # type: ignore[arg-type]
+                if raised > lb:
+                    heapq.heappush(queue, (raised, next(counter), 2, item))
+                    continue
+            kind = 2
+        if kind == 2:
             resolved += 1
-            for option in options_of(item):  # type: ignore[arg-type]
-                inputs = prepare(ctx.model, ctx.cluster, ctx.job, option.plan, runtime=ctx.runtime)
-                heapq.heappush(queue, (max(lb, knob_lower_bound(inputs, constants)), next(counter), 1, option))
+            for option in options_of(item, full_recompute=full_recompute):  # type: ignore[arg-type]
+                # The structure's own least form has the bound just popped; the others get their own
+                # bound only when they reach the front (kind 3), since it needs a full preparation.
+                heapq.heappush(queue, (lb, next(counter), 1 if option.plan is item else 3, option))
+        elif kind == 3:
+            own = bounds.bound(item.plan)  # type: ignore[attr-defined]
+            if own > lb:
+                heapq.heappush(queue, (own, next(counter), 1, item))
+            else:
+                heapq.heappush(queue, (lb, next(counter), 1, item))
         else:
             top.push(_cost(ctx, item, constants))  # type: ignore[arg-type]
             evaluated += 1
+            budget.work += 1
             if evaluated % 8 == 0:
-                say(0.6 + 0.4 * min(1.0, evaluated / 200), f"costing: {evaluated} evaluated")
+                say(0.5 + 0.5 * min(1.0, evaluated / 200), f"costing: {evaluated} evaluated")
     return top, evaluated, notes
 
 
+_UNBOUNDED = 1e300
+"""The lower bound of a structure the budget left unbounded (finite: it is still explored for a first plan)."""
+OPTUNA_WARM_START = 30
+"""Optuna's first trials: the structures with the least lower bounds (``bound.py``), not random ones."""
+
+
 def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Plan], list[Option]],
-            constants: CostConstants, top_k: int, budget: float | None, seed: int, start: float,
+            constants: CostConstants, top_k: int, budget_s: float | None, seed: int, start: float,
             say: Progress, max_trials: int, storage: str | None = None,
-            study_name: str | None = None) -> tuple[_TopK, int, list[str]]:
+            study_name: str | None = None, budget: _Budget | None = None,
+            warm: slice = slice(0, OPTUNA_WARM_START)) -> tuple[_TopK, int, list[str]]:
+    """TPE over the legal structures only: each axis is chosen among the values legal after the axes
+    before it (a conditional, define-by-run space), so no trial is illegal; a structure already costed
+    is answered from memory, never re-costed. The first trials are the ``warm`` slice of the structures
+    ordered by their lower bound. Deterministic for a seed when the trial cap ends the study."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     legal = {_key(p): p for p in structures}
     names = ("tp", "cp", "pp", "vpp", "ep", "etp", "micro_batch")
     assert [a.name for a in AXES[:7]] == list(names)
-    values = {name: sorted({k[i] for k in legal}) for i, name in enumerate(names)}
+    options: dict[tuple, set[int]] = {}
+    for k in legal:
+        for i in range(len(names)):
+            options.setdefault(k[:i], set()).add(k[i])
+    children = {prefix: sorted(v) for prefix, v in options.items()}
+
+    def param(i: int, prefix: tuple) -> str:
+        """One parameter per axis and set of legal values (TPE learns across prefixes sharing it)."""
+        return f"{names[i]}:{'/'.join(map(str, children[prefix]))}"
+
     top = _TopK(top_k)
     costed: dict[tuple, float] = {}
     evaluated = [0]
-    remaining = budget if budget is not None else 8.0
+    remaining = budget_s if budget_s is not None else None
+
+    ran = [0]
 
     def objective(trial: optuna.Trial) -> float:
-        key = tuple(values[name][trial.suggest_int(name, 0, len(values[name]) - 1)] for name in names)
-        if key in costed:
-            return costed[key]
-        plan = legal.get(key)
-        if plan is None:
+        ran[0] += 1
+        prefix: tuple = ()
+        for i in range(len(names)):
+            choices = children[prefix]
+            value = choices[0] if len(choices) == 1 else trial.suggest_categorical(param(i, prefix), choices)
+            prefix = (*prefix, value)
+        if prefix not in costed:
+            best = float("inf")
+            for option in options_of(legal[prefix]):
+                result = _cost(ctx, option, constants)
+                evaluated[0] += 1
+                top.push(result)
+                best = min(best, result.step.step_s)
+            costed[prefix] = best
+            frac = (time.perf_counter() - start) / remaining if remaining else len(costed) / max_trials
+            say(min(1.0, frac), f"optuna: {len(costed)} structures tried")
+        if costed[prefix] == float("inf"):
             raise optuna.TrialPruned()
-        best = float("inf")
-        for option in options_of(plan):
-            result = _cost(ctx, option, constants)
-            evaluated[0] += 1
-            top.push(result)
-            best = min(best, result.step.step_s)
-        costed[key] = best
-        if best == float("inf"):
-            raise optuna.TrialPruned()
-        say(min(1.0, (time.perf_counter() - start) / remaining), f"optuna: {len(costed)} structures tried")
-        return best
+        return costed[prefix]
 
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group=True (conditional axes)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10)
     study = optuna.create_study(direction="minimize", sampler=sampler, storage=storage, study_name=study_name,
                                 load_if_exists=storage is not None)
+    bounds = StructureBounds(ctx, constants)
+    ranked_keys = sorted(legal, key=lambda k: (bounds.bound(legal[k]), k))
+    first = ranked_keys[warm][:max(1, max_trials // 3)]  # leave most trials to the sampler
+    for key in first:
+        params, prefix = {}, ()
+        for i, value in enumerate(key):
+            if len(children[prefix]) > 1:
+                params[param(i, prefix)] = value
+            prefix = (*prefix, value)
+        study.enqueue_trial(params)
     elapsed = time.perf_counter() - start
-    study.optimize(objective, n_trials=max_trials, timeout=max(0.5, remaining - elapsed), catch=())
-    ended = "trial cap (deterministic for the seed)" if len(study.trials) >= max_trials else \
-        "time budget (more time may find more)"
-    notes = [f"optuna TPE (seed {seed}): {len(study.trials)} trials, {len(costed)} distinct structures costed "
-             f"of {len(legal)}; ended by the {ended}"]
+    timeout = max(0.05, remaining - elapsed) if remaining is not None else None
+    study.optimize(objective, n_trials=max_trials, timeout=timeout, catch=())
+    by_time = ran[0] < max_trials
+    if by_time and budget is not None:
+        budget.hit = True
+    ended = "time budget (more time may find more)" if by_time else "trial cap (deterministic for the seed)"
+    notes = [f"optuna TPE (seed {seed}): {ran[0]} trials, {len(costed)} distinct structures costed "
+             f"of {len(legal)} (the first {len(first)} by lower bound); ended by the {ended}"]
     return top, evaluated[0], notes
 
 
@@ -277,49 +430,60 @@ def _study_name(ctx: SearchContext, seed: int) -> str:
 
 
 def _optuna_worker(ctx: SearchContext, constants: CostConstants, top_k: int, budget: float | None, seed: int,
-                   max_trials: int, storage: str, study_name: str) -> tuple[list[Evaluated], int, int]:
-    """One process of a shared study: its own structure cache, the study's trials in the database."""
+                   max_trials: int, storage: str, study_name: str, index: int) -> tuple[list[Evaluated], int, int]:
+    """One process: its own study (seed, warm-start slice), its own structure cache; trials in the database."""
     structures = list(enumerate_plans(ctx))
     resolutions: dict[tuple, list[Option]] = {}
 
     def options_of(plan: Plan) -> list[Option]:
         key = _key(plan)
         if key not in resolutions:
-            resolutions[key] = list(resolve(ctx, plan).options)
+            resolutions[key] = list((resolve_least(ctx, plan) or resolve(ctx, plan)).options)
         return resolutions[key]
 
+    warm = slice(index * OPTUNA_WARM_START, (index + 1) * OPTUNA_WARM_START)
     top, evaluated, _ = _optuna(ctx, structures, options_of, constants, top_k, budget, seed, time.perf_counter(),
-                                lambda _f, _m: None, max_trials, storage, study_name)
+                                lambda _f, _m: None, max_trials, storage, study_name, warm=warm)
     return top.ranked(), evaluated, sum(1 for opts in resolutions.values() if opts)
 
 
 def _optuna_parallel(ctx: SearchContext, constants: CostConstants, top_k: int, budget: float | None, seed: int,
                      max_trials: int, storage: str | None, workers: int) -> tuple[_TopK, int, list[str], int]:
+    """``workers`` processes, each its own study in the RDB storage (seed + i, ``max_trials / workers``
+    trials, the i-th slice of the best-bounded structures to start from); their best plans are merged.
+    Independent studies rather than one shared one: a shared TPE study samples from whatever trials the
+    others finished, which depends on timing, so its answer would differ run to run. Deterministic for a
+    seed and a trial count (when no wall-clock budget ends a study)."""
     import multiprocessing
     import tempfile
-
-    import optuna
 
     tmp = None
     if storage is None:
         tmp = tempfile.TemporaryDirectory()
         storage = f"sqlite:///{tmp.name}/study.db"
     name = _study_name(ctx, seed)
-    optuna.create_study(direction="minimize", storage=storage, study_name=name, load_if_exists=True)
+    _create_storage(storage)
     share = max(1, max_trials // workers)
-    jobs = [(ctx, constants, top_k, budget, seed + i, share, storage, name) for i in range(workers)]
+    jobs = [(ctx, constants, top_k, budget, seed + i, share, storage, f"{name}-w{i}", i) for i in range(workers)]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         parts = pool.starmap(_optuna_worker, jobs)
     top = _TopK(top_k)
     for ranked, _, _ in parts:
         for e in ranked:
             top.push(e)
-    trials = len(optuna.load_study(study_name=name, storage=storage).trials)
     if tmp is not None:
         tmp.cleanup()
-    notes = [f"optuna TPE: {workers} processes shared study {name} ({trials} trials); 'feasible' sums the "
-             "structures each process found fitting (a structure tried by two processes counts twice)"]
+    notes = [f"optuna TPE: {workers} processes, studies {name}-w0..w{workers - 1} ({share} trials each); "
+             "'feasible' sums the structures each process found fitting (a structure tried by two counts twice)"]
     return top, sum(n for _, n, _ in parts), notes, sum(f for _, _, f in parts)
+
+
+def _create_storage(storage: str) -> None:
+    """Create the RDB storage's tables once, before processes open it at the same time (two processes
+    creating them at once fail with 'table studies already exists')."""
+    import optuna
+
+    optuna.storages.RDBStorage(storage)
 
 
 def _with_placement(ctx: SearchContext, e: Evaluated, constants: CostConstants) -> Evaluated:

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 from configurator.cost.step import ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, cpu_adam_rate_per_gpu
 from configurator.margin import NO_MARGIN, MemoryMargin, fits_with_margin
@@ -38,6 +39,7 @@ from configurator.profiles import GIB
 from configurator.recompute import MEGATRON_RUNTIMES, selective_module_ladder
 from configurator.search.space import SearchContext, framework_shardings
 from configurator.specs.plan import Plan, plan_violations
+from configurator.specs.plan import replace_unchecked as replace  # derived from checked plans
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -91,8 +93,19 @@ def recompute_ladder(ctx: SearchContext, plan: Plan) -> RecomputeLadder:
     return RecomputeLadder(ctx, plan)
 
 
+MEMORY_MEMO: ContextVar[dict[Plan, MemoryReport] | None] = ContextVar("configurator_memory_memo", default=None)
+"""Set by a search for its duration: memory estimates by plan, so the plans ``resolve`` estimates twice
+(the quick exit's frugal forms again in the offload search, a ladder's ends) are estimated once."""
+
+
 def _memory(ctx: SearchContext, plan: Plan) -> MemoryReport:
-    return estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+    memo = MEMORY_MEMO.get()
+    if memo is None:
+        return estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+    hit = memo.get(plan)
+    if hit is None:
+        hit = memo[plan] = estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+    return hit
 
 
 def _fits_device(mem: MemoryReport, margin: MemoryMargin) -> bool:
@@ -159,14 +172,19 @@ def balanced_offload(ctx: SearchContext) -> float:
     return g / (g + c)
 
 
-def resolve(ctx: SearchContext, structure: Plan) -> Resolution:
+def _margin(ctx: SearchContext) -> MemoryMargin:
+    return getattr(ctx, "memory_margin", None) or NO_MARGIN
+
+
+def resolve(ctx: SearchContext, structure: Plan, *, full_only: bool = False) -> Resolution:
     """The structure's memory options with ``ctx.memory_margin`` left free; if none keeps it, the options
-    that fit the GPU without it, marked ``tight``."""
-    margin = getattr(ctx, "memory_margin", None) or NO_MARGIN
-    res = _resolve(ctx, structure, margin)
+    that fit the GPU without it, marked ``tight``. ``full_only``: the caller knows every option must
+    recompute all layers (``needs_full_recompute``), so the searches that cannot succeed are skipped."""
+    margin = _margin(ctx)
+    res = _resolve(ctx, structure, margin, full_only)
     if res.options or margin == NO_MARGIN or margin.bytes_for(ctx.cluster.gpu_memory_bytes) <= 0:
         return res
-    tight = _resolve(ctx, structure, NO_MARGIN)
+    tight = _resolve(ctx, structure, NO_MARGIN, full_only)
     if not tight.options:
         return tight  # nothing fits even without the margin: say so against the GPU's capacity
     keep = margin.bytes_for(ctx.cluster.gpu_memory_bytes) / GIB
@@ -174,7 +192,7 @@ def resolve(ctx: SearchContext, structure: Plan) -> Resolution:
                                             f"{keep:.1f} GiB memory margin free") for o in tight.options))
 
 
-def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin) -> Resolution:
+def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin, full_only: bool = False) -> Resolution:
     options: list[Option] = []
     smallest = math.inf
     shardings = framework_shardings(ctx, structure)
@@ -194,7 +212,10 @@ def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin) -> Resol
         ladder = recompute_ladder(ctx, base)
         full = _memory(ctx, ladder[-1])
         ladder_first: list[MemoryReport | None] = [None]
-        index, mem = _least_fitting(ctx, ladder, full, ladder_first, margin)
+        if full_only:
+            index, mem = (len(ladder) - 1, full) if _fits_device(full, margin) else (-1, full)
+        else:
+            index, mem = _least_fitting(ctx, ladder, full, ladder_first, margin)
         if index >= 0 and mem.fits:
             plan = ladder[index]
             what = "no recompute" if index == 0 else _describe_recompute(plan)
@@ -204,7 +225,8 @@ def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin) -> Resol
                 if modules is not None:
                     options.append(modules)
             if index > 0:
-                off = min_offload(ctx, ladder[0], ladder_first[0], margin)
+                # (full_only: needs_full_recompute showed no offload lets a shorter recompute fit)
+                off = None if full_only else min_offload(ctx, ladder[0], ladder_first[0], margin)
                 if off is not None and off[0] > 0:
                     options.append(Option(plan=replace(ladder[0], offload=off[0]), memory=off[1],
                                           why=f"{sharding}: offloading {off[0]:.0%} of the optimizer avoids recompute"))
@@ -252,6 +274,56 @@ def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) ->
     return None
 
 
+def resolve_least(ctx: SearchContext, structure: Plan) -> Resolution | None:
+    """``resolve``'s answer from one memory estimate when the structure's least form (its least
+    sharding, no recompute, no offload) fits with the memory margin free: then that form is its only
+    option, as in ``resolve`` (memory only grows from it down the recompute ladder and towards less
+    sharding). None when it does not fit, or for DeepSpeed (whose runnable set needs ``resolve``): call
+    ``resolve``. Most structures that reach the front of a search fit this way, with one estimate
+    instead of about five."""
+    shardings = framework_shardings(ctx, structure)
+    if ctx.framework == "deepspeed" or structure.sharding != shardings[0] or structure.recompute != "none" \
+            or structure.offload:
+        return None
+    mem = _memory(ctx, structure)
+    if not (mem.fits and _fits_device(mem, _margin(ctx))):
+        return None
+    return Resolution(options=(Option(plan=structure, memory=mem,
+                                      why=f"{structure.sharding}: no recompute is the least that fits"),))
+
+
+def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
+    """True when every option of ``structure`` must recompute all its layers: even the most frugal
+    partial step of the recompute ladder (the one before "all layers") and, for Megatron-Core runtimes,
+    the most frugal ``--recompute-modules`` list, under each sharding with the whole optimizer offloaded,
+    do not fit the device (even without the memory margin). Memory only falls along the ladder and with
+    the offload fraction, so no less recompute can fit either. A few estimates per sharding; the search
+    uses it to raise a structure's lower bound to its full-recompute form before resolving it."""
+    shardings = framework_shardings(ctx, structure)
+    modules = selective_module_ladder(ctx.model)[-1] if ctx.runtime in MEGATRON_RUNTIMES else ()
+    for sharding in shardings:
+        if sharding in ("zero1", "distopt") and "zero2" in shardings:
+            continue  # ZeRO-2 holds the same weights and optimizer shards and fewer gradients: never more
+        offload = 1.0 if sharding != "none" else 0.0
+        base = replace(structure, sharding=sharding, recompute="none", recompute_num_layers=0, offload=0.0)
+        ladder = recompute_ladder(ctx, base)
+        partial = ladder[len(ladder) - 2]
+        if _memory(ctx, replace(partial, offload=offload)).fits_device:
+            return False
+        if modules and _memory(ctx, replace(base, recompute="selective", recompute_modules=modules,
+                                            offload=offload)).fits_device:
+            return False
+    return True
+
+
+def resolve_full_recompute(ctx: SearchContext, structure: Plan) -> Resolution:
+    """``resolve``'s answer for a structure where ``needs_full_recompute`` holds, without the searches
+    that cannot succeed there (the recompute bisection always ends at "all layers", and no offload can
+    avoid recompute). Same options, same order, same reasons as ``resolve`` (``tests/test_search_speed.py``
+    compares them)."""
+    return resolve(ctx, structure, full_only=True)
+
+
 def _deepspeed_runnable(ctx: SearchContext, options: list[Option]) -> list[Option]:
     """Keep what DeepSpeed can run; a partial offload below ZeRO-3 becomes a full one (DeepSpeed offloads
     all or nothing there) when that still fits the host."""
@@ -277,4 +349,5 @@ def _describe_recompute(plan: Plan) -> str:
     return f"{plan.recompute} recompute"
 
 
-__all__ = ["Option", "Resolution", "balanced_offload", "min_offload", "recompute_ladder", "resolve"]
+__all__ = ["Option", "Resolution", "balanced_offload", "min_offload", "needs_full_recompute", "recompute_ladder", "resolve",
+           "resolve_full_recompute", "resolve_least"]

@@ -23,7 +23,7 @@ from typing import Any
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
-from configurator.specs.plan import SHARDINGS, Plan, balanced_layout, plan_violations
+from configurator.specs.plan import SHARDINGS, Plan, balanced_layout, plan_violations, replace_unchecked
 
 MAX_MICRO_BATCH = 8
 MIN_TOKENS_PER_CP_RANK = 1024
@@ -176,6 +176,9 @@ AXES: tuple[Axis, ...] = (
 )
 
 
+_DEFAULT_PLAN = Plan()
+
+
 def structure_plan(ctx: SearchContext, values: dict[str, Any]) -> Plan:
     """The plan of one point of the space (no recompute, no offload yet)."""
     tp, cp, pp, vpp = values["tp"], values["cp"], values["pp"], values["vpp"]
@@ -183,10 +186,11 @@ def structure_plan(ctx: SearchContext, values: dict[str, Any]) -> Plan:
     layout: tuple[int, ...] = ()
     if ctx.model.num_layers % (pp * vpp):
         layout = balanced_layout(ctx.model.num_layers, pp, vpp)
-    return Plan(tp=tp, cp=cp, pp=pp, vpp=vpp, dp=dp, ep=values["ep"], etp=values["etp"],
-                sp=tp > 1 and ctx.framework != "deepspeed",
-                micro_batch=values["micro_batch"], sharding=search_shardings(ctx.runtime, dp * cp)[0],
-                pipeline_layers=layout)
+    # Degrees from the axes' own value lists (positive ints) and a sharding from SHARDINGS: Plan's checks
+    # cannot fail, and skipping them matters at 20,000 structures; legality is ``plan_violations``'s.
+    return replace_unchecked(_DEFAULT_PLAN, tp=tp, cp=cp, pp=pp, vpp=vpp, dp=dp, ep=values["ep"], etp=values["etp"],
+                             sp=tp > 1 and ctx.framework != "deepspeed", micro_batch=values["micro_batch"],
+                             sharding=search_shardings(ctx.runtime, dp * cp)[0], pipeline_layers=layout)
 
 
 def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iterator[Plan]:

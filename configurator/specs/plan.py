@@ -181,6 +181,16 @@ PLAN_FIELDS: tuple[str, ...] = tuple(f for f in Plan.__dataclass_fields__)
 """Every field of ``Plan`` in declaration order (what a stored or golden plan object carries)."""
 
 
+def replace_unchecked(plan: Plan, **changes: object) -> Plan:
+    """``dataclasses.replace`` without ``__post_init__``'s checks, for code that derives plans from a
+    plan already checked and changes only fields to values known valid (the search's inner loops build
+    tens of thousands; validating each cost seconds). Never use it on user input."""
+    new = object.__new__(Plan)
+    for name in PLAN_FIELDS:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(plan, name))
+    return new
+
+
 def plan_from_dict(fields: dict[str, object]) -> Plan:
     """A Plan from a JSON plan object: unknown keys (``global_batch``, ``num_gpus``, ...) are ignored,
     missing keys take Plan's defaults, lists become tuples."""

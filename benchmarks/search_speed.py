@@ -1,0 +1,158 @@
+"""How fast the plan search is, and how much memory it holds, from 8 to 131,072 GPUs.
+
+Run: ``python benchmarks/search_speed.py [--only SUBSTR] [--max-gpus N] [--optuna] [--compare-with DIR]
+[--json OUT]``. Each job runs in a fresh process (so its peak RSS is its own) and prints: wall seconds of
+the search, the method, legal structures, memory resolutions, costed options, whether a budget cut it
+short, peak RSS, and the best plan.
+
+* CPU seconds (``time.process_time``) are what an idle core would take (the search is one thread);
+  on a shared machine wall time is longer by however much the other processes take.
+* The default budget is used (no wall-clock limit; a work count), so a job is never cut short by how
+  busy the machine is; a job that is cut short is marked TRUNCATED.
+* ``--optuna``: on the MoE jobs, Optuna with a wall-clock budget equal to the exhaustive search's time,
+  and the ratio of its best throughput to the exhaustive best (Optuna's own timing starts with the
+  enumeration, so it gets the same total).
+* ``--compare-with DIR``: also run every job with the code in DIR (e.g. an older checkout:
+  ``git archive BASE | tar -x -C DIR``) in alternating order, and print the speed-up and whether both
+  return the same best plan — ratios measured in one run, since wall times on a shared machine are noisy.
+
+The grid: six models (dense Llama-3 8B/70B/405B; MoE Mixtral-8x22B, Qwen3-235B-A22B, DeepSeek-V3) on
+their usual clusters (DGX H100; DeepSeek-V3 on H800 with InfiniBand) at 8, 64, 512, 2,048, 16,384 and
+131,072 GPUs, and each on 64 GB200 (NVL72) GPUs; sequence 4,096, global batch max(512, GPUs) sequences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+MODELS: tuple[tuple[str, str, bool], ...] = (
+    ("llama3-8b", "dgx-h100", False), ("llama3-70b", "dgx-h100", False), ("llama3-405b", "dgx-h100", False),
+    ("mixtral-8x22b", "dgx-h100", True), ("qwen3-235b-a22b", "dgx-h100", True), ("deepseek-v3", "h800-ib", True),
+)
+GPU_COUNTS = (8, 64, 512, 2048, 16384, 131072)
+SEQ_LEN = 4096
+
+
+def grid() -> list[dict[str, Any]]:
+    jobs = []
+    for model, cluster, moe in MODELS:
+        for n in GPU_COUNTS:
+            jobs.append({"model": model, "cluster": cluster, "num_gpus": n, "moe": moe})
+        jobs.append({"model": model, "cluster": "gb200-nvl72", "num_gpus": 64, "moe": moe})
+    for j in jobs:
+        j["global_batch"] = max(512, j["num_gpus"])
+        j["name"] = f"{j['model']}/{j['num_gpus']} {j['cluster']}"
+    return jobs
+
+
+def _child(job: dict[str, Any], tree: str, method: str, budget: float | None, queue: Any) -> None:
+    """One search in this (fresh) process; puts its measurements on ``queue``."""
+    import resource
+    import time
+
+    sys.path.insert(0, tree)
+    from configurator import JobSpec, load_cluster, load_model
+    from configurator.search.optimize import search
+    from configurator.search.space import SearchContext
+
+    ctx = SearchContext(model=load_model(job["model"]), cluster=load_cluster(job["cluster"], num_gpus=job["num_gpus"]),
+                        job=JobSpec(global_batch=job["global_batch"], seq_len=SEQ_LEN))
+    start, cpu = time.perf_counter(), time.process_time()
+    kwargs: dict[str, Any] = {"top_k": 5, "method": method, "time_budget_s": budget}
+    if budget is None and "work_budget" not in search.__code__.co_varnames:
+        kwargs["time_budget_s"] = 600.0  # older code: a wall-clock budget only; make it never bind
+    r = search(ctx, **kwargs)
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu
+    best = r.ranked[0] if r.ranked else None
+    queue.put({"job_name": job["name"], "wall_s": wall, "cpu_s": cpu, "method": r.method, "structures": r.candidates, "options": r.options,
+               "evaluated": r.evaluated, "truncated": bool(getattr(r, "truncated", False)),
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "best": best.plan.describe() if best else None,
+               "best_tokens_per_s_per_gpu": best.step.tokens_per_s_per_gpu if best else None})
+
+
+def run_one(job: dict[str, Any], tree: Path, method: str = "exhaustive", budget: float | None = None) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(job, str(tree), method, budget, queue))
+    proc.start()
+    try:
+        out = queue.get(timeout=900)
+    except Exception as exc:  # noqa: BLE001 - report the job as failed, keep the grid going
+        out = {"error": f"{type(exc).__name__}: {exc}"}
+    proc.join(timeout=30)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", help="run jobs whose name contains this")
+    ap.add_argument("--max-gpus", type=int, default=max(GPU_COUNTS))
+    ap.add_argument("--optuna", action="store_true", help="also Optuna at equal wall time on the MoE jobs")
+    ap.add_argument("--compare-with", type=Path, help="a checkout of other code to time against")
+    ap.add_argument("--json", type=Path, help="write the rows here")
+    args = ap.parse_args(argv)
+    jobs = [j for j in grid() if j["num_gpus"] <= args.max_gpus and (not args.only or args.only in j["name"])]
+    rows = []
+    print(f"{'job':34} {'wall s':>7} {'CPU s':>6} {'method':>10} {'structs':>7} {'options':>7} {'costed':>6} {'RSS MB':>7}  best")
+    for i, job in enumerate(jobs):
+        row: dict[str, Any] = {"job": job["name"]}
+        if args.compare_with is not None and i % 2:
+            row["other"] = run_one(job, args.compare_with)
+        row["this"] = run_one(job, REPO)
+        if args.compare_with is not None and not i % 2:
+            row["other"] = run_one(job, args.compare_with)
+        this = row["this"]
+        if "error" in this:
+            print(f"{job['name']:34} ERROR {this['error']}")
+            rows.append(row)
+            continue
+        flag = " TRUNCATED" if this["truncated"] else ""
+        print(f"{job['name']:34} {this['wall_s']:7.2f} {this['cpu_s']:6.2f} {this['method']:>10} {this['structures']:7d} "
+              f"{this['options']:7d} {this['evaluated']:6d} {this['peak_rss_mb']:7.0f}  {this['best']}{flag}", flush=True)
+        if "other" in row and "error" not in row["other"]:
+            o = row["other"]
+            same = o["best"] == this["best"]
+            row["speedup"] = o["cpu_s"] / this["cpu_s"]
+            row["same_best"] = same
+            print(f"{'':34} other code: {o['wall_s']:.2f} s wall, {o['cpu_s']:.2f} s CPU ({row['speedup']:.1f}x the CPU), {o['evaluated']} costed, "
+                  f"RSS {o['peak_rss_mb']:.0f} MB, best {'the same' if same else o['best']}", flush=True)
+        if args.optuna and job["moe"] and this["best"]:
+            opt = run_one(job, REPO, method="optuna", budget=max(this["wall_s"], 0.5))
+            if "error" not in opt and opt["best_tokens_per_s_per_gpu"]:
+                row["optuna"] = opt
+                row["optuna_ratio"] = opt["best_tokens_per_s_per_gpu"] / this["best_tokens_per_s_per_gpu"]
+                print(f"{'':34} optuna at {max(this['wall_s'], 0.5):.2f} s: {opt['evaluated']} costed, "
+                      f"{row['optuna_ratio']:.3f} of the exhaustive best ({opt['best']})", flush=True)
+        rows.append(row)
+    ok = [r["this"] for r in rows if "error" not in r["this"]]
+    if ok:
+        walls = [r["wall_s"] for r in ok]
+        cpus = [r["cpu_s"] for r in ok]
+        print(f"\n{len(ok)} jobs: wall median {statistics.median(walls):.2f} s, max {max(walls):.2f} s; CPU median "
+              f"{statistics.median(cpus):.2f} s, max {max(cpus):.2f} s "
+              f"({max(ok, key=lambda r: r['cpu_s'])['job_name']}); truncated {sum(r['truncated'] for r in ok)}; "
+              f"peak RSS max {max(r['peak_rss_mb'] for r in ok):.0f} MB")
+        speed = [r["speedup"] for r in rows if "speedup" in r]
+        if speed:
+            print(f"speed-up over the other code: median {statistics.median(speed):.1f}x, min {min(speed):.1f}x; "
+                  f"same best plan in {sum(r['same_best'] for r in rows if 'same_best' in r)} of {len(speed)}")
+        ratios = [r["optuna_ratio"] for r in rows if "optuna_ratio" in r]
+        if ratios:
+            print(f"optuna at equal wall time: {min(ratios):.3f} .. {max(ratios):.3f} of the exhaustive best")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

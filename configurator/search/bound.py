@@ -1,0 +1,153 @@
+"""Lower bounds of step time for many structures at once, sharing the per-layer work across pipelines.
+
+``cost.step.busy_lower_bound`` prepares a structure (its layers' work, every virtual stage, a
+communication model over all its ranks) and sums the stage times; a search calls it for every one of
+up to 20,000 structures. But a layer's forward + backward time on one rank depends on the layer's
+shape and on (tp, cp, ep, etp, micro-batch, sp) and the per-layer switches, not on pp, vpp or dp:
+the work counts do not (``cost/work.py``), and the TP, CP and EP groups it communicates in are the
+same partitions of the ranks whatever pp and dp are (Megatron's ``tp-cp-dp-pp`` order; experts
+``etp-ep-edp``), so their link shapes are the same too. Only ZeRO-2/3's per-layer parameter gathers
+depend on dp, and recomputing k layers of each chunk is not linear in a chunk's layers: such plans
+(a runtime whose least sharding is ZeRO-2/3, partial-recompute options) take the full computation.
+
+So ``StructureBounds`` times four kinds of work once per *layer key* — a dense layer, an MoE layer, the
+embedding and the LM head, each as a one-layer virtual stage through the cost model's own
+``_stage_times`` — and a structure's bound is arithmetic over its virtual stages (the same formula as
+``busy_lower_bound``: the busiest rank's micro-batches plus the fill before it, exact for equal
+stages). Nothing per structure grows with the GPU count. ``tests/test_search_speed.py`` checks the
+two agree on every bench scenario's structures, so a change of the step model that breaks the
+linearity in layers this relies on fails there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import replace as dc_replace
+from itertools import accumulate
+from operator import attrgetter
+
+from configurator.cost.comm import CommModel, LinkEfficiency
+from configurator.cost.constants import CostConstants
+from configurator.cost.step import StepInputs, VirtualStage, _rates_for, _stage_times, busy_lower_bound, prepare
+from configurator.cost.work import embedding_work, head_work, layer_work
+from configurator.search.knobs import optimistic_plans
+from configurator.search.space import SearchContext
+from configurator.specs.plan import PLAN_FIELDS, Plan, replace_unchecked
+
+_GATHERING = ("zero2", "zero3", "hsdp")
+_LAYER_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload")))
+"""Shardings whose per-layer time depends on dp (parameter gathers / gradient reduce-scatters)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LayerTimes:
+    """Forward + backward seconds of one micro-batch on one rank, per kind of work."""
+
+    dense_s: float
+    moe_s: float
+    embedding_s: float
+    head_s: float
+
+
+class StructureBounds:
+    """``busy_lower_bound`` for the structures of one search, with per-layer times shared by layer key."""
+
+    def __init__(self, ctx: SearchContext, constants: CostConstants) -> None:
+        self.ctx = ctx
+        self.c = constants
+        model = ctx.model
+        flags = [model.layer_is_moe(i) for i in range(model.num_layers)]
+        self._moe_prefix = [0, *accumulate(int(f) for f in flags)]
+        self._dense_index = next((i for i, f in enumerate(flags) if not f), None)
+        self._moe_index = next((i for i, f in enumerate(flags) if f), None)
+        self._layer: dict[tuple, LayerTimes] = {}
+        self._template: StepInputs | None = None
+        self.layer_keys_timed = 0
+        self.full_preparations = 0
+
+    @staticmethod
+    def layer_key(plan: Plan) -> tuple:
+        """Every field of the plan but what a layer's time does not depend on (pp, vpp, dp, the split,
+        the offload fraction)."""
+        return _LAYER_FIELDS(plan)
+
+    def _times(self, plan: Plan) -> LayerTimes:
+        key = self.layer_key(plan)
+        hit = self._layer.get(key)
+        if hit is not None:
+            return hit
+        ctx, c = self.ctx, self.c
+        # A one-stage form of the plan (same tp/cp/ep/etp/micro-batch and switches; dp takes the rest).
+        flat = replace_unchecked(plan, pp=1, vpp=1, dp=plan.dp * plan.pp, pipeline_layers=())
+        if self._template is None:
+            self._template = prepare(ctx.model, ctx.cluster, ctx.job, flat, runtime=ctx.runtime)
+        # The stage times read the plan, its communication model, the runtime and the stages: swap the
+        # first two into one prepared template instead of preparing every layer key (O(layers) each).
+        inp = dc_replace(self._template, plan=flat,
+                         comm=CommModel(ctx.cluster, flat, None, LinkEfficiency(nvlink=1.0, scale_out=1.0)))
+        works = []
+        for index, moe in ((self._dense_index, False), (self._moe_index, True)):
+            if index is not None:
+                works.append((layer_work(ctx.model, ctx.job, flat, index), moe))
+        works.append((embedding_work(ctx.model, ctx.job, flat), False))
+        works.append((head_work(ctx.model, ctx.job, flat), False))
+        single = dc_replace(inp, stages=tuple(VirtualStage(works=((w, 1, moe),), num_layers=1) for w, moe in works),
+                            zero3_layer_bytes=(0.0,) * len(works))
+        rates = _rates_for(single, c)
+        comm = single.comm.with_efficiency(LinkEfficiency(nvlink=c["link.nvlink"], scale_out=c["link.scale_out"]))
+        totals = []
+        for v in range(len(works)):
+            f, b, _ = _stage_times(single, rates, comm, c, v)
+            totals.append(sum(f.values()) + sum(b.values()))
+        i = 0
+        dense = moe = 0.0
+        if self._dense_index is not None:
+            dense, i = totals[i], i + 1
+        if self._moe_index is not None:
+            moe, i = totals[i], i + 1
+        times = LayerTimes(dense_s=dense, moe_s=moe, embedding_s=totals[i], head_s=totals[i + 1])
+        self._layer[key] = times
+        self.layer_keys_timed += 1
+        return times
+
+    def bound(self, plan: Plan) -> float:
+        """A lower bound of ``plan``'s step time under the most favourable setting of the communication
+        knobs it leaves open (``search/knobs.py`` picks the fastest at costing time, so the bound must
+        not exceed any of them): ``busy_lower_bound`` of each prepared form, the least."""
+        ctx = self.ctx
+        variants = optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe)
+        return min(self._bound(v) for v in variants)
+
+    def _bound(self, plan: Plan) -> float:
+        ctx, c = self.ctx, self.c
+        if plan.sharding in _GATHERING or (plan.recompute == "full" and plan.recompute_num_layers):
+            # dp-dependent gathers; or a partial recompute, whose share of a chunk is not linear in layers.
+            self.full_preparations += 1
+            return busy_lower_bound(prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime), c)
+        t = self._times(plan)
+        pp = plan.pp
+        virtual = plan.virtual_stage_layers(ctx.model)
+        last = len(virtual) - 1
+        per_mb = c["overhead.microbatch_s"] / plan.vpp
+        prefix = self._moe_prefix
+        times = []
+        start = 0
+        for v, n in enumerate(virtual):
+            n_moe = prefix[start + n] - prefix[start]
+            s = (n - n_moe) * t.dense_s + n_moe * t.moe_s + per_mb
+            if v == 0:
+                s += t.embedding_s
+            if v == last:
+                s += t.head_s
+            times.append(s)
+            start += n
+        m = max(1, plan.num_microbatches(ctx.job))
+        best = 0.0
+        fill = 0.0
+        for r in range(pp):
+            best = max(best, fill + m * sum(times[r::pp]))
+            fill += times[r]
+        return best + c["overhead.step_s"]
+
+
+__all__ = ["LayerTimes", "StructureBounds"]

@@ -1,0 +1,146 @@
+"""The fast search gives the same answers as the slow one, its budget is honest, and it holds nothing
+per GPU: shared per-layer bounds equal ``busy_lower_bound``; the lazy memory resolutions equal
+``resolve``; a budget that cuts a search short marks it truncated (CLI banner included); the default
+budget gives the golden top plans even while other processes load every core."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from configurator import JobSpec, load_cluster, load_model
+from configurator.bench import load_scenarios
+from configurator.cost.comm import SHAPE_CACHE
+from configurator.cost.constants import load_calibration
+from configurator.cost.step import busy_lower_bound, prepare
+from configurator.search.bound import StructureBounds
+from configurator.search.optimize import search
+from configurator.search.resolve import needs_full_recompute, resolve, resolve_full_recompute, resolve_least
+from configurator.search.space import SearchContext, enumerate_plans
+from configurator.specs.plan import Plan, replace_unchecked
+
+REPO = Path(__file__).resolve().parent.parent
+CONSTANTS = load_calibration()
+GOLDEN = {g["name"]: g for g in json.loads((REPO / "benchmarks" / "golden.json").read_text())["scenarios"]}
+SCENARIOS = {s.name: s for s in load_scenarios(REPO / "benchmarks" / "scenarios.json")}
+
+
+def ctx_for(model: str, cluster: str, gpus: int, batch: int, seq: int, runtime: str = "megatron") -> SearchContext:
+    return SearchContext(model=load_model(model), cluster=load_cluster(cluster, num_gpus=gpus),
+                         job=JobSpec(global_batch=batch, seq_len=seq), runtime=runtime)
+
+
+@pytest.mark.parametrize("ctx", [ctx_for("mixtral-8x7b", "dgx-h100", 64, 256, 4096),
+                                 ctx_for("llama3-70b", "dgx-h100", 64, 128, 8192),
+                                 ctx_for("deepseek-v3", "h800-ib", 256, 1024, 4096, runtime="nemo")],
+                         ids=["mixtral", "llama3-70b", "deepseek-v3-nemo"])
+def test_shared_layer_bounds_equal_the_step_models_bound(ctx: SearchContext) -> None:
+    plans = list(enumerate_plans(ctx))
+    bounds = StructureBounds(ctx, CONSTANTS)
+    sample = random.Random(0).sample(plans, min(60, len(plans)))
+    # Recompute and sharding variants too (options are bounded the same way).
+    sample += [replace_unchecked(p, recompute="full", recompute_num_layers=0) for p in sample[:10]]
+    sample += [replace_unchecked(p, recompute="selective") for p in sample[:10]]
+    for plan in sample:
+        exact = busy_lower_bound(prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime), CONSTANTS)
+        assert bounds.bound(plan) == pytest.approx(exact, rel=1e-12), plan.describe()
+    assert bounds.layer_keys_timed < len(sample)  # pipeline variants share their layer times
+
+
+def _options(res) -> list[tuple[Plan, str]]:  # type: ignore[no-untyped-def]
+    return [(o.plan, o.why) for o in res.options]
+
+
+@pytest.mark.parametrize("name", ["llama3-70b-h100-8-memory-tight", "mixtral-8x7b-h100-64", "qwen3-30b-a3b-gb200-8-fp8"])
+def test_lazy_resolutions_give_resolves_answer(name: str) -> None:
+    ctx = SCENARIOS[name].ctx
+    plans = list(enumerate_plans(ctx))
+    sample = random.Random(1).sample(plans, min(80, len(plans)))
+    least = full = 0
+    for plan in sample:
+        exact = resolve(ctx, plan)
+        quick = resolve_least(ctx, plan)
+        if quick is not None:
+            least += 1
+            assert _options(quick) == _options(exact), plan.describe()
+        elif needs_full_recompute(ctx, plan):
+            full += 1
+            short = resolve_full_recompute(ctx, plan)
+            assert _options(short) == _options(exact), plan.describe()
+            assert short.smallest_need_bytes == pytest.approx(exact.smallest_need_bytes)
+            assert all(o.plan.recompute == "full" and not o.plan.recompute_num_layers for o in exact.options)
+    assert least + full > 0
+
+
+def test_a_spent_budget_marks_the_search_truncated() -> None:
+    ctx = ctx_for("mixtral-8x7b", "dgx-h100", 64, 256, 4096)
+    cut = search(ctx, top_k=3, constants=CONSTANTS, work_budget=1)
+    assert cut.truncated and cut.ranked and cut.as_dict()["truncated"] is True
+    assert cut.as_dict()["budget_s"] is None and cut.as_dict()["work_budget"] == 1
+    assert any("truncated" in n for n in cut.notes)
+    timed = search(ctx, top_k=3, constants=CONSTANTS, time_budget_s=1e-9)
+    assert timed.truncated and timed.ranked and timed.as_dict()["budget_s"] == 1e-9
+    full = search(ctx, top_k=3, constants=CONSTANTS)
+    assert not full.truncated and full.as_dict()["truncated"] is False
+    assert full.ranked[0].step.step_s <= cut.ranked[0].step.step_s
+
+
+def test_wall_clock_budget_covers_enumeration_and_bounding() -> None:
+    """The old search bounded every structure before looking at the clock (5 s budget: 29-98 s)."""
+    ctx = ctx_for("deepseek-v3", "h800-ib", 2048, 4096, 4096)
+    start = time.perf_counter()
+    result = search(ctx, top_k=3, constants=CONSTANTS, time_budget_s=0.3)
+    assert result.truncated and result.ranked
+    assert time.perf_counter() - start < 15  # the budget plus one costing, on a loaded 2-core machine
+
+
+def test_search_leaves_no_module_global_cache() -> None:
+    ctx = ctx_for("llama3-8b", "dgx-h100", 64, 256, 4096)
+    search(ctx, top_k=1, constants=CONSTANTS)
+    assert SHAPE_CACHE.get() is None  # the shape cache lived and died with the search
+
+
+def test_cli_prints_a_banner_when_the_search_was_cut_short() -> None:
+    args = [sys.executable, "-m", "configurator.cli", "plan", "--model", "mixtral-8x7b", "--cluster", "dgx-h100",
+            "--num-gpus", "64", "--seq-len", "4096", "--global-batch", "256", "--time-budget", "0.000001"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "TRUNCATED" in proc.stdout
+    proc = subprocess.run([*args, "--json"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    out = json.loads(proc.stdout)
+    assert out["search"]["truncated"] is True and out["search"]["budget_s"] == 0.000001
+
+
+def _spin(stop_at: float) -> None:
+    while time.time() < stop_at:
+        pass
+
+
+CONTENDED = ["llama3-8b-h100-8", "mixtral-8x7b-h100-64", "qwen3-30b-a3b-gb200-8-fp8"]
+
+
+def test_default_budget_gives_the_golden_top_plans_under_cpu_contention() -> None:
+    """Two spinning processes per core: the default (work-count) budget must not cut these short."""
+    from configurator.bench import run_scenario
+
+    hogs = [multiprocessing.get_context("fork").Process(target=_spin, args=(time.time() + 300,), daemon=True)
+            for _ in range(2 * (os.cpu_count() or 2))]
+    for h in hogs:
+        h.start()
+    try:
+        for name in CONTENDED:
+            result = run_scenario(SCENARIOS[name], CONSTANTS)
+            assert result["search"]["truncated"] is False, name
+            best, golden = result["best"]["plan"], GOLDEN[name]["best"]["plan"]
+            assert {k: best[k] or None for k in golden} == {k: golden[k] or None for k in golden}, name
+    finally:
+        for h in hogs:
+            h.kill()
