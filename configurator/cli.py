@@ -21,12 +21,13 @@ from configurator.cli_options import (CalibrationOpt, ClusterOpt, CpOpt, DpOpt, 
                                       MicroBatchOpt, ModelOpt, NodesOpt, NumGpusOpt, OffloadOpt, PipelineLayersOpt,
                                       PpOpt, PrecisionOpt, RecomputeLayersOpt, RecomputeOpt, SeqLenOpt, ShardingOpt,
                                       SpOpt, TpOpt, VppOpt, _constants, _given_plan, _job, console)
+from configurator.cli_bands import register as register_bands
 from configurator.cli_tools import register as register_tools
 from configurator.cost.step import estimate_step
 from configurator.errors import InputError
 from configurator.memory import RUNTIMES, estimate_memory
 from configurator.profiles import GIB, cluster_names, load_cluster, load_model, model_names, model_published
-from configurator.render import estimate_dict, memory_table, step_table
+from configurator.render import band_text, estimate_dict, memory_table, print_best_band, step_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Pick and check LLM-training parallelism plans without a GPU.")
@@ -99,6 +100,8 @@ def plan(
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for --emit's files.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out folder.")] = False,
     calibration: CalibrationOpt = None,
+    objective: Annotated[str, typer.Option("--objective", help="Order the plans by p25 (the 25th percentile of the throughput error band, default) or mean (the model's estimate).")] = "p25",
+    oom_risk: Annotated[float, typer.Option("--oom-risk", help="Most probability of running out of memory (from the memory error band) a leading plan may have, 0..1.")] = 0.05,
     as_json: JsonOpt = False,
 ) -> None:
     """Search the plan space for the fastest plans that fit; exit 3 if none fits."""
@@ -123,16 +126,23 @@ def plan(
         raise InputError("workers", workers, "must be >= 1")
     if not time_budget > 0:
         raise InputError("time_budget", time_budget, "must be > 0 seconds")
+    from configurator.ranking import OBJECTIVES, rank_plans
+
+    if objective not in OBJECTIVES:
+        raise InputError("objective", objective, f"must be one of {', '.join(OBJECTIVES)}")
+    if not 0.0 <= oom_risk <= 1.0:
+        raise InputError("oom_risk", oom_risk, "must be a probability between 0 and 1")
     constants = _constants(calibration)
     ctx = SearchContext(model=spec, cluster=hw, job=job, runtime=runtime, framework=framework)
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
                   transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("searching", total=1.0)
-        result = search(ctx, top_k=top, time_budget_s=time_budget, seed=seed, method=method, constants=constants,
+        result = search(ctx, top_k=2 * top, time_budget_s=time_budget, seed=seed, method=method, constants=constants,
                         max_trials=trials, storage=storage, workers=workers,
                         progress=lambda frac, msg: bar.update(task, completed=frac, description=msg))
-    ranked = list(result.ranked)
+    ranked = [r.evaluated for r in rank_plans(spec, hw, job, list(result.ranked), objective=objective,
+                                              oom_risk=oom_risk, top=top)]
     written: list[Path] = []
     if ranked and emit is not None and out is not None:
         from configurator.emit import EmitRequest, emit as write_files
@@ -149,15 +159,31 @@ def plan(
         if as_json:
             print(json.dumps({"plans": [], "search": result.as_dict()}, indent=2))
         raise typer.Exit(3)
+    from configurator.conventional import conventional_plan
+    from configurator.render import conventional_dict, conventional_table
+
+    conv = conventional_plan(ctx, constants)
     if as_json:
-        print(json.dumps({"plans": search_plans_dicts(spec, hw, job, ranked), "search": result.as_dict(),
+        print(json.dumps({"plans": search_plans_dicts(spec, hw, job, ranked, objective=objective, oom_risk=oom_risk),
+                          "conventional": conventional_dict(spec, hw, job, ranked[0], conv) if conv else None,
+                          "search": result.as_dict(),
                           "emitted": [str(p) for p in written]}, indent=2))
         return
     console.print(f"[bold]{spec.name}[/bold] on {hw.num_gpus} x {hw.gpu.key} ({hw.name}), seq {seq_len}, "
                   f"global batch {global_batch}, {precision}, runtime {runtime}")
-    console.print(plans_table(ranked, hw.gpu_memory_bytes / GIB))
+    console.print(plans_table(ranked, hw.gpu_memory_bytes / GIB, spec, hw, job, objective=objective, oom_risk=oom_risk))
     best = ranked[0]
     console.print(f"best: {best.plan.describe()} — {best.why}")
+    print_best_band(console, spec, hw, job, ranked, objective=objective, oom_risk=oom_risk)
+    if conv is not None:
+        d = conventional_dict(spec, hw, job, best, conv)["vs_winner"]
+        console.print(conventional_table(best, conv))
+        verdict = ("within the error band: the data cannot tell them apart" if d["gain_within_error"]
+                   else "beyond the error band")
+        console.print(f"conventional: {conv.plan.describe()} ({conv.step.tokens_per_s_per_gpu:,.0f} tokens/s per GPU); "
+                      f"the winner is {d['gain_pct']:+.1f}%, {verdict}")
+    else:
+        console.print("conventional: no recipe-style plan fits (TP in node, PP across, selective/full recompute)")
     if best.placement is not None and best.default_placement_step_s:
         gain = best.default_placement_step_s / best.step.step_s - 1
         console.print(f"placement: node order {list(best.placement.node_order)} is {100 * gain:.1f}% faster than "
@@ -209,11 +235,14 @@ def estimate(
     memory = estimate_memory(spec, hw, job, plan, runtime=runtime)
     constants = _constants(calibration)
     step = estimate_step(spec, hw, job, plan, runtime=runtime, constants=constants)
+    from configurator.uncertainty import band_for
+
+    band = band_for(spec, hw, job, plan, runtime, step.tokens_per_s_per_gpu, memory.peak_bytes, memory.capacity_bytes)
     if svg is not None:
         from configurator.explain import svg as draw, timeline
 
         picture = draw(timeline(spec, hw, job, plan, constants, runtime=runtime), memory,
-                       title=f"{spec.name} on {hw.num_gpus} x {hw.gpu.key}: {plan.describe()}")
+                       title=f"{spec.name} on {hw.num_gpus} x {hw.gpu.key}: {plan.describe()}", band=band)
         tmp = svg.with_name(svg.name + ".tmp")
         tmp.write_text(picture)
         tmp.replace(svg)
@@ -238,6 +267,9 @@ def estimate(
                   f"{step.model_tflops_per_gpu:.0f} model TFLOP/s per GPU, MFU {100 * step.mfu:.1f}% "
                   f"(of {step.peak_flops / 1e12:.0f} TFLOP/s {precision} peak; bubble "
                   f"{100 * step.bubble_fraction:.1f}%)")
+    console.print(band_text(band))
+    for warning in band.warnings:
+        console.print(f"[yellow]warning[/yellow]: {warning}")
 
 
 @app.command(name="emit")
@@ -305,6 +337,7 @@ def _framework_and_runtime(framework: str | None, runtime: str | None, emit: str
 app.command(name="explain", help="Where a given plan's step goes: estimate's output, and with --svg the "
             "pipeline timeline and memory per stage as a picture.")(estimate)
 register_tools(app)
+register_bands(app)
 
 
 def main() -> None:

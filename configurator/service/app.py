@@ -46,6 +46,10 @@ class PlanRequest(BaseModel):
     method: Literal["auto", "exhaustive", "optuna"] = "auto"
     framework: Literal["megatron", "deepspeed"] = "megatron"
     runtime: Optional[str] = None
+    objective: Literal["p25", "mean"] = Field(default="p25", description="Order plans by the 25th percentile of "
+                                              "the throughput error band or by the model's estimate.")
+    oom_risk: float = Field(default=0.05, ge=0.0, le=1.0, description="Most OOM probability (from the memory "
+                            "error band) a leading plan may have.")
 
 
 class EstimateRequest(BaseModel):
