@@ -213,3 +213,27 @@ def test_bands_command_rebuilds_from_stored_folds_and_refuses_to_overwrite(tmp_p
         assert r["log_residual"] == pytest.approx(committed[r["run_id"]], abs=1e-6)
     again = runner.invoke(app, ["bands", "--runs", str(small), "--folds", str(error_bands_path()), "--out", str(target)])
     assert again.exit_code != 0 and "force" in str(again.exception)
+
+
+def test_plan_page_from_the_template_shows_bands_ties_and_the_conventional_plan(tmp_path: Path) -> None:
+    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("jinja2")
+    from configurator.service.jobs import run_job
+    from configurator.service.page import render_page
+    from configurator.service.store import Store
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    store = Store(url)
+    store.migrate()
+    request = {"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 8, "seq_len": 4096, "global_batch": 64,
+               "top": 3, "time_budget": 20.0}
+    job = store.create_job("key", request)
+    run_job(url, job.id, None)
+    done = store.get_job(job.id)
+    assert done is not None and done.status == "done", done.error if done else None
+    page = render_page(done, store)
+    assert "id='plans'" in page and "p10-p90" in page and "OOM risk" in page
+    assert "id='conventional'" in page and "id='by-mechanism'" in page
+    assert 'class="band step-band"' in page and 'class="band memory-band"' in page
+    ties = sum(p["tied_with_best"] for p in done.result["plans"])  # type: ignore[index]
+    assert page.count("(tied within error)") == ties
