@@ -12,7 +12,8 @@ A new plan's band is a *weighted* quantile of those residuals: a row counts ``LA
 the number of tags on which it differs from the plan (a categorical product kernel, Aitchison & Aitken
 1976). Rows that use what the plan uses dominate; where few do, the many others still carry weight, so the
 band shrinks toward the overall distribution instead of resting on two rows. ``LAMBDA`` is chosen per
-quantity by leave-one-out pinball loss at the 10th and 90th percentiles (``build_bands.py``).
+quantity by leave-one-out pinball loss at the 10th and 90th percentiles with the one-standard-error rule
+(``choose_lambda``).
 
 ``predicted x exp(q)`` gives the band: throughput p10/p25/p90 and peak memory p10/p90 (the memory residual
 is measured in each source's unit — allocated, reserved or device total — and applied as a ratio to the
@@ -95,20 +96,12 @@ class ResidualTable:
                   exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Weighted quantiles of the log residuals for ``tags``, and the weights used."""
         w = self.weights(tags, exclude)
-        return weighted_quantiles(self.log_residuals, w, widened(qs, effective_rows(w))), w
+        return weighted_quantiles(self.log_residuals, w, qs), w
 
 
 def effective_rows(weights: np.ndarray) -> float:
     """Kish's effective sample size of a weighted sample."""
     return float(weights.sum() ** 2 / (weights ** 2).sum())
-
-
-def widened(qs: tuple[float, ...], n_eff: float) -> tuple[float, ...]:
-    """Quantile levels pushed outward by ``1 + 1/n``: the empirical p10-p90 of ``n`` draws holds a new
-    draw with probability ``0.8 n / (n + 1)`` only (the finite-sample step of conformal prediction), so
-    a band that should hold 80% of new plans reads its ends at ``0.5 -+ 0.4 (1 + 1/n)``."""
-    grow = 1.0 + 1.0 / max(n_eff, 1.0)
-    return tuple(min(1.0, max(0.0, 0.5 + (q - 0.5) * grow)) for q in qs)
 
 
 def weighted_quantiles(values: np.ndarray, weights: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
@@ -183,6 +176,14 @@ class ErrorModel:
                     effective_rows=effective_rows(tw), tags=dict(tags), warnings=warnings)
 
 
+    def memory_headroom(self, tags: dict[str, str], oom_risk: float) -> float:
+        """The factor a plan's predicted peak must stay below capacity by for an OOM risk of at most
+        ``oom_risk``: ``peak * factor <= capacity`` (the memory band's ``1 - oom_risk`` quantile). A memory
+        margin for the search derived from the validation data rather than picked."""
+        q, _ = self.memory.quantiles(tags, (1.0 - oom_risk,))
+        return float(math.exp(q[0]))
+
+
 def _table(data: dict[str, Any], key: str) -> ResidualTable:
     rows = data[key]["rows"]
     return ResidualTable(run_ids=tuple(r["run_id"] for r in rows), groups=tuple(r["group"] for r in rows),
@@ -218,19 +219,26 @@ def loo_quantiles(table: ResidualTable, qs: tuple[float, ...]) -> np.ndarray:
     return np.array([table.quantiles(table.tags[i], qs, exclude=i)[0] for i in range(len(table))])
 
 
-def pinball(residuals: np.ndarray, predicted: np.ndarray, q: float) -> float:
+def pinball_losses(residuals: np.ndarray, predicted: np.ndarray, q: float) -> np.ndarray:
+    """Per-row pinball (quantile) loss of ``predicted`` as the ``q`` quantile: a proper score for quantiles."""
     diff = residuals - predicted
-    return float(np.mean(np.maximum(q * diff, (q - 1) * diff)))
+    return np.maximum(q * diff, (q - 1) * diff)
 
 
 def choose_lambda(table: ResidualTable) -> float:
-    """The kernel weight with the least leave-one-out pinball loss at the band's two ends."""
-    def loss(lam: float) -> float:
+    """The kernel weight by leave-one-out pinball loss at the band's two ends, with the one-standard-error
+    rule (Breiman et al. 1984; Hastie, Tibshirani & Friedman, ESL 7.10): the most shrinkage (largest
+    weight) whose loss is within one standard error of the least loss. A small table whose groups differ
+    by no more than noise is pooled instead of split."""
+    scores = []
+    for lam in LAMBDA_GRID:
         t = ResidualTable(run_ids=table.run_ids, groups=table.groups, tags=table.tags,
                           log_residuals=table.log_residuals, lam=lam)
         q = loo_quantiles(t, (0.10, 0.90))
-        return pinball(t.log_residuals, q[:, 0], 0.10) + pinball(t.log_residuals, q[:, 1], 0.90)
-    return min(LAMBDA_GRID, key=loss)
+        losses = pinball_losses(t.log_residuals, q[:, 0], 0.10) + pinball_losses(t.log_residuals, q[:, 1], 0.90)
+        scores.append((lam, float(losses.mean()), float(losses.std() / math.sqrt(len(losses)))))
+    _, best, se = min(scores, key=lambda s: s[1])
+    return max(lam for lam, loss, _ in scores if loss <= best + se)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -274,3 +282,28 @@ def coverage(table: ResidualTable) -> Coverage:
 
 __all__ = ["Band", "Coverage", "ErrorModel", "ResidualTable", "TAG_NAMES", "band_for", "choose_lambda", "coverage",
            "error_bands_path", "load_error_model", "load_error_model_file", "plan_tags", "scale_band"]
+
+
+def coverage_markdown(model: ErrorModel | None = None) -> list[str]:
+    """The validation report's section on the error bands: leave-one-out coverage overall and per group."""
+    model = model or load_error_model()
+    cov = {"time": coverage(model.time), "memory": coverage(model.memory)}
+    prov = model.provenance
+    lines = ["## Error bands (`profiles/error_bands.json`)", "",
+             f"Every prediction carries a p10-p90 band built from the out-of-sample residuals of these runs "
+             f"(configurator/uncertainty.py; regenerate with `{prov.get('command', 'configurator bands')}`, "
+             f"{prov.get('date', '')}). Coverage: each row's band rebuilt from the *other* rows (leave-one-out) "
+             f"and the share of rows whose measured value falls inside; target 80% +- 5%, checked in CI "
+             "(tests/test_uncertainty.py).", ""]
+    for name, c in cov.items():
+        table = model.time if name == "time" else model.memory
+        lines.append(f"- **{'Throughput' if name == 'time' else 'Peak memory'}**: {100 * c.share:.1f}% of {c.rows} "
+                     f"rows inside p10-p90 (kernel weight per differing tag {table.lam:g}).")
+    lines.append("")
+    for name, c in cov.items():
+        lines += [f"### {'Throughput' if name == 'time' else 'Peak memory'} coverage by group", "",
+                  "| tag | value | rows | inside p10-p90 % |", "|---|---|---:|---:|"]
+        lines += [f"| {t} | {v} | {n} | {100 * k / n:.1f} |" for t, v, n, k in c.by_group]
+        lines += [f"| publisher | {g} | {n} | {100 * k / n:.1f} |" for g, n, k in c.by_publisher]
+        lines.append("")
+    return lines

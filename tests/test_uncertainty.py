@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from configurator.cli import app
 from configurator.ranking import order_by_band
 from configurator.uncertainty import (TAG_NAMES, Band, ResidualTable, coverage, error_bands_path,
-                                      load_error_model_file, weighted_quantiles, widened)
+                                      load_error_model_file, weighted_quantiles)
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO.parent / "shared" / "data" / "published_runs.csv"
@@ -61,12 +61,6 @@ def test_weighted_quantiles_use_midpoint_positions() -> None:
     # Weight 3 on the value 1: positions (0.5, 2.5, 4.5, 5.5) / 6 = 0.083, 0.417, 0.75, 0.917 for 0, 1, 2, 3,
     # so the median is a quarter of the way from 1 to 2.
     assert weighted_quantiles(values, np.array([1.0, 1.0, 1.0, 3.0]), (0.5,))[0] == pytest.approx(1.25)
-
-
-def test_band_ends_widen_by_one_over_n_for_small_samples() -> None:
-    # 0.5 -+ 0.4 (1 + 1/n): n = 4 gives 0.0 and 1.0; a large n leaves 0.1 and 0.9.
-    assert widened((0.1, 0.9), 4.0) == pytest.approx((0.0, 1.0))
-    assert widened((0.1, 0.9), 1e9) == pytest.approx((0.1, 0.9))
 
 
 def _table(tags: list[dict[str, str]], residuals: list[float], lam: float) -> ResidualTable:
