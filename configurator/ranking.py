@@ -79,7 +79,7 @@ def vs_best(r: RankedPlan, best: RankedPlan, oom_risk: float, objective: str) ->
     """Why ``r`` is not first, in words."""
     if r is best:
         return "best"
-    if r.over_oom_limit:
+    if r.over_oom_limit and not best.over_oom_limit:
         return f"OOM risk {100 * r.band.oom_risk:.0f}% is above the {100 * oom_risk:g}% limit"
     slower = best.evaluated.step.tokens_per_s_per_gpu / r.evaluated.step.tokens_per_s_per_gpu - 1.0
     if slower < 0:

@@ -149,7 +149,7 @@ def plans_table(ranked: list[Any], capacity_gib: float, model: ModelSpec | None 
     ordered = rank_plans(model, cluster, job, ranked, objective=objective, oom_risk=oom_risk, top=top)
     table = Table(title=f"Best plans (modelled; ordered by {objective} throughput, OOM risk <= {100 * oom_risk:g}%)")
     for col in ("#", "plan", "tokens/s/GPU", "p10-p90", "MFU", "peak GiB (p90)", "OOM risk",
-                "compute / bubble / comm s", "vs best"):
+                "compute/bubble/comm s", "vs best"):
         table.add_column(col, justify="left" if col in ("plan", "vs best") else "right")
     for i, r in enumerate(ordered, 1):
         e, b = r.evaluated, r.band
