@@ -231,3 +231,46 @@ def test_plan_page_from_the_template_shows_bands_ties_and_the_conventional_plan(
     assert 'class="band step-band"' in page and 'class="band memory-band"' in page
     ties = sum(p["tied_with_best"] for p in done.result["plans"])  # type: ignore[index]
     assert page.count("(tied within error)") == ties
+
+
+def test_error_bands_were_built_from_the_committed_models_and_runs() -> None:
+    """The residuals are only out-of-sample errors of *this* model: after a change to the calibration, the
+    memory constants or the runs, `configurator bands --runs ../shared/data/published_runs.csv --force`
+    must be rerun (its provenance records what it was built from)."""
+    import hashlib
+
+    from configurator.cost.constants import calibration_path
+    from configurator.profiles import profiles_dir
+
+    prov = json.loads(error_bands_path().read_text())["provenance"]
+    sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    hint = "stale profiles/error_bands.json: rerun `configurator bands --runs ../shared/data/published_runs.csv --force`"
+    assert prov["calibration_sha256"] == sha(calibration_path()), hint
+    assert prov["memory_profile_sha256"] == sha(profiles_dir() / "memory.json"), hint
+    assert prov["cost_profile_sha256"] == sha(profiles_dir() / "cost.json"), hint
+    assert prov["runs_sha256"] == sha(RUNS), hint
+
+
+def test_stored_residuals_are_those_of_the_current_code(tmp_path: Path) -> None:
+    """A sample of rows re-predicted with their stored fold constants gives the stored predictions: a change
+    to the step-time or memory code (not only to the data files) makes the committed bands stale."""
+    from configurator.build_bands import memory_rows, time_rows
+    from configurator.calibrate import load_samples
+
+    data = json.loads(error_bands_path().read_text())
+    picked = {r["run_id"] for r in data["time"]["rows"][::25]} | {r["run_id"] for r in data["memory"]["rows"][::7]}
+    rows = [r for r in csv.DictReader(RUNS.open()) if r["run_id"] in picked]
+    small = tmp_path / "runs.csv"
+    with small.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    samples, _ = load_samples(small)
+    hint = "stale profiles/error_bands.json: rerun `configurator bands --runs ../shared/data/published_runs.csv --force`"
+    stored = {r["run_id"]: r for r in data["time"]["rows"]}
+    for r in time_rows(samples, data["time"]["fold_constants"]):
+        assert r["predicted_tokens_per_s_per_gpu"] == pytest.approx(
+            stored[r["run_id"]]["predicted_tokens_per_s_per_gpu"], rel=1e-3), (r["run_id"], hint)
+    stored_mem = {r["run_id"]: r for r in data["memory"]["rows"]}
+    for r in memory_rows(small):
+        assert r["predicted_gib"] == pytest.approx(stored_mem[r["run_id"]]["predicted_gib"], rel=1e-3), (r["run_id"], hint)
