@@ -20,13 +20,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from configurator.calibrate import Sample, fit, load_samples
+from configurator.calibrate import Sample, fit, load_samples, source_group
 from configurator.cost.constants import CostConstants, calibration_path, load_calibration
 from configurator.profiles import GIB, profiles_dir
 from configurator.runs import read_runs
 from configurator.uncertainty import (TAG_NAMES, ResidualTable, choose_lambda, coverage, plan_tags)
 from configurator.validate import Prediction, resolve_case
-from configurator.calibrate import source_group
 
 
 def _sha(path: Path) -> str:

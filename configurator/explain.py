@@ -135,7 +135,7 @@ def svg(tl: Timeline, memory: MemoryReport, *, title: str, width: int = 1100, ba
     # Memory panel.
     cap = memory.capacity_bytes
     biggest = max([cap] + [s.total_bytes for s in stages] + ([band.peak_gib_p90 * GIB] if band else []))
-    mscale = plot_w / biggest
+    mscale = (plot_w - 70) / biggest  # room for the total's label after the longest bar or whisker
     out.append(f'<text x="10" y="{mem_top}" font-size="13" font-weight="bold">Memory per GPU by pipeline stage '
                f'(capacity {cap / GIB:.1f} GiB)</text>')
     for i, s in enumerate(stages):

@@ -90,7 +90,7 @@ def vs_best(r: RankedPlan, best: RankedPlan, oom_risk: float, objective: str) ->
         delta, term = max((v - best_terms[k], k) for k, v in r.evaluated.step.breakdown_s)
         text = (f"{100 * (r.evaluated.step.step_s / best.evaluated.step.step_s - 1):.1f}% slower, mostly "
                 f"{term.replace('_', ' ')} (+{delta:.3f} s)")
-    return text + ("; tied within error" if r.tied_with_best else "")
+    return text
 
 
 __all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_OOM_RISK", "OBJECTIVES", "RankedPlan", "band_of", "order_by_band",

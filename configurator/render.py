@@ -155,7 +155,7 @@ def plans_table(ranked: list[Any], capacity_gib: float, model: ModelSpec | None 
         e, b = r.evaluated, r.band
         t = dict(e.step.breakdown_s)
         comm = sum(t[k] for k in ("tp_comm", "cp_comm", "ep_comm", "pp_comm", "dp_comm"))
-        why = vs_best(r, ordered[0], oom_risk, objective)
+        why = vs_best(r, ordered[0], oom_risk, objective) + ("; [bold]tied within error[/bold]" if r.tied_with_best else "")
         table.add_row(str(i), e.plan.describe(), f"{e.step.tokens_per_s_per_gpu:,.0f}",
                       f"{b.tokens_per_s_per_gpu_p10:,.0f}-{b.tokens_per_s_per_gpu_p90:,.0f}",
                       f"{100 * e.step.mfu:.1f}%", f"{b.peak_gib:.1f} ({b.peak_gib_p90:.1f})/{capacity_gib:.0f}",
