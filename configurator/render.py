@@ -204,7 +204,13 @@ def print_best_band(console: Any, model: ModelSpec, cluster: ClusterSpec, job: J
         console.print(f"  tied within error with the best: #{', #'.join(tied)} (their p10-p90 bands overlap "
                       f"the best's; the validation data cannot say which is faster)")
     if best.over_oom_limit:
-        console.print(f"  [red]warning[/red]: every plan shown has an OOM risk above {100 * oom_risk:g}%")
+        from configurator.uncertainty import load_error_model
+
+        factor = load_error_model().memory_headroom(best.band.tags, oom_risk)
+        console.print(f"  [red]warning[/red]: every plan shown has an OOM risk above {100 * oom_risk:g}%: the "
+                      f"search fills memory to the modelled capacity; an OOM risk of {100 * oom_risk:g}% needs a "
+                      f"modelled peak under {best.band.capacity_gib / factor:.1f} GiB (the memory band's "
+                      f"{100 * (1 - oom_risk):g}th percentile is x{factor:.2f} the model)")
     for w in best.band.warnings:
         console.print(f"  [yellow]warning[/yellow]: {w}")
 

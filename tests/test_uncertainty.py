@@ -274,3 +274,24 @@ def test_stored_residuals_are_those_of_the_current_code(tmp_path: Path) -> None:
     stored_mem = {r["run_id"]: r for r in data["memory"]["rows"]}
     for r in memory_rows(small):
         assert r["predicted_gib"] == pytest.approx(stored_mem[r["run_id"]]["predicted_gib"], rel=1e-3), (r["run_id"], hint)
+
+
+def test_the_conventional_plan_is_the_least_model_parallel_recipe_that_fits() -> None:
+    from configurator.conventional import candidates, conventional_plan
+    from configurator.cost.constants import load_calibration
+    from configurator.memory import estimate_memory
+    from configurator.profiles import load_cluster, load_model
+    from configurator.search.space import SearchContext
+    from configurator.specs.job import JobSpec
+
+    ctx = SearchContext(model=load_model("llama3-70b"), cluster=load_cluster("dgx-h100", num_gpus=64),
+                        job=JobSpec(global_batch=256, seq_len=8192))
+    conv = conventional_plan(ctx, load_calibration())
+    assert conv is not None and conv.memory.fits
+    p = conv.plan
+    # Recipe style: TP a power of two inside the node, 1F1B, no offload, micro-batch 1, no CP at 8k tokens.
+    assert p.tp in (1, 2, 4, 8) and p.vpp == 1 and p.offload == 0.0 and p.micro_batch == 1 and p.cp == 1
+    assert p.recompute == "selective"
+    # Nothing with less model parallelism (tp x pp) fits with selective recompute.
+    smaller = [c for c in candidates(ctx) if c.tp * c.pp < p.tp * p.pp]
+    assert all(not estimate_memory(ctx.model, ctx.cluster, ctx.job, c, runtime=ctx.runtime).fits for c in smaller)
