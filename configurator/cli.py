@@ -160,7 +160,7 @@ def plan(
             print(json.dumps({"plans": [], "search": result.as_dict()}, indent=2))
         raise typer.Exit(3)
     from configurator.conventional import conventional_plan
-    from configurator.render import conventional_dict, conventional_table
+    from configurator.render import conventional_dict, print_conventional
 
     conv = conventional_plan(ctx, constants)
     if as_json:
@@ -175,18 +175,7 @@ def plan(
     best = ranked[0]
     console.print(f"best: {best.plan.describe()} — {best.why}")
     print_best_band(console, spec, hw, job, ranked, objective=objective, oom_risk=oom_risk)
-    if conv is not None:
-        conv_d = conventional_dict(spec, hw, job, best, conv)
-        d = conv_d["vs_winner"]
-        console.print(conventional_table(best, conv))
-        verdict = ("within the error band: the data cannot tell them apart" if d["gain_within_error"]
-                   else "beyond the error band")
-        console.print(f"conventional: {conv.plan.describe()} ({conv.step.tokens_per_s_per_gpu:,.0f} tokens/s per GPU, "
-                      f"p10-p90 {conv_d['time']['tokens_per_s_per_gpu_p10']:,.0f}-"
-                      f"{conv_d['time']['tokens_per_s_per_gpu_p90']:,.0f}, OOM risk {100 * conv_d['oom_risk']:.0f}%); "
-                      f"the winner is {d['gain_pct']:+.1f}%, {verdict}")
-    else:
-        console.print("conventional: no recipe-style plan fits (TP in node, PP across, selective/full recompute)")
+    print_conventional(console, spec, hw, job, best, conv)
     if best.placement is not None and best.default_placement_step_s:
         gain = best.default_placement_step_s / best.step.step_s - 1
         console.print(f"placement: node order {list(best.placement.node_order)} is {100 * gain:.1f}% faster than "

@@ -260,3 +260,20 @@ def conventional_for(ctx: Any, ranked: list[Any], constants: Any = None) -> dict
         return None
     winner = rank_plans(ctx.model, ctx.cluster, ctx.job, ranked)[0].evaluated
     return conventional_dict(ctx.model, ctx.cluster, ctx.job, winner, conv)
+
+
+def print_conventional(console: Any, model: ModelSpec, cluster: ClusterSpec, job: JobSpec, winner: Any,
+                       conv: Any) -> None:
+    """The conventional plan beside the winner: the difference by term, and whether it is beyond the error."""
+    if conv is None:
+        console.print("conventional: no recipe-style plan fits (TP in node, PP across, selective/full recompute)")
+        return
+    conv_d = conventional_dict(model, cluster, job, winner, conv)
+    d = conv_d["vs_winner"]
+    console.print(conventional_table(winner, conv))
+    verdict = ("within the error band: the data cannot tell them apart" if d["gain_within_error"]
+               else "beyond the error band")
+    console.print(f"conventional: {conv.plan.describe()} ({conv.step.tokens_per_s_per_gpu:,.0f} tokens/s per GPU, "
+                  f"p10-p90 {conv_d['time']['tokens_per_s_per_gpu_p10']:,.0f}-"
+                  f"{conv_d['time']['tokens_per_s_per_gpu_p90']:,.0f}, OOM risk {100 * conv_d['oom_risk']:.0f}%); "
+                  f"the winner is {d['gain_pct']:+.1f}%, {verdict}")
