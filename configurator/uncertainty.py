@@ -166,7 +166,7 @@ class ErrorModel:
         oom = exceed_share(self.memory.log_residuals, mw, math.log(capacity_gib / peak_gib)) if peak_gib > 0 else 0.0
         warnings = tuple(f"no validation row measured {name}={value}: the band for it is borrowed from other "
                          f"mechanisms' errors" for name, value in tags.items()
-                         if name != "scale" and not any(row.get(name) == value for row in self.time.tags))
+                         if not any(row.get(name) == value for row in self.time.tags))
         return Band(tokens_per_s_per_gpu=tokens_per_s_per_gpu,
                     tokens_per_s_per_gpu_p10=tokens_per_s_per_gpu * math.exp(tq[0]),
                     tokens_per_s_per_gpu_p25=tokens_per_s_per_gpu * math.exp(tq[1]),
