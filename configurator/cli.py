@@ -24,13 +24,14 @@ from configurator.cli_options import (CalibrationOpt, ClusterOpt, CpOpt, DpOpt, 
                                       PpOpt, PrecisionOpt, RecomputeLayersOpt, RecomputeOpt, SeqLenOpt, ShardingOpt,
                                       SpOpt, TpOpt, VppOpt, _constants, _given_plan, _job, check_database_url,
                                       check_seed, console)
+from configurator.cli_bands import register as register_bands
 from configurator.cli_tools import register as register_tools
 from configurator.cost.step import estimate_step
 from configurator.errors import EnvironmentProblem, InputError
 from configurator.gpu_figures import gpu_figures, gpu_line
 from configurator.memory import RUNTIMES, estimate_memory
 from configurator.profiles import GIB, cluster_names, load_cluster, load_model, model_names, model_published
-from configurator.render import estimate_dict, memory_table, step_table
+from configurator.render import band_text, estimate_dict, memory_table, print_best_band, step_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Pick and check LLM-training parallelism plans without a GPU.")
@@ -134,6 +135,8 @@ def plan(
     calibration: CalibrationOpt = None,
     memory_margin: Annotated[Optional[str], typer.Option("--memory-margin", help="GPU memory the plan must leave free: GiB (e.g. 8) or a percentage of the GPU (e.g. 12%); default: the memory p90 error of the validation report. Plans that fit only without it are marked tight and ranked last.")] = None,
     versus: Annotated[Optional[str], typer.Option("--versus", help="A published plan to compare with, e.g. 'tp=1,pp=16,ep=64,mb=1' (modelled like the search's; says why when the top plan beats it by >15%).")] = None,
+    objective: Annotated[str, typer.Option("--objective", help="Order the plans by p25 (the 25th percentile of the throughput error band, default) or mean (the model's estimate).")] = "p25",
+    oom_risk: Annotated[float, typer.Option("--oom-risk", help="Most probability of running out of memory (from the memory error band) a leading plan may have, 0..1.")] = 0.05,
     as_json: JsonOpt = False,
 ) -> None:
     """Search the plan space for the fastest plans that fit; exit 3 if none fits."""
@@ -169,6 +172,12 @@ def plan(
 
         check_out_dir(out, force=force)
         writable_folder(out, "out", create=True)
+    from configurator.ranking import OBJECTIVES, rank_plans
+
+    if objective not in OBJECTIVES:
+        raise InputError("objective", objective, f"must be one of {', '.join(OBJECTIVES)}")
+    if not 0.0 <= oom_risk <= 1.0:
+        raise InputError("oom_risk", oom_risk, "must be a probability between 0 and 1")
     constants = _constants(calibration)
     margin = parse_margin(memory_margin)
     ctx = SearchContext(model=spec, cluster=hw, job=job, runtime=runtime, framework=framework, memory_margin=margin)
@@ -179,10 +188,11 @@ def plan(
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
                   transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("searching", total=1.0)
-        result = search(ctx, top_k=top, time_budget_s=time_budget, seed=seed, method=method, constants=constants,
+        result = search(ctx, top_k=2 * top, time_budget_s=time_budget, seed=seed, method=method, constants=constants,
                         max_trials=trials, storage=storage, workers=workers,
                         progress=lambda frac, msg: bar.update(task, completed=frac, description=msg))
-    ranked = list(result.ranked)
+    ranked = [r.evaluated for r in rank_plans(spec, hw, job, list(result.ranked), objective=objective,
+                                              oom_risk=oom_risk, top=top)]
     written: list[Path] = []
     held: dict[str, str] = {}
     if ranked and emit is not None and out is not None:
@@ -194,7 +204,8 @@ def plan(
                 found = ranked[0]
             else:  # --emit all: the other framework's own space (and runtime), not the first one's
                 other = search(SearchContext(model=spec, cluster=hw, job=job, framework=target,
-                                             runtime="deepspeed" if target == "deepspeed" else "megatron"),
+                                             runtime="deepspeed" if target == "deepspeed" else "megatron",
+                                             memory_margin=margin),
                                top_k=1, time_budget_s=time_budget, seed=seed, method=method, constants=constants,
                                max_trials=trials)
                 if not other.ranked:
@@ -224,8 +235,14 @@ def plan(
     margin_info = {"memory_margin_gib": round(margin.bytes_for(hw.gpu_memory_bytes) / GIB, 3),
                    "memory_margin": margin.describe()}
     versus_text = versus_line(ctx, ranked[0].step, reference, constants) if reference is not None else None
+    from configurator.conventional import conventional_plan
+    from configurator.render import conventional_dict, print_conventional
+
+    conv = conventional_plan(ctx, constants)
     if as_json:
-        print(json.dumps({"plans": search_plans_dicts(spec, hw, job, ranked), "search": {**result.as_dict(), **margin_info},
+        print(json.dumps({"plans": search_plans_dicts(spec, hw, job, ranked, objective=objective, oom_risk=oom_risk),
+                          "conventional": conventional_dict(spec, hw, job, ranked[0], conv) if conv else None,
+                          "search": {**result.as_dict(), **margin_info},
                           "emitted": [str(p) for p in written], "emitted_plans": held,
                           "gpu_spec": gpu_figures(hw),
                           **({"versus": versus_text} if versus_text is not None else {})}, indent=2))
@@ -240,9 +257,11 @@ def plan(
     if result.truncated:
         console.print("[bold yellow]TRUNCATED: the search's budget cut it short; these are the best plans found, "
                       "not proven optimal (rerun with a larger --time-budget).[/bold yellow]")
-    console.print(plans_table(ranked, hw.gpu_memory_bytes / GIB))
+    console.print(plans_table(ranked, hw.gpu_memory_bytes / GIB, spec, hw, job, objective=objective, oom_risk=oom_risk))
     best = ranked[0]
     console.print(f"best: {best.plan.describe()} — {best.why}")
+    print_best_band(console, spec, hw, job, ranked, objective=objective, oom_risk=oom_risk)
+    print_conventional(console, spec, hw, job, best, conv)
     if versus_text is not None:
         console.print(versus_text)
     if best.placement is not None and best.default_placement_step_s:
@@ -304,11 +323,14 @@ def estimate(
     memory = estimate_memory(spec, hw, job, plan, runtime=runtime)
     constants = _constants(calibration)
     step = estimate_step(spec, hw, job, plan, runtime=runtime, constants=constants)
+    from configurator.uncertainty import band_for
+
+    band = band_for(spec, hw, job, plan, runtime, step.tokens_per_s_per_gpu, memory.peak_bytes, memory.capacity_bytes)
     if svg is not None:
         from configurator.explain import svg as draw, timeline
 
         picture = draw(timeline(spec, hw, job, plan, constants, runtime=runtime), memory,
-                       title=f"{spec.name} on {hw.num_gpus} x {hw.gpu.key}: {plan.describe()}")
+                       title=f"{spec.name} on {hw.num_gpus} x {hw.gpu.key}: {plan.describe()}", band=band)
         from configurator.emit.files import write_file_atomic
 
         try:
@@ -337,6 +359,9 @@ def estimate(
                   f"{step.model_tflops_per_gpu:.0f} model TFLOP/s per GPU, MFU {100 * step.mfu:.1f}% "
                   f"(of {step.peak_flops / 1e12:.0f} TFLOP/s {precision} peak; bubble "
                   f"{100 * step.bubble_fraction:.1f}%)")
+    console.print(band_text(band))
+    for warning in band.warnings:
+        console.print(f"[yellow]warning[/yellow]: {warning}")
 
 
 HostsOpt = Annotated[Optional[str], typer.Option("--hosts", help="Host names of the cluster's nodes, comma-separated, in the cluster profile's node order (the launch files keep the placement's order over them).")]
@@ -434,6 +459,7 @@ def _framework_and_runtime(framework: str | None, runtime: str | None, emit: str
 app.command(name="explain", help="Where a given plan's step goes: estimate's output, and with --svg the "
             "pipeline timeline and memory per stage as a picture.")(estimate)
 register_tools(app)
+register_bands(app)
 
 
 def main() -> None:

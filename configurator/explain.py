@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from html import escape
 
 from configurator.cost.constants import CostConstants
-from configurator.cost.step import StepReport, _all_stage_times, _rates_for, evaluate, prepare
-from configurator.cost.comm import LinkEfficiency
+from configurator.cost.step import StepReport, operation_times, prepare
 from configurator.memory import MemoryReport
 from configurator.placement import Placement
 from configurator.profiles import GIB
@@ -23,6 +22,7 @@ from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
 from configurator.specs.plan import Plan
+from configurator.uncertainty import Band
 
 FORWARD, BACKWARD, COMM, TAIL, OPTIM = "#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#9c755f"
 MEMORY_COLOURS = (("weights", "#4e79a7"), ("grads", "#f28e2b"), ("optimizer", "#e15759"),
@@ -45,38 +45,33 @@ def timeline(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan, c
              placement: Placement | None = None, runtime: str = "megatron") -> Timeline:
     from configurator.cost.schedule import simulate
 
-    inputs = prepare(model, cluster, job, plan, placement, runtime=runtime)
-    step = evaluate(inputs, constants)
-    rates = _rates_for(inputs, constants)
-    comm = inputs.comm.with_efficiency(LinkEfficiency(nvlink=constants["link.nvlink"],
-                                                      scale_out=constants["link.scale_out"]))
-    per_stage = _all_stage_times(inputs, rates, comm, constants)
-    per_mb = constants["overhead.microbatch_s"] / plan.vpp
-    fwd = [sum(f.values()) + per_mb / 3 for f, _, _ in per_stage]
-    bwd = [sum(b.values()) + 2 * per_mb / 3 for _, b, _ in per_stage]
-    shares = tuple(((sum(f.values()) - f["compute"]) / fwd[v] if fwd[v] else 0.0,
-                    (sum(b.values()) - b["compute"]) / bwd[v] if bwd[v] else 0.0)
-                   for v, (f, b, _) in enumerate(per_stage))
-    sends = [comm.p2p_stage_s(r, inputs.p2p_bytes) for r in range(plan.pp)]
-    result = simulate(pp=plan.pp, vpp=plan.vpp, num_microbatches=inputs.num_microbatches, forward_s=fwd,
-                      backward_s=bwd, send_forward_s=sends, send_backward_s=sends, trace=True)
+    times = operation_times(prepare(model, cluster, job, plan, placement, runtime=runtime), constants)
+    result = simulate(pp=plan.pp, vpp=plan.vpp, num_microbatches=times.num_microbatches,
+                      forward_s=list(times.forward_s), backward_s=list(times.backward_s),
+                      send_forward_s=list(times.send_s), send_backward_s=list(times.send_s), trace=True)
+    step, shares = times.step, times.exposed_comm_share
     return Timeline(ops=result.ops, comm_share=shares, makespan_s=result.makespan_s, step=step)
 
 
-def svg(tl: Timeline, memory: MemoryReport, *, title: str, width: int = 1100) -> str:
-    """The two-panel picture (module docstring) as an SVG document."""
+def svg(tl: Timeline, memory: MemoryReport, *, title: str, width: int = 1100, band: Band | None = None) -> str:
+    """The two-panel picture (module docstring) as an SVG document; with ``band`` (``uncertainty.Band``)
+    the step time's and the peak memory's p10-p90 error bands are drawn as whiskers, with the OOM risk."""
     step = tl.step
     terms = dict(step.breakdown_s)
     tail = step.step_s - tl.makespan_s
     ranks = max((op[0] for op in tl.ops), default=0) + 1
     left, top, row_h = 90, 56, 22
     plot_w = width - left - 30
-    scale = plot_w / step.step_s if step.step_s else 1.0
-    height_tl = top + ranks * (row_h + 6) + 30
+    # Step time at the throughput band's ends: the slow end (p10 throughput) may lie past the model's step.
+    fast_s = step.step_s * band.tokens_per_s_per_gpu / band.tokens_per_s_per_gpu_p90 if band else step.step_s
+    slow_s = step.step_s * band.tokens_per_s_per_gpu / band.tokens_per_s_per_gpu_p10 if band else step.step_s
+    span_s = max(step.step_s, slow_s)
+    scale = plot_w / span_s if span_s else 1.0
+    height_tl = top + ranks * (row_h + 6) + 30 + (22 if band else 0)
     mem_top = height_tl + 40
     stages = memory.stages
     bar_h = 16
-    height = mem_top + 30 + len(stages) * (bar_h + 8) + 40
+    height = mem_top + 30 + len(stages) * (bar_h + 8) + 40 + (20 if band else 0)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
            f'<title>{escape(title)}</title>',
@@ -112,8 +107,21 @@ def svg(tl: Timeline, memory: MemoryReport, *, title: str, width: int = 1100) ->
                        f'optimizer ({terms["optimizer"] + terms["offload"]:.4f} s), overhead; dp_comm total '
                        f'{dp_end:.4f} s</title></rect>')
     axis_y = top + ranks * (row_h + 6) + 4
+    if band is not None:
+        y = axis_y + 8
+        x0, x1, xm = left + fast_s * scale, left + slow_s * scale, left + step.step_s * scale
+        out.append(f'<g class="band step-band"><title>step time p10-p90 from the validation runs\' out-of-sample '
+                   f'errors: {fast_s:.3f}-{slow_s:.3f} s ({band.tokens_per_s_per_gpu_p90:,.0f}-'
+                   f'{band.tokens_per_s_per_gpu_p10:,.0f} tokens/s per GPU)</title>'
+                   f'<line x1="{x0:.1f}" y1="{y}" x2="{x1:.1f}" y2="{y}" stroke="#333" stroke-width="2"/>'
+                   f'<line x1="{x0:.1f}" y1="{y - 5}" x2="{x0:.1f}" y2="{y + 5}" stroke="#333" stroke-width="2"/>'
+                   f'<line x1="{x1:.1f}" y1="{y - 5}" x2="{x1:.1f}" y2="{y + 5}" stroke="#333" stroke-width="2"/>'
+                   f'<circle cx="{xm:.1f}" cy="{y}" r="3" fill="#333"/></g>')
+        out.append(f'<text x="{x0 - 6:.1f}" y="{y + 4}" text-anchor="end">step p10-p90 {fast_s:.2f}-{slow_s:.2f} s '
+                   f'({band.tokens_per_s_per_gpu_p10:,.0f}-{band.tokens_per_s_per_gpu_p90:,.0f} tokens/s per GPU)</text>')
+        axis_y += 22
     for i in range(6):
-        t = step.step_s * i / 5
+        t = span_s * i / 5
         x = left + t * scale
         out.append(f'<line x1="{x:.1f}" y1="{axis_y}" x2="{x:.1f}" y2="{axis_y + 5}" stroke="#333"/>')
         out.append(f'<text x="{x:.1f}" y="{axis_y + 17}" text-anchor="middle">{t:.2f} s</text>')
@@ -126,8 +134,8 @@ def svg(tl: Timeline, memory: MemoryReport, *, title: str, width: int = 1100) ->
         lx += 14 + 7 * len(label) + 20
     # Memory panel.
     cap = memory.capacity_bytes
-    biggest = max([cap] + [s.total_bytes for s in stages])
-    mscale = plot_w / biggest
+    biggest = max([cap] + [s.total_bytes for s in stages] + ([band.peak_gib_p90 * GIB] if band else []))
+    mscale = (plot_w - 70) / biggest  # room for the total's label after the longest bar or whisker
     out.append(f'<text x="10" y="{mem_top}" font-size="13" font-weight="bold">Memory per GPU by pipeline stage '
                f'(capacity {cap / GIB:.1f} GiB)</text>')
     for i, s in enumerate(stages):
@@ -141,7 +149,20 @@ def svg(tl: Timeline, memory: MemoryReport, *, title: str, width: int = 1100) ->
             out.append(f'<rect class="mem {name}" x="{x:.2f}" y="{y}" width="{w:.2f}" height="{bar_h}" fill="{colour}">'
                        f'<title>{name}: {parts[name] / GIB:.2f} GiB</title></rect>')
             x += w
-        out.append(f'<text x="{x + 4:.1f}" y="{y + 12}">{s.total_bytes / GIB:.1f} GiB</text>')
+        label_x = x if band is None or s.stage != memory.peak.stage else max(x, left + band.peak_gib_p90 * GIB * mscale)
+        out.append(f'<text x="{label_x + 4:.1f}" y="{y + 12}">{s.total_bytes / GIB:.1f} GiB</text>')
+    if band is not None:
+        i = next(k for k, s in enumerate(stages) if s.stage == memory.peak.stage)
+        y = mem_top + 14 + i * (bar_h + 8) + bar_h / 2
+        x0, x1 = left + band.peak_gib_p10 * GIB * mscale, left + band.peak_gib_p90 * GIB * mscale
+        out.append(f'<g class="band memory-band"><title>peak memory p10-p90 {band.peak_gib_p10:.1f}-'
+                   f'{band.peak_gib_p90:.1f} GiB; OOM risk {100 * band.oom_risk:.0f}%</title>'
+                   f'<line x1="{x0:.1f}" y1="{y}" x2="{x1:.1f}" y2="{y}" stroke="#111" stroke-width="2"/>'
+                   f'<line x1="{x0:.1f}" y1="{y - 6}" x2="{x0:.1f}" y2="{y + 6}" stroke="#111" stroke-width="2"/>'
+                   f'<line x1="{x1:.1f}" y1="{y - 6}" x2="{x1:.1f}" y2="{y + 6}" stroke="#111" stroke-width="2"/></g>')
+        out.append(f'<text x="10" y="{mem_top + 14 + len(stages) * (bar_h + 8) + 36}">peak p10-p90 '
+                   f'{band.peak_gib_p10:.1f}-{band.peak_gib_p90:.1f} GiB, OOM risk {100 * band.oom_risk:.0f}% '
+                   f'(out-of-sample memory errors of the validation runs)</text>')
     cap_x = left + cap * mscale
     last_y = mem_top + 14 + len(stages) * (bar_h + 8)
     out.append(f'<line class="capacity" x1="{cap_x:.1f}" y1="{mem_top + 8}" x2="{cap_x:.1f}" y2="{last_y}" '

@@ -15,6 +15,8 @@ from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
 from configurator.specs.plan import Plan
+from configurator.ranking import DEFAULT_OBJECTIVE, DEFAULT_OOM_RISK, rank_plans, vs_best
+from configurator.uncertainty import Band, band_for
 
 
 def plan_dict(plan: Plan, job: JobSpec) -> dict[str, Any]:
@@ -45,7 +47,33 @@ def estimate_dict(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
     }
     if step is not None:
         out["time"] = step.as_dict()
+    add_band(out, band_for(model, cluster, job, plan, memory.runtime,
+                           step.tokens_per_s_per_gpu if step is not None else 0.0,
+                           memory.peak_bytes, memory.capacity_bytes))
     return out
+
+
+def add_band(out: dict[str, Any], band: Band) -> dict[str, Any]:
+    """INTERFACE.md's uncertainty keys (``time.tokens_per_s_per_gpu_p10``/``_p90``, ``memory.peak_gib_p10``/
+    ``_p90``, ``oom_risk``) and what the band rests on, added to an estimate object."""
+    if "time" in out:
+        out["time"]["tokens_per_s_per_gpu_p10"] = round(band.tokens_per_s_per_gpu_p10, 3)
+        out["time"]["tokens_per_s_per_gpu_p25"] = round(band.tokens_per_s_per_gpu_p25, 3)
+        out["time"]["tokens_per_s_per_gpu_p90"] = round(band.tokens_per_s_per_gpu_p90, 3)
+    out["memory"]["peak_gib_p10"] = round(band.peak_gib_p10, 3)
+    out["memory"]["peak_gib_p90"] = round(band.peak_gib_p90, 3)
+    out["oom_risk"] = round(band.oom_risk, 4)
+    out["uncertainty"] = {"band": "p10-p90 of out-of-sample errors on the validation runs (profiles/error_bands.json)",
+                          "effective_rows": round(band.effective_rows, 1), "tags": band.tags,
+                          "warnings": list(band.warnings)}
+    return out
+
+
+def band_text(band: Band) -> str:
+    """One line: the throughput and peak-memory bands and the OOM risk."""
+    return (f"p10-p90 {band.tokens_per_s_per_gpu_p10:,.0f}-{band.tokens_per_s_per_gpu_p90:,.0f} tokens/s per GPU; "
+            f"peak memory p10-p90 {band.peak_gib_p10:.1f}-{band.peak_gib_p90:.1f} GiB of {band.capacity_gib:.1f}, "
+            f"OOM risk {100 * band.oom_risk:.0f}% (band from {band.effective_rows:.0f} effective validation rows)")
 
 
 def step_table(step: StepReport) -> Table:
@@ -87,11 +115,15 @@ def lost_reason(plan_step: StepReport, best_step: StepReport) -> str:
     return f"{100 * slower:.1f}% slower, mostly {term.replace('_', ' ')} (+{delta:.3f} s)"
 
 
-def search_plans_dicts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, ranked: list[Any]) -> list[dict[str, Any]]:
-    """INTERFACE.md's ``plans`` list: estimate objects plus placement, choices and why each lost."""
+def search_plans_dicts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, ranked: list[Any], *,
+                       objective: str = DEFAULT_OBJECTIVE, oom_risk: float = DEFAULT_OOM_RISK,
+                       top: int | None = None) -> list[dict[str, Any]]:
+    """INTERFACE.md's ``plans`` list: estimate objects plus placement, choices and why each lost, in the
+    risk-aware order of ``ranking.py`` (``tied_with_best`` where the band overlaps the leader's)."""
     out = []
-    best = ranked[0].step if ranked else None
-    for e in ranked:
+    ordered = rank_plans(model, cluster, job, ranked, objective=objective, oom_risk=oom_risk, top=top)
+    for r in ordered:
+        e = r.evaluated
         d = estimate_dict(model, cluster, job, e.plan, e.memory, [e.why], e.step)
         warnings = megatron_warnings(e.plan, cluster.gpu.family)
         if warnings:
@@ -105,12 +137,40 @@ def search_plans_dicts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, ran
             d["placement"]["default_order_step_s"] = round(e.default_placement_step_s, 6)
         d["why"] = e.why
         d["tight"] = bool(getattr(e, "tight", False))
-        d["vs_best"] = lost_reason(e.step, best) if best is not None else ""
+        d["vs_best"] = vs_best(r, ordered[0], oom_risk, objective)
+        d["tied_with_best"] = r.tied_with_best
+        d["rank"] = {"objective": objective, "score_tokens_per_s_per_gpu": round(r.score, 3),
+                     "oom_risk_limit": oom_risk, "over_oom_risk_limit": r.over_oom_limit}
         out.append(d)
     return out
 
 
-def plans_table(ranked: list[Any], capacity_gib: float) -> Table:
+def plans_table(ranked: list[Any], capacity_gib: float, model: ModelSpec | None = None,
+                cluster: ClusterSpec | None = None, job: JobSpec | None = None, *,
+                objective: str = DEFAULT_OBJECTIVE, oom_risk: float = DEFAULT_OOM_RISK,
+                top: int | None = None) -> Table:
+    """The top-k table; with the model, cluster and job it shows the error bands in the risk-aware order."""
+    if model is None or cluster is None or job is None:
+        return _plain_plans_table(ranked, capacity_gib)
+    ordered = rank_plans(model, cluster, job, ranked, objective=objective, oom_risk=oom_risk, top=top)
+    table = Table(title=f"Best plans (modelled; ordered by {objective} throughput, OOM risk <= {100 * oom_risk:g}%)")
+    for col in ("#", "plan", "tokens/s/GPU", "p10-p90", "MFU", "peak GiB (p90)", "OOM risk",
+                "compute/bubble/comm s", "vs best"):
+        table.add_column(col, justify="left" if col in ("plan", "vs best") else "right")
+    for i, r in enumerate(ordered, 1):
+        e, b = r.evaluated, r.band
+        t = dict(e.step.breakdown_s)
+        comm = sum(t[k] for k in ("tp_comm", "cp_comm", "ep_comm", "pp_comm", "dp_comm"))
+        why = vs_best(r, ordered[0], oom_risk, objective) + ("; [bold]tied within error[/bold]" if r.tied_with_best else "")
+        table.add_row(str(i), e.plan.describe(), f"{e.step.tokens_per_s_per_gpu:,.0f}",
+                      f"{b.tokens_per_s_per_gpu_p10:,.0f}-{b.tokens_per_s_per_gpu_p90:,.0f}",
+                      f"{100 * e.step.mfu:.1f}%", f"{b.peak_gib:.1f} ({b.peak_gib_p90:.1f})/{capacity_gib:.0f}",
+                      f"{100 * b.oom_risk:.0f}%", f"{t['compute']:.2f} / {t['pipeline_bubble']:.2f} / {comm:.2f}",
+                      why)
+    return table
+
+
+def _plain_plans_table(ranked: list[Any], capacity_gib: float) -> Table:
     table = Table(title="Best plans (modelled)")
     for col in ("#", "plan", "tokens/s/GPU", "MFU", "peak GiB", "step s", "compute / bubble / comm s", "vs best"):
         table.add_column(col, justify="left" if col in ("plan", "vs best") else "right", overflow="fold")
@@ -138,3 +198,89 @@ def error_table(title: str, by_source: list[dict[str, Any]], *, signed: bool) ->
             cells.append(f"{s['median_error_pct']:+.1f}")
         table.add_row(*cells)
     return table
+
+
+def print_best_band(console: Any, model: ModelSpec, cluster: ClusterSpec, job: JobSpec, ranked: list[Any], *,
+                    objective: str = DEFAULT_OBJECTIVE, oom_risk: float = DEFAULT_OOM_RISK) -> None:
+    """The best plan's band, which plans the error cannot separate from it, and where the band is blind."""
+    ordered = rank_plans(model, cluster, job, ranked, objective=objective, oom_risk=oom_risk)
+    best = ordered[0]
+    console.print(f"  {band_text(best.band)}")
+    tied = [str(i) for i, r in enumerate(ordered, 1) if r.tied_with_best]
+    if tied:
+        console.print(f"  tied within error with the best: #{', #'.join(tied)} (their p10-p90 bands overlap "
+                      f"the best's; the validation data cannot say which is faster)")
+    if best.over_oom_limit:
+        from configurator.uncertainty import load_error_model
+
+        factor = load_error_model().memory_headroom(best.band.tags, oom_risk)
+        console.print(f"  [red]warning[/red]: every plan shown has an OOM risk above {100 * oom_risk:g}%: the "
+                      f"search fills memory to the modelled capacity; an OOM risk of {100 * oom_risk:g}% needs a "
+                      f"modelled peak under {best.band.capacity_gib / factor:.1f} GiB (the memory band's "
+                      f"{100 * (1 - oom_risk):g}th percentile is x{factor:.2f} the model)")
+    for w in best.band.warnings:
+        console.print(f"  [yellow]warning[/yellow]: {w}")
+
+
+def conventional_dict(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, winner: Any, conv: Any) -> dict[str, Any]:
+    """The conventional plan's estimate object beside the winner, the difference split by mechanism, and
+    whether the winner's gain is beyond the error (their p10-p90 bands do not overlap)."""
+    from configurator.conventional import RECIPE, comparison
+
+    d = estimate_dict(model, cluster, job, conv.plan, conv.memory, ["conventional: " + RECIPE], conv.step)
+    wb = band_for(model, cluster, job, winner.plan, winner.memory.runtime, winner.step.tokens_per_s_per_gpu,
+                  winner.memory.peak_bytes, winner.memory.capacity_bytes)
+    cb = band_for(model, cluster, job, conv.plan, conv.memory.runtime, conv.step.tokens_per_s_per_gpu,
+                  conv.memory.peak_bytes, conv.memory.capacity_bytes)
+    d["recipe"] = RECIPE
+    d["vs_winner"] = {**comparison(winner.step, conv.step), "gain_within_error": wb.overlaps(cb)}
+    return d
+
+
+def conventional_table(winner: Any, conv: Any) -> Table:
+    """Where the winner's step differs from the conventional plan's, term by term."""
+    from configurator.conventional import difference_by_mechanism
+
+    saved = difference_by_mechanism(winner.step, conv.step)
+    theirs = dict(conv.step.breakdown_s)
+    table = Table(title=f"Winner vs the conventional plan {conv.plan.describe()} (s per step)")
+    for col in ("term", "conventional", "winner", "winner saves"):
+        table.add_column(col, justify="left" if col == "term" else "right")
+    for k, v in winner.step.breakdown_s:
+        if v > 0 or theirs[k] > 0:
+            table.add_row(k, f"{theirs[k]:.3f}", f"{v:.3f}", f"{saved[k]:+.3f}")
+    table.add_row("[bold]step[/bold]", f"{conv.step.step_s:.3f}", f"{winner.step.step_s:.3f}",
+                  f"{conv.step.step_s - winner.step.step_s:+.3f}")
+    return table
+
+
+def conventional_for(ctx: Any, ranked: list[Any], constants: Any = None) -> dict[str, Any] | None:
+    """``conventional_dict`` for a search's plans (the risk-aware leader against the recipe-style plan of
+    ``conventional.py``); None when no recipe-style plan fits or nothing was found."""
+    from configurator.conventional import conventional_plan
+    from configurator.cost.constants import load_calibration
+
+    if not ranked:
+        return None
+    conv = conventional_plan(ctx, constants or load_calibration())
+    if conv is None:
+        return None
+    winner = rank_plans(ctx.model, ctx.cluster, ctx.job, ranked)[0].evaluated
+    return conventional_dict(ctx.model, ctx.cluster, ctx.job, winner, conv)
+
+
+def print_conventional(console: Any, model: ModelSpec, cluster: ClusterSpec, job: JobSpec, winner: Any,
+                       conv: Any) -> None:
+    """The conventional plan beside the winner: the difference by term, and whether it is beyond the error."""
+    if conv is None:
+        console.print("conventional: no recipe-style plan fits (TP in node, PP across, selective/full recompute)")
+        return
+    conv_d = conventional_dict(model, cluster, job, winner, conv)
+    d = conv_d["vs_winner"]
+    console.print(conventional_table(winner, conv))
+    verdict = ("within the error band: the data cannot tell them apart" if d["gain_within_error"]
+               else "beyond the error band")
+    console.print(f"conventional: {conv.plan.describe()} ({conv.step.tokens_per_s_per_gpu:,.0f} tokens/s per GPU, "
+                  f"p10-p90 {conv_d['time']['tokens_per_s_per_gpu_p10']:,.0f}-"
+                  f"{conv_d['time']['tokens_per_s_per_gpu_p90']:,.0f}, OOM risk {100 * conv_d['oom_risk']:.0f}%); "
+                  f"the winner is {d['gain_pct']:+.1f}%, {verdict}")

@@ -196,6 +196,9 @@ def write_report(predictions: list[Prediction], summary: ValidationSummary, out:
                 lines.append(f"| {g['group']} | {g['rows']} | {g['median_abs_error_pct']} | {g['p90_abs_error_pct']} | "
                              f"{g['median_error_pct']:+} |")
         lines.append("")
+    from configurator.uncertainty import coverage_markdown
+
+    lines += coverage_markdown()
     lines += ["## Plots", "", "![throughput](throughput.png)", "", "![memory](memory.png)", "",
               "![errors by group](error_by_group.png)", "", "## Throughput error by group", ""]
     lines += _group_table("By source", by_source)

@@ -40,7 +40,9 @@ from configurator.specs.plan import RECOMPUTES, Plan
 
 OUTPUT_COLUMNS = ("run_id", "predicted_tokens_per_s_per_gpu", "predicted_step_s", "predicted_peak_mem_gib",
                   "predicted_fits", "error", "measured_tokens_per_s_per_gpu", "throughput_error_pct", "mem_kind",
-                  "measured_mem_gib", "predicted_mem_as_measured_gib", "mem_error_pct", "runtime", "assumptions")
+                  "measured_mem_gib", "predicted_mem_as_measured_gib", "mem_error_pct", "runtime", "assumptions",
+                  "predicted_tokens_per_s_per_gpu_p10", "predicted_tokens_per_s_per_gpu_p90",
+                  "predicted_peak_mem_gib_p90")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -108,7 +110,22 @@ class Prediction:
             "mem_error_pct": "" if err is None else f"{err:.1f}",
             "runtime": self.case.runtime,
             "assumptions": "; ".join(self.case.assumptions),
+            **self.band_columns(),
         }
+
+    def band_columns(self) -> dict[str, str]:
+        """The error-band columns of ``validate --out`` (``uncertainty.py``; empty where not predicted)."""
+        from configurator.uncertainty import band_for
+
+        mem, step, c = self.memory, self.step, self.case
+        if mem is None or step is None or not (c.model and c.cluster and c.job and c.plan):
+            return {"predicted_tokens_per_s_per_gpu_p10": "", "predicted_tokens_per_s_per_gpu_p90": "",
+                    "predicted_peak_mem_gib_p90": ""}
+        band = band_for(c.model, c.cluster, c.job, c.plan, c.runtime, step.tokens_per_s_per_gpu, mem.peak_bytes,
+                        mem.capacity_bytes)
+        return {"predicted_tokens_per_s_per_gpu_p10": f"{band.tokens_per_s_per_gpu_p10:.1f}",
+                "predicted_tokens_per_s_per_gpu_p90": f"{band.tokens_per_s_per_gpu_p90:.1f}",
+                "predicted_peak_mem_gib_p90": f"{band.peak_gib_p90:.2f}"}
 
 
 PARTIAL_RECOMPUTE_RUNTIMES = ("megatron", "nemo")

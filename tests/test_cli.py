@@ -143,8 +143,10 @@ def test_validate_report_writes_page_and_plots(tmp_path, published_runs) -> None
 
 
 def test_plan_json_lists_ranked_plans_and_the_search() -> None:
+    # The model's own order (the default ranks by the error band's p25 under an OOM-risk limit:
+    # tests/test_uncertainty.py).
     proc = run("plan", "--model", "llama3-8b", "--cluster", "dgx-h100", "--num-gpus", "16", "--seq-len", "4096",
-               "--global-batch", "64", "--top", "3", "--json")
+               "--global-batch", "64", "--top", "3", "--objective", "mean", "--oom-risk", "1", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert len(out["plans"]) == 3

@@ -533,3 +533,37 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
 
 __all__ = ["ADAM_BYTES_PER_PARAM", "BREAKDOWN_TERMS", "StepInputs", "StepReport", "busy_lower_bound", "estimate_step",
            "evaluate", "prepare"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OperationTimes:
+    """What a drawing of the step needs (``explain.py``): per virtual stage, how long one micro-batch's
+    forward and backward take and which share of each is exposed communication, and per pipeline rank the
+    time of one activation send. The same numbers ``evaluate`` feeds its schedule, so picture and total agree."""
+
+    forward_s: tuple[float, ...]
+    backward_s: tuple[float, ...]
+    exposed_comm_share: tuple[tuple[float, float], ...]
+    """(forward, backward) share of the operation that is communication not hidden behind compute."""
+    send_s: tuple[float, ...]
+    num_microbatches: int
+    step: StepReport
+
+
+def operation_times(inp: StepInputs, constants: CostConstants) -> OperationTimes:
+    """The per-operation times of a prepared step (``OperationTimes``), with its ``StepReport``."""
+    c = constants
+    comm = inp.comm.with_efficiency(LinkEfficiency(nvlink=c["link.nvlink"], scale_out=c["link.scale_out"]))
+    per_stage = _all_stage_times(inp, _rates_for(inp, c), comm, c)
+    per_mb = c["overhead.microbatch_s"] / inp.plan.vpp
+    fwd = [sum(f.values()) + per_mb / 3 for f, _, _ in per_stage]
+    bwd = [sum(b.values()) + 2 * per_mb / 3 for _, b, _ in per_stage]
+    shares = tuple(((sum(f.values()) - f["compute"]) / fwd[v] if fwd[v] else 0.0,
+                    (sum(b.values()) - b["compute"]) / bwd[v] if bwd[v] else 0.0)
+                   for v, (f, b, _) in enumerate(per_stage))
+    sends = tuple(comm.p2p_stage_s(r, inp.p2p_bytes) for r in range(inp.plan.pp))
+    return OperationTimes(forward_s=tuple(fwd), backward_s=tuple(bwd), exposed_comm_share=shares, send_s=sends,
+                          num_microbatches=inp.num_microbatches, step=evaluate(inp, c))
+
+
+__all__ += ["OperationTimes", "operation_times"]

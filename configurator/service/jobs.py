@@ -61,7 +61,7 @@ def near_memory_limit(fraction: float = 0.9) -> bool:
 def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None) -> None:
     """Worker entry point: run the search of a stored job and store the outcome (never raises)."""
     from configurator.margin import parse_margin
-    from configurator.render import search_plans_dicts
+    from configurator.render import conventional_for, search_plans_dicts
     from configurator.search.optimize import search
     from configurator.search.space import SearchContext
     from configurator.service.store import Store, is_store_error
@@ -97,8 +97,10 @@ def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None) -> None:
         result = search(ctx, top_k=request.get("top", 5), time_budget_s=request.get("time_budget", 8.0),
                         seed=request.get("seed", 0), method=method, progress=progress,
                         storage=db_url if method == "optuna" else None)
-        payload = {"plans": search_plans_dicts(model, cluster, spec, list(result.ranked)),
-                   "search": result.as_dict()}
+        payload = {"plans": search_plans_dicts(model, cluster, spec, list(result.ranked),
+                                               objective=request.get("objective", "p25"),
+                                               oom_risk=request.get("oom_risk", 0.05)),
+                   "conventional": conventional_for(ctx, list(result.ranked)), "search": result.as_dict()}
         if not result.ranked:
             need = (f"; the smallest candidate needs {result.smallest_need_bytes / 2**30:.1f} GiB"
                     if result.smallest_need_bytes else "")

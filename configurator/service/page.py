@@ -1,9 +1,12 @@
-"""The HTML page of a plan job (``GET /plans/{id}``): status, the top-k table, and the best plan drawn as
-``configurator explain --svg`` draws it (pipeline timeline, memory per stage against capacity)."""
+"""The HTML page of a plan job (``GET /plans/{id}``): status, the top-k table with the error bands, the
+conventional plan beside the best, and the best plan drawn as ``configurator explain --svg`` draws it
+(pipeline timeline and memory per stage, with their bands). Rendered from the Jinja2 template
+``configurator/templates/plan_page.html`` (autoescaped; only the SVG, built by ``explain.py`` with its
+own escaping, is inserted as markup)."""
 
 from __future__ import annotations
 
-from html import escape
+from functools import lru_cache
 from typing import Any
 
 from configurator.service.store import Job, Store
@@ -17,6 +20,7 @@ def _best_svg(job: Job, store: Store) -> str:
     from configurator.service.jobs import build_cluster
     from configurator.specs.job import JobSpec
     from configurator.specs.plan import plan_from_dict
+    from configurator.uncertainty import band_for
 
     best = job.result["plans"][0]  # type: ignore[index]
     request = job.request
@@ -29,43 +33,32 @@ def _best_svg(job: Job, store: Store) -> str:
     runtime = best["time"].get("runtime", "megatron")
     tl = timeline(model, cluster, spec, plan, load_calibration(), runtime=runtime)
     memory = estimate_memory(model, cluster, spec, plan, runtime=runtime)
-    return svg(tl, memory, title=f"best plan: {plan.describe()}")
+    band = band_for(model, cluster, spec, plan, runtime, tl.step.tokens_per_s_per_gpu, memory.peak_bytes,
+                    memory.capacity_bytes)
+    return svg(tl, memory, title=f"best plan: {plan.describe()}", band=band)
+
+
+def _describe(plan: dict[str, Any]) -> str:
+    from configurator.specs.plan import plan_from_dict
+
+    return plan_from_dict(plan).describe()
+
+
+@lru_cache(maxsize=1)
+def _environment():  # type: ignore[no-untyped-def]
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("configurator", "templates"), autoescape=select_autoescape(["html"]))
+    env.filters["describe"] = _describe
+    return env
 
 
 def render_page(job: Job, store: Store) -> str:
-    r = job.request
-    head = (f"<!doctype html><html><head><meta charset='utf-8'><title>plan {escape(job.id)}</title>"
-            "<style>body{font-family:sans-serif;margin:24px}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td.l,th.l{text-align:left}</style>"
-            "</head><body>")
-    parts = [head, f"<h1>{escape(r['model'])} on {escape(r['cluster'])}</h1>",
-             f"<p id='status'>status: <b>{escape(job.status)}</b>, progress {100 * job.progress:.0f}%</p>"]
-    if job.error:
-        parts.append(f"<p id='error'>{escape(job.error)}</p>")
-    if job.truncated:
-        budget = ((job.result or {}).get("search") or {}).get("budget_s")
-        within = f" of {budget:g} s" if isinstance(budget, (int, float)) else ""
-        parts.append("<p id='truncated' style='background:#fff3cd;border:1px solid #e0b000;padding:8px'>"
-                     f"<b>Search cut short</b>: it hit its time budget{escape(within)} before it covered every "
-                     "candidate, so a better plan may exist. This answer is not cached: the same request runs the "
-                     "search again.</p>")
-    plans: list[dict[str, Any]] = (job.result or {}).get("plans", [])
-    if plans:
-        parts.append("<table id='plans'><tr><th>#</th><th class='l'>plan</th><th>tokens/s/GPU</th><th>MFU</th>"
-                     "<th>peak GiB</th><th>step s</th><th class='l'>vs best</th></tr>")
-        for i, p in enumerate(plans, 1):
-            pl = p["plan"]
-            desc = (f"TP{pl['tp']} PP{pl['pp']} VPP{pl['vpp']} CP{pl['cp']} DP{pl['dp']} EP{pl['ep']} "
-                    f"mb{pl['micro_batch']} {pl['sharding']} rc={pl['recompute']} offload={pl['offload']:g}")
-            parts.append(f"<tr><td>{i}</td><td class='l'>{escape(desc)}</td>"
-                         f"<td>{p['time']['tokens_per_s_per_gpu']:,.0f}</td><td>{100 * p['time']['mfu']:.1f}%</td>"
-                         f"<td>{p['memory']['peak_gib']:.1f}</td><td>{p['time']['step_s']:.3f}</td>"
-                         f"<td class='l'>{escape(p.get('vs_best', ''))}</td></tr>")
-        parts.append("</table><h2>The best plan's step</h2><div id='timeline'>")
-        parts.append(_best_svg(job, store))
-        parts.append("</div>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    result = job.result or {}
+    plans: list[dict[str, Any]] = result.get("plans", [])
+    return _environment().get_template("plan_page.html").render(
+        job=job, request=job.request, plans=plans, conventional=result.get("conventional"),
+        svg=_best_svg(job, store) if plans else "")
 
 
 __all__ = ["render_page"]
