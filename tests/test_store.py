@@ -91,3 +91,88 @@ def test_truncated_page_says_so(store) -> None:  # type: ignore[no-untyped-def]
     assert "id='truncated'" in page and "time budget of 8 s" in page
     store.update_job(job.id, result={"plans": [], "search": {"truncated": False}})
     assert "id='truncated'" not in render_page(store.get_job(job.id), store)
+
+
+# ----- claims through the database (several servers and worker hosts on one store) -----
+
+def test_each_job_is_claimed_by_one_claimer_oldest_first(store) -> None:  # type: ignore[no-untyped-def]
+    first = store.create_job(uuid.uuid4().hex, {"n": 1})
+    second = store.create_job(uuid.uuid4().hex, {"n": 2})
+    a, b = store.claim("a" * 8), store.claim("b" * 8)
+    assert (a.id, b.id) == (first.id, second.id) and a.status == b.status == "running"
+    assert store.claim("c" * 8) is None  # both held under live leases
+    assert store.claim("d" * 8, job_id=first.id) is None
+
+
+def test_concurrent_claimers_never_share_a_job(store) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    ids = {store.create_job(uuid.uuid4().hex, {"n": i}).id for i in range(24)}
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def claimer() -> None:
+        while True:
+            job = store.claim(str(uuid.uuid4()))
+            if job is None:
+                return
+            with lock:
+                got.append(job.id)
+
+    threads = [threading.Thread(target=claimer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == sorted(ids)  # every job once: none twice, none left
+
+
+def test_an_expired_lease_is_taken_over_and_the_late_owner_cannot_finish(store) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    job = store.create_job(uuid.uuid4().hex, {"n": 1})
+    assert store.claim("dead-host", lease_s=0.3).id == job.id
+    assert store.renew(job.id, "dead-host", 0.3)  # the heartbeat holds it
+    assert store.claim("other", lease_s=30) is None
+    time.sleep(0.5)  # no heartbeat: the lease expires
+    taken = store.claim("other", lease_s=30)
+    assert taken.id == job.id
+    assert not store.renew(job.id, "dead-host", 30)  # the late host learns it lost the job
+    assert not store.update_job(job.id, status="done", result={"plans": ["late"]}, lease="dead-host")
+    assert store.update_job(job.id, status="done", result={"plans": ["owner"]}, lease="other")
+    done = store.get_job(job.id)
+    assert done.status == "done" and done.result == {"plans": ["owner"]}
+    with store.engine.connect() as conn:
+        row = conn.execute(sqlalchemy.text("SELECT attempts, lease_owner FROM jobs WHERE id = :i"), {"i": job.id}).one()
+    assert tuple(row) == (2, None)
+
+
+def test_one_in_flight_job_per_cache_key_across_servers(store) -> None:  # type: ignore[no-untyped-def]
+    key = uuid.uuid4().hex
+    job, created = store.create_or_join(key, {"n": 1})
+    again, created_again = Store(store.url).create_or_join(key, {"n": 1})  # a second server, same store
+    assert created and not created_again and again.id == job.id
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        store.create_job(key, {"n": 1})  # the database itself refuses a second in-flight job
+    store.update_job(job.id, status="failed", error="x")
+    retry, created = store.create_or_join(key, {"n": 1})
+    assert created and retry.id != job.id  # a failed job does not block a new one
+
+
+def test_upgrade_from_schema_2_keeps_one_of_duplicate_in_flight_jobs(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+                                     "name VARCHAR(200) NOT NULL, applied VARCHAR(32) NOT NULL)"))
+        for version, name, statements in MIGRATIONS[:2]:
+            for statement in statements:
+                conn.execute(sqlalchemy.text(statement))
+            conn.execute(sqlalchemy.text("INSERT INTO schema_version VALUES (:v, :n, 'then')"), {"v": version, "n": name})
+        for job_id in ("a", "b"):
+            conn.execute(sqlalchemy.text("INSERT INTO jobs (id, cache_key, status, progress, request, created, updated) "
+                                         "VALUES (:i, 'same', 'queued', 0, '{}', 'then', 'then')"), {"i": job_id})
+    store = Store(url)
+    assert [j.id for j in store.unfinished_jobs()] == ["a"]
+    assert store.get_job("b").status == "failed" and "superseded" in store.get_job("b").error
+    assert store.claim("t").id == "a"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,24 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "ALTER TABLE clusters ADD COLUMN deleted VARCHAR(32)",
         "CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, checked VARCHAR(32) NOT NULL)",
     )),
+    # Jobs are claimed through the database (several servers and worker hosts on one store): a claim holds a
+    # lease (a token and an expiry, epoch seconds) that its worker's supervisor renews; a job whose lease
+    # expired (its host died) is claimed again. At most one job per cache key is in flight: older duplicates
+    # (possible before this version) are failed first so that the partial unique index can be built.
+    (3, "job leases, one in-flight job per cache key", (
+        "ALTER TABLE jobs ADD COLUMN lease_owner VARCHAR(36)",
+        "ALTER TABLE jobs ADD COLUMN lease_expires FLOAT",
+        "ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+        "UPDATE jobs SET status = 'failed', error = 'superseded by an identical job (schema 3)' "
+        "WHERE status IN ('queued', 'running') AND id NOT IN (SELECT MIN(id) FROM jobs "
+        "WHERE status IN ('queued', 'running') GROUP BY cache_key)",
+        "CREATE UNIQUE INDEX IF NOT EXISTS jobs_inflight_key ON jobs (cache_key) "
+        "WHERE status IN ('queued', 'running')",
+    )),
 )
+DEFAULT_LEASE_S = 30.0
+"""How long a claim holds without a heartbeat: the supervisor renews every third of it, so two missed renewals
+(a stalled store, a paused host) do not lose the job; a dead host's jobs are taken over after at most this."""
 STATUSES = ("queued", "running", "done", "failed")
 
 
@@ -98,6 +116,9 @@ class Store:
 
     def migrate(self) -> int:
         with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                # Several servers starting at once on one store: one migrates, the others wait and find it done.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7254019)"))
             conn.execute(sa.text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
                                  "name VARCHAR(200) NOT NULL, applied VARCHAR(32) NOT NULL)"))
             done = {row[0] for row in conn.execute(sa.text("SELECT version FROM schema_version"))}
@@ -119,6 +140,62 @@ class Store:
                                  "VALUES (:id, :k, 'queued', 0, :r, :c, :c)"),
                          {"id": job_id, "k": cache_key, "r": json.dumps(request), "c": now})
         return self.get_job(job_id)  # type: ignore[return-value]
+
+    def create_or_join(self, cache_key: str, request: dict[str, Any]) -> tuple[Job, bool]:
+        """A new queued job, or the job already in flight for this cache key (``created`` False). The partial
+        unique index decides across servers: the loser of a race gets ``IntegrityError`` and joins the winner."""
+        try:
+            return self.create_job(cache_key, request), True
+        except sa.exc.IntegrityError:
+            with self.engine.connect() as conn:
+                row = conn.execute(sa.text("SELECT * FROM jobs WHERE cache_key = :k AND status IN ('queued', "
+                                           "'running')"), {"k": cache_key}).first()
+            if row is None:  # it finished between the insert and this read: the finished one answers
+                found = self.find_reusable(cache_key)
+                if found is None:
+                    return self.create_job(cache_key, request), True
+                return found, False
+            return self._job(row), False
+
+    def claim(self, token: str, lease_s: float = DEFAULT_LEASE_S, job_id: str | None = None) -> Job | None:
+        """Claim one job (``job_id``, or the oldest claimable): a queued job, or a running one whose lease has
+        expired. It becomes "running" under the lease ``token`` until ``lease_s`` from now.
+
+        PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED``, so concurrent claimers never wait on, or take, the
+        same row. SQLite: one conditional ``UPDATE`` (SQLite runs one writer at a time)."""
+        now = time.time()
+        values: dict[str, Any] = {"t": token, "e": now + lease_s, "now": now, "u": _now(), "id": job_id}
+        claimable = "(status = 'queued' OR (status = 'running' AND (lease_expires IS NULL OR lease_expires < :now)))"
+        only = " AND id = :id" if job_id is not None else ""
+        claim = ("UPDATE jobs SET status = 'running', lease_owner = :t, lease_expires = :e, "
+                 "attempts = attempts + 1, updated = :u WHERE id = :picked AND " + claimable)
+        with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                picked = conn.execute(sa.text(f"SELECT id FROM jobs WHERE {claimable}{only} ORDER BY created "
+                                              "LIMIT 1 FOR UPDATE SKIP LOCKED"), values).scalar()
+                if picked is None:
+                    return None
+                conn.execute(sa.text(claim), {**values, "picked": picked})
+            else:
+                sub = f"(SELECT id FROM jobs WHERE {claimable}{only} ORDER BY created LIMIT 1)"
+                if not conn.execute(sa.text(claim.replace(":picked", sub)), values).rowcount:
+                    return None
+            row = conn.execute(sa.text("SELECT * FROM jobs WHERE lease_owner = :t"), values).first()
+        return self._job(row) if row else None
+
+    def renew(self, job_id: str, token: str, lease_s: float = DEFAULT_LEASE_S) -> bool:
+        """The heartbeat: extend a lease still held; False when it was lost (expired and claimed by another)."""
+        with self.engine.begin() as conn:
+            return bool(conn.execute(sa.text("UPDATE jobs SET lease_expires = :e WHERE id = :id AND lease_owner = :t "
+                                             "AND status = 'running'"),
+                                     {"e": time.time() + lease_s, "id": job_id, "t": token}).rowcount)
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT status, COUNT(*) FROM jobs GROUP BY status"))
+            counts = {status: 0 for status in STATUSES}
+            counts.update({r[0]: int(r[1]) for r in rows})
+        return counts
 
     def _job(self, row: Any) -> Job:
         return Job(id=row.id, cache_key=row.cache_key, status=row.status, progress=row.progress,
@@ -153,8 +230,11 @@ class Store:
 
     def update_job(self, job_id: str, *, status: str | None = None, progress: float | None = None,
                    result: dict[str, Any] | None = None, error: str | None = None,
-                   only_if_unfinished: bool = False) -> None:
-        fields, values = ["updated = :u"], {"u": _now(), "id": job_id}
+                   only_if_unfinished: bool = False, lease: str | None = None) -> bool:
+        """Write a job's fields; with ``lease`` only while that lease is held (a worker that lost its lease to
+        another never overwrites the other's outcome), and a final or queued status releases the lease.
+        Returns whether the row was written."""
+        fields, values = ["updated = :u"], {"u": _now(), "id": job_id, "lease": lease}
         if status is not None:
             assert status in STATUSES
             fields.append("status = :s")
@@ -168,9 +248,14 @@ class Store:
         if error is not None:
             fields.append("error = :e")
             values["e"] = error
+        if lease is not None and status in ("queued", "done", "failed"):
+            fields.append("lease_owner = NULL")
         with self.engine.begin() as conn:
             where = " AND status IN ('queued', 'running')" if only_if_unfinished else ""
-            conn.execute(sa.text(f"UPDATE jobs SET {', '.join(fields)} WHERE id = :id{where}"), values)
+            if lease is not None:
+                where += " AND lease_owner = :lease AND status = 'running'"
+            return bool(conn.execute(sa.text(f"UPDATE jobs SET {', '.join(fields)} WHERE id = :id{where}"),
+                                     values).rowcount)
 
     def unfinished_jobs(self) -> list[Job]:
         with self.engine.connect() as conn:
@@ -217,4 +302,4 @@ class Store:
                                 {"d": _now(), "n": name, "v": version}).rowcount
 
 
-__all__ = ["Job", "MIGRATIONS", "STATUSES", "Store", "StoreError", "describe_store_error", "is_store_error"]
+__all__ = ["DEFAULT_LEASE_S", "Job", "MIGRATIONS", "STATUSES", "Store", "StoreError", "describe_store_error", "is_store_error"]
