@@ -131,11 +131,11 @@ def test_an_expired_lease_is_taken_over_and_the_late_owner_cannot_finish(store) 
     import time
 
     job = store.create_job(uuid.uuid4().hex, {"n": 1})
-    assert store.claim("dead-host", lease_s=0.3).id == job.id
+    assert store.claim("dead-host", lease_s=0.3, by="host-a:1").id == job.id
     assert store.renew(job.id, "dead-host", 0.3)  # the heartbeat holds it
     assert store.claim("other", lease_s=30) is None
     time.sleep(0.5)  # no heartbeat: the lease expires
-    taken = store.claim("other", lease_s=30)
+    taken = store.claim("other", lease_s=30, by="host-b:2")
     assert taken.id == job.id
     assert not store.renew(job.id, "dead-host", 30)  # the late host learns it lost the job
     assert not store.update_job(job.id, status="done", result={"plans": ["late"]}, lease="dead-host")
@@ -143,8 +143,9 @@ def test_an_expired_lease_is_taken_over_and_the_late_owner_cannot_finish(store) 
     done = store.get_job(job.id)
     assert done.status == "done" and done.result == {"plans": ["owner"]}
     with store.engine.connect() as conn:
-        row = conn.execute(sqlalchemy.text("SELECT attempts, lease_owner FROM jobs WHERE id = :i"), {"i": job.id}).one()
-    assert tuple(row) == (2, None)
+        row = conn.execute(sqlalchemy.text("SELECT attempts, lease_owner, claimed_by FROM jobs WHERE id = :i"),
+                           {"i": job.id}).one()
+    assert tuple(row) == (2, None, "host-b:2")
 
 
 def test_one_in_flight_job_per_cache_key_across_servers(store) -> None:  # type: ignore[no-untyped-def]

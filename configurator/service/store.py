@@ -49,6 +49,9 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "CREATE UNIQUE INDEX IF NOT EXISTS jobs_inflight_key ON jobs (cache_key) "
         "WHERE status IN ('queued', 'running')",
     )),
+    (4, "which host claimed a job", (
+        "ALTER TABLE jobs ADD COLUMN claimed_by VARCHAR(200)",
+    )),
 )
 DEFAULT_LEASE_S = 30.0
 """How long a claim holds without a heartbeat: the supervisor renews every third of it, so two missed renewals
@@ -157,18 +160,21 @@ class Store:
                 return found, False
             return self._job(row), False
 
-    def claim(self, token: str, lease_s: float = DEFAULT_LEASE_S, job_id: str | None = None) -> Job | None:
+    def claim(self, token: str, lease_s: float = DEFAULT_LEASE_S, job_id: str | None = None,
+              by: str | None = None) -> Job | None:
         """Claim one job (``job_id``, or the oldest claimable): a queued job, or a running one whose lease has
-        expired. It becomes "running" under the lease ``token`` until ``lease_s`` from now.
+        expired. It becomes "running" under the lease ``token`` until ``lease_s`` from now; ``by`` (host:pid)
+        is recorded for operators.
 
         PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED``, so concurrent claimers never wait on, or take, the
         same row. SQLite: one conditional ``UPDATE`` (SQLite runs one writer at a time)."""
         now = time.time()
-        values: dict[str, Any] = {"t": token, "e": now + lease_s, "now": now, "u": _now(), "id": job_id}
+        values: dict[str, Any] = {"t": token, "e": now + lease_s, "now": now, "u": _now(), "id": job_id,
+                                  "by": (by or "")[:200] or None}
         claimable = "(status = 'queued' OR (status = 'running' AND (lease_expires IS NULL OR lease_expires < :now)))"
         only = " AND id = :id" if job_id is not None else ""
         claim = ("UPDATE jobs SET status = 'running', lease_owner = :t, lease_expires = :e, "
-                 "attempts = attempts + 1, updated = :u WHERE id = :picked AND " + claimable)
+                 "attempts = attempts + 1, claimed_by = :by, updated = :u WHERE id = :picked AND " + claimable)
         with self.engine.begin() as conn:
             if self.engine.dialect.name == "postgresql":
                 picked = conn.execute(sa.text(f"SELECT id FROM jobs WHERE {claimable}{only} ORDER BY created "

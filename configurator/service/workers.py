@@ -34,6 +34,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -188,6 +189,7 @@ class WorkerPool:
     resolve_profile: Callable[[Any], dict[str, Any] | None] | None = None
     """``resolve_profile(job)``: the registered cluster profile of a job claimed from the store (None: a preset);
     raises ``InputError`` when it no longer exists (the job fails with that reason)."""
+    _owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     _last_claim: float = 0.0
     _last_heartbeat: float = 0.0
     _queue: collections.deque = field(default_factory=collections.deque)
@@ -296,12 +298,12 @@ class WorkerPool:
                 job_id, profile = self._queue.popleft()
                 if self.store is not None:
                     lease = str(uuid.uuid4())
-                    if self.store.claim(lease, self.lease_s, job_id) is None:
+                    if self.store.claim(lease, self.lease_s, job_id, by=self._owner) is None:
                         continue  # another worker claimed it first
             elif (self.store is not None and self.claim_from_store
                   and time.monotonic() - self._last_claim >= _CLAIM_POLL_S):
                 lease = str(uuid.uuid4())
-                job = self.store.claim(lease, self.lease_s)
+                job = self.store.claim(lease, self.lease_s, by=self._owner)
                 if job is None:
                     self._last_claim = time.monotonic()
                     return
