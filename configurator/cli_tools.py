@@ -352,6 +352,9 @@ def register(app: typer.Typer) -> None:
         except StoreError as exc:  # an environment fault, not bad input: one line, exit 1
             typer.echo(f"configurator: error: store {url.split('@')[-1]}: {exc}", err=True)
             raise typer.Exit(1) from None
+        from configurator.service.logs import configure_logging
+
+        configure_logging()
         shown = f"[{host}]" if ":" in host else host
         typer.echo(f"configurator serving on http://{shown}:{port} (store {url.split('@')[-1]}, {workers} workers, "
                    f"queue {max_queue}); Ctrl-C stops it", err=True)
@@ -366,6 +369,7 @@ def register(app: typer.Typer) -> None:
         job_memory_gib: Annotated[float, typer.Option("--job-memory-gib", help="Address space one job may add to its worker, GiB (RLIMIT_AS; 0: no limit).")] = 4.0,
         drain: Annotated[float, typer.Option("--drain", help="On SIGTERM/SIGINT, seconds running jobs may finish before they are stopped and queued again.")] = 10.0,
         lease: Annotated[float, typer.Option("--lease", help="Seconds a claimed job's lease lasts without a heartbeat (the same on every host).")] = 30.0,
+        metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus /metrics on 127.0.0.1:PORT (job seconds of this host, queue and jobs by state).")] = None,
     ) -> None:
         """Run search workers without the HTTP front: claim jobs from the store until SIGTERM/SIGINT."""
         import signal
@@ -381,14 +385,20 @@ def register(app: typer.Typer) -> None:
         if not 0 <= drain <= 3600:
             raise InputError("drain", drain, "must be in [0, 3600] seconds")
         check_database_url(db, "db", connect=False)
+        if metrics_port is not None and not 0 < metrics_port < 65536:
+            raise InputError("metrics-port", metrics_port, "must be a TCP port")
         try:
             from configurator.service.worker_host import start_worker_host
             from configurator.service.store import StoreError
         except ImportError:
             raise InputError("worker", "sqlalchemy", "not installed: pip install -e '.[service]'") from None
+        from configurator.service.logs import configure_logging
+
+        configure_logging()
         try:
             pool = start_worker_host(db, workers=workers, job_timeout_s=job_timeout, lease_s=lease,
-                                     memory_limit_bytes=int(job_memory_gib * 2**30) or None)
+                                     memory_limit_bytes=int(job_memory_gib * 2**30) or None,
+                                     metrics_port=metrics_port)
         except StoreError as exc:
             typer.echo(f"configurator: error: store {db.split('@')[-1]}: {exc}", err=True)
             raise typer.Exit(1) from None

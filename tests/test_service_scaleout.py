@@ -9,6 +9,7 @@ Runs on its own database (``<test db>_scaleout``, dropped and created afresh) of
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import signal
 import socket
@@ -93,6 +94,12 @@ def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 90) -> Non
     raise AssertionError("server did not start")
 
 
+def _metric(text: str, name: str) -> float:
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, (name, text)
+    return values[0]
+
+
 def _kill_session(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
@@ -116,8 +123,9 @@ def test_servers_and_worker_hosts_share_one_postgres_store_and_survive_a_dead_ho
             procs.append(_start("serve", "--port", str(port), "--db", pg_url, "--workers", "0",
                                 "--lease", str(LEASE_S)))
             bases.append(f"http://127.0.0.1:{port}")
-        workers = [_start("worker", "--db", pg_url, "--workers", "2", "--lease", str(LEASE_S), "--drain", "0")
-                   for _ in range(2)]
+        metrics_ports = [free_port(), free_port()]
+        workers = [_start("worker", "--db", pg_url, "--workers", "2", "--lease", str(LEASE_S), "--drain", "0",
+                          "--metrics-port", str(port)) for port in metrics_ports]
         procs += workers
         for base, proc in zip(bases, procs):
             _wait_healthy(base, proc)
@@ -164,6 +172,28 @@ def test_servers_and_worker_hosts_share_one_postgres_store_and_survive_a_dead_ho
         plans = httpx.get(f"{bases[2]}/v1/plans/{victim}", timeout=30).json()
         assert plans["status"] == "done" and plans["plans"], plans
         engine.dispose()
+
+        # Metrics: 61 requests made 13 jobs, so the servers answered 48 from existing jobs, summed over servers;
+        # every server sees the same store (13 done, none queued); the surviving host timed its jobs.
+        texts = [httpx.get(b + "/metrics", timeout=30).text for b in bases]
+        hits = sum(_metric(t, "configurator_plan_cache_hits_total") for t in texts)
+        assert hits == 60 - len(DISTINCT), hits
+        assert all(_metric(t, 'configurator_jobs{state="done"}') == len(rows) for t in texts)
+        assert all(_metric(t, "configurator_queue_depth") == 0 for t in texts)
+        survivor_port = metrics_ports[workers.index(survivor)]
+        timed = httpx.get(f"http://127.0.0.1:{survivor_port}/metrics", timeout=30).text
+        assert _metric(timed, 'configurator_search_seconds_count{outcome="exited"}') >= 1
+        for proc in procs:
+            _kill_session(proc)
+        # Structured logs: every job's id is a field of the JSON line its server wrote when it queued it.
+        logged = set()
+        for proc in procs[:3]:
+            for line in proc.stderr.read().splitlines():
+                if line.startswith("{"):
+                    record = json.loads(line)
+                    if record["event"].startswith("job queued"):
+                        logged.add(record["job_id"])
+        assert logged == {r.id for r in rows}
     finally:
         for proc in procs:
             _kill_session(proc)

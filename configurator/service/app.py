@@ -19,7 +19,7 @@ import sqlalchemy.exc as sa_exc
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from configurator.errors import InputError
@@ -38,6 +38,7 @@ from configurator.service.bounds import (
     check_measured_gemm,
     check_profile_size,
 )
+from configurator.service.metrics import ServiceMetrics
 from configurator.service.jobs import build_cluster, cache_key, code_version
 from configurator.service.store import Store, StoreError, describe_store_error, is_store_error
 from configurator.service.workers import (
@@ -200,9 +201,10 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
         if is_store_error(exc):
             raise StoreError(describe_store_error(exc)) from None
         raise
+    metrics = ServiceMetrics(store)
     pool = WorkerPool(db_url, workers=workers, max_queue=max_queue, job_timeout_s=job_timeout_s,
                       memory_limit_bytes=memory_limit_bytes, mark_job=store.update_job, store=store,
-                      lease_s=lease_s, claim_from_store=claim_from_store)
+                      lease_s=lease_s, claim_from_store=claim_from_store, on_finished=metrics.job_finished)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
@@ -216,6 +218,7 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
                               "is {\"error\", \"field\"}; limits are stated on each field.")
     app.state.store = store
     app.state.pool = pool
+    app.state.metrics = metrics
     creating = threading.Lock()  # look-up + insert of a job is one step, so identical requests share one job
     optuna_ready = threading.Lock()
     optuna_done = [False]
@@ -328,6 +331,13 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
             body.update(status="degraded", error=pool_health.problem, field="pool")
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics_text() -> Response:
+        """Prometheus text format: queue depth and jobs by state (from the store), plan requests, cache hits and
+        job seconds (this server). Guarded by the token like every route."""
+        body, content_type = metrics.render()
+        return Response(content=body, media_type=content_type)
+
     @app.get("/v1/models")
     def models() -> list[dict[str, Any]]:
         from configurator.profiles import load_model as load, model_names
@@ -343,8 +353,10 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
         key = cache_key(request, version)
         # An identical request (same profile version, same code) was checked when its job was made: answer it
         # without loading the model again, so a burst of identical requests stays cheap.
+        metrics.plan_requests.inc()
         reusable = store.find_reusable(key)
         if reusable is not None:
+            metrics.cache_hits.inc()
             return {"id": reusable.id, "status": reusable.status, "cached": True}
         # Fail fast on what can be checked without searching (unknown model, cluster or runtime, sizes).
         from configurator.memory import RUNTIMES
@@ -364,13 +376,15 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
         with creating:
             reusable = store.find_reusable(key)
             if reusable is not None:
+                metrics.cache_hits.inc()
                 return {"id": reusable.id, "status": reusable.status, "cached": True}
             # Another server may insert the same key at the same moment: the store's unique index on in-flight
             # keys lets one win; this request then joins that job.
             job, created = store.create_or_join(key, stored)
             if not created:
+                metrics.cache_hits.inc()
                 return {"id": job.id, "status": job.status, "cached": True}
-            LOG.info("job %s queued (%s on %s)", job.id, req.model, req.cluster)
+            LOG.info(f"job queued: {req.model} on {req.cluster}", extra={"job_id": job.id})
             try:
                 pool.submit(job.id, profile)
             except (QueueFull, PoolStopped) as exc:

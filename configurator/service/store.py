@@ -196,6 +196,11 @@ class Store:
                                              "AND status = 'running'"),
                                      {"e": time.time() + lease_s, "id": job_id, "t": token}).rowcount)
 
+    def expired_leases(self, now: float) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT COUNT(*) FROM jobs WHERE status = 'running' AND "
+                                            "lease_expires < :now"), {"now": now}).scalar() or 0)
+
     def count_by_status(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT status, COUNT(*) FROM jobs GROUP BY status"))

@@ -37,8 +37,10 @@ def prepare_optuna(db_url: str) -> None:
 
 def start_worker_host(db_url: str, *, workers: int = 2, job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
                       lease_s: float = DEFAULT_LEASE_S,
-                      memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT_BYTES) -> WorkerPool:
-    """Open (and migrate) the store, start a pool that claims from it; ``StoreError`` names a store fault."""
+                      memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT_BYTES,
+                      metrics_port: int | None = None) -> WorkerPool:
+    """Open (and migrate) the store, start a pool that claims from it; ``StoreError`` names a store fault.
+    With ``metrics_port`` the host serves ``/metrics`` (Prometheus text, loopback only: no token guards it)."""
     try:
         store = Store(db_url)
         store.check_writable()
@@ -54,7 +56,16 @@ def start_worker_host(db_url: str, *, workers: int = 2, job_timeout_s: float = D
             optuna_ready[0] = True
         return profile_of(store, job)
 
-    pool = WorkerPool(db_url, workers=workers, max_queue=1, job_timeout_s=job_timeout_s,
+    on_finished = None
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        from configurator.service.metrics import ServiceMetrics
+
+        metrics = ServiceMetrics(store)
+        start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
+        on_finished = metrics.job_finished
+    pool = WorkerPool(db_url, workers=workers, max_queue=1, job_timeout_s=job_timeout_s, on_finished=on_finished,
                       memory_limit_bytes=memory_limit_bytes, mark_job=store.update_job, store=store,
                       lease_s=lease_s, claim_from_store=True, resolve_profile=resolve)
     pool.start()

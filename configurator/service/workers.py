@@ -190,6 +190,8 @@ class WorkerPool:
     """``resolve_profile(job)``: the registered cluster profile of a job claimed from the store (None: a preset);
     raises ``InputError`` when it no longer exists (the job fails with that reason)."""
     _owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    on_finished: Callable[[str, str, float], None] | None = None
+    """``on_finished(job_id, outcome, seconds)`` after each worker process ends (metrics)."""
     _last_claim: float = 0.0
     _last_heartbeat: float = 0.0
     _queue: collections.deque = field(default_factory=collections.deque)
@@ -324,7 +326,7 @@ class WorkerPool:
             child_end.close()
             now = time.monotonic()
             self._running[job_id] = _Running(job_id, process, parent_end, now + self.job_timeout_s, now, lease=lease)
-            LOG.info("job %s started (worker pid %s)", job_id, process.pid)
+            LOG.info("job started", extra={"job_id": job_id, "pid": process.pid, "host": self._owner})
 
     def _heartbeat(self) -> None:
         """Renew the lease of every running job; a job whose lease was lost (this host stalled past it and
@@ -341,7 +343,7 @@ class WorkerPool:
                     if r is not None and r.lease == lease and r.killed_for is None:
                         r.killed_for = "lease lost"
                         r.process.kill()
-                LOG.warning("job %s: lease lost to another worker; its process is stopped", job_id)
+                LOG.warning("lease lost to another worker; job process stopped", extra={"job_id": job_id})
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -364,10 +366,18 @@ class WorkerPool:
                 pass
             r.conn.close()
             code = r.process.exitcode
+            if self.on_finished is not None:
+                outcome = ("exited" if code == 0 else "killed" if r.killed_for else
+                           "out_of_memory" if code == _EXIT_OUT_OF_MEMORY else "died" if code and code < 0 else "failed")
+                try:
+                    self.on_finished(r.job_id, outcome, time.monotonic() - r.started)
+                except Exception:  # noqa: BLE001 - metrics never stop the supervisor
+                    pass
             if r.killed_for in ("shutdown", "lease lost"):
                 continue
             lease = {"lease": r.lease} if r.lease else {}
-            LOG.info("job %s: worker exited (status %s)", r.job_id, code)
+            LOG.info("job process ended", extra={"job_id": r.job_id, "exit_status": code,
+                                                  "pid": r.process.pid})
             if r.killed_for:
                 self._write(r.job_id, status="failed", progress=1.0, error=f"worker {r.killed_for}", **lease)
             elif code and code < 0:
