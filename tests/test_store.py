@@ -11,7 +11,8 @@ import pytest
 
 sqlalchemy = pytest.importorskip("sqlalchemy")
 
-from configurator.service.store import MIGRATIONS, Store  # noqa: E402
+from configurator.service.migrations import HEAD, SCRIPT_LOCATION, VERSION_TABLE  # noqa: E402
+from configurator.service.store import Store  # noqa: E402
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -32,11 +33,70 @@ def store(request, tmp_path):  # type: ignore[no-untyped-def]
 
 
 def test_migrations_are_recorded_and_idempotent(store) -> None:  # type: ignore[no-untyped-def]
-    assert store.migrate() == MIGRATIONS[-1][0]
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory(SCRIPT_LOCATION).get_current_head() == HEAD  # HEAD names the newest revision file
+    assert store.migrate() == HEAD
     Store(store.url)  # opening again applies nothing twice
     with store.engine.connect() as conn:
-        versions = [r[0] for r in conn.execute(sqlalchemy.text("SELECT version FROM schema_version ORDER BY version"))]
-    assert versions == [v for v, _, _ in MIGRATIONS]
+        revisions = [r[0] for r in conn.execute(sqlalchemy.text(f"SELECT version_num FROM {VERSION_TABLE}"))]
+    assert revisions == [HEAD]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request, tmp_path):  # type: ignore[no-untyped-def]
+    """An empty database: a file, or a fresh database on the test server (``<db>_migrate``)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    url = os.environ.get("CONFIGURATOR_TEST_PG_URL")
+    if not url:
+        if os.environ.get("CONFIGURATOR_REQUIRE_POSTGRES") == "1":
+            pytest.fail("CONFIGURATOR_TEST_PG_URL is not set: start one with `bash .ci/postgres.sh`")
+        pytest.skip("no PostgreSQL: set CONFIGURATOR_TEST_PG_URL (bash .ci/postgres.sh prints one)")
+    base = sqlalchemy.engine.make_url(url)
+    name = f"{base.database}_migrate"
+    admin = sqlalchemy.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    yield base.set(database=name).render_as_string(hide_password=False)
+
+
+def _revision_statements(revision: str) -> tuple[str, ...]:
+    import importlib.util
+    from pathlib import Path
+
+    path = next(Path(SCRIPT_LOCATION, "versions").glob(f"{revision}_*.py"))
+    spec = importlib.util.spec_from_file_location(f"rev{revision}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.STATEMENTS
+
+
+def test_a_store_of_the_oldest_schema_is_upgraded_with_its_data(empty_url) -> None:  # type: ignore[no-untyped-def]
+    """The oldest schema: version 1 of the hand-kept list that came before Alembic (``schema_version``)."""
+    engine = sqlalchemy.create_engine(empty_url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+                                     "name VARCHAR(200) NOT NULL, applied VARCHAR(32) NOT NULL)"))
+        for statement in _revision_statements("0001"):
+            conn.execute(sqlalchemy.text(statement))
+        conn.execute(sqlalchemy.text("INSERT INTO schema_version VALUES (1, 'jobs and clusters', 'then')"))
+        conn.execute(sqlalchemy.text("INSERT INTO jobs (id, cache_key, status, progress, request, result, created, "
+                                     "updated) VALUES ('old', 'k', 'done', 1, '{}', '{\"plans\": [1]}', 't', 't')"))
+        conn.execute(sqlalchemy.text("INSERT INTO clusters VALUES ('lab', 1, '{\"v\": 1}', 't')"))
+    engine.dispose()
+    store = Store(empty_url)
+    assert store.get_job("old").result == {"plans": [1]} and store.find_reusable("k").id == "old"
+    assert store.get_cluster("lab") == (1, {"v": 1})  # the `deleted` column of revision 0002 exists
+    assert store.add_cluster("lab", {"v": 2}) == 2
+    job, created = store.create_or_join("k2", {})  # revisions 0003/0004: leases, the in-flight key
+    assert created and store.claim("t", by="h:1").id == job.id
+    with store.engine.connect() as conn:
+        assert conn.execute(sqlalchemy.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == HEAD
+    store.engine.dispose()
 
 
 def test_job_lifecycle_and_cache_lookup(store) -> None:  # type: ignore[no-untyped-def]
@@ -160,16 +220,17 @@ def test_one_in_flight_job_per_cache_key_across_servers(store) -> None:  # type:
     assert created and retry.id != job.id  # a failed job does not block a new one
 
 
-def test_upgrade_from_schema_2_keeps_one_of_duplicate_in_flight_jobs(tmp_path) -> None:
+def test_upgrade_from_revision_2_keeps_one_of_duplicate_in_flight_jobs(tmp_path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as conn:
-        conn.execute(sqlalchemy.text("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
-                                     "name VARCHAR(200) NOT NULL, applied VARCHAR(32) NOT NULL)"))
-        for version, name, statements in MIGRATIONS[:2]:
-            for statement in statements:
-                conn.execute(sqlalchemy.text(statement))
-            conn.execute(sqlalchemy.text("INSERT INTO schema_version VALUES (:v, :n, 'then')"), {"v": version, "n": name})
+        config = Config()
+        config.set_main_option("script_location", SCRIPT_LOCATION)
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0002")
         for job_id in ("a", "b"):
             conn.execute(sqlalchemy.text("INSERT INTO jobs (id, cache_key, status, progress, request, created, updated) "
                                          "VALUES (:i, 'same', 'queued', 0, '{}', 'then', 'then')"), {"i": job_id})

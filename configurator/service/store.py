@@ -1,7 +1,7 @@
 """The service's persistent store: plan jobs and registered cluster profiles, through SQLAlchemy.
 
 SQLite by default (a file, no server), PostgreSQL by URL; the same code for both. The schema is
-versioned: ``MIGRATIONS`` are applied in order on open and recorded in ``schema_version``, so a newer
+versioned with Alembic (``migrations/``): on open a store is upgraded to the newest revision, so a newer
 service upgrades an older database and never guesses. Cluster profiles are versioned and never
 overwritten: registering a name again adds version n+1.
 """
@@ -17,42 +17,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
-    (1, "jobs and clusters", (
-        """CREATE TABLE IF NOT EXISTS jobs (
-            id VARCHAR(36) PRIMARY KEY, cache_key VARCHAR(64) NOT NULL, status VARCHAR(16) NOT NULL,
-            progress FLOAT NOT NULL DEFAULT 0, request TEXT NOT NULL, result TEXT, error TEXT,
-            created VARCHAR(32) NOT NULL, updated VARCHAR(32) NOT NULL)""",
-        "CREATE INDEX IF NOT EXISTS jobs_cache_key ON jobs (cache_key)",
-        """CREATE TABLE IF NOT EXISTS clusters (
-            name VARCHAR(200) NOT NULL, version INTEGER NOT NULL, profile TEXT NOT NULL,
-            created VARCHAR(32) NOT NULL, PRIMARY KEY (name, version))""",
-    )),
-    # Deleted cluster profiles keep their rows (marked), so a name registered again continues the version
-    # count and never reuses a version number that earlier cached answers were keyed on. `health` holds one
-    # row that /healthz rewrites: a real write is the only way to learn that a store has become read-only.
-    (2, "deleted clusters, health probe", (
-        "ALTER TABLE clusters ADD COLUMN deleted VARCHAR(32)",
-        "CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, checked VARCHAR(32) NOT NULL)",
-    )),
-    # Jobs are claimed through the database (several servers and worker hosts on one store): a claim holds a
-    # lease (a token and an expiry, epoch seconds) that its worker's supervisor renews; a job whose lease
-    # expired (its host died) is claimed again. At most one job per cache key is in flight: older duplicates
-    # (possible before this version) are failed first so that the partial unique index can be built.
-    (3, "job leases, one in-flight job per cache key", (
-        "ALTER TABLE jobs ADD COLUMN lease_owner VARCHAR(36)",
-        "ALTER TABLE jobs ADD COLUMN lease_expires FLOAT",
-        "ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
-        "UPDATE jobs SET status = 'failed', error = 'superseded by an identical job (schema 3)' "
-        "WHERE status IN ('queued', 'running') AND id NOT IN (SELECT MIN(id) FROM jobs "
-        "WHERE status IN ('queued', 'running') GROUP BY cache_key)",
-        "CREATE UNIQUE INDEX IF NOT EXISTS jobs_inflight_key ON jobs (cache_key) "
-        "WHERE status IN ('queued', 'running')",
-    )),
-    (4, "which host claimed a job", (
-        "ALTER TABLE jobs ADD COLUMN claimed_by VARCHAR(200)",
-    )),
-)
 DEFAULT_LEASE_S = 30.0
 """How long a claim holds without a heartbeat: the supervisor renews every third of it, so two missed renewals
 (a stalled store, a paused host) do not lose the job; a dead host's jobs are taken over after at most this."""
@@ -117,22 +81,37 @@ class Store:
         self.engine = sa.create_engine(url, future=True, pool_pre_ping=True)
         self.migrate()
 
-    def migrate(self) -> int:
+    def migrate(self) -> str:
+        """Bring the schema to the newest revision with Alembic (``migrations/``); returns the revision.
+
+        A store made before Alembic (its ``schema_version`` table, the hand-kept list of versions 1..4) is
+        first stamped with its last applied version, so nothing is applied twice."""
+        from configurator.service.migrations import HEAD, VERSION_TABLE
+
+        with self.engine.connect() as conn:
+            if VERSION_TABLE in sa.inspect(conn).get_table_names():
+                current = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+                if current == HEAD:
+                    return HEAD  # every job process opens the store: no Alembic start-up when up to date
+        from alembic import command
+        from alembic.config import Config
+
+        from configurator.service.migrations import SCRIPT_LOCATION
+
         with self.engine.begin() as conn:
             if self.engine.dialect.name == "postgresql":
                 # Several servers starting at once on one store: one migrates, the others wait and find it done.
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(7254019)"))
-            conn.execute(sa.text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
-                                 "name VARCHAR(200) NOT NULL, applied VARCHAR(32) NOT NULL)"))
-            done = {row[0] for row in conn.execute(sa.text("SELECT version FROM schema_version"))}
-            for version, name, statements in MIGRATIONS:
-                if version in done:
-                    continue
-                for statement in statements:
-                    conn.execute(sa.text(statement))
-                conn.execute(sa.text("INSERT INTO schema_version (version, name, applied) VALUES (:v, :n, :a)"),
-                             {"v": version, "n": name, "a": _now()})
-        return max(v for v, _, _ in MIGRATIONS)
+            config = Config()
+            config.set_main_option("script_location", SCRIPT_LOCATION)
+            config.attributes["connection"] = conn
+            tables = sa.inspect(conn).get_table_names()
+            if "schema_version" in tables and VERSION_TABLE not in tables:
+                legacy = conn.execute(sa.text("SELECT MAX(version) FROM schema_version")).scalar()
+                if legacy:
+                    command.stamp(config, f"{int(legacy):04d}")
+            command.upgrade(config, "head")
+            return conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
     # ----- jobs -----
     def create_job(self, cache_key: str, request: dict[str, Any]) -> Job:
@@ -313,4 +292,4 @@ class Store:
                                 {"d": _now(), "n": name, "v": version}).rowcount
 
 
-__all__ = ["DEFAULT_LEASE_S", "Job", "MIGRATIONS", "STATUSES", "Store", "StoreError", "describe_store_error", "is_store_error"]
+__all__ = ["DEFAULT_LEASE_S", "Job", "STATUSES", "Store", "StoreError", "describe_store_error", "is_store_error"]

@@ -318,6 +318,12 @@ class WorkerPool:
                     continue
             else:
                 return
+            stale = self._running.pop(job_id, None)
+            if stale is not None:  # this pool's own job, re-claimed after its lease lapsed (a stalled store)
+                stale.killed_for = "lease lost"
+                stale.process.kill()
+                stale.process.join(timeout=5)
+                stale.conn.close()
             parent_end, child_end = self._context.Pipe(duplex=False)
             process = self._context.Process(target=_child_main, name=f"configurator-job-{job_id[:8]}",
                                             args=(self.db_url, job_id, profile, self.memory_limit_bytes,
