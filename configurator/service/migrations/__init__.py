@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-HEAD = "0004"
+HEAD = "0005"
 """The newest revision: a store already at it is not opened by Alembic at all (every job process opens the store)."""
 VERSION_TABLE = "configurator_schema_revision"
 SCRIPT_LOCATION = str(Path(__file__).resolve().parent)
