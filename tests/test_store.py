@@ -238,3 +238,16 @@ def test_upgrade_from_revision_2_keeps_one_of_duplicate_in_flight_jobs(tmp_path)
     assert [j.id for j in store.unfinished_jobs()] == ["a"]
     assert store.get_job("b").status == "failed" and "superseded" in store.get_job("b").error
     assert store.claim("t").id == "a"
+
+
+def test_processes_opening_a_fresh_sqlite_store_at_once_migrate_it_once(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    code = f"from configurator.service.store import Store; print(Store({url!r}).migrate())"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-400:] for _, err in outs]
+    assert [out.strip() for out, _ in outs] == [HEAD] * 4

@@ -98,7 +98,8 @@ class Store:
 
         from configurator.service.migrations import SCRIPT_LOCATION
 
-        with self.engine.begin() as conn:
+        engine = self._migration_engine()
+        with engine.begin() as conn:
             if self.engine.dialect.name == "postgresql":
                 # Several servers starting at once on one store: one migrates, the others wait and find it done.
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(7254019)"))
@@ -111,7 +112,28 @@ class Store:
                 if legacy:
                     command.stamp(config, f"{int(legacy):04d}")
             command.upgrade(config, "head")
-            return conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+            revision = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+        if engine is not self.engine:
+            engine.dispose()
+        return revision
+
+    def _migration_engine(self) -> sa.engine.Engine:
+        """SQLite: an engine whose transactions start with ``BEGIN IMMEDIATE`` (the write lock first, DDL inside the
+        transaction), so two processes opening a fresh store at once migrate it one after the other; the second
+        finds it at the head. Other databases: the store's engine."""
+        if self.engine.dialect.name != "sqlite":
+            return self.engine
+        engine = sa.create_engine(self.url, future=True, poolclass=sa.pool.NullPool)
+
+        @sa.event.listens_for(engine, "connect")
+        def _no_implicit_transactions(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+
+        @sa.event.listens_for(engine, "begin")
+        def _write_lock_first(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
 
     # ----- jobs -----
     def create_job(self, cache_key: str, request: dict[str, Any]) -> Job:
