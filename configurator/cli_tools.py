@@ -294,18 +294,23 @@ def register(app: typer.Typer) -> None:
         if failures:
             raise typer.Exit(1)
 
+    def _check_lease(lease: float) -> None:
+        if not 1 <= lease <= 3600:
+            raise InputError("lease", lease, "must be in [1, 3600] seconds")
+
     @app.command()
     def serve(
         host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")] = "127.0.0.1",
         port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
         db: Annotated[Optional[str], typer.Option("--db", help="Store URL: sqlite:///FILE (default sqlite:///configurator.db) or postgresql://...")] = None,
-        workers: Annotated[int, typer.Option("--workers", help="Search worker processes.")] = 2,
+        workers: Annotated[int, typer.Option("--workers", help="Search worker processes (0: HTTP only; `configurator worker` processes run the jobs).")] = 2,
         token: Annotated[Optional[str], typer.Option("--token", envvar="CONFIGURATOR_TOKEN", help="Bearer token every request must carry (required off loopback).")] = None,
         max_queue: Annotated[int, typer.Option("--max-queue", help="Jobs that may wait for a worker; more get 429 with Retry-After.")] = 64,
         job_timeout: Annotated[float, typer.Option("--job-timeout", help="Hard wall-clock limit of one job, seconds (the worker is killed).")] = 300.0,
         job_memory_gib: Annotated[float, typer.Option("--job-memory-gib", help="Address space one job may add to its worker, GiB (RLIMIT_AS; 0: no limit).")] = 4.0,
         drain: Annotated[float, typer.Option("--drain", help="On SIGTERM/SIGINT, seconds running jobs may finish before their workers are stopped (their jobs resume at the next start).")] = 10.0,
         access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request (uvicorn's access log) to stderr.")] = False,
+        lease: Annotated[float, typer.Option("--lease", help="Seconds a claimed job's lease lasts without a heartbeat; a dead host's jobs are taken over after it.")] = 30.0,
     ) -> None:
         """Run the search service (HTTP API, plan pages) until interrupted."""
         import ipaddress
@@ -316,8 +321,9 @@ def register(app: typer.Typer) -> None:
             raise InputError("host", host, "must be an IP address or localhost") from None
         if not loopback and not token:
             raise InputError("host", host, "is not loopback: configure a token (--token or CONFIGURATOR_TOKEN)")
-        if not 1 <= workers <= MAX_WORKERS:
-            raise InputError("workers", workers, f"must be in 1..{MAX_WORKERS}")
+        if not 0 <= workers <= MAX_WORKERS:
+            raise InputError("workers", workers, f"must be in 0..{MAX_WORKERS}")
+        _check_lease(lease)
         if not 0 < port < 65536:
             raise InputError("port", port, "must be a TCP port")
         if db is not None:
@@ -341,15 +347,69 @@ def register(app: typer.Typer) -> None:
         url = db or "sqlite:///configurator.db"
         try:
             app_ = create_app(url, workers=workers, token=token, max_queue=max_queue, job_timeout_s=job_timeout,
-                              memory_limit_bytes=int(job_memory_gib * 2**30) or None, drain_s=drain)
+                              memory_limit_bytes=int(job_memory_gib * 2**30) or None, drain_s=drain,
+                              lease_s=lease)
         except StoreError as exc:  # an environment fault, not bad input: one line, exit 1
             typer.echo(f"configurator: error: store {url.split('@')[-1]}: {exc}", err=True)
             raise typer.Exit(1) from None
+        from configurator.service.logs import configure_logging
+
+        configure_logging()
         shown = f"[{host}]" if ":" in host else host
         typer.echo(f"configurator serving on http://{shown}:{port} (store {url.split('@')[-1]}, {workers} workers, "
                    f"queue {max_queue}); Ctrl-C stops it", err=True)
         uvicorn.run(app_, host=host, port=port, log_level="info" if access_log else "warning",
                     access_log=access_log)
+
+    @app.command()
+    def worker(
+        db: Annotated[str, typer.Option("--db", help="The service's store URL (postgresql://... shared with the servers).")],
+        workers: Annotated[int, typer.Option("--workers", help="Search worker processes on this host.")] = 2,
+        job_timeout: Annotated[float, typer.Option("--job-timeout", help="Hard wall-clock limit of one job, seconds (the worker is killed).")] = 300.0,
+        job_memory_gib: Annotated[float, typer.Option("--job-memory-gib", help="Address space one job may add to its worker, GiB (RLIMIT_AS; 0: no limit).")] = 4.0,
+        drain: Annotated[float, typer.Option("--drain", help="On SIGTERM/SIGINT, seconds running jobs may finish before they are stopped and queued again.")] = 10.0,
+        lease: Annotated[float, typer.Option("--lease", help="Seconds a claimed job's lease lasts without a heartbeat (the same on every host).")] = 30.0,
+        metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus /metrics on 127.0.0.1:PORT (job seconds of this host, queue and jobs by state).")] = None,
+    ) -> None:
+        """Run search workers without the HTTP front: claim jobs from the store until SIGTERM/SIGINT."""
+        import signal
+        import threading
+
+        if not 1 <= workers <= MAX_WORKERS:
+            raise InputError("workers", workers, f"must be in 1..{MAX_WORKERS}")
+        _check_lease(lease)
+        if not 0 < job_timeout <= 86_400:
+            raise InputError("job-timeout", job_timeout, "must be in (0, 86400] seconds")
+        if not 0 <= job_memory_gib <= 4096:
+            raise InputError("job-memory-gib", job_memory_gib, "must be in [0, 4096] GiB")
+        if not 0 <= drain <= 3600:
+            raise InputError("drain", drain, "must be in [0, 3600] seconds")
+        check_database_url(db, "db", connect=False)
+        if metrics_port is not None and not 0 < metrics_port < 65536:
+            raise InputError("metrics-port", metrics_port, "must be a TCP port")
+        try:
+            from configurator.service.worker_host import start_worker_host
+            from configurator.service.store import StoreError
+        except ImportError:
+            raise InputError("worker", "sqlalchemy", "not installed: pip install -e '.[service]'") from None
+        from configurator.service.logs import configure_logging
+
+        configure_logging()
+        try:
+            pool = start_worker_host(db, workers=workers, job_timeout_s=job_timeout, lease_s=lease,
+                                     memory_limit_bytes=int(job_memory_gib * 2**30) or None,
+                                     metrics_port=metrics_port)
+        except StoreError as exc:
+            typer.echo(f"configurator: error: store {db.split('@')[-1]}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        typer.echo(f"configurator worker: {workers} workers claiming jobs from {db.split('@')[-1]}; Ctrl-C stops it",
+                   err=True)
+        while not stop.wait(1.0):
+            pass
+        pool.stop(drain)
 
 
 def _print_plausibility(results: list[dict]) -> None:  # type: ignore[type-arg]

@@ -210,3 +210,29 @@ def test_service_runs_on_postgresql(tmp_path) -> None:
         assert wait_done(base, optuna_job)["status"] == "done"  # its study lives in PostgreSQL
     finally:
         server.kill()
+
+
+def test_metrics_report_queue_depth_jobs_by_state_and_cache_hits(tmp_path) -> None:
+    """Prometheus text: the queue and jobs by state come from the store, cache hits from this server."""
+    from fastapi.testclient import TestClient
+
+    from configurator.service.app import create_app
+
+    app = create_app(f"sqlite:///{tmp_path / 'm.db'}", workers=1, claim_from_store=False)
+    app.state.pool.submit = lambda job_id, profile, bounded=True: None  # no worker runs: the jobs stay queued
+    with TestClient(app) as client:
+        first = client.post("/v1/plans", json=PLAN).json()
+        client.post("/v1/plans", json=PLAN)  # identical: a cache hit (joins the queued job)
+        client.post("/v1/plans", json=PLAN)
+        client.post("/v1/plans", json={**PLAN, "seed": 1})  # distinct: a second job
+        app.state.store.update_job(first["id"], status="done", progress=1.0, result={"plans": [], "search": {}})
+        app.state.metrics.job_finished(first["id"], "exited", 1.5)
+        r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    lines = set(r.text.splitlines())
+    assert "configurator_queue_depth 1.0" in lines
+    assert 'configurator_jobs{state="queued"} 1.0' in lines and 'configurator_jobs{state="done"} 1.0' in lines
+    assert "configurator_plan_requests_total 4.0" in lines and "configurator_plan_cache_hits_total 2.0" in lines
+    assert 'configurator_search_seconds_bucket{le="2.0",outcome="exited"} 1.0' in lines
+    assert 'configurator_search_seconds_bucket{le="1.0",outcome="exited"} 0.0' in lines
+    assert "configurator_store_up 1.0" in lines

@@ -274,7 +274,7 @@ def test_optuna_tables_exist_before_any_worker_opens_a_study(tmp_path) -> None:
     from configurator.service.app import create_app
 
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    app = create_app(url, workers=1)
+    app = create_app(url, workers=1, claim_from_store=False)  # only the submission is watched: no search
     queued: list[str] = []
     app.state.pool.submit = lambda job_id, profile, bounded=True: queued.append(job_id)
     with TestClient(app) as client:

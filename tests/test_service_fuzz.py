@@ -65,7 +65,8 @@ ESTIMATE_FIELDS = {**{k: v for k, v in PLAN_FIELDS.items() if k not in ("top", "
 def client(tmp_path_factory):  # type: ignore[no-untyped-def]
     from configurator.service.app import create_app
 
-    app = create_app(f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'fuzz.db'}", workers=1, max_queue=4)
+    app = create_app(f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'fuzz.db'}", workers=1, max_queue=4,
+                     claim_from_store=False)
     app.state.pool.submit = lambda job_id, profile, bounded=True: None  # the HTTP edge only: no searches
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c

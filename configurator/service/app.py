@@ -19,7 +19,7 @@ import sqlalchemy.exc as sa_exc
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from configurator.errors import InputError
@@ -38,15 +38,18 @@ from configurator.service.bounds import (
     check_measured_gemm,
     check_profile_size,
 )
+from configurator.service.metrics import ServiceMetrics
 from configurator.service.jobs import build_cluster, cache_key, code_version
 from configurator.service.store import Store, StoreError, describe_store_error, is_store_error
 from configurator.service.workers import (
     DEFAULT_DRAIN_S,
     DEFAULT_JOB_TIMEOUT_S,
+    DEFAULT_LEASE_S,
     DEFAULT_MAX_QUEUE,
     DEFAULT_MEMORY_LIMIT_BYTES,
     PoolStopped,
     QueueFull,
+    LOG,
     WorkerPool,
 )
 from configurator.margin import parse_margin
@@ -186,9 +189,13 @@ class BodyGuard:
 def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
                job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
                memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT_BYTES,
-               drain_s: float = DEFAULT_DRAIN_S) -> FastAPI:
+               drain_s: float = DEFAULT_DRAIN_S, lease_s: float = DEFAULT_LEASE_S,
+               claim_from_store: bool = True) -> FastAPI:
     """The app, its store and its worker pool. A store that cannot be opened or written raises ``StoreError``
-    (one line naming the fault: ``serve`` prints it and exits 1)."""
+    (one line naming the fault: ``serve`` prints it and exits 1).
+
+    ``workers=0`` serves HTTP only: jobs wait in the store for ``configurator worker`` processes (any host).
+    ``claim_from_store``: the pool also claims jobs queued by other servers or left by a dead host."""
     try:
         store = Store(db_url)
         store.check_writable()
@@ -198,8 +205,10 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
         if is_store_error(exc):
             raise StoreError(describe_store_error(exc)) from None
         raise
+    metrics = ServiceMetrics(store)
     pool = WorkerPool(db_url, workers=workers, max_queue=max_queue, job_timeout_s=job_timeout_s,
-                      memory_limit_bytes=memory_limit_bytes, mark_job=store.update_job)
+                      memory_limit_bytes=memory_limit_bytes, mark_job=store.update_job, store=store,
+                      lease_s=lease_s, claim_from_store=claim_from_store, on_finished=metrics.job_finished)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
@@ -213,6 +222,7 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
                               "is {\"error\", \"field\"}; limits are stated on each field.")
     app.state.store = store
     app.state.pool = pool
+    app.state.metrics = metrics
     creating = threading.Lock()  # look-up + insert of a job is one step, so identical requests share one job
     optuna_ready = threading.Lock()
     optuna_done = [False]
@@ -247,16 +257,16 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
             raise InputError("cluster", name, "is neither a preset nor a registered cluster profile")
         return found
 
-    # Jobs that a previous run of the service left unfinished are queued again (their requests are stored).
-    for job in store.unfinished_jobs():
-        try:
-            _, profile = profile_for(job.request["cluster"], job.request.get("cluster_version"))
-            prepare_optuna(job.request)
-        except InputError as exc:
-            store.update_job(job.id, status="failed", error=f"not resumed after restart: {exc}")
-            continue
-        store.update_job(job.id, status="queued", progress=0.0)
-        pool.submit(job.id, profile, bounded=False)
+    def resolve_profile(job: Any) -> dict[str, Any] | None:
+        """A job claimed from the store (queued by any server, or left by a dead host): its stored request names
+        the exact profile version it was keyed on."""
+        _, profile = profile_for(job.request["cluster"], job.request.get("cluster_version"))
+        prepare_optuna(job.request)
+        return profile
+
+    # Jobs that a previous run of the service left unfinished stay in the store: the pool claims the queued
+    # ones, and running ones once their lease expires (their worker died with that run).
+    pool.resolve_profile = resolve_profile
     pool.start()
 
     app.add_middleware(BodyGuard, token=token)
@@ -325,6 +335,13 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
             body.update(status="degraded", error=pool_health.problem, field="pool")
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics_text() -> Response:
+        """Prometheus text format: queue depth and jobs by state (from the store), plan requests, cache hits and
+        job seconds (this server). Guarded by the token like every route."""
+        body, content_type = metrics.render()
+        return Response(content=body, media_type=content_type)
+
     @app.get("/v1/models")
     def models() -> list[dict[str, Any]]:
         from configurator.profiles import load_model as load, model_names
@@ -340,8 +357,10 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
         key = cache_key(request, version)
         # An identical request (same profile version, same code) was checked when its job was made: answer it
         # without loading the model again, so a burst of identical requests stays cheap.
+        metrics.plan_requests.inc()
         reusable = store.find_reusable(key)
         if reusable is not None:
+            metrics.cache_hits.inc()
             return {"id": reusable.id, "status": reusable.status, "cached": True}
         # Fail fast on what can be checked without searching (unknown model, cluster or runtime, sizes).
         from configurator.memory import RUNTIMES
@@ -352,15 +371,28 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
         build_cluster(request, profile)
         prepare_optuna(request)
         parse_margin(req.memory_margin)
+        if pool.workers == 0:  # HTTP only: the bound is the store's queue, shared by every server
+            queued = store.count_by_status()["queued"]
+            if queued >= max_queue:
+                raise QueueFull(f"{queued} jobs are queued in the store (the limit is {max_queue})")
+        # The stored request names the profile version the key covers, so any worker host runs exactly it.
+        stored = {**request, "cluster_version": version} if version is not None else request
         with creating:
             reusable = store.find_reusable(key)
             if reusable is not None:
+                metrics.cache_hits.inc()
                 return {"id": reusable.id, "status": reusable.status, "cached": True}
-            job = store.create_job(key, request)
+            # Another server may insert the same key at the same moment: the store's unique index on in-flight
+            # keys lets one win; this request then joins that job.
+            job, created = store.create_or_join(key, stored)
+            if not created:
+                metrics.cache_hits.inc()
+                return {"id": job.id, "status": job.status, "cached": True}
+            LOG.info(f"job queued: {req.model} on {req.cluster}", extra={"job_id": job.id})
             try:
                 pool.submit(job.id, profile)
             except (QueueFull, PoolStopped) as exc:
-                store.update_job(job.id, status="failed", error=f"not queued: {exc}")
+                store.update_job(job.id, status="failed", error=f"not queued: {exc}", only_if_unfinished=True)
                 raise
         return {"id": job.id, "status": job.status, "cached": False}
 

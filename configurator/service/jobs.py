@@ -9,6 +9,7 @@ change the answer has changed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -58,8 +59,11 @@ def near_memory_limit(fraction: float = 0.9) -> bool:
     return False
 
 
-def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None) -> None:
-    """Worker entry point: run the search of a stored job and store the outcome (never raises)."""
+def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None, lease: str | None = None) -> None:
+    """Worker entry point: run the search of a stored job and store the outcome (never raises).
+
+    With ``lease`` (the job was claimed through the store) every write is conditional on still holding it:
+    a worker whose lease expired and was taken over never stores a second outcome."""
     from configurator.margin import parse_margin
     from configurator.render import conventional_for, search_plans_dicts
     from configurator.search.optimize import search
@@ -70,7 +74,11 @@ def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None) -> None:
     job = store.get_job(job_id)
     if job is None:
         return
-    store.update_job(job_id, status="running", progress=0.0)
+    update = functools.partial(store.update_job, lease=lease) if lease else store.update_job
+    if lease:
+        update(job_id, progress=0.0)
+    else:
+        store.update_job(job_id, status="running", progress=0.0)
     request = job.request
     try:
         model = load_model(request["model"])
@@ -89,7 +97,7 @@ def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None) -> None:
             now = time.monotonic()
             if now - last[0] > 0.5:
                 last[0] = now
-                store.update_job(job_id, progress=min(0.99, fraction))
+                update(job_id, progress=min(0.99, fraction))
 
         method = request.get("method", "auto")
         # Optuna searches keep their study in the service's database: a job resumed after a restart
@@ -104,18 +112,18 @@ def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None) -> None:
         if not result.ranked:
             need = (f"; the smallest candidate needs {result.smallest_need_bytes / 2**30:.1f} GiB"
                     if result.smallest_need_bytes else "")
-            store.update_job(job_id, status="failed", progress=1.0, result=payload,
+            update(job_id, status="failed", progress=1.0, result=payload,
                              error=f"no plan fits: {result.candidates} legal candidates, none fits memory{need}")
             return
-        store.update_job(job_id, status="done", progress=1.0, result=payload)
+        update(job_id, status="done", progress=1.0, result=payload)
     except InputError as exc:
-        store.update_job(job_id, status="failed", error=str(exc))
+        update(job_id, status="failed", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - a job fails with its reason, never a stack trace
         if is_store_error(exc):
             raise  # the store cannot take the outcome: the supervisor records the fault (workers.py)
         if isinstance(exc, MemoryError) or near_memory_limit():
             raise MemoryError from exc  # the worker's memory limit: the supervisor names it
-        store.update_job(job_id, status="failed", error=f"internal error: {type(exc).__name__}")
+        update(job_id, status="failed", error=f"internal error: {type(exc).__name__}")
 
 
 __all__ = ["build_cluster", "cache_key", "code_version", "near_memory_limit", "run_job"]

@@ -1,7 +1,7 @@
 """The service's persistent store: plan jobs and registered cluster profiles, through SQLAlchemy.
 
 SQLite by default (a file, no server), PostgreSQL by URL; the same code for both. The schema is
-versioned: ``MIGRATIONS`` are applied in order on open and recorded in ``schema_version``, so a newer
+versioned with Alembic (``migrations/``): on open a store is upgraded to the newest revision, so a newer
 service upgrades an older database and never guesses. Cluster profiles are versioned and never
 overwritten: registering a name again adds version n+1.
 """
@@ -10,31 +10,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
-    (1, "jobs and clusters", (
-        """CREATE TABLE IF NOT EXISTS jobs (
-            id VARCHAR(36) PRIMARY KEY, cache_key VARCHAR(64) NOT NULL, status VARCHAR(16) NOT NULL,
-            progress FLOAT NOT NULL DEFAULT 0, request TEXT NOT NULL, result TEXT, error TEXT,
-            created VARCHAR(32) NOT NULL, updated VARCHAR(32) NOT NULL)""",
-        "CREATE INDEX IF NOT EXISTS jobs_cache_key ON jobs (cache_key)",
-        """CREATE TABLE IF NOT EXISTS clusters (
-            name VARCHAR(200) NOT NULL, version INTEGER NOT NULL, profile TEXT NOT NULL,
-            created VARCHAR(32) NOT NULL, PRIMARY KEY (name, version))""",
-    )),
-    # Deleted cluster profiles keep their rows (marked), so a name registered again continues the version
-    # count and never reuses a version number that earlier cached answers were keyed on. `health` holds one
-    # row that /healthz rewrites: a real write is the only way to learn that a store has become read-only.
-    (2, "deleted clusters, health probe", (
-        "ALTER TABLE clusters ADD COLUMN deleted VARCHAR(32)",
-        "CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, checked VARCHAR(32) NOT NULL)",
-    )),
-)
+DEFAULT_LEASE_S = 30.0
+"""How long a claim holds without a heartbeat: the supervisor renews every third of it, so two missed renewals
+(a stalled store, a paused host) do not lose the job; a dead host's jobs are taken over after at most this."""
 STATUSES = ("queued", "running", "done", "failed")
 
 
@@ -96,19 +81,59 @@ class Store:
         self.engine = sa.create_engine(url, future=True, pool_pre_ping=True)
         self.migrate()
 
-    def migrate(self) -> int:
-        with self.engine.begin() as conn:
-            conn.execute(sa.text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
-                                 "name VARCHAR(200) NOT NULL, applied VARCHAR(32) NOT NULL)"))
-            done = {row[0] for row in conn.execute(sa.text("SELECT version FROM schema_version"))}
-            for version, name, statements in MIGRATIONS:
-                if version in done:
-                    continue
-                for statement in statements:
-                    conn.execute(sa.text(statement))
-                conn.execute(sa.text("INSERT INTO schema_version (version, name, applied) VALUES (:v, :n, :a)"),
-                             {"v": version, "n": name, "a": _now()})
-        return max(v for v, _, _ in MIGRATIONS)
+    def migrate(self) -> str:
+        """Bring the schema to the newest revision with Alembic (``migrations/``); returns the revision.
+
+        A store made before Alembic (its ``schema_version`` table, the hand-kept list of versions 1..4) is
+        first stamped with its last applied version, so nothing is applied twice."""
+        from configurator.service.migrations import HEAD, VERSION_TABLE
+
+        with self.engine.connect() as conn:
+            if VERSION_TABLE in sa.inspect(conn).get_table_names():
+                current = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+                if current == HEAD:
+                    return HEAD  # every job process opens the store: no Alembic start-up when up to date
+        from alembic import command
+        from alembic.config import Config
+
+        from configurator.service.migrations import SCRIPT_LOCATION
+
+        engine = self._migration_engine()
+        with engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                # Several servers starting at once on one store: one migrates, the others wait and find it done.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7254019)"))
+            config = Config()
+            config.set_main_option("script_location", SCRIPT_LOCATION)
+            config.attributes["connection"] = conn
+            tables = sa.inspect(conn).get_table_names()
+            if "schema_version" in tables and VERSION_TABLE not in tables:
+                legacy = conn.execute(sa.text("SELECT MAX(version) FROM schema_version")).scalar()
+                if legacy:
+                    command.stamp(config, f"{int(legacy):04d}")
+            command.upgrade(config, "head")
+            revision = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+        if engine is not self.engine:
+            engine.dispose()
+        return revision
+
+    def _migration_engine(self) -> sa.engine.Engine:
+        """SQLite: an engine whose transactions start with ``BEGIN IMMEDIATE`` (the write lock first, DDL inside the
+        transaction), so two processes opening a fresh store at once migrate it one after the other; the second
+        finds it at the head. Other databases: the store's engine."""
+        if self.engine.dialect.name != "sqlite":
+            return self.engine
+        engine = sa.create_engine(self.url, future=True, poolclass=sa.pool.NullPool)
+
+        @sa.event.listens_for(engine, "connect")
+        def _no_implicit_transactions(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+
+        @sa.event.listens_for(engine, "begin")
+        def _write_lock_first(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
 
     # ----- jobs -----
     def create_job(self, cache_key: str, request: dict[str, Any]) -> Job:
@@ -119,6 +144,70 @@ class Store:
                                  "VALUES (:id, :k, 'queued', 0, :r, :c, :c)"),
                          {"id": job_id, "k": cache_key, "r": json.dumps(request), "c": now})
         return self.get_job(job_id)  # type: ignore[return-value]
+
+    def create_or_join(self, cache_key: str, request: dict[str, Any]) -> tuple[Job, bool]:
+        """A new queued job, or the job already in flight for this cache key (``created`` False). The partial
+        unique index decides across servers: the loser of a race gets ``IntegrityError`` and joins the winner."""
+        try:
+            return self.create_job(cache_key, request), True
+        except sa.exc.IntegrityError:
+            with self.engine.connect() as conn:
+                row = conn.execute(sa.text("SELECT * FROM jobs WHERE cache_key = :k AND status IN ('queued', "
+                                           "'running')"), {"k": cache_key}).first()
+            if row is None:  # it finished between the insert and this read: the finished one answers
+                found = self.find_reusable(cache_key)
+                if found is None:
+                    return self.create_job(cache_key, request), True
+                return found, False
+            return self._job(row), False
+
+    def claim(self, token: str, lease_s: float = DEFAULT_LEASE_S, job_id: str | None = None,
+              by: str | None = None) -> Job | None:
+        """Claim one job (``job_id``, or the oldest claimable): a queued job, or a running one whose lease has
+        expired. It becomes "running" under the lease ``token`` until ``lease_s`` from now; ``by`` (host:pid)
+        is recorded for operators.
+
+        PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED``, so concurrent claimers never wait on, or take, the
+        same row. SQLite: one conditional ``UPDATE`` (SQLite runs one writer at a time)."""
+        now = time.time()
+        values: dict[str, Any] = {"t": token, "e": now + lease_s, "now": now, "u": _now(), "id": job_id,
+                                  "by": (by or "")[:200] or None}
+        claimable = "(status = 'queued' OR (status = 'running' AND (lease_expires IS NULL OR lease_expires < :now)))"
+        only = " AND id = :id" if job_id is not None else ""
+        claim = ("UPDATE jobs SET status = 'running', lease_owner = :t, lease_expires = :e, "
+                 "attempts = attempts + 1, claimed_by = :by, updated = :u WHERE id = :picked AND " + claimable)
+        with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                picked = conn.execute(sa.text(f"SELECT id FROM jobs WHERE {claimable}{only} ORDER BY created "
+                                              "LIMIT 1 FOR UPDATE SKIP LOCKED"), values).scalar()
+                if picked is None:
+                    return None
+                conn.execute(sa.text(claim), {**values, "picked": picked})
+            else:
+                sub = f"(SELECT id FROM jobs WHERE {claimable}{only} ORDER BY created LIMIT 1)"
+                if not conn.execute(sa.text(claim.replace(":picked", sub)), values).rowcount:
+                    return None
+            row = conn.execute(sa.text("SELECT * FROM jobs WHERE lease_owner = :t"), values).first()
+        return self._job(row) if row else None
+
+    def renew(self, job_id: str, token: str, lease_s: float = DEFAULT_LEASE_S) -> bool:
+        """The heartbeat: extend a lease still held; False when it was lost (expired and claimed by another)."""
+        with self.engine.begin() as conn:
+            return bool(conn.execute(sa.text("UPDATE jobs SET lease_expires = :e WHERE id = :id AND lease_owner = :t "
+                                             "AND status = 'running'"),
+                                     {"e": time.time() + lease_s, "id": job_id, "t": token}).rowcount)
+
+    def expired_leases(self, now: float) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT COUNT(*) FROM jobs WHERE status = 'running' AND "
+                                            "lease_expires < :now"), {"now": now}).scalar() or 0)
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT status, COUNT(*) FROM jobs GROUP BY status"))
+            counts = {status: 0 for status in STATUSES}
+            counts.update({r[0]: int(r[1]) for r in rows})
+        return counts
 
     def _job(self, row: Any) -> Job:
         return Job(id=row.id, cache_key=row.cache_key, status=row.status, progress=row.progress,
@@ -153,8 +242,11 @@ class Store:
 
     def update_job(self, job_id: str, *, status: str | None = None, progress: float | None = None,
                    result: dict[str, Any] | None = None, error: str | None = None,
-                   only_if_unfinished: bool = False) -> None:
-        fields, values = ["updated = :u"], {"u": _now(), "id": job_id}
+                   only_if_unfinished: bool = False, lease: str | None = None) -> bool:
+        """Write a job's fields; with ``lease`` only while that lease is held (a worker that lost its lease to
+        another never overwrites the other's outcome), and a final or queued status releases the lease.
+        Returns whether the row was written."""
+        fields, values = ["updated = :u"], {"u": _now(), "id": job_id, "lease": lease}
         if status is not None:
             assert status in STATUSES
             fields.append("status = :s")
@@ -168,9 +260,14 @@ class Store:
         if error is not None:
             fields.append("error = :e")
             values["e"] = error
+        if lease is not None and status in ("queued", "done", "failed"):
+            fields.append("lease_owner = NULL")
         with self.engine.begin() as conn:
             where = " AND status IN ('queued', 'running')" if only_if_unfinished else ""
-            conn.execute(sa.text(f"UPDATE jobs SET {', '.join(fields)} WHERE id = :id{where}"), values)
+            if lease is not None:
+                where += " AND lease_owner = :lease AND status = 'running'"
+            return bool(conn.execute(sa.text(f"UPDATE jobs SET {', '.join(fields)} WHERE id = :id{where}"),
+                                     values).rowcount)
 
     def unfinished_jobs(self) -> list[Job]:
         with self.engine.connect() as conn:
@@ -217,4 +314,4 @@ class Store:
                                 {"d": _now(), "n": name, "v": version}).rowcount
 
 
-__all__ = ["Job", "MIGRATIONS", "STATUSES", "Store", "StoreError", "describe_store_error", "is_store_error"]
+__all__ = ["DEFAULT_LEASE_S", "Job", "STATUSES", "Store", "StoreError", "describe_store_error", "is_store_error"]

@@ -14,6 +14,13 @@ job runs in its own child process, so the supervisor can
 Children die with the server: on Linux each sets ``PR_SET_PDEATHSIG`` (SIGKILL when its parent dies) and a
 thread also polls its parent pid, so no search keeps running after ``kill -9`` of the server.
 
+Jobs are claimed through the store when the pool has one (``store``): a claim is a lease (``Store.claim``:
+``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL) that the supervisor renews every third of ``lease_s``;
+every write about a claimed job is conditional on still holding its lease, so when a host dies and another
+worker takes its jobs over after the lease expired, the late writer's result is discarded, never stored
+twice. Besides the jobs submitted by its own server, an idle pool claims any claimable job of the store
+(``claim_from_store``): queued by another server (``serve --workers 0``) or left by a dead host.
+
 The store is the record: a child writes progress and the outcome itself. When the store cannot be written
 (read-only, locked, disk full) the child reports the fault over a pipe and exits; the supervisor keeps the
 job's failure in memory and retries the write until the store takes it (``pending_writes``), so once the
@@ -23,12 +30,15 @@ store recovers no job is left "running" without a live process.
 from __future__ import annotations
 
 import collections
+import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -44,6 +54,10 @@ DEFAULT_DRAIN_S = 10.0
 _POLL_S = 0.1
 _EXIT_FAULT = 3
 _EXIT_OUT_OF_MEMORY = 4
+_CLAIM_POLL_S = 0.5
+"""How often an idle pool asks the store for a claimable job: one indexed query per pool per half second."""
+DEFAULT_LEASE_S = 30.0
+LOG = logging.getLogger("configurator.service")
 
 
 class QueueFull(RuntimeError):
@@ -78,7 +92,7 @@ def _die_with_parent() -> None:
 
 
 def _child_main(db_url: str, job_id: str, profile: dict[str, Any] | None, memory_limit_bytes: int | None,
-                conn: Any) -> None:
+                conn: Any, lease: str | None = None) -> None:
     """A worker process: limits first, then the job; a store fault is sent to the supervisor over ``conn``."""
     _die_with_parent()
     if memory_limit_bytes:
@@ -94,7 +108,7 @@ def _child_main(db_url: str, job_id: str, profile: dict[str, Any] | None, memory
     try:
         from configurator.service.jobs import run_job
 
-        run_job(db_url, job_id, profile)
+        run_job(db_url, job_id, profile, lease=lease)
     except MemoryError:
         os._exit(_EXIT_OUT_OF_MEMORY)  # no allocation on the way out: the traceback still holds the memory
     except BaseException as exc:  # noqa: BLE001 - the reason goes to the supervisor, never a stack trace
@@ -134,6 +148,7 @@ class _Running:
     deadline: float
     started: float
     killed_for: str | None = None
+    lease: str | None = None
 
 
 @dataclass
@@ -166,6 +181,19 @@ class WorkerPool:
     mark_job: Callable[..., None] | None = None
     """``mark_job(job_id, status=..., error=...)``: how the supervisor writes a job's fate (the store's
     ``update_job``); it may raise while the store is faulty, and is retried."""
+    store: Any = None
+    """The ``Store``: with it, jobs are claimed under leases (see the module's docstring); without it, submitted
+    jobs run as they are (one process, no other claimer)."""
+    claim_from_store: bool = True
+    lease_s: float = DEFAULT_LEASE_S
+    resolve_profile: Callable[[Any], dict[str, Any] | None] | None = None
+    """``resolve_profile(job)``: the registered cluster profile of a job claimed from the store (None: a preset);
+    raises ``InputError`` when it no longer exists (the job fails with that reason)."""
+    _owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    on_finished: Callable[[str, str, float], None] | None = None
+    """``on_finished(job_id, outcome, seconds)`` after each worker process ends (metrics)."""
+    _last_claim: float = 0.0
+    _last_heartbeat: float = 0.0
     _queue: collections.deque = field(default_factory=collections.deque)
     _running: dict[str, _Running] = field(default_factory=dict)
     _pending: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -194,6 +222,8 @@ class WorkerPool:
         with self._lock:
             if self._stopping:
                 raise PoolStopped("the service is shutting down")
+            if self.workers == 0:
+                return  # HTTP only: the job waits in the store for a worker host to claim it
             if bounded and len(self._queue) >= self.max_queue:
                 raise QueueFull(f"{len(self._queue)} jobs are queued (the limit is {self.max_queue})")
             self._queue.append((job_id, profile))
@@ -239,7 +269,9 @@ class WorkerPool:
         if self._thread is not None:
             self._thread.join(timeout=5)
         # Jobs killed by the shutdown, and jobs never started, are resumed by the next start.
-        for job_id in [r.job_id for r in leftover] + queued:
+        for r in leftover:
+            self._write(r.job_id, status="queued", progress=0.0, only_if_unfinished=True, lease=r.lease)
+        for job_id in queued if self.store is None else ():  # claimed mode: never claimed, still queued there
             self._write(job_id, status="queued", progress=0.0, only_if_unfinished=True)
         self._flush()
         for r in leftover:
@@ -256,21 +288,68 @@ class WorkerPool:
                         return
                     if not self._stopping:
                         self._start_queued()
+                self._heartbeat()
             except Exception:  # noqa: BLE001 - the supervisor must outlive any one fault; /healthz shows it
                 time.sleep(1.0)
             time.sleep(_POLL_S)
 
     def _start_queued(self) -> None:
-        while self._queue and len(self._running) < self.workers:
-            job_id, profile = self._queue.popleft()
+        while len(self._running) < self.workers:
+            lease: str | None = None
+            if self._queue:
+                job_id, profile = self._queue.popleft()
+                if self.store is not None:
+                    lease = str(uuid.uuid4())
+                    if self.store.claim(lease, self.lease_s, job_id, by=self._owner) is None:
+                        continue  # another worker claimed it first
+            elif (self.store is not None and self.claim_from_store
+                  and time.monotonic() - self._last_claim >= _CLAIM_POLL_S):
+                lease = str(uuid.uuid4())
+                job = self.store.claim(lease, self.lease_s, by=self._owner)
+                if job is None:
+                    self._last_claim = time.monotonic()
+                    return
+                job_id = job.id
+                try:
+                    profile = self.resolve_profile(job) if self.resolve_profile else None
+                except Exception as exc:  # noqa: BLE001 - InputError: the profile was deleted meanwhile
+                    self.store.update_job(job_id, status="failed", progress=1.0, lease=lease,
+                                          error=f"not run: {exc}")
+                    continue
+            else:
+                return
+            stale = self._running.pop(job_id, None)
+            if stale is not None:  # this pool's own job, re-claimed after its lease lapsed (a stalled store)
+                stale.killed_for = "lease lost"
+                stale.process.kill()
+                stale.process.join(timeout=5)
+                stale.conn.close()
             parent_end, child_end = self._context.Pipe(duplex=False)
             process = self._context.Process(target=_child_main, name=f"configurator-job-{job_id[:8]}",
                                             args=(self.db_url, job_id, profile, self.memory_limit_bytes,
-                                                  child_end), daemon=False)
+                                                  child_end, lease), daemon=False)
             process.start()
             child_end.close()
             now = time.monotonic()
-            self._running[job_id] = _Running(job_id, process, parent_end, now + self.job_timeout_s, now)
+            self._running[job_id] = _Running(job_id, process, parent_end, now + self.job_timeout_s, now, lease=lease)
+            LOG.info("job started", extra={"job_id": job_id, "pid": process.pid, "host": self._owner})
+
+    def _heartbeat(self) -> None:
+        """Renew the lease of every running job; a job whose lease was lost (this host stalled past it and
+        another worker claimed the job) is stopped here, its outcome left to the new owner."""
+        if self.store is None or time.monotonic() - self._last_heartbeat < self.lease_s / 3:
+            return
+        self._last_heartbeat = time.monotonic()
+        with self._lock:
+            held = [(r.job_id, r.lease) for r in self._running.values() if r.lease and r.killed_for is None]
+        for job_id, lease in held:
+            if not self.store.renew(job_id, lease, self.lease_s):
+                with self._lock:
+                    r = self._running.get(job_id)
+                    if r is not None and r.lease == lease and r.killed_for is None:
+                        r.killed_for = "lease lost"
+                        r.process.kill()
+                LOG.warning("lease lost to another worker; job process stopped", extra={"job_id": job_id})
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -293,28 +372,38 @@ class WorkerPool:
                 pass
             r.conn.close()
             code = r.process.exitcode
-            if r.killed_for == "shutdown":
+            if self.on_finished is not None:
+                outcome = ("exited" if code == 0 else "killed" if r.killed_for else
+                           "out_of_memory" if code == _EXIT_OUT_OF_MEMORY else "died" if code and code < 0 else "failed")
+                try:
+                    self.on_finished(r.job_id, outcome, time.monotonic() - r.started)
+                except Exception:  # noqa: BLE001 - metrics never stop the supervisor
+                    pass
+            if r.killed_for in ("shutdown", "lease lost"):
                 continue
+            lease = {"lease": r.lease} if r.lease else {}
+            LOG.info("job process ended", extra={"job_id": r.job_id, "exit_status": code,
+                                                  "pid": r.process.pid})
             if r.killed_for:
-                self._write(r.job_id, status="failed", progress=1.0, error=f"worker {r.killed_for}")
+                self._write(r.job_id, status="failed", progress=1.0, error=f"worker {r.killed_for}", **lease)
             elif code and code < 0:
                 name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
                 self._write(r.job_id, status="failed", progress=1.0,
-                            error=f"worker process died ({name}); the job did not finish")
+                            error=f"worker process died ({name}); the job did not finish", **lease)
             elif code == _EXIT_OUT_OF_MEMORY:
                 self._write(r.job_id, status="failed", progress=1.0,
                             error=f"out of memory: the job needed more than the {_gib(self.memory_limit_bytes)} "
-                                  "of address space a job may add to its worker (serve --job-memory-gib)")
+                                  "of address space a job may add to its worker (serve --job-memory-gib)", **lease)
             elif code:
                 self._write(r.job_id, status="failed", progress=1.0,
-                            error=f"worker failed: {message or f'exit status {code}'}")
+                            error=f"worker failed: {message or f'exit status {code}'}", **lease)
             else:
-                self._write_if_unfinished(r.job_id)
+                self._write_if_unfinished(r.job_id, **lease)
 
-    def _write_if_unfinished(self, job_id: str) -> None:
+    def _write_if_unfinished(self, job_id: str, **lease: Any) -> None:
         """A child that exited cleanly wrote its outcome; if the row still says otherwise, fail it."""
         self._write(job_id, status="failed", progress=1.0, error="worker ended without storing an outcome",
-                    only_if_unfinished=True)
+                    only_if_unfinished=True, **lease)
 
     def _write(self, job_id: str, **fields: Any) -> None:
         with self._lock:
@@ -336,5 +425,5 @@ class WorkerPool:
                     del self._pending[job_id]
 
 
-__all__ = ["DEFAULT_DRAIN_S", "DEFAULT_JOB_TIMEOUT_S", "DEFAULT_MAX_QUEUE", "DEFAULT_MEMORY_LIMIT_BYTES",
+__all__ = ["DEFAULT_DRAIN_S", "DEFAULT_LEASE_S", "DEFAULT_JOB_TIMEOUT_S", "DEFAULT_MAX_QUEUE", "DEFAULT_MEMORY_LIMIT_BYTES",
            "PoolHealth", "PoolStopped", "QueueFull", "WorkerPool"]

@@ -1,0 +1,199 @@
+"""The service scaled out on one PostgreSQL store: 3 HTTP-only servers (``serve --workers 0``) and 2 worker hosts
+(``configurator worker``), many requests spread over the servers (fewer distinct), one worker host killed
+(its whole process group, as a host dies) while it holds a job. Every distinct request must yield exactly one
+job, and every job must end done: the killed host's job is taken over once its lease expires.
+
+Runs on its own database (``<test db>_scaleout``, dropped and created afresh) of the server that
+``CONFIGURATOR_TEST_PG_URL`` names; skipped without one (CI sets ``CONFIGURATOR_REQUIRE_POSTGRES=1``)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+sa = pytest.importorskip("sqlalchemy")
+pytest.importorskip("fastapi", reason="the service needs the service extra: pip install -e '.[service]'")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live (not zombie) processes whose session is ``sid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+LEASE_S = 3
+# Cheap, untruncated exhaustive searches (~1 s each): 12 distinct requests.
+DISTINCT = [{"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 8, "seq_len": seq, "global_batch": gb,
+             "method": "exhaustive", "time_budget": 60}
+            for seq in (2048, 4096) for gb in (16, 32, 48, 64, 96, 128)]
+# The victim: a longer search (~5 s on a loaded 2-core machine), so the kill lands mid-job.
+VICTIM = {"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 16, "seq_len": 4096, "global_batch": 64,
+          "method": "exhaustive", "time_budget": 60}
+
+
+@pytest.fixture()
+def pg_url():  # type: ignore[no-untyped-def]
+    url = os.environ.get("CONFIGURATOR_TEST_PG_URL")
+    if not url:
+        if os.environ.get("CONFIGURATOR_REQUIRE_POSTGRES") == "1":
+            pytest.fail("CONFIGURATOR_TEST_PG_URL is not set: start one with `bash .ci/postgres.sh`")
+        pytest.skip("no PostgreSQL: set CONFIGURATOR_TEST_PG_URL (bash .ci/postgres.sh prints one)")
+    base = sa.engine.make_url(url)
+    name = f"{base.database}_scaleout"
+    admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    yield base.set(database=name).render_as_string(hide_password=False)
+
+
+def _start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "configurator.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited: {proc.stderr.read() if proc.stderr else ''}") from None
+        time.sleep(0.3)
+    raise AssertionError("server did not start")
+
+
+def _metric(text: str, name: str) -> float:
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, (name, text)
+    return values[0]
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=30)
+    for pid in session_processes(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_servers_and_worker_hosts_share_one_postgres_store_and_survive_a_dead_host(pg_url) -> None:
+    from configurator.service.store import Store
+
+    Store(pg_url).engine.dispose()  # migrate once up front, so the servers start on a ready schema
+    procs: list[subprocess.Popen] = []
+    try:
+        bases = []
+        for _ in range(3):
+            port = free_port()
+            procs.append(_start("serve", "--port", str(port), "--db", pg_url, "--workers", "0",
+                                "--lease", str(LEASE_S)))
+            bases.append(f"http://127.0.0.1:{port}")
+        metrics_ports = [free_port(), free_port()]
+        workers = [_start("worker", "--db", pg_url, "--workers", "2", "--lease", str(LEASE_S), "--drain", "0",
+                          "--metrics-port", str(port)) for port in metrics_ports]
+        procs += workers
+        for base, proc in zip(bases, procs):
+            _wait_healthy(base, proc)
+        engine = sa.create_engine(pg_url)
+
+        victim = httpx.post(bases[0] + "/v1/plans", json=VICTIM, timeout=30).json()["id"]
+        deadline, holder = time.time() + 90, None
+        while holder is None and time.time() < deadline:
+            with engine.connect() as conn:
+                holder = conn.execute(sa.text("SELECT claimed_by FROM jobs WHERE id = :i AND status = 'running'"),
+                                      {"i": victim}).scalar()
+            time.sleep(0.05)
+        assert holder, "no worker host claimed the victim job"
+        dead = next(w for w in workers if holder.endswith(f":{w.pid}"))
+        os.killpg(dead.pid, signal.SIGKILL)  # the host dies with its job processes
+
+        # 60 requests, 12 distinct, spread round-robin over the 3 servers, 12 at a time.
+        bodies = [DISTINCT[i % len(DISTINCT)] for i in range(60)]
+        with concurrent.futures.ThreadPoolExecutor(12) as ex:
+            answers = list(ex.map(lambda ib: httpx.post(bases[ib[0] % 3] + "/v1/plans", json=ib[1], timeout=60),
+                                  enumerate(bodies)))
+        assert all(a.status_code == 202 for a in answers), [a.text for a in answers if a.status_code != 202]
+        ids_by_request: dict[int, set[str]] = {}
+        for i, a in enumerate(answers):
+            ids_by_request.setdefault(i % len(DISTINCT), set()).add(a.json()["id"])
+        assert all(len(ids) == 1 for ids in ids_by_request.values()), ids_by_request  # one job per distinct request
+
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            with engine.connect() as conn:
+                open_jobs = conn.execute(sa.text("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"))
+                if not open_jobs.scalar():
+                    break
+            time.sleep(0.5)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT id, cache_key, status, error, attempts, claimed_by FROM jobs")).all()
+        assert len(rows) == len(DISTINCT) + 1, rows  # nothing ran as a second job
+        assert len({r.cache_key for r in rows}) == len(rows)
+        assert all(r.status == "done" for r in rows), [(r.id, r.status, r.error) for r in rows]
+        taken_over = next(r for r in rows if r.id == victim)
+        assert taken_over.attempts == 2 and taken_over.claimed_by != holder, taken_over
+        survivor = next(w for w in workers if w is not dead)
+        assert survivor.poll() is None
+        plans = httpx.get(f"{bases[2]}/v1/plans/{victim}", timeout=30).json()
+        assert plans["status"] == "done" and plans["plans"], plans
+        engine.dispose()
+
+        # Metrics: 61 requests made 13 jobs, so the servers answered 48 from existing jobs, summed over servers;
+        # every server sees the same store (13 done, none queued); the surviving host timed its jobs.
+        texts = [httpx.get(b + "/metrics", timeout=30).text for b in bases]
+        hits = sum(_metric(t, "configurator_plan_cache_hits_total") for t in texts)
+        assert hits == 60 - len(DISTINCT), hits
+        assert all(_metric(t, 'configurator_jobs{state="done"}') == len(rows) for t in texts)
+        assert all(_metric(t, "configurator_queue_depth") == 0 for t in texts)
+        survivor_port = metrics_ports[workers.index(survivor)]
+        timed = httpx.get(f"http://127.0.0.1:{survivor_port}/metrics", timeout=30).text
+        assert _metric(timed, 'configurator_search_seconds_count{outcome="exited"}') >= 1
+        for proc in procs:
+            _kill_session(proc)
+        # Structured logs: every job's id is a field of the JSON line its server wrote when it queued it.
+        logged = set()
+        for proc in procs[:3]:
+            for line in proc.stderr.read().splitlines():
+                if line.startswith("{"):
+                    record = json.loads(line)
+                    if record["event"].startswith("job queued"):
+                        logged.add(record["job_id"])
+        assert logged == {r.id for r in rows}
+    finally:
+        for proc in procs:
+            _kill_session(proc)
