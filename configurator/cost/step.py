@@ -162,6 +162,14 @@ def cpu_adam_rate_per_gpu(cluster: ClusterSpec) -> float:
     return hardware_default("cpu_adam_params_per_s_per_core") * cluster.host_cpu_cores_per_node / cluster.gpus_per_node
 
 
+def group_domains(comm: CommModel, plan: Plan) -> tuple[int, int]:
+    """NVLink domains the widest expert-parallel and context-parallel group spans (node-limited
+    routing and NIC sharing depend on them)."""
+    ep_domains = max((sh.domains for sh in comm.shapes("ep")), default=1) if plan.ep > 1 else 1
+    cp_domains = max((sh.domains for sh in comm.shapes("cp")), default=1) if plan.cp > 1 else 1
+    return ep_domains, cp_domains
+
+
 def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
             placement: Placement | None = None, *, runtime: str = "megatron") -> StepInputs:
     """The constant-independent part of ``estimate_step``. ``plan`` must be legal (``check_plan``)."""
@@ -207,8 +215,7 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
     split = plan.sp or rt.p2p_split_over_tp
     p2p = plan.micro_batch * job.seq_len / plan.cp * model.hidden_size * BF16 / (plan.tp if split else 1)
     comm = CommModel(cluster, plan, placement, LinkEfficiency(nvlink=1.0, scale_out=1.0))
-    ep_domains = max((sh.domains for sh in comm.shapes("ep")), default=1) if plan.ep > 1 else 1
-    cp_domains = max((sh.domains for sh in comm.shapes("cp")), default=1) if plan.cp > 1 else 1
+    ep_domains, cp_domains = group_domains(comm, plan)
     return StepInputs(model=model, cluster=cluster, job=job, plan=plan, runtime=rt, stages=tuple(stages),
                       comm=comm, num_microbatches=m, rank_params=rank_params, zero3_layer_bytes=tuple(zero3),
                       zero3_expert_bytes=tuple(zero3_e),

@@ -28,7 +28,8 @@ from operator import attrgetter
 
 from configurator.cost.comm import CommModel, LinkEfficiency
 from configurator.cost.constants import CostConstants
-from configurator.cost.step import StepInputs, VirtualStage, _rates_for, _stage_times, busy_lower_bound, prepare
+from configurator.cost.step import (StepInputs, VirtualStage, _rates_for, _stage_times, busy_lower_bound,
+                                    group_domains, prepare)
 from configurator.cost.work import embedding_work, head_work, layer_work
 from configurator.search.knobs import optimistic_plans
 from configurator.search.space import SearchContext
@@ -83,8 +84,9 @@ class StructureBounds:
             self._template = prepare(ctx.model, ctx.cluster, ctx.job, flat, runtime=ctx.runtime)
         # The stage times read the plan, its communication model, the runtime and the stages: swap the
         # first two into one prepared template instead of preparing every layer key (O(layers) each).
-        inp = dc_replace(self._template, plan=flat,
-                         comm=CommModel(ctx.cluster, flat, None, LinkEfficiency(nvlink=1.0, scale_out=1.0)))
+        comm = CommModel(ctx.cluster, flat, None, LinkEfficiency(nvlink=1.0, scale_out=1.0))
+        ep_domains, cp_domains = group_domains(comm, flat)  # plan-dependent parts of ``prepare``
+        inp = dc_replace(self._template, plan=flat, comm=comm, ep_domains=ep_domains, cp_domains=cp_domains)
         works = []
         for index, moe in ((self._dense_index, False), (self._moe_index, True)):
             if index is not None:
