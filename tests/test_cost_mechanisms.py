@@ -287,3 +287,18 @@ def test_turning_an_overlap_on_never_lengthens_the_modelled_step() -> None:
             off = evaluate(replace(inp, plan=replace(plan, tp_overlap=tp, ep_overlap=False), _rates={}, _schedules={}), C)
             on = evaluate(replace(inp, plan=replace(plan, tp_overlap=tp, ep_overlap=True), _rates={}, _schedules={}), C)
             assert on.step_s <= off.step_s
+
+
+def test_a_top_plan_far_above_the_best_measured_mfu_is_flagged_and_fails_the_gate() -> None:
+    from configurator.bench import compare
+    from configurator.plausibility import check_mfu
+
+    table = {"hopper/bf16": {"mfu": 0.50, "run_id": "r1", "source": "s"}}
+    ok = check_mfu("hopper", "bf16", 0.54, table)
+    bad = check_mfu("hopper", "bf16", 0.56, table)  # 6 points above
+    assert not ok["flagged"] and bad["flagged"] and bad["excess_points"] == 6.0
+    assert check_mfu("hopper", "fp16", 0.56, table)["flagged"]  # fp16 is judged with bf16
+    assert not check_mfu("ampere", "bf16", 0.9, table)["flagged"]  # nothing measured: no verdict
+    result = {"name": "x", "best": None, "search": {"evaluated": 1}, "plausibility": bad}
+    failures = compare([result], {"scenarios": [{"name": "x", "best": None, "evaluated": 1}]}, [])
+    assert len(failures) == 1 and "implausible" in failures[0]
