@@ -302,3 +302,18 @@ def test_a_top_plan_far_above_the_best_measured_mfu_is_flagged_and_fails_the_gat
     result = {"name": "x", "best": None, "search": {"evaluated": 1}, "plausibility": bad}
     failures = compare([result], {"scenarios": [{"name": "x", "best": None, "evaluated": 1}]}, [])
     assert len(failures) == 1 and "implausible" in failures[0]
+
+
+def test_the_first_layers_gather_of_each_microbatch_is_exposed() -> None:
+    from configurator.cost.step import _rates_for, _stage_times
+
+    model = load_model("llama3-8b")
+    cluster = load_cluster("dgx-h100", num_gpus=16)
+    job = JobSpec(global_batch=64, seq_len=8192)
+    plan = Plan(dp=16, sharding="zero3", micro_batch=4)
+    inp = prepare(model, cluster, job, plan)
+    comm = inp.comm.with_efficiency(EFF)
+    gather, _ = _layer_shard_comm(inp, comm, 0, plan)
+    fwd, _, _ = _stage_times(inp, _rates_for(inp, C), comm, C, 0)
+    # mb4 x 8K tokens: every later gather hides under its layer's compute, the first one cannot
+    assert math.isclose(fwd["dp_comm"], gather, rel_tol=1e-9)
