@@ -287,3 +287,33 @@ def test_turning_an_overlap_on_never_lengthens_the_modelled_step() -> None:
             off = evaluate(replace(inp, plan=replace(plan, tp_overlap=tp, ep_overlap=False), _rates={}, _schedules={}), C)
             on = evaluate(replace(inp, plan=replace(plan, tp_overlap=tp, ep_overlap=True), _rates={}, _schedules={}), C)
             assert on.step_s <= off.step_s
+
+
+def test_a_top_plan_far_above_the_best_measured_mfu_is_flagged_and_fails_the_gate() -> None:
+    from configurator.bench import compare
+    from configurator.plausibility import check_mfu
+
+    table = {"hopper/bf16": {"mfu": 0.50, "run_id": "r1", "source": "s"}}
+    ok = check_mfu("hopper", "bf16", 0.54, table)
+    bad = check_mfu("hopper", "bf16", 0.56, table)  # 6 points above
+    assert not ok["flagged"] and bad["flagged"] and bad["excess_points"] == 6.0
+    assert check_mfu("hopper", "fp16", 0.56, table)["flagged"]  # fp16 is judged with bf16
+    assert not check_mfu("ampere", "bf16", 0.9, table)["flagged"]  # nothing measured: no verdict
+    result = {"name": "x", "best": None, "search": {"evaluated": 1}, "plausibility": bad}
+    failures = compare([result], {"scenarios": [{"name": "x", "best": None, "evaluated": 1}]}, [])
+    assert len(failures) == 1 and "implausible" in failures[0]
+
+
+def test_the_first_layers_gather_of_each_microbatch_is_exposed() -> None:
+    from configurator.cost.step import _rates_for, _stage_times
+
+    model = load_model("llama3-8b")
+    cluster = load_cluster("dgx-h100", num_gpus=16)
+    job = JobSpec(global_batch=64, seq_len=8192)
+    plan = Plan(dp=16, sharding="zero3", micro_batch=4)
+    inp = prepare(model, cluster, job, plan)
+    comm = inp.comm.with_efficiency(EFF)
+    gather, _ = _layer_shard_comm(inp, comm, 0, plan)
+    fwd, _, _ = _stage_times(inp, _rates_for(inp, C), comm, C, 0)
+    # mb4 x 8K tokens: every later gather hides under its layer's compute, the first one cannot
+    assert math.isclose(fwd["dp_comm"], gather, rel_tol=1e-9)

@@ -251,7 +251,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     if plan.recompute == "full" and chunk_layers:
         full_frac = min(1.0, (plan.recompute_num_layers or chunk_layers) / chunk_layers)
     per_mb_sharding = _per_microbatch_sharding(plan)
-    first_layer = v == 0
+    first_layer = True  # each chunk's forward starts with a gather nothing can hide
     for work, n, moe in stage.works:
         wt = time_work(work, rates)
         is_layer = work.attention_flops > 0
@@ -264,7 +264,6 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         f_compute = wt.total_s + imbalance
         b_compute = 2 * (wt.gemm_s + imbalance) + rates.attention_bwd_factor * wt.attention_s + 2 * wt.elementwise_s
         hidden_f = 0.0  # communication hidden under this layer's forward (repeated in backward)
-        hidden_z: tuple[float, float] | float = 0.0  # sharding gathers/reductions hidden (fwd, bwd)
         tp_raw = comm.allreduce_s("tp", work.tp_bytes) if work.tp_bytes else 0.0
         tp_f = work.tp_collectives * tp_raw * (1 - tp_hidden)
         hidden_f += work.tp_collectives * tp_raw * tp_hidden
@@ -298,6 +297,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
                                                 sync_s, syncs)
             launch_b += re_frac * launch_f
         z_f = z_b = z_first = 0.0
+        zf_hidden = zb_hidden = 0.0  # sharding gathers/reductions hidden under compute
         if per_mb_sharding and is_layer:
             gather, reduce = _layer_shard_comm(inp, comm, v, plan)
             # The NIC is shared with the CP and EP exchanges of the same layer: what they occupy of the
@@ -309,12 +309,11 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
             z_f = max(0.0, f_gather - window_f)
             back = reduce + f_gather
             z_b = max(0.0, back - window_b)
-            hidden_z = (f_gather - z_f, back - z_b)
+            zf_hidden, zb_hidden = f_gather - z_f, back - z_b
             if first_layer and f_gather:
                 # The first layer's gather of a micro-batch has nothing before it to hide under.
                 z_first = f_gather - z_f
                 first_layer = False
-        zf_hidden, zb_hidden = hidden_z if isinstance(hidden_z, tuple) else (0.0, 0.0)
         slow_f = slowdown * (hidden_f + zf_hidden + cp_hidden / 3)
         slow_b = slowdown * ((1 + re_frac) * hidden_f + zb_hidden + 2 * cp_hidden / 3)
         fwd["compute"] += n * (f_compute + launch_f + slow_f)
