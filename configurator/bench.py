@@ -31,6 +31,7 @@ from configurator.cost.constants import CostConstants
 from configurator.cost.gap import gap_line
 from configurator.cost.step import evaluate, prepare
 from configurator.errors import InputError
+from configurator.margin import default_margin
 from configurator.memory import estimate_memory
 from configurator.profiles import load_cluster, load_model
 from configurator.render import estimate_dict, search_plans_dicts
@@ -82,8 +83,10 @@ def load_scenarios(path: Path) -> list[Scenario]:
         ref = s.get("reference")
         if ref is not None and set(ref) - REFERENCE_KEYS:
             raise InputError(f"{where}:reference", sorted(set(ref) - REFERENCE_KEYS)[0], "is not a reference key")
+        # The default memory margin, as `plan` keeps it: the gate measures the plans users are given.
         out.append(Scenario(name=s["name"], ctx=SearchContext(model=load_model(s["model"]), cluster=cluster, job=job,
-                                                             runtime=s.get("runtime", "megatron")),
+                                                             runtime=s.get("runtime", "megatron"),
+                                                             memory_margin=default_margin()),
                             reference=ref))
     if not out:
         raise InputError("scenarios", str(path), "lists no scenarios")

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from configurator.errors import InputError
-from configurator.profiles import load_cluster, load_model
+from configurator.profiles import cluster_names, load_cluster, load_model
 from configurator.specs.job import JobSpec
 
 console = Console()
@@ -52,14 +52,14 @@ def _job(model: str, cluster: str, num_gpus: int | None, nodes: int | None, glob
          precision: str, gpu_spec: Path | None = None):  # type: ignore[no-untyped-def]
     """The model, the sized cluster and the job of a request (each checked).
 
-    A preset has no size of its own: ``--num-gpus`` or ``--nodes`` is required (a measured profile
-    carries its nodes). ``--precision`` is case-insensitive.
+    A preset has no size of its own: ``--num-gpus`` or ``--nodes`` is required (a profile file carries
+    its own: its nodes or ``default_num_nodes``). ``--precision`` is case-insensitive.
     """
     spec = load_model(model)
     hw = load_cluster(cluster, num_gpus=num_gpus, nodes=nodes, gpu_spec=gpu_spec)
-    if num_gpus is None and nodes is None and not (hw.nodes or hw.node_links is not None):
+    if num_gpus is None and nodes is None and cluster in cluster_names():
         raise InputError("num_gpus", None, f"give --num-gpus or --nodes: cluster {hw.name} is a preset "
-                         "without a size (a measured profile carries its own)")
+                         "without a size (a profile file carries its own)")
     precision = precision.lower()
     job = JobSpec(global_batch=global_batch, seq_len=seq_len, precision=precision)
     if not hw.gpu.supports(precision):

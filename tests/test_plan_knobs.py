@@ -43,3 +43,38 @@ def test_legality_of_the_knobs_depends_on_the_model_and_job():
                               Plan(dp=2, cp=3, cp_comm="a2a"))
     assert any("cp_comm=a2a" in r for r in reasons)
     assert any("ep_overlap needs an MoE model" in r for r in plan_violations(model, job, Plan(dp=8, ep_overlap=True)))
+
+
+def test_megatron_refusals_of_the_ep_overlap_and_fp8_module_recompute_are_legality_rules():
+    """Megatron-Core's TransformerConfig asserts these (found by its validator on a searched plan)."""
+    from configurator.search.knobs import knob_variants
+
+    moe = load_model("mixtral-8x7b")
+    job = JobSpec(global_batch=64, seq_len=4096, precision="bf16")
+    ok = Plan(dp=8, ep=8, pp=1, ep_overlap=True)
+    assert plan_violations(moe, job, ok) == []
+    for bad, words in ((Plan(dp=8, ep=8, recompute="full", ep_overlap=True), "full recompute"),
+                       (Plan(dp=4, pp=2, ep=4, ep_overlap=True), "interleaved"),
+                       (Plan(dp=8, ep=1, ep_overlap=True), "ep > 1"),
+                       (Plan(dp=8, ep=8, recompute="selective", recompute_modules=("moe",), ep_overlap=True),
+                        "moe module")):
+        assert any(words in r for r in plan_violations(moe, job, bad)), bad.describe()
+    # The search never offers the overlap where it cannot run.
+    full = Plan(dp=8, ep=8, recompute="full")
+    assert {v.ep_overlap for v in knob_variants(full, "megatron", moe.num_attention_heads, True)} == {None}
+    assert {v.ep_overlap for v in knob_variants(Plan(dp=8, ep=8), "megatron", moe.num_attention_heads, True)} \
+        == {False, True}
+    fp8 = JobSpec(global_batch=64, seq_len=4096, precision="fp8")
+    plan = Plan(dp=8, ep=8, recompute="selective", recompute_modules=("layernorm", "moe_act"))
+    assert plan_violations(moe, job, plan) == []
+    assert any("delayed scaling" in r for r in plan_violations(moe, fp8, plan))
+
+
+def test_a_runtime_default_overlap_applies_only_where_megatron_can_run_it():
+    from configurator.cost.constants import load_runtime_cost
+    from configurator.cost.knobs import effective_knobs
+
+    nemo = load_runtime_cost("nemo")  # NeMo recipes overlap the EP all-to-all by default
+    assert nemo.ep_comm_overlap
+    assert effective_knobs(Plan(dp=8, ep=8), nemo).ep_overlap
+    assert not effective_knobs(Plan(dp=8, ep=8, recompute="full"), nemo).ep_overlap

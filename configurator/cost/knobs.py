@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from configurator.cost.constants import RuntimeCost
-from configurator.specs.plan import Plan
+from configurator.specs.plan import Plan, ep_overlap_conflicts
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -24,7 +24,8 @@ class Knobs:
 
 def effective_knobs(plan: Plan, runtime: RuntimeCost) -> Knobs:
     tp = runtime.tp_comm_overlap if plan.tp_overlap is None else plan.tp_overlap
-    ep = runtime.ep_comm_overlap if plan.ep_overlap is None else plan.ep_overlap
+    # A runtime's default overlap applies only where Megatron-Core can run it (its TransformerConfig asserts).
+    ep = (runtime.ep_comm_overlap and not ep_overlap_conflicts(plan)) if plan.ep_overlap is None else plan.ep_overlap
     cp = plan.cp_comm or runtime.cp_comm
     return Knobs(tp_overlap=bool(tp) and plan.tp > 1, ep_overlap=bool(ep) and plan.ep > 1, cp_comm=cp)
 

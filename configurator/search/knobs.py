@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from configurator.cost.constants import CostConstants
 from configurator.cost.step import StepInputs, StepReport, busy_lower_bound, evaluate
-from configurator.specs.plan import CP_COMMS, Plan
+from configurator.specs.plan import CP_COMMS, Plan, ep_overlap_conflicts
 
 MEGATRON_RUNTIMES = ("megatron", "nemo")
 
@@ -29,7 +29,7 @@ def knob_variants(plan: Plan, runtime: str, attention_heads: int, is_moe: bool) 
     if runtime in MEGATRON_RUNTIMES:
         if plan.tp_overlap is None and plan.tp > 1 and plan.sp:
             tp = [False, True]
-        if plan.ep_overlap is None and is_moe and plan.ep > 1:
+        if plan.ep_overlap is None and is_moe and not ep_overlap_conflicts(plan):
             ep = [False, True]
         if plan.cp_comm is None and plan.cp > 1:
             heads = attention_heads // plan.tp

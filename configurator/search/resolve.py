@@ -31,6 +31,7 @@ import math
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from dataclasses import replace as dc_replace
 
 from configurator.cost.step import ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, cpu_adam_rate_per_gpu
 from configurator.margin import NO_MARGIN, MemoryMargin, fits_with_margin
@@ -188,7 +189,7 @@ def resolve(ctx: SearchContext, structure: Plan, *, full_only: bool = False) -> 
     if not tight.options:
         return tight  # nothing fits even without the margin: say so against the GPU's capacity
     keep = margin.bytes_for(ctx.cluster.gpu_memory_bytes) / GIB
-    return Resolution(options=tuple(replace(o, tight=True, why=o.why + f"; tight: leaves less than the "
+    return Resolution(options=tuple(dc_replace(o, tight=True, why=o.why + f"; tight: leaves less than the "
                                             f"{keep:.1f} GiB memory margin free") for o in tight.options))
 
 
@@ -267,6 +268,8 @@ def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) ->
     modules repeat, ``configurator/recompute.py``)."""
     for modules in selective_module_ladder(ctx.model)[1:]:
         plan = replace(selective, recompute="selective", recompute_num_layers=0, recompute_modules=modules)
+        if plan_violations(ctx.model, ctx.job, plan):
+            continue  # e.g. fp8 delayed scaling cannot recompute moe_act/layernorm
         mem = _memory(ctx, plan)
         if mem.fits and _fits_device(mem, margin):
             return Option(plan=plan, memory=mem,

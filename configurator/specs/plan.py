@@ -263,6 +263,13 @@ def plan_violations(model: ModelSpec, job: JobSpec, plan: Plan, num_gpus: int | 
             out.append(f"cp_comm=a2a splits the {heads} heads per TP rank over cp={plan.cp}: cp must divide them")
     if plan.ep_overlap and not model.is_moe:
         out.append("ep_overlap needs an MoE model")
+    elif plan.ep_overlap:
+        out += [f"ep_overlap: {r}" for r in ep_overlap_conflicts(plan)]
+        if getattr(model, "mtp_layers", 0) > 1:
+            out.append("ep_overlap: Megatron's EP A2A overlap supports at most one MTP layer")
+    if job.precision == "fp8" and {"moe_act", "layernorm"} & set(plan.recompute_modules):
+        out.append("recompute_modules moe_act/layernorm: Megatron's fp8 delayed scaling does not support "
+                   "recomputing them")
     if plan.offload > 0 and plan.sharding == "none":
         out.append("optimizer offload needs a sharded optimizer (distopt or ZeRO; Megatron: "
                    "--optimizer-cpu-offload requires --use-distributed-optimizer)")
@@ -270,6 +277,22 @@ def plan_violations(model: ModelSpec, job: JobSpec, plan: Plan, num_gpus: int | 
     if plan.recompute_num_layers and plan.recompute_num_layers > chunk:
         out.append(f"recompute_num_layers={plan.recompute_num_layers} exceeds the "
                    f"{chunk} layers of a pipeline chunk")
+    return out
+
+
+def ep_overlap_conflicts(plan: Plan) -> list[str]:
+    """Why Megatron-Core refuses ``--overlap-moe-expert-parallel-comm`` for this plan (its
+    TransformerConfig assertions), [] when it runs: the overlap needs expert parallelism, an
+    interleaved schedule under pipeline parallelism, and no full recompute or recomputed MoE module."""
+    out = []
+    if plan.ep == 1:
+        out.append("needs expert parallelism (ep > 1)")
+    if plan.pp > 1 and plan.vpp == 1:
+        out.append("needs an interleaved schedule (vpp > 1) when pp > 1")
+    if plan.recompute == "full":
+        out.append("cannot run with full recompute")
+    if "moe" in plan.recompute_modules:
+        out.append("cannot run with the moe module recomputed")
     return out
 
 
