@@ -15,6 +15,7 @@ from configurator.cost.constants import load_calibration
 from configurator.cost.gap import gap_line, separating_terms
 from configurator.profiles import load_cluster, load_model
 from configurator.search.optimize import search
+from configurator.margin import default_margin
 from configurator.search.space import SearchContext
 from configurator.specs.job import JobSpec
 
@@ -40,7 +41,8 @@ def main(budget: float) -> None:
     print("|---|---|---|---|")
     for title, model, cluster, gpus, seq, gbs, precision, ref in JOBS:
         ctx = SearchContext(model=load_model(model), cluster=load_cluster(cluster, num_gpus=gpus),
-                            job=JobSpec(global_batch=gbs, seq_len=seq, precision=precision))
+                            job=JobSpec(global_batch=gbs, seq_len=seq, precision=precision),
+                            memory_margin=default_margin())  # as `plan` keeps it
         t0 = time.perf_counter()
         result = search(ctx, top_k=1, constants=constants, time_budget_s=budget)
         top = result.ranked[0] if result.ranked else None

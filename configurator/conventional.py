@@ -26,7 +26,7 @@ from typing import Any
 from configurator.cost.constants import CostConstants
 from configurator.cost.step import StepReport, evaluate, prepare
 from configurator.memory import MemoryReport, estimate_memory
-from configurator.search.space import SearchContext, search_shardings
+from configurator.search.space import SearchContext, _powers_of_two, search_shardings
 from configurator.specs.plan import Plan, balanced_layout, plan_violations
 
 RECIPE = ("TP within the node, PP across nodes (1F1B), distributed optimizer, selective recompute, micro-batch 1"
@@ -40,14 +40,6 @@ class Conventional:
     plan: Plan
     memory: MemoryReport
     step: StepReport
-
-
-def _powers_of_two(limit: int) -> list[int]:
-    out, v = [], 1
-    while v <= limit:
-        out.append(v)
-        v *= 2
-    return out
 
 
 def candidates(ctx: SearchContext) -> list[Plan]:

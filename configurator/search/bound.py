@@ -27,7 +27,8 @@ from itertools import accumulate
 from operator import attrgetter
 
 from configurator.cost.comm import CommModel, LinkEfficiency
-from configurator.cost.constants import CostConstants
+from configurator.cost.constants import CostConstants, load_runtime_cost
+from configurator.cost.knobs import effective_knobs
 from configurator.cost.step import (StepInputs, VirtualStage, _rates_for, _stage_times, busy_lower_bound,
                                     group_domains, prepare)
 from configurator.cost.work import embedding_work, head_work, layer_work
@@ -63,6 +64,7 @@ class StructureBounds:
         self._moe_index = next((i for i, f in enumerate(flags) if f), None)
         self._layer: dict[tuple, LayerTimes] = {}
         self._template: StepInputs | None = None
+        self._runtime = load_runtime_cost(ctx.runtime)
         self.layer_keys_timed = 0
         self.full_preparations = 0
 
@@ -118,7 +120,14 @@ class StructureBounds:
         not exceed any of them): ``busy_lower_bound`` of each prepared form, the least."""
         ctx = self.ctx
         variants = optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe)
-        return min(self._bound(v) for v in variants)
+        return min(self._bound(self._settled(v)) for v in variants)
+
+    def _settled(self, plan: Plan) -> Plan:
+        """The plan with a runtime-default EP overlap made explicit: whether Megatron can run it depends on
+        pp and vpp (``ep_overlap_conflicts``), which the layer key and the one-stage form leave out."""
+        if plan.ep_overlap is not None or plan.ep == 1:
+            return plan
+        return replace_unchecked(plan, ep_overlap=effective_knobs(plan, self._runtime).ep_overlap)
 
     def _bound(self, plan: Plan) -> float:
         ctx, c = self.ctx, self.c

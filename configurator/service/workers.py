@@ -11,8 +11,9 @@ job runs in its own child process, so the supervisor can
 - drain on shutdown: stop taking jobs, let running ones finish for ``drain_s``, then kill the rest and put
   their jobs back to "queued" in the store, where the next start resumes them.
 
-Children die with the server: on Linux each sets ``PR_SET_PDEATHSIG`` (SIGKILL when its parent dies) and a
-thread also polls its parent pid, so no search keeps running after ``kill -9`` of the server.
+Children die with the server: each watches the server's pid (its parent is multiprocessing's fork server,
+which lives as long as any child does) and, on Linux, sets ``PR_SET_PDEATHSIG`` for the fork server's death,
+so no search keeps running after ``kill -9`` of the server (the fork server then exits with its last child).
 
 Jobs are claimed through the store when the pool has one (``store``): a claim is a lease (``Store.claim``:
 ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL) that the supervisor renews every third of ``lease_s``;
@@ -68,8 +69,26 @@ class PoolStopped(RuntimeError):
     """The pool is draining or stopped: no new jobs (HTTP 503)."""
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux), and poll the parent pid too."""
+def _process_alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (a killed server is a zombie until its parent reaps it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+        return stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X")
+    except (OSError, ValueError, IndexError):
+        return True  # no /proc: the signal check is all there is
+
+
+def _die_with_parent(server_pid: int) -> None:
+    """Exit when the server dies. The job's parent is multiprocessing's fork server, which stays alive as
+    long as any of its children does (each holds its liveness pipe), so PR_SET_PDEATHSIG (SIGKILL when the
+    *parent* dies, Linux) covers only the fork server's death; a thread also watches the server's pid."""
     parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:
@@ -79,22 +98,22 @@ def _die_with_parent() -> None:
             libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
         except OSError:
             pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
+    if os.getppid() != parent or not _process_alive(server_pid):  # died before prctl took effect
         os._exit(1)
 
     def watch() -> None:
         while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
+            time.sleep(0.5)
+            if os.getppid() != parent or not _process_alive(server_pid):
                 os._exit(1)
 
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+    threading.Thread(target=watch, daemon=True, name="server-watch").start()
 
 
 def _child_main(db_url: str, job_id: str, profile: dict[str, Any] | None, memory_limit_bytes: int | None,
-                conn: Any, lease: str | None = None) -> None:
+                conn: Any, lease: str | None = None, server_pid: int | None = None) -> None:
     """A worker process: limits first, then the job; a store fault is sent to the supervisor over ``conn``."""
-    _die_with_parent()
+    _die_with_parent(server_pid if server_pid is not None else os.getppid())
     if memory_limit_bytes:
         try:
             import resource
@@ -327,7 +346,7 @@ class WorkerPool:
             parent_end, child_end = self._context.Pipe(duplex=False)
             process = self._context.Process(target=_child_main, name=f"configurator-job-{job_id[:8]}",
                                             args=(self.db_url, job_id, profile, self.memory_limit_bytes,
-                                                  child_end, lease), daemon=False)
+                                                  child_end, lease, os.getpid()), daemon=False)
             process.start()
             child_end.close()
             now = time.monotonic()
