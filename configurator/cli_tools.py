@@ -294,6 +294,15 @@ def register(app: typer.Typer) -> None:
         if failures:
             raise typer.Exit(1)
 
+    def _check_job_limits(job_timeout: float, job_memory_gib: float, drain: float) -> None:
+        """The per-job limits `serve` and `worker` share, each named as its option."""
+        if not 0 < job_timeout <= 86_400:
+            raise InputError("job-timeout", job_timeout, "must be in (0, 86400] seconds")
+        if not 0 <= job_memory_gib <= 4096:
+            raise InputError("job-memory-gib", job_memory_gib, "must be in [0, 4096] GiB")
+        if not 0 <= drain <= 3600:
+            raise InputError("drain", drain, "must be in [0, 3600] seconds")
+
     def _check_lease(lease: float) -> None:
         if not 1 <= lease <= 3600:
             raise InputError("lease", lease, "must be in [1, 3600] seconds")
@@ -336,12 +345,7 @@ def register(app: typer.Typer) -> None:
             raise InputError("serve", "fastapi/uvicorn", "not installed: pip install -e '.[service]'") from None
         if max_queue < 1:
             raise InputError("max-queue", max_queue, "must be >= 1")
-        if not 0 < job_timeout <= 86_400:
-            raise InputError("job-timeout", job_timeout, "must be in (0, 86400] seconds")
-        if not 0 <= job_memory_gib <= 4096:
-            raise InputError("job-memory-gib", job_memory_gib, "must be in [0, 4096] GiB")
-        if not 0 <= drain <= 3600:
-            raise InputError("drain", drain, "must be in [0, 3600] seconds")
+        _check_job_limits(job_timeout, job_memory_gib, drain)
         from configurator.service.store import StoreError
 
         url = db or "sqlite:///configurator.db"
@@ -378,12 +382,7 @@ def register(app: typer.Typer) -> None:
         if not 1 <= workers <= MAX_WORKERS:
             raise InputError("workers", workers, f"must be in 1..{MAX_WORKERS}")
         _check_lease(lease)
-        if not 0 < job_timeout <= 86_400:
-            raise InputError("job-timeout", job_timeout, "must be in (0, 86400] seconds")
-        if not 0 <= job_memory_gib <= 4096:
-            raise InputError("job-memory-gib", job_memory_gib, "must be in [0, 4096] GiB")
-        if not 0 <= drain <= 3600:
-            raise InputError("drain", drain, "must be in [0, 3600] seconds")
+        _check_job_limits(job_timeout, job_memory_gib, drain)
         check_database_url(db, "db", connect=False)
         if metrics_port is not None and not 0 < metrics_port < 65536:
             raise InputError("metrics-port", metrics_port, "must be a TCP port")
