@@ -125,9 +125,9 @@ def plan(
     storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna RDB storage URL (sqlite:///FILE, postgresql://...): the study lives there.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Processes sharing one Optuna study (implies --method optuna).")] = 1,
     method: Annotated[str, typer.Option("--method", help="auto|exhaustive|optuna (auto: exhaustive up to 20000 structures).")] = "auto",
-    framework: Annotated[Optional[str], typer.Option("--framework", help="megatron|deepspeed: search only plans that framework runs (default: megatron; deepspeed with --emit deepspeed|all).")] = None,
+    framework: Annotated[Optional[str], typer.Option("--framework", help="megatron|deepspeed|torchtitan: search only plans that framework runs (default: megatron; the emitted framework with --emit deepspeed|torchtitan).")] = None,
     runtime: Annotated[Optional[str], typer.Option("--runtime", help=f"Cost/memory mechanics: {'|'.join(RUNTIMES)} (default: the framework's).")] = None,
-    emit: Annotated[Optional[str], typer.Option("--emit", help="Write launch files of the best plan: megatron|deepspeed|all (needs --out; all: each framework's own best plan).")] = None,
+    emit: Annotated[Optional[str], typer.Option("--emit", help="Write launch files of the best plan: megatron|deepspeed|torchtitan|all (needs --out; all: each framework's own best plan).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for --emit's files.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the files an earlier emit wrote in --out (its MANIFEST).")] = False,
     hosts: HostsOpt = None,
@@ -153,7 +153,7 @@ def plan(
         raise InputError("method", method, f"must be one of {', '.join(METHODS)}")
     framework, runtime = _framework_and_runtime(framework, runtime, emit)
     if emit is None and out is not None:
-        raise InputError("emit", None, f"--out {out} needs --emit megatron|deepspeed|all")
+        raise InputError("emit", None, f"--out {out} needs --emit megatron|deepspeed|torchtitan|all")
     if emit is not None and out is None:
         raise InputError("out", None, f"--emit {emit} needs --out DIR")
     for name, value, limit in (("top", top, MAX_TOP), ("trials", trials, MAX_TRIALS),
@@ -172,6 +172,10 @@ def plan(
 
         check_out_dir(out, force=force)
         writable_folder(out, "out", create=True)
+    if framework == "torchtitan":  # a model torchtitan has no family for: say so before searching
+        from configurator.emit.torchtitan import family
+
+        family(spec)
     from configurator.ranking import OBJECTIVES, rank_plans
 
     if objective not in OBJECTIVES:
@@ -204,7 +208,7 @@ def plan(
                 found = ranked[0]
             else:  # --emit all: the other framework's own space (and runtime), not the first one's
                 other = search(SearchContext(model=spec, cluster=hw, job=job, framework=target,
-                                             runtime="deepspeed" if target == "deepspeed" else "megatron",
+                                             runtime=FRAMEWORK_RUNTIME[target],
                                              memory_margin=margin),
                                top_k=1, time_budget_s=time_budget, seed=seed, method=method, constants=constants,
                                max_trials=trials)
@@ -386,7 +390,7 @@ def emit_files(
     cluster: ClusterOpt,
     seq_len: SeqLenOpt,
     global_batch: GlobalBatchOpt,
-    framework: Annotated[str, typer.Option("--framework", help="megatron|deepspeed|all.")],
+    framework: Annotated[str, typer.Option("--framework", help="megatron|deepspeed|torchtitan|all.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the launch files.")],
     num_gpus: NumGpusOpt = None,
     nodes: NodesOpt = None,
@@ -410,7 +414,7 @@ def emit_files(
     hosts: HostsOpt = None,
     hostfile: HostfileOpt = None,
 ) -> None:
-    """Write Megatron-LM and/or DeepSpeed launch files for a given plan."""
+    """Write Megatron-LM, DeepSpeed and/or torchtitan launch files for a given plan."""
     from configurator.emit import EmitRequest, emit as write_files, targets_of
     from configurator.emit.files import check_out_dir
 
@@ -437,19 +441,23 @@ def emit_files(
         console.print(f"wrote {path}")
 
 
+FRAMEWORK_RUNTIME = {"megatron": "megatron", "deepspeed": "deepspeed", "torchtitan": "fsdp"}
+"""The runtime whose mechanics model each framework's plans (torchtitan: FSDP2)."""
+
+
 def _framework_and_runtime(framework: str | None, runtime: str | None, emit: str | None) -> tuple[str, str]:
     """The framework whose plans are searched and the runtime whose mechanics are modelled."""
     from configurator.emit import FRAMEWORKS
 
     if emit is not None and emit not in FRAMEWORKS:
         raise InputError("emit", emit, f"must be one of {', '.join(FRAMEWORKS)}")
-    if framework is not None and framework not in ("megatron", "deepspeed"):
-        raise InputError("framework", framework, "must be megatron or deepspeed")
+    if framework is not None and framework not in ("megatron", "deepspeed", "torchtitan"):
+        raise InputError("framework", framework, "must be megatron, deepspeed or torchtitan")
     if framework is None:
-        framework = "deepspeed" if emit == "deepspeed" else "megatron"
-    elif emit == "deepspeed" and framework != "deepspeed":
-        raise InputError("framework", framework, f"--emit {emit} needs plans DeepSpeed can run (--framework deepspeed)")
-    runtime = runtime or ("deepspeed" if framework == "deepspeed" else "megatron")
+        framework = emit if emit in ("deepspeed", "torchtitan") else "megatron"
+    elif emit in ("deepspeed", "torchtitan") and framework != emit:
+        raise InputError("framework", framework, f"--emit {emit} needs plans {emit} can run (--framework {emit})")
+    runtime = runtime or FRAMEWORK_RUNTIME[framework]
     if runtime not in RUNTIMES:
         raise InputError("runtime", runtime, f"must be one of {', '.join(RUNTIMES)}")
     return framework, runtime

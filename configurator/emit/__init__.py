@@ -5,7 +5,9 @@ Files (INTERFACE.md "Emitted files"):
 * ``megatron``: ``megatron_args.txt``, ``launch_megatron.sh``, ``launch_megatron.sbatch``, ``placement.txt``;
 * ``deepspeed``: ``ds_config.json``, ``hostfile``, ``launch_deepspeed.sh``, ``launch_deepspeed.sbatch``
   (plans DeepSpeed cannot run are refused with the reason, see ``deepspeed.unsupported``);
-* ``all``: both, each for its own request (``plan --emit all`` searches each framework's space);
+* ``torchtitan``: ``torchtitan_job.py`` (a Python module: torchtitan 0.3.0 reads ``--module/--config``, not
+  TOML), ``launch_torchtitan.sh``, ``launch_torchtitan.sbatch`` (see ``torchtitan`` for what is refused);
+* ``all``: all three, each for its own request (``plan --emit all`` searches each framework's space);
 * always ``MANIFEST``: which plan each file set holds and the files written.
 
 Writing is atomic and never touches what the tool did not write (``files.write_folder``): the files are
@@ -18,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from configurator.emit import deepspeed, megatron, rocm
+from configurator.emit import deepspeed, megatron, rocm, torchtitan
 from configurator.emit.files import write_folder
 from configurator.emit.shell import check_hosts, sbatch_script
 from configurator.errors import InputError
@@ -28,10 +30,11 @@ from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
 from configurator.specs.plan import Plan
 
-TARGETS = ("megatron", "deepspeed")
+TARGETS = ("megatron", "deepspeed", "torchtitan")
 FRAMEWORKS = (*TARGETS, "all")
 MEGATRON_FILES = ("megatron_args.txt", "launch_megatron.sh", "launch_megatron.sbatch", "placement.txt")
 DEEPSPEED_FILES = ("ds_config.json", "hostfile", "launch_deepspeed.sh", "launch_deepspeed.sbatch")
+TORCHTITAN_FILES = ("torchtitan_job.py", "launch_torchtitan.sh", "launch_torchtitan.sbatch")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -74,6 +77,11 @@ def files_for(request: EmitRequest, framework: str) -> dict[str, str]:
         out["launch_deepspeed.sh"] = deepspeed.launch_script(request.cluster, request.plan, placement, names)
         out["launch_deepspeed.sbatch"] = sbatch_script(request.cluster, "DeepSpeed", "launch_deepspeed.sh",
                                                        per_node=False)
+    if "torchtitan" in targets:
+        out["torchtitan_job.py"] = torchtitan.job_module(request.model, request.job, request.plan)
+        out["launch_torchtitan.sh"] = torchtitan.launch_script(request.cluster, request.plan, placement, names)
+        out["launch_torchtitan.sbatch"] = sbatch_script(request.cluster, "torchtitan", "launch_torchtitan.sh",
+                                                        per_node=True)
     return rocm.adapt(out, request.cluster, request.plan, request.job)  # AMD: RCCL env, refusals by name
 
 
@@ -104,5 +112,5 @@ def emit(request: EmitRequest | dict[str, EmitRequest], framework: str, out_dir:
     return write_folder(out_dir, files, held, force=force)
 
 
-__all__ = ["DEEPSPEED_FILES", "EmitRequest", "FRAMEWORKS", "MEGATRON_FILES", "TARGETS", "emit", "files_for",
+__all__ = ["DEEPSPEED_FILES", "EmitRequest", "FRAMEWORKS", "MEGATRON_FILES", "TARGETS", "TORCHTITAN_FILES", "emit", "files_for",
            "targets_of"]

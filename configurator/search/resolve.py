@@ -253,6 +253,8 @@ def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin, full_onl
     options += extra
     if ctx.framework == "deepspeed":
         options = _deepspeed_runnable(ctx, options)
+    elif ctx.framework == "torchtitan":
+        options = _torchtitan_runnable(ctx, options)
     if options:
         return Resolution(options=tuple(options))
     cap = ctx.cluster.gpu_memory_bytes
@@ -285,7 +287,8 @@ def resolve_least(ctx: SearchContext, structure: Plan) -> Resolution | None:
     ``resolve``. Most structures that reach the front of a search fit this way, with one estimate
     instead of about five."""
     shardings = framework_shardings(ctx, structure)
-    if ctx.framework == "deepspeed" or structure.sharding != shardings[0] or structure.recompute != "none" \
+    if ctx.framework in ("deepspeed", "torchtitan") or structure.sharding != shardings[0] \
+            or structure.recompute != "none" \
             or structure.offload:
         return None
     mem = _memory(ctx, structure)
@@ -325,6 +328,13 @@ def resolve_full_recompute(ctx: SearchContext, structure: Plan) -> Resolution:
     avoid recompute). Same options, same order, same reasons as ``resolve`` (``tests/test_search_speed.py``
     compares them)."""
     return resolve(ctx, structure, full_only=True)
+
+
+def _torchtitan_runnable(ctx: SearchContext, options: list[Option]) -> list[Option]:
+    """Keep what torchtitan 0.3.0 runs (no partial layer recompute, offload all-or-nothing with FSDP2, ...)."""
+    from configurator.emit.torchtitan import unsupported
+
+    return [o for o in options if not unsupported(ctx.model, o.plan, ctx.job)]
 
 
 def _deepspeed_runnable(ctx: SearchContext, options: list[Option]) -> list[Option]:

@@ -49,7 +49,8 @@ class SearchContext:
     runtime: str = "megatron"
     framework: str = "megatron"
     """'megatron' (everything Megatron-LM runs) or 'deepspeed' (only what DeepSpeed can run: no CP, no
-    interleaving, no expert parallelism, no Megatron-style SP; see ``configurator.emit.deepspeed``)."""
+    interleaving, no expert parallelism, no Megatron-style SP; see ``configurator.emit.deepspeed``) or
+    'torchtitan' (no expert-TP; resolved plans filtered by ``configurator.emit.torchtitan.unsupported``)."""
     memory_margin: Any = None
     """``configurator.margin.MemoryMargin`` kept free on every GPU by ``search/resolve.py`` (None: none);
     plans that fit only without it come back marked ``tight``."""
@@ -138,7 +139,7 @@ def _ep(ctx: SearchContext, chosen: dict[str, Any], _: SpaceStats) -> list[int]:
 
 
 def _etp(ctx: SearchContext, chosen: dict[str, Any], _: SpaceStats) -> list[int]:
-    if not ctx.model.is_moe or chosen["tp"] == 1:
+    if not ctx.model.is_moe or chosen["tp"] == 1 or ctx.framework == "torchtitan":  # torchtitan: no expert-TP
         return [1]
     return [1, chosen["tp"]]
 
@@ -190,7 +191,9 @@ def structure_plan(ctx: SearchContext, values: dict[str, Any]) -> Plan:
     # cannot fail, and skipping them matters at 20,000 structures; legality is ``plan_violations``'s.
     return replace_unchecked(_DEFAULT_PLAN, tp=tp, cp=cp, pp=pp, vpp=vpp, dp=dp, ep=values["ep"], etp=values["etp"],
                              sp=tp > 1 and ctx.framework != "deepspeed", micro_batch=values["micro_batch"],
-                             sharding=search_shardings(ctx.runtime, dp * cp)[0], pipeline_layers=layout)
+                             sharding=search_shardings(ctx.runtime, dp * cp)[0], pipeline_layers=layout,
+                             # torchtitan 0.3.0's CP for language models is FlexAttention's K/V all-gather only
+                             cp_comm="all_gather" if ctx.framework == "torchtitan" and cp > 1 else None)
 
 
 def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iterator[Plan]:
