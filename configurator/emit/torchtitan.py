@@ -231,7 +231,10 @@ def job_settings(model: ModelSpec, job: JobSpec, plan: Plan) -> dict[str, Any]:
         "family": fam,
         "parallelism": parallelism,
         "training": {"local_batch_size": local, "global_batch_size": job.global_batch, "seq_len": job.seq_len,
-                     "enable_cpu_offload": plan.offload > 0, "mixed_precision_param": "bfloat16"},
+                     "enable_cpu_offload": plan.offload > 0, "mixed_precision_param": "bfloat16",
+                     # torchtitan 0.3.0 captures CUDA graphs by default, which PP and EP's standard
+                     # all-to-all dispatcher (it synchronises with the host) do not support
+                     "disable_cuda_graphs": plan.pp > 1 or plan.ep > 1},
         "activation_checkpoint": {"none": "none", "full": "full", "selective": "selective"}[plan.recompute],
         "async_tp": bool(plan.tp_overlap),
         "float8": job.precision == "fp8",
@@ -381,7 +384,7 @@ def configurator_job() -> Trainer.Config:
         optimizer=default_adamw(lr=3e-4),
         training=TrainingConfig(steps=1000, **TRAINING),
         parallelism=ParallelismConfig(**PARALLELISM),
-        **({"activation_checkpoint": ac()} if ac else {}),
+        activation_checkpoint=ac() if ac else None,  # None: no activation checkpointing
         compile=CompileConfig(enable=True, components=["model", "loss"], enable_async_tensor_parallel=True)
         if ASYNC_TP else CompileConfig(),
     )
