@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the environment in which Megatron-LM's and DeepSpeed's own validators check emitted configs.
+# Build the environment in which Megatron-LM's, DeepSpeed's and torchtitan's own validators check emitted configs.
 # Kept out of the package's dependencies. Idempotent: reuses .venv-validators/ and .validators/ if present.
 #   - torch==2.13.0 CPU (the wheel this machine kind keeps on disk), numpy, packaging;
 #   - DeepSpeed 0.19.8 built without ops (DS_BUILD_OPS=0, against that torch: --no-build-isolation);
@@ -23,4 +23,10 @@ if [ ! -d "$MCORE/megatron/training" ]; then
     megatron-core==0.19.2 -d .validators/wheel
   "$VENV/bin/python" -m zipfile -e .validators/wheel/megatron_core-0.19.2-*.whl "$MCORE"
 fi
-echo "validators ready: $VENV (DeepSpeed), $MCORE (Megatron-LM)"
+# torchtitan 0.3.0 (the PyPI release: --module/--config job modules, tyro overrides) with its declared
+# dependencies (tyro, datasets, torchdata, spmd_types, ...; it declares no torch, so the CPU torch above
+# stays) and torchao for its Float8 converter. tests/validators/torchtitan_check.py imports them on CPU.
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('torchtitan') != '0.3.0' or m.version('torchao') != '0.18.0')" 2>/dev/null; then
+  "$VENV/bin/python" -m pip install --quiet torchtitan==0.3.0 torchao==0.18.0
+fi
+echo "validators ready: $VENV (DeepSpeed, torchtitan), $MCORE (Megatron-LM)"

@@ -207,6 +207,14 @@ def plan(
             if target == framework:
                 found = ranked[0]
             else:  # --emit all: the other framework's own space (and runtime), not the first one's
+                if target == "torchtitan":
+                    from configurator.emit.torchtitan import family
+
+                    try:
+                        family(spec)
+                    except InputError as exc:
+                        print(f"note: torchtitan: {exc}; its files are not written", file=sys.stderr)
+                        continue
                 other = search(SearchContext(model=spec, cluster=hw, job=job, framework=target,
                                              runtime=FRAMEWORK_RUNTIME[target],
                                              memory_margin=margin),

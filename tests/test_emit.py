@@ -17,7 +17,7 @@ import pytest
 
 from configurator import JobSpec, Plan, load_cluster, load_model
 from configurator.bench import load_scenarios, reference_plan
-from configurator.emit import DEEPSPEED_FILES, MEGATRON_FILES, EmitRequest, emit, files_for
+from configurator.emit import DEEPSPEED_FILES, MEGATRON_FILES, TORCHTITAN_FILES, EmitRequest, emit, files_for
 from configurator.emit.deepspeed import unsupported
 from configurator.errors import InputError
 from configurator.search.resolve import resolve
@@ -358,7 +358,7 @@ def test_plan_emit_all_searches_each_framework_and_never_overwrites_silently(tmp
     proc = cli(*base, "--emit", "all", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["MANIFEST", *MEGATRON_FILES, *DEEPSPEED_FILES])
+    assert names == sorted(["MANIFEST", *MEGATRON_FILES, *DEEPSPEED_FILES, *TORCHTITAN_FILES])
     answer = json.loads(proc.stdout)
     held = answer["emitted_plans"]
     assert held["megatron"] == Plan(**{k: (tuple(v) if isinstance(v, list) else v)
@@ -366,12 +366,13 @@ def test_plan_emit_all_searches_each_framework_and_never_overwrites_silently(tmp
                                        if k in Plan.__dataclass_fields__}).describe()  # the Megatron search's best
     manifest = (out / "MANIFEST").read_text()
     assert f"# megatron: {held['megatron']}" in manifest and f"# deepspeed: {held['deepspeed']}" in manifest
-    assert os.access(out / "launch_megatron.sh", os.X_OK)
+    assert f"# torchtitan: {held['torchtitan']}" in manifest and "zero3" in held["torchtitan"]
+    assert os.access(out / "launch_megatron.sh", os.X_OK) and os.access(out / "launch_torchtitan.sh", os.X_OK)
     again = cli(*base, "--emit", "megatron", "--out", str(out))
     assert again.returncode == 2 and "--force" in again.stderr
     (out / "notes.txt").write_text("mine")
     assert cli(*base, "--emit", "megatron", "--out", str(out), "--force").returncode == 0
-    # --force replaced the Megatron files, removed the stale DeepSpeed ones, kept the user's file.
+    # --force replaced the Megatron files, removed the stale DeepSpeed/torchtitan ones, kept the user's file.
     assert sorted(p.name for p in out.iterdir()) == sorted(["MANIFEST", "notes.txt", *MEGATRON_FILES])
     lone = cli(*base, "--emit", "megatron")
     assert lone.returncode == 2 and lone.stderr.startswith("error: out=None") and "--out" in lone.stderr
@@ -431,7 +432,7 @@ def test_slurm_and_given_hosts_keep_the_placements_node_order(tmp_path) -> None:
 
     placement = Placement(node_order=(2, 0, 3, 1), gpu_order=((1, 0, 2, 3, 4, 5, 6, 7),) + ((0, 1, 2, 3, 4, 5, 6, 7),) * 3)
     out = tmp_path / "e"
-    emit(_small_request(placement=placement, hosts=("h0", "h1", "h2", "h3")), "all", out)
+    emit(_small_request(placement=placement, hosts=("h0", "h1", "h2", "h3")), "all", out, notes=[])
     assert (out / "hostfile").read_text().split()[::2] == ["h2", "h0", "h3", "h1"]
     # Slurm: srun starts one task per node; node i of the allocation is the profile's node i.
     proc, launches = run_script(out / "launch_megatron.sbatch", root=tmp_path, record=tmp_path / "sbatch",
@@ -482,21 +483,21 @@ def test_emit_is_atomic_and_never_writes_through_a_planted_symlink(tmp_path, mon
 
     monkeypatch.setattr(files, "_write_new", failing)
     with pytest.raises(OSError):
-        emit(_small_request(), "all", out, force=True)
+        emit(_small_request(), "all", out, force=True, notes=[])
     assert {p.name: p.read_text() for p in out.iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.") and p.is_dir()]
 
 
 def test_force_replaces_only_files_the_tool_wrote(tmp_path) -> None:
     out = tmp_path / "out"
-    emit(_small_request(), "all", out)
+    emit(_small_request(), "all", out, notes=[])
     (out / "README").write_text("mine")
     emit(_small_request(), "megatron", out, force=True)
     assert (out / "README").read_text() == "mine"
     assert not (out / "hostfile").exists() and not (out / "ds_config.json").exists()
     (out / "ds_config.json").write_text("{}")  # not in the MANIFEST now: the user's
     with pytest.raises(InputError, match="configurator did not write it"):
-        emit(_small_request(), "all", out, force=True)
+        emit(_small_request(), "all", out, force=True, notes=[])
     assert (out / "ds_config.json").read_text() == "{}"
 
 
