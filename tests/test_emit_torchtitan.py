@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from configurator import JobSpec, Plan, load_cluster, load_model
-from configurator.emit import TORCHTITAN_FILES, EmitRequest, emit
+from configurator.emit import TORCHTITAN_FILES, EmitRequest, emit, files_for
 from configurator.emit.torchtitan import family, job_settings, unsupported
 from configurator.errors import InputError
 from configurator.profiles import model_names
@@ -273,3 +273,15 @@ def test_plan_emit_torchtitan_searches_what_torchtitan_runs(tmp_path) -> None:
                   "--global-batch", "64", "--emit", "torchtitan", "--out", str(tmp_path / "g"))
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "model.norm" in refused.stderr
     assert not (tmp_path / "g").exists() or not any((tmp_path / "g").iterdir())
+
+
+def test_amd_clusters_get_the_rccl_environment_in_the_torchtitan_launch() -> None:
+    request = _request("llama3-8b", "mi300x-roce400", 16, 4096, 64, Plan(dp=16, sharding="zero3"))
+    script = files_for(request, "torchtitan")["launch_torchtitan.sh"]
+    lines = script.splitlines()
+    assert 'export HIP_VISIBLE_DEVICES="$CUDA_VISIBLE_DEVICES"  # HIP honours both; set both for tools that read one' \
+        in lines
+    assert lines.index("export NCCL_PROTO=Simple  # RCCL's Simple protocol, as AMD's Megatron scripts set") \
+        < next(i for i, line in enumerate(lines) if line.startswith("exec torchrun"))
+    nvidia = files_for(_request("llama3-8b", "dgx-h100", 16, 4096, 64, Plan(dp=16, sharding="zero3")), "torchtitan")
+    assert "HIP_VISIBLE_DEVICES" not in nvidia["launch_torchtitan.sh"]

@@ -14,7 +14,8 @@ and Primus-Megatron (github.com/AMD-AGI/Primus, which drives the same Megatron a
   Engine does not ship them) and fp4 (Megatron's fp4 recipe is NVFP4 through Transformer Engine on CUDA;
   MI355X runs MXFP4, which Megatron-LM does not emit).
 
-DeepSpeed runs on ROCm as it is (its ROCm wheels); only the environment lines are added.
+DeepSpeed and torchtitan run on ROCm as they are (ROCm wheels of PyTorch; torchtitan's Float8 converter
+accepts gfx942+); only the environment lines are added.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ def env_lines(cluster: ClusterSpec, plan: Plan, script: str, framework: str = "m
     """Lines to add to a launch script on AMD GPUs (none on NVIDIA)."""
     if cluster.gpu.vendor != "amd":
         return []
-    container = ("AMD's rocm/megatron-lm or rocm/primus container (AMD's Megatron-LM fork or Primus-Megatron)"
-                 if framework == "megatron" else "a ROCm build of PyTorch and DeepSpeed")
+    container = {"megatron": "AMD's rocm/megatron-lm or rocm/primus container (AMD's Megatron-LM fork or "
+                             "Primus-Megatron)",
+                 "torchtitan": "a ROCm build of PyTorch with torchtitan"}.get(framework,
+                                                                         "a ROCm build of PyTorch and DeepSpeed")
     lines = [f"# AMD Instinct ({cluster.gpu.name}, ROCm): run this in {container}; RCCL reads the NCCL_* "
              "variables."]
     if "export CUDA_VISIBLE_DEVICES=" in script:
@@ -74,7 +77,8 @@ def env_lines(cluster: ClusterSpec, plan: Plan, script: str, framework: str = "m
 def adapt(files: dict[str, str], cluster: ClusterSpec, plan: Plan, job: JobSpec) -> dict[str, str]:
     """The emitted files with the vendor's changes; an ``InputError`` naming the framework that cannot run
     the plan on these GPUs."""
-    for name, framework in (("launch_megatron.sh", "megatron"), ("launch_deepspeed.sh", "deepspeed")):
+    for name, framework in (("launch_megatron.sh", "megatron"), ("launch_deepspeed.sh", "deepspeed"),
+                            ("launch_torchtitan.sh", "torchtitan")):
         if name not in files:
             continue
         reasons = refusals(cluster, plan, job, framework)
