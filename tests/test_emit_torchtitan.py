@@ -164,7 +164,36 @@ def test_torchtitan_accepts_every_plan_shape_and_preset_it_can_run(torchtitan_en
         record = launched(tmp_path / f"preset-{preset}", tmp_path, "0", "10.0.0.1")
         requests[str(record)] = (preset, request)
         specs.append(f"{record}:blackwell")
+    # The searched best plan (--emit torchtitan searches what torchtitan runs) goes through the same checks.
+    searched = tmp_path / "searched"
+    proc = cli("plan", "--model", "llama3-8b", "--cluster", "dgx-h100", "--num-gpus", "16", "--seq-len", "32768",
+               "--global-batch", "32", "--emit", "torchtitan", "--out", str(searched), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in searched.iterdir()) == sorted(["MANIFEST", *TORCHTITAN_FILES])
+    answer = json.loads(proc.stdout)
+    for row in answer["plans"]:
+        assert row["plan"]["sharding"] in ("zero3", "zero2") and row["plan"]["etp"] == 1
+        assert row["plan"]["cp"] == 1 or row["plan"]["cp_comm"] == "all_gather"
+    searched_record = launched(searched, tmp_path, "0", "10.0.0.1")
+    specs.append(f"{searched_record}:hopper")
+    # A deliberately broken job (TP 3 on 8 GPUs, 32 heads) must be rejected by torchtitan's own checks.
+    broken = tmp_path / "broken"
+    emit(_request("llama3-8b", "dgx-h100", 8, 4096, 64, Plan(dp=8, sharding="zero3")), "torchtitan", broken)
+    job = broken / "torchtitan_job.py"
+    job.write_text(job.read_text().replace('"tensor_parallel_degree": 1', '"tensor_parallel_degree": 3'))
+    broken_record = launched(broken, tmp_path, "0", "10.0.0.1")
+    specs.append(f"{broken_record}:hopper")
     results = run_torchtitan(specs)
+    broken_result = next(r for r in results if r["dir"] == str(broken_record))
+    results.remove(broken_result)
+    assert not broken_result["ok"] and "tp(3)" in broken_result["error"], broken_result
+    searched_result = next(r for r in results if r["dir"] == str(searched_record))
+    results.remove(searched_result)
+    assert searched_result["ok"], searched_result
+    best = answer["plans"][0]["plan"]
+    assert searched_result["degrees"]["tp"] == best["tp"] and searched_result["degrees"]["cp"] == best["cp"]
+    assert searched_result["degrees"]["pp"] == best["pp"]
+    assert_model_equal(searched_result, load_model("llama3-8b"), 32768)
     bad = [(r["dir"], r.get("error"), r.get("trace")) for r in results if not r["ok"]]
     assert not bad, bad
     by_name = {}
@@ -257,21 +286,11 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=300, cwd=REPO)
 
 
-def test_plan_emit_torchtitan_searches_what_torchtitan_runs(tmp_path) -> None:
-    out = tmp_path / "t"
-    proc = cli("plan", "--model", "llama3-8b", "--cluster", "dgx-h100", "--num-gpus", "16", "--seq-len", "32768",
-               "--global-batch", "32", "--emit", "torchtitan", "--out", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(["MANIFEST", *TORCHTITAN_FILES])
-    result = json.loads(proc.stdout)
-    assert result["search"]
-    for row in result["plans"]:
-        plan = row["plan"]
-        assert plan["sharding"] in ("zero3", "zero2") and plan.get("etp", 1) == 1
-        assert plan["cp"] == 1 or plan["cp_comm"] == "all_gather"
+def test_plan_emit_torchtitan_refuses_a_model_it_cannot_build_before_searching(tmp_path) -> None:
     refused = cli("plan", "--model", "gpt3-175b", "--cluster", "dgx-h100", "--num-gpus", "64", "--seq-len", "2048",
                   "--global-batch", "64", "--emit", "torchtitan", "--out", str(tmp_path / "g"))
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "model.norm" in refused.stderr
+    assert "Traceback" not in refused.stderr
     assert not (tmp_path / "g").exists() or not any((tmp_path / "g").iterdir())
 
 
