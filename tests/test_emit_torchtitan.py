@@ -273,6 +273,8 @@ def test_plans_torchtitan_cannot_run_are_refused_with_the_reason() -> None:
         (llama, Plan(tp=2, cp=2, dp=2, sp=True, sharding="zero3", cp_comm="p2p"), "all-gathers K/V"),
         (moe, Plan(tp=2, dp=4, ep=4, etp=2, sp=True, sharding="zero3"), "expert_tensor_parallel"),
         (no_aux_loss("deepseek-v3"), Plan(pp=2, dp=4, sharding="zero3"), "MTP"),
+        (llama, Plan(dp=2, cp=4, sharding="hsdp", shard_group=2), "replicas must divide"),
+        (moe, Plan(dp=8, ep=8, sharding="hsdp", shard_group=4), "not the HSDP replicas"),
     ]
     for model, plan, reason in cases:
         reasons = unsupported(model, plan, job)

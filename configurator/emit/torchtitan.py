@@ -134,8 +134,13 @@ def unsupported(model: ModelSpec, plan: Plan, job: JobSpec) -> list[str]:
                    "never, or HSDP); it has no ZeRO-1/distributed optimizer and no plain DDP with this emitter")
     if plan.etp > 1:
         out.append("expert tensor parallelism: torchtitan 0.3.0 has no expert_tensor_parallel_degree")
-    if plan.ep > 1 and (plan.dp * plan.cp * plan.tp) % plan.ep:
-        out.append("torchtitan's EP borrows ranks from dp_shard x cp x tp: ep must divide it")
+    replicate = plan.dp * plan.cp // plan.shard_group if plan.sharding == "hsdp" else 1
+    if plan.dp % replicate:
+        out.append(f"hsdp with shard groups of {plan.shard_group}: torchtitan shards over dp_shard x cp, so the "
+                   f"{replicate} replicas must divide dp={plan.dp}")
+    elif plan.ep > 1 and (plan.dp // replicate * plan.cp * plan.tp) % plan.ep:
+        out.append("torchtitan's EP borrows ranks from dp_shard x cp x tp (not the HSDP replicas): ep must "
+                   "divide it")
     if plan.ep_overlap:
         out.append("EP all-to-all overlap: no such option in torchtitan 0.3.0")
     if plan.cp > 1 and plan.cp_comm not in (None, "all_gather"):
