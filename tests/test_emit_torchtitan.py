@@ -180,7 +180,9 @@ def test_torchtitan_accepts_every_plan_shape_and_preset_it_can_run(torchtitan_en
     broken = tmp_path / "broken"
     emit(_request("llama3-8b", "dgx-h100", 8, 4096, 64, Plan(dp=8, sharding="zero3")), "torchtitan", broken)
     job = broken / "torchtitan_job.py"
-    job.write_text(job.read_text().replace('"tensor_parallel_degree": 1', '"tensor_parallel_degree": 3'))
+    text = job.read_text()
+    assert "'tensor_parallel_degree': 1," in text
+    job.write_text(text.replace("'tensor_parallel_degree': 1,", "'tensor_parallel_degree': 3,"))
     broken_record = launched(broken, tmp_path, "0", "10.0.0.1")
     specs.append(f"{broken_record}:hopper")
     results = run_torchtitan(specs)

@@ -42,7 +42,7 @@ Mapping (plan -> torchtitan 0.3.0):
 
 from __future__ import annotations
 
-import json
+import pprint
 from typing import Any
 
 from configurator.emit.megatron import gpu_orders
@@ -167,17 +167,17 @@ def unsupported(model: ModelSpec, plan: Plan, job: JobSpec) -> list[str]:
 
 
 def _model_dict(model: ModelSpec, job: JobSpec) -> dict[str, Any]:
-    head_dim = model.head_dim or model.hidden_size // model.num_attention_heads
     spec: dict[str, Any] = {
         "family": family(model), "name": model.name, "dim": model.hidden_size, "n_layers": model.num_layers,
-        "n_heads": model.num_attention_heads, "n_kv_heads": model.num_kv_heads, "head_dim": head_dim,
-        "ffn_hidden": model.ffn_hidden_size, "vocab_size": model.vocab_size, "tied_embeddings": model.tied_embeddings,
+        "n_heads": model.num_attention_heads, "ffn_hidden": model.ffn_hidden_size, "vocab_size": model.vocab_size, "tied_embeddings": model.tied_embeddings,
         "norm_eps": model.norm_eps, "rope_theta": float(model.rope_base), "rope_scaling": model.rope_scaling,
         "rope_scaling_factor": float(model.rope_scaling_factor),
         "rope_original_max_positions": model.rope_original_max_positions, "rope_mscale": float(model.rope_mscale_all_dim),
         "max_seq_len": job.seq_len,
     }
-    if model.attention == "mla":
+    if model.attention != "mla":
+        spec.update(n_kv_heads=model.num_kv_heads, head_dim=model.kv_channels)
+    else:
         spec.update(q_lora_rank=model.q_lora_rank, kv_lora_rank=model.kv_lora_rank,
                     qk_nope_head_dim=model.qk_nope_head_dim, qk_rope_head_dim=model.qk_rope_head_dim,
                     v_head_dim=model.v_head_dim, mtp_layers=model.mtp_layers)
@@ -248,7 +248,6 @@ def job_settings(model: ModelSpec, job: JobSpec, plan: Plan) -> dict[str, Any]:
 
 
 _MODULE_BODY = '''
-import copy
 import dataclasses
 import importlib
 
@@ -407,11 +406,9 @@ def job_module(model: ModelSpec, job: JobSpec, plan: Plan) -> str:
         f"torchtitan {TORCHTITAN_VERSION}'s own family builders (some are private helpers of that release).",
         '"""',
         "",
-        "MODEL = " + json.dumps(s["model"], indent=4).replace("true", "True").replace("false", "False")
-        .replace("null", "None"),
-        "PARALLELISM = " + json.dumps(s["parallelism"], indent=4).replace("true", "True").replace("false", "False")
-        .replace("null", "None"),
-        "TRAINING = " + json.dumps(s["training"], indent=4).replace("true", "True").replace("false", "False"),
+        "MODEL = " + pprint.pformat(s["model"], sort_dicts=False, width=110),
+        "PARALLELISM = " + pprint.pformat(s["parallelism"], sort_dicts=False, width=110),
+        "TRAINING = " + pprint.pformat(s["training"], sort_dicts=False, width=110),
         f"ACTIVATION_CHECKPOINT = {s['activation_checkpoint']!r}",
         f"ASYNC_TP = {s['async_tp']!r}",
         f"FLOAT8 = {s['float8']!r}",
