@@ -17,7 +17,7 @@ from configurator.search.partition import dump_result, load_result, split_search
 from configurator.service import split  # noqa: E402
 from configurator.service.jobs import finish, run_job, search_context, search_kwargs  # noqa: E402
 from configurator.service.store import MAX_CLAIMS  # noqa: E402
-from tests.test_store import store  # noqa: E402,F401 - the fixture, over every backend
+from test_store import store  # noqa: E402,F401 - the fixture, over every backend
 
 # ~1,000 structures, ~1 s single: enough blocks have plans that the merge has something to choose.
 REQUEST = {"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 64, "seq_len": 8192, "global_batch": 512,
