@@ -121,3 +121,18 @@ def split_sql(text: str):  # type: ignore[no-untyped-def]
     import sqlalchemy
 
     return sqlalchemy.text(text)
+
+
+def test_optuna_blocks_are_the_studies_of_a_parallel_optuna_search(tmp_path) -> None:
+    """Optuna blocks share one RDB storage; merged, they answer what ``search(workers=2, storage=...)`` answers."""
+    from configurator.search.partition import merge, optuna_block
+
+    ctx = search_context(REQUEST, None)
+    blocks = [optuna_block(ctx, i, 2, storage=f"sqlite:///{tmp_path / 'blocks.db'}", top_k=6, seed=3, max_trials=24)
+              for i in range(2)]
+    merged = merge(blocks, 6)
+    parallel = search(ctx, top_k=6, seed=3, method="optuna", max_trials=24, workers=2,
+                      storage=f"sqlite:///{tmp_path / 'parallel.db'}")
+    assert merged.ranked and [(e.plan, e.step.step_s) for e in merged.ranked] == \
+        [(e.plan, e.step.step_s) for e in parallel.ranked]
+    assert merged.method == "optuna (split in 2 studies)" and merged.candidates == parallel.candidates

@@ -55,8 +55,13 @@ def merge(parts: list[SearchResult], top_k: int, *, seconds: float | None = None
              f"searched exhaustively for its best {top_k}, merged exactly"]
     for i, part in enumerate(parts):
         notes.extend(f"block {i}: {n}" for n in part.notes)
-    return SearchResult(ranked=tuple(ranked), method=f"exhaustive (split in {len(parts)})",
-                        candidates=sum(p.candidates for p in parts), feasible=sum(p.feasible for p in parts),
+    studies = bool(parts) and all(p.method == "optuna" for p in parts)  # each block saw the whole space
+    if studies:
+        notes[0] = f"split search: {len(parts)} seeded Optuna studies in one storage, their best {top_k} merged"
+    return SearchResult(ranked=tuple(ranked),
+                        method=f"optuna (split in {len(parts)} studies)" if studies else
+                        f"exhaustive (split in {len(parts)})",
+                        candidates=parts[0].candidates if studies else sum(p.candidates for p in parts), feasible=sum(p.feasible for p in parts),
                         options=sum(p.options for p in parts), evaluated=sum(p.evaluated for p in parts),
                         seconds=seconds if seconds is not None else sum(p.seconds for p in parts),
                         pruned=tuple(pruned.most_common()), smallest_need_bytes=min(needs) if needs else 0.0,
@@ -74,6 +79,32 @@ def split_search(ctx: SearchContext, parts: int, **kwargs: Any) -> SearchResult:
     """The whole exhaustive search as ``parts`` blocks run one after the other here, merged (for tests)."""
     results = [search_block(ctx, i, parts, **kwargs) for i in range(parts)]
     return merge(results, kwargs.get("top_k", 5))
+
+
+def optuna_block(ctx: SearchContext, index: int, parts: int, *, storage: str, top_k: int = 5, seed: int = 0,
+                 max_trials: int | None = None, time_budget_s: float | None = None, **_: Any) -> SearchResult:
+    """Study ``index`` of ``parts`` of an Optuna search whose studies share one RDB ``storage``: exactly what
+    process ``index`` of ``search(..., workers=parts, storage=storage)`` runs (seed + index, its share of the
+    trials, its slice of the best-bounded structures to start from), so the merge of the blocks is that search's
+    answer. Its best plans get their placement here (the exhaustive blocks' ``search`` does the same)."""
+    import time
+
+    from configurator.cost.constants import load_calibration
+    from configurator.search import optimize
+    from configurator.search.space import enumerate_plans
+
+    start = time.perf_counter()
+    constants = load_calibration()
+    trials = optimize.DEFAULT_TRIALS if max_trials is None else max_trials
+    optimize._create_storage(storage)
+    name = f"{optimize._study_name(ctx, seed)}-w{index}"
+    ranked, evaluated, feasible = optimize._optuna_worker(ctx, constants, top_k, time_budget_s, seed + index,
+                                                          max(1, trials // parts), storage, name, index)
+    placed = sorted((optimize._with_placement(ctx, e, constants) for e in ranked), key=lambda e: (e.tight, e.step.step_s))
+    return SearchResult(ranked=tuple(placed), method="optuna", candidates=sum(1 for _ in enumerate_plans(ctx)),
+                        feasible=feasible, options=0, evaluated=evaluated, seconds=time.perf_counter() - start,
+                        pruned=(), notes=(f"optuna TPE study {name} ({max(1, trials // parts)} trials)",),
+                        budget_s=time_budget_s)
 
 
 class _PackageUnpickler(pickle.Unpickler):
@@ -100,4 +131,4 @@ def load_result(text: str) -> SearchResult:
     return result
 
 
-__all__ = ["dump_result", "load_result", "merge", "search_block", "split_search"]
+__all__ = ["dump_result", "load_result", "merge", "optuna_block", "search_block", "split_search"]

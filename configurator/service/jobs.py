@@ -144,7 +144,7 @@ def run_job(db_url: str, job_id: str, profile: dict[str, Any] | None, lease: str
         if split.is_block(request):
             split.run_block(store, update, job, ctx)
             return
-        if lease and split.wants_split(request, ctx):
+        if lease and split.wants_split(request):
             split.start_or_finish(store, job, lease, ctx)
             return
         last = [0.0]

@@ -1,7 +1,7 @@
-"""A split search in the service: one exhaustive search as blocks that workers on any host claim from the store.
+"""A split search in the service: one search as blocks that workers on any host claim from the store.
 
-A plan request with ``split`` = n > 1 whose search is exhaustive (``method`` "exhaustive", or "auto" on a space
-of at most ``EXHAUSTIVE_LIMIT`` structures) becomes a parent job and n block jobs
+A plan request with ``split`` = n > 1 becomes a parent job and n block jobs. An exhaustive search (``method``
+"exhaustive", or "auto" on a space of at most ``EXHAUSTIVE_LIMIT`` structures) splits into blocks of structures
 (``search/partition.py``: block i holds the structures whose stable hash is i mod n; the merge of the blocks'
 best ``top`` is exactly the whole search's best ``top``, in the same order).
 
@@ -17,7 +17,9 @@ already, never twice: their cache keys derive from the parent's id), merges them
 merging worker died), fails it if one failed (naming the block's reason), and parks it again otherwise.
 Blocks are ordinary jobs: leases, heartbeats and the re-claim cap (``MAX_CLAIMS``) apply to each.
 
-Optuna requests are not split: their workers share one study in the service's database (``storage``).
+An Optuna search (``method`` "optuna", or "auto" over a larger space) splits into n seeded studies in the service's
+database, exactly the processes of ``configurator plan --workers n --storage URL`` (``partition.optuna_block``),
+merged the same way; deterministic for a seed (the trial count ends each study).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import hashlib
 import time
 from typing import Any, Callable
 
-from configurator.search.partition import dump_result, load_result, merge, search_block
+from configurator.search.partition import dump_result, load_result, merge, optuna_block, search_block
 
 RECHECK_S = 60.0
 """How long a parked parent waits before a worker looks at its blocks again (only needed when the block that
@@ -38,15 +40,16 @@ def is_block(request: dict[str, Any]) -> bool:
     return "split_of" in request
 
 
-def wants_split(request: dict[str, Any], ctx: Any) -> bool:
-    """Whether this request runs as a split search: ``split`` > 1 and an exhaustive search."""
-    if int(request.get("split") or 1) <= 1:
-        return False
+def wants_split(request: dict[str, Any]) -> bool:
+    """Whether this request runs as a split search (``split`` > 1)."""
+    return int(request.get("split") or 1) > 1
+
+
+def block_method(request: dict[str, Any], ctx: Any) -> str:
+    """The method the whole search would run: "exhaustive" or "optuna" ("auto" counts the structures)."""
     method = request.get("method", "auto")
-    if method == "optuna":
-        return False
-    if method == "exhaustive":
-        return True
+    if method != "auto":
+        return method
     from configurator.search.optimize import EXHAUSTIVE_LIMIT
     from configurator.search.space import enumerate_plans
 
@@ -54,8 +57,8 @@ def wants_split(request: dict[str, Any], ctx: Any) -> bool:
     for _ in enumerate_plans(ctx):
         count += 1
         if count > EXHAUSTIVE_LIMIT:
-            return False  # "auto" would choose Optuna
-    return True
+            return "optuna"
+    return "exhaustive"
 
 
 def block_key(parent_id: str, index: int, parts: int) -> str:
@@ -70,9 +73,10 @@ def start_or_finish(store: Any, parent: Any, lease: str, ctx: Any) -> None:
     keys = [block_key(parent.id, i, parts) for i in range(parts)]
     blocks = store.jobs_with_keys(keys)
     base = {k: v for k, v in parent.request.items() if k != "split"}
+    method = block_method(parent.request, ctx) if len(blocks) < parts else ""
     for i, key in enumerate(keys):
         if key not in blocks:
-            store.create_job(key, {**base, "split_of": parent.id, "block": i, "parts": parts})
+            store.create_job(key, {**base, "split_of": parent.id, "block": i, "parts": parts, "method": method})
     if _try_finish(store, parent, ctx, parts, lease=lease):
         return
     store.park(parent.id, lease, RECHECK_S)
@@ -83,8 +87,11 @@ def run_block(store: Any, update: Callable[..., Any], job: Any, ctx: Any) -> Non
     from configurator.service.jobs import search_kwargs
 
     request = job.request
-    kwargs = {**search_kwargs(request), "method": "exhaustive"}
-    result = search_block(ctx, int(request["block"]), int(request["parts"]), **kwargs)
+    index, parts = int(request["block"]), int(request["parts"])
+    if request["method"] == "optuna":
+        result = optuna_block(ctx, index, parts, storage=store.url, **search_kwargs(request))
+    else:
+        result = search_block(ctx, index, parts, **search_kwargs(request))
     if not update(job.id, status="done", progress=1.0, result={"search": result.as_dict(),
                                                                 "block": dump_result(result)}):
         return  # the lease was lost: the new owner stores and merges
@@ -120,4 +127,5 @@ def _try_finish(store: Any, parent: Any, ctx: Any, parts: int, lease: str | None
     return True
 
 
-__all__ = ["MAX_SPLIT", "RECHECK_S", "block_key", "is_block", "run_block", "start_or_finish", "wants_split"]
+__all__ = ["MAX_SPLIT", "RECHECK_S", "block_key", "block_method", "is_block", "run_block", "start_or_finish",
+           "wants_split"]
