@@ -136,3 +136,25 @@ def test_optuna_blocks_are_the_studies_of_a_parallel_optuna_search(tmp_path) -> 
     assert merged.ranked and [(e.plan, e.step.step_s) for e in merged.ranked] == \
         [(e.plan, e.step.step_s) for e in parallel.ranked]
     assert merged.method == "optuna (split in 2 studies)" and merged.candidates == parallel.candidates
+
+
+def test_an_optuna_request_splits_into_studies_in_the_service_store(tmp_path, monkeypatch) -> None:
+    from configurator.search import optimize
+    from configurator.service.store import Store
+
+    monkeypatch.setattr(optimize, "DEFAULT_TRIALS", 16)  # the service's trial count, small for a test
+    local = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    request = {**REQUEST, "method": "optuna", "seed": 5}
+    parent = local.create_job("optuna-parent", {**request, "split": 2})
+    _run(local, parent.id)
+    blocks = local.jobs_with_keys([split.block_key(parent.id, i, 2) for i in range(2)])
+    assert {b.request["method"] for b in blocks.values()} == {"optuna"}
+    for block in blocks.values():
+        _run(local, block.id)
+    done = local.get_job(parent.id)
+    assert done.status == "done", done.error
+    assert done.result["search"]["method"] == "optuna (split in 2 studies)" and done.result["plans"]
+    import optuna
+
+    names = {s.study_name for s in optuna.get_all_study_summaries(local.url)}
+    assert len(names) == 2 and all(n.endswith(("-w0", "-w1")) for n in names)
