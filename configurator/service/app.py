@@ -88,9 +88,10 @@ class PlanRequest(_JobFields):
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     method: Literal["auto", "exhaustive", "optuna"] = "auto"
     split: int = Field(default=1, ge=1, le=MAX_SPLIT, description=(
-        "Blocks an exhaustive search is split into, each a job that any worker claims; the merge of the blocks' "
-        "best plans is exactly the single search's answer (service/split.py). 1: one job. Ignored for Optuna "
-        "searches. Not part of the cache key (the answer is the same)."))
+        "Jobs the search is split into, each claimed by any worker (service/split.py): an exhaustive search's "
+        "structures in blocks, whose merged best plans are exactly the single search's answer; an Optuna search's "
+        "seeded studies in one storage (as plan --workers N --storage). 1: one job. With method 'exhaustive' not "
+        "part of the cache key (the answer is the same)."))
     framework: Literal["megatron", "deepspeed"] = "megatron"
     runtime: Optional[str] = Field(default=None, max_length=40)
     memory_margin: Optional[str] = Field(default=None, max_length=32, description=(
@@ -357,7 +358,9 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
         """Queue a search (or answer from the store: an identical, untruncated earlier search)."""
         request = req.model_dump()
         version, profile = profile_for(req.cluster, req.cluster_version)
-        key = cache_key({k: v for k, v in request.items() if k != "split"}, version)
+        # An exhaustive search's answer does not depend on its split (search/partition.py): one cache entry.
+        keyed = {k: v for k, v in request.items() if k != "split" or req.method != "exhaustive"}
+        key = cache_key(keyed, version)
         # An identical request (same profile version, same code) was checked when its job was made: answer it
         # without loading the model again, so a burst of identical requests stays cheap.
         metrics.plan_requests.inc()
