@@ -152,3 +152,22 @@ def test_an_optuna_request_splits_into_the_studies_of_a_parallel_optuna_search(t
     finish(lambda _id, **fields: stored.update(fields), "parallel", ctx, request, parallel)
     assert [(p["plan"], p["time"]) for p in done.result["plans"]] == \
         [(p["plan"], p["time"]) for p in stored["result"]["plans"]]
+
+
+def test_the_cache_key_changes_with_every_data_file_an_answer_depends_on(tmp_path, monkeypatch) -> None:
+    """Not only calibration.json: the error bands (plan ranking), cost and memory constants, presets."""
+    import shutil
+
+    from configurator.service.jobs import cache_key
+    from configurator.profiles import profiles_dir
+
+    copy = tmp_path / "profiles"
+    shutil.copytree(profiles_dir(), copy)
+    monkeypatch.setenv("CONFIGURATOR_PROFILES", str(copy))
+    keys = {cache_key(REQUEST, None)}
+    for name in ("error_bands.json", "cost.json", "memory.json", "calibration.json", "models/llama3-8b.json"):
+        path = copy / name
+        path.write_text(path.read_text() + "\n")  # the same data, other bytes: a new key (conservative)
+        keys.add(cache_key(REQUEST, None))
+    assert len(keys) == 6
+    assert cache_key(REQUEST, None) == cache_key(REQUEST, None)
