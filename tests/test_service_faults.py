@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,34 +19,13 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi", reason="the service needs the service extra: pip install -e '.[service]'")
 
+from service_helpers import free_port, session_processes  # noqa: E402
+
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = {"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 16, "seq_len": 4096, "global_batch": 64}
 LONG = {"model": "deepseek-v3", "cluster": "h800-ib", "num_gpus": 2048, "seq_len": 4096, "global_batch": 4096,
         "method": "optuna", "time_budget": 30}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def session_processes(sid: int) -> list[int]:
-    """Live (not zombie) processes whose session is ``sid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        state, session = fields[0], int(fields[3])
-        if session == sid and state not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
 
 
 class Server:

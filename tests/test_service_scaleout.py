@@ -1,7 +1,8 @@
 """The service scaled out on one PostgreSQL store: 3 HTTP-only servers (``serve --workers 0``) and 2 worker hosts
-(``configurator worker``), many requests spread over the servers (fewer distinct), one worker host killed
-(its whole process group, as a host dies) while it holds a job. Every distinct request must yield exactly one
-job, and every job must end done: the killed host's job is taken over once its lease expires.
+(``configurator worker``), 200 requests spread over the servers (50 distinct), one worker host killed (its whole
+process group, as a host dies) while it holds a job, and one search split in blocks that the workers claim.
+Every distinct request must yield exactly one job, and every job must end done: the killed host's job is taken
+over once its lease expires; the split search's plans must be the single-process search's, in the same order.
 
 Runs on its own database (``<test db>_scaleout``, dropped and created afresh) of the server that
 ``CONFIGURATOR_TEST_PG_URL`` names; skipped without one (CI sets ``CONFIGURATOR_REQUIRE_POSTGRES=1``)."""
@@ -12,7 +13,6 @@ import concurrent.futures
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,39 +24,24 @@ httpx = pytest.importorskip("httpx")
 sa = pytest.importorskip("sqlalchemy")
 pytest.importorskip("fastapi", reason="the service needs the service extra: pip install -e '.[service]'")
 
+from service_helpers import free_port, session_processes  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def session_processes(sid: int) -> list[int]:
-    """Live (not zombie) processes whose session is ``sid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
-
-
 LEASE_S = 3
-# Cheap, untruncated exhaustive searches (~1 s each): 12 distinct requests.
-DISTINCT = [{"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 8, "seq_len": seq, "global_batch": gb,
-             "method": "exhaustive", "time_budget": 60}
-            for seq in (2048, 4096) for gb in (16, 32, 48, 64, 96, 128)]
+# Cheap exhaustive searches (~0.3 s each, under the default work budget): 50 distinct requests.
+DISTINCT = [{"model": model, "cluster": "dgx-h100", "num_gpus": gpus, "seq_len": seq, "global_batch": gb,
+             "method": "exhaustive"}
+            for model in ("llama3-8b", "llama2-7b") for gpus in (4, 8) for seq in (2048, 4096)
+            for gb in (16, 32, 48, 64, 96, 128, 256)][:50]
 # The victim: a longer search (~5 s on a loaded 2-core machine), so the kill lands mid-job.
 VICTIM = {"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 16, "seq_len": 4096, "global_batch": 64,
-          "method": "exhaustive", "time_budget": 60}
+          "method": "exhaustive"}
+# The split search: ~1,000 structures in 3 blocks, claimed by the workers like any job.
+SPLIT = {"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 64, "seq_len": 8192, "global_batch": 512,
+         "top": 6, "split": 3}
+REQUESTS = 200
 
 
 @pytest.fixture()
@@ -94,6 +79,18 @@ def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 90) -> Non
     raise AssertionError("server did not start")
 
 
+def single_process_answer(request: dict) -> dict:
+    """What the unsplit search stores for ``request``, computed here in one process."""
+    from configurator.search.optimize import search
+    from configurator.service.jobs import finish, search_context, search_kwargs
+
+    body = {k: v for k, v in request.items() if k != "split"}
+    ctx = search_context(body, None)
+    stored: dict = {}
+    finish(lambda _id, **fields: stored.update(fields), "single", ctx, body, search(ctx, **search_kwargs(body)))
+    return stored["result"]
+
+
 def _metric(text: str, name: str) -> float:
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
     assert len(values) == 1, (name, text)
@@ -111,7 +108,8 @@ def _kill_session(proc: subprocess.Popen) -> None:
             pass
 
 
-def test_servers_and_worker_hosts_share_one_postgres_store_and_survive_a_dead_host(pg_url) -> None:
+def test_servers_and_worker_hosts_share_one_postgres_store_split_a_search_and_survive_a_dead_host(
+        pg_url) -> None:  # type: ignore[no-untyped-def]
     from configurator.service.store import Store
 
     Store(pg_url).engine.dispose()  # migrate once up front, so the servers start on a ready schema
@@ -142,8 +140,9 @@ def test_servers_and_worker_hosts_share_one_postgres_store_and_survive_a_dead_ho
         dead = next(w for w in workers if holder.endswith(f":{w.pid}"))
         os.killpg(dead.pid, signal.SIGKILL)  # the host dies with its job processes
 
-        # 60 requests, 12 distinct, spread round-robin over the 3 servers, 12 at a time.
-        bodies = [DISTINCT[i % len(DISTINCT)] for i in range(60)]
+        split_id = httpx.post(bases[1] + "/v1/plans", json=SPLIT, timeout=30).json()["id"]
+        # 200 requests, 50 distinct, spread round-robin over the 3 servers, 12 at a time.
+        bodies = [DISTINCT[i % len(DISTINCT)] for i in range(REQUESTS)]
         with concurrent.futures.ThreadPoolExecutor(12) as ex:
             answers = list(ex.map(lambda ib: httpx.post(bases[ib[0] % 3] + "/v1/plans", json=ib[1], timeout=60),
                                   enumerate(bodies)))
@@ -153,7 +152,7 @@ def test_servers_and_worker_hosts_share_one_postgres_store_and_survive_a_dead_ho
             ids_by_request.setdefault(i % len(DISTINCT), set()).add(a.json()["id"])
         assert all(len(ids) == 1 for ids in ids_by_request.values()), ids_by_request  # one job per distinct request
 
-        deadline = time.time() + 120
+        deadline = time.time() + 240
         while time.time() < deadline:
             with engine.connect() as conn:
                 open_jobs = conn.execute(sa.text("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"))
@@ -161,8 +160,13 @@ def test_servers_and_worker_hosts_share_one_postgres_store_and_survive_a_dead_ho
                     break
             time.sleep(0.5)
         with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT id, cache_key, status, error, attempts, claimed_by FROM jobs")).all()
-        assert len(rows) == len(DISTINCT) + 1, rows  # nothing ran as a second job
+            every = conn.execute(sa.text("SELECT id, cache_key, status, error, attempts, claimed_by, request "
+                                         "FROM jobs")).all()
+        rows = [r for r in every if "split_of" not in json.loads(r.request)]
+        blocks = [r for r in every if json.loads(r.request).get("split_of") == split_id]
+        assert len(rows) == len(DISTINCT) + 2, rows  # nothing ran as a second job
+        assert len(blocks) == 3 and len(every) == len(rows) + 3, every
+        assert all(r.status == "done" for r in blocks), [(r.id, r.status, r.error) for r in blocks]
         assert len({r.cache_key for r in rows}) == len(rows)
         assert all(r.status == "done" for r in rows), [(r.id, r.status, r.error) for r in rows]
         taken_over = next(r for r in rows if r.id == victim)
@@ -172,13 +176,19 @@ def test_servers_and_worker_hosts_share_one_postgres_store_and_survive_a_dead_ho
         plans = httpx.get(f"{bases[2]}/v1/plans/{victim}", timeout=30).json()
         assert plans["status"] == "done" and plans["plans"], plans
         engine.dispose()
+        # The split search's answer is the single-process search's: same plans, same order, same estimates.
+        split_answer = httpx.get(f"{bases[0]}/v1/plans/{split_id}", timeout=30).json()
+        single = single_process_answer(SPLIT)
+        assert split_answer["search"]["method"] == "exhaustive (split in 3)", split_answer["search"]
+        assert [(p["plan"], p["time"], p["tight"]) for p in split_answer["plans"]] == \
+            [(p["plan"], p["time"], p["tight"]) for p in single["plans"]]
 
-        # Metrics: 61 requests made 13 jobs, so the servers answered 48 from existing jobs, summed over servers;
-        # every server sees the same store (13 done, none queued); the surviving host timed its jobs.
+        # Metrics: 202 requests made 52 jobs, so the servers answered 150 from existing jobs, summed over servers;
+        # every server sees the same store (52 jobs + 3 blocks done, none queued); the surviving host timed its jobs.
         texts = [httpx.get(b + "/metrics", timeout=30).text for b in bases]
         hits = sum(_metric(t, "configurator_plan_cache_hits_total") for t in texts)
-        assert hits == 60 - len(DISTINCT), hits
-        assert all(_metric(t, 'configurator_jobs{state="done"}') == len(rows) for t in texts)
+        assert hits == REQUESTS - len(DISTINCT), hits
+        assert all(_metric(t, 'configurator_jobs{state="done"}') == len(every) for t in texts)
         assert all(_metric(t, "configurator_queue_depth") == 0 for t in texts)
         survivor_port = metrics_ports[workers.index(survivor)]
         timed = httpx.get(f"http://127.0.0.1:{survivor_port}/metrics", timeout=30).text

@@ -161,10 +161,20 @@ def _key(plan: Plan) -> tuple:
     return (plan.tp, plan.cp, plan.pp, plan.vpp, plan.ep, plan.etp, plan.micro_batch)
 
 
+def in_partition(plan: Plan, partition: tuple[int, int]) -> bool:
+    """Whether structure ``plan`` is in block ``i`` of ``n``: a stable hash (CRC-32, the same in every process
+    and Python version) of its structure key, mod ``n``. A hash rather than (tp, pp, ep) ranges, so that the
+    structures with the least bounds, where branch and bound spends its work, spread over all blocks."""
+    import zlib
+
+    index, parts = partition
+    return zlib.crc32(repr(_key(plan)).encode()) % parts == index
+
+
 def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = None, seed: int = 0,
            method: str = "auto", constants: CostConstants | None = None, max_trials: int = DEFAULT_TRIALS,
            progress: Progress | None = None, storage: str | None = None, workers: int = 1,
-           work_budget: int | None = DEFAULT_WORK_BUDGET) -> SearchResult:
+           work_budget: int | None = DEFAULT_WORK_BUDGET, partition: tuple[int, int] | None = None) -> SearchResult:
     """Best plans for ``ctx``, best first (``SearchResult.ranked`` is empty when nothing fits).
 
     ``time_budget_s`` bounds the wall-clock time of every phase (enumeration, bounding, memory
@@ -172,13 +182,15 @@ def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = 
     (a count, so the answer does not depend on the machine's load) and Optuna by ``max_trials``. A search
     cut short by either is marked ``truncated``. ``storage`` (an Optuna RDB URL) keeps the Optuna study in
     a database; ``workers > 1`` runs that many processes (see ``_optuna_parallel``). Both imply Optuna.
+    ``partition=(i, n)`` searches only the structures of block ``i`` of ``n`` (``in_partition``), exhaustively:
+    the exact best ``top_k`` of that block, for a split search's merge (``service/split.py``).
     """
     # Per-search caches (group shapes, memory estimates): bounded, and gone when the search returns.
     shapes, memo, acts = SHAPE_CACHE.set(ShapeCache()), MEMORY_MEMO.set({}), ACTIVATION_MEMO.set({})
     try:
         return _search(ctx, top_k=top_k, time_budget_s=time_budget_s, seed=seed, method=method, constants=constants,
                        max_trials=max_trials, progress=progress, storage=storage, workers=workers,
-                       work_budget=work_budget)
+                       work_budget=work_budget, partition=partition)
     finally:
         SHAPE_CACHE.reset(shapes)
         MEMORY_MEMO.reset(memo)
@@ -187,7 +199,7 @@ def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = 
 
 def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed: int, method: str,
             constants: CostConstants | None, max_trials: int, progress: Progress | None, storage: str | None,
-            workers: int, work_budget: int | None) -> SearchResult:
+            workers: int, work_budget: int | None, partition: tuple[int, int] | None = None) -> SearchResult:
     constants = constants or load_calibration()
     start = time.perf_counter()
     budget = _Budget(time_budget_s, start, work_budget)
@@ -200,6 +212,9 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
             budget.hit = True
             break
     chosen = method if method != "auto" else ("exhaustive" if len(structures) <= EXHAUSTIVE_LIMIT else "optuna")
+    if partition is not None:  # one block of a split search: exhaustive over the block's structures only
+        structures = [p for p in structures if in_partition(p, partition)]
+        chosen = "exhaustive"
     infeasible: Counter[str] = Counter()
     smallest = [float("inf")]
     resolutions: dict[tuple, list[Option]] = {}

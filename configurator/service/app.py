@@ -39,6 +39,7 @@ from configurator.service.bounds import (
     check_profile_size,
 )
 from configurator.service.metrics import ServiceMetrics
+from configurator.service.split import MAX_SPLIT
 from configurator.service.jobs import build_cluster, cache_key, code_version
 from configurator.service.store import Store, StoreError, describe_store_error, is_store_error
 from configurator.service.workers import (
@@ -62,8 +63,8 @@ _FINITE = {"allow_inf_nan": False}
 _NAME = {"min_length": 1, "max_length": 200}
 
 
-class PlanRequest(BaseModel):
-    """A plan request: the options of ``configurator plan`` with underscores (INTERFACE.md). Every number is
+class _JobFields(BaseModel):
+    """What plan and estimate requests share: the model, the cluster and its size, the job. Every number is
     bounded (``bounds.py`` says why each bound is generous)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -75,10 +76,22 @@ class PlanRequest(BaseModel):
     seq_len: int = Field(ge=1, le=MAX_SEQ_LEN)
     global_batch: int = Field(ge=1, le=MAX_GLOBAL_BATCH)
     precision: Literal["bf16", "fp16", "fp8", "fp4"] = "bf16"
+
+
+class PlanRequest(_JobFields):
+    """A plan request: the options of ``configurator plan`` with underscores (INTERFACE.md)."""
+
     top: int = Field(default=5, ge=1, le=50)
-    time_budget: float = Field(default=8.0, gt=0, le=MAX_TIME_BUDGET_S, **_FINITE)
+    time_budget: Optional[float] = Field(default=None, gt=0, le=MAX_TIME_BUDGET_S, **_FINITE, description=(
+        "Wall-clock seconds the search may take. Default: none; the search is bounded by its work count (as the "
+        "CLI), so the answer does not depend on how loaded the workers are."))
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     method: Literal["auto", "exhaustive", "optuna"] = "auto"
+    split: int = Field(default=1, ge=1, le=MAX_SPLIT, description=(
+        "Jobs the search is split into, each claimed by any worker (service/split.py): an exhaustive search's "
+        "structures in blocks, whose merged best plans are exactly the single search's answer; an Optuna search's "
+        "seeded studies in one storage (as plan --workers N --storage). 1: one job. With method 'exhaustive' not "
+        "part of the cache key (the answer is the same)."))
     framework: Literal["megatron", "deepspeed"] = "megatron"
     runtime: Optional[str] = Field(default=None, max_length=40)
     memory_margin: Optional[str] = Field(default=None, max_length=32, description=(
@@ -90,18 +103,10 @@ class PlanRequest(BaseModel):
                             "error band) a leading plan may have.")
 
 
-class EstimateRequest(BaseModel):
+class EstimateRequest(_JobFields):
     """One plan's estimate. Its cost is bounded too: at most ``MAX_ESTIMATE_MICROBATCHES`` micro-batches
     (global_batch / (micro_batch x dp)) are simulated."""
 
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(**_NAME)
-    cluster: str = Field(**_NAME)
-    cluster_version: Optional[int] = Field(default=None, ge=1, le=MAX_VERSION)
-    num_gpus: Optional[int] = Field(default=None, ge=1, le=MAX_GPUS)
-    nodes: Optional[int] = Field(default=None, ge=1, le=MAX_NODES)
-    seq_len: int = Field(ge=1, le=MAX_SEQ_LEN)
-    global_batch: int = Field(ge=1, le=MAX_GLOBAL_BATCH)
     micro_batch: int = Field(default=1, ge=1, le=MAX_MICRO_BATCH)
     tp: int = Field(default=1, ge=1, le=MAX_DEGREE)
     pp: int = Field(default=1, ge=1, le=MAX_DEGREE)
@@ -115,7 +120,6 @@ class EstimateRequest(BaseModel):
     recompute: Literal["none", "selective", "full"] = "none"
     recompute_layers: int = Field(default=0, ge=0, le=MAX_RECOMPUTE_LAYERS)
     offload: float = Field(default=0.0, ge=0.0, le=1.0, **_FINITE)
-    precision: Literal["bf16", "fp16", "fp8", "fp4"] = "bf16"
     runtime: str = Field(default="megatron", max_length=40)
 
 
@@ -354,7 +358,9 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
         """Queue a search (or answer from the store: an identical, untruncated earlier search)."""
         request = req.model_dump()
         version, profile = profile_for(req.cluster, req.cluster_version)
-        key = cache_key(request, version)
+        # An exhaustive search's answer does not depend on its split (search/partition.py): one cache entry.
+        keyed = {k: v for k, v in request.items() if k != "split" or req.method != "exhaustive"}
+        key = cache_key(keyed, version)
         # An identical request (same profile version, same code) was checked when its job was made: answer it
         # without loading the model again, so a burst of identical requests stays cheap.
         metrics.plan_requests.inc()

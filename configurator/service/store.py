@@ -21,6 +21,9 @@ DEFAULT_LEASE_S = 30.0
 """How long a claim holds without a heartbeat: the supervisor renews every third of it, so two missed renewals
 (a stalled store, a paused host) do not lose the job; a dead host's jobs are taken over after at most this."""
 STATUSES = ("queued", "running", "done", "failed")
+MAX_CLAIMS = 3
+"""A job claimed this many times whose lease expired again (its worker died each time: a search that kills its
+host) is failed with that reason instead of being claimed once more."""
 
 
 def describe_store_error(exc: BaseException) -> str:
@@ -177,6 +180,13 @@ class Store:
         claim = ("UPDATE jobs SET status = 'running', lease_owner = :t, lease_expires = :e, "
                  "attempts = attempts + 1, claimed_by = :by, updated = :u WHERE id = :picked AND " + claimable)
         with self.engine.begin() as conn:
+            # A job whose workers died MAX_CLAIMS times is not handed to another host: it ends failed.
+            conn.execute(sa.text("UPDATE jobs SET status = 'failed', lease_owner = NULL, progress = 1, updated = :u, "
+                                 "error = :why WHERE status = 'running' AND lease_expires < :now AND "
+                                 "attempts >= :cap"),
+                         {**values, "cap": MAX_CLAIMS,
+                          "why": f"its worker died or stalled past its lease {MAX_CLAIMS} times; not claimed again "
+                                 "(a search that kills its host: see the workers' logs for the job id)"})
             if self.engine.dialect.name == "postgresql":
                 picked = conn.execute(sa.text(f"SELECT id FROM jobs WHERE {claimable}{only} ORDER BY created "
                                               "LIMIT 1 FOR UPDATE SKIP LOCKED"), values).scalar()
@@ -196,6 +206,26 @@ class Store:
             return bool(conn.execute(sa.text("UPDATE jobs SET lease_expires = :e WHERE id = :id AND lease_owner = :t "
                                              "AND status = 'running'"),
                                      {"e": time.time() + lease_s, "id": job_id, "t": token}).rowcount)
+
+    def park(self, job_id: str, token: str, until_s: float) -> bool:
+        """Release a held job without finishing it: it stays "running" (so the in-flight key still joins it) with no
+        owner, claimable again after ``until_s`` seconds; the claim does not count towards ``MAX_CLAIMS``. A split
+        search's parent waits like this for its blocks (``split.py``), holding no worker."""
+        with self.engine.begin() as conn:
+            return bool(conn.execute(sa.text("UPDATE jobs SET lease_owner = NULL, lease_expires = :e, updated = :u, "
+                                             "attempts = attempts - 1 WHERE id = :id AND lease_owner = :t AND "
+                                             "status = 'running'"),
+                                     {"e": time.time() + until_s, "u": _now(), "id": job_id, "t": token}).rowcount)
+
+    def jobs_with_keys(self, keys: list[str]) -> dict[str, Job]:
+        """The newest job of each cache key in ``keys`` (a split search's blocks, by their derived keys)."""
+        found: dict[str, Job] = {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT * FROM jobs WHERE cache_key IN :keys ORDER BY created").bindparams(
+                sa.bindparam("keys", expanding=True)), {"keys": list(keys)})
+            for row in rows:
+                found[row.cache_key] = self._job(row)
+        return found
 
     def expired_leases(self, now: float) -> int:
         with self.engine.connect() as conn:
@@ -314,4 +344,4 @@ class Store:
                                 {"d": _now(), "n": name, "v": version}).rowcount
 
 
-__all__ = ["DEFAULT_LEASE_S", "Job", "STATUSES", "Store", "StoreError", "describe_store_error", "is_store_error"]
+__all__ = ["DEFAULT_LEASE_S", "Job", "MAX_CLAIMS", "STATUSES", "Store", "StoreError", "describe_store_error", "is_store_error"]

@@ -248,7 +248,7 @@ class WorkerPool:
             self._queue.append((job_id, profile))
 
     def retry_after_s(self) -> int:
-        """A rough wait for a queue slot: the queued jobs spread over the workers, 8 s each (the default budget)."""
+        """A rough wait for a queue slot: the queued jobs spread over the workers, 8 s each (a typical search)."""
         with self._lock:
             return max(1, int(8 * (len(self._queue) + 1) / max(1, self.workers)))
 
