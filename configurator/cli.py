@@ -32,6 +32,7 @@ from configurator.gpu_figures import gpu_figures, gpu_line
 from configurator.memory import RUNTIMES, estimate_memory
 from configurator.profiles import GIB, cluster_names, load_cluster, load_model, model_names, model_published
 from configurator.render import band_text, estimate_dict, memory_table, print_best_band, step_table
+from configurator.search.space import FRAMEWORK_RUNTIME
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Pick and check LLM-training parallelism plans without a GPU.")
@@ -447,10 +448,6 @@ def emit_files(
         console.print(f"chosen: {note}")
     for path in written:
         console.print(f"wrote {path}")
-
-
-FRAMEWORK_RUNTIME = {"megatron": "megatron", "deepspeed": "deepspeed", "torchtitan": "fsdp"}
-"""The runtime whose mechanics model each framework's plans (torchtitan: FSDP2)."""
 
 
 def _framework_and_runtime(framework: str | None, runtime: str | None, emit: str | None) -> tuple[str, str]:

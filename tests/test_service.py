@@ -231,3 +231,13 @@ def test_metrics_report_queue_depth_jobs_by_state_and_cache_hits(tmp_path) -> No
     assert 'configurator_search_seconds_bucket{le="2.0",outcome="exited"} 1.0' in lines
     assert 'configurator_search_seconds_bucket{le="1.0",outcome="exited"} 0.0' in lines
     assert "configurator_store_up 1.0" in lines
+
+
+def test_a_torchtitan_request_searches_what_torchtitan_runs_with_the_fsdp_runtime() -> None:
+    from configurator.service.jobs import search_context
+
+    base = {"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 16, "global_batch": 64, "seq_len": 4096}
+    ctx = search_context({**base, "framework": "torchtitan"}, None)
+    assert (ctx.framework, ctx.runtime) == ("torchtitan", "fsdp")
+    assert search_context({**base, "framework": "deepspeed"}, None).runtime == "deepspeed"
+    assert search_context(base, None).runtime == "megatron"

@@ -41,6 +41,10 @@ SEARCH_SHARDINGS: dict[str, tuple[str, ...]] = {
 }
 
 
+FRAMEWORK_RUNTIME = {"megatron": "megatron", "deepspeed": "deepspeed", "torchtitan": "fsdp"}
+"""The runtime whose mechanics model each framework's plans (torchtitan: FSDP2)."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SearchContext:
     model: ModelSpec

@@ -92,7 +92,7 @@ class PlanRequest(_JobFields):
         "structures in blocks, whose merged best plans are exactly the single search's answer; an Optuna search's "
         "seeded studies in one storage (as plan --workers N --storage). 1: one job. With method 'exhaustive' not "
         "part of the cache key (the answer is the same)."))
-    framework: Literal["megatron", "deepspeed"] = "megatron"
+    framework: Literal["megatron", "deepspeed", "torchtitan"] = "megatron"
     runtime: Optional[str] = Field(default=None, max_length=40)
     memory_margin: Optional[str] = Field(default=None, max_length=32, description=(
         "GPU memory the plan must leave free: GiB ('8') or a percentage of the GPU ('12%'); default: the "

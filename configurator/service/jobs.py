@@ -80,7 +80,7 @@ def near_memory_limit(fraction: float = 0.9) -> bool:
 def search_context(request: dict[str, Any], profile: dict[str, Any] | None) -> Any:
     """The ``SearchContext`` of a stored request (``InputError`` names a bad field)."""
     from configurator.margin import parse_margin
-    from configurator.search.space import SearchContext
+    from configurator.search.space import FRAMEWORK_RUNTIME, SearchContext
 
     model = load_model(request["model"])
     cluster = build_cluster(request, profile)
@@ -89,7 +89,7 @@ def search_context(request: dict[str, Any], profile: dict[str, Any] | None) -> A
     if not cluster.gpu.supports(spec.precision):
         raise InputError("precision", spec.precision, f"is not supported by {cluster.gpu.key}")
     framework = request.get("framework") or "megatron"
-    runtime = request.get("runtime") or ("deepspeed" if framework == "deepspeed" else "megatron")
+    runtime = request.get("runtime") or FRAMEWORK_RUNTIME[framework]
     return SearchContext(model=model, cluster=cluster, job=spec, runtime=runtime, framework=framework,
                          memory_margin=parse_margin(request.get("memory_margin")))
 
