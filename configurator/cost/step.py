@@ -44,7 +44,8 @@ from configurator.cost.knobs import effective_knobs
 from configurator.cost.launch import layer_launch_s
 from configurator.cost.moe import busiest_rank_factor, ep_scale_out_share
 from configurator.cost.schedule import ScheduleResult, simulate
-from configurator.cost.work import BF16, LayerWork, embedding_work, head_work, layer_work, model_flops_per_token
+from configurator.cost.work import (BF16, LayerWork, embedding_work, head_work, layer_work, model_flops_per_token,
+                                   mtp_projection_work)
 from configurator.memory import all_layer_params, stage_layer_indices, stage_params
 from configurator.placement import Placement
 from configurator.recompute import recompute_shares
@@ -206,6 +207,14 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
             works.append((embedding_work(model, job, plan), 1, False))
         if v == len(virtual) - 1:
             works.append((head_work(model, job, plan), 1, False))
+            if model.mtp_layers:
+                # Multi-token prediction (Megatron-Core places the MTP block on the last stage): per
+                # module one more transformer layer like the last one, its eh_proj and norms, and its
+                # own output head + loss (weights shared with the main head).
+                last_work, last_moe = work_of(model.num_layers - 1)
+                works += [(last_work, model.mtp_layers, last_moe),
+                          (mtp_projection_work(model, job, plan), model.mtp_layers, False),
+                          (head_work(model, job, plan), model.mtp_layers, False)]
         stages.append(VirtualStage(works=tuple(works), num_layers=n))
         zero3.append(BF16 * per_layer_params / max(n, 1))
         zero3_e.append(BF16 * per_layer_expert / max(n, 1))

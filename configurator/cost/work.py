@@ -183,6 +183,21 @@ def head_work(model: ModelSpec, job: JobSpec, plan: Plan) -> LayerWork:
                      tp_collectives=1 if plan.sp else 0, cp_bytes=0.0, ep_bytes=0.0)
 
 
+def mtp_projection_work(model: ModelSpec, job: JobSpec, plan: Plan) -> LayerWork:
+    """What one multi-token-prediction module (DeepSeek-V3; Megatron-Core ``MultiTokenPredictionLayer``)
+    adds on the last stage besides its transformer layer and its own output head + loss: the
+    embedding of the shifted tokens (a lookup), two RMSNorms (hidden state and embedding) and the
+    ``eh_proj`` GEMM from the concatenated [h; e] (2h) back to h, column-parallel over TP; a final
+    norm. Per token: norms read + write 3 x 2h bytes, the lookup and concatenation 2 x 2h each."""
+    t = plan.micro_batch * job.seq_len / plan.cp
+    h = model.hidden_size
+    sp_div = plan.tp if plan.sp else 1
+    elementwise = t * (3 * 2 * h * BF16 + 2 * 2 * h * BF16) / sp_div
+    return LayerWork(gemms=(Gemm(t, h / plan.tp, 2 * h),), attention_flops=0.0, attention_kv_len=1.0,
+                     elementwise_bytes=elementwise, tp_bytes=t * h * BF16 if plan.tp > 1 else 0.0,
+                     tp_collectives=1 if plan.tp > 1 else 0, cp_bytes=0.0, ep_bytes=0.0)
+
+
 def embedding_work(model: ModelSpec, job: JobSpec, plan: Plan) -> LayerWork:
     """The input embedding on the first stage: a gather, then an all-reduce over TP (vocab-parallel)."""
     t = plan.micro_batch * job.seq_len / plan.cp
