@@ -59,7 +59,7 @@ def main(budget: float) -> None:
             cells.append(f"{ref['source']}: {option.plan.describe()} ({step.tokens_per_s_per_gpu:,.0f}, "
                          f"{100 * step.mfu:.1f}%)")
             if top:
-                why = gap_line(top.step, step)
+                why = gap_line(top.step, step, best_plan=top.plan, other_plan=option.plan)
                 if why is None:
                     terms = ", ".join(f"{k} {d:+.2f} s" for k, d in separating_terms(top.step, step))
                     why = f"within 15% ({100 * (top.step.tokens_per_s_per_gpu / step.tokens_per_s_per_gpu - 1):+.0f}%); largest terms: {terms}"

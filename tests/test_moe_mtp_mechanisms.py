@@ -95,3 +95,28 @@ def test_mtp_step_runs_a_layer_projection_and_head_on_the_last_stage() -> None:
     assert inp.stages[0].works == base.stages[0].works
     slower = evaluate(inp, CONSTANTS).stage_busy_s[-1] - evaluate(base, CONSTANTS).stage_busy_s[-1]
     assert slower > 0
+
+
+def test_gap_line_names_why_the_published_all_to_all_is_exposed() -> None:
+    from configurator.cost.gap import gap_line, term_mechanism
+    from configurator.cost.step import StepReport
+
+    published = Plan(pp=16, dp=128, ep=64, recompute="selective", recompute_modules=("mla_up_proj",))
+    top = Plan(tp=2, pp=4, vpp=7, dp=256, ep=16, sp=True, ep_overlap=True)
+    why = term_mechanism("ep_comm", top, published)
+    assert "needs an interleaved schedule (vpp > 1)" in why and "ep=16 instead of 64" in why
+    assert "hides its own" in why
+    assert "pp=16 vpp=1" in term_mechanism("pipeline_bubble", top, published)
+
+    def report(step_s: float, ep: float) -> StepReport:
+        terms = dict.fromkeys(("compute", "pipeline_bubble", "tp_comm", "cp_comm", "ep_comm", "pp_comm",
+                               "dp_comm", "optimizer", "offload", "overhead"), 0.0)
+        terms.update(compute=step_s - ep, ep_comm=ep)
+        return StepReport(step_s=step_s, tokens_per_s_per_gpu=1e6 / step_s, model_tflops_per_gpu=0.0, mfu=0.0,
+                          breakdown_s=tuple(terms.items()), compute_detail_s=(), critical_stage=0,
+                          stage_busy_s=(step_s,), num_microbatches=1, bubble_fraction=0.0, runtime="megatron",
+                          peak_flops=1.0)
+
+    line = gap_line(report(20.0, 1.0), report(40.0, 12.0), best_plan=top, other_plan=published)
+    assert line is not None and line.startswith("100% faster") and "; ep_comm: its all-to-all is exposed" in line
+    assert gap_line(report(20.0, 1.0), report(22.0, 3.0), best_plan=top, other_plan=published) is None
