@@ -120,3 +120,12 @@ def test_gap_line_names_why_the_published_all_to_all_is_exposed() -> None:
     line = gap_line(report(20.0, 1.0), report(40.0, 12.0), best_plan=top, other_plan=published)
     assert line is not None and line.startswith("100% faster") and "; ep_comm: its all-to-all is exposed" in line
     assert gap_line(report(20.0, 1.0), report(22.0, 3.0), best_plan=top, other_plan=published) is None
+
+
+def test_gap_line_blames_expert_imbalance_for_a_wider_ep_compute_gap() -> None:
+    from configurator.cost.gap import term_mechanism
+
+    hand = Plan(tp=2, pp=4, dp=32, ep=8, sp=True)
+    top = Plan(tp=4, pp=2, vpp=8, dp=32, ep=1, etp=4, sp=True)
+    assert "busiest one" in term_mechanism("compute", top, hand)
+    assert "recomputes" in term_mechanism("compute", hand, replace(top, recompute="full"))

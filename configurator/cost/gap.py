@@ -56,6 +56,9 @@ def term_mechanism(term: str, best: Plan, other: Plan) -> str:
             return f"it recomputes ({other.describe().split('rc=')[1].split(' ')[0]}), the top plan does not"
         if other.recompute_modules and "moe" in other.recompute_modules:
             return "its recomputed MoE layers repeat their expert GEMMs"
+        if other.ep > best.ep:
+            return (f"its experts sit on ep={other.ep} ranks, and the busiest one (learned routing's load "
+                    f"imbalance, moe.expert_load_cv) sets the pace; ep={best.ep} x etp={best.etp} spreads each expert instead")
         if other.etp * other.tp != best.etp * best.tp:
             return f"GEMMs split over tp={other.tp}, etp={other.etp} vs tp={best.tp}, etp={best.etp}"
         return ""
