@@ -122,6 +122,32 @@ def test_gap_line_names_why_the_published_all_to_all_is_exposed() -> None:
     assert gap_line(report(20.0, 1.0), report(22.0, 3.0), best_plan=top, other_plan=published) is None
 
 
+def test_force_balanced_routing_leaves_only_sampling_noise() -> None:
+    import math
+
+    from configurator.cost.moe import busiest_rank_factor, routing_cv
+    from configurator.runs import forced_balanced_routing
+
+    mixtral = load_model("mixtral-8x7b")
+    plan = Plan(dp=8, ep=8)
+    forced = JobSpec(global_batch=8, seq_len=4096, moe_routing="force_balanced")
+    learned = JobSpec(global_batch=8, seq_len=4096)
+    assert routing_cv(forced, CONSTANTS) == 0.0
+    assert routing_cv(learned, CONSTANTS) == CONSTANTS["moe.expert_load_cv"]
+    # one expert per EP rank, 1,024 pairs each: cv_rank = sqrt(1/1024); Gaussian maximum of 8 ranks
+    assert busiest_rank_factor(mixtral, plan, 1024, routing_cv(forced, CONSTANTS)) == pytest.approx(
+        1 + math.sqrt(2 * math.log(8)) / 32)
+    assert forced_balanced_routing("MoE: token distribution force-balanced, dropless.")
+    assert not forced_balanced_routing("dropless, aux loss 1e-3")
+
+
+def test_moe_routing_is_checked_by_name() -> None:
+    from configurator.errors import InputError
+
+    with pytest.raises(InputError, match="moe_routing"):
+        JobSpec(global_batch=8, seq_len=4096, moe_routing="balanced")
+
+
 def test_gap_line_blames_expert_imbalance_for_a_wider_ep_compute_gap() -> None:
     from configurator.cost.gap import term_mechanism
 

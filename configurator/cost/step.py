@@ -42,7 +42,7 @@ from configurator.cost.constants import CostConstants, RuntimeCost, hardware_def
 from configurator.cost.cp import cp_times_s
 from configurator.cost.knobs import effective_knobs
 from configurator.cost.launch import layer_launch_s
-from configurator.cost.moe import busiest_rank_factor, ep_scale_out_share
+from configurator.cost.moe import busiest_rank_factor, ep_scale_out_share, routing_cv
 from configurator.cost.schedule import ScheduleResult, simulate
 from configurator.cost.work import (BF16, LayerWork, embedding_work, head_work, layer_work, model_flops_per_token,
                                    mtp_projection_work)
@@ -268,7 +268,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         factor = 1.0
         if work.expert_gemms:
             # Dropless routing: the busiest EP rank's grouped GEMMs and all-to-all set the pace.
-            factor = busiest_rank_factor(inp.model, plan, work.pairs_per_expert, c["moe.expert_load_cv"])
+            factor = busiest_rank_factor(inp.model, plan, work.pairs_per_expert, routing_cv(inp.job, c))
             imbalance = (factor - 1.0) * sum(rates.gemm_s(g.m, g.n, g.k, g.count, g.bf16) for g in work.expert_gemms)
         f_compute = wt.total_s + imbalance
         b_compute = 2 * (wt.gemm_s + imbalance) + rates.attention_bwd_factor * wt.attention_s + 2 * wt.elementwise_s
