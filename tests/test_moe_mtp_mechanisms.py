@@ -155,3 +155,24 @@ def test_gap_line_blames_expert_imbalance_for_a_wider_ep_compute_gap() -> None:
     top = Plan(tp=4, pp=2, vpp=8, dp=32, ep=1, etp=4, sp=True)
     assert "busiest one" in term_mechanism("compute", top, hand)
     assert "recomputes" in term_mechanism("compute", hand, replace(top, recompute="full"))
+
+
+def test_expert_tp_gathers_the_dispatched_pairs_over_its_group() -> None:
+    from configurator.cost.comm import LinkEfficiency
+    from configurator.cost.step import _rates_for, _stage_times
+    from configurator.cost.work import layer_work
+
+    mixtral = load_model("mixtral-8x22b")
+    job = JobSpec(global_batch=64, seq_len=4096)
+    plan = Plan(tp=4, etp=4, ep=1, dp=2, sp=True)
+    work = layer_work(mixtral, job, plan, 0)
+    # k x t x h x 2 B x etp / tp: each rank gathers every pair of the TP group's tokens (top-2 of 4,096)
+    assert work.etp_bytes == pytest.approx(2 * 4096 * 6144 * 2)
+    assert work.tp_collectives == 1  # attention only: Mixtral has no shared experts
+    assert layer_work(DEEPSEEK, job, Plan(tp=2, ep=8, dp=32, sp=True), 5).tp_collectives == 2  # + shared
+    assert layer_work(mixtral, job, replace(plan, etp=1), 0).etp_bytes == 0.0
+    inp = prepare(mixtral, load_cluster("dgx-h100", num_gpus=8), job, plan)
+    comm = inp.comm.with_efficiency(LinkEfficiency(nvlink=CONSTANTS["link.nvlink"],
+                                                   scale_out=CONSTANTS["link.scale_out"]))
+    fwd, _, _ = _stage_times(inp, _rates_for(inp, CONSTANTS), comm, CONSTANTS, 0)
+    assert fwd["ep_comm"] == pytest.approx(mixtral.num_layers * comm.allreduce_s("etp", work.etp_bytes))

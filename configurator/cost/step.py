@@ -282,6 +282,9 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         if work.ep_bytes:
             share = ep_scale_out_share(inp.model, inp.model.moe_topk, inp.ep_domains)
             ep_raw = 2 * comm.alltoall_s("ep", work.ep_bytes * factor, share)
+        if work.etp_bytes:
+            # expert-TP all-gather of the dispatched pairs + reduce-scatter of the expert outputs
+            ep_raw += comm.allreduce_s("etp", work.etp_bytes * factor)
         ep_f = ep_raw * (1 - ep_hidden)
         hidden_f += ep_raw * ep_hidden
         recompute = 0.0

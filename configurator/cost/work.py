@@ -75,6 +75,12 @@ class LayerWork:
     """Mean token-expert pairs one expert receives per micro-batch (whole EP group)."""
     cp_a2a_bytes: float = 0.0
     """Bytes one rank sends in the all-to-alls of Ulysses CP per forward (Q, K, V and the output)."""
+    etp_bytes: float = 0.0
+    """Expert tensor parallelism (etp > 1): the dispatched (token, expert) pairs all-gathered over the
+    expert-TP group after the all-to-all and the experts' outputs reduce-scattered before the combine
+    (Megatron-Core's alltoall dispatcher, ``dispatch_postprocess`` / ``combine_preprocess``): the bytes of
+    the gathered tensor, ``k x t x h x 2 x etp / tp``, costed as one all-reduce (= all-gather +
+    reduce-scatter) over the ETP group."""
 
 
 def _mlp_gemms(tokens: float, h: int, ffn: float, swiglu: bool, count: float = 1.0) -> list[Gemm]:
@@ -124,6 +130,8 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
     swiglu = model.mlp == "swiglu"
     moe = model.layer_is_moe(index)
     ep_bytes = 0.0
+    etp_bytes = 0.0
+    tp_collectives = 2  # attention and MLP
     elem_split = 0.0
     expert_gemms: list[Gemm] = []
     pairs_per_expert = 0.0
@@ -147,6 +155,11 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
         elem_split += model.num_experts * 4 * 4 / tp
         if plan.ep > 1:
             ep_bytes = t / tp * k * h * BF16
+        if plan.etp > 1:
+            etp_bytes = t / tp * k * h * BF16 * plan.etp
+        # TP collectives of an MoE layer: the attention's, and the shared experts' (a TP-split MLP on
+        # every token); the routed experts' tokens travel by the dispatcher (etp_bytes), not by TP.
+        tp_collectives = 1 + (1 if shared else 0)
     else:
         gemms += _mlp_gemms(t, h, model.ffn_hidden_size / tp, swiglu)
         elem_split += _mlp_act_bytes(model.ffn_hidden_size / tp, swiglu, fp8)
@@ -166,7 +179,7 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
         cp_bytes = t * 2 * kv_width * BF16 if model.attention != "mla" else t * heads * (head_sum) * BF16
     return LayerWork(gemms=tuple(gemms), attention_flops=attention_flops, attention_kv_len=job.seq_len,
                      elementwise_bytes=elementwise, tp_bytes=t * h * BF16 if tp > 1 else 0.0,
-                     tp_collectives=2, cp_bytes=cp_bytes, ep_bytes=ep_bytes,
+                     tp_collectives=tp_collectives, cp_bytes=cp_bytes, ep_bytes=ep_bytes, etp_bytes=etp_bytes,
                      attn_batch=plan.micro_batch * heads, attn_q_len=job.seq_len / plan.cp, attn_d_qk=d_qk,
                      attn_d_v=d_v, expert_gemms=tuple(expert_gemms), pairs_per_expert=pairs_per_expert,
                      cp_a2a_bytes=t * (2 * (q_width + 2 * kv_width) + attn_out) * BF16 if plan.cp > 1 else 0.0)
