@@ -23,7 +23,11 @@ JOBS = [
     ("Qwen3-30B-A3B, 16 H100, fp8, GBS 1024", "qwen3-30b-a3b", "dgx-h100", 16, 4096, 1024, "fp8",
      {"tp": 1, "pp": 2, "vpp": 12, "ep": 8, "micro_batch": 2, "source": "Megatron-Bridge recipe (r141 family)"}),
     ("DeepSeek-V3, 2048 H800, fp8, GBS 15360", "deepseek-v3", "h800-ib", 2048, 4096, 15360, "fp8",
-     {"tp": 1, "pp": 16, "ep": 64, "pipeline_layers": "balanced", "source": "DeepSeek-V3 report: PP16 EP64"}),
+     # One layer on the last stage, which also runs the MTP module and two output heads + losses (about
+     # three MoE layers' work; Megatron-Bridge's DeepSeek-V3 layouts give MTP and the loss their own
+     # pipeline slot): 4 layers on every other stage (the first: 3 dense + 1 MoE + the embedding).
+     {"tp": 1, "pp": 16, "ep": 64, "pipeline_layers": [4] * 15 + [1],
+      "source": "DeepSeek-V3 report: PP16 EP64"}),
     ("Mixtral-8x22B, 256 H100, GBS 1024", "mixtral-8x22b", "dgx-h100", 256, 4096, 1024, "bf16",
      {"tp": 2, "pp": 4, "ep": 8, "source": "hand-tuned TP2 PP4 EP8"}),
     ("Llama-3-70B at 128K, 256 H100, GBS 32", "llama3-70b", "dgx-h100", 256, 131072, 32, "bf16",
@@ -55,7 +59,7 @@ def main(budget: float) -> None:
             cells.append(f"{ref['source']}: {option.plan.describe()} ({step.tokens_per_s_per_gpu:,.0f}, "
                          f"{100 * step.mfu:.1f}%)")
             if top:
-                why = gap_line(top.step, step)
+                why = gap_line(top.step, step, best_plan=top.plan, other_plan=option.plan)
                 if why is None:
                     terms = ", ".join(f"{k} {d:+.2f} s" for k, d in separating_terms(top.step, step))
                     why = f"within 15% ({100 * (top.step.tokens_per_s_per_gpu / step.tokens_per_s_per_gpu - 1):+.0f}%); largest terms: {terms}"

@@ -100,6 +100,8 @@ def reference_plan(ctx: SearchContext, ref: dict[str, Any]) -> Plan:
     layout: tuple[int, ...] = ()
     if ref.get("pipeline_layers") == "balanced" and ctx.model.num_layers % (pp * vpp):
         layout = balanced_layout(ctx.model.num_layers, pp, vpp)
+    elif isinstance(ref.get("pipeline_layers"), (list, tuple)):  # a published uneven layout, stage by stage
+        layout = tuple(int(n) for n in ref["pipeline_layers"])
     return Plan(tp=tp, pp=pp, cp=cp, vpp=vpp, dp=dp, ep=ref.get("ep", 1), etp=ref.get("etp", 1), sp=tp > 1,
                 micro_batch=ref.get("micro_batch", 1), pipeline_layers=layout,
                 sharding=search_shardings(ctx.runtime, dp * cp)[0])

@@ -247,7 +247,8 @@ def plan(
         raise typer.Exit(3)
     margin_info = {"memory_margin_gib": round(margin.bytes_for(hw.gpu_memory_bytes) / GIB, 3),
                    "memory_margin": margin.describe()}
-    versus_text = versus_line(ctx, ranked[0].step, reference, constants) if reference is not None else None
+    versus_text = (versus_line(ctx, ranked[0].step, reference, constants, best_plan=ranked[0].plan)
+                   if reference is not None else None)
     from configurator.conventional import conventional_plan
     from configurator.render import conventional_dict, print_conventional
 

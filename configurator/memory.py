@@ -261,7 +261,28 @@ def stage_params(model: ModelSpec, plan: Plan, stage: int, layers: list[int]) ->
         dense += model.norm_params
         if not model.tied_embeddings or plan.pp > 1:
             dense += vocab * model.hidden_size  # tied weights keep a copy on the last stage when pp > 1
+        if model.mtp_layers:
+            mtp_dense, mtp_expert = mtp_stage_params(model, plan)
+            dense += mtp_dense
+            expert += mtp_expert
     return dense / plan.tp, expert / (plan.ep * plan.etp)
+
+
+def mtp_stage_params(model: ModelSpec, plan: Plan) -> tuple[float, float]:
+    """(non-expert, expert) parameters the multi-token-prediction block adds to the last pipeline stage,
+    before the TP/EP split. Megatron-Core builds the MTP block on the last stage (``mtp_on_this_rank``
+    without a custom layout) and gives that stage its own input embedding when it is not also the first
+    (gpt_model.py: ``if self.pre_process or self.mtp_process: self.embedding = ...``); the output head
+    is shared with the main model. Per module (``ModelSpec.mtp_params``): eh_proj (2h x h), three norms
+    and one transformer layer like the model's last."""
+    if not model.mtp_layers:
+        return 0.0, 0.0
+    h = model.hidden_size
+    layer_dense, layer_expert = model.layer_params(model.num_layers - 1)
+    dense = model.mtp_layers * (2 * h * h + 3 * model.norm_params + layer_dense)
+    if plan.pp > 1:
+        dense += model.padded_vocab_size(plan.tp) * h
+    return float(dense), float(model.mtp_layers * layer_expert)
 
 
 # ----- activations -----------------------------------------------------------------------------
@@ -284,8 +305,9 @@ def layer_activation_parts(model: ModelSpec, job: JobSpec, plan: Plan, index: in
       Transformer Engine's fused srelu does) keep f-wide input and output: (2 + gin) bytes per f;
     * MoE: ``router`` (fp32 logits and probabilities), ``shared`` experts, and per routed
       (token, expert) pair ``routed_in`` (the expert's fc1 input), ``routed_fc1_out`` (the
-      activation's input), ``routed_act_out`` (fc2's input) and ``routed_out`` (the expert output
-      kept by the probability-weighted unpermute).
+      activation's input), ``routed_act_out`` (fc2's input) and ``routed_probs`` (the fp32 routing
+      probability the weighted activation saves; Megatron-Core 0.19 applies it there, so no expert
+      output is kept for the unpermute).
     """
     h = model.hidden_size
     tokens = job.seq_len / plan.cp * plan.micro_batch
@@ -325,11 +347,13 @@ def layer_activation_parts(model: ModelSpec, job: JobSpec, plan: Plan, index: in
         parts["router"] = 2 * 4 * model.num_experts / sp_div
         # Routed (alltoall dispatcher): each local token reaches k experts; per (token, expert) pair
         # the expert's fc1 input (gathered over expert-TP), its activation over moe_ffn/etp, and the
-        # expert output kept by the probability-weighted unpermute.
+        # routing probability the weighted activation saves (fp32). Megatron-Core applies the
+        # probabilities inside the expert activation (experts.py ``bias_act_func``: weighted SwiGLU),
+        # so the unpermute after the combine is a plain scatter-add that keeps no expert output.
         parts["routed_in"] = k * gin * h * plan.etp / sp_div
         parts["routed_fc1_out"] = k * fc1_out * model.moe_ffn_hidden_size / sp_div
         parts["routed_act_out"] = k * gin * model.moe_ffn_hidden_size / sp_div
-        parts["routed_out"] = k * 2 * h * plan.etp / sp_div
+        parts["routed_probs"] = k * 4 / sp_div
     else:
         parts["mlp"] = act_bytes_per_f * model.ffn_hidden_size / tp
     return {name: tokens * value for name, value in parts.items()}
@@ -345,7 +369,7 @@ RECOMPUTE_MODULE_PARTS: dict[str, tuple[str, ...]] = {
     "core_attn": ("softmax_stats",),
     "layernorm": ("norm_out",),
     "mlp": ("mlp",),
-    "moe": ("router", "shared", "routed_in", "routed_fc1_out", "routed_act_out", "routed_out"),
+    "moe": ("router", "shared", "routed_in", "routed_fc1_out", "routed_act_out", "routed_probs"),
     "moe_act": ("routed_act_out",),
     "shared_experts": ("shared",),
     "mla_up_proj": ("qkv",),
@@ -483,7 +507,27 @@ def _stage_activations(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, 
     if stage == plan.pp - 1:
         vocab = model.padded_vocab_size(plan.tp)
         act += tokens * (2 * model.hidden_size / (plan.tp if plan.sp else 1) + rt.logit_bytes * vocab / plan.tp)
+        act += mtp_activation_bytes(model, job, plan, rt, kinds)
     return act, sum(counts) / plan.vpp
+
+
+def mtp_activation_bytes(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime,
+                         kinds: dict[bool, tuple[float, float]]) -> float:
+    """Activations the multi-token-prediction block keeps on the last stage for one micro-batch (the
+    last virtual stage runs each micro-batch's backward right after its forward, so one is held, like
+    the main head's logits): per module a layer like the model's last under the plan's recompute (full
+    recompute keeps its input), the eh_proj input (the concatenated normed [h; e], bf16, 2h wide) and
+    the two norms' inputs (2 x h, bf16), and its own loss's logits (``logit_bytes`` per vocabulary entry,
+    as the main head)."""
+    if not model.mtp_layers:
+        return 0.0
+    tokens = job.seq_len / plan.cp * plan.micro_batch
+    sp_div = plan.tp if plan.sp else 1
+    h = model.hidden_size
+    layer = (layer_input_bytes(model, job, plan) if plan.recompute == "full"
+             else kinds[model.layer_is_moe(model.num_layers - 1)][1])
+    own = tokens * (2 * 2 * h * 2 / sp_div + rt.logit_bytes * model.padded_vocab_size(plan.tp) / plan.tp)
+    return model.mtp_layers * (layer + own)
 
 
 # ----- the estimator -----------------------------------------------------------------------------

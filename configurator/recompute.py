@@ -122,11 +122,35 @@ MEGATRON_RUNTIMES = ("megatron", "nemo")
 """Runtimes on Megatron-Core, where ``--recompute-modules`` and Megatron-FSDP exist."""
 
 
-def selective_module_ladder(model: ModelSpec) -> list[tuple[str, ...]]:
+FP8_DELAYED_NO_RECOMPUTE = ("layernorm", "moe_act")
+"""Modules Megatron-Core refuses to recompute under fp8 with its default delayed-scaling recipe
+(transformer_config.py 0.19.2: "Delayed scaling does not support moe_act and layernorm recompute")."""
+
+
+def selective_module_ladder(model: ModelSpec, precision: str | None = None) -> list[tuple[str, ...]]:
     """``--recompute-modules`` lists from least to most recompute, as Megatron-Core's MoE and long-context
     recipes add them: Megatron's default (core_attn), the norms, the MoE activation (and MLA's up
     projection), the shared experts, then the whole MLP / MoE layer. A row that says "selective" but
-    not which modules takes the first list under which it fits (``validate`` says so)."""
+    not which modules takes the first list under which it fits (``validate`` says so).
+
+    Under ``precision="fp8"`` (delayed scaling) the norms and the MoE activation cannot be recomputed;
+    the ladder keeps the rest of each list (MLA up projection, shared experts, whole MoE/MLP) instead of
+    losing every step that names them, so fp8 MoE plans still have partial recompute between none and
+    full."""
+    ladder = _module_ladder(model)
+    if precision != "fp8":
+        return ladder
+    out: list[tuple[str, ...]] = []
+    for modules in ladder:
+        kept = tuple(m for m in modules if m not in FP8_DELAYED_NO_RECOMPUTE)
+        if modules and not kept:
+            continue
+        if kept not in out:
+            out.append(kept)
+    return out
+
+
+def _module_ladder(model: ModelSpec) -> list[tuple[str, ...]]:
     ladder: list[tuple[str, ...]] = [(), ("layernorm",)]
     if model.is_moe:
         step = ("layernorm", "moe_act") + (("mla_up_proj",) if model.attention == "mla" else ())
@@ -141,5 +165,5 @@ def selective_module_ladder(model: ModelSpec) -> list[tuple[str, ...]]:
     return ladder
 
 
-__all__ = ["MEGATRON_RUNTIMES", "RecomputeShares", "module_forward_counts", "recompute_shares",
+__all__ = ["FP8_DELAYED_NO_RECOMPUTE", "MEGATRON_RUNTIMES", "RecomputeShares", "module_forward_counts", "recompute_shares",
            "selective_module_ladder"]

@@ -211,6 +211,14 @@ def _yes_no(row: dict[str, str], col: str) -> bool | None:
     raise InputError(col, value, "must be yes or no")
 
 
+def forced_balanced_routing(notes: str) -> bool:
+    """The row ran with Megatron's ``--moe-router-force-load-balancing`` (NVIDIA's performance recipes
+    benchmark MoE models so; the runs CSV has no column for it and its curators say it in the notes:
+    "token distribution force-balanced")."""
+    text = notes.lower()
+    return "force-balanced" in text or "force_load_balancing" in text or "force-load-balancing" in text
+
+
 def uses_bf16_optimizer(source: str, notes: str) -> bool:
     """DeepSpeed's BF16_Optimizer (fp32 gradient accumulator): the final BLOOM-176B setup - the tr11
     production README, and topology rows whose notes say they ran it."""
@@ -266,7 +274,10 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         if seq_len is None or gbs is None:
             raise InputError("seq_len" if seq_len is None else "global_batch", "", "is empty")
         precision = _cell(row, "precision") or "bf16"
-        job = JobSpec(global_batch=gbs, seq_len=seq_len, precision=precision)
+        routing = "force_balanced" if forced_balanced_routing(_cell(row, "notes")) else "learned"
+        if routing == "force_balanced" and model.is_moe:
+            notes.append("MoE routing force-balanced (benchmark mode): no learned-routing imbalance")
+        job = JobSpec(global_batch=gbs, seq_len=seq_len, precision=precision, moe_routing=routing)
         tp, pp, cp = (_int(row, c, 1) or 1 for c in ("tp", "pp", "cp"))
         dp = _int(row, "dp")
         if dp is None:

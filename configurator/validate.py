@@ -169,7 +169,7 @@ def _least_modules(case: RunCase, base: Plan) -> tuple[Plan, MemoryReport]:
     assert case.model and case.cluster and case.job
     memory = None
     plan = base
-    for modules in selective_module_ladder(case.model):
+    for modules in selective_module_ladder(case.model, case.job.precision):
         plan = replace(base, recompute_modules=modules)
         memory = estimate_memory(case.model, case.cluster, case.job, plan, runtime=case.memory_layout)
         if memory.fits:

@@ -124,7 +124,7 @@ def test_layernorm_and_moe_act_drop_their_hand_counted_bytes() -> None:
     assert ln - both == pytest.approx(k * 2 * f)  # fc2's input of every routed (token, expert) pair
     moe = layer_kept_bytes(QWEN_MOE, ONE_TOKEN, replace(plan, recompute_modules=("moe",)), 1, rt)
     assert sum(full.values()) - moe == pytest.approx(
-        sum(full[p] for p in ("router", "shared", "routed_in", "routed_fc1_out", "routed_act_out", "routed_out")))
+        sum(full[p] for p in ("router", "shared", "routed_in", "routed_fc1_out", "routed_act_out", "routed_probs")))
 
 
 def test_module_ladder_saves_memory_step_by_step() -> None:

@@ -7,6 +7,7 @@ large is either a real finding or a model artefact, and the reader needs the mec
 from __future__ import annotations
 
 from configurator.cost.step import StepReport
+from configurator.specs.plan import Plan, ep_overlap_conflicts
 
 EXPLAIN_GAP = 0.15
 
@@ -18,17 +19,55 @@ def separating_terms(best: StepReport, other: StepReport, top: int = 2) -> list[
     return sorted(((k, o[k] - b[k]) for k in b), key=lambda kv: -kv[1])[:top]
 
 
-def gap_line(best: StepReport, other: StepReport, label: str = "the published plan") -> str | None:
-    """One line saying why ``best`` beats ``other`` when it does by more than ``EXPLAIN_GAP``; else None."""
+def gap_line(best: StepReport, other: StepReport, label: str = "the published plan",
+             best_plan: Plan | None = None, other_plan: Plan | None = None) -> str | None:
+    """One line saying why ``best`` beats ``other`` when it does by more than ``EXPLAIN_GAP``; else None.
+    Given both plans, the largest separating term is followed by the mechanism behind it
+    (``term_mechanism``)."""
     speedup = best.tokens_per_s_per_gpu / max(other.tokens_per_s_per_gpu, 1e-30) - 1.0
     if speedup <= EXPLAIN_GAP:
         return None
-    parts = [f"{name} {d:+.2f} s" for name, d in separating_terms(best, other) if d > 0]
-    return (f"{100 * speedup:.0f}% faster than {label} (modelled): it loses "
+    terms = [(name, d) for name, d in separating_terms(best, other) if d > 0]
+    parts = [f"{name} {d:+.2f} s" for name, d in terms]
+    line = (f"{100 * speedup:.0f}% faster than {label} (modelled): it loses "
             + (", ".join(parts) if parts else "no single term") + f" per step ({other.step_s:.2f} s vs {best.step_s:.2f} s)")
+    if terms and best_plan is not None and other_plan is not None:
+        why = term_mechanism(terms[0][0], best_plan, other_plan)
+        if why:
+            line += f"; {terms[0][0]}: {why}"
+    return line
 
 
-__all__ = ["EXPLAIN_GAP", "gap_line", "separating_terms"]
+def term_mechanism(term: str, best: Plan, other: Plan) -> str:
+    """The plan difference behind a step term that separates ``other`` from ``best`` ("" if none is
+    evident): an exposed all-to-all (and why Megatron cannot overlap it), recompute, pipeline depth."""
+    if term == "ep_comm":
+        said = []
+        if not other.ep_overlap:
+            conflicts = ep_overlap_conflicts(other)
+            said.append("its all-to-all is exposed" + (f" (Megatron's EP overlap {conflicts[0]})" if conflicts else ""))
+        if best.ep_overlap:
+            said.append("the top plan hides its own under compute")
+        if best.ep < other.ep:
+            said.append(f"it sends over ep={best.ep} instead of {other.ep}")
+        return "; ".join(said)
+    if term == "compute":
+        if other.recompute != "none" and best.recompute == "none":
+            return f"it recomputes ({other.describe().split('rc=')[1].split(' ')[0]}), the top plan does not"
+        if other.recompute_modules and "moe" in other.recompute_modules:
+            return "its recomputed MoE layers repeat their expert GEMMs"
+        if other.ep > best.ep:
+            return (f"its experts sit on ep={other.ep} ranks, and the busiest one (learned routing's load "
+                    f"imbalance, moe.expert_load_cv) sets the pace; ep={best.ep} x etp={best.etp} spreads each expert instead")
+        if other.etp * other.tp != best.etp * best.tp:
+            return f"GEMMs split over tp={other.tp}, etp={other.etp} vs tp={best.tp}, etp={best.etp}"
+        return ""
+    if term == "pipeline_bubble":
+        return f"pp={other.pp} vpp={other.vpp} fills and drains a deeper pipeline than pp={best.pp} vpp={best.vpp}"
+    return ""
+
+
+__all__ = ["EXPLAIN_GAP", "gap_line", "separating_terms", "term_mechanism"]
 
 
 VERSUS_KEYS = {"tp": "tp", "pp": "pp", "vpp": "vpp", "cp": "cp", "ep": "ep", "etp": "etp", "mb": "micro_batch",
@@ -57,13 +96,16 @@ def parse_versus(text: str) -> dict[str, int]:
     return out
 
 
-def versus_line(ctx, best: StepReport, reference: dict[str, int], constants) -> str:  # type: ignore[no-untyped-def]
+def versus_line(ctx, best: StepReport, reference: dict[str, int], constants,  # type: ignore[no-untyped-def]
+                best_plan: Plan | None = None) -> str:
     """``plan --versus``'s line: the reference modelled like the search's plans, and why the top plan
     beats it when it does by more than ``EXPLAIN_GAP``."""
     from configurator.bench import modelled_alike, reference_plan
     from configurator.specs.plan import plan_violations
 
-    structure = reference_plan(ctx, reference)
+    # Layers that do not divide over pp x vpp are split as evenly as possible, ends lighter (as published
+    # uneven layouts are), instead of refusing the comparison.
+    structure = reference_plan(ctx, {"pipeline_layers": "balanced", **reference})
     reasons = plan_violations(ctx.model, ctx.job, structure, ctx.num_gpus)
     if reasons:
         return f"versus {structure.describe()}: not a legal plan here ({reasons[0]})"
@@ -71,7 +113,7 @@ def versus_line(ctx, best: StepReport, reference: dict[str, int], constants) -> 
     if modelled is None:
         return f"versus {structure.describe()}: does not fit memory under any sharding/recompute/offload"
     option, step = modelled
-    why = gap_line(best, step, label=option.plan.describe())
+    why = gap_line(best, step, label=option.plan.describe(), best_plan=best_plan, other_plan=option.plan)
     if why is None:
         return (f"versus {option.plan.describe()}: {step.tokens_per_s_per_gpu:,.0f} tokens/s/GPU modelled, "
                 f"the top plan is {100 * (best.tokens_per_s_per_gpu / step.tokens_per_s_per_gpu - 1):+.0f}%")

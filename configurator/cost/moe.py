@@ -19,6 +19,7 @@ from functools import lru_cache
 from typing import Any
 
 from configurator.cost.constants import _cost_file
+from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
 from configurator.specs.plan import Plan
 
@@ -30,6 +31,13 @@ def busiest_rank_factor(model: ModelSpec, plan: Plan, pairs_per_expert: float, e
     local = model.num_experts / plan.ep
     cv_rank = math.sqrt((expert_cv ** 2 + 1.0 / pairs_per_expert) / local)
     return 1.0 + math.sqrt(2.0 * math.log(plan.ep)) * cv_rank
+
+
+def routing_cv(job: JobSpec, constants: Any) -> float:
+    """The experts' load variation beyond sampling noise: the fitted ``moe.expert_load_cv`` for learned
+    routing; 0 under Megatron's ``--moe-router-force-load-balancing`` (router.py replaces the logits with
+    random ones, so every expert is equally likely and only the ``1/sqrt(n)`` sampling noise is left)."""
+    return 0.0 if job.moe_routing == "force_balanced" else float(constants["moe.expert_load_cv"])
 
 
 @lru_cache(maxsize=None)
@@ -49,4 +57,4 @@ def ep_scale_out_share(model: ModelSpec, topk: int, ep_domains: int) -> float | 
     return min(1.0, remote_nodes / topk)
 
 
-__all__ = ["busiest_rank_factor", "ep_scale_out_share", "max_nodes_per_token"]
+__all__ = ["busiest_rank_factor", "ep_scale_out_share", "max_nodes_per_token", "routing_cv"]

@@ -42,9 +42,10 @@ from configurator.cost.constants import CostConstants, RuntimeCost, hardware_def
 from configurator.cost.cp import cp_times_s
 from configurator.cost.knobs import effective_knobs
 from configurator.cost.launch import layer_launch_s
-from configurator.cost.moe import busiest_rank_factor, ep_scale_out_share
+from configurator.cost.moe import busiest_rank_factor, ep_scale_out_share, routing_cv
 from configurator.cost.schedule import ScheduleResult, simulate
-from configurator.cost.work import BF16, LayerWork, embedding_work, head_work, layer_work, model_flops_per_token
+from configurator.cost.work import (BF16, LayerWork, embedding_work, head_work, layer_work, model_flops_per_token,
+                                   mtp_projection_work)
 from configurator.memory import all_layer_params, stage_layer_indices, stage_params
 from configurator.placement import Placement
 from configurator.recompute import recompute_shares
@@ -206,6 +207,14 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
             works.append((embedding_work(model, job, plan), 1, False))
         if v == len(virtual) - 1:
             works.append((head_work(model, job, plan), 1, False))
+            if model.mtp_layers:
+                # Multi-token prediction (Megatron-Core places the MTP block on the last stage): per
+                # module one more transformer layer like the last one, its eh_proj and norms, and its
+                # own output head + loss (weights shared with the main head).
+                last_work, last_moe = work_of(model.num_layers - 1)
+                works += [(last_work, model.mtp_layers, last_moe),
+                          (mtp_projection_work(model, job, plan), model.mtp_layers, False),
+                          (head_work(model, job, plan), model.mtp_layers, False)]
         stages.append(VirtualStage(works=tuple(works), num_layers=n))
         zero3.append(BF16 * per_layer_params / max(n, 1))
         zero3_e.append(BF16 * per_layer_expert / max(n, 1))
@@ -259,7 +268,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         factor = 1.0
         if work.expert_gemms:
             # Dropless routing: the busiest EP rank's grouped GEMMs and all-to-all set the pace.
-            factor = busiest_rank_factor(inp.model, plan, work.pairs_per_expert, c["moe.expert_load_cv"])
+            factor = busiest_rank_factor(inp.model, plan, work.pairs_per_expert, routing_cv(inp.job, c))
             imbalance = (factor - 1.0) * sum(rates.gemm_s(g.m, g.n, g.k, g.count, g.bf16) for g in work.expert_gemms)
         f_compute = wt.total_s + imbalance
         b_compute = 2 * (wt.gemm_s + imbalance) + rates.attention_bwd_factor * wt.attention_s + 2 * wt.elementwise_s
@@ -273,6 +282,9 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         if work.ep_bytes:
             share = ep_scale_out_share(inp.model, inp.model.moe_topk, inp.ep_domains)
             ep_raw = 2 * comm.alltoall_s("ep", work.ep_bytes * factor, share)
+        if work.etp_bytes:
+            # expert-TP all-gather of the dispatched pairs + reduce-scatter of the expert outputs
+            ep_raw += comm.allreduce_s("etp", work.etp_bytes * factor)
         ep_f = ep_raw * (1 - ep_hidden)
         hidden_f += ep_raw * ep_hidden
         recompute = 0.0

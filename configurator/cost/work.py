@@ -75,6 +75,12 @@ class LayerWork:
     """Mean token-expert pairs one expert receives per micro-batch (whole EP group)."""
     cp_a2a_bytes: float = 0.0
     """Bytes one rank sends in the all-to-alls of Ulysses CP per forward (Q, K, V and the output)."""
+    etp_bytes: float = 0.0
+    """Expert tensor parallelism (etp > 1): the dispatched (token, expert) pairs all-gathered over the
+    expert-TP group after the all-to-all and the experts' outputs reduce-scattered before the combine
+    (Megatron-Core's alltoall dispatcher, ``dispatch_postprocess`` / ``combine_preprocess``): the bytes of
+    the gathered tensor, ``k x t x h x 2 x etp / tp``, costed as one all-reduce (= all-gather +
+    reduce-scatter) over the ETP group."""
 
 
 def _mlp_gemms(tokens: float, h: int, ffn: float, swiglu: bool, count: float = 1.0) -> list[Gemm]:
@@ -124,6 +130,8 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
     swiglu = model.mlp == "swiglu"
     moe = model.layer_is_moe(index)
     ep_bytes = 0.0
+    etp_bytes = 0.0
+    tp_collectives = 2  # attention and MLP
     elem_split = 0.0
     expert_gemms: list[Gemm] = []
     pairs_per_expert = 0.0
@@ -147,6 +155,11 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
         elem_split += model.num_experts * 4 * 4 / tp
         if plan.ep > 1:
             ep_bytes = t / tp * k * h * BF16
+        if plan.etp > 1:
+            etp_bytes = t / tp * k * h * BF16 * plan.etp
+        # TP collectives of an MoE layer: the attention's, and the shared experts' (a TP-split MLP on
+        # every token); the routed experts' tokens travel by the dispatcher (etp_bytes), not by TP.
+        tp_collectives = 1 + (1 if shared else 0)
     else:
         gemms += _mlp_gemms(t, h, model.ffn_hidden_size / tp, swiglu)
         elem_split += _mlp_act_bytes(model.ffn_hidden_size / tp, swiglu, fp8)
@@ -166,7 +179,7 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
         cp_bytes = t * 2 * kv_width * BF16 if model.attention != "mla" else t * heads * (head_sum) * BF16
     return LayerWork(gemms=tuple(gemms), attention_flops=attention_flops, attention_kv_len=job.seq_len,
                      elementwise_bytes=elementwise, tp_bytes=t * h * BF16 if tp > 1 else 0.0,
-                     tp_collectives=2, cp_bytes=cp_bytes, ep_bytes=ep_bytes,
+                     tp_collectives=tp_collectives, cp_bytes=cp_bytes, ep_bytes=ep_bytes, etp_bytes=etp_bytes,
                      attn_batch=plan.micro_batch * heads, attn_q_len=job.seq_len / plan.cp, attn_d_qk=d_qk,
                      attn_d_v=d_v, expert_gemms=tuple(expert_gemms), pairs_per_expert=pairs_per_expert,
                      cp_a2a_bytes=t * (2 * (q_width + 2 * kv_width) + attn_out) * BF16 if plan.cp > 1 else 0.0)
@@ -181,6 +194,21 @@ def head_work(model: ModelSpec, job: JobSpec, plan: Plan) -> LayerWork:
     return LayerWork(gemms=(Gemm(t, vocab, h, bf16=True),), attention_flops=0.0, attention_kv_len=1.0,
                      elementwise_bytes=elementwise, tp_bytes=t * h * BF16 if plan.tp > 1 else 0.0,
                      tp_collectives=1 if plan.sp else 0, cp_bytes=0.0, ep_bytes=0.0)
+
+
+def mtp_projection_work(model: ModelSpec, job: JobSpec, plan: Plan) -> LayerWork:
+    """What one multi-token-prediction module (DeepSeek-V3; Megatron-Core ``MultiTokenPredictionLayer``)
+    adds on the last stage besides its transformer layer and its own output head + loss: the
+    embedding of the shifted tokens (a lookup), two RMSNorms (hidden state and embedding) and the
+    ``eh_proj`` GEMM from the concatenated [h; e] (2h) back to h, column-parallel over TP; a final
+    norm. Per token: norms read + write 3 x 2h bytes, the lookup and concatenation 2 x 2h each."""
+    t = plan.micro_batch * job.seq_len / plan.cp
+    h = model.hidden_size
+    sp_div = plan.tp if plan.sp else 1
+    elementwise = t * (3 * 2 * h * BF16 + 2 * 2 * h * BF16) / sp_div
+    return LayerWork(gemms=(Gemm(t, h / plan.tp, 2 * h),), attention_flops=0.0, attention_kv_len=1.0,
+                     elementwise_bytes=elementwise, tp_bytes=t * h * BF16 if plan.tp > 1 else 0.0,
+                     tp_collectives=1 if plan.tp > 1 else 0, cp_bytes=0.0, ep_bytes=0.0)
 
 
 def embedding_work(model: ModelSpec, job: JobSpec, plan: Plan) -> LayerWork:

@@ -31,7 +31,7 @@ from configurator.cost.constants import CostConstants, load_runtime_cost
 from configurator.cost.knobs import effective_knobs
 from configurator.cost.step import (StepInputs, VirtualStage, _rates_for, _stage_times, busy_lower_bound,
                                     group_domains, prepare)
-from configurator.cost.work import embedding_work, head_work, layer_work
+from configurator.cost.work import embedding_work, head_work, layer_work, mtp_projection_work
 from configurator.search.knobs import optimistic_plans
 from configurator.search.space import SearchContext
 from configurator.specs.plan import PLAN_FIELDS, Plan, replace_unchecked
@@ -95,6 +95,7 @@ class StructureBounds:
                 works.append((layer_work(ctx.model, ctx.job, flat, index), moe))
         works.append((embedding_work(ctx.model, ctx.job, flat), False))
         works.append((head_work(ctx.model, ctx.job, flat), False))
+        works.append((mtp_projection_work(ctx.model, ctx.job, flat), False))  # used when the model has MTP
         single = dc_replace(inp, stages=tuple(VirtualStage(works=((w, 1, moe),), num_layers=1) for w, moe in works),
                             zero3_layer_bytes=(0.0,) * len(works))
         rates = _rates_for(single, c)
@@ -109,7 +110,13 @@ class StructureBounds:
             dense, i = totals[i], i + 1
         if self._moe_index is not None:
             moe, i = totals[i], i + 1
-        times = LayerTimes(dense_s=dense, moe_s=moe, embedding_s=totals[i], head_s=totals[i + 1])
+        head = totals[i + 1]
+        if ctx.model.mtp_layers:
+            # Multi-token prediction on the last stage (as ``prepare``): per module a layer like the
+            # last one, its projection, and another head + loss.
+            last = moe if ctx.model.layer_is_moe(ctx.model.num_layers - 1) else dense
+            head += ctx.model.mtp_layers * (last + totals[i + 2] + totals[i + 1])
+        times = LayerTimes(dense_s=dense, moe_s=moe, embedding_s=totals[i], head_s=head)
         self._layer[key] = times
         self.layer_keys_timed += 1
         return times

@@ -268,7 +268,7 @@ def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) ->
     ``runs.selective_module_ladder``) under which the plan fits, as an alternative to recomputing whole
     layers - for MoE and long-context plans it often costs less time (the step model charges what the
     modules repeat, ``configurator/recompute.py``)."""
-    for modules in selective_module_ladder(ctx.model)[1:]:
+    for modules in selective_module_ladder(ctx.model, ctx.job.precision)[1:]:
         plan = replace(selective, recompute="selective", recompute_num_layers=0, recompute_modules=modules)
         if plan_violations(ctx.model, ctx.job, plan):
             continue  # e.g. fp8 delayed scaling cannot recompute moe_act/layernorm
@@ -306,7 +306,7 @@ def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
     the offload fraction, so no less recompute can fit either. A few estimates per sharding; the search
     uses it to raise a structure's lower bound to its full-recompute form before resolving it."""
     shardings = framework_shardings(ctx, structure)
-    modules = selective_module_ladder(ctx.model)[-1] if ctx.runtime in MEGATRON_RUNTIMES else ()
+    modules = selective_module_ladder(ctx.model, ctx.job.precision)[-1] if ctx.runtime in MEGATRON_RUNTIMES else ()
     for sharding in shardings:
         if sharding in ("zero1", "distopt") and "zero2" in shardings:
             continue  # ZeRO-2 holds the same weights and optimizer shards and fewer gradients: never more

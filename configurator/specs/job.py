@@ -8,6 +8,8 @@ from configurator.bounds import MAX_GLOBAL_BATCH, MAX_SEQ_LEN, require_at_most
 from configurator.errors import require, require_positive_int
 from configurator.specs.hardware import PRECISIONS
 
+MOE_ROUTINGS = ("learned", "force_balanced")
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class JobSpec:
@@ -17,6 +19,10 @@ class JobSpec:
     """Tokens per sequence."""
     precision: str = "bf16"
     """Compute precision of the GEMMs: bf16, fp16, fp8 (Hopper+) or fp4 (Blackwell)."""
+    moe_routing: str = "learned"
+    """How an MoE router assigns tokens: ``learned`` (real training: experts' loads vary, the busiest EP
+    rank sets the pace) or ``force_balanced`` (Megatron's ``--moe-router-force-load-balancing``, the
+    benchmark mode of NVIDIA's performance recipes: random logits, so loads vary only by sampling)."""
 
     def __post_init__(self) -> None:
         require_positive_int("global_batch", self.global_batch)
@@ -25,6 +31,8 @@ class JobSpec:
         require_at_most("seq_len", self.seq_len, MAX_SEQ_LEN, "tokens")
         require(self.precision in PRECISIONS, "precision", self.precision,
                 f"must be one of {', '.join(PRECISIONS)}")
+        require(self.moe_routing in MOE_ROUTINGS, "moe_routing", self.moe_routing,
+                f"must be one of {', '.join(MOE_ROUTINGS)}")
 
     @property
     def tokens_per_step(self) -> int:
