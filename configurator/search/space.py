@@ -9,7 +9,8 @@ fits or that minimises step time), because more of any of them never makes a pla
 
 Values come from the model, the cluster and the job, with the reason a value is left out counted in
 ``SpaceStats.pruned`` (e.g. TP beyond one NVLink domain). Uneven layer counts get Megatron's
-``balanced_layout`` (ends lighter), so pp needs not divide the layers.
+``balanced_layout`` (ends lighter), so pp needs not divide the layers; a pipelined structure also comes
+with the embedding/loss-aware split of ``configurator/layouts.py`` where that differs (Megatron only).
 """
 
 from __future__ import annotations
@@ -193,6 +194,21 @@ def structure_plan(ctx: SearchContext, values: dict[str, Any]) -> Plan:
                              sharding=search_shardings(ctx.runtime, dp * cp)[0], pipeline_layers=layout)
 
 
+def _head_aware_variant(ctx: SearchContext, plan: Plan) -> Plan | None:
+    """The pipelined structure with the embedding/loss-aware split (``configurator/layouts.py``) as a
+    second candidate where it differs from the default split; Megatron only (the emitted
+    ``--pipeline-model-parallel-layout``), and only if still legal."""
+    if plan.pp < 2 or ctx.framework != "megatron":
+        return None
+    from configurator.layouts import alternative_layout
+
+    layout = alternative_layout(ctx.model, ctx.job, plan)
+    if not layout:
+        return None
+    variant = replace_unchecked(plan, pipeline_layers=layout)
+    return None if plan_violations(ctx.model, ctx.job, variant, ctx.num_gpus) else variant
+
+
 def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iterator[Plan]:
     """Every legal structure of the space; illegal ones are counted by their first reason."""
     stats = stats if stats is not None else SpaceStats()
@@ -207,6 +223,11 @@ def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iter
                 return
             stats.legal += 1
             yield plan
+            alternative = _head_aware_variant(ctx, plan)
+            if alternative is not None:
+                stats.generated += 1
+                stats.legal += 1
+                yield alternative
             return
         axis = AXES[i]
         for value in axis.values(ctx, chosen, stats):
