@@ -101,3 +101,12 @@ def test_search_offers_the_head_aware_split_it_is_faster_and_emitted_as_a_layout
     big = SearchContext(model=load_model("gpt3-175b"), cluster=load_cluster("dgx-a100", num_gpus=64),
                         job=JobSpec(global_batch=64, seq_len=2048))
     assert all(not p.pipeline_layers for p in enumerate_plans(big) if p.pp > 1 and 96 % (p.pp * p.vpp) == 0)
+
+
+def test_under_one_wave_the_reduction_is_split_to_fill_the_sms() -> None:
+    # The wgrad of a 768-wide model's QKV (n x k = 2304 x 768 output, reducing 65,536 tokens): 18 x 3 = 54
+    # tiles on 108 SMs; split-K in two fills them. With a 300-long reduction only one 256-slice fits: half idle.
+    assert wave_efficiency(2304, 768, 1, 108, reduction=65536) == 1.0
+    assert math.isclose(wave_efficiency(2304, 768, 1, 108, reduction=300), 54 / 108, rel_tol=1e-12)
+    # At one wave or more nothing is split (BLOOM's 3.1 waves stay 3.1 / 4 however long the reduction).
+    assert math.isclose(wave_efficiency(2048, 5376, 1, 108, reduction=14336), (336 / 108) / 4, rel_tol=1e-12)

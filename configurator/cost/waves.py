@@ -11,7 +11,8 @@ keeps the loss inside a tile (padding, short K loops); this is the loss across t
 The backward's two GEMMs have other output shapes (dgrad ``m x k``, wgrad ``n x k``), so a GEMM's
 factor is the mean slowdown of its forward, dgrad and wgrad (the step model times the backward as
 twice the forward). Grouped GEMMs (MoE experts) and batched GEMMs schedule all their tiles as one
-launch, so the tiles of all ``count`` members share waves.
+launch, so the tiles of all ``count`` members share waves. A GEMM with fewer tiles than SMs (the wgrad of
+a small hidden size reducing over many tokens) is split along its reduction to fill them (split-K).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import math
 
 TILE_M = 128
 TILE_N = 256
+MIN_SPLIT_K = 256
+"""Shortest reduction slice a split-K GEMM gives one tile (four 64-deep K steps of the main loop)."""
 
 SM_COUNT: dict[str, int] = {
     "a100-40gb": 108, "a100-80gb": 108, "a800-80gb": 108,  # NVIDIA A100 whitepaper (GA100, 108 SMs)
@@ -43,21 +46,30 @@ def sm_count(key: str, architecture: str) -> int:
     return SM_COUNT.get(key) or SM_COUNT_BY_ARCHITECTURE.get(architecture, 0)
 
 
-def wave_efficiency(rows: float, cols: float, count: float, sms: int) -> float:
-    """Share of the SMs' time a GEMM with a ``rows x cols`` output (``count`` of them) keeps busy."""
+def wave_efficiency(rows: float, cols: float, count: float, sms: int, reduction: float = 0.0) -> float:
+    """Share of the SMs' time a GEMM with a ``rows x cols`` output (``count`` of them) keeps busy.
+
+    Under one wave, cuBLAS splits the ``reduction`` dimension (split-K) into as many slices as fill the
+    SMs, each slice at least ``MIN_SPLIT_K`` long; a GEMM of one wave or more runs unsplit (the A100-era
+    heuristics; split-K costs an extra reduction of the output)."""
     if sms <= 0:
         return 1.0
-    waves = math.ceil(rows / TILE_M) * math.ceil(cols / TILE_N) * max(1.0, math.ceil(count)) / sms
+    tiles = math.ceil(rows / TILE_M) * math.ceil(cols / TILE_N) * max(1.0, math.ceil(count))
+    if tiles < sms:
+        split = max(1, min(sms // tiles, int(reduction // MIN_SPLIT_K)))
+        return tiles * split / sms
+    waves = tiles / sms
     return waves / math.ceil(waves)
 
 
 def wave_slowdown(m: float, n: float, k: float, count: float, sms: int) -> float:
-    """Mean of 1 / wave efficiency over the forward (m x n), dgrad (m x k) and wgrad (n x k) outputs."""
+    """Mean of 1 / wave efficiency over the forward (m x n output, reducing k), dgrad (m x k, reducing n)
+    and wgrad (n x k, reducing m) GEMMs."""
     if sms <= 0:
         return 1.0
-    return (1.0 / wave_efficiency(m, n, count, sms) + 1.0 / wave_efficiency(m, k, count, sms)
-            + 1.0 / wave_efficiency(n, k, count, sms)) / 3.0
+    return (1.0 / wave_efficiency(m, n, count, sms, k) + 1.0 / wave_efficiency(m, k, count, sms, n)
+            + 1.0 / wave_efficiency(n, k, count, sms, m)) / 3.0
 
 
 __all__ = ["SM_COUNT", "SM_COUNT_BY_ARCHITECTURE", "TILE_M", "TILE_N", "sm_count", "wave_efficiency",
-           "wave_slowdown"]
+           "wave_slowdown", "MIN_SPLIT_K"]
