@@ -110,3 +110,21 @@ def test_under_one_wave_the_reduction_is_split_to_fill_the_sms() -> None:
     assert math.isclose(wave_efficiency(2304, 768, 1, 108, reduction=300), 54 / 108, rel_tol=1e-12)
     # At one wave or more nothing is split (BLOOM's 3.1 waves stay 3.1 / 4 however long the reduction).
     assert math.isclose(wave_efficiency(2048, 5376, 1, 108, reduction=14336), (336 / 108) / 4, rel_tol=1e-12)
+
+
+def test_search_offers_hsdp_inside_the_node_before_zero3_across_it() -> None:
+    from configurator.search.resolve import resolve
+    from configurator.search.space import SearchContext, framework_shardings, hsdp_shard_group
+
+    model = load_model("llama3-8b")
+    ctx = SearchContext(model=model, cluster=load_cluster("dgx-h100", num_gpus=64),
+                        job=JobSpec(global_batch=256, seq_len=16384))
+    # 8 GPUs per node: at tp 2 a node holds 4 of the 32 data-parallel ranks; at tp 1, 8 of 64.
+    assert hsdp_shard_group(ctx, Plan(tp=2, dp=32)) == 4
+    assert hsdp_shard_group(ctx, Plan(tp=1, dp=64)) == 8
+    assert hsdp_shard_group(ctx, Plan(tp=8, dp=8)) == 0  # one rank per node: nothing to shard inside
+    one_node = SearchContext(model=model, cluster=load_cluster("dgx-h100", num_gpus=8), job=ctx.job)
+    assert hsdp_shard_group(one_node, Plan(tp=1, dp=8)) == 0  # the whole group is in the node: that is ZeRO-3
+    assert framework_shardings(ctx, Plan(tp=1, dp=64)) == ("distopt", "zero2", "hsdp", "zero3")
+    hsdp = [o.plan for o in resolve(ctx, Plan(tp=1, dp=64)).options if o.plan.sharding == "hsdp"]
+    assert hsdp and all(p.shard_group == 8 for p in hsdp)

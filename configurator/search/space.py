@@ -156,9 +156,26 @@ def search_shardings(runtime: str, dp_cp: int) -> tuple[str, ...]:
     return allowed if dp_cp > 1 else allowed[:1]
 
 
+def hsdp_shard_group(ctx: SearchContext, plan: Plan) -> int:
+    """GPUs per HSDP shard group for a structure: the data/context-parallel ranks inside one node
+    (Megatron's rank order puts tp innermost, then cp and dp), so ZeRO-3's gathers and reduce-scatters
+    stay on NVLink and only the gradient shards cross nodes, once per step. 0 where HSDP would be plain
+    ZeRO-3 (the dp x cp group fits in a node) or has no group of two."""
+    group = plan.dp * plan.cp
+    inside = min(group, max(1, ctx.cluster.gpus_per_node // plan.tp))
+    if inside < 2 or inside >= group or group % inside:
+        return 0
+    return inside
+
+
 def framework_shardings(ctx: SearchContext, plan: Plan) -> tuple[str, ...]:
-    """``search_shardings`` narrowed to what the target framework runs with this structure."""
+    """``search_shardings`` narrowed to what the target framework runs with this structure (Megatron-LM:
+    HSDP inside the node before ZeRO-3 across it, where ``hsdp_shard_group`` gives a group)."""
     shardings = search_shardings(ctx.runtime, plan.dp * plan.cp)
+    if ctx.runtime == "megatron" and ctx.framework == "megatron" and "zero3" in shardings \
+            and hsdp_shard_group(ctx, plan):
+        at = shardings.index("zero3")
+        shardings = (*shardings[:at], "hsdp", *shardings[at:])
     if ctx.framework == "deepspeed":
         # Pipeline engine: ZeRO stage < 2; AutoTP: ZeRO stage <= 2.
         shardings = tuple(s for s in shardings if not (plan.pp > 1 and s in ("zero2", "zero3"))
@@ -238,5 +255,6 @@ def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iter
     yield from walk(0, {})
 
 
-__all__ = ["AXES", "Axis", "SearchContext", "SpaceStats", "enumerate_plans", "framework_shardings", "search_shardings",
+__all__ = ["AXES", "Axis", "SearchContext", "SpaceStats", "enumerate_plans", "framework_shardings", "hsdp_shard_group",
+           "search_shardings",
            "structure_plan"]
