@@ -128,3 +128,23 @@ def test_search_offers_hsdp_inside_the_node_before_zero3_across_it() -> None:
     assert framework_shardings(ctx, Plan(tp=1, dp=64)) == ("distopt", "zero2", "hsdp", "zero3")
     hsdp = [o.plan for o in resolve(ctx, Plan(tp=1, dp=64)).options if o.plan.sharding == "hsdp"]
     assert hsdp and all(p.shard_group == 8 for p in hsdp)
+
+
+def test_fit_report_splits_dense_and_moe_rows() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from configurator.calibrate import ranking_stats
+
+    def sample(run: str, moe: bool, measured: float) -> SimpleNamespace:
+        row = {"model": run, "system": "s", "seq_len": "4096", "precision": "bf16"}
+        case = SimpleNamespace(model=SimpleNamespace(is_moe=moe), row=row, source="src", plan=run)
+        return SimpleNamespace(case=case, measured_tokens_per_s_per_gpu=measured)
+
+    samples = [sample("a", False, 100.0), sample("b", False, 100.0), sample("c", True, 100.0)]
+    # Predicted 10% and 20% too fast on the dense rows, 50% too slow on the MoE row.
+    errs = np.log(np.array([1.1, 1.2, 0.5]))
+    out = ranking_stats(samples, errs)  # type: ignore[arg-type]
+    assert out["dense"]["rows"] == 2 and math.isclose(out["dense"]["median_abs_error_pct"], 15.0, abs_tol=0.01)
+    assert out["moe"]["rows"] == 1 and math.isclose(out["moe"]["median_abs_error_pct"], 50.0, abs_tol=0.01)
