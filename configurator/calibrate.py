@@ -60,15 +60,19 @@ SOURCE_GROUPS: tuple[tuple[str, str], ...] = (
 
 
 BOUND_REASONS: dict[str, str] = {
-    "gemm.half_dim": "lower bound: the rows (layers of >= 1B-parameter models, >= ~250 tokens per expert) carry no "
-                     "evidence of thin-GEMM loss; 32 is the physical floor (a one-tile GEMM cannot run faster).",
+    "gemm.half_dim": "lower bound: the loss of thin GEMMs across tiles is the wave model's (cost/waves.py: partly "
+                     "filled last waves, split-K under one wave); within a tile the rows (layers of >= 1B-parameter "
+                     "models, >= ~250 tokens per expert) show none, and 32 is the physical floor (a one-tile GEMM "
+                     "cannot run faster).",
     "memory.hbm": "upper bound: the counted memory-bound traffic is an upper bound (Transformer Engine fuses norms, "
                   "casts, bias-activation and permutes into fewer passes than counted), so the fit takes the "
                   "achievable streaming bandwidth.",
     "link.scale_out": "upper bound: the rows want faster inter-node collectives than a flat ring gives (in-network "
                       "reduction - SHARP/NVLS - and NCCL's tree/PAT algorithms are not modelled).",
-    "link.alltoall": "upper bound: on NVLink only the product with link.nvlink is identified by the MoE rows; the "
-                     "fit puts the all-to-all at ring speed and lowers link.nvlink instead.",
+    "link.alltoall": "upper bound: all-to-all at ring-collective speed. On H100 NVLink NCCL's non-allreduce "
+                     "collectives reach ~370 of 450 GB/s bus bandwidth (nccl-tests#212); an all-to-all through "
+                     "NVSwitch moves each byte over one link, so no slower per byte is assumed. On NVLink only the "
+                     "product with link.nvlink is identified by the MoE rows.",
     "attention.blackwell": "upper bound: few Blackwell rows, all NVIDIA recipes at 4K-8K with cuDNN attention; the "
                            "backward factor is shared with Hopper, so Blackwell's own attention takes the slack.",
     "gemm.blackwell.fp8": "upper bound: fp8 at the full 2x peak ratio over Blackwell's bf16 efficiency, which the fit "
@@ -192,7 +196,7 @@ def fit(samples: list[Sample], start: dict[str, float] | None = None, *,
 
 
 def ranking_stats(samples: list[Sample], log_errs: np.ndarray) -> dict[str, Any]:
-    """Error statistics plus within-sweep pair order and the MoE rows' errors."""
+    """Error statistics plus within-sweep pair order and the MoE and dense rows' errors."""
     measured = [s.measured_tokens_per_s_per_gpu for s in samples]
     predicted = [m * math.exp(e) for m, e in zip(measured, log_errs)]
     n, right = pair_order([sweep_key(s.case) for s in samples], measured, predicted,
@@ -202,6 +206,8 @@ def ranking_stats(samples: list[Sample], log_errs: np.ndarray) -> dict[str, Any]
                            "pairs_right_share": round(right / n, 4) if n else None}
     if len(moe):
         out["moe"] = error_stats(moe)
+        dense = np.array([e for s, e in zip(samples, log_errs) if not (s.case.model is not None and s.case.model.is_moe)])
+        out["dense"] = error_stats(dense)
     return out
 
 

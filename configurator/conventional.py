@@ -15,7 +15,11 @@ parallelism up to the GPUs of a node, pipeline parallelism across nodes"):
   recipes use), none otherwise;
 * MoE: expert parallelism inside the node (the largest power of two dividing the experts and DP, <= 8);
 * the runtime's first sharding (Megatron: distributed optimizer), selective recompute (full recompute
-  only if selective does not fit), micro-batch 1, no offload.
+  only if selective does not fit), micro-batch 1, no offload;
+* the communication knobs the plan leaves open (TP comm overlap, EP all-to-all overlap, CP exchange
+  type) chosen as the search chooses them for its winner (``search/knobs.py``: the fastest setting),
+  so the printed gap compares structures, not a knob one side may turn and the other may not (the
+  recipes turn TP overlap on where they can, e.g. NeMo's ``tp_comm_overlap``).
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from configurator.cost.constants import CostConstants
-from configurator.cost.step import StepReport, evaluate, prepare
+from configurator.cost.step import StepReport, prepare
 from configurator.memory import MemoryReport, estimate_memory
+from configurator.search.knobs import best_knobs
 from configurator.search.space import SearchContext, _powers_of_two, search_shardings
 from configurator.specs.plan import Plan, balanced_layout, plan_violations
 
@@ -75,8 +80,9 @@ def conventional_plan(ctx: SearchContext, constants: CostConstants) -> Conventio
     for plan in structures + [replace(s, recompute="full") for s in structures]:
         memory = estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
         if memory.fits:
-            step = evaluate(prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime), constants)
-            return Conventional(plan=plan, memory=memory, step=step)
+            inputs, step = best_knobs(prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime),
+                                      constants)
+            return Conventional(plan=inputs.plan, memory=memory, step=step)
     return None
 
 

@@ -295,3 +295,30 @@ def test_the_conventional_plan_is_the_least_model_parallel_recipe_that_fits() ->
     # Nothing with less model parallelism (tp x pp) fits with selective recompute.
     smaller = [c for c in candidates(ctx) if c.tp * c.pp < p.tp * p.pp]
     assert all(not estimate_memory(ctx.model, ctx.cluster, ctx.job, c, runtime=ctx.runtime).fits for c in smaller)
+
+
+def test_the_conventional_plan_gets_the_same_knob_choice_as_the_winner() -> None:
+    """The recipe plan is costed with the fastest setting of its open knobs (TP comm overlap here), as the
+    search costs its winner: with the knob left at Megatron's default (off) it is never faster, and the
+    chosen setting is what is reported."""
+    from dataclasses import replace
+
+    from configurator.conventional import conventional_plan
+    from configurator.cost.constants import load_calibration
+    from configurator.cost.step import evaluate, prepare
+    from configurator.profiles import load_cluster, load_model
+    from configurator.search.space import SearchContext
+    from configurator.specs.job import JobSpec
+
+    ctx = SearchContext(model=load_model("llama3-70b"), cluster=load_cluster("dgx-h100", num_gpus=64),
+                        job=JobSpec(global_batch=256, seq_len=8192))
+    constants = load_calibration()
+    conv = conventional_plan(ctx, constants)
+    assert conv is not None and conv.plan.tp > 1 and conv.plan.sp
+    assert conv.plan.tp_overlap is not None  # the knob was chosen, not left to the runtime default
+    default_off = evaluate(prepare(ctx.model, ctx.cluster, ctx.job, replace(conv.plan, tp_overlap=False),
+                                   runtime=ctx.runtime), constants)
+    overlap_on = evaluate(prepare(ctx.model, ctx.cluster, ctx.job, replace(conv.plan, tp_overlap=True),
+                                  runtime=ctx.runtime), constants)
+    assert conv.step.step_s == pytest.approx(min(default_off.step_s, overlap_on.step_s), rel=1e-12)
+    assert conv.plan.tp_overlap is True and overlap_on.step_s < default_off.step_s

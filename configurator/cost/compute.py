@@ -1,10 +1,11 @@
 """How long a GPU takes for a piece of work: GEMMs on a size-dependent efficiency curve, flash
 attention on a length-dependent one, memory-bound kernels at a share of HBM bandwidth.
 
-GEMM time is ``max(FLOPs / (peak * eff(m, n, k)), bytes / HBM)`` with
+GEMM time is ``max(FLOPs / (peak * eff(m, n, k)) * waves, bytes / HBM)`` with
 ``eff = gemm_max * prod(d / (d + half_dim))`` over the three dimensions: large square GEMMs run at
-``gemm_max`` of the dense peak, thin ones (few tokens per expert, small hidden sizes) lose tiles
-and waves. ``gemm_max`` and ``half_dim`` are calibrated per GPU family and precision
+``gemm_max`` of the dense peak, thin ones (few tokens per expert, small hidden sizes) lose inside
+their tiles; ``waves`` (cost/waves.py) is the loss of a last, partly filled wave of output tiles.
+``gemm_max`` and ``half_dim`` are calibrated per GPU family and precision
 (``profiles/calibration.json``), or fitted to a probe's measured GEMM curve when the cluster
 profile has one (``"compute": {"gemm": [{"precision", "m", "n", "k", "tflops"}, ...]}``), which
 then replaces the calibrated curve for that precision.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from configurator.cost.constants import CostConstants
+from configurator.cost.waves import sm_count, wave_slowdown
 from configurator.cost.work import BF16, LayerWork
 from configurator.specs.hardware import ClusterSpec
 
@@ -51,12 +53,14 @@ class GpuRates:
     attention_kernel: str
     """'cudnn' / 'fa2' (flash: FLOPs over the length curve) or 'unfused' (batched GEMMs over the
     whole s x s score matrix plus its softmax/dropout traffic, ``UNFUSED_SCORE_BYTES`` per score)."""
+    sm_count: int = 0
+    """SMs that a GEMM's output tiles are spread over in waves (cost/waves.py); 0 = no wave model."""
 
     def gemm_s(self, m: float, n: float, k: float, count: float, bf16: bool) -> float:
         curve = self.gemm_bf16 if bf16 else self.gemm
         d0 = curve.half_dim
         eff = (m / (m + d0)) * (n / (n + d0)) * (k / (k + d0))
-        flops_s = 2.0 * m * n * k * count / (curve.max_flops * eff)
+        flops_s = 2.0 * m * n * k * count / (curve.max_flops * eff) * wave_slowdown(m, n, k, count, self.sm_count)
         in_bytes = BF16 if bf16 else self.gemm_input_bytes
         bytes_s = count * ((m * k + k * n) * in_bytes + m * n * BF16) / self.hbm_Bps
         return max(flops_s, bytes_s)
@@ -153,7 +157,8 @@ def gpu_rates(cluster: ClusterSpec, precision: str, constants: CostConstants,
                     attention_bwd_factor=2.0 if attention_kernel == "unfused" else constants["attention.bwd_factor"],
                     hbm_Bps=measured_hbm_Bps(cluster) or gpu.hbm_bandwidth_Bps * constants["memory.hbm"],
                     gemm_input_bytes=1.0 if precision in ("fp8", "fp4") else float(BF16),
-                    attention_kernel=attention_kernel)
+                    attention_kernel=attention_kernel,
+                    sm_count=sm_count(gpu.key, gpu.architecture or gpu.family))
 
 
 @dataclass(frozen=True, slots=True)

@@ -224,7 +224,7 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
         """The structure's fitting options (``resolve``); with ``least_only``, only if its least form fits
         (one estimate), else None (nothing recorded); ``full_recompute``: ``needs_full_recompute`` is known
         to hold, so the shorter resolution gives the same answer."""
-        key = _key(plan)
+        key = (*_key(plan), plan.pipeline_layers)  # a structure may come with two splits (layouts.py)
         if key not in resolutions:
             budget.work += 1
             res = resolve_least(ctx, plan)
@@ -368,7 +368,9 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Pl
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    legal = {_key(p): p for p in structures}
+    legal: dict[tuple, Plan] = {}
+    for p in structures:  # the default split; the embedding/loss-aware one (layouts.py) is exhaustive-only
+        legal.setdefault(_key(p), p)
     names = ("tp", "cp", "pp", "vpp", "ep", "etp", "micro_batch")
     assert [a.name for a in AXES[:7]] == list(names)
     options: dict[tuple, set[int]] = {}
@@ -451,7 +453,7 @@ def _optuna_worker(ctx: SearchContext, constants: CostConstants, top_k: int, bud
     resolutions: dict[tuple, list[Option]] = {}
 
     def options_of(plan: Plan) -> list[Option]:
-        key = _key(plan)
+        key = (*_key(plan), plan.pipeline_layers)
         if key not in resolutions:
             resolutions[key] = list((resolve_least(ctx, plan) or resolve(ctx, plan)).options)
         return resolutions[key]

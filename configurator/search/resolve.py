@@ -38,7 +38,7 @@ from configurator.margin import NO_MARGIN, MemoryMargin, fits_with_margin
 from configurator.memory import MemoryReport, estimate_memory
 from configurator.profiles import GIB
 from configurator.recompute import MEGATRON_RUNTIMES, selective_module_ladder
-from configurator.search.space import SearchContext, framework_shardings
+from configurator.search.space import SearchContext, framework_shardings, hsdp_shard_group
 from configurator.specs.plan import Plan, plan_violations
 from configurator.specs.plan import replace_unchecked as replace  # derived from checked plans
 
@@ -193,21 +193,27 @@ def resolve(ctx: SearchContext, structure: Plan, *, full_only: bool = False) -> 
                                             f"{keep:.1f} GiB memory margin free") for o in tight.options))
 
 
+def _with_sharding(ctx: SearchContext, structure: Plan, sharding: str, **rest: object) -> Plan:
+    """The structure under ``sharding`` (HSDP with its in-node shard group, ``hsdp_shard_group``)."""
+    group = hsdp_shard_group(ctx, structure) if sharding == "hsdp" else 0
+    return replace(structure, sharding=sharding, shard_group=group, **rest)  # type: ignore[arg-type]
+
+
 def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin, full_only: bool = False) -> Resolution:
     options: list[Option] = []
     smallest = math.inf
     shardings = framework_shardings(ctx, structure)
     # Quick exit: no sharding fits the device even with full recompute and all optimizer states on the
     # host (more sharding is not always less memory: ZeRO-3 also holds gathered layers).
-    frugal = [_memory(ctx, replace(structure, sharding=sh, recompute="full", recompute_num_layers=0,
-                                   offload=1.0 if sh != "none" else 0.0)) for sh in shardings]
+    frugal = [_memory(ctx, _with_sharding(ctx, structure, sh, recompute="full", recompute_num_layers=0,
+                                          offload=1.0 if sh != "none" else 0.0)) for sh in shardings]
     least = min(frugal, key=lambda m: m.peak_bytes)
     if not _fits_device(least, margin):
         return Resolution(options=(), smallest_need_bytes=least.peak_bytes,
                           reason=f"needs {least.peak_bytes / GIB:.1f} GiB of {least.capacity_bytes / GIB:.1f} "
                                  "GiB even with full recompute and optimizer offload")
     for sharding in shardings:
-        base = replace(structure, sharding=sharding)
+        base = _with_sharding(ctx, structure, sharding)
         if plan_violations(ctx.model, ctx.job, base, ctx.num_gpus):
             continue
         ladder = recompute_ladder(ctx, base)
@@ -311,7 +317,7 @@ def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
         if sharding in ("zero1", "distopt") and "zero2" in shardings:
             continue  # ZeRO-2 holds the same weights and optimizer shards and fewer gradients: never more
         offload = 1.0 if sharding != "none" else 0.0
-        base = replace(structure, sharding=sharding, recompute="none", recompute_num_layers=0, offload=0.0)
+        base = _with_sharding(ctx, structure, sharding, recompute="none", recompute_num_layers=0, offload=0.0)
         ladder = recompute_ladder(ctx, base)
         partial = ladder[len(ladder) - 2]
         if _memory(ctx, replace(partial, offload=offload)).fits_device:

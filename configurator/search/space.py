@@ -9,7 +9,8 @@ fits or that minimises step time), because more of any of them never makes a pla
 
 Values come from the model, the cluster and the job, with the reason a value is left out counted in
 ``SpaceStats.pruned`` (e.g. TP beyond one NVLink domain). Uneven layer counts get Megatron's
-``balanced_layout`` (ends lighter), so pp needs not divide the layers.
+``balanced_layout`` (ends lighter), so pp needs not divide the layers; a pipelined structure also comes
+with the embedding/loss-aware split of ``configurator/layouts.py`` where that differs (Megatron only).
 """
 
 from __future__ import annotations
@@ -160,9 +161,26 @@ def search_shardings(runtime: str, dp_cp: int) -> tuple[str, ...]:
     return allowed if dp_cp > 1 else allowed[:1]
 
 
+def hsdp_shard_group(ctx: SearchContext, plan: Plan) -> int:
+    """GPUs per HSDP shard group for a structure: the data/context-parallel ranks inside one node
+    (Megatron's rank order puts tp innermost, then cp and dp), so ZeRO-3's gathers and reduce-scatters
+    stay on NVLink and only the gradient shards cross nodes, once per step. 0 where HSDP would be plain
+    ZeRO-3 (the dp x cp group fits in a node) or has no group of two."""
+    group = plan.dp * plan.cp
+    inside = min(group, max(1, ctx.cluster.gpus_per_node // plan.tp))
+    if inside < 2 or inside >= group or group % inside:
+        return 0
+    return inside
+
+
 def framework_shardings(ctx: SearchContext, plan: Plan) -> tuple[str, ...]:
-    """``search_shardings`` narrowed to what the target framework runs with this structure."""
+    """``search_shardings`` narrowed to what the target framework runs with this structure (Megatron-LM:
+    HSDP inside the node before ZeRO-3 across it, where ``hsdp_shard_group`` gives a group)."""
     shardings = search_shardings(ctx.runtime, plan.dp * plan.cp)
+    if ctx.runtime == "megatron" and ctx.framework == "megatron" and "zero3" in shardings \
+            and hsdp_shard_group(ctx, plan):
+        at = shardings.index("zero3")
+        shardings = (*shardings[:at], "hsdp", *shardings[at:])
     if ctx.framework == "deepspeed":
         # Pipeline engine: ZeRO stage < 2; AutoTP: ZeRO stage <= 2.
         shardings = tuple(s for s in shardings if not (plan.pp > 1 and s in ("zero2", "zero3"))
@@ -200,6 +218,21 @@ def structure_plan(ctx: SearchContext, values: dict[str, Any]) -> Plan:
                              cp_comm="all_gather" if ctx.framework == "torchtitan" and cp > 1 else None)
 
 
+def _head_aware_variant(ctx: SearchContext, plan: Plan) -> Plan | None:
+    """The pipelined structure with the embedding/loss-aware split (``configurator/layouts.py``) as a
+    second candidate where it differs from the default split; Megatron only (the emitted
+    ``--pipeline-model-parallel-layout``), and only if still legal."""
+    if plan.pp < 2 or ctx.framework != "megatron":
+        return None
+    from configurator.layouts import alternative_layout
+
+    layout = alternative_layout(ctx.model, ctx.job, plan)
+    if not layout:
+        return None
+    variant = replace_unchecked(plan, pipeline_layers=layout)
+    return None if plan_violations(ctx.model, ctx.job, variant, ctx.num_gpus) else variant
+
+
 def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iterator[Plan]:
     """Every legal structure of the space; illegal ones are counted by their first reason."""
     stats = stats if stats is not None else SpaceStats()
@@ -214,6 +247,11 @@ def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iter
                 return
             stats.legal += 1
             yield plan
+            alternative = _head_aware_variant(ctx, plan)
+            if alternative is not None:
+                stats.generated += 1
+                stats.legal += 1
+                yield alternative
             return
         axis = AXES[i]
         for value in axis.values(ctx, chosen, stats):
@@ -224,5 +262,6 @@ def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iter
     yield from walk(0, {})
 
 
-__all__ = ["AXES", "Axis", "SearchContext", "SpaceStats", "enumerate_plans", "framework_shardings", "search_shardings",
+__all__ = ["AXES", "Axis", "SearchContext", "SpaceStats", "enumerate_plans", "framework_shardings", "hsdp_shard_group",
+           "search_shardings",
            "structure_plan"]

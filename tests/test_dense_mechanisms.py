@@ -1,0 +1,150 @@
+"""Dense/pipeline step-model mechanisms of issue 12's second half, each against a hand-computed case:
+wave quantization of GEMM tiles, interleaved schedules that Megatron refuses, and the embedding/loss-aware
+pipeline layouts."""
+
+from __future__ import annotations
+
+import math
+
+from configurator import JobSpec, Plan, load_cluster, load_model, plan_violations
+from configurator.cost import CostConstants
+from configurator.cost.compute import gpu_rates
+from configurator.cost.waves import sm_count, wave_efficiency, wave_slowdown
+
+C = CostConstants.defaults()
+
+
+def test_a_gemm_runs_in_whole_waves_of_output_tiles() -> None:
+    # BLOOM's QKV GEMM at micro-batch 1, TP 8 on an A100 (108 SMs): m = 2048 tokens, n = 3*14336/8, k = 14336.
+    m, n, k = 2048, 5376, 14336
+    assert sm_count("a100-80gb", "ampere") == 108
+    fwd = (16 * 21) / 108    # 3.11 waves run as 4
+    dgrad = (16 * 56) / 108  # m x k output: 8.30 waves run as 9
+    wgrad = (42 * 56) / 108  # n x k output: 21.8 waves run as 22
+    assert math.isclose(wave_efficiency(m, n, 1, 108), fwd / 4, rel_tol=1e-12)
+    expected = (4 / fwd + 9 / dgrad + 22 / wgrad) / 3
+    assert math.isclose(wave_slowdown(m, n, k, 1, 108), expected, rel_tol=1e-12)
+    assert 1.12 < expected < 1.13
+    # Four times the tokens (micro-batch 4): 64 x 21 = 1344 tiles, 12.4 waves run as 13 - nearly no loss.
+    assert wave_slowdown(4 * m, n, k, 1, 108) < 1.04
+
+
+def test_grouped_gemm_members_share_waves_and_an_unknown_gpu_has_no_wave_model() -> None:
+    # 8 experts of a 256 x 512 output each: 2 x 2 tiles each, 32 tiles on 132 SMs - one wave, a quarter full.
+    assert math.isclose(wave_efficiency(256, 512, 8, 132), 32 / 132, rel_tol=1e-12)
+    assert wave_slowdown(4096, 4096, 4096, 1, 0) == 1.0
+    assert sm_count("no-such-gpu", "no-such-arch") == 0
+
+
+def test_gemm_time_carries_the_wave_slowdown_of_the_gpu() -> None:
+    cluster = load_cluster("dgx-a100", num_gpus=8)
+    rates = gpu_rates(cluster, "bf16", C)
+    assert rates.sm_count == 108
+    m, n, k = 2048, 5376, 14336
+    curve = rates.gemm_bf16
+    eff = math.prod(d / (d + curve.half_dim) for d in (m, n, k))
+    smooth = 2.0 * m * n * k / (curve.max_flops * eff)
+    assert math.isclose(rates.gemm_s(m, n, k, 1, True), smooth * wave_slowdown(m, n, k, 1, 108), rel_tol=1e-12)
+
+
+def test_interleaving_needs_a_multiple_of_pp_microbatches_as_megatron_checks() -> None:
+    # Megatron-Core's interleaved schedule (microbatch_group_size_per_vp_stage = pp) raises unless the
+    # micro-batches are a multiple of pp: 8 sequences over dp 1 at pp 4 is fine, 6 is refused, 2 is refused.
+    model = load_model("llama3-8b")
+    plan = Plan(tp=1, pp=4, vpp=2, dp=1)
+    assert not plan_violations(model, JobSpec(global_batch=8, seq_len=4096), plan, 4)
+    for gbs in (6, 2):
+        v = plan_violations(model, JobSpec(global_batch=gbs, seq_len=4096), plan, 4)
+        assert any("interleaved schedule" in s for s in v), v
+    # The non-interleaved 1F1B runs any count.
+    assert not plan_violations(model, JobSpec(global_batch=6, seq_len=4096), Plan(tp=1, pp=4, dp=1), 4)
+
+
+def test_the_lm_head_counts_as_layers_by_its_flops() -> None:
+    from configurator.layouts import head_units
+
+    # Llama-3-8B at 8K: per token a layer's GEMMs are 2 * h * (q + 2 kv + o + 3 ffn) and its causal attention
+    # 2 * s * heads * (d_qk + d_v) / 2; the head is 2 * h * vocab.
+    h, s = 4096, 8192
+    layer = 2 * h * (4096 + 2 * 1024 + 4096 + 3 * 14336) + 2 * s * 32 * (128 + 128) / 2
+    head = 2 * h * 128256
+    assert math.isclose(head_units(load_model("llama3-8b"), s), head / layer, rel_tol=1e-9)
+
+
+def test_head_aware_split_evens_layers_plus_head_over_the_stages() -> None:
+    from configurator.layouts import head_aware_layout
+
+    # 32 layers over 4 stages with a head of 2.09 layers: the even split loads the last stage 8 + 2.09;
+    # the best whole-layer split has a busiest stage of 9 = ceil((32 + 2.09) / 4), the last stage 6 + 2.09.
+    layout = head_aware_layout(32, 4, 2.09)
+    assert sum(layout) == 32 and layout[-1] == 6
+    assert max(n + (2.09 if v == 3 else 0) for v, n in enumerate(layout)) == 9
+    assert layout == (8, 9, 9, 6)  # ties go to the later stage: the first holds the most micro-batches in flight
+    assert head_aware_layout(3, 4, 1.0) == ()
+
+
+def test_search_offers_the_head_aware_split_it_is_faster_and_emitted_as_a_layout() -> None:
+    from configurator.cost import estimate_step
+    from configurator.emit.megatron import _layout
+    from configurator.search.space import SearchContext, enumerate_plans
+
+    model, cluster, job = load_model("llama3-8b"), load_cluster("dgx-h100", num_gpus=8), JobSpec(global_batch=64, seq_len=8192)
+    ctx = SearchContext(model=model, cluster=cluster, job=job)
+    splits = [p.pipeline_layers for p in enumerate_plans(ctx)
+              if (p.tp, p.pp, p.vpp, p.cp, p.micro_batch) == (1, 4, 1, 1, 1)]
+    assert splits == [(), (8, 9, 9, 6)]
+    even = estimate_step(model, cluster, job, Plan(tp=1, pp=4, dp=2))
+    aware = estimate_step(model, cluster, job, Plan(tp=1, pp=4, dp=2, pipeline_layers=(8, 9, 9, 6)))
+    assert aware.step_s < 0.95 * even.step_s  # the last stage no longer carries 8 layers + the head
+    assert _layout(Plan(tp=1, pp=4, dp=2, pipeline_layers=(8, 9, 9, 6)), model) == "E,t*8|t*9|t*9|t*6,L"
+    # Small gains (< 3% of the busiest rank's work) are not offered: the search would cost the structure twice.
+    big = SearchContext(model=load_model("gpt3-175b"), cluster=load_cluster("dgx-a100", num_gpus=64),
+                        job=JobSpec(global_batch=64, seq_len=2048))
+    assert all(not p.pipeline_layers for p in enumerate_plans(big) if p.pp > 1 and 96 % (p.pp * p.vpp) == 0)
+
+
+def test_under_one_wave_the_reduction_is_split_to_fill_the_sms() -> None:
+    # The wgrad of a 768-wide model's QKV (n x k = 2304 x 768 output, reducing 65,536 tokens): 18 x 3 = 54
+    # tiles on 108 SMs; split-K in two fills them. With a 300-long reduction only one 256-slice fits: half idle.
+    assert wave_efficiency(2304, 768, 1, 108, reduction=65536) == 1.0
+    assert math.isclose(wave_efficiency(2304, 768, 1, 108, reduction=300), 54 / 108, rel_tol=1e-12)
+    # At one wave or more nothing is split (BLOOM's 3.1 waves stay 3.1 / 4 however long the reduction).
+    assert math.isclose(wave_efficiency(2048, 5376, 1, 108, reduction=14336), (336 / 108) / 4, rel_tol=1e-12)
+
+
+def test_search_offers_hsdp_inside_the_node_before_zero3_across_it() -> None:
+    from configurator.search.resolve import resolve
+    from configurator.search.space import SearchContext, framework_shardings, hsdp_shard_group
+
+    model = load_model("llama3-8b")
+    ctx = SearchContext(model=model, cluster=load_cluster("dgx-h100", num_gpus=64),
+                        job=JobSpec(global_batch=256, seq_len=16384))
+    # 8 GPUs per node: at tp 2 a node holds 4 of the 32 data-parallel ranks; at tp 1, 8 of 64.
+    assert hsdp_shard_group(ctx, Plan(tp=2, dp=32)) == 4
+    assert hsdp_shard_group(ctx, Plan(tp=1, dp=64)) == 8
+    assert hsdp_shard_group(ctx, Plan(tp=8, dp=8)) == 0  # one rank per node: nothing to shard inside
+    one_node = SearchContext(model=model, cluster=load_cluster("dgx-h100", num_gpus=8), job=ctx.job)
+    assert hsdp_shard_group(one_node, Plan(tp=1, dp=8)) == 0  # the whole group is in the node: that is ZeRO-3
+    assert framework_shardings(ctx, Plan(tp=1, dp=64)) == ("distopt", "zero2", "hsdp", "zero3")
+    hsdp = [o.plan for o in resolve(ctx, Plan(tp=1, dp=64)).options if o.plan.sharding == "hsdp"]
+    assert hsdp and all(p.shard_group == 8 for p in hsdp)
+
+
+def test_fit_report_splits_dense_and_moe_rows() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from configurator.calibrate import ranking_stats
+
+    def sample(run: str, moe: bool, measured: float) -> SimpleNamespace:
+        row = {"model": run, "system": "s", "seq_len": "4096", "precision": "bf16"}
+        case = SimpleNamespace(model=SimpleNamespace(is_moe=moe), row=row, source="src", plan=run)
+        return SimpleNamespace(case=case, measured_tokens_per_s_per_gpu=measured)
+
+    samples = [sample("a", False, 100.0), sample("b", False, 100.0), sample("c", True, 100.0)]
+    # Predicted 10% and 20% too fast on the dense rows, 50% too slow on the MoE row.
+    errs = np.log(np.array([1.1, 1.2, 0.5]))
+    out = ranking_stats(samples, errs)  # type: ignore[arg-type]
+    assert out["dense"]["rows"] == 2 and math.isclose(out["dense"]["median_abs_error_pct"], 15.0, abs_tol=0.01)
+    assert out["moe"]["rows"] == 1 and math.isclose(out["moe"]["median_abs_error_pct"], 50.0, abs_tol=0.01)
