@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
+
 
 def warmup_forwards(pp: int, vpp: int, m: int, rank: int, group: int | None = None) -> int:
     """Megatron's ``num_warmup_microbatches`` (``get_pp_rank_microbatches``) for training."""
@@ -113,12 +115,26 @@ def peak_inflight(pp: int, vpp: int, m: int, rank: int, chunk_weights: tuple[flo
         # Equal chunks: the peak is right after the first steady-state forward, warm-up + 1 chunks.
         held = min(warmup_forwards(pp, vpp, m, rank, min(group or pp, m)) + 1, m * vpp)
         return held * weights[0], _equal_peak_counts(pp, vpp, m, rank, group, held)
-    best, best_counts = -1.0, (0,) * vpp
-    for counts in inflight_count_sets(pp, vpp, m, rank, group):
-        value = sum(c * w for c, w in zip(counts, weights))
-        if value > best:
-            best, best_counts = value, counts
-    return max(best, 0.0), best_counts
+    sets = inflight_count_sets(pp, vpp, m, rank, group)
+    array = _count_array(pp, vpp, m, rank, group)
+    # sum(c * w) over the chunks, left to right as Python's sum (the same floats), for every set at once;
+    # the first set reaching the largest value, as a scan would keep.
+    values = np.zeros(len(sets))
+    for c, w in enumerate(weights):
+        values = values + array[:, c] * w
+    if not len(sets):
+        return 0.0, (0,) * vpp
+    index = int(np.argmax(values))
+    best = float(values[index])
+    if best <= -1.0:
+        return 0.0, (0,) * vpp
+    return max(best, 0.0), sets[index]
+
+
+@lru_cache(maxsize=4096)
+def _count_array(pp: int, vpp: int, m: int, rank: int, group: int | None) -> np.ndarray:
+    """``inflight_count_sets`` as an integer array (one row per set), for ``peak_inflight``'s weighted scan."""
+    return np.array(inflight_count_sets(pp, vpp, m, rank, group), dtype=np.float64).reshape(-1, vpp)
 
 
 __all__ = ["inflight_count_sets", "peak_inflight", "replay", "schedule_table", "warmup_forwards"]

@@ -246,6 +246,35 @@ def layer_moe_flags(model: ModelSpec) -> tuple[bool, ...]:
     return tuple(model.layer_is_moe(i) for i in range(model.num_layers))
 
 
+@lru_cache(maxsize=1024)
+def _virtual_chunks(num_layers: int, pp: int, vpp: int, pipeline_layers: tuple[int, ...]) -> tuple[tuple[range, ...], ...]:
+    """Per pipeline rank, the layer ranges of its chunks (``chunk_layer_indices``), once per split."""
+    virtual = pipeline_layers or tuple([num_layers // (pp * vpp)] * (pp * vpp))
+    out: list[list[range]] = [[] for _ in range(pp)]
+    start = 0
+    for v, n in enumerate(virtual):
+        out[v % pp].append(range(start, start + n))
+        start += n
+    return tuple(tuple(chunks) for chunks in out)
+
+
+@lru_cache(maxsize=1024)
+def _stage_param_table(model: ModelSpec, tp: int, pp: int, vpp: int, ep: int, etp: int,
+                       pipeline_layers: tuple[int, ...]) -> tuple[tuple[int, float, float, float], ...]:
+    """Per pipeline rank: (layers, ``stage_params``' non-expert and expert parameters, the largest
+    gathered layer's parameters under ZeRO-3), once per partition (``estimate_memory`` is called for
+    thousands of plans that share it; the same arithmetic in the same order, so the same floats)."""
+    plan = Plan(tp=tp, pp=pp, vpp=vpp, ep=ep, etp=etp, pipeline_layers=pipeline_layers)
+    params = all_layer_params(model)
+    out = []
+    for s, chunks in enumerate(_virtual_chunks(model.num_layers, pp, vpp, pipeline_layers)):
+        layers = [i for r in chunks for i in r]
+        dense, expert = stage_params(model, plan, s, layers)
+        biggest = max([params[i][0] / tp + params[i][1] / (ep * etp) for i in layers] or [0])
+        out.append((len(layers), dense, expert, biggest))
+    return tuple(out)
+
+
 def stage_params(model: ModelSpec, plan: Plan, stage: int, layers: list[int]) -> tuple[float, float]:
     """(non-expert, expert) parameters on one rank of ``stage``."""
     dense = expert = 0.0
@@ -452,13 +481,7 @@ def inflight_chunks(plan: Plan, stage: int, num_microbatches: int) -> float:
 def chunk_layer_indices(model: ModelSpec, plan: Plan, stage: int) -> list[list[int]]:
     """Global layer indices of each model chunk of pipeline rank ``stage`` (chunk c = virtual stage
     c * pp + stage)."""
-    out: list[list[int]] = []
-    start = 0
-    for v, n in enumerate(plan.virtual_stage_layers(model)):
-        if v % plan.pp == stage:
-            out.append(list(range(start, start + n)))
-        start += n
-    return out
+    return [list(r) for r in _virtual_chunks(model.num_layers, plan.pp, plan.vpp, plan.pipeline_layers)[stage]]
 
 
 def _per_kind(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime) -> dict[bool, tuple[float, float]]:
@@ -553,8 +576,8 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
     zero3 = plan.sharding in ("zero3", "hsdp")
     kinds: dict[bool, tuple[float, float]] | None = None  # per-layer activation bytes, computed on a memo miss
     stages = []
-    for s, layers in enumerate(stage_layer_indices(model, plan)):
-        dense, expert = stage_params(model, plan, s, layers)
+    table = _stage_param_table(model, plan.tp, plan.pp, plan.vpp, plan.ep, plan.etp, plan.pipeline_layers)
+    for s, (num_layers, dense, expert, biggest_layer) in enumerate(table):
         weights = grads = optim = 0.0
         for params, group in ((dense, dense_group), (expert, expert_group)):
             w_b, g_b, o_b = rt.weight_bytes, rt.grad_bytes, rt.optimizer_bytes
@@ -570,10 +593,8 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
         if zero3:
             # Unsharded working set: two gathered layers (current + prefetch) in bf16 and one layer's
             # unsharded fp32 gradient before its reduce-scatter; the embedding/head gathered likewise.
-            params = all_layer_params(model)
             # A gathered layer holds its non-expert part over TP and only this rank's experts (EP x ETP).
-            per_layer = [params[i][0] / plan.tp + params[i][1] / (plan.ep * plan.etp) for i in layers] or [0]
-            biggest = max(per_layer)
+            biggest = biggest_layer
             if s in (0, plan.pp - 1):
                 biggest = max(biggest, model.padded_vocab_size(plan.tp) * model.hidden_size / plan.tp)
             weights += 2 * 2 * biggest
@@ -597,7 +618,7 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
         act, inflight = hit
         allocated = weights + grads + optim + act
         stages.append(StageMemory(
-            stage=s, num_layers=len(layers), params=int(dense + expert), weights_bytes=weights,
+            stage=s, num_layers=num_layers, params=int(dense + expert), weights_bytes=weights,
             grads_bytes=grads, optimizer_bytes=optim, activations_bytes=act,
             fragmentation_bytes=allocated * rt.fragmentation,
             context_bytes=overhead.cuda_context_bytes + overhead.nccl_bytes,

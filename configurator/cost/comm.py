@@ -310,9 +310,18 @@ class CommModel:
             src, dst = pipes[:, stage], pipes[:, (stage + 1) % self.plan.pp]
             same = (src // self.domain_size) == (dst // self.domain_size)
             cross = ~same
-            g = self.cluster.gpus_per_node
-            pairs = set(zip((src[cross] // g).tolist(), (dst[cross] // g).tolist())) if cross.any() else set()
-            self._p2p[stage] = (bool(same.any()), [self._node_link(a, b) for a, b in pairs])
+            if not cross.any():
+                links = []
+            elif self.cluster.node_links is None:
+                # Every node pair has the scale-out link: one, not one per pair (16,384 pipelines at 131,072
+                # GPUs made this the search's slowest step).
+                so = self.cluster.scale_out_link
+                links = [(so.bandwidth_Bps, so.latency_s)]
+            else:
+                g = self.cluster.gpus_per_node
+                pairs = set(zip((src[cross] // g).tolist(), (dst[cross] // g).tolist()))
+                links = [self._node_link(a, b) for a, b in pairs]
+            self._p2p[stage] = (bool(same.any()), links)
         any_same, links = self._p2p[stage]
         worst = self.nv_lat + num_bytes / self.nv_bw if any_same else 0.0
         for bw, lat in links:

@@ -7,8 +7,9 @@ shape and on (tp, cp, ep, etp, micro-batch, sp) and the per-layer switches, not 
 the work counts do not (``cost/work.py``), and the TP, CP and EP groups it communicates in are the
 same partitions of the ranks whatever pp and dp are (Megatron's ``tp-cp-dp-pp`` order; experts
 ``etp-ep-edp``), so their link shapes are the same too. Only ZeRO-2/3's per-layer parameter gathers
-depend on dp, and recomputing k layers of each chunk is not linear in a chunk's layers: such plans
-(a runtime whose least sharding is ZeRO-2/3, partial-recompute options) take the full computation.
+depend on dp (and ZeRO-2's per-micro-batch reduce-scatters without PP; under PP it reduces once per
+step, so its layers time like the distributed optimizer's), and recomputing k layers of each chunk is
+not linear in a chunk's layers: such plans take one preparation, shared by their knob variants.
 
 So ``StructureBounds`` times four kinds of work once per *layer key* — a dense layer, an MoE layer, the
 embedding and the LM head, each as a one-layer virtual stage through the cost model's own
@@ -29,16 +30,15 @@ from operator import attrgetter
 from configurator.cost.comm import CommModel, LinkEfficiency
 from configurator.cost.constants import CostConstants, load_runtime_cost
 from configurator.cost.knobs import effective_knobs
-from configurator.cost.step import (StepInputs, VirtualStage, _rates_for, _stage_times, busy_lower_bound,
-                                    group_domains, prepare)
+from configurator.cost.step import (StepInputs, VirtualStage, _per_microbatch_sharding, _rates_for, _stage_times,
+                                    busy_lower_bound, group_domains, prepare)
 from configurator.cost.work import embedding_work, head_work, layer_work, mtp_projection_work
 from configurator.search.knobs import optimistic_plans
 from configurator.search.space import SearchContext
 from configurator.specs.plan import PLAN_FIELDS, Plan, replace_unchecked
 
-_GATHERING = ("zero2", "zero3", "hsdp")
 _LAYER_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload")))
-"""Shardings whose per-layer time depends on dp (parameter gathers / gradient reduce-scatters)."""
+"""The plan fields a layer's time depends on (for plans without per-micro-batch sharding traffic)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +63,7 @@ class StructureBounds:
         self._dense_index = next((i for i, f in enumerate(flags) if not f), None)
         self._moe_index = next((i for i, f in enumerate(flags) if f), None)
         self._layer: dict[tuple, LayerTimes] = {}
+        self._layouts: dict[tuple, tuple[tuple[tuple[int, int], ...], int]] = {}
         self._template: StepInputs | None = None
         self._runtime = load_runtime_cost(ctx.runtime)
         self.layer_keys_timed = 0
@@ -126,8 +127,22 @@ class StructureBounds:
         knobs it leaves open (``search/knobs.py`` picks the fastest at costing time, so the bound must
         not exceed any of them): ``busy_lower_bound`` of each prepared form, the least."""
         ctx = self.ctx
-        variants = optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe)
-        return min(self._bound(self._settled(v)) for v in variants)
+        variants = [self._settled(v) for v in
+                    optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe)]
+        if not self._needs_preparation(plan):
+            return min(self._arithmetic(v) for v in variants)
+        # dp-dependent gathers or a partial recompute: one preparation (the knobs change no prepared
+        # field: ``knobs._optimistic`` swaps them the same way), each variant timed on it.
+        self.full_preparations += 1
+        inp = prepare(ctx.model, ctx.cluster, ctx.job, variants[0], runtime=ctx.runtime)
+        return min(busy_lower_bound(inp if v is variants[0] else dc_replace(inp, plan=v, _rates={}, _schedules={}),
+                                    self.c) for v in variants)
+
+    @staticmethod
+    def _needs_preparation(plan: Plan) -> bool:
+        """Per-micro-batch sharding traffic (ZeRO-3/FSDP/HSDP gathers, ZeRO-2's reduce-scatters without
+        PP: they depend on dp) or a partial recompute (not linear in a chunk's layers)."""
+        return bool(_per_microbatch_sharding(plan)) or (plan.recompute == "full" and plan.recompute_num_layers > 0)
 
     def _settled(self, plan: Plan) -> Plan:
         """The plan with a runtime-default EP overlap made explicit: whether Megatron can run it depends on
@@ -136,30 +151,41 @@ class StructureBounds:
             return plan
         return replace_unchecked(plan, ep_overlap=effective_knobs(plan, self._runtime).ep_overlap)
 
-    def _bound(self, plan: Plan) -> float:
-        ctx, c = self.ctx, self.c
-        if plan.sharding in _GATHERING or (plan.recompute == "full" and plan.recompute_num_layers):
-            # dp-dependent gathers; or a partial recompute, whose share of a chunk is not linear in layers.
-            self.full_preparations += 1
-            return busy_lower_bound(prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime), c)
+    def _layout(self, plan: Plan) -> tuple[tuple[tuple[int, int], ...], int]:
+        """(dense layers, MoE layers) of each virtual stage, and the micro-batch count (cached by split)."""
+        key = (plan.pp, plan.vpp, plan.pipeline_layers, plan.micro_batch, plan.dp)
+        hit = self._layouts.get(key)
+        if hit is None:
+            prefix = self._moe_prefix
+            stages = []
+            start = 0
+            for n in plan.virtual_stage_layers(self.ctx.model):
+                n_moe = prefix[start + n] - prefix[start]
+                stages.append((n - n_moe, n_moe))
+                start += n
+            hit = self._layouts[key] = (tuple(stages), max(1, plan.num_microbatches(self.ctx.job)))
+        return hit
+
+    def _arithmetic(self, plan: Plan) -> float:
+        """``busy_lower_bound`` from the per-layer-key times (no preparation)."""
+        c = self.c
+        if plan.sharding == "zero2":
+            # ZeRO-2 under PP reduces once per step (``_per_microbatch_sharding``): its layers time like
+            # the distributed optimizer's, so they share its layer key.
+            plan = replace_unchecked(plan, sharding="distopt")
         t = self._times(plan)
         pp = plan.pp
-        virtual = plan.virtual_stage_layers(ctx.model)
+        virtual, m = self._layout(plan)
         last = len(virtual) - 1
         per_mb = c["overhead.microbatch_s"] / plan.vpp
-        prefix = self._moe_prefix
         times = []
-        start = 0
-        for v, n in enumerate(virtual):
-            n_moe = prefix[start + n] - prefix[start]
-            s = (n - n_moe) * t.dense_s + n_moe * t.moe_s + per_mb
+        for v, (n_dense, n_moe) in enumerate(virtual):
+            s = n_dense * t.dense_s + n_moe * t.moe_s + per_mb
             if v == 0:
                 s += t.embedding_s
             if v == last:
                 s += t.head_s
             times.append(s)
-            start += n
-        m = max(1, plan.num_microbatches(ctx.job))
         best = 0.0
         fill = 0.0
         for r in range(pp):

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from configurator.cost.constants import CostConstants
 from configurator.cost.step import StepInputs, StepReport, busy_lower_bound, evaluate
-from configurator.specs.plan import CP_COMMS, Plan, ep_overlap_conflicts
+from configurator.specs.plan import CP_COMMS, Plan, ep_overlap_conflicts, replace_unchecked
 
 MEGATRON_RUNTIMES = ("megatron", "nemo")
 
@@ -36,7 +36,12 @@ def knob_variants(plan: Plan, runtime: str, attention_heads: int, is_moe: bool) 
             cp = [c for c in CP_COMMS if c != "a2a" or heads % plan.cp == 0]
     elif runtime == "fsdp" and plan.cp_comm is None and plan.cp > 1:
         cp = ["all_gather", "p2p"]
-    variants = [replace(plan, tp_overlap=a, ep_overlap=b, cp_comm=c) for a, b, c in itertools.product(tp, ep, cp)]
+    if len(tp) == len(ep) == len(cp) == 1:
+        return [plan]
+    # Derived from a checked plan, changing only knobs to values the runtime runs: no re-validation
+    # (the search builds one set per bound and per costed plan).
+    variants = [replace_unchecked(plan, tp_overlap=a, ep_overlap=b, cp_comm=c)
+                for a, b, c in itertools.product(tp, ep, cp)]
     return variants or [plan]
 
 

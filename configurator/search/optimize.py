@@ -15,7 +15,8 @@ plan found and is marked ``truncated``.
 
 Optuna (TPE, seeded): where the space has more structures than ``EXHAUSTIVE_LIMIT``, the trials choose
 each axis among the values legal after the axes before it (no illegal trial), a structure already
-costed is never re-costed, and the first trials are the structures with the least bounds.
+costed is never re-costed, one whose lower bound cannot beat the k-th best found is answered with
+its bound (neither resolved nor costed), and the first trials are the structures with the least bounds.
 Deterministic for a seed when the trial count, not a wall-clock budget, ends the study. Where both can
 run, ``gap_to_exhaustive`` reports how far the search's best is from the exhaustive best.
 
@@ -363,8 +364,10 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Pl
             warm: slice = slice(0, OPTUNA_WARM_START)) -> tuple[_TopK, int, list[str]]:
     """TPE over the legal structures only: each axis is chosen among the values legal after the axes
     before it (a conditional, define-by-run space), so no trial is illegal; a structure already costed
-    is answered from memory, never re-costed. The first trials are the ``warm`` slice of the structures
-    ordered by their lower bound. Deterministic for a seed when the trial cap ends the study."""
+    is answered from memory, never re-costed, and one whose lower bound (``bound.py``) cannot beat the
+    k-th best found is answered with that bound, neither resolved nor costed. The first trials are the
+    ``warm`` slice of the structures ordered by their lower bound. Deterministic for a seed when the
+    trial cap ends the study."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -397,6 +400,11 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Pl
             choices = children[prefix]
             value = choices[0] if len(choices) == 1 else trial.suggest_categorical(param(i, prefix), choices)
             prefix = (*prefix, value)
+        if prefix not in costed and bound_of[prefix] >= top.bound:
+            # Its lower bound cannot beat the k-th best found: not resolved, not costed; the sampler
+            # learns the bound (the step is at least that), like the exhaustive search's pruning.
+            pruned[0] += 1
+            return bound_of[prefix]
         if prefix not in costed:
             best = float("inf")
             for option in options_of(legal[prefix]):
@@ -417,7 +425,9 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Pl
     study = optuna.create_study(direction="minimize", sampler=sampler, storage=storage, study_name=study_name,
                                 load_if_exists=storage is not None)
     bounds = StructureBounds(ctx, constants)
-    ranked_keys = sorted(legal, key=lambda k: (bounds.bound(legal[k]), k))
+    bound_of = {k: bounds.bound(p) for k, p in legal.items()}
+    pruned = [0]
+    ranked_keys = sorted(legal, key=lambda k: (bound_of[k], k))
     first = ranked_keys[warm][:max(1, max_trials // 3)]  # leave most trials to the sampler
     for key in first:
         params, prefix = {}, ()
@@ -434,7 +444,8 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Pl
         budget.hit = True
     ended = "time budget (more time may find more)" if by_time else "trial cap (deterministic for the seed)"
     notes = [f"optuna TPE (seed {seed}): {ran[0]} trials, {len(costed)} distinct structures costed "
-             f"of {len(legal)} (the first {len(first)} by lower bound); ended by the {ended}"]
+             f"of {len(legal)} (the first {len(first)} by lower bound), {pruned[0]} trials answered by their lower "
+             f"bound (it could not beat the {top_k}-th best); ended by the {ended}"]
     return top, evaluated[0], notes
 
 

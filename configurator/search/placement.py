@@ -127,14 +127,15 @@ def brute_force(traffic: SlotTraffic, penalty: np.ndarray) -> tuple[np.ndarray, 
     return best, best_cost
 
 
-def solve_ilp(traffic: SlotTraffic, penalty: np.ndarray, time_limit_s: float = ILP_TIME_LIMIT_S) -> np.ndarray:
+def solve_ilp(traffic: SlotTraffic, penalty: np.ndarray, time_limit_s: float | None = ILP_TIME_LIMIT_S) -> np.ndarray:
     """Exact quadratic assignment as a mixed-integer program (the Adams-Johnson linearisation).
 
     x[s, i] = 1 when slot s sits on node i; for each traffic edge e = (a, b), y[e, i, j] >= 0 is the share
     of e on node pair (i, j), tied to x by ``sum_j y[e, i, j] = x[a, i]`` and ``sum_i y[e, i, j] = x[b, j]``
     (so y[e, i, j] = x[a, i] * x[b, j] at integral x). The objective ``sum w_e C[i, j] y[e, i, j]`` is then
     exact, and the linear relaxation is much tighter than big-M products, which lets CBC prove optimality
-    quickly at these sizes.
+    quickly at these sizes. ``time_limit_s=None``: no limit, CBC runs until it proves optimality (the
+    answer then does not depend on how busy the machine is).
     """
     import pulp
 
