@@ -176,3 +176,13 @@ def test_expert_tp_gathers_the_dispatched_pairs_over_its_group() -> None:
                                                    scale_out=CONSTANTS["link.scale_out"]))
     fwd, _, _ = _stage_times(inp, _rates_for(inp, CONSTANTS), comm, CONSTANTS, 0)
     assert fwd["ep_comm"] == pytest.approx(mixtral.num_layers * comm.allreduce_s("etp", work.etp_bytes))
+
+
+def test_gap_line_names_full_recompute_before_expert_imbalance() -> None:
+    from configurator.cost.gap import term_mechanism
+
+    top = Plan(tp=2, pp=4, vpp=4, dp=256, ep=16, sp=True, recompute="selective",
+               recompute_modules=("mla_up_proj", "shared_experts"))
+    published = Plan(pp=16, dp=128, ep=64, recompute="full")
+    why = term_mechanism("compute", top, published)
+    assert why.startswith("it recomputes whole layers (rc=full)") and "mla_up_proj" in why

@@ -38,6 +38,11 @@ def gap_line(best: StepReport, other: StepReport, label: str = "the published pl
     return line
 
 
+def _recompute_text(plan: Plan) -> str:
+    """What ``plan`` recomputes, as ``describe()`` writes it after ``rc=``."""
+    return plan.describe().split("rc=")[1].split(" ")[0]
+
+
 def term_mechanism(term: str, best: Plan, other: Plan) -> str:
     """The plan difference behind a step term that separates ``other`` from ``best`` ("" if none is
     evident): an exposed all-to-all (and why Megatron cannot overlap it), recompute, pipeline depth."""
@@ -53,7 +58,9 @@ def term_mechanism(term: str, best: Plan, other: Plan) -> str:
         return "; ".join(said)
     if term == "compute":
         if other.recompute != "none" and best.recompute == "none":
-            return f"it recomputes ({other.describe().split('rc=')[1].split(' ')[0]}), the top plan does not"
+            return f"it recomputes ({_recompute_text(other)}), the top plan does not"
+        if other.recompute == "full" and best.recompute == "selective":
+            return f"it recomputes whole layers (rc=full), the top plan only {_recompute_text(best)}"
         if other.recompute_modules and "moe" in other.recompute_modules:
             return "its recomputed MoE layers repeat their expert GEMMs"
         if other.ep > best.ep:
