@@ -392,6 +392,12 @@ def _all_stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel,
     return out
 
 
+def link_efficiency(c: CostConstants) -> LinkEfficiency:
+    """The links' calibrated efficiencies; every timing of a step (evaluate, the bounds, the per-operation
+    times) takes them from here, so the all-to-all efficiency cannot be left out of one of them."""
+    return LinkEfficiency(nvlink=c["link.nvlink"], scale_out=c["link.scale_out"], alltoall=c["link.alltoall"])
+
+
 def _rates_for(inp: StepInputs, c: CostConstants) -> GpuRates:
     rates = inp._rates.get(c.values)
     if rates is None:
@@ -412,9 +418,7 @@ def busy_lower_bound(inp: StepInputs, constants: CostConstants) -> float:
     exceeds the best step found (branch and bound).
     """
     rates = _rates_for(inp, constants)
-    comm = inp.comm.with_efficiency(LinkEfficiency(nvlink=constants["link.nvlink"],
-                                                   scale_out=constants["link.scale_out"],
-                                                   alltoall=constants["link.alltoall"]))
+    comm = inp.comm.with_efficiency(link_efficiency(constants))
     pp = inp.plan.pp
     per_mb = constants["overhead.microbatch_s"] / inp.plan.vpp
     times = [sum(f.values()) + sum(b.values()) + per_mb for f, b, _ in _all_stage_times(inp, rates, comm, constants)]
@@ -428,8 +432,7 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
     c = constants
     plan, job, cluster, rt = inp.plan, inp.job, inp.cluster, inp.runtime
     rates = _rates_for(inp, c)
-    comm = inp.comm.with_efficiency(LinkEfficiency(nvlink=c["link.nvlink"], scale_out=c["link.scale_out"],
-                                                   alltoall=c["link.alltoall"]))
+    comm = inp.comm.with_efficiency(link_efficiency(c))
     m = inp.num_microbatches
     pp, vpp = plan.pp, plan.vpp
     per_stage = _all_stage_times(inp, rates, comm, c)
@@ -571,7 +574,7 @@ class OperationTimes:
 def operation_times(inp: StepInputs, constants: CostConstants) -> OperationTimes:
     """The per-operation times of a prepared step (``OperationTimes``), with its ``StepReport``."""
     c = constants
-    comm = inp.comm.with_efficiency(LinkEfficiency(nvlink=c["link.nvlink"], scale_out=c["link.scale_out"]))
+    comm = inp.comm.with_efficiency(link_efficiency(c))
     per_stage = _all_stage_times(inp, _rates_for(inp, c), comm, c)
     per_mb = c["overhead.microbatch_s"] / inp.plan.vpp
     fwd = [sum(f.values()) + per_mb / 3 for f, _, _ in per_stage]

@@ -31,7 +31,7 @@ from configurator.cost.comm import CommModel, LinkEfficiency
 from configurator.cost.constants import CostConstants, load_runtime_cost
 from configurator.cost.knobs import effective_knobs
 from configurator.cost.step import (StepInputs, VirtualStage, _per_microbatch_sharding, _rates_for, _stage_times,
-                                    busy_lower_bound, group_domains, prepare)
+                                    busy_lower_bound, group_domains, link_efficiency, prepare)
 from configurator.cost.work import embedding_work, head_work, layer_work, mtp_projection_work
 from configurator.search.knobs import optimistic_plans
 from configurator.search.space import SearchContext
@@ -100,7 +100,7 @@ class StructureBounds:
         single = dc_replace(inp, stages=tuple(VirtualStage(works=((w, 1, moe),), num_layers=1) for w, moe in works),
                             zero3_layer_bytes=(0.0,) * len(works))
         rates = _rates_for(single, c)
-        comm = single.comm.with_efficiency(LinkEfficiency(nvlink=c["link.nvlink"], scale_out=c["link.scale_out"]))
+        comm = single.comm.with_efficiency(link_efficiency(c))
         totals = []
         for v in range(len(works)):
             f, b, _ = _stage_times(single, rates, comm, c, v)
