@@ -15,7 +15,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi", reason="the service needs the service extra: pip install -e '.[service]'")
 
-from service_helpers import free_port  # noqa: E402
+from service_helpers import free_port, postgres_url  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PLAN = {"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 16, "seq_len": 4096, "global_batch": 64}
@@ -189,12 +189,7 @@ def test_plan_page_renders_in_a_real_browser(server, tmp_path) -> None:  # type:
 
 
 def test_service_runs_on_postgresql(tmp_path) -> None:
-    url = os.environ.get("CONFIGURATOR_TEST_PG_URL")
-    if not url:
-        if os.environ.get("CONFIGURATOR_REQUIRE_POSTGRES") == "1":
-            pytest.fail("CONFIGURATOR_TEST_PG_URL is not set: start one with `bash .ci/postgres.sh`")
-        pytest.skip("no PostgreSQL: set CONFIGURATOR_TEST_PG_URL (bash .ci/postgres.sh prints one)")
-    server = Server(url)
+    server = Server(postgres_url())
     base = server.base
     try:
         body = {**PLAN, "seed": int(time.time())}  # a fresh request: not served from an earlier run's store

@@ -24,7 +24,7 @@ httpx = pytest.importorskip("httpx")
 sa = pytest.importorskip("sqlalchemy")
 pytest.importorskip("fastapi", reason="the service needs the service extra: pip install -e '.[service]'")
 
-from service_helpers import free_port, session_processes  # noqa: E402
+from service_helpers import free_port, fresh_postgres_database, session_processes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,19 +46,7 @@ REQUESTS = 200
 
 @pytest.fixture()
 def pg_url():  # type: ignore[no-untyped-def]
-    url = os.environ.get("CONFIGURATOR_TEST_PG_URL")
-    if not url:
-        if os.environ.get("CONFIGURATOR_REQUIRE_POSTGRES") == "1":
-            pytest.fail("CONFIGURATOR_TEST_PG_URL is not set: start one with `bash .ci/postgres.sh`")
-        pytest.skip("no PostgreSQL: set CONFIGURATOR_TEST_PG_URL (bash .ci/postgres.sh prints one)")
-    base = sa.engine.make_url(url)
-    name = f"{base.database}_scaleout"
-    admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    yield base.set(database=name).render_as_string(hide_password=False)
+    yield fresh_postgres_database("scaleout")
 
 
 def _start(*args: str) -> subprocess.Popen:

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
@@ -13,18 +12,14 @@ sqlalchemy = pytest.importorskip("sqlalchemy")
 
 from configurator.service.migrations import HEAD, SCRIPT_LOCATION, VERSION_TABLE  # noqa: E402
 from configurator.service.store import Store  # noqa: E402
+from service_helpers import fresh_postgres_database, postgres_url  # noqa: E402
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path):  # type: ignore[no-untyped-def]
     if request.param == "sqlite":
         return Store(f"sqlite:///{tmp_path / 'store.db'}")
-    url = os.environ.get("CONFIGURATOR_TEST_PG_URL")
-    if not url:
-        if os.environ.get("CONFIGURATOR_REQUIRE_POSTGRES") == "1":
-            pytest.fail("CONFIGURATOR_TEST_PG_URL is not set: start one with `bash .ci/postgres.sh`")
-        pytest.skip("no PostgreSQL: set CONFIGURATOR_TEST_PG_URL (bash .ci/postgres.sh prints one)")
-    s = Store(url)
+    s = Store(postgres_url())
     with s.engine.begin() as conn:  # a clean slate for each test
         conn.execute(sqlalchemy.text("DELETE FROM jobs"))
         conn.execute(sqlalchemy.text("DELETE FROM clusters"))
@@ -49,19 +44,7 @@ def empty_url(request, tmp_path):  # type: ignore[no-untyped-def]
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    url = os.environ.get("CONFIGURATOR_TEST_PG_URL")
-    if not url:
-        if os.environ.get("CONFIGURATOR_REQUIRE_POSTGRES") == "1":
-            pytest.fail("CONFIGURATOR_TEST_PG_URL is not set: start one with `bash .ci/postgres.sh`")
-        pytest.skip("no PostgreSQL: set CONFIGURATOR_TEST_PG_URL (bash .ci/postgres.sh prints one)")
-    base = sqlalchemy.engine.make_url(url)
-    name = f"{base.database}_migrate"
-    admin = sqlalchemy.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    yield base.set(database=name).render_as_string(hide_password=False)
+    yield fresh_postgres_database("migrate")
 
 
 def _revision_statements(revision: str) -> tuple[str, ...]:
