@@ -27,38 +27,24 @@ from configurator.specs.plan import balanced_layout, plan_from_dict, plan_violat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from launch_stubs import option, run_script  # noqa: E402
+from validator_env import VALIDATOR_PYTHON, megatron_ready, require, run_checker  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-VALIDATOR_PYTHON = REPO / ".venv-validators" / "bin" / "python"
-MEGATRON_SOURCES = REPO / ".validators" / "megatron-core"
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden" / "emit"
 
 
 @pytest.fixture(scope="session")
 def validators() -> Path:
-    if VALIDATOR_PYTHON.exists() and (MEGATRON_SOURCES / "megatron" / "training").is_dir():
-        return VALIDATOR_PYTHON
-    message = "validators environment missing: run `bash .ci/validators.sh`"
-    if os.environ.get("CONFIGURATOR_REQUIRE_VALIDATORS") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    require(megatron_ready())
+    return VALIDATOR_PYTHON
 
 
 def run_megatron(specs: list[str]) -> list[dict]:
-    env = dict(os.environ, PYTHONPATH=str(MEGATRON_SOURCES))
-    proc = subprocess.run([str(VALIDATOR_PYTHON), str(REPO / "tests/validators/megatron_check.py"), *specs],
-                          capture_output=True, text=True, env=env, timeout=600)
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == len(specs), proc.stderr[-3000:]
-    return lines
+    return run_checker("megatron_check.py", specs, with_megatron=True)
 
 
 def run_deepspeed(specs: list[str]) -> list[dict]:
-    proc = subprocess.run([str(VALIDATOR_PYTHON), str(REPO / "tests/validators/deepspeed_check.py"), *specs],
-                          capture_output=True, text=True, timeout=600)
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == len(specs), proc.stderr[-3000:]
-    return lines
+    return run_checker("deepspeed_check.py", specs)
 
 
 def launched(out: Path, root: Path, node_rank: int = 0) -> Path:

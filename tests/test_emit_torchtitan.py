@@ -7,7 +7,6 @@ checks every shape and preset (tests/validators/torchtitan_check.py; the environ
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -25,9 +24,9 @@ from configurator.specs.plan import balanced_layout, plan_violations
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from launch_stubs import option, run_script  # noqa: E402
+from validator_env import VALIDATOR_PYTHON, require, run_checker  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-VALIDATOR_PYTHON = REPO / ".venv-validators" / "bin" / "python"
 
 
 @pytest.fixture(scope="session")
@@ -35,20 +34,12 @@ def torchtitan_env() -> Path:
     probe = subprocess.run([str(VALIDATOR_PYTHON), "-c", "import importlib.util as u, sys; sys.exit(not all("
                             "u.find_spec(m) for m in ('torchtitan', 'tyro', 'torchao', 'spmd_types')))"],
                            capture_output=True) if VALIDATOR_PYTHON.exists() else None
-    if probe is not None and probe.returncode == 0:
-        return VALIDATOR_PYTHON
-    message = "torchtitan validators environment missing: run `bash .ci/validators.sh`"
-    if os.environ.get("CONFIGURATOR_REQUIRE_VALIDATORS") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    require(probe is not None and probe.returncode == 0, "torchtitan validators environment")
+    return VALIDATOR_PYTHON
 
 
 def run_torchtitan(specs: list[str]) -> list[dict]:
-    proc = subprocess.run([str(VALIDATOR_PYTHON), str(REPO / "tests/validators/torchtitan_check.py"), *specs],
-                          capture_output=True, text=True, timeout=600)
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == len(specs), proc.stderr[-3000:]
-    return lines
+    return run_checker("torchtitan_check.py", specs)
 
 
 def no_aux_loss(name: str) -> ModelSpec:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from configurator.profiles import GIB, load_cluster, load_model
 from configurator.recompute import recompute_shares, selective_module_ladder
 from configurator.runs import read_runs
 from configurator.specs import JobSpec, ModelSpec, Plan
+from validator_env import VALIDATOR_PYTHON, megatron_ready, require
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA8B = load_model("llama3-8b")
@@ -81,13 +81,8 @@ def test_long_replay_is_shortened_without_changing_the_counts() -> None:
 
 
 def _megatron_schedule(cases: list[list[int]]) -> list[dict]:
-    python = REPO / ".venv-validators" / "bin" / "python"
-    if not (python.exists() and (REPO / ".validators" / "megatron-core" / "megatron").is_dir()):
-        message = "validators environment missing: run `bash .ci/validators.sh`"
-        if os.environ.get("CONFIGURATOR_REQUIRE_VALIDATORS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    proc = subprocess.run([str(python), str(REPO / "tests/validators/schedule_check.py"), json.dumps(cases)],
+    require(megatron_ready())
+    proc = subprocess.run([str(VALIDATOR_PYTHON), str(REPO / "tests/validators/schedule_check.py"), json.dumps(cases)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout)
