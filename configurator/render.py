@@ -254,7 +254,8 @@ def conventional_table(winner: Any, conv: Any) -> Table:
     return table
 
 
-def conventional_for(ctx: Any, ranked: list[Any], constants: Any = None) -> dict[str, Any] | None:
+def conventional_for(ctx: Any, ranked: list[Any], constants: Any = None, *, objective: str = DEFAULT_OBJECTIVE,
+                     oom_risk: float = DEFAULT_OOM_RISK) -> dict[str, Any] | None:
     """``conventional_dict`` for a search's plans (the risk-aware leader against the recipe-style plan of
     ``conventional.py``); None when no recipe-style plan fits or nothing was found."""
     from configurator.conventional import conventional_plan
@@ -265,7 +266,7 @@ def conventional_for(ctx: Any, ranked: list[Any], constants: Any = None) -> dict
     conv = conventional_plan(ctx, constants or load_calibration())
     if conv is None:
         return None
-    winner = rank_plans(ctx.model, ctx.cluster, ctx.job, ranked)[0].evaluated
+    winner = rank_plans(ctx.model, ctx.cluster, ctx.job, ranked, objective=objective, oom_risk=oom_risk)[0].evaluated
     return conventional_dict(ctx.model, ctx.cluster, ctx.job, winner, conv)
 
 

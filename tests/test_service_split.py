@@ -146,7 +146,7 @@ def test_an_optuna_request_splits_into_the_studies_of_a_parallel_optuna_search(t
     assert len(names) == 2 and all(n.endswith(("-w0", "-w1")) for n in names)
     # The same studies as `plan --workers 2 --storage URL` runs (its processes, in another storage): same plans.
     ctx = search_context(request, None)
-    parallel = search(ctx, top_k=6, seed=5, method="optuna", max_trials=16, workers=2,
+    parallel = search(ctx, top_k=search_kwargs(request)["top_k"], seed=5, method="optuna", max_trials=16, workers=2,
                       storage=f"sqlite:///{tmp_path / 'parallel.db'}")
     stored: dict = {}
     finish(lambda _id, **fields: stored.update(fields), "parallel", ctx, request, parallel)

@@ -96,8 +96,10 @@ def search_context(request: dict[str, Any], profile: dict[str, Any] | None) -> A
 
 def search_kwargs(request: dict[str, Any]) -> dict[str, Any]:
     """``search``'s arguments from a request. Without a ``time_budget`` the search is bounded by its work count
-    (``DEFAULT_WORK_BUDGET``, as the CLI), so an answer does not depend on how loaded the workers are."""
-    return {"top_k": request.get("top", 5), "time_budget_s": request.get("time_budget"),
+    (``DEFAULT_WORK_BUDGET``, as the CLI), so an answer does not depend on how loaded the workers are. Like
+    ``plan``, it keeps twice ``top`` fastest plans for the risk-aware ranking to choose ``top`` from (``finish``),
+    so the service and the CLI name the same leader for the same request."""
+    return {"top_k": 2 * request.get("top", 5), "time_budget_s": request.get("time_budget"),
             "seed": request.get("seed", 0), "method": request.get("method", "auto")}
 
 
@@ -105,10 +107,11 @@ def finish(update: Any, job_id: str, ctx: Any, request: dict[str, Any], result: 
     """Store a search's outcome: its plans in the risk-aware order, or "failed" naming why nothing fits."""
     from configurator.render import conventional_for, search_plans_dicts
 
+    objective, oom_risk = request.get("objective", "p25"), request.get("oom_risk", 0.05)
     payload = {"plans": search_plans_dicts(ctx.model, ctx.cluster, ctx.job, list(result.ranked),
-                                           objective=request.get("objective", "p25"),
-                                           oom_risk=request.get("oom_risk", 0.05)),
-               "conventional": conventional_for(ctx, list(result.ranked)), "search": result.as_dict()}
+                                           objective=objective, oom_risk=oom_risk, top=request.get("top", 5)),
+               "conventional": conventional_for(ctx, list(result.ranked), objective=objective, oom_risk=oom_risk),
+               "search": result.as_dict()}
     if not result.ranked:
         need = (f"; the smallest candidate needs {result.smallest_need_bytes / 2**30:.1f} GiB"
                 if result.smallest_need_bytes else "")

@@ -102,7 +102,7 @@ def run_block(store: Any, update: Callable[..., Any], job: Any, ctx: Any) -> Non
 
 def _try_finish(store: Any, parent: Any, ctx: Any, parts: int, lease: str | None = None) -> bool:
     """Finish ``parent`` when its blocks allow (all done: the merge; one failed: its reason); False otherwise."""
-    from configurator.service.jobs import finish
+    from configurator.service.jobs import finish, search_kwargs
 
     keys = [block_key(parent.id, i, parts) for i in range(parts)]
     blocks = store.jobs_with_keys(keys)
@@ -121,7 +121,7 @@ def _try_finish(store: Any, parent: Any, ctx: Any, parts: int, lease: str | None
         return False
     start = time.perf_counter()
     results = [load_result(blocks[k].result["block"]) for k in keys]
-    merged = merge(results, int(parent.request.get("top", 5)),
+    merged = merge(results, search_kwargs(parent.request)["top_k"],
                    seconds=max(r.seconds for r in results) + time.perf_counter() - start)
     finish(write, parent.id, ctx, parent.request, merged)
     return True
