@@ -14,7 +14,8 @@ from configurator.cost.constants import hardware_default, load_runtime_cost
 from configurator.cost.cp import cp_times_s
 from configurator.cost.knobs import effective_knobs
 from configurator.cost.launch import DENSE_LAYER_KERNELS, exposed_launch_s, layer_launch_s
-from configurator.cost.moe import busiest_rank_factor, ep_scale_out_share
+from configurator.cost.moe import busiest_rank_factor, ep_scale_out_share, max_nodes_per_token, \
+    remote_domains_per_token
 from configurator.cost.step import _layer_shard_comm
 from configurator.cost.work import layer_work
 from configurator.search.knobs import knob_variants
@@ -98,11 +99,37 @@ def test_busiest_expert_rank_by_the_gaussian_maximum() -> None:
     assert busiest_rank_factor(model, Plan(dp=8), 1000.0, 0.2) == 1.0  # all experts on one rank
 
 
-def test_node_limited_routing_caps_the_bytes_leaving_a_node() -> None:
-    dsv3 = load_model("deepseek-v3")  # top-8, at most 4 nodes per token
-    assert math.isclose(ep_scale_out_share(dsv3, 8, 8), 4 * 7 / 8 / 8)  # 0.4375 instead of 7/8
-    assert ep_scale_out_share(dsv3, 8, 1) is None  # EP inside one node
-    assert ep_scale_out_share(load_model("qwen3-30b-a3b"), 8, 8) is None  # no node limit
+def test_node_limited_routing_caps_the_bytes_leaving_a_node_under_the_flex_dispatcher() -> None:
+    dsv3 = load_model("deepseek-v3")  # 256 experts, top-8, at most 4 nodes per token
+    # 8 nodes of 32 experts: P(a node holds none of 8 experts) = C(224, 8) / C(256, 8) ~ 0.339, so a token
+    # reaches about 4.6 remote nodes on average; the limit of 4 nodes caps that at 4 * 7/8 = 3.5.
+    assert math.isclose(ep_scale_out_share(dsv3, 8, 8, "flex"), 4 * 7 / 8 / 8)  # 0.4375 instead of 7/8
+    assert ep_scale_out_share(dsv3, 8, 1, "flex") is None  # EP inside one node
+    # Megatron's alltoall dispatcher (what the emitted launch uses) sends one row per token-expert pair
+    assert ep_scale_out_share(dsv3, 8, 8, "alltoall") is None
+    assert ep_scale_out_share(dsv3, 8, 8) is None
+
+
+def test_flex_dispatcher_sends_a_token_once_per_remote_node_it_reaches() -> None:
+    # 128 experts on 4 nodes (32 each), top-8: P(miss a node) = prod_{i<8} (96 - i) / (128 - i)
+    miss = 1.0
+    for i in range(8):
+        miss *= (96 - i) / (128 - i)
+    assert math.isclose(miss, 0.0927, abs_tol=5e-4)
+    assert math.isclose(remote_domains_per_token(128, 8, 4), 3 * (1 - miss), rel_tol=1e-12)  # ~2.73 nodes
+    qwen = load_model("qwen3-30b-a3b")  # 128 experts, top-8, no node limit
+    assert math.isclose(ep_scale_out_share(qwen, 8, 4, "flex"), 3 * (1 - miss) / 8, rel_tol=1e-12)  # 0.34, not 0.75
+    assert remote_domains_per_token(128, 8, 1) == 0.0
+    assert math.isclose(remote_domains_per_token(8, 8, 8), 7.0)  # every expert taken: every node reached
+
+
+def test_node_limit_found_by_shape_for_a_model_built_from_a_runs_row() -> None:
+    from dataclasses import replace as dc_replace
+
+    dsv3 = load_model("deepseek-v3")
+    renamed = dc_replace(dsv3, name="DeepSeekV3")  # how runs.py names a Megatron-Bridge row
+    assert max_nodes_per_token(renamed) == 4
+    assert max_nodes_per_token(load_model("qwen3-30b-a3b")) == 0
 
 
 def test_launches_cost_only_what_the_gpu_does_not_cover() -> None:

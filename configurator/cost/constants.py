@@ -178,6 +178,9 @@ class RuntimeCost:
     'unfused' (materialised s^2 scores with a fused softmax: Megatron before flash attention)."""
     ep_comm_overlap: bool
     """Expert-parallel all-to-all overlapped with another micro-batch's computation."""
+    ep_dispatcher: str
+    """MoE token dispatcher: 'alltoall' (Megatron's all-to-all of one row per token-expert pair) or
+    'flex' (DeepEP/HybridEP: one copy per destination node over the NIC, then NVLink; cost/moe.py)."""
     p2p_blocking: bool
     """Pipeline sends/receives occupy both ranks (DeepSpeed's pipeline engine) instead of running
     beside computation."""
