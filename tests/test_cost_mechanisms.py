@@ -132,6 +132,22 @@ def test_node_limit_found_by_shape_for_a_model_built_from_a_runs_row() -> None:
     assert max_nodes_per_token(load_model("qwen3-30b-a3b")) == 0
 
 
+def test_all_to_all_takes_its_own_efficiency_not_the_ring_collectives() -> None:
+    model = load_model("mixtral-8x22b")
+    job = JobSpec(global_batch=64, seq_len=4096)
+    eff = LinkEfficiency(nvlink=0.5, scale_out=0.6, alltoall=0.8)
+    one_node = load_cluster("dgx-h100", num_gpus=8)
+    comm = prepare(model, one_node, job, Plan(ep=8, dp=8)).comm.with_efficiency(eff)
+    nv = one_node.intra_domain_link
+    # 1 GB per rank over 8 GPUs of one NVSwitch: 7/8 of it leaves the GPU at 0.8 x 450 GB/s (not 0.5 x 0.8)
+    assert math.isclose(comm.alltoall_s("ep", 1e9), 1e9 * 7 / 8 / (nv.bandwidth_Bps * 0.8) + 7 * nv.latency_s)
+    two_nodes = load_cluster("dgx-h100", num_gpus=16)
+    comm = prepare(model, two_nodes, job, Plan(ep=16, dp=16)).comm.with_efficiency(eff)
+    nic = two_nodes.scale_out_link.bandwidth_Bps  # 400 Gb/s per GPU = 50 GB/s
+    # half of the bytes go to the other node, over the GPU's NIC at 0.8 of line rate (not 0.6 x 0.8)
+    assert math.isclose(comm.alltoall_s("ep", 1e9), 1e9 * 0.5 / (nic * 0.8), rel_tol=0.01)
+
+
 def test_launches_cost_only_what_the_gpu_does_not_cover() -> None:
     assert math.isclose(exposed_launch_s(100e-6, 24, 1e-5), 140e-6)
     assert exposed_launch_s(1e-3, 24, 1e-5) == 0.0
