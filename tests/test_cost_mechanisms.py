@@ -14,7 +14,8 @@ from configurator.cost.constants import hardware_default, load_runtime_cost
 from configurator.cost.cp import cp_times_s
 from configurator.cost.knobs import effective_knobs
 from configurator.cost.launch import DENSE_LAYER_KERNELS, exposed_launch_s, layer_launch_s
-from configurator.cost.moe import busiest_rank_factor, ep_scale_out_share
+from configurator.cost.moe import busiest_rank_factor, ep_scale_out_share, max_nodes_per_token, \
+    remote_domains_per_token
 from configurator.cost.step import _layer_shard_comm
 from configurator.cost.work import layer_work
 from configurator.search.knobs import knob_variants
@@ -52,7 +53,8 @@ def test_all_gather_cp_is_exposed_and_ulysses_uses_all_to_all() -> None:
     assert f == b == comm.allgather_s("cp", 8 * work.cp_bytes) and hidden == 0.0
     f, b, _ = cp_times_s("a2a", work, 8, comm, 1.0, 3.0)
     nv = cluster.intra_domain_link
-    expect = work.cp_a2a_bytes * 7 / 8 / (nv.bandwidth_Bps * 0.75 * 0.7) + 7 * nv.latency_s
+    # the all-to-all at its own efficiency (0.7 of the NVLink), not 0.7 of the ring collectives' 0.75
+    expect = work.cp_a2a_bytes * 7 / 8 / (nv.bandwidth_Bps * 0.7) + 7 * nv.latency_s
     assert math.isclose(f, expect, rel_tol=1e-9) and f == b
 
 
@@ -98,11 +100,53 @@ def test_busiest_expert_rank_by_the_gaussian_maximum() -> None:
     assert busiest_rank_factor(model, Plan(dp=8), 1000.0, 0.2) == 1.0  # all experts on one rank
 
 
-def test_node_limited_routing_caps_the_bytes_leaving_a_node() -> None:
-    dsv3 = load_model("deepseek-v3")  # top-8, at most 4 nodes per token
-    assert math.isclose(ep_scale_out_share(dsv3, 8, 8), 4 * 7 / 8 / 8)  # 0.4375 instead of 7/8
-    assert ep_scale_out_share(dsv3, 8, 1) is None  # EP inside one node
-    assert ep_scale_out_share(load_model("qwen3-30b-a3b"), 8, 8) is None  # no node limit
+def test_node_limited_routing_caps_the_bytes_leaving_a_node_under_the_flex_dispatcher() -> None:
+    dsv3 = load_model("deepseek-v3")  # 256 experts, top-8, at most 4 nodes per token
+    # 8 nodes of 32 experts: P(a node holds none of 8 experts) = C(224, 8) / C(256, 8) ~ 0.339, so a token
+    # reaches about 4.6 remote nodes on average; the limit of 4 nodes caps that at 4 * 7/8 = 3.5.
+    assert math.isclose(ep_scale_out_share(dsv3, 8, 8, "flex"), 4 * 7 / 8 / 8)  # 0.4375 instead of 7/8
+    assert ep_scale_out_share(dsv3, 8, 1, "flex") is None  # EP inside one node
+    # Megatron's alltoall dispatcher (what the emitted launch uses) sends one row per token-expert pair
+    assert ep_scale_out_share(dsv3, 8, 8, "alltoall") is None
+    assert ep_scale_out_share(dsv3, 8, 8) is None
+
+
+def test_flex_dispatcher_sends_a_token_once_per_remote_node_it_reaches() -> None:
+    # 128 experts on 4 nodes (32 each), top-8: P(miss a node) = prod_{i<8} (96 - i) / (128 - i)
+    miss = 1.0
+    for i in range(8):
+        miss *= (96 - i) / (128 - i)
+    assert math.isclose(miss, 0.0927, abs_tol=5e-4)
+    assert math.isclose(remote_domains_per_token(128, 8, 4), 3 * (1 - miss), rel_tol=1e-12)  # ~2.73 nodes
+    qwen = load_model("qwen3-30b-a3b")  # 128 experts, top-8, no node limit
+    assert math.isclose(ep_scale_out_share(qwen, 8, 4, "flex"), 3 * (1 - miss) / 8, rel_tol=1e-12)  # 0.34, not 0.75
+    assert remote_domains_per_token(128, 8, 1) == 0.0
+    assert math.isclose(remote_domains_per_token(8, 8, 8), 7.0)  # every expert taken: every node reached
+
+
+def test_node_limit_found_by_shape_for_a_model_built_from_a_runs_row() -> None:
+    from dataclasses import replace as dc_replace
+
+    dsv3 = load_model("deepseek-v3")
+    renamed = dc_replace(dsv3, name="DeepSeekV3")  # how runs.py names a Megatron-Bridge row
+    assert max_nodes_per_token(renamed) == 4
+    assert max_nodes_per_token(load_model("qwen3-30b-a3b")) == 0
+
+
+def test_all_to_all_takes_its_own_efficiency_not_the_ring_collectives() -> None:
+    model = load_model("mixtral-8x22b")
+    job = JobSpec(global_batch=64, seq_len=4096)
+    eff = LinkEfficiency(nvlink=0.5, scale_out=0.6, alltoall=0.8)
+    one_node = load_cluster("dgx-h100", num_gpus=8)
+    comm = prepare(model, one_node, job, Plan(ep=8, dp=8)).comm.with_efficiency(eff)
+    nv = one_node.intra_domain_link
+    # 1 GB per rank over 8 GPUs of one NVSwitch: 7/8 of it leaves the GPU at 0.8 x 450 GB/s (not 0.5 x 0.8)
+    assert math.isclose(comm.alltoall_s("ep", 1e9), 1e9 * 7 / 8 / (nv.bandwidth_Bps * 0.8) + 7 * nv.latency_s)
+    two_nodes = load_cluster("dgx-h100", num_gpus=16)
+    comm = prepare(model, two_nodes, job, Plan(ep=16, dp=16)).comm.with_efficiency(eff)
+    nic = two_nodes.scale_out_link.bandwidth_Bps  # 400 Gb/s per GPU = 50 GB/s
+    # half of the bytes go to the other node, over the GPU's NIC at 0.8 of line rate (not 0.6 x 0.8)
+    assert math.isclose(comm.alltoall_s("ep", 1e9), 1e9 * 0.5 / (nic * 0.8), rel_tol=0.01)
 
 
 def test_launches_cost_only_what_the_gpu_does_not_cover() -> None:

@@ -41,7 +41,10 @@ class LinkEfficiency:
     scale_out: float
     """Achieved / nominal bus bandwidth over the scale-out network."""
     alltoall: float = 1.0
-    """All-to-all throughput / ring-collective throughput on the same links."""
+    """Achieved / nominal bandwidth of an all-to-all, on NVLink and on the scale-out NIC alike: its own
+    efficiency (one message per peer, no ring), not a fraction of the ring collectives' ``nvlink`` /
+    ``scale_out`` - DeepEP and NCCL all-to-alls run near line rate where ring all-reduces on the same
+    NVLink do not."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -109,6 +112,8 @@ class CommModel:
         self._shapes: dict[str, list[GroupShape]] = {}
         self._p2p: dict[int, tuple[bool, list[tuple[float, float]]]] = {}
         self.nv_bw = cluster.intra_domain_link.bandwidth_Bps * efficiency.nvlink
+        self.nv_raw = cluster.intra_domain_link.bandwidth_Bps
+        """Nominal NVLink bandwidth per GPU (all-to-alls take their own efficiency on it)."""
         self.nv_lat = cluster.intra_domain_link.latency_s
 
     def with_efficiency(self, efficiency: LinkEfficiency) -> CommModel:
@@ -242,9 +247,9 @@ class CommModel:
             n, g = s.size, s.per_domain
             if n == 1 or num_bytes <= 0:
                 continue
-            t = num_bytes * (g - 1) / n / (self.nv_bw * a2a) + (g - 1) * self.nv_lat
+            t = num_bytes * (g - 1) / n / (self.nv_raw * a2a) + (g - 1) * self.nv_lat
             if s.domains > 1:
-                so = self.eff.scale_out * a2a
+                so = a2a
                 share = (n - g) / n if scale_out_share is None else min(scale_out_share, (n - g) / n)
                 inter = max(num_bytes * share / (s.ring_bw_Bps * so), num_bytes / n / (s.pair_bw_Bps * so))
                 t = max(t, inter + s.inter_latency_s * min(s.domains - 1, 2 * math.ceil(math.log2(s.domains))))
@@ -274,7 +279,7 @@ class CommModel:
         """All-to-all over ``ranks`` GPUs of one NVLink domain, ``num_bytes`` sent per rank."""
         if ranks <= 1 or num_bytes <= 0:
             return 0.0
-        return num_bytes * (ranks - 1) / ranks / (self.nv_bw * self.eff.alltoall) + (ranks - 1) * self.nv_lat
+        return num_bytes * (ranks - 1) / ranks / (self.nv_raw * self.eff.alltoall) + (ranks - 1) * self.nv_lat
 
     def subgroup_allgather_s(self, kind: str, num_bytes: float, size: int, outer: bool) -> float:
         """All-gather over part of a ``kind`` group: with ``outer=False`` its ``size`` consecutive

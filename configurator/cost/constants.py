@@ -83,9 +83,12 @@ PARAMETERS: tuple[ParamDef, ...] = (
              doc="Achieved / nominal NVLink bus bandwidth of NCCL collectives."),
     ParamDef(name="link.scale_out", default=0.8, lower=0.3, upper=0.97,
              doc="Achieved / nominal scale-out (InfiniBand/RoCE) bus bandwidth of NCCL collectives."),
-    ParamDef(name="link.alltoall", default=0.7, lower=0.25, upper=1.0,
-             doc="All-to-all throughput / ring-collective throughput on the same links (many small "
-                 "messages, one per peer; NCCL all-to-all over IB reaches 0.5-0.8 of the ring bus bandwidth)."),
+    ParamDef(name="link.alltoall", default=0.7, lower=0.25, upper=0.95,
+             doc="Achieved / nominal bandwidth of an all-to-all (EP dispatch/combine, Ulysses CP), its own "
+                 "efficiency on NVLink and on the scale-out NIC rather than a fraction of the ring collectives' "
+                 "(one message per peer, no ring steps): NCCL all-to-all on NVSwitch reaches ~0.75-0.85 of the "
+                 "link for MB-size messages, DeepEP's normal kernels ~0.95 on NVLink (153-158 of 160 GB/s, H800) "
+                 "and ~0.9 of a 400 Gb/s NIC (43-58 GB/s RDMA; deepseek-ai/DeepEP README)."),
     ParamDef(name="overhead.launch_s", default=1e-5, lower=3e-6, upper=4e-5,
              doc="Host time to issue one kernel from eager PyTorch (CUDA launch ~4 us plus the Python/ATen "
                  "dispatch). Costs time only where a layer's GPU work is shorter than its launches, or "
@@ -178,6 +181,9 @@ class RuntimeCost:
     'unfused' (materialised s^2 scores with a fused softmax: Megatron before flash attention)."""
     ep_comm_overlap: bool
     """Expert-parallel all-to-all overlapped with another micro-batch's computation."""
+    ep_dispatcher: str
+    """MoE token dispatcher: 'alltoall' (Megatron's all-to-all of one row per token-expert pair) or
+    'flex' (DeepEP/HybridEP: one copy per destination node over the NIC, then NVLink; cost/moe.py)."""
     p2p_blocking: bool
     """Pipeline sends/receives occupy both ranks (DeepSpeed's pipeline engine) instead of running
     beside computation."""

@@ -7,9 +7,17 @@
   combine all-to-all, so the layer waits for the busiest of ``ep`` ranks: by the Gaussian
   maximum, ``1 + sqrt(2 ln ep) * cv_rank`` times the mean. With ep = 1 one rank holds every
   expert and there is nothing to wait for (factor 1).
-* **Node-limited routing** (DeepSeek-V3: at most 4 nodes per token): the dispatcher sends one copy
-  of a token per destination node, so the bytes leaving a node per token are at most
-  ``max_nodes * (D-1)/D`` hidden vectors instead of ``k * (n-g)/n``.
+* **Bytes leaving the NVLink domain depend on the dispatcher.** Megatron's ``alltoall`` token
+  dispatcher (what this tool emits: ``--moe-token-dispatcher-type alltoall``) permutes one row per
+  (token, expert) pair and all-to-alls them, so ``k * (D-1)/D`` hidden vectors per token cross the
+  scale-out network, node-limited routing or not. The ``flex`` dispatcher with DeepEP or HybridEP
+  (Megatron-Bridge's performance recipes) sends a token once per destination *node* over the NIC and
+  fans it out to the experts there over NVLink: with the ``k`` experts drawn evenly among ``E``
+  experts on ``D`` domains, a token reaches ``(D-1) * (1 - C(E-E/D, k) / C(E, k))`` remote domains on
+  average (hypergeometric: the chance that none of its ``k`` experts sits on a given domain).
+* **Node-limited routing** (DeepSeek-V3: at most ``M = 4`` nodes per token) caps that at
+  ``M * (D-1)/D`` remote nodes (the token's own node is among the ``M`` with chance ``M/D``) - with
+  the flex dispatcher only: the alltoall dispatcher still sends ``k`` copies.
 """
 
 from __future__ import annotations
@@ -41,20 +49,56 @@ def routing_cv(job: JobSpec, constants: Any) -> float:
 
 
 @lru_cache(maxsize=None)
-def max_nodes_per_token(model_name: str) -> int:
+def _node_limits() -> tuple[tuple[tuple[int, int, int, int], int], ...]:
+    """((layers, hidden, experts, top-k) of a preset, max nodes per token) for every model in
+    cost.json's ``moe_routing`` table: a model built from a runs-CSV row ("DeepSeekV3") has the
+    preset's routing when it has the preset's shape."""
+    from configurator.profiles import load_model
+
     table: dict[str, Any] = _cost_file().get("moe_routing", {})
-    entry = table.get(model_name)
-    return int(entry["max_nodes_per_token"]) if isinstance(entry, dict) else 0
+    out = []
+    for name, entry in table.items():
+        if not isinstance(entry, dict):
+            continue
+        spec = load_model(name)
+        out.append(((spec.num_layers, spec.hidden_size, spec.num_experts, spec.moe_topk),
+                    int(entry["max_nodes_per_token"])))
+    return tuple(out)
 
 
-def ep_scale_out_share(model: ModelSpec, topk: int, ep_domains: int) -> float | None:
-    """Share of the dispatch bytes (``k`` copies per token) leaving the NVLink domain under
-    node-limited routing; None = spread evenly (the all-to-all's own ``(n-g)/n``)."""
-    limit = max_nodes_per_token(model.name)
-    if not limit or ep_domains <= 1 or topk <= 0:
+def max_nodes_per_token(model: ModelSpec) -> int:
+    """Node-limited routing's ``M`` for this model (0 = none), by preset name or shape."""
+    table: dict[str, Any] = _cost_file().get("moe_routing", {})
+    entry = table.get(model.name)
+    if isinstance(entry, dict):
+        return int(entry["max_nodes_per_token"])
+    shape = (model.num_layers, model.hidden_size, model.num_experts, model.moe_topk)
+    return next((m for s, m in _node_limits() if s == shape), 0)
+
+
+def remote_domains_per_token(num_experts: int, topk: int, domains: int) -> float:
+    """Mean number of other NVLink domains a token's ``topk`` experts sit on, experts spread evenly
+    over ``domains`` and drawn without replacement (module docstring)."""
+    if domains <= 1 or topk <= 0 or num_experts <= 0:
+        return 0.0
+    per_domain = num_experts / domains
+    miss = 1.0
+    for i in range(min(topk, num_experts)):
+        miss *= max(0.0, num_experts - per_domain - i) / (num_experts - i)
+    return (domains - 1) * (1.0 - miss)
+
+
+def ep_scale_out_share(model: ModelSpec, topk: int, ep_domains: int, dispatcher: str = "alltoall") -> float | None:
+    """Share of the dispatch bytes (``k`` copies per token) that leaves the NVLink domain; None = the
+    all-to-all's own ``(n-g)/n`` (the alltoall dispatcher, or EP inside one domain)."""
+    if dispatcher != "flex" or ep_domains <= 1 or topk <= 0:
         return None
-    remote_nodes = min(limit, ep_domains) * (ep_domains - 1) / ep_domains
-    return min(1.0, remote_nodes / topk)
+    remote = remote_domains_per_token(model.num_experts, topk, ep_domains)
+    limit = max_nodes_per_token(model)
+    if limit:
+        remote = min(remote, min(limit, ep_domains) * (ep_domains - 1) / ep_domains)
+    return min(1.0, remote / topk)
 
 
-__all__ = ["busiest_rank_factor", "ep_scale_out_share", "max_nodes_per_token", "routing_cv"]
+__all__ = ["busiest_rank_factor", "ep_scale_out_share", "max_nodes_per_token", "remote_domains_per_token",
+           "routing_cv"]

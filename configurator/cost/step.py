@@ -280,7 +280,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
                                            rates.attention_bwd_factor)
         ep_raw = 0.0
         if work.ep_bytes:
-            share = ep_scale_out_share(inp.model, inp.model.moe_topk, inp.ep_domains)
+            share = ep_scale_out_share(inp.model, inp.model.moe_topk, inp.ep_domains, rt.ep_dispatcher)
             ep_raw = 2 * comm.alltoall_s("ep", work.ep_bytes * factor, share)
         if work.etp_bytes:
             # expert-TP all-gather of the dispatched pairs + reduce-scatter of the expert outputs
