@@ -93,7 +93,8 @@ PARAMETERS: tuple[ParamDef, ...] = (
                  "Blackwell scales by the same ratio to cuDNN.",
              prior_width=0.2, prior_source="FlashAttention-3 paper: FA2 reaches ~0.3-0.4 of H100 peak (no wgmma/TMA)."),
     ParamDef(name="attention.half_len", default=256.0, lower=16.0, upper=4096.0,
-             doc="Attention length curve: efficiency = max * s_kv / (s_kv + half_len)."),
+             doc="Attention length curve: efficiency = max * s_kv / (s_kv + half_len).",
+             prior_width=0.7, prior_source="FlashAttention-2 paper's A100 benchmarks: at 512 keys the forward runs at ~0.65-0.8 of its 16K rate (half_len ~130-280); a factor 2 around 256."),
     ParamDef(name="attention.bwd_factor", default=3.0, lower=2.5, upper=5.0,
              doc="Flash-attention backward time / forward time: 2.5x the FLOPs (5 matmuls vs 2) at a lower "
                  "efficiency (FA2/FA3 backward runs at 0.5-0.9 of the forward's rate).",
