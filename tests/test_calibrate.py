@@ -24,7 +24,9 @@ def test_fit_recovers_the_throughput_of_known_constants(published_runs) -> None:
     for s in subset:
         s.measured_tokens_per_s_per_gpu = evaluate(s.inputs, truth).tokens_per_s_per_gpu
     before = error_stats(log_errors(subset, CostConstants.defaults()))
-    fitted, _ = fit(subset)
+    # The weak prior: these constants are 1-2.4 physical widths from their defaults, and 38 rows do not
+    # outweigh the physical prior entirely (1.4% median error with it); the machinery is tested here.
+    fitted, _ = fit(subset, prior="weak")
     after = error_stats(log_errors(subset, fitted))
     assert before["median_abs_error_pct"] > 5.0
     assert after["median_abs_error_pct"] < 1.0, after
