@@ -8,9 +8,14 @@ against fitting noise:
 * a robust loss (``soft_l1`` with a 10% scale): rows that are wrong in their source (a
   mis-transcribed micro-batch, a model whose MLP the CSV cannot describe) pull like a 10% error,
   not like their full error;
-* a weak prior: each constant also pays ``PRIOR_WEIGHT * log(value / physical default)``, so a
-  constant that no row informs (e.g. Blackwell fp4 when no fp4 row is left) stays at its
-  physical default instead of drifting.
+* a physical prior: each constant also pays ``ROBUST_SCALE * (x - x_default) / prior_width`` (x on
+  the fit's scale, log for positive constants; ``prior_width`` and its source per constant in
+  ``constants.PARAMETERS``), kept quadratic under the robust loss. A constant one width from its
+  physical value costs as much as one row off by the robust scale would under a squared loss,
+  so a constant that the rows left in a fit barely inform (A100 flash attention and the per-step
+  overhead when MosaicML's rows, nearly all the short-step A100 flash-attention rows, are held
+  out) falls back to physics instead of absorbing another mechanism's error (``--prior weak``:
+  the old uniform width 2.0 for every constant).
 
 Constants are per GPU family and precision or per mechanism (``constants.PARAMETERS``), never per
 row or per source. Overfitting shows in the cross-validation: for each source group the constants
@@ -37,8 +42,11 @@ from configurator.cost.step import StepInputs, evaluate, prepare
 from configurator.runs import RunCase, read_runs
 from configurator.validate import Prediction, pair_order, resolve_case, sweep_key, sweep_pair_indices
 
-PRIOR_WEIGHT = 0.05
 ROBUST_SCALE = 0.1
+WEAK_PRIOR_WIDTH = 2.0
+"""``--prior weak``: every constant's prior this wide (log scale: a factor e^2), the fit before the
+physical priors (its old ``PRIOR_WEIGHT`` 0.05 = ROBUST_SCALE / 2.0)."""
+PRIORS = ("physical", "weak")
 PAIR_WEIGHT = 1.0
 """Weight of the within-sweep ranking residuals: for each pair of rows of one sweep measured more
 than 5% apart, ``log(pred_i/pred_j) - log(meas_i/meas_j)`` (the difference of their log errors),
@@ -82,6 +90,9 @@ BOUND_REASONS: dict[str, str] = {
                          "bookkeeping - is not modelled; the bound keeps it from standing in for that).",
     "overhead.microbatch_s": "upper bound: DeepSpeed's pipeline engine (BLOOM rows) pays more per micro-batch than "
                              "Megatron's schedule; one constant serves both runtimes.",
+    "moe.expert_load_cv": "lower bound: 25 of the 32 MoE rows ran with force-balanced routing (JobSpec.moe_routing: "
+                          "no learned imbalance), and the learned-routing rows (GPT-OSS) are over-predicted by more "
+                          "than any expert imbalance explains, so no row asks for a busiest expert above the mean.",
     "attention.bwd_factor": "bound: flash-attention backward / forward time at the limit of the measured range.",
 }
 """Why a fitted constant sits at a bound (the fit's report lists every constant within 1% of one,
@@ -161,12 +172,34 @@ def log_errors(samples: list[Sample], constants: CostConstants) -> np.ndarray:
                      for s in samples])
 
 
+def prior_widths(prior: str = "physical") -> np.ndarray:
+    """Each constant's prior width on the fit's scale (``ParamDef.prior_width``, or the weak one)."""
+    if prior not in PRIORS:
+        from configurator.errors import InputError
+        raise InputError("prior", prior, f"must be one of {', '.join(PRIORS)}")
+    return np.array([p.prior_width if prior == "physical" else WEAK_PRIOR_WIDTH for p in PARAMETERS])
+
+
+def prior_residuals(x: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """Residuals whose soft_l1 cost is exactly ``0.5 * (ROBUST_SCALE * (x - default) / width)^2``.
+
+    least_squares applies the robust loss to every residual; a prior must stay Gaussian (its pull
+    grows with the distance), so the residual ``r`` is chosen with ``rho(r^2/f^2) f^2 = p^2`` for
+    ``p = ROBUST_SCALE * (x - default) / width``, i.e. ``r = f * sqrt((1 + p^2 / (2 f^2))^2 - 1)``."""
+    defaults = _to_x({p.name: p.default for p in PARAMETERS})
+    p = ROBUST_SCALE * (x - defaults) / widths
+    f = ROBUST_SCALE
+    return np.sign(p) * f * np.sqrt((1.0 + p * p / (2.0 * f * f)) ** 2 - 1.0)
+
+
 def fit(samples: list[Sample], start: dict[str, float] | None = None, *,
-        progress: Callable[[str], None] | None = None, tolerance: float = 1e-6) -> tuple[CostConstants, Any]:
+        progress: Callable[[str], None] | None = None, tolerance: float = 1e-6,
+        prior: str = "physical") -> tuple[CostConstants, Any]:
     """Least-squares fit of all constants on ``samples`` (module docstring)."""
     from scipy.optimize import least_squares
 
     defaults = _to_x({p.name: p.default for p in PARAMETERS})
+    widths = prior_widths(prior)
     keys = [sweep_key(s.case) for s in samples]
     pairs = sweep_pair_indices(keys, [s.measured_tokens_per_s_per_gpu for s in samples],
                                plans=[s.case.plan for s in samples])
@@ -183,12 +216,12 @@ def fit(samples: list[Sample], start: dict[str, float] | None = None, *,
         calls[0] += 1
         constants = CostConstants.from_dict(_from_x(x))
         data = log_errors(samples, constants)
-        prior = PRIOR_WEIGHT * (x - defaults)
+        penalty = prior_residuals(x, widths)
         if len(pi):
-            prior = np.concatenate([pw * (data[pi] - data[pj]), prior])
+            penalty = np.concatenate([pw * (data[pi] - data[pj]), penalty])
         if progress and calls[0] % 25 == 0:
             progress(f"{calls[0]} evaluations, median |log err| {np.median(np.abs(data)):.4f}")
-        return np.concatenate([data, prior])
+        return np.concatenate([data, penalty])
 
     sol = least_squares(residual, x0, bounds=(lo, hi), loss="soft_l1", f_scale=ROBUST_SCALE,
                         diff_step=1e-3, x_scale=1.0, max_nfev=60 * len(PARAMETERS), xtol=tolerance, ftol=tolerance)
@@ -228,6 +261,7 @@ class CalibrationResult:
     skipped: tuple[tuple[str, str], ...]
     runs_path: str
     runs_sha256: str
+    prior: str = "physical"
 
     def as_dict(self) -> dict[str, Any]:
         values = self.constants.as_dict()
@@ -237,11 +271,13 @@ class CalibrationResult:
                      "never per row or source. Regenerate with the command under fit.command.",
             "constants": {p.name: round(values[p.name], 6) for p in PARAMETERS},
             "fit": {
-                "command": f"configurator calibrate --runs {self.runs_path} --force",
+                "command": f"configurator calibrate --runs {self.runs_path} --force"
+                           + ("" if self.prior == "physical" else f" --prior {self.prior}"),
                 "runs": self.runs_path, "runs_sha256": self.runs_sha256,
                 "date": _dt.date.today().isoformat(), "rows": self.rows,
                 "loss": f"soft_l1 on log(predicted/measured) and on within-sweep pair log ratios (weight "
-                        f"{PAIR_WEIGHT}/sqrt(sweep rows)), scale {ROBUST_SCALE}; prior weight {PRIOR_WEIGHT}",
+                        f"{PAIR_WEIGHT}/sqrt(sweep rows)), scale {ROBUST_SCALE}; {self.prior} prior "
+                        f"(ROBUST_SCALE x distance from the physical default / width)",
                 "in_sample": self.in_sample,
                 "cross_validated": self.cross_validated,
                 "skipped": [{"run_id": r, "reason": why} for r, why in self.skipped],
@@ -252,31 +288,40 @@ class CalibrationResult:
         }
 
 
-def _fold(job: tuple[str, str, dict[str, float]]) -> tuple[dict[str, float], str]:
+def _fold(job: tuple[str, str, dict[str, float], str]) -> tuple[dict[str, float], str]:
     """Refit without one source group (run in a worker process)."""
-    runs, group, start = job
+    runs, group, start, prior = job
     samples, _ = load_samples(Path(runs))
     train = [s for s in samples if s.group != group]
-    fitted, _ = fit(train, start=start, tolerance=1e-4)
+    fitted, _ = fit(train, start=start, tolerance=1e-4, prior=prior)
     return fitted.as_dict(), group
 
 
 def calibrate(runs: Path, *, cross_validate: bool = True, workers: int = 2,
-              progress: Callable[[str], None] | None = None) -> CalibrationResult:
+              progress: Callable[[str], None] | None = None, prior: str = "physical",
+              cv_group: str | None = None) -> CalibrationResult:
+    """Fit on every row; with ``cross_validate``, refit once without each source group (or only
+    without ``cv_group``, a quicker check of one group; the overall CV figures then cover its rows
+    only) and predict the group left out."""
+    from configurator.errors import InputError
+
+    prior_widths(prior)
     samples, skipped = load_samples(runs)
     if not samples:
-        from configurator.errors import InputError
         raise InputError("runs", str(runs), "has no row with a measured throughput the model can predict")
+    all_groups = sorted({s.group for s in samples})
+    if cv_group is not None and cv_group not in all_groups:
+        raise InputError("cv-group", cv_group, f"must be one of: {'; '.join(all_groups)}")
     say = progress or (lambda _msg: None)
-    say(f"fitting {len(PARAMETERS)} constants to {len(samples)} rows")
-    constants, _ = fit(samples, progress=progress)
+    say(f"fitting {len(PARAMETERS)} constants to {len(samples)} rows ({prior} prior)")
+    constants, _ = fit(samples, progress=progress, prior=prior)
     in_sample = ranking_stats(samples, log_errors(samples, constants))
     say(f"in-sample median |error| {in_sample['median_abs_error_pct']}%")
     cv: dict[str, Any] | None = None
     if cross_validate:
-        groups = sorted({s.group for s in samples})
+        groups = [cv_group] if cv_group is not None else all_groups
         say(f"cross-validation: {len(groups)} refits, one without each source group, {workers} at a time")
-        jobs = [(str(runs), g, constants.as_dict()) for g in groups]
+        jobs = [(str(runs), g, constants.as_dict(), prior) for g in groups]
         if workers > 1:
             import multiprocessing
 
@@ -286,17 +331,23 @@ def calibrate(runs: Path, *, cross_validate: bool = True, workers: int = 2,
             folds = [_fold(job) for job in jobs]
         out_of_fold = np.zeros(len(samples))
         by_group = []
+        held: list[int] = []
         for g, (fold_values, _) in zip(groups, folds):
             test_idx = [i for i, s in enumerate(samples) if s.group == g]
             errs = log_errors([samples[i] for i in test_idx], CostConstants.from_dict(fold_values))
             out_of_fold[test_idx] = errs
+            held += test_idx
             by_group.append({"group": g, **error_stats(errs)})
             say(f"  without {g}: {len(test_idx)} rows, median |error| {by_group[-1]['median_abs_error_pct']}%")
-        cv = {"method": "leave-one-source-group-out (a group is a publisher; see configurator/calibrate.py)",
-              **ranking_stats(samples, out_of_fold), "by_group": by_group}
+        method = "leave-one-source-group-out (a group is a publisher; see configurator/calibrate.py)"
+        if cv_group is not None:
+            method = f"one source group left out ({cv_group}); figures cover its rows only"
+        held.sort()
+        cv = {"method": method, **ranking_stats([samples[i] for i in held], out_of_fold[held]),
+              "by_group": by_group}
     digest = hashlib.sha256(runs.read_bytes()).hexdigest()
     return CalibrationResult(constants=constants, in_sample=in_sample, cross_validated=cv, rows=len(samples),
-                             skipped=tuple(skipped), runs_path=str(runs), runs_sha256=digest)
+                             skipped=tuple(skipped), runs_path=str(runs), runs_sha256=digest, prior=prior)
 
 
 def write_calibration(result: CalibrationResult, out: Path) -> None:
@@ -305,5 +356,5 @@ def write_calibration(result: CalibrationResult, out: Path) -> None:
     tmp.replace(out)
 
 
-__all__ = ["BOUND_REASONS", "CalibrationResult", "at_bound", "Sample", "calibrate", "error_stats", "fit", "load_samples", "log_errors",
+__all__ = ["BOUND_REASONS", "CalibrationResult", "at_bound", "prior_residuals", "prior_widths", "Sample", "calibrate", "error_stats", "fit", "load_samples", "log_errors",
            "source_group", "write_calibration"]

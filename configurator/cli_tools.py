@@ -141,6 +141,8 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
         cross_validate: Annotated[bool, typer.Option("--cv/--no-cv", help="Also report leave-one-source-group-out errors (refits once per group).")] = True,
         workers: Annotated[int, typer.Option("--workers", help="Processes for the cross-validation refits.")] = 2,
+        prior: Annotated[str, typer.Option("--prior", help="physical: each constant pulled toward its physical default by its own width (constants.PARAMETERS); weak: one wide prior for all (the fit before per-constant priors).")] = "physical",
+        cv_group: Annotated[Optional[str], typer.Option("--cv-group", help="Cross-validate by leaving out only this source group (a publisher, e.g. 'MosaicML llm-foundry'); quicker than every group.")] = None,
         as_json: JsonOpt = False,
     ) -> None:
         """Fit the cost model's named constants to measured runs (least squares on log error)."""
@@ -156,7 +158,10 @@ def register(app: typer.Typer) -> None:
         say = (lambda msg: None) if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
         if not 1 <= workers <= MAX_WORKERS:
             raise InputError("workers", workers, f"must be in 1..{MAX_WORKERS}")
-        result = run_calibration(runs, cross_validate=cross_validate, workers=workers, progress=say)
+        if prior not in ("physical", "weak"):
+            raise InputError("prior", prior, "must be one of physical, weak")
+        result = run_calibration(runs, cross_validate=cross_validate, workers=workers, progress=say, prior=prior,
+                                 cv_group=cv_group)
         with _writing("out", target):
             write_calibration(result, target)
         d = result.as_dict()

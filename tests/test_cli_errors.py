@@ -283,3 +283,18 @@ def test_error_lines_stay_short_whatever_the_value() -> None:
     # A 100,000-element list from a hostile profile, an integer past Python's 4,300-digit repr limit.
     assert len(str(InputError("cluster:nodes", list(range(100_000)), "must be a list of objects"))) < 260
     assert str(InputError("num_layers", 10**5000, "too big")) == "num_layers=<16610-bit integer>: too big"
+
+
+def test_calibrate_names_a_bad_prior_or_an_unknown_cv_group_before_fitting(tmp_path: Path) -> None:
+    import csv
+
+    rows = [r for r in csv.DictReader(RUNS.open()) if r["measured_tokens_per_s_per_gpu"]][:6]
+    runs = tmp_path / "runs.csv"
+    with runs.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = str(tmp_path / "c.json")
+    assert field_of("calibrate", "--runs", str(runs), "--out", out, "--prior", "strong") == "prior"
+    assert field_of("calibrate", "--runs", str(runs), "--out", out, "--cv-group", "Nobody") == "cv-group"
+    assert not (tmp_path / "c.json").exists()

@@ -47,6 +47,22 @@ def test_gemm_time_carries_the_wave_slowdown_of_the_gpu() -> None:
     assert math.isclose(rates.gemm_s(m, n, k, 1, True), smooth * wave_slowdown(m, n, k, 1, 108), rel_tol=1e-12)
 
 
+def test_stream_k_splits_only_the_last_partial_wave_on_hopper_and_blackwell() -> None:
+    # 1792 x 2560 output on an H100 (132 SMs): 14 x 10 = 140 tiles, one full wave and 8 tiles left over.
+    m, n = 1792, 2560
+    assert math.isclose(wave_efficiency(m, n, 1, 132, 4096), (140 / 132) / 2, rel_tol=1e-12)  # Ampere rule
+    # Stream-K: the 8 remaining tiles split 16 ways (132 // 8 = 16, 4096 // 256 = 16): 1 + 1/16 waves.
+    assert math.isclose(wave_efficiency(m, n, 1, 132, 4096, stream_k=True), (140 / 132) / (1 + 1 / 16), rel_tol=1e-12)
+    # A short reduction (k = 1024) allows only 4 slices of >= 256: 1 + 1/4 waves.
+    assert math.isclose(wave_efficiency(m, n, 1, 132, 1024, stream_k=True), (140 / 132) / 1.25, rel_tol=1e-12)
+    # Whole waves lose nothing either way; under one wave both are split-K.
+    assert wave_efficiency(128 * 12, 256 * 11, 1, 132, 4096, stream_k=True) == 1.0
+    assert wave_efficiency(256, 512, 8, 132, 1024, True) == wave_efficiency(256, 512, 8, 132, 1024) == 128 / 132
+    # The GPU's architecture decides: an H100 gets stream-K, an A100 keeps whole last waves.
+    assert gpu_rates(load_cluster("dgx-h100", num_gpus=8), "bf16", C).stream_k
+    assert not gpu_rates(load_cluster("dgx-a100", num_gpus=8), "bf16", C).stream_k
+
+
 def test_interleaving_needs_a_multiple_of_pp_microbatches_as_megatron_checks() -> None:
     # Megatron-Core's interleaved schedule (microbatch_group_size_per_vp_stage = pp) raises unless the
     # micro-batches are a multiple of pp: 8 sequences over dp 1 at pp 4 is fine, 6 is refused, 2 is refused.

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from configurator.cost.constants import CostConstants
-from configurator.cost.waves import sm_count, wave_slowdown
+from configurator.cost.waves import STREAM_K_ARCHITECTURES, sm_count, wave_slowdown
 from configurator.cost.work import BF16, LayerWork
 from configurator.specs.hardware import ClusterSpec
 
@@ -55,12 +55,15 @@ class GpuRates:
     whole s x s score matrix plus its softmax/dropout traffic, ``UNFUSED_SCORE_BYTES`` per score)."""
     sm_count: int = 0
     """SMs that a GEMM's output tiles are spread over in waves (cost/waves.py); 0 = no wave model."""
+    stream_k: bool = False
+    """cuBLAS splits the last partial wave along the reduction (Hopper, Blackwell; cost/waves.py)."""
 
     def gemm_s(self, m: float, n: float, k: float, count: float, bf16: bool) -> float:
         curve = self.gemm_bf16 if bf16 else self.gemm
         d0 = curve.half_dim
         eff = (m / (m + d0)) * (n / (n + d0)) * (k / (k + d0))
-        flops_s = 2.0 * m * n * k * count / (curve.max_flops * eff) * wave_slowdown(m, n, k, count, self.sm_count)
+        flops_s = 2.0 * m * n * k * count / (curve.max_flops * eff) * wave_slowdown(m, n, k, count, self.sm_count,
+                                                                                      self.stream_k)
         in_bytes = BF16 if bf16 else self.gemm_input_bytes
         bytes_s = count * ((m * k + k * n) * in_bytes + m * n * BF16) / self.hbm_Bps
         return max(flops_s, bytes_s)
@@ -158,7 +161,8 @@ def gpu_rates(cluster: ClusterSpec, precision: str, constants: CostConstants,
                     hbm_Bps=measured_hbm_Bps(cluster) or gpu.hbm_bandwidth_Bps * constants["memory.hbm"],
                     gemm_input_bytes=1.0 if precision in ("fp8", "fp4") else float(BF16),
                     attention_kernel=attention_kernel,
-                    sm_count=sm_count(gpu.key, gpu.architecture or gpu.family))
+                    sm_count=sm_count(gpu.key, gpu.architecture or gpu.family),
+                    stream_k=(gpu.architecture or gpu.family) in STREAM_K_ARCHITECTURES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,27 +33,44 @@ class ParamDef:
     lower: float
     upper: float
     doc: str
+    prior_width: float = 2.0
+    """Width (one standard deviation, on the fit's scale: log for positive constants, linear for shares
+    that may be 0) of the physical prior centred on ``default`` that calibrate.py adds to the fit. A
+    constant one width from its default costs the fit as much as one row off by the robust scale (10%)
+    would under a squared loss, so
+    a constant that the remaining rows barely inform (e.g. A100 attention when the one publisher with
+    A100 flash-attention rows is left out) falls back to its physical value instead of absorbing
+    another mechanism's error. 2.0 (a factor e^2 = 7.4) is the old uniform weak prior, kept where no
+    measurement narrows the value."""
+    prior_source: str = ""
+    """Where the default and its width come from (empty where the weak prior is kept)."""
 
 
 PARAMETERS: tuple[ParamDef, ...] = (
     ParamDef(name="gemm.ampere.bf16", default=0.75, lower=0.4, upper=0.9,
              doc="Large-GEMM throughput / dense peak, A100, bf16 and fp16 (cuBLAS reaches 0.8-0.88 on "
-                 "large square GEMMs; 0.9 is the most any kernel sustains at the boost clock)."),
+                 "large square GEMMs; 0.9 is the most any kernel sustains at the boost clock).",
+             prior_width=0.1, prior_source="cuBLAS bf16 on A100 SXM: 250-275 of 312 TFLOP/s on large square GEMMs (0.8-0.88); a factor e^0.1 around 0.75 spans 0.68-0.83."),
     ParamDef(name="gemm.hopper.bf16", default=0.7, lower=0.4, upper=0.9,
              doc="Large-GEMM throughput / dense peak, H100/H200/H800, bf16 and fp16 (cuBLAS: ~0.75-0.8 of "
-                 "989 TFLOP/s at the power-limited clock)."),
+                 "989 TFLOP/s at the power-limited clock).",
+             prior_width=0.1, prior_source="cuBLAS bf16 on H100 SXM: ~650-750 of 989 TFLOP/s on large GEMMs at the power-limited clock (0.66-0.76)."),
     ParamDef(name="gemm.hopper.fp8", default=0.85, lower=0.4, upper=1.0,
              doc="fp8 GEMM efficiency (of the fp8 peak) / bf16 GEMM efficiency (of the bf16 peak), Hopper: "
                  "the fp8 speed-up over bf16 as a share of the 2x peak ratio, so it can never exceed it "
-                 "(per-tensor scaling and casts cost some of it)."),
+                 "(per-tensor scaling and casts cost some of it).",
+             prior_width=0.1, prior_source="H100 fp8 GEMMs reach ~1.6-1.8x bf16 (of a 2x peak ratio) in cuBLAS/Transformer Engine benchmarks: 0.8-0.9."),
     ParamDef(name="gemm.blackwell.bf16", default=0.7, lower=0.4, upper=0.9,
-             doc="Large-GEMM throughput / dense peak, B200/B300/GB200/GB300, bf16."),
+             doc="Large-GEMM throughput / dense peak, B200/B300/GB200/GB300, bf16.",
+             prior_width=0.15, prior_source="B200 cuBLAS bf16 ~1.5-1.7 of 2.25 PFLOP/s dense (0.65-0.75); wider: few public measurements."),
     ParamDef(name="gemm.blackwell.fp8", default=0.85, lower=0.4, upper=1.0,
              doc="fp8 (MXFP8) efficiency / bf16 efficiency, Blackwell: the fp8 speed-up as a share of the "
-                 "peak ratio (<= 1)."),
+                 "peak ratio (<= 1).",
+             prior_width=0.1, prior_source="Blackwell MXFP8 vs bf16: ~1.7x of a 2x peak ratio in NVIDIA's cuBLAS blog figures."),
     ParamDef(name="gemm.blackwell.fp4", default=0.8, lower=0.3, upper=1.0,
              doc="fp4 (NVFP4) efficiency / fp8 efficiency, Blackwell: the fp4 speed-up over fp8 as a share "
-                 "of the peak ratio (<= 1)."),
+                 "of the peak ratio (<= 1).",
+             prior_width=0.15, prior_source="NVFP4 vs fp8: ~1.5-1.8x of a 2x peak ratio (cuBLAS 12.9 release figures); wider: one source."),
     ParamDef(name="gemm.half_dim", default=96.0, lower=32.0, upper=512.0,
              doc="GEMM size curve: efficiency = max * prod(d / (d + half_dim)) over m, n, k - the dimension "
                  "at which a thin GEMM runs at half the large-GEMM rate (wave quantisation and tile "
@@ -61,43 +78,56 @@ PARAMETERS: tuple[ParamDef, ...] = (
                  "8192 x 8192 at ~0.5-0.6 of the large-GEMM rate). Below 32 a 16-row GEMM would run at "
                  "a third of peak, which no tile can."),
     ParamDef(name="attention.ampere", default=0.55, lower=0.2, upper=0.85,
-             doc="Flash-attention throughput / bf16 dense peak on long sequences, A100 (FA2: ~0.6-0.7 fwd)."),
+             doc="Flash-attention throughput / bf16 dense peak on long sequences, A100 (FA2: ~0.6-0.7 fwd).",
+             prior_width=0.2, prior_source="FlashAttention-2 paper (Dao 2023, fig. 4-6): forward up to 0.73 of A100 peak at head dim 128, ~0.5-0.65 at 64; 0.55 +- a factor e^0.2."),
     ParamDef(name="attention.hopper", default=0.5, lower=0.2, upper=0.85,
              doc="Flash-attention throughput / bf16 dense peak on long sequences, Hopper (FA3/cuDNN: "
-                 "~0.75 fwd at 16K)."),
+                 "~0.75 fwd at 16K).",
+             prior_width=0.3, prior_source="FlashAttention-3 paper (Shah et al. 2024): bf16 forward 0.6-0.75 of H100 peak at 8K-16K; cuDNN similar."),
     ParamDef(name="attention.blackwell", default=0.5, lower=0.2, upper=0.85,
-             doc="Flash-attention throughput / bf16 dense peak on long sequences, Blackwell (cuDNN)."),
+             doc="Flash-attention throughput / bf16 dense peak on long sequences, Blackwell (cuDNN).",
+             prior_width=0.3, prior_source="cuDNN attention on B200: NVIDIA quotes ~1.2-1.6 PFLOP/s forward (0.55-0.7 of 2.25); wider: vendor figures only."),
     ParamDef(name="attention.fa2.hopper", default=0.35, lower=0.15, upper=0.7,
              doc="flash-attention 2 (PyTorch SDPA, flash-attn 2) throughput / bf16 dense peak on Hopper, "
                  "which lacks FA3's Hopper kernels (FA3 paper: FA2 reaches ~0.35 of H100 peak); "
-                 "Blackwell scales by the same ratio to cuDNN."),
+                 "Blackwell scales by the same ratio to cuDNN.",
+             prior_width=0.2, prior_source="FlashAttention-3 paper: FA2 reaches ~0.3-0.4 of H100 peak (no wgmma/TMA)."),
     ParamDef(name="attention.half_len", default=256.0, lower=16.0, upper=4096.0,
-             doc="Attention length curve: efficiency = max * s_kv / (s_kv + half_len)."),
+             doc="Attention length curve: efficiency = max * s_kv / (s_kv + half_len).",
+             prior_width=0.7, prior_source="FlashAttention-2 paper's A100 benchmarks: at 512 keys the forward runs at ~0.65-0.8 of its 16K rate (half_len ~130-280); a factor 2 around 256."),
     ParamDef(name="attention.bwd_factor", default=3.0, lower=2.5, upper=5.0,
              doc="Flash-attention backward time / forward time: 2.5x the FLOPs (5 matmuls vs 2) at a lower "
-                 "efficiency (FA2/FA3 backward runs at 0.5-0.9 of the forward's rate)."),
+                 "efficiency (FA2/FA3 backward runs at 0.5-0.9 of the forward's rate).",
+             prior_width=0.15, prior_source="FlashAttention-2/3 papers: backward runs 2.5x the forward's FLOPs at 0.75-0.9 of its rate (FA2 A100: 0.63 vs 0.73 of peak), so 2.8-3.4."),
     ParamDef(name="memory.hbm", default=0.6, lower=0.3, upper=0.92,
              doc="Achieved / nominal HBM bandwidth of memory-bound kernels (norms, activations, "
-                 "residuals, casts, optimizer); a streaming copy reaches ~0.9 of nominal."),
+                 "residuals, casts, optimizer); a streaming copy reaches ~0.9 of nominal.",
+             prior_width=0.3, prior_source="Memory-bound kernels (norms, casts, optimizer) reach 0.5-0.9 of nominal HBM bandwidth; a streaming copy ~0.9."),
     ParamDef(name="link.nvlink", default=0.75, lower=0.3, upper=0.95,
-             doc="Achieved / nominal NVLink bus bandwidth of NCCL collectives."),
+             doc="Achieved / nominal NVLink bus bandwidth of NCCL collectives.",
+             prior_width=0.15, prior_source="nccl-tests on H100 NVLink4: all-reduce bus bandwidth ~360-480 of 450 GB/s (0.8-0.9 at large messages, less at the MB-sized messages of TP)."),
     ParamDef(name="link.scale_out", default=0.8, lower=0.3, upper=0.97,
-             doc="Achieved / nominal scale-out (InfiniBand/RoCE) bus bandwidth of NCCL collectives."),
+             doc="Achieved / nominal scale-out (InfiniBand/RoCE) bus bandwidth of NCCL collectives.",
+             prior_width=0.15, prior_source="nccl-tests over 400G InfiniBand/RoCE: bus bandwidth ~0.75-0.95 of line rate at large messages."),
     ParamDef(name="link.alltoall", default=0.7, lower=0.25, upper=0.95,
              doc="Achieved / nominal bandwidth of an all-to-all (EP dispatch/combine, Ulysses CP), its own "
                  "efficiency on NVLink and on the scale-out NIC rather than a fraction of the ring collectives' "
                  "(one message per peer, no ring steps): NCCL all-to-all on NVSwitch reaches ~0.75-0.85 of the "
                  "link for MB-size messages, DeepEP's normal kernels ~0.95 on NVLink (153-158 of 160 GB/s, H800) "
-                 "and ~0.9 of a 400 Gb/s NIC (43-58 GB/s RDMA; deepseek-ai/DeepEP README)."),
+                 "and ~0.9 of a 400 Gb/s NIC (43-58 GB/s RDMA; deepseek-ai/DeepEP README).",
+             prior_width=0.3, prior_source="NCCL all-to-all on NVSwitch ~0.75-0.85 of the link at MB-size messages; DeepEP ~0.95 on NVLink and ~0.9 of a 400 Gb/s NIC (deepseek-ai/DeepEP README)."),
     ParamDef(name="overhead.launch_s", default=1e-5, lower=3e-6, upper=4e-5,
              doc="Host time to issue one kernel from eager PyTorch (CUDA launch ~4 us plus the Python/ATen "
                  "dispatch). Costs time only where a layer's GPU work is shorter than its launches, or "
-                 "after an MoE dispatcher's device-to-host sync (cost/launch.py)."),
+                 "after an MoE dispatcher's device-to-host sync (cost/launch.py).",
+             prior_width=0.7, prior_source="CUDA launch ~4-5 us plus ATen/Python dispatch ~5-20 us per kernel in eager PyTorch."),
     ParamDef(name="overhead.step_s", default=0.05, lower=1e-3, upper=1.0,
-             doc="Fixed time per optimizer step (data loading, logging, synchronisation, grad-norm)."),
+             doc="Fixed time per optimizer step (data loading, logging, synchronisation, grad-norm).",
+             prior_width=1.0, prior_source="Per-step host work (grad-norm all-reduce, logging, data-loader hand-off) is ~10-100 ms in Megatron/llm-foundry step logs; a factor e around 50 ms."),
     ParamDef(name="overhead.microbatch_s", default=2e-3, lower=1e-5, upper=2e-2,
              doc="Host overhead per micro-batch per pipeline rank (schedule bookkeeping, data loading, "
-                 "transfer set-up), forward + backward."),
+                 "transfer set-up), forward + backward.",
+             prior_width=1.0, prior_source="Per-micro-batch host work (schedule bookkeeping, batch transfer) ~1-5 ms in Megatron timers; a factor e around 2 ms."),
     ParamDef(name="moe.expert_load_cv", default=0.15, lower=0.0, upper=0.5,
              doc="Coefficient of variation of the tokens routed to one expert (dropless, aux-loss balanced "
                  "routers keep it ~0.1-0.3). The busiest EP rank's load sets the MoE layer's time "

@@ -13,6 +13,14 @@ factor is the mean slowdown of its forward, dgrad and wgrad (the step model time
 twice the forward). Grouped GEMMs (MoE experts) and batched GEMMs schedule all their tiles as one
 launch, so the tiles of all ``count`` members share waves. A GEMM with fewer tiles than SMs (the wgrad of
 a small hidden size reducing over many tokens) is split along its reduction to fill them (split-K).
+
+Stream-K (Hopper and Blackwell): cuBLAS's sm90/sm100 GEMMs are persistent kernels whose tile
+scheduler can split the *last* wave's tiles along the reduction too (CUTLASS's "data-parallel +
+one stream-K wave" decomposition, Osama et al. 2023), so the remainder of ``r`` tiles runs in
+``split = min(sms // r, reduction // MIN_SPLIT_K)`` slices and takes ``1 / split`` of a tile's time
+instead of a whole one. Ampere's cuBLAS (CUDA 11) has no such scheduler: its last wave stays whole.
+Splitting the remainder this way is the same rule as split-K under one wave (no full wave), so the
+two cases share one formula: ``efficiency = (tiles / sms) / (full_waves + 1 / split)``.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ SM_COUNT: dict[str, int] = {
     "mi250x": 110, "mi300x": 304, "mi325x": 304, "mi355x": 256,  # AMD compute units (one GCD for MI250X)
 }
 """Streaming multiprocessors (AMD: compute units) per GPU, by preset key."""
+STREAM_K_ARCHITECTURES = frozenset({"hopper", "blackwell"})
+"""GPU architectures whose cuBLAS splits the last partial wave (module docstring)."""
 SM_COUNT_BY_ARCHITECTURE: dict[str, int] = {
     "volta": 80, "turing": 40, "ampere": 108, "ada": 142, "hopper": 132, "blackwell": 148,
     "cdna2": 110, "cdna3": 304, "cdna4": 256,
@@ -46,30 +56,34 @@ def sm_count(key: str, architecture: str) -> int:
     return SM_COUNT.get(key) or SM_COUNT_BY_ARCHITECTURE.get(architecture, 0)
 
 
-def wave_efficiency(rows: float, cols: float, count: float, sms: int, reduction: float = 0.0) -> float:
+def wave_efficiency(rows: float, cols: float, count: float, sms: int, reduction: float = 0.0,
+                    stream_k: bool = False) -> float:
     """Share of the SMs' time a GEMM with a ``rows x cols`` output (``count`` of them) keeps busy.
 
     Under one wave, cuBLAS splits the ``reduction`` dimension (split-K) into as many slices as fill the
-    SMs, each slice at least ``MIN_SPLIT_K`` long; a GEMM of one wave or more runs unsplit (the A100-era
-    heuristics; split-K costs an extra reduction of the output)."""
+    SMs, each slice at least ``MIN_SPLIT_K`` long; a GEMM of one wave or more runs its last wave
+    unsplit (the A100-era heuristics; split-K costs an extra reduction of the output), unless
+    ``stream_k``, where the last wave's tiles are split the same way (module docstring)."""
     if sms <= 0:
         return 1.0
     tiles = math.ceil(rows / TILE_M) * math.ceil(cols / TILE_N) * max(1.0, math.ceil(count))
-    if tiles < sms:
-        split = max(1, min(sms // tiles, int(reduction // MIN_SPLIT_K)))
-        return tiles * split / sms
-    waves = tiles / sms
-    return waves / math.ceil(waves)
+    full, remainder = divmod(int(tiles), sms)
+    if remainder == 0:
+        return 1.0
+    if full > 0 and not stream_k:
+        return (tiles / sms) / (full + 1)
+    split = max(1, min(sms // remainder, int(reduction // MIN_SPLIT_K)))
+    return (tiles / sms) / (full + 1.0 / split)
 
 
-def wave_slowdown(m: float, n: float, k: float, count: float, sms: int) -> float:
+def wave_slowdown(m: float, n: float, k: float, count: float, sms: int, stream_k: bool = False) -> float:
     """Mean of 1 / wave efficiency over the forward (m x n output, reducing k), dgrad (m x k, reducing n)
     and wgrad (n x k, reducing m) GEMMs."""
     if sms <= 0:
         return 1.0
-    return (1.0 / wave_efficiency(m, n, count, sms, k) + 1.0 / wave_efficiency(m, k, count, sms, n)
-            + 1.0 / wave_efficiency(n, k, count, sms, m)) / 3.0
+    return (1.0 / wave_efficiency(m, n, count, sms, k, stream_k) + 1.0 / wave_efficiency(m, k, count, sms, n, stream_k)
+            + 1.0 / wave_efficiency(n, k, count, sms, m, stream_k)) / 3.0
 
 
-__all__ = ["SM_COUNT", "SM_COUNT_BY_ARCHITECTURE", "TILE_M", "TILE_N", "sm_count", "wave_efficiency",
+__all__ = ["SM_COUNT", "SM_COUNT_BY_ARCHITECTURE", "STREAM_K_ARCHITECTURES", "TILE_M", "TILE_N", "sm_count", "wave_efficiency",
            "wave_slowdown", "MIN_SPLIT_K"]
