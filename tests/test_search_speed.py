@@ -63,6 +63,26 @@ def test_shared_layer_bounds_equal_the_step_models_bound(ctx: SearchContext) -> 
     assert bounds.layer_keys_timed < settings
 
 
+@pytest.mark.parametrize("ctx", [ctx_for("mixtral-8x7b", "dgx-h100", 64, 256, 4096),
+                                 ctx_for("deepseek-v3", "h800-ib", 256, 1024, 4096)], ids=["mixtral", "deepseek-v3"])
+def test_a_familys_shared_bound_is_below_each_members_bound(ctx: SearchContext) -> None:
+    """The exhaustive search drops whole families (structures differing only in pp, vpp, dp and the split)
+    on one bound: it must never exceed the bound of any member, or an optimum could be skipped."""
+    bounds = StructureBounds(ctx, CONSTANTS)
+    families: dict[tuple, list[Plan]] = {}
+    for plan in enumerate_plans(ctx):
+        key = bounds.family_key(plan)
+        if key is not None:
+            families.setdefault(key, []).append(plan)
+    assert len(families) > 20 and max(len(m) for m in families.values()) > 3
+    for key in random.Random(2).sample(sorted(families, key=repr), 40):
+        members = families[key]
+        shared = bounds.family_bound(members)
+        own = [bounds.bound(p) for p in members]
+        assert shared < min(own), members[0].describe()
+        assert shared > 0.3 * min(own)  # a useful bound, not a trivial one
+
+
 def _options(res) -> list[tuple[Plan, str]]:  # type: ignore[no-untyped-def]
     return [(o.plan, o.why) for o in res.options]
 

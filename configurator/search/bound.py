@@ -35,10 +35,15 @@ from configurator.cost.step import (StepInputs, VirtualStage, _per_microbatch_sh
 from configurator.cost.work import embedding_work, head_work, layer_work, mtp_projection_work
 from configurator.search.knobs import optimistic_plans
 from configurator.search.space import SearchContext
-from configurator.specs.plan import PLAN_FIELDS, Plan, replace_unchecked
+from configurator.specs.plan import PLAN_FIELDS, Plan, ep_overlap_conflicts, replace_unchecked
 
 _LAYER_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload")))
 """The plan fields a layer's time depends on (for plans without per-micro-batch sharding traffic)."""
+
+
+FAMILY_BOUND_SLACK = 1e-9
+"""Relative amount a family's bound is lowered by, so that float rounding in its sum (a different order
+than each member's) can never put it above a member's bound."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +143,48 @@ class StructureBounds:
         return min(busy_lower_bound(inp if v is variants[0] else dc_replace(inp, plan=v, _rates={}, _schedules={}),
                                     self.c) for v in variants)
 
+    def family_key(self, plan: Plan) -> tuple | None:
+        """The family ``plan`` belongs to: structures with the same layer key (they differ only in pp, vpp,
+        dp and the split), bounded together by ``family_bound``; None for a plan that needs a preparation
+        (it is bounded on its own)."""
+        return None if self._needs_preparation(plan) else self.layer_key(plan)
+
+    def family_bound(self, members: list[Plan]) -> float:
+        """A lower bound of ``bound(p)`` for every ``p`` of one family (``family_key``), from its layer
+        times alone: the busiest pipeline rank has at least the mean rank's work, so a structure's bound
+        is at least ``m / pp x W + m x overhead.microbatch_s + overhead.step_s``, where ``W`` is the whole
+        model's forward + backward of one micro-batch (every layer, embedding and head, which no pp/vpp
+        split changes) and ``m`` the micro-batches; ``m / pp = global batch x tp x cp / (micro-batch x
+        GPUs)`` is the same for every member whose counts divide evenly. The least over the family's
+        knob settings (they differ between members only where Megatron's EP overlap conflicts with a
+        non-interleaved pipeline), less a relative 1e-9 for rounding, so it is strictly below every
+        member's bound and a family is opened before any of its members would be taken.
+
+        The search takes families best-bound-first and bounds their members only when a family reaches
+        the front, so the structures of families that cannot beat the k-th best are never bounded one by
+        one (most of a large space); the order in which structures are taken is unchanged."""
+        ctx, c, job = self.ctx, self.c, self.ctx.job
+        rate = float("inf")
+        least_m = float("inf")
+        kinds: dict[bool, Plan] = {}
+        for p in members:
+            m = max(1, p.num_microbatches(job))
+            rate = min(rate, m / p.pp)
+            least_m = min(least_m, m)
+            kinds.setdefault(bool(ep_overlap_conflicts(p)), p)
+        n_moe = self._moe_prefix[-1]
+        n_dense = ctx.model.num_layers - n_moe
+        work = float("inf")
+        for p in kinds.values():
+            for v in optimistic_plans(p, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe):
+                v = self._settled(v)
+                if v.sharding == "zero2":
+                    v = replace_unchecked(v, sharding="distopt")  # as ``_arithmetic``
+                t = self._times(v)
+                work = min(work, n_dense * t.dense_s + n_moe * t.moe_s + t.embedding_s + t.head_s)
+        bound = rate * work + least_m * c["overhead.microbatch_s"] + c["overhead.step_s"]
+        return bound * (1.0 - FAMILY_BOUND_SLACK)
+
     @staticmethod
     def _needs_preparation(plan: Plan) -> bool:
         """Per-micro-batch sharding traffic (ZeRO-3/FSDP/HSDP gathers, ZeRO-2's reduce-scatters without
@@ -194,4 +241,4 @@ class StructureBounds:
         return best + c["overhead.step_s"]
 
 
-__all__ = ["LayerTimes", "StructureBounds"]
+__all__ = ["FAMILY_BOUND_SLACK", "LayerTimes", "StructureBounds"]
