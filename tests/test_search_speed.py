@@ -50,6 +50,9 @@ def test_shared_layer_bounds_equal_the_step_models_bound(ctx: SearchContext) -> 
     # Recompute and sharding variants too (options are bounded the same way).
     sample += [replace_unchecked(p, recompute="full", recompute_num_layers=0) for p in sample[:10]]
     sample += [replace_unchecked(p, recompute="selective") for p in sample[:10]]
+    # Partial recompute (k layers of each chunk: timed per chunk size), incl. uneven splits and ZeRO-2 under PP.
+    sample += [replace_unchecked(p, recompute="full", recompute_num_layers=k, sharding=sh)
+               for p in sample[10:25] for k in (1, 2) for sh in ("distopt", "zero2") if p.dp * p.cp > 1]
     # ZeRO-2 with and without PP (under PP it reduces once per step: timed from the shared layer keys),
     # ZeRO-3 (dp-dependent gathers: one preparation shared by the knob variants).
     sample += [replace_unchecked(p, sharding=sh) for p in sample[:20] if p.dp * p.cp > 1 for sh in ("zero2", "zero3")]

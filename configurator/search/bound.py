@@ -80,8 +80,12 @@ class StructureBounds:
         the offload fraction)."""
         return _LAYER_FIELDS(plan)
 
-    def _times(self, plan: Plan) -> LayerTimes:
-        key = self.layer_key(plan)
+    def _times(self, plan: Plan, chunk: int = 1) -> LayerTimes:
+        """Per-layer times of ``plan``'s layer key; ``chunk``: the layers of the virtual stage they sit in,
+        which matters only under a partial recompute (each layer of a chunk recomputes ``min(1, k /
+        chunk)`` of its forward, ``_stage_times``), so it is part of the key only then."""
+        partial = plan.recompute == "full" and plan.recompute_num_layers > 0
+        key = (self.layer_key(plan), chunk) if partial else self.layer_key(plan)
         hit = self._layer.get(key)
         if hit is not None:
             return hit
@@ -102,7 +106,9 @@ class StructureBounds:
         works.append((embedding_work(ctx.model, ctx.job, flat), False))
         works.append((head_work(ctx.model, ctx.job, flat), False))
         works.append((mtp_projection_work(ctx.model, ctx.job, flat), False))  # used when the model has MTP
-        single = dc_replace(inp, stages=tuple(VirtualStage(works=((w, 1, moe),), num_layers=1) for w, moe in works),
+        layers = chunk if partial else 1
+        single = dc_replace(inp, stages=tuple(VirtualStage(works=((w, 1, moe),), num_layers=layers)
+                                              for w, moe in works),
                             zero3_layer_bytes=(0.0,) * len(works))
         rates = _rates_for(single, c)
         comm = single.comm.with_efficiency(link_efficiency(c))
@@ -136,7 +142,7 @@ class StructureBounds:
                     optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe)]
         if not self._needs_preparation(plan):
             return min(self._arithmetic(v) for v in variants)
-        # dp-dependent gathers or a partial recompute: one preparation (the knobs change no prepared
+        # dp-dependent gathers: one preparation (the knobs change no prepared
         # field: ``knobs._optimistic`` swaps them the same way), each variant timed on it.
         self.full_preparations += 1
         inp = prepare(ctx.model, ctx.cluster, ctx.job, variants[0], runtime=ctx.runtime)
@@ -185,11 +191,24 @@ class StructureBounds:
         bound = rate * work + least_m * c["overhead.microbatch_s"] + c["overhead.step_s"]
         return bound * (1.0 - FAMILY_BOUND_SLACK)
 
+    def relaxed_bound(self, plan: Plan) -> float:
+        """A lower bound of ``bound(plan)`` without a preparation, for a plan that needs one: the same plan
+        under the distributed optimizer. Per-micro-batch sharding only adds gathers and reduce-scatters
+        (and the compute slowdown of hiding them) to every layer, so the bound can only be higher with
+        it; less a relative ``FAMILY_BOUND_SLACK`` for the different order of summation. The search
+        uses it to put off an option's preparation until it reaches the front."""
+        plain = replace_unchecked(plan, sharding="distopt", shard_group=0)
+        return self.bound(plain) * (1.0 - FAMILY_BOUND_SLACK)
+
+    def needs_preparation(self, plan: Plan) -> bool:
+        return self._needs_preparation(plan)
+
     @staticmethod
     def _needs_preparation(plan: Plan) -> bool:
         """Per-micro-batch sharding traffic (ZeRO-3/FSDP/HSDP gathers, ZeRO-2's reduce-scatters without
-        PP: they depend on dp) or a partial recompute (not linear in a chunk's layers)."""
-        return bool(_per_microbatch_sharding(plan)) or (plan.recompute == "full" and plan.recompute_num_layers > 0)
+        PP): they depend on dp and on each stage's mean layer size. (A partial recompute is timed from
+        per-layer times keyed by the chunk's layer count, ``_times``.)"""
+        return bool(_per_microbatch_sharding(plan))
 
     def _settled(self, plan: Plan) -> Plan:
         """The plan with a runtime-default EP overlap made explicit: whether Megatron can run it depends on
@@ -220,13 +239,17 @@ class StructureBounds:
             # ZeRO-2 under PP reduces once per step (``_per_microbatch_sharding``): its layers time like
             # the distributed optimizer's, so they share its layer key.
             plan = replace_unchecked(plan, sharding="distopt")
-        t = self._times(plan)
+        partial = plan.recompute == "full" and plan.recompute_num_layers > 0
+        t = None if partial else self._times(plan)
         pp = plan.pp
         virtual, m = self._layout(plan)
         last = len(virtual) - 1
         per_mb = c["overhead.microbatch_s"] / plan.vpp
         times = []
         for v, (n_dense, n_moe) in enumerate(virtual):
+            if partial:
+                t = self._times(plan, n_dense + n_moe)
+            assert t is not None
             s = n_dense * t.dense_s + n_moe * t.moe_s + per_mb
             if v == 0:
                 s += t.embedding_s

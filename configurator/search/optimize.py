@@ -357,6 +357,20 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
                 # bound only when they reach the front (kind 3), since it needs a full preparation.
                 heapq.heappush(queue, (lb, next(counter), 1 if option.plan is item else 3, option))
         elif kind == 3:
+            plan = item.plan  # type: ignore[attr-defined]
+            if bounds.needs_preparation(plan):
+                # A preparation is dear: first the bound of its distributed-optimizer form (no per-layer
+                # gathers, below its own); the preparation waits until that reaches the front.
+                relaxed = bounds.relaxed_bound(plan)
+                if relaxed > lb:
+                    heapq.heappush(queue, (relaxed, next(counter), 5, item))
+                    continue
+            own = bounds.bound(plan)
+            if own > lb:
+                heapq.heappush(queue, (own, next(counter), 1, item))
+            else:
+                heapq.heappush(queue, (lb, next(counter), 1, item))
+        elif kind == 5:
             own = bounds.bound(item.plan)  # type: ignore[attr-defined]
             if own > lb:
                 heapq.heappush(queue, (own, next(counter), 1, item))
