@@ -68,6 +68,7 @@ class StructureBounds:
         self._dense_index = next((i for i, f in enumerate(flags) if not f), None)
         self._moe_index = next((i for i, f in enumerate(flags) if f), None)
         self._layer: dict[tuple, LayerTimes] = {}
+        self._prepared: dict[tuple, tuple[StepInputs, object, CommModel, int, list[float]]] = {}
         self._layouts: dict[tuple, tuple[tuple[tuple[int, int], ...], int]] = {}
         self._template: StepInputs | None = None
         self._runtime = load_runtime_cost(ctx.runtime)
@@ -85,37 +86,25 @@ class StructureBounds:
         which matters only under a partial recompute (each layer of a chunk recomputes ``min(1, k /
         chunk)`` of its forward, ``_stage_times``), so it is part of the key only then."""
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
-        key = (self.layer_key(plan), chunk) if partial else self.layer_key(plan)
+        base_key = self.layer_key(plan)
+        key = (base_key, chunk) if partial else base_key
         hit = self._layer.get(key)
         if hit is not None:
             return hit
         ctx, c = self.ctx, self.c
-        # A one-stage form of the plan (same tp/cp/ep/etp/micro-batch and switches; dp takes the rest).
-        flat = replace_unchecked(plan, pp=1, vpp=1, dp=plan.dp * plan.pp, pipeline_layers=())
-        if self._template is None:
-            self._template = prepare(ctx.model, ctx.cluster, ctx.job, flat, runtime=ctx.runtime)
-        # The stage times read the plan, its communication model, the runtime and the stages: swap the
-        # first two into one prepared template instead of preparing every layer key (O(layers) each).
-        comm = CommModel(ctx.cluster, flat, None, LinkEfficiency(nvlink=1.0, scale_out=1.0))
-        ep_domains, cp_domains = group_domains(comm, flat)  # plan-dependent parts of ``prepare``
-        inp = dc_replace(self._template, plan=flat, comm=comm, ep_domains=ep_domains, cp_domains=cp_domains)
-        works = []
-        for index, moe in ((self._dense_index, False), (self._moe_index, True)):
-            if index is not None:
-                works.append((layer_work(ctx.model, ctx.job, flat, index), moe))
-        works.append((embedding_work(ctx.model, ctx.job, flat), False))
-        works.append((head_work(ctx.model, ctx.job, flat), False))
-        works.append((mtp_projection_work(ctx.model, ctx.job, flat), False))  # used when the model has MTP
-        layers = chunk if partial else 1
-        single = dc_replace(inp, stages=tuple(VirtualStage(works=((w, 1, moe),), num_layers=layers)
-                                              for w, moe in works),
-                            zero3_layer_bytes=(0.0,) * len(works))
-        rates = _rates_for(single, c)
-        comm = single.comm.with_efficiency(link_efficiency(c))
+        prepared = self._prepared.get(base_key)
+        if prepared is None:
+            prepared = self._prepared[base_key] = self._single_stages(plan)
+        single, rates, comm, n_layer_entries, nonlayer = prepared
+        if partial:  # the layers' stages as chunks of ``chunk`` layers (the others do not recompute)
+            single = dc_replace(single, stages=tuple(VirtualStage(works=st.works, num_layers=chunk)
+                                                     if v < n_layer_entries else st
+                                                     for v, st in enumerate(single.stages)))
         totals = []
-        for v in range(len(works)):
+        for v in range(n_layer_entries):
             f, b, _ = _stage_times(single, rates, comm, c, v)
             totals.append(sum(f.values()) + sum(b.values()))
+        totals += nonlayer
         i = 0
         dense = moe = 0.0
         if self._dense_index is not None:
@@ -132,6 +121,38 @@ class StructureBounds:
         self._layer[key] = times
         self.layer_keys_timed += 1
         return times
+
+    def _single_stages(self, plan: Plan) -> tuple[StepInputs, object, CommModel, int, list[float]]:
+        """One-layer virtual stages of ``plan``'s layer key (its layer kinds, then the embedding, the head
+        and the MTP projection), their rates and links, how many are layers, and the non-layers' times
+        (no recompute touches them, so every chunk size of a partial recompute shares them)."""
+        ctx, c = self.ctx, self.c
+        # A one-stage form of the plan (same tp/cp/ep/etp/micro-batch and switches; dp takes the rest).
+        flat = replace_unchecked(plan, pp=1, vpp=1, dp=plan.dp * plan.pp, pipeline_layers=())
+        if self._template is None:
+            self._template = prepare(ctx.model, ctx.cluster, ctx.job, flat, runtime=ctx.runtime)
+        # The stage times read the plan, its communication model, the runtime and the stages: swap the
+        # first two into one prepared template instead of preparing every layer key (O(layers) each).
+        comm = CommModel(ctx.cluster, flat, None, LinkEfficiency(nvlink=1.0, scale_out=1.0))
+        ep_domains, cp_domains = group_domains(comm, flat)  # plan-dependent parts of ``prepare``
+        inp = dc_replace(self._template, plan=flat, comm=comm, ep_domains=ep_domains, cp_domains=cp_domains)
+        works = []
+        for index, moe in ((self._dense_index, False), (self._moe_index, True)):
+            if index is not None:
+                works.append((layer_work(ctx.model, ctx.job, flat, index), moe))
+        n_layers = len(works)
+        works.append((embedding_work(ctx.model, ctx.job, flat), False))
+        works.append((head_work(ctx.model, ctx.job, flat), False))
+        works.append((mtp_projection_work(ctx.model, ctx.job, flat), False))  # used when the model has MTP
+        single = dc_replace(inp, stages=tuple(VirtualStage(works=((w, 1, moe),), num_layers=1) for w, moe in works),
+                            zero3_layer_bytes=(0.0,) * len(works))
+        rates = _rates_for(single, c)
+        comm = single.comm.with_efficiency(link_efficiency(c))
+        nonlayer = []
+        for v in range(n_layers, len(works)):
+            f, b, _ = _stage_times(single, rates, comm, c, v)
+            nonlayer.append(sum(f.values()) + sum(b.values()))
+        return single, rates, comm, n_layers, nonlayer
 
     def bound(self, plan: Plan) -> float:
         """A lower bound of ``plan``'s step time under the most favourable setting of the communication
