@@ -175,3 +175,29 @@ def test_default_budget_gives_the_golden_top_plans_under_cpu_contention() -> Non
     finally:
         for h in hogs:
             h.kill()
+
+
+def test_pipeline_sends_on_megatrons_order_are_worked_out_without_the_pipelines() -> None:
+    """``p2p_stage_s`` on a homogeneous cluster in Megatron's order is arithmetic (it used to walk every
+    pipeline: O(GPUs) per costed plan); it must give what the per-pipeline walk gives, NVL72 domains and
+    pipeline degrees that do not divide them included."""
+    import itertools
+
+    import numpy as np
+
+    from configurator.cost.comm import CommModel, LinkEfficiency
+
+    checked = 0
+    for name, gpus in (("dgx-h100", 64), ("gb200-nvl72", 288), ("gb200-nvl72", 64)):
+        cluster = load_cluster(name, num_gpus=gpus)
+        for tp, cp, pp in itertools.product([1, 2, 4, 8], [1, 2, 4], [2, 3, 4, 6, 8, 9, 16]):
+            if gpus % (tp * cp * pp):
+                continue
+            plan = replace_unchecked(Plan(), tp=tp, cp=cp, pp=pp, dp=gpus // (tp * cp * pp))
+            fast = CommModel(cluster, plan, None, LinkEfficiency(nvlink=1.0, scale_out=1.0))
+            walk = CommModel(cluster, plan, None, LinkEfficiency(nvlink=1.0, scale_out=1.0))
+            walk.placement, walk._gpu = "walk", np.arange(gpus)  # type: ignore[assignment]  # the per-pipeline path
+            for stage in range(pp):
+                assert fast.p2p_stage_s(stage, 1e6) == walk.p2p_stage_s(stage, 1e6), (name, tp, cp, pp, stage)
+                checked += 1
+    assert checked > 100

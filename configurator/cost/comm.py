@@ -301,10 +301,30 @@ class CommModel:
             worst = max(worst, self._allreduce_one(sub, num_bytes, 1.0))
         return worst
 
+    def _default_p2p(self, stage: int) -> tuple[bool, list[tuple[float, float]]]:
+        """``p2p_stage_s``'s (some pipeline's send stays in an NVLink domain, the scale-out links used)
+        for Megatron's order on consecutive GPUs of a homogeneous cluster, worked out arithmetically
+        instead of from every pipeline (16,384 of them at 131,072 GPUs: it grew with the GPU count).
+
+        Rank ``pp_i * S + j`` (``S = tp * cp * dp``, ``j < S``) runs on GPU of the same number, so the send
+        from stage ``s`` goes ``delta = (s' - s) * S`` GPUs on; it stays in its domain of ``D`` GPUs iff
+        ``0 <= r + delta < D`` for ``r`` the sender's index in its domain, and the senders' indices are
+        every residue mod D when ``S >= D``, else the ``S`` consecutive ones from ``s * S mod D``."""
+        plan = self.plan
+        per_stage = plan.world_size // plan.pp
+        d = self.domain_size
+        delta = ((stage + 1) % plan.pp - stage) * per_stage
+        residues = range(d) if per_stage >= d else [(stage * per_stage + j) % d for j in range(per_stage)]
+        inside = [0 <= r + delta < d for r in residues]
+        so = self.cluster.scale_out_link
+        return any(inside), ([(so.bandwidth_Bps, so.latency_s)] if not all(inside) else [])
+
     def p2p_stage_s(self, stage: int, num_bytes: float) -> float:
         """Send from pipeline rank ``stage`` to ``stage + 1`` (wrapping), slowest of all pipelines."""
         if self.plan.pp == 1 or num_bytes <= 0:
             return 0.0
+        if stage not in self._p2p and self.placement is None and self.cluster.node_links is None:
+            self._p2p[stage] = self._default_p2p(stage)
         if stage not in self._p2p:
             pipes = self.gpu[groups(self.plan, "pp")]
             src, dst = pipes[:, stage], pipes[:, (stage + 1) % self.plan.pp]
