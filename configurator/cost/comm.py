@@ -171,11 +171,14 @@ class CommModel:
             if self.placement is not None:
                 d = np.sort(d, axis=1)  # Megatron's order on consecutive GPUs gives rising rows already
             size = d.shape[1]
-            change = d[:, 1:] != d[:, :-1]
-            for row in change:
-                edges = np.flatnonzero(row)
-                per_domain = int(np.diff(edges, prepend=-1, append=size - 1).max())
-                n_dom = len(edges) + 1
+            # Every row at once: where a run of one domain starts, each position's distance from its run's
+            # start, so the longest run (the GPUs per domain) and the number of runs (domains) per row.
+            starts = np.ones(d.shape, dtype=bool)
+            starts[:, 1:] = d[:, 1:] != d[:, :-1]
+            position = np.arange(size)
+            run_start = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+            longest = (position - run_start + 1).max(axis=1)
+            for per_domain, n_dom in zip(longest.tolist(), starts.sum(axis=1).tolist()):
                 sig = (per_domain, 1, math.inf, math.inf, 0.0) if n_dom == 1 else \
                     (per_domain, n_dom, so.bandwidth_Bps, so.bandwidth_Bps, so.latency_s)
                 if sig not in seen:
