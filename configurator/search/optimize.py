@@ -311,9 +311,15 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     # Families (structures sharing their layer times) go in whole, under a bound below each member's;
     # a family reaching the front is opened: its members are bounded and queued one by one, under their
     # enumeration index, so structures are taken in exactly the order of bounding each one up front.
+    unopened = 0
     for members in families.values():
-        queue.append((bounds.family_bound([p for _, p in members]), members[0][0], 4, members))
-    unopened = sum(len(m) for m in families.values())
+        if not cut and budget.seconds is not None and budget.over():
+            budget.hit = cut = True
+        # Once the budget is spent a family goes in unbounded (after every bounded one, in enumeration
+        # order); opened, its members are still bounded and taken best-first.
+        shared = _UNBOUNDED if cut else bounds.family_bound([p for _, p in members])
+        queue.append((shared, members[0][0], 4, members))
+        unopened += len(members)
     heapq.heapify(queue)
     counter = itertools.count(n)
     top = _TopK(top_k)
