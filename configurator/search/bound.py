@@ -94,7 +94,9 @@ class StructureBounds:
         ctx, c = self.ctx, self.c
         prepared = self._prepared.get(base_key)
         if prepared is None:
-            prepared = self._prepared[base_key] = self._single_stages(plan)
+            prepared = self._single_stages(plan)
+            if partial:  # kept only where other chunk sizes will want it (it holds a prepared step)
+                self._prepared[base_key] = prepared
         single, rates, comm, n_layer_entries, nonlayer = prepared
         if partial:  # the layers' stages as chunks of ``chunk`` layers (the others do not recompute)
             single = dc_replace(single, stages=tuple(VirtualStage(works=st.works, num_layers=chunk)
