@@ -154,6 +154,8 @@ class StructureBounds:
         for v in range(n_layers, len(works)):
             f, b, _ = _stage_times(single, rates, comm, c, v)
             nonlayer.append(sum(f.values()) + sum(b.values()))
+        # Kept for other chunk sizes: drop the per-rank GPU array (O(GPUs)); the group shapes are cached.
+        comm._gpu = single.comm._gpu = None
         return single, rates, comm, n_layers, nonlayer
 
     def bound(self, plan: Plan) -> float:
