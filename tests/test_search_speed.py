@@ -50,6 +50,9 @@ def test_shared_layer_bounds_equal_the_step_models_bound(ctx: SearchContext) -> 
     # Recompute and sharding variants too (options are bounded the same way).
     sample += [replace_unchecked(p, recompute="full", recompute_num_layers=0) for p in sample[:10]]
     sample += [replace_unchecked(p, recompute="selective") for p in sample[:10]]
+    # Partial recompute (k layers of each chunk: timed per chunk size), incl. uneven splits and ZeRO-2 under PP.
+    sample += [replace_unchecked(p, recompute="full", recompute_num_layers=k, sharding=sh)
+               for p in sample[10:25] for k in (1, 2) for sh in ("distopt", "zero2") if p.dp * p.cp > 1]
     # ZeRO-2 with and without PP (under PP it reduces once per step: timed from the shared layer keys),
     # ZeRO-3 (dp-dependent gathers: one preparation shared by the knob variants).
     sample += [replace_unchecked(p, sharding=sh) for p in sample[:20] if p.dp * p.cp > 1 for sh in ("zero2", "zero3")]
@@ -61,6 +64,26 @@ def test_shared_layer_bounds_equal_the_step_models_bound(ctx: SearchContext) -> 
     settings = sum(len(optimistic_plans(p, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe))
                    for p in sample)
     assert bounds.layer_keys_timed < settings
+
+
+@pytest.mark.parametrize("ctx", [ctx_for("mixtral-8x7b", "dgx-h100", 64, 256, 4096),
+                                 ctx_for("deepseek-v3", "h800-ib", 256, 1024, 4096)], ids=["mixtral", "deepseek-v3"])
+def test_a_familys_shared_bound_is_below_each_members_bound(ctx: SearchContext) -> None:
+    """The exhaustive search drops whole families (structures differing only in pp, vpp, dp and the split)
+    on one bound: it must never exceed the bound of any member, or an optimum could be skipped."""
+    bounds = StructureBounds(ctx, CONSTANTS)
+    families: dict[tuple, list[Plan]] = {}
+    for plan in enumerate_plans(ctx):
+        key = bounds.family_key(plan)
+        if key is not None:
+            families.setdefault(key, []).append(plan)
+    assert len(families) > 20 and max(len(m) for m in families.values()) > 3
+    for key in random.Random(2).sample(sorted(families, key=repr), 40):
+        members = families[key]
+        shared = bounds.family_bound(members)
+        own = [bounds.bound(p) for p in members]
+        assert shared < min(own), members[0].describe()
+        assert shared > 0.3 * min(own)  # a useful bound, not a trivial one
 
 
 def _options(res) -> list[tuple[Plan, str]]:  # type: ignore[no-untyped-def]
@@ -152,3 +175,60 @@ def test_default_budget_gives_the_golden_top_plans_under_cpu_contention() -> Non
     finally:
         for h in hogs:
             h.kill()
+
+
+def test_pipeline_sends_on_megatrons_order_are_worked_out_without_the_pipelines() -> None:
+    """``p2p_stage_s`` on a homogeneous cluster in Megatron's order is arithmetic (it used to walk every
+    pipeline: O(GPUs) per costed plan); it must give what the per-pipeline walk gives, NVL72 domains and
+    pipeline degrees that do not divide them included."""
+    import itertools
+
+    import numpy as np
+
+    from configurator.cost.comm import CommModel, LinkEfficiency
+
+    checked = 0
+    for name, gpus in (("dgx-h100", 64), ("gb200-nvl72", 288), ("gb200-nvl72", 64)):
+        cluster = load_cluster(name, num_gpus=gpus)
+        for tp, cp, pp in itertools.product([1, 2, 4, 8], [1, 2, 4], [2, 3, 4, 6, 8, 9, 16]):
+            if gpus % (tp * cp * pp):
+                continue
+            plan = replace_unchecked(Plan(), tp=tp, cp=cp, pp=pp, dp=gpus // (tp * cp * pp))
+            fast = CommModel(cluster, plan, None, LinkEfficiency(nvlink=1.0, scale_out=1.0))
+            walk = CommModel(cluster, plan, None, LinkEfficiency(nvlink=1.0, scale_out=1.0))
+            walk.placement, walk._gpu = "walk", np.arange(gpus)  # type: ignore[assignment]  # the per-pipeline path
+            for stage in range(pp):
+                assert fast.p2p_stage_s(stage, 1e6) == walk.p2p_stage_s(stage, 1e6), (name, tp, cp, pp, stage)
+                checked += 1
+    assert checked > 100
+
+
+def test_group_shapes_tallied_for_all_rows_at_once_match_a_row_by_row_count() -> None:
+    """``CommModel.shapes`` counts each group's GPUs per NVLink domain for every sampled row at once (numpy
+    per row was a tenth of a DeepSeek-V3 search); the (GPUs per domain, domains) it finds must be what
+    counting row by row finds, in the same order."""
+    import itertools
+    from collections import Counter
+
+    import numpy as np
+
+    from configurator.cost.comm import SAMPLED_GROUPS, CommModel, LinkEfficiency
+    from configurator.placement import groups
+
+    checked = 0
+    for name, gpus in (("dgx-h100", 4096), ("gb200-nvl72", 288)):
+        cluster = load_cluster(name, num_gpus=gpus)
+        for tp, cp, pp, ep in itertools.product([1, 2, 8], [1, 4], [1, 3, 8], [1, 8]):
+            dp = gpus // (tp * cp * pp)
+            if gpus % (tp * cp * pp) or (tp * cp * dp) % ep:
+                continue
+            plan = replace_unchecked(Plan(), tp=tp, cp=cp, pp=pp, dp=dp, ep=ep)
+            for kind in ("tp", "cp", "dp_cp", "pp", "ep", "edp"):
+                comm = CommModel(cluster, plan, None, LinkEfficiency(nvlink=1.0, scale_out=1.0))
+                rows = groups(plan, kind)
+                if len(rows) > SAMPLED_GROUPS:
+                    rows = rows[np.unique(np.linspace(0, len(rows) - 1, SAMPLED_GROUPS).astype(int))]
+                by_row = [(max(Counter(r).values()), len(set(r))) for r in (rows // comm.domain_size).tolist()]
+                assert [(s.per_domain, s.domains) for s in comm.shapes(kind)] == list(dict.fromkeys(by_row))
+                checked += 1
+    assert checked > 50

@@ -176,11 +176,14 @@ class CommModel:
             if self.placement is not None:
                 d = np.sort(d, axis=1)  # Megatron's order on consecutive GPUs gives rising rows already
             size = d.shape[1]
-            change = d[:, 1:] != d[:, :-1]
-            for row in change:
-                edges = np.flatnonzero(row)
-                per_domain = int(np.diff(edges, prepend=-1, append=size - 1).max())
-                n_dom = len(edges) + 1
+            # Every row at once: where a run of one domain starts, each position's distance from its run's
+            # start, so the longest run (the GPUs per domain) and the number of runs (domains) per row.
+            starts = np.ones(d.shape, dtype=bool)
+            starts[:, 1:] = d[:, 1:] != d[:, :-1]
+            position = np.arange(size)
+            run_start = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+            longest = (position - run_start + 1).max(axis=1)
+            for per_domain, n_dom in zip(longest.tolist(), starts.sum(axis=1).tolist()):
                 sig = (per_domain, 1, math.inf, math.inf, 0.0) if n_dom == 1 else \
                     (per_domain, n_dom, so.bandwidth_Bps, so.bandwidth_Bps, so.latency_s)
                 if sig not in seen:
@@ -306,10 +309,30 @@ class CommModel:
             worst = max(worst, self._allreduce_one(sub, num_bytes, 1.0))
         return worst
 
+    def _default_p2p(self, stage: int) -> tuple[bool, list[tuple[float, float]]]:
+        """``p2p_stage_s``'s (some pipeline's send stays in an NVLink domain, the scale-out links used)
+        for Megatron's order on consecutive GPUs of a homogeneous cluster, worked out arithmetically
+        instead of from every pipeline (16,384 of them at 131,072 GPUs: it grew with the GPU count).
+
+        Rank ``pp_i * S + j`` (``S = tp * cp * dp``, ``j < S``) runs on GPU of the same number, so the send
+        from stage ``s`` goes ``delta = (s' - s) * S`` GPUs on; it stays in its domain of ``D`` GPUs iff
+        ``0 <= r + delta < D`` for ``r`` the sender's index in its domain, and the senders' indices are
+        every residue mod D when ``S >= D``, else the ``S`` consecutive ones from ``s * S mod D``."""
+        plan = self.plan
+        per_stage = plan.world_size // plan.pp
+        d = self.domain_size
+        delta = ((stage + 1) % plan.pp - stage) * per_stage
+        residues = range(d) if per_stage >= d else [(stage * per_stage + j) % d for j in range(per_stage)]
+        inside = [0 <= r + delta < d for r in residues]
+        so = self.cluster.scale_out_link
+        return any(inside), ([(so.bandwidth_Bps, so.latency_s)] if not all(inside) else [])
+
     def p2p_stage_s(self, stage: int, num_bytes: float) -> float:
         """Send from pipeline rank ``stage`` to ``stage + 1`` (wrapping), slowest of all pipelines."""
         if self.plan.pp == 1 or num_bytes <= 0:
             return 0.0
+        if stage not in self._p2p and self.placement is None and self.cluster.node_links is None:
+            self._p2p[stage] = self._default_p2p(stage)
         if stage not in self._p2p:
             pipes = self.gpu[groups(self.plan, "pp")]
             src, dst = pipes[:, stage], pipes[:, (stage + 1) % self.plan.pp]

@@ -14,6 +14,7 @@ then replaces the calibrated curve for that precision.
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,11 +179,42 @@ class WorkTime:
         return self.gemm_s + self.attention_s + self.elementwise_s
 
 
-def time_work(work: LayerWork, rates: GpuRates) -> WorkTime:
+WORK_TIME_MEMO: ContextVar[dict[tuple, object] | None] = ContextVar("configurator_work_time_memo", default=None)
+"""Set by a search for its duration: ``time_work`` and ``expert_gemms_s`` by (work, rates). A search times
+the same few hundred layer works (one per tp/cp/ep/etp/micro-batch shape) tens of thousands of times,
+each a dozen GEMMs through the efficiency and wave curves; the answers are pure functions of the two
+frozen values, so they are remembered (per search, gone when it returns)."""
+
+
+def _time_work(work: LayerWork, rates: GpuRates) -> WorkTime:
     gemm = sum(rates.gemm_s(g.m, g.n, g.k, g.count, g.bf16) for g in work.gemms)
     return WorkTime(gemm_s=gemm, attention_s=rates.attention_s(work),
                     elementwise_s=work.elementwise_bytes / rates.hbm_Bps)
 
 
-__all__ = ["GemmCurve", "GpuRates", "WorkTime", "fit_gemm_curve", "gpu_rates", "measured_gemm_curves",
+def time_work(work: LayerWork, rates: GpuRates) -> WorkTime:
+    """Forward seconds of ``work`` at ``rates`` (remembered during a search: ``WORK_TIME_MEMO``)."""
+    memo = WORK_TIME_MEMO.get()
+    if memo is None:
+        return _time_work(work, rates)
+    key = (work, rates)
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = _time_work(work, rates)
+    return hit  # type: ignore[return-value]
+
+
+def expert_gemms_s(work: LayerWork, rates: GpuRates) -> float:
+    """Seconds of the routed experts' grouped GEMMs of ``work`` (remembered like ``time_work``)."""
+    memo = WORK_TIME_MEMO.get()
+    key = (work, rates, "experts")
+    hit = memo.get(key) if memo is not None else None
+    if hit is None:
+        hit = sum(rates.gemm_s(g.m, g.n, g.k, g.count, g.bf16) for g in work.expert_gemms)
+        if memo is not None:
+            memo[key] = hit
+    return hit  # type: ignore[return-value]
+
+
+__all__ = ["WORK_TIME_MEMO", "GemmCurve", "GpuRates", "WorkTime", "expert_gemms_s", "fit_gemm_curve", "gpu_rates", "measured_gemm_curves",
            "measured_hbm_Bps", "time_work"]

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from configurator.cost.comm import CommModel, LinkEfficiency
-from configurator.cost.compute import GemmCurve, GpuRates, gpu_rates, measured_gemm_curves, time_work
+from configurator.cost.compute import GemmCurve, GpuRates, expert_gemms_s, gpu_rates, measured_gemm_curves, time_work
 from configurator.cost.constants import CostConstants, RuntimeCost, hardware_default, load_calibration, \
     load_runtime_cost
 from configurator.cost.cp import cp_times_s
@@ -269,7 +269,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         if work.expert_gemms:
             # Dropless routing: the busiest EP rank's grouped GEMMs and all-to-all set the pace.
             factor = busiest_rank_factor(inp.model, plan, work.pairs_per_expert, routing_cv(inp.job, c))
-            imbalance = (factor - 1.0) * sum(rates.gemm_s(g.m, g.n, g.k, g.count, g.bf16) for g in work.expert_gemms)
+            imbalance = (factor - 1.0) * expert_gemms_s(work, rates)
         f_compute = wt.total_s + imbalance
         b_compute = 2 * (wt.gemm_s + imbalance) + rates.attention_bwd_factor * wt.attention_s + 2 * wt.elementwise_s
         hidden_f = 0.0  # communication hidden under this layer's forward (repeated in backward)

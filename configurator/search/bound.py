@@ -35,10 +35,15 @@ from configurator.cost.step import (StepInputs, VirtualStage, _per_microbatch_sh
 from configurator.cost.work import embedding_work, head_work, layer_work, mtp_projection_work
 from configurator.search.knobs import optimistic_plans
 from configurator.search.space import SearchContext
-from configurator.specs.plan import PLAN_FIELDS, Plan, replace_unchecked
+from configurator.specs.plan import PLAN_FIELDS, Plan, ep_overlap_conflicts, replace_unchecked
 
 _LAYER_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload")))
 """The plan fields a layer's time depends on (for plans without per-micro-batch sharding traffic)."""
+
+
+FAMILY_BOUND_SLACK = 1e-9
+"""Relative amount a family's bound is lowered by, so that float rounding in its sum (a different order
+than each member's) can never put it above a member's bound."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,7 @@ class StructureBounds:
         self._dense_index = next((i for i, f in enumerate(flags) if not f), None)
         self._moe_index = next((i for i, f in enumerate(flags) if f), None)
         self._layer: dict[tuple, LayerTimes] = {}
+        self._prepared: dict[tuple, tuple[StepInputs, object, CommModel, int, list[float]]] = {}
         self._layouts: dict[tuple, tuple[tuple[tuple[int, int], ...], int]] = {}
         self._template: StepInputs | None = None
         self._runtime = load_runtime_cost(ctx.runtime)
@@ -75,36 +81,32 @@ class StructureBounds:
         the offload fraction)."""
         return _LAYER_FIELDS(plan)
 
-    def _times(self, plan: Plan) -> LayerTimes:
-        key = self.layer_key(plan)
+    def _times(self, plan: Plan, chunk: int = 1) -> LayerTimes:
+        """Per-layer times of ``plan``'s layer key; ``chunk``: the layers of the virtual stage they sit in,
+        which matters only under a partial recompute (each layer of a chunk recomputes ``min(1, k /
+        chunk)`` of its forward, ``_stage_times``), so it is part of the key only then."""
+        partial = plan.recompute == "full" and plan.recompute_num_layers > 0
+        base_key = self.layer_key(plan)
+        key = (base_key, chunk) if partial else base_key
         hit = self._layer.get(key)
         if hit is not None:
             return hit
         ctx, c = self.ctx, self.c
-        # A one-stage form of the plan (same tp/cp/ep/etp/micro-batch and switches; dp takes the rest).
-        flat = replace_unchecked(plan, pp=1, vpp=1, dp=plan.dp * plan.pp, pipeline_layers=())
-        if self._template is None:
-            self._template = prepare(ctx.model, ctx.cluster, ctx.job, flat, runtime=ctx.runtime)
-        # The stage times read the plan, its communication model, the runtime and the stages: swap the
-        # first two into one prepared template instead of preparing every layer key (O(layers) each).
-        comm = CommModel(ctx.cluster, flat, None, LinkEfficiency(nvlink=1.0, scale_out=1.0))
-        ep_domains, cp_domains = group_domains(comm, flat)  # plan-dependent parts of ``prepare``
-        inp = dc_replace(self._template, plan=flat, comm=comm, ep_domains=ep_domains, cp_domains=cp_domains)
-        works = []
-        for index, moe in ((self._dense_index, False), (self._moe_index, True)):
-            if index is not None:
-                works.append((layer_work(ctx.model, ctx.job, flat, index), moe))
-        works.append((embedding_work(ctx.model, ctx.job, flat), False))
-        works.append((head_work(ctx.model, ctx.job, flat), False))
-        works.append((mtp_projection_work(ctx.model, ctx.job, flat), False))  # used when the model has MTP
-        single = dc_replace(inp, stages=tuple(VirtualStage(works=((w, 1, moe),), num_layers=1) for w, moe in works),
-                            zero3_layer_bytes=(0.0,) * len(works))
-        rates = _rates_for(single, c)
-        comm = single.comm.with_efficiency(link_efficiency(c))
+        prepared = self._prepared.get(base_key)
+        if prepared is None:
+            prepared = self._single_stages(plan)
+            if partial:  # kept only where other chunk sizes will want it (it holds a prepared step)
+                self._prepared[base_key] = prepared
+        single, rates, comm, n_layer_entries, nonlayer = prepared
+        if partial:  # the layers' stages as chunks of ``chunk`` layers (the others do not recompute)
+            single = dc_replace(single, stages=tuple(VirtualStage(works=st.works, num_layers=chunk)
+                                                     if v < n_layer_entries else st
+                                                     for v, st in enumerate(single.stages)))
         totals = []
-        for v in range(len(works)):
+        for v in range(n_layer_entries):
             f, b, _ = _stage_times(single, rates, comm, c, v)
             totals.append(sum(f.values()) + sum(b.values()))
+        totals += nonlayer
         i = 0
         dense = moe = 0.0
         if self._dense_index is not None:
@@ -122,6 +124,40 @@ class StructureBounds:
         self.layer_keys_timed += 1
         return times
 
+    def _single_stages(self, plan: Plan) -> tuple[StepInputs, object, CommModel, int, list[float]]:
+        """One-layer virtual stages of ``plan``'s layer key (its layer kinds, then the embedding, the head
+        and the MTP projection), their rates and links, how many are layers, and the non-layers' times
+        (no recompute touches them, so every chunk size of a partial recompute shares them)."""
+        ctx, c = self.ctx, self.c
+        # A one-stage form of the plan (same tp/cp/ep/etp/micro-batch and switches; dp takes the rest).
+        flat = replace_unchecked(plan, pp=1, vpp=1, dp=plan.dp * plan.pp, pipeline_layers=())
+        if self._template is None:
+            self._template = prepare(ctx.model, ctx.cluster, ctx.job, flat, runtime=ctx.runtime)
+        # The stage times read the plan, its communication model, the runtime and the stages: swap the
+        # first two into one prepared template instead of preparing every layer key (O(layers) each).
+        comm = CommModel(ctx.cluster, flat, None, LinkEfficiency(nvlink=1.0, scale_out=1.0))
+        ep_domains, cp_domains = group_domains(comm, flat)  # plan-dependent parts of ``prepare``
+        inp = dc_replace(self._template, plan=flat, comm=comm, ep_domains=ep_domains, cp_domains=cp_domains)
+        works = []
+        for index, moe in ((self._dense_index, False), (self._moe_index, True)):
+            if index is not None:
+                works.append((layer_work(ctx.model, ctx.job, flat, index), moe))
+        n_layers = len(works)
+        works.append((embedding_work(ctx.model, ctx.job, flat), False))
+        works.append((head_work(ctx.model, ctx.job, flat), False))
+        works.append((mtp_projection_work(ctx.model, ctx.job, flat), False))  # used when the model has MTP
+        single = dc_replace(inp, stages=tuple(VirtualStage(works=((w, 1, moe),), num_layers=1) for w, moe in works),
+                            zero3_layer_bytes=(0.0,) * len(works))
+        rates = _rates_for(single, c)
+        comm = single.comm.with_efficiency(link_efficiency(c))
+        nonlayer = []
+        for v in range(n_layers, len(works)):
+            f, b, _ = _stage_times(single, rates, comm, c, v)
+            nonlayer.append(sum(f.values()) + sum(b.values()))
+        # Kept for other chunk sizes: drop the per-rank GPU array (O(GPUs)); the group shapes are cached.
+        comm._gpu = single.comm._gpu = None
+        return single, rates, comm, n_layers, nonlayer
+
     def bound(self, plan: Plan) -> float:
         """A lower bound of ``plan``'s step time under the most favourable setting of the communication
         knobs it leaves open (``search/knobs.py`` picks the fastest at costing time, so the bound must
@@ -131,18 +167,73 @@ class StructureBounds:
                     optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe)]
         if not self._needs_preparation(plan):
             return min(self._arithmetic(v) for v in variants)
-        # dp-dependent gathers or a partial recompute: one preparation (the knobs change no prepared
+        # dp-dependent gathers: one preparation (the knobs change no prepared
         # field: ``knobs._optimistic`` swaps them the same way), each variant timed on it.
         self.full_preparations += 1
         inp = prepare(ctx.model, ctx.cluster, ctx.job, variants[0], runtime=ctx.runtime)
         return min(busy_lower_bound(inp if v is variants[0] else dc_replace(inp, plan=v, _rates={}, _schedules={}),
                                     self.c) for v in variants)
 
+    def family_key(self, plan: Plan) -> tuple | None:
+        """The family ``plan`` belongs to: structures with the same layer key (they differ only in pp, vpp,
+        dp and the split), bounded together by ``family_bound``; None for a plan that needs a preparation
+        (it is bounded on its own)."""
+        return None if self._needs_preparation(plan) else self.layer_key(plan)
+
+    def family_bound(self, members: list[Plan]) -> float:
+        """A lower bound of ``bound(p)`` for every ``p`` of one family (``family_key``), from its layer
+        times alone: the busiest pipeline rank has at least the mean rank's work, so a structure's bound
+        is at least ``m / pp x W + m x overhead.microbatch_s + overhead.step_s``, where ``W`` is the whole
+        model's forward + backward of one micro-batch (every layer, embedding and head, which no pp/vpp
+        split changes) and ``m`` the micro-batches; ``m / pp = global batch x tp x cp / (micro-batch x
+        GPUs)`` is the same for every member whose counts divide evenly. The least over the family's
+        knob settings (they differ between members only where Megatron's EP overlap conflicts with a
+        non-interleaved pipeline), less a relative 1e-9 for rounding, so it is strictly below every
+        member's bound and a family is opened before any of its members would be taken.
+
+        The search takes families best-bound-first and bounds their members only when a family reaches
+        the front, so the structures of families that cannot beat the k-th best are never bounded one by
+        one (most of a large space); the order in which structures are taken is unchanged."""
+        ctx, c, job = self.ctx, self.c, self.ctx.job
+        rate = float("inf")
+        least_m = float("inf")
+        kinds: dict[bool, Plan] = {}
+        for p in members:
+            m = max(1, p.num_microbatches(job))
+            rate = min(rate, m / p.pp)
+            least_m = min(least_m, m)
+            kinds.setdefault(bool(ep_overlap_conflicts(p)), p)
+        n_moe = self._moe_prefix[-1]
+        n_dense = ctx.model.num_layers - n_moe
+        work = float("inf")
+        for p in kinds.values():
+            for v in optimistic_plans(p, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe):
+                v = self._settled(v)
+                if v.sharding == "zero2":
+                    v = replace_unchecked(v, sharding="distopt")  # as ``_arithmetic``
+                t = self._times(v)
+                work = min(work, n_dense * t.dense_s + n_moe * t.moe_s + t.embedding_s + t.head_s)
+        bound = rate * work + least_m * c["overhead.microbatch_s"] + c["overhead.step_s"]
+        return bound * (1.0 - FAMILY_BOUND_SLACK)
+
+    def relaxed_bound(self, plan: Plan) -> float:
+        """A lower bound of ``bound(plan)`` without a preparation, for a plan that needs one: the same plan
+        under the distributed optimizer. Per-micro-batch sharding only adds gathers and reduce-scatters
+        (and the compute slowdown of hiding them) to every layer, so the bound can only be higher with
+        it; less a relative ``FAMILY_BOUND_SLACK`` for the different order of summation. The search
+        uses it to put off an option's preparation until it reaches the front."""
+        plain = replace_unchecked(plan, sharding="distopt", shard_group=0)
+        return self.bound(plain) * (1.0 - FAMILY_BOUND_SLACK)
+
+    def needs_preparation(self, plan: Plan) -> bool:
+        return self._needs_preparation(plan)
+
     @staticmethod
     def _needs_preparation(plan: Plan) -> bool:
         """Per-micro-batch sharding traffic (ZeRO-3/FSDP/HSDP gathers, ZeRO-2's reduce-scatters without
-        PP: they depend on dp) or a partial recompute (not linear in a chunk's layers)."""
-        return bool(_per_microbatch_sharding(plan)) or (plan.recompute == "full" and plan.recompute_num_layers > 0)
+        PP): they depend on dp and on each stage's mean layer size. (A partial recompute is timed from
+        per-layer times keyed by the chunk's layer count, ``_times``.)"""
+        return bool(_per_microbatch_sharding(plan))
 
     def _settled(self, plan: Plan) -> Plan:
         """The plan with a runtime-default EP overlap made explicit: whether Megatron can run it depends on
@@ -173,13 +264,17 @@ class StructureBounds:
             # ZeRO-2 under PP reduces once per step (``_per_microbatch_sharding``): its layers time like
             # the distributed optimizer's, so they share its layer key.
             plan = replace_unchecked(plan, sharding="distopt")
-        t = self._times(plan)
+        partial = plan.recompute == "full" and plan.recompute_num_layers > 0
+        t = None if partial else self._times(plan)
         pp = plan.pp
         virtual, m = self._layout(plan)
         last = len(virtual) - 1
         per_mb = c["overhead.microbatch_s"] / plan.vpp
         times = []
         for v, (n_dense, n_moe) in enumerate(virtual):
+            if partial:
+                t = self._times(plan, n_dense + n_moe)
+            assert t is not None
             s = n_dense * t.dense_s + n_moe * t.moe_s + per_mb
             if v == 0:
                 s += t.embedding_s
@@ -194,4 +289,4 @@ class StructureBounds:
         return best + c["overhead.step_s"]
 
 
-__all__ = ["LayerTimes", "StructureBounds"]
+__all__ = ["FAMILY_BOUND_SLACK", "LayerTimes", "StructureBounds"]

@@ -46,12 +46,24 @@ def knob_variants(plan: Plan, runtime: str, attention_heads: int, is_moe: bool) 
 
 
 def optimistic_plans(plan: Plan, runtime: str, attention_heads: int, is_moe: bool) -> list[Plan]:
-    """The knob variants with every open overlap on (never slower in the model: see ``knob_lower_bound``)."""
-    variants = knob_variants(plan, runtime, attention_heads, is_moe)
-    keep = [v for v in variants
-            if (plan.tp_overlap is not None or v.tp_overlap is not False)
-            and (plan.ep_overlap is not None or v.ep_overlap is not False)]
-    return keep or variants
+    """The knob variants with every open overlap on (never slower in the model: see ``knob_lower_bound``):
+    ``knob_variants`` less those with an open overlap off, built directly (the search asks for them once
+    per bound, hundreds of thousands of times)."""
+    tp, ep = plan.tp_overlap, plan.ep_overlap
+    cp: list[str | None] = [plan.cp_comm]
+    if runtime in MEGATRON_RUNTIMES:
+        if tp is None and plan.tp > 1 and plan.sp:
+            tp = True
+        if ep is None and is_moe and not ep_overlap_conflicts(plan):
+            ep = True
+        if plan.cp_comm is None and plan.cp > 1:
+            heads = attention_heads // plan.tp
+            cp = [c for c in CP_COMMS if c != "a2a" or heads % plan.cp == 0]
+    elif runtime == "fsdp" and plan.cp_comm is None and plan.cp > 1:
+        cp = ["all_gather", "p2p"]
+    if tp is plan.tp_overlap and ep is plan.ep_overlap and len(cp) == 1:
+        return [plan]
+    return [replace_unchecked(plan, tp_overlap=tp, ep_overlap=ep, cp_comm=c) for c in cp]
 
 
 def _optimistic(inputs: StepInputs) -> list[StepInputs]:

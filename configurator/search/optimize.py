@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from configurator.cost.comm import SHAPE_CACHE, ShapeCache
+from configurator.cost.compute import WORK_TIME_MEMO
 from configurator.cost.constants import CostConstants, load_calibration
 from configurator.cost.step import StepReport, evaluate, prepare
 from configurator.search.knobs import best_knobs
@@ -188,6 +189,7 @@ def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = 
     """
     # Per-search caches (group shapes, memory estimates): bounded, and gone when the search returns.
     shapes, memo, acts = SHAPE_CACHE.set(ShapeCache()), MEMORY_MEMO.set({}), ACTIVATION_MEMO.set({})
+    works = WORK_TIME_MEMO.set({})
     try:
         return _search(ctx, top_k=top_k, time_budget_s=time_budget_s, seed=seed, method=method, constants=constants,
                        max_trials=max_trials, progress=progress, storage=storage, workers=workers,
@@ -196,6 +198,7 @@ def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = 
         SHAPE_CACHE.reset(shapes)
         MEMORY_MEMO.reset(memo)
         ACTIVATION_MEMO.reset(acts)
+        WORK_TIME_MEMO.reset(works)
 
 
 def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed: int, method: str,
@@ -291,6 +294,7 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     queue: list[tuple[float, int, int, object]] = []
     n = len(structures)
     cut = False
+    families: dict[tuple, list[tuple[int, Plan]]] = {}
     for i, plan in enumerate(structures):
         if i % 256 == 0 and not cut:
             if i and budget.seconds is not None and budget.over():
@@ -299,7 +303,23 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
                 say(0.5 * i / max(n, 1), f"bounding {i}/{n} structures")
         # Unbounded once the budget is spent: after every bounded one, in enumeration order (still
         # reachable, so that the search returns a plan if any structure has one).
-        queue.append((_UNBOUNDED if cut else bounds.bound(plan), i, 0, plan))
+        family = None if cut else bounds.family_key(plan)
+        if family is None:
+            queue.append((_UNBOUNDED if cut else bounds.bound(plan), i, 0, plan))
+        else:
+            families.setdefault(family, []).append((i, plan))
+    # Families (structures sharing their layer times) go in whole, under a bound below each member's;
+    # a family reaching the front is opened: its members are bounded and queued one by one, under their
+    # enumeration index, so structures are taken in exactly the order of bounding each one up front.
+    unopened = 0
+    for members in families.values():
+        if not cut and budget.seconds is not None and budget.over():
+            budget.hit = cut = True
+        # Once the budget is spent a family goes in unbounded (after every bounded one, in enumeration
+        # order); opened, its members are still bounded and taken best-first.
+        shared = _UNBOUNDED if cut else bounds.family_bound([p for _, p in members])
+        queue.append((shared, members[0][0], 4, members))
+        unopened += len(members)
     heapq.heapify(queue)
     counter = itertools.count(n)
     top = _TopK(top_k)
@@ -308,16 +328,22 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     while queue:
         lb, _, kind, item = queue[0]
         if lb >= top.bound:
-            notes.append(f"branch and bound: {len(queue)} structures/options left unexplored, their lower bounds "
-                         f"exceed the {top_k}-th best step ({top.bound:.3f} s); {resolved} of {n} structures "
-                         "needed a memory resolution")
+            notes.append(f"branch and bound: {len(queue) - 1 + unopened} structures/options left unexplored, their "
+                         f"lower bounds exceed the {top_k}-th best step ({top.bound:.3f} s); {resolved} of {n} "
+                         f"structures needed a memory resolution; {unopened} were never bounded one by one "
+                         "(their family's shared bound could not beat it)")
             break
         if top.heap and budget.over():
             budget.hit = True
             notes.append(f"{budget.describe()} reached after {evaluated} evaluations and {resolved} memory "
-                         f"resolutions, {len(queue)} structures/options unexplored")
+                         f"resolutions, {len(queue) - 1 + unopened} structures/options unexplored")
             break
         heapq.heappop(queue)
+        if kind == 4:
+            unopened -= len(item)  # type: ignore[arg-type]
+            for i, plan in item:  # type: ignore[attr-defined]
+                heapq.heappush(queue, (bounds.bound(plan), i, 0, plan))
+            continue
         full_recompute = kind == 2
         if kind == 0:
             # Lazy memory: one estimate of the least form; if it does not fit and no partial recompute
@@ -337,6 +363,20 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
                 # bound only when they reach the front (kind 3), since it needs a full preparation.
                 heapq.heappush(queue, (lb, next(counter), 1 if option.plan is item else 3, option))
         elif kind == 3:
+            plan = item.plan  # type: ignore[attr-defined]
+            if bounds.needs_preparation(plan):
+                # A preparation is dear: first the bound of its distributed-optimizer form (no per-layer
+                # gathers, below its own); the preparation waits until that reaches the front.
+                relaxed = bounds.relaxed_bound(plan)
+                if relaxed > lb:
+                    heapq.heappush(queue, (relaxed, next(counter), 5, item))
+                    continue
+            own = bounds.bound(plan)
+            if own > lb:
+                heapq.heappush(queue, (own, next(counter), 1, item))
+            else:
+                heapq.heappush(queue, (lb, next(counter), 1, item))
+        elif kind == 5:
             own = bounds.bound(item.plan)  # type: ignore[attr-defined]
             if own > lb:
                 heapq.heappush(queue, (own, next(counter), 1, item))
