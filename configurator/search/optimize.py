@@ -353,27 +353,35 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
 
 _UNBOUNDED = 1e300
 """The lower bound of a structure the budget left unbounded (finite: it is still explored for a first plan)."""
-OPTUNA_WARM_START = 30
-"""Optuna's first trials: the structures with the least lower bounds (``bound.py``), not random ones."""
+OPTUNA_WARM_SHARE = 3
+"""One trial in this many is a warm start: the structures with the least lower bounds (``bound.py``), taken in
+bound order like the exhaustive search's front, evaluated directly and told to the sampler as finished trials."""
 
 
 def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Plan], list[Option]],
             constants: CostConstants, top_k: int, budget_s: float | None, seed: int, start: float,
             say: Progress, max_trials: int, storage: str | None = None,
             study_name: str | None = None, budget: _Budget | None = None,
-            warm: slice = slice(0, OPTUNA_WARM_START)) -> tuple[_TopK, int, list[str]]:
+            warm_block: int = 0) -> tuple[_TopK, int, list[str]]:
     """TPE over the legal structures only: each axis is chosen among the values legal after the axes
-    before it (a conditional, define-by-run space), so no trial is illegal; a structure already costed
+    before it (a conditional, define-by-run space), so no trial is illegal; a structure already tried
     is answered from memory, never re-costed, and one whose lower bound (``bound.py``) cannot beat the
-    k-th best found is answered with that bound, neither resolved nor costed. The first trials are the
-    ``warm`` slice of the structures ordered by their lower bound. Deterministic for a seed when the
-    trial cap ends the study."""
+    k-th best found is answered with that bound, neither resolved nor costed. A structure is costed
+    under both its pipeline splits (the default one and the embedding/loss-aware one of ``layouts.py``,
+    where the exhaustive search has it too), every fitting option whose own bound can still beat the k-th best.
+
+    Warm start: a third of the trials (``OPTUNA_WARM_SHARE``) are the best-bounded structures, block
+    ``warm_block`` of that length in bound order (one block per process of a parallel search), evaluated
+    directly in bound order and added to the study as finished trials (no sampler call: the sampler's
+    own cost, not the plan's, dominates a trial); once a structure's bound cannot beat the k-th best, the
+    rest of the block cannot either and the sampler takes over. Deterministic for a seed when the trial
+    cap ends the study."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    legal: dict[tuple, Plan] = {}
-    for p in structures:  # the default split; the embedding/loss-aware one (layouts.py) is exhaustive-only
-        legal.setdefault(_key(p), p)
+    legal: dict[tuple, list[Plan]] = {}
+    for p in structures:  # a structure may come with two pipeline splits (layouts.py): both are tried
+        legal.setdefault(_key(p), []).append(p)
     names = ("tp", "cp", "pp", "vpp", "ep", "etp", "micro_batch")
     assert [a.name for a in AXES[:7]] == list(names)
     options: dict[tuple, set[int]] = {}
@@ -389,7 +397,54 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Pl
     top = _TopK(top_k)
     costed: dict[tuple, float] = {}
     evaluated = [0]
+    pruned = [0]
     remaining = budget_s if budget_s is not None else None
+    bounds = StructureBounds(ctx, constants)
+    first_bound: dict[tuple, float] = {}  # the default split's bound (its order is the warm start's)
+    full_bound: dict[tuple, float] = {}   # the least over the structure's splits
+
+    def bound_of(key: tuple) -> float:
+        if key not in full_bound:
+            own = first_bound.get(key)
+            if own is None:
+                own = first_bound[key] = bounds.bound(legal[key][0])
+            full_bound[key] = min([own, *(bounds.bound(p) for p in legal[key][1:])])
+        return full_bound[key]
+
+    def value(key: tuple) -> float:
+        """The structure's best step time (inf: nothing fits), or its bound when that cannot beat the k-th best."""
+        if key in costed:
+            return costed[key]
+        lb = bound_of(key)
+        if lb >= top.bound:
+            # Its lower bound cannot beat the k-th best found: not resolved, not costed; the sampler
+            # learns the bound (the step is at least that), like the exhaustive search's pruning.
+            pruned[0] += 1
+            return lb
+        best = float("inf")
+        for plan in legal[key]:
+            for option in options_of(plan):
+                if option.plan is not plan and bounds.bound(option.plan) >= top.bound:
+                    continue  # this sharding/recompute/offload form cannot beat the k-th best either
+                result = _cost(ctx, option, constants)
+                evaluated[0] += 1
+                top.push(result)
+                best = min(best, result.step.step_s)
+        costed[key] = best
+        frac = (time.perf_counter() - start) / remaining if remaining else len(costed) / max_trials
+        say(min(1.0, frac), f"optuna: {len(costed)} structures tried")
+        return best
+
+    def params_of(key: tuple) -> tuple[dict[str, object], dict[str, optuna.distributions.BaseDistribution]]:
+        params: dict[str, object] = {}
+        dists: dict[str, optuna.distributions.BaseDistribution] = {}
+        prefix: tuple = ()
+        for i, v in enumerate(key):
+            if len(children[prefix]) > 1:
+                params[param(i, prefix)] = v
+                dists[param(i, prefix)] = optuna.distributions.CategoricalDistribution(children[prefix])
+            prefix = (*prefix, v)
+        return params, dists
 
     ran = [0]
 
@@ -398,54 +453,54 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Pl
         prefix: tuple = ()
         for i in range(len(names)):
             choices = children[prefix]
-            value = choices[0] if len(choices) == 1 else trial.suggest_categorical(param(i, prefix), choices)
-            prefix = (*prefix, value)
-        if prefix not in costed and bound_of[prefix] >= top.bound:
-            # Its lower bound cannot beat the k-th best found: not resolved, not costed; the sampler
-            # learns the bound (the step is at least that), like the exhaustive search's pruning.
-            pruned[0] += 1
-            return bound_of[prefix]
-        if prefix not in costed:
-            best = float("inf")
-            for option in options_of(legal[prefix]):
-                result = _cost(ctx, option, constants)
-                evaluated[0] += 1
-                top.push(result)
-                best = min(best, result.step.step_s)
-            costed[prefix] = best
-            frac = (time.perf_counter() - start) / remaining if remaining else len(costed) / max_trials
-            say(min(1.0, frac), f"optuna: {len(costed)} structures tried")
-        if costed[prefix] == float("inf"):
+            chosen = choices[0] if len(choices) == 1 else trial.suggest_categorical(param(i, prefix), choices)
+            prefix = (*prefix, chosen)
+        v = value(prefix)
+        if v == float("inf"):
             raise optuna.TrialPruned()
-        return costed[prefix]
+        return v
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group=True (conditional axes)
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10)
     study = optuna.create_study(direction="minimize", sampler=sampler, storage=storage, study_name=study_name,
                                 load_if_exists=storage is not None)
-    bounds = StructureBounds(ctx, constants)
-    bound_of = {k: bounds.bound(p) for k, p in legal.items()}
-    pruned = [0]
-    ranked_keys = sorted(legal, key=lambda k: (bound_of[k], k))
-    first = ranked_keys[warm][:max(1, max_trials // 3)]  # leave most trials to the sampler
-    for key in first:
-        params, prefix = {}, ()
-        for i, value in enumerate(key):
-            if len(children[prefix]) > 1:
-                params[param(i, prefix)] = value
-            prefix = (*prefix, value)
-        study.enqueue_trial(params)
-    elapsed = time.perf_counter() - start
-    timeout = max(0.05, remaining - elapsed) if remaining is not None else None
-    study.optimize(objective, n_trials=max_trials, timeout=timeout, catch=())
-    by_time = ran[0] < max_trials
+
+    def over() -> bool:
+        return remaining is not None and time.perf_counter() - start >= remaining
+
+    # Warm start: the default split's bound of every legal structure, then a block of them in bound order.
+    cut = False
+    for i, (key, plans) in enumerate(legal.items()):
+        if i % 256 == 0 and over():
+            cut = True
+            break
+        first_bound[key] = bounds.bound(plans[0])
+    ranked_keys = sorted(first_bound, key=lambda k: (first_bound[k], k))
+    size = max(1, max_trials // OPTUNA_WARM_SHARE)
+    block = ranked_keys[warm_block * size:(warm_block + 1) * size]
+    warm: list[optuna.trial.FrozenTrial] = []
+    for key in block:
+        if over() or first_bound[key] >= top.bound:
+            break  # the rest of the block is bounded out too (bound order), or the time is spent
+        v = value(key)
+        ran[0] += 1
+        params, dists = params_of(key)
+        state = optuna.trial.TrialState.PRUNED if v == float("inf") else optuna.trial.TrialState.COMPLETE
+        warm.append(optuna.trial.create_trial(params=params, distributions=dists, state=state,
+                                              value=None if v == float("inf") else v))
+    study.add_trials(warm)
+    left = max_trials - len(warm)
+    if left > 0 and not over():
+        timeout = max(0.05, remaining - (time.perf_counter() - start)) if remaining is not None else None
+        study.optimize(objective, n_trials=left, timeout=timeout, catch=())
+    by_time = cut or ran[0] < max_trials and over()
     if by_time and budget is not None:
         budget.hit = True
     ended = "time budget (more time may find more)" if by_time else "trial cap (deterministic for the seed)"
     notes = [f"optuna TPE (seed {seed}): {ran[0]} trials, {len(costed)} distinct structures costed "
-             f"of {len(legal)} (the first {len(first)} by lower bound), {pruned[0]} trials answered by their lower "
-             f"bound (it could not beat the {top_k}-th best); ended by the {ended}"]
+             f"of {len(legal)} (the first {len(warm)} in lower-bound order, block {warm_block}), {pruned[0]} trials "
+             f"answered by their lower bound (it could not beat the {top_k}-th best); ended by the {ended}"]
     return top, evaluated[0], notes
 
 
@@ -469,9 +524,8 @@ def _optuna_worker(ctx: SearchContext, constants: CostConstants, top_k: int, bud
             resolutions[key] = list((resolve_least(ctx, plan) or resolve(ctx, plan)).options)
         return resolutions[key]
 
-    warm = slice(index * OPTUNA_WARM_START, (index + 1) * OPTUNA_WARM_START)
     top, evaluated, _ = _optuna(ctx, structures, options_of, constants, top_k, budget, seed, time.perf_counter(),
-                                lambda _f, _m: None, max_trials, storage, study_name, warm=warm)
+                                lambda _f, _m: None, max_trials, storage, study_name, warm_block=index)
     return top.ranked(), evaluated, sum(1 for opts in resolutions.values() if opts)
 
 
