@@ -362,7 +362,7 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Pl
             constants: CostConstants, top_k: int, budget_s: float | None, seed: int, start: float,
             say: Progress, max_trials: int, storage: str | None = None,
             study_name: str | None = None, budget: _Budget | None = None,
-            warm_block: int = 0) -> tuple[_TopK, int, list[str]]:
+            warm_part: tuple[int, int] = (0, 1)) -> tuple[_TopK, int, list[str]]:
     """TPE over the legal structures only: each axis is chosen among the values legal after the axes
     before it (a conditional, define-by-run space), so no trial is illegal; a structure already tried
     is answered from memory, never re-costed, and one whose lower bound (``bound.py``) cannot beat the
@@ -370,12 +370,13 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Pl
     under both its pipeline splits (the default one and the embedding/loss-aware one of ``layouts.py``,
     where the exhaustive search has it too), every fitting option whose own bound can still beat the k-th best.
 
-    Warm start: a third of the trials (``OPTUNA_WARM_SHARE``) are the best-bounded structures, block
-    ``warm_block`` of that length in bound order (one block per process of a parallel search), evaluated
-    directly in bound order and added to the study as finished trials (no sampler call: the sampler's
-    own cost, not the plan's, dominates a trial); once a structure's bound cannot beat the k-th best, the
-    rest of the block cannot either and the sampler takes over. Deterministic for a seed when the trial
-    cap ends the study."""
+    Warm start: a third of the trials (``OPTUNA_WARM_SHARE``) are the best-bounded structures of block
+    ``warm_part = (i, n)`` of the space (``in_partition``: process i of a parallel search bounds only its
+    own n-th of the structures, so the bounding is split, not repeated), evaluated directly in bound order
+    and added to the study as finished trials (no sampler call: the sampler's own cost, not the plan's,
+    dominates a trial); once a structure's bound cannot beat the k-th best, the rest cannot either and
+    the sampler takes over (over the whole space; bounds of sampled structures are computed when sampled).
+    Deterministic for a seed when the trial cap ends the study."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -469,20 +470,20 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Pl
     def over() -> bool:
         return remaining is not None and time.perf_counter() - start >= remaining
 
-    # Warm start: the default split's bound of every legal structure, then a block of them in bound order.
+    # Warm start: the default split's bound of every legal structure of this block, then the best-bounded.
     cut = False
-    for i, (key, plans) in enumerate(legal.items()):
-        if i % 256 == 0 and over():
+    mine = [(key, plans) for key, plans in legal.items() if warm_part[1] == 1 or in_partition(plans[0], warm_part)]
+    for i, (key, plans) in enumerate(mine):
+        if i and i % 256 == 0 and over():
             cut = True
             break
         first_bound[key] = bounds.bound(plans[0])
     ranked_keys = sorted(first_bound, key=lambda k: (first_bound[k], k))
-    size = max(1, max_trials // OPTUNA_WARM_SHARE)
-    block = ranked_keys[warm_block * size:(warm_block + 1) * size]
+    block = ranked_keys[:max(1, max_trials // OPTUNA_WARM_SHARE)]
     warm: list[optuna.trial.FrozenTrial] = []
     for key in block:
-        if over() or first_bound[key] >= top.bound:
-            break  # the rest of the block is bounded out too (bound order), or the time is spent
+        if (over() and top.heap) or first_bound[key] >= top.bound:
+            break  # the rest of the block is bounded out too (bound order), or the time is spent (with a plan)
         v = value(key)
         ran[0] += 1
         params, dists = params_of(key)
@@ -499,8 +500,9 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Pl
         budget.hit = True
     ended = "time budget (more time may find more)" if by_time else "trial cap (deterministic for the seed)"
     notes = [f"optuna TPE (seed {seed}): {ran[0]} trials, {len(costed)} distinct structures costed "
-             f"of {len(legal)} (the first {len(warm)} in lower-bound order, block {warm_block}), {pruned[0]} trials "
-             f"answered by their lower bound (it could not beat the {top_k}-th best); ended by the {ended}"]
+             f"of {len(legal)} (the first {len(warm)} in lower-bound order of block {warm_part[0] + 1}/"
+             f"{warm_part[1]}), {pruned[0]} trials answered by their lower bound (it could not beat the {top_k}-th "
+             f"best); ended by the {ended}"]
     return top, evaluated[0], notes
 
 
@@ -513,8 +515,10 @@ def _study_name(ctx: SearchContext, seed: int) -> str:
 
 
 def _optuna_worker(ctx: SearchContext, constants: CostConstants, top_k: int, budget: float | None, seed: int,
-                   max_trials: int, storage: str, study_name: str, index: int) -> tuple[list[Evaluated], int, int]:
-    """One process: its own study (seed, warm-start slice), its own structure cache; trials in the database."""
+                   max_trials: int, storage: str, study_name: str, index: int,
+                   parts: int) -> tuple[list[Evaluated], int, int]:
+    """Process ``index`` of ``parts``: its own study (seed), its own block of the structures to bound and warm
+    start from (``_optuna``'s ``warm_part``), its own structure cache; trials in the database."""
     structures = list(enumerate_plans(ctx))
     resolutions: dict[tuple, list[Option]] = {}
 
@@ -525,14 +529,15 @@ def _optuna_worker(ctx: SearchContext, constants: CostConstants, top_k: int, bud
         return resolutions[key]
 
     top, evaluated, _ = _optuna(ctx, structures, options_of, constants, top_k, budget, seed, time.perf_counter(),
-                                lambda _f, _m: None, max_trials, storage, study_name, warm_block=index)
+                                lambda _f, _m: None, max_trials, storage, study_name, warm_part=(index, parts))
     return top.ranked(), evaluated, sum(1 for opts in resolutions.values() if opts)
 
 
 def _optuna_parallel(ctx: SearchContext, constants: CostConstants, top_k: int, budget: float | None, seed: int,
                      max_trials: int, storage: str | None, workers: int) -> tuple[_TopK, int, list[str], int]:
     """``workers`` processes, each its own study in the RDB storage (seed + i, ``max_trials / workers``
-    trials, the i-th slice of the best-bounded structures to start from); their best plans are merged.
+    trials, warm-started from the best-bounded structures of the i-th block of the space, which only it
+    bounds); their best plans are merged.
     Independent studies rather than one shared one: a shared TPE study samples from whatever trials the
     others finished, which depends on timing, so its answer would differ run to run. Deterministic for a
     seed and a trial count (when no wall-clock budget ends a study)."""
@@ -546,7 +551,8 @@ def _optuna_parallel(ctx: SearchContext, constants: CostConstants, top_k: int, b
     name = _study_name(ctx, seed)
     _create_storage(storage)
     share = max(1, max_trials // workers)
-    jobs = [(ctx, constants, top_k, budget, seed + i, share, storage, f"{name}-w{i}", i) for i in range(workers)]
+    jobs = [(ctx, constants, top_k, budget, seed + i, share, storage, f"{name}-w{i}", i, workers)
+            for i in range(workers)]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         parts = pool.starmap(_optuna_worker, jobs)
     top = _TopK(top_k)
