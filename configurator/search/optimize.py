@@ -358,7 +358,7 @@ OPTUNA_WARM_SHARE = 3
 bound order like the exhaustive search's front, evaluated directly and told to the sampler as finished trials."""
 
 
-def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Plan], list[Option]],
+def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[..., list[Option] | None],
             constants: CostConstants, top_k: int, budget_s: float | None, seed: int, start: float,
             say: Progress, max_trials: int, storage: str | None = None,
             study_name: str | None = None, budget: _Budget | None = None,
@@ -422,15 +422,28 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Pl
             # learns the bound (the step is at least that), like the exhaustive search's pruning.
             pruned[0] += 1
             return lb
-        best = float("inf")
+        best, raised_lb = float("inf"), float("inf")
         for plan in legal[key]:
-            for option in options_of(plan):
+            # Lazy memory, as in the exhaustive search: one estimate of the least form; where no partial
+            # recompute can fit, the full-recompute form's bound decides whether resolving is worth it.
+            opts = options_of(plan, True)
+            if opts is None and needs_full_recompute(ctx, plan):
+                raised = bounds.bound(replace_unchecked(plan, recompute="full", recompute_num_layers=0))
+                if raised >= top.bound:
+                    raised_lb = min(raised_lb, raised)
+                    continue
+                opts = options_of(plan, full_recompute=True)
+            for option in opts if opts is not None else options_of(plan):
                 if option.plan is not plan and bounds.bound(option.plan) >= top.bound:
                     continue  # this sharding/recompute/offload form cannot beat the k-th best either
                 result = _cost(ctx, option, constants)
                 evaluated[0] += 1
                 top.push(result)
                 best = min(best, result.step.step_s)
+        if best == float("inf") and raised_lb < float("inf"):
+            pruned[0] += 1
+            full_bound[key] = raised_lb  # its full-recompute bound: the step is at least that (and top.bound
+            return raised_lb             # only falls, so it stays out)
         costed[key] = best
         frac = (time.perf_counter() - start) / remaining if remaining else len(costed) / max_trials
         say(min(1.0, frac), f"optuna: {len(costed)} structures tried")
@@ -522,10 +535,15 @@ def _optuna_worker(ctx: SearchContext, constants: CostConstants, top_k: int, bud
     structures = list(enumerate_plans(ctx))
     resolutions: dict[tuple, list[Option]] = {}
 
-    def options_of(plan: Plan) -> list[Option]:
+    def options_of(plan: Plan, least_only: bool = False, full_recompute: bool = False) -> list[Option] | None:
+        """As ``_search``'s: with ``least_only`` None unless the least form fits (nothing recorded)."""
         key = (*_key(plan), plan.pipeline_layers)
         if key not in resolutions:
-            resolutions[key] = list((resolve_least(ctx, plan) or resolve(ctx, plan)).options)
+            res = resolve_least(ctx, plan)
+            if res is None and least_only:
+                return None
+            res = res or (resolve_full_recompute(ctx, plan) if full_recompute else resolve(ctx, plan))
+            resolutions[key] = list(res.options)
         return resolutions[key]
 
     top, evaluated, _ = _optuna(ctx, structures, options_of, constants, top_k, budget, seed, time.perf_counter(),
