@@ -356,6 +356,11 @@ _UNBOUNDED = 1e300
 OPTUNA_WARM_SHARE = 3
 """One trial in this many is a warm start: the structures with the least lower bounds (``bound.py``), taken in
 bound order like the exhaustive search's front, evaluated directly and told to the sampler as finished trials."""
+OPTUNA_WARM_RUN = 3
+"""Warm-start structures between two sampled trials, while the warm start lasts."""
+OPTUNA_MULTIVARIATE = False
+"""TPE one axis at a time (independent): a third of the multivariate sampler's cost per trial, and on the MoE jobs of
+``benchmarks/search_optuna.py`` as good within the exhaustive search's time."""
 
 
 def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[..., list[Option] | None],
@@ -370,12 +375,13 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     under both its pipeline splits (the default one and the embedding/loss-aware one of ``layouts.py``,
     where the exhaustive search has it too), every fitting option whose own bound can still beat the k-th best.
 
-    Warm start: a third of the trials (``OPTUNA_WARM_SHARE``) are the best-bounded structures of block
-    ``warm_part = (i, n)`` of the space (``in_partition``: process i of a parallel search bounds only its
-    own n-th of the structures, so the bounding is split, not repeated), evaluated directly in bound order
-    and added to the study as finished trials (no sampler call: the sampler's own cost, not the plan's,
-    dominates a trial); once a structure's bound cannot beat the k-th best, the rest cannot either and
-    the sampler takes over (over the whole space; bounds of sampled structures are computed when sampled).
+    Warm start: a third of the trials (``OPTUNA_WARM_SHARE``), alternating with the sampler's, are the
+    best-bounded structures of block ``warm_part = (i, n)`` of the space (``in_partition``: process i of a
+    parallel search bounds only its own n-th of the structures, so the bounding is split, not repeated),
+    evaluated directly in bound order and added to the study as finished trials (no sampler call: the
+    sampler's own cost, not the plan's, dominates a trial); once a structure's bound cannot beat the k-th
+    best, the rest cannot either and only the sampler goes on (over the whole space; a sampled structure's
+    bound is computed when it is sampled).
     Deterministic for a seed when the trial cap ends the study."""
     import optuna
 
@@ -476,7 +482,8 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group=True (conditional axes)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=OPTUNA_MULTIVARIATE, group=OPTUNA_MULTIVARIATE,
+                                             n_startup_trials=10)
     study = optuna.create_study(direction="minimize", sampler=sampler, storage=storage, study_name=study_name,
                                 load_if_exists=storage is not None)
 
@@ -493,27 +500,36 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
         first_bound[key] = bounds.bound(plans[0])
     ranked_keys = sorted(first_bound, key=lambda k: (first_bound[k], k))
     block = ranked_keys[:max(1, max_trials // OPTUNA_WARM_SHARE)]
-    warm: list[optuna.trial.FrozenTrial] = []
-    for key in block:
-        if (over() and top.heap) or first_bound[key] >= top.bound:
-            break  # the rest of the block is bounded out too (bound order), or the time is spent (with a plan)
-        v = value(key)
-        ran[0] += 1
-        params, dists = params_of(key)
-        state = optuna.trial.TrialState.PRUNED if v == float("inf") else optuna.trial.TrialState.COMPLETE
-        warm.append(optuna.trial.create_trial(params=params, distributions=dists, state=state,
-                                              value=None if v == float("inf") else v))
-    study.add_trials(warm)
-    left = max_trials - len(warm)
-    if left > 0 and not over():
-        timeout = max(0.05, remaining - (time.perf_counter() - start)) if remaining is not None else None
-        study.optimize(objective, n_trials=left, timeout=timeout, catch=())
+    # OPTUNA_WARM_RUN warm-start structures, then one sampled trial, in turn (asked and told by hand, so the warm ones
+    # need no sampler call): the bound order finds structures whose bound is tight, the sampler the ones it
+    # ranks badly (memory-tight structures need offload or recompute their least form does not pay for).
+    warm_left = list(reversed(block))
+    warm = 0
+    while ran[0] < max_trials and not (over() and top.heap):
+        if warm_left and ran[0] % (OPTUNA_WARM_RUN + 1) != OPTUNA_WARM_RUN:
+            key = warm_left.pop()
+            if first_bound[key] >= top.bound:
+                warm_left = []  # the rest of the block is bounded out too (bound order)
+                continue
+            v = value(key)
+            ran[0] += 1
+            warm += 1
+            params, dists = params_of(key)
+            state = optuna.trial.TrialState.PRUNED if v == float("inf") else optuna.trial.TrialState.COMPLETE
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, state=state,
+                                                      value=None if v == float("inf") else v))
+            continue
+        trial = study.ask()
+        try:
+            study.tell(trial, objective(trial))
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     by_time = cut or ran[0] < max_trials and over()
     if by_time and budget is not None:
         budget.hit = True
     ended = "time budget (more time may find more)" if by_time else "trial cap (deterministic for the seed)"
     notes = [f"optuna TPE (seed {seed}): {ran[0]} trials, {len(costed)} distinct structures costed "
-             f"of {len(legal)} (the first {len(warm)} in lower-bound order of block {warm_part[0] + 1}/"
+             f"of {len(legal)} ({warm} of them the warm start's, in lower-bound order of block {warm_part[0] + 1}/"
              f"{warm_part[1]}), {pruned[0]} trials answered by their lower bound (it could not beat the {top_k}-th "
              f"best); ended by the {ended}"]
     return top, evaluated[0], notes
