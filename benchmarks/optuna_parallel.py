@@ -44,7 +44,8 @@ def main() -> None:
           f"{c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime:.1f} s, best {two.ranked[0].step.step_s:.4f} s")
     again = optimize.search(ctx, top_k=5, method="optuna", max_trials=trials, workers=2,
                             storage=f"sqlite:///{d}/q.db", constants=c)
-    print("deterministic:", [(e.plan, e.step.step_s) for e in two.ranked] == [(e.plan, e.step.step_s) for e in again.ranked])
+    same = [(e.plan, e.step.step_s) for e in two.ranked] == [(e.plan, e.step.step_s) for e in again.ranked]
+    print("deterministic:", same)
 
 
 if __name__ == "__main__":
