@@ -1,13 +1,14 @@
 """Optuna against the exhaustive search at equal CPU time, on the issue's four MoE jobs.
 
-Run: ``python benchmarks/search_optuna.py [--only SUBSTR] [--trials N] [--out FILE]``. For each job, in fresh
-processes: the exhaustive search (its CPU seconds and best step), then one Optuna search bounded by its trial
-count only (``--trials``, default the search's own), which records the CPU second at which each better plan was
-found. The ratio "at the exhaustive search's CPU time" is the exhaustive best step over the best Optuna had
-found by then: what an Optuna search given that many seconds on an idle core returns (a budgeted search is a
-prefix of the unbudgeted one: the same seed takes the same steps until its clock runs out). CPU seconds, not
-wall seconds, so the comparison holds on a loaded machine where ``search_speed.py --optuna`` (wall-clock budget)
-does not. Also printed: the structures Optuna costed, the warm start's share, and the rank of the exhaustive best
+Run: ``python benchmarks/search_optuna.py [--only SUBSTR] [--trials N] [--cpu-factor F] [--out FILE]``. For each
+job, in fresh processes: the exhaustive search (its CPU seconds and best step), then one Optuna search bounded by
+its trial count (``--trials``, default the search's own), which records the CPU second at which each better plan
+was found, and is stopped after F (default 2) times the exhaustive search's CPU seconds. The ratio "at equal
+CPU" is the exhaustive best step over the best Optuna had found by the exhaustive search's CPU seconds: what an
+Optuna search given that many seconds on an idle core returns (a budgeted search is a prefix of the unbudgeted
+one: the same seed takes the same steps until its clock runs out). CPU seconds, not wall seconds, so the
+comparison holds on a loaded machine where ``search_speed.py --optuna`` (a wall-clock budget) does not. Also
+printed: Optuna's note (structures costed, warm-start count) and the rank of the exhaustive best
 structure in lower-bound order (where the warm start reaches it, the sampler is not what finds it).
 """
 
@@ -47,7 +48,11 @@ def _exhaustive(job: tuple[str, str, int], queue: Any) -> None:
     queue.put({"cpu_s": cpu, "step_s": best.step.step_s, "plan": best.plan.describe(), "key": _key(best.plan)})
 
 
-def _optuna(job: tuple[str, str, int], trials: int | None, best_key: tuple, queue: Any) -> None:
+class _Stop(Exception):
+    """Raised from the progress callback once the CPU limit is passed: the rest of the run is not read."""
+
+
+def _optuna(job: tuple[str, str, int], trials: int | None, best_key: tuple, limit_cpu_s: float, queue: Any) -> None:
     import time
 
     from configurator.search import optimize
@@ -65,8 +70,16 @@ def _optuna(job: tuple[str, str, int], trials: int | None, best_key: tuple, queu
         push(self, item)
 
     optimize._TopK.push = recording  # type: ignore[method-assign]
-    kwargs = {} if trials is None else {"max_trials": trials}
-    r = optimize.search(ctx, top_k=5, method="optuna", **kwargs)
+    kwargs: dict[str, Any] = {} if trials is None else {"max_trials": trials}
+
+    def stop_after_limit(_fraction: float, _message: str) -> None:
+        if time.process_time() - start > limit_cpu_s:
+            raise _Stop
+
+    try:
+        notes = list(optimize.search(ctx, top_k=5, method="optuna", progress=stop_after_limit, **kwargs).notes)
+    except _Stop:
+        notes = [f"stopped after {limit_cpu_s:.0f} CPU s (the trial cap not reached)"]
     total = time.process_time() - start
     optimize._TopK.push = push  # type: ignore[method-assign]
     # Where the exhaustive best structure ranks in lower-bound order (default pipeline split).
@@ -76,7 +89,7 @@ def _optuna(job: tuple[str, str, int], trials: int | None, best_key: tuple, queu
     for p in enumerate_plans(ctx):
         first.setdefault(optimize._key(p), p)
     order = sorted(first, key=lambda k: (bounds.bound(first[k]), k))
-    queue.put({"found": found, "cpu_s": total, "notes": list(r.notes),
+    queue.put({"found": found, "cpu_s": total, "notes": notes,
                "rank": order.index(best_key) if best_key in first else None, "structures": len(first)})
 
 
@@ -94,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", help="run jobs whose name contains this")
     ap.add_argument("--trials", type=int, help="Optuna's trial count (default: the search's own)")
+    ap.add_argument("--cpu-factor", type=float, default=2.0,
+                    help="stop Optuna after this many times the exhaustive search's CPU seconds (default 2)")
     ap.add_argument("--out", type=Path, help="also write the table here")
     args = ap.parse_args(argv)
     lines = [f"{'job':30} {'exh. CPU s':>10} {'Optuna CPU s':>12} {'at equal CPU':>12} {'at 2x CPU':>9} "
@@ -104,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and args.only not in name:
             continue
         ex = _run(_exhaustive, (model, cluster, gpus))
-        op = _run(_optuna, (model, cluster, gpus), args.trials, ex["key"])
+        op = _run(_optuna, (model, cluster, gpus), args.trials, ex["key"], args.cpu_factor * ex["cpu_s"])
 
         def ratio_at(cpu: float, ex: dict[str, Any] = ex, op: dict[str, Any] = op) -> float:
             steps = [s for t, s, _ in op["found"] if t <= cpu]
