@@ -16,7 +16,8 @@ plan found and is marked ``truncated``.
 Optuna (TPE, seeded): where the space has more structures than ``EXHAUSTIVE_LIMIT``, the trials choose
 each axis among the values legal after the axes before it (no illegal trial), a structure already
 costed is never re-costed, one whose lower bound cannot beat the k-th best found is answered with
-its bound (neither resolved nor costed), and the first trials are the structures with the least bounds.
+its bound (neither resolved nor costed), and a third of the trials, 3 to each sampled one while they last, are
+the structures with the least bounds, in bound order (a warm start told to the sampler as finished trials).
 Deterministic for a seed when the trial count, not a wall-clock budget, ends the study. Where both can
 run, ``gap_to_exhaustive`` reports how far the search's best is from the exhaustive best.
 
