@@ -152,15 +152,86 @@ MEGATRON_CASES = {
 }
 
 
-def test_megatron_accepts_what_the_emitted_script_launches_for_plans_of_every_kind(validators, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def _every_kind(root: Path) -> tuple[list[str], dict]:
     specs, requests = [], {}
     for name, (model, cluster, gpus, seq, gbs, plan, precision) in MEGATRON_CASES.items():
         request = _request(model, cluster, gpus, seq, gbs, plan, precision)
-        emit(request, "megatron", tmp_path / name)
-        record = launched(tmp_path / name, tmp_path)
+        emit(request, "megatron", root / name)
+        record = launched(root / name, root)
         requests[str(record)] = request
         specs.append(f"{record}:{request.cluster.gpu.family}")
-    results = run_megatron(specs)
+    return specs, requests
+
+
+def _every_preset(root: Path) -> tuple[list[str], dict]:
+    specs, models = [], {}
+    for preset in model_names():
+        model = load_model(preset)
+        request = EmitRequest(model=model, cluster=load_cluster("dgx-b200", num_gpus=8),
+                              job=JobSpec(global_batch=64, seq_len=4096), plan=Plan(dp=8))
+        emit(request, "megatron", root / preset)
+        record = launched(root / preset, root)
+        models[str(record)] = model
+        specs.append(f"{record}:blackwell")
+    return specs, models
+
+
+def _bench_plans(root: Path) -> tuple[list[str], None]:
+    golden = json.loads((REPO / "benchmarks" / "golden.json").read_text())
+    scenarios = {s.name: s for s in load_scenarios(REPO / "benchmarks" / "scenarios.json")}
+    specs = []
+    for entry in golden["scenarios"]:
+        s = scenarios[entry["name"]]
+        ctx = s.ctx
+        plans = {"best": plan_from_dict(entry["best"]["plan"])}
+        if s.reference:
+            structure = reference_plan(ctx, s.reference)
+            options = resolve(ctx, structure).options if not plan_violations(ctx.model, ctx.job, structure,
+                                                                              ctx.num_gpus) else ()
+            if options:
+                plans["reference"] = options[0].plan
+        for label, plan in plans.items():
+            out = root / f"{s.name}-{label}"
+            emit(EmitRequest(model=ctx.model, cluster=ctx.cluster, job=ctx.job, plan=plan), "megatron", out)
+            specs.append(f"{launched(out, root)}:{ctx.cluster.gpu.family}")
+    return specs, None
+
+
+def _broken_plans(root: Path) -> tuple[list[str], None]:
+    request = _request("llama3-8b", "dgx-h100", 8, 4096, 64, Plan(tp=2, pp=2, dp=2, sp=True))
+    emit(request, "megatron", root / "ok")
+    broken = root / "broken"
+    emit(request, "megatron", broken)
+    args = (broken / "megatron_args.txt").read_text()
+    # 16 layers per stage cannot be cut into virtual stages of 3 layers.
+    (broken / "megatron_args.txt").write_text(args + "--num-layers-per-virtual-pipeline-stage\n3\n")
+    no_env = root / "no-env"
+    emit(request, "megatron", no_env)
+    launch = (no_env / "launch_megatron.sh").read_text()
+    assert "export CUDA_DEVICE_MAX_CONNECTIONS=1" in launch
+    (no_env / "launch_megatron.sh").write_text(launch.replace("export CUDA_DEVICE_MAX_CONNECTIONS=1", "true"))
+    return [f"{launched(d, root)}:hopper" for d in (root / "ok", broken, no_env)], None
+
+
+@pytest.fixture(scope="module")
+def megatron_runs(validators, tmp_path_factory) -> dict[str, tuple[list[dict], object]]:  # type: ignore[no-untyped-def]
+    """The Megatron cases this module expects to pass, checked by one validator process (starting one imports
+    Megatron-Core and torch), each group's results in its order. The deliberately broken launches get their own
+    process (``test_megatron_rejects_a_broken_plan``): after the others, the checker's process state let a
+    broken one through."""
+    groups = {name: prepare(tmp_path_factory.mktemp(name)) for name, prepare in
+              (("kinds", _every_kind), ("presets", _every_preset), ("bench", _bench_plans))}
+    results = run_megatron([spec for specs, _ in groups.values() for spec in specs])
+    out, i = {}, 0
+    for name, (specs, extra) in groups.items():
+        out[name] = (results[i:i + len(specs)], extra)
+        assert [r["dir"] for r in out[name][0]] == [spec.rsplit(":", 1)[0] for spec in specs]
+        i += len(specs)
+    return out
+
+
+def test_megatron_accepts_what_the_emitted_script_launches_for_plans_of_every_kind(megatron_runs) -> None:  # type: ignore[no-untyped-def]
+    results, requests = megatron_runs["kinds"]
     bad = [(r["dir"], r.get("error")) for r in results if not r["ok"]]
     assert not bad, bad
     for r in results:
@@ -185,61 +256,23 @@ def test_megatron_accepts_what_the_emitted_script_launches_for_plans_of_every_ki
     assert hsdp["use_megatron_fsdp"] and hsdp["num_distributed_optimizer_instances"] == 2
 
 
-def test_megatron_parses_back_every_preset_model_as_its_model_spec(validators, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    specs, models = [], {}
-    for preset in model_names():
-        model = load_model(preset)
-        request = EmitRequest(model=model, cluster=load_cluster("dgx-b200", num_gpus=8),
-                              job=JobSpec(global_batch=64, seq_len=4096), plan=Plan(dp=8))
-        emit(request, "megatron", tmp_path / preset)
-        record = launched(tmp_path / preset, tmp_path)
-        models[str(record)] = model
-        specs.append(f"{record}:blackwell")
-    results = run_megatron(specs)
+def test_megatron_parses_back_every_preset_model_as_its_model_spec(megatron_runs) -> None:  # type: ignore[no-untyped-def]
+    results, models = megatron_runs["presets"]
     assert len(results) == len(model_names()) >= 12
     for result in results:
         assert result["ok"], (result["dir"], result.get("error"))
         assert_model_equal(result, models[result["dir"]], 1)
 
 
-def test_megatron_accepts_the_benchmark_scenarios_best_and_reference_plans(validators, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    golden = json.loads((REPO / "benchmarks" / "golden.json").read_text())
-    scenarios = {s.name: s for s in load_scenarios(REPO / "benchmarks" / "scenarios.json")}
-    specs = []
-    for entry in golden["scenarios"]:
-        s = scenarios[entry["name"]]
-        ctx = s.ctx
-        plans = {"best": plan_from_dict(entry["best"]["plan"])}
-        if s.reference:
-            structure = reference_plan(ctx, s.reference)
-            options = resolve(ctx, structure).options if not plan_violations(ctx.model, ctx.job, structure,
-                                                                              ctx.num_gpus) else ()
-            if options:
-                plans["reference"] = options[0].plan
-        for label, plan in plans.items():
-            out = tmp_path / f"{s.name}-{label}"
-            emit(EmitRequest(model=ctx.model, cluster=ctx.cluster, job=ctx.job, plan=plan), "megatron", out)
-            specs.append(f"{launched(out, tmp_path)}:{ctx.cluster.gpu.family}")
-    results = run_megatron(specs)
+def test_megatron_accepts_the_benchmark_scenarios_best_and_reference_plans(megatron_runs) -> None:  # type: ignore[no-untyped-def]
+    results, _ = megatron_runs["bench"]
     bad = [(Path(r["dir"]).parent.name, r.get("error")) for r in results if not r["ok"]]
     assert not bad, bad
-    assert len(specs) >= 30
+    assert len(results) >= 30
 
 
 def test_megatron_rejects_a_broken_plan(validators, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    request = _request("llama3-8b", "dgx-h100", 8, 4096, 64, Plan(tp=2, pp=2, dp=2, sp=True))
-    emit(request, "megatron", tmp_path / "ok")
-    broken = tmp_path / "broken"
-    emit(request, "megatron", broken)
-    args = (broken / "megatron_args.txt").read_text()
-    # 16 layers per stage cannot be cut into virtual stages of 3 layers.
-    (broken / "megatron_args.txt").write_text(args + "--num-layers-per-virtual-pipeline-stage\n3\n")
-    no_env = tmp_path / "no-env"
-    emit(request, "megatron", no_env)
-    launch = (no_env / "launch_megatron.sh").read_text()
-    assert "export CUDA_DEVICE_MAX_CONNECTIONS=1" in launch
-    (no_env / "launch_megatron.sh").write_text(launch.replace("export CUDA_DEVICE_MAX_CONNECTIONS=1", "true"))
-    ok, bad, env = run_megatron([f"{launched(d, tmp_path)}:hopper" for d in (tmp_path / "ok", broken, no_env)])
+    ok, bad, env = run_megatron(_broken_plans(tmp_path)[0])
     assert ok["ok"]
     assert not bad["ok"] and "virtual pipeline" in bad["error"]
     assert not env["ok"] and "CUDA_DEVICE_MAX_CONNECTIONS" in env["error"]

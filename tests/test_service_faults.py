@@ -132,8 +132,13 @@ def test_killed_worker_fails_its_job_and_is_replaced_and_a_runaway_job_is_stoppe
     assert Store(sqlite_url).get_job(drained).status == "queued"  # the next start resumes it
 
 
+# A dead server's running job is taken over once its lease lapses: a short lease (heartbeats every lease / 3) so
+# the restarted server does not sit out the default 30 s.
+RESUME_LEASE_S = "4"
+
+
 def test_server_killed_mid_search_leaves_no_worker_and_the_job_resumes(tmp_path, sqlite_url) -> None:
-    s = Server(sqlite_url, "--workers", "1")
+    s = Server(sqlite_url, "--workers", "1", "--lease", RESUME_LEASE_S)
     try:
         job_id = s.post({**LONG, "time_budget": 3}).json()["id"]
         s.wait_running(job_id)
@@ -142,7 +147,7 @@ def test_server_killed_mid_search_leaves_no_worker_and_the_job_resumes(tmp_path,
         assert_no_orphans(s.proc.pid)
     finally:
         s.kill_all()
-    s2 = Server(sqlite_url, "--workers", "1")
+    s2 = Server(sqlite_url, "--workers", "1", "--lease", RESUME_LEASE_S)
     try:
         assert s2.wait_final(job_id, timeout=120)["status"] in ("done", "failed")
         s2.stop(signal.SIGINT)

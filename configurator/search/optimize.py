@@ -16,7 +16,8 @@ plan found and is marked ``truncated``.
 Optuna (TPE, seeded): where the space has more structures than ``EXHAUSTIVE_LIMIT``, the trials choose
 each axis among the values legal after the axes before it (no illegal trial), a structure already
 costed is never re-costed, one whose lower bound cannot beat the k-th best found is answered with
-its bound (neither resolved nor costed), and the first trials are the structures with the least bounds.
+its bound (neither resolved nor costed), and a third of the trials, 3 to each sampled one while they last, are
+the structures with the least bounds, in bound order (a warm start told to the sampler as finished trials).
 Deterministic for a seed when the trial count, not a wall-clock budget, ends the study. Where both can
 run, ``gap_to_exhaustive`` reports how far the search's best is from the exhaustive best.
 
@@ -393,27 +394,43 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
 
 _UNBOUNDED = 1e300
 """The lower bound of a structure the budget left unbounded (finite: it is still explored for a first plan)."""
-OPTUNA_WARM_START = 30
-"""Optuna's first trials: the structures with the least lower bounds (``bound.py``), not random ones."""
+OPTUNA_WARM_SHARE = 3
+"""Up to one trial in this many is a warm start: the structures with the least lower bounds (``bound.py``), taken in
+bound order like the exhaustive search's front, evaluated directly and told to the sampler as finished trials."""
+OPTUNA_WARM_RUN = 3
+"""Warm-start structures between two sampled trials, while the warm start lasts."""
+OPTUNA_MULTIVARIATE = False
+"""TPE one axis at a time (independent): about a third of the multivariate sampler's cost per trial; with it (and
+3 warm-start structures per sampled trial) Qwen3-235B/64 and DeepSeek-V3/512 reached 0.99 of the exhaustive best
+sooner than with the multivariate sampler at 2 to 1 (``benchmarks/search_optuna.py``)."""
 
 
-def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Plan], list[Option]],
+def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[..., list[Option] | None],
             constants: CostConstants, top_k: int, budget_s: float | None, seed: int, start: float,
             say: Progress, max_trials: int, storage: str | None = None,
             study_name: str | None = None, budget: _Budget | None = None,
-            warm: slice = slice(0, OPTUNA_WARM_START)) -> tuple[_TopK, int, list[str]]:
+            warm_part: tuple[int, int] = (0, 1)) -> tuple[_TopK, int, list[str]]:
     """TPE over the legal structures only: each axis is chosen among the values legal after the axes
-    before it (a conditional, define-by-run space), so no trial is illegal; a structure already costed
+    before it (a conditional, define-by-run space), so no trial is illegal; a structure already tried
     is answered from memory, never re-costed, and one whose lower bound (``bound.py``) cannot beat the
-    k-th best found is answered with that bound, neither resolved nor costed. The first trials are the
-    ``warm`` slice of the structures ordered by their lower bound. Deterministic for a seed when the
-    trial cap ends the study."""
+    k-th best found is answered with that bound, neither resolved nor costed. A structure is costed
+    under both its pipeline splits (the default one and the embedding/loss-aware one of ``layouts.py``,
+    where the exhaustive search has it too), every fitting option whose own bound can still beat the k-th best.
+
+    Warm start: a third of the trials (``OPTUNA_WARM_SHARE``), alternating with the sampler's, are the
+    best-bounded structures of block ``warm_part = (i, n)`` of the space (``in_partition``: process i of a
+    parallel search bounds only its own n-th of the structures, so the bounding is split, not repeated),
+    evaluated directly in bound order and added to the study as finished trials (no sampler call: the
+    sampler's own cost, not the plan's, dominates a trial); once a structure's bound cannot beat the k-th
+    best, the rest cannot either and only the sampler goes on (over the whole space; a sampled structure's
+    bound is computed when it is sampled).
+    Deterministic for a seed when the trial cap ends the study."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    legal: dict[tuple, Plan] = {}
-    for p in structures:  # the default split; the embedding/loss-aware one (layouts.py) is exhaustive-only
-        legal.setdefault(_key(p), p)
+    legal: dict[tuple, list[Plan]] = {}
+    for p in structures:  # a structure may come with two pipeline splits (layouts.py): both are tried
+        legal.setdefault(_key(p), []).append(p)
     names = ("tp", "cp", "pp", "vpp", "ep", "etp", "micro_batch")
     assert [a.name for a in AXES[:7]] == list(names)
     options: dict[tuple, set[int]] = {}
@@ -429,7 +446,67 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Pl
     top = _TopK(top_k)
     costed: dict[tuple, float] = {}
     evaluated = [0]
+    pruned = [0]
     remaining = budget_s if budget_s is not None else None
+    bounds = StructureBounds(ctx, constants)
+    first_bound: dict[tuple, float] = {}  # the default split's bound (its order is the warm start's)
+    full_bound: dict[tuple, float] = {}   # the least over the structure's splits
+
+    def bound_of(key: tuple) -> float:
+        if key not in full_bound:
+            own = first_bound.get(key)
+            if own is None:
+                own = first_bound[key] = bounds.bound(legal[key][0])
+            full_bound[key] = min([own, *(bounds.bound(p) for p in legal[key][1:])])
+        return full_bound[key]
+
+    def value(key: tuple) -> float:
+        """The structure's best step time (inf: nothing fits), or its bound when that cannot beat the k-th best."""
+        if key in costed:
+            return costed[key]
+        lb = bound_of(key)
+        if lb >= top.bound:
+            # Its lower bound cannot beat the k-th best found: not resolved, not costed; the sampler
+            # learns the bound (the step is at least that), like the exhaustive search's pruning.
+            pruned[0] += 1
+            return lb
+        best, raised_lb = float("inf"), float("inf")
+        for plan in legal[key]:
+            # Lazy memory, as in the exhaustive search: one estimate of the least form; where no partial
+            # recompute can fit, the full-recompute form's bound decides whether resolving is worth it.
+            opts = options_of(plan, True)
+            if opts is None and needs_full_recompute(ctx, plan):
+                raised = bounds.bound(replace_unchecked(plan, recompute="full", recompute_num_layers=0))
+                if raised >= top.bound:
+                    raised_lb = min(raised_lb, raised)
+                    continue
+                opts = options_of(plan, full_recompute=True)
+            for option in opts if opts is not None else options_of(plan):
+                if option.plan is not plan and bounds.bound(option.plan) >= top.bound:
+                    continue  # this sharding/recompute/offload form cannot beat the k-th best either
+                result = _cost(ctx, option, constants)
+                evaluated[0] += 1
+                top.push(result)
+                best = min(best, result.step.step_s)
+        if best == float("inf") and raised_lb < float("inf"):
+            pruned[0] += 1
+            full_bound[key] = raised_lb  # its full-recompute bound: the step is at least that (and top.bound
+            return raised_lb             # only falls, so it stays out)
+        costed[key] = best
+        frac = (time.perf_counter() - start) / remaining if remaining else len(costed) / max_trials
+        say(min(1.0, frac), f"optuna: {len(costed)} structures tried")
+        return best
+
+    def params_of(key: tuple) -> tuple[dict[str, object], dict[str, optuna.distributions.BaseDistribution]]:
+        params: dict[str, object] = {}
+        dists: dict[str, optuna.distributions.BaseDistribution] = {}
+        prefix: tuple = ()
+        for i, v in enumerate(key):
+            if len(children[prefix]) > 1:
+                params[param(i, prefix)] = v
+                dists[param(i, prefix)] = optuna.distributions.CategoricalDistribution(children[prefix])
+            prefix = (*prefix, v)
+        return params, dists
 
     ran = [0]
 
@@ -438,54 +515,65 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[[Pl
         prefix: tuple = ()
         for i in range(len(names)):
             choices = children[prefix]
-            value = choices[0] if len(choices) == 1 else trial.suggest_categorical(param(i, prefix), choices)
-            prefix = (*prefix, value)
-        if prefix not in costed and bound_of[prefix] >= top.bound:
-            # Its lower bound cannot beat the k-th best found: not resolved, not costed; the sampler
-            # learns the bound (the step is at least that), like the exhaustive search's pruning.
-            pruned[0] += 1
-            return bound_of[prefix]
-        if prefix not in costed:
-            best = float("inf")
-            for option in options_of(legal[prefix]):
-                result = _cost(ctx, option, constants)
-                evaluated[0] += 1
-                top.push(result)
-                best = min(best, result.step.step_s)
-            costed[prefix] = best
-            frac = (time.perf_counter() - start) / remaining if remaining else len(costed) / max_trials
-            say(min(1.0, frac), f"optuna: {len(costed)} structures tried")
-        if costed[prefix] == float("inf"):
+            chosen = choices[0] if len(choices) == 1 else trial.suggest_categorical(param(i, prefix), choices)
+            prefix = (*prefix, chosen)
+        v = value(prefix)
+        if v == float("inf"):
             raise optuna.TrialPruned()
-        return costed[prefix]
+        return v
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group=True (conditional axes)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=OPTUNA_MULTIVARIATE, group=OPTUNA_MULTIVARIATE,
+                                             n_startup_trials=10)
     study = optuna.create_study(direction="minimize", sampler=sampler, storage=storage, study_name=study_name,
                                 load_if_exists=storage is not None)
-    bounds = StructureBounds(ctx, constants)
-    bound_of = {k: bounds.bound(p) for k, p in legal.items()}
-    pruned = [0]
-    ranked_keys = sorted(legal, key=lambda k: (bound_of[k], k))
-    first = ranked_keys[warm][:max(1, max_trials // 3)]  # leave most trials to the sampler
-    for key in first:
-        params, prefix = {}, ()
-        for i, value in enumerate(key):
-            if len(children[prefix]) > 1:
-                params[param(i, prefix)] = value
-            prefix = (*prefix, value)
-        study.enqueue_trial(params)
-    elapsed = time.perf_counter() - start
-    timeout = max(0.05, remaining - elapsed) if remaining is not None else None
-    study.optimize(objective, n_trials=max_trials, timeout=timeout, catch=())
-    by_time = ran[0] < max_trials
+
+    def over() -> bool:
+        return remaining is not None and time.perf_counter() - start >= remaining
+
+    # Warm start: the default split's bound of every legal structure of this block, then the best-bounded.
+    cut = False
+    mine = [(key, plans) for key, plans in legal.items() if warm_part[1] == 1 or in_partition(plans[0], warm_part)]
+    for i, (key, plans) in enumerate(mine):
+        if i and i % 256 == 0 and over():
+            cut = True
+            break
+        first_bound[key] = bounds.bound(plans[0])
+    ranked_keys = sorted(first_bound, key=lambda k: (first_bound[k], k))
+    block = ranked_keys[:max(1, max_trials // OPTUNA_WARM_SHARE)]
+    # OPTUNA_WARM_RUN warm-start structures, then one sampled trial, in turn (asked and told by hand, so the warm ones
+    # need no sampler call): the bound order finds structures whose bound is tight, the sampler the ones it
+    # ranks badly (memory-tight structures need offload or recompute their least form does not pay for).
+    warm_left = list(reversed(block))
+    warm = 0
+    while ran[0] < max_trials and not (over() and top.heap):
+        if warm_left and ran[0] % (OPTUNA_WARM_RUN + 1) != OPTUNA_WARM_RUN:
+            key = warm_left.pop()
+            if first_bound[key] >= top.bound:
+                warm_left = []  # the rest of the block is bounded out too (bound order)
+                continue
+            v = value(key)
+            ran[0] += 1
+            warm += 1
+            params, dists = params_of(key)
+            state = optuna.trial.TrialState.PRUNED if v == float("inf") else optuna.trial.TrialState.COMPLETE
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, state=state,
+                                                      value=None if v == float("inf") else v))
+            continue
+        trial = study.ask()
+        try:
+            study.tell(trial, objective(trial))
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    by_time = cut or ran[0] < max_trials and over()
     if by_time and budget is not None:
         budget.hit = True
     ended = "time budget (more time may find more)" if by_time else "trial cap (deterministic for the seed)"
     notes = [f"optuna TPE (seed {seed}): {ran[0]} trials, {len(costed)} distinct structures costed "
-             f"of {len(legal)} (the first {len(first)} by lower bound), {pruned[0]} trials answered by their lower "
-             f"bound (it could not beat the {top_k}-th best); ended by the {ended}"]
+             f"of {len(legal)} ({warm} of them the warm start's, in lower-bound order of block {warm_part[0] + 1}/"
+             f"{warm_part[1]}), {pruned[0]} trials answered by their lower bound (it could not beat the {top_k}-th "
+             f"best); ended by the {ended}"]
     return top, evaluated[0], notes
 
 
@@ -498,27 +586,48 @@ def _study_name(ctx: SearchContext, seed: int) -> str:
 
 
 def _optuna_worker(ctx: SearchContext, constants: CostConstants, top_k: int, budget: float | None, seed: int,
-                   max_trials: int, storage: str, study_name: str, index: int) -> tuple[list[Evaluated], int, int]:
-    """One process: its own study (seed, warm-start slice), its own structure cache; trials in the database."""
+                   max_trials: int, storage: str, study_name: str, index: int,
+                   parts: int) -> tuple[list[Evaluated], int, int]:
+    """Process ``index`` of ``parts``: its own study (seed), its own block of the structures to bound and warm
+    start from (``_optuna``'s ``warm_part``), its own structure cache; trials in the database."""
+    # The per-search caches ``search`` sets (group shapes, memory estimates): a spawned worker or a service
+    # block has none otherwise, and without them a study took about 3x the CPU (measured: 16 CPU s vs ~5).
+    shapes, memo, acts = SHAPE_CACHE.set(ShapeCache()), MEMORY_MEMO.set({}), ACTIVATION_MEMO.set({})
+    try:
+        return _optuna_study(ctx, constants, top_k, budget, seed, max_trials, storage, study_name, index, parts)
+    finally:
+        SHAPE_CACHE.reset(shapes)
+        MEMORY_MEMO.reset(memo)
+        ACTIVATION_MEMO.reset(acts)
+
+
+def _optuna_study(ctx: SearchContext, constants: CostConstants, top_k: int, budget: float | None, seed: int,
+                  max_trials: int, storage: str, study_name: str, index: int,
+                  parts: int) -> tuple[list[Evaluated], int, int]:
     structures = list(enumerate_plans(ctx))
     resolutions: dict[tuple, list[Option]] = {}
 
-    def options_of(plan: Plan) -> list[Option]:
+    def options_of(plan: Plan, least_only: bool = False, full_recompute: bool = False) -> list[Option] | None:
+        """As ``_search``'s: with ``least_only`` None unless the least form fits (nothing recorded)."""
         key = (*_key(plan), plan.pipeline_layers)
         if key not in resolutions:
-            resolutions[key] = list((resolve_least(ctx, plan) or resolve(ctx, plan)).options)
+            res = resolve_least(ctx, plan)
+            if res is None and least_only:
+                return None
+            res = res or (resolve_full_recompute(ctx, plan) if full_recompute else resolve(ctx, plan))
+            resolutions[key] = list(res.options)
         return resolutions[key]
 
-    warm = slice(index * OPTUNA_WARM_START, (index + 1) * OPTUNA_WARM_START)
     top, evaluated, _ = _optuna(ctx, structures, options_of, constants, top_k, budget, seed, time.perf_counter(),
-                                lambda _f, _m: None, max_trials, storage, study_name, warm=warm)
+                                lambda _f, _m: None, max_trials, storage, study_name, warm_part=(index, parts))
     return top.ranked(), evaluated, sum(1 for opts in resolutions.values() if opts)
 
 
 def _optuna_parallel(ctx: SearchContext, constants: CostConstants, top_k: int, budget: float | None, seed: int,
                      max_trials: int, storage: str | None, workers: int) -> tuple[_TopK, int, list[str], int]:
     """``workers`` processes, each its own study in the RDB storage (seed + i, ``max_trials / workers``
-    trials, the i-th slice of the best-bounded structures to start from); their best plans are merged.
+    trials, warm-started from the best-bounded structures of the i-th block of the space, which only it
+    bounds); their best plans are merged.
     Independent studies rather than one shared one: a shared TPE study samples from whatever trials the
     others finished, which depends on timing, so its answer would differ run to run. Deterministic for a
     seed and a trial count (when no wall-clock budget ends a study)."""
@@ -532,7 +641,8 @@ def _optuna_parallel(ctx: SearchContext, constants: CostConstants, top_k: int, b
     name = _study_name(ctx, seed)
     _create_storage(storage)
     share = max(1, max_trials // workers)
-    jobs = [(ctx, constants, top_k, budget, seed + i, share, storage, f"{name}-w{i}", i) for i in range(workers)]
+    jobs = [(ctx, constants, top_k, budget, seed + i, share, storage, f"{name}-w{i}", i, workers)
+            for i in range(workers)]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         parts = pool.starmap(_optuna_worker, jobs)
     top = _TopK(top_k)

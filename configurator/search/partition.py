@@ -85,8 +85,8 @@ def optuna_block(ctx: SearchContext, index: int, parts: int, *, storage: str, to
                  max_trials: int | None = None, time_budget_s: float | None = None, **_: Any) -> SearchResult:
     """Study ``index`` of ``parts`` of an Optuna search whose studies share one RDB ``storage``: exactly what
     process ``index`` of ``search(..., workers=parts, storage=storage)`` runs (seed + index, its share of the
-    trials, its slice of the best-bounded structures to start from), so the merge of the blocks is that search's
-    answer. Its best plans get their placement here (the exhaustive blocks' ``search`` does the same)."""
+    trials, the best-bounded structures of its block of the space to start from), so the merge of the blocks is
+    that search's answer. Its best plans get their placement here (the exhaustive blocks' ``search`` does the same)."""
     import time
 
     from configurator.cost.constants import load_calibration
@@ -99,7 +99,7 @@ def optuna_block(ctx: SearchContext, index: int, parts: int, *, storage: str, to
     optimize._create_storage(storage)
     name = f"{optimize._study_name(ctx, seed)}-w{index}"
     ranked, evaluated, feasible = optimize._optuna_worker(ctx, constants, top_k, time_budget_s, seed + index,
-                                                          max(1, trials // parts), storage, name, index)
+                                                          max(1, trials // parts), storage, name, index, parts)
     placed = sorted((optimize._with_placement(ctx, e, constants) for e in ranked), key=lambda e: (e.tight, e.step.step_s))
     return SearchResult(ranked=tuple(placed), method="optuna", candidates=sum(1 for _ in enumerate_plans(ctx)),
                         feasible=feasible, options=0, evaluated=evaluated, seconds=time.perf_counter() - start,

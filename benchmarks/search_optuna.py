@@ -1,0 +1,140 @@
+"""Optuna against the exhaustive search at equal CPU time, on the issue's four MoE jobs.
+
+Run: ``python benchmarks/search_optuna.py [--only SUBSTR] [--trials N] [--cpu-factor F] [--out FILE]``. For each
+job, in fresh processes: the exhaustive search (its CPU seconds and best step), then one Optuna search bounded by
+its trial count (``--trials``, default the search's own), which records the CPU second at which each better plan
+was found, and is stopped after F (default 2) times the exhaustive search's CPU seconds. The ratio "at equal
+CPU" is the exhaustive best step over the best Optuna had found by the exhaustive search's CPU seconds: what an
+Optuna search given that many seconds on an idle core returns (a budgeted search is a prefix of the unbudgeted
+one: the same seed takes the same steps until its clock runs out). CPU seconds, not wall seconds, so the
+comparison holds on a loaded machine where ``search_speed.py --optuna`` (a wall-clock budget) does not. Also
+printed: Optuna's note (structures costed, warm-start count) and the rank of the exhaustive best
+structure in lower-bound order (where the warm start reaches it, the sampler is not what finds it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+JOBS = (("qwen3-235b-a22b", "dgx-h100", 64), ("deepseek-v3", "gb200-nvl72", 64), ("mixtral-8x22b", "dgx-h100", 64),
+        ("deepseek-v3", "h800-ib", 512))
+SEQ_LEN = 4096
+
+
+def _context(model: str, cluster: str, gpus: int) -> Any:
+    sys.path.insert(0, str(REPO))
+    from configurator import JobSpec, load_cluster, load_model
+    from configurator.search.space import SearchContext
+
+    return SearchContext(model=load_model(model), cluster=load_cluster(cluster, num_gpus=gpus),
+                         job=JobSpec(global_batch=max(512, gpus), seq_len=SEQ_LEN))
+
+
+def _exhaustive(job: tuple[str, str, int], queue: Any) -> None:
+    import time
+
+    from configurator.search.optimize import _key, search
+
+    ctx = _context(*job)
+    cpu = time.process_time()
+    r = search(ctx, top_k=5, method="exhaustive")
+    cpu = time.process_time() - cpu
+    best = r.ranked[0]
+    queue.put({"cpu_s": cpu, "step_s": best.step.step_s, "plan": best.plan.describe(), "key": _key(best.plan)})
+
+
+class _Stop(Exception):
+    """Raised from the progress callback once the CPU limit is passed: the rest of the run is not read."""
+
+
+def _optuna(job: tuple[str, str, int], trials: int | None, best_key: tuple, limit_cpu_s: float, queue: Any) -> None:
+    import time
+
+    from configurator.search import optimize
+    from configurator.search.bound import StructureBounds
+    from configurator.search.space import enumerate_plans
+
+    ctx = _context(*job)
+    found: list[tuple[float, float, str]] = []
+    start = time.process_time()
+    push = optimize._TopK.push
+
+    def recording(self: Any, item: Any) -> None:  # the CPU second of every improvement of the best
+        if not item.tight and (not found or item.step.step_s < found[-1][1]):
+            found.append((time.process_time() - start, item.step.step_s, item.plan.describe()))
+        push(self, item)
+
+    optimize._TopK.push = recording  # type: ignore[method-assign]
+    kwargs: dict[str, Any] = {} if trials is None else {"max_trials": trials}
+
+    def stop_after_limit(_fraction: float, _message: str) -> None:
+        if time.process_time() - start > limit_cpu_s:
+            raise _Stop
+
+    try:
+        notes = list(optimize.search(ctx, top_k=5, method="optuna", progress=stop_after_limit, **kwargs).notes)
+    except _Stop:
+        notes = [f"stopped after {limit_cpu_s:.0f} CPU s (the trial cap not reached)"]
+    total = time.process_time() - start
+    optimize._TopK.push = push  # type: ignore[method-assign]
+    # Where the exhaustive best structure ranks in lower-bound order (default pipeline split).
+    constants = optimize.load_calibration()
+    bounds = StructureBounds(ctx, constants)
+    first: dict[tuple, Any] = {}
+    for p in enumerate_plans(ctx):
+        first.setdefault(optimize._key(p), p)
+    order = sorted(first, key=lambda k: (bounds.bound(first[k]), k))
+    queue.put({"found": found, "cpu_s": total, "notes": notes,
+               "rank": order.index(best_key) if best_key in first else None, "structures": len(first)})
+
+
+def _run(target: Any, *args: Any) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    out = queue.get(timeout=3600)
+    proc.join(timeout=30)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", help="run jobs whose name contains this")
+    ap.add_argument("--trials", type=int, help="Optuna's trial count (default: the search's own)")
+    ap.add_argument("--cpu-factor", type=float, default=2.0,
+                    help="stop Optuna after this many times the exhaustive search's CPU seconds (default 2)")
+    ap.add_argument("--out", type=Path, help="also write the table here")
+    args = ap.parse_args(argv)
+    lines = [f"{'job':30} {'exh. CPU s':>10} {'Optuna CPU s':>12} {'at equal CPU':>12} {'at 2x CPU':>9} "
+             f"{'best rank':>9}  Optuna found the exhaustive best at"]
+    print(lines[0], flush=True)
+    for model, cluster, gpus in JOBS:
+        name = f"{model}/{gpus} {cluster}"
+        if args.only and args.only not in name:
+            continue
+        ex = _run(_exhaustive, (model, cluster, gpus))
+        op = _run(_optuna, (model, cluster, gpus), args.trials, ex["key"], args.cpu_factor * ex["cpu_s"])
+
+        def ratio_at(cpu: float, ex: dict[str, Any] = ex, op: dict[str, Any] = op) -> float:
+            steps = [s for t, s, _ in op["found"] if t <= cpu]
+            return ex["step_s"] / min(steps) if steps else 0.0
+
+        hit = next((t for t, s, _ in op["found"] if s <= ex["step_s"] * (1 + 1e-9)), None)
+        line = (f"{name:30} {ex['cpu_s']:10.1f} {op['cpu_s']:12.1f} {ratio_at(ex['cpu_s']):12.4f} "
+                f"{ratio_at(2 * ex['cpu_s']):9.4f} {op['rank']!s:>5}/{op['structures']:<5} "
+                f"{'never' if hit is None else f'{hit:.1f} CPU s'}")
+        lines += [line, f"    exhaustive best: {ex['plan']} ({ex['step_s']:.4f} s)", f"    {op['notes'][0]}"]
+        print("\n".join(lines[-3:]), flush=True)
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
