@@ -125,7 +125,7 @@ def plan(
     trials: Annotated[int, typer.Option("--trials", help="Optuna's trial cap (deterministic for a seed when it, not the time budget, ends the study).")] = 1500,
     storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna RDB storage URL (sqlite:///FILE, postgresql://...): the study lives there.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Processes sharing one Optuna study (implies --method optuna).")] = 1,
-    method: Annotated[str, typer.Option("--method", help="auto|exhaustive|optuna (auto: exhaustive up to 20000 structures).")] = "auto",
+    method: Annotated[str, typer.Option("--method", help="auto|exhaustive|optuna (auto: exhaustive up to 100000 structures).")] = "auto",
     framework: Annotated[Optional[str], typer.Option("--framework", help="megatron|deepspeed|torchtitan: search only plans that framework runs (default: megatron; the emitted framework with --emit deepspeed|torchtitan).")] = None,
     runtime: Annotated[Optional[str], typer.Option("--runtime", help=f"Cost/memory mechanics: {'|'.join(RUNTIMES)} (default: the framework's).")] = None,
     emit: Annotated[Optional[str], typer.Option("--emit", help="Write launch files of the best plan: megatron|deepspeed|torchtitan|all (needs --out; all: each framework's own best plan).")] = None,
