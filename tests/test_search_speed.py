@@ -86,6 +86,27 @@ def test_a_familys_shared_bound_is_below_each_members_bound(ctx: SearchContext) 
         assert shared > 0.3 * min(own)  # a useful bound, not a trivial one
 
 
+@pytest.mark.parametrize("ctx", [ctx_for("mixtral-8x7b", "dgx-h100", 64, 256, 4096),
+                                 ctx_for("llama3-70b", "dgx-h100", 64, 128, 8192)], ids=["mixtral", "llama3-70b"])
+def test_a_sharded_options_relaxed_bound_is_below_its_own(ctx: SearchContext) -> None:
+    """A ZeRO-3 / HSDP / ZeRO-2 option waits behind its distributed-optimizer bound before it is prepared:
+    that relaxed bound must never exceed the option's own bound, or a better option could be skipped."""
+    bounds = StructureBounds(ctx, CONSTANTS)
+    checked = 0
+    for plan in random.Random(1).sample(list(enumerate_plans(ctx)), 40):
+        if plan.dp * plan.cp <= 1:
+            continue
+        group = 8 // plan.tp
+        for sharding, shard_group in (("zero3", 0), ("zero2", 0), ("hsdp", group)):
+            if sharding == "hsdp" and (group < 2 or (plan.dp * plan.cp) % group):
+                continue
+            option = replace_unchecked(plan, sharding=sharding, shard_group=shard_group)
+            if bounds.needs_preparation(option):
+                assert bounds.relaxed_bound(option) <= bounds.bound(option), option.describe()
+                checked += 1
+    assert checked > 30
+
+
 def _options(res) -> list[tuple[Plan, str]]:  # type: ignore[no-untyped-def]
     return [(o.plan, o.why) for o in res.options]
 
