@@ -57,10 +57,12 @@ count Optuna's trial budget, not the space, bounds the time."""
 METHODS = ("auto", "exhaustive", "optuna")
 DEFAULT_TRIALS = 1500
 """Optuna trials; a wall-clock budget, where one is given, may end the study first."""
-DEFAULT_WORK_BUDGET = 20000
+DEFAULT_WORK_BUDGET = 100000
 """Without a wall-clock budget, the exhaustive search stops after this many memory resolutions plus
-costed options (a count, so the answer does not depend on how busy the machine is). The largest job of
-``benchmarks/search_speed.py``'s grid needs a few hundred; a search that hits it is marked truncated."""
+costed options (a count, so the answer does not depend on how busy the machine is); a search that hits
+it is marked truncated. The most any job of ``benchmarks/search_speed.py``'s grid needs (2026-11-30):
+20,550, DeepSeek-V3 on 64 H800, where few structures fit and most need a resolution (22 CPU s); the
+earlier cap of 20,000 cut that job short."""
 Progress = Callable[[float, str], None]
 
 
