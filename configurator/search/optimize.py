@@ -31,6 +31,8 @@ import heapq
 import itertools
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,8 +45,8 @@ from configurator.search.knobs import best_knobs
 from configurator.memory import ACTIVATION_MEMO, MemoryReport
 from configurator.placement import Placement
 from configurator.search.bound import StructureBounds
-from configurator.search.resolve import (MEMORY_MEMO, Option, needs_full_recompute, resolve, resolve_full_recompute,
-                                         resolve_least)
+from configurator.search.resolve import (MEMORY_MEMO, Option, Resolution, needs_full_recompute, resolve,
+                                         resolve_full_recompute, resolve_least)
 from configurator.search.space import AXES, SearchContext, SpaceStats, enumerate_plans
 from configurator.specs.plan import Plan, replace_unchecked
 
@@ -194,18 +196,33 @@ def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = 
     ``partition=(i, n)`` searches only the structures of block ``i`` of ``n`` (``in_partition``), exhaustively:
     the exact best ``top_k`` of that block, for a split search's merge (``service/split.py``).
     """
-    # Per-search caches (group shapes, memory estimates): bounded, and gone when the search returns.
-    shapes, memo, acts = SHAPE_CACHE.set(ShapeCache()), MEMORY_MEMO.set({}), ACTIVATION_MEMO.set({})
-    works = WORK_TIME_MEMO.set({})
-    try:
+    with _search_caches():
         return _search(ctx, top_k=top_k, time_budget_s=time_budget_s, seed=seed, method=method, constants=constants,
                        max_trials=max_trials, progress=progress, storage=storage, workers=workers,
                        work_budget=work_budget, partition=partition)
+
+
+@contextmanager
+def _search_caches() -> Iterator[None]:
+    """The per-search caches (group shapes, memory and activation estimates, layer-work times): bounded, and
+    gone when the search returns. Every process that searches sets them: ``search``, and each parallel Optuna
+    worker or service block (spawned, it has none otherwise; without them a study took about 3x the CPU)."""
+    tokens = (SHAPE_CACHE.set(ShapeCache()), MEMORY_MEMO.set({}), ACTIVATION_MEMO.set({}), WORK_TIME_MEMO.set({}))
+    try:
+        yield
     finally:
-        SHAPE_CACHE.reset(shapes)
-        MEMORY_MEMO.reset(memo)
-        ACTIVATION_MEMO.reset(acts)
-        WORK_TIME_MEMO.reset(works)
+        for var, token in zip((SHAPE_CACHE, MEMORY_MEMO, ACTIVATION_MEMO, WORK_TIME_MEMO), tokens):
+            var.reset(token)  # type: ignore[attr-defined]
+
+
+def _resolution(ctx: SearchContext, plan: Plan, least_only: bool, full_recompute: bool) -> Resolution | None:
+    """A structure's memory resolution, lazily: one estimate of its least form first; with ``least_only``,
+    None unless that fits; ``full_recompute``: ``needs_full_recompute`` is known to hold, so the shorter
+    resolution gives the same answer."""
+    res = resolve_least(ctx, plan)
+    if res is None and least_only:
+        return None
+    return res or (resolve_full_recompute(ctx, plan) if full_recompute else resolve(ctx, plan))
 
 
 def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed: int, method: str,
@@ -238,10 +255,9 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
         key = (*_key(plan), plan.pipeline_layers)  # a structure may come with two splits (layouts.py)
         if key not in resolutions:
             budget.work += 1
-            res = resolve_least(ctx, plan)
-            if res is None and least_only:
+            res = _resolution(ctx, plan, least_only, full_recompute)
+            if res is None:
                 return None
-            res = res or (resolve_full_recompute(ctx, plan) if full_recompute else resolve(ctx, plan))
             if not res.options:
                 infeasible["nothing fits memory even with full recompute and optimizer offload"] += 1
                 if res.smallest_need_bytes:
@@ -369,26 +385,16 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
                 # The structure's own least form has the bound just popped; the others get their own
                 # bound only when they reach the front (kind 3), since it needs a full preparation.
                 heapq.heappush(queue, (lb, next(counter), 1 if option.plan is item else 3, option))
-        elif kind == 3:
+        elif kind in (3, 5):
             plan = item.plan  # type: ignore[attr-defined]
-            if bounds.needs_preparation(plan):
+            if kind == 3 and bounds.needs_preparation(plan):
                 # A preparation is dear: first the bound of its distributed-optimizer form (no per-layer
-                # gathers, below its own); the preparation waits until that reaches the front.
+                # gathers, below its own); the preparation waits until that reaches the front (kind 5).
                 relaxed = bounds.relaxed_bound(plan)
                 if relaxed > lb:
                     heapq.heappush(queue, (relaxed, next(counter), 5, item))
                     continue
-            own = bounds.bound(plan)
-            if own > lb:
-                heapq.heappush(queue, (own, next(counter), 1, item))
-            else:
-                heapq.heappush(queue, (lb, next(counter), 1, item))
-        elif kind == 5:
-            own = bounds.bound(item.plan)  # type: ignore[attr-defined]
-            if own > lb:
-                heapq.heappush(queue, (own, next(counter), 1, item))
-            else:
-                heapq.heappush(queue, (lb, next(counter), 1, item))
+            heapq.heappush(queue, (max(lb, bounds.bound(plan)), next(counter), 1, item))
         else:
             top.push(_cost(ctx, item, constants))  # type: ignore[arg-type]
             evaluated += 1
@@ -596,15 +602,8 @@ def _optuna_worker(ctx: SearchContext, constants: CostConstants, top_k: int, bud
                    parts: int) -> tuple[list[Evaluated], int, int]:
     """Process ``index`` of ``parts``: its own study (seed), its own block of the structures to bound and warm
     start from (``_optuna``'s ``warm_part``), its own structure cache; trials in the database."""
-    # The per-search caches ``search`` sets (group shapes, memory estimates): a spawned worker or a service
-    # block has none otherwise, and without them a study took about 3x the CPU (measured: 16 CPU s vs ~5).
-    shapes, memo, acts = SHAPE_CACHE.set(ShapeCache()), MEMORY_MEMO.set({}), ACTIVATION_MEMO.set({})
-    try:
+    with _search_caches():
         return _optuna_study(ctx, constants, top_k, budget, seed, max_trials, storage, study_name, index, parts)
-    finally:
-        SHAPE_CACHE.reset(shapes)
-        MEMORY_MEMO.reset(memo)
-        ACTIVATION_MEMO.reset(acts)
 
 
 def _optuna_study(ctx: SearchContext, constants: CostConstants, top_k: int, budget: float | None, seed: int,
@@ -617,10 +616,9 @@ def _optuna_study(ctx: SearchContext, constants: CostConstants, top_k: int, budg
         """As ``_search``'s: with ``least_only`` None unless the least form fits (nothing recorded)."""
         key = (*_key(plan), plan.pipeline_layers)
         if key not in resolutions:
-            res = resolve_least(ctx, plan)
-            if res is None and least_only:
+            res = _resolution(ctx, plan, least_only, full_recompute)
+            if res is None:
                 return None
-            res = res or (resolve_full_recompute(ctx, plan) if full_recompute else resolve(ctx, plan))
             resolutions[key] = list(res.options)
         return resolutions[key]
 
