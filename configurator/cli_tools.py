@@ -146,7 +146,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Fit the cost model's named constants to measured runs (least squares on log error)."""
-        from configurator.calibrate import calibrate as run_calibration, write_calibration
+        from configurator.calibrate import PRIORS, calibrate as run_calibration, write_calibration
 
         from configurator.safe_files import writable_file
 
@@ -158,8 +158,8 @@ def register(app: typer.Typer) -> None:
         say = (lambda msg: None) if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
         if not 1 <= workers <= MAX_WORKERS:
             raise InputError("workers", workers, f"must be in 1..{MAX_WORKERS}")
-        if prior not in ("physical", "weak"):
-            raise InputError("prior", prior, "must be one of physical, weak")
+        if prior not in PRIORS:
+            raise InputError("prior", prior, f"must be one of {', '.join(PRIORS)}")
         result = run_calibration(runs, cross_validate=cross_validate, workers=workers, progress=say, prior=prior,
                                  cv_group=cv_group)
         with _writing("out", target):

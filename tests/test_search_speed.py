@@ -22,7 +22,7 @@ from configurator.cost.comm import SHAPE_CACHE
 from configurator.cost.constants import load_calibration
 from configurator.cost.step import prepare
 from configurator.search.bound import StructureBounds
-from configurator.search.knobs import knob_lower_bound, optimistic_plans
+from configurator.search.knobs import knob_lower_bound, knob_variants, optimistic_plans
 from configurator.search.optimize import search
 from configurator.search.resolve import needs_full_recompute, resolve, resolve_full_recompute, resolve_least
 from configurator.search.space import SearchContext, enumerate_plans
@@ -105,6 +105,21 @@ def test_a_sharded_options_relaxed_bound_is_below_its_own(ctx: SearchContext) ->
                 assert bounds.relaxed_bound(option) <= bounds.bound(option), option.describe()
                 checked += 1
     assert checked > 30
+
+
+@pytest.mark.parametrize("ctx", [ctx_for("mixtral-8x7b", "dgx-h100", 64, 256, 4096),
+                                 ctx_for("llama3-70b", "dgx-h100", 64, 128, 8192, runtime="fsdp")],
+                         ids=["mixtral-megatron", "llama3-70b-fsdp"])
+def test_optimistic_plans_are_the_knob_variants_with_no_open_overlap_off(ctx: SearchContext) -> None:
+    """The bounds' optimistic variants, built directly, are exactly ``knob_variants`` filtered (same order)."""
+    heads, moe = ctx.model.num_attention_heads, ctx.model.is_moe
+    plans = random.Random(3).sample(list(enumerate_plans(ctx)), 150)
+    plans += [replace_unchecked(p, tp_overlap=False, cp_comm="p2p") for p in plans[:20]]  # knobs fixed by the plan
+    for plan in plans:
+        expected = [v for v in knob_variants(plan, ctx.runtime, heads, moe)
+                    if (plan.tp_overlap is not None or v.tp_overlap is not False)
+                    and (plan.ep_overlap is not None or v.ep_overlap is not False)]
+        assert optimistic_plans(plan, ctx.runtime, heads, moe) == expected, plan.describe()
 
 
 def _options(res) -> list[tuple[Plan, str]]:  # type: ignore[no-untyped-def]

@@ -21,8 +21,10 @@ from configurator.specs.plan import CP_COMMS, Plan, ep_overlap_conflicts, replac
 MEGATRON_RUNTIMES = ("megatron", "nemo")
 
 
-def knob_variants(plan: Plan, runtime: str, attention_heads: int, is_moe: bool) -> list[Plan]:
-    """The plan with each open knob set to each value the runtime supports (the plan itself first)."""
+def _knob_choices(plan: Plan, runtime: str, attention_heads: int,
+                  is_moe: bool) -> tuple[list[bool | None], list[bool | None], list[str | None]]:
+    """The values each knob may take on ``plan`` under ``runtime``: an open overlap ``[False, True]``, an open
+    CP exchange type every one the runtime runs; a knob the plan fixes (or the runtime lacks) its own value."""
     tp: list[bool | None] = [plan.tp_overlap]
     ep: list[bool | None] = [plan.ep_overlap]
     cp: list[str | None] = [plan.cp_comm]
@@ -36,6 +38,12 @@ def knob_variants(plan: Plan, runtime: str, attention_heads: int, is_moe: bool) 
             cp = [c for c in CP_COMMS if c != "a2a" or heads % plan.cp == 0]
     elif runtime == "fsdp" and plan.cp_comm is None and plan.cp > 1:
         cp = ["all_gather", "p2p"]
+    return tp, ep, cp
+
+
+def knob_variants(plan: Plan, runtime: str, attention_heads: int, is_moe: bool) -> list[Plan]:
+    """The plan with each open knob set to each value the runtime supports (the plan itself first)."""
+    tp, ep, cp = _knob_choices(plan, runtime, attention_heads, is_moe)
     if len(tp) == len(ep) == len(cp) == 1:
         return [plan]
     # Derived from a checked plan, changing only knobs to values the runtime runs: no re-validation
@@ -47,20 +55,11 @@ def knob_variants(plan: Plan, runtime: str, attention_heads: int, is_moe: bool) 
 
 def optimistic_plans(plan: Plan, runtime: str, attention_heads: int, is_moe: bool) -> list[Plan]:
     """The knob variants with every open overlap on (never slower in the model: see ``knob_lower_bound``):
-    ``knob_variants`` less those with an open overlap off, built directly (the search asks for them once
-    per bound, hundreds of thousands of times)."""
-    tp, ep = plan.tp_overlap, plan.ep_overlap
-    cp: list[str | None] = [plan.cp_comm]
-    if runtime in MEGATRON_RUNTIMES:
-        if tp is None and plan.tp > 1 and plan.sp:
-            tp = True
-        if ep is None and is_moe and not ep_overlap_conflicts(plan):
-            ep = True
-        if plan.cp_comm is None and plan.cp > 1:
-            heads = attention_heads // plan.tp
-            cp = [c for c in CP_COMMS if c != "a2a" or heads % plan.cp == 0]
-    elif runtime == "fsdp" and plan.cp_comm is None and plan.cp > 1:
-        cp = ["all_gather", "p2p"]
+    ``knob_variants`` less those with an open overlap off - each overlap at the last of its choices (on
+    where open), every CP exchange type - built directly (the search asks for them once per bound,
+    hundreds of thousands of times)."""
+    tps, eps, cp = _knob_choices(plan, runtime, attention_heads, is_moe)
+    tp, ep = tps[-1], eps[-1]
     if tp is plan.tp_overlap and ep is plan.ep_overlap and len(cp) == 1:
         return [plan]
     return [replace_unchecked(plan, tp_overlap=tp, ep_overlap=ep, cp_comm=c) for c in cp]
