@@ -134,6 +134,10 @@ class CommModel:
                 self._gpu = self.placement.gpu_ids(self.cluster, self.plan.world_size)
         return self._gpu
 
+    def release_gpu_map(self) -> None:
+        """Drop the per-rank GPU array (O(GPUs)) of a model kept for later use; ``gpu`` rebuilds it on demand."""
+        self._gpu = None
+
     # ----- group shapes ---------------------------------------------------------------------
     def _node_link(self, a: int, b: int) -> tuple[float, float]:
         """(bandwidth, latency) from node a to node b over the scale-out network."""

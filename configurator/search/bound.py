@@ -155,7 +155,8 @@ class StructureBounds:
             f, b, _ = _stage_times(single, rates, comm, c, v)
             nonlayer.append(sum(f.values()) + sum(b.values()))
         # Kept for other chunk sizes: drop the per-rank GPU array (O(GPUs)); the group shapes are cached.
-        comm._gpu = single.comm._gpu = None
+        comm.release_gpu_map()
+        single.comm.release_gpu_map()
         return single, rates, comm, n_layers, nonlayer
 
     def bound(self, plan: Plan) -> float:
