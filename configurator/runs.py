@@ -219,6 +219,20 @@ def forced_balanced_routing(notes: str) -> bool:
     return "force-balanced" in text or "force_load_balancing" in text or "force-load-balancing" in text
 
 
+def runs_eager(runtime: str, precision: str, notes: str) -> bool:
+    """A torchtitan row ran PyTorch eager (``JobSpec.compiled`` False): its tomls default to
+    ``compile = false`` and its benchmark tables name compile where it was on ("FSDP + torch.compile").
+    Float8 and Async TP rows count as compiled: torchao's float8 training and torchtitan's async TP
+    both require ``torch.compile`` (torchtitan docs/float8.md, docs/async_tp.md). "Optimizations: none"
+    (the 405B table's bf16 row, whose notes mention Float8 only in a footnote) is eager."""
+    if runtime != "fsdp":
+        return False
+    text = notes.lower()
+    if "optimizations: none" in text:
+        return True
+    return not ("compile" in text or "float8" in text or "async" in text or precision in ("fp8", "fp4"))
+
+
 def uses_bf16_optimizer(source: str, notes: str) -> bool:
     """DeepSpeed's BF16_Optimizer (fp32 gradient accumulator): the final BLOOM-176B setup - the tr11
     production README, and topology rows whose notes say they ran it."""
@@ -277,7 +291,11 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         routing = "force_balanced" if forced_balanced_routing(_cell(row, "notes")) else "learned"
         if routing == "force_balanced" and model.is_moe:
             notes.append("MoE routing force-balanced (benchmark mode): no learned-routing imbalance")
-        job = JobSpec(global_batch=gbs, seq_len=seq_len, precision=precision, moe_routing=routing)
+        eager = runs_eager(runtime, precision, _cell(row, "notes"))
+        if eager:
+            notes.append("PyTorch eager (torchtitan's default; the row names no compile/Float8/Async TP)")
+        job = JobSpec(global_batch=gbs, seq_len=seq_len, precision=precision, moe_routing=routing,
+                      compiled=not eager)
         tp, pp, cp = (_int(row, c, 1) or 1 for c in ("tp", "pp", "cp"))
         dp = _int(row, "dp")
         if dp is None:
@@ -322,4 +340,4 @@ def case_from_row(row: dict[str, str]) -> RunCase:
 
 
 __all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "read_runs", "runtime_for_source",
-           "unknown_micro_batch", "unknown_vpp", "uses_bf16_optimizer"]
+           "runs_eager", "unknown_micro_batch", "unknown_vpp", "uses_bf16_optimizer"]

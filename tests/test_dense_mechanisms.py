@@ -164,3 +164,26 @@ def test_fit_report_splits_dense_and_moe_rows() -> None:
     out = ranking_stats(samples, errs)  # type: ignore[arg-type]
     assert out["dense"]["rows"] == 2 and math.isclose(out["dense"]["median_abs_error_pct"], 15.0, abs_tol=0.01)
     assert out["moe"]["rows"] == 1 and math.isclose(out["moe"]["median_abs_error_pct"], 50.0, abs_tol=0.01)
+
+
+def test_pytorch_eager_moves_norm_rotary_and_swiglu_tensors_once_per_op() -> None:
+    # Llama-3-8B (h 4096, q 4096, kv 1024, ffn 14336), one 8192-token sequence on one rank. Per token, eager
+    # adds to the fused count: two RMSNorms at 36 - 4 B per element, rotary on q and k at 20 B plus the GQA
+    # copies at 4 B, minus the fused 2 (q + 2kv) bf16, and SwiGLU's 10 - 6 B per ffn element.
+    from configurator.cost.work import layer_work
+    from configurator.runs import runs_eager
+
+    model = load_model("llama3-8b")
+    plan = Plan(tp=1, pp=1, dp=1, micro_batch=1)
+    fused = layer_work(model, JobSpec(global_batch=1, seq_len=8192), plan, 0)
+    eager = layer_work(model, JobSpec(global_batch=1, seq_len=8192, compiled=False), plan, 0)
+    per_token = 2 * 32 * 4096 + (24 * (4096 + 1024) - 4 * (4096 + 2 * 1024)) + 4 * 14336
+    assert per_token == 417_792
+    assert math.isclose(eager.elementwise_bytes - fused.elementwise_bytes, 8192 * per_token, rel_tol=1e-12)
+    assert eager.gemms == fused.gemms  # the GEMMs and attention kernels are the same kernels
+    # Which torchtitan rows ran eager: the table says so, or nothing needing compile is named.
+    assert runs_eager("fsdp", "bf16", "Technique: FSDP.")
+    assert not runs_eager("fsdp", "bf16", "Technique: FSDP + torch.compile.")
+    assert not runs_eager("fsdp", "fp8", "4D FSDP+TP+PP+CP")  # torchao float8 needs compile
+    assert runs_eager("fsdp", "bf16", "Optimizations: none (bf16). Float8 MFU footnote")
+    assert not runs_eager("nemo", "bf16", "")

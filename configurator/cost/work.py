@@ -94,6 +94,41 @@ def _mlp_act_bytes(ffn: float, swiglu: bool, fp8: bool) -> float:
     return act + (3 * ffn if fp8 else 0)
 
 
+EAGER_RMSNORM_BYTES = 2 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 2 + 2 + 2
+"""Bytes per element of the Llama reference RMSNorm run eagerly (torchtitan's ``RMSNorm``:
+``(x.float() * rsqrt(x.float().pow(2).mean(-1) + eps)).type_as(x) * weight``), one kernel per op:
+``float()`` r2 w4, ``pow`` r4 w4, ``mean`` r4, ``x * rsqrt`` r4 w4, ``type_as`` r4 w2, ``* weight`` r2 w2
+(36 B; the fused norm reads and writes bf16 once: 4 B)."""
+FUSED_NORM_BYTES = 2 * BF16
+EAGER_ROTARY_BYTES = 2 + 4 + 4 + 4 + 4 + 2
+"""Bytes per element of q and k of the Llama reference ``apply_rotary_emb`` run eagerly: ``float()`` r2 w4,
+the complex multiply by ``freqs_cis`` r4 w4, ``type_as`` r4 w2 (20 B)."""
+EAGER_GQA_COPY_BYTES = 2 * BF16
+"""``repeat_kv`` (expand + reshape, which copies) writes K and V at the query heads' width and reads them."""
+
+
+def eager_extra_bytes(model: ModelSpec, q_width: float, kv_width: float, ffn_local: float, *,
+                      moe: bool) -> tuple[float, float]:
+    """(replicated, TP-split) memory traffic per token that PyTorch eager adds to a fused layer's.
+
+    Eager PyTorch runs each elementwise op as its own kernel, reading and writing the whole tensor
+    (in fp32 where the code upcasts), where ``torch.compile`` or Transformer Engine fuse them into one
+    pass. Counted for what a Llama-style layer does outside its GEMMs and attention kernel: the two
+    RMSNorms (``EAGER_RMSNORM_BYTES``; PyTorch's LayerNorm is one kernel already), rotary on q and k
+    (``EAGER_ROTARY_BYTES``, replacing the fused count of ``2 (q + 2kv)`` bf16 reads and writes), the GQA
+    copies of K and V, and SwiGLU's ``silu(a) * b`` as two kernels (r2 w2, then r2 r2 w2: 10 B per
+    element instead of 6). Backward costs twice the forward's traffic, as for the fused kernels."""
+    repl = 2 * (EAGER_RMSNORM_BYTES - FUSED_NORM_BYTES) * model.hidden_size if model.norm == "rmsnorm" else 0.0
+    split = 0.0
+    if model.attention != "mla" and not model.learned_position_embeddings:
+        rotary = EAGER_ROTARY_BYTES * (q_width + kv_width)
+        gqa = EAGER_GQA_COPY_BYTES * (q_width + kv_width) if q_width > kv_width else 0.0
+        split += rotary + gqa - 2 * (q_width + 2 * kv_width) * BF16
+    if model.mlp == "swiglu" and not moe:
+        split += (10 - 3 * BF16) * ffn_local
+    return repl, split
+
+
 def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerWork:
     h = model.hidden_size
     tp = plan.tp
@@ -173,6 +208,11 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
     split = 2 * (q_width + 2 * kv_width) * BF16 + (3 * attn_out if fp8 else 0) + elem_split
     if model.linear_bias:
         split += 2 * (q_width + 2 * kv_width + 2 * model.ffn_hidden_size / tp) * BF16
+    if not job.compiled:
+        extra_repl, extra_split = eager_extra_bytes(model, q_width, kv_width, model.ffn_hidden_size / tp,
+                                                    moe=moe)
+        repl += extra_repl
+        split += extra_split
     elementwise = t * (repl / sp_div + split)
     cp_bytes = 0.0
     if plan.cp > 1:

@@ -23,6 +23,11 @@ class JobSpec:
     """How an MoE router assigns tokens: ``learned`` (real training: experts' loads vary, the busiest EP
     rank sets the pace) or ``force_balanced`` (Megatron's ``--moe-router-force-load-balancing``, the
     benchmark mode of NVIDIA's performance recipes: random logits, so loads vary only by sampling)."""
+    compiled: bool = True
+    """The framework fuses the layers' elementwise ops (Transformer Engine / Megatron fusions, or
+    ``torch.compile`` in torchtitan, which the emitted torchtitan files enable). False: PyTorch eager, one
+    kernel per op, so RMSNorm, rotary and SwiGLU move their tensors several times (``cost/work.py``'s
+    ``eager_elementwise_bytes``); torchtitan's rows run that way unless they say compile/Float8/Async TP."""
 
     def __post_init__(self) -> None:
         require_positive_int("global_batch", self.global_batch)
