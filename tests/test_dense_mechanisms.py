@@ -187,3 +187,50 @@ def test_pytorch_eager_moves_norm_rotary_and_swiglu_tensors_once_per_op() -> Non
     assert not runs_eager("fsdp", "fp8", "4D FSDP+TP+PP+CP")  # torchao float8 needs compile
     assert runs_eager("fsdp", "bf16", "Optimizations: none (bf16). Float8 MFU footnote")
     assert not runs_eager("nemo", "bf16", "")
+
+
+def test_all_gather_latency_is_the_rings_and_all_reduce_keeps_the_tree() -> None:
+    # 64 ranks, 8 per node over 8 DGX-H100 nodes, 1 byte. NCCL runs all-gather/reduce-scatter only as a ring:
+    # 63 steps, 7 of them across nodes; an all-reduce takes the tree, 2 log2(8) = 6 < 7 inter-node steps each way.
+    from configurator.cost.comm import CommModel, LinkEfficiency
+
+    cluster = load_cluster("dgx-h100", num_gpus=64)
+    comm = CommModel(cluster, Plan(dp=64), None, LinkEfficiency(nvlink=1.0, scale_out=1.0))
+    nv, so = cluster.intra_domain_link, cluster.scale_out_link
+    bw = 7 / 8 / nv.bandwidth_Bps + 7 / 8 / 8 / so.bandwidth_Bps  # per byte gathered
+    assert math.isclose(comm.allgather_s("dp_cp", 1.0), bw + 8 * 7 * nv.latency_s + 7 * so.latency_s, rel_tol=1e-12)
+    assert math.isclose(comm.allreduce_s("dp_cp", 1.0), 2 * bw + 2 * 7 * nv.latency_s + 2 * 6 * so.latency_s,
+                        rel_tol=1e-12)
+
+
+def test_megatron_buckets_fill_backwards_and_the_embedding_closes_the_last() -> None:
+    # Llama-3-8B, TP1 PP1, dp 1024: buckets of max(40M, 1M x 1024) = 1.024e9 parameters, filled from the LM head
+    # (128256 x 4096 + the final norm's 4096 = 525.34M) backwards over layers of 218.112M each.
+    from configurator.cost.step import input_bucket
+
+    model = load_model("llama3-8b")
+    head, layer, embedding = 128256 * 4096 + 4096, 218_112_000, 128256 * 4096
+    assert head + 2 * layer < 1.024e9 <= head + 3 * layer  # head + layers 31..29 close the first bucket
+    assert 4 * layer < 1.024e9 <= 5 * layer                # then five layers a bucket: 28..4 in five buckets
+    params, count = input_bucket(model, Plan(dp=1024))
+    assert count == 1 + 5 + 1
+    assert params == 4 * layer + embedding                 # layers 3..0 and the embedding
+    # At dp 16 the 40M minimum closes a bucket after the head and after every layer: the embedding is reduced
+    # alone, last (head, 32 layers, embedding: 34 buckets).
+    assert input_bucket(model, Plan(dp=16)) == (embedding, 1 + 32 + 1)
+
+
+def test_the_embedding_bucket_is_exposed_on_both_ends_of_a_megatron_step() -> None:
+    # Nothing hides the input-side bucket: its reduce-scatter follows the backward, its all-gather precedes the
+    # forward. A runtime without Megatron's buckets hides the whole (smaller-than-backward) reduction.
+    from configurator.cost.step import estimate_step, link_efficiency, prepare
+
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100", num_gpus=256)
+    job, plan = JobSpec(global_batch=512, seq_len=8192), Plan(dp=256, micro_batch=1)
+    inp = prepare(model, cluster, job, plan, runtime="megatron")
+    params, _ = inp.input_bucket
+    comm = inp.comm.with_efficiency(link_efficiency(C))
+    floor = comm.reduce_scatter_s("dp_cp", params * 4) + comm.allgather_s("dp_cp", params * 2)
+    assert floor > 0.01
+    assert estimate_step(model, cluster, job, plan, constants=C).term("dp_comm") >= floor * (1 - 1e-9)
+    assert estimate_step(model, cluster, job, plan, runtime="llm-foundry", constants=C).term("dp_comm") < floor

@@ -13,8 +13,10 @@ GPU, rail-optimised). Collectives are hierarchical, as NCCL runs them across nod
   slower than its own link allows (``S/n / B_pair``, which is what a slow node pair costs);
 * point-to-point: ``alpha + S / B_link`` of that GPU pair.
 
-Bandwidths are multiplied by the calibrated bus efficiency of their link type. Latency terms use
-the ring step count, capped by a tree's ``2 log2 D`` for large groups. With a measured node matrix,
+Bandwidths are multiplied by the calibrated bus efficiency of their link type. Latency terms follow
+NCCL's tuning model (src/graph/tuning.cc): an all-reduce takes the tree's ``2 log2 D`` inter-domain
+steps where that is fewer than the ring's; all-gather and reduce-scatter run only as a ring, ``n - 1``
+steps of which ``D - 1`` cross domains, so their latency grows with the group, not its logarithm. With a measured node matrix,
 the inter-domain bandwidth of a ring is its slowest consecutive node pair, and the time of a kind of
 collective is that of its slowest group (all groups of a kind run at once and the step waits for
 the last).
@@ -227,12 +229,16 @@ class CommModel:
         if s.size == 1 or num_bytes <= 0:
             return 0.0
         g, d = s.per_domain, s.domains
-        t = factor * (g - 1) / g * num_bytes / self.nv_bw + factor * (g - 1) * self.nv_lat
+        t = factor * (g - 1) / g * num_bytes / self.nv_bw
         if d > 1:
-            steps = min(d - 1, 2 * math.ceil(math.log2(d)))
-            t += (factor * (d - 1) / d * (num_bytes / g) / (s.ring_bw_Bps * self.eff.scale_out)
-                  + factor * steps * s.inter_latency_s)
-        return t
+            t += factor * (d - 1) / d * (num_bytes / g) / (s.ring_bw_Bps * self.eff.scale_out)
+        if factor == 2.0:
+            # All-reduce: NCCL's tree across domains, 2 log2(D) inter-domain steps (or the ring's, if fewer).
+            steps = min(d - 1, 2 * math.ceil(math.log2(d))) if d > 1 else 0
+            return t + 2 * (g - 1) * self.nv_lat + 2 * steps * s.inter_latency_s
+        # All-gather / reduce-scatter have only the ring in NCCL (tuning.cc: "if (coll != ncclCollAllReduce &&
+        # a != NCCL_ALGO_RING) continue"): n - 1 steps, of which D - 1 cross domains.
+        return t + d * (g - 1) * self.nv_lat + (d - 1) * s.inter_latency_s
 
     def allreduce_s(self, kind: str, num_bytes: float) -> float:
         return max((self._allreduce_one(s, num_bytes, 2.0) for s in self.shapes(kind)), default=0.0)

@@ -230,6 +230,11 @@ class RuntimeCost:
     """Context-parallel exchange when the plan does not choose one: 'p2p' (Megatron's ring),
     'all_gather' (torchtitan's default rotate method, Llama 3), 'a2a' or 'a2a+p2p'."""
     source: str
+    ddp_buckets: bool = False
+    """Megatron-Core's DDP: gradients are reduced (and parameters gathered) in buckets of
+    ``max(40M, 1M x dp)`` parameters (``DDP_BUCKET_MIN_PARAMS``) as the backward makes them ready, so the
+    bucket holding the embedding and first layers is reduced after the backward ends and gathered before
+    the next forward can start (cost/step.py ``input_bucket``)."""
 
 
 @lru_cache(maxsize=None)

@@ -59,6 +59,11 @@ ADAM_BYTES_PER_PARAM = 4 * 2 + 4 * 2 + 4 * 2 + 4 + 2
 fp32 gradient, write the bf16 parameter (30 B)."""
 OFFLOAD_PCIE_BYTES_PER_PARAM = 4 + 2
 """Per offloaded parameter and step: its fp32 gradient down, its bf16 parameter back up."""
+DDP_BUCKET_MIN_PARAMS = 40_000_000
+DDP_BUCKET_PARAMS_PER_DP_RANK = 1_000_000
+"""Megatron-Core's default DDP bucket: ``max(40000000, 1000000 * dp_group.size())`` parameters
+(megatron/core/distributed/distributed_data_parallel.py: larger data-parallel groups get larger buckets
+so the ring's per-rank chunks stay bandwidth-bound)."""
 BREAKDOWN_TERMS: tuple[str, ...] = ("compute", "pipeline_bubble", "tp_comm", "cp_comm", "ep_comm", "pp_comm",
                                     "dp_comm", "optimizer", "offload", "overhead")
 _COMPONENTS = ("compute", "tp_comm", "cp_comm", "ep_comm", "dp_comm", "pp_comm")
@@ -137,6 +142,8 @@ class StepInputs:
     p2p_bytes: float
     cpu_adam_params_per_s_per_gpu: float
     model_flops_per_step: float
+    input_bucket: tuple[float, int] = (0.0, 0)
+    """Megatron DDP runtimes: ``input_bucket(model, plan)``; (0, 0) where the runtime reduces without buckets."""
     _rates: dict[tuple, GpuRates] = field(default_factory=dict)
     _schedules: dict[tuple, ScheduleResult] = field(default_factory=dict)
 
@@ -153,6 +160,34 @@ class StepInputs:
                 self._schedules.pop(next(iter(self._schedules)))
             self._schedules[key] = hit
         return hit
+
+
+def input_bucket(model: ModelSpec, plan: Plan) -> tuple[float, int]:
+    """(parameters per rank, buckets) of Megatron-Core's gradient buffer on the first pipeline rank's first
+    model chunk: the parameters in the bucket that holds the input embedding, and how many buckets
+    the chunk has.
+
+    Megatron fills buckets walking the parameters in reverse (backward order) and closes one once it
+    holds ``DDP_BUCKET_MIN_PARAMS``-or-more parameters (param_and_grad_buffer.py); the input embedding comes
+    last, so its bucket is the embedding plus whatever first layers were left over. Its gradients are
+    complete only when the backward ends, so its reduce-scatter cannot hide, and the next step's forward
+    waits for its all-gather. Walked per layer (a layer's tensors are not split here). Other pipeline
+    ranks and chunks have bucketing off (``disable_bucketing or pp_rank > 0``)."""
+    bucket = max(DDP_BUCKET_MIN_PARAMS, DDP_BUCKET_PARAMS_PER_DP_RANK * plan.dp * plan.cp)
+    params = all_layer_params(model)
+    first_chunk = plan.virtual_stage_layers(model)[0]
+    vocab = model.padded_vocab_size(plan.tp)
+    filled, count = 0.0, 0
+    if plan.pp == 1 and plan.vpp == 1:
+        filled = (model.norm_params + (0 if model.tied_embeddings else vocab * model.hidden_size)) / plan.tp
+        if filled >= bucket:
+            filled, count = 0.0, 1
+    for i in reversed(range(first_chunk)):
+        filled += params[i][0] / plan.tp
+        if filled >= bucket:
+            filled, count = 0.0, count + 1
+    embedding = (vocab + model.learned_position_embeddings) * model.hidden_size / plan.tp
+    return filled + embedding, count + 1
 
 
 def cpu_adam_rate_per_gpu(cluster: ClusterSpec) -> float:
@@ -231,7 +266,9 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
                       measured_curves=measured_gemm_curves(cluster), p2p_bytes=p2p,
                       ep_domains=ep_domains, cp_domains=cp_domains,
                       cpu_adam_params_per_s_per_gpu=cpu_adam_rate_per_gpu(cluster),
-                      model_flops_per_step=model_flops_per_token(model, job.seq_len) * job.tokens_per_step)
+                      model_flops_per_step=model_flops_per_token(model, job.seq_len) * job.tokens_per_step,
+                      input_bucket=input_bucket(model, plan) if rt.ddp_buckets and rt.overlap_grad_reduce
+                      else (0.0, 0))
 
 
 def _layer_of_kind(model: ModelSpec, moe: bool) -> int:
@@ -504,9 +541,25 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
                 reduce = comm.reduce_scatter_s("dp_cp", grad) + comm.reduce_scatter_s("edp", grad_e)
                 gather = comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
             window = sched.finish_s[r] - sched.last_backward_start_s[r] if rt.overlap_grad_reduce else 0.0
-            exposed += max(0.0, reduce - window)
             first_fwd = fwd_s[r] if rt.overlap_param_gather else 0.0
-            exposed += max(0.0, gather - first_fwd)
+            bucket_params, buckets = inp.input_bucket
+            if r == 0 and buckets:
+                # Megatron's buckets: each its own collective (its own ring latency); the input-side bucket
+                # waits for the backward's end and the next forward waits for its gather.
+                all_reduce = plan.sharding == "none" or (plan.sharding == "zero1" and rt.zero1_grad_allreduce)
+                collective = comm.allreduce_s if all_reduce else comm.reduce_scatter_s
+                reduce = buckets * collective("dp_cp", grad / buckets) + \
+                    (comm.allreduce_s("edp", grad_e) if all_reduce else comm.reduce_scatter_s("edp", grad_e))
+                last = collective("dp_cp", bucket_params * rt.grad_reduce_bytes)
+                exposed += max(last, reduce - window)
+                if gather:
+                    gather = buckets * comm.allgather_s("dp_cp", dense * BF16 / buckets) + \
+                        comm.allgather_s("edp", expert * BF16)
+                    first = comm.allgather_s("dp_cp", bucket_params * BF16)
+                    exposed += max(first, gather - first_fwd) if rt.overlap_param_gather else gather
+            else:
+                exposed += max(0.0, reduce - window)
+                exposed += max(0.0, gather - first_fwd)
         end_times.append(sched.finish_s[r] + exposed)
         # Optimizer: parameters this rank updates.
         group = plan.dp * plan.cp
