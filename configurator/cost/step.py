@@ -518,16 +518,19 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
     for r in range(pp):
         dense, expert = inp.rank_params[r]
         exposed = 0.0
+        total = 0.0  # the end-of-step collectives' time, hidden or not
         if plan.sharding == "hsdp":
             # Gradient shards all-reduced across the replicas once per step, under the last backward.
             shard = (dense + expert) / plan.shard_group * rt.grad_reduce_bytes
             reduce = 2 * comm.subgroup_allgather_s("dp_cp", shard, plan.shard_group, outer=True)
             window = sched.finish_s[r] - sched.last_backward_start_s[r] if rt.overlap_grad_reduce else 0.0
             exposed += max(0.0, reduce - window)
+            total = reduce
         elif per_mb == "zero2":
             # Gradients were reduce-scattered per micro-batch; updated parameters are gathered once.
             gather = comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
             exposed += max(0.0, gather - (fwd_s[r] if rt.overlap_param_gather else 0.0))
+            total = gather
         elif not per_mb:
             grad = dense * rt.grad_reduce_bytes
             grad_e = expert * rt.grad_reduce_bytes
@@ -560,6 +563,10 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
             else:
                 exposed += max(0.0, reduce - window)
                 exposed += max(0.0, gather - first_fwd)
+            total = reduce + gather
+        # Hidden is not free: NCCL's SMs slow the backward/forward it hides under, as for every other
+        # overlapped collective (``nccl_overlap_compute_slowdown``); counted in dp_comm.
+        exposed += hardware_default("nccl_overlap_compute_slowdown") * max(0.0, total - exposed)
         end_times.append(sched.finish_s[r] + exposed)
         # Optimizer: parameters this rank updates.
         group = plan.dp * plan.cp
