@@ -33,6 +33,7 @@ rest, so calibration can re-time hundreds of runs per trial.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from configurator.cost.comm import CommModel, LinkEfficiency
@@ -173,20 +174,25 @@ def input_bucket(model: ModelSpec, plan: Plan) -> tuple[float, int]:
     complete only when the backward ends, so its reduce-scatter cannot hide, and the next step's forward
     waits for its all-gather. Walked per layer (a layer's tensors are not split here). Other pipeline
     ranks and chunks have bucketing off (``disable_bucketing or pp_rank > 0``)."""
-    bucket = max(DDP_BUCKET_MIN_PARAMS, DDP_BUCKET_PARAMS_PER_DP_RANK * plan.dp * plan.cp)
+    return _input_bucket(model, plan.tp, plan.pp * plan.vpp, plan.dp * plan.cp,
+                         plan.virtual_stage_layers(model)[0])
+
+
+@lru_cache(maxsize=4096)
+def _input_bucket(model: ModelSpec, tp: int, chunks: int, dp_cp: int, first_chunk: int) -> tuple[float, int]:
+    bucket = max(DDP_BUCKET_MIN_PARAMS, DDP_BUCKET_PARAMS_PER_DP_RANK * dp_cp)
     params = all_layer_params(model)
-    first_chunk = plan.virtual_stage_layers(model)[0]
-    vocab = model.padded_vocab_size(plan.tp)
+    vocab = model.padded_vocab_size(tp)
     filled, count = 0.0, 0
-    if plan.pp == 1 and plan.vpp == 1:
-        filled = (model.norm_params + (0 if model.tied_embeddings else vocab * model.hidden_size)) / plan.tp
+    if chunks == 1:  # the only chunk also holds the final norm and the LM head, reduced first
+        filled = (model.norm_params + (0 if model.tied_embeddings else vocab * model.hidden_size)) / tp
         if filled >= bucket:
             filled, count = 0.0, 1
     for i in reversed(range(first_chunk)):
-        filled += params[i][0] / plan.tp
+        filled += params[i][0] / tp
         if filled >= bucket:
             filled, count = 0.0, count + 1
-    embedding = (vocab + model.learned_position_embeddings) * model.hidden_size / plan.tp
+    embedding = (vocab + model.learned_position_embeddings) * model.hidden_size / tp
     return filled + embedding, count + 1
 
 
