@@ -17,7 +17,9 @@ in ``assumptions`` (the data README asks for exactly that):
   recipes); ``micro_batch`` empty = not stated: 1, except torchtitan, which splits the local batch
   into ``pp`` micro-batches (its default ``pipeline_parallel_microbatches``) or runs it whole without PP;
   ``vpp`` empty with pp > 1 = interleaved with an unstated count (``unknown_vpp``); ``tp_overlap`` /
-  ``ep_overlap`` (yes/no, CSV version 2) go to the Plan fields of the same names, empty = None.
+  ``ep_overlap`` (yes/no, CSV version 2) go to the Plan fields of the same names, empty = None; the MoE
+  token dispatcher, which the CSV has no column for, from the notes (``dispatcher_from_notes``: DeepEP /
+  HybridEP = ``flex``, "A2A dispatcher" = ``alltoall``), unstated = None (the runtime's default).
 * memory layout: DeepSpeed rows that ran the BF16 optimizer (``uses_bf16_optimizer``) use the
   ``deepspeed-bf16`` layout of profiles/memory.json (``memory_runtime``).
 * columns are read by name; only ``REQUIRED_COLUMNS`` must be present (CSV version 2 and later).
@@ -29,6 +31,7 @@ in ``assumptions`` (the data README asks for exactly that):
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -219,6 +222,23 @@ def forced_balanced_routing(notes: str) -> bool:
     return "force-balanced" in text or "force_load_balancing" in text or "force-load-balancing" in text
 
 
+_FLEX_WORDS = re.compile(r"\bdeepep\b|\bhybrid-?ep\b|flex (?:token )?dispatcher|dispatcher[ :=_-]*(?:type )?flex\b")
+_ALLTOALL_WORDS = re.compile(r"\b(?:a2a|alltoall|all-to-all) (?:token )?dispatcher|dispatcher[ :=_-]*(?:type )?(?:a2a|alltoall)\b")
+
+
+def dispatcher_from_notes(notes: str) -> str | None:
+    """The MoE token dispatcher a row ran, as its notes state it (the runs CSV has no column for it):
+    ``flex`` for DeepEP or HybridEP (Megatron's ``--moe-token-dispatcher-type flex``; the Megatron-MoE
+    model zoo writes "Dispatcher DeepEP", its GB200 table "HybridEP"), ``alltoall`` for "Dispatcher A2A"
+    / "A2A dispatcher"; None when the notes do not say (an "A2A overlap" is not a dispatcher)."""
+    text = notes.lower()
+    if _FLEX_WORDS.search(text):
+        return "flex"
+    if _ALLTOALL_WORDS.search(text):
+        return "alltoall"
+    return None
+
+
 def uses_bf16_optimizer(source: str, notes: str) -> bool:
     """DeepSpeed's BF16_Optimizer (fp32 gradient accumulator): the final BLOOM-176B setup - the tr11
     production README, and topology rows whose notes say they ran it."""
@@ -278,6 +298,11 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         if routing == "force_balanced" and model.is_moe:
             notes.append("MoE routing force-balanced (benchmark mode): no learned-routing imbalance")
         job = JobSpec(global_batch=gbs, seq_len=seq_len, precision=precision, moe_routing=routing)
+        dispatcher = dispatcher_from_notes(_cell(row, "notes")) if model.is_moe else None
+        if dispatcher == "flex" and (_int(row, "ep", 1) or 1) > 1:
+            notes.append("MoE dispatcher flex (DeepEP/HybridEP, from the notes)")
+        elif dispatcher == "flex":
+            dispatcher = None  # no expert parallelism: nothing to dispatch across ranks
         tp, pp, cp = (_int(row, c, 1) or 1 for c in ("tp", "pp", "cp"))
         dp = _int(row, "dp")
         if dp is None:
@@ -310,7 +335,7 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, ep=_int(row, "ep", 1) or 1, etp=1, vpp=vpp, sp=sp,
                     sharding=sharding, recompute=recompute, micro_batch=mb, pipeline_layers=layout,
                     tp_overlap=_yes_no(row, "tp_overlap") if tp > 1 else None,
-                    ep_overlap=_yes_no(row, "ep_overlap") if model.is_moe else None)
+                    ep_overlap=_yes_no(row, "ep_overlap") if model.is_moe else None, ep_dispatcher=dispatcher)
         reasons = plan_violations(model, job, plan, cluster.num_gpus)
         if reasons:
             raise InputError("plan", plan.describe(), reasons[0])
@@ -321,5 +346,5 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         return replace(base, error=str(exc))
 
 
-__all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "read_runs", "runtime_for_source",
+__all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "read_runs", "runtime_for_source",
            "unknown_micro_batch", "unknown_vpp", "uses_bf16_optimizer"]
