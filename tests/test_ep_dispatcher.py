@@ -72,7 +72,7 @@ def test_flex_sends_fewer_bytes_across_nodes_and_the_search_picks_it_there() -> 
     # The bound the search prunes with stays below every knob setting, flex included.
     inputs = prepare(model, cluster, job, plan)
     bound = knob_lower_bound(inputs, C)
-    variants = knob_variants(plan, "megatron", model.num_attention_heads, True, "hopper")
+    variants = knob_variants(plan, "megatron", model.num_attention_heads, True, cluster)
     assert {v.ep_dispatcher for v in variants} == {"alltoall", "flex"}
     for v in variants:
         assert bound <= busy_lower_bound(prepare(model, cluster, job, v), C) + 1e-12
@@ -82,22 +82,31 @@ def test_inside_one_node_the_search_keeps_megatrons_default_dispatcher() -> None
     model = load_model("qwen3-30b-a3b")
     cluster = load_cluster("dgx-h100", num_gpus=8)
     job = JobSpec(global_batch=64, seq_len=4096)
-    chosen, _ = best_knobs(prepare(model, cluster, job, Plan(dp=8, ep=8)), C)
-    assert chosen.plan.ep_dispatcher == "alltoall"  # same bytes; flex's SMs can only cost
+    chosen, report = best_knobs(prepare(model, cluster, job, Plan(dp=8, ep=8)), C)
+    assert chosen.plan.ep_dispatcher is None  # not tried: the same bytes, and flex's SMs can only cost
+    forced = evaluate(prepare(model, cluster, job, replace(chosen.plan, ep_dispatcher="flex")), C)
+    assert forced.step_s >= report.step_s
 
 
-def test_flex_is_offered_only_where_megatron_runs_it() -> None:
+def test_flex_is_offered_only_where_megatron_runs_it_and_it_can_win() -> None:
     plan = Plan(dp=16, ep=16)
-    assert dispatcher_choices(plan, "megatron", True, "hopper") == ["alltoall", "flex"]
-    assert dispatcher_choices(plan, "nemo", True, "blackwell") == ["alltoall", "flex"]
-    assert dispatcher_choices(plan, "megatron", True, "ampere") == [None]  # DeepEP needs Hopper or later
-    assert dispatcher_choices(plan, "fsdp", True, "hopper") == [None]
-    assert dispatcher_choices(plan, "deepspeed", True, "hopper") == [None]
-    assert dispatcher_choices(Plan(dp=16), "megatron", True, "hopper") == [None]  # no EP
-    assert dispatcher_choices(Plan(dp=16, ep=8, etp=2), "megatron", True, "hopper") == [None]
-    assert dispatcher_choices(Plan(dp=16, ep=16, ep_dispatcher="alltoall"), "megatron", True,
-                              "hopper") == ["alltoall"]
-    assert knob_variants(plan, "megatron", 32, True) == knob_variants(plan, "megatron", 32, True, "")
+    h100, b200, a100 = (load_cluster(c, num_gpus=16) for c in ("dgx-h100", "dgx-b200", "dgx-a100"))
+    assert dispatcher_choices(plan, "megatron", True, h100) == ["alltoall", "flex"]
+    assert dispatcher_choices(plan, "nemo", True, b200) == ["alltoall", "flex"]
+    assert dispatcher_choices(plan, "megatron", True, a100) == [None]  # DeepEP needs Hopper or later
+    assert dispatcher_choices(plan, "fsdp", True, h100) == [None]
+    assert dispatcher_choices(plan, "deepspeed", True, h100) == [None]
+    assert dispatcher_choices(Plan(dp=16), "megatron", True, h100) == [None]  # no EP
+    assert dispatcher_choices(Plan(dp=16, ep=8, etp=2), "megatron", True, h100) == [None]
+    # EP8 inside one 8-GPU node: the same bytes either way, so flex is not tried; EP8 on a 16-GPU NVL72
+    # segment likewise, EP6 straddles nodes.
+    assert dispatcher_choices(Plan(dp=16, ep=8), "megatron", True, h100) == [None]
+    assert dispatcher_choices(Plan(dp=16, ep=8), "megatron", True, load_cluster("gb200-nvl72", num_gpus=16)) == [None]
+    assert dispatcher_choices(Plan(dp=24, ep=6), "megatron", True, load_cluster("dgx-h100", num_gpus=24)) \
+        == ["alltoall", "flex"]
+    assert dispatcher_choices(Plan(dp=16, ep=16, ep_dispatcher="alltoall"), "megatron", True, h100) == ["alltoall"]
+    assert knob_variants(plan, "megatron", 32, True) == knob_variants(plan, "megatron", 32, True, None)
+    assert len(knob_variants(plan, "megatron", 32, True, h100)) == 2 * len(knob_variants(plan, "megatron", 32, True))
     assert megatron_warnings(Plan(dp=16, ep=16, ep_dispatcher="flex"), "ampere")
 
 

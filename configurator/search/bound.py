@@ -166,7 +166,7 @@ class StructureBounds:
         ctx = self.ctx
         variants = [self._settled(v) for v in
                     optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe,
-                                     ctx.cluster.gpu.family)]
+                                     ctx.cluster)]
         if not self._needs_preparation(plan):
             return min(self._arithmetic(v) for v in variants)
         # dp-dependent gathers: one preparation (the knobs change no prepared
@@ -210,7 +210,7 @@ class StructureBounds:
         work = float("inf")
         for p in kinds.values():
             for v in optimistic_plans(p, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe,
-                                          ctx.cluster.gpu.family):
+                                          ctx.cluster):
                 v = self._settled(v)
                 if v.sharding == "zero2":
                     v = replace_unchecked(v, sharding="distopt")  # as ``_arithmetic``

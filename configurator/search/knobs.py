@@ -18,17 +18,28 @@ from dataclasses import replace
 
 from configurator.cost.constants import CostConstants
 from configurator.cost.knobs import flex_dispatcher_available
+from configurator.specs.hardware import ClusterSpec
 from configurator.cost.step import StepInputs, StepReport, busy_lower_bound, evaluate
 from configurator.specs.plan import CP_COMMS, Plan, ep_overlap_conflicts, replace_unchecked
 
 MEGATRON_RUNTIMES = ("megatron", "nemo")
 
 
-def dispatcher_choices(plan: Plan, runtime: str, is_moe: bool, gpu_family: str) -> list[str | None]:
-    """The MoE token dispatchers the search tries on ``plan``: alltoall first (ties keep Megatron's
-    default), then flex where Megatron runs it on these GPUs; the plan's own value where it fixes one."""
-    if (plan.ep_dispatcher is None and is_moe and plan.ep > 1 and plan.etp == 1 and runtime in MEGATRON_RUNTIMES
-            and flex_dispatcher_available(gpu_family)):
+def ep_group_may_span_domains(plan: Plan, cluster: ClusterSpec) -> bool:
+    """Whether the expert-parallel group can reach beyond one NVLink domain: its ``ep * etp`` consecutive
+    ranks (Megatron's expert rank order) stay inside one domain when they divide it, under any node order."""
+    group, domain = plan.ep * plan.etp, cluster.nvlink_domain_gpus
+    return group > domain or domain % group != 0
+
+
+def dispatcher_choices(plan: Plan, runtime: str, is_moe: bool, cluster: ClusterSpec | None) -> list[str | None]:
+    """The MoE token dispatchers the search tries on ``plan``: alltoall first (Megatron's default), then flex
+    where Megatron runs it on these GPUs and its EP group crosses NVLink domains (inside one domain both send
+    the same bytes and flex only adds its SMs' slowdown, so it never wins there); the plan's own value where
+    it fixes one, or where ``cluster`` is not known."""
+    if (plan.ep_dispatcher is None and cluster is not None and is_moe and plan.ep > 1 and plan.etp == 1
+            and runtime in MEGATRON_RUNTIMES and flex_dispatcher_available(cluster.gpu.family)
+            and ep_group_may_span_domains(plan, cluster)):
         return ["alltoall", "flex"]
     return [plan.ep_dispatcher]
 
@@ -53,11 +64,12 @@ def _knob_choices(plan: Plan, runtime: str, attention_heads: int,
     return tp, ep, cp
 
 
-def knob_variants(plan: Plan, runtime: str, attention_heads: int, is_moe: bool, gpu_family: str = "") -> list[Plan]:
+def knob_variants(plan: Plan, runtime: str, attention_heads: int, is_moe: bool,
+                  cluster: ClusterSpec | None = None) -> list[Plan]:
     """The plan with each open knob set to each value the runtime supports (the plan itself first).
-    ``gpu_family`` "" offers no flex dispatcher (callers that know the GPUs pass their family)."""
+    Without ``cluster`` no flex dispatcher is offered (it depends on the GPUs and the NVLink domain)."""
     tp, ep, cp = _knob_choices(plan, runtime, attention_heads, is_moe)
-    ds = dispatcher_choices(plan, runtime, is_moe, gpu_family)
+    ds = dispatcher_choices(plan, runtime, is_moe, cluster)
     if len(tp) == len(ep) == len(cp) == len(ds) == 1:
         return [plan]
     # Derived from a checked plan, changing only knobs to values the runtime runs: no re-validation
@@ -68,14 +80,14 @@ def knob_variants(plan: Plan, runtime: str, attention_heads: int, is_moe: bool, 
 
 
 def optimistic_plans(plan: Plan, runtime: str, attention_heads: int, is_moe: bool,
-                     gpu_family: str = "") -> list[Plan]:
+                     cluster: ClusterSpec | None = None) -> list[Plan]:
     """The knob variants with every open overlap on (never slower in the model: see ``knob_lower_bound``):
     ``knob_variants`` less those with an open overlap off - each overlap at the last of its choices (on
     where open), every CP exchange type and every dispatcher (the flex dispatcher sends fewer bytes
     but slows the compute it hides under more, so neither bounds the other) - built directly (the
     search asks for them once per bound, hundreds of thousands of times)."""
     tps, eps, cp = _knob_choices(plan, runtime, attention_heads, is_moe)
-    ds = dispatcher_choices(plan, runtime, is_moe, gpu_family)
+    ds = dispatcher_choices(plan, runtime, is_moe, cluster)
     tp, ep = tps[-1], eps[-1]
     if tp is plan.tp_overlap and ep is plan.ep_overlap and len(cp) == 1 and len(ds) == 1:
         return [plan]
@@ -85,7 +97,7 @@ def optimistic_plans(plan: Plan, runtime: str, attention_heads: int, is_moe: boo
 
 def _optimistic(inputs: StepInputs) -> list[StepInputs]:
     plans = optimistic_plans(inputs.plan, inputs.runtime.name, inputs.model.num_attention_heads, inputs.model.is_moe,
-                             inputs.cluster.gpu.family)
+                             inputs.cluster)
     if len(plans) == 1 and plans[0] == inputs.plan:
         return [inputs]
     return [replace(inputs, plan=p, _rates={}, _schedules={}) for p in plans]
@@ -113,4 +125,4 @@ def knob_lower_bound(inputs: StepInputs, constants: CostConstants) -> float:
     return min(busy_lower_bound(v, constants) for v in _optimistic(inputs))
 
 
-__all__ = ["best_knobs", "dispatcher_choices", "knob_lower_bound", "knob_variants", "optimistic_plans"]
+__all__ = ["best_knobs", "dispatcher_choices", "ep_group_may_span_domains", "knob_lower_bound", "knob_variants", "optimistic_plans"]
