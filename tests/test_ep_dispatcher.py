@@ -141,6 +141,12 @@ def test_megatron_args_name_the_dispatcher_and_its_backend() -> None:
     # A rack-wide NVLink domain (GB200 NVL72): Megatron says only HybridEP supports multi-node NVLink.
     assert flex_backend(load_cluster("gb200-nvl72", num_gpus=16)) == "hybridep"
     assert flex_backend(load_cluster("dgx-b200", num_gpus=16)) == "deepep"
+    # The other emitters refuse a flex plan by name instead of writing a different dispatcher.
+    from configurator.emit import deepspeed, torchtitan
+
+    flex_plan = Plan(dp=16, ep=16, sharding="zero3", ep_dispatcher="flex")
+    assert any("flex" in r for r in torchtitan.unsupported(model, flex_plan, job))
+    assert deepspeed.unsupported(flex_plan, job)  # DeepSpeed's EP lives in model code: refused already
 
 
 def test_the_dispatcher_each_published_row_ran_is_read_from_its_notes() -> None:
