@@ -19,7 +19,8 @@ in ``assumptions`` (the data README asks for exactly that):
   ``vpp`` empty with pp > 1 = interleaved with an unstated count (``unknown_vpp``); ``tp_overlap`` /
   ``ep_overlap`` (yes/no, CSV version 2) go to the Plan fields of the same names, empty = None; the MoE
   token dispatcher, which the CSV has no column for, from the notes (``dispatcher_from_notes``: DeepEP /
-  HybridEP = ``flex``, "A2A dispatcher" = ``alltoall``), unstated = None (the runtime's default).
+  HybridEP = ``flex``, "A2A dispatcher" = ``alltoall``), else for Megatron-Bridge performance rows from
+  the recipe their notes point to (``recipe_dispatcher``), else None (the runtime's default).
 * memory layout: DeepSpeed rows that ran the BF16 optimizer (``uses_bf16_optimizer``) use the
   ``deepspeed-bf16`` layout of profiles/memory.json (``memory_runtime``).
 * columns are read by name; only ``REQUIRED_COLUMNS`` must be present (CSV version 2 and later).
@@ -239,6 +240,28 @@ def dispatcher_from_notes(notes: str) -> str | None:
     return None
 
 
+_MEGATRON_BRIDGE_FLEX = ("deepseekv3", "qwen330ba3b")
+"""Models whose Megatron-Bridge performance recipes all run the flex dispatcher: every DEEPSEEK_V3_* and
+QWEN3_30B_A3B_* workload config sets ``moe_flex_dispatcher_backend`` (hybridep; deepep for DeepSeek-V3's B200
+FP8_MX/NVFP4 V2 variants), which ``apply_flex_dispatcher_backend`` turns into ``moe_token_dispatcher_type =
+flex`` (Megatron-Bridge scripts/performance/configs/deepseek/deepseek_workload_base_configs.py,
+configs/qwen/qwen3_workload_base_configs.py). Qwen3-235B-A22B's set it on GB200/GB300 only (alltoall on
+B200/B300/H100); GPT-OSS is left to the runtime's default."""
+
+
+def recipe_dispatcher(source: str, model_name: str, system: str) -> str | None:
+    """The dispatcher of a Megatron-Bridge performance-summary row whose notes do not say, from the recipe
+    its notes point to ("see scripts/performance recipes"); None for other sources and models."""
+    if "megatron-bridge performance" not in source.lower():
+        return None
+    key = re.sub(r"[^a-z0-9]", "", model_name.lower())
+    if key in _MEGATRON_BRIDGE_FLEX:
+        return "flex"
+    if key == "qwen3235ba22b":
+        return "flex" if system.startswith(("gb200", "gb300")) else "alltoall"
+    return None
+
+
 def uses_bf16_optimizer(source: str, notes: str) -> bool:
     """DeepSpeed's BF16_Optimizer (fp32 gradient accumulator): the final BLOOM-176B setup - the tr11
     production README, and topology rows whose notes say they ran it."""
@@ -298,9 +321,13 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         if routing == "force_balanced" and model.is_moe:
             notes.append("MoE routing force-balanced (benchmark mode): no learned-routing imbalance")
         job = JobSpec(global_batch=gbs, seq_len=seq_len, precision=precision, moe_routing=routing)
-        dispatcher = dispatcher_from_notes(_cell(row, "notes")) if model.is_moe else None
+        dispatcher, said = None, ""
+        if model.is_moe:
+            dispatcher, said = dispatcher_from_notes(_cell(row, "notes")), "the notes"
+            if dispatcher is None:
+                dispatcher, said = recipe_dispatcher(source, row.get("model", ""), system), "the recipe"
         if dispatcher == "flex" and (_int(row, "ep", 1) or 1) > 1:
-            notes.append("MoE dispatcher flex (DeepEP/HybridEP, from the notes)")
+            notes.append(f"MoE dispatcher flex (DeepEP/HybridEP, from {said})")
         elif dispatcher == "flex":
             dispatcher = None  # no expert parallelism: nothing to dispatch across ranks
         tp, pp, cp = (_int(row, c, 1) or 1 for c in ("tp", "pp", "cp"))
@@ -346,5 +373,5 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         return replace(base, error=str(exc))
 
 
-__all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "read_runs", "runtime_for_source",
+__all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "recipe_dispatcher", "read_runs", "runtime_for_source",
            "unknown_micro_batch", "unknown_vpp", "uses_bf16_optimizer"]

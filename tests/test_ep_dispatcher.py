@@ -18,7 +18,7 @@ from configurator.cost.knobs import effective_knobs, flex_overlap_compute_slowdo
 from configurator.cost.step import _rates_for, _stage_times, evaluate, link_efficiency, prepare
 from configurator.emit.megatron import flex_backend, megatron_args
 from configurator.errors import InputError
-from configurator.runs import dispatcher_from_notes, read_runs
+from configurator.runs import dispatcher_from_notes, read_runs, recipe_dispatcher
 from configurator.search.knobs import best_knobs, dispatcher_choices, knob_lower_bound, knob_variants
 from configurator.cost.step import busy_lower_bound
 from configurator.specs.plan import balanced_layout, plan_from_dict, plan_violations
@@ -161,5 +161,10 @@ def test_the_dispatcher_each_published_row_ran_is_read_from_its_notes() -> None:
     got = {rid: cases[rid].plan.ep_dispatcher for rid in ("r029", "r543", "r544", "r545", "r546", "r547", "r556")}
     assert got == {"r029": "alltoall", "r543": "flex", "r544": "flex", "r545": "flex", "r546": "alltoall",
                    "r547": "flex", "r556": "flex"}
-    assert cases["r088"].plan.ep_dispatcher is None  # its notes do not say: the runtime's default
+    # Megatron-Bridge performance rows whose notes do not say: the recipe's (every DeepSeek-V3 and Qwen3-30B
+    # workload config runs flex; Qwen3-235B only on GB200/GB300); GPT-OSS keeps the runtime's default.
+    assert cases["r088"].plan.ep_dispatcher == "flex"  # DeepSeek-V3 B200 FP8_MX: deepep
+    assert cases["r142"].plan.ep_dispatcher == "alltoall" and cases["r066"].plan.ep_dispatcher == "flex"
+    assert cases["r093"].plan.ep_dispatcher is None
+    assert recipe_dispatcher("NVIDIA DGX Cloud Benchmarking recipe (deepseek_v3)", "Deepseek V3", "dgx-h100") is None
     assert all(c.plan.ep_dispatcher is None for c in cases.values() if c.plan is not None and not c.model.is_moe)
