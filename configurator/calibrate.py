@@ -78,9 +78,9 @@ BOUND_REASONS: dict[str, str] = {
     "link.scale_out": "upper bound: the rows want faster inter-node collectives than a flat ring gives (in-network "
                       "reduction - SHARP/NVLS - and NCCL's tree/PAT algorithms are not modelled).",
     "link.alltoall": "upper bound: the all-to-all's own efficiency (achieved / nominal, on NVLink and the NIC) at "
-                     "DeepEP's measured ~0.95 of NVLink; the NVIDIA rows that ran HybridEP/DeepEP or CUDA-graphed "
-                     "dispatch are not told apart from alltoall-dispatcher rows (the runs CSV has no dispatcher "
-                     "column), so the fit takes the fastest physical value.",
+                     "DeepEP's measured ~0.95 of NVLink; the dispatcher is known only where a row's notes or its "
+                     "Megatron-Bridge recipe say it (runs.py; the runs CSV has no dispatcher column) and CUDA-graphed "
+                     "dispatch is not told apart, so the fit takes the fastest physical value.",
     "attention.blackwell": "upper bound: few Blackwell rows, all NVIDIA recipes at 4K-8K with cuDNN attention; the "
                            "backward factor is shared with Hopper, so Blackwell's own attention takes the slack.",
     "gemm.blackwell.fp8": "upper bound: fp8 at the full 2x peak ratio over Blackwell's bf16 efficiency, which the fit "
@@ -240,7 +240,8 @@ def ranking_stats(samples: list[Sample], log_errs: np.ndarray) -> dict[str, Any]
     if len(moe):
         out["moe"] = error_stats(moe)
         dense = np.array([e for s, e in zip(samples, log_errs) if not (s.case.model is not None and s.case.model.is_moe)])
-        out["dense"] = error_stats(dense)
+        if len(dense):  # a held-out group of MoE rows only (--cv-group "Megatron-Core MoE") has none
+            out["dense"] = error_stats(dense)
     return out
 
 

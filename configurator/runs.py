@@ -17,7 +17,10 @@ in ``assumptions`` (the data README asks for exactly that):
   recipes); ``micro_batch`` empty = not stated: 1, except torchtitan, which splits the local batch
   into ``pp`` micro-batches (its default ``pipeline_parallel_microbatches``) or runs it whole without PP;
   ``vpp`` empty with pp > 1 = interleaved with an unstated count (``unknown_vpp``); ``tp_overlap`` /
-  ``ep_overlap`` (yes/no, CSV version 2) go to the Plan fields of the same names, empty = None.
+  ``ep_overlap`` (yes/no, CSV version 2) go to the Plan fields of the same names, empty = None; the MoE
+  token dispatcher, which the CSV has no column for, from the notes (``dispatcher_from_notes``: DeepEP /
+  HybridEP = ``flex``, "A2A dispatcher" = ``alltoall``), else for Megatron-Bridge performance rows from
+  the recipe their notes point to (``recipe_dispatcher``), else None (the runtime's default).
 * memory layout: DeepSpeed rows that ran the BF16 optimizer (``uses_bf16_optimizer``) use the
   ``deepspeed-bf16`` layout of profiles/memory.json (``memory_runtime``).
 * columns are read by name; only ``REQUIRED_COLUMNS`` must be present (CSV version 2 and later).
@@ -29,6 +32,7 @@ in ``assumptions`` (the data README asks for exactly that):
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -233,6 +237,45 @@ def runs_eager(runtime: str, precision: str, notes: str) -> bool:
     return not ("compile" in text or "float8" in text or "async" in text or precision in ("fp8", "fp4"))
 
 
+_FLEX_WORDS = re.compile(r"\bdeepep\b|\bhybrid-?ep\b|flex (?:token )?dispatcher|dispatcher[ :=_-]*(?:type )?flex\b")
+_ALLTOALL_WORDS = re.compile(r"\b(?:a2a|alltoall|all-to-all) (?:token )?dispatcher|dispatcher[ :=_-]*(?:type )?(?:a2a|alltoall)\b")
+
+
+def dispatcher_from_notes(notes: str) -> str | None:
+    """The MoE token dispatcher a row ran, as its notes state it (the runs CSV has no column for it):
+    ``flex`` for DeepEP or HybridEP (Megatron's ``--moe-token-dispatcher-type flex``; the Megatron-MoE
+    model zoo writes "Dispatcher DeepEP", its GB200 table "HybridEP"), ``alltoall`` for "Dispatcher A2A"
+    / "A2A dispatcher"; None when the notes do not say (an "A2A overlap" is not a dispatcher)."""
+    text = notes.lower()
+    if _FLEX_WORDS.search(text):
+        return "flex"
+    if _ALLTOALL_WORDS.search(text):
+        return "alltoall"
+    return None
+
+
+_MEGATRON_BRIDGE_FLEX = ("deepseekv3", "qwen330ba3b")
+"""Models whose Megatron-Bridge performance recipes all run the flex dispatcher: every DEEPSEEK_V3_* and
+QWEN3_30B_A3B_* workload config sets ``moe_flex_dispatcher_backend`` (hybridep; deepep for DeepSeek-V3's B200
+FP8_MX/NVFP4 V2 variants), which ``apply_flex_dispatcher_backend`` turns into ``moe_token_dispatcher_type =
+flex`` (Megatron-Bridge scripts/performance/configs/deepseek/deepseek_workload_base_configs.py,
+configs/qwen/qwen3_workload_base_configs.py). Qwen3-235B-A22B's set it on GB200/GB300 only (alltoall on
+B200/B300/H100); GPT-OSS is left to the runtime's default."""
+
+
+def recipe_dispatcher(source: str, model_name: str, system: str) -> str | None:
+    """The dispatcher of a Megatron-Bridge performance-summary row whose notes do not say, from the recipe
+    its notes point to ("see scripts/performance recipes"); None for other sources and models."""
+    if "megatron-bridge performance" not in source.lower():
+        return None
+    key = re.sub(r"[^a-z0-9]", "", model_name.lower())
+    if key in _MEGATRON_BRIDGE_FLEX:
+        return "flex"
+    if key == "qwen3235ba22b":
+        return "flex" if system.startswith(("gb200", "gb300")) else "alltoall"
+    return None
+
+
 def uses_bf16_optimizer(source: str, notes: str) -> bool:
     """DeepSpeed's BF16_Optimizer (fp32 gradient accumulator): the final BLOOM-176B setup - the tr11
     production README, and topology rows whose notes say they ran it."""
@@ -296,6 +339,15 @@ def case_from_row(row: dict[str, str]) -> RunCase:
             notes.append("PyTorch eager (torchtitan's default; the row names no compile/Float8/Async TP)")
         job = JobSpec(global_batch=gbs, seq_len=seq_len, precision=precision, moe_routing=routing,
                       compiled=not eager)
+        dispatcher, said = None, ""
+        if model.is_moe:
+            dispatcher, said = dispatcher_from_notes(_cell(row, "notes")), "the notes"
+            if dispatcher is None:
+                dispatcher, said = recipe_dispatcher(source, row.get("model", ""), system), "the recipe"
+        if dispatcher == "flex" and (_int(row, "ep", 1) or 1) > 1:
+            notes.append(f"MoE dispatcher flex (DeepEP/HybridEP, from {said})")
+        elif dispatcher == "flex":
+            dispatcher = None  # no expert parallelism: nothing to dispatch across ranks
         tp, pp, cp = (_int(row, c, 1) or 1 for c in ("tp", "pp", "cp"))
         dp = _int(row, "dp")
         if dp is None:
@@ -328,7 +380,7 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, ep=_int(row, "ep", 1) or 1, etp=1, vpp=vpp, sp=sp,
                     sharding=sharding, recompute=recompute, micro_batch=mb, pipeline_layers=layout,
                     tp_overlap=_yes_no(row, "tp_overlap") if tp > 1 else None,
-                    ep_overlap=_yes_no(row, "ep_overlap") if model.is_moe else None)
+                    ep_overlap=_yes_no(row, "ep_overlap") if model.is_moe else None, ep_dispatcher=dispatcher)
         reasons = plan_violations(model, job, plan, cluster.num_gpus)
         if reasons:
             raise InputError("plan", plan.describe(), reasons[0])
@@ -339,5 +391,6 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         return replace(base, error=str(exc))
 
 
-__all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "read_runs", "runtime_for_source",
-           "runs_eager", "unknown_micro_batch", "unknown_vpp", "uses_bf16_optimizer"]
+__all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "read_runs",
+           "recipe_dispatcher", "runs_eager", "runtime_for_source", "unknown_micro_batch", "unknown_vpp",
+           "uses_bf16_optimizer"]

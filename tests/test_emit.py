@@ -148,6 +148,12 @@ MEGATRON_CASES = {
     "llama3-8b-cp-a2a-p2p": ("llama3-8b", "dgx-h100", 16, 32768, 16, Plan(tp=4, cp=4, dp=1, sp=True, cp_comm="a2a+p2p"),
                              "bf16"),
     "qwen3-30b-ep-overlap": ("qwen3-30b-a3b", "dgx-h100", 16, 4096, 256, Plan(dp=16, ep=8, ep_overlap=True), "bf16"),
+    # The flex dispatcher (DeepEP) across two nodes. Megatron refuses flex only under --fake-process-group
+    # (arguments.py: "Fake process group is not supported with flex token dispatcher"); the checker runs
+    # parse_args/validate_args and builds the TransformerConfig without it, so the flags are checked as
+    # a real launch would check them (DeepEP itself is imported only when the dispatcher is built).
+    "qwen3-30b-flex-deepep": ("qwen3-30b-a3b", "dgx-h100", 16, 4096, 256,
+                              Plan(dp=16, ep=16, ep_overlap=True, ep_dispatcher="flex"), "bf16"),
     "llama3-8b-hsdp": ("llama3-8b", "dgx-h100", 16, 4096, 64, Plan(dp=16, sharding="hsdp", shard_group=8), "bf16"),
 }
 
@@ -252,6 +258,10 @@ def test_megatron_accepts_what_the_emitted_script_launches_for_plans_of_every_ki
     cp = by_name["llama3-8b-cp-a2a-p2p"]
     assert cp["cp_comm_type"] == ["a2a+p2p"] and cp["hierarchical_context_parallel_sizes"] == [2, 2]
     assert by_name["qwen3-30b-ep-overlap"]["overlap_moe_expert_parallel_comm"]
+    assert by_name["qwen3-30b-ep-overlap"]["moe_token_dispatcher_type"] == "alltoall"
+    flex = by_name["qwen3-30b-flex-deepep"]
+    assert flex["moe_token_dispatcher_type"] == "flex" and flex["moe_flex_dispatcher_backend"] == "deepep"
+    assert flex["overlap_moe_expert_parallel_comm"]
     hsdp = by_name["llama3-8b-hsdp"]
     assert hsdp["use_megatron_fsdp"] and hsdp["num_distributed_optimizer_instances"] == 2
 

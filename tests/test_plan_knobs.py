@@ -25,6 +25,7 @@ def test_new_knobs_round_trip_through_the_plan_object():
     ({"recompute": "selective", "recompute_modules": ("mlp", "mlp")}, "recompute_modules"),
     ({"tp_overlap": "yes"}, "tp_overlap"),
     ({"cp_comm": "ring"}, "cp_comm"),
+    ({"ep_dispatcher": "deepep"}, "ep_dispatcher"),
 ])
 def test_bad_knob_values_name_their_field(kw, field):
     with pytest.raises(InputError) as err:

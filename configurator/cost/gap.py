@@ -53,6 +53,9 @@ def term_mechanism(term: str, best: Plan, other: Plan) -> str:
             said.append("its all-to-all is exposed" + (f" (Megatron's EP overlap {conflicts[0]})" if conflicts else ""))
         if best.ep_overlap:
             said.append("the top plan hides its own under compute")
+        if best.ep_dispatcher == "flex" and other.ep_dispatcher != "flex":
+            said.append("the top plan dispatches with flex (DeepEP: one copy per destination node across the "
+                        "network, not one per token-expert pair)")
         if best.ep < other.ep:
             said.append(f"it sends over ep={best.ep} instead of {other.ep}")
         return "; ".join(said)

@@ -5,13 +5,16 @@ default (``profiles/cost.json``) where the plan leaves it ``None``.
   userbuffers / async TP); needs tp > 1.
 * ``ep_overlap`` - the MoE all-to-all overlapped with another micro-batch's computation.
 * ``cp_comm`` - how context-parallel attention exchanges K/V (``cp.py``).
+* ``ep_dispatcher`` - Megatron's MoE token dispatcher: ``alltoall`` or ``flex`` (DeepEP/HybridEP), which
+  sends fewer bytes across nodes (``moe.py``) but whose kernels hold SMs while they run
+  (``flex_overlap_compute_slowdown``); only where expert parallelism is on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from configurator.cost.constants import RuntimeCost
+from configurator.cost.constants import RuntimeCost, hardware_default
 from configurator.specs.plan import Plan, ep_overlap_conflicts
 
 
@@ -20,6 +23,16 @@ class Knobs:
     tp_overlap: bool
     ep_overlap: bool
     cp_comm: str
+    ep_dispatcher: str = "alltoall"
+
+
+FLEX_DISPATCHER_FAMILIES = ("hopper", "blackwell")
+"""GPU families DeepEP/HybridEP run on (DeepEP's README: SM90 Hopper, with SM100 Blackwell added later;
+HybridEP targets Hopper and Blackwell NVLink/MNNVL). Older GPUs have only the alltoall dispatcher."""
+
+
+def flex_dispatcher_available(gpu_family: str) -> bool:
+    return gpu_family in FLEX_DISPATCHER_FAMILIES
 
 
 def effective_knobs(plan: Plan, runtime: RuntimeCost) -> Knobs:
@@ -27,7 +40,20 @@ def effective_knobs(plan: Plan, runtime: RuntimeCost) -> Knobs:
     # A runtime's default overlap applies only where Megatron-Core can run it (its TransformerConfig asserts).
     ep = (runtime.ep_comm_overlap and not ep_overlap_conflicts(plan)) if plan.ep_overlap is None else plan.ep_overlap
     cp = plan.cp_comm or runtime.cp_comm
-    return Knobs(tp_overlap=bool(tp) and plan.tp > 1, ep_overlap=bool(ep) and plan.ep > 1, cp_comm=cp)
+    dispatcher = plan.ep_dispatcher or runtime.ep_dispatcher
+    return Knobs(tp_overlap=bool(tp) and plan.tp > 1, ep_overlap=bool(ep) and plan.ep > 1, cp_comm=cp,
+                 ep_dispatcher=dispatcher)
+
+
+def flex_overlap_compute_slowdown(sm_count: int) -> float:
+    """Share of a GPU's compute lost while the flex dispatcher's kernels run beside it: DeepEP's normal
+    (training) kernels are persistent and hold ``flex_dispatcher_sms`` SMs for their whole run
+    (cost.json), so compute overlapping them runs on ``(S - s) / S`` of the SMs and takes ``s / S`` of
+    the hidden time longer. Where the SM count is unknown, NCCL's generic share
+    (``nccl_overlap_compute_slowdown``)."""
+    if sm_count <= 0:
+        return hardware_default("nccl_overlap_compute_slowdown")
+    return min(1.0, hardware_default("flex_dispatcher_sms") / sm_count)
 
 
 
@@ -46,7 +72,10 @@ def megatron_warnings(plan: Plan, gpu_family: str) -> list[str]:
                        "warns they need different CUDA_DEVICE_MAX_CONNECTIONS settings")
     if plan.tp_overlap and not plan.sp:
         out.append("TP communication overlap needs sequence parallelism (Megatron asserts it)")
+    if plan.ep_dispatcher == "flex" and not flex_dispatcher_available(gpu_family):
+        out.append(f"ep_dispatcher=flex: DeepEP/HybridEP run on Hopper and Blackwell, not on {gpu_family} GPUs")
     return out
 
 
-__all__ = ["Knobs", "effective_knobs", "megatron_warnings"]
+__all__ = ["FLEX_DISPATCHER_FAMILIES", "Knobs", "effective_knobs", "flex_dispatcher_available",
+           "flex_overlap_compute_slowdown", "megatron_warnings"]

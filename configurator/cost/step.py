@@ -41,7 +41,7 @@ from configurator.cost.compute import GemmCurve, GpuRates, expert_gemms_s, gpu_r
 from configurator.cost.constants import CostConstants, RuntimeCost, hardware_default, load_calibration, \
     load_runtime_cost
 from configurator.cost.cp import cp_times_s
-from configurator.cost.knobs import effective_knobs
+from configurator.cost.knobs import effective_knobs, flex_overlap_compute_slowdown
 from configurator.cost.launch import layer_launch_s
 from configurator.cost.moe import busiest_rank_factor, ep_scale_out_share, routing_cv
 from configurator.cost.schedule import ScheduleResult, simulate
@@ -296,6 +296,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     tp_hidden = c["overlap.tp"] if knobs.tp_overlap else 0.0
     ep_hidden = c["overlap.ep"] if knobs.ep_overlap else 0.0
     slowdown = hardware_default("nccl_overlap_compute_slowdown")
+    ep_flex_slowdown = flex_overlap_compute_slowdown(rates.sm_count) if knobs.ep_dispatcher == "flex" else slowdown
     sync_s = hardware_default("d2h_sync_s")
     stage = inp.stages[v]
     chunk_layers = stage.num_layers
@@ -323,13 +324,15 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
                                            rates.attention_bwd_factor)
         ep_raw = 0.0
         if work.ep_bytes:
-            share = ep_scale_out_share(inp.model, inp.model.moe_topk, inp.ep_domains, rt.ep_dispatcher)
+            share = ep_scale_out_share(inp.model, inp.model.moe_topk, inp.ep_domains, knobs.ep_dispatcher)
             ep_raw = 2 * comm.alltoall_s("ep", work.ep_bytes * factor, share)
         if work.etp_bytes:
             # expert-TP all-gather of the dispatched pairs + reduce-scatter of the expert outputs
             ep_raw += comm.allreduce_s("etp", work.etp_bytes * factor)
         ep_f = ep_raw * (1 - ep_hidden)
         hidden_f += ep_raw * ep_hidden
+        # The flex dispatcher's kernels hold their own SMs (not NCCL's channels) while hidden.
+        flex_extra_f = (ep_flex_slowdown - slowdown) * ep_raw * ep_hidden
         recompute = 0.0
         re_frac = 0.0  # share of the forward's communication repeated by recompute
         re_ep = 0.0
@@ -369,8 +372,8 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
                 # The first layer's gather of a micro-batch has nothing before it to hide under.
                 z_first = f_gather - z_f
                 first_layer = False
-        slow_f = slowdown * (hidden_f + zf_hidden + cp_hidden / 3)
-        slow_b = slowdown * ((1 + re_frac) * hidden_f + zb_hidden + 2 * cp_hidden / 3)
+        slow_f = slowdown * (hidden_f + zf_hidden + cp_hidden / 3) + flex_extra_f
+        slow_b = slowdown * ((1 + re_frac) * hidden_f + zb_hidden + 2 * cp_hidden / 3) + (1 + re_frac) * flex_extra_f
         fwd["compute"] += n * (f_compute + launch_f + slow_f)
         bwd["compute"] += n * (b_compute + recompute + launch_b + slow_b)
         fwd["tp_comm"] += n * tp_f

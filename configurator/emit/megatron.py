@@ -183,13 +183,21 @@ def model_args(model: ModelSpec, job: JobSpec, plan: Plan) -> list[str]:
         flag("--moe-router-load-balancing-type", model.moe_aux_loss_type if model.moe_aux_loss_coeff else "none")
         if model.moe_aux_loss_coeff:
             flag("--moe-aux-loss-coeff", f"{model.moe_aux_loss_coeff:g}")
-        flag("--moe-token-dispatcher-type", "alltoall")
+        # The plan's dispatcher; unset = the runtime's default, alltoall (profiles/cost.json).
+        flag("--moe-token-dispatcher-type", "flex" if plan.ep_dispatcher == "flex" else "alltoall")
         flag("--moe-grouped-gemm")
     if model.mtp_layers:
         flag("--mtp-num-layers", model.mtp_layers)
     for feature in model.features:
         flag(EXPRESSIBLE_FEATURES[feature])
     return a
+
+
+def flex_backend(cluster: ClusterSpec) -> str:
+    """The flex dispatcher's backend: DeepEP (one copy per node over RDMA, then NVLink), or HybridEP where
+    the NVLink domain spans nodes (GB200/GB300 NVL72): Megatron-Core's TransformerConfig says "Currently
+    only 'hybridep' backend supports the MNNVL case" (moe_flex_dispatcher_backend)."""
+    return "hybridep" if cluster.nvlink_domain_gpus > cluster.gpus_per_node else "deepep"
 
 
 def hierarchical_cp_sizes(cluster: ClusterSpec, plan: Plan) -> tuple[int, int]:
@@ -229,6 +237,8 @@ def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
         flag("--tp-comm-overlap")
     if plan.ep_overlap:
         flag("--overlap-moe-expert-parallel-comm")
+    if model.is_moe and plan.ep_dispatcher == "flex":
+        flag("--moe-flex-dispatcher-backend", flex_backend(cluster))
     if plan.sharding in ("distopt", "zero1"):
         flag("--use-distributed-optimizer")
         flag("--overlap-grad-reduce")
@@ -373,5 +383,5 @@ def placement_text(cluster: ClusterSpec, plan: Plan, placement: Placement, names
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["connections_env", "launch_script", "megatron_args", "model_args", "needs_single_connection",
+__all__ = ["connections_env", "flex_backend", "launch_script", "megatron_args", "model_args", "needs_single_connection",
            "placement_text", "user_args"]

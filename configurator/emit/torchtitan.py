@@ -143,6 +143,9 @@ def unsupported(model: ModelSpec, plan: Plan, job: JobSpec) -> list[str]:
                    "divide it")
     if plan.ep_overlap:
         out.append("EP all-to-all overlap: no such option in torchtitan 0.3.0")
+    if plan.ep_dispatcher == "flex":
+        out.append("ep_dispatcher flex (DeepEP/HybridEP): this tool emits it for Megatron only; the torchtitan "
+                   "emitter writes the default all-to-all dispatcher")
     if plan.cp > 1 and plan.cp_comm not in (None, "all_gather"):
         out.append(f"cp_comm {plan.cp_comm}: torchtitan 0.3.0's CP for language models (FlexAttention) "
                    "all-gathers K/V (cp_comm all_gather)")

@@ -165,7 +165,8 @@ class StructureBounds:
         not exceed any of them): ``busy_lower_bound`` of each prepared form, the least."""
         ctx = self.ctx
         variants = [self._settled(v) for v in
-                    optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe)]
+                    optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe,
+                                     ctx.cluster)]
         if not self._needs_preparation(plan):
             return min(self._arithmetic(v) for v in variants)
         # dp-dependent gathers: one preparation (the knobs change no prepared
@@ -208,7 +209,8 @@ class StructureBounds:
         n_dense = ctx.model.num_layers - n_moe
         work = float("inf")
         for p in kinds.values():
-            for v in optimistic_plans(p, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe):
+            for v in optimistic_plans(p, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe,
+                                          ctx.cluster):
                 v = self._settled(v)
                 if v.sharding == "zero2":
                     v = replace_unchecked(v, sharding="distopt")  # as ``_arithmetic``

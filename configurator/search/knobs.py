@@ -5,8 +5,10 @@ fastest for it, like ``resolve`` picks the least offload that fits.
 
 Only knobs the plan leaves open (``None``) are chosen, and only where the runtime can run them:
 Megatron-LM / NeMo (``--tp-comm-overlap`` with sequence parallelism, ``--overlap-moe-expert-parallel-
-comm``, ``--cp-comm-type``); torchtitan (``fsdp``) chooses between its all-gather and ring
-(``p2p``-like) context-parallel rotations.
+comm``, ``--cp-comm-type``, and ``--moe-token-dispatcher-type alltoall|flex`` with expert parallelism
+on Hopper/Blackwell at expert TP 1: the flex dispatcher's group is expert-TP x EP, which the step model
+does not cost); torchtitan (``fsdp``) chooses between its all-gather and ring (``p2p``-like)
+context-parallel rotations.
 """
 
 from __future__ import annotations
@@ -15,10 +17,31 @@ import itertools
 from dataclasses import replace
 
 from configurator.cost.constants import CostConstants
+from configurator.cost.knobs import flex_dispatcher_available
+from configurator.specs.hardware import ClusterSpec
 from configurator.cost.step import StepInputs, StepReport, busy_lower_bound, evaluate
 from configurator.specs.plan import CP_COMMS, Plan, ep_overlap_conflicts, replace_unchecked
 
 MEGATRON_RUNTIMES = ("megatron", "nemo")
+
+
+def ep_group_may_span_domains(plan: Plan, cluster: ClusterSpec) -> bool:
+    """Whether the expert-parallel group can reach beyond one NVLink domain: its ``ep * etp`` consecutive
+    ranks (Megatron's expert rank order) stay inside one domain when they divide it, under any node order."""
+    group, domain = plan.ep * plan.etp, cluster.nvlink_domain_gpus
+    return group > domain or domain % group != 0
+
+
+def dispatcher_choices(plan: Plan, runtime: str, is_moe: bool, cluster: ClusterSpec | None) -> list[str | None]:
+    """The MoE token dispatchers the search tries on ``plan``: alltoall first (Megatron's default), then flex
+    where Megatron runs it on these GPUs and its EP group crosses NVLink domains (inside one domain both send
+    the same bytes and flex only adds its SMs' slowdown, so it never wins there); the plan's own value where
+    it fixes one, or where ``cluster`` is not known."""
+    if (plan.ep_dispatcher is None and cluster is not None and is_moe and plan.ep > 1 and plan.etp == 1
+            and runtime in MEGATRON_RUNTIMES and flex_dispatcher_available(cluster.gpu.family)
+            and ep_group_may_span_domains(plan, cluster)):
+        return ["alltoall", "flex"]
+    return [plan.ep_dispatcher]
 
 
 def _knob_choices(plan: Plan, runtime: str, attention_heads: int,
@@ -41,32 +64,40 @@ def _knob_choices(plan: Plan, runtime: str, attention_heads: int,
     return tp, ep, cp
 
 
-def knob_variants(plan: Plan, runtime: str, attention_heads: int, is_moe: bool) -> list[Plan]:
-    """The plan with each open knob set to each value the runtime supports (the plan itself first)."""
+def knob_variants(plan: Plan, runtime: str, attention_heads: int, is_moe: bool,
+                  cluster: ClusterSpec | None = None) -> list[Plan]:
+    """The plan with each open knob set to each value the runtime supports (the plan itself first).
+    Without ``cluster`` no flex dispatcher is offered (it depends on the GPUs and the NVLink domain)."""
     tp, ep, cp = _knob_choices(plan, runtime, attention_heads, is_moe)
-    if len(tp) == len(ep) == len(cp) == 1:
+    ds = dispatcher_choices(plan, runtime, is_moe, cluster)
+    if len(tp) == len(ep) == len(cp) == len(ds) == 1:
         return [plan]
     # Derived from a checked plan, changing only knobs to values the runtime runs: no re-validation
     # (the search builds one set per bound and per costed plan).
-    variants = [replace_unchecked(plan, tp_overlap=a, ep_overlap=b, cp_comm=c)
-                for a, b, c in itertools.product(tp, ep, cp)]
+    variants = [replace_unchecked(plan, tp_overlap=a, ep_overlap=b, cp_comm=c, ep_dispatcher=d)
+                for a, b, c, d in itertools.product(tp, ep, cp, ds)]
     return variants or [plan]
 
 
-def optimistic_plans(plan: Plan, runtime: str, attention_heads: int, is_moe: bool) -> list[Plan]:
+def optimistic_plans(plan: Plan, runtime: str, attention_heads: int, is_moe: bool,
+                     cluster: ClusterSpec | None = None) -> list[Plan]:
     """The knob variants with every open overlap on (never slower in the model: see ``knob_lower_bound``):
     ``knob_variants`` less those with an open overlap off - each overlap at the last of its choices (on
-    where open), every CP exchange type - built directly (the search asks for them once per bound,
-    hundreds of thousands of times)."""
+    where open), every CP exchange type and every dispatcher (the flex dispatcher sends fewer bytes
+    but slows the compute it hides under more, so neither bounds the other) - built directly (the
+    search asks for them once per bound, hundreds of thousands of times)."""
     tps, eps, cp = _knob_choices(plan, runtime, attention_heads, is_moe)
+    ds = dispatcher_choices(plan, runtime, is_moe, cluster)
     tp, ep = tps[-1], eps[-1]
-    if tp is plan.tp_overlap and ep is plan.ep_overlap and len(cp) == 1:
+    if tp is plan.tp_overlap and ep is plan.ep_overlap and len(cp) == 1 and len(ds) == 1:
         return [plan]
-    return [replace_unchecked(plan, tp_overlap=tp, ep_overlap=ep, cp_comm=c) for c in cp]
+    return [replace_unchecked(plan, tp_overlap=tp, ep_overlap=ep, cp_comm=c, ep_dispatcher=d)
+            for c in cp for d in ds]
 
 
 def _optimistic(inputs: StepInputs) -> list[StepInputs]:
-    plans = optimistic_plans(inputs.plan, inputs.runtime.name, inputs.model.num_attention_heads, inputs.model.is_moe)
+    plans = optimistic_plans(inputs.plan, inputs.runtime.name, inputs.model.num_attention_heads, inputs.model.is_moe,
+                             inputs.cluster)
     if len(plans) == 1 and plans[0] == inputs.plan:
         return [inputs]
     return [replace(inputs, plan=p, _rates={}, _schedules={}) for p in plans]
@@ -94,4 +125,4 @@ def knob_lower_bound(inputs: StepInputs, constants: CostConstants) -> float:
     return min(busy_lower_bound(v, constants) for v in _optimistic(inputs))
 
 
-__all__ = ["best_knobs", "knob_lower_bound", "knob_variants", "optimistic_plans"]
+__all__ = ["best_knobs", "dispatcher_choices", "ep_group_may_span_domains", "knob_lower_bound", "knob_variants", "optimistic_plans"]

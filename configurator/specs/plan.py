@@ -22,6 +22,10 @@ from configurator.specs.model import ModelSpec
 SHARDINGS: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "distopt", "hsdp")
 RECOMPUTES: tuple[str, ...] = ("none", "selective", "full")
 CP_COMMS: tuple[str, ...] = ("p2p", "all_gather", "a2a", "a2a+p2p")
+EP_DISPATCHERS: tuple[str, ...] = ("alltoall", "flex")
+"""Megatron's ``--moe-token-dispatcher-type`` this tool emits: ``alltoall`` (one row per token-expert pair
+all-to-all'd, Megatron-Core's recipes' default) or ``flex`` (DeepEP/HybridEP: one copy per destination node
+over the NIC, fanned out over NVLink; ``cost/moe.py``)."""
 """Megatron's ``--cp-comm-type``: ring of point-to-point exchanges, all-gather of K/V (Llama 3),
 Ulysses-style all-to-all over heads, and the hierarchical all-to-all inside + ring across."""
 RECOMPUTE_MODULES: tuple[str, ...] = ("core_attn", "mlp", "moe", "moe_act", "layernorm", "mla_up_proj",
@@ -69,6 +73,8 @@ class Plan:
     None = the runtime's default."""
     cp_comm: str | None = None
     """Context-parallel communication (CP_COMMS); None = the runtime's default."""
+    ep_dispatcher: str | None = None
+    """MoE token dispatcher (EP_DISPATCHERS); None = the runtime's default (profiles/cost.json: alltoall)."""
     micro_batch: int = 1
     """Sequences per micro-batch per data-parallel rank."""
     offload: float = 0.0
@@ -108,6 +114,8 @@ class Plan:
             require(value is None or isinstance(value, bool), name, value, "must be true, false or unset")
         require(self.cp_comm is None or self.cp_comm in CP_COMMS, "cp_comm", self.cp_comm,
                 f"must be one of {', '.join(CP_COMMS)}")
+        require(self.ep_dispatcher is None or self.ep_dispatcher in EP_DISPATCHERS, "ep_dispatcher",
+                self.ep_dispatcher, f"must be one of {', '.join(EP_DISPATCHERS)}")
         if isinstance(self.recompute_num_layers, bool) or not isinstance(self.recompute_num_layers, int) \
                 or self.recompute_num_layers < 0:
             raise InputError("recompute_num_layers", self.recompute_num_layers,
@@ -170,6 +178,8 @@ class Plan:
             parts.append(f"ep_overlap={'on' if self.ep_overlap else 'off'}")
         if self.cp_comm is not None:
             parts.append(f"cp_comm={self.cp_comm}")
+        if self.ep_dispatcher is not None:
+            parts.append(f"ep_dispatcher={self.ep_dispatcher}")
         return " ".join(parts)
 
     def as_dict(self) -> dict[str, object]:
@@ -282,6 +292,9 @@ def plan_violations(model: ModelSpec, job: JobSpec, plan: Plan, num_gpus: int | 
         out += [f"ep_overlap: {r}" for r in ep_overlap_conflicts(plan)]
         if getattr(model, "mtp_layers", 0) > 1:
             out.append("ep_overlap: Megatron's EP A2A overlap supports at most one MTP layer")
+    if plan.ep_dispatcher == "flex" and (not model.is_moe or plan.ep * plan.etp == 1):
+        # MoEFlexTokenDispatcher: "DeepEP dispatcher requires TPxEP > 1" (its group is expert-TP x EP).
+        out.append("ep_dispatcher=flex needs an MoE model with expert parallelism (ep x etp > 1)")
     if job.precision == "fp8" and {"moe_act", "layernorm"} & set(plan.recompute_modules):
         out.append("recompute_modules moe_act/layernorm: Megatron's fp8 delayed scaling does not support "
                    "recomputing them")

@@ -133,6 +133,8 @@ def check(record: Path) -> dict:
             "model": _model_fields(args, config),
             "cp_comm_type": _jsonable(args.cp_comm_type), "tp_comm_overlap": args.tp_comm_overlap,
             "overlap_moe_expert_parallel_comm": args.overlap_moe_expert_parallel_comm,
+            "moe_token_dispatcher_type": getattr(config, "moe_token_dispatcher_type", None),
+            "moe_flex_dispatcher_backend": getattr(config, "moe_flex_dispatcher_backend", None),
             "recompute_modules": _jsonable(args.recompute_modules),
             "hierarchical_context_parallel_sizes": _jsonable(args.hierarchical_context_parallel_sizes),
             "num_distributed_optimizer_instances": args.num_distributed_optimizer_instances,
