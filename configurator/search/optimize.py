@@ -16,8 +16,9 @@ plan found and is marked ``truncated``.
 Optuna (TPE, seeded): where the space has more structures than ``EXHAUSTIVE_LIMIT``, the trials choose
 each axis among the values legal after the axes before it (no illegal trial), a structure already
 costed is never re-costed, one whose lower bound cannot beat the k-th best found is answered with
-its bound (neither resolved nor costed), and a third of the trials, 3 to each sampled one while they last, are
-the structures with the least bounds, in bound order (a warm start told to the sampler as finished trials).
+its bound (neither resolved nor costed), and up to a third of the trials, 3 to each sampled one while they last,
+are the structures taken best-first as the exhaustive search takes them (families under their shared bound, a
+structure that needs full recompute under that form's bound): a warm start told to the sampler as finished trials.
 Deterministic for a seed when the trial count, not a wall-clock budget, ends the study. Where both can
 run, ``gap_to_exhaustive`` reports how far the search's best is from the exhaustive best.
 
@@ -404,11 +405,13 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     return top, evaluated, notes
 
 
+_WARM_KEY, _WARM_RAISED, _WARM_FAMILY = 0, 1, 2
+"""Entries of ``_optuna``'s warm-start heap: a structure under its bound, under its full-recompute bound, a family."""
 _UNBOUNDED = 1e300
 """The lower bound of a structure the budget left unbounded (finite: it is still explored for a first plan)."""
 OPTUNA_WARM_SHARE = 3
-"""Up to one trial in this many is a warm start: the structures with the least lower bounds (``bound.py``), taken in
-bound order like the exhaustive search's front, evaluated directly and told to the sampler as finished trials."""
+"""Up to one trial in this many is a warm start: the structures taken best-first by lower bound (``bound.py``), as
+the exhaustive search's front takes them, evaluated directly and told to the sampler as finished trials."""
 OPTUNA_WARM_RUN = 3
 """Warm-start structures between two sampled trials, while the warm start lasts."""
 OPTUNA_MULTIVARIATE = False
@@ -429,13 +432,19 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     under both its pipeline splits (the default one and the embedding/loss-aware one of ``layouts.py``,
     where the exhaustive search has it too), every fitting option whose own bound can still beat the k-th best.
 
-    Warm start: a third of the trials (``OPTUNA_WARM_SHARE``), alternating with the sampler's, are the
-    best-bounded structures of block ``warm_part = (i, n)`` of the space (``in_partition``: process i of a
-    parallel search bounds only its own n-th of the structures, so the bounding is split, not repeated),
-    evaluated directly in bound order and added to the study as finished trials (no sampler call: the
-    sampler's own cost, not the plan's, dominates a trial); once a structure's bound cannot beat the k-th
-    best, the rest cannot either and only the sampler goes on (over the whole space; a sampled structure's
-    bound is computed when it is sampled).
+    Warm start: up to a third of the trials (``OPTUNA_WARM_SHARE``), alternating with the sampler's, are the
+    structures of block ``warm_part = (i, n)`` of the space (``in_partition``: process i of a parallel search
+    bounds only its own n-th of the structures, so the bounding is split, not repeated) taken best-first as the
+    exhaustive search takes them: a heap of lower bounds, where families (``bound.py``: structures sharing their
+    layer times) wait under their shared bound until they reach the front, and a structure whose least form does
+    not fit and needs full recompute goes back under its full-recompute bound (one memory estimate; no trial).
+    So the structures costed first are those whose bound after the memory check is least, not those whose
+    recompute-free bound is (the exhaustive best of Qwen3-235B/64 ranks 2,364th by the latter). They are
+    evaluated directly and added to the study as finished trials (no sampler call: the sampler's own cost, not
+    the plan's, dominates a trial); once the front's bound cannot beat the k-th best, the rest cannot either and
+    only the sampler goes on (over the whole space; a sampled structure's bound is computed when it is sampled).
+    A fitting option other than the structure's least form is costed only if its bound can beat the k-th best:
+    first the bound without a preparation (``relaxed_bound``), then its own.
     Deterministic for a seed when the trial cap ends the study."""
     import optuna
 
@@ -461,16 +470,31 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     pruned = [0]
     remaining = budget_s if budget_s is not None else None
     bounds = StructureBounds(ctx, constants)
-    first_bound: dict[tuple, float] = {}  # the default split's bound (its order is the warm start's)
-    full_bound: dict[tuple, float] = {}   # the least over the structure's splits
+    plan_bounds: dict[tuple, list[float]] = {}  # each split's own bound
+    full_bound: dict[tuple, float] = {}   # the least over the structure's splits (raised where known)
+    raised_memo: dict[tuple[tuple, int], float | None] = {}
 
     def bound_of(key: tuple) -> float:
         if key not in full_bound:
-            own = first_bound.get(key)
-            if own is None:
-                own = first_bound[key] = bounds.bound(legal[key][0])
-            full_bound[key] = min([own, *(bounds.bound(p) for p in legal[key][1:])])
+            plan_bounds[key] = [bounds.bound(p) for p in legal[key]]
+            full_bound[key] = min(plan_bounds[key])
         return full_bound[key]
+
+    def full_recompute_bound(key: tuple, i: int) -> float | None:
+        """Lazy memory, as in the exhaustive search: one estimate of split ``i``'s least form; where it does
+        not fit and no partial recompute can fit, the bound of its full-recompute form, else None."""
+        if (key, i) not in raised_memo:
+            plan = legal[key][i]
+            raised_memo[key, i] = None
+            if options_of(plan, True) is None and needs_full_recompute(ctx, plan):
+                raised_memo[key, i] = bounds.bound(replace_unchecked(plan, recompute="full", recompute_num_layers=0))
+        return raised_memo[key, i]
+
+    def raised_bound(key: tuple) -> float:
+        """The structure's bound with each split's least form checked against memory (``full_recompute_bound``)."""
+        bound_of(key)
+        raised = [full_recompute_bound(key, i) for i in range(len(legal[key]))]
+        return min(b if r is None else max(b, r) for b, r in zip(plan_bounds[key], raised))
 
     def value(key: tuple) -> float:
         """The structure's best step time (inf: nothing fits), or its bound when that cannot beat the k-th best."""
@@ -483,19 +507,21 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
             pruned[0] += 1
             return lb
         best, raised_lb = float("inf"), float("inf")
-        for plan in legal[key]:
-            # Lazy memory, as in the exhaustive search: one estimate of the least form; where no partial
-            # recompute can fit, the full-recompute form's bound decides whether resolving is worth it.
-            opts = options_of(plan, True)
-            if opts is None and needs_full_recompute(ctx, plan):
-                raised = bounds.bound(replace_unchecked(plan, recompute="full", recompute_num_layers=0))
+        for i, plan in enumerate(legal[key]):
+            raised = full_recompute_bound(key, i)
+            opts = None
+            if raised is not None:
                 if raised >= top.bound:
                     raised_lb = min(raised_lb, raised)
                     continue
                 opts = options_of(plan, full_recompute=True)
             for option in opts if opts is not None else options_of(plan):
-                if option.plan is not plan and bounds.bound(option.plan) >= top.bound:
-                    continue  # this sharding/recompute/offload form cannot beat the k-th best either
+                if option.plan is not plan:  # this sharding/recompute/offload form may not beat the k-th best:
+                    # first the bound without a preparation (below its own), then its own
+                    if bounds.needs_preparation(option.plan) and bounds.relaxed_bound(option.plan) >= top.bound:
+                        continue
+                    if bounds.bound(option.plan) >= top.bound:
+                        continue
                 result = _cost(ctx, option, constants)
                 evaluated[0] += 1
                 top.push(result)
@@ -544,27 +570,58 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     def over() -> bool:
         return remaining is not None and time.perf_counter() - start >= remaining
 
-    # Warm start: the default split's bound of every legal structure of this block, then the best-bounded.
+    # Warm start: the structures of this block best-first, as the exhaustive search takes them (a heap of lower
+    # bounds: families under their shared bound until they reach the front; a structure whose least form does
+    # not fit and needs full recompute goes back under its full-recompute bound), up to a third of the trials.
+    heap: list[tuple[float, tuple, int, object]] = []
+    families: dict[tuple, list[tuple]] = {}
     cut = False
-    mine = [(key, plans) for key, plans in legal.items() if warm_part[1] == 1 or in_partition(plans[0], warm_part)]
-    for i, (key, plans) in enumerate(mine):
+    mine = [key for key, plans in legal.items() if warm_part[1] == 1 or in_partition(plans[0], warm_part)]
+    for i, key in enumerate(mine):
         if i and i % 256 == 0 and over():
             cut = True
             break
-        first_bound[key] = bounds.bound(plans[0])
-    ranked_keys = sorted(first_bound, key=lambda k: (first_bound[k], k))
-    block = ranked_keys[:max(1, max_trials // OPTUNA_WARM_SHARE)]
-    # OPTUNA_WARM_RUN warm-start structures, then one sampled trial, in turn (asked and told by hand, so the warm ones
-    # need no sampler call): the bound order finds structures whose bound is tight, the sampler the ones it
-    # ranks badly (memory-tight structures need offload or recompute their least form does not pay for).
-    warm_left = list(reversed(block))
+        family = bounds.family_key(legal[key][0])
+        if family is None or any(bounds.family_key(p) != family for p in legal[key][1:]):
+            heap.append((bound_of(key), key, _WARM_KEY, key))
+        else:
+            families.setdefault(family, []).append(key)
+    for members in families.values():
+        if over():
+            cut = True
+            break
+        heap.append((bounds.family_bound([p for k in members for p in legal[k]]), members[0], _WARM_FAMILY, members))
+    heapq.heapify(heap)
+    warm_cap = max(1, max_trials // OPTUNA_WARM_SHARE)
     warm = 0
-    while ran[0] < max_trials and not (over() and top.heap):
-        if warm_left and ran[0] % (OPTUNA_WARM_RUN + 1) != OPTUNA_WARM_RUN:
-            key = warm_left.pop()
-            if first_bound[key] >= top.bound:
-                warm_left = []  # the rest of the block is bounded out too (bound order)
+
+    def next_warm() -> tuple | None:
+        """The next structure of the warm start (None once it is spent or bounded out): bounding, opening a
+        family or raising a structure to its full-recompute bound is no trial."""
+        while heap and warm < warm_cap and not (over() and top.heap):
+            lb, _, kind, item = heap[0]
+            if lb >= top.bound:
+                heap.clear()  # every structure left is bounded out (heap order): only the sampler goes on
+                return None
+            heapq.heappop(heap)
+            if kind == _WARM_FAMILY:
+                for key in item:  # type: ignore[union-attr]
+                    heapq.heappush(heap, (bound_of(key), key, _WARM_KEY, key))
                 continue
+            key = item  # type: ignore[assignment]
+            if key in costed or full_bound[key] >= top.bound:
+                continue  # the sampler tried it, or it was answered by its raised bound
+            if kind == _WARM_KEY:
+                raised = raised_bound(key)
+                if raised > lb:
+                    heapq.heappush(heap, (raised, key, _WARM_RAISED, key))
+                    continue
+            return key  # type: ignore[return-value]
+        return None
+
+    while ran[0] < max_trials and not (over() and top.heap):
+        key = next_warm() if ran[0] % (OPTUNA_WARM_RUN + 1) != OPTUNA_WARM_RUN else None
+        if key is not None:
             v = value(key)
             ran[0] += 1
             warm += 1
