@@ -405,8 +405,9 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     return top, evaluated, notes
 
 
-_WARM_KEY, _WARM_RAISED, _WARM_FAMILY = 0, 1, 2
-"""Entries of ``_optuna``'s warm-start heap: a structure under its bound, under its full-recompute bound, a family."""
+_WARM_KEY, _WARM_RAISED, _WARM_FAMILY, _WARM_RELAXED, _WARM_OPTION = 0, 1, 2, 3, 4
+"""Entries of ``_optuna``'s warm-start heap: a structure under its bound, under its full-recompute bound, a family;
+an option a warm trial put off, under its relaxed (no-preparation) bound, under its own bound."""
 _UNBOUNDED = 1e300
 """The lower bound of a structure the budget left unbounded (finite: it is still explored for a first plan)."""
 OPTUNA_WARM_SHARE = 3
@@ -496,8 +497,19 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
         raised = [full_recompute_bound(key, i) for i in range(len(legal[key]))]
         return min(b if r is None else max(b, r) for b, r in zip(plan_bounds[key], raised))
 
-    def value(key: tuple) -> float:
-        """The structure's best step time (inf: nothing fits), or its bound when that cannot beat the k-th best."""
+    def cost(option: Option) -> float:
+        result = _cost(ctx, option, constants)
+        evaluated[0] += 1
+        top.push(result)
+        return result.step.step_s
+
+    deferred: list[tuple[float, tuple, int, Option]] = []  # options put off by a warm trial (pushed to its heap)
+
+    def value(key: tuple, front: float = float("inf")) -> float:
+        """The structure's best step time (inf: nothing fits), or its bound when that cannot beat the k-th best.
+        ``front``: the warm start's next lower bound; an option whose bound exceeds it is put off (``deferred``,
+        costed when it reaches the front, as the exhaustive search does), so the value is the best of the
+        options costed now."""
         if key in costed:
             return costed[key]
         lb = bound_of(key)
@@ -518,19 +530,27 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
             for option in opts if opts is not None else options_of(plan):
                 if option.plan is not plan:  # this sharding/recompute/offload form may not beat the k-th best:
                     # first the bound without a preparation (below its own), then its own
-                    if bounds.needs_preparation(option.plan) and bounds.relaxed_bound(option.plan) >= top.bound:
+                    if bounds.needs_preparation(option.plan):
+                        relaxed = bounds.relaxed_bound(option.plan)
+                        if relaxed >= top.bound:
+                            continue
+                        if relaxed > front:
+                            deferred.append((relaxed, key, _WARM_RELAXED, option))
+                            continue
+                    own = bounds.bound(option.plan)
+                    if own >= top.bound:
                         continue
-                    if bounds.bound(option.plan) >= top.bound:
+                    if own > front:
+                        deferred.append((own, key, _WARM_OPTION, option))
                         continue
-                result = _cost(ctx, option, constants)
-                evaluated[0] += 1
-                top.push(result)
-                best = min(best, result.step.step_s)
+                best = min(best, cost(option))
         if best == float("inf") and raised_lb < float("inf"):
             pruned[0] += 1
             full_bound[key] = raised_lb  # its full-recompute bound: the step is at least that (and top.bound
             return raised_lb             # only falls, so it stays out)
-        costed[key] = best
+        if best == float("inf") and deferred and deferred[-1][1] == key:
+            return min(b for b, k, _, _ in deferred if k == key)  # every option put off: the least of their bounds
+        costed[key] = min(best, costed.get(key, best))
         frac = (time.perf_counter() - start) / remaining if remaining else len(costed) / max_trials
         say(min(1.0, frac), f"optuna: {len(costed)} structures tried")
         return best
@@ -573,7 +593,8 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     # Warm start: the structures of this block best-first, as the exhaustive search takes them (a heap of lower
     # bounds: families under their shared bound until they reach the front; a structure whose least form does
     # not fit and needs full recompute goes back under its full-recompute bound), up to a third of the trials.
-    heap: list[tuple[float, tuple, int, object]] = []
+    heap: list[tuple[float, tuple, int, int, object]] = []  # (bound, structure, kind, tie, item)
+    tie = itertools.count()
     families: dict[tuple, list[tuple]] = {}
     cut = False
     mine = [key for key, plans in legal.items() if warm_part[1] == 1 or in_partition(plans[0], warm_part)]
@@ -583,30 +604,41 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
             break
         family = bounds.family_key(legal[key][0])
         if family is None or any(bounds.family_key(p) != family for p in legal[key][1:]):
-            heap.append((bound_of(key), key, _WARM_KEY, key))
+            heap.append((bound_of(key), key, _WARM_KEY, next(tie), key))
         else:
             families.setdefault(family, []).append(key)
     for members in families.values():
         if over():
             cut = True
             break
-        heap.append((bounds.family_bound([p for k in members for p in legal[k]]), members[0], _WARM_FAMILY, members))
+        heap.append((bounds.family_bound([p for k in members for p in legal[k]]), members[0], _WARM_FAMILY,
+                     next(tie), members))
     heapq.heapify(heap)
     warm_cap = max(1, max_trials // OPTUNA_WARM_SHARE)
     warm = 0
+    proven = [False]
+    """Set once the whole space is bounded out: the k best found are the exhaustive optimum, and the study ends."""
 
     def next_warm() -> tuple | None:
         """The next structure of the warm start (None once it is spent or bounded out): bounding, opening a
         family or raising a structure to its full-recompute bound is no trial."""
         while heap and warm < warm_cap and not (over() and top.heap):
-            lb, _, kind, item = heap[0]
+            lb, owner, kind, _, item = heap[0]
             if lb >= top.bound:
                 heap.clear()  # every structure left is bounded out (heap order): only the sampler goes on
+                proven[0] = not cut and warm_part[1] == 1  # ... and none can beat the k-th best at all
                 return None
             heapq.heappop(heap)
             if kind == _WARM_FAMILY:
                 for key in item:  # type: ignore[union-attr]
-                    heapq.heappush(heap, (bound_of(key), key, _WARM_KEY, key))
+                    heapq.heappush(heap, (bound_of(key), key, _WARM_KEY, next(tie), key))
+                continue
+            if kind == _WARM_RELAXED:  # an option put off under its relaxed bound: now its own
+                heapq.heappush(heap, (max(lb, bounds.bound(item.plan)), owner, _WARM_OPTION, next(tie), item))  # type: ignore[union-attr]
+                continue
+            if kind == _WARM_OPTION:  # an option put off by its structure's trial reaches the front: costed, no trial
+                step = cost(item)  # type: ignore[arg-type]
+                costed[owner] = min(costed.get(owner, step), step)
                 continue
             key = item  # type: ignore[assignment]
             if key in costed or full_bound[key] >= top.bound:
@@ -614,15 +646,18 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
             if kind == _WARM_KEY:
                 raised = raised_bound(key)
                 if raised > lb:
-                    heapq.heappush(heap, (raised, key, _WARM_RAISED, key))
+                    heapq.heappush(heap, (raised, key, _WARM_RAISED, next(tie), key))
                     continue
             return key  # type: ignore[return-value]
         return None
 
-    while ran[0] < max_trials and not (over() and top.heap):
+    while ran[0] < max_trials and not (over() and top.heap) and not proven[0]:
         key = next_warm() if ran[0] % (OPTUNA_WARM_RUN + 1) != OPTUNA_WARM_RUN else None
         if key is not None:
-            v = value(key)
+            v = value(key, heap[0][0] if heap else float("inf"))
+            for bound, owner, kind, option in deferred:
+                heapq.heappush(heap, (bound, owner, kind, next(tie), option))
+            deferred.clear()
             ran[0] += 1
             warm += 1
             params, dists = params_of(key)
@@ -639,6 +674,9 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     if by_time and budget is not None:
         budget.hit = True
     ended = "time budget (more time may find more)" if by_time else "trial cap (deterministic for the seed)"
+    if proven[0]:
+        ended = (f"warm start's proof: every structure's lower bound reached the {top_k}-th best, so these are the "
+                 "exhaustive optimum")
     notes = [f"optuna TPE (seed {seed}): {ran[0]} trials, {len(costed)} distinct structures costed "
              f"of {len(legal)} ({warm} of them the warm start's, in lower-bound order of block {warm_part[0] + 1}/"
              f"{warm_part[1]}), {pruned[0]} trials answered by their lower bound (it could not beat the {top_k}-th "
