@@ -96,6 +96,17 @@ def test_optuna_is_deterministic_for_a_seed() -> None:
     assert a.ranked[0].step.step_s >= exhaustive.ranked[0].step.step_s * (1 - 1e-9)
 
 
+def test_optuna_that_bounds_out_the_whole_space_stops_with_the_exhaustive_best() -> None:
+    """The warm start takes structures best-first as branch and bound does; once the front's bound reaches the
+    k-th best, no structure can enter the top k, so the study ends there with the exhaustive top k."""
+    ctx = ctx_for("llama3-8b", "dgx-h100", 16, 64, 4096)
+    optuna_result = search(ctx, top_k=3, method="optuna", constants=CONSTANTS)
+    exhaustive = search(ctx, top_k=3, method="exhaustive", constants=CONSTANTS)
+    assert "proof" in optuna_result.notes[0] and "trial cap" not in optuna_result.notes[0]
+    assert [round(e.step.step_s, 9) for e in optuna_result.ranked] == [round(e.step.step_s, 9) for e in exhaustive.ranked]
+    assert int(optuna_result.notes[0].split(" trials")[0].rsplit(" ", 1)[1]) < 1500  # before the trial cap
+
+
 @pytest.mark.parametrize("model", ["mixtral-8x7b", "qwen3-30b-a3b"])
 def test_moe_search_considers_expert_parallelism(model: str) -> None:
     ctx = ctx_for(model, "dgx-h100", 16, 64, 4096)

@@ -507,13 +507,14 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
         top.push(result)
         return result.step.step_s
 
+    complete: set[tuple] = set()  # structures costed with every option considered (sampled trials)
     deferred: list[tuple[float, tuple, int, Option]] = []  # options put off by a warm trial (pushed to its heap)
 
-    def value(key: tuple, front: float = float("inf")) -> float:
+    def value(key: tuple, front: float = float("inf")) -> float | None:
         """The structure's best step time (inf: nothing fits), or its bound when that cannot beat the k-th best.
         ``front``: the warm start's next lower bound; an option whose bound exceeds it is put off (``deferred``,
         costed when it reaches the front, as the exhaustive search does), so the value is the best of the
-        options costed now."""
+        options costed now; None if every option was put off."""
         if key in costed:
             return costed[key]
         lb = bound_of(key)
@@ -553,8 +554,10 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
             full_bound[key] = raised_lb  # its full-recompute bound: the step is at least that (and top.bound
             return raised_lb             # only falls, so it stays out)
         if best == float("inf") and deferred and deferred[-1][1] == key:
-            return min(b for b, k, _, _ in deferred if k == key)  # every option put off: the least of their bounds
+            return None  # type: ignore[return-value]  # every option put off: told when one is costed
         costed[key] = min(best, costed.get(key, best))
+        if front == float("inf"):
+            complete.add(key)  # every option was considered: none is left in the warm start's heap to cost
         frac = (time.perf_counter() - start) / remaining if remaining else len(costed) / max_trials
         say(min(1.0, frac), f"optuna: {len(costed)} structures tried")
         return best
@@ -621,6 +624,7 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     warm_cap = max(1, max_trials // OPTUNA_WARM_SHARE)
     warm = 0
     proven = [False]
+    told: set[tuple] = set()  # structures the warm start told the study
     """Set once the whole space is bounded out: the k best found are the exhaustive optimum, and the study ends."""
 
     def next_warm() -> tuple | None:
@@ -640,9 +644,13 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
             if kind == _WARM_RELAXED:  # an option put off under its relaxed bound: now its own
                 heapq.heappush(heap, (max(lb, bounds.bound(item.plan)), owner, _WARM_OPTION, next(tie), item))  # type: ignore[union-attr]
                 continue
-            if kind == _WARM_OPTION:  # an option put off by its structure's trial reaches the front: costed, no trial
-                step = cost(item)  # type: ignore[arg-type]
+            if kind == _WARM_OPTION:  # an option put off by its structure's trial reaches the front: costed; a
+                if owner in complete:
+                    continue  # a sampled trial costed the structure whole meanwhile
+                step = cost(item)  # type: ignore[arg-type]  # trial if the structure has not been told yet
                 costed[owner] = min(costed.get(owner, step), step)
+                if owner not in told:
+                    return owner
                 continue
             key = item  # type: ignore[assignment]
             if key in costed or full_bound[key] >= top.bound:
@@ -658,10 +666,13 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     while ran[0] < max_trials and not (over() and top.heap) and not proven[0]:
         key = next_warm() if ran[0] % (OPTUNA_WARM_RUN + 1) != OPTUNA_WARM_RUN else None
         if key is not None:
-            v = value(key, heap[0][0] if heap else float("inf"))
+            v = costed[key] if key in costed else value(key, heap[0][0] if heap else float("inf"))
             for bound, owner, kind, option in deferred:
                 heapq.heappush(heap, (bound, owner, kind, next(tie), option))
             deferred.clear()
+            if v is None:
+                continue  # every option put off (no trial): the structure is told once one of them is costed
+            told.add(key)
             ran[0] += 1
             warm += 1
             params, dists = params_of(key)
