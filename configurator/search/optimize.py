@@ -623,9 +623,8 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     heapq.heapify(heap)
     warm_cap = max(1, max_trials // OPTUNA_WARM_SHARE)
     warm = 0
-    proven = [False]
+    proven = [False]  # set once the whole space is bounded out: the k best found are the exhaustive optimum
     told: set[tuple] = set()  # structures the warm start told the study
-    """Set once the whole space is bounded out: the k best found are the exhaustive optimum, and the study ends."""
 
     def next_warm() -> tuple | None:
         """The next structure of the warm start (None once it is spent or bounded out): bounding, opening a
