@@ -1,6 +1,6 @@
 """Optuna against the exhaustive search at equal CPU time, on the issue's four MoE jobs.
 
-Run: ``python benchmarks/search_optuna.py [--only SUBSTR] [--trials N] [--cpu-factor F] [--out FILE]``. For each
+Run: ``python benchmarks/search_optuna.py [--only SUBSTR] [--other] [--trials N] [--cpu-factor F] [--out FILE]``. For each
 job, in fresh processes: the exhaustive search (its CPU seconds and best step), then one Optuna search bounded by
 its trial count (``--trials``, default the search's own), which records the CPU second at which each better plan
 was found, and is stopped after F (default 2) times the exhaustive search's CPU seconds. The ratio "at equal
@@ -23,6 +23,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 JOBS = (("qwen3-235b-a22b", "dgx-h100", 64), ("deepseek-v3", "gb200-nvl72", 64), ("mixtral-8x22b", "dgx-h100", 64),
         ("deepseek-v3", "h800-ib", 512))
+OTHER_JOBS = (("mixtral-8x7b", "dgx-h100", 64), ("qwen3-30b-a3b", "dgx-h100", 128), ("llama3-70b", "dgx-h100", 256))
+"""``--other``: jobs outside the issue's four (two MoE, one dense), to check that a change to the Optuna search
+made for the four does not make others worse."""
 SEQ_LEN = 4096
 
 
@@ -109,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, help="Optuna's trial count (default: the search's own)")
     ap.add_argument("--cpu-factor", type=float, default=2.0,
                     help="stop Optuna after this many times the exhaustive search's CPU seconds (default 2)")
+    ap.add_argument("--other", action="store_true", help="run OTHER_JOBS instead of the issue's four")
     ap.add_argument("--out", type=Path, help="also write the table here")
     args = ap.parse_args(argv)
     lines = [f"{'job':30} {'exh. CPU s':>10} {'Optuna CPU s':>12} {'at equal CPU':>12} {'at 2x CPU':>9} "
              f"{'best rank':>9}  Optuna found the exhaustive best at"]
     print(lines[0], flush=True)
-    for model, cluster, gpus in JOBS:
+    for model, cluster, gpus in OTHER_JOBS if args.other else JOBS:
         name = f"{model}/{gpus} {cluster}"
         if args.only and args.only not in name:
             continue

@@ -16,8 +16,9 @@ plan found and is marked ``truncated``.
 Optuna (TPE, seeded): where the space has more structures than ``EXHAUSTIVE_LIMIT``, the trials choose
 each axis among the values legal after the axes before it (no illegal trial), a structure already
 costed is never re-costed, one whose lower bound cannot beat the k-th best found is answered with
-its bound (neither resolved nor costed), and a third of the trials, 3 to each sampled one while they last, are
-the structures with the least bounds, in bound order (a warm start told to the sampler as finished trials).
+its bound (neither resolved nor costed), and 3 of every 4 trials, while they last,
+are the structures taken best-first as the exhaustive search takes them (families under their shared bound, a
+structure that needs full recompute under that form's bound): a warm start told to the sampler as finished trials.
 Deterministic for a seed when the trial count, not a wall-clock budget, ends the study. Where both can
 run, ``gap_to_exhaustive`` reports how far the search's best is from the exhaustive best.
 
@@ -404,11 +405,18 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     return top, evaluated, notes
 
 
+_WARM_KEY, _WARM_RAISED, _WARM_FAMILY, _WARM_RELAXED, _WARM_OPTION = 0, 1, 2, 3, 4
+"""Entries of ``_optuna``'s warm-start heap: a structure under its bound, under its full-recompute bound, a family;
+an option a warm trial put off, under its relaxed (no-preparation) bound, under its own bound."""
 _UNBOUNDED = 1e300
 """The lower bound of a structure the budget left unbounded (finite: it is still explored for a first plan)."""
-OPTUNA_WARM_SHARE = 3
-"""Up to one trial in this many is a warm start: the structures with the least lower bounds (``bound.py``), taken in
-bound order like the exhaustive search's front, evaluated directly and told to the sampler as finished trials."""
+OPTUNA_WARM_SHARE = 1
+"""The warm start may take up to the trial count over this many (while it lasts, ``OPTUNA_WARM_RUN`` warm trials
+alternate with one sampled): the structures taken best-first by lower bound (``bound.py``), as the exhaustive
+search's front takes them, evaluated directly and told to the sampler as finished trials. 1: no cap but the
+trial count (measured 2026-11-30: Mixtral-8x7B on 8 H100, top 3, where 1,060 of 1,088 structures must be costed,
+at 3 the warm start stopped at 500 and 1,500 trials took 59 CPU s for a plan 0.9% slower than the optimum; at 1
+it proved the optimum in 23.6 CPU s, against the exhaustive search's 8.5)."""
 OPTUNA_WARM_RUN = 3
 """Warm-start structures between two sampled trials, while the warm start lasts."""
 OPTUNA_MULTIVARIATE = False
@@ -429,13 +437,19 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     under both its pipeline splits (the default one and the embedding/loss-aware one of ``layouts.py``,
     where the exhaustive search has it too), every fitting option whose own bound can still beat the k-th best.
 
-    Warm start: a third of the trials (``OPTUNA_WARM_SHARE``), alternating with the sampler's, are the
-    best-bounded structures of block ``warm_part = (i, n)`` of the space (``in_partition``: process i of a
-    parallel search bounds only its own n-th of the structures, so the bounding is split, not repeated),
-    evaluated directly in bound order and added to the study as finished trials (no sampler call: the
-    sampler's own cost, not the plan's, dominates a trial); once a structure's bound cannot beat the k-th
-    best, the rest cannot either and only the sampler goes on (over the whole space; a sampled structure's
-    bound is computed when it is sampled).
+    Warm start: 3 of every 4 trials (``OPTUNA_WARM_RUN``, ``OPTUNA_WARM_SHARE``) while it lasts are the
+    structures of block ``warm_part = (i, n)`` of the space (``in_partition``: process i of a parallel search
+    bounds only its own n-th of the structures, so the bounding is split, not repeated) taken best-first as the
+    exhaustive search takes them: a heap of lower bounds, where families (``bound.py``: structures sharing their
+    layer times) wait under their shared bound until they reach the front, and a structure whose least form does
+    not fit and needs full recompute goes back under its full-recompute bound (one memory estimate; no trial).
+    So the structures costed first are those whose bound after the memory check is least, not those whose
+    recompute-free bound is (the exhaustive best of Qwen3-235B/64 ranks 2,364th by the latter). They are
+    evaluated directly and added to the study as finished trials (no sampler call: the sampler's own cost, not
+    the plan's, dominates a trial); once the front's bound cannot beat the k-th best, the rest cannot either and
+    only the sampler goes on (over the whole space; a sampled structure's bound is computed when it is sampled).
+    A fitting option other than the structure's least form is costed only if its bound can beat the k-th best:
+    first the bound without a preparation (``relaxed_bound``), then its own.
     Deterministic for a seed when the trial cap ends the study."""
     import optuna
 
@@ -461,19 +475,46 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     pruned = [0]
     remaining = budget_s if budget_s is not None else None
     bounds = StructureBounds(ctx, constants)
-    first_bound: dict[tuple, float] = {}  # the default split's bound (its order is the warm start's)
-    full_bound: dict[tuple, float] = {}   # the least over the structure's splits
+    plan_bounds: dict[tuple, list[float]] = {}  # each split's own bound
+    full_bound: dict[tuple, float] = {}   # the least over the structure's splits (raised where known)
+    raised_memo: dict[tuple[tuple, int], float | None] = {}
 
     def bound_of(key: tuple) -> float:
         if key not in full_bound:
-            own = first_bound.get(key)
-            if own is None:
-                own = first_bound[key] = bounds.bound(legal[key][0])
-            full_bound[key] = min([own, *(bounds.bound(p) for p in legal[key][1:])])
+            plan_bounds[key] = [bounds.bound(p) for p in legal[key]]
+            full_bound[key] = min(plan_bounds[key])
         return full_bound[key]
 
-    def value(key: tuple) -> float:
-        """The structure's best step time (inf: nothing fits), or its bound when that cannot beat the k-th best."""
+    def full_recompute_bound(key: tuple, i: int) -> float | None:
+        """Lazy memory, as in the exhaustive search: one estimate of split ``i``'s least form; where it does
+        not fit and no partial recompute can fit, the bound of its full-recompute form, else None."""
+        if (key, i) not in raised_memo:
+            plan = legal[key][i]
+            raised_memo[key, i] = None
+            if options_of(plan, True) is None and needs_full_recompute(ctx, plan):
+                raised_memo[key, i] = bounds.bound(replace_unchecked(plan, recompute="full", recompute_num_layers=0))
+        return raised_memo[key, i]
+
+    def raised_bound(key: tuple) -> float:
+        """The structure's bound with each split's least form checked against memory (``full_recompute_bound``)."""
+        bound_of(key)
+        raised = [full_recompute_bound(key, i) for i in range(len(legal[key]))]
+        return min(b if r is None else max(b, r) for b, r in zip(plan_bounds[key], raised))
+
+    def cost(option: Option) -> float:
+        result = _cost(ctx, option, constants)
+        evaluated[0] += 1
+        top.push(result)
+        return result.step.step_s
+
+    complete: set[tuple] = set()  # structures costed with every option considered (sampled trials)
+    deferred: list[tuple[float, tuple, int, Option]] = []  # options put off by a warm trial (pushed to its heap)
+
+    def value(key: tuple, front: float = float("inf")) -> float | None:
+        """The structure's best step time (inf: nothing fits), or its bound when that cannot beat the k-th best.
+        ``front``: the warm start's next lower bound; an option whose bound exceeds it is put off (``deferred``,
+        costed when it reaches the front, as the exhaustive search does), so the value is the best of the
+        options costed now; None if every option was put off."""
         if key in costed:
             return costed[key]
         lb = bound_of(key)
@@ -483,28 +524,40 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
             pruned[0] += 1
             return lb
         best, raised_lb = float("inf"), float("inf")
-        for plan in legal[key]:
-            # Lazy memory, as in the exhaustive search: one estimate of the least form; where no partial
-            # recompute can fit, the full-recompute form's bound decides whether resolving is worth it.
-            opts = options_of(plan, True)
-            if opts is None and needs_full_recompute(ctx, plan):
-                raised = bounds.bound(replace_unchecked(plan, recompute="full", recompute_num_layers=0))
+        for i, plan in enumerate(legal[key]):
+            raised = full_recompute_bound(key, i)
+            opts = None
+            if raised is not None:
                 if raised >= top.bound:
                     raised_lb = min(raised_lb, raised)
                     continue
                 opts = options_of(plan, full_recompute=True)
             for option in opts if opts is not None else options_of(plan):
-                if option.plan is not plan and bounds.bound(option.plan) >= top.bound:
-                    continue  # this sharding/recompute/offload form cannot beat the k-th best either
-                result = _cost(ctx, option, constants)
-                evaluated[0] += 1
-                top.push(result)
-                best = min(best, result.step.step_s)
+                if option.plan is not plan:  # this sharding/recompute/offload form may not beat the k-th best:
+                    # first the bound without a preparation (below its own), then its own
+                    if bounds.needs_preparation(option.plan):
+                        relaxed = bounds.relaxed_bound(option.plan)
+                        if relaxed >= top.bound:
+                            continue
+                        if relaxed > front:
+                            deferred.append((relaxed, key, _WARM_RELAXED, option))
+                            continue
+                    own = bounds.bound(option.plan)
+                    if own >= top.bound:
+                        continue
+                    if own > front:
+                        deferred.append((own, key, _WARM_OPTION, option))
+                        continue
+                best = min(best, cost(option))
         if best == float("inf") and raised_lb < float("inf"):
             pruned[0] += 1
             full_bound[key] = raised_lb  # its full-recompute bound: the step is at least that (and top.bound
             return raised_lb             # only falls, so it stays out)
-        costed[key] = best
+        if best == float("inf") and deferred and deferred[-1][1] == key:
+            return None  # type: ignore[return-value]  # every option put off: told when one is costed
+        costed[key] = min(best, costed.get(key, best))
+        if front == float("inf"):
+            complete.add(key)  # every option was considered: none is left in the warm start's heap to cost
         frac = (time.perf_counter() - start) / remaining if remaining else len(costed) / max_trials
         say(min(1.0, frac), f"optuna: {len(costed)} structures tried")
         return best
@@ -544,28 +597,81 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     def over() -> bool:
         return remaining is not None and time.perf_counter() - start >= remaining
 
-    # Warm start: the default split's bound of every legal structure of this block, then the best-bounded.
+    # Warm start: the structures of this block best-first, as the exhaustive search takes them (a heap of lower
+    # bounds: families under their shared bound until they reach the front; a structure whose least form does
+    # not fit and needs full recompute goes back under its full-recompute bound), 3 of every 4 trials while it lasts.
+    heap: list[tuple[float, tuple, int, int, object]] = []  # (bound, structure, kind, tie, item)
+    tie = itertools.count()
+    families: dict[tuple, list[tuple]] = {}
     cut = False
-    mine = [(key, plans) for key, plans in legal.items() if warm_part[1] == 1 or in_partition(plans[0], warm_part)]
-    for i, (key, plans) in enumerate(mine):
+    mine = [key for key, plans in legal.items() if warm_part[1] == 1 or in_partition(plans[0], warm_part)]
+    for i, key in enumerate(mine):
         if i and i % 256 == 0 and over():
             cut = True
             break
-        first_bound[key] = bounds.bound(plans[0])
-    ranked_keys = sorted(first_bound, key=lambda k: (first_bound[k], k))
-    block = ranked_keys[:max(1, max_trials // OPTUNA_WARM_SHARE)]
-    # OPTUNA_WARM_RUN warm-start structures, then one sampled trial, in turn (asked and told by hand, so the warm ones
-    # need no sampler call): the bound order finds structures whose bound is tight, the sampler the ones it
-    # ranks badly (memory-tight structures need offload or recompute their least form does not pay for).
-    warm_left = list(reversed(block))
+        family = bounds.family_key(legal[key][0])
+        if family is None or any(bounds.family_key(p) != family for p in legal[key][1:]):
+            heap.append((bound_of(key), key, _WARM_KEY, next(tie), key))
+        else:
+            families.setdefault(family, []).append(key)
+    for members in families.values():
+        if over():
+            cut = True
+            break
+        heap.append((bounds.family_bound([p for k in members for p in legal[k]]), members[0], _WARM_FAMILY,
+                     next(tie), members))
+    heapq.heapify(heap)
+    warm_cap = max(1, max_trials // OPTUNA_WARM_SHARE)
     warm = 0
-    while ran[0] < max_trials and not (over() and top.heap):
-        if warm_left and ran[0] % (OPTUNA_WARM_RUN + 1) != OPTUNA_WARM_RUN:
-            key = warm_left.pop()
-            if first_bound[key] >= top.bound:
-                warm_left = []  # the rest of the block is bounded out too (bound order)
+    proven = [False]  # set once the whole space is bounded out: the k best found are the exhaustive optimum
+    told: set[tuple] = set()  # structures the warm start told the study
+
+    def next_warm() -> tuple | None:
+        """The next structure of the warm start (None once it is spent or bounded out): bounding, opening a
+        family or raising a structure to its full-recompute bound is no trial."""
+        while heap and warm < warm_cap and not (over() and top.heap):
+            lb, owner, kind, _, item = heap[0]
+            if lb >= top.bound:
+                heap.clear()  # every structure left is bounded out (heap order): only the sampler goes on
+                proven[0] = not cut and warm_part[1] == 1  # ... and none can beat the k-th best at all
+                return None
+            heapq.heappop(heap)
+            if kind == _WARM_FAMILY:
+                for key in item:  # type: ignore[union-attr]
+                    heapq.heappush(heap, (bound_of(key), key, _WARM_KEY, next(tie), key))
                 continue
-            v = value(key)
+            if kind == _WARM_RELAXED:  # an option put off under its relaxed bound: now its own
+                heapq.heappush(heap, (max(lb, bounds.bound(item.plan)), owner, _WARM_OPTION, next(tie), item))  # type: ignore[union-attr]
+                continue
+            if kind == _WARM_OPTION:  # an option put off by its structure's trial reaches the front: costed; a
+                if owner in complete:
+                    continue  # a sampled trial costed the structure whole meanwhile
+                step = cost(item)  # type: ignore[arg-type]  # trial if the structure has not been told yet
+                costed[owner] = min(costed.get(owner, step), step)
+                if owner not in told:
+                    return owner
+                continue
+            key = item  # type: ignore[assignment]
+            if key in costed or full_bound[key] >= top.bound:
+                continue  # the sampler tried it, or it was answered by its raised bound
+            if kind == _WARM_KEY:
+                raised = raised_bound(key)
+                if raised > lb:
+                    heapq.heappush(heap, (raised, key, _WARM_RAISED, next(tie), key))
+                    continue
+            return key  # type: ignore[return-value]
+        return None
+
+    while ran[0] < max_trials and not (over() and top.heap) and not proven[0]:
+        key = next_warm() if ran[0] % (OPTUNA_WARM_RUN + 1) != OPTUNA_WARM_RUN else None
+        if key is not None:
+            v = costed[key] if key in costed else value(key, heap[0][0] if heap else float("inf"))
+            for bound, owner, kind, option in deferred:
+                heapq.heappush(heap, (bound, owner, kind, next(tie), option))
+            deferred.clear()
+            if v is None:
+                continue  # every option put off (no trial): the structure is told once one of them is costed
+            told.add(key)
             ran[0] += 1
             warm += 1
             params, dists = params_of(key)
@@ -582,6 +688,9 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     if by_time and budget is not None:
         budget.hit = True
     ended = "time budget (more time may find more)" if by_time else "trial cap (deterministic for the seed)"
+    if proven[0]:
+        ended = (f"warm start's proof: every structure's lower bound reached the {top_k}-th best, so these are the "
+                 "exhaustive optimum")
     notes = [f"optuna TPE (seed {seed}): {ran[0]} trials, {len(costed)} distinct structures costed "
              f"of {len(legal)} ({warm} of them the warm start's, in lower-bound order of block {warm_part[0] + 1}/"
              f"{warm_part[1]}), {pruned[0]} trials answered by their lower bound (it could not beat the {top_k}-th "
