@@ -24,7 +24,10 @@ from configurator.cost.step import prepare
 from configurator.search.bound import StructureBounds
 from configurator.search.knobs import knob_lower_bound, knob_variants, optimistic_plans
 from configurator.search.optimize import search
-from configurator.search.resolve import needs_full_recompute, resolve, resolve_full_recompute, resolve_least
+from configurator.memory import estimate_memory
+from configurator.recompute import selective_module_ladder
+from configurator.search.resolve import (needs_full_recompute, resolve, resolve_full_recompute, resolve_least,
+                                         union_modules)
 from configurator.search.space import SearchContext, enumerate_plans
 from configurator.specs.plan import Plan, replace_unchecked
 
@@ -50,6 +53,9 @@ def test_shared_layer_bounds_equal_the_step_models_bound(ctx: SearchContext) -> 
     # Recompute and sharding variants too (options are bounded the same way).
     sample += [replace_unchecked(p, recompute="full", recompute_num_layers=0) for p in sample[:10]]
     sample += [replace_unchecked(p, recompute="selective") for p in sample[:10]]
+    # Megatron-Core module lists (they share one-layer stages with the plan's other recompute forms).
+    sample += [replace_unchecked(p, recompute="selective", recompute_modules=m) for p in sample[:10]
+               for m in selective_module_ladder(ctx.model)[1:3]]
     # Partial recompute (k layers of each chunk: timed per chunk size), incl. uneven splits and ZeRO-2 under PP.
     sample += [replace_unchecked(p, recompute="full", recompute_num_layers=k, sharding=sh)
                for p in sample[10:25] for k in (1, 2) for sh in ("distopt", "zero2") if p.dp * p.cp > 1]
@@ -145,6 +151,30 @@ def test_lazy_resolutions_give_resolves_answer(name: str) -> None:
             assert short.smallest_need_bytes == pytest.approx(exact.smallest_need_bytes)
             assert all(o.plan.recompute == "full" and not o.plan.recompute_num_layers for o in exact.options)
     assert least + full > 0
+
+
+@pytest.mark.parametrize("name", ["mixtral-8x7b-h100-64", "qwen3-30b-a3b-gb200-8-fp8", "deepseek-v3-h800-2048"])
+def test_the_union_of_the_module_lists_needs_no_more_memory_than_any_list(name: str) -> None:
+    """``resolve._least_modules`` skips the scan of ``--recompute-modules`` lists when their union does not fit:
+    valid only if, stage by stage, the union keeps no more than any list (and the search's answer relies on it)."""
+    ctx = SCENARIOS[name].ctx
+    ladder = selective_module_ladder(ctx.model, ctx.job.precision)[1:]
+    union = union_modules(ladder)
+    assert ladder and set(union) == {m for modules in ladder for m in modules}
+    plans = list(enumerate_plans(ctx))
+    checked = 0
+    for plan in random.Random(2).sample(plans, min(8, len(plans))):
+        for sharding in ("distopt", "zero3"):
+            base = replace_unchecked(plan, sharding=sharding, recompute="selective")
+            least = estimate_memory(ctx.model, ctx.cluster, ctx.job, replace_unchecked(base, recompute_modules=union),
+                                    runtime=ctx.runtime)
+            for modules in ladder:
+                mem = estimate_memory(ctx.model, ctx.cluster, ctx.job, replace_unchecked(base, recompute_modules=modules),
+                                      runtime=ctx.runtime)
+                for a, b in zip(least.stages, mem.stages):
+                    assert a.total_bytes <= b.total_bytes, (plan.describe(), modules)
+                checked += 1
+    assert checked
 
 
 def test_a_spent_budget_marks_the_search_truncated() -> None:

@@ -273,8 +273,17 @@ def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) ->
     """Megatron-Core's ``--recompute-modules``: the first module list (least recompute first,
     ``runs.selective_module_ladder``) under which the plan fits, as an alternative to recomputing whole
     layers - for MoE and long-context plans it often costs less time (the step model charges what the
-    modules repeat, ``configurator/recompute.py``)."""
-    for modules in selective_module_ladder(ctx.model, ctx.job.precision)[1:]:
+    modules repeat, ``configurator/recompute.py``).
+
+    One estimate first rules most structures out: under the union of every list's modules a layer keeps
+    the least (memory depends on the list only through the activation parts it drops, and the union drops
+    every part any list drops), so when that does not fit the device, no list does
+    (``tests/test_search_speed.py`` checks the claim on every list of the bench models)."""
+    ladder = selective_module_ladder(ctx.model, ctx.job.precision)[1:]
+    if not ladder or not _fits_device(_memory(ctx, replace(selective, recompute="selective", recompute_num_layers=0,
+                                                           recompute_modules=union_modules(ladder))), margin):
+        return None
+    for modules in ladder:
         plan = replace(selective, recompute="selective", recompute_num_layers=0, recompute_modules=modules)
         if plan_violations(ctx.model, ctx.job, plan):
             continue  # e.g. fp8 delayed scaling cannot recompute moe_act/layernorm
@@ -283,6 +292,12 @@ def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) ->
             return Option(plan=plan, memory=mem,
                           why=f"{plan.sharding}: selective recompute of {','.join(modules)} fits")
     return None
+
+
+def union_modules(ladder: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
+    """Every module any list of ``ladder`` recomputes, in first-seen order: the least-memory selective form
+    (a lower bound of the memory under each list, not a list Megatron is given)."""
+    return tuple(dict.fromkeys(m for modules in ladder for m in modules))
 
 
 def resolve_least(ctx: SearchContext, structure: Plan) -> Resolution | None:
