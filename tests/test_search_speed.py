@@ -6,6 +6,7 @@ budget gives the golden top plans even while other processes load every core."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace as dc_replace
 import multiprocessing
 import os
 import random
@@ -26,8 +27,10 @@ from configurator.search.knobs import knob_lower_bound, knob_variants, optimisti
 from configurator.search.optimize import search
 from configurator.memory import estimate_memory
 from configurator.recompute import selective_module_ladder
-from configurator.search.resolve import (needs_full_recompute, resolve, resolve_full_recompute, resolve_least,
-                                         union_modules)
+from configurator.margin import NO_MARGIN
+from configurator.search.resolve import (_least_modules, _nested, needs_full_recompute, resolve, resolve_full_recompute,
+                                         resolve_least, union_modules)
+from configurator.specs.plan import plan_violations
 from configurator.search.space import SearchContext, enumerate_plans
 from configurator.specs.plan import Plan, replace_unchecked
 
@@ -154,27 +157,40 @@ def test_lazy_resolutions_give_resolves_answer(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["mixtral-8x7b-h100-64", "qwen3-30b-a3b-gb200-8-fp8", "deepseek-v3-h800-2048"])
-def test_the_union_of_the_module_lists_needs_no_more_memory_than_any_list(name: str) -> None:
-    """``resolve._least_modules`` skips the scan of ``--recompute-modules`` lists when their union does not fit:
-    valid only if, stage by stage, the union keeps no more than any list (and the search's answer relies on it)."""
+def test_the_least_module_list_is_found_without_estimating_every_list(name: str) -> None:
+    """``resolve._least_modules`` bisects the ``--recompute-modules`` ladder (each list drops what the one before
+    it drops, so memory only falls along it) or, where the lists are not nested, first checks their union (which
+    keeps the least): the same option as estimating every list in order, stage by stage memory that never
+    grows along a nested ladder, and a union that never needs more than any list."""
     ctx = SCENARIOS[name].ctx
     ladder = selective_module_ladder(ctx.model, ctx.job.precision)[1:]
     union = union_modules(ladder)
     assert ladder and set(union) == {m for modules in ladder for m in modules}
     plans = list(enumerate_plans(ctx))
-    checked = 0
+    found = 0
     for plan in random.Random(2).sample(plans, min(8, len(plans))):
         for sharding in ("distopt", "zero3"):
             base = replace_unchecked(plan, sharding=sharding, recompute="selective")
-            least = estimate_memory(ctx.model, ctx.cluster, ctx.job, replace_unchecked(base, recompute_modules=union),
-                                    runtime=ctx.runtime)
-            for modules in ladder:
-                mem = estimate_memory(ctx.model, ctx.cluster, ctx.job, replace_unchecked(base, recompute_modules=modules),
-                                      runtime=ctx.runtime)
-                for a, b in zip(least.stages, mem.stages):
-                    assert a.total_bytes <= b.total_bytes, (plan.describe(), modules)
-                checked += 1
-    assert checked
+            mems = [estimate_memory(ctx.model, ctx.cluster, ctx.job, replace_unchecked(base, recompute_modules=m),
+                                    runtime=ctx.runtime) for m in (*ladder, union)]
+            for mem in mems[:-1]:
+                assert all(u.total_bytes <= s.total_bytes for u, s in zip(mems[-1].stages, mem.stages))
+            if _nested(tuple(ladder)):
+                for a, b in zip(mems, mems[1:-1]):
+                    assert all(y.total_bytes <= x.total_bytes for x, y in zip(a.stages, b.stages))
+            # The same option as a scan, against a capacity between the lists' peaks (so that some fit).
+            peaks = sorted(m.peak_bytes for m in mems[:-1])
+            for cap in {peaks[0] * 0.99, peaks[len(peaks) // 2], peaks[-1] * 1.01}:
+                small = dc_replace(ctx, cluster=dc_replace(ctx.cluster, gpu=dc_replace(ctx.cluster.gpu, memory_bytes=int(cap))))
+                scan = next((m for m, mem in zip(ladder, mems)
+                             if not plan_violations(ctx.model, ctx.job, replace_unchecked(base, recompute_modules=m))
+                             and estimate_memory(ctx.model, small.cluster, ctx.job,
+                                                 replace_unchecked(base, recompute_modules=m),
+                                                 runtime=ctx.runtime).fits), None)
+                got = _least_modules(small, base, NO_MARGIN)
+                assert (got.plan.recompute_modules if got else None) == scan, (plan.describe(), cap)
+                found += got is not None
+    assert found
 
 
 def test_a_spent_budget_marks_the_search_truncated() -> None:
