@@ -562,6 +562,8 @@ ACTIVATION_MEMO: ContextVar[dict[tuple, dict[int, tuple[float, float]]] | None] 
 """Set by a search (one model, job and cluster) for its duration: each stage's activation bytes (by stage
 index) under the plan fields they depend on — not the sharding or the offload fraction, which the search
 varies most. One key per plan, not per stage: hashing the fields is a good part of a memo lookup."""
+ACTIVATION_MEMO_LIMIT = 4096
+"""Plans ``ACTIVATION_MEMO`` holds before it is emptied (``search.resolve.MEMO_LIMIT`` says why)."""
 _ACTIVATION_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("sharding", "shard_group", "offload")))
 
 
@@ -586,6 +588,8 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
         key = (_ACTIVATION_FIELDS(plan), m, rt.name)
         by_stage = memo.get(key)
         if by_stage is None:
+            if len(memo) >= ACTIVATION_MEMO_LIMIT:
+                memo.clear()  # bounded: its hits are within one structure (the key has its degrees and micro-batch)
             by_stage = memo[key] = {}
     stages = []
     table = _stage_param_table(model, plan.tp, plan.pp, plan.vpp, plan.ep, plan.etp, plan.pipeline_layers)

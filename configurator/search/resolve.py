@@ -100,12 +100,21 @@ MEMORY_MEMO: ContextVar[dict[Plan, MemoryReport] | None] = ContextVar("configura
 (the quick exit's frugal forms again in the offload search, a ladder's ends) are estimated once."""
 
 
+MEMO_LIMIT = 4096
+"""Entries ``MEMORY_MEMO`` (and ``memory.ACTIVATION_MEMO``) hold before they are emptied. Their hits come from
+one structure's resolution (a few dozen estimates), so a bound loses none that matters, and keeps a search's
+peak memory from growing with the number of structures it resolves (Qwen3-235B at 512 GPUs and up held about
+90,000 estimates, unbounded)."""
+
+
 def _memory(ctx: SearchContext, plan: Plan) -> MemoryReport:
     memo = MEMORY_MEMO.get()
     if memo is None:
         return estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
     hit = memo.get(plan)
     if hit is None:
+        if len(memo) >= MEMO_LIMIT:
+            memo.clear()  # bounded: its hits are within one structure's resolution (the key is the whole plan)
         hit = memo[plan] = estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
     return hit
 
@@ -205,10 +214,16 @@ def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin, full_onl
     smallest = math.inf
     shardings = framework_shardings(ctx, structure)
     # Quick exit: no sharding fits the device even with full recompute and all optimizer states on the
-    # host (more sharding is not always less memory: ZeRO-3 also holds gathered layers).
-    frugal = [_memory(ctx, _with_sharding(ctx, structure, sh, recompute="full", recompute_num_layers=0,
-                                          offload=1.0 if sh != "none" else 0.0)) for sh in shardings]
-    least = min(frugal, key=lambda m: m.peak_bytes)
+    # host (more sharding is not always less memory: ZeRO-3 also holds gathered layers). Most sharded
+    # first, and no further once one fits (then there is no quick exit): usually one estimate, not one
+    # per sharding.
+    frugal = []
+    for sh in reversed(shardings):
+        frugal.append(_memory(ctx, _with_sharding(ctx, structure, sh, recompute="full", recompute_num_layers=0,
+                                                  offload=1.0 if sh != "none" else 0.0)))
+        if _fits_device(frugal[-1], margin):
+            break
+    least = min(reversed(frugal), key=lambda m: m.peak_bytes)  # (the first least in sharding order, as before)
     if not _fits_device(least, margin):
         return Resolution(options=(), smallest_need_bytes=least.peak_bytes,
                           reason=f"needs {least.peak_bytes / GIB:.1f} GiB of {least.capacity_bytes / GIB:.1f} "
@@ -358,7 +373,7 @@ def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
     uses it to raise a structure's lower bound to its full-recompute form before resolving it."""
     shardings = framework_shardings(ctx, structure)
     modules = selective_module_ladder(ctx.model, ctx.job.precision)[-1] if ctx.runtime in MEGATRON_RUNTIMES else ()
-    for sharding in shardings:
+    for sharding in reversed(shardings):  # (most sharded first: the one most likely to fit, which ends it)
         if sharding in ("zero1", "distopt") and "zero2" in shardings:
             continue  # ZeRO-2 holds the same weights and optimizer shards and fewer gradients: never more
         offload = 1.0 if sharding != "none" else 0.0
