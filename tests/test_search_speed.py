@@ -28,7 +28,7 @@ from configurator.search.optimize import search
 from configurator.memory import estimate_memory
 from configurator.recompute import selective_module_ladder
 from configurator.margin import NO_MARGIN
-from configurator.search.resolve import (_least_modules, _nested, needs_full_recompute, resolve, resolve_full_recompute,
+from configurator.search.resolve import (_least_fitting, _least_modules, _nested, recompute_ladder, needs_full_recompute, resolve, resolve_full_recompute,
                                          resolve_least, union_modules)
 from configurator.specs.plan import plan_violations
 from configurator.search.space import SearchContext, enumerate_plans
@@ -191,6 +191,29 @@ def test_the_least_module_list_is_found_without_estimating_every_list(name: str)
                 assert (got.plan.recompute_modules if got else None) == scan, (plan.describe(), cap)
                 found += got is not None
     assert found
+
+
+def test_the_least_recompute_that_fits_is_the_first_of_the_ladder_that_fits() -> None:
+    """``resolve._least_fitting`` guesses the recompute depth by interpolation before bisecting: against
+    capacities that put the answer anywhere along the ladder, the index it returns is the first that fits in
+    a plain scan."""
+    ctx = SCENARIOS["llama3-70b-h100-8-memory-tight"].ctx
+    plans = [p for p in enumerate_plans(ctx) if p.vpp == 1 and max(p.virtual_stage_layers(ctx.model)) >= 6]
+    checked = 0
+    for plan in random.Random(3).sample(plans, min(4, len(plans))):
+        ladder = recompute_ladder(ctx, replace_unchecked(plan, sharding="distopt"))
+        steps = [ladder[i] for i in range(len(ladder))]  # (the ladder's indexing wraps around: no plain iteration)
+        peaks = [estimate_memory(ctx.model, ctx.cluster, ctx.job, p, runtime=ctx.runtime).peak_bytes for p in steps]
+        for target in sorted({2, len(ladder) // 3, len(ladder) // 2, len(ladder) - 2}):
+            cap = int((peaks[target] + peaks[target - 1]) / 2)  # between the two: the first fit is at ``target``
+            small = dc_replace(ctx, cluster=dc_replace(ctx.cluster, gpu=dc_replace(ctx.cluster.gpu, memory_bytes=cap)))
+            scan = next(i for i, p in enumerate(steps)
+                        if estimate_memory(small.model, small.cluster, small.job, p, runtime=small.runtime).fits_device)
+            last = estimate_memory(small.model, small.cluster, small.job, ladder[-1], runtime=small.runtime)
+            index, _ = _least_fitting(small, ladder, last, [None], NO_MARGIN)
+            assert index == scan, (plan.describe(), target)
+            checked += 1
+    assert checked >= 8
 
 
 def test_a_spent_budget_marks_the_search_truncated() -> None:
