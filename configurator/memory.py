@@ -104,7 +104,10 @@ def memory_constants() -> dict[str, Any]:
     return _constants()
 
 
+@lru_cache(maxsize=None)
 def load_runtime(name: str) -> Runtime:
+    """The runtime's memory constants (cached: ``estimate_memory`` asks for them on every call; a
+    ``Runtime`` is frozen)."""
     table = _constants()["runtimes"]
     if name not in table:
         raise InputError("runtime", name, f"must be one of {', '.join(sorted(table))}")
@@ -112,6 +115,7 @@ def load_runtime(name: str) -> Runtime:
     return Runtime(name=name, **fields)
 
 
+@lru_cache(maxsize=None)
 def load_overhead(family: str) -> FamilyOverhead:
     entry = _constants()["gpu_families"][family]
     return FamilyOverhead(cuda_context_bytes=entry["cuda_context_GiB"] * GIB,
@@ -554,9 +558,12 @@ def mtp_activation_bytes(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime
 
 
 # ----- the estimator -----------------------------------------------------------------------------
-ACTIVATION_MEMO: ContextVar[dict[tuple, tuple[float, float]] | None] = ContextVar("configurator_activation_memo", default=None)
-"""Set by a search (one model, job and cluster) for its duration: a stage's activation bytes by the
-plan fields they depend on — not the sharding or the offload fraction, which the search varies most."""
+ACTIVATION_MEMO: ContextVar[dict[tuple, dict[int, tuple[float, float]]] | None] = ContextVar("configurator_activation_memo", default=None)
+"""Set by a search (one model, job and cluster) for its duration: each stage's activation bytes (by stage
+index) under the plan fields they depend on — not the sharding or the offload fraction, which the search
+varies most. One key per plan, not per stage: hashing the fields is a good part of a memo lookup."""
+ACTIVATION_MEMO_LIMIT = 4096
+"""Plans ``ACTIVATION_MEMO`` holds before it is emptied (``search.resolve.MEMO_LIMIT`` says why)."""
 _ACTIVATION_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("sharding", "shard_group", "offload")))
 
 
@@ -575,6 +582,15 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
         expert_group = math.gcd(expert_group, plan.shard_group)
     zero3 = plan.sharding in ("zero3", "hsdp")
     kinds: dict[bool, tuple[float, float]] | None = None  # per-layer activation bytes, computed on a memo miss
+    memo = ACTIVATION_MEMO.get()
+    by_stage: dict[int, tuple[float, float]] | None = None  # this plan's stages in the memo (one key per plan)
+    if memo is not None:
+        key = (_ACTIVATION_FIELDS(plan), m, rt.name)
+        by_stage = memo.get(key)
+        if by_stage is None:
+            if len(memo) >= ACTIVATION_MEMO_LIMIT:
+                memo.clear()  # bounded: its hits are within one structure (the key has its degrees and micro-batch)
+            by_stage = memo[key] = {}
     stages = []
     table = _stage_param_table(model, plan.tp, plan.pp, plan.vpp, plan.ep, plan.etp, plan.pipeline_layers)
     for s, (num_layers, dense, expert, biggest_layer) in enumerate(table):
@@ -606,15 +622,13 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
             grads += rt.grad_bucket_bytes
         host = optim * plan.offload
         optim -= host
-        memo = ACTIVATION_MEMO.get()
-        key = (_ACTIVATION_FIELDS(plan), s, m, rt.name) if memo is not None else None
-        hit = memo.get(key) if memo is not None else None
+        hit = by_stage.get(s) if by_stage is not None else None
         if hit is None:  # (a search reuses it across shardings and offload fractions of one structure)
             if kinds is None:
                 kinds = _per_kind(model, job, plan, rt)
             hit = _stage_activations(model, job, plan, rt, s, m, kinds)
-            if memo is not None:
-                memo[key] = hit
+            if by_stage is not None:
+                by_stage[s] = hit
         act, inflight = hit
         allocated = weights + grads + optim + act
         stages.append(StageMemory(

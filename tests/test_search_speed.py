@@ -6,6 +6,7 @@ budget gives the golden top plans even while other processes load every core."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace as dc_replace
 import multiprocessing
 import os
 import random
@@ -24,7 +25,12 @@ from configurator.cost.step import prepare
 from configurator.search.bound import StructureBounds
 from configurator.search.knobs import knob_lower_bound, knob_variants, optimistic_plans
 from configurator.search.optimize import search
-from configurator.search.resolve import needs_full_recompute, resolve, resolve_full_recompute, resolve_least
+from configurator.memory import estimate_memory
+from configurator.recompute import selective_module_ladder
+from configurator.margin import NO_MARGIN
+from configurator.search.resolve import (_least_fitting, _least_modules, _nested, recompute_ladder, needs_full_recompute, resolve, resolve_full_recompute,
+                                         resolve_least, union_modules)
+from configurator.specs.plan import plan_violations
 from configurator.search.space import SearchContext, enumerate_plans
 from configurator.specs.plan import Plan, replace_unchecked
 
@@ -50,6 +56,9 @@ def test_shared_layer_bounds_equal_the_step_models_bound(ctx: SearchContext) -> 
     # Recompute and sharding variants too (options are bounded the same way).
     sample += [replace_unchecked(p, recompute="full", recompute_num_layers=0) for p in sample[:10]]
     sample += [replace_unchecked(p, recompute="selective") for p in sample[:10]]
+    # Megatron-Core module lists (they share one-layer stages with the plan's other recompute forms).
+    sample += [replace_unchecked(p, recompute="selective", recompute_modules=m) for p in sample[:10]
+               for m in selective_module_ladder(ctx.model)[1:3]]
     # Partial recompute (k layers of each chunk: timed per chunk size), incl. uneven splits and ZeRO-2 under PP.
     sample += [replace_unchecked(p, recompute="full", recompute_num_layers=k, sharding=sh)
                for p in sample[10:25] for k in (1, 2) for sh in ("distopt", "zero2") if p.dp * p.cp > 1]
@@ -145,6 +154,66 @@ def test_lazy_resolutions_give_resolves_answer(name: str) -> None:
             assert short.smallest_need_bytes == pytest.approx(exact.smallest_need_bytes)
             assert all(o.plan.recompute == "full" and not o.plan.recompute_num_layers for o in exact.options)
     assert least + full > 0
+
+
+@pytest.mark.parametrize("name", ["mixtral-8x7b-h100-64", "qwen3-30b-a3b-gb200-8-fp8", "deepseek-v3-h800-2048"])
+def test_the_least_module_list_is_found_without_estimating_every_list(name: str) -> None:
+    """``resolve._least_modules`` bisects the ``--recompute-modules`` ladder (each list drops what the one before
+    it drops, so memory only falls along it) or, where the lists are not nested, first checks their union (which
+    keeps the least): the same option as estimating every list in order, stage by stage memory that never
+    grows along a nested ladder, and a union that never needs more than any list."""
+    ctx = SCENARIOS[name].ctx
+    ladder = selective_module_ladder(ctx.model, ctx.job.precision)[1:]
+    union = union_modules(ladder)
+    assert ladder and set(union) == {m for modules in ladder for m in modules}
+    plans = list(enumerate_plans(ctx))
+    found = 0
+    for plan in random.Random(2).sample(plans, min(8, len(plans))):
+        for sharding in ("distopt", "zero3"):
+            base = replace_unchecked(plan, sharding=sharding, recompute="selective")
+            mems = [estimate_memory(ctx.model, ctx.cluster, ctx.job, replace_unchecked(base, recompute_modules=m),
+                                    runtime=ctx.runtime) for m in (*ladder, union)]
+            for mem in mems[:-1]:
+                assert all(u.total_bytes <= s.total_bytes for u, s in zip(mems[-1].stages, mem.stages))
+            if _nested(tuple(ladder)):
+                for a, b in zip(mems, mems[1:-1]):
+                    assert all(y.total_bytes <= x.total_bytes for x, y in zip(a.stages, b.stages))
+            # The same option as a scan, against a capacity between the lists' peaks (so that some fit).
+            peaks = sorted(m.peak_bytes for m in mems[:-1])
+            for cap in {peaks[0] * 0.99, peaks[len(peaks) // 2], peaks[-1] * 1.01}:
+                small = dc_replace(ctx, cluster=dc_replace(ctx.cluster, gpu=dc_replace(ctx.cluster.gpu, memory_bytes=int(cap))))
+                scan = next((m for m, mem in zip(ladder, mems)
+                             if not plan_violations(ctx.model, ctx.job, replace_unchecked(base, recompute_modules=m))
+                             and estimate_memory(ctx.model, small.cluster, ctx.job,
+                                                 replace_unchecked(base, recompute_modules=m),
+                                                 runtime=ctx.runtime).fits), None)
+                got = _least_modules(small, base, NO_MARGIN)
+                assert (got.plan.recompute_modules if got else None) == scan, (plan.describe(), cap)
+                found += got is not None
+    assert found
+
+
+def test_the_least_recompute_that_fits_is_the_first_of_the_ladder_that_fits() -> None:
+    """``resolve._least_fitting`` guesses the recompute depth by interpolation before bisecting: against
+    capacities that put the answer anywhere along the ladder, the index it returns is the first that fits in
+    a plain scan."""
+    ctx = SCENARIOS["llama3-70b-h100-8-memory-tight"].ctx
+    plans = [p for p in enumerate_plans(ctx) if p.vpp == 1 and max(p.virtual_stage_layers(ctx.model)) >= 6]
+    checked = 0
+    for plan in random.Random(3).sample(plans, min(4, len(plans))):
+        ladder = recompute_ladder(ctx, replace_unchecked(plan, sharding="distopt"))
+        steps = [ladder[i] for i in range(len(ladder))]  # (the ladder's indexing wraps around: no plain iteration)
+        peaks = [estimate_memory(ctx.model, ctx.cluster, ctx.job, p, runtime=ctx.runtime).peak_bytes for p in steps]
+        for target in sorted({2, len(ladder) // 3, len(ladder) // 2, len(ladder) - 2}):
+            cap = int((peaks[target] + peaks[target - 1]) / 2)  # between the two: the first fit is at ``target``
+            small = dc_replace(ctx, cluster=dc_replace(ctx.cluster, gpu=dc_replace(ctx.cluster.gpu, memory_bytes=cap)))
+            scan = next(i for i, p in enumerate(steps)
+                        if estimate_memory(small.model, small.cluster, small.job, p, runtime=small.runtime).fits_device)
+            last = estimate_memory(small.model, small.cluster, small.job, ladder[-1], runtime=small.runtime)
+            index, _ = _least_fitting(small, ladder, last, [None], NO_MARGIN)
+            assert index == scan, (plan.describe(), target)
+            checked += 1
+    assert checked >= 8
 
 
 def test_a_spent_budget_marks_the_search_truncated() -> None:

@@ -39,6 +39,11 @@ from configurator.specs.plan import PLAN_FIELDS, Plan, ep_overlap_conflicts, rep
 
 _LAYER_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload")))
 """The plan fields a layer's time depends on (for plans without per-micro-batch sharding traffic)."""
+_RECOMPUTE_FIELDS = ("recompute", "recompute_num_layers", "recompute_modules")
+_PREPARED_FIELDS = attrgetter(*(f for f in PLAN_FIELDS
+                                if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload", *_RECOMPUTE_FIELDS)))
+"""The plan fields the one-layer stages (``_single_stages``: works, links, rates, the embedding's and head's
+times) depend on: a layer key without the recompute, which only ``_stage_times`` reads, for the layers alone."""
 
 
 FAMILY_BOUND_SLACK = 1e-9
@@ -92,12 +97,17 @@ class StructureBounds:
         if hit is not None:
             return hit
         ctx, c = self.ctx, self.c
-        prepared = self._prepared.get(base_key)
+        # Shared by the recompute forms of one layer key (the search bounds several per structure): the
+        # one-layer stages do not depend on the recompute, only ``_stage_times`` does, for the layers
+        # (the plan is swapped in below), so the embedding's and head's times are the same too.
+        prepared_key = _PREPARED_FIELDS(plan)
+        prepared = self._prepared.get(prepared_key)
         if prepared is None:
-            prepared = self._single_stages(plan)
-            if partial:  # kept only where other chunk sizes will want it (it holds a prepared step)
-                self._prepared[base_key] = prepared
+            prepared = self._prepared[prepared_key] = self._single_stages(plan)
         single, rates, comm, n_layer_entries, nonlayer = prepared
+        flat = replace_unchecked(plan, pp=1, vpp=1, dp=plan.dp * plan.pp, pipeline_layers=())
+        if single.plan != flat:
+            single = dc_replace(single, plan=flat)
         if partial:  # the layers' stages as chunks of ``chunk`` layers (the others do not recompute)
             single = dc_replace(single, stages=tuple(VirtualStage(works=st.works, num_layers=chunk)
                                                      if v < n_layer_entries else st

@@ -32,10 +32,11 @@ from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from dataclasses import replace as dc_replace
+from functools import lru_cache
 
 from configurator.cost.step import ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, cpu_adam_rate_per_gpu
 from configurator.margin import NO_MARGIN, MemoryMargin, fits_with_margin
-from configurator.memory import MemoryReport, estimate_memory
+from configurator.memory import MemoryReport, estimate_memory, recompute_dropped_parts
 from configurator.profiles import GIB
 from configurator.recompute import MEGATRON_RUNTIMES, selective_module_ladder
 from configurator.search.space import SearchContext, framework_shardings, hsdp_shard_group
@@ -99,12 +100,21 @@ MEMORY_MEMO: ContextVar[dict[Plan, MemoryReport] | None] = ContextVar("configura
 (the quick exit's frugal forms again in the offload search, a ladder's ends) are estimated once."""
 
 
+MEMO_LIMIT = 4096
+"""Entries ``MEMORY_MEMO`` (and ``memory.ACTIVATION_MEMO``) hold before they are emptied. Their hits come from
+one structure's resolution (a few dozen estimates), so a bound loses none that matters, and keeps a search's
+peak memory from growing with the number of structures it resolves (Qwen3-235B at 512 GPUs and up held about
+90,000 estimates, unbounded)."""
+
+
 def _memory(ctx: SearchContext, plan: Plan) -> MemoryReport:
     memo = MEMORY_MEMO.get()
     if memo is None:
         return estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
     hit = memo.get(plan)
     if hit is None:
+        if len(memo) >= MEMO_LIMIT:
+            memo.clear()  # bounded: its hits are within one structure's resolution (the key is the whole plan)
         hit = memo[plan] = estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
     return hit
 
@@ -127,14 +137,34 @@ def _least_fitting(ctx: SearchContext, ladder: Sequence[Plan], last: MemoryRepor
     if _fits_device(first, margin):  # the common case: no recompute needed
         return 0, first
     lo = 1
+    cap = last.capacity_bytes - margin.bytes_for(last.capacity_bytes)
+    below: tuple[int, float] | None = None  # the largest partial index (>= 2) known not to fit, and its peak
+    guesses = 0
     while lo < hi:
         mid = (lo + hi) // 2
+        if below is not None and guesses < INTERPOLATED_GUESSES:
+            # Along the partial ladder (full recompute of k = index - 1 layers per chunk) the peak falls about
+            # linearly in k: guess where it crosses the capacity. Any index in [lo, hi) keeps the search exact
+            # (the first fitting index stays in [lo, hi]); the guess only makes it take fewer estimates.
+            guesses += 1
+            i, peak = below
+            drop = peak - hi_mem.peak_bytes
+            guess = i + math.ceil((peak - cap) / drop * (hi - i)) if drop > 0 else mid
+            mid = min(max(guess, lo), hi - 1)
         mem = _memory(ctx, ladder[mid])
         if _fits_device(mem, margin):
             hi, hi_mem = mid, mem
         else:
             lo = mid + 1
+            if mid >= 2:
+                below = (mid, mem.peak_bytes)
     return hi, hi_mem
+
+
+INTERPOLATED_GUESSES = 3
+"""Steps of ``_least_fitting``'s search that guess the first fitting recompute depth by linear interpolation of
+the peak (then it bisects): where the peak is linear in the depth (equal layers, one pipeline stage), the guess
+and its neighbour settle it in about three estimates instead of log2(layers) ~ 6."""
 
 
 def min_offload(ctx: SearchContext, plan: Plan, m0: MemoryReport | None = None,
@@ -204,10 +234,16 @@ def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin, full_onl
     smallest = math.inf
     shardings = framework_shardings(ctx, structure)
     # Quick exit: no sharding fits the device even with full recompute and all optimizer states on the
-    # host (more sharding is not always less memory: ZeRO-3 also holds gathered layers).
-    frugal = [_memory(ctx, _with_sharding(ctx, structure, sh, recompute="full", recompute_num_layers=0,
-                                          offload=1.0 if sh != "none" else 0.0)) for sh in shardings]
-    least = min(frugal, key=lambda m: m.peak_bytes)
+    # host (more sharding is not always less memory: ZeRO-3 also holds gathered layers). Most sharded
+    # first, and no further once one fits (then there is no quick exit): usually one estimate, not one
+    # per sharding.
+    frugal = []
+    for sh in reversed(shardings):
+        frugal.append(_memory(ctx, _with_sharding(ctx, structure, sh, recompute="full", recompute_num_layers=0,
+                                                  offload=1.0 if sh != "none" else 0.0)))
+        if _fits_device(frugal[-1], margin):
+            break
+    least = min(reversed(frugal), key=lambda m: m.peak_bytes)  # (the first least in sharding order, as before)
     if not _fits_device(least, margin):
         return Resolution(options=(), smallest_need_bytes=least.peak_bytes,
                           reason=f"needs {least.peak_bytes / GIB:.1f} GiB of {least.capacity_bytes / GIB:.1f} "
@@ -273,16 +309,60 @@ def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) ->
     """Megatron-Core's ``--recompute-modules``: the first module list (least recompute first,
     ``runs.selective_module_ladder``) under which the plan fits, as an alternative to recomputing whole
     layers - for MoE and long-context plans it often costs less time (the step model charges what the
-    modules repeat, ``configurator/recompute.py``)."""
-    for modules in selective_module_ladder(ctx.model, ctx.job.precision)[1:]:
-        plan = replace(selective, recompute="selective", recompute_num_layers=0, recompute_modules=modules)
-        if plan_violations(ctx.model, ctx.job, plan):
+    modules repeat, ``configurator/recompute.py``).
+
+    Memory depends on the list only through the activation parts it drops (non-negative parts, summed in a
+    fixed order, so the floats are monotone too). Where each list drops every part the one before it drops
+    (``_nested``: every ladder of ``recompute.py`` today), memory only falls along the ladder, so the first
+    list that fits is found by bisection (about 3 estimates instead of up to 5); otherwise one estimate under
+    the union of all the lists (which keeps the least) rules the structure out when that does not fit, before
+    the scan. ``tests/test_search_speed.py`` checks both claims and compares the answer with a plain scan."""
+    ladder = tuple(selective_module_ladder(ctx.model, ctx.job.precision)[1:])
+    if not ladder:
+        return None
+    plans = [replace(selective, recompute="selective", recompute_num_layers=0, recompute_modules=m) for m in ladder]
+
+    def fits(i: int) -> MemoryReport | None:
+        mem = _memory(ctx, plans[i])
+        return mem if mem.fits and _fits_device(mem, margin) else None
+
+    if _nested(ladder):
+        if fits(len(plans) - 1) is None:
+            return None
+        lo, hi = 0, len(plans) - 1  # the first list that fits is in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if fits(mid) is not None:
+                hi = mid
+            else:
+                lo = mid + 1
+        candidates = range(lo, len(plans))  # every one of them fits: the first Megatron can run
+    else:
+        union = replace(selective, recompute="selective", recompute_num_layers=0, recompute_modules=union_modules(ladder))
+        if not _fits_device(_memory(ctx, union), margin):
+            return None
+        candidates = range(len(plans))
+    for i in candidates:
+        if plan_violations(ctx.model, ctx.job, plans[i]):
             continue  # e.g. fp8 delayed scaling cannot recompute moe_act/layernorm
-        mem = _memory(ctx, plan)
-        if mem.fits and _fits_device(mem, margin):
-            return Option(plan=plan, memory=mem,
-                          why=f"{plan.sharding}: selective recompute of {','.join(modules)} fits")
+        mem = fits(i)
+        if mem is not None:
+            return Option(plan=plans[i], memory=mem,
+                          why=f"{plans[i].sharding}: selective recompute of {','.join(ladder[i])} fits")
     return None
+
+
+@lru_cache(maxsize=64)
+def _nested(ladder: tuple[tuple[str, ...], ...]) -> bool:
+    """Each list of ``ladder`` drops (``memory.recompute_dropped_parts``) every activation part the one before it does."""
+    dropped = [recompute_dropped_parts(m) for m in ladder]
+    return all(a <= b for a, b in zip(dropped, dropped[1:]))
+
+
+def union_modules(ladder: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
+    """Every module any list of ``ladder`` recomputes, in first-seen order: the least-memory selective form
+    (a lower bound of the memory under each list, not a list Megatron is given)."""
+    return tuple(dict.fromkeys(m for modules in ladder for m in modules))
 
 
 def resolve_least(ctx: SearchContext, structure: Plan) -> Resolution | None:
@@ -313,7 +393,7 @@ def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
     uses it to raise a structure's lower bound to its full-recompute form before resolving it."""
     shardings = framework_shardings(ctx, structure)
     modules = selective_module_ladder(ctx.model, ctx.job.precision)[-1] if ctx.runtime in MEGATRON_RUNTIMES else ()
-    for sharding in shardings:
+    for sharding in reversed(shardings):  # (most sharded first: the one most likely to fit, which ends it)
         if sharding in ("zero1", "distopt") and "zero2" in shardings:
             continue  # ZeRO-2 holds the same weights and optimizer shards and fewer gradients: never more
         offload = 1.0 if sharding != "none" else 0.0
