@@ -202,7 +202,8 @@ def test_the_least_recompute_that_fits_is_the_first_of_the_ladder_that_fits() ->
     checked = 0
     for plan in random.Random(3).sample(plans, min(4, len(plans))):
         ladder = recompute_ladder(ctx, replace_unchecked(plan, sharding="distopt"))
-        steps = [ladder[i] for i in range(len(ladder))]  # (the ladder's indexing wraps around: no plain iteration)
+        steps = list(ladder)
+        assert len(steps) == len(ladder) and steps[-1] is ladder[-1] and steps[0].recompute == "none"
         peaks = [estimate_memory(ctx.model, ctx.cluster, ctx.job, p, runtime=ctx.runtime).peak_bytes for p in steps]
         for target in sorted({2, len(ladder) // 3, len(ladder) // 2, len(ladder) - 2}):
             cap = int((peaks[target] + peaks[target - 1]) / 2)  # between the two: the first fit is at ``target``

@@ -84,7 +84,10 @@ class RecomputeLadder(Sequence[Plan]):
     def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        index = index % len(self.steps)
+        if index < 0:
+            index += len(self.steps)
+        if not 0 <= index < len(self.steps):
+            raise IndexError(index)  # (Sequence's iteration stops here)
         if index not in self._built:
             recompute, layers = self.steps[index]
             self._built[index] = replace(self.plan, recompute=recompute, recompute_num_layers=layers)

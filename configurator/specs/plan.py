@@ -22,12 +22,12 @@ from configurator.specs.model import ModelSpec
 SHARDINGS: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "distopt", "hsdp")
 RECOMPUTES: tuple[str, ...] = ("none", "selective", "full")
 CP_COMMS: tuple[str, ...] = ("p2p", "all_gather", "a2a", "a2a+p2p")
+"""Megatron's ``--cp-comm-type``: ring of point-to-point exchanges, all-gather of K/V (Llama 3),
+Ulysses-style all-to-all over heads, and the hierarchical all-to-all inside + ring across."""
 EP_DISPATCHERS: tuple[str, ...] = ("alltoall", "flex")
 """Megatron's ``--moe-token-dispatcher-type`` this tool emits: ``alltoall`` (one row per token-expert pair
 all-to-all'd, Megatron-Core's recipes' default) or ``flex`` (DeepEP/HybridEP: one copy per destination node
 over the NIC, fanned out over NVLink; ``cost/moe.py``)."""
-"""Megatron's ``--cp-comm-type``: ring of point-to-point exchanges, all-gather of K/V (Llama 3),
-Ulysses-style all-to-all over heads, and the hierarchical all-to-all inside + ring across."""
 RECOMPUTE_MODULES: tuple[str, ...] = ("core_attn", "mlp", "moe", "moe_act", "layernorm", "mla_up_proj",
                                       "shared_experts")
 """Megatron-Core's ``--recompute-modules`` names (selective recompute)."""
