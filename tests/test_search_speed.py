@@ -70,7 +70,7 @@ def test_shared_layer_bounds_equal_the_step_models_bound(ctx: SearchContext) -> 
         exact = knob_lower_bound(prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime), CONSTANTS)
         assert bounds.bound(plan) == pytest.approx(exact, rel=1e-12), plan.describe()
     # Pipeline variants share their layer times (each plan is bounded under each of its knob settings).
-    settings = sum(len(optimistic_plans(p, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe))
+    settings = sum(len(optimistic_plans(p, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster))
                    for p in sample)
     assert bounds.layer_keys_timed < settings
 
