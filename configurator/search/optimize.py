@@ -510,6 +510,20 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     complete: set[tuple] = set()  # structures costed with every option considered (sampled trials)
     deferred: list[tuple[float, tuple, int, Option]] = []  # options put off by a warm trial (pushed to its heap)
 
+    def screened(key: tuple, option: Option, front: float) -> bool:
+        """Whether a sharding/recompute/offload form of a structure is costed now: not if a bound says it
+        cannot beat the k-th best (dropped) or lies beyond the warm start's front (put off in ``deferred``).
+        First the bound without a preparation (below its own), then its own."""
+        checks = [(bounds.relaxed_bound, _WARM_RELAXED)] if bounds.needs_preparation(option.plan) else []
+        for bound, kind in checks + [(bounds.bound, _WARM_OPTION)]:
+            lb = bound(option.plan)
+            if lb >= top.bound:
+                return False
+            if lb > front:
+                deferred.append((lb, key, kind, option))
+                return False
+        return True
+
     def value(key: tuple, front: float = float("inf")) -> float | None:
         """The structure's best step time (inf: nothing fits), or its bound when that cannot beat the k-th best.
         ``front``: the warm start's next lower bound; an option whose bound exceeds it is put off (``deferred``,
@@ -533,21 +547,8 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
                     continue
                 opts = options_of(plan, full_recompute=True)
             for option in opts if opts is not None else options_of(plan):
-                if option.plan is not plan:  # this sharding/recompute/offload form may not beat the k-th best:
-                    # first the bound without a preparation (below its own), then its own
-                    if bounds.needs_preparation(option.plan):
-                        relaxed = bounds.relaxed_bound(option.plan)
-                        if relaxed >= top.bound:
-                            continue
-                        if relaxed > front:
-                            deferred.append((relaxed, key, _WARM_RELAXED, option))
-                            continue
-                    own = bounds.bound(option.plan)
-                    if own >= top.bound:
-                        continue
-                    if own > front:
-                        deferred.append((own, key, _WARM_OPTION, option))
-                        continue
+                if option.plan is not plan and not screened(key, option, front):
+                    continue
                 best = min(best, cost(option))
         if best == float("inf") and raised_lb < float("inf"):
             pruned[0] += 1
