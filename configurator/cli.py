@@ -22,8 +22,9 @@ from configurator.cli_options import (CalibrationOpt, ClusterOpt, CpOpt, DpOpt, 
                                       JsonOpt,
                                       MicroBatchOpt, ModelOpt, NodesOpt, NumGpusOpt, OffloadOpt, PipelineLayersOpt,
                                       PpOpt, PrecisionOpt, RecomputeLayersOpt, RecomputeOpt, SeqLenOpt, ShardingOpt,
-                                      SpOpt, TpOpt, VppOpt, _constants, _given_plan, _job, check_database_url,
-                                      check_seed, console)
+                                      SpOpt, TpOpt, VppOpt, _constants, _job, check_database_url,
+                                      check_seed, console, CpCommOpt, EpDispatcherOpt, EpOverlapOpt, PlanJsonOpt,
+                                      RecomputeModulesOpt, ShardGroupOpt, TpOverlapOpt, _request_plan, knob_defaults)
 from configurator.cli_bands import register as register_bands
 from configurator.cli_tools import register as register_tools
 from configurator.cost.step import estimate_step
@@ -294,6 +295,7 @@ def plan(
 
 @app.command()
 def estimate(
+    ctx: typer.Context,
     model: ModelOpt,
     cluster: ClusterOpt,
     seq_len: SeqLenOpt,
@@ -311,11 +313,18 @@ def estimate(
     dp: DpOpt = None,
     sp: SpOpt = None,
     sharding: ShardingOpt = "distopt",
+    shard_group: ShardGroupOpt = 0,
     recompute: RecomputeOpt = "none",
     recompute_layers: RecomputeLayersOpt = 0,
+    recompute_modules: RecomputeModulesOpt = None,
     offload: OffloadOpt = 0.0,
     precision: PrecisionOpt = "bf16",
     pipeline_layers: PipelineLayersOpt = None,
+    tp_overlap: TpOverlapOpt = None,
+    ep_overlap: EpOverlapOpt = None,
+    cp_comm: CpCommOpt = None,
+    ep_dispatcher: EpDispatcherOpt = None,
+    plan_json: PlanJsonOpt = None,
     runtime: Annotated[str, typer.Option("--runtime", help=f"The framework that runs the plan (memory layout and step mechanics): {'|'.join(RUNTIMES)}.")] = "megatron",
     calibration: CalibrationOpt = None,
     svg: Annotated[Optional[Path], typer.Option("--svg", help="Also draw the step (pipeline timeline, memory per stage) to this SVG file.")] = None,
@@ -325,9 +334,12 @@ def estimate(
     """Memory and step time of one given plan, per pipeline stage, and whether it fits (alias: explain)."""
     spec, hw, job = _job(model, cluster, num_gpus, nodes, global_batch, seq_len, precision, gpu_spec)
     precision = job.precision
-    plan, chosen = _given_plan(spec, hw, job, tp=tp, pp=pp, vpp=vpp, cp=cp, ep=ep, etp=etp, dp=dp, sp=sp,
-                               sharding=sharding, recompute=recompute, recompute_layers=recompute_layers,
-                               micro_batch=micro_batch, offload=offload, pipeline_layers=pipeline_layers)
+    plan, chosen, placement = _request_plan(ctx, spec, hw, job, plan_json, dict(
+        tp=tp, pp=pp, vpp=vpp, cp=cp, ep=ep, etp=etp, dp=dp, sp=sp, sharding=sharding, shard_group=shard_group,
+        recompute=recompute, recompute_layers=recompute_layers, recompute_modules=recompute_modules,
+        micro_batch=micro_batch, offload=offload, pipeline_layers=pipeline_layers, tp_overlap=tp_overlap,
+        ep_overlap=ep_overlap, cp_comm=cp_comm, ep_dispatcher=ep_dispatcher))
+    chosen += knob_defaults(spec, plan, runtime)
     if svg is not None and svg.exists() and not force:
         raise InputError("svg", str(svg), "exists; pass --force to overwrite")
     if svg is not None:
@@ -336,7 +348,7 @@ def estimate(
         writable_file(svg, "svg")
     memory = estimate_memory(spec, hw, job, plan, runtime=runtime)
     constants = _constants(calibration)
-    step = estimate_step(spec, hw, job, plan, runtime=runtime, constants=constants)
+    step = estimate_step(spec, hw, job, plan, placement, runtime=runtime, constants=constants)
     from configurator.uncertainty import band_for
 
     band = band_for(spec, hw, job, plan, runtime, step.tokens_per_s_per_gpu, memory.peak_bytes, memory.capacity_bytes)
@@ -396,6 +408,7 @@ def _host_names(hosts: str | None, hostfile: Path | None, hw) -> tuple[str, ...]
 
 @app.command(name="emit")
 def emit_files(
+    ctx: typer.Context,
     model: ModelOpt,
     cluster: ClusterOpt,
     seq_len: SeqLenOpt,
@@ -415,11 +428,18 @@ def emit_files(
     dp: DpOpt = None,
     sp: SpOpt = None,
     sharding: ShardingOpt = "distopt",
+    shard_group: ShardGroupOpt = 0,
     recompute: RecomputeOpt = "none",
     recompute_layers: RecomputeLayersOpt = 0,
+    recompute_modules: RecomputeModulesOpt = None,
     offload: OffloadOpt = 0.0,
     precision: PrecisionOpt = "bf16",
     pipeline_layers: PipelineLayersOpt = None,
+    tp_overlap: TpOverlapOpt = None,
+    ep_overlap: EpOverlapOpt = None,
+    cp_comm: CpCommOpt = None,
+    ep_dispatcher: EpDispatcherOpt = None,
+    plan_json: PlanJsonOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the files an earlier emit wrote in --out (its MANIFEST).")] = False,
     hosts: HostsOpt = None,
     hostfile: HostfileOpt = None,
@@ -435,13 +455,16 @@ def emit_files(
     host_names = _host_names(hosts, hostfile, hw)
     check_out_dir(out, force=force)
     writable_folder(out, "out", create=True)
-    if sp is None and framework in ("deepspeed", "all"):
+    if sp is None and framework in ("deepspeed", "all") and plan_json is None:
         sp = False
-    plan, chosen = _given_plan(spec, hw, job, tp=tp, pp=pp, vpp=vpp, cp=cp, ep=ep, etp=etp, dp=dp, sp=sp,
-                               sharding=sharding, recompute=recompute, recompute_layers=recompute_layers,
-                               micro_batch=micro_batch, offload=offload, pipeline_layers=pipeline_layers)
+    plan, chosen, placement = _request_plan(ctx, spec, hw, job, plan_json, dict(
+        tp=tp, pp=pp, vpp=vpp, cp=cp, ep=ep, etp=etp, dp=dp, sp=sp, sharding=sharding, shard_group=shard_group,
+        recompute=recompute, recompute_layers=recompute_layers, recompute_modules=recompute_modules,
+        micro_batch=micro_batch, offload=offload, pipeline_layers=pipeline_layers, tp_overlap=tp_overlap,
+        ep_overlap=ep_overlap, cp_comm=cp_comm, ep_dispatcher=ep_dispatcher))
     notes: list[str] = []
-    written = write_files(EmitRequest(model=spec, cluster=hw, job=job, plan=plan, hosts=host_names), framework, out,
+    written = write_files(EmitRequest(model=spec, cluster=hw, job=job, plan=plan, placement=placement,
+                                       hosts=host_names), framework, out,
                           force=force, notes=notes)
     for line in notes:
         print(f"note: {line}", file=sys.stderr)

@@ -77,28 +77,118 @@ EtpOpt = Annotated[int, typer.Option("--etp", help="Expert tensor parallel degre
 DpOpt = Annotated[Optional[int], typer.Option("--dp", help="Data parallel degree (default: GPUs/(tp*pp*cp)).")]
 SpOpt = Annotated[Optional[bool], typer.Option(
     "--sp/--no-sp", help="Sequence parallel (default: on when tp > 1; off when emitting for DeepSpeed).")]
-ShardingOpt = Annotated[str, typer.Option("--sharding", help="none|zero1|zero2|zero3|distopt.")]
+ShardingOpt = Annotated[str, typer.Option("--sharding", help="none|zero1|zero2|zero3|distopt|hsdp (hsdp needs --shard-group).")]
+ShardGroupOpt = Annotated[int, typer.Option(
+    "--shard-group", help="With --sharding hsdp: GPUs per shard group (a divisor of dp*cp, > 1); ZeRO-3 inside a "
+    "group, replicas across groups.")]
 RecomputeOpt = Annotated[str, typer.Option("--recompute", help="none|selective|full.")]
 RecomputeLayersOpt = Annotated[int, typer.Option(
     "--recompute-layers", help="With full: layers per chunk recomputed (0 = all).")]
+RecomputeModulesOpt = Annotated[Optional[str], typer.Option(
+    "--recompute-modules", help="With --recompute selective: Megatron-Core's --recompute-modules, comma-separated "
+    "(core_attn, mlp, moe, moe_act, layernorm, mla_up_proj, shared_experts; default: Megatron's, core_attn).")]
 OffloadOpt = Annotated[float, typer.Option("--offload", help="Optimizer CPU-offload fraction in [0, 1].")]
 PipelineLayersOpt = Annotated[Optional[str], typer.Option(
     "--pipeline-layers", help="Layers per virtual stage, e.g. 7,8,...,8,7 (default: even).")]
+TpOverlapOpt = Annotated[Optional[bool], typer.Option(
+    "--tp-overlap/--no-tp-overlap", help="TP communication overlapped with the GEMMs (Megatron --tp-comm-overlap, "
+    "torchtitan async TP; needs --sp). Default: the runtime's (profiles/cost.json; off for megatron).")]
+EpOverlapOpt = Annotated[Optional[bool], typer.Option(
+    "--ep-overlap/--no-ep-overlap", help="MoE all-to-all overlapped with compute (Megatron "
+    "--overlap-moe-expert-parallel-comm; needs ep > 1, vpp > 1 under pp, no full recompute). Default: the runtime's.")]
+CpCommOpt = Annotated[Optional[str], typer.Option(
+    "--cp-comm", help="Context-parallel exchange, Megatron --cp-comm-type: p2p|all_gather|a2a|a2a+p2p (needs cp > 1). "
+    "Default: the runtime's (p2p for megatron).")]
+EpDispatcherOpt = Annotated[Optional[str], typer.Option(
+    "--ep-dispatcher", help="MoE token dispatcher, Megatron --moe-token-dispatcher-type: alltoall|flex (flex = "
+    "DeepEP/HybridEP; needs ep x etp > 1). Default: the runtime's (alltoall).")]
+PlanJsonOpt = Annotated[Optional[Path], typer.Option(
+    "--plan-json", help="Take the plan from a JSON file: `plan --json` output (its best plan), one of its "
+    "`plans` entries or an `estimate --json` object (plan and placement), or a bare plan object. Plan options "
+    "given beside it replace those fields.")]
 
 
 def _given_plan(spec, hw, job, *, tp: int, pp: int, vpp: int, cp: int, ep: int, etp: int, dp: int | None,  # type: ignore[no-untyped-def]
                 sp: bool | None, sharding: str, recompute: str, recompute_layers: int, micro_batch: int,
-                offload: float, pipeline_layers: str | None):
+                offload: float, pipeline_layers: str | None, shard_group: int = 0,
+                recompute_modules: str | None = None, tp_overlap: bool | None = None,
+                ep_overlap: bool | None = None, cp_comm: str | None = None, ep_dispatcher: str | None = None):
     """The plan of a request, defaults filled as Megatron-LM would, checked against the model and job."""
-    from configurator.specs.plan import check_plan, resolve_plan
+    from configurator.specs.plan import check_given_knobs, check_plan, resolve_plan
 
     plan, chosen = resolve_plan(hw.num_gpus, tp=tp, pp=pp, cp=cp, dp=dp, sp=sp, vpp=vpp, ep=ep, etp=etp,
-                                sharding=sharding, recompute=recompute, recompute_num_layers=recompute_layers,
+                                sharding=sharding, shard_group=shard_group, recompute=recompute,
+                                recompute_num_layers=recompute_layers,
+                                recompute_modules=parse_recompute_modules(recompute_modules),
                                 micro_batch=micro_batch, offload=offload,
-                                pipeline_layers=_parse_layers(pipeline_layers))
+                                pipeline_layers=_parse_layers(pipeline_layers), tp_overlap=tp_overlap,
+                                ep_overlap=ep_overlap, cp_comm=cp_comm, ep_dispatcher=ep_dispatcher)
     check_plan(spec, job, plan, hw.num_gpus)
+    check_given_knobs(spec, plan)
     return plan, chosen
 
+
+PLAN_OPTIONS: dict[str, str] = {
+    "tp": "tp", "pp": "pp", "vpp": "vpp", "cp": "cp", "ep": "ep", "etp": "etp", "dp": "dp", "sp": "sp",
+    "sharding": "sharding", "shard_group": "shard_group", "recompute": "recompute",
+    "recompute_layers": "recompute_num_layers", "recompute_modules": "recompute_modules",
+    "micro_batch": "micro_batch", "offload": "offload", "pipeline_layers": "pipeline_layers",
+    "tp_overlap": "tp_overlap", "ep_overlap": "ep_overlap", "cp_comm": "cp_comm", "ep_dispatcher": "ep_dispatcher",
+}
+"""Command-line parameter (estimate/explain/emit) -> the Plan field it sets."""
+
+
+def _request_plan(ctx: typer.Context, spec, hw, job, plan_json: Path | None,  # type: ignore[no-untyped-def]
+                  options: dict):
+    """(plan, chosen, placement) of an estimate/emit command: from the plan options, or with ``--plan-json``
+    from the file, the options given on the command line replacing its fields (``plan_file.py``)."""
+    if plan_json is None:
+        plan, chosen = _given_plan(spec, hw, job, **options)
+        return plan, chosen, None
+    from configurator.plan_file import check_made_for, merged_fields, placement_of, read_plan_file
+    from configurator.specs.plan import check_given_knobs, check_plan, resolve_plan
+
+    plan_file = read_plan_file(plan_json)
+    check_made_for(plan_file, plan_json, spec, hw, job)
+    given = {}
+    for name, value in options.items():
+        source = ctx.get_parameter_source(name)  # typer vendors click: compare the enum by name
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            given[PLAN_OPTIONS[name]] = (_parse_layers(value) if name == "pipeline_layers" else
+                                         parse_recompute_modules(value) if name == "recompute_modules" else value)
+    fields, notes = merged_fields(plan_file.plan, given)
+    plan, chosen = resolve_plan(hw.num_gpus, **fields)
+    check_plan(spec, job, plan, hw.num_gpus)
+    check_given_knobs(spec, plan)
+    placement = placement_of(plan_file, plan_json, hw)
+    given_text = ", ".join(f"{k}={v}" for k, v in given.items())
+    head = f"plan from {plan_json}" + (f" with {given_text} from the command line" if given else "")
+    return plan, [head, *notes, *chosen], placement
+
+
+def knob_defaults(spec, plan, runtime: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """``chosen:`` lines for the knobs the plan leaves unset where they matter (INTERFACE.md: unset keys take the
+    framework's default and are reported): the value the step model then uses, the runtime's default."""
+    from configurator.cost.constants import load_runtime_cost
+    from configurator.cost.knobs import effective_knobs
+
+    knobs = effective_knobs(plan, load_runtime_cost(runtime))
+    where = f"the {runtime} runtime's default"
+    out = []
+    if plan.tp_overlap is None and plan.tp > 1:
+        out.append(f"tp_overlap={'on' if knobs.tp_overlap else 'off'} ({where})")
+    if plan.ep_overlap is None and spec.is_moe and plan.ep > 1:
+        out.append(f"ep_overlap={'on' if knobs.ep_overlap else 'off'} ({where}, where Megatron can run it)")
+    if plan.cp_comm is None and plan.cp > 1:
+        out.append(f"cp_comm={knobs.cp_comm} ({where})")
+    if plan.ep_dispatcher is None and spec.is_moe and plan.ep * plan.etp > 1:
+        out.append(f"ep_dispatcher={knobs.ep_dispatcher} ({where})")
+    return out
+
+
+def parse_recompute_modules(text: str | None) -> tuple[str, ...]:
+    """``core_attn,mlp`` (or Megatron's space-separated ``core_attn mlp``) -> a tuple; Plan checks the names."""
+    return tuple(m for m in (text or "").replace(",", " ").split() if m)
 
 
 SEED_LIMIT = 2**32

@@ -54,6 +54,7 @@ from configurator.service.workers import (
     WorkerPool,
 )
 from configurator.margin import parse_margin
+from configurator.specs.plan import CP_COMMS, EP_DISPATCHERS, RECOMPUTE_MODULES
 
 MAX_BODY_BYTES = 1_000_000
 MAX_TIME_BUDGET_S = 60.0
@@ -116,10 +117,22 @@ class EstimateRequest(_JobFields):
     etp: int = Field(default=1, ge=1, le=MAX_DEGREE)
     dp: Optional[int] = Field(default=None, ge=1, le=MAX_GPUS)
     sp: Optional[bool] = None
-    sharding: Literal["none", "zero1", "zero2", "zero3", "distopt"] = "distopt"
+    sharding: Literal["none", "zero1", "zero2", "zero3", "distopt", "hsdp"] = "distopt"
+    shard_group: int = Field(default=0, ge=0, le=MAX_GPUS, description="With sharding hsdp: GPUs per shard group.")
     recompute: Literal["none", "selective", "full"] = "none"
     recompute_layers: int = Field(default=0, ge=0, le=MAX_RECOMPUTE_LAYERS)
+    recompute_modules: list[Literal[RECOMPUTE_MODULES]] = Field(  # type: ignore[valid-type]
+        default_factory=list, max_length=len(RECOMPUTE_MODULES), description=(
+            "With recompute selective: Megatron-Core's --recompute-modules; empty = Megatron's default (core_attn)."))
     offload: float = Field(default=0.0, ge=0.0, le=1.0, **_FINITE)
+    tp_overlap: Optional[bool] = Field(default=None, description="TP communication/GEMM overlap; null = the "
+                                       "runtime's default.")
+    ep_overlap: Optional[bool] = Field(default=None, description="MoE all-to-all overlap; null = the runtime's "
+                                       "default.")
+    cp_comm: Optional[Literal[CP_COMMS]] = Field(  # type: ignore[valid-type]
+        default=None, description="Context-parallel exchange (Megatron --cp-comm-type); null = the runtime's default.")
+    ep_dispatcher: Optional[Literal[EP_DISPATCHERS]] = Field(  # type: ignore[valid-type]
+        default=None, description="MoE token dispatcher (alltoall | flex); null = the runtime's default.")
     runtime: str = Field(default="megatron", max_length=40)
 
 
@@ -415,7 +428,7 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
         from configurator.memory import estimate_memory
         from configurator.render import estimate_dict
         from configurator.specs.job import JobSpec
-        from configurator.specs.plan import check_plan, resolve_plan
+        from configurator.specs.plan import check_given_knobs, check_plan, resolve_plan
 
         spec = _check_model(req.model)
         _, profile = profile_for(req.cluster, req.cluster_version)
@@ -424,8 +437,11 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
         plan, chosen = resolve_plan(hw.num_gpus, tp=req.tp, pp=req.pp, cp=req.cp, dp=req.dp, sp=req.sp, vpp=req.vpp,
                                     ep=req.ep, etp=req.etp, sharding=req.sharding, recompute=req.recompute,
                                     recompute_num_layers=req.recompute_layers, micro_batch=req.micro_batch,
-                                    offload=req.offload)
+                                    offload=req.offload, shard_group=req.shard_group,
+                                    recompute_modules=tuple(req.recompute_modules), tp_overlap=req.tp_overlap,
+                                    ep_overlap=req.ep_overlap, cp_comm=req.cp_comm, ep_dispatcher=req.ep_dispatcher)
         check_plan(spec, job, plan, hw.num_gpus)
+        check_given_knobs(spec, plan)
         microbatches = req.global_batch // max(1, req.micro_batch * plan.dp)
         if microbatches > MAX_ESTIMATE_MICROBATCHES:
             raise InputError("global_batch", req.global_batch,

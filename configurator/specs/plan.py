@@ -350,6 +350,19 @@ def check_plan(model: ModelSpec, job: JobSpec, plan: Plan, num_gpus: int | None 
         raise InputError("plan", plan.describe(), reasons[0])
 
 
+def check_given_knobs(spec: ModelSpec, plan: Plan) -> None:
+    """The knob rules a hand-written plan can break and the search never does (``plan_violations`` leaves them
+    to the runtime because imported published runs state knobs as they ran): Megatron asserts sequence
+    parallelism under --tp-comm-overlap (arguments.py: "Tensor parallel communication/GEMM overlap can
+    happen only when sequence parallelism is enabled", and it turns SP off at tp=1), and a dense model has
+    no token dispatcher to choose."""
+    if plan.tp_overlap and not plan.sp:
+        raise InputError("tp_overlap", "on", "needs sequence parallelism (sp, which needs tp > 1); Megatron "
+                         "asserts it")
+    if plan.ep_dispatcher is not None and not spec.is_moe:
+        raise InputError("ep_dispatcher", plan.ep_dispatcher, f"{spec.name} is not an MoE model")
+
+
 def resolve_plan(num_gpus: int, *, tp: int = 1, pp: int = 1, cp: int = 1, dp: int | None = None,
                  sp: bool | None = None, **rest: object) -> tuple[Plan, list[str]]:
     """Fill unspecified choices as Megatron-LM would, returning the plan and what was chosen.
