@@ -169,6 +169,33 @@ def _every_kind(root: Path) -> tuple[list[str], dict]:
     return specs, requests
 
 
+# The same knobs given to `configurator emit` as options (tests/test_cli_knobs.py runs the scripts; here Megatron's
+# parser reads each flag back). name -> the command's job and plan options.
+_H100_16 = ["--cluster", "dgx-h100", "--num-gpus", "16", "--seq-len", "4096"]
+CLI_CASES = {
+    "cli-tp-overlap-modules-a2a-p2p": ["--model", "llama3-70b", *_H100_16, "--global-batch", "64", "--tp", "4",
+                                       "--cp", "2", "--pp", "2", "--tp-overlap", "--cp-comm", "a2a+p2p",
+                                       "--recompute", "selective", "--recompute-modules", "core_attn,mlp"],
+    "cli-flex-ep-overlap": ["--model", "qwen3-30b-a3b", *_H100_16, "--global-batch", "256", "--ep", "16",
+                            "--ep-dispatcher", "flex", "--ep-overlap"],
+    "cli-hsdp-no-overlap": ["--model", "qwen3-30b-a3b", *_H100_16, "--global-batch", "256", "--ep", "8",
+                            "--sharding", "hsdp", "--shard-group", "8", "--no-ep-overlap", "--ep-dispatcher", "alltoall"],
+}
+
+
+def _cli_options(root: Path) -> tuple[list[str], None]:
+    from typer.testing import CliRunner
+
+    from configurator.cli import app
+
+    specs = []
+    for name, args in CLI_CASES.items():
+        result = CliRunner().invoke(app, ["emit", *args, "--framework", "megatron", "--out", str(root / name)])
+        assert result.exit_code == 0, (name, result.output)
+        specs.append(f"{launched(root / name, root)}:hopper")
+    return specs, None
+
+
 def _every_preset(root: Path) -> tuple[list[str], dict]:
     specs, models = [], {}
     for preset in model_names():
@@ -226,7 +253,8 @@ def megatron_runs(validators, tmp_path_factory) -> dict[str, tuple[list[dict], o
     process (``test_megatron_rejects_a_broken_plan``): after the others, the checker's process state let a
     broken one through."""
     groups = {name: prepare(tmp_path_factory.mktemp(name)) for name, prepare in
-              (("kinds", _every_kind), ("presets", _every_preset), ("bench", _bench_plans))}
+              (("kinds", _every_kind), ("presets", _every_preset), ("bench", _bench_plans),
+               ("cli", _cli_options))}
     results = run_megatron([spec for specs, _ in groups.values() for spec in specs])
     out, i = {}, 0
     for name, (specs, extra) in groups.items():
@@ -263,6 +291,22 @@ def test_megatron_accepts_what_the_emitted_script_launches_for_plans_of_every_ki
     assert flex["moe_token_dispatcher_type"] == "flex" and flex["moe_flex_dispatcher_backend"] == "deepep"
     assert flex["overlap_moe_expert_parallel_comm"]
     hsdp = by_name["llama3-8b-hsdp"]
+    assert hsdp["use_megatron_fsdp"] and hsdp["num_distributed_optimizer_instances"] == 2
+
+
+def test_megatron_reads_back_the_knobs_given_as_emit_options(megatron_runs) -> None:  # type: ignore[no-untyped-def]
+    results, _ = megatron_runs["cli"]
+    bad = [(r["dir"], r.get("error")) for r in results if not r["ok"]]
+    assert not bad, bad
+    by_name = {Path(r["dir"]).parent.name: r for r in results}
+    dense = by_name["cli-tp-overlap-modules-a2a-p2p"]
+    assert dense["tp_comm_overlap"] and dense["recompute_modules"] == ["core_attn", "mlp"]
+    assert dense["cp_comm_type"] == ["a2a+p2p"] and dense["hierarchical_context_parallel_sizes"] == [2, 1]
+    flex = by_name["cli-flex-ep-overlap"]
+    assert flex["moe_token_dispatcher_type"] == "flex" and flex["moe_flex_dispatcher_backend"] == "deepep"
+    assert flex["overlap_moe_expert_parallel_comm"]
+    hsdp = by_name["cli-hsdp-no-overlap"]
+    assert hsdp["moe_token_dispatcher_type"] == "alltoall" and not hsdp["overlap_moe_expert_parallel_comm"]
     assert hsdp["use_megatron_fsdp"] and hsdp["num_distributed_optimizer_instances"] == 2
 
 

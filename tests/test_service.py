@@ -90,6 +90,31 @@ def test_estimate_models_and_health(server) -> None:  # type: ignore[no-untyped-
     assert any(m["name"] == "deepseek-v3" for m in models)
 
 
+def test_estimate_takes_the_plan_knobs_and_names_a_bad_one(server) -> None:  # type: ignore[no-untyped-def]
+    """The knobs ``plan`` chooses can be estimated by hand over HTTP too (as ``estimate --tp-overlap ...``)."""
+    from configurator import JobSpec, load_cluster, load_model
+    from configurator.cost.step import estimate_step
+    from configurator.specs.plan import plan_from_dict
+
+    knobs = {"dp": 16, "ep": 8, "sharding": "hsdp", "shard_group": 8, "ep_overlap": False, "ep_dispatcher": "alltoall",
+             "micro_batch": 2}
+    body = {"model": "qwen3-30b-a3b", "cluster": "dgx-h100", "num_gpus": 16, "seq_len": 4096, "global_batch": 256,
+            **knobs}
+    answer = httpx.post(server.base + "/v1/estimate", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    plan = plan_from_dict(knobs)
+    assert plan_from_dict(answer.json()["plan"]) == plan
+    expected = estimate_step(load_model("qwen3-30b-a3b"), load_cluster("dgx-h100", num_gpus=16),
+                             JobSpec(global_batch=256, seq_len=4096), plan).step_s
+    assert answer.json()["time"]["step_s"] == pytest.approx(expected, abs=5e-7)
+    for change, status, field in (({"sharding": "distopt"}, 400, "shard_group"), ({"cp_comm": "ring"}, 422, "cp_comm"),
+                                  ({"recompute_modules": ["mlp"]}, 400, "recompute_modules"),
+                                  ({"model": "llama3-8b", "ep": 1, "sharding": "distopt", "shard_group": 0},
+                                   400, "ep_dispatcher")):
+        refused = httpx.post(server.base + "/v1/estimate", json={**body, **change}, timeout=30)
+        assert (refused.status_code, refused.json()["field"]) == (status, field), refused.text
+
+
 @pytest.mark.parametrize(("body", "status", "field"), [
     ({**PLAN, "model": "nope"}, 400, "model"),
     ({**PLAN, "model": "/etc/passwd"}, 400, "model"),

@@ -58,7 +58,13 @@ ESTIMATE_FIELDS = {**{k: v for k, v in PLAN_FIELDS.items() if k not in ("top", "
                    "sharding": st.sampled_from(["none", "zero1", "zero3", "distopt", "hsdp"]),
                    "recompute": st.sampled_from(["none", "selective", "full", "some"]),
                    "recompute_layers": DEGREE, "offload": HOSTILE,
-                   "runtime": st.sampled_from(["megatron", "deepspeed", "torchtitan", "x"])}
+                   "runtime": st.sampled_from(["megatron", "deepspeed", "torchtitan", "x"]),
+                   "shard_group": DEGREE, "tp_overlap": st.one_of(st.booleans(), HOSTILE),
+                   "ep_overlap": st.one_of(st.booleans(), HOSTILE),
+                   "cp_comm": st.one_of(st.sampled_from(["p2p", "all_gather", "a2a", "a2a+p2p", "ring"]), HOSTILE),
+                   "ep_dispatcher": st.one_of(st.sampled_from(["alltoall", "flex", "deepep"]), HOSTILE),
+                   "recompute_modules": st.one_of(st.lists(st.sampled_from(["mlp", "core_attn", "moe", "x"]),
+                                                           max_size=4), HOSTILE)}
 
 
 @pytest.fixture(scope="module")
