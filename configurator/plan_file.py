@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from configurator.errors import InputError
+from configurator.errors import InputError, shown
 from configurator.placement import Placement
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
@@ -68,6 +68,9 @@ def read_plan_file(path: Path) -> PlanFile:
     fields = data.get("plan", data)
     if not isinstance(fields, dict) or not any(k in fields for k in PLAN_FIELDS):
         raise InputError(FIELD, str(path), "holds no plan object (keys such as tp, pp, dp, sharding)")
+    for name in ("pipeline_layers", "recompute_modules"):
+        if fields.get(name) is not None and not isinstance(fields[name], list):
+            raise InputError(FIELD, str(path), f"its plan's {name} must be a list (got {shown(fields[name])})")
     try:
         plan = plan_from_dict(fields)
     except InputError as exc:
@@ -99,12 +102,11 @@ def placement_of(plan_file: PlanFile, path: Path, cluster: ClusterSpec) -> Place
     raw = plan_file.placement
     if raw is None:
         return None
-    try:
-        node_order = tuple(int(i) for i in raw.get("node_order") or range(cluster.num_nodes))
-        gpu_order = tuple(tuple(int(g) for g in order) for order in raw.get("gpu_order") or ())
-    except (TypeError, ValueError):
-        raise InputError(FIELD, str(path), "its placement's node_order/gpu_order must be lists of integers") from None
-    placement = Placement(node_order=node_order, gpu_order=gpu_order)
+    node_order = raw.get("node_order") or list(range(cluster.num_nodes))
+    gpu_order = raw.get("gpu_order") or []
+    if not (_int_list(node_order) and isinstance(gpu_order, list) and all(_int_list(o) for o in gpu_order)):
+        raise InputError(FIELD, str(path), "its placement's node_order/gpu_order must be lists of integers")
+    placement = Placement(node_order=tuple(node_order), gpu_order=tuple(tuple(o) for o in gpu_order))
     placement.check(cluster)
     return placement
 
@@ -124,6 +126,10 @@ def merged_fields(plan: Plan, given: dict[str, Any]) -> tuple[dict[str, Any], li
             notes.append(f"{name}: the file's {_shown(fields[name])} dropped (--{changed[0].replace('_', '-')} changed)")
             fields[name] = default
     return fields, notes
+
+
+def _int_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
 
 
 def _shown(value: Any) -> str:

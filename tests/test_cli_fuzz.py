@@ -47,6 +47,10 @@ def _hostile_files() -> dict[str, Path]:
     (root / "llama.json").write_text(json.dumps({
         "model_type": "llama", "num_hidden_layers": 4, "hidden_size": 512, "intermediate_size": 1024,
         "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 1000}))
+    (root / "plan.json").write_text(json.dumps({"plans": [{"plan": {
+        "tp": 2, "dp": 4, "sp": True, "pipeline_layers": {"a": 1}, "recompute_modules": 7, "tp_overlap": "yes",
+        "cp_comm": ["a2a"], "shard_group": -1}, "placement": {"node_order": True, "gpu_order": [[0.5]]},
+        "model": {"name": 3}}]}))
     if hasattr(os, "mkfifo"):
         os.mkfifo(root / "fifo.json")
     files = {p.name: p for p in root.iterdir()}
@@ -74,9 +78,13 @@ CHOICE = {"--precision": ["bf16", "BF16", "Fp8", "fp4", "fp16", "int8"],
           "--sharding": ["none", "zero1", "zero2", "zero3", "distopt", "hsdp", "ZeRO1"],
           "--recompute": ["none", "selective", "full", "FULL", "all"],
           "--runtime": ["megatron", "deepspeed", "fsdp", "nemo", "torch"],
-          "--pipeline-layers": ["1,1", "7,8,8,7", "a,b", "-1,33", "", "1" + ",1" * 2000]}
+          "--pipeline-layers": ["1,1", "7,8,8,7", "a,b", "-1,33", "", "1" + ",1" * 2000],
+          "--cp-comm": ["p2p", "all_gather", "a2a", "a2a+p2p", "ring", "A2A"],
+          "--ep-dispatcher": ["alltoall", "flex", "deepep", "FLEX"],
+          "--recompute-modules": ["core_attn", "mlp,moe", "mlp mlp", "x", ",", "mlp," * 500]}
 INT_OPTIONS = ["--num-gpus", "--nodes", "--seq-len", "--global-batch", "--micro-batch", "--tp", "--pp", "--vpp",
-               "--cp", "--ep", "--etp", "--dp", "--recompute-layers"]
+               "--cp", "--ep", "--etp", "--dp", "--recompute-layers", "--shard-group"]
+SWITCHES = ["--tp-overlap", "--no-tp-overlap", "--ep-overlap", "--no-ep-overlap"]
 
 
 SECONDS_PER_RUN = 60
@@ -133,6 +141,9 @@ def given_plan_args(draw, command: str) -> list[str]:  # type: ignore[no-untyped
         args += ["--offload", draw(NUMBERS)]
     if draw(st.booleans()):
         args += ["--calibration", draw(paths())]
+    args += draw(st.lists(st.sampled_from(SWITCHES), max_size=2))
+    if draw(st.booleans()):
+        args += ["--plan-json", draw(paths())]
     return args
 
 

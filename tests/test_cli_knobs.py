@@ -234,7 +234,7 @@ def test_a_bad_plan_json_is_one_error_naming_it(tmp_path) -> None:  # type: igno
         "empty-search.json": ({"plans": [], "search": {}}, "plan_json", "plans\" list is empty"),
         "not-a-plan.json": ({"hello": 1}, "plan_json", "holds no plan object"),
         "bad-degree.json": ({"plan": {"tp": "two"}}, "plan_json", "tp='two'"),
-        "bad-layers.json": ({"plan": {"tp": 1, "pipeline_layers": 5}}, "plan_json", "not valid"),
+        "bad-layers.json": ({"plan": {"tp": 1, "pipeline_layers": 5}}, "plan_json", "pipeline_layers must be a list"),
         "other-batch.json": ({"plan": {**good["plan"], "global_batch": 128}}, "plan_json", "global_batch=128"),
         "other-model.json": ({**good, "model": {"name": "llama3-70b"}}, "plan_json", "model='llama3-70b'"),
         "bad-placement.json": ({**good, "placement": {"node_order": [3]}}, "placement.node_order", "permutation"),
