@@ -115,7 +115,7 @@ def test_emit_from_the_plan_json_writes_the_files_plan_emit_wrote(searched, tmp_
     result = CliRunner().invoke(app, ["emit", *LLAMA, "--plan-json", str(path), "--framework", "megatron",
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
-    for name in ("megatron_args.txt", "launch_megatron.sh", "placement.txt"):
+    for name in ("megatron_args.txt", "launch_megatron.sh", "launch_megatron.sbatch", "placement.txt"):
         assert (out / name).read_text() == (emitted / name).read_text(), name
 
 
