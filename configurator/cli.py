@@ -355,7 +355,7 @@ def estimate(
     if svg is not None:
         from configurator.explain import svg as draw, timeline
 
-        picture = draw(timeline(spec, hw, job, plan, constants, runtime=runtime), memory,
+        picture = draw(timeline(spec, hw, job, plan, constants, placement, runtime=runtime), memory,
                        title=f"{spec.name} on {hw.num_gpus} x {hw.gpu.key}: {plan.describe()}", band=band)
         from configurator.emit.files import write_file_atomic
 
@@ -364,6 +364,8 @@ def estimate(
         except OSError as exc:
             raise EnvironmentProblem("svg", str(svg), f"cannot write ({exc.strerror})") from None
     result = estimate_dict(spec, hw, job, plan, memory, chosen, step)
+    if placement is not None:  # from --plan-json: kept in the JSON, so the output can be read back in turn
+        result["placement"] = placement.as_dict(hw)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -373,6 +375,9 @@ def estimate(
     console.print(gpu_line(hw))
     for note in chosen:
         console.print(f"  chosen: {note}")
+    if placement is not None:
+        console.print(f"  placement: node order {list(placement.node_order)}"
+                      + (", GPU order per node from the file" if placement.gpu_order else ""))
     console.print(memory_table(memory))
     verdict = "[green]fits[/green]" if memory.fits else f"[red]does not fit[/red]: {memory.reason()}"
     console.print(f"peak {memory.peak_bytes / GIB:.1f} GiB of {memory.capacity_bytes / GIB:.1f} GiB "

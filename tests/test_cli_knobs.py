@@ -164,6 +164,10 @@ def test_the_placement_in_a_plan_json_reaches_the_estimate_and_the_launch_files(
     expected = files_for(EmitRequest(model=model, cluster=cluster, job=job, plan=plan_from_dict(fields),
                                      placement=Placement(node_order=(1, 0)), hosts=("gpu-a", "gpu-b")), "megatron")
     assert (out / "placement.txt").read_text() == expected["placement.txt"]
+    estimated = cli_json("estimate", *QWEN_2_NODES, "--plan-json", str(tmp_path / "p.json"))
+    assert estimated["placement"]["node_order"] == [1, 0]  # kept, so this output reads back in turn
+    assert estimated["time"]["step_s"] == pytest.approx(
+        estimate_step(model, cluster, job, plan_from_dict(fields), Placement(node_order=(1, 0))).step_s, abs=5e-7)
     proc, launches = run_script(out / "launch_megatron.sh", "0", root=tmp_path)
     assert proc.returncode == 0, proc.stderr
     argv = launches[0].argv
