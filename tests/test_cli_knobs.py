@@ -100,8 +100,8 @@ def test_the_searched_plan_read_back_or_typed_as_options_gives_the_searchs_step_
     best = answer["plans"][0]
     from_file = cli_json("estimate", *LLAMA, "--plan-json", str(path))
     typed = cli_json("estimate", *LLAMA, *options_of(best["plan"]))
-    second = tmp = path.with_name("second.json")
-    tmp.write_text(json.dumps(answer["plans"][1]))  # one `plans` entry (jq '.plans[1]')
+    second = path.with_name("second.json")
+    second.write_text(json.dumps(answer["plans"][1]))  # one `plans` entry (jq '.plans[1]')
     assert from_file["plan"] == typed["plan"] == best["plan"]
     assert from_file["time"]["step_s"] == typed["time"]["step_s"] == best["time"]["step_s"]
     assert cli_json("estimate", *LLAMA, "--plan-json", str(second))["time"]["step_s"] == \
