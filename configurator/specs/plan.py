@@ -351,11 +351,12 @@ def check_plan(model: ModelSpec, job: JobSpec, plan: Plan, num_gpus: int | None 
 
 
 def check_given_knobs(spec: ModelSpec, plan: Plan) -> None:
-    """The knob rules a hand-written plan can break and the search never does (``plan_violations`` leaves them
-    to the runtime because imported published runs state knobs as they ran): Megatron asserts sequence
-    parallelism under --tp-comm-overlap (arguments.py: "Tensor parallel communication/GEMM overlap can
-    happen only when sequence parallelism is enabled", and it turns SP off at tp=1), and a dense model has
-    no token dispatcher to choose."""
+    """The knob rules a plan typed by hand (``estimate``/``emit`` options, ``--plan-json``, ``POST /v1/estimate``)
+    can break and the search never does. For plans built in code they stay warnings (``cost.knobs.
+    megatron_warnings``; the step model then ignores TP overlap at tp=1); a user asking for them gets one
+    line instead: Megatron asserts sequence parallelism under --tp-comm-overlap (arguments.py: "Tensor
+    parallel communication/GEMM overlap can happen only when sequence parallelism is enabled", after
+    turning SP off at tp=1), and a dense model has no token dispatcher to choose."""
     if plan.tp_overlap and not plan.sp:
         raise InputError("tp_overlap", "on", "needs sequence parallelism (sp, which needs tp > 1); Megatron "
                          "asserts it")
