@@ -467,6 +467,8 @@ def emit_files(
         recompute=recompute, recompute_layers=recompute_layers, recompute_modules=recompute_modules,
         micro_batch=micro_batch, offload=offload, pipeline_layers=pipeline_layers, tp_overlap=tp_overlap,
         ep_overlap=ep_overlap, cp_comm=cp_comm, ep_dispatcher=ep_dispatcher))
+    if framework in FRAMEWORK_RUNTIME:  # what an unset knob becomes in these files: the framework's default
+        chosen += knob_defaults(spec, plan, FRAMEWORK_RUNTIME[framework])
     notes: list[str] = []
     written = write_files(EmitRequest(model=spec, cluster=hw, job=job, plan=plan, placement=placement,
                                        hosts=host_names), framework, out,
