@@ -24,7 +24,7 @@ from configurator.cli_options import (CalibrationOpt, ClusterOpt, CpOpt, DpOpt, 
                                       PpOpt, PrecisionOpt, RecomputeLayersOpt, RecomputeOpt, SeqLenOpt, ShardingOpt,
                                       SpOpt, TpOpt, VppOpt, _constants, _job, check_database_url,
                                       check_seed, console, CpCommOpt, EpDispatcherOpt, EpOverlapOpt, PlanJsonOpt,
-                                      RecomputeModulesOpt, ShardGroupOpt, TpOverlapOpt, _request_plan, knob_defaults)
+                                      RecomputeModulesOpt, ShardGroupOpt, TpOverlapOpt, _request_plan)
 from configurator.cli_bands import register as register_bands
 from configurator.cli_tools import register as register_tools
 from configurator.cost.step import estimate_step
@@ -32,7 +32,7 @@ from configurator.errors import EnvironmentProblem, InputError
 from configurator.gpu_figures import gpu_figures, gpu_line
 from configurator.memory import RUNTIMES, estimate_memory
 from configurator.profiles import GIB, cluster_names, load_cluster, load_model, model_names, model_published
-from configurator.render import band_text, estimate_dict, memory_table, print_best_band, step_table
+from configurator.render import band_text, estimate_dict, knob_defaults, memory_table, print_best_band, step_table
 from configurator.search.space import FRAMEWORK_RUNTIME
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

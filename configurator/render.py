@@ -34,6 +34,26 @@ def plan_dict(plan: Plan, job: JobSpec) -> dict[str, Any]:
     }
 
 
+def knob_defaults(spec: ModelSpec, plan: Plan, runtime: str) -> list[str]:
+    """``chosen:`` lines for the knobs the plan leaves unset where they matter (INTERFACE.md: unset keys take the
+    framework's default and are reported): the value the step model then uses, the runtime's default."""
+    from configurator.cost.constants import load_runtime_cost
+    from configurator.cost.knobs import effective_knobs
+
+    knobs = effective_knobs(plan, load_runtime_cost(runtime))
+    where = f"the {runtime} runtime's default"
+    out = []
+    if plan.tp_overlap is None and plan.tp > 1:
+        out.append(f"tp_overlap={'on' if knobs.tp_overlap else 'off'} ({where})")
+    if plan.ep_overlap is None and spec.is_moe and plan.ep > 1:
+        out.append(f"ep_overlap={'on' if knobs.ep_overlap else 'off'} ({where}, where Megatron can run it)")
+    if plan.cp_comm is None and plan.cp > 1:
+        out.append(f"cp_comm={knobs.cp_comm} ({where})")
+    if plan.ep_dispatcher is None and spec.is_moe and plan.ep * plan.etp > 1:
+        out.append(f"ep_dispatcher={knobs.ep_dispatcher} ({where})")
+    return out
+
+
 def estimate_dict(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan, memory: MemoryReport,
                   chosen: list[str], step: StepReport | None = None) -> dict[str, Any]:
     out = {

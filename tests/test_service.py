@@ -86,6 +86,7 @@ def test_plan_job_runs_and_identical_requests_come_from_the_store(server) -> Non
 def test_estimate_models_and_health(server) -> None:  # type: ignore[no-untyped-def]
     est = httpx.post(server.base + "/v1/estimate", json={**PLAN, "tp": 2, "pp": 2}, timeout=30).json()
     assert est["plan"]["dp"] == 4 and est["time"]["step_s"] > 0 and est["fits"]
+    assert "tp_overlap=off (the megatron runtime's default)" in est["chosen"]  # an unset knob, reported
     models = httpx.get(server.base + "/v1/models", timeout=30).json()
     assert any(m["name"] == "deepseek-v3" for m in models)
 

@@ -426,7 +426,7 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
     def estimate(req: EstimateRequest) -> dict[str, Any]:
         from configurator.cost.step import estimate_step
         from configurator.memory import estimate_memory
-        from configurator.render import estimate_dict
+        from configurator.render import estimate_dict, knob_defaults
         from configurator.specs.job import JobSpec
         from configurator.specs.plan import check_given_knobs, check_plan, resolve_plan
 
@@ -449,7 +449,7 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
                              f"an estimate simulates at most {MAX_ESTIMATE_MICROBATCHES}: raise micro_batch or dp")
         memory = estimate_memory(spec, hw, job, plan, runtime=req.runtime)
         step = estimate_step(spec, hw, job, plan, runtime=req.runtime)
-        return estimate_dict(spec, hw, job, plan, memory, chosen, step)
+        return estimate_dict(spec, hw, job, plan, memory, chosen + knob_defaults(spec, plan, req.runtime), step)
 
     @app.post("/v1/clusters", status_code=201, responses={409: {"description": "a preset's name"}})
     def register_cluster(reg: ClusterRegistration) -> JSONResponse:
