@@ -219,7 +219,8 @@ class RuntimeCost:
     beside computation."""
     p2p_split_over_tp: bool
     """Without sequence parallelism, each TP rank sends 1/tp of the activation (Megatron's
-    scatter/gather optimisation); otherwise every TP rank sends all of it."""
+    scatter/gather optimisation; DeepSpeed's pipeline engine partitions the activation and its gradient
+    over the TP ranks); otherwise every TP rank sends all of it."""
     grad_accum_bytes_per_param: int
     """Memory traffic per parameter and micro-batch to accumulate gradients outside the GEMMs (0 where
     the wgrad GEMM accumulates into the fp32 buffer itself)."""
