@@ -225,6 +225,25 @@ def test_one_rank_per_node_gathers_take_nccl_pat_when_it_is_faster_than_the_ring
     assert math.isclose(comm.allreduce_s("dp_cp", 1e6), 2 * 127 / 128 * 1e6 / 40e9 + 2 * 14 * 5e-6, rel_tol=1e-9)
 
 
+def test_dgx_cloud_nemotron_340b_rows_run_the_launch_scripts_twelve_virtual_stages() -> None:
+    # v25.04.01's README table says VP "NA" for Nemotron-4 340B; its launch.sh runs it with -vp 12.
+    from pathlib import Path
+
+    import pytest
+
+    from configurator.runs import read_runs, recipe_vpp
+
+    assert recipe_vpp("NVIDIA DGX Cloud Benchmarking recipe (nemotron)", "Nemotron4 340b") == 12
+    assert recipe_vpp("NVIDIA DGX Cloud Benchmarking recipe (nemotron)", "Nemotron4 15b") is None
+    assert recipe_vpp("Megatron-Bridge performance summary", "Nemotron4 340b") is None
+    runs = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "published_runs.csv"
+    if not runs.exists():
+        pytest.skip("shared/data/published_runs.csv not present")
+    cases = {c.run_id: c for c in read_runs(runs)}
+    assert [cases[r].plan.vpp for r in ("r204", "r205", "r208", "r209")] == [12, 12, 12, 12]
+    assert cases["r013"].plan.vpp == 3  # a stated count elsewhere is kept
+
+
 def test_megatron_buckets_fill_backwards_and_the_embedding_closes_the_last() -> None:
     # Llama-3-8B, TP1 PP1, dp 1024: buckets of max(40M, 1M x 1024) = 1.024e9 parameters, filled from the LM head
     # (128256 x 4096 + the final norm's 4096 = 525.34M) backwards over layers of 218.112M each.
