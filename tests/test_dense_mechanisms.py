@@ -214,6 +214,12 @@ def test_one_rank_per_node_gathers_take_nccl_pat_when_it_is_faster_than_the_ring
     # 1 MB (an FSDP layer shard): ring 24.8 + 635 = 659.8 us; PAT 33.3 + 138 = 171.3 us.
     assert math.isclose(comm.allgather_s("dp_cp", 1e6), 1e6 / 30e9 + 138e-6, rel_tol=1e-9)
     assert math.isclose(comm.reduce_scatter_s("dp_cp", 1e6), 1e6 / 30e9 + 138e-6, rel_tol=1e-9)
+    # FSDP2 divides in the collective (ReduceOp.AVG), which NCCL never runs as PAT: the ring's 659.8 us.
+    assert math.isclose(comm.reduce_scatter_s("dp_cp", 1e6, average=True), 127 / 128 * 1e6 / 40e9 + 127 * 5e-6,
+                        rel_tol=1e-9)
+    from configurator.cost.constants import load_runtime_cost
+
+    assert load_runtime_cost("fsdp").reduce_scatter_avg and not load_runtime_cost("megatron").reduce_scatter_avg
     # 4 GB (a Megatron bucket at this DP): ring 99.22 + 0.64 = 99.86 ms beats PAT's 133.47 ms.
     assert math.isclose(comm.allgather_s("dp_cp", 4e9), 127 / 128 * 4e9 / 40e9 + 127 * 5e-6, rel_tol=1e-9)
     # Two ranks per node (TP 4): NCCL does not enable PAT; the hierarchical ring as before.

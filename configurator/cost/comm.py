@@ -238,8 +238,9 @@ class CommModel:
         return shapes
 
     # ----- collectives ----------------------------------------------------------------------
-    def _allreduce_one(self, s: GroupShape, num_bytes: float, factor: float) -> float:
-        """``factor`` = 2 for all-reduce, 1 for all-gather / reduce-scatter."""
+    def _allreduce_one(self, s: GroupShape, num_bytes: float, factor: float, pat: bool = True) -> float:
+        """``factor`` = 2 for all-reduce, 1 for all-gather / reduce-scatter; ``pat``: NCCL may run the latter
+        as PAT (one rank per node; not for a reduce-scatter that divides in the collective)."""
         if s.size == 1 or num_bytes <= 0:
             return 0.0
         g, d = s.per_domain, s.domains
@@ -252,7 +253,7 @@ class CommModel:
             return t + 2 * (g - 1) * self.nv_lat + 2 * steps * s.inter_latency_s
         # All-gather / reduce-scatter run as NCCL's ring: n - 1 steps, of which D - 1 cross domains.
         ring = t + d * (g - 1) * self.nv_lat + (d - 1) * s.inter_latency_s
-        if g == 1 and d > 1:
+        if pat and g == 1 and d > 1:
             # One rank per node (a DP group under TP 8): NCCL >= 2.23 may take PAT instead, whichever its
             # tuning model predicts faster (module docstring).
             return min(ring, self._pat_s(d, num_bytes, s))
@@ -275,7 +276,12 @@ class CommModel:
         """All-gather (or reduce-scatter) whose gathered buffer is ``num_bytes`` per rank."""
         return max((self._allreduce_one(s, num_bytes, 1.0) for s in self.shapes(kind)), default=0.0)
 
-    reduce_scatter_s = allgather_s
+    def reduce_scatter_s(self, kind: str, num_bytes: float, average: bool = False) -> float:
+        """Reduce-scatter of a ``num_bytes`` buffer per rank. ``average``: the collective divides
+        (``ReduceOp.AVG`` / ``PREMUL_SUM``, NCCL's PreMulSum/SumPostDiv: FSDP2's bf16/fp32 gradients), which
+        NCCL never runs as PAT (enqueue.cc skips PAT for those ops), so only the ring is taken."""
+        return max((self._allreduce_one(s, num_bytes, 1.0, pat=not average) for s in self.shapes(kind)),
+                   default=0.0)
 
     def alltoall_s(self, kind: str, num_bytes: float, scale_out_share: float | None = None) -> float:
         """All-to-all where every rank sends ``num_bytes`` in total (its share to itself included).
@@ -322,10 +328,11 @@ class CommModel:
             return 0.0
         return num_bytes * (ranks - 1) / ranks / (self.nv_raw * self.eff.alltoall) + (ranks - 1) * self.nv_lat
 
-    def subgroup_allgather_s(self, kind: str, num_bytes: float, size: int, outer: bool) -> float:
+    def subgroup_allgather_s(self, kind: str, num_bytes: float, size: int, outer: bool, pat: bool = True) -> float:
         """All-gather over part of a ``kind`` group: with ``outer=False`` its ``size`` consecutive
         ranks (an HSDP shard group), with ``outer=True`` the ``n/size`` ranks one per such block (the
-        replica group). Domains are filled as the whole group fills them."""
+        replica group). Domains are filled as the whole group fills them. ``pat=False``: a reduce-scatter
+        that divides in the collective, or half of an all-reduce (neither runs as PAT)."""
         worst = 0.0
         for s in self.shapes(kind):
             n = s.size
@@ -344,7 +351,7 @@ class CommModel:
             sub = GroupShape(size=members, per_domain=per_dom, domains=domains,
                              ring_bw_Bps=s.ring_bw_Bps, pair_bw_Bps=s.pair_bw_Bps,
                              inter_latency_s=s.inter_latency_s if domains > 1 else 0.0)
-            worst = max(worst, self._allreduce_one(sub, num_bytes, 1.0))
+            worst = max(worst, self._allreduce_one(sub, num_bytes, 1.0, pat=pat))
         return worst
 
     def _default_p2p(self, stage: int) -> tuple[bool, list[tuple[float, float]]]:

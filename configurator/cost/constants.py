@@ -231,6 +231,9 @@ class RuntimeCost:
     """Context-parallel exchange when the plan does not choose one: 'p2p' (Megatron's ring),
     'all_gather' (torchtitan's default rotate method, Llama 3), 'a2a' or 'a2a+p2p'."""
     source: str
+    reduce_scatter_avg: bool = False
+    """Gradients are reduce-scattered with a dividing op (``ReduceOp.AVG`` / ``PREMUL_SUM``: PyTorch FSDP2's
+    ``_get_gradient_divide_factors`` for bf16/fp32), which NCCL does not run as PAT (cost/comm.py)."""
     ddp_buckets: bool = False
     """Megatron-Core's DDP: gradients are reduced (and parameters gathered) in buckets of
     ``max(40M, 1M x dp)`` parameters (``DDP_BUCKET_MIN_PARAMS``) as the backward makes them ready, so the
