@@ -75,8 +75,10 @@ BOUND_REASONS: dict[str, str] = {
     "memory.hbm": "upper bound: the counted memory-bound traffic is an upper bound (Transformer Engine fuses norms, "
                   "casts, bias-activation and permutes into fewer passes than counted), so the fit takes the "
                   "achievable streaming bandwidth.",
-    "link.scale_out": "upper bound: the rows want faster inter-node collectives than a flat ring gives (in-network "
-                      "reduction - SHARP/NVLS - and NCCL's tree/PAT algorithms are not modelled).",
+    "link.scale_out": "upper bound: held there by the Megatron-Core MoE rows (session 7: at 0.85 instead of 0.97 "
+                      "their summed squared log error grows 0.165 -> 0.246, while BigScience's falls 0.089 -> "
+                      "0.080 and the rest barely move); in-network reduction (SHARP/NVLS) is not modelled, and "
+                      "NCCL's PAT only for all-gather/reduce-scatter with one rank per node.",
     "link.alltoall": "upper bound: the all-to-all's own efficiency (achieved / nominal, on NVLink and the NIC) at "
                      "DeepEP's measured ~0.95 of NVLink; the dispatcher is known only where a row's notes or its "
                      "Megatron-Bridge recipe say it (runs.py; the runs CSV has no dispatcher column) and CUDA-graphed "

@@ -276,6 +276,16 @@ def recipe_dispatcher(source: str, model_name: str, system: str) -> str | None:
     return None
 
 
+def recipe_vpp(source: str, model_name: str) -> int | None:
+    """Virtual pipeline stages a DGX Cloud Benchmarking row ran with where the README table it was read from
+    says otherwise: the v25.04.01 nemotron recipe's table gives Nemotron-4 340B's VP as "NA" (read as vpp 1),
+    but its launch.sh sets ``VP=12`` for 340b and passes ``-vp $VP`` (later releases' tables list VP 12 for
+    the same TP8 PP8 MBS1 configs). None for every other row."""
+    if "dgx cloud" in source.lower() and re.sub(r"[^a-z0-9]", "", model_name.lower()) == "nemotron4340b":
+        return 12
+    return None
+
+
 def uses_bf16_optimizer(source: str, notes: str) -> bool:
     """DeepSpeed's BF16_Optimizer (fp32 gradient accumulator): the final BLOOM-176B setup - the tr11
     production README, and topology rows whose notes say they ran it."""
@@ -369,6 +379,10 @@ def case_from_row(row: dict[str, str]) -> RunCase:
             mb, why = unknown_micro_batch(runtime, gbs, dp, pp)
             notes.append(why)
         vpp = _int(row, "vpp")
+        launched = recipe_vpp(source, _cell(row, "model"))
+        if launched is not None and launched != vpp:
+            notes.append(f"vpp={launched} (the recipe's launch script; the CSV says {vpp})")
+            vpp = launched
         if vpp is None:
             vpp = unknown_vpp(model.num_layers, pp) if pp > 1 else 1
             if pp > 1:
@@ -392,5 +406,5 @@ def case_from_row(row: dict[str, str]) -> RunCase:
 
 
 __all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "read_runs",
-           "recipe_dispatcher", "runs_eager", "runtime_for_source", "unknown_micro_batch", "unknown_vpp",
+           "recipe_dispatcher", "recipe_vpp", "runs_eager", "runtime_for_source", "unknown_micro_batch", "unknown_vpp",
            "uses_bf16_optimizer"]

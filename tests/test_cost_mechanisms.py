@@ -284,6 +284,19 @@ def test_deepspeed_accumulates_each_microbatchs_gradients_in_fp32_outside_the_ge
     assert math.isclose(with_hook.term("compute") - fused.term("compute"), expect, rel_tol=1e-6)
 
 
+def test_deepspeed_pipeline_sends_one_tp_partition_of_the_activation_per_rank() -> None:
+    # DeepSpeed's pipeline engine partitions the activation (and its gradient) over the TP ranks before
+    # the send (is_pipe_partitioned = is_model_parallel): Llama-3-70B, mb 2 x 2048 tokens x 8192 x 2 B
+    # = 67,108,864 B per activation, 8,388,608 B per TP8 rank; a TP1 rank sends all of it.
+    cluster = load_cluster("dgx-a100", num_gpus=16)
+    job = JobSpec(global_batch=64, seq_len=2048)
+    tp8 = prepare(LLAMA70B, cluster, job, Plan(tp=8, pp=2, micro_batch=2), runtime="deepspeed")
+    assert tp8.p2p_bytes == 8_388_608
+    tp1 = prepare(LLAMA70B, load_cluster("dgx-a100", num_gpus=2), job, Plan(tp=1, pp=2, micro_batch=2),
+                  runtime="deepspeed")
+    assert tp1.p2p_bytes == 67_108_864
+
+
 def test_deepspeed_zero1_all_reduces_the_full_gradients() -> None:
     from configurator.cost.step import evaluate
 

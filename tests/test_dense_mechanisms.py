@@ -203,6 +203,53 @@ def test_all_gather_latency_is_the_rings_and_all_reduce_keeps_the_tree() -> None
                         rel_tol=1e-12)
 
 
+def test_one_rank_per_node_gathers_take_nccl_pat_when_it_is_faster_than_the_ring() -> None:
+    # DP 128 under TP 8 on 1,024 DGX-H100 GPUs: one rank per node, 50 GB/s x 0.8 = 40 GB/s, 5 us per network step.
+    # Ring: 127/128 S / 40e9 + 127 x 5 us. PAT (NCCL >= 2.23): S / (0.75 x 40e9) + (log2(128) / 3.5 + 0.2 x 128) x 5 us
+    # = S / 30e9 + 27.6 x 5 us = S / 30e9 + 138 us.
+    from configurator.cost.comm import CommModel, LinkEfficiency
+
+    cluster = load_cluster("dgx-h100", num_gpus=1024)
+    comm = CommModel(cluster, Plan(tp=8, dp=128), None, LinkEfficiency(nvlink=1.0, scale_out=0.8))
+    # 1 MB (an FSDP layer shard): ring 24.8 + 635 = 659.8 us; PAT 33.3 + 138 = 171.3 us.
+    assert math.isclose(comm.allgather_s("dp_cp", 1e6), 1e6 / 30e9 + 138e-6, rel_tol=1e-9)
+    assert math.isclose(comm.reduce_scatter_s("dp_cp", 1e6), 1e6 / 30e9 + 138e-6, rel_tol=1e-9)
+    # FSDP2 divides in the collective (ReduceOp.AVG), which NCCL never runs as PAT: the ring's 659.8 us.
+    assert math.isclose(comm.reduce_scatter_s("dp_cp", 1e6, average=True), 127 / 128 * 1e6 / 40e9 + 127 * 5e-6,
+                        rel_tol=1e-9)
+    from configurator.cost.constants import load_runtime_cost
+
+    assert load_runtime_cost("fsdp").reduce_scatter_avg and not load_runtime_cost("megatron").reduce_scatter_avg
+    # 4 GB (a Megatron bucket at this DP): ring 99.22 + 0.64 = 99.86 ms beats PAT's 133.47 ms.
+    assert math.isclose(comm.allgather_s("dp_cp", 4e9), 127 / 128 * 4e9 / 40e9 + 127 * 5e-6, rel_tol=1e-9)
+    # Two ranks per node (TP 4): NCCL does not enable PAT; the hierarchical ring as before.
+    two = CommModel(cluster, Plan(tp=4, dp=256), None, LinkEfficiency(nvlink=1.0, scale_out=0.8))
+    nv = cluster.intra_domain_link
+    ring = 1e6 / 2 / nv.bandwidth_Bps + 127 / 128 * 1e6 / 2 / 40e9 + 128 * nv.latency_s + 127 * 5e-6
+    assert math.isclose(two.allgather_s("dp_cp", 1e6), ring, rel_tol=1e-9)
+    # All-reduce never takes PAT: the tree's 2 log2(128) = 14 network steps each way.
+    assert math.isclose(comm.allreduce_s("dp_cp", 1e6), 2 * 127 / 128 * 1e6 / 40e9 + 2 * 14 * 5e-6, rel_tol=1e-9)
+
+
+def test_dgx_cloud_nemotron_340b_rows_run_the_launch_scripts_twelve_virtual_stages() -> None:
+    # v25.04.01's README table says VP "NA" for Nemotron-4 340B; its launch.sh runs it with -vp 12.
+    from pathlib import Path
+
+    import pytest
+
+    from configurator.runs import read_runs, recipe_vpp
+
+    assert recipe_vpp("NVIDIA DGX Cloud Benchmarking recipe (nemotron)", "Nemotron4 340b") == 12
+    assert recipe_vpp("NVIDIA DGX Cloud Benchmarking recipe (nemotron)", "Nemotron4 15b") is None
+    assert recipe_vpp("Megatron-Bridge performance summary", "Nemotron4 340b") is None
+    runs = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "published_runs.csv"
+    if not runs.exists():
+        pytest.skip("shared/data/published_runs.csv not present")
+    cases = {c.run_id: c for c in read_runs(runs)}
+    assert [cases[r].plan.vpp for r in ("r204", "r205", "r208", "r209")] == [12, 12, 12, 12]
+    assert cases["r013"].plan.vpp == 3  # a stated count elsewhere is kept
+
+
 def test_megatron_buckets_fill_backwards_and_the_embedding_closes_the_last() -> None:
     # Llama-3-8B, TP1 PP1, dp 1024: buckets of max(40M, 1M x 1024) = 1.024e9 parameters, filled from the LM head
     # (128256 x 4096 + the final norm's 4096 = 525.34M) backwards over layers of 218.112M each.

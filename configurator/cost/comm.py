@@ -15,8 +15,12 @@ GPU, rail-optimised). Collectives are hierarchical, as NCCL runs them across nod
 
 Bandwidths are multiplied by the calibrated bus efficiency of their link type. Latency terms follow
 NCCL's tuning model (src/graph/tuning.cc): an all-reduce takes the tree's ``2 log2 D`` inter-domain
-steps where that is fewer than the ring's; all-gather and reduce-scatter run only as a ring, ``n - 1``
-steps of which ``D - 1`` cross domains, so their latency grows with the group, not its logarithm. With a measured node matrix,
+steps where that is fewer than the ring's; all-gather and reduce-scatter run as a ring, ``n - 1``
+steps of which ``D - 1`` cross domains, so their latency grows with the group, not its logarithm -
+except with one rank per node (a data-parallel group under TP 8), where NCCL 2.23 and later also
+offer PAT (Parallel Aggregated Trees: logarithmic network latency, a smaller linear part, 0.75 of the
+ring's bandwidth) and take whichever its tuning model predicts faster; PAT wins for small messages
+over many nodes (FSDP gathers of one layer), the ring for large buckets. With a measured node matrix,
 the inter-domain bandwidth of a ring is its slowest consecutive node pair, and the time of a kind of
 collective is that of its slowest group (all groups of a kind run at once and the step waits for
 the last).
@@ -65,6 +69,16 @@ class GroupShape:
 
 
 SAMPLED_GROUPS = 64
+
+PAT_BANDWIDTH_SHARE = 0.75
+"""NCCL's PAT bus bandwidth as a share of the ring's (tuning.cc ``if (a == NCCL_ALGO_PAT) busBw *= .75``;
+0.85 in NCCL 2.23): its all-gather/reduce-scatter time is ``S / (0.75 B)`` where the ring's is
+``(n-1)/n S / B``."""
+PAT_LOG_STEP_DIVISOR = 3.5
+"""PAT's logarithmic latency: ``log2(nNodes) * interLat / 3.5`` (tuning.cc)."""
+PAT_LINEAR_STEP_SHARE = 2.8 / 14.0
+"""PAT's linear latency, ``nRanks * 2.8 us``, as a share of NCCL's per-step network latency with one rank
+per node (14 us: the Simple protocol's tree latency that tuning.cc uses when ppn = 1)."""
 
 
 class ShapeCache:
@@ -224,8 +238,9 @@ class CommModel:
         return shapes
 
     # ----- collectives ----------------------------------------------------------------------
-    def _allreduce_one(self, s: GroupShape, num_bytes: float, factor: float) -> float:
-        """``factor`` = 2 for all-reduce, 1 for all-gather / reduce-scatter."""
+    def _allreduce_one(self, s: GroupShape, num_bytes: float, factor: float, pat: bool = True) -> float:
+        """``factor`` = 2 for all-reduce, 1 for all-gather / reduce-scatter; ``pat``: NCCL may run the latter
+        as PAT (one rank per node; not for a reduce-scatter that divides in the collective)."""
         if s.size == 1 or num_bytes <= 0:
             return 0.0
         g, d = s.per_domain, s.domains
@@ -236,9 +251,23 @@ class CommModel:
             # All-reduce: NCCL's tree across domains, 2 log2(D) inter-domain steps (or the ring's, if fewer).
             steps = min(d - 1, 2 * math.ceil(math.log2(d))) if d > 1 else 0
             return t + 2 * (g - 1) * self.nv_lat + 2 * steps * s.inter_latency_s
-        # All-gather / reduce-scatter have only the ring in NCCL (tuning.cc: "if (coll != ncclCollAllReduce &&
-        # a != NCCL_ALGO_RING) continue"): n - 1 steps, of which D - 1 cross domains.
-        return t + d * (g - 1) * self.nv_lat + (d - 1) * s.inter_latency_s
+        # All-gather / reduce-scatter run as NCCL's ring: n - 1 steps, of which D - 1 cross domains.
+        ring = t + d * (g - 1) * self.nv_lat + (d - 1) * s.inter_latency_s
+        if pat and g == 1 and d > 1:
+            # One rank per node (a DP group under TP 8): NCCL >= 2.23 may take PAT instead, whichever its
+            # tuning model predicts faster (module docstring).
+            return min(ring, self._pat_s(d, num_bytes, s))
+        return ring
+
+    def _pat_s(self, d: int, num_bytes: float, s: GroupShape) -> float:
+        """NCCL's PAT all-gather / reduce-scatter over ``d`` ranks, one per node (src/graph/tuning.cc, NCCL
+        2.23 on): bus bandwidth ``PAT_BANDWIDTH_SHARE`` of the ring's, taken without the ring's
+        ``n / (n - 1)`` algorithm-bandwidth credit, and latency ``log2(d)`` steps of 1/3.5 of a network
+        step (``interLat / 3.5``) plus a part linear in the ranks (``nRanks * 2.8 us``, a fifth of NCCL's
+        14 us per network ring step): both scaled to this link's own per-step latency."""
+        bandwidth = num_bytes / (PAT_BANDWIDTH_SHARE * s.ring_bw_Bps * self.eff.scale_out)
+        latency = (math.log2(d) / PAT_LOG_STEP_DIVISOR + PAT_LINEAR_STEP_SHARE * d) * s.inter_latency_s
+        return bandwidth + latency
 
     def allreduce_s(self, kind: str, num_bytes: float) -> float:
         return max((self._allreduce_one(s, num_bytes, 2.0) for s in self.shapes(kind)), default=0.0)
@@ -247,7 +276,12 @@ class CommModel:
         """All-gather (or reduce-scatter) whose gathered buffer is ``num_bytes`` per rank."""
         return max((self._allreduce_one(s, num_bytes, 1.0) for s in self.shapes(kind)), default=0.0)
 
-    reduce_scatter_s = allgather_s
+    def reduce_scatter_s(self, kind: str, num_bytes: float, average: bool = False) -> float:
+        """Reduce-scatter of a ``num_bytes`` buffer per rank. ``average``: the collective divides
+        (``ReduceOp.AVG`` / ``PREMUL_SUM``, NCCL's PreMulSum/SumPostDiv: FSDP2's bf16/fp32 gradients), which
+        NCCL never runs as PAT (enqueue.cc skips PAT for those ops), so only the ring is taken."""
+        return max((self._allreduce_one(s, num_bytes, 1.0, pat=not average) for s in self.shapes(kind)),
+                   default=0.0)
 
     def alltoall_s(self, kind: str, num_bytes: float, scale_out_share: float | None = None) -> float:
         """All-to-all where every rank sends ``num_bytes`` in total (its share to itself included).
@@ -294,10 +328,11 @@ class CommModel:
             return 0.0
         return num_bytes * (ranks - 1) / ranks / (self.nv_raw * self.eff.alltoall) + (ranks - 1) * self.nv_lat
 
-    def subgroup_allgather_s(self, kind: str, num_bytes: float, size: int, outer: bool) -> float:
+    def subgroup_allgather_s(self, kind: str, num_bytes: float, size: int, outer: bool, pat: bool = True) -> float:
         """All-gather over part of a ``kind`` group: with ``outer=False`` its ``size`` consecutive
         ranks (an HSDP shard group), with ``outer=True`` the ``n/size`` ranks one per such block (the
-        replica group). Domains are filled as the whole group fills them."""
+        replica group). Domains are filled as the whole group fills them. ``pat=False``: a reduce-scatter
+        that divides in the collective, or half of an all-reduce (neither runs as PAT)."""
         worst = 0.0
         for s in self.shapes(kind):
             n = s.size
@@ -316,7 +351,7 @@ class CommModel:
             sub = GroupShape(size=members, per_domain=per_dom, domains=domains,
                              ring_bw_Bps=s.ring_bw_Bps, pair_bw_Bps=s.pair_bw_Bps,
                              inter_latency_s=s.inter_latency_s if domains > 1 else 0.0)
-            worst = max(worst, self._allreduce_one(sub, num_bytes, 1.0))
+            worst = max(worst, self._allreduce_one(sub, num_bytes, 1.0, pat=pat))
         return worst
 
     def _default_p2p(self, stage: int) -> tuple[bool, list[tuple[float, float]]]:

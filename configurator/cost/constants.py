@@ -219,7 +219,8 @@ class RuntimeCost:
     beside computation."""
     p2p_split_over_tp: bool
     """Without sequence parallelism, each TP rank sends 1/tp of the activation (Megatron's
-    scatter/gather optimisation); otherwise every TP rank sends all of it."""
+    scatter/gather optimisation; DeepSpeed's pipeline engine partitions the activation and its gradient
+    over the TP ranks); otherwise every TP rank sends all of it."""
     grad_accum_bytes_per_param: int
     """Memory traffic per parameter and micro-batch to accumulate gradients outside the GEMMs (0 where
     the wgrad GEMM accumulates into the fp32 buffer itself)."""
@@ -230,6 +231,9 @@ class RuntimeCost:
     """Context-parallel exchange when the plan does not choose one: 'p2p' (Megatron's ring),
     'all_gather' (torchtitan's default rotate method, Llama 3), 'a2a' or 'a2a+p2p'."""
     source: str
+    reduce_scatter_avg: bool = False
+    """Gradients are reduce-scattered with a dividing op (``ReduceOp.AVG`` / ``PREMUL_SUM``: PyTorch FSDP2's
+    ``_get_gradient_divide_factors`` for bf16/fp32), which NCCL does not run as PAT (cost/comm.py)."""
     ddp_buckets: bool = False
     """Megatron-Core's DDP: gradients are reduced (and parameters gathered) in buckets of
     ``max(40M, 1M x dp)`` parameters (``DDP_BUCKET_MIN_PARAMS``) as the backward makes them ready, so the

@@ -414,11 +414,13 @@ def _layer_shard_comm(inp: StepInputs, comm: CommModel, v: int, plan: Plan) -> t
     grad = rt.grad_reduce_bytes / BF16
     if plan.sharding == "hsdp":
         g = comm.subgroup_allgather_s("dp_cp", dense_b + expert_b, plan.shard_group, outer=False)
-        r = comm.subgroup_allgather_s("dp_cp", (dense_b + expert_b) * grad, plan.shard_group, outer=False)
+        r = comm.subgroup_allgather_s("dp_cp", (dense_b + expert_b) * grad, plan.shard_group, outer=False,
+                                      pat=not rt.reduce_scatter_avg)
         return g, r
     gather = comm.allgather_s("dp_cp", dense_b) + (comm.allgather_s("edp", expert_b) if expert_b else 0.0)
-    reduce = comm.reduce_scatter_s("dp_cp", dense_b * grad) + \
-        (comm.reduce_scatter_s("edp", expert_b * grad) if expert_b else 0.0)
+    avg = rt.reduce_scatter_avg
+    reduce = comm.reduce_scatter_s("dp_cp", dense_b * grad, avg) + \
+        (comm.reduce_scatter_s("edp", expert_b * grad, avg) if expert_b else 0.0)
     return gather, reduce
 
 
@@ -531,7 +533,7 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
         if plan.sharding == "hsdp":
             # Gradient shards all-reduced across the replicas once per step, under the last backward.
             shard = (dense + expert) / plan.shard_group * rt.grad_reduce_bytes
-            reduce = 2 * comm.subgroup_allgather_s("dp_cp", shard, plan.shard_group, outer=True)
+            reduce = 2 * comm.subgroup_allgather_s("dp_cp", shard, plan.shard_group, outer=True, pat=False)
             window = sched.finish_s[r] - sched.last_backward_start_s[r] if rt.overlap_grad_reduce else 0.0
             exposed += max(0.0, reduce - window)
             total = reduce
@@ -550,7 +552,8 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
                 reduce = comm.allreduce_s("dp_cp", grad) + comm.allreduce_s("edp", grad_e)
                 gather = comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
             else:
-                reduce = comm.reduce_scatter_s("dp_cp", grad) + comm.reduce_scatter_s("edp", grad_e)
+                reduce = comm.reduce_scatter_s("dp_cp", grad, rt.reduce_scatter_avg) + \
+                    comm.reduce_scatter_s("edp", grad_e, rt.reduce_scatter_avg)
                 gather = comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
             window = sched.finish_s[r] - sched.last_backward_start_s[r] if rt.overlap_grad_reduce else 0.0
             first_fwd = fwd_s[r] if rt.overlap_param_gather else 0.0
@@ -559,9 +562,12 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
                 # Megatron's buckets: each its own collective (its own ring latency); the input-side bucket
                 # waits for the backward's end and the next forward waits for its gather.
                 all_reduce = plan.sharding == "none" or (plan.sharding == "zero1" and rt.zero1_grad_allreduce)
-                collective = comm.allreduce_s if all_reduce else comm.reduce_scatter_s
+                def collective(kind: str, num_bytes: float) -> float:
+                    if all_reduce:
+                        return comm.allreduce_s(kind, num_bytes)
+                    return comm.reduce_scatter_s(kind, num_bytes, rt.reduce_scatter_avg)
                 reduce = buckets * collective("dp_cp", grad / buckets) + \
-                    (comm.allreduce_s("edp", grad_e) if all_reduce else comm.reduce_scatter_s("edp", grad_e))
+                    collective("edp", grad_e)
                 last = collective("dp_cp", bucket_params * rt.grad_reduce_bytes)
                 exposed += max(last, reduce - window)
                 if gather:
