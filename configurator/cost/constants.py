@@ -139,8 +139,10 @@ PARAMETERS: tuple[ParamDef, ...] = (
                           "router on 64-expert models, i.e. cv ~0.18-0.25 and ~0.01 (figures recalled, not re-read in "
                           "the stored copy); Mixtral's per-domain expert shares (Jiang et al. 2024, fig. 7) stay within "
                           "~10-17% around 12.5%, cv ~0.1-0.15. Centre 0.15, one width 0.05; upper bound 0.3 above "
-                          "any of these. Without it two rows (DGX Cloud's GB200 DeepSeek-V3, which ran capacity-padded "
-                          "token drop, i.e. no imbalance at all) set 0.35 for every learned-routing plan."),
+                          "any of these. Without it two rows (DGX Cloud's GB200 DeepSeek-V3, r237/r238) set 0.35 for every "
+                          "learned-routing plan; their recipe ran capacity-padded token drop, i.e. no imbalance at "
+                          "all (runs.py recipe_routing), and they stay over-predicted (~3x, 10% MFU) for a reason "
+                          "not modelled: unexplained, not an imbalance."),
     ParamDef(name="overlap.tp", default=0.6, lower=0.0, upper=1.0,
              doc="Share of TP communication hidden under GEMMs when TP overlap is on "
                  "(Transformer Engine userbuffers, NeMo's tp_comm_overlap)."),
