@@ -11,8 +11,8 @@ in ``assumptions`` (the data README asks for exactly that):
   attention, no overlap flags: ``megatron-2021``); the rest (MCore READMEs) Megatron-LM's defaults.
 * model details the CSV does not carry: GELU models are GPT-style (LayerNorm with biases, tied
   embeddings, dropout), SwiGLU models Llama-style (RMSNorm, no biases, untied); MLA dimensions,
-  dense first layers, head_dim and sliding-window attention (GPT-OSS: head_dim 64, a 128-token window
-  on every other layer) come from the preset with the same shape, if any.
+  dense first layers, head_dim, sliding-window attention and an MoE preset's linear biases (GPT-OSS:
+  head_dim 64, a 128-token window on every other layer, biases) come from the preset with the same shape.
 * plan: sharding = the framework's default (Megatron: distributed optimizer; FSDP: zero3;
   DeepSpeed: zero1), sp = on when tp > 1 (NeMo default), dp = GPUs/(tp*pp*cp), etp = 1 (Megatron MoE
   recipes); ``micro_batch`` empty = not stated: 1, except torchtitan, which splits the local batch
@@ -187,6 +187,9 @@ def model_from_row(row: dict[str, str]) -> tuple[ModelSpec, list[str]]:
         kw["head_dim"] = preset.head_dim
         if preset.head_dim * heads != hidden:
             notes.append(f"head_dim {preset.head_dim} from preset {preset.name} (not hidden/heads = {hidden / heads:g})")
+    if preset is not None and preset.linear_bias and not gpt_style and experts:
+        kw["linear_bias"] = True  # GPT-OSS: biases on every linear, experts included (its HF config)
+        notes.append(f"linear biases from preset {preset.name}")
     windows = tuple(f for f in (preset.features if preset is not None else ())
                     if f.partition("=")[0] in ("sliding_window", "sliding_window_every"))
     if windows and attention != "mla":

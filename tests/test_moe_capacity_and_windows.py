@@ -77,3 +77,18 @@ def test_gpt_oss_alternates_windowed_and_full_layers() -> None:
     fast = evaluate(prepare(model, cluster, job, plan), CONSTANTS).step_s
     slow = evaluate(prepare(all_full, cluster, job, plan), CONSTANTS).step_s
     assert fast < slow
+
+
+def test_gpt_oss_rows_take_the_presets_attention_shape() -> None:
+    row = {"run_id": "x", "source": "Megatron-Bridge performance summary (NeMo 26.04.01 container)",
+           "model": "GPT OSS 120B", "layers": "36", "hidden": "2880", "ffn_hidden": "2880", "heads": "64",
+           "kv_heads": "8", "vocab": "201088", "seq_len": "4096", "mlp": "swiglu", "attention": "gqa",
+           "moe_experts": "128", "moe_topk": "4", "moe_ffn_hidden": "2880", "system": "dgx-h100", "num_gpus": "64",
+           "tp": "1", "pp": "4", "ep": "8", "micro_batch": "1", "global_batch": "1280", "precision": "bf16",
+           "notes": "MoE: token distribution force-balanced, dropless."}
+    case = case_from_row(row)
+    assert case.error == "" and case.model is not None
+    assert case.model.kv_channels == 64  # not hidden / heads = 45
+    assert case.model.attention_window(0) == 128 and case.model.attention_window(1) == 0
+    assert case.model.linear_bias
+    assert any("head_dim 64 from preset gpt-oss-120b" in a for a in case.assumptions)
