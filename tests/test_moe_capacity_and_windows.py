@@ -92,3 +92,23 @@ def test_gpt_oss_rows_take_the_presets_attention_shape() -> None:
     assert case.model.attention_window(0) == 128 and case.model.attention_window(1) == 0
     assert case.model.linear_bias
     assert any("head_dim 64 from preset gpt-oss-120b" in a for a in case.assumptions)
+
+
+def test_hf_configs_say_which_layers_are_windowed() -> None:
+    import json
+    from pathlib import Path
+
+    from configurator.hf_config import spec_from_hf_dict
+
+    fixture = json.loads((Path(__file__).parent / "fixtures" / "hf" / "gpt-oss-20b.json").read_text())
+    oss = spec_from_hf_dict(fixture, name="gpt-oss-20b")  # no layer_types: the config's default alternation
+    assert [oss.attention_window(i) for i in range(4)] == [128, 0, 128, 0]
+    assert oss.kv_channels == load_model("gpt-oss-20b").kv_channels == 64
+    assert oss.total_params == load_model("gpt-oss-20b").total_params
+    gemma3 = spec_from_hf_dict(json.loads((Path(__file__).parent / "fixtures" / "hf" / "gemma3-1b.json").read_text()),
+                               name="gemma3-1b")
+    windows = [gemma3.attention_window(i) for i in range(12)]
+    assert windows[5] == windows[11] == 0 and all(w > 0 for i, w in enumerate(windows) if i not in (5, 11))
+    mixed = dict(fixture, layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 8)
+    every_third = spec_from_hf_dict(mixed, name="x")
+    assert [every_third.attention_window(i) for i in range(3)] == [128, 128, 0]
