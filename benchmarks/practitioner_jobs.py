@@ -2,13 +2,18 @@
 alike (memory choices and communication knobs resolved the same way), and the mechanism that separates
 them. Prints the README's markdown table.
 
-    python benchmarks/practitioner_jobs.py [--budget 60]
+    python benchmarks/practitioner_jobs.py [--budget 60] [--calibration FILE] [--only SUBSTRING]
+
+``--calibration`` takes a refit's constants file (e.g. ``calibrate --out``) instead of
+profiles/calibration.json; ``--only`` keeps the jobs whose title contains the text.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
+from pathlib import Path
 
 from configurator.bench import modelled_alike, reference_plan
 from configurator.cost.constants import load_calibration
@@ -39,11 +44,13 @@ JOBS = [
 ]
 
 
-def main(budget: float) -> None:
-    constants = load_calibration()
+def main(budget: float, calibration: Path | None = None, only: str = "") -> None:
+    constants = load_calibration(calibration)
     print("| job | top plan (modelled tok/s/GPU, MFU) | published plan (modelled tok/s/GPU, MFU) | what separates them |")
     print("|---|---|---|---|")
     for title, model, cluster, gpus, seq, gbs, precision, ref in JOBS:
+        if only.lower() not in title.lower():
+            continue
         ctx = SearchContext(model=load_model(model), cluster=load_cluster(cluster, num_gpus=gpus),
                             job=JobSpec(global_batch=gbs, seq_len=seq, precision=precision),
                             memory_margin=default_margin())  # as `plan` keeps it
@@ -73,4 +80,9 @@ def main(budget: float) -> None:
 
 
 if __name__ == "__main__":
-    main(float(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[1] == "--budget" else 60.0)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=60.0, help="seconds of search per job")
+    parser.add_argument("--calibration", type=Path, default=None, help="constants file (default: the shipped fit)")
+    parser.add_argument("--only", default="", help="run the jobs whose title contains this text")
+    args = parser.parse_args()
+    main(args.budget, args.calibration, args.only)

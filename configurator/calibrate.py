@@ -92,9 +92,10 @@ BOUND_REASONS: dict[str, str] = {
                          "bookkeeping - is not modelled; the bound keeps it from standing in for that).",
     "overhead.microbatch_s": "upper bound: DeepSpeed's pipeline engine (BLOOM rows) pays more per micro-batch than "
                              "Megatron's schedule; one constant serves both runtimes.",
-    "moe.expert_load_cv": "lower bound: 25 of the 32 MoE rows ran with force-balanced routing (JobSpec.moe_routing: "
-                          "no learned imbalance), and the learned-routing rows (GPT-OSS) are over-predicted by more "
-                          "than any expert imbalance explains, so no row asks for a busiest expert above the mean.",
+    "moe.expert_load_cv": "bound: few MoE rows ran learned routing (runs.py: most NVIDIA recipe rows force-balance "
+                          "the router, DGX Cloud's DeepSeek-V3 rows pad experts to capacity); the Megatron-MoE "
+                          "model zoo's Qwen3-235B rows are all that inform it, against the physical prior "
+                          "(constants.PARAMETERS: aux-loss MaxVio ~0.5-0.7 on 64 experts, cv ~0.2).",
     "attention.bwd_factor": "bound: flash-attention backward / forward time at the limit of the measured range.",
 }
 """Why a fitted constant sits at a bound (the fit's report lists every constant within 1% of one,

@@ -25,6 +25,25 @@ SANDWICH_NORMS = ("gemma2", "gemma3_text", "gemma3", "glm4")
 POST_NORMS = ("olmo2", "olmo3", "exaone4")
 
 
+def _full_attention_every(cfg: dict[str, Any], model_type: str) -> int:
+    """N where every N-th layer (N-1, 2N-1, ...) attends fully and the rest use the sliding window (the cost
+    model's ``sliding_window_every``; ModelSpec.attention_window): from ``layer_types`` when it has that
+    period (gpt-oss: 2), Gemma-3's ``sliding_window_pattern``, Gemma-2's and gpt-oss's default alternation (2); 0 = every layer
+    windowed (Mistral) or a pattern without such a period (then every layer is costed windowed)."""
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and types and all(t in ("sliding_attention", "full_attention") for t in types):
+        full = [i for i, t in enumerate(types) if t == "full_attention"]
+        if full and full[0] + 1 > 1 and all(
+                (t == "full_attention") == ((i + 1) % (full[0] + 1) == 0) for i, t in enumerate(types)):
+            return full[0] + 1
+        return 0
+    if model_type.startswith("gemma3") and isinstance(cfg.get("sliding_window_pattern"), int):
+        return int(cfg["sliding_window_pattern"])
+    if model_type in ("gemma2", "gpt_oss"):
+        return 2  # their configs' default layer_types: even layers sliding, odd layers full
+    return 0
+
+
 def _network_fields(cfg: dict[str, Any], model_type: str) -> dict[str, Any]:
     """RoPE, norm, bias and routing details that the ModelSpec carries for the emitters."""
     out: dict[str, Any] = {}
@@ -58,6 +77,9 @@ def _network_fields(cfg: dict[str, Any], model_type: str) -> dict[str, Any]:
                                                            ("mistral", "mixtral", "qwen2", "qwen3")
                                                            and not cfg.get("use_sliding_window")):
             features.append(f"{key}={value}")
+    every = _full_attention_every(cfg, model_type)
+    if every and any(f.startswith("sliding_window=") for f in features):
+        features.append(f"sliding_window_every={every}")
     if model_type.startswith("gemma"):
         features.append("embedding_scale=sqrt(hidden_size)")
     if model_type == "gpt_oss":

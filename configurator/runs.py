@@ -11,7 +11,8 @@ in ``assumptions`` (the data README asks for exactly that):
   attention, no overlap flags: ``megatron-2021``); the rest (MCore READMEs) Megatron-LM's defaults.
 * model details the CSV does not carry: GELU models are GPT-style (LayerNorm with biases, tied
   embeddings, dropout), SwiGLU models Llama-style (RMSNorm, no biases, untied); MLA dimensions,
-  dense first layers and head_dim come from the preset with the same shape, if any.
+  dense first layers, head_dim, sliding-window attention and an MoE preset's linear biases (GPT-OSS:
+  head_dim 64, a 128-token window on every other layer, biases) come from the preset with the same shape.
 * plan: sharding = the framework's default (Megatron: distributed optimizer; FSDP: zero3;
   DeepSpeed: zero1), sp = on when tp > 1 (NeMo default), dp = GPUs/(tp*pp*cp), etp = 1 (Megatron MoE
   recipes); ``micro_batch`` empty = not stated: 1, except torchtitan, which splits the local batch
@@ -184,6 +185,16 @@ def model_from_row(row: dict[str, str]) -> tuple[ModelSpec, list[str]]:
         kw["num_kv_heads"] = kv
     if preset is not None and preset.head_dim:
         kw["head_dim"] = preset.head_dim
+        if preset.head_dim * heads != hidden:
+            notes.append(f"head_dim {preset.head_dim} from preset {preset.name} (not hidden/heads = {hidden / heads:g})")
+    if preset is not None and preset.linear_bias and not gpt_style and experts:
+        kw["linear_bias"] = True  # GPT-OSS: biases on every linear, experts included (its HF config)
+        notes.append(f"linear biases from preset {preset.name}")
+    windows = tuple(f for f in (preset.features if preset is not None else ())
+                    if f.partition("=")[0] in ("sliding_window", "sliding_window_every"))
+    if windows and attention != "mla":
+        kw["features"] = windows
+        notes.append(f"sliding-window attention {', '.join(windows)} from preset {preset.name}")  # type: ignore[union-attr]
     if experts:
         kw.update(num_experts=experts, moe_topk=_int(row, "moe_topk"),
                   moe_ffn_hidden_size=_int(row, "moe_ffn_hidden"))
@@ -286,6 +297,30 @@ def recipe_vpp(source: str, model_name: str) -> int | None:
     return None
 
 
+_DGXC_TOKEN_DROP = "dgx cloud benchmarking recipe (deepseek_v3)"
+"""DGX Cloud Benchmarking's v25.05 DeepSeek-V3 pre-training recipe (dgxc-benchmarking tag v25.05,
+deepseek_v3/pretraining: NeMo commit 7a8f1cc, container 25.04.01) runs NeMo's
+scripts/performance/llm/pretrain_deepseek_v3.py, which sets ``USE_TOKEN_DROP = True``: the
+``MegatronTokenDropCallback`` with its defaults, ``moe_expert_capacity_factor = 1.0`` and
+``moe_pad_expert_input_to_capacity = True`` (which it allows only with the alltoall dispatcher). The same
+script puts ``64 // pp - 1`` layers on the first pipeline stage and ``64 // pp - 2`` on the last."""
+
+
+def recipe_routing(source: str, notes: str, pp: int, layers: int) -> tuple[str | None, tuple[int, ...]]:
+    """(routing, pipeline layout) of a row whose recipe fixes them but whose notes do not say: DGX Cloud's
+    v25.05 DeepSeek-V3 rows run capacity-padded token drop (``_DGXC_TOKEN_DROP``) and the recipe's uneven
+    split; (None, ()) otherwise."""
+    if _DGXC_TOKEN_DROP not in source.lower() or "v25.05" not in notes.lower():
+        return None, ()
+    layout: tuple[int, ...] = ()
+    if pp > 1 and 64 % pp == 0:
+        middle = 64 // pp
+        split = (middle - 1, *([middle] * (pp - 2)), middle - 2)
+        if sum(split) == layers:
+            layout = split
+    return "capacity_padded", layout
+
+
 def uses_bf16_optimizer(source: str, notes: str) -> bool:
     """DeepSpeed's BF16_Optimizer (fp32 gradient accumulator): the final BLOOM-176B setup - the tr11
     production README, and topology rows whose notes say they ran it."""
@@ -342,8 +377,16 @@ def case_from_row(row: dict[str, str]) -> RunCase:
             raise InputError("seq_len" if seq_len is None else "global_batch", "", "is empty")
         precision = _cell(row, "precision") or "bf16"
         routing = "force_balanced" if forced_balanced_routing(_cell(row, "notes")) else "learned"
+        recipe_layout: tuple[int, ...] = ()
         if routing == "force_balanced" and model.is_moe:
             notes.append("MoE routing force-balanced (benchmark mode): no learned-routing imbalance")
+        elif model.is_moe:
+            by_recipe, recipe_layout = recipe_routing(source, _cell(row, "notes"), _int(row, "pp", 1) or 1,
+                                                      model.num_layers)
+            if by_recipe:
+                routing = by_recipe
+                notes.append("MoE token drop, capacity factor 1.0, padded to capacity (the recipe's "
+                             "MegatronTokenDropCallback): every expert runs the mean load; alltoall dispatcher")
         eager = runs_eager(runtime, precision, _cell(row, "notes"))
         if eager:
             notes.append("PyTorch eager (torchtitan's default; the row names no compile/Float8/Async TP)")
@@ -354,6 +397,8 @@ def case_from_row(row: dict[str, str]) -> RunCase:
             dispatcher, said = dispatcher_from_notes(_cell(row, "notes")), "the notes"
             if dispatcher is None:
                 dispatcher, said = recipe_dispatcher(source, row.get("model", ""), system), "the recipe"
+            if dispatcher is None and routing == "capacity_padded":
+                dispatcher = "alltoall"  # the token-drop callback allows only the alltoall dispatcher
         if dispatcher == "flex" and (_int(row, "ep", 1) or 1) > 1:
             notes.append(f"MoE dispatcher flex (DeepEP/HybridEP, from {said})")
         elif dispatcher == "flex":
@@ -388,7 +433,10 @@ def case_from_row(row: dict[str, str]) -> RunCase:
             if pp > 1:
                 notes.append(f"vpp={vpp} (interleaved, count not stated: most chunks with >= 4 layers each)")
         layout: tuple[int, ...] = ()
-        if model.num_layers % (pp * vpp):
+        if recipe_layout and vpp == 1:
+            layout = recipe_layout
+            notes.append(f"pipeline split {'/'.join(map(str, layout))} (the recipe's: first 64/pp-1, last 64/pp-2)")
+        elif model.num_layers % (pp * vpp):
             layout = balanced_layout(model.num_layers, pp, vpp)
             notes.append(f"uneven pipeline split {'/'.join(map(str, layout))} (ends lighter)")
         plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, ep=_int(row, "ep", 1) or 1, etp=1, vpp=vpp, sp=sp,
@@ -406,5 +454,6 @@ def case_from_row(row: dict[str, str]) -> RunCase:
 
 
 __all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "read_runs",
-           "recipe_dispatcher", "recipe_vpp", "runs_eager", "runtime_for_source", "unknown_micro_batch", "unknown_vpp",
+           "recipe_dispatcher", "recipe_routing", "recipe_vpp", "runs_eager", "runtime_for_source", "unknown_micro_batch",
+           "unknown_vpp",
            "uses_bf16_optimizer"]

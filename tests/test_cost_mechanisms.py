@@ -96,7 +96,8 @@ def test_busiest_expert_rank_by_the_gaussian_maximum() -> None:
     plan = Plan(ep=8, dp=8)
     factor = busiest_rank_factor(model, plan, pairs_per_expert=1000.0, expert_cv=0.2)
     cv_rank = math.sqrt((0.04 + 0.001) / 1)
-    assert math.isclose(factor, 1 + math.sqrt(2 * math.log(8)) * cv_rank, rel_tol=1e-12)  # ~1.413
+    # expected maximum of 8 standard normals: 1.4236 (normal order-statistic tables); Blom's formula 1.434
+    assert math.isclose(factor, 1 + 1.4236 * cv_rank, abs_tol=0.03 * cv_rank)  # ~1.29
     assert busiest_rank_factor(model, Plan(dp=8), 1000.0, 0.2) == 1.0  # all experts on one rank
 
 

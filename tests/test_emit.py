@@ -196,10 +196,22 @@ def _cli_options(root: Path) -> tuple[list[str], None]:
     return specs, None
 
 
+MEGATRON_REFUSED_PRESETS = {"gpt-oss-120b": "model.features", "gpt-oss-20b": "model.features"}
+"""Presets whose network Megatron's arguments as emitted cannot express (GPT-OSS: sliding-window attention,
+attention sinks, clamped SwiGLU); the emitter refuses them by field instead of emitting another model."""
+
+
 def _every_preset(root: Path) -> tuple[list[str], dict]:
     specs, models = [], {}
     for preset in model_names():
         model = load_model(preset)
+        if preset in MEGATRON_REFUSED_PRESETS:
+            with pytest.raises(InputError) as err:
+                emit(EmitRequest(model=model, cluster=load_cluster("dgx-b200", num_gpus=8),
+                                 job=JobSpec(global_batch=64, seq_len=4096), plan=Plan(dp=8)),
+                     "megatron", root / preset)
+            assert err.value.field == MEGATRON_REFUSED_PRESETS[preset]
+            continue
         request = EmitRequest(model=model, cluster=load_cluster("dgx-b200", num_gpus=8),
                               job=JobSpec(global_batch=64, seq_len=4096), plan=Plan(dp=8))
         emit(request, "megatron", root / preset)
@@ -312,7 +324,7 @@ def test_megatron_reads_back_the_knobs_given_as_emit_options(megatron_runs) -> N
 
 def test_megatron_parses_back_every_preset_model_as_its_model_spec(megatron_runs) -> None:  # type: ignore[no-untyped-def]
     results, models = megatron_runs["presets"]
-    assert len(results) == len(model_names()) >= 12
+    assert len(results) == len(model_names()) - len(MEGATRON_REFUSED_PRESETS) >= 12
     for result in results:
         assert result["ok"], (result["dir"], result.get("error"))
         assert_model_equal(result, models[result["dir"]], 1)

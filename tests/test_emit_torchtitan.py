@@ -237,6 +237,8 @@ REFUSED_PRESETS = {
     "qwen3-30b-a3b": "model.moe_aux_loss_coeff",
     "qwen3-235b-a22b": "model.moe_aux_loss_coeff",
     "deepseek-v3": "model.moe_aux_loss_coeff",
+    "gpt-oss-120b": "model.features",  # sliding-window attention, attention sinks, clamped SwiGLU
+    "gpt-oss-20b": "model.features",
 }
 
 

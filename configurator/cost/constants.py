@@ -128,10 +128,22 @@ PARAMETERS: tuple[ParamDef, ...] = (
              doc="Host overhead per micro-batch per pipeline rank (schedule bookkeeping, data loading, "
                  "transfer set-up), forward + backward.",
              prior_width=1.0, prior_source="Per-micro-batch host work (schedule bookkeeping, batch transfer) ~1-5 ms in Megatron timers; a factor e around 2 ms."),
-    ParamDef(name="moe.expert_load_cv", default=0.15, lower=0.0, upper=0.5,
-             doc="Coefficient of variation of the tokens routed to one expert (dropless, aux-loss balanced "
-                 "routers keep it ~0.1-0.3). The busiest EP rank's load sets the MoE layer's time "
-                 "(cost/moe.py)."),
+    ParamDef(name="moe.expert_load_cv", default=0.15, lower=0.0, upper=0.3,
+             doc="Coefficient of variation of the tokens routed to one expert beyond sampling noise (dropless, "
+                 "learned routing with a load-balancing loss or bias). The busiest EP rank's load sets the MoE "
+                 "layer's time (cost/moe.py).",
+             prior_width=0.05,
+             prior_source="Busiest expert / mean = 1 + z(E) x cv, z(E) the expected maximum of E standard normals "
+                          "(2.34 for 64 experts; cost/moe.py). DeepSeek's Loss-Free Balancing paper (Wang et al. 2024, "
+                          "arXiv 2408.15664) reports a global MaxVio (busiest expert / mean - 1) of ~0.5-0.7 for "
+                          "aux-loss routers and ~0.04 for its bias-balanced router on 64-expert models, i.e. cv "
+                          "~0.2-0.3 and ~0.02 (figures recalled, not re-read in the stored copy); Mixtral's per-domain "
+                          "expert shares (Jiang et al. 2024, fig. 7) stay within ~10-17% around 12.5%, cv ~0.1-0.15. "
+                          "Centre 0.15 (between bias-balanced and aux-loss routers), one width 0.05; upper bound 0.3, "
+                          "the top of the aux-loss range. Without it two rows (DGX Cloud's GB200 DeepSeek-V3, r237/r238) set 0.35 for every "
+                          "learned-routing plan; their recipe ran capacity-padded token drop, i.e. no imbalance at "
+                          "all (runs.py recipe_routing), and they stay over-predicted (~3x, 10% MFU) for a reason "
+                          "not modelled: unexplained, not an imbalance."),
     ParamDef(name="overlap.tp", default=0.6, lower=0.0, upper=1.0,
              doc="Share of TP communication hidden under GEMMs when TP overlap is on "
                  "(Transformer Engine userbuffers, NeMo's tp_comm_overlap)."),

@@ -43,7 +43,7 @@ from configurator.cost.constants import CostConstants, RuntimeCost, hardware_def
 from configurator.cost.cp import cp_times_s
 from configurator.cost.knobs import effective_knobs, flex_overlap_compute_slowdown
 from configurator.cost.launch import layer_launch_s
-from configurator.cost.moe import busiest_rank_factor, ep_scale_out_share, routing_cv
+from configurator.cost.moe import ep_scale_out_share, expert_load_factor
 from configurator.cost.schedule import ScheduleResult, simulate
 from configurator.cost.work import (BF16, LayerWork, embedding_work, head_work, layer_work, model_flops_per_token,
                                    mtp_projection_work)
@@ -219,13 +219,14 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
     if placement is not None:
         placement.check(cluster)
     m = max(1, plan.num_microbatches(job))
-    work_cache: dict[bool, LayerWork] = {}
+    work_cache: dict[tuple[bool, int], LayerWork] = {}
 
     def work_of(index: int) -> tuple[LayerWork, bool]:
         moe = model.layer_is_moe(index)
-        if moe not in work_cache:
-            work_cache[moe] = layer_work(model, job, plan, index)
-        return work_cache[moe], moe
+        key = (moe, model.attention_window(index))  # sliding-window layers attend to fewer keys
+        if key not in work_cache:
+            work_cache[key] = layer_work(model, job, plan, index)
+        return work_cache[key], moe
 
     stages = []
     zero3 = []
@@ -234,16 +235,17 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
     virtual = plan.virtual_stage_layers(model)
     params = all_layer_params(model)
     for v, n in enumerate(virtual):
-        counts: dict[bool, int] = {}
+        counts: dict[tuple[bool, int], int] = {}
         per_layer_params = 0.0
         per_layer_expert = 0.0
         for i in range(start, start + n):
             _, moe = work_of(i)
-            counts[moe] = counts.get(moe, 0) + 1
+            key = (moe, model.attention_window(i))
+            counts[key] = counts.get(key, 0) + 1
             dense, expert = params[i]
             per_layer_params += dense / plan.tp
             per_layer_expert += expert / (plan.ep * plan.etp)
-        works = [(work_cache[moe], c, moe) for moe, c in sorted(counts.items())]
+        works = [(work_cache[key], c, key[0]) for key, c in sorted(counts.items())]
         if v == 0:
             works.append((embedding_work(model, job, plan), 1, False))
         if v == len(virtual) - 1:
@@ -312,7 +314,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         factor = 1.0
         if work.expert_gemms:
             # Dropless routing: the busiest EP rank's grouped GEMMs and all-to-all set the pace.
-            factor = busiest_rank_factor(inp.model, plan, work.pairs_per_expert, routing_cv(inp.job, c))
+            factor = expert_load_factor(inp.model, plan, inp.job, work.pairs_per_expert, c)
             imbalance = (factor - 1.0) * expert_gemms_s(work, rates)
         f_compute = wt.total_s + imbalance
         b_compute = 2 * (wt.gemm_s + imbalance) + rates.attention_bwd_factor * wt.attention_s + 2 * wt.elementwise_s

@@ -129,6 +129,15 @@ def eager_extra_bytes(model: ModelSpec, q_width: float, kv_width: float, ffn_loc
     return repl, split
 
 
+def attended_keys(seq_len: int, window: int) -> float:
+    """Mean keys per query of causal attention over ``seq_len`` tokens: ``s / 2`` (the causal half), or
+    with a sliding window of ``w`` keys (query i sees min(i, w) keys, i = 1..s) ``w - w (w - 1) / (2 s)``;
+    both give (s + 1) / 2 at w = s, so the two agree where the window covers the sequence."""
+    if not window or window >= seq_len:
+        return 0.5 * seq_len
+    return window - window * (window - 1) / (2.0 * seq_len)
+
+
 def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerWork:
     h = model.hidden_size
     tp = plan.tp
@@ -160,7 +169,8 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
         head_sum = 2 * d
         attn_out = q_width
         d_qk = d_v = float(d)
-    attention_flops = 2.0 * t * job.seq_len * heads * head_sum * 0.5
+    keys = attended_keys(job.seq_len, model.attention_window(index))
+    attention_flops = 2.0 * t * keys * heads * head_sum
     # ---- MLP / MoE ----
     swiglu = model.mlp == "swiglu"
     moe = model.layer_is_moe(index)
@@ -217,7 +227,9 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
     cp_bytes = 0.0
     if plan.cp > 1:
         cp_bytes = t * 2 * kv_width * BF16 if model.attention != "mla" else t * heads * (head_sum) * BF16
-    return LayerWork(gemms=tuple(gemms), attention_flops=attention_flops, attention_kv_len=job.seq_len,
+    window = model.attention_window(index)
+    return LayerWork(gemms=tuple(gemms), attention_flops=attention_flops,
+                     attention_kv_len=min(job.seq_len, window) if window else job.seq_len,
                      elementwise_bytes=elementwise, tp_bytes=t * h * BF16 if tp > 1 else 0.0,
                      tp_collectives=tp_collectives, cp_bytes=cp_bytes, ep_bytes=ep_bytes, etp_bytes=etp_bytes,
                      attn_batch=plan.micro_batch * heads, attn_q_len=job.seq_len / plan.cp, attn_d_qk=d_qk,
@@ -290,5 +302,5 @@ def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
     return 6.0 * flops_params(model) + attention
 
 
-__all__ = ["Gemm", "LayerWork", "embedding_work", "flops_params", "head_work", "layer_work",
+__all__ = ["Gemm", "LayerWork", "attended_keys", "embedding_work", "flops_params", "head_work", "layer_work",
            "model_flops_per_token"]

@@ -8,7 +8,7 @@ from configurator.bounds import MAX_GLOBAL_BATCH, MAX_SEQ_LEN, require_at_most
 from configurator.errors import require, require_positive_int
 from configurator.specs.hardware import PRECISIONS
 
-MOE_ROUTINGS = ("learned", "force_balanced")
+MOE_ROUTINGS = ("learned", "force_balanced", "capacity_padded")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -22,7 +22,10 @@ class JobSpec:
     moe_routing: str = "learned"
     """How an MoE router assigns tokens: ``learned`` (real training: experts' loads vary, the busiest EP
     rank sets the pace) or ``force_balanced`` (Megatron's ``--moe-router-force-load-balancing``, the
-    benchmark mode of NVIDIA's performance recipes: random logits, so loads vary only by sampling)."""
+    benchmark mode of NVIDIA's performance recipes: random logits, so loads vary only by sampling) or
+    ``capacity_padded`` (Megatron's ``--moe-expert-capacity-factor 1.0 --moe-pad-expert-input-to-capacity``,
+    NeMo's ``MegatronTokenDropCallback`` defaults: tokens over an expert's capacity are dropped and every
+    expert's input is padded up to it, so every expert runs exactly the mean load and no rank waits)."""
     compiled: bool = True
     """The framework fuses the layers' elementwise ops (Transformer Engine / Megatron fusions, or
     ``torch.compile`` in torchtitan, which the emitted torchtitan files enable). False: PyTorch eager, one

@@ -219,6 +219,22 @@ class ModelSpec:
     def num_moe_layers(self) -> int:
         return sum(1 for i in range(self.num_layers) if self.layer_is_moe(i))
 
+    def attention_window(self, index: int) -> int:
+        """Keys a query of layer ``index`` attends to at most (0 = every earlier token), from ``features``:
+        ``sliding_window=W`` windows every layer (Mistral) unless ``sliding_window_every=N`` says that every
+        N-th layer (N-1, 2N-1, ...) attends fully and the others are windowed (GPT-OSS, Gemma-2: N = 2,
+        even layers windowed, as their ``layer_types`` alternate sliding and full attention)."""
+        window, every = 0, 0
+        for feature in self.features:
+            name, _, value = feature.partition("=")
+            if name == "sliding_window" and value.isdigit():
+                window = int(value)
+            elif name == "sliding_window_every" and value.isdigit():
+                every = int(value)
+        if not window or (every > 1 and index % every == every - 1):
+            return 0
+        return window
+
     def layer_is_moe(self, index: int) -> bool:
         """Megatron's pattern: dense first layers, then every ``moe_layer_freq``-th layer."""
         if not self.is_moe or index < self.first_dense_layers:
