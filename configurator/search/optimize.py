@@ -6,7 +6,9 @@ times across pipeline variants, so a bound is arithmetic). Structures are taken 
 memory is resolved lazily — one estimate of the least form first, and where no partial recompute can
 fit, the structure goes back with the bound of its full-recompute form — and options are costed in
 order of their bounds; costing stops once the bound exceeds the k-th best step found. Nothing skipped
-can beat what was kept: the answer is the exhaustive optimum of the model.
+can beat what was kept: the answer is the exhaustive optimum of the model. With ``workers > 1`` (``plan``'s default:
+one per CPU available) it runs as that many blocks of structures in forked processes that share the k-th best step
+found, merged exactly (``parallel.py``).
 
 Budget: a wall-clock ``time_budget_s`` covers every phase (enumeration, bounding, resolution, costing,
 placement); without one, a count of resolutions + evaluations (``DEFAULT_WORK_BUDGET``) bounds the
