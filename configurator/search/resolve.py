@@ -127,7 +127,8 @@ def _memory(ctx: SearchContext, plan: Plan) -> MemoryReport:
 
 def _fits_device(mem: MemoryReport, margin: MemoryMargin) -> bool:
     """The device fits the predicted peak with ``margin`` left free."""
-    return mem.fits_device and fits_with_margin(mem.peak_bytes, mem.capacity_bytes, margin)
+    peak = mem.peak_bytes  # (a max over the stages: worked out once, not for each check)
+    return peak <= mem.capacity_bytes and fits_with_margin(peak, mem.capacity_bytes, margin)
 
 
 def _least_fitting(ctx: SearchContext, ladder: Sequence[Plan], last: MemoryReport,
