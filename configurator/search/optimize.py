@@ -48,7 +48,8 @@ from configurator.search.knobs import best_knobs
 from configurator.memory import ACTIVATION_MEMO, MemoryReport
 from configurator.placement import Placement
 from configurator.search.bound import StructureBounds
-from configurator.search.parallel import SharedBound, auto_processes, block_of, fork_available, run_blocks
+from configurator.search.parallel import (SharedBound, auto_processes, available_cpus, block_of, fork_available,
+                                         run_blocks)
 from configurator.search.resolve import (MEMORY_MEMO, Option, Resolution, needs_full_recompute, resolve,
                                          resolve_full_recompute, resolve_least)
 from configurator.search.space import AXES, SearchContext, SpaceStats, enumerate_plans
@@ -202,8 +203,8 @@ def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = 
     cut short by either is marked ``truncated``. ``storage`` (an Optuna RDB URL) keeps the Optuna study in
     a database (it implies Optuna). ``workers``: processes. The exhaustive search runs that many blocks of
     structures at once, sharing the k-th best step found, merged exactly (``parallel.py``; forked, so only from a
-    single-threaded process, else it runs in one); None: as many as the CPUs available, at most
-    ``parallel.MAX_AUTO_PROCESSES``. Optuna (``method='optuna'`` or a storage) runs that many studies
+    single-threaded process, else it runs in one; never more processes than CPUs available); None: as many as
+    the CPUs available, at most ``parallel.MAX_AUTO_PROCESSES``. Optuna (``method='optuna'`` or a storage) runs that many studies
     (``_optuna_parallel``; None: one).
     ``partition=(i, n)`` searches only the structures of block ``i`` of ``n`` (``in_partition``), exhaustively:
     the exact best ``top_k`` of that block, for a split search's merge (``service/split.py``).
@@ -282,7 +283,8 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
     blocks = 1
     block_cpu: list[float] = []
     if chosen == "exhaustive" and partition is None:
-        blocks = auto_processes() if workers is None else workers
+        # (more processes than CPUs only adds memory: each holds a search's caches)
+        blocks = auto_processes() if workers is None else min(workers, available_cpus())
         if blocks > 1 and (len(structures) < PARALLEL_MIN_STRUCTURES or not fork_available()):
             blocks = 1  # too small to gain, or a threaded process (a server) where forking is not safe
     workers = workers or 1

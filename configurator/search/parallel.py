@@ -49,16 +49,20 @@ def fork_available() -> bool:
     return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def auto_processes() -> int:
     """Processes for one exhaustive search when the caller leaves the count open: the CPUs this process may run
     on, at most ``MAX_AUTO_PROCESSES``; 1 where forking is not safe (``fork_available``)."""
     if not fork_available():
         return 1
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(MAX_AUTO_PROCESSES, cpus))
+    return max(1, min(MAX_AUTO_PROCESSES, available_cpus()))
 
 
 def block_of(plan: Plan, blocks: int) -> int:
@@ -165,5 +169,5 @@ def run_blocks(blocks: int, run: Callable[[int], T]) -> list[T]:
     return [results[i] for i in range(blocks)]
 
 
-__all__ = ["BlockFailed", "MAX_AUTO_PROCESSES", "SharedBound", "auto_processes", "block_of", "fork_available",
-           "run_blocks"]
+__all__ = ["BlockFailed", "MAX_AUTO_PROCESSES", "SharedBound", "auto_processes", "available_cpus", "block_of",
+           "fork_available", "run_blocks"]
