@@ -1,12 +1,15 @@
 """How fast the plan search is, and how much memory it holds, from 8 to 131,072 GPUs.
 
-Run: ``python benchmarks/search_speed.py [--only SUBSTR] [--max-gpus N] [--optuna] [--compare-with DIR]
+Run: ``python benchmarks/search_speed.py [--only SUBSTR] [--max-gpus N] [--workers N] [--optuna] [--compare-with DIR]
 [--json OUT]``. Each job runs in a fresh process (so its peak RSS is its own) and prints: wall seconds of
 the search, the method, legal structures, memory resolutions, costed options, whether a budget cut it
 short, peak RSS, and the best plan.
 
-* CPU seconds (``time.process_time``) are what an idle core would take (the search is one thread);
-  on a shared machine wall time is longer by however much the other processes take.
+* CPU seconds (``time.process_time``, plus the search's own processes) are what an idle core would take for a
+  one-process search; on a shared machine wall time is longer by however much the other processes take.
+* ``--workers N``: the exhaustive search in N processes (``search/parallel.py``; default 1 here, as the rows before
+  session 7). "path s" is this process's CPU plus its slowest block's: the wall time on N idle cores, measurable
+  on a loaded machine (run one shard at a time when wall time is wanted). RSS is the largest single process's.
 * The default budget is used (no wall-clock limit; a work count), so a job is never cut short by how
   busy the machine is; a job that is cut short is marked TRUNCATED.
 * ``--optuna``: on the MoE jobs, Optuna with a wall-clock budget equal to the exhaustive search's time,
@@ -14,8 +17,9 @@ short, peak RSS, and the best plan.
   enumeration, so it gets the same total); ``--optuna-at-cpu``: the exhaustive search's CPU seconds
   instead (on a shared machine whose load changes between the two runs, equal wall time is not equal work).
 * ``--compare-with DIR``: also run every job with the code in DIR (e.g. an older checkout:
-  ``git archive BASE | tar -x -C DIR``) in alternating order, and print the speed-up and whether both
-  return the same best plan — ratios measured in one run, since wall times on a shared machine are noisy.
+  ``git archive BASE | tar -x -C DIR``) in alternating order (in one process), and print the speed-up and whether
+  both return the same best plan — ratios measured in one run, since wall times on a shared machine are noisy.
+  Each child checks that it imported the ``configurator`` of the tree it times (an error otherwise).
 
 The grid: six models (dense Llama-3 8B/70B/405B; MoE Mixtral-8x22B, Qwen3-235B-A22B, DeepSeek-V3) on
 their usual clusters (DGX H100; DeepSeek-V3 on H800 with InfiniBand) at 8, 64, 512, 2,048, 16,384 and
@@ -60,10 +64,6 @@ def _child(job: dict[str, Any], tree: str, method: str, budget: float | None, qu
     import time
 
     sys.path.insert(0, tree)
-    # An editable install's finder (setuptools' ``__editable__`` hook on ``sys.meta_path``) maps ``configurator`` to
-    # the tree it was installed from, ahead of ``sys.path``: without this, ``--compare-with`` (and any run with
-    # another checkout's interpreter) silently timed the installed tree, not ``tree``.
-    sys.meta_path[:] = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
     import configurator
     from configurator import JobSpec, load_cluster, load_model
     from configurator.search.optimize import search
@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             continue
         flag = " TRUNCATED" if this["truncated"] else ""
-        print(f"{job['name']:34} {this['wall_s']:7.2f} {this['cpu_s']:6.2f} {this['path_cpu_s']:6.2f} {this['method']:>10} {this['structures']:7d} "
+        print(f"{job['name']:34} {this['wall_s']:7.2f} {this['cpu_s']:6.2f} {this['path_cpu_s']:6.2f} {this['method']:>10} "
+              f"{this['structures']:7d} "
               f"{this['options']:7d} {this['evaluated']:6d} {this['peak_rss_mb']:7.0f}  {this['best']}{flag}", flush=True)
         if "other" in row and "error" not in row["other"]:
             o = row["other"]

@@ -204,8 +204,8 @@ def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = 
     a database (it implies Optuna). ``workers``: processes. The exhaustive search runs that many blocks of
     structures at once, sharing the k-th best step found, merged exactly (``parallel.py``; forked, so only from a
     single-threaded process, else it runs in one; never more processes than CPUs available); None: as many as
-    the CPUs available, at most ``parallel.MAX_AUTO_PROCESSES``. Optuna (``method='optuna'`` or a storage) runs that many studies
-    (``_optuna_parallel``; None: one).
+    the CPUs available, at most ``parallel.MAX_AUTO_PROCESSES``. Optuna (``method='optuna'`` or a storage) runs
+    that many studies (``_optuna_parallel``; None: one).
     ``partition=(i, n)`` searches only the structures of block ``i`` of ``n`` (``in_partition``), exhaustively:
     the exact best ``top_k`` of that block, for a split search's merge (``service/split.py``).
     """
