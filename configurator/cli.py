@@ -125,7 +125,7 @@ def plan(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the Optuna sampler and the placement search.")] = 0,
     trials: Annotated[int, typer.Option("--trials", help="Optuna's trial cap (deterministic for a seed when it, not the time budget, ends the study).")] = 1500,
     storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna RDB storage URL (sqlite:///FILE, postgresql://...): the study lives there.")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="Processes sharing one Optuna study (implies --method optuna).")] = 1,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Processes: the exhaustive search's blocks, sharing the best steps found and merged exactly (default: one per CPU available, at most 4; 1: one process), or Optuna's studies (default 1).")] = None,
     method: Annotated[str, typer.Option("--method", help="auto|exhaustive|optuna (auto: exhaustive up to 100000 structures).")] = "auto",
     framework: Annotated[Optional[str], typer.Option("--framework", help="megatron|deepspeed|torchtitan: search only plans that framework runs (default: megatron; the emitted framework with --emit deepspeed|torchtitan).")] = None,
     runtime: Annotated[Optional[str], typer.Option("--runtime", help=f"Cost/memory mechanics: {'|'.join(RUNTIMES)} (default: the framework's).")] = None,
@@ -159,7 +159,7 @@ def plan(
     if emit is not None and out is None:
         raise InputError("out", None, f"--emit {emit} needs --out DIR")
     for name, value, limit in (("top", top, MAX_TOP), ("trials", trials, MAX_TRIALS),
-                               ("workers", workers, MAX_WORKERS)):
+                               ("workers", 1 if workers is None else workers, MAX_WORKERS)):
         if not 1 <= value <= limit:
             raise InputError(name, value, f"must be in 1..{limit:,}")
     if time_budget is not None and not 0 < time_budget <= MAX_TIME_BUDGET_S:
@@ -191,12 +191,14 @@ def plan(
 
     reference = parse_versus(versus) if versus is not None else None
     err = Console(stderr=True)
+    # No refresh thread (auto_refresh off, redrawn on each update): the exhaustive search forks its processes
+    # only from a single-threaded process (search/parallel.py).
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
-                  transient=True, disable=not err.is_terminal) as bar:
+                  transient=True, disable=not err.is_terminal, auto_refresh=False) as bar:
         task = bar.add_task("searching", total=1.0)
         result = search(ctx, top_k=2 * top, time_budget_s=time_budget, seed=seed, method=method, constants=constants,
                         max_trials=trials, storage=storage, workers=workers,
-                        progress=lambda frac, msg: bar.update(task, completed=frac, description=msg))
+                        progress=lambda frac, msg: bar.update(task, completed=frac, description=msg, refresh=True))
     ranked = [r.evaluated for r in rank_plans(spec, hw, job, list(result.ranked), objective=objective,
                                               oom_risk=oom_risk, top=top)]
     written: list[Path] = []

@@ -46,6 +46,7 @@ def head_units(model: ModelSpec, seq_len: int) -> float:
     return head / (total / model.num_layers) if total else 0.0
 
 
+@lru_cache(maxsize=1024)
 def head_aware_layout(num_layers: int, virtual: int, head: float) -> tuple[int, ...]:
     """Layers per virtual stage minimising the largest ``layers (+ head on the last)``: each stage gets one
     layer, then each further layer goes to the least loaded stage (the later one on a tie, keeping the
@@ -72,19 +73,26 @@ def alternative_layout(model: ModelSpec, job: JobSpec, plan: Plan) -> tuple[int,
     ``balanced_layout``) split; () otherwise."""
     if plan.pp < 2:
         return ()
-    virtual = plan.pp * plan.vpp
-    head = head_units(model, job.seq_len) * (1 + model.mtp_layers) + model.mtp_layers
+    # The answer depends only on these (a search asks for every structure: thousands of times the same few).
+    return _alternative_layout(model, job.seq_len, plan.pp, plan.vpp, tuple(plan.pipeline_layers))
+
+
+@lru_cache(maxsize=1024)
+def _alternative_layout(model: ModelSpec, seq_len: int, pp: int, vpp: int,
+                        pipeline_layers: tuple[int, ...]) -> tuple[int, ...]:
+    virtual = pp * vpp
+    head = head_units(model, seq_len) * (1 + model.mtp_layers) + model.mtp_layers
     layout = head_aware_layout(model.num_layers, virtual, head)
     if not layout:
         return ()
-    current = plan.pipeline_layers or balanced_layout(model.num_layers, plan.pp, plan.vpp)
+    current = pipeline_layers or balanced_layout(model.num_layers, pp, vpp)
     if tuple(current) == layout:
         return ()
 
     def busiest_rank(counts: tuple[int, ...]) -> float:
-        loads = [0.0] * plan.pp
+        loads = [0.0] * pp
         for v, n in enumerate(counts):
-            loads[v % plan.pp] += n + (head if v == virtual - 1 else 0.0)
+            loads[v % pp] += n + (head if v == virtual - 1 else 0.0)
         return max(loads)
 
     gain = 1.0 - busiest_rank(layout) / busiest_rank(tuple(current))

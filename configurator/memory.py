@@ -646,6 +646,30 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
                         host_peak_bytes=host_peak, runtime=rt.name)
 
 
+def with_offload(base: MemoryReport, plan: Plan, cluster: ClusterSpec, *,
+                 runtime: str | Runtime = "megatron") -> MemoryReport:
+    """``estimate_memory`` of ``plan`` (offload fraction ``plan.offload``) from ``base``, the estimate of the same
+    plan without offload: only the optimizer states move to the host, so the other parts are ``base``'s and
+    these are worked out with the same operations as ``estimate_memory`` (equal to the last bit; a test checks
+    it). The search asks for several fractions of one plan (``search/resolve.py``'s ``min_offload``)."""
+    rt = runtime if isinstance(runtime, Runtime) else load_runtime(runtime)
+    stages = []
+    for st in base.stages:
+        optim = st.optimizer_bytes  # (base: the whole states, ``optim - 0.0``)
+        host = optim * plan.offload
+        optim -= host
+        allocated = st.weights_bytes + st.grads_bytes + optim + st.activations_bytes
+        stages.append(StageMemory(
+            stage=st.stage, num_layers=st.num_layers, params=st.params, weights_bytes=st.weights_bytes,
+            grads_bytes=st.grads_bytes, optimizer_bytes=optim, activations_bytes=st.activations_bytes,
+            fragmentation_bytes=allocated * rt.fragmentation, context_bytes=st.context_bytes,
+            host_optimizer_bytes=host, inflight_microbatches=st.inflight_microbatches))
+    per_node = min(cluster.gpus_per_node, plan.world_size)
+    host_peak = per_node * max(st.host_optimizer_bytes for st in stages)
+    return MemoryReport(stages=tuple(stages), capacity_bytes=base.capacity_bytes,
+                        host_capacity_bytes=base.host_capacity_bytes, host_peak_bytes=host_peak, runtime=rt.name)
+
+
 HOST_USABLE_FRACTION = 0.8
 """Share of a node's RAM the offloaded optimizer may use (the OS, data loaders and pinned staging
 buffers need the rest)."""
@@ -682,4 +706,4 @@ def megatron_theoretical_memory(model: ModelSpec, job: JobSpec, plan: Plan) -> t
 
 
 __all__ = ["MemoryReport", "Runtime", "StageMemory", "estimate_memory", "inflight_chunks",
-           "layer_activation_bytes", "load_runtime", "megatron_theoretical_memory"]
+           "layer_activation_bytes", "load_runtime", "megatron_theoretical_memory", "with_offload"]

@@ -338,3 +338,19 @@ def test_group_shapes_tallied_for_all_rows_at_once_match_a_row_by_row_count() ->
                 assert [(s.per_domain, s.domains) for s in comm.shapes(kind)] == list(dict.fromkeys(by_row))
                 checked += 1
     assert checked > 50
+
+
+def test_an_offloaded_estimate_derived_from_the_offload_free_one_equals_a_fresh_estimate() -> None:
+    from configurator.memory import with_offload
+
+    ctx = ctx_for("mixtral-8x7b", "dgx-h100", 64, 256, 4096)
+    rnd = random.Random(5)
+    for plan in rnd.sample(list(enumerate_plans(ctx)), 40):
+        for sharding, recompute in (("distopt", "none"), ("zero2", "selective"), ("zero3", "full")):
+            base_plan = replace_unchecked(plan, sharding=sharding, recompute=recompute)
+            base = estimate_memory(ctx.model, ctx.cluster, ctx.job, base_plan, runtime=ctx.runtime)
+            for fraction in (0.01, 0.5, 0.93, 1.0):
+                offloaded = replace_unchecked(base_plan, offload=fraction)
+                # Equal to the last bit (dataclass equality compares every float), host memory included.
+                assert with_offload(base, offloaded, ctx.cluster, runtime=ctx.runtime) == \
+                    estimate_memory(ctx.model, ctx.cluster, ctx.job, offloaded, runtime=ctx.runtime)

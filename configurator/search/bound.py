@@ -75,6 +75,8 @@ class StructureBounds:
         self._layer: dict[tuple, LayerTimes] = {}
         self._prepared: dict[tuple, tuple[StepInputs, object, CommModel, int, list[float]]] = {}
         self._layouts: dict[tuple, tuple[tuple[tuple[int, int], ...], int]] = {}
+        self._row_cache: dict[tuple, tuple[tuple[int, int, int, int, int], ...]] = {}
+        self._variant_times: dict[tuple, list[LayerTimes]] = {}
         self._template: StepInputs | None = None
         self._runtime = load_runtime_cost(ctx.runtime)
         self.layer_keys_timed = 0
@@ -174,6 +176,21 @@ class StructureBounds:
         knobs it leaves open (``search/knobs.py`` picks the fastest at costing time, so the bound must
         not exceed any of them): ``busy_lower_bound`` of each prepared form, the least."""
         ctx = self.ctx
+        if not self._needs_preparation(plan) and not (plan.recompute == "full" and plan.recompute_num_layers > 0):
+            # The knob variants' layer times depend on the layer key and, through Megatron's EP-overlap rule
+            # (``ep_overlap_conflicts``), on whether the pipeline is non-interleaved: worked out once per
+            # such key; a structure's bound is then its split's rows (``_rows``) against each.
+            key = (self.layer_key(plan), plan.pp > 1 and plan.vpp == 1)
+            times = self._variant_times.get(key)
+            if times is None:
+                times = self._variant_times[key] = [
+                    self._times(replace_unchecked(v, sharding="distopt") if v.sharding == "zero2" else v)
+                    for v in map(self._settled, optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads,
+                                                                 ctx.model.is_moe, ctx.cluster))]
+            rows = self._rows(plan)
+            per_mb = self.c["overhead.microbatch_s"] / plan.vpp
+            return min(max(d * t.dense_s + mo * t.moe_s + k * per_mb + e * t.embedding_s + h * t.head_s
+                           for d, mo, k, e, h in rows) for t in times) + self.c["overhead.step_s"]
         variants = [self._settled(v) for v in
                     optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe,
                                      ctx.cluster)]
@@ -270,6 +287,35 @@ class StructureBounds:
             hit = self._layouts[key] = (tuple(stages), max(1, plan.num_microbatches(self.ctx.job)))
         return hit
 
+    def _rows(self, plan: Plan) -> tuple[tuple[int, int, int, int, int], ...]:
+        """Per pipeline rank r, the coefficients of (dense, MoE, per-micro-batch overhead, embedding, head)
+        times in ``fill before r + micro-batches x r's virtual stages`` (``_arithmetic``'s formula, where a
+        virtual stage is ``dense x D + moe x M + overhead (+ embedding on the first) (+ head on the last)``);
+        rows that another row matches or exceeds in every coefficient are dropped (every time is >= 0, so
+        they can never be the max). Cached by split, as ``_layout``."""
+        key = (plan.pp, plan.vpp, plan.pipeline_layers, plan.micro_batch, plan.dp)
+        hit = self._row_cache.get(key)
+        if hit is not None:
+            return hit
+        virtual, m = self._layout(plan)
+        pp, last = plan.pp, len(virtual) - 1
+
+        def stage(v: int) -> tuple[int, int, int, int, int]:
+            n_dense, n_moe = virtual[v]
+            return (n_dense, n_moe, 1, int(v == 0), int(v == last))
+
+        rows = []
+        fill = (0, 0, 0, 0, 0)
+        for r in range(pp):
+            busy = [sum(col) for col in zip(*(stage(v) for v in range(r, len(virtual), pp)))]
+            rows.append(tuple(f + m * b for f, b in zip(fill, busy)))
+            fill = tuple(f + x for f, x in zip(fill, stage(r)))
+        kept = tuple(row for i, row in enumerate(rows)
+                     if not any(j != i and all(a >= b for a, b in zip(other, row)) and (other != row or j < i)
+                                for j, other in enumerate(rows)))
+        self._row_cache[key] = kept
+        return kept
+
     def _arithmetic(self, plan: Plan) -> float:
         """``busy_lower_bound`` from the per-layer-key times (no preparation)."""
         c = self.c
@@ -278,7 +324,14 @@ class StructureBounds:
             # the distributed optimizer's, so they share its layer key.
             plan = replace_unchecked(plan, sharding="distopt")
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
-        t = None if partial else self._times(plan)
+        if not partial:
+            # Every stage's time is linear in the layer key's five times, so each rank's finish is too:
+            # the max over ranks of precomputed coefficient rows (``_rows``), no loop over virtual stages.
+            t = self._times(plan)
+            per_mb = c["overhead.microbatch_s"] / plan.vpp
+            return max(d * t.dense_s + mo * t.moe_s + k * per_mb + e * t.embedding_s + h * t.head_s
+                       for d, mo, k, e, h in self._rows(plan)) + c["overhead.step_s"]
+        t = None
         pp = plan.pp
         virtual, m = self._layout(plan)
         last = len(virtual) - 1

@@ -6,7 +6,9 @@ times across pipeline variants, so a bound is arithmetic). Structures are taken 
 memory is resolved lazily — one estimate of the least form first, and where no partial recompute can
 fit, the structure goes back with the bound of its full-recompute form — and options are costed in
 order of their bounds; costing stops once the bound exceeds the k-th best step found. Nothing skipped
-can beat what was kept: the answer is the exhaustive optimum of the model.
+can beat what was kept: the answer is the exhaustive optimum of the model. With ``workers > 1`` (``plan``'s default:
+one per CPU available) it runs as that many blocks of structures in forked processes that share the k-th best step
+found, merged exactly (``parallel.py``).
 
 Budget: a wall-clock ``time_budget_s`` covers every phase (enumeration, bounding, resolution, costing,
 placement); without one, a count of resolutions + evaluations (``DEFAULT_WORK_BUDGET``) bounds the
@@ -46,6 +48,8 @@ from configurator.search.knobs import best_knobs
 from configurator.memory import ACTIVATION_MEMO, MemoryReport
 from configurator.placement import Placement
 from configurator.search.bound import StructureBounds
+from configurator.search.parallel import (SharedBound, auto_processes, available_cpus, block_of, fork_available,
+                                         run_blocks)
 from configurator.search.resolve import (MEMORY_MEMO, Option, Resolution, needs_full_recompute, resolve,
                                          resolve_full_recompute, resolve_least)
 from configurator.search.space import AXES, SearchContext, SpaceStats, enumerate_plans
@@ -58,6 +62,8 @@ exhaustive search took 31 CPU s for the optimum (1,181 tokens/s/GPU) and Optuna'
 for a plan 12% slower; the largest job of ``benchmarks/search_speed.py``'s grid has 18,513. Above this
 count Optuna's trial budget, not the space, bounds the time."""
 METHODS = ("auto", "exhaustive", "optuna")
+PARALLEL_MIN_STRUCTURES = 64
+"""Fewer legal structures than this are searched in one process whatever ``workers`` says (nothing to share)."""
 DEFAULT_TRIALS = 1500
 """Optuna trials; a wall-clock budget, where one is given, may end the study first."""
 DEFAULT_WORK_BUDGET = 100000
@@ -129,6 +135,8 @@ class SearchResult:
     budget_s: float | None = None
     """The wall-clock budget it ran under; None: the deterministic work budget (``work_budget``)."""
     work_budget: int | None = None
+    block_cpu_s: tuple[float, ...] = ()
+    """An exhaustive search in several processes: each one's CPU seconds on its block (after the enumeration)."""
 
     def as_dict(self) -> dict[str, object]:
         return {"candidates": self.candidates, "feasible": self.feasible, "options": self.options,
@@ -185,7 +193,7 @@ def in_partition(plan: Plan, partition: tuple[int, int]) -> bool:
 
 def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = None, seed: int = 0,
            method: str = "auto", constants: CostConstants | None = None, max_trials: int = DEFAULT_TRIALS,
-           progress: Progress | None = None, storage: str | None = None, workers: int = 1,
+           progress: Progress | None = None, storage: str | None = None, workers: int | None = 1,
            work_budget: int | None = DEFAULT_WORK_BUDGET, partition: tuple[int, int] | None = None) -> SearchResult:
     """Best plans for ``ctx``, best first (``SearchResult.ranked`` is empty when nothing fits).
 
@@ -193,7 +201,11 @@ def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = 
     resolution, costing, placement); without it the exhaustive search is bounded by ``work_budget``
     (a count, so the answer does not depend on the machine's load) and Optuna by ``max_trials``. A search
     cut short by either is marked ``truncated``. ``storage`` (an Optuna RDB URL) keeps the Optuna study in
-    a database; ``workers > 1`` runs that many processes (see ``_optuna_parallel``). Both imply Optuna.
+    a database (it implies Optuna). ``workers``: processes. The exhaustive search runs that many blocks of
+    structures at once, sharing the k-th best step found, merged exactly (``parallel.py``; forked, so only from a
+    single-threaded process, else it runs in one; never more processes than CPUs available); None: as many as
+    the CPUs available, at most ``parallel.MAX_AUTO_PROCESSES``. Optuna (``method='optuna'`` or a storage) runs
+    that many studies (``_optuna_parallel``; None: one).
     ``partition=(i, n)`` searches only the structures of block ``i`` of ``n`` (``in_partition``), exhaustively:
     the exact best ``top_k`` of that block, for a split search's merge (``service/split.py``).
     """
@@ -228,7 +240,7 @@ def _resolution(ctx: SearchContext, plan: Plan, least_only: bool, full_recompute
 
 def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed: int, method: str,
             constants: CostConstants | None, max_trials: int, progress: Progress | None, storage: str | None,
-            workers: int, work_budget: int | None, partition: tuple[int, int] | None = None) -> SearchResult:
+            workers: int | None, work_budget: int | None, partition: tuple[int, int] | None = None) -> SearchResult:
     constants = constants or load_calibration()
     start = time.perf_counter()
     budget = _Budget(time_budget_s, start, work_budget)
@@ -266,9 +278,46 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
             resolutions[key] = list(res.options)
         return resolutions[key]
 
-    if storage is not None or workers > 1:
+    if storage is not None:
         chosen = "optuna"
-    if chosen == "exhaustive":
+    blocks = 1
+    block_cpu: list[float] = []
+    if chosen == "exhaustive" and partition is None:
+        # (more processes than CPUs only adds memory: each holds a search's caches)
+        blocks = auto_processes() if workers is None else min(workers, available_cpus())
+        if blocks > 1 and (len(structures) < PARALLEL_MIN_STRUCTURES or not fork_available()):
+            blocks = 1  # too small to gain, or a threaded process (a server) where forking is not safe
+    workers = workers or 1
+    if chosen == "exhaustive" and blocks > 1:
+        shared = SharedBound(top_k, blocks)
+
+        def run(index: int) -> tuple:
+            """Block ``index``: its structures searched exhaustively against the shared k-th best step."""
+            shared.attach(index)
+            cpu = time.process_time()
+            mine = [p for p in structures if block_of(p, blocks) == index]
+            part_top, part_evaluated, part_notes = _exhaustive(ctx, mine, options_of, constants, top_k, budget,
+                                                               lambda _f, _m: None, shared)
+            return (part_top.ranked(), part_evaluated, part_notes, len(resolutions),
+                    sum(1 for opts in resolutions.values() if opts), sum(len(o) for o in resolutions.values()),
+                    dict(infeasible), smallest[0], budget.hit, time.process_time() - cpu)
+
+        say(0.5, f"searching in {blocks} processes")
+        top, evaluated, notes = _TopK(top_k), 0, [f"exhaustive in {blocks} processes: blocks of structures by layer "
+                                                    f"key, sharing the {top_k}-th best step found, merged exactly"]
+        n_resolved = n_feasible = n_options = 0
+        for i, (ranked_i, ev, notes_i, res_i, feas_i, opts_i, inf_i, small_i, hit_i, cpu_i) in \
+                enumerate(run_blocks(blocks, run)):
+            block_cpu.append(cpu_i)
+            for e in ranked_i:
+                top.push(e)
+            evaluated += ev
+            notes += [f"block {i + 1}/{blocks}: {n}" for n in notes_i]
+            n_resolved, n_feasible, n_options = n_resolved + res_i, n_feasible + feas_i, n_options + opts_i
+            infeasible.update(inf_i)
+            smallest[0] = min(smallest[0], small_i)
+            budget.hit = budget.hit or hit_i
+    elif chosen == "exhaustive":
         top, evaluated, notes = _exhaustive(ctx, structures, options_of, constants, top_k, budget, say)
     elif workers > 1:
         top, evaluated, notes, feasible_elsewhere = _optuna_parallel(ctx, constants, top_k, time_budget_s, seed,
@@ -278,9 +327,12 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
         top, evaluated, notes = _optuna(ctx, structures, options_of, constants, top_k, time_budget_s, seed, start, say,
                                         max_trials, storage, _study_name(ctx, seed) if storage else None,
                                         budget=budget)
-    feasible = sum(1 for opts in resolutions.values() if opts) + feasible_elsewhere
-    if chosen == "exhaustive" and len(resolutions) < len(structures):
-        notes.append(f"memory was resolved for {len(resolutions)} of {len(structures)} structures (the rest were "
+    if blocks == 1:
+        n_resolved, n_feasible = len(resolutions), sum(1 for opts in resolutions.values() if opts)
+        n_options = sum(len(o) for o in resolutions.values())
+    feasible = n_feasible + feasible_elsewhere
+    if chosen == "exhaustive" and n_resolved < len(structures):
+        notes.append(f"memory was resolved for {n_resolved} of {len(structures)} structures (the rest were "
                      "bounded out first), so 'feasible' counts those")
     ranked = []
     for e in top.ranked():
@@ -295,15 +347,16 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
         notes.append(f"truncated: the {budget.describe()} cut the search short; the ranking is the best found, "
                      "not proven optimal (a larger budget may find better)")
     return SearchResult(ranked=tuple(ranked), method=chosen, candidates=len(structures), feasible=feasible,
-                        options=sum(len(o) for o in resolutions.values()), evaluated=evaluated,
+                        options=n_options, evaluated=evaluated,
                         seconds=time.perf_counter() - start, pruned=tuple(pruned.most_common()),
                         smallest_need_bytes=0.0 if smallest[0] == float("inf") else smallest[0],
                         notes=tuple(notes), truncated=budget.hit, budget_s=time_budget_s,
-                        work_budget=budget.work_cap)
+                        work_budget=budget.work_cap, block_cpu_s=tuple(block_cpu))
 
 
 def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable[..., list[Option] | None],
-                constants: CostConstants, top_k: int, budget: _Budget, say: Progress) -> tuple[_TopK, int, list[str]]:
+                constants: CostConstants, top_k: int, budget: _Budget, say: Progress,
+                shared: SharedBound | None = None) -> tuple[_TopK, int, list[str]]:
     """Best-first branch and bound over structures, then their memory options.
 
     A structure's optimistic bound uses its least-sharded, recompute-free, offload-free form: every
@@ -312,7 +365,8 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     Structures are resolved (memory; one estimate when the least form fits) and their options bounded
     only when they reach the front of the queue; the search stops when the front's bound reaches the
     k-th best step. The budget is checked in every phase; once it is spent the search still costs
-    until it has one plan, and is marked truncated.
+    until it has one plan, and is marked truncated. ``shared``: one block of a search in several processes
+    (``parallel.py``); it also stops at the k-th best step any of them has found, and publishes its own.
     """
     bounds = StructureBounds(ctx, constants)
     queue: list[tuple[float, int, int, object]] = []
@@ -341,8 +395,8 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
             budget.hit = cut = True
         # Once the budget is spent a family goes in unbounded (after every bounded one, in enumeration
         # order); opened, its members are still bounded and taken best-first.
-        shared = _UNBOUNDED if cut else bounds.family_bound([p for _, p in members])
-        queue.append((shared, members[0][0], 4, members))
+        family_lb = _UNBOUNDED if cut else bounds.family_bound([p for _, p in members])
+        queue.append((family_lb, members[0][0], 4, members))
         unopened += len(members)
     heapq.heapify(queue)
     counter = itertools.count(n)
@@ -351,9 +405,10 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     notes: list[str] = []
     while queue:
         lb, _, kind, item = queue[0]
-        if lb >= top.bound:
+        if lb >= top.bound or shared is not None and lb >= shared.bound():
+            kth = top.bound if shared is None else min(top.bound, shared.bound())
             notes.append(f"branch and bound: {len(queue) - 1 + unopened} structures/options left unexplored, their "
-                         f"lower bounds exceed the {top_k}-th best step ({top.bound:.3f} s); {resolved} of {n} "
+                         f"lower bounds exceed the {top_k}-th best step ({kth:.3f} s); {resolved} of {n} "
                          f"structures needed a memory resolution; {unopened} were never bounded one by one "
                          "(their family's shared bound could not beat it)")
             break
@@ -398,6 +453,8 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
             heapq.heappush(queue, (max(lb, bounds.bound(plan)), next(counter), 1, item))
         else:
             top.push(_cost(ctx, item, constants))  # type: ignore[arg-type]
+            if shared is not None:
+                shared.publish([-entry[0][1] for entry in top.heap if not entry[0][0]])  # plans with headroom
             evaluated += 1
             budget.work += 1
             if evaluated % 8 == 0:

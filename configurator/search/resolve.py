@@ -36,7 +36,7 @@ from functools import lru_cache
 
 from configurator.cost.step import ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, cpu_adam_rate_per_gpu
 from configurator.margin import NO_MARGIN, MemoryMargin, fits_with_margin
-from configurator.memory import MemoryReport, estimate_memory, recompute_dropped_parts
+from configurator.memory import MemoryReport, estimate_memory, recompute_dropped_parts, with_offload
 from configurator.profiles import GIB
 from configurator.recompute import MEGATRON_RUNTIMES, selective_module_ladder
 from configurator.search.space import SearchContext, framework_shardings, hsdp_shard_group
@@ -118,13 +118,17 @@ def _memory(ctx: SearchContext, plan: Plan) -> MemoryReport:
     if hit is None:
         if len(memo) >= MEMO_LIMIT:
             memo.clear()  # bounded: its hits are within one structure's resolution (the key is the whole plan)
-        hit = memo[plan] = estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+        base = memo.get(replace(plan, offload=0.0)) if plan.offload else None
+        # An offloaded form of a plan estimated without offload: only the optimizer states move (same floats).
+        hit = memo[plan] = (with_offload(base, plan, ctx.cluster, runtime=ctx.runtime) if base is not None else
+                            estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime))
     return hit
 
 
 def _fits_device(mem: MemoryReport, margin: MemoryMargin) -> bool:
     """The device fits the predicted peak with ``margin`` left free."""
-    return mem.fits_device and fits_with_margin(mem.peak_bytes, mem.capacity_bytes, margin)
+    peak = mem.peak_bytes  # (a max over the stages: worked out once, not for each check)
+    return peak <= mem.capacity_bytes and fits_with_margin(peak, mem.capacity_bytes, margin)
 
 
 def _least_fitting(ctx: SearchContext, ladder: Sequence[Plan], last: MemoryReport,
