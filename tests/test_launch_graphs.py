@@ -68,3 +68,12 @@ def test_published_rows_take_their_recipe_graph_scopes() -> None:
 def test_unknown_graph_scope_is_refused_by_name() -> None:
     with pytest.raises(InputError, match="cuda_graphs"):
         JobSpec(global_batch=8, seq_len=1024, cuda_graphs=("mlp",))
+
+
+def test_grouped_gemms_launch_once_per_local_expert() -> None:
+    # Transformer Engine's grouped linear launches one cuBLAS GEMM per local expert: 16 local experts
+    # add 2 x 16 forward (FC1, FC2) and 4 x 16 backward launches; none when the layer is not MoE
+    assert layer_launches(True, (), local_experts=16) == (54 + 32, 108 + 64)
+    assert layer_launches(True, ALL_SCOPES, local_experts=16) == (28 + 32 + 6, 56 + 64 + 6)
+    assert layer_launches(False, (), local_experts=16) == (24, 48)
+    assert layer_launches(True, ("full_iteration",), local_experts=16) == (0.0, 0.0)

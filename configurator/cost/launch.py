@@ -13,7 +13,11 @@ FC1 / FC2 GEMMs, rotary, attention, activation, two residual adds, bias/dropout 
 casts), about half of them in the attention block; an MoE layer adds ~30 (router GEMM,
 softmax/top-k, aux loss, permute/unpermute, two all-to-alls, grouped GEMMs, shared expert), of
 which ~8 are the router and ~6 the dispatcher's preprocessing (per-expert counts, splits, the
-count all-gather).
+count all-gather). The grouped GEMMs are not one kernel each: Transformer Engine's grouped linear
+(``multi_stream_cublas_gemm`` behind ``general_grouped_gemm``) launches one cuBLAS GEMM per local
+expert, round-robin on 4 streams, so each of FC1 and FC2 adds one launch per expert on the rank
+forward and two backward (data and weight gradients): 16 local experts (Qwen3-30B-A3B at EP8) add
+32 launches forward and 64 backward to the ~54 of the layer.
 
 CUDA graphs (Megatron-Core ``--cuda-graph-impl transformer_engine --cuda-graph-scope attn moe_router
 moe_preprocess``, as NVIDIA's Megatron-Bridge performance recipes set per model and GPU; runs.py
@@ -40,6 +44,8 @@ PREPROCESS_KERNELS = 6
 """Of MOE_EXTRA_KERNELS: the dispatcher's per-expert counts, splits and the count all-gather (Megatron's
 ``moe_preprocess`` scope; the device-to-host copy it starts is not removed by the graph)."""
 KERNELS_AFTER_SYNC = 8
+EXPERT_GEMM_LAUNCHES = 2
+"""Forward GEMM launches per local expert (FC1 and FC2; the backward launches twice as many)."""
 BACKWARD_KERNEL_RATIO = 2.0
 GRAPH_REPLAY_LAUNCHES = 2.0
 """Host cost of replaying one captured scope, in eager launches (static-input copy + cudaGraphLaunch)."""
@@ -51,12 +57,13 @@ def exposed_launch_s(gpu_s: float, kernels: float, launch_s: float) -> float:
     return max(0.0, kernels * launch_s - gpu_s)
 
 
-def layer_launches(moe: bool, graphs: tuple[str, ...] = ()) -> tuple[float, float]:
+def layer_launches(moe: bool, graphs: tuple[str, ...] = (), local_experts: float = 0.0) -> tuple[float, float]:
     """(forward, backward) host launches of one layer and micro-batch, in eager-launch units: the
-    kernels outside captured scopes one launch each, each captured scope one replay per pass."""
+    kernels outside captured scopes one launch each (the grouped GEMMs one per local expert and
+    linear, ``EXPERT_GEMM_LAUNCHES``), each captured scope one replay per pass."""
     if FULL_ITERATION in graphs:
         return 0.0, 0.0
-    eager = DENSE_LAYER_KERNELS + (MOE_EXTRA_KERNELS if moe else 0)
+    eager = DENSE_LAYER_KERNELS + (MOE_EXTRA_KERNELS + EXPERT_GEMM_LAUNCHES * local_experts if moe else 0)
     captured = {"attn": ATTN_KERNELS, "moe_router": ROUTER_KERNELS if moe else 0,
                 "moe_preprocess": PREPROCESS_KERNELS if moe else 0}
     replays = 0
@@ -81,9 +88,9 @@ def dispatcher_syncs(moe: bool, ep: int, moe_routing: str, graphs: tuple[str, ..
 
 
 def layer_launch_s(fwd_gpu_s: float, bwd_gpu_s: float, moe: bool, launch_s: float, sync_s: float,
-                   syncs: int, graphs: tuple[str, ...] = ()) -> tuple[float, float]:
+                   syncs: int, graphs: tuple[str, ...] = (), local_experts: float = 0.0) -> tuple[float, float]:
     """(forward, backward) exposed host time of one layer and micro-batch."""
-    fwd_launches, bwd_launches = layer_launches(moe, graphs)
+    fwd_launches, bwd_launches = layer_launches(moe, graphs, local_experts)
     f = exposed_launch_s(fwd_gpu_s, fwd_launches, launch_s)
     b = exposed_launch_s(bwd_gpu_s, bwd_launches, launch_s)
     if moe and syncs:
@@ -91,6 +98,6 @@ def layer_launch_s(fwd_gpu_s: float, bwd_gpu_s: float, moe: bool, launch_s: floa
     return f, b
 
 
-__all__ = ["ATTN_KERNELS", "BACKWARD_KERNEL_RATIO", "DENSE_LAYER_KERNELS", "FULL_ITERATION", "GRAPH_REPLAY_LAUNCHES",
+__all__ = ["ATTN_KERNELS", "BACKWARD_KERNEL_RATIO", "DENSE_LAYER_KERNELS", "EXPERT_GEMM_LAUNCHES", "FULL_ITERATION", "GRAPH_REPLAY_LAUNCHES",
            "KERNELS_AFTER_SYNC", "MOE_EXTRA_KERNELS", "PREPROCESS_KERNELS", "ROUTER_KERNELS",
            "dispatcher_syncs", "exposed_launch_s", "layer_launch_s", "layer_launches"]

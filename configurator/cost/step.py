@@ -354,8 +354,9 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         if is_layer:
             graphs = inp.job.cuda_graphs
             syncs = dispatcher_syncs(moe, plan.ep, inp.job.moe_routing, graphs)
+            local_experts = work.expert_gemms[0].count if work.expert_gemms else 0.0
             launch_f, launch_b = layer_launch_s(f_compute, b_compute + recompute, moe, c["overhead.launch_s"],
-                                                sync_s, syncs, graphs)
+                                                sync_s, syncs, graphs, local_experts)
             launch_b += re_frac * launch_f
         z_f = z_b = z_first = 0.0
         zf_hidden = zb_hidden = 0.0  # sharding gathers/reductions hidden under compute
