@@ -119,8 +119,10 @@ PARAMETERS: tuple[ParamDef, ...] = (
     ParamDef(name="overhead.launch_s", default=1e-5, lower=3e-6, upper=4e-5,
              doc="Host time to issue one kernel from eager PyTorch (CUDA launch ~4 us plus the Python/ATen "
                  "dispatch). Costs time only where a layer's GPU work is shorter than its launches, or "
-                 "after an MoE dispatcher's device-to-host sync (cost/launch.py).",
-             prior_width=0.7, prior_source="CUDA launch ~4-5 us plus ATen/Python dispatch ~5-20 us per kernel in eager PyTorch."),
+                 "after an MoE dispatcher's device-to-host sync (cost/launch.py). Kernels inside a CUDA-graph "
+                 "scope (JobSpec.cuda_graphs) cost one replay per scope instead; a grouped GEMM launches one "
+                 "cuBLAS GEMM per local expert.",
+             prior_width=0.7, prior_source="CUDA launch ~4-6 us (cudaLaunchKernel; NVIDIA 'Getting Started with CUDA Graphs') plus ATen/Python dispatch: ~5-20 us per op in eager PyTorch with Megatron's module hooks; a factor 2 around 10 us."),
     ParamDef(name="overhead.step_s", default=0.05, lower=1e-3, upper=1.0,
              doc="Fixed time per optimizer step (data loading, logging, synchronisation, grad-norm).",
              prior_width=1.0, prior_source="Per-step host work (grad-norm all-reduce, logging, data-loader hand-off) is ~10-100 ms in Megatron/llm-foundry step logs; a factor e around 50 ms."),
