@@ -87,9 +87,11 @@ BOUND_REASONS: dict[str, str] = {
                            "backward factor is shared with Hopper, so Blackwell's own attention takes the slack.",
     "gemm.blackwell.fp8": "upper bound: fp8 at the full 2x peak ratio over Blackwell's bf16 efficiency, which the fit "
                           "puts low; the fp8/bf16 speed-up stays within the hardware's ratio by construction.",
-    "overhead.launch_s": "upper bound: the rows want more host time per small layer than 40 us per kernel gives "
-                         "(per-layer Python work that does not scale with kernel count - hooks, MoE token "
-                         "bookkeeping - is not modelled; the bound keeps it from standing in for that).",
+    "overhead.launch_s": "upper bound: the eager small-expert rows at micro-batch 1 (Qwen3-30B-A3B on B200, NeMo "
+                         "25.11, r135: 16 local experts, router + preprocess graphed) want more host time per "
+                         "layer than 40 us per launch gives, while the H100 mb1 row (r104) wants less; per-layer "
+                         "Python work that does not scale with kernel count (hooks, token bookkeeping) is not "
+                         "modelled, and the bound keeps the constant from standing in for it.",
     "overhead.microbatch_s": "upper bound: DeepSpeed's pipeline engine (BLOOM rows) pays more per micro-batch than "
                              "Megatron's schedule; one constant serves both runtimes.",
     "moe.expert_load_cv": "bound: few MoE rows ran learned routing (runs.py: most NVIDIA recipe rows force-balance "

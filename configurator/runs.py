@@ -287,6 +287,76 @@ def recipe_dispatcher(source: str, model_name: str, system: str) -> str | None:
     return None
 
 
+_GRAPH_NOTE = re.compile(r"cuda graphs? \(([^)]*)\)")
+_GRAPH_WORD_SCOPES = (("full", "full_iteration"), ("attn", "attn"), ("router", "moe_router"),
+                      ("preprocess", "moe_preprocess"))
+
+
+def graphs_from_notes(notes: str) -> tuple[str, ...] | None:
+    """CUDA-graph scopes a row's notes state ("CUDA graphs (attn, router, preprocess)", the Megatron-MoE
+    model zoo's GB200 table), as ``JobSpec.cuda_graphs``; None when the notes do not say."""
+    match = _GRAPH_NOTE.search(notes.lower())
+    if not match:
+        return None
+    words = match.group(1)
+    return tuple(scope for word, scope in _GRAPH_WORD_SCOPES if word in words)
+
+
+_ATTN_ROUTER_PRE = ("attn", "moe_router", "moe_preprocess")
+_ROUTER_PRE = ("moe_router", "moe_preprocess")
+
+
+def recipe_cuda_graphs(source: str, model_name: str, system: str, precision: str) -> tuple[str, ...]:
+    """CUDA-graph scopes of a Megatron-Bridge performance-summary row, from the recipe of the container its
+    source names (``cuda_graph_impl`` / ``cuda_graph_scope`` in scripts/performance/configs/*/
+    *_workload_base_configs.py at the release the container ships: v0.2.0 for 25.11, v0.3.x for 26.02,
+    v0.4.x for 26.04; src/megatron/bridge/perf_recipes/* for 26.08). What they set, for the rows we have:
+
+    - 26.08, MXFP8 on GB200/GB300 (DeepSeek-V3, Qwen3, GPT-OSS 120B): ``full_iteration``
+      (``_enable_*_full_iteration_mxfp8``, with ``moe_expert_rank_capacity_factor`` 1.5).
+    - Qwen3-30B-A3B: GB300/B300 router + preprocess; GB200 attn + router + preprocess in bf16/FP8-CS,
+      router + preprocess in FP8-MX (the Blackwell fp8 of the tables); B200 router + preprocess until
+      26.02, attn + router + preprocess from 26.02.01; H100 router + preprocess in bf16, none in FP8-CS.
+    - Qwen3-235B-A22B: GB200 attn + router + preprocess; GB300 router + preprocess; B200/B300/H100 none.
+    - DeepSeek-V3: GB300 attn + router + preprocess (fp8 only in 25.11: from 26.02 its fp8 scope is empty
+      with no graph impl); GB200 router + preprocess in 25.11, attn + router + preprocess from 26.02;
+      B200/B300/H100 none.
+    - GPT-OSS 120B: GB300/B300 attn + router + preprocess; GB200/B200/H100 none.
+
+    () for other sources and models (eager launches)."""
+    if "megatron-bridge performance" not in source.lower():
+        return ()
+    found = re.search(r"nemo (\d+)\.(\d+)(?:\.(\d+))?", source.lower())
+    if not found:
+        return ()
+    container = tuple(int(x or 0) for x in found.groups())
+    key = re.sub(r"[^a-z0-9]", "", model_name.lower())
+    gpu = system.lower().removeprefix("dgx-").split("-")[0]
+    fp8 = precision in ("fp8", "fp4")
+    if container >= (26, 8, 0) and fp8 and gpu in ("gb200", "gb300") and key in (
+            "deepseekv3", "qwen330ba3b", "qwen3235ba22b", "gptoss120b"):
+        return ("full_iteration",)
+    if key == "qwen330ba3b":
+        if gpu == "gb200":
+            return _ROUTER_PRE if fp8 else _ATTN_ROUTER_PRE
+        if gpu == "b200":
+            return _ATTN_ROUTER_PRE if container >= (26, 2, 1) else _ROUTER_PRE
+        if gpu in ("gb300", "b300"):
+            return _ROUTER_PRE
+        return () if fp8 else _ROUTER_PRE
+    if key == "qwen3235ba22b":
+        return {"gb200": _ATTN_ROUTER_PRE, "gb300": _ROUTER_PRE}.get(gpu, ())
+    if key == "deepseekv3":
+        if gpu == "gb300":
+            return _ATTN_ROUTER_PRE if (not fp8 or container < (26, 2, 0)) else ()
+        if gpu == "gb200":
+            return _ROUTER_PRE if container < (26, 2, 0) else _ATTN_ROUTER_PRE
+        return ()
+    if key == "gptoss120b" and gpu in ("gb300", "b300"):
+        return _ATTN_ROUTER_PRE
+    return ()
+
+
 def recipe_vpp(source: str, model_name: str) -> int | None:
     """Virtual pipeline stages a DGX Cloud Benchmarking row ran with where the README table it was read from
     says otherwise: the v25.04.01 nemotron recipe's table gives Nemotron-4 340B's VP as "NA" (read as vpp 1),
@@ -390,8 +460,13 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         eager = runs_eager(runtime, precision, _cell(row, "notes"))
         if eager:
             notes.append("PyTorch eager (torchtitan's default; the row names no compile/Float8/Async TP)")
+        stated = graphs_from_notes(_cell(row, "notes"))
+        graphs = stated if stated is not None else recipe_cuda_graphs(source, row.get("model", ""), system, precision)
+        if graphs:
+            said = "the notes" if stated is not None else "the recipe"
+            notes.append(f"CUDA graphs {'+'.join(graphs)} (from {said}): captured kernels cost one replay each")
         job = JobSpec(global_batch=gbs, seq_len=seq_len, precision=precision, moe_routing=routing,
-                      compiled=not eager)
+                      compiled=not eager, cuda_graphs=graphs)
         dispatcher, said = None, ""
         if model.is_moe:
             dispatcher, said = dispatcher_from_notes(_cell(row, "notes")), "the notes"
@@ -453,7 +528,7 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         return replace(base, error=str(exc))
 
 
-__all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "read_runs",
-           "recipe_dispatcher", "recipe_routing", "recipe_vpp", "runs_eager", "runtime_for_source", "unknown_micro_batch",
+__all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "graphs_from_notes",
+           "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_routing", "recipe_vpp", "runs_eager", "runtime_for_source", "unknown_micro_batch",
            "unknown_vpp",
            "uses_bf16_optimizer"]

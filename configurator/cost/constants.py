@@ -119,8 +119,10 @@ PARAMETERS: tuple[ParamDef, ...] = (
     ParamDef(name="overhead.launch_s", default=1e-5, lower=3e-6, upper=4e-5,
              doc="Host time to issue one kernel from eager PyTorch (CUDA launch ~4 us plus the Python/ATen "
                  "dispatch). Costs time only where a layer's GPU work is shorter than its launches, or "
-                 "after an MoE dispatcher's device-to-host sync (cost/launch.py).",
-             prior_width=0.7, prior_source="CUDA launch ~4-5 us plus ATen/Python dispatch ~5-20 us per kernel in eager PyTorch."),
+                 "after an MoE dispatcher's device-to-host sync (cost/launch.py). Kernels inside a CUDA-graph "
+                 "scope (JobSpec.cuda_graphs) cost one replay per scope instead; a grouped GEMM launches one "
+                 "cuBLAS GEMM per local expert.",
+             prior_width=0.7, prior_source="CUDA launch ~4-6 us (cudaLaunchKernel; NVIDIA 'Getting Started with CUDA Graphs') plus ATen/Python dispatch: ~5-20 us per op in eager PyTorch with Megatron's module hooks; a factor 2 around 10 us."),
     ParamDef(name="overhead.step_s", default=0.05, lower=1e-3, upper=1.0,
              doc="Fixed time per optimizer step (data loading, logging, synchronisation, grad-norm).",
              prior_width=1.0, prior_source="Per-step host work (grad-norm all-reduce, logging, data-loader hand-off) is ~10-100 ms in Megatron/llm-foundry step logs; a factor e around 50 ms."),
@@ -135,10 +137,16 @@ PARAMETERS: tuple[ParamDef, ...] = (
              prior_width=0.05,
              prior_source="Busiest expert / mean = 1 + z(E) x cv, z(E) the expected maximum of E standard normals "
                           "(2.34 for 64 experts; cost/moe.py). DeepSeek's Loss-Free Balancing paper (Wang et al. 2024, "
-                          "arXiv 2408.15664) reports a global MaxVio (busiest expert / mean - 1) of ~0.5-0.7 for "
-                          "aux-loss routers and ~0.04 for its bias-balanced router on 64-expert models, i.e. cv "
-                          "~0.2-0.3 and ~0.02 (figures recalled, not re-read in the stored copy); Mixtral's per-domain "
-                          "expert shares (Jiang et al. 2024, fig. 7) stay within ~10-17% around 12.5%, cv ~0.1-0.15. "
+                          "arXiv 2408.15664; MoE models up to 3B parameters, 200B tokens) measures MaxVio (busiest "
+                          "expert / mean - 1) and finds its bias-balanced router better balanced than aux-loss "
+                          "routers; the figures used here, global MaxVio ~0.5-0.7 for aux-loss routers and ~0.04 "
+                          "bias-balanced on 64 experts (cv ~0.2-0.3 and ~0.02), are recalled: the stored copies "
+                          "(abstract and summaries) do not give them, so they stay unverified. Mixtral (Jiang et al. "
+                          "2024, section 5 'Routing analysis', fig. 7: expert shares on The Pile validation subsets "
+                          "at layers 0, 15 and 31) finds the distribution 'very similar' across ArXiv, PubMed and "
+                          "PhilPapers and only DM Mathematics marginally different (verified in the text); the "
+                          "spread ~10-17% around 12.5% (cv ~0.1-0.15) is read off the figure, not stated, and is a "
+                          "whole-domain share, not a micro-batch's. "
                           "Centre 0.15 (between bias-balanced and aux-loss routers), one width 0.05; upper bound 0.3, "
                           "the top of the aux-loss range. Without it two rows (DGX Cloud's GB200 DeepSeek-V3, r237/r238) set 0.35 for every "
                           "learned-routing plan; their recipe ran capacity-padded token drop, i.e. no imbalance at "

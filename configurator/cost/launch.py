@@ -10,16 +10,46 @@ the kernels before the next large one (permutation, the all-to-all, the grouped 
 Kernel counts per layer and micro-batch (forward; backward launches about twice as many), from
 Megatron-Core with Transformer Engine: a dense layer runs ~24 (two norms, QKV / projection /
 FC1 / FC2 GEMMs, rotary, attention, activation, two residual adds, bias/dropout fusions, fp8
-casts); an MoE layer adds ~30 (router GEMM, softmax/top-k, aux loss, permute/unpermute, two
-all-to-alls, grouped GEMMs, shared expert).
+casts), about half of them in the attention block; an MoE layer adds ~30 (router GEMM,
+softmax/top-k, aux loss, permute/unpermute, two all-to-alls, grouped GEMMs, shared expert), of
+which ~8 are the router and ~6 the dispatcher's preprocessing (per-expert counts, splits, the
+count all-gather). The grouped GEMMs are not one kernel each: Transformer Engine's grouped linear
+(``multi_stream_cublas_gemm`` behind ``general_grouped_gemm``) launches one cuBLAS GEMM per local
+expert, round-robin on 4 streams, so each of FC1 and FC2 adds one launch per expert on the rank
+forward and two backward (data and weight gradients): 16 local experts (Qwen3-30B-A3B at EP8) add
+32 launches forward and 64 backward to the ~54 of the layer.
+
+CUDA graphs (Megatron-Core ``--cuda-graph-impl transformer_engine --cuda-graph-scope attn moe_router
+moe_preprocess``, as NVIDIA's Megatron-Bridge performance recipes set per model and GPU; runs.py
+``recipe_cuda_graphs``): Transformer Engine's ``make_graphed_callables`` captures each scope's
+forward and backward, so the host replays one graph per scope and pass instead of launching its
+kernels; a replay costs about two eager launches (the copy of the inputs into the graph's static
+buffers and ``cudaGraphLaunch``, each a few µs like a kernel launch: ~4-6 µs per launch, NVIDIA's
+"Getting Started with CUDA Graphs" blog). ``full_iteration`` (``--cuda-graph-impl full_iteration``,
+the 26.08 MXFP8 recipes) captures the whole forward-backward: no per-layer launches at all, and no
+dispatcher sync either, since those recipes size the dispatch buffers statically
+(``moe_expert_rank_capacity_factor`` 1.5).
 """
 
 from __future__ import annotations
 
 DENSE_LAYER_KERNELS = 24
 MOE_EXTRA_KERNELS = 30
+ATTN_KERNELS = 12
+"""Of a layer's DENSE_LAYER_KERNELS: input norm, QKV GEMM, rotary, core attention, output projection,
+bias-dropout-add, fp8 casts: what the ``attn`` graph scope captures."""
+ROUTER_KERNELS = 8
+"""Of MOE_EXTRA_KERNELS: router GEMM, softmax/sigmoid, top-k, score normalisation, aux/z losses."""
+PREPROCESS_KERNELS = 6
+"""Of MOE_EXTRA_KERNELS: the dispatcher's per-expert counts, splits and the count all-gather (Megatron's
+``moe_preprocess`` scope; the device-to-host copy it starts is not removed by the graph)."""
 KERNELS_AFTER_SYNC = 8
+EXPERT_GEMM_LAUNCHES = 2
+"""Forward GEMM launches per local expert (FC1 and FC2; the backward launches twice as many)."""
 BACKWARD_KERNEL_RATIO = 2.0
+GRAPH_REPLAY_LAUNCHES = 2.0
+"""Host cost of replaying one captured scope, in eager launches (static-input copy + cudaGraphLaunch)."""
+FULL_ITERATION = "full_iteration"
 
 
 def exposed_launch_s(gpu_s: float, kernels: float, launch_s: float) -> float:
@@ -27,16 +57,47 @@ def exposed_launch_s(gpu_s: float, kernels: float, launch_s: float) -> float:
     return max(0.0, kernels * launch_s - gpu_s)
 
 
+def layer_launches(moe: bool, graphs: tuple[str, ...] = (), local_experts: float = 0.0) -> tuple[float, float]:
+    """(forward, backward) host launches of one layer and micro-batch, in eager-launch units: the
+    kernels outside captured scopes one launch each (the grouped GEMMs one per local expert and
+    linear, ``EXPERT_GEMM_LAUNCHES``), each captured scope one replay per pass."""
+    if FULL_ITERATION in graphs:
+        return 0.0, 0.0
+    eager = DENSE_LAYER_KERNELS + (MOE_EXTRA_KERNELS + EXPERT_GEMM_LAUNCHES * local_experts if moe else 0)
+    captured = {"attn": ATTN_KERNELS, "moe_router": ROUTER_KERNELS if moe else 0,
+                "moe_preprocess": PREPROCESS_KERNELS if moe else 0}
+    replays = 0
+    for scope in set(graphs):
+        if captured.get(scope):
+            eager -= captured[scope]
+            replays += 1
+    return (eager + GRAPH_REPLAY_LAUNCHES * replays,
+            BACKWARD_KERNEL_RATIO * eager + GRAPH_REPLAY_LAUNCHES * replays)
+
+
+def dispatcher_syncs(moe: bool, ep: int, moe_routing: str, graphs: tuple[str, ...] = ()) -> int:
+    """Device-to-host syncs of one MoE layer's forward. Dropless routing needs the per-expert counts
+    on the host to size the all-to-all (Megatron-Core token_dispatcher.py: the alltoall dispatcher's
+    ``cuda_sync_point`` "before_ep_alltoall"; HybridEP "sizes buffers dynamically (CPU sync in
+    dispatch)" unless ``moe_expert_rank_capacity_factor`` bounds them). None when every expert's input
+    is padded to capacity (``drop_and_pad``: the counts are known on the host) or the whole iteration
+    is one graph (those recipes set the rank capacity factor)."""
+    if not moe or ep <= 1 or moe_routing == "capacity_padded" or FULL_ITERATION in graphs:
+        return 0
+    return 1
+
+
 def layer_launch_s(fwd_gpu_s: float, bwd_gpu_s: float, moe: bool, launch_s: float, sync_s: float,
-                   syncs: int) -> tuple[float, float]:
+                   syncs: int, graphs: tuple[str, ...] = (), local_experts: float = 0.0) -> tuple[float, float]:
     """(forward, backward) exposed host time of one layer and micro-batch."""
-    kernels = DENSE_LAYER_KERNELS + (MOE_EXTRA_KERNELS if moe else 0)
-    f = exposed_launch_s(fwd_gpu_s, kernels, launch_s)
-    b = exposed_launch_s(bwd_gpu_s, BACKWARD_KERNEL_RATIO * kernels, launch_s)
+    fwd_launches, bwd_launches = layer_launches(moe, graphs, local_experts)
+    f = exposed_launch_s(fwd_gpu_s, fwd_launches, launch_s)
+    b = exposed_launch_s(bwd_gpu_s, bwd_launches, launch_s)
     if moe and syncs:
         f += syncs * (sync_s + KERNELS_AFTER_SYNC * launch_s)
     return f, b
 
 
-__all__ = ["BACKWARD_KERNEL_RATIO", "DENSE_LAYER_KERNELS", "KERNELS_AFTER_SYNC", "MOE_EXTRA_KERNELS",
-           "exposed_launch_s", "layer_launch_s"]
+__all__ = ["ATTN_KERNELS", "BACKWARD_KERNEL_RATIO", "DENSE_LAYER_KERNELS", "EXPERT_GEMM_LAUNCHES", "FULL_ITERATION", "GRAPH_REPLAY_LAUNCHES",
+           "KERNELS_AFTER_SYNC", "MOE_EXTRA_KERNELS", "PREPROCESS_KERNELS", "ROUTER_KERNELS",
+           "dispatcher_syncs", "exposed_launch_s", "layer_launch_s", "layer_launches"]

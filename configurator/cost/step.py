@@ -42,7 +42,7 @@ from configurator.cost.constants import CostConstants, RuntimeCost, hardware_def
     load_runtime_cost
 from configurator.cost.cp import cp_times_s
 from configurator.cost.knobs import effective_knobs, flex_overlap_compute_slowdown
-from configurator.cost.launch import layer_launch_s
+from configurator.cost.launch import dispatcher_syncs, layer_launch_s
 from configurator.cost.moe import ep_scale_out_share, expert_load_factor
 from configurator.cost.schedule import ScheduleResult, simulate
 from configurator.cost.work import (BF16, LayerWork, embedding_work, head_work, layer_work, model_flops_per_token,
@@ -352,9 +352,11 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
                 recompute = wt.attention_s if rt.selective_recompute == "attention" else 0.5 * wt.gemm_s
         launch_f = launch_b = 0.0
         if is_layer:
-            syncs = 1 if (moe and plan.ep > 1) else 0
+            graphs = inp.job.cuda_graphs
+            syncs = dispatcher_syncs(moe, plan.ep, inp.job.moe_routing, graphs)
+            local_experts = work.expert_gemms[0].count if work.expert_gemms else 0.0
             launch_f, launch_b = layer_launch_s(f_compute, b_compute + recompute, moe, c["overhead.launch_s"],
-                                                sync_s, syncs)
+                                                sync_s, syncs, graphs, local_experts)
             launch_b += re_frac * launch_f
         z_f = z_b = z_first = 0.0
         zf_hidden = zb_hidden = 0.0  # sharding gathers/reductions hidden under compute

@@ -9,6 +9,7 @@ from configurator.errors import require, require_positive_int
 from configurator.specs.hardware import PRECISIONS
 
 MOE_ROUTINGS = ("learned", "force_balanced", "capacity_padded")
+CUDA_GRAPH_SCOPES = ("attn", "moe_router", "moe_preprocess", "full_iteration")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -31,6 +32,12 @@ class JobSpec:
     ``torch.compile`` in torchtitan, which the emitted torchtitan files enable). False: PyTorch eager, one
     kernel per op, so RMSNorm, rotary and SwiGLU move their tensors several times (``cost/work.py``'s
     ``eager_elementwise_bytes``); torchtitan's rows run that way unless they say compile/Float8/Async TP."""
+    cuda_graphs: tuple[str, ...] = ()
+    """Parts of each layer the framework captures in CUDA graphs (Megatron-Core ``--cuda-graph-impl
+    transformer_engine --cuda-graph-scope ...``: ``attn``, ``moe_router``, ``moe_preprocess``; or
+    ``full_iteration``), whose kernels then cost one graph replay instead of a host launch each
+    (cost/launch.py). Empty: eager launches, what the emitted launch files run. Set by runs.py from a
+    published row's recipe; not a plan knob."""
 
     def __post_init__(self) -> None:
         require_positive_int("global_batch", self.global_batch)
@@ -39,6 +46,9 @@ class JobSpec:
         require_at_most("seq_len", self.seq_len, MAX_SEQ_LEN, "tokens")
         require(self.precision in PRECISIONS, "precision", self.precision,
                 f"must be one of {', '.join(PRECISIONS)}")
+        for scope in self.cuda_graphs:
+            require(scope in CUDA_GRAPH_SCOPES, "cuda_graphs", scope,
+                    f"must be one of {', '.join(CUDA_GRAPH_SCOPES)}")
         require(self.moe_routing in MOE_ROUTINGS, "moe_routing", self.moe_routing,
                 f"must be one of {', '.join(MOE_ROUTINGS)}")
 
