@@ -228,14 +228,16 @@ def test_service_accepts_an_inline_gpu_spec_in_a_registered_cluster(tmp_path) ->
 
     from configurator.service.app import create_app
 
-    client = TestClient(create_app(f"sqlite:///{tmp_path / 's.db'}", workers=1))
-    ok = client.post("/v1/clusters", json={"name": "site", "profile": _profile()})
-    assert ok.status_code == 201, ok.text
-    est = client.post("/v1/estimate", json={"model": "llama3-8b", "cluster": "site", "num_gpus": 8,
-                                            "seq_len": 4096, "global_batch": 32})
-    assert est.status_code == 200, est.text
-    assert est.json()["cluster"]["gpu"] == "my-gpu"
-    bad = client.post("/v1/clusters", json={"name": "bad", "profile": _profile(_bad(memory_GiB=0))})
+    # As a context manager, so the app's shutdown stops its worker pool (a supervisor thread left running
+    # would make every later search in this process refuse to fork: search/parallel.py).
+    with TestClient(create_app(f"sqlite:///{tmp_path / 's.db'}", workers=1)) as client:
+        ok = client.post("/v1/clusters", json={"name": "site", "profile": _profile()})
+        assert ok.status_code == 201, ok.text
+        est = client.post("/v1/estimate", json={"model": "llama3-8b", "cluster": "site", "num_gpus": 8,
+                                                "seq_len": 4096, "global_batch": 32})
+        assert est.status_code == 200, est.text
+        assert est.json()["cluster"]["gpu"] == "my-gpu"
+        bad = client.post("/v1/clusters", json={"name": "bad", "profile": _profile(_bad(memory_GiB=0))})
     assert 400 <= bad.status_code < 500 and "memory_GiB" in bad.text
 
 
