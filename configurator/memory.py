@@ -620,8 +620,6 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
                 grads += rt.pp_unsharded_grad_bytes * (dense + expert)
         if plan.sharding in ("zero1", "zero2"):
             grads += rt.grad_bucket_bytes
-        host = optim * plan.offload
-        optim -= host
         hit = by_stage.get(s) if by_stage is not None else None
         if hit is None:  # (a search reuses it across shardings and offload fractions of one structure)
             if kinds is None:
@@ -630,13 +628,24 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
             if by_stage is not None:
                 by_stage[s] = hit
         act, inflight = hit
-        allocated = weights + grads + optim + act
-        stages.append(StageMemory(
-            stage=s, num_layers=num_layers, params=int(dense + expert), weights_bytes=weights,
-            grads_bytes=grads, optimizer_bytes=optim, activations_bytes=act,
-            fragmentation_bytes=allocated * rt.fragmentation,
-            context_bytes=overhead.cuda_context_bytes + overhead.nccl_bytes,
-            host_optimizer_bytes=host, inflight_microbatches=inflight))
+        stages.append(_stage_memory(s, num_layers, int(dense + expert), weights, grads, optim, act, inflight,
+                                    overhead.cuda_context_bytes + overhead.nccl_bytes, plan.offload, rt))
+    return _report(stages, cluster, plan, rt)
+
+
+def _stage_memory(stage: int, num_layers: int, params: int, weights: float, grads: float, optim: float, act: float,
+                  inflight: int, context: float, offload: float, rt: Runtime) -> StageMemory:
+    """One stage's memory from its parts, ``optim`` being the whole optimizer states before ``offload`` moves
+    that share of them to the host."""
+    host = optim * offload
+    optim -= host
+    allocated = weights + grads + optim + act
+    return StageMemory(stage=stage, num_layers=num_layers, params=params, weights_bytes=weights, grads_bytes=grads,
+                       optimizer_bytes=optim, activations_bytes=act, fragmentation_bytes=allocated * rt.fragmentation,
+                       context_bytes=context, host_optimizer_bytes=host, inflight_microbatches=inflight)
+
+
+def _report(stages: list[StageMemory], cluster: ClusterSpec, plan: Plan, rt: Runtime) -> MemoryReport:
     # Host memory: a node's GPUs belong to the same stage under Megatron's order when pp is the
     # slowest dimension, so a node holds gpus_per_node ranks of (at worst) the busiest stage.
     per_node = min(cluster.gpus_per_node, plan.world_size)
@@ -653,21 +662,11 @@ def with_offload(base: MemoryReport, plan: Plan, cluster: ClusterSpec, *,
     these are worked out with the same operations as ``estimate_memory`` (equal to the last bit; a test checks
     it). The search asks for several fractions of one plan (``search/resolve.py``'s ``min_offload``)."""
     rt = runtime if isinstance(runtime, Runtime) else load_runtime(runtime)
-    stages = []
-    for st in base.stages:
-        optim = st.optimizer_bytes  # (base: the whole states, ``optim - 0.0``)
-        host = optim * plan.offload
-        optim -= host
-        allocated = st.weights_bytes + st.grads_bytes + optim + st.activations_bytes
-        stages.append(StageMemory(
-            stage=st.stage, num_layers=st.num_layers, params=st.params, weights_bytes=st.weights_bytes,
-            grads_bytes=st.grads_bytes, optimizer_bytes=optim, activations_bytes=st.activations_bytes,
-            fragmentation_bytes=allocated * rt.fragmentation, context_bytes=st.context_bytes,
-            host_optimizer_bytes=host, inflight_microbatches=st.inflight_microbatches))
-    per_node = min(cluster.gpus_per_node, plan.world_size)
-    host_peak = per_node * max(st.host_optimizer_bytes for st in stages)
-    return MemoryReport(stages=tuple(stages), capacity_bytes=base.capacity_bytes,
-                        host_capacity_bytes=base.host_capacity_bytes, host_peak_bytes=host_peak, runtime=rt.name)
+    # (base's optimizer bytes are the whole states: ``optim - 0.0``)
+    stages = [_stage_memory(st.stage, st.num_layers, st.params, st.weights_bytes, st.grads_bytes, st.optimizer_bytes,
+                            st.activations_bytes, st.inflight_microbatches, st.context_bytes, plan.offload, rt)
+              for st in base.stages]
+    return _report(stages, cluster, plan, rt)
 
 
 HOST_USABLE_FRACTION = 0.8
