@@ -221,12 +221,12 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
     m = max(1, plan.num_microbatches(job))
     work_cache: dict[tuple[bool, int], LayerWork] = {}
 
-    def work_of(index: int) -> tuple[LayerWork, bool]:
-        moe = model.layer_is_moe(index)
-        key = (moe, model.attention_window(index))  # sliding-window layers attend to fewer keys
+    def work_of(index: int) -> tuple[LayerWork, tuple[bool, int]]:
+        """The layer's work and its kind: (MoE, attention window; sliding-window layers attend to fewer keys)."""
+        key = (model.layer_is_moe(index), model.attention_window(index))
         if key not in work_cache:
             work_cache[key] = layer_work(model, job, plan, index)
-        return work_cache[key], moe
+        return work_cache[key], key
 
     stages = []
     zero3 = []
@@ -239,8 +239,7 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
         per_layer_params = 0.0
         per_layer_expert = 0.0
         for i in range(start, start + n):
-            _, moe = work_of(i)
-            key = (moe, model.attention_window(i))
+            _, key = work_of(i)
             counts[key] = counts.get(key, 0) + 1
             dense, expert = params[i]
             per_layer_params += dense / plan.tp
@@ -254,7 +253,7 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
                 # Multi-token prediction (Megatron-Core places the MTP block on the last stage): per
                 # module one more transformer layer like the last one, its eh_proj and norms, and its
                 # own output head + loss (weights shared with the main head).
-                last_work, last_moe = work_of(model.num_layers - 1)
+                last_work, (last_moe, _) = work_of(model.num_layers - 1)
                 works += [(last_work, model.mtp_layers, last_moe),
                           (mtp_projection_work(model, job, plan), model.mtp_layers, False),
                           (head_work(model, job, plan), model.mtp_layers, False)]
@@ -530,6 +529,16 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
     gpu_opt = []
     cpu_opt = []
     per_mb = _per_microbatch_sharding(plan)
+    grad_all_reduce = plan.sharding == "none" or (plan.sharding == "zero1" and rt.zero1_grad_allreduce)
+
+    def grad_collective(kind: str, num_bytes: float) -> float:
+        """The end-of-step gradient collective: all-reduce (no sharding, or ZeRO-1 where the runtime
+        all-reduces), else reduce-scatter."""
+        if grad_all_reduce:
+            return comm.allreduce_s(kind, num_bytes)
+        return comm.reduce_scatter_s(kind, num_bytes, rt.reduce_scatter_avg)
+
+    overlap_slowdown = hardware_default("nccl_overlap_compute_slowdown")
     for r in range(pp):
         dense, expert = inp.rank_params[r]
         exposed = 0.0
@@ -549,30 +558,17 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
         elif not per_mb:
             grad = dense * rt.grad_reduce_bytes
             grad_e = expert * rt.grad_reduce_bytes
-            if plan.sharding == "none":
-                reduce = comm.allreduce_s("dp_cp", grad) + comm.allreduce_s("edp", grad_e)
-                gather = 0.0
-            elif plan.sharding == "zero1" and rt.zero1_grad_allreduce:
-                reduce = comm.allreduce_s("dp_cp", grad) + comm.allreduce_s("edp", grad_e)
-                gather = comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
-            else:
-                reduce = comm.reduce_scatter_s("dp_cp", grad, rt.reduce_scatter_avg) + \
-                    comm.reduce_scatter_s("edp", grad_e, rt.reduce_scatter_avg)
-                gather = comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
+            reduce = grad_collective("dp_cp", grad) + grad_collective("edp", grad_e)
+            gather = 0.0 if plan.sharding == "none" else \
+                comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
             window = sched.finish_s[r] - sched.last_backward_start_s[r] if rt.overlap_grad_reduce else 0.0
             first_fwd = fwd_s[r] if rt.overlap_param_gather else 0.0
             bucket_params, buckets = inp.input_bucket
             if r == 0 and buckets:
                 # Megatron's buckets: each its own collective (its own ring latency); the input-side bucket
                 # waits for the backward's end and the next forward waits for its gather.
-                all_reduce = plan.sharding == "none" or (plan.sharding == "zero1" and rt.zero1_grad_allreduce)
-                def collective(kind: str, num_bytes: float) -> float:
-                    if all_reduce:
-                        return comm.allreduce_s(kind, num_bytes)
-                    return comm.reduce_scatter_s(kind, num_bytes, rt.reduce_scatter_avg)
-                reduce = buckets * collective("dp_cp", grad / buckets) + \
-                    collective("edp", grad_e)
-                last = collective("dp_cp", bucket_params * rt.grad_reduce_bytes)
+                reduce = buckets * grad_collective("dp_cp", grad / buckets) + grad_collective("edp", grad_e)
+                last = grad_collective("dp_cp", bucket_params * rt.grad_reduce_bytes)
                 exposed += max(last, reduce - window)
                 if gather:
                     gather = buckets * comm.allgather_s("dp_cp", dense * BF16 / buckets) + \
@@ -585,7 +581,7 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
             total = reduce + gather
         # Hidden is not free: NCCL's SMs slow the backward/forward it hides under, as for every other
         # overlapped collective (``nccl_overlap_compute_slowdown``); counted in dp_comm.
-        exposed += hardware_default("nccl_overlap_compute_slowdown") * max(0.0, total - exposed)
+        exposed += overlap_slowdown * max(0.0, total - exposed)
         end_times.append(sched.finish_s[r] + exposed)
         # Optimizer: parameters this rank updates.
         group = plan.dp * plan.cp

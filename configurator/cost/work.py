@@ -169,7 +169,8 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
         head_sum = 2 * d
         attn_out = q_width
         d_qk = d_v = float(d)
-    keys = attended_keys(job.seq_len, model.attention_window(index))
+    window = model.attention_window(index)
+    keys = attended_keys(job.seq_len, window)
     attention_flops = 2.0 * t * keys * heads * head_sum
     # ---- MLP / MoE ----
     swiglu = model.mlp == "swiglu"
@@ -227,7 +228,6 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
     cp_bytes = 0.0
     if plan.cp > 1:
         cp_bytes = t * 2 * kv_width * BF16 if model.attention != "mla" else t * heads * (head_sum) * BF16
-    window = model.attention_window(index)
     return LayerWork(gemms=tuple(gemms), attention_flops=attention_flops,
                      attention_kv_len=min(job.seq_len, window) if window else job.seq_len,
                      elementwise_bytes=elementwise, tp_bytes=t * h * BF16 if tp > 1 else 0.0,
