@@ -265,6 +265,12 @@ def dispatcher_from_notes(notes: str) -> str | None:
     return None
 
 
+def _model_key(name: str) -> str:
+    """A runs-CSV model name as the recipe tables below key it: lower case, letters and digits only
+    ("Qwen3_30B_a3B" -> "qwen330ba3b")."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
 _MEGATRON_BRIDGE_FLEX = ("deepseekv3", "qwen330ba3b")
 """Models whose Megatron-Bridge performance recipes all run the flex dispatcher: every DEEPSEEK_V3_* and
 QWEN3_30B_A3B_* workload config sets ``moe_flex_dispatcher_backend`` (hybridep; deepep for DeepSeek-V3's B200
@@ -279,7 +285,7 @@ def recipe_dispatcher(source: str, model_name: str, system: str) -> str | None:
     its notes point to ("see scripts/performance recipes"); None for other sources and models."""
     if "megatron-bridge performance" not in source.lower():
         return None
-    key = re.sub(r"[^a-z0-9]", "", model_name.lower())
+    key = _model_key(model_name)
     if key in _MEGATRON_BRIDGE_FLEX:
         return "flex"
     if key == "qwen3235ba22b":
@@ -330,7 +336,7 @@ def recipe_cuda_graphs(source: str, model_name: str, system: str, precision: str
     if not found:
         return ()
     container = tuple(int(x or 0) for x in found.groups())
-    key = re.sub(r"[^a-z0-9]", "", model_name.lower())
+    key = _model_key(model_name)
     gpu = system.lower().removeprefix("dgx-").split("-")[0]
     fp8 = precision in ("fp8", "fp4")
     if container >= (26, 8, 0) and fp8 and gpu in ("gb200", "gb300") and key in (
@@ -362,7 +368,7 @@ def recipe_vpp(source: str, model_name: str) -> int | None:
     says otherwise: the v25.04.01 nemotron recipe's table gives Nemotron-4 340B's VP as "NA" (read as vpp 1),
     but its launch.sh sets ``VP=12`` for 340b and passes ``-vp $VP`` (later releases' tables list VP 12 for
     the same TP8 PP8 MBS1 configs). None for every other row."""
-    if "dgx cloud" in source.lower() and re.sub(r"[^a-z0-9]", "", model_name.lower()) == "nemotron4340b":
+    if "dgx cloud" in source.lower() and _model_key(model_name) == "nemotron4340b":
         return 12
     return None
 
@@ -529,6 +535,5 @@ def case_from_row(row: dict[str, str]) -> RunCase:
 
 
 __all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "graphs_from_notes",
-           "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_routing", "recipe_vpp", "runs_eager", "runtime_for_source", "unknown_micro_batch",
-           "unknown_vpp",
-           "uses_bf16_optimizer"]
+           "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_routing", "recipe_vpp", "runs_eager",
+           "runtime_for_source", "unknown_micro_batch", "unknown_vpp", "uses_bf16_optimizer"]
