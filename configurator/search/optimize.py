@@ -170,6 +170,10 @@ class _TopK:
     def ranked(self) -> list[Evaluated]:
         return [e for _, _, e in sorted(self.heap, key=lambda t: (-t[0][0], -t[0][1], t[1]))]
 
+    def headroom_steps(self) -> list[float]:
+        """Step times of the kept plans with headroom (not tight): what a parallel block publishes."""
+        return [-key[1] for key, _, _ in self.heap if not key[0]]
+
 
 def _cost(ctx: SearchContext, option: Option, constants: CostConstants) -> Evaluated:
     inputs = prepare(ctx.model, ctx.cluster, ctx.job, option.plan, runtime=ctx.runtime)
@@ -454,7 +458,7 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
         else:
             top.push(_cost(ctx, item, constants))  # type: ignore[arg-type]
             if shared is not None:
-                shared.publish([-entry[0][1] for entry in top.heap if not entry[0][0]])  # plans with headroom
+                shared.publish(top.headroom_steps())
             evaluated += 1
             budget.work += 1
             if evaluated % 8 == 0:
