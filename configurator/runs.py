@@ -397,6 +397,23 @@ def recipe_routing(source: str, notes: str, pp: int, layers: int) -> tuple[str |
     return "capacity_padded", layout
 
 
+_DGXC_RECOMPUTE_MODULES = {"gb200": ("core_attn",), "h100": ("mla_up_proj",)}
+"""Selective-recompute modules of DGX Cloud's v25.05 DeepSeek-V3 recipe per GPU: its launch.sh sets
+``RM='core_attn'`` for gb200 and ``RM='mla_up_proj'`` for h100 and passes ``--recompute_modules $RM``; NeMo's
+pretrain_deepseek_v3.py (commit 7a8f1cc) sets ``recompute_granularity = "selective"`` and the utils'
+``set_primary_perf_configs`` takes the list (NeMo's recommended_model_configs/model_configs_*.csv at that
+commit give the same). The README tables of later tags (v25.07) list them as a RecomputeModule column."""
+
+
+def recipe_recompute_modules(source: str, notes: str, system: str) -> tuple[str, ...]:
+    """Selective-recompute modules a row's recipe runs where the row does not state its recompute: DGX Cloud's
+    v25.05 DeepSeek-V3 rows (``_DGXC_RECOMPUTE_MODULES``); () for every other row."""
+    if _DGXC_TOKEN_DROP not in source.lower() or "v25.05" not in notes.lower():
+        return ()
+    gpu = system.lower().removeprefix("dgx-").split("-")[0]
+    return _DGXC_RECOMPUTE_MODULES.get(gpu, ())
+
+
 def uses_bf16_optimizer(source: str, notes: str) -> bool:
     """DeepSpeed's BF16_Optimizer (fp32 gradient accumulator): the final BLOOM-176B setup - the tr11
     production README, and topology rows whose notes say they ran it."""
@@ -500,6 +517,11 @@ def case_from_row(row: dict[str, str]) -> RunCase:
             sharding = DEFAULT_SHARDING[runtime]
             notes.append(f"sharding={sharding} ({runtime} default)")
         recompute = _cell(row, "recompute") or "none"
+        recipe_modules = () if _cell(row, "recompute") else recipe_recompute_modules(source, _cell(row, "notes"),
+                                                                                    system)
+        if recipe_modules:
+            recompute = "selective"
+            notes.append(f"recompute selective {','.join(recipe_modules)} (the recipe's launch.sh)")
         mb = _int(row, "micro_batch")
         if mb is None:
             mb, why = unknown_micro_batch(runtime, gbs, dp, pp)
@@ -521,19 +543,21 @@ def case_from_row(row: dict[str, str]) -> RunCase:
             layout = balanced_layout(model.num_layers, pp, vpp)
             notes.append(f"uneven pipeline split {'/'.join(map(str, layout))} (ends lighter)")
         plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, ep=_int(row, "ep", 1) or 1, etp=1, vpp=vpp, sp=sp,
-                    sharding=sharding, recompute=recompute, micro_batch=mb, pipeline_layers=layout,
+                    sharding=sharding, recompute=recompute, recompute_modules=recipe_modules,
+                    micro_batch=mb, pipeline_layers=layout,
                     tp_overlap=_yes_no(row, "tp_overlap") if tp > 1 else None,
                     ep_overlap=_yes_no(row, "ep_overlap") if model.is_moe else None, ep_dispatcher=dispatcher)
         reasons = plan_violations(model, job, plan, cluster.num_gpus)
         if reasons:
             raise InputError("plan", plan.describe(), reasons[0])
         return replace(base, model=model, cluster=cluster, job=job, plan=plan, memory_runtime=memory_runtime,
-                       assumptions=tuple(notes), recompute_unknown=not _cell(row, "recompute"),
+                       assumptions=tuple(notes), recompute_unknown=not (_cell(row, "recompute") or recipe_modules),
                        sharding_unknown=not _cell(row, "sharding"))
     except (InputError, ValueError) as exc:
         return replace(base, error=str(exc))
 
 
 __all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "graphs_from_notes",
-           "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_routing", "recipe_vpp", "runs_eager",
-           "runtime_for_source", "unknown_micro_batch", "unknown_vpp", "uses_bf16_optimizer"]
+           "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_recompute_modules", "recipe_routing",
+           "recipe_vpp", "runs_eager", "runtime_for_source", "unknown_micro_batch", "unknown_vpp",
+           "uses_bf16_optimizer"]
