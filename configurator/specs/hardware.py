@@ -97,7 +97,10 @@ def job_domain_gpus(domain_gpus: int, gpus_per_node: int, num_nodes: int, per_no
     A rack-scale domain (NVL72: 18 nodes of 4) is cut into equal segments by the scheduler (Slurm
     ``--segment``): a job takes the largest node count up to the rack's that divides its own node
     count, so 64 nodes of GB200 use 16-node (64-GPU) NVLink segments, not 72-GPU racks with ranks
-    straddling them. Node-sized domains are simply the node (or the part of it the job uses).
+    straddling them. This is the rule NVIDIA's launchers apply: NeMo's scripts/performance ``slurm_executor``
+    (commit 7a8f1cc, the one DGX Cloud Benchmarking v25.05 pins) passes ``--segment`` = the largest of 18..1
+    that divides the node count for 4-GPU nodes beyond one rack (tests/test_nvlink_domains.py). Node-sized
+    domains are simply the node (or the part of it the job uses).
     """
     if domain_gpus <= gpus_per_node:
         return min(domain_gpus, per_node)
