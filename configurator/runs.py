@@ -326,7 +326,8 @@ def recipe_cuda_graphs(source: str, model_name: str, system: str, precision: str
     - Qwen3-235B-A22B: GB200 attn + router + preprocess; GB300 router + preprocess; B200/B300/H100 none.
     - DeepSeek-V3: GB300 attn + router + preprocess (fp8 only in 25.11: from 26.02 its fp8 scope is empty
       with no graph impl); GB200 router + preprocess in 25.11, attn + router + preprocess from 26.02;
-      B200/B300/H100 none.
+      B200 attn + router + preprocess in 26.04.01's MXFP8 V2 config (PP8 VP2 EP32, the table's row), else
+      none; B300/H100 none.
     - GPT-OSS 120B: GB300/B300 attn + router + preprocess; GB200/B200/H100 none.
 
     () for other sources and models (eager launches)."""
@@ -357,10 +358,52 @@ def recipe_cuda_graphs(source: str, model_name: str, system: str, precision: str
             return _ATTN_ROUTER_PRE if (not fp8 or container < (26, 2, 0)) else ()
         if gpu == "gb200":
             return _ROUTER_PRE if container < (26, 2, 0) else _ATTN_ROUTER_PRE
+        if gpu == "b200" and fp8 and container == (26, 4, 1):
+            return _ATTN_ROUTER_PRE  # v0.4.2's DEEPSEEK_V3_PRETRAIN_CONFIG_B200_FP8_MX_V2 (PP8 VP2 EP32, GBS 4096)
         return ()
     if key == "gptoss120b" and gpu in ("gb300", "b300"):
         return _ATTN_ROUTER_PRE
     return ()
+
+
+_A2A_OVERLAP_LAYOUTS: tuple[tuple[tuple[int, int, int], tuple[int, int, int], str, str, tuple[int, int, int, int]], ...] = (
+    ((25, 11, 0), (26, 8, 0), "qwen3235ba22b", "h100", (2, 8, 4, 32)),
+    ((25, 11, 0), (26, 2, 0), "qwen330ba3b", "h100", (1, 2, 12, 8)),
+    ((25, 11, 0), (25, 11, 0), "qwen3235ba22b", "b200", (1, 8, 4, 8)),
+    ((26, 4, 1), (26, 4, 1), "deepseekv3", "b200", (1, 8, 2, 32)),
+)
+"""(first container, last container, model, GPU, (tp, pp, vpp, ep)) of the Megatron-Bridge performance
+configs that set ``moe_a2a_overlap=True`` before 26.08, read at each container's release tag
+(scripts/performance/configs/*/*workload_base_configs.py; 25.11 = v0.2.1/v0.2.2, 26.02 = v0.3.0,
+26.02.01 = v0.3.1, 26.04 = v0.4.0, 26.04.01 = v0.4.2, 26.08 = v0.6.0): Qwen3-235B-A22B H100 TP2 PP8 VP4
+EP32 (every release), Qwen3-30B-A3B H100 PP2 VP12 EP8 (until 26.02; 26.02.01 moved to EP16 without PP),
+Qwen3-235B-A22B B200 PP8 VP4 EP8 (25.11), DeepSeek-V3 B200 MXFP8 V2 PP8 VP2 EP32 with DeepEP (26.04.01
+only; earlier B200 configs are PP16 EP8 without it). A row takes the overlap only when its layout is the
+config's, since the summary tables sometimes list other layouts than the shipped config."""
+
+
+def recipe_ep_overlap(source: str, model_name: str, system: str, precision: str,
+                      layout: tuple[int, int, int, int]) -> bool:
+    """Whether a Megatron-Bridge performance-summary row ran the MoE all-to-all overlap
+    (``moe_a2a_overlap`` -> ``overlap_moe_expert_parallel_comm = True`` with ``delay_wgrad_compute = True``,
+    scripts/performance/utils/helpers.py ``set_moe_a2a_overlap_overrides``): Megatron-Core's 1F1B
+    schedule then runs one micro-batch's dispatch/combine beside another's attention and expert GEMMs.
+    From 26.08 every MXFP8 full-iteration-graph recipe on GB200/GB300 (DeepSeek-V3, Qwen3, GPT-OSS 120B)
+    sets it (``_enable_deepseek_full_iteration_mxfp8``, ``_enable_hybridep_full_iteration_mxfp8``,
+    ``_apply_gpt_oss_120b_full_iter_fp8mx_configs`` in src/megatron/bridge/perf_recipes); before, the
+    configs in ``_A2A_OVERLAP_LAYOUTS``. False for every other source, model and layout."""
+    if "megatron-bridge performance" not in source.lower():
+        return False
+    found = re.search(r"nemo (\d+)\.(\d+)(?:\.(\d+))?", source.lower())
+    if not found:
+        return False
+    container = tuple(int(x or 0) for x in found.groups())
+    key = _model_key(model_name)
+    gpu = system.lower().removeprefix("dgx-").split("-")[0]
+    if "full_iteration" in recipe_cuda_graphs(source, model_name, system, precision):
+        return True
+    return any(first <= container <= last and key == k and gpu == g and layout == lay
+               for first, last, k, g, lay in _A2A_OVERLAP_LAYOUTS)
 
 
 def recipe_vpp(source: str, model_name: str) -> int | None:
@@ -542,11 +585,17 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         elif model.num_layers % (pp * vpp):
             layout = balanced_layout(model.num_layers, pp, vpp)
             notes.append(f"uneven pipeline split {'/'.join(map(str, layout))} (ends lighter)")
-        plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, ep=_int(row, "ep", 1) or 1, etp=1, vpp=vpp, sp=sp,
+        ep = _int(row, "ep", 1) or 1
+        ep_overlap = _yes_no(row, "ep_overlap") if model.is_moe else None
+        if ep_overlap is None and model.is_moe and recipe_ep_overlap(source, row.get("model", ""), system, precision,
+                                                                     (tp, pp, vpp, ep)):
+            ep_overlap = True
+            notes.append("MoE all-to-all overlap (the recipe's moe_a2a_overlap: 1F1B EP overlap, delayed wgrad)")
+        plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, etp=1, vpp=vpp, sp=sp,
                     sharding=sharding, recompute=recompute, recompute_modules=recipe_modules,
                     micro_batch=mb, pipeline_layers=layout,
                     tp_overlap=_yes_no(row, "tp_overlap") if tp > 1 else None,
-                    ep_overlap=_yes_no(row, "ep_overlap") if model.is_moe else None, ep_dispatcher=dispatcher)
+                    ep_overlap=ep_overlap, ep_dispatcher=dispatcher)
         reasons = plan_violations(model, job, plan, cluster.num_gpus)
         if reasons:
             raise InputError("plan", plan.describe(), reasons[0])
@@ -558,6 +607,6 @@ def case_from_row(row: dict[str, str]) -> RunCase:
 
 
 __all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "graphs_from_notes",
-           "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_recompute_modules", "recipe_routing",
-           "recipe_vpp", "runs_eager", "runtime_for_source", "unknown_micro_batch", "unknown_vpp",
+           "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_ep_overlap", "recipe_recompute_modules",
+           "recipe_routing", "recipe_vpp", "runs_eager", "runtime_for_source", "unknown_micro_batch", "unknown_vpp",
            "uses_bf16_optimizer"]

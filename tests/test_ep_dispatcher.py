@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from configurator import JobSpec, Plan, load_cluster, load_model
-from configurator.cost.constants import hardware_default, load_calibration, load_runtime_cost
+from configurator.cost.constants import CostConstants, hardware_default, load_calibration, load_runtime_cost
 from configurator.cost.knobs import effective_knobs, flex_overlap_compute_slowdown, megatron_warnings
 from configurator.cost.step import _rates_for, _stage_times, evaluate, link_efficiency, prepare
 from configurator.emit.megatron import flex_backend, megatron_args
@@ -27,11 +27,11 @@ C = load_calibration()
 RUNS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "published_runs.csv"
 
 
-def _stage0(model, cluster, job, plan):  # type: ignore[no-untyped-def]
+def _stage0(model, cluster, job, plan, c=C):  # type: ignore[no-untyped-def]
     inp = prepare(model, cluster, job, plan)
-    rates = _rates_for(inp, C)
-    comm = inp.comm.with_efficiency(link_efficiency(C))
-    return _stage_times(inp, rates, comm, C, 0)
+    rates = _rates_for(inp, c)
+    comm = inp.comm.with_efficiency(link_efficiency(c))
+    return _stage_times(inp, rates, comm, c, 0)
 
 
 def test_flex_kernels_slow_the_compute_they_hide_under_by_their_share_of_the_sms() -> None:
@@ -39,16 +39,20 @@ def test_flex_kernels_slow_the_compute_they_hide_under_by_their_share_of_the_sms
     assert hardware_default("flex_dispatcher_sms") == 20
     assert flex_overlap_compute_slowdown(132) == pytest.approx(20 / 132)
     assert flex_overlap_compute_slowdown(148) == pytest.approx(20 / 148)
-    # EP8 inside one H100 node: both dispatchers send the same bytes (one NVLink domain), so with the
-    # all-to-all hidden the only difference is the compute slowdown: (20/132 - 0.1) of the hidden time.
+    # EP8 inside one H100 node: both dispatchers send the same bytes (one NVLink domain), and with the NCCL
+    # all-to-all at the flex kernels' link efficiency (cost.json flex_dispatcher_link_efficiency) the same
+    # time, so with the all-to-all hidden the only difference is the compute slowdown: (20/132 - 0.1) of
+    # the hidden time.
+    same = CostConstants.from_dict({**dict(C.values),
+                                    "link.alltoall": hardware_default("flex_dispatcher_link_efficiency")})
     model = load_model("qwen3-30b-a3b")
     cluster = load_cluster("dgx-h100", num_gpus=8)
     job = JobSpec(global_batch=64, seq_len=4096)
     base = Plan(dp=8, ep=8, ep_overlap=True)
-    f_a, b_a, _ = _stage0(model, cluster, job, Plan(dp=8, ep=8, ep_overlap=True, ep_dispatcher="alltoall"))
-    f_x, b_x, _ = _stage0(model, cluster, job, Plan(dp=8, ep=8, ep_overlap=True, ep_dispatcher="flex"))
+    f_a, b_a, _ = _stage0(model, cluster, job, Plan(dp=8, ep=8, ep_overlap=True, ep_dispatcher="alltoall"), same)
+    f_x, b_x, _ = _stage0(model, cluster, job, Plan(dp=8, ep=8, ep_overlap=True, ep_dispatcher="flex"), same)
     assert f_x["ep_comm"] == pytest.approx(f_a["ep_comm"]) and f_a["ep_comm"] > 0
-    hidden_share = C["overlap.ep"]
+    hidden_share = same["overlap.ep"]
     hidden_f = f_a["ep_comm"] * hidden_share / (1 - hidden_share)  # exposed = raw * (1 - share)
     extra = (20 / 132 - hardware_default("nccl_overlap_compute_slowdown")) * hidden_f
     assert f_x["compute"] - f_a["compute"] == pytest.approx(extra, rel=1e-9)

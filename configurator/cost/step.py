@@ -32,7 +32,7 @@ rest, so calibration can re-time hundreds of runs per trial.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -299,6 +299,10 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     slowdown = hardware_default("nccl_overlap_compute_slowdown")
     ep_flex_slowdown = flex_overlap_compute_slowdown(rates.sm_count) if knobs.ep_dispatcher == "flex" else slowdown
     sync_s = hardware_default("d2h_sync_s")
+    # DeepEP/HybridEP move the tokens with their own kernels at the rate their benchmarks measure, not at the
+    # fitted NCCL all-to-all efficiency (cost.json flex_dispatcher_link_efficiency).
+    flex_comm = comm.with_efficiency(replace(comm.eff, alltoall=hardware_default("flex_dispatcher_link_efficiency"))) \
+        if knobs.ep_dispatcher == "flex" else comm
     stage = inp.stages[v]
     chunk_layers = stage.num_layers
     full_frac = 0.0
@@ -326,7 +330,8 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         ep_raw = 0.0
         if work.ep_bytes:
             share = ep_scale_out_share(inp.model, inp.model.moe_topk, inp.ep_domains, knobs.ep_dispatcher)
-            ep_raw = 2 * comm.alltoall_s("ep", work.ep_bytes * factor, share)
+            ep_comm = flex_comm if knobs.ep_dispatcher == "flex" else comm
+            ep_raw = 2 * ep_comm.alltoall_s("ep", work.ep_bytes * factor, share)
         if work.etp_bytes:
             # expert-TP all-gather of the dispatched pairs + reduce-scatter of the expert outputs
             ep_raw += comm.allreduce_s("etp", work.etp_bytes * factor)
