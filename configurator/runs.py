@@ -192,9 +192,16 @@ def model_from_row(row: dict[str, str]) -> tuple[ModelSpec, list[str]]:
         notes.append(f"linear biases from preset {preset.name}")
     windows = tuple(f for f in (preset.features if preset is not None else ())
                     if f.partition("=")[0] in ("sliding_window", "sliding_window_every"))
+    features: tuple[str, ...] = ()
     if windows and attention != "mla":
-        kw["features"] = windows
+        features = windows
         notes.append(f"sliding-window attention {', '.join(windows)} from preset {preset.name}")  # type: ignore[union-attr]
+    clamp = tuple(f for f in (preset.features if preset is not None else ()) if f.startswith("clamped_swiglu"))
+    if clamp and mlp == "swiglu":
+        features += clamp  # GPT-OSS's swiglu_limit: costed by cost/work.py's unfused_expert_bytes
+        notes.append(f"{clamp[0]} from preset {preset.name}")  # type: ignore[union-attr]
+    if features:
+        kw["features"] = features
     if experts:
         kw.update(num_experts=experts, moe_topk=_int(row, "moe_topk"),
                   moe_ffn_hidden_size=_int(row, "moe_ffn_hidden"))
@@ -363,6 +370,49 @@ def recipe_cuda_graphs(source: str, model_name: str, system: str, precision: str
     return ()
 
 
+def _bridge_container(source: str) -> tuple[int, ...] | None:
+    """The NeMo container (26, 4, 1) a Megatron-Bridge performance-summary row names; None for other rows."""
+    if "megatron-bridge performance" not in source.lower():
+        return None
+    found = re.search(r"nemo (\d+)\.(\d+)(?:\.(\d+))?", source.lower())
+    return tuple(int(x or 0) for x in found.groups()) if found else None
+
+
+def _bridge_gpu(system: str) -> str:
+    return system.lower().removeprefix("dgx-").split("-")[0]
+
+
+_GPT_OSS_RECOMPUTE = ("layernorm", "moe_act")
+
+
+def recipe_recompute_modules(source: str, model_name: str, system: str) -> tuple[str, ...]:
+    """Selective recompute modules of a Megatron-Bridge GPT-OSS 120B row whose table leaves recompute out
+    ("Recompute/SP not listed (see scripts/performance recipes)"): the GB200, B200 and H100 workload configs
+    set ``recompute_modules=["layernorm", "moe_act"]`` in every release the rows come from
+    (scripts/performance/configs/gpt_oss/workload_base_configs.py at v0.2.0 for 25.11, and
+    gpt_oss_workload_base_configs.py at v0.3.x and v0.4.x for 26.02 and 26.04: the V2 GBS-1280 configs
+    inherit them from V1); GB300 and B300 recompute nothing. () for other rows (26.08's perf_recipes reset
+    the fp8 GB200 list, so they are not claimed here)."""
+    container = _bridge_container(source)
+    if (container is None or _model_key(model_name) != "gptoss120b" or not (25, 11, 0) <= container < (26, 8, 0)
+            or _bridge_gpu(system) not in ("gb200", "b200", "h100")):
+        return ()
+    return _GPT_OSS_RECOMPUTE
+
+
+def recipe_fused_expert_mlp(source: str, model_name: str, system: str, precision: str) -> bool:
+    """Whether a Megatron-Bridge row's experts ran Transformer Engine's fused grouped MLP
+    (``JobSpec.fused_expert_mlp``): 26.08's MXFP8 GPT-OSS 120B recipes for GB200 and GB300 set
+    ``use_transformer_engine_op_fuser = True`` (perf_recipes/gpt_oss/common.py,
+    ``_apply_gpt_oss_120b_full_iter_fp8mx_configs``) and ``NVTE_CUTEDSL_FUSED_GROUPED_MLP=1`` (their
+    ``env_vars``), which Megatron-Core's ``TEGroupedMLP._is_fused_impl_supported`` needs, with a Transformer
+    Engine that has ``ScaledClampedQGeGLU`` and ``GroupedLinear(scale_bias=...)`` (the one 26.08 pins,
+    4329ff8). Earlier containers have no such path for a clamped GLU (Megatron-Core 0.15-0.18)."""
+    container = _bridge_container(source)
+    return (container is not None and container >= (26, 8, 0) and _model_key(model_name) == "gptoss120b"
+            and precision in ("fp8", "fp4") and _bridge_gpu(system) in ("gb200", "gb300"))
+
+
 def recipe_vpp(source: str, model_name: str) -> int | None:
     """Virtual pipeline stages a DGX Cloud Benchmarking row ran with where the README table it was read from
     says otherwise: the v25.04.01 nemotron recipe's table gives Nemotron-4 340B's VP as "NA" (read as vpp 1),
@@ -471,8 +521,11 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         if graphs:
             said = "the notes" if stated is not None else "the recipe"
             notes.append(f"CUDA graphs {'+'.join(graphs)} (from {said}): captured kernels cost one replay each")
+        fused_mlp = model.is_moe and recipe_fused_expert_mlp(source, row.get("model", ""), system, precision)
+        if fused_mlp:
+            notes.append("experts as Transformer Engine's fused grouped MLP (the recipe's op fuser)")
         job = JobSpec(global_batch=gbs, seq_len=seq_len, precision=precision, moe_routing=routing,
-                      compiled=not eager, cuda_graphs=graphs)
+                      compiled=not eager, cuda_graphs=graphs, fused_expert_mlp=fused_mlp)
         dispatcher, said = None, ""
         if model.is_moe:
             dispatcher, said = dispatcher_from_notes(_cell(row, "notes")), "the notes"
@@ -500,6 +553,12 @@ def case_from_row(row: dict[str, str]) -> RunCase:
             sharding = DEFAULT_SHARDING[runtime]
             notes.append(f"sharding={sharding} ({runtime} default)")
         recompute = _cell(row, "recompute") or "none"
+        recompute_modules: tuple[str, ...] = ()
+        by_recipe_recompute = () if _cell(row, "recompute") else recipe_recompute_modules(
+            source, row.get("model", ""), system)
+        if by_recipe_recompute:
+            recompute, recompute_modules = "selective", by_recipe_recompute
+            notes.append(f"recompute modules {','.join(by_recipe_recompute)} (the recipe's)")
         mb = _int(row, "micro_batch")
         if mb is None:
             mb, why = unknown_micro_batch(runtime, gbs, dp, pp)
@@ -521,19 +580,22 @@ def case_from_row(row: dict[str, str]) -> RunCase:
             layout = balanced_layout(model.num_layers, pp, vpp)
             notes.append(f"uneven pipeline split {'/'.join(map(str, layout))} (ends lighter)")
         plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, ep=_int(row, "ep", 1) or 1, etp=1, vpp=vpp, sp=sp,
-                    sharding=sharding, recompute=recompute, micro_batch=mb, pipeline_layers=layout,
+                    sharding=sharding, recompute=recompute, recompute_modules=recompute_modules,
+                    micro_batch=mb, pipeline_layers=layout,
                     tp_overlap=_yes_no(row, "tp_overlap") if tp > 1 else None,
                     ep_overlap=_yes_no(row, "ep_overlap") if model.is_moe else None, ep_dispatcher=dispatcher)
         reasons = plan_violations(model, job, plan, cluster.num_gpus)
         if reasons:
             raise InputError("plan", plan.describe(), reasons[0])
         return replace(base, model=model, cluster=cluster, job=job, plan=plan, memory_runtime=memory_runtime,
-                       assumptions=tuple(notes), recompute_unknown=not _cell(row, "recompute"),
+                       assumptions=tuple(notes),
+                       recompute_unknown=not _cell(row, "recompute") and not by_recipe_recompute,
                        sharding_unknown=not _cell(row, "sharding"))
     except (InputError, ValueError) as exc:
         return replace(base, error=str(exc))
 
 
 __all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "graphs_from_notes",
-           "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_routing", "recipe_vpp", "runs_eager",
+           "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_fused_expert_mlp",
+           "recipe_recompute_modules", "recipe_routing", "recipe_vpp", "runs_eager",
            "runtime_for_source", "unknown_micro_batch", "unknown_vpp", "uses_bf16_optimizer"]

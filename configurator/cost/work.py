@@ -129,6 +129,44 @@ def eager_extra_bytes(model: ModelSpec, q_width: float, kv_width: float, ffn_loc
     return repl, split
 
 
+GLU_CLAMP_BYTES = (16, 30)
+"""(forward, backward) bytes per element of an expert's ``ffn`` columns that Megatron-Core's clamped GLU adds
+outside its fused activation kernel (``weighted_bias_quick_geglu_impl`` with ``clamp_value``, core_r0.15 to
+0.18: fused_bias_geglu.py), bf16. Forward: ``x_glu.clamp(max=L)`` and ``x_linear.clamp(-L, L)`` each read
+and write half of the 2 ffn fc1 output (2 x 2 B per element of the 2 ffn), then ``torch.cat`` of the two
+reads and writes all 2 ffn again (4 B): 16 B per ffn element. Backward (autograd): the one-sided clamp's
+``where(x <= L, grad, 0)`` reads x, writes the mask (3 B), reads mask and grad and writes (5 B); the two-sided
+one builds its mask from two comparisons and an in-place ``logical_and`` (3 + 3 + 3 B) before the ``where``
+(5 B); then the two halves' gradients are concatenated back into the fc1 output's gradient (read + write
+2 x 2 B per element of the 2 ffn): (8 + 14) ffn + 8 ffn = 30 B per ffn element."""
+EXPERT_BIAS_BYTES = (12, 16)
+"""(forward, backward) bytes per element of ``hidden`` that an MoE expert's fc2 bias costs in Megatron-Core's
+``TEGroupedMLP`` (``linear_fc2`` returns its bias, ``skip_bias_add=True``; ``_apply_bias`` adds it per local
+expert in a Python loop: ``torch.cat([t + b * p for ...])``, core_r0.15 to 0.19), bf16 router probabilities
+(GPT-OSS leaves ``moe_router_dtype`` unset). Forward: ``b * p`` writes the [n, h] product (2 B), ``t + ...``
+reads both and writes (6 B), ``torch.cat`` copies (4 B): 12 B. Backward: the product's gradients ``grad * p``
+(read 2, write 2, then reduced over tokens: read 2) and ``grad * b`` (the same, reduced over h), and the
+split's gradient concatenated back (4 B): 16 B. fc1's bias is in the GEMM epilogue (free)."""
+
+
+def unfused_expert_bytes(model: ModelSpec, job: JobSpec, ffn_columns: float) -> tuple[float, float]:
+    """(forward, backward) bytes per routed (token, expert) pair that a clamped GLU and expert biases add
+    as kernels of their own (``GLU_CLAMP_BYTES``, ``EXPERT_BIAS_BYTES``), on ``ffn_columns`` of the expert's
+    intermediate width; (0, 0) for models without them and under Transformer Engine's fused grouped MLP
+    (``JobSpec.fused_expert_mlp``), which scales the bias and clamps inside its kernels. The clamp's forward
+    is part of what ``--recompute-modules moe_act`` repeats (recompute.py)."""
+    if job.fused_expert_mlp or not model.is_moe:
+        return 0.0, 0.0
+    fwd = bwd = 0.0
+    if model.clamped_glu and model.mlp == "swiglu":
+        fwd += GLU_CLAMP_BYTES[0] * ffn_columns
+        bwd += GLU_CLAMP_BYTES[1] * ffn_columns
+    if model.linear_bias:
+        fwd += EXPERT_BIAS_BYTES[0] * model.hidden_size
+        bwd += EXPERT_BIAS_BYTES[1] * model.hidden_size
+    return fwd, bwd
+
+
 def attended_keys(seq_len: int, window: int) -> float:
     """Mean keys per query of causal attention over ``seq_len`` tokens: ``s / 2`` (the causal half), or
     with a sliding window of ``w`` keys (query i sees min(i, w) keys, i = 1..s) ``w - w (w - 1) / (2 s)``;
@@ -195,6 +233,10 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
         gemms += expert_gemms
         pairs_per_expert = rows
         elem_split += (t * k / tp) * _mlp_act_bytes(model.moe_ffn_hidden_size, swiglu, fp8) / t
+        # Clamp and expert-bias kernels outside the fused activation: the step model times a layer's
+        # backward traffic as twice its forward's, so their forward + backward bytes enter as a third.
+        extra_f, extra_b = unfused_expert_bytes(model, job, model.moe_ffn_hidden_size / plan.etp)
+        elem_split += k / tp * plan.etp * (extra_f + extra_b) / 3
         # permute + unpermute copies of the routed tokens (read + write, bf16), probabilities.
         elem_split += k * h * BF16 * 4 / tp * plan.etp
         # router: fp32 logits written, softmax read + write, top-k read; per token and expert.
