@@ -196,6 +196,10 @@ def model_from_row(row: dict[str, str]) -> tuple[ModelSpec, list[str]]:
     if windows and attention != "mla":
         features = windows
         notes.append(f"sliding-window attention {', '.join(windows)} from preset {preset.name}")  # type: ignore[union-attr]
+    if preset is not None and preset.rope_scaling == "yarn" and attention != "mla" and experts:
+        kw.update(rope_scaling="yarn", rope_scaling_factor=preset.rope_scaling_factor,
+                  rope_original_max_positions=preset.rope_original_max_positions)
+        notes.append(f"YaRN rotary embedding from preset {preset.name} (Megatron runs it unfused)")
     clamp = tuple(f for f in (preset.features if preset is not None else ()) if f.startswith("clamped_swiglu"))
     if clamp and mlp == "swiglu":
         features += clamp  # GPT-OSS's swiglu_limit: costed by cost/work.py's unfused_expert_bytes

@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from configurator.cost.work import EXPERT_BIAS_BYTES, GLU_CLAMP_BYTES, layer_work, unfused_expert_bytes
+from configurator.cost.work import (EXPERT_BIAS_BYTES, GLU_CLAMP_BYTES, UNFUSED_ROPE_BYTES, layer_work,
+                                   unfused_expert_bytes, unfused_rope_bytes)
 from configurator.profiles import load_model
 from configurator.recompute import recompute_shares
 from configurator.runs import case_from_row, recipe_fused_expert_mlp, recipe_recompute_modules
@@ -74,8 +75,22 @@ def test_published_gpt_oss_rows_take_the_recipes_settings() -> None:
     case = case_from_row(row)
     assert not case.error, case.error
     assert case.model is not None and case.model.clamped_glu and case.model.linear_bias
+    assert case.model.rope_scaling == "yarn"
     assert case.plan is not None and case.plan.recompute_modules == ("layernorm", "moe_act")
     assert not case.recompute_unknown
     fp8 = case_from_row(dict(row, source=BRIDGE_2608, system="gb300-nvl72", gpu="gb300", precision="fp8", ep="16"))
     assert fp8.job is not None and fp8.job.fused_expert_mlp
     assert fp8.plan is not None and fp8.plan.recompute == "none"
+
+
+def test_yarn_rope_runs_unfused_on_standard_attention_only() -> None:
+    # (24 + 26) bytes per q/k element unfused, of which the fused count already has 4 forward + 8 backward;
+    # a third of the rest enters as forward traffic (backward is timed as twice the forward).
+    assert UNFUSED_ROPE_BYTES == (24, 26)
+    assert unfused_rope_bytes(GPT_OSS, JOB) == pytest.approx(38 / 3)
+    plan = Plan(dp=64, ep=64, micro_batch=1)
+    plain_rope = replace(GPT_OSS, rope_scaling="", rope_scaling_factor=1.0)
+    extra = layer_work(GPT_OSS, JOB, plan, 1).elementwise_bytes - layer_work(plain_rope, JOB, plan, 1).elementwise_bytes
+    assert extra == pytest.approx(4096 * 38 / 3 * (64 * 64 + 8 * 64))  # q (64 heads) + k (8 KV heads) of 64
+    assert unfused_rope_bytes(load_model("deepseek-v3"), JOB) == 0.0  # MLA keeps --position-embedding-type rope
+    assert unfused_rope_bytes(GPT_OSS, replace(JOB, compiled=False)) == 0.0  # eager: eager_extra_bytes counts it

@@ -149,6 +149,32 @@ reads both and writes (6 B), ``torch.cat`` copies (4 B): 12 B. Backward: the pro
 split's gradient concatenated back (4 B): 16 B. fc1's bias is in the GEMM epilogue (free)."""
 
 
+UNFUSED_ROPE_BYTES = (24, 26)
+"""(forward, backward) bytes per element of q and k that Megatron-Core's unfused rotary embedding moves
+(``_apply_rotary_pos_emb_bshd``, rope_utils.py), bf16. Megatron runs it unfused for YaRN on standard attention:
+``--position-embedding-type yarn`` turns ``apply_rope_fusion`` off (training/arguments.py: "if
+args.position_embedding_type != 'rope': args.apply_rope_fusion = False"; Megatron-Bridge's
+``validate_rope_fusion_compatibility`` does the same for GPT-OSS's provider). Forward: ``t * cos`` (r2 w2),
+``_rotate_half``'s negation of one half (r2 w2 on half the elements: 2) and ``cat`` (4), ``* sin`` (4), the
+sum (r4 w2), the final ``cat`` with the empty pass-through part (4): 24 B. Backward: the two products' grads
+(4 + 4), the negation's (2), the halves concatenated back (4), the two grads summed (6), the slice's
+zero-filled gradient (w2 + r2 w2): 26 B. The fused kernel (``work.py``'s rotary count) reads and writes once
+each way: 4 + 8 of these are already counted."""
+
+
+def unfused_rope_bytes(model: ModelSpec, job: JobSpec) -> float:
+    """Forward-equivalent bytes per element of q and k that an unfused rotary embedding adds over the fused
+    count: ``(24 + 26 - 3 x 4) / 3`` (the step model times backward traffic as twice the forward's) for YaRN
+    on non-MLA attention in the fused-kernel runtimes (``job.compiled``; MLA's YaRN is Megatron's
+    ``--rope-type yarn`` under ``--position-embedding-type rope``, which keeps the fusion). torchtitan's
+    eager rotary is counted by ``eager_extra_bytes`` instead; a compiled torchtitan run is costed as
+    Megatron's here (no published row has one)."""
+    if not job.compiled or model.rope_scaling != "yarn" or model.attention == "mla" \
+            or model.learned_position_embeddings:
+        return 0.0
+    return (UNFUSED_ROPE_BYTES[0] + UNFUSED_ROPE_BYTES[1] - 3 * 2 * BF16) / 3
+
+
 def unfused_expert_bytes(model: ModelSpec, job: JobSpec, ffn_columns: float) -> tuple[float, float]:
     """(forward, backward) bytes per routed (token, expert) pair that a clamped GLU and expert biases add
     as kernels of their own (``GLU_CLAMP_BYTES``, ``EXPERT_BIAS_BYTES``), on ``ffn_columns`` of the expert's
@@ -261,6 +287,7 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
     split = 2 * (q_width + 2 * kv_width) * BF16 + (3 * attn_out if fp8 else 0) + elem_split
     if model.linear_bias:
         split += 2 * (q_width + 2 * kv_width + 2 * model.ffn_hidden_size / tp) * BF16
+    split += unfused_rope_bytes(model, job) * (q_width + kv_width)
     if not job.compiled:
         extra_repl, extra_split = eager_extra_bytes(model, q_width, kv_width, model.ffn_hidden_size / tp,
                                                     moe=moe)
@@ -344,5 +371,6 @@ def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
     return 6.0 * flops_params(model) + attention
 
 
-__all__ = ["Gemm", "LayerWork", "attended_keys", "embedding_work", "flops_params", "head_work", "layer_work",
-           "model_flops_per_token"]
+__all__ = ["EXPERT_BIAS_BYTES", "GLU_CLAMP_BYTES", "Gemm", "LayerWork", "UNFUSED_ROPE_BYTES", "attended_keys",
+           "embedding_work", "flops_params", "head_work", "layer_work", "model_flops_per_token",
+           "unfused_expert_bytes", "unfused_rope_bytes"]
