@@ -7,8 +7,9 @@ from dataclasses import replace
 
 import pytest
 
+from configurator.cost.launch import layer_launches
 from configurator.cost.work import (EXPERT_BIAS_BYTES, GLU_CLAMP_BYTES, UNFUSED_ROPE_BYTES, layer_work,
-                                   unfused_expert_bytes, unfused_rope_bytes)
+                                   unfused_expert_bytes, unfused_kernels, unfused_rope_bytes)
 from configurator.profiles import load_model
 from configurator.recompute import recompute_shares
 from configurator.runs import case_from_row, recipe_fused_expert_mlp, recipe_recompute_modules
@@ -94,3 +95,19 @@ def test_yarn_rope_runs_unfused_on_standard_attention_only() -> None:
     assert extra == pytest.approx(4096 * 38 / 3 * (64 * 64 + 8 * 64))  # q (64 heads) + k (8 KV heads) of 64
     assert unfused_rope_bytes(load_model("deepseek-v3"), JOB) == 0.0  # MLA keeps --position-embedding-type rope
     assert unfused_rope_bytes(GPT_OSS, replace(JOB, compiled=False)) == 0.0  # eager: eager_extra_bytes counts it
+
+
+def test_unfused_operations_add_their_kernel_launches() -> None:
+    # rope on q and k: (12 - 1) forward and (7 - 1) backward each; clamp 3 / 7; bias 2 / 4 per local expert
+    # plus one cat each way: at 2 local experts (EP64 of 128) forward 3 + 5, backward 7 + 9.
+    assert unfused_kernels(GPT_OSS, JOB, 2) == (22.0, 12.0, 8.0, 16.0)
+    assert unfused_kernels(GPT_OSS, replace(JOB, fused_expert_mlp=True), 2) == (22.0, 12.0, 0.0, 0.0)
+    assert unfused_kernels(GPT_OSS, JOB, 0) == (22.0, 12.0, 0.0, 0.0)  # a dense layer has no experts
+    plain = layer_launches(True, (), 2)
+    extra = (22.0, 12.0, 8.0, 16.0)
+    assert layer_launches(True, (), 2, extra) == (plain[0] + 30, plain[1] + 28)
+    graphed = ("attn", "moe_router", "moe_preprocess")
+    # the attn graph captures the rotary kernels; the experts' stay eager
+    assert layer_launches(True, graphed, 2, extra) == tuple(
+        x + y for x, y in zip(layer_launches(True, graphed, 2), (8.0, 16.0)))
+    assert layer_launches(True, ("full_iteration",), 2, extra) == (0.0, 0.0)

@@ -75,6 +75,9 @@ class LayerWork:
     """Mean token-expert pairs one expert receives per micro-batch (whole EP group)."""
     cp_a2a_bytes: float = 0.0
     """Bytes one rank sends in the all-to-alls of Ulysses CP per forward (Q, K, V and the output)."""
+    extra_kernels: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    """Kernels a model's unfused operations add to the layer's launches (cost/launch.py): (attention forward,
+    attention backward, experts forward, experts backward); ``unfused_kernels``."""
     etp_bytes: float = 0.0
     """Expert tensor parallelism (etp > 1): the dispatched (token, expert) pairs all-gathered over the
     expert-TP group after the all-to-all and the experts' outputs reduce-scattered before the combine
@@ -193,6 +196,38 @@ def unfused_expert_bytes(model: ModelSpec, job: JobSpec, ffn_columns: float) -> 
     return fwd, bwd
 
 
+UNFUSED_ROPE_KERNELS = (11, 6)
+"""(forward, backward) kernels Megatron-Core's unfused rotary adds per tensor (q, then k) over the fused one
+(one kernel each way): forward ``cos`` / ``sin`` of the frequencies with their ``* mscale`` and ``.to`` (6),
+``t * cos``, the negation and ``cat`` of ``_rotate_half``, ``* sin``, the sum, the final ``cat`` (6), less the
+fused kernel; backward the two products' gradients, the negation's, the halves' ``cat``, their sum and the
+slice's zero fill and copy (7), less the fused kernel."""
+GLU_CLAMP_KERNELS = (3, 7)
+"""(forward, backward) kernels of the clamped GLU's clamps (``GLU_CLAMP_BYTES``): two clamps and a ``cat``;
+backward the one-sided clamp's compare and ``where`` (2), the two-sided one's two compares, ``logical_and_``
+and ``where`` (4), and the halves' gradients' ``cat`` (1)."""
+EXPERT_BIAS_KERNELS_PER_EXPERT = (2, 4)
+"""(forward, backward) kernels per local expert of ``_apply_bias`` (``EXPERT_BIAS_BYTES``): ``b * p`` and the
+sum; backward the two products' gradients and their reductions; plus one ``cat`` each way."""
+
+
+def unfused_kernels(model: ModelSpec, job: JobSpec, local_experts: float) -> tuple[float, float, float, float]:
+    """(attention forward, attention backward, experts forward, experts backward) kernel launches per layer
+    and micro-batch that the unfused operations of ``unfused_rope_bytes`` and ``unfused_expert_bytes`` add
+    (``UNFUSED_ROPE_KERNELS`` for q and k; ``GLU_CLAMP_KERNELS``; ``EXPERT_BIAS_KERNELS_PER_EXPERT`` per local
+    expert and one ``cat``); expert terms only on MoE layers (``local_experts`` > 0)."""
+    attn_f = attn_b = moe_f = moe_b = 0.0
+    if unfused_rope_bytes(model, job):
+        attn_f, attn_b = 2.0 * UNFUSED_ROPE_KERNELS[0], 2.0 * UNFUSED_ROPE_KERNELS[1]
+    if local_experts and not job.fused_expert_mlp:
+        if model.clamped_glu and model.mlp == "swiglu":
+            moe_f, moe_b = GLU_CLAMP_KERNELS
+        if model.linear_bias:
+            moe_f += EXPERT_BIAS_KERNELS_PER_EXPERT[0] * local_experts + 1
+            moe_b += EXPERT_BIAS_KERNELS_PER_EXPERT[1] * local_experts + 1
+    return attn_f, attn_b, moe_f, moe_b
+
+
 def attended_keys(seq_len: int, window: int) -> float:
     """Mean keys per query of causal attention over ``seq_len`` tokens: ``s / 2`` (the causal half), or
     with a sliding window of ``w`` keys (query i sees min(i, w) keys, i = 1..s) ``w - w (w - 1) / (2 s)``;
@@ -303,7 +338,8 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
                      tp_collectives=tp_collectives, cp_bytes=cp_bytes, ep_bytes=ep_bytes, etp_bytes=etp_bytes,
                      attn_batch=plan.micro_batch * heads, attn_q_len=job.seq_len / plan.cp, attn_d_qk=d_qk,
                      attn_d_v=d_v, expert_gemms=tuple(expert_gemms), pairs_per_expert=pairs_per_expert,
-                     cp_a2a_bytes=t * (2 * (q_width + 2 * kv_width) + attn_out) * BF16 if plan.cp > 1 else 0.0)
+                     cp_a2a_bytes=t * (2 * (q_width + 2 * kv_width) + attn_out) * BF16 if plan.cp > 1 else 0.0,
+                     extra_kernels=unfused_kernels(model, job, model.num_experts / plan.ep if moe else 0.0))
 
 
 def head_work(model: ModelSpec, job: JobSpec, plan: Plan) -> LayerWork:
@@ -373,4 +409,4 @@ def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
 
 __all__ = ["EXPERT_BIAS_BYTES", "GLU_CLAMP_BYTES", "Gemm", "LayerWork", "UNFUSED_ROPE_BYTES", "attended_keys",
            "embedding_work", "flops_params", "head_work", "layer_work", "model_flops_per_token",
-           "unfused_expert_bytes", "unfused_rope_bytes"]
+           "unfused_expert_bytes", "unfused_kernels", "unfused_rope_bytes"]
