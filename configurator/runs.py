@@ -404,6 +404,17 @@ def recipe_recompute_modules(source: str, model_name: str, system: str) -> tuple
     return _GPT_OSS_RECOMPUTE
 
 
+def recipe_ep_overlap(source: str, model_name: str, system: str, global_batch: int) -> bool:
+    """Whether a Megatron-Bridge GPT-OSS 120B row overlapped its expert all-to-all with computation: the
+    GB200 GBS-1280 ("V2") workload config sets ``moe_a2a_overlap=True`` from v0.4.0 (26.04) through v0.5.x
+    (26.06) (gpt_oss_workload_base_configs.py; ``_set_moe_a2a_overlap_overrides`` turns it into
+    ``overlap_moe_expert_parallel_comm`` with ``delay_wgrad_compute``), not in v0.3.x (26.02); other GPUs
+    and the GBS-512 configs leave it off."""
+    container = _bridge_container(source)
+    return (container is not None and (26, 4, 0) <= container < (26, 8, 0) and global_batch == 1280
+            and _model_key(model_name) == "gptoss120b" and _bridge_gpu(system) == "gb200")
+
+
 def recipe_fused_expert_mlp(source: str, model_name: str, system: str, precision: str) -> bool:
     """Whether a Megatron-Bridge row's experts ran Transformer Engine's fused grouped MLP
     (``JobSpec.fused_expert_mlp``): 26.08's MXFP8 GPT-OSS 120B recipes for GB200 and GB300 set
@@ -583,11 +594,15 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         elif model.num_layers % (pp * vpp):
             layout = balanced_layout(model.num_layers, pp, vpp)
             notes.append(f"uneven pipeline split {'/'.join(map(str, layout))} (ends lighter)")
+        ep_overlap = _yes_no(row, "ep_overlap") if model.is_moe else None
+        if ep_overlap is None and model.is_moe and recipe_ep_overlap(source, row.get("model", ""), system, gbs):
+            ep_overlap = True
+            notes.append("MoE all-to-all overlapped (the recipe's moe_a2a_overlap)")
         plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, ep=_int(row, "ep", 1) or 1, etp=1, vpp=vpp, sp=sp,
                     sharding=sharding, recompute=recompute, recompute_modules=recompute_modules,
                     micro_batch=mb, pipeline_layers=layout,
                     tp_overlap=_yes_no(row, "tp_overlap") if tp > 1 else None,
-                    ep_overlap=_yes_no(row, "ep_overlap") if model.is_moe else None, ep_dispatcher=dispatcher)
+                    ep_overlap=ep_overlap, ep_dispatcher=dispatcher)
         reasons = plan_violations(model, job, plan, cluster.num_gpus)
         if reasons:
             raise InputError("plan", plan.describe(), reasons[0])
@@ -600,6 +615,6 @@ def case_from_row(row: dict[str, str]) -> RunCase:
 
 
 __all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "graphs_from_notes",
-           "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_fused_expert_mlp",
+           "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_ep_overlap", "recipe_fused_expert_mlp",
            "recipe_recompute_modules", "recipe_routing", "recipe_vpp", "runs_eager",
            "runtime_for_source", "unknown_micro_batch", "unknown_vpp", "uses_bf16_optimizer"]

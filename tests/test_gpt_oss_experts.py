@@ -12,7 +12,8 @@ from configurator.cost.work import (EXPERT_BIAS_BYTES, GLU_CLAMP_BYTES, UNFUSED_
                                    unfused_expert_bytes, unfused_kernels, unfused_rope_bytes)
 from configurator.profiles import load_model
 from configurator.recompute import recompute_shares
-from configurator.runs import case_from_row, recipe_fused_expert_mlp, recipe_recompute_modules
+from configurator.runs import (case_from_row, recipe_ep_overlap, recipe_fused_expert_mlp,
+                              recipe_recompute_modules)
 from configurator.specs import JobSpec, Plan
 
 GPT_OSS = load_model("gpt-oss-120b")
@@ -65,6 +66,12 @@ def test_bridge_gpt_oss_recipes_recompute_and_fusion() -> None:
     assert recipe_fused_expert_mlp(BRIDGE_2608, "GPT OSS 120B", "gb300-nvl72", "fp8")
     assert not recipe_fused_expert_mlp(BRIDGE_2608, "GPT OSS 120B", "gb300-nvl72", "bf16")
     assert not recipe_fused_expert_mlp(BRIDGE_2604, "GPT OSS 120B", "gb300-nvl72", "fp8")
+    # GB200's GBS-1280 config overlaps the all-to-all from 26.04 (v0.4.x) on, not in 26.02 (v0.3.x)
+    assert recipe_ep_overlap(BRIDGE_2604, "GPT OSS 120B", "gb200-nvl72", 1280)
+    assert not recipe_ep_overlap(BRIDGE_2604, "GPT OSS 120B", "gb200-nvl72", 512)
+    assert not recipe_ep_overlap(BRIDGE_2604, "GPT OSS 120B", "gb300-nvl72", 1280)
+    assert not recipe_ep_overlap("Megatron-Bridge performance summary (NeMo 26.02 container)", "GPT OSS 120B",
+                                 "gb200-nvl72", 1280)
 
 
 def test_published_gpt_oss_rows_take_the_recipes_settings() -> None:
@@ -79,6 +86,7 @@ def test_published_gpt_oss_rows_take_the_recipes_settings() -> None:
     assert case.model.rope_scaling == "yarn"
     assert case.plan is not None and case.plan.recompute_modules == ("layernorm", "moe_act")
     assert not case.recompute_unknown
+    assert case.plan.ep_overlap is True
     fp8 = case_from_row(dict(row, source=BRIDGE_2608, system="gb300-nvl72", gpu="gb300", precision="fp8", ep="16"))
     assert fp8.job is not None and fp8.job.fused_expert_mlp
     assert fp8.plan is not None and fp8.plan.recompute == "none"
