@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from configurator.cost.work import GLU_CLAMP_BYTES
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
 from configurator.specs.plan import Plan
@@ -46,9 +47,12 @@ def _act_bytes(ffn: float, swiglu: bool) -> float:
     return (3 * ffn if swiglu else 2 * ffn) * BF16
 
 
-def module_forward_counts(model: ModelSpec, plan: Plan, index: int) -> dict[str, dict[str, float]]:
+def module_forward_counts(model: ModelSpec, plan: Plan, index: int,
+                          job: JobSpec | None = None) -> dict[str, dict[str, float]]:
     """Per module: forward GEMM FLOPs and memory-bound bytes per token on one rank (and the layer totals
-    under ``"layer"``)."""
+    under ``"layer"``). With ``job``, ``moe_act`` includes the clamp kernels of a clamped GLU that run outside
+    the fused activation (``cost/work.py``'s ``unfused_expert_bytes``; they are inside the recomputed
+    ``bias_act_func``)."""
     h, tp = model.hidden_size, plan.tp
     sp_div = tp if plan.sp else 1
     swiglu = model.mlp == "swiglu"
@@ -77,6 +81,8 @@ def module_forward_counts(model: ModelSpec, plan: Plan, index: int) -> dict[str,
         shared_f = _mlp_flops(h, shared / tp, swiglu) if shared else 0.0
         routed_f = k / tp * _mlp_flops(h, model.moe_ffn_hidden_size, swiglu)
         act = k / tp * _act_bytes(model.moe_ffn_hidden_size, swiglu)
+        if job is not None and model.clamped_glu and swiglu and not job.fused_expert_mlp:
+            act += k / tp * GLU_CLAMP_BYTES[0] * model.moe_ffn_hidden_size
         permute = k * h * BF16 * 4 / tp * plan.etp
         shared_b = _act_bytes(shared / tp, swiglu) if shared else 0.0
         out["moe"] = {"gemm": router + shared_f + routed_f, "bytes": act + permute + shared_b}
@@ -99,11 +105,10 @@ def recompute_shares(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> 
     """Shares of layer ``index``'s forward repeated under ``plan``'s selective recompute modules
     (Megatron's default ``core_attn`` when the list is empty). Full recompute is not handled here
     (it repeats the whole forward of the recomputed layers)."""
-    del job  # the shares are per token; the sequence length cancels
     if plan.recompute != "selective":
         return RecomputeShares()
     modules = plan.recompute_modules or ("core_attn",)
-    counts = module_forward_counts(model, plan, index)
+    counts = module_forward_counts(model, plan, index, job)  # per token: the sequence length cancels
     layer = counts["layer"]
     gemm = sum(counts[m]["gemm"] for m in modules if m != "core_attn")
     nbytes = sum(counts[m]["bytes"] for m in modules if m != "core_attn")

@@ -192,9 +192,20 @@ def model_from_row(row: dict[str, str]) -> tuple[ModelSpec, list[str]]:
         notes.append(f"linear biases from preset {preset.name}")
     windows = tuple(f for f in (preset.features if preset is not None else ())
                     if f.partition("=")[0] in ("sliding_window", "sliding_window_every"))
+    features: tuple[str, ...] = ()
     if windows and attention != "mla":
-        kw["features"] = windows
+        features = windows
         notes.append(f"sliding-window attention {', '.join(windows)} from preset {preset.name}")  # type: ignore[union-attr]
+    if preset is not None and preset.rope_scaling == "yarn" and attention != "mla" and experts:
+        kw.update(rope_scaling="yarn", rope_scaling_factor=preset.rope_scaling_factor,
+                  rope_original_max_positions=preset.rope_original_max_positions)
+        notes.append(f"YaRN rotary embedding from preset {preset.name} (Megatron runs it unfused)")
+    clamp = tuple(f for f in (preset.features if preset is not None else ()) if f.startswith("clamped_swiglu"))
+    if clamp and mlp == "swiglu":
+        features += clamp  # GPT-OSS's swiglu_limit: costed by cost/work.py's unfused_expert_bytes
+        notes.append(f"{clamp[0]} from preset {preset.name}")  # type: ignore[union-attr]
+    if features:
+        kw["features"] = features
     if experts:
         kw.update(num_experts=experts, moe_topk=_int(row, "moe_topk"),
                   moe_ffn_hidden_size=_int(row, "moe_ffn_hidden"))
@@ -366,6 +377,60 @@ def recipe_cuda_graphs(source: str, model_name: str, system: str, precision: str
     return ()
 
 
+def _bridge_container(source: str) -> tuple[int, ...] | None:
+    """The NeMo container (26, 4, 1) a Megatron-Bridge performance-summary row names; None for other rows."""
+    if "megatron-bridge performance" not in source.lower():
+        return None
+    found = re.search(r"nemo (\d+)\.(\d+)(?:\.(\d+))?", source.lower())
+    return tuple(int(x or 0) for x in found.groups()) if found else None
+
+
+def _bridge_gpu(system: str) -> str:
+    return system.lower().removeprefix("dgx-").split("-")[0]
+
+
+_GPT_OSS_RECOMPUTE = ("layernorm", "moe_act")
+
+
+def _gpt_oss_recompute_modules(source: str, model_name: str, system: str) -> tuple[str, ...]:
+    """Selective recompute modules of a Megatron-Bridge GPT-OSS 120B row whose table leaves recompute out
+    ("Recompute/SP not listed (see scripts/performance recipes)"): the GB200, B200 and H100 workload configs
+    set ``recompute_modules=["layernorm", "moe_act"]`` in every release the rows come from
+    (scripts/performance/configs/gpt_oss/workload_base_configs.py at v0.2.0 for 25.11, and
+    gpt_oss_workload_base_configs.py at v0.3.x and v0.4.x for 26.02 and 26.04: the V2 GBS-1280 configs
+    inherit them from V1); GB300 and B300 recompute nothing. () for other rows (26.08's perf_recipes reset
+    the fp8 GB200 list, so they are not claimed here)."""
+    container = _bridge_container(source)
+    if (container is None or _model_key(model_name) != "gptoss120b" or not (25, 11, 0) <= container < (26, 8, 0)
+            or _bridge_gpu(system) not in ("gb200", "b200", "h100")):
+        return ()
+    return _GPT_OSS_RECOMPUTE
+
+
+def _gpt_oss_ep_overlap(source: str, model_name: str, system: str, global_batch: int) -> bool:
+    """Whether a Megatron-Bridge GPT-OSS 120B row overlapped its expert all-to-all with computation: the
+    GB200 GBS-1280 ("V2") workload config sets ``moe_a2a_overlap=True`` from v0.4.0 (26.04) through v0.5.x
+    (26.06) (gpt_oss_workload_base_configs.py; ``_set_moe_a2a_overlap_overrides`` turns it into
+    ``overlap_moe_expert_parallel_comm`` with ``delay_wgrad_compute``), not in v0.3.x (26.02); other GPUs
+    and the GBS-512 configs leave it off."""
+    container = _bridge_container(source)
+    return (container is not None and (26, 4, 0) <= container < (26, 8, 0) and global_batch == 1280
+            and _model_key(model_name) == "gptoss120b" and _bridge_gpu(system) == "gb200")
+
+
+def recipe_fused_expert_mlp(source: str, model_name: str, system: str, precision: str) -> bool:
+    """Whether a Megatron-Bridge row's experts ran Transformer Engine's fused grouped MLP
+    (``JobSpec.fused_expert_mlp``): 26.08's MXFP8 GPT-OSS 120B recipes for GB200 and GB300 set
+    ``use_transformer_engine_op_fuser = True`` (perf_recipes/gpt_oss/common.py,
+    ``_apply_gpt_oss_120b_full_iter_fp8mx_configs``) and ``NVTE_CUTEDSL_FUSED_GROUPED_MLP=1`` (their
+    ``env_vars``), which Megatron-Core's ``TEGroupedMLP._is_fused_impl_supported`` needs, with a Transformer
+    Engine that has ``ScaledClampedQGeGLU`` and ``GroupedLinear(scale_bias=...)`` (the one 26.08 pins,
+    4329ff8). Earlier containers have no such path for a clamped GLU (Megatron-Core 0.15-0.18)."""
+    container = _bridge_container(source)
+    return (container is not None and container >= (26, 8, 0) and _model_key(model_name) == "gptoss120b"
+            and precision in ("fp8", "fp4") and _bridge_gpu(system) in ("gb200", "gb300"))
+
+
 _A2A_OVERLAP_LAYOUTS: tuple[tuple[tuple[int, int, int], tuple[int, int, int], str, str, tuple[int, int, int, int]], ...] = (
     ((25, 11, 0), (26, 8, 0), "qwen3235ba22b", "h100", (2, 8, 4, 32)),
     ((25, 11, 0), (26, 2, 0), "qwen330ba3b", "h100", (1, 2, 12, 8)),
@@ -383,7 +448,7 @@ config's, since the summary tables sometimes list other layouts than the shipped
 
 
 def recipe_ep_overlap(source: str, model_name: str, system: str, precision: str,
-                      layout: tuple[int, int, int, int]) -> bool:
+                      layout: tuple[int, int, int, int], global_batch: int) -> bool:
     """Whether a Megatron-Bridge performance-summary row ran the MoE all-to-all overlap
     (``moe_a2a_overlap`` -> ``overlap_moe_expert_parallel_comm = True`` with ``delay_wgrad_compute = True``,
     scripts/performance/utils/helpers.py ``set_moe_a2a_overlap_overrides``): Megatron-Core's 1F1B
@@ -391,7 +456,8 @@ def recipe_ep_overlap(source: str, model_name: str, system: str, precision: str,
     From 26.08 every MXFP8 full-iteration-graph recipe on GB200/GB300 (DeepSeek-V3, Qwen3, GPT-OSS 120B)
     sets it (``_enable_deepseek_full_iteration_mxfp8``, ``_enable_hybridep_full_iteration_mxfp8``,
     ``_apply_gpt_oss_120b_full_iter_fp8mx_configs`` in src/megatron/bridge/perf_recipes); before, the
-    configs in ``_A2A_OVERLAP_LAYOUTS``. False for every other source, model and layout."""
+    configs in ``_A2A_OVERLAP_LAYOUTS`` and GPT-OSS 120B's GB200 GBS-1280 config (``_gpt_oss_ep_overlap``).
+    False for every other source, model and layout."""
     if "megatron-bridge performance" not in source.lower():
         return False
     found = re.search(r"nemo (\d+)\.(\d+)(?:\.(\d+))?", source.lower())
@@ -401,6 +467,8 @@ def recipe_ep_overlap(source: str, model_name: str, system: str, precision: str,
     key = _model_key(model_name)
     gpu = system.lower().removeprefix("dgx-").split("-")[0]
     if "full_iteration" in recipe_cuda_graphs(source, model_name, system, precision):
+        return True
+    if _gpt_oss_ep_overlap(source, model_name, system, global_batch):
         return True
     return any(first <= container <= last and key == k and gpu == g and layout == lay
                for first, last, k, g, lay in _A2A_OVERLAP_LAYOUTS)
@@ -448,13 +516,20 @@ pretrain_deepseek_v3.py (commit 7a8f1cc) sets ``recompute_granularity = "selecti
 commit give the same). The README tables of later tags (v25.07) list them as a RecomputeModule column."""
 
 
-def recipe_recompute_modules(source: str, notes: str, system: str) -> tuple[str, ...]:
+def _dgxc_recompute_modules(source: str, notes: str, system: str) -> tuple[str, ...]:
     """Selective-recompute modules a row's recipe runs where the row does not state its recompute: DGX Cloud's
     v25.05 DeepSeek-V3 rows (``_DGXC_RECOMPUTE_MODULES``); () for every other row."""
     if _DGXC_TOKEN_DROP not in source.lower() or "v25.05" not in notes.lower():
         return ()
     gpu = system.lower().removeprefix("dgx-").split("-")[0]
     return _DGXC_RECOMPUTE_MODULES.get(gpu, ())
+
+
+def recipe_recompute_modules(source: str, notes: str, model_name: str, system: str) -> tuple[str, ...]:
+    """Selective-recompute modules a row's recipe runs where the row does not state its recompute: DGX Cloud's
+    v25.05 DeepSeek-V3 rows (``_dgxc_recompute_modules``) and Megatron-Bridge's GPT-OSS 120B rows
+    (``_gpt_oss_recompute_modules``); () for every other row."""
+    return _dgxc_recompute_modules(source, notes, system) or _gpt_oss_recompute_modules(source, model_name, system)
 
 
 def uses_bf16_optimizer(source: str, notes: str) -> bool:
@@ -531,8 +606,11 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         if graphs:
             said = "the notes" if stated is not None else "the recipe"
             notes.append(f"CUDA graphs {'+'.join(graphs)} (from {said}): captured kernels cost one replay each")
+        fused_mlp = model.is_moe and recipe_fused_expert_mlp(source, row.get("model", ""), system, precision)
+        if fused_mlp:
+            notes.append("experts as Transformer Engine's fused grouped MLP (the recipe's op fuser)")
         job = JobSpec(global_batch=gbs, seq_len=seq_len, precision=precision, moe_routing=routing,
-                      compiled=not eager, cuda_graphs=graphs)
+                      compiled=not eager, cuda_graphs=graphs, fused_expert_mlp=fused_mlp)
         dispatcher, said = None, ""
         if model.is_moe:
             dispatcher, said = dispatcher_from_notes(_cell(row, "notes")), "the notes"
@@ -560,11 +638,11 @@ def case_from_row(row: dict[str, str]) -> RunCase:
             sharding = DEFAULT_SHARDING[runtime]
             notes.append(f"sharding={sharding} ({runtime} default)")
         recompute = _cell(row, "recompute") or "none"
-        recipe_modules = () if _cell(row, "recompute") else recipe_recompute_modules(source, _cell(row, "notes"),
-                                                                                    system)
+        recipe_modules = () if _cell(row, "recompute") else recipe_recompute_modules(
+            source, _cell(row, "notes"), row.get("model", ""), system)
         if recipe_modules:
             recompute = "selective"
-            notes.append(f"recompute selective {','.join(recipe_modules)} (the recipe's launch.sh)")
+            notes.append(f"recompute selective {','.join(recipe_modules)} (the recipe's)")
         mb = _int(row, "micro_batch")
         if mb is None:
             mb, why = unknown_micro_batch(runtime, gbs, dp, pp)
@@ -588,7 +666,7 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         ep = _int(row, "ep", 1) or 1
         ep_overlap = _yes_no(row, "ep_overlap") if model.is_moe else None
         if ep_overlap is None and model.is_moe and recipe_ep_overlap(source, row.get("model", ""), system, precision,
-                                                                     (tp, pp, vpp, ep)):
+                                                                     (tp, pp, vpp, ep), gbs):
             ep_overlap = True
             notes.append("MoE all-to-all overlap (the recipe's moe_a2a_overlap: 1F1B EP overlap, delayed wgrad)")
         plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, etp=1, vpp=vpp, sp=sp,
@@ -607,6 +685,6 @@ def case_from_row(row: dict[str, str]) -> RunCase:
 
 
 __all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "graphs_from_notes",
-           "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_ep_overlap", "recipe_recompute_modules",
-           "recipe_routing", "recipe_vpp", "runs_eager", "runtime_for_source", "unknown_micro_batch", "unknown_vpp",
-           "uses_bf16_optimizer"]
+           "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_ep_overlap", "recipe_fused_expert_mlp",
+           "recipe_recompute_modules", "recipe_routing", "recipe_vpp", "runs_eager",
+           "runtime_for_source", "unknown_micro_batch", "unknown_vpp", "uses_bf16_optimizer"]

@@ -84,10 +84,10 @@ DGXC_ROW = {"run_id": "x", "source": "NVIDIA DGX Cloud Benchmarking recipe (deep
 
 def test_dgx_cloud_v25_05_deepseek_rows_recompute_the_recipes_modules() -> None:
     source = DGXC_ROW["source"]
-    assert recipe_recompute_modules(source, "v25.05 release", "gb200-nvl72") == ("core_attn",)
-    assert recipe_recompute_modules(source, "v25.05 release", "dgx-h100") == ("mla_up_proj",)
-    assert recipe_recompute_modules(source, "v25.10 release", "gb200-nvl72") == ()
-    assert recipe_recompute_modules("Megatron-Bridge performance summary", "v25.05", "gb200-nvl72") == ()
+    assert recipe_recompute_modules(source, "v25.05 release", "Deepseek V3", "gb200-nvl72") == ("core_attn",)
+    assert recipe_recompute_modules(source, "v25.05 release", "Deepseek V3", "dgx-h100") == ("mla_up_proj",)
+    assert recipe_recompute_modules(source, "v25.10 release", "Deepseek V3", "gb200-nvl72") == ()
+    assert recipe_recompute_modules("Megatron-Bridge performance summary", "v25.05", "Deepseek V3", "gb200-nvl72") == ()
     case = case_from_row(DGXC_ROW)
     assert case.plan is not None and not case.recompute_unknown
     assert (case.plan.recompute, case.plan.recompute_modules) == ("selective", ("core_attn",))

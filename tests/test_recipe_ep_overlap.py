@@ -19,18 +19,18 @@ BRIDGE = "Megatron-Bridge performance summary (NeMo {} container)"
 
 def test_recipe_overlap_follows_the_config_at_the_container_and_its_layout() -> None:
     # 26.04.01 (v0.4.2): DEEPSEEK_V3_PRETRAIN_CONFIG_B200_FP8_MX_V2 is PP8 VP2 EP32 with moe_a2a_overlap=True.
-    assert recipe_ep_overlap(BRIDGE.format("26.04.01"), "DeepSeekV3", "dgx-b200", "fp8", (1, 8, 2, 32))
+    assert recipe_ep_overlap(BRIDGE.format("26.04.01"), "DeepSeekV3", "dgx-b200", "fp8", (1, 8, 2, 32), 4096)
     # 26.04 (v0.4.0) shipped only the PP16 EP8 B200 config, without the overlap.
-    assert not recipe_ep_overlap(BRIDGE.format("26.04"), "DeepSeekV3", "dgx-b200", "fp8", (1, 8, 2, 32))
+    assert not recipe_ep_overlap(BRIDGE.format("26.04"), "DeepSeekV3", "dgx-b200", "fp8", (1, 8, 2, 32), 4096)
     # Qwen3-235B H100 TP2 PP8 VP4 EP32 sets it in every release; another layout does not take it.
-    assert recipe_ep_overlap(BRIDGE.format("25.11"), "Qwen3_235B_a22B", "dgx-h100", "fp8", (2, 8, 4, 32))
-    assert not recipe_ep_overlap(BRIDGE.format("25.11"), "Qwen3_235B_a22B", "dgx-b200", "fp8", (1, 8, 2, 8))
+    assert recipe_ep_overlap(BRIDGE.format("25.11"), "Qwen3_235B_a22B", "dgx-h100", "fp8", (2, 8, 4, 32), 4096)
+    assert not recipe_ep_overlap(BRIDGE.format("25.11"), "Qwen3_235B_a22B", "dgx-b200", "fp8", (1, 8, 2, 8), 4096)
     # 26.08's MXFP8 full-iteration recipes on GB200/GB300 set overlap_moe_expert_parallel_comm.
-    assert recipe_ep_overlap(BRIDGE.format("26.08"), "Qwen3_30B_a3B", "gb300-nvl72", "fp8", (1, 1, 1, 8))
-    assert not recipe_ep_overlap(BRIDGE.format("26.08"), "Qwen3_30B_a3B", "gb300-nvl72", "bf16", (1, 1, 1, 8))
+    assert recipe_ep_overlap(BRIDGE.format("26.08"), "Qwen3_30B_a3B", "gb300-nvl72", "fp8", (1, 1, 1, 8), 4096)
+    assert not recipe_ep_overlap(BRIDGE.format("26.08"), "Qwen3_30B_a3B", "gb300-nvl72", "bf16", (1, 1, 1, 8), 4096)
     # Other sources never: their rows say it in the ep_overlap column or notes.
     assert not recipe_ep_overlap("Megatron-MoE-ModelZoo Qwen3 best-practice results", "Qwen3-235B-A22B",
-                                 "dgx-h100", "bf16", (2, 8, 4, 32))
+                                 "dgx-h100", "bf16", (2, 8, 4, 32), 4096)
 
 
 def _case(runs: Path, run_id: str) -> RunCase:

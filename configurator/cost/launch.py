@@ -57,10 +57,13 @@ def exposed_launch_s(gpu_s: float, kernels: float, launch_s: float) -> float:
     return max(0.0, kernels * launch_s - gpu_s)
 
 
-def layer_launches(moe: bool, graphs: tuple[str, ...] = (), local_experts: float = 0.0) -> tuple[float, float]:
+def layer_launches(moe: bool, graphs: tuple[str, ...] = (), local_experts: float = 0.0,
+                   extra: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)) -> tuple[float, float]:
     """(forward, backward) host launches of one layer and micro-batch, in eager-launch units: the
     kernels outside captured scopes one launch each (the grouped GEMMs one per local expert and
-    linear, ``EXPERT_GEMM_LAUNCHES``), each captured scope one replay per pass."""
+    linear, ``EXPERT_GEMM_LAUNCHES``), each captured scope one replay per pass. ``extra``: kernels a
+    model's unfused operations add, (attention forward, attention backward, experts forward, experts
+    backward) (``LayerWork.extra_kernels``); the attention ones are inside the ``attn`` scope."""
     if FULL_ITERATION in graphs:
         return 0.0, 0.0
     eager = DENSE_LAYER_KERNELS + (MOE_EXTRA_KERNELS + EXPERT_GEMM_LAUNCHES * local_experts if moe else 0)
@@ -71,8 +74,9 @@ def layer_launches(moe: bool, graphs: tuple[str, ...] = (), local_experts: float
         if captured.get(scope):
             eager -= captured[scope]
             replays += 1
-    return (eager + GRAPH_REPLAY_LAUNCHES * replays,
-            BACKWARD_KERNEL_RATIO * eager + GRAPH_REPLAY_LAUNCHES * replays)
+    attn_f, attn_b = (0.0, 0.0) if "attn" in graphs else extra[:2]
+    return (eager + attn_f + extra[2] + GRAPH_REPLAY_LAUNCHES * replays,
+            BACKWARD_KERNEL_RATIO * eager + attn_b + extra[3] + GRAPH_REPLAY_LAUNCHES * replays)
 
 
 def dispatcher_syncs(moe: bool, ep: int, moe_routing: str, graphs: tuple[str, ...] = ()) -> int:
@@ -88,9 +92,10 @@ def dispatcher_syncs(moe: bool, ep: int, moe_routing: str, graphs: tuple[str, ..
 
 
 def layer_launch_s(fwd_gpu_s: float, bwd_gpu_s: float, moe: bool, launch_s: float, sync_s: float,
-                   syncs: int, graphs: tuple[str, ...] = (), local_experts: float = 0.0) -> tuple[float, float]:
+                   syncs: int, graphs: tuple[str, ...] = (), local_experts: float = 0.0,
+                   extra: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)) -> tuple[float, float]:
     """(forward, backward) exposed host time of one layer and micro-batch."""
-    fwd_launches, bwd_launches = layer_launches(moe, graphs, local_experts)
+    fwd_launches, bwd_launches = layer_launches(moe, graphs, local_experts, extra)
     f = exposed_launch_s(fwd_gpu_s, fwd_launches, launch_s)
     b = exposed_launch_s(bwd_gpu_s, bwd_launches, launch_s)
     if moe and syncs:

@@ -360,7 +360,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
             syncs = dispatcher_syncs(moe, plan.ep, inp.job.moe_routing, graphs)
             local_experts = work.expert_gemms[0].count if work.expert_gemms else 0.0
             launch_f, launch_b = layer_launch_s(f_compute, b_compute + recompute, moe, c["overhead.launch_s"],
-                                                sync_s, syncs, graphs, local_experts)
+                                                sync_s, syncs, graphs, local_experts, work.extra_kernels)
             launch_b += re_frac * launch_f
         z_f = z_b = z_first = 0.0
         zf_hidden = zb_hidden = 0.0  # sharding gathers/reductions hidden under compute

@@ -75,6 +75,9 @@ class LayerWork:
     """Mean token-expert pairs one expert receives per micro-batch (whole EP group)."""
     cp_a2a_bytes: float = 0.0
     """Bytes one rank sends in the all-to-alls of Ulysses CP per forward (Q, K, V and the output)."""
+    extra_kernels: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    """Kernels a model's unfused operations add to the layer's launches (cost/launch.py): (attention forward,
+    attention backward, experts forward, experts backward); ``unfused_kernels``."""
     etp_bytes: float = 0.0
     """Expert tensor parallelism (etp > 1): the dispatched (token, expert) pairs all-gathered over the
     expert-TP group after the all-to-all and the experts' outputs reduce-scattered before the combine
@@ -127,6 +130,102 @@ def eager_extra_bytes(model: ModelSpec, q_width: float, kv_width: float, ffn_loc
     if model.mlp == "swiglu" and not moe:
         split += (10 - 3 * BF16) * ffn_local
     return repl, split
+
+
+GLU_CLAMP_BYTES = (16, 30)
+"""(forward, backward) bytes per element of an expert's ``ffn`` columns that Megatron-Core's clamped GLU adds
+outside its fused activation kernel (``weighted_bias_quick_geglu_impl`` with ``clamp_value``, core_r0.15 to
+0.18: fused_bias_geglu.py), bf16. Forward: ``x_glu.clamp(max=L)`` and ``x_linear.clamp(-L, L)`` each read
+and write half of the 2 ffn fc1 output (2 x 2 B per element of the 2 ffn), then ``torch.cat`` of the two
+reads and writes all 2 ffn again (4 B): 16 B per ffn element. Backward (autograd): the one-sided clamp's
+``where(x <= L, grad, 0)`` reads x, writes the mask (3 B), reads mask and grad and writes (5 B); the two-sided
+one builds its mask from two comparisons and an in-place ``logical_and`` (3 + 3 + 3 B) before the ``where``
+(5 B); then the two halves' gradients are concatenated back into the fc1 output's gradient (read + write
+2 x 2 B per element of the 2 ffn): (8 + 14) ffn + 8 ffn = 30 B per ffn element."""
+EXPERT_BIAS_BYTES = (12, 16)
+"""(forward, backward) bytes per element of ``hidden`` that an MoE expert's fc2 bias costs in Megatron-Core's
+``TEGroupedMLP`` (``linear_fc2`` returns its bias, ``skip_bias_add=True``; ``_apply_bias`` adds it per local
+expert in a Python loop: ``torch.cat([t + b * p for ...])``, core_r0.15 to 0.19), bf16 router probabilities
+(GPT-OSS leaves ``moe_router_dtype`` unset). Forward: ``b * p`` writes the [n, h] product (2 B), ``t + ...``
+reads both and writes (6 B), ``torch.cat`` copies (4 B): 12 B. Backward: the product's gradients ``grad * p``
+(read 2, write 2, then reduced over tokens: read 2) and ``grad * b`` (the same, reduced over h), and the
+split's gradient concatenated back (4 B): 16 B. fc1's bias is in the GEMM epilogue (free)."""
+
+
+UNFUSED_ROPE_BYTES = (24, 26)
+"""(forward, backward) bytes per element of q and k that Megatron-Core's unfused rotary embedding moves
+(``_apply_rotary_pos_emb_bshd``, rope_utils.py), bf16. Megatron runs it unfused for YaRN on standard attention:
+``--position-embedding-type yarn`` turns ``apply_rope_fusion`` off (training/arguments.py: "if
+args.position_embedding_type != 'rope': args.apply_rope_fusion = False"; Megatron-Bridge's
+``validate_rope_fusion_compatibility`` does the same for GPT-OSS's provider). Forward: ``t * cos`` (r2 w2),
+``_rotate_half``'s negation of one half (r2 w2 on half the elements: 2) and ``cat`` (4), ``* sin`` (4), the
+sum (r4 w2), the final ``cat`` with the empty pass-through part (4): 24 B. Backward: the two products' grads
+(4 + 4), the negation's (2), the halves concatenated back (4), the two grads summed (6), the slice's
+zero-filled gradient (w2 + r2 w2): 26 B. The fused kernel (``work.py``'s rotary count) reads and writes once
+each way: 4 + 8 of these are already counted."""
+
+
+def unfused_rope_bytes(model: ModelSpec, job: JobSpec) -> float:
+    """Forward-equivalent bytes per element of q and k that an unfused rotary embedding adds over the fused
+    count: ``(24 + 26 - 3 x 4) / 3`` (the step model times backward traffic as twice the forward's) for YaRN
+    on non-MLA attention in the fused-kernel runtimes (``job.compiled``; MLA's YaRN is Megatron's
+    ``--rope-type yarn`` under ``--position-embedding-type rope``, which keeps the fusion). torchtitan's
+    eager rotary is counted by ``eager_extra_bytes`` instead; a compiled torchtitan run is costed as
+    Megatron's here (no published row has one)."""
+    if not job.compiled or model.rope_scaling != "yarn" or model.attention == "mla" \
+            or model.learned_position_embeddings:
+        return 0.0
+    return (UNFUSED_ROPE_BYTES[0] + UNFUSED_ROPE_BYTES[1] - 3 * 2 * BF16) / 3
+
+
+def unfused_expert_bytes(model: ModelSpec, job: JobSpec, ffn_columns: float) -> tuple[float, float]:
+    """(forward, backward) bytes per routed (token, expert) pair that a clamped GLU and expert biases add
+    as kernels of their own (``GLU_CLAMP_BYTES``, ``EXPERT_BIAS_BYTES``), on ``ffn_columns`` of the expert's
+    intermediate width; (0, 0) for models without them and under Transformer Engine's fused grouped MLP
+    (``JobSpec.fused_expert_mlp``), which scales the bias and clamps inside its kernels. The clamp's forward
+    is part of what ``--recompute-modules moe_act`` repeats (recompute.py)."""
+    if job.fused_expert_mlp or not model.is_moe:
+        return 0.0, 0.0
+    fwd = bwd = 0.0
+    if model.clamped_glu and model.mlp == "swiglu":
+        fwd += GLU_CLAMP_BYTES[0] * ffn_columns
+        bwd += GLU_CLAMP_BYTES[1] * ffn_columns
+    if model.linear_bias:
+        fwd += EXPERT_BIAS_BYTES[0] * model.hidden_size
+        bwd += EXPERT_BIAS_BYTES[1] * model.hidden_size
+    return fwd, bwd
+
+
+UNFUSED_ROPE_KERNELS = (11, 6)
+"""(forward, backward) kernels Megatron-Core's unfused rotary adds per tensor (q, then k) over the fused one
+(one kernel each way): forward ``cos`` / ``sin`` of the frequencies with their ``* mscale`` and ``.to`` (6),
+``t * cos``, the negation and ``cat`` of ``_rotate_half``, ``* sin``, the sum, the final ``cat`` (6), less the
+fused kernel; backward the two products' gradients, the negation's, the halves' ``cat``, their sum and the
+slice's zero fill and copy (7), less the fused kernel."""
+GLU_CLAMP_KERNELS = (3, 7)
+"""(forward, backward) kernels of the clamped GLU's clamps (``GLU_CLAMP_BYTES``): two clamps and a ``cat``;
+backward the one-sided clamp's compare and ``where`` (2), the two-sided one's two compares, ``logical_and_``
+and ``where`` (4), and the halves' gradients' ``cat`` (1)."""
+EXPERT_BIAS_KERNELS_PER_EXPERT = (2, 4)
+"""(forward, backward) kernels per local expert of ``_apply_bias`` (``EXPERT_BIAS_BYTES``): ``b * p`` and the
+sum; backward the two products' gradients and their reductions; plus one ``cat`` each way."""
+
+
+def unfused_kernels(model: ModelSpec, job: JobSpec, local_experts: float) -> tuple[float, float, float, float]:
+    """(attention forward, attention backward, experts forward, experts backward) kernel launches per layer
+    and micro-batch that the unfused operations of ``unfused_rope_bytes`` and ``unfused_expert_bytes`` add
+    (``UNFUSED_ROPE_KERNELS`` for q and k; ``GLU_CLAMP_KERNELS``; ``EXPERT_BIAS_KERNELS_PER_EXPERT`` per local
+    expert and one ``cat``); expert terms only on MoE layers (``local_experts`` > 0)."""
+    attn_f = attn_b = moe_f = moe_b = 0.0
+    if unfused_rope_bytes(model, job):
+        attn_f, attn_b = 2.0 * UNFUSED_ROPE_KERNELS[0], 2.0 * UNFUSED_ROPE_KERNELS[1]
+    if local_experts and not job.fused_expert_mlp:
+        if model.clamped_glu and model.mlp == "swiglu":
+            moe_f, moe_b = GLU_CLAMP_KERNELS
+        if model.linear_bias:
+            moe_f += EXPERT_BIAS_KERNELS_PER_EXPERT[0] * local_experts + 1
+            moe_b += EXPERT_BIAS_KERNELS_PER_EXPERT[1] * local_experts + 1
+    return attn_f, attn_b, moe_f, moe_b
 
 
 def attended_keys(seq_len: int, window: int) -> float:
@@ -195,6 +294,10 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
         gemms += expert_gemms
         pairs_per_expert = rows
         elem_split += (t * k / tp) * _mlp_act_bytes(model.moe_ffn_hidden_size, swiglu, fp8) / t
+        # Clamp and expert-bias kernels outside the fused activation: the step model times a layer's
+        # backward traffic as twice its forward's, so their forward + backward bytes enter as a third.
+        extra_f, extra_b = unfused_expert_bytes(model, job, model.moe_ffn_hidden_size / plan.etp)
+        elem_split += k / tp * plan.etp * (extra_f + extra_b) / 3
         # permute + unpermute copies of the routed tokens (read + write, bf16), probabilities.
         elem_split += k * h * BF16 * 4 / tp * plan.etp
         # router: fp32 logits written, softmax read + write, top-k read; per token and expert.
@@ -219,6 +322,7 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
     split = 2 * (q_width + 2 * kv_width) * BF16 + (3 * attn_out if fp8 else 0) + elem_split
     if model.linear_bias:
         split += 2 * (q_width + 2 * kv_width + 2 * model.ffn_hidden_size / tp) * BF16
+    split += unfused_rope_bytes(model, job) * (q_width + kv_width)
     if not job.compiled:
         extra_repl, extra_split = eager_extra_bytes(model, q_width, kv_width, model.ffn_hidden_size / tp,
                                                     moe=moe)
@@ -234,7 +338,8 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
                      tp_collectives=tp_collectives, cp_bytes=cp_bytes, ep_bytes=ep_bytes, etp_bytes=etp_bytes,
                      attn_batch=plan.micro_batch * heads, attn_q_len=job.seq_len / plan.cp, attn_d_qk=d_qk,
                      attn_d_v=d_v, expert_gemms=tuple(expert_gemms), pairs_per_expert=pairs_per_expert,
-                     cp_a2a_bytes=t * (2 * (q_width + 2 * kv_width) + attn_out) * BF16 if plan.cp > 1 else 0.0)
+                     cp_a2a_bytes=t * (2 * (q_width + 2 * kv_width) + attn_out) * BF16 if plan.cp > 1 else 0.0,
+                     extra_kernels=unfused_kernels(model, job, model.num_experts / plan.ep if moe else 0.0))
 
 
 def head_work(model: ModelSpec, job: JobSpec, plan: Plan) -> LayerWork:
@@ -302,5 +407,6 @@ def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
     return 6.0 * flops_params(model) + attention
 
 
-__all__ = ["Gemm", "LayerWork", "attended_keys", "embedding_work", "flops_params", "head_work", "layer_work",
-           "model_flops_per_token"]
+__all__ = ["EXPERT_BIAS_BYTES", "GLU_CLAMP_BYTES", "Gemm", "LayerWork", "UNFUSED_ROPE_BYTES", "attended_keys",
+           "embedding_work", "flops_params", "head_work", "layer_work", "model_flops_per_token",
+           "unfused_expert_bytes", "unfused_kernels", "unfused_rope_bytes"]

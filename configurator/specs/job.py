@@ -38,6 +38,13 @@ class JobSpec:
     ``full_iteration``), whose kernels then cost one graph replay instead of a host launch each
     (cost/launch.py). Empty: eager launches, what the emitted launch files run. Set by runs.py from a
     published row's recipe; not a plan knob."""
+    fused_expert_mlp: bool = False
+    """The routed experts run as Transformer Engine's fused grouped MLP (Megatron-Core
+    ``use_transformer_engine_op_fuser`` with ``NVTE_CUTEDSL_FUSED_GROUPED_MLP=1``: FC1, the probability-scaled
+    (clamped) GLU and FC2 with its probability-scaled bias in one op), so a clamped GLU and expert biases add
+    no kernels of their own (``cost/work.py``'s ``unfused_expert_bytes``). False: Megatron-Core's
+    ``TEGroupedMLP`` path, what the emitted launch files run. Set by runs.py from a published row's recipe;
+    not a plan knob."""
 
     def __post_init__(self) -> None:
         require_positive_int("global_batch", self.global_batch)

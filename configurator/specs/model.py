@@ -235,6 +235,12 @@ class ModelSpec:
             return 0
         return window
 
+    @property
+    def clamped_glu(self) -> bool:
+        """The gated MLP clamps its two halves before the activation (``clamped_swiglu(limit=L)`` in
+        ``features``: GPT-OSS's ``swiglu_limit``; Megatron-Core's ``activation_func_clamp_value``)."""
+        return any(f.startswith("clamped_swiglu") for f in self.features)
+
     def layer_is_moe(self, index: int) -> bool:
         """Megatron's pattern: dense first layers, then every ``moe_layer_freq``-th layer."""
         if not self.is_moe or index < self.first_dense_layers:
