@@ -182,6 +182,9 @@ class StructureBounds:
         for v in range(n_layers, len(single.stages)):
             f, b, _ = _stage_times(single, rates, comm, c, v)
             nonlayer.append(sum(f.values()) + sum(b.values()))
+        # Kept for other chunk sizes and knobs: drop the per-rank GPU array (O(GPUs)) a timing may have rebuilt.
+        comm.release_gpu_map()
+        single.comm.release_gpu_map()
         return single, rates, comm, n_layers, nonlayer
 
     def _single_base(self, flat: Plan) -> tuple[StepInputs, object, CommModel, int]:
