@@ -17,7 +17,8 @@ short, peak RSS, and the best plan.
   enumeration, so it gets the same total); ``--optuna-at-cpu``: the exhaustive search's CPU seconds
   instead (on a shared machine whose load changes between the two runs, equal wall time is not equal work).
 * ``--compare-with DIR``: also run every job with the code in DIR (e.g. an older checkout:
-  ``git archive BASE | tar -x -C DIR``) in alternating order (in one process), and print the speed-up and whether
+  ``git archive BASE | tar -x -C DIR``) in alternating order (in one process; with the same ``--workers``), and print
+  the speed-up and whether
   both return the same best plan — ratios measured in one run, since wall times on a shared machine are noisy.
   Each child checks that it imported the ``configurator`` of the tree it times (an error otherwise).
 
@@ -138,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     for i, job in enumerate(jobs):
         row: dict[str, Any] = {"job": job["name"]}
         if args.compare_with is not None and i % 2:
-            row["other"] = run_one(job, args.compare_with)
+            row["other"] = run_one(job, args.compare_with, workers=args.workers)
         row["this"] = run_one(job, REPO, workers=args.workers)
         if args.compare_with is not None and not i % 2:
-            row["other"] = run_one(job, args.compare_with)
+            row["other"] = run_one(job, args.compare_with, workers=args.workers)
         this = row["this"]
         if "error" in this:
             print(f"{job['name']:34} ERROR {this['error']}")

@@ -498,12 +498,13 @@ def _per_kind(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime) -> dict[b
 
 
 def _chunk_activations(model: ModelSpec, job: JobSpec, plan: Plan, kinds: dict[bool, tuple[float, float]],
-                       layers: list[int]) -> tuple[float, float]:
+                       layers: list[int], flags: tuple[bool, ...] | None = None) -> tuple[float, float]:
     """(bytes one micro-batch leaves on this chunk until its backward, the largest single layer's
-    full activations - the working set of a recomputed layer)."""
+    full activations - the working set of a recomputed layer). ``flags``: ``layer_moe_flags(model)``, if
+    the caller has it (its cache hashes the whole model spec on every call)."""
     if not layers:
         return 0.0, 0.0
-    flags = layer_moe_flags(model)
+    flags = flags or layer_moe_flags(model)
     if plan.recompute == "full":
         # Megatron's --recompute-method block: the first recompute_num_layers layers of each chunk
         # keep only their input; the others keep everything (0 = all layers recomputed).
@@ -523,8 +524,9 @@ def _stage_activations(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, 
     boundary = rt.pipe_buffers * layer_input_bytes(model, job, plan)
     per_chunk = []
     working = 0.0
+    flags = layer_moe_flags(model)
     for c, layers in enumerate(chunks):
-        kept, work = _chunk_activations(model, job, plan, kinds, layers)
+        kept, work = _chunk_activations(model, job, plan, kinds, layers, flags)
         per_chunk.append(kept + boundary)
         working = max(working, work)
     held, counts = peak_inflight(plan.pp, plan.vpp, num_microbatches, stage, tuple(per_chunk))

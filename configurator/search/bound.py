@@ -30,9 +30,10 @@ from operator import attrgetter
 from configurator.cost.comm import CommModel, LinkEfficiency
 from configurator.cost.constants import CostConstants, load_runtime_cost
 from configurator.cost.knobs import effective_knobs
-from configurator.cost.step import (StepInputs, VirtualStage, _per_microbatch_sharding, _rates_for, _stage_times,
-                                    busy_lower_bound, group_domains, link_efficiency, prepare)
-from configurator.cost.work import embedding_work, head_work, layer_work, mtp_projection_work
+from configurator.cost.step import (StepInputs, VirtualStage, _layer_shard_comm, _per_microbatch_sharding, _rates_for,
+                                    _stage_times, busy_lower_bound, group_domains, link_efficiency, prepare)
+from configurator.cost.work import BF16, embedding_work, head_work, layer_work, mtp_projection_work
+from configurator.memory import all_layer_params
 from configurator.search.knobs import optimistic_plans
 from configurator.search.space import SearchContext
 from configurator.specs.plan import PLAN_FIELDS, Plan, ep_overlap_conflicts, replace_unchecked
@@ -40,10 +41,24 @@ from configurator.specs.plan import PLAN_FIELDS, Plan, ep_overlap_conflicts, rep
 _LAYER_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload")))
 """The plan fields a layer's time depends on (for plans without per-micro-batch sharding traffic)."""
 _RECOMPUTE_FIELDS = ("recompute", "recompute_num_layers", "recompute_modules")
+_KNOB_FIELDS = ("tp_overlap", "ep_overlap", "cp_comm", "ep_dispatcher")
+_BASE_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload",
+                                                                 *_RECOMPUTE_FIELDS, *_KNOB_FIELDS)))
+"""What the one-layer stages' works and links depend on (``_single_base``): the layer key without the recompute
+and the communication knobs. (dp is left out as in the layer key: the one-stage form takes dp x pp.)"""
 _PREPARED_FIELDS = attrgetter(*(f for f in PLAN_FIELDS
                                 if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload", *_RECOMPUTE_FIELDS)))
 """The plan fields the one-layer stages (``_single_stages``: works, links, rates, the embedding's and head's
 times) depend on: a layer key without the recompute, which only ``_stage_times`` reads, for the layers alone."""
+
+
+@dataclass(frozen=True, slots=True)
+class _ShardBytes:
+    """What ``_layer_shard_comm`` reads of a prepared step: the runtime and each stage's mean layer bytes."""
+
+    runtime: object
+    zero3_layer_bytes: tuple[float, ...]
+    zero3_expert_bytes: tuple[float, ...]
 
 
 FAMILY_BOUND_SLACK = 1e-9
@@ -77,6 +92,9 @@ class StructureBounds:
         self._layouts: dict[tuple, tuple[tuple[tuple[int, int], ...], int]] = {}
         self._row_cache: dict[tuple, tuple[tuple[int, int, int, int, int], ...]] = {}
         self._variant_times: dict[tuple, list[LayerTimes]] = {}
+        self._gathers: dict[tuple, list[float]] = {}
+        self._bases: dict[tuple, tuple[StepInputs, object, CommModel, int]] = {}
+        self._all_params = all_layer_params(model)
         self._template: StepInputs | None = None
         self._runtime = load_runtime_cost(ctx.runtime)
         self.layer_keys_timed = 0
@@ -93,8 +111,15 @@ class StructureBounds:
         which matters only under a partial recompute (each layer of a chunk recomputes ``min(1, k /
         chunk)`` of its forward, ``_stage_times``), so it is part of the key only then."""
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
-        base_key = self.layer_key(plan)
-        key = (base_key, chunk) if partial else base_key
+        if partial:
+            # ``_stage_times`` reads k and the chunk only as ``min(1, k / chunk)``: keyed by that share, so
+            # (1, 4) and (2, 8) share their times, and a chunk of at most k layers times as full recompute.
+            share = min(1.0, plan.recompute_num_layers / chunk)
+            if share >= 1.0:
+                return self._times(replace_unchecked(plan, recompute_num_layers=0))
+            key: tuple = (_PREPARED_FIELDS(plan), "partial", share)
+        else:
+            key = self.layer_key(plan)
         hit = self._layer.get(key)
         if hit is not None:
             return hit
@@ -143,6 +168,28 @@ class StructureBounds:
         ctx, c = self.ctx, self.c
         # A one-stage form of the plan (same tp/cp/ep/etp/micro-batch and switches; dp takes the rest).
         flat = replace_unchecked(plan, pp=1, vpp=1, dp=plan.dp * plan.pp, pipeline_layers=())
+        # The works and links do not depend on the communication knobs (``cost/work.py`` and ``cost/comm.py``
+        # read only the degrees, micro-batch and SP): shared by a layer key's knob variants; only the
+        # non-layers' times, which ``_stage_times`` works out under the knobs, are per variant.
+        base_key = _BASE_FIELDS(plan)
+        base = self._bases.get(base_key)
+        if base is None:
+            base = self._bases[base_key] = self._single_base(flat)
+        single, rates, comm, n_layers = base
+        if single.plan != flat:
+            single = dc_replace(single, plan=flat)
+        nonlayer = []
+        for v in range(n_layers, len(single.stages)):
+            f, b, _ = _stage_times(single, rates, comm, c, v)
+            nonlayer.append(sum(f.values()) + sum(b.values()))
+        # Kept for other chunk sizes and knobs: drop the per-rank GPU array (O(GPUs)) a timing may have rebuilt.
+        comm.release_gpu_map()
+        single.comm.release_gpu_map()
+        return single, rates, comm, n_layers, nonlayer
+
+    def _single_base(self, flat: Plan) -> tuple[StepInputs, object, CommModel, int]:
+        """``_single_stages``' knob-independent part for the one-stage plan ``flat``."""
+        ctx, c = self.ctx, self.c
         if self._template is None:
             self._template = prepare(ctx.model, ctx.cluster, ctx.job, flat, runtime=ctx.runtime)
         # The stage times read the plan, its communication model, the runtime and the stages: swap the
@@ -162,14 +209,10 @@ class StructureBounds:
                             zero3_layer_bytes=(0.0,) * len(works))
         rates = _rates_for(single, c)
         comm = single.comm.with_efficiency(link_efficiency(c))
-        nonlayer = []
-        for v in range(n_layers, len(works)):
-            f, b, _ = _stage_times(single, rates, comm, c, v)
-            nonlayer.append(sum(f.values()) + sum(b.values()))
-        # Kept for other chunk sizes: drop the per-rank GPU array (O(GPUs)); the group shapes are cached.
+        # Kept for other chunk sizes and knobs: drop the per-rank GPU array (O(GPUs)); the group shapes are cached.
         comm.release_gpu_map()
         single.comm.release_gpu_map()
-        return single, rates, comm, n_layers, nonlayer
+        return single, rates, comm, n_layers
 
     def bound(self, plan: Plan) -> float:
         """A lower bound of ``plan``'s step time under the most favourable setting of the communication
@@ -251,9 +294,92 @@ class StructureBounds:
         under the distributed optimizer. Per-micro-batch sharding only adds gathers and reduce-scatters
         (and the compute slowdown of hiding them) to every layer, so the bound can only be higher with
         it; less a relative ``FAMILY_BOUND_SLACK`` for the different order of summation. The search
-        uses it to put off an option's preparation until it reaches the front."""
+        uses it to put off an option's preparation until it reaches the front.
+
+        ZeRO-3 / FSDP / HSDP also gather every chunk's first layer before anything can hide it
+        (``_stage_times``: its forward's sharding time is ``z_f + (gather - z_f)``, the whole gather, and the
+        other layers' exposed parts are >= 0), so each virtual stage's time is at least its distributed-
+        optimizer time plus that stage's gather: added here (``_gather_bound``), which rules out most
+        ZeRO-3 options without preparing them (DeepSeek-V3 on 512 H800: 1,242 preparations, none costed)."""
         plain = replace_unchecked(plan, sharding="distopt", shard_group=0)
+        if _per_microbatch_sharding(plan) == "zero3":
+            return self._gather_bound(plan) * (1.0 - FAMILY_BOUND_SLACK)
         return self.bound(plain) * (1.0 - FAMILY_BOUND_SLACK)
+
+    def _stage_gathers(self, plan: Plan) -> list[float]:
+        """Per virtual stage, the all-gather of one of its layers' shards (``_layer_shard_comm``'s, with
+        ``prepare``'s per-stage mean layer bytes); 0 for a stage without layers."""
+        ctx = self.ctx
+        key = (plan.tp, plan.cp, plan.pp, plan.vpp, plan.dp, plan.ep, plan.etp, plan.pipeline_layers,
+               plan.sharding, plan.shard_group)
+        hit = self._gathers.get(key)
+        if hit is not None:
+            return hit
+        params = self._all_params
+        dense_b, expert_b, sizes = [], [], []
+        start = 0
+        for n in plan.virtual_stage_layers(ctx.model):
+            per_layer_params = per_layer_expert = 0.0
+            for i in range(start, start + n):  # (summed as ``prepare`` sums them)
+                dense, expert = params[i]
+                per_layer_params += dense / plan.tp
+                per_layer_expert += expert / (plan.ep * plan.etp)
+            dense_b.append(BF16 * per_layer_params / max(n, 1))
+            expert_b.append(BF16 * per_layer_expert / max(n, 1))
+            sizes.append(n)
+            start += n
+        comm = CommModel(ctx.cluster, plan, None, LinkEfficiency(nvlink=1.0, scale_out=1.0)).with_efficiency(
+            link_efficiency(self.c))
+        shards = _ShardBytes(runtime=self._runtime, zero3_layer_bytes=tuple(dense_b), zero3_expert_bytes=tuple(expert_b))
+        out = []
+        seen: dict[tuple[float, float], float] = {}  # (stages of equal layers have equal bytes)
+        for v, n in enumerate(sizes):
+            if not n:
+                out.append(0.0)
+                continue
+            b = (dense_b[v], expert_b[v])
+            if b not in seen:
+                seen[b] = _layer_shard_comm(shards, comm, v, plan)[0]  # type: ignore[arg-type]
+            out.append(seen[b])
+        comm.release_gpu_map()
+        if len(self._gathers) >= 4096:
+            self._gathers.clear()  # bounded: a structure's options ask for it a few times in a row
+        self._gathers[key] = out
+        return out
+
+    def _gather_bound(self, plan: Plan) -> float:
+        """``relaxed_bound``'s ZeRO-3 form: per knob variant of ``plan`` (as ``bound`` takes them), the
+        busiest rank's time with each virtual stage at its distributed-optimizer time plus its first
+        layer's gather (``_stage_gathers``); the least over the variants."""
+        ctx, c = self.ctx, self.c
+        gathers = self._stage_gathers(plan)
+        virtual, m = self._layout(plan)
+        pp, last = plan.pp, len(virtual) - 1
+        per_mb = c["overhead.microbatch_s"] / plan.vpp
+        partial = plan.recompute == "full" and plan.recompute_num_layers > 0
+        best = float("inf")
+        for v in optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster):
+            plain = replace_unchecked(self._settled(v), sharding="distopt", shard_group=0)
+            times = []
+            by_chunk: dict[int, LayerTimes] = {}
+            for s, (n_dense, n_moe) in enumerate(virtual):
+                chunk = n_dense + n_moe if partial else 1
+                t = by_chunk.get(chunk)
+                if t is None:
+                    t = by_chunk[chunk] = self._times(plain, chunk)
+                x = n_dense * t.dense_s + n_moe * t.moe_s + per_mb + gathers[s]
+                if s == 0:
+                    x += t.embedding_s
+                if s == last:
+                    x += t.head_s
+                times.append(x)
+            worst = 0.0
+            fill = 0.0
+            for r in range(pp):
+                worst = max(worst, fill + m * sum(times[r::pp]))
+                fill += times[r]
+            best = min(best, worst)
+        return best + c["overhead.step_s"]
 
     def needs_preparation(self, plan: Plan) -> bool:
         return self._needs_preparation(plan)

@@ -95,6 +95,11 @@ def optimistic_plans(plan: Plan, runtime: str, attention_heads: int, is_moe: boo
             for c in cp for d in ds]
 
 
+def optimistic_inputs(inputs: StepInputs) -> list[StepInputs]:
+    """``inputs`` under each of ``optimistic_plans`` (what ``best_knobs`` evaluates, in its order)."""
+    return _optimistic(inputs)
+
+
 def _optimistic(inputs: StepInputs) -> list[StepInputs]:
     plans = optimistic_plans(inputs.plan, inputs.runtime.name, inputs.model.num_attention_heads, inputs.model.is_moe,
                              inputs.cluster)
@@ -125,4 +130,5 @@ def knob_lower_bound(inputs: StepInputs, constants: CostConstants) -> float:
     return min(busy_lower_bound(v, constants) for v in _optimistic(inputs))
 
 
-__all__ = ["best_knobs", "dispatcher_choices", "ep_group_may_span_domains", "knob_lower_bound", "knob_variants", "optimistic_plans"]
+__all__ = ["best_knobs", "dispatcher_choices", "ep_group_may_span_domains", "knob_lower_bound", "knob_variants",
+           "optimistic_inputs", "optimistic_plans"]

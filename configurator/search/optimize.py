@@ -43,11 +43,11 @@ from dataclasses import dataclass, field
 from configurator.cost.comm import SHAPE_CACHE, ShapeCache
 from configurator.cost.compute import WORK_TIME_MEMO
 from configurator.cost.constants import CostConstants, load_calibration
-from configurator.cost.step import StepReport, evaluate, prepare
-from configurator.search.knobs import best_knobs
+from configurator.cost.step import StepInputs, StepReport, evaluate, prepare
+from configurator.search.knobs import best_knobs, optimistic_inputs
 from configurator.memory import ACTIVATION_MEMO, MemoryReport
 from configurator.placement import Placement
-from configurator.search.bound import StructureBounds
+from configurator.search.bound import FAMILY_BOUND_SLACK, StructureBounds
 from configurator.search.parallel import (SharedBound, auto_processes, available_cpus, block_of, fork_available,
                                          run_blocks)
 from configurator.search.resolve import (MEMORY_MEMO, Option, Resolution, needs_full_recompute, resolve,
@@ -175,10 +175,38 @@ class _TopK:
         return [-key[1] for key, _, _ in self.heap if not key[0]]
 
 
-def _cost(ctx: SearchContext, option: Option, constants: CostConstants) -> Evaluated:
+def _cost(ctx: SearchContext, option: Option, constants: CostConstants,
+          bounds: StructureBounds | None = None) -> Evaluated:
     inputs = prepare(ctx.model, ctx.cluster, ctx.job, option.plan, runtime=ctx.runtime)
-    inputs, step = best_knobs(inputs, constants)  # communication knobs chosen per plan (search/knobs.py)
+    # communication knobs chosen per plan (search/knobs.py)
+    inputs, step = best_knobs(inputs, constants) if bounds is None else _best_knobs_bounded(inputs, constants, bounds)
     return Evaluated(plan=inputs.plan, memory=option.memory, step=step, why=option.why, tight=option.tight)
+
+
+def _best_knobs_bounded(inputs: StepInputs, constants: CostConstants,
+                        bounds: StructureBounds) -> tuple[StepInputs, StepReport]:
+    """``best_knobs``' answer (the first of the least steps, in its order of the variants) with fewer
+    evaluations: the variants are taken in order of their lower bounds (``bound.py``: the search's own, a
+    relaxed one where it would need a preparation; less a relative ``FAMILY_BOUND_SLACK`` for rounding), and a
+    variant is not evaluated when its bound shows it cannot come first: above the best step found, or equal
+    to it and later in ``best_knobs``' order. An evaluation is most of a costing's CPU."""
+    variants = optimistic_inputs(inputs)
+    if len(variants) == 1:
+        return variants[0], evaluate(variants[0], constants)
+    lows = []
+    for v in variants:
+        p = v.plan
+        lows.append((bounds.relaxed_bound(p) if bounds.needs_preparation(p) else bounds.bound(p))
+                    * (1.0 - FAMILY_BOUND_SLACK))
+    best: tuple[float, int, StepInputs, StepReport] | None = None
+    for i in sorted(range(len(variants)), key=lambda i: (lows[i], i)):
+        if best is not None and (lows[i] > best[0] or lows[i] == best[0] and i > best[1]):
+            continue
+        report = evaluate(variants[i], constants)
+        if best is None or (report.step_s, i) < (best[0], best[1]):
+            best = (report.step_s, i, variants[i], report)
+    assert best is not None
+    return best[2], best[3]
 
 
 def _key(plan: Plan) -> tuple:
@@ -456,7 +484,7 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
                     continue
             heapq.heappush(queue, (max(lb, bounds.bound(plan)), next(counter), 1, item))
         else:
-            top.push(_cost(ctx, item, constants))  # type: ignore[arg-type]
+            top.push(_cost(ctx, item, constants, bounds))  # type: ignore[arg-type]
             if shared is not None:
                 shared.publish(top.headroom_steps())
             evaluated += 1
