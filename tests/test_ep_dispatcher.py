@@ -82,17 +82,29 @@ def test_flex_sends_fewer_bytes_across_nodes_and_the_search_picks_it_there() -> 
         assert bound <= busy_lower_bound(prepare(model, cluster, job, v), C) + 1e-12
 
 
-def test_inside_one_node_the_search_keeps_megatrons_default_dispatcher() -> None:
+def test_inside_one_node_the_search_tries_both_dispatchers_and_keeps_the_faster() -> None:
+    """Inside one NVLink domain both dispatchers send the same bytes, but at different efficiencies (DeepEP's
+    benchmarked one for flex, the fitted NCCL all-to-all for alltoall): the search tries both, keeps the faster,
+    and at an all-to-all efficiency equal to flex's, flex (which also slows the compute it overlaps) cannot win."""
     model = load_model("qwen3-30b-a3b")
     cluster = load_cluster("dgx-h100", num_gpus=8)
     job = JobSpec(global_batch=64, seq_len=4096)
-    chosen, report = best_knobs(prepare(model, cluster, job, Plan(dp=8, ep=8)), C)
-    assert chosen.plan.ep_dispatcher is None  # not tried: the same bytes, and flex's SMs can only cost
-    forced = evaluate(prepare(model, cluster, job, replace(chosen.plan, ep_dispatcher="flex")), C)
-    assert forced.step_s >= report.step_s
+    plan = Plan(dp=8, ep=8)
+    assert dispatcher_choices(plan, "megatron", True, cluster) == ["alltoall", "flex"]
+    flex_eff = hardware_default("flex_dispatcher_link_efficiency")
+    for a2a_eff in (0.4, flex_eff):
+        constants = CostConstants.from_dict({**C.as_dict(), "link.alltoall": a2a_eff})
+        chosen, report = best_knobs(prepare(model, cluster, job, plan), constants)
+        for d in ("alltoall", "flex"):
+            other = evaluate(prepare(model, cluster, job, replace(chosen.plan, ep_dispatcher=d)), constants)
+            assert report.step_s <= other.step_s + 1e-12
+        if a2a_eff == flex_eff:
+            assert chosen.plan.ep_dispatcher == "alltoall"
+        else:
+            assert chosen.plan.ep_dispatcher == "flex"
 
 
-def test_flex_is_offered_only_where_megatron_runs_it_and_it_can_win() -> None:
+def test_flex_is_offered_only_where_megatron_runs_it() -> None:
     plan = Plan(dp=16, ep=16)
     h100, b200, a100 = (load_cluster(c, num_gpus=16) for c in ("dgx-h100", "dgx-b200", "dgx-a100"))
     assert dispatcher_choices(plan, "megatron", True, h100) == ["alltoall", "flex"]
@@ -102,10 +114,11 @@ def test_flex_is_offered_only_where_megatron_runs_it_and_it_can_win() -> None:
     assert dispatcher_choices(plan, "deepspeed", True, h100) == [None]
     assert dispatcher_choices(Plan(dp=16), "megatron", True, h100) == [None]  # no EP
     assert dispatcher_choices(Plan(dp=16, ep=8, etp=2), "megatron", True, h100) == [None]
-    # EP8 inside one 8-GPU node: the same bytes either way, so flex is not tried; EP8 on a 16-GPU NVL72
-    # segment likewise, EP6 straddles nodes.
-    assert dispatcher_choices(Plan(dp=16, ep=8), "megatron", True, h100) == [None]
-    assert dispatcher_choices(Plan(dp=16, ep=8), "megatron", True, load_cluster("gb200-nvl72", num_gpus=16)) == [None]
+    # EP8 inside one 8-GPU node or one 16-GPU NVL72 segment: the same bytes either way, but flex runs at
+    # DeepEP's own efficiency, so it is tried there too (best_knobs keeps the faster); EP6 straddles nodes.
+    assert dispatcher_choices(Plan(dp=16, ep=8), "megatron", True, h100) == ["alltoall", "flex"]
+    assert dispatcher_choices(Plan(dp=16, ep=8), "megatron", True, load_cluster("gb200-nvl72", num_gpus=16)) \
+        == ["alltoall", "flex"]
     assert dispatcher_choices(Plan(dp=24, ep=6), "megatron", True, load_cluster("dgx-h100", num_gpus=24)) \
         == ["alltoall", "flex"]
     assert dispatcher_choices(Plan(dp=16, ep=16, ep_dispatcher="alltoall"), "megatron", True, h100) == ["alltoall"]

@@ -94,26 +94,3 @@ def test_dgx_cloud_v25_05_deepseek_rows_recompute_the_recipes_modules() -> None:
     stated = case_from_row({**DGXC_ROW, "recompute": "full"})  # a row that says wins over the lookup
     assert stated.plan is not None and stated.plan.recompute == "full" and stated.plan.recompute_modules == ()
 
-
-def test_search_predicate_never_calls_a_crossing_expert_group_local() -> None:
-    """The search offers the flex dispatcher only where ``ep_group_may_span_domains`` says the EP group may
-    leave its NVLink domain; wherever the comm model (Megatron's order on consecutive GPUs) finds an EP group
-    spanning domains, the predicate must say so too, on rack-scale segments and on 8-GPU nodes."""
-    from configurator.search.knobs import ep_group_may_span_domains
-
-    checked = 0
-    for system, gpus in (("gb200-nvl72", 64), ("gb200-nvl72", 144), ("gb200-nvl72", 256), ("dgx-h100", 64)):
-        cluster = load_cluster(system, num_gpus=gpus)
-        for tp in (1, 2, 4):
-            for pp in (1, 2, 4):
-                dp = gpus // (tp * pp)
-                for ep in (2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128):
-                    for etp in (1, 2):
-                        if (tp * dp) % (ep * etp):  # experts fold into a stage's tp * dp ranks
-                            continue
-                        plan = Plan(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp)
-                        crosses = any(s.domains > 1 for s in CommModel(cluster, plan, None, EFF).shapes("ep"))
-                        if crosses:
-                            assert ep_group_may_span_domains(plan, cluster), (system, gpus, plan.describe())
-                        checked += 1
-    assert checked > 100

@@ -25,21 +25,14 @@ from configurator.specs.plan import CP_COMMS, Plan, ep_overlap_conflicts, replac
 MEGATRON_RUNTIMES = ("megatron", "nemo")
 
 
-def ep_group_may_span_domains(plan: Plan, cluster: ClusterSpec) -> bool:
-    """Whether the expert-parallel group can reach beyond one NVLink domain: its ``ep * etp`` consecutive
-    ranks (Megatron's expert rank order) stay inside one domain when they divide it, under any node order."""
-    group, domain = plan.ep * plan.etp, cluster.nvlink_domain_gpus
-    return group > domain or domain % group != 0
-
-
 def dispatcher_choices(plan: Plan, runtime: str, is_moe: bool, cluster: ClusterSpec | None) -> list[str | None]:
     """The MoE token dispatchers the search tries on ``plan``: alltoall first (Megatron's default), then flex
-    where Megatron runs it on these GPUs and its EP group crosses NVLink domains (inside one domain both send
-    the same bytes and flex only adds its SMs' slowdown, so it never wins there); the plan's own value where
-    it fixes one, or where ``cluster`` is not known."""
+    where Megatron runs it on these GPUs; the plan's own value where it fixes one, or where ``cluster`` is not
+    known. Flex is tried inside one NVLink domain too: there both send the same bytes, but DeepEP's kernels
+    move them at their benchmarked efficiency (cost.json ``flex_dispatcher_link_efficiency``) and NCCL's
+    all-to-all at the fitted ``link.alltoall``, so either can be the faster (``best_knobs`` keeps it)."""
     if (plan.ep_dispatcher is None and cluster is not None and is_moe and plan.ep > 1 and plan.etp == 1
-            and runtime in MEGATRON_RUNTIMES and flex_dispatcher_available(cluster.gpu.family)
-            and ep_group_may_span_domains(plan, cluster)):
+            and runtime in MEGATRON_RUNTIMES and flex_dispatcher_available(cluster.gpu.family)):
         return ["alltoall", "flex"]
     return [plan.ep_dispatcher]
 
@@ -130,5 +123,5 @@ def knob_lower_bound(inputs: StepInputs, constants: CostConstants) -> float:
     return min(busy_lower_bound(v, constants) for v in _optimistic(inputs))
 
 
-__all__ = ["best_knobs", "dispatcher_choices", "ep_group_may_span_domains", "knob_lower_bound", "knob_variants",
+__all__ = ["best_knobs", "dispatcher_choices", "knob_lower_bound", "knob_variants",
            "optimistic_inputs", "optimistic_plans"]
