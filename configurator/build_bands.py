@@ -98,8 +98,7 @@ def _section(rows: list[dict[str, Any]], name: str, what: str) -> dict[str, Any]
     lam = choose_lambda(table)
     table = ResidualTable(run_ids=table.run_ids, groups=table.groups, tags=table.tags,
                           log_residuals=table.log_residuals, lam=lam)
-    sizes = {(k, v): sum(r["tags"][k] == v for r in rows) for k, v in group_widening(table)}
-    widening = [{"tag": k, "value": v, "rows": sizes[(k, v)], "log_widening": d}
+    widening = [{"tag": k, "value": v, "rows": sum(r["tags"][k] == v for r in rows), "log_widening": d}
                 for (k, v), d in group_widening(table).items()]
     return {"residual": what, "lambda": lam, "min_group_rows": MIN_GROUP_ROWS, "group_widening": widening,
             "coverage_loo": coverage(table).as_dict(), "rows": rows}

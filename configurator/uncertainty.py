@@ -182,8 +182,8 @@ class ErrorModel:
     def band(self, tags: dict[str, str], tokens_per_s_per_gpu: float, peak_gib: float, capacity_gib: float) -> Band:
         tq, tw = self.time.quantiles(tags)
         mq, mw = self.memory.quantiles(tags)
-        tq[0], tq[3] = tq[0] - self.time.widening_for(tags), tq[3] + self.time.widening_for(tags)
-        mq[0], mq[3] = mq[0] - self.memory.widening_for(tags), mq[3] + self.memory.widening_for(tags)
+        dt, dm = self.time.widening_for(tags), self.memory.widening_for(tags)
+        tq[0], tq[3], mq[0], mq[3] = tq[0] - dt, tq[3] + dt, mq[0] - dm, mq[3] + dm
         oom = exceed_share(self.memory.log_residuals, mw, math.log(capacity_gib / peak_gib)) if peak_gib > 0 else 0.0
         warnings = tuple(f"no validation row measured {name}={value}: the band for it is borrowed from other "
                          f"mechanisms' errors" for name, value in tags.items()
