@@ -24,7 +24,8 @@ from configurator.calibrate import Sample, fit, load_samples, source_group
 from configurator.cost.constants import CostConstants, calibration_path, load_calibration
 from configurator.profiles import GIB, profiles_dir
 from configurator.runs import read_runs
-from configurator.uncertainty import (TAG_NAMES, ResidualTable, choose_lambda, coverage, plan_tags)
+from configurator.uncertainty import (MIN_GROUP_ROWS, TAG_NAMES, ResidualTable, choose_lambda, coverage,
+                                      group_widening, plan_tags)
 from configurator.validate import Prediction, resolve_case
 
 
@@ -97,7 +98,10 @@ def _section(rows: list[dict[str, Any]], name: str, what: str) -> dict[str, Any]
     lam = choose_lambda(table)
     table = ResidualTable(run_ids=table.run_ids, groups=table.groups, tags=table.tags,
                           log_residuals=table.log_residuals, lam=lam)
-    return {"residual": what, "lambda": lam, "coverage_loo": coverage(table).as_dict(), "rows": rows}
+    widening = [{"tag": k, "value": v, "rows": sum(r["tags"][k] == v for r in rows), "log_widening": d}
+                for (k, v), d in group_widening(table).items()]
+    return {"residual": what, "lambda": lam, "min_group_rows": MIN_GROUP_ROWS, "group_widening": widening,
+            "coverage_loo": coverage(table).as_dict(), "rows": rows}
 
 
 def build(runs: Path, *, folds: dict[str, dict[str, float]] | None = None, workers: int = 1,

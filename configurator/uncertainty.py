@@ -15,6 +15,14 @@ band shrinks toward the overall distribution instead of resting on two rows. ``L
 quantity by leave-one-out pinball loss at the 10th and 90th percentiles with the one-standard-error rule
 (``choose_lambda``).
 
+One kernel weight serves all groups, so where a group's errors are heavier-tailed than the rest (MoE rows:
+mostly small residuals and a few very large ones) its band comes out too narrow. Each group of rows sharing a
+tag value, with at least ``MIN_GROUP_ROWS`` rows, therefore gets a widening in log units: the 80th
+percentile of its rows' leave-one-out conformity scores ``max(p10 - r, r - p90)`` (conformalized quantile
+regression, Romano, Patterson & Candes 2019, applied per group as in Mondrian conformal prediction, Vovk et
+al. 2005), floored at zero. A plan's p10 and p90 move out by the largest widening among its tags' groups; a
+band never narrows below the kernel's. p25/p50 and ``oom_risk`` stay the kernel's.
+
 ``predicted x exp(q)`` gives the band: throughput p10/p25/p90 and peak memory p10/p90 (the memory residual
 is measured in each source's unit — allocated, reserved or device total — and applied as a ratio to the
 device total), and ``oom_risk`` — the weighted share of memory residuals that would put this plan's peak
@@ -47,6 +55,11 @@ QUANTILES = (0.10, 0.25, 0.50, 0.90)
 LAMBDA_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 TARGET_COVERAGE = 0.80
 COVERAGE_TOLERANCE = 0.05
+MIN_GROUP_ROWS = 20
+"""Fewest rows a tag group needs for its own widening: below that its 80th-percentile score is noise
+(binomial s.d. of an 80% share over 20 rows is 9 points)."""
+GROUP_TOLERANCE = 0.10
+"""How far below 80% a group of ``MIN_GROUP_ROWS`` or more rows may cover (about one binomial s.d. at 20 rows)."""
 FSDP_RUNTIMES = ("fsdp", "llm-foundry")
 
 
@@ -81,6 +94,8 @@ class ResidualTable:
     log_residuals: np.ndarray
     lam: float
     """The kernel's weight per differing tag (module docstring)."""
+    widening: dict[tuple[str, str], float] = field(default_factory=dict)
+    """Log-unit widening of p10/p90 per (tag, value) group with enough rows (module docstring)."""
 
     def __len__(self) -> int:
         return len(self.run_ids)
@@ -97,6 +112,10 @@ class ResidualTable:
         """Weighted quantiles of the log residuals for ``tags``, and the weights used."""
         w = self.weights(tags, exclude)
         return weighted_quantiles(self.log_residuals, w, qs), w
+
+    def widening_for(self, tags: dict[str, str]) -> float:
+        """How far (log units) a plan's p10 and p90 move out: the largest widening among its tags' groups."""
+        return max((self.widening.get((k, tags.get(k, ""))) or 0.0 for k in TAG_NAMES), default=0.0)
 
 
 def effective_rows(weights: np.ndarray) -> float:
@@ -163,6 +182,8 @@ class ErrorModel:
     def band(self, tags: dict[str, str], tokens_per_s_per_gpu: float, peak_gib: float, capacity_gib: float) -> Band:
         tq, tw = self.time.quantiles(tags)
         mq, mw = self.memory.quantiles(tags)
+        dt, dm = self.time.widening_for(tags), self.memory.widening_for(tags)
+        tq[0], tq[3], mq[0], mq[3] = tq[0] - dt, tq[3] + dt, mq[0] - dm, mq[3] + dm
         oom = exceed_share(self.memory.log_residuals, mw, math.log(capacity_gib / peak_gib)) if peak_gib > 0 else 0.0
         warnings = tuple(f"no validation row measured {name}={value}: the band for it is borrowed from other "
                          f"mechanisms' errors" for name, value in tags.items()
@@ -189,7 +210,9 @@ def _table(data: dict[str, Any], key: str) -> ResidualTable:
     return ResidualTable(run_ids=tuple(r["run_id"] for r in rows), groups=tuple(r["group"] for r in rows),
                          tags=tuple({k: r["tags"][k] for k in TAG_NAMES} for r in rows),
                          log_residuals=np.array([r["log_residual"] for r in rows], dtype=float),
-                         lam=float(data[key]["lambda"]))
+                         lam=float(data[key]["lambda"]),
+                         widening={(g["tag"], g["value"]): float(g["log_widening"])
+                                   for g in data[key].get("group_widening", [])})
 
 
 def error_bands_path() -> Path:
@@ -265,9 +288,50 @@ class Coverage:
                                  for g, n, k in self.by_publisher]}
 
 
-def coverage(table: ResidualTable) -> Coverage:
-    """Share of rows whose residual lies inside the p10-p90 band built from the other rows."""
+def conformity_scores(table: ResidualTable, q: np.ndarray | None = None) -> np.ndarray:
+    """Each row's distance outside its leave-one-out kernel band, ``max(p10 - r, r - p90)`` (negative inside)."""
+    q = loo_quantiles(table, (0.10, 0.90)) if q is None else q
+    return np.maximum(q[:, 0] - table.log_residuals, table.log_residuals - q[:, 1])
+
+
+def _group_members(table: ResidualTable) -> dict[tuple[str, str], np.ndarray]:
+    members: dict[tuple[str, str], list[int]] = {}
+    for i, tags in enumerate(table.tags):
+        for name in TAG_NAMES:
+            members.setdefault((name, tags[name]), []).append(i)
+    return {g: np.array(ix) for g, ix in members.items()}
+
+
+def _widening(scores: np.ndarray) -> float:
+    """The shift that puts 80% of a group's scores inside (same plotting positions as the bands), >= 0."""
+    return max(0.0, float(weighted_quantiles(scores, np.ones(len(scores)), (TARGET_COVERAGE,))[0]))
+
+
+def group_widening(table: ResidualTable, scores: np.ndarray | None = None) -> dict[tuple[str, str], float]:
+    """Per (tag, value) group with at least ``MIN_GROUP_ROWS`` rows, the log-unit widening of p10/p90 that
+    brings its leave-one-out coverage to 80% (module docstring); groups needing none are left out."""
+    scores = conformity_scores(table) if scores is None else scores
+    out = {g: _widening(scores[ix]) for g, ix in _group_members(table).items() if len(ix) >= MIN_GROUP_ROWS}
+    return {g: round(d, 6) for g, d in sorted(out.items()) if d > 0.0}
+
+
+def loo_bands(table: ResidualTable) -> np.ndarray:
+    """Every row's widened p10/p90 (rows x 2) from the other rows alone: the kernel quantiles without the row,
+    and the group widenings from the other rows' scores (a group counts if it has ``MIN_GROUP_ROWS`` other
+    rows). The other rows' scores come from bands that saw this row: one row among the dozens each rests on."""
     q = loo_quantiles(table, (0.10, 0.90))
+    scores = conformity_scores(table, q)
+    members = [(g, ix) for g, ix in _group_members(table).items() if len(ix) - 1 >= MIN_GROUP_ROWS]
+    shift = np.zeros(len(table))
+    for _, ix in members:
+        for i in ix:
+            shift[i] = max(shift[i], _widening(scores[ix[ix != i]]))
+    return np.column_stack([q[:, 0] - shift, q[:, 1] + shift])
+
+
+def coverage(table: ResidualTable) -> Coverage:
+    """Share of rows whose residual lies inside the widened p10-p90 band built from the other rows."""
+    q = loo_bands(table)
     inside = (table.log_residuals >= q[:, 0]) & (table.log_residuals <= q[:, 1])
     groups: dict[tuple[str, str], list[bool]] = {}
     pubs: dict[str, list[bool]] = {}
@@ -280,8 +344,9 @@ def coverage(table: ResidualTable) -> Coverage:
                     by_publisher=tuple((g, len(x), sum(x)) for g, x in sorted(pubs.items())))
 
 
-__all__ = ["Band", "Coverage", "ErrorModel", "ResidualTable", "TAG_NAMES", "band_for", "choose_lambda", "coverage",
-           "error_bands_path", "load_error_model", "load_error_model_file", "plan_tags", "scale_band"]
+__all__ = ["Band", "Coverage", "ErrorModel", "MIN_GROUP_ROWS", "ResidualTable", "TAG_NAMES", "band_for",
+           "choose_lambda", "coverage", "error_bands_path", "group_widening", "loo_bands", "load_error_model",
+           "load_error_model_file", "plan_tags", "scale_band"]
 
 
 def coverage_markdown(model: ErrorModel | None = None) -> list[str]:
@@ -298,7 +363,10 @@ def coverage_markdown(model: ErrorModel | None = None) -> list[str]:
     for name, c in cov.items():
         table = model.time if name == "time" else model.memory
         lines.append(f"- **{'Throughput' if name == 'time' else 'Peak memory'}**: {100 * c.share:.1f}% of {c.rows} "
-                     f"rows inside p10-p90 (kernel weight per differing tag {table.lam:g}).")
+                     f"rows inside p10-p90 (kernel weight per differing tag {table.lam:g}; p10/p90 widened for "
+                     f"{len(table.widening)} tag groups of {MIN_GROUP_ROWS}+ rows whose errors are heavier-tailed: "
+                     + (", ".join(f"{t}={v} {100 * (math.exp(d) - 1):.1f}%" for (t, v), d in table.widening.items())
+                        or "none") + ").")
     lines.append("")
     for name, c in cov.items():
         lines += [f"### {'Throughput' if name == 'time' else 'Peak memory'} coverage by group", "",
