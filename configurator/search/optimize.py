@@ -591,7 +591,7 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
         return min(b if r is None else max(b, r) for b, r in zip(plan_bounds[key], raised))
 
     def cost(option: Option) -> float:
-        result = _cost(ctx, option, constants)
+        result = _cost(ctx, option, constants, bounds)  # knob variants bounded, as the exhaustive search costs
         evaluated[0] += 1
         top.push(result)
         return result.step.step_s
