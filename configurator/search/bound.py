@@ -61,6 +61,29 @@ class _ShardBytes:
     zero3_expert_bytes: tuple[float, ...]
 
 
+def _virtual_stage_s(t: LayerTimes, n_dense: int, n_moe: int, per_mb: float, v: int, last: int,
+                     extra_s: float = 0.0) -> float:
+    """One micro-batch of virtual stage ``v`` from its layer key's times: its dense and MoE layers, the
+    per-micro-batch host time, ``extra_s`` (a ZeRO-3 stage's first-layer gather), the embedding on the
+    first stage and the head on the ``last`` (summed in ``_stage_times``' order)."""
+    s = n_dense * t.dense_s + n_moe * t.moe_s + per_mb + extra_s
+    if v == 0:
+        s += t.embedding_s
+    if v == last:
+        s += t.head_s
+    return s
+
+
+def _busiest_rank_s(times: list[float], pp: int, m: int) -> float:
+    """The latest finish over pipeline ranks: rank r starts after the fill of the stages before it and runs
+    ``m`` micro-batches of its virtual stages r, r + pp, ... (``busy_lower_bound``'s arithmetic)."""
+    worst = fill = 0.0
+    for r in range(pp):
+        worst = max(worst, fill + m * sum(times[r::pp]))
+        fill += times[r]
+    return worst
+
+
 FAMILY_BOUND_SLACK = 1e-9
 """Relative amount a family's bound is lowered by, so that float rounding in its sum (a different order
 than each member's) can never put it above a member's bound."""
@@ -367,18 +390,8 @@ class StructureBounds:
                 t = by_chunk.get(chunk)
                 if t is None:
                     t = by_chunk[chunk] = self._times(plain, chunk)
-                x = n_dense * t.dense_s + n_moe * t.moe_s + per_mb + gathers[s]
-                if s == 0:
-                    x += t.embedding_s
-                if s == last:
-                    x += t.head_s
-                times.append(x)
-            worst = 0.0
-            fill = 0.0
-            for r in range(pp):
-                worst = max(worst, fill + m * sum(times[r::pp]))
-                fill += times[r]
-            best = min(best, worst)
+                times.append(_virtual_stage_s(t, n_dense, n_moe, per_mb, s, last, gathers[s]))
+            best = min(best, _busiest_rank_s(times, pp, m))
         return best + c["overhead.step_s"]
 
     def needs_preparation(self, plan: Plan) -> bool:
@@ -467,18 +480,8 @@ class StructureBounds:
             if partial:
                 t = self._times(plan, n_dense + n_moe)
             assert t is not None
-            s = n_dense * t.dense_s + n_moe * t.moe_s + per_mb
-            if v == 0:
-                s += t.embedding_s
-            if v == last:
-                s += t.head_s
-            times.append(s)
-        best = 0.0
-        fill = 0.0
-        for r in range(pp):
-            best = max(best, fill + m * sum(times[r::pp]))
-            fill += times[r]
-        return best + c["overhead.step_s"]
+            times.append(_virtual_stage_s(t, n_dense, n_moe, per_mb, v, last))
+        return _busiest_rank_s(times, pp, m) + c["overhead.step_s"]
 
 
 __all__ = ["FAMILY_BOUND_SLACK", "LayerTimes", "StructureBounds"]
