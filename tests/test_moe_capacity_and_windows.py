@@ -37,13 +37,17 @@ def test_dgx_cloud_v25_05_deepseek_recipe_pads_to_capacity_with_its_own_split() 
     assert recipe_routing("Megatron-Bridge performance summary", "v25.05", 4, 61) == (None, ())
 
 
+DGXC_DEEPSEEK_ROW = {"run_id": "x", "source": "NVIDIA DGX Cloud Benchmarking recipe (deepseek_v3)",
+                     "model": "Deepseek V3", "layers": "61", "hidden": "7168", "ffn_hidden": "18432", "heads": "128",
+                     "vocab": "129280", "seq_len": "4096", "mlp": "swiglu", "attention": "mla", "moe_experts": "256",
+                     "moe_topk": "8", "moe_ffn_hidden": "2048", "moe_shared_experts": "1", "system": "gb200-nvl72",
+                     "num_gpus": "256", "tp": "2", "pp": "4", "vpp": "1", "cp": "1", "ep": "64", "micro_batch": "1",
+                     "global_batch": "2048", "precision": "bf16", "notes": "v25.05 release"}
+"""A DGX Cloud v25.05 DeepSeek-V3 GB200 row (r237's plan) as the runs CSV gives it (tests/test_nvlink_domains.py too)."""
+
+
 def test_published_token_drop_rows_take_capacity_routing_and_alltoall() -> None:
-    row = {"run_id": "x", "source": "NVIDIA DGX Cloud Benchmarking recipe (deepseek_v3)", "model": "Deepseek V3",
-           "layers": "61", "hidden": "7168", "ffn_hidden": "18432", "heads": "128", "vocab": "129280",
-           "seq_len": "4096", "mlp": "swiglu", "attention": "mla", "moe_experts": "256", "moe_topk": "8",
-           "moe_ffn_hidden": "2048", "moe_shared_experts": "1", "system": "gb200-nvl72", "num_gpus": "256",
-           "tp": "2", "pp": "4", "vpp": "1", "cp": "1", "ep": "64", "micro_batch": "1", "global_batch": "2048",
-           "precision": "bf16", "notes": "v25.05 release"}
+    row = dict(DGXC_DEEPSEEK_ROW)
     case = case_from_row(row)
     assert case.error == "" and case.job is not None and case.plan is not None
     assert case.job.moe_routing == "capacity_padded"

@@ -6,11 +6,16 @@ DeepSeek-V3 recipe's selective-recompute modules."""
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 from configurator import Plan, load_cluster
 from configurator.cost.comm import CommModel, LinkEfficiency
 from configurator.runs import case_from_row, recipe_recompute_modules
 from configurator.specs.hardware import job_domain_gpus
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_moe_capacity_and_windows import DGXC_DEEPSEEK_ROW  # noqa: E402
 
 EFF = LinkEfficiency(nvlink=0.75, scale_out=0.8, alltoall=0.7)
 S = 1e9  # bytes each rank sends in the all-to-all
@@ -74,12 +79,7 @@ def test_group_straddling_a_rack_boundary_paces_the_all_to_all() -> None:
     assert math.isclose(comm.alltoall_s("ep", S), S * 24 / 48 / (so.bandwidth_Bps * 0.7) + so.latency_s)
 
 
-DGXC_ROW = {"run_id": "x", "source": "NVIDIA DGX Cloud Benchmarking recipe (deepseek_v3)", "model": "Deepseek V3",
-            "layers": "61", "hidden": "7168", "ffn_hidden": "18432", "heads": "128", "vocab": "129280",
-            "seq_len": "4096", "mlp": "swiglu", "attention": "mla", "moe_experts": "256", "moe_topk": "8",
-            "moe_ffn_hidden": "2048", "moe_shared_experts": "1", "system": "gb200-nvl72", "num_gpus": "256",
-            "tp": "2", "pp": "4", "vpp": "1", "cp": "1", "ep": "64", "micro_batch": "1", "global_batch": "2048",
-            "precision": "bf16", "notes": "v25.05 release"}
+DGXC_ROW = DGXC_DEEPSEEK_ROW
 
 
 def test_dgx_cloud_v25_05_deepseek_rows_recompute_the_recipes_modules() -> None:
