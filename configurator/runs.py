@@ -342,14 +342,11 @@ def recipe_cuda_graphs(source: str, model_name: str, system: str, precision: str
     - GPT-OSS 120B: GB300/B300 attn + router + preprocess; GB200/B200/H100 none.
 
     () for other sources and models (eager launches)."""
-    if "megatron-bridge performance" not in source.lower():
+    container = _bridge_container(source)
+    if container is None:
         return ()
-    found = re.search(r"nemo (\d+)\.(\d+)(?:\.(\d+))?", source.lower())
-    if not found:
-        return ()
-    container = tuple(int(x or 0) for x in found.groups())
     key = _model_key(model_name)
-    gpu = system.lower().removeprefix("dgx-").split("-")[0]
+    gpu = _bridge_gpu(system)
     fp8 = precision in ("fp8", "fp4")
     if container >= (26, 8, 0) and fp8 and gpu in ("gb200", "gb300") and key in (
             "deepseekv3", "qwen330ba3b", "qwen3235ba22b", "gptoss120b"):
@@ -386,6 +383,7 @@ def _bridge_container(source: str) -> tuple[int, ...] | None:
 
 
 def _bridge_gpu(system: str) -> str:
+    """The GPU a recipe table keys on, from the row's system (``dgx-b200`` -> ``b200``, ``gb200-nvl72`` -> ``gb200``)."""
     return system.lower().removeprefix("dgx-").split("-")[0]
 
 
@@ -458,18 +456,14 @@ def recipe_ep_overlap(source: str, model_name: str, system: str, precision: str,
     ``_apply_gpt_oss_120b_full_iter_fp8mx_configs`` in src/megatron/bridge/perf_recipes); before, the
     configs in ``_A2A_OVERLAP_LAYOUTS`` and GPT-OSS 120B's GB200 GBS-1280 config (``_gpt_oss_ep_overlap``).
     False for every other source, model and layout."""
-    if "megatron-bridge performance" not in source.lower():
+    container = _bridge_container(source)
+    if container is None:
         return False
-    found = re.search(r"nemo (\d+)\.(\d+)(?:\.(\d+))?", source.lower())
-    if not found:
-        return False
-    container = tuple(int(x or 0) for x in found.groups())
-    key = _model_key(model_name)
-    gpu = system.lower().removeprefix("dgx-").split("-")[0]
     if "full_iteration" in recipe_cuda_graphs(source, model_name, system, precision):
         return True
     if _gpt_oss_ep_overlap(source, model_name, system, global_batch):
         return True
+    key, gpu = _model_key(model_name), _bridge_gpu(system)
     return any(first <= container <= last and key == k and gpu == g and layout == lay
                for first, last, k, g, lay in _A2A_OVERLAP_LAYOUTS)
 
@@ -493,11 +487,16 @@ scripts/performance/llm/pretrain_deepseek_v3.py, which sets ``USE_TOKEN_DROP = T
 script puts ``64 // pp - 1`` layers on the first pipeline stage and ``64 // pp - 2`` on the last."""
 
 
+def _dgxc_v2505(source: str, notes: str) -> bool:
+    """A row of DGX Cloud Benchmarking's v25.05 DeepSeek-V3 recipe (``_DGXC_TOKEN_DROP``)."""
+    return _DGXC_TOKEN_DROP in source.lower() and "v25.05" in notes.lower()
+
+
 def recipe_routing(source: str, notes: str, pp: int, layers: int) -> tuple[str | None, tuple[int, ...]]:
     """(routing, pipeline layout) of a row whose recipe fixes them but whose notes do not say: DGX Cloud's
     v25.05 DeepSeek-V3 rows run capacity-padded token drop (``_DGXC_TOKEN_DROP``) and the recipe's uneven
     split; (None, ()) otherwise."""
-    if _DGXC_TOKEN_DROP not in source.lower() or "v25.05" not in notes.lower():
+    if not _dgxc_v2505(source, notes):
         return None, ()
     layout: tuple[int, ...] = ()
     if pp > 1 and 64 % pp == 0:
@@ -519,10 +518,7 @@ commit give the same). The README tables of later tags (v25.07) list them as a R
 def _dgxc_recompute_modules(source: str, notes: str, system: str) -> tuple[str, ...]:
     """Selective-recompute modules a row's recipe runs where the row does not state its recompute: DGX Cloud's
     v25.05 DeepSeek-V3 rows (``_DGXC_RECOMPUTE_MODULES``); () for every other row."""
-    if _DGXC_TOKEN_DROP not in source.lower() or "v25.05" not in notes.lower():
-        return ()
-    gpu = system.lower().removeprefix("dgx-").split("-")[0]
-    return _DGXC_RECOMPUTE_MODULES.get(gpu, ())
+    return _DGXC_RECOMPUTE_MODULES.get(_bridge_gpu(system), ()) if _dgxc_v2505(source, notes) else ()
 
 
 def recipe_recompute_modules(source: str, notes: str, model_name: str, system: str) -> tuple[str, ...]:
