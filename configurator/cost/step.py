@@ -299,9 +299,9 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     slowdown = hardware_default("nccl_overlap_compute_slowdown")
     ep_flex_slowdown = flex_overlap_compute_slowdown(rates.sm_count) if knobs.ep_dispatcher == "flex" else slowdown
     sync_s = hardware_default("d2h_sync_s")
-    # DeepEP/HybridEP move the tokens with their own kernels at the rate their benchmarks measure, not at the
-    # fitted NCCL all-to-all efficiency (cost.json flex_dispatcher_link_efficiency).
-    flex_comm = comm.with_efficiency(replace(comm.eff, alltoall=hardware_default("flex_dispatcher_link_efficiency"))) \
+    # The EP all-to-all's links: DeepEP/HybridEP (flex) move the tokens with their own kernels at the rate their
+    # benchmarks measure, not at the fitted NCCL all-to-all efficiency (cost.json flex_dispatcher_link_efficiency).
+    ep_comm = comm.with_efficiency(replace(comm.eff, alltoall=hardware_default("flex_dispatcher_link_efficiency"))) \
         if knobs.ep_dispatcher == "flex" else comm
     stage = inp.stages[v]
     chunk_layers = stage.num_layers
@@ -330,7 +330,6 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         ep_raw = 0.0
         if work.ep_bytes:
             share = ep_scale_out_share(inp.model, inp.model.moe_topk, inp.ep_domains, knobs.ep_dispatcher)
-            ep_comm = flex_comm if knobs.ep_dispatcher == "flex" else comm
             ep_raw = 2 * ep_comm.alltoall_s("ep", work.ep_bytes * factor, share)
         if work.etp_bytes:
             # expert-TP all-gather of the dispatched pairs + reduce-scatter of the expert outputs
