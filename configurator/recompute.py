@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from configurator.cost.work import GLU_CLAMP_BYTES
+from configurator.cost.work import GLU_CLAMP_BYTES, expert_glu_clamp_unfused
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
 from configurator.specs.plan import Plan
@@ -81,7 +81,7 @@ def module_forward_counts(model: ModelSpec, plan: Plan, index: int,
         shared_f = _mlp_flops(h, shared / tp, swiglu) if shared else 0.0
         routed_f = k / tp * _mlp_flops(h, model.moe_ffn_hidden_size, swiglu)
         act = k / tp * _act_bytes(model.moe_ffn_hidden_size, swiglu)
-        if job is not None and model.clamped_glu and swiglu and not job.fused_expert_mlp:
+        if job is not None and expert_glu_clamp_unfused(model, job):
             act += k / tp * GLU_CLAMP_BYTES[0] * model.moe_ffn_hidden_size
         permute = k * h * BF16 * 4 / tp * plan.etp
         shared_b = _act_bytes(shared / tp, swiglu) if shared else 0.0

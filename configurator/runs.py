@@ -383,7 +383,8 @@ def _bridge_container(source: str) -> tuple[int, ...] | None:
 
 
 def _bridge_gpu(system: str) -> str:
-    """The GPU a recipe table keys on, from the row's system (``dgx-b200`` -> ``b200``, ``gb200-nvl72`` -> ``gb200``)."""
+    """The GPU a recipe table keys on, from the row's system (``dgx-b200`` -> ``b200``, ``gb200-nvl72`` ->
+    ``gb200``)."""
     return system.lower().removeprefix("dgx-").split("-")[0]
 
 

@@ -178,6 +178,12 @@ def unfused_rope_bytes(model: ModelSpec, job: JobSpec) -> float:
     return (UNFUSED_ROPE_BYTES[0] + UNFUSED_ROPE_BYTES[1] - 3 * 2 * BF16) / 3
 
 
+def expert_glu_clamp_unfused(model: ModelSpec, job: JobSpec) -> bool:
+    """The experts' clamped GLU clamps outside the fused activation (``GLU_CLAMP_BYTES``): a clamped SwiGLU
+    not run as Transformer Engine's fused grouped MLP (``JobSpec.fused_expert_mlp``)."""
+    return model.clamped_glu and model.mlp == "swiglu" and not job.fused_expert_mlp
+
+
 def unfused_expert_bytes(model: ModelSpec, job: JobSpec, ffn_columns: float) -> tuple[float, float]:
     """(forward, backward) bytes per routed (token, expert) pair that a clamped GLU and expert biases add
     as kernels of their own (``GLU_CLAMP_BYTES``, ``EXPERT_BIAS_BYTES``), on ``ffn_columns`` of the expert's
@@ -187,7 +193,7 @@ def unfused_expert_bytes(model: ModelSpec, job: JobSpec, ffn_columns: float) -> 
     if job.fused_expert_mlp or not model.is_moe:
         return 0.0, 0.0
     fwd = bwd = 0.0
-    if model.clamped_glu and model.mlp == "swiglu":
+    if expert_glu_clamp_unfused(model, job):
         fwd += GLU_CLAMP_BYTES[0] * ffn_columns
         bwd += GLU_CLAMP_BYTES[1] * ffn_columns
     if model.linear_bias:
@@ -220,7 +226,7 @@ def unfused_kernels(model: ModelSpec, job: JobSpec, local_experts: float) -> tup
     if unfused_rope_bytes(model, job):
         attn_f, attn_b = 2.0 * UNFUSED_ROPE_KERNELS[0], 2.0 * UNFUSED_ROPE_KERNELS[1]
     if local_experts and not job.fused_expert_mlp:
-        if model.clamped_glu and model.mlp == "swiglu":
+        if expert_glu_clamp_unfused(model, job):
             moe_f, moe_b = GLU_CLAMP_KERNELS
         if model.linear_bias:
             moe_f += EXPERT_BIAS_KERNELS_PER_EXPERT[0] * local_experts + 1
@@ -408,5 +414,5 @@ def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
 
 
 __all__ = ["EXPERT_BIAS_BYTES", "GLU_CLAMP_BYTES", "Gemm", "LayerWork", "UNFUSED_ROPE_BYTES", "attended_keys",
-           "embedding_work", "flops_params", "head_work", "layer_work", "model_flops_per_token",
-           "unfused_expert_bytes", "unfused_kernels", "unfused_rope_bytes"]
+           "embedding_work", "expert_glu_clamp_unfused", "flops_params", "head_work", "layer_work",
+           "model_flops_per_token", "unfused_expert_bytes", "unfused_kernels", "unfused_rope_bytes"]
