@@ -212,6 +212,19 @@ def group_domains(comm: CommModel, plan: Plan) -> tuple[int, int]:
     return ep_domains, cp_domains
 
 
+def mean_layer_shard_bytes(params: list[tuple[float, float]] | tuple[tuple[float, float], ...], plan: Plan,
+                           start: int, n: int) -> tuple[float, float]:
+    """(dense, expert) bf16 bytes of one rank's shard of the mean layer among layers ``start .. start + n - 1``
+    (``all_layer_params``' per-layer counts over TP, and over EP x ETP for the experts): what a ZeRO-3 /
+    FSDP stage gathers per layer (``_layer_shard_comm``); (0, 0) for an empty stage."""
+    dense_sum = expert_sum = 0.0
+    for i in range(start, start + n):
+        dense, expert = params[i]
+        dense_sum += dense / plan.tp
+        expert_sum += expert / (plan.ep * plan.etp)
+    return BF16 * dense_sum / max(n, 1), BF16 * expert_sum / max(n, 1)
+
+
 def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
             placement: Placement | None = None, *, runtime: str = "megatron") -> StepInputs:
     """The constant-independent part of ``estimate_step``. ``plan`` must be legal (``check_plan``)."""
@@ -236,14 +249,9 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
     params = all_layer_params(model)
     for v, n in enumerate(virtual):
         counts: dict[tuple[bool, int], int] = {}
-        per_layer_params = 0.0
-        per_layer_expert = 0.0
         for i in range(start, start + n):
             _, key = work_of(i)
             counts[key] = counts.get(key, 0) + 1
-            dense, expert = params[i]
-            per_layer_params += dense / plan.tp
-            per_layer_expert += expert / (plan.ep * plan.etp)
         works = [(work_cache[key], c, key[0]) for key, c in sorted(counts.items())]
         if v == 0:
             works.append((embedding_work(model, job, plan), 1, False))
@@ -258,8 +266,9 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
                           (mtp_projection_work(model, job, plan), model.mtp_layers, False),
                           (head_work(model, job, plan), model.mtp_layers, False)]
         stages.append(VirtualStage(works=tuple(works), num_layers=n))
-        zero3.append(BF16 * per_layer_params / max(n, 1))
-        zero3_e.append(BF16 * per_layer_expert / max(n, 1))
+        dense_b, expert_b = mean_layer_shard_bytes(params, plan, start, n)
+        zero3.append(dense_b)
+        zero3_e.append(expert_b)
         start += n
     rank_params = tuple(stage_params(model, plan, s, layers)
                         for s, layers in enumerate(stage_layer_indices(model, plan)))
@@ -632,7 +641,7 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
 
 
 __all__ = ["ADAM_BYTES_PER_PARAM", "BREAKDOWN_TERMS", "StepInputs", "StepReport", "busy_lower_bound", "estimate_step",
-           "evaluate", "prepare"]
+           "evaluate", "mean_layer_shard_bytes", "prepare"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

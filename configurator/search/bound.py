@@ -31,8 +31,9 @@ from configurator.cost.comm import CommModel, LinkEfficiency
 from configurator.cost.constants import CostConstants, load_runtime_cost
 from configurator.cost.knobs import effective_knobs
 from configurator.cost.step import (StepInputs, VirtualStage, _layer_shard_comm, _per_microbatch_sharding, _rates_for,
-                                    _stage_times, busy_lower_bound, group_domains, link_efficiency, prepare)
-from configurator.cost.work import BF16, embedding_work, head_work, layer_work, mtp_projection_work
+                                    _stage_times, busy_lower_bound, group_domains, link_efficiency,
+                                    mean_layer_shard_bytes, prepare)
+from configurator.cost.work import embedding_work, head_work, layer_work, mtp_projection_work
 from configurator.memory import all_layer_params
 from configurator.search.knobs import optimistic_plans
 from configurator.search.space import SearchContext
@@ -342,13 +343,9 @@ class StructureBounds:
         dense_b, expert_b, sizes = [], [], []
         start = 0
         for n in plan.virtual_stage_layers(ctx.model):
-            per_layer_params = per_layer_expert = 0.0
-            for i in range(start, start + n):  # (summed as ``prepare`` sums them)
-                dense, expert = params[i]
-                per_layer_params += dense / plan.tp
-                per_layer_expert += expert / (plan.ep * plan.etp)
-            dense_b.append(BF16 * per_layer_params / max(n, 1))
-            expert_b.append(BF16 * per_layer_expert / max(n, 1))
+            d, e = mean_layer_shard_bytes(params, plan, start, n)  # what ``prepare`` gives the stage
+            dense_b.append(d)
+            expert_b.append(e)
             sizes.append(n)
             start += n
         comm = CommModel(ctx.cluster, plan, None, LinkEfficiency(nvlink=1.0, scale_out=1.0)).with_efficiency(
