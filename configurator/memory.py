@@ -20,6 +20,11 @@ What is counted (bytes per GPU), for every pipeline stage:
   saves nothing more) or torchtitan's op-level policy. The loss (logits) is counted once on the last stage.
 * **overhead** - allocator fragmentation (reserved - allocated, a fraction of allocated per runtime),
   CUDA context and NCCL buffers (per GPU family); constants in ``profiles/memory.json``.
+* **ep_buffers** - with the flex MoE token dispatcher (``ep_dispatcher=flex``), the DeepEP / HybridEP
+  communication buffers every rank of a stage with MoE layers allocates once: an NVLink buffer, and an RDMA
+  (NVSHMEM) buffer where the dispatcher's group spans nodes; sized from DeepEP's and HybridEP's own
+  formulas (``configurator/ep_buffers.py``, which quotes them). Outside the PyTorch allocator: in the
+  device total (nvidia-smi), not in ``reserved``/``allocated``. Zero for the alltoall/allgather dispatchers.
 
 Where we deliberately differ from Megatron-LM's ``theoretical_memory_usage.py`` (reproduced by
 ``megatron_theoretical_memory`` below): it ignores CP, full recompute, MoE activations, offload, the
@@ -32,11 +37,12 @@ from __future__ import annotations
 import json
 import math
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from operator import attrgetter
 from typing import Any
 
+from configurator.ep_buffers import FlexBuffers, flex_buffers
 from configurator.errors import InputError
 from configurator.inflight import peak_inflight
 from configurator.profiles import GIB, profiles_dir
@@ -140,6 +146,8 @@ class StageMemory:
     host_optimizer_bytes: float
     """Offloaded optimizer states of this rank, in host memory."""
     inflight_microbatches: float
+    ep_buffer_bytes: float = 0.0
+    """The flex dispatcher's DeepEP/HybridEP buffers (``ep_buffers.py``): outside the PyTorch allocator."""
 
     @property
     def allocated_bytes(self) -> float:
@@ -154,7 +162,7 @@ class StageMemory:
     @property
     def total_bytes(self) -> float:
         """Device memory in use, as nvidia-smi shows it; this must fit the GPU."""
-        return self.reserved_bytes + self.context_bytes
+        return self.reserved_bytes + self.context_bytes + self.ep_buffer_bytes
 
     @property
     def overhead_bytes(self) -> float:
@@ -169,6 +177,9 @@ class MemoryReport:
     host_peak_bytes: float
     """Offloaded optimizer states of the busiest node (all its ranks)."""
     runtime: str
+    flex_buffers: FlexBuffers | None = None
+    """The flex dispatcher's buffers of one EP rank (None for the other dispatchers); the stages with MoE
+    layers carry their total as ``ep_buffer_bytes``."""
 
     @property
     def peak(self) -> StageMemory:
@@ -217,6 +228,7 @@ class MemoryReport:
                 "optimizer": round(p.optimizer_bytes / GIB, 3),
                 "activations": round(p.activations_bytes / GIB, 3),
                 "overhead": round(p.overhead_bytes / GIB, 3),
+                "ep_buffers": round(p.ep_buffer_bytes / GIB, 3),
             },
             "per_stage_peak_gib": [round(s.total_bytes / GIB, 3) for s in self.stages],
             "runtime": self.runtime,
@@ -595,6 +607,8 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
             by_stage = memo[key] = {}
     stages = []
     table = _stage_param_table(model, plan.tp, plan.pp, plan.vpp, plan.ep, plan.etp, plan.pipeline_layers)
+    buffers = plan_flex_buffers(model, cluster, job, plan)
+    holds_buffers = _stages_with_moe(model, plan.pp, plan.vpp, plan.pipeline_layers) if buffers else ()
     for s, (num_layers, dense, expert, biggest_layer) in enumerate(table):
         weights = grads = optim = 0.0
         for params, group in ((dense, dense_group), (expert, expert_group)):
@@ -630,13 +644,53 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
             if by_stage is not None:
                 by_stage[s] = hit
         act, inflight = hit
+        ep_buffers = buffers.total_bytes if buffers and holds_buffers[s] else 0.0
         stages.append(_stage_memory(s, num_layers, int(dense + expert), weights, grads, optim, act, inflight,
-                                    overhead.cuda_context_bytes + overhead.nccl_bytes, plan.offload, rt))
-    return _report(stages, cluster, plan, rt)
+                                    overhead.cuda_context_bytes + overhead.nccl_bytes, plan.offload, rt, ep_buffers))
+    return _report(stages, cluster, plan, rt, buffers)
+
+
+def flex_backend_for(cluster: ClusterSpec) -> str:
+    """The flex dispatcher's backend on ``cluster``, as ``emit/megatron.flex_backend`` emits it: HybridEP
+    where the NVLink domain spans nodes (Megatron-Core: only it supports MNNVL), DeepEP otherwise."""
+    return "hybridep" if cluster.nvlink_domain_gpus > cluster.gpus_per_node else "deepep"
+
+
+def plan_flex_buffers(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan) -> FlexBuffers | None:
+    """One EP rank's DeepEP/HybridEP buffers if ``plan`` runs the flex dispatcher with expert parallelism,
+    else None (``ep_buffers.py``). HybridEP sizes its buffer for the first dispatch's tokens: a rank's share
+    of the micro-batch (sequence over CP, and over TP with sequence parallelism)."""
+    group = plan.ep * plan.etp
+    if plan.ep_dispatcher != "flex" or not model.is_moe or group <= 1:
+        return None
+    tokens = math.ceil(job.seq_len / plan.cp * plan.micro_batch / (plan.tp if plan.sp else 1))
+    return flex_buffers(flex_backend_for(cluster), model.hidden_size, group, tokens,
+                        max(model.num_experts // plan.ep, 1), cluster.nvlink_domain_gpus)
+
+
+@lru_cache(maxsize=1024)
+def _stages_with_moe(model: ModelSpec, pp: int, vpp: int, pipeline_layers: tuple[int, ...]) -> tuple[bool, ...]:
+    """Per pipeline rank, whether it holds an MoE layer (only those create the dispatcher's buffer: Megatron
+    builds it at a rank's first dispatch, ``fused_a2a.get_buffer`` / ``init_hybrid_ep_buffer``)."""
+    flags = layer_moe_flags(model)
+    return tuple(any(flags[i] for r in chunks for i in r)
+                 for chunks in _virtual_chunks(model.num_layers, pp, vpp, pipeline_layers))
+
+
+def with_flex_buffers(base: MemoryReport, model: ModelSpec, cluster: ClusterSpec, job: JobSpec,
+                      plan: Plan) -> MemoryReport:
+    """``estimate_memory`` of ``plan`` from ``base``, the estimate of the same plan with another dispatcher:
+    the dispatcher changes only the buffers (equal to the last bit; a test checks it). The search resolves
+    memory per structure and chooses the dispatcher when it costs a plan (``search/resolve.py``)."""
+    buffers = plan_flex_buffers(model, cluster, job, plan)
+    holds = _stages_with_moe(model, plan.pp, plan.vpp, plan.pipeline_layers)
+    stages = tuple(replace(st, ep_buffer_bytes=buffers.total_bytes if buffers and holds[st.stage] else 0.0)
+                   for st in base.stages)
+    return replace(base, stages=stages, flex_buffers=buffers)
 
 
 def _stage_memory(stage: int, num_layers: int, params: int, weights: float, grads: float, optim: float, act: float,
-                  inflight: int, context: float, offload: float, rt: Runtime) -> StageMemory:
+                  inflight: int, context: float, offload: float, rt: Runtime, ep_buffers: float = 0.0) -> StageMemory:
     """One stage's memory from its parts, ``optim`` being the whole optimizer states before ``offload`` moves
     that share of them to the host."""
     host = optim * offload
@@ -644,17 +698,19 @@ def _stage_memory(stage: int, num_layers: int, params: int, weights: float, grad
     allocated = weights + grads + optim + act
     return StageMemory(stage=stage, num_layers=num_layers, params=params, weights_bytes=weights, grads_bytes=grads,
                        optimizer_bytes=optim, activations_bytes=act, fragmentation_bytes=allocated * rt.fragmentation,
-                       context_bytes=context, host_optimizer_bytes=host, inflight_microbatches=inflight)
+                       context_bytes=context, host_optimizer_bytes=host, inflight_microbatches=inflight,
+                       ep_buffer_bytes=ep_buffers)
 
 
-def _report(stages: list[StageMemory], cluster: ClusterSpec, plan: Plan, rt: Runtime) -> MemoryReport:
+def _report(stages: list[StageMemory], cluster: ClusterSpec, plan: Plan, rt: Runtime,
+            buffers: FlexBuffers | None = None) -> MemoryReport:
     # Host memory: a node's GPUs belong to the same stage under Megatron's order when pp is the
     # slowest dimension, so a node holds gpus_per_node ranks of (at worst) the busiest stage.
     per_node = min(cluster.gpus_per_node, plan.world_size)
     host_peak = per_node * max(s.host_optimizer_bytes for s in stages)
     return MemoryReport(stages=tuple(stages), capacity_bytes=float(cluster.gpu_memory_bytes),
                         host_capacity_bytes=float(cluster.host_memory_bytes) * HOST_USABLE_FRACTION,
-                        host_peak_bytes=host_peak, runtime=rt.name)
+                        host_peak_bytes=host_peak, runtime=rt.name, flex_buffers=buffers)
 
 
 def with_offload(base: MemoryReport, plan: Plan, cluster: ClusterSpec, *,
@@ -666,9 +722,10 @@ def with_offload(base: MemoryReport, plan: Plan, cluster: ClusterSpec, *,
     rt = runtime if isinstance(runtime, Runtime) else load_runtime(runtime)
     # (base's optimizer bytes are the whole states: ``optim - 0.0``)
     stages = [_stage_memory(st.stage, st.num_layers, st.params, st.weights_bytes, st.grads_bytes, st.optimizer_bytes,
-                            st.activations_bytes, st.inflight_microbatches, st.context_bytes, plan.offload, rt)
+                            st.activations_bytes, st.inflight_microbatches, st.context_bytes, plan.offload, rt,
+                            st.ep_buffer_bytes)
               for st in base.stages]
-    return _report(stages, cluster, plan, rt)
+    return _report(stages, cluster, plan, rt, base.flex_buffers)
 
 
 HOST_USABLE_FRACTION = 0.8
@@ -706,5 +763,6 @@ def megatron_theoretical_memory(model: ModelSpec, job: JobSpec, plan: Plan) -> t
     return weights_optimizer, act / plan.tp
 
 
-__all__ = ["MemoryReport", "Runtime", "StageMemory", "estimate_memory", "inflight_chunks",
-           "layer_activation_bytes", "load_runtime", "megatron_theoretical_memory", "with_offload"]
+__all__ = ["MemoryReport", "Runtime", "StageMemory", "estimate_memory", "flex_backend_for", "inflight_chunks",
+           "layer_activation_bytes", "load_runtime", "megatron_theoretical_memory", "plan_flex_buffers",
+           "with_flex_buffers", "with_offload"]

@@ -50,8 +50,8 @@ from configurator.placement import Placement
 from configurator.search.bound import FAMILY_BOUND_SLACK, StructureBounds
 from configurator.search.parallel import (SharedBound, auto_processes, available_cpus, block_of, fork_available,
                                          run_blocks)
-from configurator.search.resolve import (MEMORY_MEMO, Option, Resolution, needs_full_recompute, resolve,
-                                         resolve_full_recompute, resolve_least)
+from configurator.search.resolve import (MEMORY_MEMO, Option, Resolution, costed_memory, needs_full_recompute,
+                                         resolve, resolve_full_recompute, resolve_least)
 from configurator.search.space import AXES, SearchContext, SpaceStats, enumerate_plans
 from configurator.specs.plan import Plan, replace_unchecked
 
@@ -180,7 +180,8 @@ def _cost(ctx: SearchContext, option: Option, constants: CostConstants,
     inputs = prepare(ctx.model, ctx.cluster, ctx.job, option.plan, runtime=ctx.runtime)
     # communication knobs chosen per plan (search/knobs.py)
     inputs, step = best_knobs(inputs, constants) if bounds is None else _best_knobs_bounded(inputs, constants, bounds)
-    return Evaluated(plan=inputs.plan, memory=option.memory, step=step, why=option.why, tight=option.tight)
+    return Evaluated(plan=inputs.plan, memory=costed_memory(ctx, option.memory, inputs.plan), step=step,
+                     why=option.why, tight=option.tight)
 
 
 def _best_knobs_bounded(inputs: StepInputs, constants: CostConstants,

@@ -36,9 +36,11 @@ from functools import lru_cache
 
 from configurator.cost.step import ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, cpu_adam_rate_per_gpu
 from configurator.margin import NO_MARGIN, MemoryMargin, fits_with_margin
-from configurator.memory import MemoryReport, estimate_memory, recompute_dropped_parts, with_offload
+from configurator.memory import (MemoryReport, estimate_memory, recompute_dropped_parts, with_flex_buffers,
+                                  with_offload)
 from configurator.profiles import GIB
 from configurator.recompute import MEGATRON_RUNTIMES, selective_module_ladder
+from configurator.search.knobs import dispatcher_choices
 from configurator.search.space import SearchContext, framework_shardings, hsdp_shard_group
 from configurator.specs.plan import Plan, plan_violations
 from configurator.specs.plan import replace_unchecked as replace  # derived from checked plans
@@ -217,7 +219,12 @@ def _margin(ctx: SearchContext) -> MemoryMargin:
 def resolve(ctx: SearchContext, structure: Plan, *, full_only: bool = False) -> Resolution:
     """The structure's memory options with ``ctx.memory_margin`` left free; if none keeps it, the options
     that fit the GPU without it, marked ``tight``. ``full_only``: the caller knows every option must
-    recompute all layers (``needs_full_recompute``), so the searches that cannot succeed are skipped."""
+    recompute all layers (``needs_full_recompute``), so the searches that cannot succeed are skipped.
+    Where the flex dispatcher's buffers do not fit an option, ``split_dispatchers`` says so."""
+    return split_dispatchers(ctx, structure, _resolve_margins(ctx, structure, full_only), full_only)
+
+
+def _resolve_margins(ctx: SearchContext, structure: Plan, full_only: bool) -> Resolution:
     margin = _margin(ctx)
     res = _resolve(ctx, structure, margin, full_only)
     if res.options or margin == NO_MARGIN or margin.bytes_for(ctx.cluster.gpu_memory_bytes) <= 0:
@@ -228,6 +235,49 @@ def resolve(ctx: SearchContext, structure: Plan, *, full_only: bool = False) -> 
     keep = margin.bytes_for(ctx.cluster.gpu_memory_bytes) / GIB
     return Resolution(options=tuple(dc_replace(o, tight=True, why=o.why + f"; tight: leaves less than the "
                                             f"{keep:.1f} GiB memory margin free") for o in tight.options))
+
+
+def fit_dispatcher(ctx: SearchContext, plan: Plan, memory: MemoryReport, margin: MemoryMargin) -> Plan:
+    """``plan`` as the search may cost it: the knob search (``search/knobs.py``) tries the flex dispatcher on a
+    plan whose memory was resolved without it, but flex adds its DeepEP/HybridEP buffers
+    (``memory.with_flex_buffers``); where they would not fit with ``margin`` free, the dispatcher is fixed to
+    alltoall (``memory``: the plan's estimate, any dispatcher). A plan that fixes its dispatcher is its own."""
+    if plan.ep_dispatcher is not None or len(dispatcher_choices(plan, ctx.runtime, ctx.model.is_moe, ctx.cluster)) < 2:
+        return plan
+    flex = with_flex_buffers(memory, ctx.model, ctx.cluster, ctx.job, replace(plan, ep_dispatcher="flex"))
+    return plan if _fits_device(flex, margin) else replace(plan, ep_dispatcher="alltoall")
+
+
+def split_dispatchers(ctx: SearchContext, structure: Plan, res: Resolution, full_only: bool = False) -> Resolution:
+    """``res`` (resolved without the flex dispatcher's buffers) made safe for the knob search, which tries flex
+    on options whose dispatcher is open: an option the buffers would push past its margin
+    (``fit_dispatcher``) is fixed to alltoall, and the structure is resolved again with flex fixed (its
+    buffers counted), adding those options (e.g. more offload or recompute, to make room for the buffers).
+    Nothing changes where every option has room for them (one buffer check per option)."""
+    if not res.options or structure.ep_dispatcher is not None \
+            or len(dispatcher_choices(structure, ctx.runtime, ctx.model.is_moe, ctx.cluster)) < 2:
+        return res
+    kept = [o if (p := fit_dispatcher(ctx, o.plan, o.memory, option_margin(ctx, o))) is o.plan
+            else dc_replace(o, plan=p) for o in res.options]
+    if all(k is o for k, o in zip(kept, res.options)):
+        return res
+    open_plans = {o.plan for o in kept if o.plan.ep_dispatcher is None}
+    flex = resolve(ctx, replace(structure, ep_dispatcher="flex"), full_only=full_only)
+    extra = [o for o in flex.options if replace(o.plan, ep_dispatcher=None) not in open_plans]
+    return Resolution(options=tuple(kept + extra), reason=res.reason, smallest_need_bytes=res.smallest_need_bytes)
+
+
+def costed_memory(ctx: SearchContext, memory: MemoryReport, plan: Plan) -> MemoryReport:
+    """The memory of ``plan`` as costed (its dispatcher chosen by the knob search) from ``memory``, its
+    structure's estimate: with the flex dispatcher's buffers where it runs flex."""
+    if plan.ep_dispatcher == "flex" and memory.flex_buffers is None:
+        return with_flex_buffers(memory, ctx.model, ctx.cluster, ctx.job, plan)
+    return memory
+
+
+def option_margin(ctx: SearchContext, option: Option) -> MemoryMargin:
+    """The margin ``option`` was resolved against: none for a tight option, ``ctx.memory_margin`` otherwise."""
+    return NO_MARGIN if option.tight else _margin(ctx)
 
 
 def _with_sharding(ctx: SearchContext, structure: Plan, sharding: str, **rest: object) -> Plan:
@@ -387,8 +437,8 @@ def resolve_least(ctx: SearchContext, structure: Plan) -> Resolution | None:
     mem = _memory(ctx, structure)
     if not (mem.fits and _fits_device(mem, _margin(ctx))):
         return None
-    return Resolution(options=(Option(plan=structure, memory=mem,
-                                      why=f"{structure.sharding}: no recompute is the least that fits"),))
+    return split_dispatchers(ctx, structure, Resolution(options=(Option(
+        plan=structure, memory=mem, why=f"{structure.sharding}: no recompute is the least that fits"),)))
 
 
 def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
