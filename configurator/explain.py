@@ -26,7 +26,7 @@ from configurator.uncertainty import Band
 
 FORWARD, BACKWARD, COMM, TAIL, OPTIM = "#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#9c755f"
 MEMORY_COLOURS = (("weights", "#4e79a7"), ("grads", "#f28e2b"), ("optimizer", "#e15759"),
-                  ("activations", "#76b7b2"), ("overhead", "#bab0ac"))
+                  ("activations", "#76b7b2"), ("overhead", "#bab0ac"), ("ep_buffers", "#edc948"))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -138,13 +138,15 @@ def svg(tl: Timeline, memory: MemoryReport, *, title: str, width: int = 1100, ba
     mscale = (plot_w - 70) / biggest  # room for the total's label after the longest bar or whisker
     out.append(f'<text x="10" y="{mem_top}" font-size="13" font-weight="bold">Memory per GPU by pipeline stage '
                f'(capacity {cap / GIB:.1f} GiB)</text>')
+    # (the flex dispatcher's buffers are drawn, and named in the legend, only where the plan has them)
+    colours = [(n, c) for n, c in MEMORY_COLOURS if n != "ep_buffers" or memory.flex_buffers is not None]
     for i, s in enumerate(stages):
         y = mem_top + 14 + i * (bar_h + 8)
         out.append(f'<text x="10" y="{y + 12}">stage {s.stage}</text>')
         x = float(left)
         parts = {"weights": s.weights_bytes, "grads": s.grads_bytes, "optimizer": s.optimizer_bytes,
-                 "activations": s.activations_bytes, "overhead": s.overhead_bytes}
-        for name, colour in MEMORY_COLOURS:
+                 "activations": s.activations_bytes, "overhead": s.overhead_bytes, "ep_buffers": s.ep_buffer_bytes}
+        for name, colour in colours:
             w = parts[name] * mscale
             out.append(f'<rect class="mem {name}" x="{x:.2f}" y="{y}" width="{w:.2f}" height="{bar_h}" fill="{colour}">'
                        f'<title>{name}: {parts[name] / GIB:.2f} GiB</title></rect>')
@@ -168,7 +170,7 @@ def svg(tl: Timeline, memory: MemoryReport, *, title: str, width: int = 1100, ba
     out.append(f'<line class="capacity" x1="{cap_x:.1f}" y1="{mem_top + 8}" x2="{cap_x:.1f}" y2="{last_y}" '
                f'stroke="#d62728" stroke-width="2" stroke-dasharray="4 3"/>')
     lx = left
-    for name, colour in MEMORY_COLOURS:
+    for name, colour in colours:
         out.append(f'<rect x="{lx}" y="{last_y + 8}" width="10" height="10" fill="{colour}"/>')
         out.append(f'<text x="{lx + 14}" y="{last_y + 17}">{name}</text>')
         lx += 14 + 7 * len(name) + 20

@@ -111,9 +111,13 @@ def step_table(step: StepReport) -> Table:
 
 
 def memory_table(memory: MemoryReport) -> Table:
-    table = Table(title=f"Memory per GPU by pipeline stage (GiB; runtime {memory.runtime})")
-    for col in ("stage", "layers", "weights", "grads", "optimizer", "activations", "overhead", "total",
-                "capacity"):
+    # The flex dispatcher's DeepEP/HybridEP buffers get a column only where the plan runs it.
+    buffers = memory.flex_buffers is not None
+    backend = {"deepep": "DeepEP", "hybridep": "HybridEP"}[memory.flex_buffers.backend] if memory.flex_buffers else ""
+    table = Table(title=f"Memory per GPU by pipeline stage (GiB; runtime {memory.runtime}"
+                        + (f"; ep bufs: {backend} buffers" if buffers else "") + ")")
+    for col in ("stage", "layers", "weights", "grads", "optimizer", "activations", "overhead",
+                *(("ep bufs",) if buffers else ()), "total", "capacity"):
         table.add_column(col, justify="right", overflow="fold")
     for s in memory.stages:
         over = s.total_bytes > memory.capacity_bytes
@@ -121,6 +125,7 @@ def memory_table(memory: MemoryReport) -> Table:
         table.add_row(str(s.stage), str(s.num_layers), f"{s.weights_bytes / GIB:.1f}",
                       f"{s.grads_bytes / GIB:.1f}", f"{s.optimizer_bytes / GIB:.1f}",
                       f"{s.activations_bytes / GIB:.1f}", f"{s.overhead_bytes / GIB:.1f}",
+                      *((f"{s.ep_buffer_bytes / GIB:.2f}",) if buffers else ()),
                       f"[red]{total}[/red]" if over else total, f"{memory.capacity_bytes / GIB:.1f}")
     return table
 

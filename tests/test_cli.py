@@ -25,7 +25,8 @@ def test_estimate_json_has_interface_keys() -> None:
     assert set(out["plan"]) >= {"dp", "tp", "pp", "vpp", "cp", "ep", "etp", "sp", "sharding", "recompute",
                                 "micro_batch", "global_batch", "offload", "precision", "num_gpus"}
     assert out["plan"]["dp"] == 2 and out["plan"]["sp"] is True
-    assert set(out["memory"]["breakdown_gib"]) == {"weights", "grads", "optimizer", "activations", "overhead"}
+    assert set(out["memory"]["breakdown_gib"]) == {"weights", "grads", "optimizer", "activations", "overhead",
+                                                   "ep_buffers"}
     assert len(out["memory"]["per_stage_peak_gib"]) == 2
     t = out["time"]
     assert set(t) >= {"step_s", "tokens_per_s_per_gpu", "model_tflops_per_gpu", "mfu", "breakdown_s"}
