@@ -575,10 +575,13 @@ def mtp_activation_bytes(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime
 ACTIVATION_MEMO: ContextVar[dict[tuple, dict[int, tuple[float, float]]] | None] = ContextVar("configurator_activation_memo", default=None)
 """Set by a search (one model, job and cluster) for its duration: each stage's activation bytes (by stage
 index) under the plan fields they depend on — not the sharding or the offload fraction, which the search
-varies most. One key per plan, not per stage: hashing the fields is a good part of a memo lookup."""
+varies most, nor the MoE dispatcher (its buffers are not activations; the search resolves a structure again
+with flex where they do not fit). One key per plan, not per stage: hashing the fields is a good part of a memo
+lookup."""
 ACTIVATION_MEMO_LIMIT = 4096
 """Plans ``ACTIVATION_MEMO`` holds before it is emptied (``search.resolve.MEMO_LIMIT`` says why)."""
-_ACTIVATION_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("sharding", "shard_group", "offload")))
+_ACTIVATION_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("sharding", "shard_group", "offload",
+                                                                       "ep_dispatcher")))
 
 
 def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan, *,
