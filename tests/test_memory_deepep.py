@@ -151,3 +151,24 @@ def test_a_flex_plan_that_fit_at_the_margin_now_needs_room_for_its_buffers() -> 
         if o.plan.ep_dispatcher is None:
             with_buffers = with_flex_buffers(o.memory, model, cluster, job, replace(o.plan, ep_dispatcher="flex"))
             assert fits_with_margin(with_buffers.peak_bytes, cap, margin)
+
+
+def test_the_searchs_flex_plans_carry_their_buffers_and_keep_the_margin() -> None:
+    # The search resolves memory per structure and picks the dispatcher when it costs a plan: the memory it
+    # reports (and checked against the margin) must be that of the plan it returns, buffers included.
+    from configurator.search.optimize import search
+
+    # (Qwen3-30B-A3B on 16 H100: among its top plans some resolved at the margin with flex fixed, others left
+    # open to either dispatcher, where the knob search chose flex.)
+    model = load_model("qwen3-30b-a3b")
+    cluster = load_cluster("dgx-h100", num_gpus=16)
+    job = JobSpec(global_batch=256, seq_len=4096)
+    margin = parse_margin(None)
+    ranked = search(SearchContext(model=model, cluster=cluster, job=job, memory_margin=margin), top_k=5,
+                    workers=1).ranked
+    assert any(e.plan.ep_dispatcher == "flex" for e in ranked)
+    for e in ranked:
+        assert e.memory == estimate_memory(model, cluster, job, e.plan), e.plan.describe()
+        if e.plan.ep_dispatcher == "flex":
+            assert e.memory.peak.ep_buffer_bytes == flex_buffers("deepep", 2048, e.plan.ep, 0, 8, 8).total_bytes
+        assert e.tight or fits_with_margin(e.memory.peak_bytes, cluster.gpu_memory_bytes, margin)
