@@ -27,6 +27,11 @@ kNumMaxScales = 128``, ``SourceMeta`` 8 bytes (two ints, internode.cu):
   which DeepEP's ``Buffer.__init__`` sets to 2^29 bytes (512 MiB, also NVSHMEM's default), so the device
   memory it takes is the buffer rounded up to whole granules.
 
+DeepEP's main branch (commit dd758ca, ``csrc/legacy/config.hpp``, ``deep_ep/buffers/legacy.py``) keeps these
+formulas, adds configs for 48 and 96 ranks and lowers the RDMA chunks for 24-64 ranks (EP64: a 336 instead of
+a 350.5 MiB RDMA buffer, the same one 512 MiB granule); v1.2.1's larger chunks are kept, and a group size
+v1.2.1 has no config for (it asserts) takes the next larger size's.
+
 **HybridEP** (DeepEP branch ``hybrid-ep``, commit 94a9f8f; Megatron-Core 0.19.2 ``init_hybrid_ep_buffer``
 with ``max_num_of_tokens_per_rank`` = the first dispatch's token count, fp8 dispatch off): ranks per
 NVLink domain ``L`` (the group's ranks reachable over NVLink), ``N = n / L`` domains, ``T`` tokens per rank
