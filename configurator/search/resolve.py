@@ -19,6 +19,10 @@ that fits (``recompute.selective_module_ladder``) is offered too; the step model
 Every "fits" keeps ``ctx.memory_margin`` free (``configurator/margin.py``). A structure that fits only
 without the margin gets the options that fit the GPU, marked ``tight`` (the search ranks them last).
 
+The MoE dispatcher is a knob the search picks when it costs an option (``search/knobs.py``), but the flex
+dispatcher also allocates DeepEP/HybridEP buffers (``memory.py`` ``ep_buffers``): an option without room for
+them is kept for alltoall only and the structure is resolved again with flex fixed (``split_dispatchers``).
+
 The search costs every option and keeps the fastest. A more sharded option is only tried while the
 less sharded ones need recompute or offload (more sharding adds communication and cannot be faster
 than a fitting plan without recompute). A structure with no option gets the reason, with the smallest
