@@ -25,7 +25,8 @@ kNumMaxScales = 128``, ``SourceMeta`` 8 bytes (two ints, internode.cu):
   + 8 + 128 x 8 + 128 x 4 + 128 x 4 + 16)``, rounded up to 128 bytes, from NVSHMEM's symmetric heap
   (``nvshmem_align``). NVSHMEM maps that heap with CUDA VMM in granules of ``NVSHMEM_CUMEM_GRANULARITY``,
   which DeepEP's ``Buffer.__init__`` sets to 2^29 bytes (512 MiB, also NVSHMEM's default), so the device
-  memory it takes is the buffer rounded up to whole granules.
+  memory it takes is the buffer rounded up to whole granules. NVSHMEM's own device state outside the heap
+  (IBGDA queue pairs, proxy channels) is not counted: no source found gives its size.
 
 DeepEP's main branch (commit dd758ca, ``csrc/legacy/config.hpp``, ``deep_ep/buffers/legacy.py``) keeps these
 formulas, adds configs for 48 and 96 ranks and lowers the RDMA chunks for 24-64 ranks (EP64: a 336 instead of
