@@ -172,3 +172,20 @@ def test_the_searchs_flex_plans_carry_their_buffers_and_keep_the_margin() -> Non
         if e.plan.ep_dispatcher == "flex":
             assert e.memory.peak.ep_buffer_bytes == flex_buffers("deepep", 2048, e.plan.ep, 0, 8, 8).total_bytes
         assert e.tight or fits_with_margin(e.memory.peak_bytes, cluster.gpu_memory_bytes, margin)
+
+
+def test_the_step_picture_draws_the_buffers_only_for_a_flex_plan() -> None:
+    import xml.etree.ElementTree as ET
+
+    from configurator.cost.constants import CostConstants
+    from configurator.explain import svg, timeline
+
+    model, cluster = load_model("mixtral-8x7b"), load_cluster("dgx-h100", num_gpus=8)
+    job = JobSpec(global_batch=16, seq_len=4096)
+    constants = CostConstants.defaults()
+    for dispatcher, drawn in ((None, 0), ("flex", 2)):  # two stages, one bar part each
+        plan = Plan(pp=2, ep=4, dp=4, ep_dispatcher=dispatcher, recompute="full")
+        root = ET.fromstring(svg(timeline(model, cluster, job, plan, constants),
+                                 estimate_memory(model, cluster, job, plan), title="t"))
+        parts = [r for r in root.iter("{http://www.w3.org/2000/svg}rect") if r.get("class") == "mem ep_buffers"]
+        assert len(parts) == drawn
