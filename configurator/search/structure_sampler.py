@@ -75,6 +75,7 @@ class StructureSampler(optuna.samplers.BaseSampler):
         self._axes: dict[str, _Axis] = {}
         self._finite: list[float] = []  # every finished trial's finite value, sorted
         self._seen = 0  # finished trials read so far (a sequential study only adds them)
+        self._read_for = -1  # the trial they were read for (read once per trial, not per axis)
 
     def reseed_rng(self) -> None:
         self._rng.seed()
@@ -110,12 +111,14 @@ class StructureSampler(optuna.samplers.BaseSampler):
             opened = np.asarray(self._open(param_name, choices), dtype=bool)
             if opened.any():
                 mask = opened
-        self._read(study)
+        if trial.number != self._read_for:
+            self._read(study)
+            self._read_for = trial.number
         axis = self._axes.get(param_name)
         open_idx = np.flatnonzero(mask)
         if axis is None or axis.count < N_STARTUP_TRIALS or not self._finite:
             return choices[int(self._rng.choice(open_idx))]
-        threshold = self._finite[n_good(len(self._finite)) - 1] if len(self._finite) >= 1 else math.inf
+        threshold = self._finite[n_good(len(self._finite)) - 1]
         good, bad = axis.good_bad(threshold)
         prior = PRIOR_WEIGHT / len(choices)
         below = np.where(mask, good + prior, 0.0)
