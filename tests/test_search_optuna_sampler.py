@@ -89,3 +89,16 @@ def test_every_optuna_trial_tries_a_new_structure() -> None:
     assert "structure sampler" in note and "trial cap" in note
     assert count(" sampled trials drew a structure already tried") == 0
     assert count(" trials,") - count(" of them the warm start's") >= 25  # sampled trials among them (1 in 4)
+
+
+def test_a_study_that_tries_every_structure_ends_with_the_exhaustive_ranking() -> None:
+    """Top 1,000 of a 140-structure space: no bound ever reaches the k-th best (it stays infinite), so the warm
+    start cannot prove anything; once every structure is tried the study stops (the sampler has nothing new to draw)
+    and its ranking is the exhaustive one, every plan of it."""
+    ctx = SearchContext(model=load_model("llama3-8b"), cluster=load_cluster("dgx-h100", num_gpus=4),
+                        job=JobSpec(global_batch=64, seq_len=4096))
+    constants = CostConstants.defaults()
+    study = search(ctx, top_k=1000, method="optuna", max_trials=5000, constants=constants)
+    exhaustive = search(ctx, top_k=1000, method="exhaustive", constants=constants)
+    assert "running out of structures" in study.notes[0] and " 0 sampled trials drew" in study.notes[0]
+    assert [(e.plan, e.step.step_s) for e in study.ranked] == [(e.plan, e.step.step_s) for e in exhaustive.ranked]

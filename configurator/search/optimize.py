@@ -790,10 +790,14 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
         return None
 
     while ran[0] < max_trials and not (over() and top.heap) and not proven[0]:
-        if not unseen[()] and not heap and OPTUNA_SAMPLER == "structure":
-            exhausted = True  # every structure costed or bounded out, no option left put off: nothing new to sample
+        # The structure sampler's turn is skipped once no untried structure is left (it would draw a tried one).
+        nothing_new = not unseen[()] and OPTUNA_SAMPLER == "structure"
+        key = next_warm() if ran[0] % (OPTUNA_WARM_RUN + 1) != OPTUNA_WARM_RUN or nothing_new else None
+        if key is None and nothing_new:
+            # Every structure costed or answered by its bound, and no option left put off (the warm start's heap
+            # is spent or bounded out): nothing new to sample; the k best found are the exhaustive optimum.
+            exhausted = not proven[0] and not (over() and top.heap)
             break
-        key = next_warm() if ran[0] % (OPTUNA_WARM_RUN + 1) != OPTUNA_WARM_RUN else None
         if key is not None:
             v = costed[key] if key in costed else value(key, heap[0][0] if heap else float("inf"))
             for bound, owner, kind, option in deferred:
