@@ -524,8 +524,11 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
             say: Progress, max_trials: int, storage: str | None = None,
             study_name: str | None = None, budget: _Budget | None = None,
             warm_part: tuple[int, int] = (0, 1)) -> tuple[_TopK, int, list[str]]:
-    """TPE over the legal structures only: each axis is chosen among the values legal after the axes
-    before it (a conditional, define-by-run space), so no trial is illegal; a structure already tried
+    """Optuna over the legal structures only: each axis is chosen among the values legal after the axes
+    before it (a conditional, define-by-run space), so no trial is illegal; the sampler (``OPTUNA_SAMPLER``:
+    ``structure_sampler.StructureSampler``) draws only values under which a structure not yet tried remains, so
+    no structure is drawn twice while one is left (then its turn is skipped, and once the warm start is spent too
+    the study stops: every structure was costed or bounded out, the exhaustive optimum); a structure already tried
     is answered from memory, never re-costed, and one whose lower bound (``bound.py``) cannot beat the
     k-th best found is answered with that bound, neither resolved nor costed. A structure is costed
     under both its pipeline splits (the default one and the embedding/loss-aware one of ``layouts.py``,
