@@ -1,15 +1,15 @@
 """Optuna against the exhaustive search at equal CPU time, on the issue's four MoE jobs.
 
-Run: ``python benchmarks/search_optuna.py [--only SUBSTR] [--other] [--trials N] [--cpu-factor F] [--out FILE]``. For each
-job, in fresh processes: the exhaustive search (its CPU seconds and best step), then one Optuna search bounded by
-its trial count (``--trials``, default the search's own), which records the CPU second at which each better plan
-was found, and is stopped after F (default 2) times the exhaustive search's CPU seconds. The ratio "at equal
-CPU" is the exhaustive best step over the best Optuna had found by the exhaustive search's CPU seconds: what an
-Optuna search given that many seconds on an idle core returns (a budgeted search is a prefix of the unbudgeted
-one: the same seed takes the same steps until its clock runs out). CPU seconds, not wall seconds, so the
-comparison holds on a loaded machine where ``search_speed.py --optuna`` (a wall-clock budget) does not. Also
-printed: Optuna's note (structures costed, warm-start count) and the rank of the exhaustive best
-structure in lower-bound order (where the warm start reaches it, the sampler is not what finds it).
+Run: ``python benchmarks/search_optuna.py [--only SUBSTR] [--other] [--sampler structure|tpe|tpe-multivariate]
+[--trials N] [--cpu-factor F] [--out FILE]``. For each job, in fresh processes: the exhaustive search (its CPU
+seconds and best step), then one Optuna search bounded by its trial count (``--trials``, default the search's own),
+which records the CPU second at which each better plan was found, and is stopped after F (default 2) times the
+exhaustive search's CPU seconds. The ratio "at equal CPU" is the exhaustive best step over the best Optuna had
+found by the exhaustive search's CPU seconds: what an Optuna search given that many seconds on an idle core returns
+(a budgeted search is a prefix of the unbudgeted one: the same seed takes the same steps until its clock runs out).
+CPU seconds, not wall seconds, so the comparison holds on a loaded machine where ``search_speed.py --optuna`` (a
+wall-clock budget) does not. Also printed: Optuna's note (structures costed, warm-start count) and the rank of the
+exhaustive best structure in lower-bound order (where the warm start reaches it, the sampler is not what finds it).
 """
 
 from __future__ import annotations
@@ -55,10 +55,15 @@ class _Stop(Exception):
     """Raised from the progress callback once the CPU limit is passed: the rest of the run is not read."""
 
 
-def _optuna(job: tuple[str, str, int], trials: int | None, best_key: tuple, limit_cpu_s: float, queue: Any) -> None:
+def _optuna(job: tuple[str, str, int], trials: int | None, best_key: tuple, limit_cpu_s: float, sampler: str | None,
+            queue: Any) -> None:
     import time
 
     from configurator.search import optimize
+
+    if sampler is not None:  # "tpe-multivariate": Optuna's TPESampler(multivariate=True, group=True)
+        optimize.OPTUNA_SAMPLER = "tpe" if sampler.startswith("tpe") else sampler
+        optimize.OPTUNA_MULTIVARIATE = sampler == "tpe-multivariate"
     from configurator.search.bound import StructureBounds
     from configurator.search.space import enumerate_plans
 
@@ -112,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, help="Optuna's trial count (default: the search's own)")
     ap.add_argument("--cpu-factor", type=float, default=2.0,
                     help="stop Optuna after this many times the exhaustive search's CPU seconds (default 2)")
+    ap.add_argument("--sampler", choices=("structure", "tpe", "tpe-multivariate"),
+                    help="the sampled trials' sampler (optimize.OPTUNA_SAMPLER; default: the search's own)")
     ap.add_argument("--other", action="store_true", help="run OTHER_JOBS instead of the issue's four")
     ap.add_argument("--out", type=Path, help="also write the table here")
     args = ap.parse_args(argv)
@@ -123,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and args.only not in name:
             continue
         ex = _run(_exhaustive, (model, cluster, gpus))
-        op = _run(_optuna, (model, cluster, gpus), args.trials, ex["key"], args.cpu_factor * ex["cpu_s"])
+        op = _run(_optuna, (model, cluster, gpus), args.trials, ex["key"], args.cpu_factor * ex["cpu_s"],
+                  args.sampler)
 
         def ratio_at(cpu: float, ex: dict[str, Any] = ex, op: dict[str, Any] = op) -> float:
             steps = [s for t, s, _ in op["found"] if t <= cpu]
