@@ -109,13 +109,25 @@ PARAMETERS: tuple[ParamDef, ...] = (
     ParamDef(name="link.scale_out", default=0.8, lower=0.3, upper=0.97,
              doc="Achieved / nominal scale-out (InfiniBand/RoCE) bus bandwidth of NCCL collectives.",
              prior_width=0.15, prior_source="nccl-tests over 400G InfiniBand/RoCE: bus bandwidth ~0.75-0.95 of line rate at large messages."),
-    ParamDef(name="link.alltoall", default=0.7, lower=0.25, upper=0.95,
-             doc="Achieved / nominal bandwidth of an all-to-all (EP dispatch/combine, Ulysses CP), its own "
-                 "efficiency on NVLink and on the scale-out NIC rather than a fraction of the ring collectives' "
-                 "(one message per peer, no ring steps): NCCL all-to-all on NVSwitch reaches ~0.75-0.85 of the "
-                 "link for MB-size messages, DeepEP's normal kernels ~0.95 on NVLink (153-158 of 160 GB/s, H800) "
-                 "and ~0.9 of a 400 Gb/s NIC (43-58 GB/s RDMA; deepseek-ai/DeepEP README).",
-             prior_width=0.3, prior_source="NCCL all-to-all on NVSwitch ~0.75-0.85 of the link at MB-size messages; DeepEP ~0.95 on NVLink and ~0.9 of a 400 Gb/s NIC (deepseek-ai/DeepEP README)."),
+    ParamDef(name="link.alltoall", default=0.82, lower=0.4, upper=0.95,
+             doc="Achieved / nominal NVLink bandwidth of NCCL's all-to-all (Megatron's alltoall token dispatcher, "
+                 "Ulysses CP inside a domain): its own efficiency, not a fraction of the ring collectives' "
+                 "(one message per peer, no ring steps). The flex dispatcher (DeepEP/HybridEP) runs at its own "
+                 "benchmarked figures instead (cost.json flex_dispatcher_nvlink_efficiency).",
+             prior_width=0.15, prior_source="NCCL maintainer (S. Jeaugey, NVIDIA/nccl-tests#212, 2024-05): on H100 "
+             "NVLink (450 GB/s line rate) NCCL's protocol overhead (~20%) leaves an effective 370 GB/s, the busBw "
+             "of non-all-reduce collectives (alltoall included): 0.82; a factor e^0.15 around it (0.71-0.95) for "
+             "the MB-size messages of an MoE layer."),
+    ParamDef(name="link.alltoall_scale_out", default=0.9, lower=0.3, upper=0.97,
+             doc="Achieved / nominal scale-out NIC bandwidth of NCCL's all-to-all traffic between NVLink domains "
+                 "(Megatron's alltoall dispatcher, Ulysses CP across nodes): each GPU's share crosses its own NIC "
+                 "(NCCL cannot aggregate NICs for an all-to-all). The flex dispatcher runs at DeepEP's "
+                 "benchmarked figure instead (cost.json flex_dispatcher_rdma_efficiency).",
+             prior_width=0.15, prior_source="NCCL maintainers (NVIDIA/nccl-tests#267, 2024-11/2025-01: an "
+             "alltoall's bandwidth is that of a single NIC, and a CX7 NDR 400 Gb/s NIC reaches 48-49 of 50 GB/s; "
+             "#119: 24 GB/s per 200 Gb/s NIC; #130: on N nodes busBw = N/(N-1) x the per-GPU network bandwidth): "
+             "0.96-0.98 at large messages; 0.9 for MoE-size messages to many peers through a fat tree, a factor "
+             "e^0.15 around it."),
     ParamDef(name="overhead.launch_s", default=1e-5, lower=3e-6, upper=4e-5,
              doc="Host time to issue one kernel from eager PyTorch (CUDA launch ~4 us plus the Python/ATen "
                  "dispatch). Costs time only where a layer's GPU work is shorter than its launches, or "
@@ -304,7 +316,9 @@ def load_calibration(path: Path | None = None) -> CostConstants:
     for name, value in values.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise InputError(f"calibration.constants.{name}", value, "must be a number")
-    return CostConstants.from_dict(values)
+    # A constant added to the model after the file was fitted takes its physical default (its prior's centre)
+    # until the next refit; a name the model does not know is still an error.
+    return CostConstants.from_dict({**{p.name: p.default for p in PARAMETERS if p.name not in values}, **values})
 
 
 __all__ = ["CostConstants", "PARAMETERS", "PARAMETER_NAMES", "ParamDef", "RuntimeCost", "calibration_path",
