@@ -79,13 +79,10 @@ BOUND_REASONS: dict[str, str] = {
                       "their summed squared log error grows 0.165 -> 0.246, while BigScience's falls 0.089 -> "
                       "0.080 and the rest barely move); in-network reduction (SHARP/NVLS) is not modelled, and "
                       "NCCL's PAT only for all-gather/reduce-scatter with one rank per node.",
-    "link.alltoall": "bound: NCCL's all-to-all over NVLink (Megatron's alltoall dispatcher, Ulysses CP) is informed "
-                     "only by rows whose notes or recipe name that dispatcher (runs.py; the runs CSV has no dispatcher "
-                     "column), among them over-predicted ones whose cause is not modelled (DGX Cloud's GB200 "
-                     "DeepSeek-V3 r237/r238, GPT-OSS on GB200/GB300), so at a bound the fit stands in for them.",
-    "link.alltoall_scale_out": "bound: NCCL's all-to-all over the NIC is informed by three rows only (EP across nodes "
-                               "with the alltoall dispatcher: DGX Cloud's H100 DeepSeek-V3 r235, Qwen3-235B H100 "
-                               "r142, GPT-OSS B200 r109), so at a bound the fit stands in for one of them.",
+    "link.alltoall": "bound: NCCL's all-to-all (Megatron's alltoall dispatcher, Ulysses CP) is informed only by rows "
+                     "whose notes or recipe name that dispatcher (runs.py; the runs CSV has no dispatcher column), "
+                     "among them over-predicted ones whose cause is not modelled (DGX Cloud's GB200 DeepSeek-V3 "
+                     "r237/r238, GPT-OSS on GB200/GB300), so at a bound the fit stands in for them.",
     "attention.blackwell": "upper bound: few Blackwell rows, all NVIDIA recipes at 4K-8K with cuDNN attention; the "
                            "backward factor is shared with Hopper, so Blackwell's own attention takes the slack.",
     "gemm.blackwell.fp8": "upper bound: fp8 at the full 2x peak ratio over Blackwell's bf16 efficiency, which the fit "

@@ -52,9 +52,9 @@ class LinkEfficiency:
     no ring), not a fraction of the ring collectives' ``nvlink``."""
     alltoall_scale_out: float | None = None
     """Achieved / nominal bandwidth of an all-to-all's traffic over the scale-out NIC; None: ``alltoall``
-    (one figure for both links). The two differ for one implementation (NCCL: ~0.82 of H100 NVLink for
-    non-all-reduce collectives against 48-49 of a CX7 NIC's 50 GB/s; DeepEP: 0.78 of H800 NVLink against
-    ~0.88 of the NIC; cost/constants.py, profiles/cost.json)."""
+    (one figure for both links: NCCL's fitted ``link.alltoall``, cost/constants.py says why). The flex
+    dispatcher's kernels set both from DeepEP's benchmark (0.78 of H800 NVLink, 0.87 of the NIC;
+    profiles/cost.json, cost/step.py ``flex_link_efficiency``)."""
 
     @property
     def alltoall_nic(self) -> float:

@@ -458,10 +458,9 @@ def _all_stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel,
 
 def link_efficiency(c: CostConstants) -> LinkEfficiency:
     """The links' calibrated efficiencies; every timing of a step (evaluate, the bounds, the per-operation
-    times) takes them from here, so the all-to-all efficiencies cannot be left out of one of them. NCCL's
-    all-to-all has one on NVLink (``link.alltoall``) and one over the NIC (``link.alltoall_scale_out``)."""
-    return LinkEfficiency(nvlink=c["link.nvlink"], scale_out=c["link.scale_out"], alltoall=c["link.alltoall"],
-                          alltoall_scale_out=c["link.alltoall_scale_out"])
+    times) takes them from here, so the all-to-all efficiency cannot be left out of one of them. NCCL's
+    all-to-all has one figure on both links (``link.alltoall``; cost/constants.py says why)."""
+    return LinkEfficiency(nvlink=c["link.nvlink"], scale_out=c["link.scale_out"], alltoall=c["link.alltoall"])
 
 
 def flex_link_efficiency(eff: LinkEfficiency) -> LinkEfficiency:
