@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -47,7 +48,8 @@ def test_nccl_all_to_all_on_nvlink_and_across_nodes_by_hand() -> None:
 
 
 def test_the_flex_dispatcher_runs_at_deepeps_own_figure_per_link() -> None:
-    nv, rdma = hardware_default("flex_dispatcher_nvlink_efficiency"), hardware_default("flex_dispatcher_rdma_efficiency")
+    nv = hardware_default("flex_dispatcher_nvlink_efficiency")
+    rdma = hardware_default("flex_dispatcher_rdma_efficiency")
     # DeepEP V1 (docs/legacy.md): 153/158 of H800's 200 GB/s NVLink; 43-45 of 50 GB/s on the wire over RDMA.
     assert nv == pytest.approx(0.78) and rdma == pytest.approx(0.87)
     for c in (_constants(0.6), _constants(0.3)):  # NCCL's fitted figure does not reach flex
@@ -68,7 +70,7 @@ def test_the_prior_sits_below_nccls_large_message_figures() -> None:
     assert math.exp(a2a.prior_width) * a2a.default >= 370 / 450  # the large-message NVLink figure within one width
 
 
-def test_a_calibration_fitted_before_a_constant_existed_loads_it_at_its_default(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_calibration_fitted_before_a_constant_existed_loads_it_at_its_default(tmp_path: Path) -> None:
     values = load_calibration().as_dict()
     del values["overlap.ep"]
     old = tmp_path / "calibration.json"
