@@ -79,10 +79,10 @@ BOUND_REASONS: dict[str, str] = {
                       "their summed squared log error grows 0.165 -> 0.246, while BigScience's falls 0.089 -> "
                       "0.080 and the rest barely move); in-network reduction (SHARP/NVLS) is not modelled, and "
                       "NCCL's PAT only for all-gather/reduce-scatter with one rank per node.",
-    "link.alltoall": "upper bound: the all-to-all's own efficiency (achieved / nominal, on NVLink and the NIC) at "
-                     "DeepEP's measured ~0.95 of NVLink; the dispatcher is known only where a row's notes or its "
-                     "Megatron-Bridge recipe say it (runs.py; the runs CSV has no dispatcher column) and CUDA-graphed "
-                     "dispatch is not told apart, so the fit takes the fastest physical value.",
+    "link.alltoall": "bound: NCCL's all-to-all (Megatron's alltoall dispatcher, Ulysses CP) is informed only by rows "
+                     "whose notes or recipe name that dispatcher (runs.py; the runs CSV has no dispatcher column), "
+                     "among them over-predicted ones whose cause is not modelled (DGX Cloud's GB200 DeepSeek-V3 "
+                     "r237/r238, GPT-OSS on GB200/GB300), so at a bound the fit stands in for them.",
     "attention.blackwell": "upper bound: few Blackwell rows, all NVIDIA recipes at 4K-8K with cuDNN attention; the "
                            "backward factor is shared with Hopper, so Blackwell's own attention takes the slack.",
     "gemm.blackwell.fp8": "upper bound: fp8 at the full 2x peak ratio over Blackwell's bf16 efficiency, which the fit "
@@ -94,10 +94,11 @@ BOUND_REASONS: dict[str, str] = {
                          "modelled, and the bound keeps the constant from standing in for it.",
     "overhead.microbatch_s": "upper bound: DeepSpeed's pipeline engine (BLOOM rows) pays more per micro-batch than "
                              "Megatron's schedule; one constant serves both runtimes.",
-    "moe.expert_load_cv": "bound: few MoE rows ran learned routing (runs.py: most NVIDIA recipe rows force-balance "
-                          "the router, DGX Cloud's DeepSeek-V3 rows pad experts to capacity); the Megatron-MoE "
-                          "model zoo's Qwen3-235B rows are all that inform it, against the physical prior "
-                          "(constants.PARAMETERS: aux-loss MaxVio ~0.5-0.7 on 64 experts, cv ~0.2).",
+    "moe.expert_load_cv": "bound: few MoE rows ran learned routing (runs.py: most NVIDIA recipe rows and the "
+                          "Megatron-MoE model zoo's H100 Qwen3-235B commands force-balance the router, DGX Cloud's "
+                          "DeepSeek-V3 rows pad experts to capacity); Megatron-Core MoE's dropless Mixtral 8x7B row is "
+                          "all that informs it, against the physical prior (constants.PARAMETERS: aux-loss MaxVio "
+                          "~0.5-0.7 on 64 experts, cv ~0.2).",
     "attention.bwd_factor": "bound: flash-attention backward / forward time at the limit of the measured range.",
 }
 """Why a fitted constant sits at a bound (the fit's report lists every constant within 1% of one,
@@ -108,7 +109,7 @@ def at_bound(values: dict[str, float]) -> list[dict[str, Any]]:
     """Constants within 1% (of the range, on the fit's scale) of a bound, with the written reason."""
     out = []
     for p in PARAMETERS:
-        v = values[p.name]
+        v = values.get(p.name, p.default)  # a constant added after the file was fitted loads at its default
         if p.lower > 0:
             lo, hi, x = math.log(p.lower), math.log(p.upper), math.log(v)
         else:

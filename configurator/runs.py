@@ -245,6 +245,22 @@ def forced_balanced_routing(notes: str) -> bool:
     return "force-balanced" in text or "force_load_balancing" in text or "force-load-balancing" in text
 
 
+_MODELZOO_H100_QWEN3 = "Megatron-MoE-ModelZoo Qwen3 best-practice results"
+"""The Megatron-MoE model zoo's H100 Qwen3 table (README at e865051, first published in commit 8017e11,
+examples/qwen3/readme.md). Every one of its Qwen3-235B-A22B rows was launched with
+``--moe-router-force-load-balancing``: the commit that published the table gives one command per row
+(examples/qwen3/run_235b.sh: the EP32 rows with and without ``--combined-1f1b``, TP4 PP8 VPP4 EP8, the FSDP
+row, TP2 PP32 VPP3 EP8), each with that flag, and HEAD's best_practice/qwen3/run_235b.sh keeps it in its
+"H100 baseline config". The runs CSV's notes for these rows do not say so (those of the same repository's
+GB200/GB300 table do)."""
+
+
+def recipe_forced_balance(source: str, model_name: str) -> bool:
+    """The row's published launch command forces balanced routing though its notes do not say so: the
+    Megatron-MoE model zoo's H100 Qwen3-235B-A22B rows (``_MODELZOO_H100_QWEN3``)."""
+    return source.startswith(_MODELZOO_H100_QWEN3) and model_name.lower().startswith("qwen3-235b")
+
+
 def runs_eager(runtime: str, precision: str, notes: str) -> bool:
     """A torchtitan row ran PyTorch eager (``JobSpec.compiled`` False): its tomls default to
     ``compile = false`` and its benchmark tables name compile where it was on ("FSDP + torch.compile").
@@ -588,6 +604,10 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         recipe_layout: tuple[int, ...] = ()
         if routing == "force_balanced" and model.is_moe:
             notes.append("MoE routing force-balanced (benchmark mode): no learned-routing imbalance")
+        elif model.is_moe and recipe_forced_balance(source, _cell(row, "model")):
+            routing = "force_balanced"
+            notes.append("MoE routing force-balanced: the model zoo's launch command for this table passes "
+                         "--moe-router-force-load-balancing (examples/qwen3/run_235b.sh at 8017e11)")
         elif model.is_moe:
             by_recipe, recipe_layout = recipe_routing(source, _cell(row, "notes"), _int(row, "pp", 1) or 1,
                                                       model.num_layers)

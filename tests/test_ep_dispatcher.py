@@ -40,11 +40,11 @@ def test_flex_kernels_slow_the_compute_they_hide_under_by_their_share_of_the_sms
     assert flex_overlap_compute_slowdown(132) == pytest.approx(20 / 132)
     assert flex_overlap_compute_slowdown(148) == pytest.approx(20 / 148)
     # EP8 inside one H100 node: both dispatchers send the same bytes (one NVLink domain), and with the NCCL
-    # all-to-all at the flex kernels' link efficiency (cost.json flex_dispatcher_link_efficiency) the same
+    # all-to-all at the flex kernels' link efficiency (cost.json flex_dispatcher_nvlink_efficiency) the same
     # time, so with the all-to-all hidden the only difference is the compute slowdown: (20/132 - 0.1) of
     # the hidden time.
     same = CostConstants.from_dict({**dict(C.values),
-                                    "link.alltoall": hardware_default("flex_dispatcher_link_efficiency")})
+                                    "link.alltoall": hardware_default("flex_dispatcher_nvlink_efficiency")})
     model = load_model("qwen3-30b-a3b")
     cluster = load_cluster("dgx-h100", num_gpus=8)
     job = JobSpec(global_batch=64, seq_len=4096)
@@ -91,7 +91,7 @@ def test_inside_one_node_the_search_tries_both_dispatchers_and_keeps_the_faster(
     job = JobSpec(global_batch=64, seq_len=4096)
     plan = Plan(dp=8, ep=8)
     assert dispatcher_choices(plan, "megatron", True, cluster) == ["alltoall", "flex"]
-    flex_eff = hardware_default("flex_dispatcher_link_efficiency")
+    flex_eff = hardware_default("flex_dispatcher_nvlink_efficiency")
     for a2a_eff in (0.4, flex_eff):
         constants = CostConstants.from_dict({**C.as_dict(), "link.alltoall": a2a_eff})
         chosen, report = best_knobs(prepare(model, cluster, job, plan), constants)

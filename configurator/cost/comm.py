@@ -10,7 +10,8 @@ GPU, rail-optimised). Collectives are hierarchical, as NCCL runs them across nod
 * all-gather / reduce-scatter (S = the full, gathered size): half of that;
 * all-to-all of S bytes sent per rank: the NVLink part ``S(g-1)/n / B_nvlink`` and the scale-out
   part ``S(n-g)/n / B_scaleout`` run at once (the slower one counts), and no single pair may be
-  slower than its own link allows (``S/n / B_pair``, which is what a slow node pair costs);
+  slower than its own link allows (``S/n / B_pair``, which is what a slow node pair costs); each link
+  at the all-to-all's own efficiency there (``LinkEfficiency.alltoall`` / ``alltoall_scale_out``);
 * point-to-point: ``alpha + S / B_link`` of that GPU pair.
 
 Bandwidths are multiplied by the calibrated bus efficiency of their link type. Latency terms follow
@@ -47,10 +48,18 @@ class LinkEfficiency:
     scale_out: float
     """Achieved / nominal bus bandwidth over the scale-out network."""
     alltoall: float = 1.0
-    """Achieved / nominal bandwidth of an all-to-all, on NVLink and on the scale-out NIC alike: its own
-    efficiency (one message per peer, no ring), not a fraction of the ring collectives' ``nvlink`` /
-    ``scale_out`` - DeepEP and NCCL all-to-alls run near line rate where ring all-reduces on the same
-    NVLink do not."""
+    """Achieved / nominal bandwidth of an all-to-all over NVLink: its own efficiency (one message per peer,
+    no ring), not a fraction of the ring collectives' ``nvlink``."""
+    alltoall_scale_out: float | None = None
+    """Achieved / nominal bandwidth of an all-to-all's traffic over the scale-out NIC; None: ``alltoall``
+    (one figure for both links: NCCL's fitted ``link.alltoall``, cost/constants.py says why). The flex
+    dispatcher's kernels set both from DeepEP's benchmark (0.78 of H800 NVLink, 0.87 of the NIC;
+    profiles/cost.json, cost/step.py ``flex_link_efficiency``)."""
+
+    @property
+    def alltoall_nic(self) -> float:
+        """The all-to-all's efficiency on the scale-out NIC (``alltoall_scale_out``, else ``alltoall``)."""
+        return self.alltoall if self.alltoall_scale_out is None else self.alltoall_scale_out
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -296,7 +305,7 @@ class CommModel:
                 continue
             t = num_bytes * (g - 1) / n / (self.nv_raw * a2a) + (g - 1) * self.nv_lat
             if s.domains > 1:
-                so = a2a
+                so = self.eff.alltoall_nic
                 share = (n - g) / n if scale_out_share is None else min(scale_out_share, (n - g) / n)
                 inter = max(num_bytes * share / (s.ring_bw_Bps * so), num_bytes / n / (s.pair_bw_Bps * so))
                 t = max(t, inter + s.inter_latency_s * min(s.domains - 1, 2 * math.ceil(math.log2(s.domains))))

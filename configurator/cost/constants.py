@@ -110,12 +110,19 @@ PARAMETERS: tuple[ParamDef, ...] = (
              doc="Achieved / nominal scale-out (InfiniBand/RoCE) bus bandwidth of NCCL collectives.",
              prior_width=0.15, prior_source="nccl-tests over 400G InfiniBand/RoCE: bus bandwidth ~0.75-0.95 of line rate at large messages."),
     ParamDef(name="link.alltoall", default=0.7, lower=0.25, upper=0.95,
-             doc="Achieved / nominal bandwidth of an all-to-all (EP dispatch/combine, Ulysses CP), its own "
-                 "efficiency on NVLink and on the scale-out NIC rather than a fraction of the ring collectives' "
-                 "(one message per peer, no ring steps): NCCL all-to-all on NVSwitch reaches ~0.75-0.85 of the "
-                 "link for MB-size messages, DeepEP's normal kernels ~0.95 on NVLink (153-158 of 160 GB/s, H800) "
-                 "and ~0.9 of a 400 Gb/s NIC (43-58 GB/s RDMA; deepseek-ai/DeepEP README).",
-             prior_width=0.3, prior_source="NCCL all-to-all on NVSwitch ~0.75-0.85 of the link at MB-size messages; DeepEP ~0.95 on NVLink and ~0.9 of a 400 Gb/s NIC (deepseek-ai/DeepEP README)."),
+             doc="Achieved / nominal bandwidth of NCCL's all-to-all (Megatron's alltoall token dispatcher, Ulysses "
+                 "CP), its own efficiency rather than a fraction of the ring collectives' (one message per peer, "
+                 "no ring steps), one figure on NVLink and on the scale-out NIC: the large-message figures differ "
+                 "(~0.82 vs ~0.97, prior_source), but the rows that run NCCL's all-to-all across nodes are three, "
+                 "all of one publisher, so a separate NIC figure is not identifiable out of sample (README, "
+                 "'One NCCL all-to-all efficiency'). The flex dispatcher (DeepEP/HybridEP) runs at its own "
+                 "benchmarked per-link figures instead (cost.json flex_dispatcher_nvlink_efficiency / "
+                 "flex_dispatcher_rdma_efficiency).",
+             prior_width=0.3, prior_source="NCCL maintainers: on H100 NVLink (450 GB/s) NCCL's protocol overhead "
+             "leaves an effective 370 GB/s busBw for non-all-reduce collectives, alltoall included (0.82; "
+             "NVIDIA/nccl-tests#212); an alltoall's bandwidth across nodes is one NIC's, 48-49 of a CX7's 50 GB/s "
+             "(0.97; nccl-tests#267, #119, #130) - both at large messages; an MoE layer's uneven, MB-size splits "
+             "run below: 0.7, a factor e^0.3 around it."),
     ParamDef(name="overhead.launch_s", default=1e-5, lower=3e-6, upper=4e-5,
              doc="Host time to issue one kernel from eager PyTorch (CUDA launch ~4 us plus the Python/ATen "
                  "dispatch). Costs time only where a layer's GPU work is shorter than its launches, or "
@@ -304,7 +311,9 @@ def load_calibration(path: Path | None = None) -> CostConstants:
     for name, value in values.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise InputError(f"calibration.constants.{name}", value, "must be a number")
-    return CostConstants.from_dict(values)
+    # A constant added to the model after the file was fitted takes its physical default (its prior's centre)
+    # until the next refit; a name the model does not know is still an error.
+    return CostConstants.from_dict({**{p.name: p.default for p in PARAMETERS if p.name not in values}, **values})
 
 
 __all__ = ["CostConstants", "PARAMETERS", "PARAMETER_NAMES", "ParamDef", "RuntimeCost", "calibration_path",

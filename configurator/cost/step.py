@@ -308,10 +308,10 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     slowdown = hardware_default("nccl_overlap_compute_slowdown")
     ep_flex_slowdown = flex_overlap_compute_slowdown(rates.sm_count) if knobs.ep_dispatcher == "flex" else slowdown
     sync_s = hardware_default("d2h_sync_s")
-    # The EP all-to-all's links: DeepEP/HybridEP (flex) move the tokens with their own kernels at the rate their
-    # benchmarks measure, not at the fitted NCCL all-to-all efficiency (cost.json flex_dispatcher_link_efficiency).
-    ep_comm = comm.with_efficiency(replace(comm.eff, alltoall=hardware_default("flex_dispatcher_link_efficiency"))) \
-        if knobs.ep_dispatcher == "flex" else comm
+    # The EP all-to-all's links: DeepEP/HybridEP (flex) move the tokens with their own kernels at the rates their
+    # benchmarks measure on NVLink and over RDMA, not at the fitted NCCL all-to-all efficiencies (cost.json
+    # flex_dispatcher_nvlink_efficiency / flex_dispatcher_rdma_efficiency).
+    ep_comm = comm.with_efficiency(flex_link_efficiency(comm.eff)) if knobs.ep_dispatcher == "flex" else comm
     stage = inp.stages[v]
     chunk_layers = stage.num_layers
     full_frac = 0.0
@@ -458,8 +458,17 @@ def _all_stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel,
 
 def link_efficiency(c: CostConstants) -> LinkEfficiency:
     """The links' calibrated efficiencies; every timing of a step (evaluate, the bounds, the per-operation
-    times) takes them from here, so the all-to-all efficiency cannot be left out of one of them."""
+    times) takes them from here, so the all-to-all efficiency cannot be left out of one of them. NCCL's
+    all-to-all has one figure on both links (``link.alltoall``; cost/constants.py says why)."""
     return LinkEfficiency(nvlink=c["link.nvlink"], scale_out=c["link.scale_out"], alltoall=c["link.alltoall"])
+
+
+def flex_link_efficiency(eff: LinkEfficiency) -> LinkEfficiency:
+    """``eff`` with the all-to-all moved by the flex dispatcher's (DeepEP/HybridEP) own kernels: DeepEP's
+    benchmarked share of NVLink and of the NIC (cost.json ``flex_dispatcher_nvlink_efficiency``,
+    ``flex_dispatcher_rdma_efficiency``), not NCCL's fitted ones."""
+    return replace(eff, alltoall=hardware_default("flex_dispatcher_nvlink_efficiency"),
+                   alltoall_scale_out=hardware_default("flex_dispatcher_rdma_efficiency"))
 
 
 def _rates_for(inp: StepInputs, c: CostConstants) -> GpuRates:

@@ -29,7 +29,7 @@ def dispatcher_choices(plan: Plan, runtime: str, is_moe: bool, cluster: ClusterS
     """The MoE token dispatchers the search tries on ``plan``: alltoall first (Megatron's default), then flex
     where Megatron runs it on these GPUs; the plan's own value where it fixes one, or where ``cluster`` is not
     known. Flex is tried inside one NVLink domain too: there both send the same bytes, but DeepEP's kernels
-    move them at their benchmarked efficiency (cost.json ``flex_dispatcher_link_efficiency``) and NCCL's
+    move them at their benchmarked efficiency (cost.json ``flex_dispatcher_nvlink_efficiency``) and NCCL's
     all-to-all at the fitted ``link.alltoall``, so either can be the faster (``best_knobs`` keeps it)."""
     if (plan.ep_dispatcher is None and cluster is not None and is_moe and plan.ep > 1 and plan.etp == 1
             and runtime in MEGATRON_RUNTIMES and flex_dispatcher_available(cluster.gpu.family)):
