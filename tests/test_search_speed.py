@@ -366,3 +366,50 @@ def test_an_offloaded_estimate_derived_from_the_offload_free_one_equals_a_fresh_
                 # Equal to the last bit (dataclass equality compares every float), host memory included.
                 assert with_offload(base, offloaded, ctx.cluster, runtime=ctx.runtime) == \
                     estimate_memory(ctx.model, ctx.cluster, ctx.job, offloaded, runtime=ctx.runtime)
+
+
+@pytest.mark.parametrize("name", ["mixtral-8x7b-h100-64", "deepseek-v3-h800-2048"])
+def test_activation_memory_does_not_depend_on_the_expert_parallel_degree(name: str) -> None:
+    """``memory.ACTIVATION_MEMO`` leaves EP out of its key (structures that differ only in EP share their
+    activations): estimated without the memo, two such structures keep the same activation bytes and in-flight
+    micro-batches on every stage, under each recompute form the search asks for."""
+    ctx = SCENARIOS[name].ctx
+    by_rest: dict[tuple, list[Plan]] = {}
+    for plan in enumerate_plans(ctx):
+        by_rest.setdefault((plan.tp, plan.cp, plan.pp, plan.vpp, plan.etp, plan.micro_batch, plan.pipeline_layers),
+                           []).append(plan)
+    groups = [g for g in by_rest.values() if len({p.ep for p in g}) > 1]
+    assert groups
+    modules = selective_module_ladder(ctx.model, ctx.job.precision)[-1]
+    checked = 0
+    for group in random.Random(6).sample(groups, min(6, len(groups))):
+        for form in ({"recompute": "none"}, {"recompute": "full", "recompute_num_layers": 1},
+                     {"recompute": "selective", "recompute_modules": modules}):
+            seen = {}
+            for plan in group:
+                mem = estimate_memory(ctx.model, ctx.cluster, ctx.job, replace_unchecked(plan, **form),
+                                      runtime=ctx.runtime)
+                seen[plan.ep] = [(s.activations_bytes, s.inflight_microbatches) for s in mem.stages]
+            assert len({repr(v) for v in seen.values()}) == 1, (group[0].describe(), form, sorted(seen))
+            checked += 1
+    assert checked >= 6
+
+
+def test_hsdp_never_needs_less_memory_than_zero3() -> None:
+    """``needs_full_recompute`` skips HSDP once ZeRO-3 does not fit: HSDP shards weights and gradients over a
+    part of the dp x cp group (and of the experts' data-parallel group), ZeRO-3 over all of it, with the same
+    gathered working set, so no stage of the HSDP form holds less, whatever the recompute and offload."""
+    from configurator.search.space import hsdp_shard_group
+
+    ctx = SCENARIOS["deepseek-v3-h800-2048"].ctx
+    plans = [p for p in enumerate_plans(ctx) if hsdp_shard_group(ctx, p)]
+    assert plans
+    for plan in random.Random(7).sample(plans, min(12, len(plans))):
+        for form in ({"recompute": "full", "recompute_num_layers": 1, "offload": 1.0},
+                     {"recompute": "selective", "offload": 0.0}):
+            zero3 = estimate_memory(ctx.model, ctx.cluster, ctx.job,
+                                    replace_unchecked(plan, sharding="zero3", **form), runtime=ctx.runtime)
+            hsdp = estimate_memory(ctx.model, ctx.cluster, ctx.job, replace_unchecked(
+                plan, sharding="hsdp", shard_group=hsdp_shard_group(ctx, plan), **form), runtime=ctx.runtime)
+            assert all(h.total_bytes >= z.total_bytes for h, z in zip(hsdp.stages, zero3.stages)), plan.describe()
+            assert any(h.total_bytes > z.total_bytes for h, z in zip(hsdp.stages, zero3.stages)), plan.describe()

@@ -20,6 +20,7 @@ bite. With equal stages and no transfer time the result is the textbook 1F1B mak
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -201,6 +202,15 @@ def simulate(*, pp: int, vpp: int, num_microbatches: int, forward_s: list[float]
     same answer, to float rounding, from a bounded number of short simulations.
     """
     m = num_microbatches
+    memo = None if trace or pp == 1 else SCHEDULE_MEMO.get()
+    if memo is not None:
+        key = (pp, vpp, m, tuple(forward_s), tuple(backward_s), tuple(send_forward_s), tuple(send_backward_s))
+        hit = memo.get(key)
+        if hit is None:
+            if len(memo) >= SCHEDULE_MEMO_LIMIT:
+                memo.clear()  # bounded: its hits are between the options and knob variants of one structure
+            hit = memo[key] = _simulate(pp, vpp, m, forward_s, backward_s, send_forward_s, send_backward_s)
+        return hit
     if trace:
         if m > TRACE_MAX_MICROBATCHES:
             from configurator.errors import InputError
@@ -209,6 +219,21 @@ def simulate(*, pp: int, vpp: int, num_microbatches: int, forward_s: list[float]
                              "micro-batches (raise --micro-batch or lower --global-batch)")
         return simulate_full(pp=pp, vpp=vpp, num_microbatches=m, forward_s=forward_s, backward_s=backward_s,
                              send_forward_s=send_forward_s, send_backward_s=send_backward_s, trace=True)
+    return _simulate(pp, vpp, m, forward_s, backward_s, send_forward_s, send_backward_s)
+
+
+SCHEDULE_MEMO: ContextVar[dict[tuple, ScheduleResult] | None] = ContextVar("configurator_schedule_memo", default=None)
+"""Set by a search for its duration: ``simulate``'s results by their inputs. The options of one structure
+that differ only in what the step adds after the pipeline (sharding without per-layer gathers, offload) feed
+the schedule the same stage times, and every costing simulates once more without transfers, which the plan's
+other knob variants and options often share: about a quarter of Mixtral-8x22B/512's simulations were repeats
+(a simulation is ~0.5 ms of Python; half of that job's CPU went to them)."""
+SCHEDULE_MEMO_LIMIT = 2048
+"""Entries ``SCHEDULE_MEMO`` holds before it is emptied (a few KB each: the key holds every stage time)."""
+
+
+def _simulate(pp: int, vpp: int, m: int, forward_s: list[float], backward_s: list[float],
+              send_forward_s: list[float], send_backward_s: list[float]) -> ScheduleResult:
     if pp == 1 or m <= FULL_SIMULATION_MAX_MICROBATCHES:
         return simulate_full(pp=pp, vpp=vpp, num_microbatches=m, forward_s=forward_s, backward_s=backward_s,
                              send_forward_s=send_forward_s, send_backward_s=send_backward_s)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 from configurator.cost.comm import SHAPE_CACHE, ShapeCache
 from configurator.cost.compute import WORK_TIME_MEMO
+from configurator.cost.schedule import SCHEDULE_MEMO
 from configurator.cost.constants import CostConstants, load_calibration
 from configurator.cost.step import StepInputs, StepReport, evaluate, prepare
 from configurator.search.knobs import best_knobs, optimistic_inputs
@@ -250,14 +251,17 @@ def search(ctx: SearchContext, *, top_k: int = 5, time_budget_s: float | None = 
 
 @contextmanager
 def _search_caches() -> Iterator[None]:
-    """The per-search caches (group shapes, memory and activation estimates, layer-work times): bounded, and
-    gone when the search returns. Every process that searches sets them: ``search``, and each parallel Optuna
-    worker or service block (spawned, it has none otherwise; without them a study took about 3x the CPU)."""
-    tokens = (SHAPE_CACHE.set(ShapeCache()), MEMORY_MEMO.set({}), ACTIVATION_MEMO.set({}), WORK_TIME_MEMO.set({}))
+    """The per-search caches (group shapes, memory and activation estimates, layer-work times, pipeline
+    schedules): bounded, and gone when the search returns. Every process that searches sets them: ``search``, and
+    each parallel Optuna worker or service block (spawned, it has none otherwise; without them a study took about
+    3x the CPU)."""
+    memos = (SHAPE_CACHE, MEMORY_MEMO, ACTIVATION_MEMO, WORK_TIME_MEMO, SCHEDULE_MEMO)
+    tokens = (SHAPE_CACHE.set(ShapeCache()), MEMORY_MEMO.set({}), ACTIVATION_MEMO.set({}), WORK_TIME_MEMO.set({}),
+              SCHEDULE_MEMO.set({}))
     try:
         yield
     finally:
-        for var, token in zip((SHAPE_CACHE, MEMORY_MEMO, ACTIVATION_MEMO, WORK_TIME_MEMO), tokens):
+        for var, token in zip(memos, tokens):
             var.reset(token)  # type: ignore[attr-defined]
 
 

@@ -457,6 +457,8 @@ def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
     for sharding in reversed(shardings):  # (most sharded first: the one most likely to fit, which ends it)
         if sharding in ("zero1", "distopt") and "zero2" in shardings:
             continue  # ZeRO-2 holds the same weights and optimizer shards and fewer gradients: never more
+        if sharding == "hsdp" and "zero3" in shardings:
+            continue  # ZeRO-3 (taken first) shards over all of dp x cp, HSDP over a part of it: never more
         offload = 1.0 if sharding != "none" else 0.0
         base = _with_sharding(ctx, structure, sharding, recompute="none", recompute_num_layers=0, offload=0.0)
         ladder = recompute_ladder(ctx, base)
