@@ -153,3 +153,43 @@ def test_a_gpu_spec_file_with_an_implausible_sfu_rate_is_rejected(tmp_path):
     path.write_text(json.dumps(spec))
     # Without the figure a Blackwell part gets Blackwell's ratio (16/8192), not Ultra's doubled one.
     assert load_gpu_spec(path).sfu_exp2_per_s == pytest.approx(2.5e15 * 16 / 8192)
+
+
+BRIDGE_2608 = "Megatron-Bridge performance summary (NeMo 26.08 container)"
+
+
+def test_the_2608_mxfp8_recipes_run_fp8_attention_except_deepseek_on_gb200():
+    from configurator.runs import recipe_fp8_attention
+
+    assert recipe_fp8_attention(BRIDGE_2608, "Qwen3_30B_a3B", "gb200-nvl72", "fp8")
+    assert recipe_fp8_attention(BRIDGE_2608, "Qwen3_235B_a22B", "gb300-nvl72", "fp8")
+    assert recipe_fp8_attention(BRIDGE_2608, "GPT OSS 120B", "gb300-nvl72", "fp8")
+    assert recipe_fp8_attention(BRIDGE_2608, "DeepSeekV3", "gb300-nvl72", "fp8")
+    assert not recipe_fp8_attention(BRIDGE_2608, "DeepSeekV3", "gb200-nvl72", "fp8")
+    assert not recipe_fp8_attention(BRIDGE_2608, "Qwen3_30B_a3B", "gb200-nvl72", "bf16")
+    assert not recipe_fp8_attention("Megatron-Bridge performance summary (NeMo 26.04.01 container)",
+                                    "Qwen3_30B_a3B", "gb300-nvl72", "fp8")
+    assert not recipe_fp8_attention("torchtitan", "Qwen3_30B_a3B", "gb300-nvl72", "fp8")
+
+
+def test_fp8_attention_doubles_the_tensor_pipe_but_not_the_exponentials():
+    from configurator.cost.compute import gpu_rates
+    from configurator.cost.constants import CostConstants
+    from configurator.profiles import load_cluster
+
+    c = CostConstants.defaults()
+    cluster = load_cluster("gb200-nvl72")
+    bf16 = gpu_rates(cluster, "fp8", c, measured={})
+    fp8 = gpu_rates(cluster, "fp8", c, measured={}, fp8_attention=True)
+    # Defaults: attention.blackwell 0.5 of the bf16 peak; fp8 at the fp8 peak x gemm.blackwell.fp8 (0.85).
+    assert bf16.attention_flops == pytest.approx(2.5e15 * 0.5)
+    assert fp8.attention_flops == pytest.approx(5.0e15 * 0.85 * 0.5)
+    assert fp8.exp2_per_s == bf16.exp2_per_s == pytest.approx(4.88e12)
+    # Head dim 128: bf16 mma 219.9 us, fp8 mma 129.4 us, exp 110.0 us (now nearly the fp8 tensor pipe's time).
+    work = _work()
+    mma_bf16, mma_fp8, exp = SCORES * 512 / 1.25e15, SCORES * 512 / 2.125e15, SCORES / 4.88e12
+    half_len = c["attention.half_len"]
+    stretch = (4096 + half_len) / 4096
+    o = hardware_default("attention_exp_overlap")
+    assert bf16.attention_s(work) == pytest.approx((mma_bf16 + (1 - o) * exp) * stretch)
+    assert fp8.attention_s(work) == pytest.approx((mma_fp8 + (1 - o) * exp) * stretch)

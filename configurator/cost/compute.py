@@ -182,7 +182,10 @@ def attention_efficiency(family: str, kernel: str, constants: CostConstants) -> 
 
 
 def gpu_rates(cluster: ClusterSpec, precision: str, constants: CostConstants,
-              measured: dict[str, GemmCurve] | None = None, attention_kernel: str = "cudnn") -> GpuRates:
+              measured: dict[str, GemmCurve] | None = None, attention_kernel: str = "cudnn",
+              fp8_attention: bool = False) -> GpuRates:
+    """``fp8_attention`` (JobSpec): the attention GEMMs at the fp8 peak and the family's fp8/bf16 GEMM
+    efficiency ratio (as the other fp8 GEMMs); the exponentials stay on the SFU."""
     gpu = cluster.gpu
     measured = measured if measured is not None else measured_gemm_curves(cluster)
     half = constants["gemm.half_dim"]
@@ -195,8 +198,12 @@ def gpu_rates(cluster: ClusterSpec, precision: str, constants: CostConstants,
 
     sixteen = gpu.half_precision  # bf16, or fp16 where the GPU has no bf16 (V100, T4)
     bf16_peak = gpu.peak_flops_for(sixteen)
+    attention_peak = bf16_peak
+    if fp8_attention and attention_kernel != "unfused" and gpu.supports("fp8"):
+        attention_peak = gpu.peak_flops_for("fp8") * (constants.gemm_efficiency(gpu.family, "fp8")
+                                                      / constants.gemm_efficiency(gpu.family, sixteen))
     return GpuRates(gemm=curve(precision), gemm_bf16=curve(sixteen),
-                    attention_flops=bf16_peak * attention_efficiency(gpu.family, attention_kernel, constants),
+                    attention_flops=attention_peak * attention_efficiency(gpu.family, attention_kernel, constants),
                     attention_half_len=constants["attention.half_len"],
                     attention_bwd_factor=2.0 if attention_kernel == "unfused" else constants["attention.bwd_factor"],
                     hbm_Bps=measured_hbm_Bps(cluster) or gpu.hbm_bandwidth_Bps * constants["memory.hbm"],

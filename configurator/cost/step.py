@@ -465,7 +465,8 @@ def link_efficiency(c: CostConstants) -> LinkEfficiency:
 def _rates_for(inp: StepInputs, c: CostConstants) -> GpuRates:
     rates = inp._rates.get(c.values)
     if rates is None:
-        rates = gpu_rates(inp.cluster, inp.job.precision, c, inp.measured_curves, inp.runtime.attention_kernel)
+        rates = gpu_rates(inp.cluster, inp.job.precision, c, inp.measured_curves, inp.runtime.attention_kernel,
+                          inp.job.fp8_attention)
         inp._rates.clear()
         inp._rates[c.values] = rates
     return rates
