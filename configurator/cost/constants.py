@@ -84,7 +84,7 @@ PARAMETERS: tuple[ParamDef, ...] = (
     ParamDef(name="attention.hopper", default=0.58, lower=0.2, upper=0.9,
              doc="Flash attention's tensor-core GEMMs / bf16 dense peak on long sequences, Hopper (FA3/cuDNN); the "
                  "exponentials (3.87 T/s on H100: half the GEMM time at head dim 128) run on the SFU beside them.",
-             prior_width=0.3, prior_source="FlashAttention-3 paper (Shah et al. 2024): 570 TFLOP/s at head dim 128 without GEMM-softmax overlap, i.e. the GEMMs alone at 989 / (989/570 - 0.5) = 801 TFLOP/s (0.81); 740 (0.75 overall) at 16K with it. Centre: the earlier whole-kernel prior 0.5 restated for the GEMMs, 1 / (1/0.5 - 0.55 x 0.5) = 0.58 (training lengths and masks below the papers' best cases), a factor e^0.3."),
+             prior_width=0.3, prior_source="FlashAttention-3 paper (Shah et al. 2024, ablation at head dim 128): 582 TFLOP/s without GEMM-softmax pipelining, i.e. the GEMMs alone at 989 / (989/582 - 0.5) = 825 TFLOP/s (0.83); 740 (0.75 overall) at 16K with it. Centre: the earlier whole-kernel prior 0.5 restated for the GEMMs, 1 / (1/0.5 - 0.55 x 0.5) = 0.58 (training lengths and masks below the papers' best cases), a factor e^0.3."),
     ParamDef(name="attention.blackwell", default=0.69, lower=0.2, upper=0.9,
              doc="Flash attention's tensor-core GEMMs / bf16 dense peak on long sequences, Blackwell (cuDNN); the "
                  "exponentials (B200: as long as the GEMMs at head dim 128; Blackwell Ultra: half) run on the SFU.",
