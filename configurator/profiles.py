@@ -24,7 +24,7 @@ from configurator.bounds import (MAX_LINK_BANDWIDTH_GBPS, MAX_LINK_LATENCY_S, MA
 from configurator.errors import InputError
 from configurator.hf_config import spec_from_hf_dict
 from configurator.safe_files import load_json
-from configurator.specs.hardware import ClusterSpec, GPUSpec, LinkSpec, NodeInfo
+from configurator.specs.hardware import ClusterSpec, GPUSpec, LinkSpec, NodeInfo, derived_sfu_exp2_per_s
 from configurator.specs.model import ModelSpec
 
 GIB = 2**30
@@ -116,6 +116,11 @@ def model_published(name: str) -> tuple[dict[str, Any], str]:
 # ----- GPUs: presets, inline specs in a cluster profile, --gpu-spec files -------------------------
 _GPU_KEYS = {"key", "name", "family", "memory_GiB", "hbm_bandwidth_TBps", "peak_dense_TFLOPs",
              "nvlink_bandwidth_GBps", "pcie_host_bandwidth_GBps", "tdp_W", "source"}
+_GPU_OPTIONAL_KEYS = {"sfu_exp2_Tps"}
+"""``sfu_exp2_Tps``: peak exponentials (MUFU.EX2) per second, in 1e12/s; absent = derived from the 16-bit
+peak by the architecture's SFU-to-tensor-core ratio (specs/hardware.py SFU_EXP2_PER_TENSOR_FLOP)."""
+SFU_EXP2_BOUNDS_Tps = (0.1, 100.0)
+"""T4's ~1 to a few times Blackwell Ultra's ~10 T exponentials/s."""
 GPU_BOUNDS: dict[str, tuple[float, float]] = {
     "memory_GiB": (1.0, 1024.0),
     "hbm_bandwidth_TBps": (0.05, 50.0),
@@ -178,7 +183,7 @@ def gpu_from_dict(data: Any, where: str) -> GPUSpec:
     unknown key, finite figures in plausible ranges, a known architecture in ``family``."""
     if not isinstance(data, dict):
         raise InputError(where, data, "must be a GPU key or an object with the keys of profiles/gpus/*.json")
-    _check_keys(data, where, _GPU_KEYS)
+    _check_keys(data, where, _GPU_KEYS, _GPU_OPTIONAL_KEYS)
     key = data["key"]
     if not isinstance(key, str) or not 0 < len(key) <= 64 or not set(key) <= _GPU_KEY_CHARS:
         raise InputError(f"{where}:key", key, "must be 1-64 characters of letters, digits, '.', '_', '-'")
@@ -191,13 +196,19 @@ def gpu_from_dict(data: Any, where: str) -> GPUSpec:
         raise InputError(f"{where}:family", arch, f"unknown architecture (known: {', '.join(sorted(families))})")
     entry = families[arch]
     figures = {k: _bounded(data, k, where, *bounds) for k, bounds in GPU_BOUNDS.items()}
+    peaks = _peak_flops(data["peak_dense_TFLOPs"], where)
+    if "sfu_exp2_Tps" in data:
+        exp2_per_s = _bounded(data, "sfu_exp2_Tps", where, *SFU_EXP2_BOUNDS_Tps) * TERA
+    else:
+        half = dict(peaks).get("bf16") or dict(peaks)["fp16"]
+        exp2_per_s = derived_sfu_exp2_per_s(arch, half)
     try:
         return GPUSpec(
             key=key, name=data["name"], family=entry["constants_from"], architecture=arch, vendor=entry["vendor"],
             fallback_reason="" if entry["measured_runs"] else entry["reason"],
             memory_bytes=int(figures["memory_GiB"] * GIB),
             hbm_bandwidth_Bps=figures["hbm_bandwidth_TBps"] * TERA,
-            peak_flops=_peak_flops(data["peak_dense_TFLOPs"], where),
+            peak_flops=peaks, sfu_exp2_per_s=exp2_per_s,
             nvlink_bandwidth_Bps=figures["nvlink_bandwidth_GBps"] * GB,
             pcie_host_bandwidth_Bps=figures["pcie_host_bandwidth_GBps"] * GB,
             tdp_W=figures["tdp_W"], source=data["source"])

@@ -446,6 +446,20 @@ def recipe_fused_expert_mlp(source: str, model_name: str, system: str, precision
             and precision in ("fp8", "fp4") and _bridge_gpu(system) in ("gb200", "gb300"))
 
 
+def recipe_fp8_attention(source: str, model_name: str, system: str, precision: str) -> bool:
+    """Whether a Megatron-Bridge row ran fp8 attention (``JobSpec.fp8_attention``): 26.08's (v0.6.0)
+    MXFP8 full-iteration recipes set ``mixed_precision.fp8_dot_product_attention = True`` for Qwen3 on
+    GB200 and GB300 (perf_recipes/qwen/common.py ``_enable_hybridep_full_iteration_mxfp8``), GPT-OSS 120B
+    on GB200 and GB300 (perf_recipes/gpt_oss/common.py ``_apply_gpt_oss_120b_full_iter_fp8mx_configs``) and
+    DeepSeek-V3 on GB300 only (perf_recipes/deepseek/gb300/deepseek_v3.py passes
+    ``fp8_dot_product_attention=True`` to ``_enable_deepseek_full_iteration_mxfp8``; the GB200 config leaves
+    its default, False). The containers of the other rows (25.11 = v0.2.x, 26.02 = v0.3.x, 26.04 = v0.4.x)
+    set it nowhere in scripts/performance."""
+    if "full_iteration" not in recipe_cuda_graphs(source, model_name, system, precision):
+        return False
+    return not (_model_key(model_name) == "deepseekv3" and _bridge_gpu(system) != "gb300")
+
+
 _A2A_OVERLAP_LAYOUTS: tuple[tuple[tuple[int, int, int], tuple[int, int, int], str, str, tuple[int, int, int, int]], ...] = (
     ((25, 11, 0), (26, 8, 0), "qwen3235ba22b", "h100", (2, 8, 4, 32)),
     ((25, 11, 0), (26, 2, 0), "qwen330ba3b", "h100", (1, 2, 12, 8)),
@@ -626,8 +640,12 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         fused_mlp = model.is_moe and recipe_fused_expert_mlp(source, row.get("model", ""), system, precision)
         if fused_mlp:
             notes.append("experts as Transformer Engine's fused grouped MLP (the recipe's op fuser)")
+        fp8_attention = recipe_fp8_attention(source, row.get("model", ""), system, precision)
+        if fp8_attention:
+            notes.append("fp8 attention (the recipe's fp8_dot_product_attention)")
         job = JobSpec(global_batch=gbs, seq_len=seq_len, precision=precision, moe_routing=routing,
-                      compiled=not eager, cuda_graphs=graphs, fused_expert_mlp=fused_mlp)
+                      compiled=not eager, cuda_graphs=graphs, fused_expert_mlp=fused_mlp,
+                      fp8_attention=fp8_attention)
         dispatcher, said = None, ""
         if model.is_moe:
             dispatcher, said = dispatcher_from_notes(_cell(row, "notes")), "the notes"
@@ -702,6 +720,6 @@ def case_from_row(row: dict[str, str]) -> RunCase:
 
 
 __all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "graphs_from_notes",
-           "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_ep_overlap", "recipe_fused_expert_mlp",
+           "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_ep_overlap", "recipe_fp8_attention", "recipe_fused_expert_mlp",
            "recipe_recompute_modules", "recipe_routing", "recipe_vpp", "runs_eager",
            "runtime_for_source", "unknown_micro_batch", "unknown_vpp", "uses_bf16_optimizer"]

@@ -9,6 +9,17 @@ their tiles; ``waves`` (cost/waves.py) is the loss of a last, partly filled wave
 (``profiles/calibration.json``), or fitted to a probe's measured GEMM curve when the cluster
 profile has one (``"compute": {"gemm": [{"precision", "m", "n", "k", "tflops"}, ...]}``), which
 then replaces the calibrated curve for that precision.
+
+Flash attention runs on two pipes: its two GEMMs (``QK^T``, ``PV``: ``2 (d_qk + d_v)`` FLOPs per score)
+on the tensor cores, and one exponential per score on the special function units (MUFU.EX2), whose
+rate did not grow with the tensor cores: per score, H100 spends half as long on the exponential as on
+the GEMMs at head dim 128 (FlashAttention-3, section 3.2), B200 as long (FlashAttention-4: 1,024 cycles
+each per 128 x 128 tile), and Blackwell Ultra (GB300/B300) doubles the SFU rate back to half. The kernels
+overlap the two pipes in part (ping-pong warp groups), so a pass takes
+``(max(mma, exp) + (1 - overlap) * min(mma, exp)) / length_curve``, with ``overlap`` the share of the
+shorter pipe hidden (cost.json ``attention_exp_overlap``, from the FA3 ablation and FA4's comparison with
+cuDNN). The backward recomputes the probabilities (one more exponential per score) under
+``bwd_factor`` times the forward's tensor-core time.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from configurator.cost.constants import CostConstants
+from configurator.cost.constants import CostConstants, hardware_default
 from configurator.cost.waves import STREAM_K_ARCHITECTURES, sm_count, wave_slowdown
 from configurator.cost.work import BF16, LayerWork
 from configurator.specs.hardware import ClusterSpec
@@ -46,14 +57,20 @@ class GpuRates:
     """At the job's GEMM precision."""
     gemm_bf16: GemmCurve
     attention_flops: float
+    """Achievable FLOP/s of flash attention's tensor-core GEMMs (bf16 peak x the family's efficiency)."""
     attention_half_len: float
     attention_bwd_factor: float
+    """Backward / forward time of the tensor-core part (the whole pass for the unfused kernel)."""
     hbm_Bps: float
     gemm_input_bytes: float
     """Bytes per element of GEMM operands for the memory-bound check (1 under fp8/fp4)."""
     attention_kernel: str
     """'cudnn' / 'fa2' (flash: FLOPs over the length curve) or 'unfused' (batched GEMMs over the
     whole s x s score matrix plus its softmax/dropout traffic, ``UNFUSED_SCORE_BYTES`` per score)."""
+    exp2_per_s: float = 0.0
+    """Exponentials/s of the special function units (GPUSpec.sfu_exp2_per_s); 0 = tensor pipe alone."""
+    exp_overlap: float = 1.0
+    """Share of the shorter of the two attention pipes (tensor cores, SFU) hidden under the longer."""
     sm_count: int = 0
     """SMs that a GEMM's output tiles are spread over in waves (cost/waves.py); 0 = no wave model."""
     stream_k: bool = False
@@ -70,14 +87,37 @@ class GpuRates:
         return max(flops_s, bytes_s)
 
     def attention_s(self, work: LayerWork) -> float:
+        """Forward seconds of the core attention (module docstring)."""
         if work.attention_flops <= 0:
             return 0.0
         if self.attention_kernel == "unfused":
             q, kv, n = work.attn_q_len, work.attention_kv_len, work.attn_batch
             gemms = self.gemm_s(q, kv, work.attn_d_qk, n, True) + self.gemm_s(q, work.attn_d_v, kv, n, True)
             return gemms + n * q * kv * UNFUSED_SCORE_BYTES / self.hbm_Bps
+        return self._flash_s(work, 1.0)
+
+    def attention_bwd_s(self, work: LayerWork) -> float:
+        """Backward seconds of the core attention: ``bwd_factor`` x the forward's tensor-core time
+        (five GEMMs instead of two) and one exponential per score (the recomputed probabilities)."""
+        if work.attention_flops <= 0:
+            return 0.0
+        if self.attention_kernel == "unfused":
+            return self.attention_bwd_factor * self.attention_s(work)
+        return self._flash_s(work, self.attention_bwd_factor)
+
+    def _flash_s(self, work: LayerWork, mma_factor: float) -> float:
         kv_len = work.attention_kv_len
-        return work.attention_flops / (self.attention_flops * kv_len / (kv_len + self.attention_half_len))
+        mma_s = mma_factor * work.attention_flops / self.attention_flops
+        exp_s = attention_exp_count(work) / self.exp2_per_s if self.exp2_per_s > 0 else 0.0
+        both_s = max(mma_s, exp_s) + (1.0 - self.exp_overlap) * min(mma_s, exp_s)
+        return both_s * (kv_len + self.attention_half_len) / kv_len
+
+
+def attention_exp_count(work: LayerWork) -> float:
+    """Exponentials of one attention forward: one per score, and a score costs ``2 (d_qk + d_v)`` FLOPs
+    of the two GEMMs (``LayerWork.attention_flops`` counts the attended keys, windows and causality)."""
+    per_score = 2.0 * (work.attn_d_qk + work.attn_d_v)
+    return work.attention_flops / per_score if per_score > 0 else 0.0
 
 
 def fit_gemm_curve(points: list[tuple[float, float, float, float]], peak_flops: float) -> GemmCurve:
@@ -142,7 +182,10 @@ def attention_efficiency(family: str, kernel: str, constants: CostConstants) -> 
 
 
 def gpu_rates(cluster: ClusterSpec, precision: str, constants: CostConstants,
-              measured: dict[str, GemmCurve] | None = None, attention_kernel: str = "cudnn") -> GpuRates:
+              measured: dict[str, GemmCurve] | None = None, attention_kernel: str = "cudnn",
+              fp8_attention: bool = False) -> GpuRates:
+    """``fp8_attention`` (JobSpec): the attention GEMMs at the fp8 peak and the family's fp8/bf16 GEMM
+    efficiency ratio (as the other fp8 GEMMs); the exponentials stay on the SFU."""
     gpu = cluster.gpu
     measured = measured if measured is not None else measured_gemm_curves(cluster)
     half = constants["gemm.half_dim"]
@@ -155,13 +198,18 @@ def gpu_rates(cluster: ClusterSpec, precision: str, constants: CostConstants,
 
     sixteen = gpu.half_precision  # bf16, or fp16 where the GPU has no bf16 (V100, T4)
     bf16_peak = gpu.peak_flops_for(sixteen)
+    attention_peak = bf16_peak
+    if fp8_attention and attention_kernel != "unfused" and gpu.supports("fp8"):
+        attention_peak = gpu.peak_flops_for("fp8") * (constants.gemm_efficiency(gpu.family, "fp8")
+                                                      / constants.gemm_efficiency(gpu.family, sixteen))
     return GpuRates(gemm=curve(precision), gemm_bf16=curve(sixteen),
-                    attention_flops=bf16_peak * attention_efficiency(gpu.family, attention_kernel, constants),
+                    attention_flops=attention_peak * attention_efficiency(gpu.family, attention_kernel, constants),
                     attention_half_len=constants["attention.half_len"],
                     attention_bwd_factor=2.0 if attention_kernel == "unfused" else constants["attention.bwd_factor"],
                     hbm_Bps=measured_hbm_Bps(cluster) or gpu.hbm_bandwidth_Bps * constants["memory.hbm"],
                     gemm_input_bytes=1.0 if precision in ("fp8", "fp4") else float(BF16),
                     attention_kernel=attention_kernel,
+                    exp2_per_s=gpu.sfu_exp2_per_s, exp_overlap=hardware_default("attention_exp_overlap"),
                     sm_count=sm_count(gpu.key, gpu.architecture or gpu.family),
                     stream_k=(gpu.architecture or gpu.family) in STREAM_K_ARCHITECTURES)
 
@@ -173,6 +221,9 @@ class WorkTime:
     gemm_s: float
     attention_s: float
     elementwise_s: float
+    attention_bwd_s: float = 0.0
+    """The core attention's backward (``GpuRates.attention_bwd_s``): not a multiple of its forward once
+    the exponentials count."""
 
     @property
     def total_s(self) -> float:
@@ -189,7 +240,7 @@ frozen values, so they are remembered (per search, gone when it returns)."""
 def _time_work(work: LayerWork, rates: GpuRates) -> WorkTime:
     gemm = sum(rates.gemm_s(g.m, g.n, g.k, g.count, g.bf16) for g in work.gemms)
     return WorkTime(gemm_s=gemm, attention_s=rates.attention_s(work),
-                    elementwise_s=work.elementwise_bytes / rates.hbm_Bps)
+                    elementwise_s=work.elementwise_bytes / rates.hbm_Bps, attention_bwd_s=rates.attention_bwd_s(work))
 
 
 def time_work(work: LayerWork, rates: GpuRates) -> WorkTime:
@@ -216,5 +267,5 @@ def expert_gemms_s(work: LayerWork, rates: GpuRates) -> float:
     return hit  # type: ignore[return-value]
 
 
-__all__ = ["WORK_TIME_MEMO", "GemmCurve", "GpuRates", "WorkTime", "expert_gemms_s", "fit_gemm_curve", "gpu_rates", "measured_gemm_curves",
+__all__ = ["WORK_TIME_MEMO", "GemmCurve", "GpuRates", "WorkTime", "attention_exp_count", "expert_gemms_s", "fit_gemm_curve", "gpu_rates", "measured_gemm_curves",
            "measured_hbm_Bps", "time_work"]

@@ -77,27 +77,29 @@ PARAMETERS: tuple[ParamDef, ...] = (
                  "under-use; Hopper's 128x128/128x256 tiles put it near one tile: cuBLAS runs M=128 x "
                  "8192 x 8192 at ~0.5-0.6 of the large-GEMM rate). Below 32 a 16-row GEMM would run at "
                  "a third of peak, which no tile can."),
-    ParamDef(name="attention.ampere", default=0.55, lower=0.2, upper=0.85,
-             doc="Flash-attention throughput / bf16 dense peak on long sequences, A100 (FA2: ~0.6-0.7 fwd).",
-             prior_width=0.2, prior_source="FlashAttention-2 paper (Dao 2023, fig. 4-6): forward up to 0.73 of A100 peak at head dim 128, ~0.5-0.65 at 64; 0.55 +- a factor e^0.2."),
-    ParamDef(name="attention.hopper", default=0.5, lower=0.2, upper=0.85,
-             doc="Flash-attention throughput / bf16 dense peak on long sequences, Hopper (FA3/cuDNN: "
-                 "~0.75 fwd at 16K).",
-             prior_width=0.3, prior_source="FlashAttention-3 paper (Shah et al. 2024): bf16 forward 0.6-0.75 of H100 peak at 8K-16K; cuDNN similar."),
-    ParamDef(name="attention.blackwell", default=0.5, lower=0.2, upper=0.85,
-             doc="Flash-attention throughput / bf16 dense peak on long sequences, Blackwell (cuDNN).",
-             prior_width=0.3, prior_source="cuDNN attention on B200: NVIDIA quotes ~1.2-1.6 PFLOP/s forward (0.55-0.7 of 2.25); wider: vendor figures only."),
-    ParamDef(name="attention.fa2.hopper", default=0.35, lower=0.15, upper=0.7,
-             doc="flash-attention 2 (PyTorch SDPA, flash-attn 2) throughput / bf16 dense peak on Hopper, "
-                 "which lacks FA3's Hopper kernels (FA3 paper: FA2 reaches ~0.35 of H100 peak); "
-                 "Blackwell scales by the same ratio to cuDNN.",
-             prior_width=0.2, prior_source="FlashAttention-3 paper: FA2 reaches ~0.3-0.4 of H100 peak (no wgmma/TMA)."),
+    ParamDef(name="attention.ampere", default=0.6, lower=0.2, upper=0.9,
+             doc="Flash attention's tensor-core GEMMs (QK^T, PV) / bf16 dense peak on long sequences, A100; the "
+                 "softmax exponentials run on the SFU beside them (cost/compute.py, GPUSpec.sfu_exp2_per_s).",
+             prior_width=0.2, prior_source="FlashAttention-2 paper (Dao 2023, fig. 4-6): forward 0.73 of A100 peak at head dim 128, where the exponentials (2.44 T/s) take 0.25 of the peak-rate GEMM time: with 0.58 of them exposed (cost.json attention_exp_overlap) the GEMMs alone run at 1 / (1/0.73 - 0.58 x 0.25) = 0.81; at head dim 64 (~0.6 overall, exponentials 0.5) 0.72. Centre: the earlier whole-kernel prior 0.55 restated for the GEMMs at head dim 128, 1 / (1/0.55 - 0.58 x 0.25) = 0.6 (training lengths and masks run below the papers' best cases), a factor e^0.2."),
+    ParamDef(name="attention.hopper", default=0.58, lower=0.2, upper=0.9,
+             doc="Flash attention's tensor-core GEMMs / bf16 dense peak on long sequences, Hopper (FA3/cuDNN); the "
+                 "exponentials (3.87 T/s on H100: half the GEMM time at head dim 128) run on the SFU beside them.",
+             prior_width=0.3, prior_source="FlashAttention-3 paper (Shah et al. 2024, ablation at head dim 128): 582 TFLOP/s without GEMM-softmax pipelining, i.e. the GEMMs alone at 989 / (989/582 - 0.5) = 825 TFLOP/s (0.83); 740 (0.75 overall) at 16K with it. Centre: the earlier whole-kernel prior 0.5 restated for the GEMMs, 1 / (1/0.5 - 0.58 x 0.5) = 0.58 (training lengths and masks below the papers' best cases), a factor e^0.3."),
+    ParamDef(name="attention.blackwell", default=0.7, lower=0.2, upper=0.9,
+             doc="Flash attention's tensor-core GEMMs / bf16 dense peak on long sequences, Blackwell (cuDNN); the "
+                 "exponentials (B200: as long as the GEMMs at head dim 128; Blackwell Ultra: half) run on the SFU.",
+             prior_width=0.3, prior_source="FlashAttention-4 (Zadouri et al. 2026): cuDNN 9.13 reaches ~1,235 TFLOP/s forward on B200 at head dim 128 (FA4's 1,605 is 1.3x it), where the exponentials take as long as the peak-rate GEMMs: the GEMMs alone at 2250 / (2250/1235 - 0.58) = 1,810 TFLOP/s (0.80). Centre: the earlier whole-kernel prior 0.5 restated for the GEMMs on B200, 1 / (1/0.5 - 0.58 x 1.0) = 0.7, a factor e^0.3."),
+    ParamDef(name="attention.fa2.hopper", default=0.39, lower=0.15, upper=0.8,
+             doc="flash-attention 2 (PyTorch SDPA, flash-attn 2) tensor-core GEMMs / bf16 dense peak on Hopper, "
+                 "which lacks FA3's Hopper kernels; Blackwell scales by the same ratio to cuDNN.",
+             prior_width=0.2, prior_source="FlashAttention-3 paper: FA2 reaches ~0.35 of H100 peak overall at head dim 128; with 0.58 of the exponentials (0.5 of the GEMM time) exposed the GEMMs alone run at 1 / (1/0.35 - 0.29) = 0.39 (the earlier whole-kernel prior 0.35 restated)."),
     ParamDef(name="attention.half_len", default=256.0, lower=16.0, upper=4096.0,
              doc="Attention length curve: efficiency = max * s_kv / (s_kv + half_len).",
              prior_width=0.7, prior_source="FlashAttention-2 paper's A100 benchmarks: at 512 keys the forward runs at ~0.65-0.8 of its 16K rate (half_len ~130-280); a factor 2 around 256."),
     ParamDef(name="attention.bwd_factor", default=3.0, lower=2.5, upper=5.0,
-             doc="Flash-attention backward time / forward time: 2.5x the FLOPs (5 matmuls vs 2) at a lower "
-                 "efficiency (FA2/FA3 backward runs at 0.5-0.9 of the forward's rate).",
+             doc="Flash-attention backward / forward time of the tensor-core GEMMs: 2.5x the FLOPs (5 matmuls vs 2) "
+                 "at a lower efficiency (FA2/FA3 backward runs at 0.5-0.9 of the forward's rate); the backward's "
+                 "recomputed exponentials are timed on the SFU beside them (cost/compute.py).",
              prior_width=0.15, prior_source="FlashAttention-2/3 papers: backward runs 2.5x the forward's FLOPs at 0.75-0.9 of its rate (FA2 A100: 0.63 vs 0.73 of peak), so 2.8-3.4."),
     ParamDef(name="memory.hbm", default=0.6, lower=0.3, upper=0.92,
              doc="Achieved / nominal HBM bandwidth of memory-bound kernels (norms, activations, "

@@ -329,13 +329,13 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
             factor = expert_load_factor(inp.model, plan, inp.job, work.pairs_per_expert, c)
             imbalance = (factor - 1.0) * expert_gemms_s(work, rates)
         f_compute = wt.total_s + imbalance
-        b_compute = 2 * (wt.gemm_s + imbalance) + rates.attention_bwd_factor * wt.attention_s + 2 * wt.elementwise_s
+        b_compute = 2 * (wt.gemm_s + imbalance) + wt.attention_bwd_s + 2 * wt.elementwise_s
         hidden_f = 0.0  # communication hidden under this layer's forward (repeated in backward)
         tp_raw = comm.allreduce_s("tp", work.tp_bytes) if work.tp_bytes else 0.0
         tp_f = work.tp_collectives * tp_raw * (1 - tp_hidden)
         hidden_f += work.tp_collectives * tp_raw * tp_hidden
         cp_f, cp_b, cp_hidden = cp_times_s(knobs.cp_comm, work, plan.cp, comm, wt.attention_s,
-                                           rates.attention_bwd_factor)
+                                           wt.attention_bwd_s / wt.attention_s if wt.attention_s else 0.0)
         ep_raw = 0.0
         if work.ep_bytes:
             share = ep_scale_out_share(inp.model, inp.model.moe_topk, inp.ep_domains, knobs.ep_dispatcher)
@@ -401,7 +401,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         fwd["dp_comm"] += n * z_f + z_first
         bwd["dp_comm"] += n * z_b
         detail["gemm"] += n * 3 * (wt.gemm_s + imbalance)
-        detail["attention"] += n * (1 + rates.attention_bwd_factor) * wt.attention_s
+        detail["attention"] += n * (wt.attention_s + wt.attention_bwd_s)
         detail["elementwise"] += n * 3 * wt.elementwise_s
         detail["recompute"] += n * recompute
         detail["launch"] += n * (launch_f + launch_b + slow_f + slow_b)
@@ -474,7 +474,8 @@ def flex_link_efficiency(eff: LinkEfficiency) -> LinkEfficiency:
 def _rates_for(inp: StepInputs, c: CostConstants) -> GpuRates:
     rates = inp._rates.get(c.values)
     if rates is None:
-        rates = gpu_rates(inp.cluster, inp.job.precision, c, inp.measured_curves, inp.runtime.attention_kernel)
+        rates = gpu_rates(inp.cluster, inp.job.precision, c, inp.measured_curves, inp.runtime.attention_kernel,
+                          inp.job.fp8_attention)
         inp._rates.clear()
         inp._rates[c.values] = rates
     return rates

@@ -57,6 +57,10 @@ class GPUSpec:
     fallback_reason: str = ""
     """Why ``family``'s constants stand in for ``architecture`` (non-empty only for a fallback: no
     measured runs of this architecture, so its error band is wider)."""
+    sfu_exp2_per_s: float = 0.0
+    """Peak base-2 exponentials per second of the special function units (MUFU.EX2): the softmax's
+    ``exp`` in flash attention runs here, not on the tensor cores (cost/compute.py). 0 = not modelled
+    (attention is then timed on the tensor-core pipe alone)."""
 
     def __post_init__(self) -> None:
         require(self.family in GPU_FAMILIES, "family", self.family,
@@ -69,6 +73,7 @@ class GPUSpec:
                 "must be >= 0 (0 = no NVLink/xGMI, PCIe only)")
         require(any(p in ("bf16", "fp16") for p, _ in self.peak_flops), "peak_dense_TFLOPs",
                 dict(self.peak_flops), "must give bf16 or fp16")
+        require(self.sfu_exp2_per_s >= 0, "sfu_exp2_Tps", self.sfu_exp2_per_s, "must be >= 0")
 
     @property
     def half_precision(self) -> str:
@@ -89,6 +94,28 @@ class GPUSpec:
 
     def supports(self, precision: str) -> bool:
         return any(p == precision for p, _ in self.peak_flops)
+
+
+SFU_EXP2_PER_TENSOR_FLOP: dict[str, float] = {
+    "volta": 16 / 1024, "turing": 16 / 1024, "ampere": 16 / 2048, "ada": 16 / 1024,
+    "hopper": 16 / 4096, "blackwell": 16 / 8192,
+}
+"""Exponentials per dense 16-bit tensor-core FLOP, per clock and SM, by architecture: the SFU issues 16
+``ex2`` per clock per SM from Volta to Blackwell (CUDA C++ Programming Guide, arithmetic instruction
+throughput: 16 results per clock per SM for exp2f/__expf on compute capability 7.x-9.0; FlashAttention-4,
+Zadouri et al. 2026: 'MUFU 16 ops/clock/SM' on B200), against 1,024 dense fp16 FLOPs per clock per SM on
+Volta/Turing/Ada, 2,048 on Ampere (A100: 312 TFLOP/s = 108 SMs x 1.41 GHz x 2,048), 4,096 on Hopper
+(989 TFLOP/s = 132 x 1.83 GHz x 4,096) and 8,192 on Blackwell (FlashAttention-4: '8192 ops/clock/SM').
+So a GPU's exponential rate is its 16-bit dense peak times this ratio (H100: 989 TFLOP/s x 16/4096 = 3.9
+T/s, the FlashAttention-3 paper's '3.9 TFLOPS of special functions'); a GPU profile's ``sfu_exp2_Tps``
+overrides it (Blackwell Ultra doubles the SFU rate: 32 per clock per SM). AMD architectures: not listed,
+not modelled (0)."""
+
+
+def derived_sfu_exp2_per_s(architecture: str, half_peak_flops: float) -> float:
+    """Exponentials/s of an NVIDIA GPU from its 16-bit dense peak (``SFU_EXP2_PER_TENSOR_FLOP``); 0 where
+    the architecture's SFU rate is not known."""
+    return half_peak_flops * SFU_EXP2_PER_TENSOR_FLOP.get(architecture, 0.0)
 
 
 def job_domain_gpus(domain_gpus: int, gpus_per_node: int, num_nodes: int, per_node: int) -> int:

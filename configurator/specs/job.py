@@ -45,6 +45,11 @@ class JobSpec:
     no kernels of their own (``cost/work.py``'s ``unfused_expert_bytes``). False: Megatron-Core's
     ``TEGroupedMLP`` path, what the emitted launch files run. Set by runs.py from a published row's recipe;
     not a plan knob."""
+    fp8_attention: bool = False
+    """The core attention's two GEMMs run in fp8 (Transformer Engine's cuDNN fused attention with
+    ``fp8_dot_product_attention``): its tensor-core pipe at the fp8 rate, its softmax exponentials on the
+    SFU as before, so on Blackwell the exponentials set the pace (cost/compute.py). False: bf16 attention,
+    what the emitted launch files run. Set by runs.py from a published row's recipe; not a plan knob."""
 
     def __post_init__(self) -> None:
         require_positive_int("global_batch", self.global_batch)
