@@ -50,6 +50,8 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+from configurator.specs.hardware import ClusterSpec
+
 DEEPEP_NUM_SMS = 20
 """SMs Megatron-Core gives DeepEP's normal kernels (``set_deepep_num_sms(moe_flex_dispatcher_num_sms or
 20)``, token_dispatcher.py, 0.19.2); channels are half of them."""
@@ -75,6 +77,26 @@ _COMBINE_CONFIGS: dict[int, tuple[int, int, int, int]] = {
     2: (10, 256, 6, 128), 4: (9, 256, 6, 128), 8: (4, 256, 6, 128), 16: (4, 288, 12, 128),
     24: (1, 288, 8, 128), 32: (1, 288, 8, 128), 64: (1, 288, 20, 128), 128: (1, 560, 12, 128),
     144: (2, 720, 8, 128), 160: (2, 720, 8, 128)}
+
+
+DEEPEP_GROUP_SIZES: frozenset[int] = frozenset(_DISPATCH_CONFIGS)
+"""Group sizes DeepEP v1.2.1 runs: ``Buffer.get_dispatch_config`` / ``get_combine_config`` assert
+``num_ranks in config_map`` ("Unsupported number of EP ranks"), and Megatron-Core's ``fused_a2a.get_buffer``
+calls both with the group's size. (DeepEP's main branch adds 48 and 96; v1.2.1's set runs on both.)"""
+
+
+def flex_backend(cluster: ClusterSpec) -> str:
+    """The flex dispatcher's backend on ``cluster``, as ``emit/megatron`` emits it: HybridEP where the NVLink
+    domain spans nodes (GB200/GB300 NVL72: Megatron-Core's TransformerConfig says "Currently only 'hybridep'
+    backend supports the MNNVL case", ``moe_flex_dispatcher_backend``), DeepEP otherwise."""
+    return "hybridep" if cluster.nvlink_domain_gpus > cluster.gpus_per_node else "deepep"
+
+
+def flex_group_supported(backend: str, group_ranks: int) -> bool:
+    """Whether the flex dispatcher can run a group of ``group_ranks`` (expert-TP x EP) ranks on ``backend``:
+    DeepEP only at the sizes it has a config for (``DEEPEP_GROUP_SIZES``; any other asserts at the first
+    dispatch); HybridEP sizes itself from the group and its NVLink domains (no such table)."""
+    return backend != "deepep" or group_ranks in DEEPEP_GROUP_SIZES
 
 
 def _align(value: int, to: int) -> int:
@@ -177,5 +199,5 @@ def flex_buffers(backend: str, hidden: int, group_ranks: int, tokens_per_rank: i
                        rdma_bytes=float(hybridep_rdma_buffer_bytes(*args)))
 
 
-__all__ = ["FlexBuffers", "deepep_nvl_buffer_bytes", "deepep_rdma_buffer_bytes", "flex_buffers",
-           "hybridep_nvl_buffer_bytes", "hybridep_rdma_buffer_bytes"]
+__all__ = ["DEEPEP_GROUP_SIZES", "FlexBuffers", "deepep_nvl_buffer_bytes", "deepep_rdma_buffer_bytes", "flex_backend",
+           "flex_buffers", "flex_group_supported", "hybridep_nvl_buffer_bytes", "hybridep_rdma_buffer_bytes"]

@@ -42,7 +42,7 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import Any
 
-from configurator.ep_buffers import FlexBuffers, flex_buffers
+from configurator.ep_buffers import FlexBuffers, flex_backend, flex_buffers
 from configurator.errors import InputError
 from configurator.inflight import peak_inflight
 from configurator.profiles import GIB, profiles_dir
@@ -656,12 +656,6 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
     return _report(stages, cluster, plan, rt, buffers)
 
 
-def flex_backend_for(cluster: ClusterSpec) -> str:
-    """The flex dispatcher's backend on ``cluster``, as ``emit/megatron.flex_backend`` emits it: HybridEP
-    where the NVLink domain spans nodes (Megatron-Core: only it supports MNNVL), DeepEP otherwise."""
-    return "hybridep" if cluster.nvlink_domain_gpus > cluster.gpus_per_node else "deepep"
-
-
 def plan_flex_buffers(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan) -> FlexBuffers | None:
     """One EP rank's DeepEP/HybridEP buffers if ``plan`` runs the flex dispatcher with expert parallelism,
     else None (``ep_buffers.py``). HybridEP sizes its buffer for the first dispatch's tokens: a rank's share
@@ -670,7 +664,7 @@ def plan_flex_buffers(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan
     if plan.ep_dispatcher != "flex" or not model.is_moe or group <= 1:
         return None
     tokens = math.ceil(job.seq_len / plan.cp * plan.micro_batch / (plan.tp if plan.sp else 1))
-    return flex_buffers(flex_backend_for(cluster), model.hidden_size, group, tokens,
+    return flex_buffers(flex_backend(cluster), model.hidden_size, group, tokens,
                         max(model.num_experts // plan.ep, 1), cluster.nvlink_domain_gpus)
 
 
@@ -769,6 +763,6 @@ def megatron_theoretical_memory(model: ModelSpec, job: JobSpec, plan: Plan) -> t
     return weights_optimizer, act / plan.tp
 
 
-__all__ = ["MemoryReport", "Runtime", "StageMemory", "estimate_memory", "flex_backend_for", "inflight_chunks",
+__all__ = ["MemoryReport", "Runtime", "StageMemory", "estimate_memory", "inflight_chunks",
            "layer_activation_bytes", "load_runtime", "megatron_theoretical_memory", "plan_flex_buffers",
            "with_flex_buffers", "with_offload"]

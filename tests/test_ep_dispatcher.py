@@ -16,7 +16,8 @@ from configurator import JobSpec, Plan, load_cluster, load_model
 from configurator.cost.constants import CostConstants, hardware_default, load_calibration, load_runtime_cost
 from configurator.cost.knobs import effective_knobs, flex_overlap_compute_slowdown, megatron_warnings
 from configurator.cost.step import _rates_for, _stage_times, evaluate, link_efficiency, prepare
-from configurator.emit.megatron import flex_backend, megatron_args
+from configurator.emit.megatron import megatron_args
+from configurator.ep_buffers import flex_backend
 from configurator.errors import InputError
 from configurator.runs import dispatcher_from_notes, read_runs, recipe_dispatcher
 from configurator.search.knobs import best_knobs, dispatcher_choices, knob_lower_bound, knob_variants
@@ -115,11 +116,18 @@ def test_flex_is_offered_only_where_megatron_runs_it() -> None:
     assert dispatcher_choices(Plan(dp=16), "megatron", True, h100) == [None]  # no EP
     assert dispatcher_choices(Plan(dp=16, ep=8, etp=2), "megatron", True, h100) == [None]
     # EP8 inside one 8-GPU node or one 16-GPU NVL72 segment: the same bytes either way, but flex runs at
-    # DeepEP's own efficiency, so it is tried there too (best_knobs keeps the faster); EP6 straddles nodes.
+    # DeepEP's own efficiency, so it is tried there too (best_knobs keeps the faster).
     assert dispatcher_choices(Plan(dp=16, ep=8), "megatron", True, h100) == ["alltoall", "flex"]
     assert dispatcher_choices(Plan(dp=16, ep=8), "megatron", True, load_cluster("gb200-nvl72", num_gpus=16)) \
         == ["alltoall", "flex"]
-    assert dispatcher_choices(Plan(dp=24, ep=6), "megatron", True, load_cluster("dgx-h100", num_gpus=24)) \
+    # DeepEP asserts on group sizes it has no config for (6, 256: deep_ep/buffer.py config_map); HybridEP
+    # (NVL72) sizes itself from the group.
+    assert dispatcher_choices(Plan(dp=24, ep=6), "megatron", True, load_cluster("dgx-h100", num_gpus=24)) == [None]
+    assert dispatcher_choices(Plan(dp=256, ep=256), "megatron", True, load_cluster("dgx-h100", num_gpus=256)) \
+        == [None]
+    assert dispatcher_choices(Plan(dp=256, ep=128), "megatron", True, load_cluster("dgx-h100", num_gpus=256)) \
+        == ["alltoall", "flex"]
+    assert dispatcher_choices(Plan(dp=256, ep=256), "megatron", True, load_cluster("gb200-nvl72", num_gpus=256)) \
         == ["alltoall", "flex"]
     assert dispatcher_choices(Plan(dp=16, ep=16, ep_dispatcher="alltoall"), "megatron", True, h100) == ["alltoall"]
     assert knob_variants(plan, "megatron", 32, True) == knob_variants(plan, "megatron", 32, True, None)
@@ -158,6 +166,9 @@ def test_megatron_args_name_the_dispatcher_and_its_backend() -> None:
     # A rack-wide NVLink domain (GB200 NVL72): Megatron says only HybridEP supports multi-node NVLink.
     assert flex_backend(load_cluster("gb200-nvl72", num_gpus=16)) == "hybridep"
     assert flex_backend(load_cluster("dgx-b200", num_gpus=16)) == "deepep"
+    # A DeepEP group size DeepEP has no config for is refused by name, not emitted to assert at the first step.
+    with pytest.raises(InputError, match="plan.ep"):
+        args("dgx-h100", 24, Plan(dp=24, ep=6, ep_dispatcher="flex"))
     # The other emitters refuse a flex plan by name instead of writing a different dispatcher.
     from configurator.emit import deepspeed, torchtitan
 

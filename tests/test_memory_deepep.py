@@ -12,12 +12,11 @@ from dataclasses import replace
 import pytest
 
 from configurator import JobSpec, Plan, load_cluster, load_model
-from configurator.emit.megatron import flex_backend
 from configurator.ep_buffers import (NUM_WORKSPACE_BYTES, NVSHMEM_GRANULE_BYTES, deepep_nvl_buffer_bytes,
                                      deepep_rdma_buffer_bytes, flex_buffers, hybridep_nvl_buffer_bytes,
                                      hybridep_rdma_buffer_bytes)
 from configurator.margin import fits_with_margin, parse_margin
-from configurator.memory import estimate_memory, flex_backend_for, with_flex_buffers, with_offload
+from configurator.memory import estimate_memory, with_flex_buffers, with_offload
 from configurator.search.resolve import _resolve_margins, resolve
 from configurator.search.space import SearchContext
 
@@ -64,12 +63,6 @@ def test_hybridep_buffers_scale_with_the_group_tokens_and_add_rdma_only_across_d
     b = flex_buffers("hybridep", 7168, 128, 4096, 2, 64)
     assert b.rdma_bytes > 0 and b.nvl_bytes == hybridep_nvl_buffer_bytes(7168, 4096, 2, 64, 2)
     assert flex_buffers("hybridep", 7168, 64, 4090, 4, 64).nvl_bytes == 4_085_252_096  # tokens to 16: 4090 -> 4096
-
-
-@pytest.mark.parametrize("cluster", ["dgx-h100", "gb200-nvl72"])
-def test_the_backend_sized_is_the_one_emitted(cluster: str) -> None:
-    c = load_cluster(cluster, num_gpus=64)
-    assert flex_backend_for(c) == flex_backend(c)
 
 
 def test_the_buffer_line_appears_only_for_the_flex_dispatcher_outside_the_allocator() -> None:

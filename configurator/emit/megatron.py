@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Callable
 
 from configurator.emit.shell import known_hosts, node_prologue
+from configurator.ep_buffers import DEEPEP_GROUP_SIZES, flex_backend, flex_group_supported
 from configurator.errors import InputError
 from configurator.placement import Placement, groups
 from configurator.specs.hardware import ClusterSpec
@@ -193,13 +194,6 @@ def model_args(model: ModelSpec, job: JobSpec, plan: Plan) -> list[str]:
     return a
 
 
-def flex_backend(cluster: ClusterSpec) -> str:
-    """The flex dispatcher's backend: DeepEP (one copy per node over RDMA, then NVLink), or HybridEP where
-    the NVLink domain spans nodes (GB200/GB300 NVL72): Megatron-Core's TransformerConfig says "Currently
-    only 'hybridep' backend supports the MNNVL case" (moe_flex_dispatcher_backend)."""
-    return "hybridep" if cluster.nvlink_domain_gpus > cluster.gpus_per_node else "deepep"
-
-
 def hierarchical_cp_sizes(cluster: ClusterSpec, plan: Plan) -> tuple[int, int]:
     """a2a+p2p: all-to-all inside the node (the largest divisor of cp that fits next to tp on one node),
     ring (p2p) across the rest."""
@@ -238,7 +232,12 @@ def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
     if plan.ep_overlap:
         flag("--overlap-moe-expert-parallel-comm")
     if model.is_moe and plan.ep_dispatcher == "flex":
-        flag("--moe-flex-dispatcher-backend", flex_backend(cluster))
+        backend = flex_backend(cluster)
+        if not flex_group_supported(backend, plan.ep * plan.etp):
+            raise InputError("plan.ep", plan.ep, f"DeepEP (the flex dispatcher's backend on this cluster) runs groups "
+                             f"of {sorted(DEEPEP_GROUP_SIZES)} expert-TP x EP ranks and asserts on "
+                             f"{plan.ep * plan.etp}; use ep_dispatcher=alltoall or another EP degree")
+        flag("--moe-flex-dispatcher-backend", backend)
     if plan.sharding in ("distopt", "zero1"):
         flag("--use-distributed-optimizer")
         flag("--overlap-grad-reduce")

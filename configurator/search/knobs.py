@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from configurator.cost.constants import CostConstants
 from configurator.cost.knobs import flex_dispatcher_available
+from configurator.ep_buffers import flex_backend, flex_group_supported
 from configurator.specs.hardware import ClusterSpec
 from configurator.cost.step import StepInputs, StepReport, busy_lower_bound, evaluate
 from configurator.specs.plan import CP_COMMS, Plan, ep_overlap_conflicts, replace_unchecked
@@ -30,9 +31,11 @@ def dispatcher_choices(plan: Plan, runtime: str, is_moe: bool, cluster: ClusterS
     where Megatron runs it on these GPUs; the plan's own value where it fixes one, or where ``cluster`` is not
     known. Flex is tried inside one NVLink domain too: there both send the same bytes, but DeepEP's kernels
     move them at their benchmarked efficiency (cost.json ``flex_dispatcher_nvlink_efficiency``) and NCCL's
-    all-to-all at the fitted ``link.alltoall``, so either can be the faster (``best_knobs`` keeps it)."""
+    all-to-all at the fitted ``link.alltoall``, so either can be the faster (``best_knobs`` keeps it). Not where
+    the backend cannot run the group (DeepEP asserts on sizes it has no config for: ``ep_buffers.py``)."""
     if (plan.ep_dispatcher is None and cluster is not None and is_moe and plan.ep > 1 and plan.etp == 1
-            and runtime in MEGATRON_RUNTIMES and flex_dispatcher_available(cluster.gpu.family)):
+            and runtime in MEGATRON_RUNTIMES and flex_dispatcher_available(cluster.gpu.family)
+            and flex_group_supported(flex_backend(cluster), plan.ep)):
         return ["alltoall", "flex"]
     return [plan.ep_dispatcher]
 
