@@ -109,7 +109,7 @@ def at_bound(values: dict[str, float]) -> list[dict[str, Any]]:
     """Constants within 1% (of the range, on the fit's scale) of a bound, with the written reason."""
     out = []
     for p in PARAMETERS:
-        v = values.get(p.name, p.default)  # a constant added after the file was fitted loads at its default
+        v = values[p.name]
         if p.lower > 0:
             lo, hi, x = math.log(p.lower), math.log(p.upper), math.log(v)
         else:

@@ -5,17 +5,14 @@ profile: 450 GB/s NVLink and 50 GB/s NIC per GPU, 3 us / 5 us per step."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from configurator import JobSpec, Plan, load_cluster, load_model
 from configurator.cost.constants import PARAMETERS, CostConstants, hardware_default, load_calibration
 from configurator.cost.step import flex_link_efficiency, link_efficiency, prepare
-from configurator.errors import InputError
 
 MODEL = load_model("mixtral-8x22b")
 JOB = JobSpec(global_batch=64, seq_len=4096)
@@ -68,16 +65,3 @@ def test_the_prior_sits_below_nccls_large_message_figures() -> None:
     assert a2a.lower < a2a.default < a2a.upper
     assert a2a.default < min(370 / 450, 48 / 50)  # H100 NVLink busBw (nccl-tests#212), CX7 NIC (nccl-tests#267)
     assert math.exp(a2a.prior_width) * a2a.default >= 370 / 450  # the large-message NVLink figure within one width
-
-
-def test_a_calibration_fitted_before_a_constant_existed_loads_it_at_its_default(tmp_path: Path) -> None:
-    values = load_calibration().as_dict()
-    del values["overlap.ep"]
-    old = tmp_path / "calibration.json"
-    old.write_text(json.dumps({"constants": values}))
-    default = next(p.default for p in PARAMETERS if p.name == "overlap.ep")
-    assert load_calibration(old)["overlap.ep"] == default
-    # A name the model does not know is still refused.
-    old.write_text(json.dumps({"constants": {**values, "link.bogus": 0.5}}))
-    with pytest.raises(InputError, match="link.bogus"):
-        load_calibration(old)

@@ -313,9 +313,7 @@ def load_calibration(path: Path | None = None) -> CostConstants:
     for name, value in values.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise InputError(f"calibration.constants.{name}", value, "must be a number")
-    # A constant added to the model after the file was fitted takes its physical default (its prior's centre)
-    # until the next refit; a name the model does not know is still an error.
-    return CostConstants.from_dict({**{p.name: p.default for p in PARAMETERS if p.name not in values}, **values})
+    return CostConstants.from_dict(values)
 
 
 __all__ = ["CostConstants", "PARAMETERS", "PARAMETER_NAMES", "ParamDef", "RuntimeCost", "calibration_path",
