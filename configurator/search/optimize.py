@@ -15,11 +15,11 @@ placement); without one, a count of resolutions + evaluations (``DEFAULT_WORK_BU
 search, so the answer does not depend on the machine's load. A search cut short still returns the best
 plan found and is marked ``truncated``.
 
-Optuna (TPE, seeded): where the space has more structures than ``EXHAUSTIVE_LIMIT``, the trials choose
-each axis among the values legal after the axes before it (no illegal trial), a structure already
-costed is never re-costed, one whose lower bound cannot beat the k-th best found is answered with
-its bound (neither resolved nor costed), and 3 of every 4 trials, while they last,
-are the structures taken best-first as the exhaustive search takes them (families under their shared bound, a
+Optuna (seeded; its sampled trials drawn by TPE's rule among untried structures, ``OPTUNA_SAMPLER``): where the
+space has more structures than ``EXHAUSTIVE_LIMIT``, the trials choose each axis among the values legal after the
+axes before it (no illegal trial), a structure already costed is never re-costed, one whose lower bound cannot beat
+the k-th best found is answered with its bound (neither resolved nor costed), and 3 of every 4 trials, while they
+last, are the structures taken best-first as the exhaustive search takes them (families under their shared bound, a
 structure that needs full recompute under that form's bound): a warm start told to the sampler as finished trials.
 Deterministic for a seed when the trial count, not a wall-clock budget, ends the study. Where both can
 run, ``gap_to_exhaustive`` reports how far the search's best is from the exhaustive best.
@@ -910,7 +910,7 @@ def _optuna_parallel(ctx: SearchContext, constants: CostConstants, top_k: int, b
             top.push(e)
     if tmp is not None:
         tmp.cleanup()
-    notes = [f"optuna TPE: {workers} processes, studies {name}-w0..w{workers - 1} ({share} trials each); "
+    notes = [f"optuna: {workers} processes, studies {name}-w0..w{workers - 1} ({share} trials each); "
              "'feasible' sums the structures each process found fitting (a structure tried by two counts twice)"]
     return top, sum(n for _, n, _ in parts), notes, sum(f for _, _, f in parts)
 

@@ -103,7 +103,7 @@ def optuna_block(ctx: SearchContext, index: int, parts: int, *, storage: str, to
     placed = sorted((optimize._with_placement(ctx, e, constants) for e in ranked), key=lambda e: (e.tight, e.step.step_s))
     return SearchResult(ranked=tuple(placed), method="optuna", candidates=sum(1 for _ in enumerate_plans(ctx)),
                         feasible=feasible, options=0, evaluated=evaluated, seconds=time.perf_counter() - start,
-                        pruned=(), notes=(f"optuna TPE study {name} ({max(1, trials // parts)} trials)",),
+                        pruned=(), notes=(f"optuna study {name} ({max(1, trials // parts)} trials)",),
                         budget_s=time_budget_s)
 
 
