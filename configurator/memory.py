@@ -613,8 +613,7 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
             by_stage = memo[key] = {}
     stages = []
     table = _stage_param_table(model, plan.tp, plan.pp, plan.vpp, plan.ep, plan.etp, plan.pipeline_layers)
-    buffers = plan_flex_buffers(model, cluster, job, plan)
-    holds_buffers = _stages_with_moe(model, plan.pp, plan.vpp, plan.pipeline_layers) if buffers else ()
+    buffers, stage_buffer_bytes = _stage_flex_buffers(model, cluster, job, plan)
     for s, (num_layers, dense, expert, biggest_layer) in enumerate(table):
         weights = grads = optim = 0.0
         for params, group in ((dense, dense_group), (expert, expert_group)):
@@ -650,9 +649,9 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
             if by_stage is not None:
                 by_stage[s] = hit
         act, inflight = hit
-        ep_buffers = buffers.total_bytes if buffers and holds_buffers[s] else 0.0
         stages.append(_stage_memory(s, num_layers, int(dense + expert), weights, grads, optim, act, inflight,
-                                    overhead.cuda_context_bytes + overhead.nccl_bytes, plan.offload, rt, ep_buffers))
+                                    overhead.cuda_context_bytes + overhead.nccl_bytes, plan.offload, rt,
+                                    stage_buffer_bytes[s]))
     return _report(stages, cluster, plan, rt, buffers)
 
 
@@ -666,6 +665,17 @@ def plan_flex_buffers(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan
     tokens = math.ceil(job.seq_len / plan.cp * plan.micro_batch / (plan.tp if plan.sp else 1))
     return flex_buffers(flex_backend(cluster), model.hidden_size, group, tokens,
                         max(model.num_experts // plan.ep, 1), cluster.nvlink_domain_gpus)
+
+
+def _stage_flex_buffers(model: ModelSpec, cluster: ClusterSpec, job: JobSpec,
+                        plan: Plan) -> tuple[FlexBuffers | None, tuple[float, ...]]:
+    """``plan_flex_buffers`` and, per pipeline rank, the bytes they take there: the buffers on a rank that
+    holds an MoE layer (``_stages_with_moe``), 0 elsewhere and for the other dispatchers."""
+    buffers = plan_flex_buffers(model, cluster, job, plan)
+    if buffers is None:
+        return None, (0.0,) * plan.pp
+    return buffers, tuple(buffers.total_bytes if holds else 0.0
+                          for holds in _stages_with_moe(model, plan.pp, plan.vpp, plan.pipeline_layers))
 
 
 @lru_cache(maxsize=1024)
@@ -682,10 +692,8 @@ def with_flex_buffers(base: MemoryReport, model: ModelSpec, cluster: ClusterSpec
     """``estimate_memory`` of ``plan`` from ``base``, the estimate of the same plan with another dispatcher:
     the dispatcher changes only the buffers (equal to the last bit; a test checks it). The search resolves
     memory per structure and chooses the dispatcher when it costs a plan (``search/resolve.py``)."""
-    buffers = plan_flex_buffers(model, cluster, job, plan)
-    holds = _stages_with_moe(model, plan.pp, plan.vpp, plan.pipeline_layers)
-    stages = tuple(replace(st, ep_buffer_bytes=buffers.total_bytes if buffers and holds[st.stage] else 0.0)
-                   for st in base.stages)
+    buffers, stage_buffer_bytes = _stage_flex_buffers(model, cluster, job, plan)
+    stages = tuple(replace(st, ep_buffer_bytes=stage_buffer_bytes[st.stage]) for st in base.stages)
     return replace(base, stages=stages, flex_buffers=buffers)
 
 
