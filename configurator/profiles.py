@@ -196,24 +196,22 @@ def gpu_from_dict(data: Any, where: str) -> GPUSpec:
         raise InputError(f"{where}:family", arch, f"unknown architecture (known: {', '.join(sorted(families))})")
     entry = families[arch]
     figures = {k: _bounded(data, k, where, *bounds) for k, bounds in GPU_BOUNDS.items()}
-    peaks = _peak_flops(data["peak_dense_TFLOPs"], where)
-    if "sfu_exp2_Tps" in data:
-        exp2_per_s = _bounded(data, "sfu_exp2_Tps", where, *SFU_EXP2_BOUNDS_Tps) * TERA
-    else:
-        half = dict(peaks).get("bf16") or dict(peaks)["fp16"]
-        exp2_per_s = derived_sfu_exp2_per_s(arch, half)
+    exp2_per_s = _bounded(data, "sfu_exp2_Tps", where, *SFU_EXP2_BOUNDS_Tps) * TERA if "sfu_exp2_Tps" in data else None
     try:
-        return GPUSpec(
+        gpu = GPUSpec(
             key=key, name=data["name"], family=entry["constants_from"], architecture=arch, vendor=entry["vendor"],
             fallback_reason="" if entry["measured_runs"] else entry["reason"],
             memory_bytes=int(figures["memory_GiB"] * GIB),
             hbm_bandwidth_Bps=figures["hbm_bandwidth_TBps"] * TERA,
-            peak_flops=peaks, sfu_exp2_per_s=exp2_per_s,
+            peak_flops=_peak_flops(data["peak_dense_TFLOPs"], where), sfu_exp2_per_s=exp2_per_s or 0.0,
             nvlink_bandwidth_Bps=figures["nvlink_bandwidth_GBps"] * GB,
             pcie_host_bandwidth_Bps=figures["pcie_host_bandwidth_GBps"] * GB,
             tdp_W=figures["tdp_W"], source=data["source"])
     except InputError as exc:
         raise InputError(f"{where}:{exc.field}", exc.value, exc.problem) from None
+    if exp2_per_s is None:  # not given: derived from the 16-bit peak by the architecture's SFU ratio
+        gpu = replace(gpu, sfu_exp2_per_s=derived_sfu_exp2_per_s(arch, gpu.peak_flops_for(gpu.half_precision)))
+    return gpu
 
 
 @lru_cache(maxsize=None)
