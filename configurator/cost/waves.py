@@ -36,8 +36,15 @@ SM_COUNT: dict[str, int] = {
     "a100-40gb": 108, "a100-80gb": 108, "a800-80gb": 108,  # NVIDIA A100 whitepaper (GA100, 108 SMs)
     "h100-80gb": 132, "h100-96gb": 132, "h800-80gb": 132, "h200": 132,  # H100 SXM5 whitepaper: 132 SMs
     "h20": 78,  # H20: 78 SMs (public spec sheets of the China SKU)
-    "b200": 148, "gb200": 148,  # Blackwell B200: 148 SMs (NVIDIA Blackwell architecture brief)
-    "b300": 160, "gb300": 160,  # Blackwell Ultra: 160 SMs
+    # Blackwell: the enabled SMs CUDA reports per product, not the die's 160 ("Inside NVIDIA Blackwell Ultra":
+    # "160 SMs ... in the full GPU implementation"). B200 148 (NVIDIA Blackwell architecture brief); B300 148
+    # ("NVIDIA B300 SXM6 AC": 148 CUDA-visible SMs at a 2,032 MHz maximum SM clock, measurement notes in public
+    # GitHub code; sglang PR #28460 reports the same clock); GB200 and GB300 152 (torch multi_processor_count=152
+    # for "NVIDIA GB200" and for GB300/sm_103 in public GitHub code). NVIDIA's own MUFU.EX2 micro-benchmark
+    # agrees ("Making Softmax More Efficient with NVIDIA Blackwell Ultra", 2026-02-25): GB200 4,943 G/s at 16
+    # per SM per clock is 309 G SM-clocks/s, more than 148 SMs give at GB200's 2,062 MHz maximum clock (305),
+    # 152 SMs at 2.03 GHz; GB300 10,024 G/s at 32 is 152 SMs at 2.06 GHz (160 would be 1.96 GHz).
+    "b200": 148, "gb200": 152, "b300": 148, "gb300": 152,
     "l40s": 142, "v100-16gb": 80, "v100-32gb": 80, "t4": 40,
     "mi250x": 110, "mi300x": 304, "mi325x": 304, "mi355x": 256,  # AMD compute units (one GCD for MI250X)
 }
