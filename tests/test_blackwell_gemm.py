@@ -94,3 +94,18 @@ def test_nvidia_exponential_rates_fit_the_sm_counts_below_the_maximum_clock():
     assert gb200_hz <= 2.062e9 < 4943e9 / 16 / 148
     # GB300: 10,024 G/s at 32 per SM per clock: 152 SMs at 2.06 GHz (the die's 160 would be 1.96 GHz).
     assert 10024e9 / 32 / sm_count("gb300", "blackwell") == pytest.approx(2.061e9, rel=1e-3)
+
+
+def test_fp4_prior_is_the_measured_nvfp4_over_fp8_ratio_at_large_shapes():
+    # pytorch/ao PR #2427 on B200, one run: nvfp4 vs bf16 efficiency (each of its own peak) at 6144^3 and 8192^3.
+    nvfp4 = {6144: 5.50e15 / 9.0e15, 8192: 5.37e15 / 9.0e15}
+    bf16 = {6144: 1.45e15 / 2.25e15, 8192: 1.42e15 / 2.25e15}
+    fp8_ratio = PRIOR["gemm.blackwell.fp8"].default
+    ratios = [nvfp4[n] / bf16[n] / fp8_ratio for n in (6144, 8192)]
+    assert ratios == pytest.approx([0.977, 0.974], abs=1e-3)
+    # cublasTest 13.3 MXF4 8192^3 (deepseek-ai/DeepGEMM PR #348): 5,239 TFLOP/s.
+    ratios.append(5239e12 / 9.0e15 / bf16[8192] / fp8_ratio)
+    assert ratios[-1] == pytest.approx(0.951, abs=1e-3)
+    assert all(_within_prior(r, "gemm.blackwell.fp4") for r in ratios)
+    rates = gpu_rates(load_cluster("dgx-b200"), "fp4", CostConstants.defaults(), measured={})
+    assert rates.gemm.max_flops == pytest.approx(9.0e15 * 0.64 * 0.97 * 0.96)

@@ -69,10 +69,10 @@ PARAMETERS: tuple[ParamDef, ...] = (
              doc="fp8 (MXFP8) efficiency / bf16 efficiency, Blackwell: the fp8 speed-up as a share of the "
                  "peak ratio (<= 1).",
              prior_width=0.05, prior_source="Measured fp8 (e4m3, torch._scaled_mm) vs bf16 best-shape GEMM rates, each over its own peak (stas00/ml-engineering MAMF tables): B200 3,432.5/4,500 = 0.763 vs 1,745/2,250 = 0.776 (ratio 0.98), GB200 3,615.6/5,000 = 0.723 vs 0.729 (0.99), B300 3,353.3/4,500 = 0.745 vs 0.786 (0.95); Blackwell's tensor cores apply the MXFP8 block scales inside the MMA (tcgen05 kind::mxf8f6f4), so the block-scaled GEMM is taken at the same ratio (its scale traffic is not separately measured in these sources). Centre 0.97, width 0.05."),
-    ParamDef(name="gemm.blackwell.fp4", default=0.8, lower=0.3, upper=1.0,
+    ParamDef(name="gemm.blackwell.fp4", default=0.96, lower=0.3, upper=1.0,
              doc="fp4 (NVFP4) efficiency / fp8 efficiency, Blackwell: the fp4 speed-up over fp8 as a share "
                  "of the peak ratio (<= 1).",
-             prior_width=0.15, prior_source="NVFP4 vs fp8: ~1.5-1.8x of a 2x peak ratio (cuBLAS 12.9 release figures); wider: one source."),
+             prior_width=0.05, prior_source="Measured on B200 at the same shapes as bf16 (the size curve and waves cancel): pytorch/ao PR #2427's nvfp4 recipe (torch._scaled_mm, cuBLAS) runs M=K=N 6144 and 8192 at 5.50e15 and 5.37e15 FLOP/s, 0.611 and 0.597 of 9,000, against bf16's 0.646 and 0.631 in the same run: 0.946 of bf16's efficiency; cublasTest 13.3 MXF4 8192^3 5,239 TFLOP/s (deepseek-ai/DeepGEMM PR #348) is 0.582, 0.922 of it. Over gemm.blackwell.fp8's 0.97 that is 0.95-0.975 (smaller GEMMs fall further: 4096^3 0.79, the size curve's part). Centre 0.96, width 0.05; B200 only (GB300/B300's 1.5x fp4 peak is not measured in these sources)."),
     ParamDef(name="gemm.half_dim", default=96.0, lower=32.0, upper=512.0,
              doc="GEMM size curve: efficiency = max * prod(d / (d + half_dim)) over m, n, k - the dimension "
                  "at which a thin GEMM runs at half the large-GEMM rate (wave quantisation and tile "
