@@ -42,7 +42,8 @@ SM_COUNT: dict[str, int] = {
     # GitHub code; sglang PR #28460 reports the same clock); GB200 and GB300 152 (torch multi_processor_count=152
     # for "NVIDIA GB200" and for GB300/sm_103 in public GitHub code). NVIDIA's own MUFU.EX2 micro-benchmark
     # agrees ("Making Softmax More Efficient with NVIDIA Blackwell Ultra", 2026-02-25): GB200 4,943 G/s at 16
-    # per SM per clock is 309 G SM-clocks/s, more than 148 SMs give at GB200's 2,062 MHz maximum clock (305),
+    # per SM per clock is 309 G SM-clocks/s, more than 148 SMs give at GB200's 2,062 MHz device-reported maximum
+    # SM clock (stas00/ml-engineering, compute/accelerator clock table: 305),
     # 152 SMs at 2.03 GHz; GB300 10,024 G/s at 32 is 152 SMs at 2.06 GHz (160 would be 1.96 GHz).
     "b200": 148, "gb200": 152, "b300": 148, "gb300": 152,
     "l40s": 142, "v100-16gb": 80, "v100-32gb": 80, "t4": 40,
