@@ -304,12 +304,43 @@ QWEN3_30B_A3B_* workload config sets ``moe_flex_dispatcher_backend`` (hybridep; 
 FP8_MX/NVFP4 V2 variants), which ``apply_flex_dispatcher_backend`` turns into ``moe_token_dispatcher_type =
 flex`` (Megatron-Bridge scripts/performance/configs/deepseek/deepseek_workload_base_configs.py,
 configs/qwen/qwen3_workload_base_configs.py). Qwen3-235B-A22B's set it on GB200/GB300 only (alltoall on
-B200/B300/H100); GPT-OSS is left to the runtime's default."""
+B200/B300/H100); GPT-OSS 120B's depend on the container and GPU (``_gpt_oss_dispatcher``)."""
 
 
-def recipe_dispatcher(source: str, model_name: str, system: str) -> str | None:
+def _gpt_oss_dispatcher(source: str, system: str, precision: str, global_batch: int) -> str | None:
+    """``flex`` where a Megatron-Bridge GPT-OSS 120B recipe sets the HybridEP backend, else None (the
+    alltoall dispatcher that ``gpt_oss_120b_pretrain_config`` sets, ``moe_token_dispatcher_type =
+    "alltoall"``), read at each container's tag (runs.py's container map: 26.04 = v0.4.0, 26.04.01 =
+    v0.4.2, 26.08 = v0.6.0):
+
+    - 26.04 (v0.4.0, scripts/performance/configs/gpt_oss/gpt_oss_workload_base_configs.py): the GBS-1280
+      ("V2") configs of GB200, B200 and B300 set ``moe_flex_dispatcher_backend="hybridep"``. v0.4.2 (26.04.01)
+      drops it for GB200 and B200 ("switch GPT-OSS GB200/B200 V2 dispatcher default to alltoall", commits
+      ee3d3068b and 78934c150: the summary's GB200 row went 15,938 -> 16,640 tokens/s/GPU) and keeps it for
+      B300, as v0.5.x (26.06) does, where the GB300 FP8_MX V2 config sets it too.
+    - 26.08 (v0.6.0, src/megatron/bridge/perf_recipes/gpt_oss/common.py
+      ``_apply_gpt_oss_120b_full_iter_fp8mx_configs``, applied by the GB200 and GB300 fp8 configs):
+      ``moe_token_dispatcher_type = "flex"`` with ``moe_flex_dispatcher_backend = "hybridep"``.
+    - 25.11 (v0.2.x) and 26.02 (v0.3.x): no GPT-OSS config sets a backend."""
+    container = _bridge_container(source)
+    if container is None:
+        return None
+    gpu, fp8 = _bridge_gpu(system), precision in ("fp8", "fp4")
+    v2 = global_batch == 1280
+    if container >= (26, 8, 0):
+        return "flex" if fp8 and gpu in ("gb200", "gb300") else None
+    if (26, 4, 0) <= container < (26, 4, 1):
+        return "flex" if v2 and gpu in ("gb200", "b200", "b300") else None
+    if (26, 4, 1) <= container < (26, 8, 0):
+        return "flex" if v2 and (gpu == "b300" or (gpu == "gb300" and fp8 and container >= (26, 6, 0))) else None
+    return None
+
+
+def recipe_dispatcher(source: str, model_name: str, system: str, precision: str = "",
+                      global_batch: int = 0) -> str | None:
     """The dispatcher of a Megatron-Bridge performance-summary row whose notes do not say, from the recipe
-    its notes point to ("see scripts/performance recipes"); None for other sources and models."""
+    its notes point to ("see scripts/performance recipes"); None for other sources and models (and for
+    the recipes that leave it at alltoall)."""
     if "megatron-bridge performance" not in source.lower():
         return None
     key = _model_key(model_name)
@@ -317,6 +348,8 @@ def recipe_dispatcher(source: str, model_name: str, system: str) -> str | None:
         return "flex"
     if key == "qwen3235ba22b":
         return "flex" if system.startswith(("gb200", "gb300")) else "alltoall"
+    if key == "gptoss120b":
+        return _gpt_oss_dispatcher(source, system, precision, global_batch)
     return None
 
 
@@ -650,7 +683,7 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         if model.is_moe:
             dispatcher, said = dispatcher_from_notes(_cell(row, "notes")), "the notes"
             if dispatcher is None:
-                dispatcher, said = recipe_dispatcher(source, row.get("model", ""), system), "the recipe"
+                dispatcher, said = recipe_dispatcher(source, row.get("model", ""), system, precision, gbs), "the recipe"
             if dispatcher is None and routing == "capacity_padded":
                 dispatcher = "alltoall"  # the token-drop callback allows only the alltoall dispatcher
         if dispatcher == "flex" and (_int(row, "ep", 1) or 1) > 1:

@@ -23,6 +23,17 @@
 * **Node-limited routing** (DeepSeek-V3: at most ``M = 4`` nodes per token) caps that at
   ``M * (D-1)/D`` remote nodes (the token's own node is among the ``M`` with chance ``M/D``) - with
   the flex dispatcher only: the alltoall dispatcher still sends ``k`` copies.
+* **The all-to-all overlap needs a partner micro-batch.** Megatron-Core's EP A2A overlap
+  (``--overlap-moe-expert-parallel-comm``) runs one micro-batch's forward beside another's backward
+  (pipeline_parallel/combined_1f1b.py): a dispatch/combine hides under the other pass's attention and
+  expert GEMMs. A pass with no partner hides nothing. Without pipelining the first micro-batch's forward
+  runs alone and so does the last one's backward ("Phases 0: 1st microbatch forward ... Phases 4: 4th
+  microbatch backward", ``combined_1f1b_schedule_for_no_pipelining``): ``(M - 1) / M`` of the passes are
+  paired. Under the interleaved schedule (the only pipelined one the overlap runs with) a rank's warm-up
+  forwards and cool-down backwards are unpaired: ``2 (p - r - 1) + (v - 1) g + 1`` of its ``M v`` chunk
+  passes (schedules.py ``get_pp_rank_microbatches``: the interleaved warm-up plus the one extra forward the
+  overlap schedules; ``g``, the micro-batch group per virtual stage, defaults to ``p``), taken here as the
+  mean over the ``p`` ranks: ``(p - 1) + (v - 1) p + 1``.
 """
 
 from __future__ import annotations
@@ -124,5 +135,19 @@ def ep_scale_out_share(model: ModelSpec, topk: int, ep_domains: int, dispatcher:
     return min(1.0, remote / topk)
 
 
-__all__ = ["busiest_rank_factor", "ep_scale_out_share", "expected_max_normal", "expert_load_factor", "max_nodes_per_token", "remote_domains_per_token",
+def ep_overlap_paired_share(pp: int, vpp: int, num_microbatches: int) -> float:
+    """Share of a pipeline rank's forward (and backward) chunk passes that Megatron-Core's combined 1F1B
+    pairs with a pass of another micro-batch, so that their all-to-alls can hide (module docstring): the
+    rest run alone. Mean over the pipeline ranks' warm-up counts, each capped at the rank's passes."""
+    total = num_microbatches * max(1, vpp)
+    if total <= 0:
+        return 0.0
+    if pp <= 1:
+        warmup = 1.0
+    else:
+        warmup = sum(min(total, 2 * (pp - r - 1) + (max(1, vpp) - 1) * pp + 1) for r in range(pp)) / pp
+    return max(0.0, (total - warmup) / total)
+
+
+__all__ = ["busiest_rank_factor", "ep_overlap_paired_share", "ep_scale_out_share", "expected_max_normal", "expert_load_factor", "max_nodes_per_token", "remote_domains_per_token",
            "routing_cv"]

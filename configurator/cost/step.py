@@ -43,7 +43,7 @@ from configurator.cost.constants import CostConstants, RuntimeCost, hardware_def
 from configurator.cost.cp import cp_times_s
 from configurator.cost.knobs import effective_knobs, flex_overlap_compute_slowdown
 from configurator.cost.launch import dispatcher_syncs, layer_launch_s
-from configurator.cost.moe import ep_scale_out_share, expert_load_factor
+from configurator.cost.moe import ep_overlap_paired_share, ep_scale_out_share, expert_load_factor
 from configurator.cost.schedule import ScheduleResult, simulate
 from configurator.cost.work import (BF16, LayerWork, embedding_work, head_work, layer_work, model_flops_per_token,
                                    mtp_projection_work)
@@ -304,7 +304,9 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     bwd = dict.fromkeys(_COMPONENTS, 0.0)
     detail = dict.fromkeys(("gemm", "attention", "elementwise", "recompute", "launch"), 0.0)
     tp_hidden = c["overlap.tp"] if knobs.tp_overlap else 0.0
-    ep_hidden = c["overlap.ep"] if knobs.ep_overlap else 0.0
+    # Only micro-batch passes that Megatron's combined 1F1B pairs with another can hide their all-to-all.
+    ep_hidden = (c["overlap.ep"] * ep_overlap_paired_share(plan.pp, plan.vpp, inp.num_microbatches)
+                 if knobs.ep_overlap else 0.0)
     slowdown = hardware_default("nccl_overlap_compute_slowdown")
     ep_flex_slowdown = flex_overlap_compute_slowdown(rates.sm_count) if knobs.ep_dispatcher == "flex" else slowdown
     sync_s = hardware_default("d2h_sync_s")
