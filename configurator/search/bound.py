@@ -28,13 +28,14 @@ from itertools import accumulate
 from operator import attrgetter
 
 from configurator.cost.comm import CommModel, LinkEfficiency
-from configurator.cost.constants import CostConstants, load_runtime_cost
+from configurator.cost.constants import CostConstants, hardware_default, load_runtime_cost
 from configurator.cost.knobs import effective_knobs
-from configurator.cost.step import (StepInputs, VirtualStage, _layer_shard_comm, _per_microbatch_sharding, _rates_for,
-                                    _stage_times, busy_lower_bound, group_domains, link_efficiency,
-                                    mean_layer_shard_bytes, prepare)
+from configurator.cost.step import (ADAM_BYTES_PER_PARAM, BF16, OFFLOAD_PCIE_BYTES_PER_PARAM, StepInputs, VirtualStage,
+                                    _layer_shard_comm, _per_microbatch_sharding, _rates_for, _stage_times,
+                                    busy_lower_bound, cpu_adam_rate_per_gpu, group_domains, input_bucket,
+                                    link_efficiency, mean_layer_shard_bytes, prepare)
 from configurator.cost.work import embedding_work, head_work, layer_work, mtp_projection_work
-from configurator.memory import all_layer_params
+from configurator.memory import all_layer_params, stage_layer_indices, stage_params
 from configurator.search.knobs import optimistic_plans
 from configurator.search.space import SearchContext
 from configurator.specs.plan import PLAN_FIELDS, Plan, ep_overlap_conflicts, replace_unchecked
@@ -86,6 +87,9 @@ def _busiest_rank_s(times: list[float], pp: int, m: int) -> float:
 
 
 FAMILY_BOUND_SLACK = 1e-9
+END_BOUND_SLACK = 1e-9
+"""Relative amount ``end_of_step_bound`` is lowered by: the step model's ``dp_end`` is a difference of schedule
+times (``max(end) - makespan``), so its rounding may put it a few ulps under the exposed time it bounds."""
 """Relative amount a family's bound is lowered by, so that float rounding in its sum (a different order
 than each member's) can never put it above a member's bound."""
 
@@ -121,6 +125,8 @@ class StructureBounds:
         self._all_params = all_layer_params(model)
         self._template: StepInputs | None = None
         self._runtime = load_runtime_cost(ctx.runtime)
+        self._ends: dict[tuple, tuple[float, float, float, float]] = {}
+        self._hbm_Bps: float | None = None
         self.layer_keys_timed = 0
         self.full_preparations = 0
 
@@ -391,6 +397,131 @@ class StructureBounds:
             best = min(best, _busiest_rank_s(times, pp, m))
         return best + c["overhead.step_s"]
 
+    def end_of_step_bound(self, plan: Plan) -> float:
+        """A lower bound of what ``evaluate`` adds after the pipeline's makespan (``dp_end + optimizer + offload``)
+        for ``plan``'s sharding and offload, under any of the knob settings the search evaluates for it
+        (``optimistic_plans``): ``busy_lower_bound`` leaves it out, and on the plans the search costs it is most
+        of the gap between bound and step (Mixtral-8x22B on 512 H100: step 16-53% above the bound, dp_comm 21%
+        of the step).
+
+        Pipeline rank 0 finishes last: every rank's last operation is the backward of the last micro-batch on
+        its first virtual stage (1F1B and interleaved, ``schedule.py``), and rank r - 1's needs rank r's result,
+        so ``makespan = finish_0`` and ``dp_end = max_r(finish_r + exposed_r) - makespan >= exposed_0``. Rank 0's
+        exposed end-of-step collectives are ``evaluate``'s, with the windows that hide them (its last backward,
+        its first forward: each at most virtual stage 0's forward + backward + micro-batch overhead + gradient
+        accumulation, ``_window_s``) at their largest; then ``nccl_overlap_compute_slowdown`` of the rest
+        (``evaluate`` charges ``e + s * max(0, total - e)``, which grows with ``e``). The optimizer and offload
+        add ``max(max_r gpu_opt_r, max_r cpu_opt_r) >= max(gpu_opt_0, cpu_opt_0)``. Nothing for ZeRO-3 / FSDP's
+        collectives (inside the layers). Less a relative ``END_BOUND_SLACK`` for rounding."""
+        key = (plan.tp, plan.cp, plan.pp, plan.vpp, plan.dp, plan.ep, plan.etp, plan.pipeline_layers, plan.sharding,
+               plan.shard_group)
+        hit = self._ends.get(key)
+        if hit is None:
+            if len(self._ends) >= 8192:
+                self._ends.clear()  # bounded: a structure's options ask for it a few times in a row
+            hit = self._ends[key] = self._end_terms(plan)
+        (a, a_floor, b, b_floor, total, owned, cpu_rate, pcie_Bps) = hit
+        rt = self._runtime
+        if a or b:
+            window = self._window_s(plan)
+            e = (max(a_floor, a - window) if rt.overlap_grad_reduce else a) + \
+                (max(b_floor, b - window) if rt.overlap_param_gather else b)
+            dp_lb = e + hardware_default("nccl_overlap_compute_slowdown") * max(0.0, total - e)
+        else:
+            dp_lb = 0.0
+        f = plan.offload
+        opt = (1 - f) * owned * ADAM_BYTES_PER_PARAM / self._hbm(plan)
+        if f > 0:
+            cpu = f * owned / cpu_rate
+            pcie = f * owned * OFFLOAD_PCIE_BYTES_PER_PARAM / pcie_Bps
+            opt = max(opt, max(cpu, pcie) if rt.overlap_cpu_optimizer else cpu + pcie)
+        return (dp_lb + opt) * (1.0 - END_BOUND_SLACK)
+
+    def _hbm(self, plan: Plan) -> float:
+        """The GPU's memory bandwidth in the cost model (no plan field changes it)."""
+        if self._hbm_Bps is None:
+            ctx = self.ctx
+            template = self._template or prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+            self._hbm_Bps = _rates_for(template, self.c).hbm_Bps
+        return self._hbm_Bps
+
+    def _window_s(self, plan: Plan) -> float:
+        """At least rank 0's last backward and its first forward (``evaluate``'s windows) under every knob
+        variant of ``plan`` the search evaluates: virtual stage 0's forward + backward from the layer key's
+        times, plus its micro-batch overhead and gradient accumulation, the most over the variants; infinite
+        (hides everything) where those times need a preparation or the runtime's blocking sends add to them."""
+        ctx, c, rt = self.ctx, self.c, self._runtime
+        if self._needs_preparation(plan) or (rt.p2p_blocking and plan.pp > 1):
+            return float("inf")
+        virtual, _ = self._layout(plan)
+        n_dense, n_moe = virtual[0]
+        partial = plan.recompute == "full" and plan.recompute_num_layers > 0
+        per_mb = c["overhead.microbatch_s"] / plan.vpp
+        worst = 0.0
+        for v in optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster):
+            v = self._settled(v)
+            if v.sharding == "zero2":
+                v = replace_unchecked(v, sharding="distopt")  # as ``_arithmetic``
+            t = self._times(v, n_dense + n_moe) if partial else self._times(v)
+            worst = max(worst, _virtual_stage_s(t, n_dense, n_moe, per_mb, 0, len(virtual) - 1))
+        if rt.grad_accum_bytes_per_param:
+            dense, expert = self._rank0_params(plan)
+            worst += (dense + expert) / plan.vpp * rt.grad_accum_bytes_per_param / self._hbm(plan)
+        return worst * (1.0 + END_BOUND_SLACK)
+
+    def _rank0_params(self, plan: Plan) -> tuple[float, float]:
+        return stage_params(self.ctx.model, plan, 0, stage_layer_indices(self.ctx.model, plan)[0])
+
+    def _end_terms(self, plan: Plan) -> tuple[float, float, float, float, float, float, float, float]:
+        """``end_of_step_bound``'s window-free part, in ``evaluate``'s formulas for pipeline rank 0: the
+        gradient collective ``a`` (exposed ``max(a_floor, a - window)`` where the runtime overlaps it, else
+        whole), the parameter gather ``b`` (likewise, ``b_floor``), their total, the parameters rank 0's
+        optimizer updates, CPU Adam parameters/s per GPU and PCIe bytes/s."""
+        ctx, rt = self.ctx, self._runtime
+        model, cluster = ctx.model, ctx.cluster
+        dense, expert = self._rank0_params(plan)
+        comm = CommModel(cluster, plan, None, LinkEfficiency(nvlink=1.0, scale_out=1.0)).with_efficiency(
+            link_efficiency(self.c))
+        per_mb = _per_microbatch_sharding(plan)
+        grad_all_reduce = plan.sharding == "none" or (plan.sharding == "zero1" and rt.zero1_grad_allreduce)
+
+        def grad_collective(kind: str, num_bytes: float) -> float:
+            if grad_all_reduce:
+                return comm.allreduce_s(kind, num_bytes)
+            return comm.reduce_scatter_s(kind, num_bytes, rt.reduce_scatter_avg)
+
+        a = a_floor = b = b_floor = 0.0
+        if plan.sharding == "hsdp":
+            shard = (dense + expert) / plan.shard_group * rt.grad_reduce_bytes
+            a = 2 * comm.subgroup_allgather_s("dp_cp", shard, plan.shard_group, outer=True, pat=False)
+        elif per_mb == "zero2":
+            b = comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
+        elif not per_mb:
+            grad = dense * rt.grad_reduce_bytes
+            grad_e = expert * rt.grad_reduce_bytes
+            a = grad_collective("dp_cp", grad) + grad_collective("edp", grad_e)
+            b = 0.0 if plan.sharding == "none" else \
+                comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
+            bucket_params, buckets = input_bucket(model, plan) if rt.ddp_buckets and rt.overlap_grad_reduce \
+                else (0.0, 0)
+            if buckets:
+                # Megatron's buckets (``evaluate``, rank 0): the input-side bucket cannot hide.
+                a = buckets * grad_collective("dp_cp", grad / buckets) + grad_collective("edp", grad_e)
+                a_floor = grad_collective("dp_cp", bucket_params * rt.grad_reduce_bytes)
+                if b:
+                    b = buckets * comm.allgather_s("dp_cp", dense * BF16 / buckets) + \
+                        comm.allgather_s("edp", expert * BF16)
+                    b_floor = comm.allgather_s("dp_cp", bucket_params * BF16)
+        comm.release_gpu_map()
+        if plan.sharding == "hsdp":
+            owned = (dense + expert) / plan.shard_group
+        elif plan.sharding != "none":
+            owned = dense / (plan.dp * plan.cp) + expert / plan.expert_dp
+        else:
+            owned = dense + expert
+        return a, a_floor, b, b_floor, a + b, owned, cpu_adam_rate_per_gpu(cluster), \
+            cluster.gpu.pcie_host_bandwidth_Bps
+
     def needs_preparation(self, plan: Plan) -> bool:
         return self._needs_preparation(plan)
 
@@ -481,4 +612,4 @@ class StructureBounds:
         return _busiest_rank_s(times, pp, m) + c["overhead.step_s"]
 
 
-__all__ = ["FAMILY_BOUND_SLACK", "LayerTimes", "StructureBounds"]
+__all__ = ["END_BOUND_SLACK", "FAMILY_BOUND_SLACK", "LayerTimes", "StructureBounds"]
