@@ -37,7 +37,7 @@ from configurator.cost.step import (ADAM_BYTES_PER_PARAM, BF16, OFFLOAD_PCIE_BYT
 from configurator.cost.work import embedding_work, head_work, layer_work, mtp_projection_work
 from configurator.memory import all_layer_params, stage_layer_indices, stage_params
 from configurator.search.knobs import optimistic_plans
-from configurator.search.space import SearchContext
+from configurator.search.space import SearchContext, framework_shardings, hsdp_shard_group
 from configurator.specs.plan import PLAN_FIELDS, Plan, ep_overlap_conflicts, replace_unchecked
 
 _LAYER_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload")))
@@ -127,6 +127,7 @@ class StructureBounds:
         self._runtime = load_runtime_cost(ctx.runtime)
         self._ends: dict[tuple, tuple[float, float, float, float]] = {}
         self._hbm_Bps: float | None = None
+        self._windows: dict[tuple, float] = {}
         self.layer_keys_timed = 0
         self.full_preparations = 0
 
@@ -413,22 +414,10 @@ class StructureBounds:
         (``evaluate`` charges ``e + s * max(0, total - e)``, which grows with ``e``). The optimizer and offload
         add ``max(max_r gpu_opt_r, max_r cpu_opt_r) >= max(gpu_opt_0, cpu_opt_0)``. Nothing for ZeRO-3 / FSDP's
         collectives (inside the layers). Less a relative ``END_BOUND_SLACK`` for rounding."""
-        key = (plan.tp, plan.cp, plan.pp, plan.vpp, plan.dp, plan.ep, plan.etp, plan.pipeline_layers, plan.sharding,
-               plan.shard_group)
-        hit = self._ends.get(key)
-        if hit is None:
-            if len(self._ends) >= 8192:
-                self._ends.clear()  # bounded: a structure's options ask for it a few times in a row
-            hit = self._ends[key] = self._end_terms(plan)
+        hit = self._end(plan)
         (a, a_floor, b, b_floor, total, owned, cpu_rate, pcie_Bps) = hit
         rt = self._runtime
-        if a or b:
-            window = self._window_s(plan)
-            e = (max(a_floor, a - window) if rt.overlap_grad_reduce else a) + \
-                (max(b_floor, b - window) if rt.overlap_param_gather else b)
-            dp_lb = e + hardware_default("nccl_overlap_compute_slowdown") * max(0.0, total - e)
-        else:
-            dp_lb = 0.0
+        dp_lb = self._exposed_s(hit, self._window_s(plan)) if a or b else 0.0
         f = plan.offload
         opt = (1 - f) * owned * ADAM_BYTES_PER_PARAM / self._hbm(plan)
         if f > 0:
@@ -436,6 +425,61 @@ class StructureBounds:
             pcie = f * owned * OFFLOAD_PCIE_BYTES_PER_PARAM / pcie_Bps
             opt = max(opt, max(cpu, pcie) if rt.overlap_cpu_optimizer else cpu + pcie)
         return (dp_lb + opt) * (1.0 - END_BOUND_SLACK)
+
+    def _end(self, plan: Plan) -> tuple[float, float, float, float, float, float, float, float]:
+        key = (plan.tp, plan.cp, plan.pp, plan.vpp, plan.dp, plan.ep, plan.etp, plan.pipeline_layers, plan.sharding,
+               plan.shard_group)
+        hit = self._ends.get(key)
+        if hit is None:
+            if len(self._ends) >= 8192:
+                self._ends.clear()  # bounded: a structure's options ask for it a few times in a row
+            hit = self._ends[key] = self._end_terms(plan)
+        return hit
+
+    def _exposed_s(self, terms: tuple[float, ...], window: float) -> float:
+        """``evaluate``'s exposed end-of-step collectives of pipeline rank 0 (with the slowdown of hiding the
+        rest), at the least: its windows at most ``window``."""
+        a, a_floor, b, b_floor, total = terms[:5]
+        rt = self._runtime
+        e = (max(a_floor, a - window) if rt.overlap_grad_reduce else a) + \
+            (max(b_floor, b - window) if rt.overlap_param_gather else b)
+        return e + hardware_default("nccl_overlap_compute_slowdown") * max(0.0, total - e)
+
+    def options_floor(self, structure: Plan, lb: float) -> float:
+        """A lower bound of every option ``resolve`` can give ``structure`` (each of the framework's shardings,
+        any recompute, offload and dispatcher), given ``lb``, one of its least form's (which holds for every
+        option's pipeline): per sharding, ``lb`` (or, for ZeRO-3 / HSDP, the form's ``relaxed_bound`` if
+        higher) plus its exposed end-of-step collectives with the windows at their largest over the recompute
+        forms (full recompute's: a shorter recompute redoes less of the forward), the least over the shardings.
+        The optimizer is left out (offload moves it). ``lb`` where no sharding adds anything. The search
+        raises a structure to it before resolving its memory, the dearest step of a structure."""
+        ctx = self.ctx
+        best = float("inf")
+        later = []
+        window = None
+        for sh in framework_shardings(ctx, structure):
+            group = hsdp_shard_group(ctx, structure) if sh == "hsdp" else 0
+            form = replace_unchecked(structure, sharding=sh, shard_group=group, recompute="none",
+                                     recompute_num_layers=0, recompute_modules=(), offload=0.0)
+            if self._needs_preparation(form):
+                later.append(form)
+                continue
+            terms = self._end(form)
+            if not (terms[0] or terms[2]):
+                return lb
+            if window is None:
+                window = max(self._window_s(form), self._window_s(
+                    replace_unchecked(form, recompute="full", recompute_num_layers=0)))
+            best = min(best, lb + self._exposed_s(terms, window) * (1.0 - END_BOUND_SLACK))
+            if best <= lb:
+                return lb
+        for form in later:
+            terms = self._end(form)
+            extra = self._exposed_s(terms, float("inf")) if terms[0] or terms[2] else 0.0
+            best = min(best, max(lb, self.relaxed_bound(form)) + extra * (1.0 - END_BOUND_SLACK))
+            if best <= lb:
+                return lb
+        return best
 
     def _hbm(self, plan: Plan) -> float:
         """The GPU's memory bandwidth in the cost model (no plan field changes it)."""
@@ -453,6 +497,12 @@ class StructureBounds:
         ctx, c, rt = self.ctx, self.c, self._runtime
         if self._needs_preparation(plan) or (rt.p2p_blocking and plan.pp > 1):
             return float("inf")
+        key = (self.layer_key(plan), plan.pp, plan.vpp, plan.pipeline_layers)
+        hit = self._windows.get(key)
+        if hit is not None:
+            return hit
+        if len(self._windows) >= 8192:
+            self._windows.clear()
         virtual, _ = self._layout(plan)
         n_dense, n_moe = virtual[0]
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
@@ -467,7 +517,8 @@ class StructureBounds:
         if rt.grad_accum_bytes_per_param:
             dense, expert = self._rank0_params(plan)
             worst += (dense + expert) / plan.vpp * rt.grad_accum_bytes_per_param / self._hbm(plan)
-        return worst * (1.0 + END_BOUND_SLACK)
+        self._windows[key] = worst * (1.0 + END_BOUND_SLACK)
+        return self._windows[key]
 
     def _rank0_params(self, plan: Plan) -> tuple[float, float]:
         return stage_params(self.ctx.model, plan, 0, stage_layer_indices(self.ctx.model, plan)[0])
