@@ -338,8 +338,10 @@ class StructureBounds:
         return self.bound(plain) * (1.0 - FAMILY_BOUND_SLACK)
 
     def _stage_gathers(self, plan: Plan) -> list[float]:
-        """Per virtual stage, the all-gather of one of its layers' shards (``_layer_shard_comm``'s, with
-        ``prepare``'s per-stage mean layer bytes); 0 for a stage without layers."""
+        """Per virtual stage, at least what its layers' per-micro-batch sharding traffic adds to it: the
+        all-gather of its first layer's shards (``_layer_shard_comm``'s, with ``prepare``'s per-stage mean layer
+        bytes) plus ``nccl_overlap_compute_slowdown`` of the rest of its gathers and reduce-scatters (hidden or
+        not, a layer's sharding traffic costs at least that); 0 for a stage without layers."""
         ctx = self.ctx
         key = (plan.tp, plan.cp, plan.pp, plan.vpp, plan.dp, plan.ep, plan.etp, plan.pipeline_layers,
                plan.sharding, plan.shard_group)
@@ -359,15 +361,20 @@ class StructureBounds:
             link_efficiency(self.c))
         shards = _ShardBytes(runtime=self._runtime, zero3_layer_bytes=tuple(dense_b), zero3_expert_bytes=tuple(expert_b))
         out = []
-        seen: dict[tuple[float, float], float] = {}  # (stages of equal layers have equal bytes)
+        seen: dict[tuple[float, float], tuple[float, float]] = {}  # (stages of equal layers have equal bytes)
+        slowdown = hardware_default("nccl_overlap_compute_slowdown")
         for v, n in enumerate(sizes):
             if not n:
                 out.append(0.0)
                 continue
             b = (dense_b[v], expert_b[v])
             if b not in seen:
-                seen[b] = _layer_shard_comm(shards, comm, v, plan)[0]  # type: ignore[arg-type]
-            out.append(seen[b])
+                seen[b] = _layer_shard_comm(shards, comm, v, plan)  # type: ignore[arg-type]
+            gather, reduce = seen[b]
+            # ``_stage_times``: the first layer's forward gather whole (nothing before it to hide under); of
+            # every other forward gather and every backward gather + reduce-scatter at least the slowdown of
+            # hiding it (``z + s (x - z) >= s x``).
+            out.append(gather + slowdown * ((2 * n - 1) * gather + n * reduce))
         comm.release_gpu_map()
         if len(self._gathers) >= 4096:
             self._gathers.clear()  # bounded: a structure's options ask for it a few times in a row
@@ -377,7 +384,8 @@ class StructureBounds:
     def _gather_bound(self, plan: Plan) -> float:
         """``relaxed_bound``'s ZeRO-3 form: per knob variant of ``plan`` (as ``bound`` takes them), the
         busiest rank's time with each virtual stage at its distributed-optimizer time plus its first
-        layer's gather (``_stage_gathers``); the least over the variants."""
+        layer's gather and the slowdown of its other sharding traffic (``_stage_gathers``); the least over
+        the variants."""
         ctx, c = self.ctx, self.c
         gathers = self._stage_gathers(plan)
         virtual, m = self._layout(plan)
