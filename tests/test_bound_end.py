@@ -69,7 +69,7 @@ def test_an_options_bound_with_its_end_of_step_terms_never_exceeds_its_step(data
 @settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_a_structures_floor_is_below_every_option_resolve_gives_it(data: st.DataObject) -> None:
-    ctx, plans, bounds = _space(data.draw(st.sampled_from(["mixtral-megatron", "llama-nemo"]), label="context"))
+    ctx, plans, bounds = _space(data.draw(st.sampled_from(["mixtral-megatron", "llama-nemo", "llama-fsdp"]), label="context"))
     structure = data.draw(st.sampled_from(plans), label="structure")
     floor = bounds.options_floor(structure, bounds.bound(structure))
     assert floor >= bounds.bound(structure)

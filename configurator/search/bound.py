@@ -459,8 +459,9 @@ class StructureBounds:
         option's pipeline): per sharding, ``lb`` (or, for ZeRO-3 / HSDP, the form's ``relaxed_bound`` if
         higher) plus its exposed end-of-step collectives with the windows at their largest over the recompute
         forms (full recompute's: a shorter recompute redoes less of the forward), the least over the shardings.
-        The optimizer is left out (offload moves it). ``lb`` where no sharding adds anything. The search
-        raises a structure to it before resolving its memory, the dearest step of a structure."""
+        The optimizer is left out (offload moves it). ``lb`` where no sharding adds anything. ``lb`` must hold
+        for the distributed-optimizer form's pipeline (ZeRO-3 adds on top of it). The search raises a structure
+        to it before its memory estimates."""
         ctx = self.ctx
         best = float("inf")
         later = []
@@ -484,7 +485,13 @@ class StructureBounds:
         for form in later:
             terms = self._end(form)
             extra = self._exposed_s(terms, float("inf")) if terms[0] or terms[2] else 0.0
-            best = min(best, max(lb, self.relaxed_bound(form)) + extra * (1.0 - END_BOUND_SLACK))
+            if _per_microbatch_sharding(form) == "zero3" and not _per_microbatch_sharding(structure):
+                # Every virtual stage takes at least its ``_stage_gathers`` more than under the distributed
+                # optimizer, so every rank's finish at least m x its stages' sum more (the least over ranks).
+                gathers = self._stage_gathers(form)
+                virtual, m = self._layout(form)
+                extra += m * min(sum(gathers[r::form.pp]) for r in range(form.pp))
+            best = min(best, lb + extra * (1.0 - END_BOUND_SLACK))
             if best <= lb:
                 return lb
         return best

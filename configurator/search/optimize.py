@@ -478,29 +478,29 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
             for i, plan in item:  # type: ignore[attr-defined]
                 heapq.heappush(queue, (bounds.bound(plan), i, 0, plan))
             continue
-        full_recompute = kind in (2, 7)
-        floored = kind in (6, 7)
         if kind == 0:
+            # Before any memory estimate: the bound every option of the structure has with its end-of-step
+            # collectives (``options_floor``: the least over its shardings).
+            floor = bounds.options_floor(item, lb)  # type: ignore[arg-type]
+            if floor > lb:
+                heapq.heappush(queue, (floor, next(counter), 6, item))
+                continue
+            kind = 6
+        full_recompute = kind == 2
+        if kind == 6:
             # Lazy memory: one estimate of the least form; if it does not fit and no partial recompute
-            # can fit either, the structure goes back with the bound of its full-recompute form.
-            if options_of(item, True) is not None:  # type: ignore[arg-type]
-                floored = True  # resolved by that one estimate: nothing left to save
-            elif needs_full_recompute(ctx, item):  # type: ignore[arg-type]
+            # can fit either, the structure goes back with the bound of its full-recompute form (and its
+            # options' end-of-step collectives).
+            if options_of(item, True) is None and needs_full_recompute(ctx, item):  # type: ignore[arg-type]
                 budget.work += 1
                 full_recompute = True
-                raised = bounds.bound(replace_unchecked(item, recompute="full", recompute_num_layers=0))  # type: ignore[arg-type]
+                full = bounds.bound(replace_unchecked(item, recompute="full", recompute_num_layers=0))  # type: ignore[arg-type]
+                raised = bounds.options_floor(item, full)  # type: ignore[arg-type]
                 if raised > lb:
                     heapq.heappush(queue, (raised, next(counter), 2, item))
                     continue
             kind = 2
-        if kind == 2 and not floored:
-            # Before the memory resolution (a structure's dearest step): the bound every option of it has
-            # with its end-of-step collectives (``options_floor``, the least over its shardings).
-            floor = bounds.options_floor(item, lb)  # type: ignore[arg-type]
-            if floor > lb:
-                heapq.heappush(queue, (floor, next(counter), 7 if full_recompute else 6, item))
-                continue
-        if kind in (2, 6, 7):
+        if kind == 2:
             resolved += 1
             for option in options_of(item, full_recompute=full_recompute):  # type: ignore[arg-type]
                 # Each option waits under the bound just popped and gets its own bound (kind 3) only when
