@@ -128,6 +128,7 @@ class StructureBounds:
         self._ends: dict[tuple, tuple[float, float, float, float]] = {}
         self._hbm_Bps: float | None = None
         self._windows: dict[tuple, float] = {}
+        self._most_times: dict[tuple, LayerTimes] = {}
         self.layer_keys_timed = 0
         self.full_preparations = 0
 
@@ -512,28 +513,48 @@ class StructureBounds:
         ctx, c, rt = self.ctx, self.c, self._runtime
         if self._needs_preparation(plan) or (rt.p2p_blocking and plan.pp > 1):
             return float("inf")
-        key = (self.layer_key(plan), plan.pp, plan.vpp, plan.pipeline_layers)
-        hit = self._windows.get(key)
-        if hit is not None:
-            return hit
-        if len(self._windows) >= 8192:
-            self._windows.clear()
+        partial = plan.recompute == "full" and plan.recompute_num_layers > 0
+        layer_key = self.layer_key(plan)
+        key = (layer_key, plan.pp, plan.vpp, plan.pipeline_layers) if partial or rt.grad_accum_bytes_per_param else None
+        if key is not None and key in self._windows:
+            return self._windows[key]
         virtual, _ = self._layout(plan)
         n_dense, n_moe = virtual[0]
-        partial = plan.recompute == "full" and plan.recompute_num_layers > 0
         per_mb = c["overhead.microbatch_s"] / plan.vpp
-        worst = 0.0
-        for v in optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster):
-            v = self._settled(v)
-            if v.sharding == "zero2":
-                v = replace_unchecked(v, sharding="distopt")  # as ``_arithmetic``
-            t = self._times(v, n_dense + n_moe) if partial else self._times(v)
-            worst = max(worst, _virtual_stage_s(t, n_dense, n_moe, per_mb, 0, len(virtual) - 1))
+        if partial:
+            worst = max(_virtual_stage_s(t, n_dense, n_moe, per_mb, 0, len(virtual) - 1)
+                        for t in (self._times(v, n_dense + n_moe) for v in self._window_variants(plan)))
+        else:
+            # Each time at its most over the variants (per layer key: the variants differ by pipeline only
+            # through Megatron's EP-overlap rule), so the stage's sum is at least every variant's.
+            most_key = (layer_key, plan.pp > 1 and plan.vpp == 1)
+            t = self._most_times.get(most_key)
+            if t is None:
+                if len(self._most_times) >= 8192:
+                    self._most_times.clear()
+                times = [self._times(v) for v in self._window_variants(plan)]
+                t = self._most_times[most_key] = LayerTimes(
+                    dense_s=max(x.dense_s for x in times), moe_s=max(x.moe_s for x in times),
+                    embedding_s=max(x.embedding_s for x in times), head_s=max(x.head_s for x in times))
+            worst = _virtual_stage_s(t, n_dense, n_moe, per_mb, 0, len(virtual) - 1)
         if rt.grad_accum_bytes_per_param:
             dense, expert = self._rank0_params(plan)
             worst += (dense + expert) / plan.vpp * rt.grad_accum_bytes_per_param / self._hbm(plan)
-        self._windows[key] = worst * (1.0 + END_BOUND_SLACK)
-        return self._windows[key]
+        worst *= 1.0 + END_BOUND_SLACK
+        if key is not None:
+            if len(self._windows) >= 8192:
+                self._windows.clear()
+            self._windows[key] = worst
+        return worst
+
+    def _window_variants(self, plan: Plan) -> list[Plan]:
+        """``plan``'s knob variants the search evaluates, as ``bound`` times them."""
+        ctx = self.ctx
+        out = []
+        for v in optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster):
+            v = self._settled(v)
+            out.append(replace_unchecked(v, sharding="distopt") if v.sharding == "zero2" else v)  # as ``_arithmetic``
+        return out
 
     def _rank0_params(self, plan: Plan) -> tuple[float, float]:
         return stage_params(self.ctx.model, plan, 0, stage_layer_indices(self.ctx.model, plan)[0])
