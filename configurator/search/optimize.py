@@ -5,7 +5,10 @@ own work plus the pipeline fill and drain, exact for equal stages; ``bound.py`` 
 times across pipeline variants, so a bound is arithmetic). Structures are taken in order of that bound;
 memory is resolved lazily — one estimate of the least form first, and where no partial recompute can
 fit, the structure goes back with the bound of its full-recompute form — and options are costed in
-order of their bounds; costing stops once the bound exceeds the k-th best step found. Nothing skipped
+order of their bounds; costing stops once the bound exceeds the k-th best step found. What the step adds after the
+pipeline (the exposed gradient reduction and parameter gather, the optimizer: ``bound.end_of_step_bound``) raises each
+option's bound and its knob variants' (a variant that cannot beat the k-th best is not evaluated), and, as the least
+over the structure's shardings (``bound.options_floor``), the structure's before any memory estimate. Nothing skipped
 can beat what was kept: the answer is the exhaustive optimum of the model. With ``workers > 1`` (``plan``'s default:
 one per CPU available) it runs as that many blocks of structures in forked processes that share the k-th best step
 found, merged exactly (``parallel.py``).
