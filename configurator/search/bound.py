@@ -28,15 +28,16 @@ from itertools import accumulate
 from operator import attrgetter
 
 from configurator.cost.comm import CommModel, LinkEfficiency
-from configurator.cost.constants import CostConstants, load_runtime_cost
+from configurator.cost.constants import CostConstants, hardware_default, load_runtime_cost
 from configurator.cost.knobs import effective_knobs
-from configurator.cost.step import (StepInputs, VirtualStage, _layer_shard_comm, _per_microbatch_sharding, _rates_for,
-                                    _stage_times, busy_lower_bound, group_domains, link_efficiency,
-                                    mean_layer_shard_bytes, prepare)
+from configurator.cost.step import (ADAM_BYTES_PER_PARAM, BF16, OFFLOAD_PCIE_BYTES_PER_PARAM, StepInputs, VirtualStage,
+                                    _layer_shard_comm, _per_microbatch_sharding, _rates_for, _stage_times,
+                                    busy_lower_bound, cpu_adam_rate_per_gpu, group_domains, input_bucket,
+                                    link_efficiency, mean_layer_shard_bytes, prepare)
 from configurator.cost.work import embedding_work, head_work, layer_work, mtp_projection_work
-from configurator.memory import all_layer_params
+from configurator.memory import all_layer_params, stage_layer_indices, stage_params
 from configurator.search.knobs import optimistic_plans
-from configurator.search.space import SearchContext
+from configurator.search.space import SearchContext, framework_shardings, hsdp_shard_group
 from configurator.specs.plan import PLAN_FIELDS, Plan, ep_overlap_conflicts, replace_unchecked
 
 _LAYER_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload")))
@@ -86,6 +87,9 @@ def _busiest_rank_s(times: list[float], pp: int, m: int) -> float:
 
 
 FAMILY_BOUND_SLACK = 1e-9
+END_BOUND_SLACK = 1e-9
+"""Relative amount ``end_of_step_bound`` is lowered by: the step model's ``dp_end`` is a difference of schedule
+times (``max(end) - makespan``), so its rounding may put it a few ulps under the exposed time it bounds."""
 """Relative amount a family's bound is lowered by, so that float rounding in its sum (a different order
 than each member's) can never put it above a member's bound."""
 
@@ -121,6 +125,10 @@ class StructureBounds:
         self._all_params = all_layer_params(model)
         self._template: StepInputs | None = None
         self._runtime = load_runtime_cost(ctx.runtime)
+        self._ends: dict[tuple, tuple[float, float, float, float]] = {}
+        self._hbm_Bps: float | None = None
+        self._windows: dict[tuple, float] = {}
+        self._most_times: dict[tuple, LayerTimes] = {}
         self.layer_keys_timed = 0
         self.full_preparations = 0
 
@@ -331,8 +339,10 @@ class StructureBounds:
         return self.bound(plain) * (1.0 - FAMILY_BOUND_SLACK)
 
     def _stage_gathers(self, plan: Plan) -> list[float]:
-        """Per virtual stage, the all-gather of one of its layers' shards (``_layer_shard_comm``'s, with
-        ``prepare``'s per-stage mean layer bytes); 0 for a stage without layers."""
+        """Per virtual stage, at least what its layers' per-micro-batch sharding traffic adds to it: the
+        all-gather of its first layer's shards (``_layer_shard_comm``'s, with ``prepare``'s per-stage mean layer
+        bytes) plus ``nccl_overlap_compute_slowdown`` of the rest of its gathers and reduce-scatters (hidden or
+        not, a layer's sharding traffic costs at least that); 0 for a stage without layers."""
         ctx = self.ctx
         key = (plan.tp, plan.cp, plan.pp, plan.vpp, plan.dp, plan.ep, plan.etp, plan.pipeline_layers,
                plan.sharding, plan.shard_group)
@@ -352,15 +362,20 @@ class StructureBounds:
             link_efficiency(self.c))
         shards = _ShardBytes(runtime=self._runtime, zero3_layer_bytes=tuple(dense_b), zero3_expert_bytes=tuple(expert_b))
         out = []
-        seen: dict[tuple[float, float], float] = {}  # (stages of equal layers have equal bytes)
+        seen: dict[tuple[float, float], tuple[float, float]] = {}  # (stages of equal layers have equal bytes)
+        slowdown = hardware_default("nccl_overlap_compute_slowdown")
         for v, n in enumerate(sizes):
             if not n:
                 out.append(0.0)
                 continue
             b = (dense_b[v], expert_b[v])
             if b not in seen:
-                seen[b] = _layer_shard_comm(shards, comm, v, plan)[0]  # type: ignore[arg-type]
-            out.append(seen[b])
+                seen[b] = _layer_shard_comm(shards, comm, v, plan)  # type: ignore[arg-type]
+            gather, reduce = seen[b]
+            # ``_stage_times``: the first layer's forward gather whole (nothing before it to hide under); of
+            # every other forward gather and every backward gather + reduce-scatter at least the slowdown of
+            # hiding it (``z + s (x - z) >= s x``).
+            out.append(gather + slowdown * ((2 * n - 1) * gather + n * reduce))
         comm.release_gpu_map()
         if len(self._gathers) >= 4096:
             self._gathers.clear()  # bounded: a structure's options ask for it a few times in a row
@@ -370,7 +385,8 @@ class StructureBounds:
     def _gather_bound(self, plan: Plan) -> float:
         """``relaxed_bound``'s ZeRO-3 form: per knob variant of ``plan`` (as ``bound`` takes them), the
         busiest rank's time with each virtual stage at its distributed-optimizer time plus its first
-        layer's gather (``_stage_gathers``); the least over the variants."""
+        layer's gather and the slowdown of its other sharding traffic (``_stage_gathers``); the least over
+        the variants."""
         ctx, c = self.ctx, self.c
         gathers = self._stage_gathers(plan)
         virtual, m = self._layout(plan)
@@ -390,6 +406,208 @@ class StructureBounds:
                 times.append(_virtual_stage_s(t, n_dense, n_moe, per_mb, s, last, gathers[s]))
             best = min(best, _busiest_rank_s(times, pp, m))
         return best + c["overhead.step_s"]
+
+    def end_of_step_bound(self, plan: Plan) -> float:
+        """A lower bound of what ``evaluate`` adds after the pipeline's makespan (``dp_end + optimizer + offload``)
+        for ``plan``'s sharding and offload, under any of the knob settings the search evaluates for it
+        (``optimistic_plans``): ``busy_lower_bound`` leaves it out, and on the plans the search costs it is most
+        of the gap between bound and step (Mixtral-8x22B on 512 H100: step 16-53% above the bound, dp_comm 21%
+        of the step).
+
+        Pipeline rank 0 finishes last: every rank's last operation is the backward of the last micro-batch on
+        its first virtual stage (1F1B and interleaved, ``schedule.py``), and rank r - 1's needs rank r's result,
+        so ``makespan = finish_0`` and ``dp_end = max_r(finish_r + exposed_r) - makespan >= exposed_0``. Rank 0's
+        exposed end-of-step collectives are ``evaluate``'s, with the windows that hide them (its last backward,
+        its first forward: each at most virtual stage 0's forward + backward + micro-batch overhead + gradient
+        accumulation, ``_window_s``) at their largest; then ``nccl_overlap_compute_slowdown`` of the rest
+        (``evaluate`` charges ``e + s * max(0, total - e)``, which grows with ``e``). The optimizer and offload
+        add ``max(max_r gpu_opt_r, max_r cpu_opt_r) >= max(gpu_opt_0, cpu_opt_0)``. Nothing for ZeRO-3 / FSDP's
+        collectives (inside the layers). Less a relative ``END_BOUND_SLACK`` for rounding."""
+        hit = self._end(plan)
+        (a, a_floor, b, b_floor, total, owned, cpu_rate, pcie_Bps) = hit
+        rt = self._runtime
+        dp_lb = self._exposed_s(hit, self._window_s(plan)) if a or b else 0.0
+        f = plan.offload
+        opt = (1 - f) * owned * ADAM_BYTES_PER_PARAM / self._hbm(plan)
+        if f > 0:
+            cpu = f * owned / cpu_rate
+            pcie = f * owned * OFFLOAD_PCIE_BYTES_PER_PARAM / pcie_Bps
+            opt = max(opt, max(cpu, pcie) if rt.overlap_cpu_optimizer else cpu + pcie)
+        return (dp_lb + opt) * (1.0 - END_BOUND_SLACK)
+
+    def _end(self, plan: Plan) -> tuple[float, float, float, float, float, float, float, float]:
+        key = (plan.tp, plan.cp, plan.pp, plan.vpp, plan.dp, plan.ep, plan.etp, plan.pipeline_layers, plan.sharding,
+               plan.shard_group)
+        hit = self._ends.get(key)
+        if hit is None:
+            if len(self._ends) >= 8192:
+                self._ends.clear()  # bounded: a structure's options ask for it a few times in a row
+            hit = self._ends[key] = self._end_terms(plan)
+        return hit
+
+    def _exposed_s(self, terms: tuple[float, ...], window: float) -> float:
+        """``evaluate``'s exposed end-of-step collectives of pipeline rank 0 (with the slowdown of hiding the
+        rest), at the least: its windows at most ``window``."""
+        a, a_floor, b, b_floor, total = terms[:5]
+        rt = self._runtime
+        e = (max(a_floor, a - window) if rt.overlap_grad_reduce else a) + \
+            (max(b_floor, b - window) if rt.overlap_param_gather else b)
+        return e + hardware_default("nccl_overlap_compute_slowdown") * max(0.0, total - e)
+
+    def options_floor(self, structure: Plan, lb: float) -> float:
+        """A lower bound of every option ``resolve`` can give ``structure`` (each of the framework's shardings,
+        any recompute, offload and dispatcher), given ``lb``, one of its least form's (which holds for every
+        option's pipeline): per sharding, ``lb`` (or, for ZeRO-3 / HSDP, the form's ``relaxed_bound`` if
+        higher) plus its exposed end-of-step collectives with the windows at their largest over the recompute
+        forms (full recompute's: a shorter recompute redoes less of the forward), the least over the shardings.
+        The optimizer is left out (offload moves it). ``lb`` where no sharding adds anything. ``lb`` must hold
+        for the distributed-optimizer form's pipeline (ZeRO-3 adds on top of it). The search raises a structure
+        to it before its memory estimates."""
+        ctx = self.ctx
+        best = float("inf")
+        later = []
+        window = None
+        for sh in framework_shardings(ctx, structure):
+            group = hsdp_shard_group(ctx, structure) if sh == "hsdp" else 0
+            form = replace_unchecked(structure, sharding=sh, shard_group=group, recompute="none",
+                                     recompute_num_layers=0, recompute_modules=(), offload=0.0)
+            if self._needs_preparation(form):
+                later.append(form)
+                continue
+            terms = self._end(form)
+            if not (terms[0] or terms[2]):
+                return lb
+            if window is None:
+                window = max(self._window_s(form), self._window_s(
+                    replace_unchecked(form, recompute="full", recompute_num_layers=0)))
+            best = min(best, lb + self._exposed_s(terms, window) * (1.0 - END_BOUND_SLACK))
+            if best <= lb:
+                return lb
+        for form in later:
+            terms = self._end(form)
+            extra = self._exposed_s(terms, float("inf")) if terms[0] or terms[2] else 0.0
+            if _per_microbatch_sharding(form) == "zero3" and not _per_microbatch_sharding(structure):
+                # Every virtual stage takes at least its ``_stage_gathers`` more than under the distributed
+                # optimizer, so every rank's finish at least m x its stages' sum more (the least over ranks).
+                gathers = self._stage_gathers(form)
+                virtual, m = self._layout(form)
+                extra += m * min(sum(gathers[r::form.pp]) for r in range(form.pp))
+            best = min(best, lb + extra * (1.0 - END_BOUND_SLACK))
+            if best <= lb:
+                return lb
+        return best
+
+    def _hbm(self, plan: Plan) -> float:
+        """The GPU's memory bandwidth in the cost model (no plan field changes it)."""
+        if self._hbm_Bps is None:
+            ctx = self.ctx
+            template = self._template or prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+            self._hbm_Bps = _rates_for(template, self.c).hbm_Bps
+        return self._hbm_Bps
+
+    def _window_s(self, plan: Plan) -> float:
+        """At least rank 0's last backward and its first forward (``evaluate``'s windows) under every knob
+        variant of ``plan`` the search evaluates: virtual stage 0's forward + backward from the layer key's
+        times, plus its micro-batch overhead and gradient accumulation, the most over the variants; infinite
+        (hides everything) where those times need a preparation or the runtime's blocking sends add to them."""
+        ctx, c, rt = self.ctx, self.c, self._runtime
+        if self._needs_preparation(plan) or (rt.p2p_blocking and plan.pp > 1):
+            return float("inf")
+        partial = plan.recompute == "full" and plan.recompute_num_layers > 0
+        layer_key = self.layer_key(plan)
+        key = (layer_key, plan.pp, plan.vpp, plan.pipeline_layers) if partial or rt.grad_accum_bytes_per_param else None
+        if key is not None and key in self._windows:
+            return self._windows[key]
+        virtual, _ = self._layout(plan)
+        n_dense, n_moe = virtual[0]
+        per_mb = c["overhead.microbatch_s"] / plan.vpp
+        if partial:
+            worst = max(_virtual_stage_s(t, n_dense, n_moe, per_mb, 0, len(virtual) - 1)
+                        for t in (self._times(v, n_dense + n_moe) for v in self._window_variants(plan)))
+        else:
+            # Each time at its most over the variants (per layer key: the variants differ by pipeline only
+            # through Megatron's EP-overlap rule), so the stage's sum is at least every variant's.
+            most_key = (layer_key, plan.pp > 1 and plan.vpp == 1)
+            t = self._most_times.get(most_key)
+            if t is None:
+                if len(self._most_times) >= 8192:
+                    self._most_times.clear()
+                times = [self._times(v) for v in self._window_variants(plan)]
+                t = self._most_times[most_key] = LayerTimes(
+                    dense_s=max(x.dense_s for x in times), moe_s=max(x.moe_s for x in times),
+                    embedding_s=max(x.embedding_s for x in times), head_s=max(x.head_s for x in times))
+            worst = _virtual_stage_s(t, n_dense, n_moe, per_mb, 0, len(virtual) - 1)
+        if rt.grad_accum_bytes_per_param:
+            dense, expert = self._rank0_params(plan)
+            worst += (dense + expert) / plan.vpp * rt.grad_accum_bytes_per_param / self._hbm(plan)
+        worst *= 1.0 + END_BOUND_SLACK
+        if key is not None:
+            if len(self._windows) >= 8192:
+                self._windows.clear()
+            self._windows[key] = worst
+        return worst
+
+    def _window_variants(self, plan: Plan) -> list[Plan]:
+        """``plan``'s knob variants the search evaluates, as ``bound`` times them."""
+        ctx = self.ctx
+        out = []
+        for v in optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster):
+            v = self._settled(v)
+            out.append(replace_unchecked(v, sharding="distopt") if v.sharding == "zero2" else v)  # as ``_arithmetic``
+        return out
+
+    def _rank0_params(self, plan: Plan) -> tuple[float, float]:
+        return stage_params(self.ctx.model, plan, 0, stage_layer_indices(self.ctx.model, plan)[0])
+
+    def _end_terms(self, plan: Plan) -> tuple[float, float, float, float, float, float, float, float]:
+        """``end_of_step_bound``'s window-free part, in ``evaluate``'s formulas for pipeline rank 0: the
+        gradient collective ``a`` (exposed ``max(a_floor, a - window)`` where the runtime overlaps it, else
+        whole), the parameter gather ``b`` (likewise, ``b_floor``), their total, the parameters rank 0's
+        optimizer updates, CPU Adam parameters/s per GPU and PCIe bytes/s."""
+        ctx, rt = self.ctx, self._runtime
+        model, cluster = ctx.model, ctx.cluster
+        dense, expert = self._rank0_params(plan)
+        comm = CommModel(cluster, plan, None, LinkEfficiency(nvlink=1.0, scale_out=1.0)).with_efficiency(
+            link_efficiency(self.c))
+        per_mb = _per_microbatch_sharding(plan)
+        grad_all_reduce = plan.sharding == "none" or (plan.sharding == "zero1" and rt.zero1_grad_allreduce)
+
+        def grad_collective(kind: str, num_bytes: float) -> float:
+            if grad_all_reduce:
+                return comm.allreduce_s(kind, num_bytes)
+            return comm.reduce_scatter_s(kind, num_bytes, rt.reduce_scatter_avg)
+
+        a = a_floor = b = b_floor = 0.0
+        if plan.sharding == "hsdp":
+            shard = (dense + expert) / plan.shard_group * rt.grad_reduce_bytes
+            a = 2 * comm.subgroup_allgather_s("dp_cp", shard, plan.shard_group, outer=True, pat=False)
+        elif per_mb == "zero2":
+            b = comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
+        elif not per_mb:
+            grad = dense * rt.grad_reduce_bytes
+            grad_e = expert * rt.grad_reduce_bytes
+            a = grad_collective("dp_cp", grad) + grad_collective("edp", grad_e)
+            b = 0.0 if plan.sharding == "none" else \
+                comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
+            bucket_params, buckets = input_bucket(model, plan) if rt.ddp_buckets and rt.overlap_grad_reduce \
+                else (0.0, 0)
+            if buckets:
+                # Megatron's buckets (``evaluate``, rank 0): the input-side bucket cannot hide.
+                a = buckets * grad_collective("dp_cp", grad / buckets) + grad_collective("edp", grad_e)
+                a_floor = grad_collective("dp_cp", bucket_params * rt.grad_reduce_bytes)
+                if b:
+                    b = buckets * comm.allgather_s("dp_cp", dense * BF16 / buckets) + \
+                        comm.allgather_s("edp", expert * BF16)
+                    b_floor = comm.allgather_s("dp_cp", bucket_params * BF16)
+        comm.release_gpu_map()
+        if plan.sharding == "hsdp":
+            owned = (dense + expert) / plan.shard_group
+        elif plan.sharding != "none":
+            owned = dense / (plan.dp * plan.cp) + expert / plan.expert_dp
+        else:
+            owned = dense + expert
+        return a, a_floor, b, b_floor, a + b, owned, cpu_adam_rate_per_gpu(cluster), \
+            cluster.gpu.pcie_host_bandwidth_Bps
 
     def needs_preparation(self, plan: Plan) -> bool:
         return self._needs_preparation(plan)
@@ -481,4 +699,4 @@ class StructureBounds:
         return _busiest_rank_s(times, pp, m) + c["overhead.step_s"]
 
 
-__all__ = ["FAMILY_BOUND_SLACK", "LayerTimes", "StructureBounds"]
+__all__ = ["END_BOUND_SLACK", "FAMILY_BOUND_SLACK", "LayerTimes", "StructureBounds"]

@@ -5,7 +5,10 @@ own work plus the pipeline fill and drain, exact for equal stages; ``bound.py`` 
 times across pipeline variants, so a bound is arithmetic). Structures are taken in order of that bound;
 memory is resolved lazily — one estimate of the least form first, and where no partial recompute can
 fit, the structure goes back with the bound of its full-recompute form — and options are costed in
-order of their bounds; costing stops once the bound exceeds the k-th best step found. Nothing skipped
+order of their bounds; costing stops once the bound exceeds the k-th best step found. What the step adds after the
+pipeline (the exposed gradient reduction and parameter gather, the optimizer: ``bound.end_of_step_bound``) raises each
+option's bound and its knob variants' (a variant that cannot beat the k-th best is not evaluated), and, as the least
+over the structure's shardings (``bound.options_floor``), the structure's before any memory estimate. Nothing skipped
 can beat what was kept: the answer is the exhaustive optimum of the model. With ``workers > 1`` (``plan``'s default:
 one per CPU available) it runs as that many blocks of structures in forked processes that share the k-th best step
 found, merged exactly (``parallel.py``).
@@ -177,38 +180,56 @@ class _TopK:
 
 
 def _cost(ctx: SearchContext, option: Option, constants: CostConstants,
-          bounds: StructureBounds | None = None) -> Evaluated:
+          bounds: StructureBounds | None = None, beat: float = float("inf")) -> Evaluated | None:
+    """``option`` costed under its best communication knobs (``search/knobs.py``). With ``bounds`` and a
+    finite ``beat`` (the k-th best step kept): None when every knob variant's lower bound shows it cannot
+    come under ``beat`` (nothing evaluated; such a plan could not enter the ranking anyway)."""
     inputs = prepare(ctx.model, ctx.cluster, ctx.job, option.plan, runtime=ctx.runtime)
     # communication knobs chosen per plan (search/knobs.py)
-    inputs, step = best_knobs(inputs, constants) if bounds is None else _best_knobs_bounded(inputs, constants, bounds)
+    if bounds is None:
+        inputs, step = best_knobs(inputs, constants)
+    else:
+        found = _best_knobs_bounded(inputs, constants, bounds, beat)
+        if found is None:
+            return None
+        inputs, step = found
     return Evaluated(plan=inputs.plan, memory=costed_memory(ctx, option.memory, inputs.plan), step=step,
                      why=option.why, tight=option.tight)
 
 
-def _best_knobs_bounded(inputs: StepInputs, constants: CostConstants,
-                        bounds: StructureBounds) -> tuple[StepInputs, StepReport]:
+def _best_knobs_bounded(inputs: StepInputs, constants: CostConstants, bounds: StructureBounds,
+                        beat: float = float("inf")) -> tuple[StepInputs, StepReport] | None:
     """``best_knobs``' answer (the first of the least steps, in its order of the variants) with fewer
     evaluations: the variants are taken in order of their lower bounds (``bound.py``: the search's own, a
-    relaxed one where it would need a preparation; less a relative ``FAMILY_BOUND_SLACK`` for rounding), and a
-    variant is not evaluated when its bound shows it cannot come first: above the best step found, or equal
-    to it and later in ``best_knobs``' order. An evaluation is most of a costing's CPU."""
+    relaxed one where it would need a preparation, plus ``end_of_step_bound``; less a relative
+    ``FAMILY_BOUND_SLACK`` for rounding), and a variant is not evaluated when its bound shows it cannot come
+    first: above the best step found, or equal to it and later in ``best_knobs``' order, or not below ``beat``
+    (the k-th best step the caller keeps: a step at or above it cannot enter the ranking). None when no
+    variant was evaluated; otherwise, if the best one is not under ``beat``, possibly not ``best_knobs``'
+    answer (the caller's ranking rejects it either way). An evaluation is most of a costing's CPU."""
     variants = optimistic_inputs(inputs)
+    end = bounds.end_of_step_bound(inputs.plan)  # the knobs change no end-of-step term
     if len(variants) == 1:
+        p = variants[0].plan
+        if beat < float("inf") and ((bounds.relaxed_bound(p) if bounds.needs_preparation(p) else bounds.bound(p))
+                                    + end) * (1.0 - FAMILY_BOUND_SLACK) >= beat:
+            return None
         return variants[0], evaluate(variants[0], constants)
     lows = []
     for v in variants:
         p = v.plan
-        lows.append((bounds.relaxed_bound(p) if bounds.needs_preparation(p) else bounds.bound(p))
+        lows.append(((bounds.relaxed_bound(p) if bounds.needs_preparation(p) else bounds.bound(p)) + end)
                     * (1.0 - FAMILY_BOUND_SLACK))
     best: tuple[float, int, StepInputs, StepReport] | None = None
     for i in sorted(range(len(variants)), key=lambda i: (lows[i], i)):
+        if lows[i] >= beat:
+            break  # (sorted: every later variant's bound is at least this one's)
         if best is not None and (lows[i] > best[0] or lows[i] == best[0] and i > best[1]):
             continue
         report = evaluate(variants[i], constants)
         if best is None or (report.step_s, i) < (best[0], best[1]):
             best = (report.step_s, i, variants[i], report)
-    assert best is not None
-    return best[2], best[3]
+    return None if best is None else (best[2], best[3])
 
 
 def _key(plan: Plan) -> tuple:
@@ -438,7 +459,7 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     heapq.heapify(queue)
     counter = itertools.count(n)
     top = _TopK(top_k)
-    evaluated = resolved = 0
+    evaluated = resolved = skipped = 0
     notes: list[str] = []
     while queue:
         lb, _, kind, item = queue[0]
@@ -460,14 +481,24 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
             for i, plan in item:  # type: ignore[attr-defined]
                 heapq.heappush(queue, (bounds.bound(plan), i, 0, plan))
             continue
-        full_recompute = kind == 2
         if kind == 0:
+            # Before any memory estimate: the bound every option of the structure has with its end-of-step
+            # collectives (``options_floor``: the least over its shardings).
+            floor = bounds.options_floor(item, lb)  # type: ignore[arg-type]
+            if floor > lb:
+                heapq.heappush(queue, (floor, next(counter), 6, item))
+                continue
+            kind = 6
+        full_recompute = kind == 2
+        if kind == 6:
             # Lazy memory: one estimate of the least form; if it does not fit and no partial recompute
-            # can fit either, the structure goes back with the bound of its full-recompute form.
+            # can fit either, the structure goes back with the bound of its full-recompute form (and its
+            # options' end-of-step collectives).
             if options_of(item, True) is None and needs_full_recompute(ctx, item):  # type: ignore[arg-type]
                 budget.work += 1
                 full_recompute = True
-                raised = bounds.bound(replace_unchecked(item, recompute="full", recompute_num_layers=0))  # type: ignore[arg-type]
+                full = bounds.bound(replace_unchecked(item, recompute="full", recompute_num_layers=0))  # type: ignore[arg-type]
+                raised = bounds.options_floor(item, full)  # type: ignore[arg-type]
                 if raised > lb:
                     heapq.heappush(queue, (raised, next(counter), 2, item))
                     continue
@@ -475,27 +506,40 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
         if kind == 2:
             resolved += 1
             for option in options_of(item, full_recompute=full_recompute):  # type: ignore[arg-type]
-                # The structure's own least form has the bound just popped; the others get their own
-                # bound only when they reach the front (kind 3), since it needs a full preparation.
-                heapq.heappush(queue, (lb, next(counter), 1 if option.plan is item else 3, option))
+                # Each option waits under the bound just popped and gets its own bound (kind 3) only when
+                # it reaches the front: the others' may need a full preparation, and every one's adds its
+                # end-of-step terms.
+                heapq.heappush(queue, (lb, next(counter), 3, option))
         elif kind in (3, 5):
             plan = item.plan  # type: ignore[attr-defined]
+            # Every option's own bound adds what the step has after the pipeline (``end_of_step_bound``:
+            # the exposed gradient reduction and parameter gather, the optimizer), which the structure's
+            # bound cannot (it depends on the option's sharding and offload).
+            end = bounds.end_of_step_bound(plan)
             if kind == 3 and bounds.needs_preparation(plan):
                 # A preparation is dear: first the bound of its distributed-optimizer form (no per-layer
                 # gathers, below its own); the preparation waits until that reaches the front (kind 5).
-                relaxed = bounds.relaxed_bound(plan)
+                relaxed = bounds.relaxed_bound(plan) + end
                 if relaxed > lb:
                     heapq.heappush(queue, (relaxed, next(counter), 5, item))
                     continue
-            heapq.heappush(queue, (max(lb, bounds.bound(plan)), next(counter), 1, item))
+            heapq.heappush(queue, (max(lb, bounds.bound(plan) + end), next(counter), 1, item))
         else:
-            top.push(_cost(ctx, item, constants, bounds))  # type: ignore[arg-type]
+            kth = top.bound if shared is None else min(top.bound, shared.bound())
+            costed = _cost(ctx, item, constants, bounds, kth)  # type: ignore[arg-type]
+            budget.work += 1
+            if costed is None:
+                skipped += 1
+                continue
+            top.push(costed)
             if shared is not None:
                 shared.publish(top.headroom_steps())
             evaluated += 1
-            budget.work += 1
             if evaluated % 8 == 0:
                 say(0.5 + 0.5 * min(1.0, evaluated / 200), f"costing: {evaluated} evaluated")
+    if skipped:
+        notes.append(f"{skipped} options reached costing but no knob variant's lower bound could beat the "
+                     f"{top_k}-th best step then: not evaluated")
     return top, evaluated, notes
 
 

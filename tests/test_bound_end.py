@@ -1,0 +1,90 @@
+"""The search's bounds with the end-of-step terms stay lower bounds, and pruning with them keeps the exact answer.
+
+``StructureBounds.end_of_step_bound`` adds what ``evaluate`` has after the pipeline's makespan (rank 0's exposed
+gradient reduction and parameter gather, the optimizer and offload) to an option's bound; ``options_floor`` raises a
+structure to the least of that over its shardings before its memory is resolved. Both must never exceed a step the
+search would evaluate, or branch and bound could drop the optimum."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from configurator import JobSpec, load_cluster, load_model
+from configurator.cost.constants import load_calibration
+from configurator.cost.step import evaluate, prepare
+from configurator.search import bound as bound_module
+from configurator.search.bound import StructureBounds
+from configurator.search.knobs import optimistic_inputs
+from configurator.search.optimize import search
+from configurator.search.resolve import resolve
+from configurator.search.space import SearchContext, enumerate_plans, hsdp_shard_group
+from configurator.specs.plan import replace_unchecked
+
+CONSTANTS = load_calibration()
+CONTEXTS = {
+    "mixtral-megatron": ("mixtral-8x7b", "dgx-h100", 64, 256, "megatron"),
+    "llama-nemo": ("llama3-70b", "dgx-h100", 64, 128, "nemo"),
+    "llama-deepspeed": ("llama3-8b", "dgx-h100", 16, 64, "deepspeed"),
+    "llama-fsdp": ("llama3-8b", "dgx-h100", 16, 64, "fsdp"),
+}
+
+
+@lru_cache(maxsize=None)
+def _space(name: str) -> tuple[SearchContext, tuple, StructureBounds]:
+    model, cluster, gpus, batch, runtime = CONTEXTS[name]
+    ctx = SearchContext(model=load_model(model), cluster=load_cluster(cluster, num_gpus=gpus),
+                        job=JobSpec(global_batch=batch, seq_len=4096), runtime=runtime)
+    return ctx, tuple(enumerate_plans(ctx)), StructureBounds(ctx, CONSTANTS)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_an_options_bound_with_its_end_of_step_terms_never_exceeds_its_step(data: st.DataObject) -> None:
+    ctx, plans, bounds = _space(data.draw(st.sampled_from(sorted(CONTEXTS)), label="context"))
+    plan = data.draw(st.sampled_from(plans), label="structure")
+    sharding = data.draw(st.sampled_from(["distopt", "zero1", "none", "zero2", "zero3", "hsdp"]), label="sharding")
+    group = hsdp_shard_group(ctx, plan) if sharding == "hsdp" else 0
+    if sharding == "hsdp" and not group:
+        sharding = "zero3"
+    recompute = data.draw(st.sampled_from(["none", "selective", "full", "partial"]), label="recompute")
+    plan = replace_unchecked(plan, sharding=sharding, shard_group=group,
+                             recompute="full" if recompute == "partial" else recompute,
+                             recompute_num_layers=1 if recompute == "partial" else 0,
+                             offload=data.draw(st.sampled_from([0.0, 0.3, 1.0]), label="offload")
+                             if sharding != "none" else 0.0)
+    for variant in optimistic_inputs(prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)):
+        report = evaluate(variant, CONSTANTS)
+        own = bounds.bound(variant.plan)
+        end = bounds.end_of_step_bound(variant.plan)
+        assert end >= 0.0
+        assert own + end <= report.step_s, variant.plan.describe()
+        if bounds.needs_preparation(variant.plan):
+            assert bounds.relaxed_bound(variant.plan) + end <= report.step_s, variant.plan.describe()
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_a_structures_floor_is_below_every_option_resolve_gives_it(data: st.DataObject) -> None:
+    ctx, plans, bounds = _space(data.draw(st.sampled_from(["mixtral-megatron", "llama-nemo", "llama-fsdp"]), label="context"))
+    structure = data.draw(st.sampled_from(plans), label="structure")
+    floor = bounds.options_floor(structure, bounds.bound(structure))
+    assert floor >= bounds.bound(structure)
+    for option in resolve(ctx, structure).options:
+        for variant in optimistic_inputs(prepare(ctx.model, ctx.cluster, ctx.job, option.plan, runtime=ctx.runtime)):
+            assert floor <= evaluate(variant, CONSTANTS).step_s, variant.plan.describe()
+
+
+def test_the_end_of_step_terms_prune_costings_without_changing_the_top_plans(monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = SearchContext(model=load_model("mixtral-8x7b"), cluster=load_cluster("dgx-h100", num_gpus=32),
+                        job=JobSpec(global_batch=128, seq_len=4096))
+    tightened = search(ctx, top_k=5, workers=1)
+    monkeypatch.setattr(bound_module.StructureBounds, "end_of_step_bound", lambda self, plan: 0.0)
+    monkeypatch.setattr(bound_module.StructureBounds, "options_floor", lambda self, structure, lb: lb)
+    plain = search(ctx, top_k=5, workers=1)
+    assert [(e.plan, e.step.step_s) for e in tightened.ranked] == [(e.plan, e.step.step_s) for e in plain.ranked]
+    assert len(tightened.ranked) == 5
+    assert tightened.evaluated < plain.evaluated
