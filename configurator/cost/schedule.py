@@ -20,6 +20,7 @@ bite. With equal stages and no transfer time the result is the textbook 1F1B mak
 
 from __future__ import annotations
 
+import math
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
@@ -138,28 +139,49 @@ def simulate_full(*, pp: int, vpp: int, num_microbatches: int, forward_s: list[f
                               last_backward_start_s=(total - b,), first_forward_end_s=(f,), ops=ops)
     entries, first, last = _graph(pp, vpp, m)
     durations = list(forward_s) + list(backward_s)
-    sends = list(send_forward_s) + list(send_backward_s)
-    end = [0.0] * len(entries)
-    i = 0
-    for prev, dep, slot, k in entries:
-        start = end[prev] if prev >= 0 else 0.0
-        if dep >= 0:
-            ready = end[dep] + sends[slot] if slot >= 0 else end[dep]
-            if ready > start:
-                start = ready
-        end[i] = start + durations[k]
-        i += 1
+    end = _run(_program(pp, vpp, m), durations, [*send_forward_s, *send_backward_s, 0.0])
+    # end[i + _SENTINELS] is the end of operation i (``_program``)
     busy = tuple(m * sum(forward_s[v] + backward_s[v] for v in range(r, stages, pp)) for r in range(pp))
-    finish = tuple(end[last[r]] for r in range(pp))
-    last_bwd = tuple(end[last[r]] - durations[entries[last[r]][3]] for r in range(pp))
+    finish = tuple(end[last[r] + _SENTINELS] for r in range(pp))
+    last_bwd = tuple(end[last[r] + _SENTINELS] - durations[entries[last[r]][3]] for r in range(pp))
     ops: tuple = ()
     if trace:
         mb_of = _microbatch_of(pp, vpp, m)
-        ops = tuple(((k % stages) % pp, int(k >= stages), mb_of[i], k % stages, end[i] - durations[k], end[i])
+        ops = tuple(((k % stages) % pp, int(k >= stages), mb_of[i], k % stages,
+                     end[i + _SENTINELS] - durations[k], end[i + _SENTINELS])
                     for i, (_, _, _, k) in enumerate(entries))
-    return ScheduleResult(makespan_s=max(finish), busy_s=busy, finish_s=finish,
-                          last_backward_start_s=last_bwd, first_forward_end_s=tuple(end[first[r]] for r in range(pp)),
-                          ops=ops)
+    return ScheduleResult(makespan_s=max(finish), busy_s=busy, finish_s=finish, last_backward_start_s=last_bwd,
+                          first_forward_end_s=tuple(end[first[r] + _SENTINELS] for r in range(pp)), ops=ops)
+
+
+_SENTINELS = 2
+"""``_run``'s end times start with two that no operation writes: 0.0 (what an operation with no earlier
+operation on its rank starts after) and -inf (the input of an operation that waits for none)."""
+
+
+@lru_cache(maxsize=512)
+def _program(pp: int, vpp: int, m: int) -> tuple[tuple[int, int, int, int], ...]:
+    """``_graph``'s entries renumbered for ``_run``: operation i's end is at ``i + _SENTINELS``; a missing
+    predecessor on the rank points to the 0.0 sentinel, a missing input to the -inf one, and a wait without
+    a transfer to the last transfer slot (``_run`` appends a 0.0 there)."""
+    entries, _, _ = _graph(pp, vpp, m)
+    return tuple((prev + _SENTINELS if prev >= 0 else 0, dep + _SENTINELS if dep >= 0 else 1, slot, k)
+                 for prev, dep, slot, k in entries)
+
+
+def _run(program: tuple[tuple[int, int, int, int], ...], durations: list[float], sends: list[float]) -> list[float]:
+    """End time of every operation (after the two sentinels): each starts at the later of its rank's previous
+    end and its input's end plus the transfer. The branch-free form of ``start = max(prev end, input end +
+    send)`` with the same additions in the same order, so the same floats as stepping through the cases
+    (x + 0.0 == x, and -inf + a transfer loses to any end); it is most of a search's schedule time (a
+    Mixtral-8x22B/512 search simulates ~16,000 schedules of ~1,800 operations)."""
+    end = [0.0, -math.inf]
+    append = end.append
+    for prev, dep, slot, k in program:
+        start = end[prev]
+        ready = end[dep] + sends[slot]
+        append((start if start > ready else ready) + durations[k])
+    return end
 
 
 @lru_cache(maxsize=64)
