@@ -37,7 +37,8 @@ from functools import lru_cache
 from typing import Any
 
 from configurator.cost.comm import CommModel, LinkEfficiency
-from configurator.cost.compute import GemmCurve, GpuRates, expert_gemms_s, gpu_rates, measured_gemm_curves, time_work
+from configurator.cost.compute import WORK_TIME_MEMO, GemmCurve, GpuRates, expert_gemms_s, gpu_rates, \
+    measured_gemm_curves, time_work
 from configurator.cost.constants import CostConstants, RuntimeCost, hardware_default, load_calibration, \
     load_runtime_cost
 from configurator.cost.cp import cp_times_s
@@ -225,6 +226,21 @@ def mean_layer_shard_bytes(params: list[tuple[float, float]] | tuple[tuple[float
     return BF16 * dense_sum / max(n, 1), BF16 * expert_sum / max(n, 1)
 
 
+_SHARED = object()
+_RATES = object()
+"""Key tags of ``_shared_work`` and ``_rates_for`` entries in a search's ``WORK_TIME_MEMO``."""
+
+
+def _shared_work(work: LayerWork) -> LayerWork:
+    """During a search, the first equal ``LayerWork`` seen: the structures and options of one search prepare the
+    same few hundred works thousands of times, and one object per value lets ``time_work`` and ``expert_gemms_s``
+    find their timings by identity instead of hashing every field of every work on every lookup."""
+    memo = WORK_TIME_MEMO.get()
+    if memo is None:
+        return work
+    return memo.setdefault((_SHARED, work), work)  # type: ignore[return-value]
+
+
 def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
             placement: Placement | None = None, *, runtime: str = "megatron") -> StepInputs:
     """The constant-independent part of ``estimate_step``. ``plan`` must be legal (``check_plan``)."""
@@ -238,7 +254,7 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
         """The layer's work and its kind: (MoE, attention window; sliding-window layers attend to fewer keys)."""
         key = (model.layer_is_moe(index), model.attention_window(index))
         if key not in work_cache:
-            work_cache[key] = layer_work(model, job, plan, index)
+            work_cache[key] = _shared_work(layer_work(model, job, plan, index))
         return work_cache[key], key
 
     stages = []
@@ -254,17 +270,17 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
             counts[key] = counts.get(key, 0) + 1
         works = [(work_cache[key], c, key[0]) for key, c in sorted(counts.items())]
         if v == 0:
-            works.append((embedding_work(model, job, plan), 1, False))
+            works.append((_shared_work(embedding_work(model, job, plan)), 1, False))
         if v == len(virtual) - 1:
-            works.append((head_work(model, job, plan), 1, False))
+            works.append((_shared_work(head_work(model, job, plan)), 1, False))
             if model.mtp_layers:
                 # Multi-token prediction (Megatron-Core places the MTP block on the last stage): per
                 # module one more transformer layer like the last one, its eh_proj and norms, and its
                 # own output head + loss (weights shared with the main head).
                 last_work, (last_moe, _) = work_of(model.num_layers - 1)
                 works += [(last_work, model.mtp_layers, last_moe),
-                          (mtp_projection_work(model, job, plan), model.mtp_layers, False),
-                          (head_work(model, job, plan), model.mtp_layers, False)]
+                          (_shared_work(mtp_projection_work(model, job, plan)), model.mtp_layers, False),
+                          (_shared_work(head_work(model, job, plan)), model.mtp_layers, False)]
         stages.append(VirtualStage(works=tuple(works), num_layers=n))
         dense_b, expert_b = mean_layer_shard_bytes(params, plan, start, n)
         zero3.append(dense_b)
@@ -474,8 +490,22 @@ def flex_link_efficiency(eff: LinkEfficiency) -> LinkEfficiency:
 def _rates_for(inp: StepInputs, c: CostConstants) -> GpuRates:
     rates = inp._rates.get(c.values)
     if rates is None:
-        rates = gpu_rates(inp.cluster, inp.job.precision, c, inp.measured_curves, inp.runtime.attention_kernel,
-                          inp.job.fp8_attention)
+        search_memo = WORK_TIME_MEMO.get()
+        if search_memo is None:
+            rates = gpu_rates(inp.cluster, inp.job.precision, c, inp.measured_curves, inp.runtime.attention_kernel,
+                              inp.job.fp8_attention)
+        else:
+            # One rates object per search, GPU and constants (knob variants are prepared with empty ``_rates``):
+            # not worked out again per variant, and ``time_work`` finds its timings by the rates' identity.
+            # Cluster and constants by identity, held by the entry so their ids stay theirs.
+            key = (_RATES, id(inp.cluster), id(c), inp.job.precision, tuple(sorted(inp.measured_curves.items())),
+                   inp.runtime.attention_kernel, inp.job.fp8_attention)
+            hit = search_memo.get(key)
+            if hit is None:
+                hit = search_memo[key] = ((inp.cluster, c), gpu_rates(
+                    inp.cluster, inp.job.precision, c, inp.measured_curves, inp.runtime.attention_kernel,
+                    inp.job.fp8_attention))
+            rates = hit[1]  # type: ignore[index]
         inp._rates.clear()
         inp._rates[c.values] = rates
     return rates
