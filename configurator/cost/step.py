@@ -460,16 +460,27 @@ def _all_stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel,
                      c: CostConstants) -> list[tuple[dict[str, float], dict[str, float], dict[str, float]]]:
     """``_stage_times`` of every virtual stage; stages with the same layers share one computation
     (fresh dict copies, since ``evaluate`` adds to them)."""
-    memo: dict[tuple, tuple[dict[str, float], dict[str, float], dict[str, float]]] = {}
-    out = []
+    groups, unique = _stage_time_groups(inp, rates, comm, c)
+    return [(dict(f), dict(b), dict(d)) for f, b, d in (unique[g] for g in groups)]
+
+
+def _stage_time_groups(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConstants) -> tuple[
+        list[int], list[tuple[dict[str, float], dict[str, float], dict[str, float]]]]:
+    """Per virtual stage, the index of its ``_stage_times`` among the distinct ones, and those (shared: not to be
+    changed). Stages with the same works, layer count and shard sizes (and the first stage, which starts with
+    its gather) have the same times: most of an interleaved pipeline's chunks are alike."""
+    index: dict[tuple, int] = {}
+    unique: list[tuple[dict[str, float], dict[str, float], dict[str, float]]] = []
+    groups = []
     for v, stage in enumerate(inp.stages):
         key = (tuple((id(w), n, moe) for w, n, moe in stage.works), stage.num_layers, inp.zero3_layer_bytes[v],
                inp.zero3_expert_bytes[v], v == 0)
-        if key not in memo:
-            memo[key] = _stage_times(inp, rates, comm, c, v)
-        f, b, d = memo[key]
-        out.append((dict(f), dict(b), dict(d)))
-    return out
+        g = index.get(key)
+        if g is None:
+            g = index[key] = len(unique)
+            unique.append(_stage_times(inp, rates, comm, c, v))
+        groups.append(g)
+    return groups, unique
 
 
 def link_efficiency(c: CostConstants) -> LinkEfficiency:
@@ -525,7 +536,9 @@ def busy_lower_bound(inp: StepInputs, constants: CostConstants) -> float:
     comm = inp.comm.with_efficiency(link_efficiency(constants))
     pp = inp.plan.pp
     per_mb = constants["overhead.microbatch_s"] / inp.plan.vpp
-    times = [sum(f.values()) + sum(b.values()) + per_mb for f, b, _ in _all_stage_times(inp, rates, comm, constants)]
+    groups, unique = _stage_time_groups(inp, rates, comm, constants)
+    per_group = [sum(f.values()) + sum(b.values()) + per_mb for f, b, _ in unique]
+    times = [per_group[g] for g in groups]
     busy = [sum(times[r::pp]) for r in range(pp)]
     fill = [sum(times[:r]) for r in range(pp)]
     return max(fill[r] + inp.num_microbatches * busy[r] for r in range(pp)) + constants["overhead.step_s"]
@@ -539,26 +552,41 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
     comm = inp.comm.with_efficiency(link_efficiency(c))
     m = inp.num_microbatches
     pp, vpp = plan.pp, plan.vpp
-    per_stage = _all_stage_times(inp, rates, comm, c)
+    groups, unique = _stage_time_groups(inp, rates, comm, c)
     send_f = [comm.p2p_stage_s(r, inp.p2p_bytes) for r in range(pp)]
     V = pp * vpp
     per_mb = c["overhead.microbatch_s"] / vpp
-    for v, (f, b, d) in enumerate(per_stage):
-        f["compute"] += per_mb / 3
-        b["compute"] += 2 * per_mb / 3
-        if rt.grad_accum_bytes_per_param:
-            # Each micro-batch's gradients added into the fp32 buffers by a backward hook.
-            accum = sum(inp.rank_params[v % pp]) / vpp * rt.grad_accum_bytes_per_param / rates.hbm_Bps
-            b["compute"] += accum
-            d["elementwise"] += accum
-        if rt.p2p_blocking and pp > 1:
-            # The rank sends its output and receives its input itself: both transfers cost it time.
-            recv = send_f[(v - 1) % pp] if v > 0 else 0.0
-            send = send_f[v % pp] if v < V - 1 else 0.0
-            f["pp_comm"] = recv + send
-            b["pp_comm"] = recv + send
-    fwd_s = [sum(f.values()) for f, _, _ in per_stage]
-    bwd_s = [sum(b.values()) for _, b, _ in per_stage]
+    # What is added below depends on the stage's times and, with gradient accumulation hooks or blocking sends,
+    # on its rank and whether it is the first or last stage: worked out once per distinct case (the same
+    # additions, so the same floats), shared by the stages alike (read only from here on).
+    by_rank = bool(rt.grad_accum_bytes_per_param) or (rt.p2p_blocking and pp > 1)
+    cases: dict[tuple, tuple[dict[str, float], dict[str, float], dict[str, float], float, float]] = {}
+    per_stage = []
+    fwd_s = []
+    bwd_s = []
+    for v, g in enumerate(groups):
+        case_key = (g, v % pp, v == 0, v == V - 1) if by_rank else g
+        case = cases.get(case_key)
+        if case is None:
+            f0, b0, d0 = unique[g]
+            f, b, d = dict(f0), dict(b0), dict(d0)
+            f["compute"] += per_mb / 3
+            b["compute"] += 2 * per_mb / 3
+            if rt.grad_accum_bytes_per_param:
+                # Each micro-batch's gradients added into the fp32 buffers by a backward hook.
+                accum = sum(inp.rank_params[v % pp]) / vpp * rt.grad_accum_bytes_per_param / rates.hbm_Bps
+                b["compute"] += accum
+                d["elementwise"] += accum
+            if rt.p2p_blocking and pp > 1:
+                # The rank sends its output and receives its input itself: both transfers cost it time.
+                recv = send_f[(v - 1) % pp] if v > 0 else 0.0
+                send = send_f[v % pp] if v < V - 1 else 0.0
+                f["pp_comm"] = recv + send
+                b["pp_comm"] = recv + send
+            case = cases[case_key] = (f, b, d, sum(f.values()), sum(b.values()))
+        per_stage.append(case[:3])
+        fwd_s.append(case[3])
+        bwd_s.append(case[4])
     if rt.p2p_blocking:
         send_f = [0.0] * pp
     sched = inp.schedule(fwd_s, bwd_s, send_f)
