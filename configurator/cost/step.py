@@ -231,6 +231,22 @@ _RATES = object()
 """Key tags of ``_shared_work`` and ``_rates_for`` entries in a search's ``WORK_TIME_MEMO``."""
 
 
+_CONSTANT_VALUES: dict[int, tuple[CostConstants, dict[str, float]]] = {}
+_CONSTANT_VALUES_LIMIT = 64
+
+
+def constant_values(c: CostConstants) -> dict[str, float]:
+    """``c``'s values by name, as a dict (``CostConstants[name]`` walks its tuple: ~35 look-ups per costing, 3% of a
+    search's CPU). Remembered per constants object, which the entry holds so that its id stays its own; bounded
+    (calibration builds a new object per trial)."""
+    hit = _CONSTANT_VALUES.get(id(c))
+    if hit is None:
+        if len(_CONSTANT_VALUES) >= _CONSTANT_VALUES_LIMIT:
+            _CONSTANT_VALUES.clear()
+        hit = _CONSTANT_VALUES[id(c)] = (c, dict(c.values))
+    return hit[1]
+
+
 def _shared_work(work: LayerWork) -> LayerWork:
     """During a search, the first equal ``LayerWork`` seen: the structures and options of one search prepare the
     same few hundred works thousands of times, and one object per value lets ``time_work`` and ``expert_gemms_s``
@@ -315,12 +331,14 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     Hidden communication is not free: NCCL's SMs slow the compute it hides under
     (``nccl_overlap_compute_slowdown`` of the hidden time is added to compute)."""
     plan, rt = inp.plan, inp.runtime
+    cv = constant_values(c)
     knobs = effective_knobs(plan, rt)
     fwd = dict.fromkeys(_COMPONENTS, 0.0)
     bwd = dict.fromkeys(_COMPONENTS, 0.0)
     detail = dict.fromkeys(("gemm", "attention", "elementwise", "recompute", "launch"), 0.0)
-    tp_hidden = c["overlap.tp"] if knobs.tp_overlap else 0.0
-    ep_hidden = c["overlap.ep"] if knobs.ep_overlap else 0.0
+    tp_hidden = cv["overlap.tp"] if knobs.tp_overlap else 0.0
+    ep_hidden = cv["overlap.ep"] if knobs.ep_overlap else 0.0
+    launch_s = cv["overhead.launch_s"]
     slowdown = hardware_default("nccl_overlap_compute_slowdown")
     ep_flex_slowdown = flex_overlap_compute_slowdown(rates.sm_count) if knobs.ep_dispatcher == "flex" else slowdown
     sync_s = hardware_default("d2h_sync_s")
@@ -342,7 +360,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         factor = 1.0
         if work.expert_gemms:
             # Dropless routing: the busiest EP rank's grouped GEMMs and all-to-all set the pace.
-            factor = expert_load_factor(inp.model, plan, inp.job, work.pairs_per_expert, c)
+            factor = expert_load_factor(inp.model, plan, inp.job, work.pairs_per_expert, cv)
             imbalance = (factor - 1.0) * expert_gemms_s(work, rates)
         f_compute = wt.total_s + imbalance
         b_compute = 2 * (wt.gemm_s + imbalance) + wt.attention_bwd_s + 2 * wt.elementwise_s
@@ -383,7 +401,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
             graphs = inp.job.cuda_graphs
             syncs = dispatcher_syncs(moe, plan.ep, inp.job.moe_routing, graphs)
             local_experts = work.expert_gemms[0].count if work.expert_gemms else 0.0
-            launch_f, launch_b = layer_launch_s(f_compute, b_compute + recompute, moe, c["overhead.launch_s"],
+            launch_f, launch_b = layer_launch_s(f_compute, b_compute + recompute, moe, launch_s,
                                                 sync_s, syncs, graphs, local_experts, work.extra_kernels)
             launch_b += re_frac * launch_f
         z_f = z_b = z_first = 0.0
@@ -487,7 +505,8 @@ def link_efficiency(c: CostConstants) -> LinkEfficiency:
     """The links' calibrated efficiencies; every timing of a step (evaluate, the bounds, the per-operation
     times) takes them from here, so the all-to-all efficiency cannot be left out of one of them. NCCL's
     all-to-all has one figure on both links (``link.alltoall``; cost/constants.py says why)."""
-    return LinkEfficiency(nvlink=c["link.nvlink"], scale_out=c["link.scale_out"], alltoall=c["link.alltoall"])
+    cv = constant_values(c)
+    return LinkEfficiency(nvlink=cv["link.nvlink"], scale_out=cv["link.scale_out"], alltoall=cv["link.alltoall"])
 
 
 def flex_link_efficiency(eff: LinkEfficiency) -> LinkEfficiency:
@@ -555,7 +574,7 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
     groups, unique = _stage_time_groups(inp, rates, comm, c)
     send_f = [comm.p2p_stage_s(r, inp.p2p_bytes) for r in range(pp)]
     V = pp * vpp
-    per_mb = c["overhead.microbatch_s"] / vpp
+    per_mb = constant_values(c)["overhead.microbatch_s"] / vpp
     # What is added below depends on the stage's times and, with gradient accumulation hooks or blocking sends,
     # on its rank and whether it is the first or last stage: worked out once per distinct case (the same
     # additions, so the same floats), shared by the stages alike (read only from here on).
@@ -680,7 +699,7 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
     dp_end = max(end_times) - sched.makespan_s
     optimizer = max(gpu_opt)
     offload = max(0.0, max(cpu_opt) - optimizer)
-    overhead = c["overhead.step_s"]
+    overhead = constant_values(c)["overhead.step_s"]
     breakdown = {
         "compute": components["compute"], "pipeline_bubble": bubble, "tp_comm": components["tp_comm"],
         "cp_comm": components["cp_comm"], "ep_comm": components["ep_comm"], "pp_comm": pp_comm,
