@@ -69,10 +69,9 @@ def _rank_ops(rank: int, pp: int, vpp: int, m: int) -> list[tuple[int, int, int]
     return ops
 
 
-@lru_cache(maxsize=512)
 def _graph(pp: int, vpp: int, m: int) -> tuple[tuple[tuple[int, int, int, int], ...], tuple[int, ...],
                                                 tuple[int, ...]]:
-    """The schedule as a DAG in a topological order, built once per (pp, vpp, m).
+    """The schedule as a DAG in a topological order (``_program`` keeps it, renumbered, per (pp, vpp, m)).
 
     Each entry is (previous op on the same rank or -1, the op whose output it waits for or -1,
     the transfer slot of that wait or -1, the duration slot), listed so that both predecessors come
@@ -137,19 +136,19 @@ def simulate_full(*, pp: int, vpp: int, num_microbatches: int, forward_s: list[f
                                                     (0, 1, i, 0, i * (f + b) + f, (i + 1) * (f + b)))) if trace else ()
         return ScheduleResult(makespan_s=total, busy_s=(total,), finish_s=(total,),
                               last_backward_start_s=(total - b,), first_forward_end_s=(f,), ops=ops)
-    entries, first, last = _graph(pp, vpp, m)
+    program, first, last = _program(pp, vpp, m)
     durations = list(forward_s) + list(backward_s)
-    end = _run(_program(pp, vpp, m), durations, [*send_forward_s, *send_backward_s, 0.0])
+    end = _run(program, durations, [*send_forward_s, *send_backward_s, 0.0])
     # end[i + _SENTINELS] is the end of operation i (``_program``)
     busy = tuple(m * sum(forward_s[v] + backward_s[v] for v in range(r, stages, pp)) for r in range(pp))
     finish = tuple(end[last[r] + _SENTINELS] for r in range(pp))
-    last_bwd = tuple(end[last[r] + _SENTINELS] - durations[entries[last[r]][3]] for r in range(pp))
+    last_bwd = tuple(end[last[r] + _SENTINELS] - durations[program[last[r]][3]] for r in range(pp))
     ops: tuple = ()
     if trace:
         mb_of = _microbatch_of(pp, vpp, m)
         ops = tuple(((k % stages) % pp, int(k >= stages), mb_of[i], k % stages,
                      end[i + _SENTINELS] - durations[k], end[i + _SENTINELS])
-                    for i, (_, _, _, k) in enumerate(entries))
+                    for i, (_, _, _, k) in enumerate(program))
     return ScheduleResult(makespan_s=max(finish), busy_s=busy, finish_s=finish, last_backward_start_s=last_bwd,
                           first_forward_end_s=tuple(end[first[r] + _SENTINELS] for r in range(pp)), ops=ops)
 
@@ -160,13 +159,15 @@ operation on its rank starts after) and -inf (the input of an operation that wai
 
 
 @lru_cache(maxsize=512)
-def _program(pp: int, vpp: int, m: int) -> tuple[tuple[int, int, int, int], ...]:
-    """``_graph``'s entries renumbered for ``_run``: operation i's end is at ``i + _SENTINELS``; a missing
+def _program(pp: int, vpp: int, m: int) -> tuple[tuple[tuple[int, int, int, int], ...], tuple[int, ...],
+                                                  tuple[int, ...]]:
+    """``_graph``, its entries renumbered for ``_run``: operation i's end is at ``i + _SENTINELS``; a missing
     predecessor on the rank points to the 0.0 sentinel, a missing input to the -inf one, and a wait without
-    a transfer to the last transfer slot (``_run`` appends a 0.0 there)."""
-    entries, _, _ = _graph(pp, vpp, m)
+    a transfer to the last transfer slot (``_run`` appends a 0.0 there); the duration slot as is. Only this
+    form is kept (one per (pp, vpp, m), bounded)."""
+    entries, first, last = _graph(pp, vpp, m)
     return tuple((prev + _SENTINELS if prev >= 0 else 0, dep + _SENTINELS if dep >= 0 else 1, slot, k)
-                 for prev, dep, slot, k in entries)
+                 for prev, dep, slot, k in entries), first, last
 
 
 def _run(program: tuple[tuple[int, int, int, int], ...], durations: list[float], sends: list[float]) -> list[float]:
