@@ -244,26 +244,40 @@ def _time_work(work: LayerWork, rates: GpuRates) -> WorkTime:
 
 
 def time_work(work: LayerWork, rates: GpuRates) -> WorkTime:
-    """Forward seconds of ``work`` at ``rates`` (remembered during a search: ``WORK_TIME_MEMO``)."""
+    """Forward seconds of ``work`` at ``rates`` (remembered during a search: ``WORK_TIME_MEMO``).
+
+    Looked up first by the two objects' identities (a search shares one object per equal work and rates:
+    ``cost/step.py`` ``_shared_work``, ``_rates_for``), which costs a fraction of hashing every field of both; the
+    entry holds the two objects, so their ids cannot be reused while it exists. Then by value."""
     memo = WORK_TIME_MEMO.get()
     if memo is None:
         return _time_work(work, rates)
+    ids = (id(work), id(rates))
+    same = memo.get(ids)
+    if same is not None:
+        return same[2]  # type: ignore[index, return-value]
     key = (work, rates)
     hit = memo.get(key)
     if hit is None:
         hit = memo[key] = _time_work(work, rates)
+    memo[ids] = (work, rates, hit)
     return hit  # type: ignore[return-value]
 
 
 def expert_gemms_s(work: LayerWork, rates: GpuRates) -> float:
     """Seconds of the routed experts' grouped GEMMs of ``work`` (remembered like ``time_work``)."""
     memo = WORK_TIME_MEMO.get()
+    if memo is None:
+        return sum(rates.gemm_s(g.m, g.n, g.k, g.count, g.bf16) for g in work.expert_gemms)
+    ids = (id(work), id(rates), 1)
+    same = memo.get(ids)
+    if same is not None:
+        return same[2]  # type: ignore[index, return-value]
     key = (work, rates, "experts")
-    hit = memo.get(key) if memo is not None else None
+    hit = memo.get(key)
     if hit is None:
-        hit = sum(rates.gemm_s(g.m, g.n, g.k, g.count, g.bf16) for g in work.expert_gemms)
-        if memo is not None:
-            memo[key] = hit
+        hit = memo[key] = sum(rates.gemm_s(g.m, g.n, g.k, g.count, g.bf16) for g in work.expert_gemms)
+    memo[ids] = (work, rates, hit)
     return hit  # type: ignore[return-value]
 
 

@@ -20,6 +20,7 @@ bite. With equal stages and no transfer time the result is the textbook 1F1B mak
 
 from __future__ import annotations
 
+import math
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
@@ -68,10 +69,9 @@ def _rank_ops(rank: int, pp: int, vpp: int, m: int) -> list[tuple[int, int, int]
     return ops
 
 
-@lru_cache(maxsize=512)
 def _graph(pp: int, vpp: int, m: int) -> tuple[tuple[tuple[int, int, int, int], ...], tuple[int, ...],
                                                 tuple[int, ...]]:
-    """The schedule as a DAG in a topological order, built once per (pp, vpp, m).
+    """The schedule as a DAG in a topological order (``_program`` keeps it, renumbered, per (pp, vpp, m)).
 
     Each entry is (previous op on the same rank or -1, the op whose output it waits for or -1,
     the transfer slot of that wait or -1, the duration slot), listed so that both predecessors come
@@ -136,30 +136,53 @@ def simulate_full(*, pp: int, vpp: int, num_microbatches: int, forward_s: list[f
                                                     (0, 1, i, 0, i * (f + b) + f, (i + 1) * (f + b)))) if trace else ()
         return ScheduleResult(makespan_s=total, busy_s=(total,), finish_s=(total,),
                               last_backward_start_s=(total - b,), first_forward_end_s=(f,), ops=ops)
-    entries, first, last = _graph(pp, vpp, m)
+    program, first, last = _program(pp, vpp, m)
     durations = list(forward_s) + list(backward_s)
-    sends = list(send_forward_s) + list(send_backward_s)
-    end = [0.0] * len(entries)
-    i = 0
-    for prev, dep, slot, k in entries:
-        start = end[prev] if prev >= 0 else 0.0
-        if dep >= 0:
-            ready = end[dep] + sends[slot] if slot >= 0 else end[dep]
-            if ready > start:
-                start = ready
-        end[i] = start + durations[k]
-        i += 1
+    end = _run(program, durations, [*send_forward_s, *send_backward_s, 0.0])
+    # end[i + _SENTINELS] is the end of operation i (``_program``)
     busy = tuple(m * sum(forward_s[v] + backward_s[v] for v in range(r, stages, pp)) for r in range(pp))
-    finish = tuple(end[last[r]] for r in range(pp))
-    last_bwd = tuple(end[last[r]] - durations[entries[last[r]][3]] for r in range(pp))
+    finish = tuple(end[last[r] + _SENTINELS] for r in range(pp))
+    last_bwd = tuple(end[last[r] + _SENTINELS] - durations[program[last[r]][3]] for r in range(pp))
     ops: tuple = ()
     if trace:
         mb_of = _microbatch_of(pp, vpp, m)
-        ops = tuple(((k % stages) % pp, int(k >= stages), mb_of[i], k % stages, end[i] - durations[k], end[i])
-                    for i, (_, _, _, k) in enumerate(entries))
-    return ScheduleResult(makespan_s=max(finish), busy_s=busy, finish_s=finish,
-                          last_backward_start_s=last_bwd, first_forward_end_s=tuple(end[first[r]] for r in range(pp)),
-                          ops=ops)
+        ops = tuple(((k % stages) % pp, int(k >= stages), mb_of[i], k % stages,
+                     end[i + _SENTINELS] - durations[k], end[i + _SENTINELS])
+                    for i, (_, _, _, k) in enumerate(program))
+    return ScheduleResult(makespan_s=max(finish), busy_s=busy, finish_s=finish, last_backward_start_s=last_bwd,
+                          first_forward_end_s=tuple(end[first[r] + _SENTINELS] for r in range(pp)), ops=ops)
+
+
+_SENTINELS = 2
+"""``_run``'s end times start with two that no operation writes: 0.0 (what an operation with no earlier
+operation on its rank starts after) and -inf (the input of an operation that waits for none)."""
+
+
+@lru_cache(maxsize=512)
+def _program(pp: int, vpp: int, m: int) -> tuple[tuple[tuple[int, int, int, int], ...], tuple[int, ...],
+                                                  tuple[int, ...]]:
+    """``_graph``, its entries renumbered for ``_run``: operation i's end is at ``i + _SENTINELS``; a missing
+    predecessor on the rank points to the 0.0 sentinel, a missing input to the -inf one, and a wait without
+    a transfer to the last transfer slot (``_run`` appends a 0.0 there); the duration slot as is. Only this
+    form is kept (one per (pp, vpp, m), bounded)."""
+    entries, first, last = _graph(pp, vpp, m)
+    return tuple((prev + _SENTINELS if prev >= 0 else 0, dep + _SENTINELS if dep >= 0 else 1, slot, k)
+                 for prev, dep, slot, k in entries), first, last
+
+
+def _run(program: tuple[tuple[int, int, int, int], ...], durations: list[float], sends: list[float]) -> list[float]:
+    """End time of every operation (after the two sentinels): each starts at the later of its rank's previous
+    end and its input's end plus the transfer. The branch-free form of ``start = max(prev end, input end +
+    send)`` with the same additions in the same order, so the same floats as stepping through the cases
+    (x + 0.0 == x, and -inf + a transfer loses to any end); it is most of a search's schedule time (a
+    Mixtral-8x22B/512 search simulates ~16,000 schedules of ~1,800 operations)."""
+    end = [0.0, -math.inf]
+    append = end.append
+    for prev, dep, slot, k in program:
+        start = end[prev]
+        ready = end[dep] + sends[slot]
+        append((start if start > ready else ready) + durations[k])
+    return end
 
 
 @lru_cache(maxsize=64)

@@ -37,7 +37,8 @@ from functools import lru_cache
 from typing import Any
 
 from configurator.cost.comm import CommModel, LinkEfficiency
-from configurator.cost.compute import GemmCurve, GpuRates, expert_gemms_s, gpu_rates, measured_gemm_curves, time_work
+from configurator.cost.compute import WORK_TIME_MEMO, GemmCurve, GpuRates, expert_gemms_s, gpu_rates, \
+    measured_gemm_curves, time_work
 from configurator.cost.constants import CostConstants, RuntimeCost, hardware_default, load_calibration, \
     load_runtime_cost
 from configurator.cost.cp import cp_times_s
@@ -225,6 +226,37 @@ def mean_layer_shard_bytes(params: list[tuple[float, float]] | tuple[tuple[float
     return BF16 * dense_sum / max(n, 1), BF16 * expert_sum / max(n, 1)
 
 
+_SHARED = object()
+_RATES = object()
+"""Key tags of ``_shared_work`` and ``_rates_for`` entries in a search's ``WORK_TIME_MEMO``."""
+
+
+_CONSTANT_VALUES: dict[int, tuple[CostConstants, dict[str, float]]] = {}
+_CONSTANT_VALUES_LIMIT = 64
+
+
+def constant_values(c: CostConstants) -> dict[str, float]:
+    """``c``'s values by name, as a dict (``CostConstants[name]`` walks its tuple: ~35 look-ups per costing, 3% of a
+    search's CPU). Remembered per constants object, which the entry holds so that its id stays its own; bounded
+    (calibration builds a new object per trial)."""
+    hit = _CONSTANT_VALUES.get(id(c))
+    if hit is None:
+        if len(_CONSTANT_VALUES) >= _CONSTANT_VALUES_LIMIT:
+            _CONSTANT_VALUES.clear()
+        hit = _CONSTANT_VALUES[id(c)] = (c, dict(c.values))
+    return hit[1]
+
+
+def _shared_work(work: LayerWork) -> LayerWork:
+    """During a search, the first equal ``LayerWork`` seen: the structures and options of one search prepare the
+    same few hundred works thousands of times, and one object per value lets ``time_work`` and ``expert_gemms_s``
+    find their timings by identity instead of hashing every field of every work on every lookup."""
+    memo = WORK_TIME_MEMO.get()
+    if memo is None:
+        return work
+    return memo.setdefault((_SHARED, work), work)  # type: ignore[return-value]
+
+
 def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
             placement: Placement | None = None, *, runtime: str = "megatron") -> StepInputs:
     """The constant-independent part of ``estimate_step``. ``plan`` must be legal (``check_plan``)."""
@@ -238,7 +270,7 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
         """The layer's work and its kind: (MoE, attention window; sliding-window layers attend to fewer keys)."""
         key = (model.layer_is_moe(index), model.attention_window(index))
         if key not in work_cache:
-            work_cache[key] = layer_work(model, job, plan, index)
+            work_cache[key] = _shared_work(layer_work(model, job, plan, index))
         return work_cache[key], key
 
     stages = []
@@ -254,17 +286,17 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,
             counts[key] = counts.get(key, 0) + 1
         works = [(work_cache[key], c, key[0]) for key, c in sorted(counts.items())]
         if v == 0:
-            works.append((embedding_work(model, job, plan), 1, False))
+            works.append((_shared_work(embedding_work(model, job, plan)), 1, False))
         if v == len(virtual) - 1:
-            works.append((head_work(model, job, plan), 1, False))
+            works.append((_shared_work(head_work(model, job, plan)), 1, False))
             if model.mtp_layers:
                 # Multi-token prediction (Megatron-Core places the MTP block on the last stage): per
                 # module one more transformer layer like the last one, its eh_proj and norms, and its
                 # own output head + loss (weights shared with the main head).
                 last_work, (last_moe, _) = work_of(model.num_layers - 1)
                 works += [(last_work, model.mtp_layers, last_moe),
-                          (mtp_projection_work(model, job, plan), model.mtp_layers, False),
-                          (head_work(model, job, plan), model.mtp_layers, False)]
+                          (_shared_work(mtp_projection_work(model, job, plan)), model.mtp_layers, False),
+                          (_shared_work(head_work(model, job, plan)), model.mtp_layers, False)]
         stages.append(VirtualStage(works=tuple(works), num_layers=n))
         dense_b, expert_b = mean_layer_shard_bytes(params, plan, start, n)
         zero3.append(dense_b)
@@ -299,14 +331,16 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     Hidden communication is not free: NCCL's SMs slow the compute it hides under
     (``nccl_overlap_compute_slowdown`` of the hidden time is added to compute)."""
     plan, rt = inp.plan, inp.runtime
+    cv = constant_values(c)
     knobs = effective_knobs(plan, rt)
     fwd = dict.fromkeys(_COMPONENTS, 0.0)
     bwd = dict.fromkeys(_COMPONENTS, 0.0)
     detail = dict.fromkeys(("gemm", "attention", "elementwise", "recompute", "launch"), 0.0)
-    tp_hidden = c["overlap.tp"] if knobs.tp_overlap else 0.0
+    tp_hidden = cv["overlap.tp"] if knobs.tp_overlap else 0.0
     # Only micro-batch passes that Megatron's combined 1F1B pairs with another can hide their all-to-all.
-    ep_hidden = (c["overlap.ep"] * ep_overlap_paired_share(plan.pp, plan.vpp, inp.num_microbatches)
+    ep_hidden = (cv["overlap.ep"] * ep_overlap_paired_share(plan.pp, plan.vpp, inp.num_microbatches)
                  if knobs.ep_overlap else 0.0)
+    launch_s = cv["overhead.launch_s"]
     slowdown = hardware_default("nccl_overlap_compute_slowdown")
     ep_flex_slowdown = flex_overlap_compute_slowdown(rates.sm_count) if knobs.ep_dispatcher == "flex" else slowdown
     sync_s = hardware_default("d2h_sync_s")
@@ -328,7 +362,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         factor = 1.0
         if work.expert_gemms:
             # Dropless routing: the busiest EP rank's grouped GEMMs and all-to-all set the pace.
-            factor = expert_load_factor(inp.model, plan, inp.job, work.pairs_per_expert, c)
+            factor = expert_load_factor(inp.model, plan, inp.job, work.pairs_per_expert, cv)
             imbalance = (factor - 1.0) * expert_gemms_s(work, rates)
         f_compute = wt.total_s + imbalance
         b_compute = 2 * (wt.gemm_s + imbalance) + wt.attention_bwd_s + 2 * wt.elementwise_s
@@ -369,7 +403,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
             graphs = inp.job.cuda_graphs
             syncs = dispatcher_syncs(moe, plan.ep, inp.job.moe_routing, graphs)
             local_experts = work.expert_gemms[0].count if work.expert_gemms else 0.0
-            launch_f, launch_b = layer_launch_s(f_compute, b_compute + recompute, moe, c["overhead.launch_s"],
+            launch_f, launch_b = layer_launch_s(f_compute, b_compute + recompute, moe, launch_s,
                                                 sync_s, syncs, graphs, local_experts, work.extra_kernels)
             launch_b += re_frac * launch_f
         z_f = z_b = z_first = 0.0
@@ -446,23 +480,35 @@ def _all_stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel,
                      c: CostConstants) -> list[tuple[dict[str, float], dict[str, float], dict[str, float]]]:
     """``_stage_times`` of every virtual stage; stages with the same layers share one computation
     (fresh dict copies, since ``evaluate`` adds to them)."""
-    memo: dict[tuple, tuple[dict[str, float], dict[str, float], dict[str, float]]] = {}
-    out = []
+    groups, unique = _stage_time_groups(inp, rates, comm, c)
+    return [(dict(f), dict(b), dict(d)) for f, b, d in (unique[g] for g in groups)]
+
+
+def _stage_time_groups(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConstants) -> tuple[
+        list[int], list[tuple[dict[str, float], dict[str, float], dict[str, float]]]]:
+    """Per virtual stage, the index of its ``_stage_times`` among the distinct ones, and those (shared: not to be
+    changed). Stages with the same works, layer count and shard sizes (and the first stage, which starts with
+    its gather) have the same times: most of an interleaved pipeline's chunks are alike."""
+    index: dict[tuple, int] = {}
+    unique: list[tuple[dict[str, float], dict[str, float], dict[str, float]]] = []
+    groups = []
     for v, stage in enumerate(inp.stages):
         key = (tuple((id(w), n, moe) for w, n, moe in stage.works), stage.num_layers, inp.zero3_layer_bytes[v],
                inp.zero3_expert_bytes[v], v == 0)
-        if key not in memo:
-            memo[key] = _stage_times(inp, rates, comm, c, v)
-        f, b, d = memo[key]
-        out.append((dict(f), dict(b), dict(d)))
-    return out
+        g = index.get(key)
+        if g is None:
+            g = index[key] = len(unique)
+            unique.append(_stage_times(inp, rates, comm, c, v))
+        groups.append(g)
+    return groups, unique
 
 
 def link_efficiency(c: CostConstants) -> LinkEfficiency:
     """The links' calibrated efficiencies; every timing of a step (evaluate, the bounds, the per-operation
     times) takes them from here, so the all-to-all efficiency cannot be left out of one of them. NCCL's
     all-to-all has one figure on both links (``link.alltoall``; cost/constants.py says why)."""
-    return LinkEfficiency(nvlink=c["link.nvlink"], scale_out=c["link.scale_out"], alltoall=c["link.alltoall"])
+    cv = constant_values(c)
+    return LinkEfficiency(nvlink=cv["link.nvlink"], scale_out=cv["link.scale_out"], alltoall=cv["link.alltoall"])
 
 
 def flex_link_efficiency(eff: LinkEfficiency) -> LinkEfficiency:
@@ -476,8 +522,22 @@ def flex_link_efficiency(eff: LinkEfficiency) -> LinkEfficiency:
 def _rates_for(inp: StepInputs, c: CostConstants) -> GpuRates:
     rates = inp._rates.get(c.values)
     if rates is None:
-        rates = gpu_rates(inp.cluster, inp.job.precision, c, inp.measured_curves, inp.runtime.attention_kernel,
-                          inp.job.fp8_attention)
+        search_memo = WORK_TIME_MEMO.get()
+        if search_memo is None:
+            rates = gpu_rates(inp.cluster, inp.job.precision, c, inp.measured_curves, inp.runtime.attention_kernel,
+                              inp.job.fp8_attention)
+        else:
+            # One rates object per search, GPU and constants (knob variants are prepared with empty ``_rates``):
+            # not worked out again per variant, and ``time_work`` finds its timings by the rates' identity.
+            # Cluster and constants by identity, held by the entry so their ids stay theirs.
+            key = (_RATES, id(inp.cluster), id(c), inp.job.precision, tuple(sorted(inp.measured_curves.items())),
+                   inp.runtime.attention_kernel, inp.job.fp8_attention)
+            hit = search_memo.get(key)
+            if hit is None:
+                hit = search_memo[key] = ((inp.cluster, c), gpu_rates(
+                    inp.cluster, inp.job.precision, c, inp.measured_curves, inp.runtime.attention_kernel,
+                    inp.job.fp8_attention))
+            rates = hit[1]  # type: ignore[index]
         inp._rates.clear()
         inp._rates[c.values] = rates
     return rates
@@ -497,7 +557,9 @@ def busy_lower_bound(inp: StepInputs, constants: CostConstants) -> float:
     comm = inp.comm.with_efficiency(link_efficiency(constants))
     pp = inp.plan.pp
     per_mb = constants["overhead.microbatch_s"] / inp.plan.vpp
-    times = [sum(f.values()) + sum(b.values()) + per_mb for f, b, _ in _all_stage_times(inp, rates, comm, constants)]
+    groups, unique = _stage_time_groups(inp, rates, comm, constants)
+    per_group = [sum(f.values()) + sum(b.values()) + per_mb for f, b, _ in unique]
+    times = [per_group[g] for g in groups]
     busy = [sum(times[r::pp]) for r in range(pp)]
     fill = [sum(times[:r]) for r in range(pp)]
     return max(fill[r] + inp.num_microbatches * busy[r] for r in range(pp)) + constants["overhead.step_s"]
@@ -511,26 +573,41 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
     comm = inp.comm.with_efficiency(link_efficiency(c))
     m = inp.num_microbatches
     pp, vpp = plan.pp, plan.vpp
-    per_stage = _all_stage_times(inp, rates, comm, c)
+    groups, unique = _stage_time_groups(inp, rates, comm, c)
     send_f = [comm.p2p_stage_s(r, inp.p2p_bytes) for r in range(pp)]
     V = pp * vpp
-    per_mb = c["overhead.microbatch_s"] / vpp
-    for v, (f, b, d) in enumerate(per_stage):
-        f["compute"] += per_mb / 3
-        b["compute"] += 2 * per_mb / 3
-        if rt.grad_accum_bytes_per_param:
-            # Each micro-batch's gradients added into the fp32 buffers by a backward hook.
-            accum = sum(inp.rank_params[v % pp]) / vpp * rt.grad_accum_bytes_per_param / rates.hbm_Bps
-            b["compute"] += accum
-            d["elementwise"] += accum
-        if rt.p2p_blocking and pp > 1:
-            # The rank sends its output and receives its input itself: both transfers cost it time.
-            recv = send_f[(v - 1) % pp] if v > 0 else 0.0
-            send = send_f[v % pp] if v < V - 1 else 0.0
-            f["pp_comm"] = recv + send
-            b["pp_comm"] = recv + send
-    fwd_s = [sum(f.values()) for f, _, _ in per_stage]
-    bwd_s = [sum(b.values()) for _, b, _ in per_stage]
+    per_mb = constant_values(c)["overhead.microbatch_s"] / vpp
+    # What is added below depends on the stage's times and, with gradient accumulation hooks or blocking sends,
+    # on its rank and whether it is the first or last stage: worked out once per distinct case (the same
+    # additions, so the same floats), shared by the stages alike (read only from here on).
+    by_rank = bool(rt.grad_accum_bytes_per_param) or (rt.p2p_blocking and pp > 1)
+    cases: dict[tuple, tuple[dict[str, float], dict[str, float], dict[str, float], float, float]] = {}
+    per_stage = []
+    fwd_s = []
+    bwd_s = []
+    for v, g in enumerate(groups):
+        case_key = (g, v % pp, v == 0, v == V - 1) if by_rank else g
+        case = cases.get(case_key)
+        if case is None:
+            f0, b0, d0 = unique[g]
+            f, b, d = dict(f0), dict(b0), dict(d0)
+            f["compute"] += per_mb / 3
+            b["compute"] += 2 * per_mb / 3
+            if rt.grad_accum_bytes_per_param:
+                # Each micro-batch's gradients added into the fp32 buffers by a backward hook.
+                accum = sum(inp.rank_params[v % pp]) / vpp * rt.grad_accum_bytes_per_param / rates.hbm_Bps
+                b["compute"] += accum
+                d["elementwise"] += accum
+            if rt.p2p_blocking and pp > 1:
+                # The rank sends its output and receives its input itself: both transfers cost it time.
+                recv = send_f[(v - 1) % pp] if v > 0 else 0.0
+                send = send_f[v % pp] if v < V - 1 else 0.0
+                f["pp_comm"] = recv + send
+                b["pp_comm"] = recv + send
+            case = cases[case_key] = (f, b, d, sum(f.values()), sum(b.values()))
+        per_stage.append(case[:3])
+        fwd_s.append(case[3])
+        bwd_s.append(case[4])
     if rt.p2p_blocking:
         send_f = [0.0] * pp
     sched = inp.schedule(fwd_s, bwd_s, send_f)
@@ -624,7 +701,7 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
     dp_end = max(end_times) - sched.makespan_s
     optimizer = max(gpu_opt)
     offload = max(0.0, max(cpu_opt) - optimizer)
-    overhead = c["overhead.step_s"]
+    overhead = constant_values(c)["overhead.step_s"]
     breakdown = {
         "compute": components["compute"], "pipeline_bubble": bubble, "tp_comm": components["tp_comm"],
         "cp_comm": components["cp_comm"], "ep_comm": components["ep_comm"], "pp_comm": pp_comm,
