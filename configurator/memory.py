@@ -611,31 +611,40 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
     return memory_parts(model, cluster, job, plan, runtime=runtime).report(plan.offload)
 
 
-@dataclass(frozen=True, slots=True)
 class MemoryParts:
     """A plan's memory before the optimizer offload splits it: per pipeline rank, the parts ``estimate_memory``
     adds up. The offload fraction moves only a share of the optimizer states (``_stage_memory``), so one
     ``MemoryParts`` gives the report, or only the totals, of every fraction of the plan. The search checks
     thousands of plans for fit (``search/resolve.py``) and keeps a report only for the few it offers:
     ``totals`` works the totals out with the same operations in the same order as ``StageMemory.total_bytes``
-    (equal to the last bit; ``tests/test_resolve_parts.py`` checks it)."""
+    (equal to the last bit; ``tests/test_resolve_parts.py`` checks it). Read-only by convention (a plain
+    class: the search builds one per estimate)."""
 
-    rows: tuple[tuple[int, int, int, float, float, float, float, float, float], ...]
-    """Per pipeline rank: (stage, layers, parameters, weights, grads, whole optimizer states, activations,
-    micro-batches in flight, flex buffers), bytes."""
-    context_bytes: float
-    rt: Runtime
-    capacity_bytes: float
-    host_capacity_bytes: float
-    gpus_per_node: int
-    """Ranks of one node (``_report``: at worst all of the busiest stage)."""
-    buffers: FlexBuffers | None = None
+    __slots__ = ("states", "activations", "buffer_bytes", "context_bytes", "rt", "capacity_bytes",
+                 "host_capacity_bytes", "gpus_per_node", "buffers")
+
+    def __init__(self, *, states: tuple[tuple[int, int, float, float, float], ...],
+                 activations: tuple[tuple[float, float], ...], buffer_bytes: tuple[float, ...], context_bytes: float,
+                 rt: Runtime, capacity_bytes: float, host_capacity_bytes: float, gpus_per_node: int,
+                 buffers: FlexBuffers | None = None) -> None:
+        self.states = states
+        """Per pipeline rank: (layers, parameters, weights, grads, whole optimizer states), bytes."""
+        self.activations = activations
+        """Per pipeline rank: (activation bytes, micro-batches in flight)."""
+        self.buffer_bytes = buffer_bytes
+        """Per pipeline rank: the flex dispatcher's buffers (0 without them)."""
+        self.context_bytes, self.rt = context_bytes, rt
+        self.capacity_bytes, self.host_capacity_bytes = capacity_bytes, host_capacity_bytes
+        self.gpus_per_node = gpus_per_node
+        """Ranks of one node (``_report``: at worst all of the busiest stage)."""
+        self.buffers = buffers
 
     def report(self, offload: float) -> MemoryReport:
         """``estimate_memory`` of the plan with ``offload`` of its optimizer states on the host."""
         ctx, rt = self.context_bytes, self.rt
         stages = tuple(_stage_memory(s, n, p, w, g, o, a, inflight, ctx, offload, rt, ep)
-                       for s, n, p, w, g, o, a, inflight, ep in self.rows)
+                       for s, ((n, p, w, g, o), (a, inflight), ep)
+                       in enumerate(zip(self.states, self.activations, self.buffer_bytes)))
         return MemoryReport(stages=stages, capacity_bytes=self.capacity_bytes,
                             host_capacity_bytes=self.host_capacity_bytes,
                             host_peak_bytes=self.gpus_per_node * max(st.host_optimizer_bytes for st in stages),
@@ -647,11 +656,10 @@ class MemoryParts:
         frag, ctx = self.rt.fragmentation, self.context_bytes
         totals = []
         host_max = -math.inf
-        for i, (_s, _n, _p, w, g, o, a, _inflight, ep) in enumerate(self.rows):
+        for (_n, _p, w, g, o), (a, _inflight), ep in zip(self.states, self.activations,
+                                                          stage_buffer_bytes or self.buffer_bytes):
             host = o * offload  # as _stage_memory
             allocated = w + g + (o - host) + a
-            if stage_buffer_bytes is not None:
-                ep = stage_buffer_bytes[i]
             # StageMemory.total_bytes: (allocated + fragmentation) + context + buffers, left to right
             totals.append(allocated + allocated * frag + ctx + ep)
             if host > host_max:
@@ -727,10 +735,8 @@ def memory_parts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pla
         if states is None:
             states = shared[key] = _stage_states(model, plan, rt, shared)
     buffers, stage_buffer_bytes = _stage_flex_buffers(model, cluster, job, plan)
-    rows = tuple((s, num_layers, params, weights, grads, optim, act, inflight, ep)
-                 for s, ((num_layers, params, weights, grads, optim), (act, inflight), ep)
-                 in enumerate(zip(states, acts, stage_buffer_bytes)))
-    return MemoryParts(rows=rows, context_bytes=overhead.cuda_context_bytes + overhead.nccl_bytes, rt=rt,
+    return MemoryParts(states=states, activations=acts, buffer_bytes=stage_buffer_bytes,
+                       context_bytes=overhead.cuda_context_bytes + overhead.nccl_bytes, rt=rt,
                        capacity_bytes=float(cluster.gpu_memory_bytes),
                        host_capacity_bytes=float(cluster.host_memory_bytes) * HOST_USABLE_FRACTION,
                        gpus_per_node=min(cluster.gpus_per_node, plan.world_size), buffers=buffers)

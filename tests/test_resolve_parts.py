@@ -46,8 +46,9 @@ def test_the_totals_of_hand_made_parts_add_up_as_a_stage_report_does() -> None:
     fragmentation, 0.5 GiB context, 0.25 GiB flex buffers: 2 GiB move to the host; allocated 1 + 2 + 2 + 3 =
     8 GiB; on the device 8 + 0.8 + 0.5 + 0.25 = 9.55 GiB; the host holds 8 ranks x 2 GiB."""
     rt = dataclasses.replace(load_runtime("megatron"), fragmentation=0.1)
-    parts = MemoryParts(rows=((0, 4, 100, 1 * GIB, 2 * GIB, 4 * GIB, 3 * GIB, 1.0, 0.25 * GIB),), context_bytes=0.5 * GIB,
-                        rt=rt, capacity_bytes=80 * GIB, host_capacity_bytes=1000 * GIB, gpus_per_node=8)
+    rows = {"states": ((4, 100, 1 * GIB, 2 * GIB, 4 * GIB),), "activations": ((3 * GIB, 1.0),),
+            "buffer_bytes": (0.25 * GIB,), "context_bytes": 0.5 * GIB, "rt": rt}
+    parts = MemoryParts(**rows, capacity_bytes=80 * GIB, host_capacity_bytes=1000 * GIB, gpus_per_node=8)
     totals = parts.totals(0.5)
     assert totals.stage_totals == pytest.approx((9.55 * GIB,))
     assert totals.peak_bytes == pytest.approx(9.55 * GIB) and totals.host_peak_bytes == pytest.approx(16 * GIB)
@@ -57,8 +58,8 @@ def test_the_totals_of_hand_made_parts_add_up_as_a_stage_report_does() -> None:
     assert stage.allocated_bytes == 8 * GIB and stage.total_bytes == totals.peak_bytes
     assert report.host_peak_bytes == totals.host_peak_bytes and totals.report() == report
     assert totals.fits
-    assert not MemoryParts(rows=parts.rows, context_bytes=parts.context_bytes, rt=rt, capacity_bytes=9 * GIB,
-                           host_capacity_bytes=1000 * GIB, gpus_per_node=8).totals(0.5).fits_device
+    assert not MemoryParts(**rows, capacity_bytes=9 * GIB, host_capacity_bytes=1000 * GIB,
+                           gpus_per_node=8).totals(0.5).fits_device
 
 
 @pytest.mark.parametrize("model, cluster, gpus", [("deepseek-v3", "h800-ib", 64), ("mixtral-8x22b", "dgx-h100", 64),

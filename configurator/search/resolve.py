@@ -473,19 +473,21 @@ def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
     uses it to raise a structure's lower bound to its full-recompute form before resolving it."""
     shardings = framework_shardings(ctx, structure)
     modules = selective_module_ladder(ctx.model, ctx.job.precision)[-1] if ctx.runtime in MEGATRON_RUNTIMES else ()
+    partial: dict[str, object] | None = None
     for sharding in reversed(shardings):  # (most sharded first: the one most likely to fit, which ends it)
         if sharding in ("zero1", "distopt") and "zero2" in shardings:
             continue  # ZeRO-2 holds the same weights and optimizer shards and fewer gradients: never more
         if sharding == "hsdp" and "zero3" in shardings:
             continue  # ZeRO-3 (taken first) shards over all of dp x cp, HSDP over a part of it: never more
         offload = 1.0 if sharding != "none" else 0.0
-        base = _with_sharding(ctx, structure, sharding, recompute="none", recompute_num_layers=0, offload=0.0)
-        ladder = recompute_ladder(ctx, base)
-        partial = ladder[len(ladder) - 2]
-        if _probe(ctx, replace(partial, offload=offload)).fits_device:
+        # the recompute ladder's step before "all layers" (``RecomputeLadder``), each form built in one replace
+        if partial is None:
+            recompute, layers = RecomputeLadder(ctx, structure).steps[-2]
+            partial = {"recompute": recompute, "recompute_num_layers": layers}
+        if _probe(ctx, _with_sharding(ctx, structure, sharding, **partial, offload=offload)).fits_device:
             return False
-        if modules and _probe(ctx, replace(base, recompute="selective", recompute_modules=modules,
-                                            offload=offload)).fits_device:
+        if modules and _probe(ctx, _with_sharding(ctx, structure, sharding, recompute="selective", recompute_num_layers=0,
+                                                  recompute_modules=modules, offload=offload)).fits_device:
             return False
     return True
 
