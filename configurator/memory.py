@@ -627,16 +627,12 @@ class MemoryParts:
                  activations: tuple[tuple[float, float], ...], buffer_bytes: tuple[float, ...], context_bytes: float,
                  rt: Runtime, capacity_bytes: float, host_capacity_bytes: float, gpus_per_node: int,
                  buffers: FlexBuffers | None = None) -> None:
-        self.states = states
-        """Per pipeline rank: (layers, parameters, weights, grads, whole optimizer states), bytes."""
-        self.activations = activations
-        """Per pipeline rank: (activation bytes, micro-batches in flight)."""
-        self.buffer_bytes = buffer_bytes
-        """Per pipeline rank: the flex dispatcher's buffers (0 without them)."""
+        self.states = states  # per pipeline rank: (layers, parameters, weights, grads, whole optimizer states)
+        self.activations = activations  # per pipeline rank: (activation bytes, micro-batches in flight)
+        self.buffer_bytes = buffer_bytes  # per pipeline rank: the flex dispatcher's buffers (0 without them)
         self.context_bytes, self.rt = context_bytes, rt
         self.capacity_bytes, self.host_capacity_bytes = capacity_bytes, host_capacity_bytes
-        self.gpus_per_node = gpus_per_node
-        """Ranks of one node (``_report``: at worst all of the busiest stage)."""
+        self.gpus_per_node = gpus_per_node  # ranks of one node (``_report``: at worst all of the busiest stage)
         self.buffers = buffers
 
     def report(self, offload: float) -> MemoryReport:
@@ -650,14 +646,12 @@ class MemoryParts:
                             host_peak_bytes=self.gpus_per_node * max(st.host_optimizer_bytes for st in stages),
                             runtime=rt.name, flex_buffers=self.buffers)
 
-    def totals(self, offload: float, stage_buffer_bytes: tuple[float, ...] | None = None) -> MemoryTotals:
-        """``report(offload)``'s per-stage ``total_bytes`` and host peak, without building it; with
-        ``stage_buffer_bytes``, as if each rank held those flex buffers instead (``with_flex_buffers``)."""
+    def totals(self, offload: float) -> MemoryTotals:
+        """``report(offload)``'s per-stage ``total_bytes`` and host peak, without building it."""
         frag, ctx = self.rt.fragmentation, self.context_bytes
         totals = []
         host_max = -math.inf
-        for (_n, _p, w, g, o), (a, _inflight), ep in zip(self.states, self.activations,
-                                                          stage_buffer_bytes or self.buffer_bytes):
+        for (_n, _p, w, g, o), (a, _inflight), ep in zip(self.states, self.activations, self.buffer_bytes):
             host = o * offload  # as _stage_memory
             allocated = w + g + (o - host) + a
             # StageMemory.total_bytes: (allocated + fragmentation) + context + buffers, left to right
