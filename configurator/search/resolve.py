@@ -40,8 +40,8 @@ from functools import lru_cache
 
 from configurator.cost.step import ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, cpu_adam_rate_per_gpu
 from configurator.margin import NO_MARGIN, MemoryMargin, fits_with_margin
-from configurator.memory import (MemoryReport, MemoryTotals, flex_peak_bytes, memory_parts, recompute_dropped_parts,
-                                  with_flex_buffers)
+from configurator.memory import (MemoryReport, MemoryTotals, flex_peak_bytes, memory_floor_bytes, memory_parts,
+                                  recompute_dropped_parts, with_flex_buffers)
 from configurator.profiles import GIB
 from configurator.recompute import MEGATRON_RUNTIMES, selective_module_ladder
 from configurator.search.knobs import dispatcher_choices
@@ -484,7 +484,10 @@ def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
         if partial is None:
             recompute, layers = RecomputeLadder(ctx, structure).steps[-2]
             partial = {"recompute": recompute, "recompute_num_layers": layers}
-        if _probe(ctx, _with_sharding(ctx, structure, sharding, **partial, offload=offload)).fits_device:
+        probe = _with_sharding(ctx, structure, sharding, **partial, offload=offload)
+        if memory_floor_bytes(ctx.model, ctx.cluster, ctx.job, probe, runtime=ctx.runtime) > ctx.cluster.gpu_memory_bytes:
+            continue  # the weights, grads and optimizer states alone do not fit: no recompute form does
+        if _probe(ctx, probe).fits_device:
             return False
         if modules and _probe(ctx, _with_sharding(ctx, structure, sharding, recompute="selective", recompute_num_layers=0,
                                                   recompute_modules=modules, offload=offload)).fits_device:
