@@ -437,7 +437,11 @@ def recompute_dropped_parts(modules: tuple[str, ...]) -> frozenset[str]:
 
 def layer_kept_bytes(model: ModelSpec, job: JobSpec, plan: Plan, index: int, rt: "Runtime") -> float:
     """Bytes a layer keeps for backward under the plan's recompute (none or selective)."""
-    parts = layer_activation_parts(model, job, plan, index)
+    return _kept_bytes(model, job, plan, index, rt, layer_activation_parts(model, job, plan, index))
+
+
+def _kept_bytes(model: ModelSpec, job: JobSpec, plan: Plan, index: int, rt: "Runtime", parts: dict[str, float]) -> float:
+    """``layer_kept_bytes`` from the layer's ``layer_activation_parts``."""
     if plan.recompute != "selective":
         return sum(parts.values())
     if plan.recompute_modules:
@@ -500,12 +504,22 @@ def chunk_layer_indices(model: ModelSpec, plan: Plan, stage: int) -> list[list[i
     return [list(r) for r in _virtual_chunks(model.num_layers, plan.pp, plan.vpp, plan.pipeline_layers)[stage]]
 
 
-def _per_kind(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime) -> dict[bool, tuple[float, float]]:
-    """(everything, what the plan's recompute keeps) per layer kind (MoE or dense), one micro-batch."""
+def _per_kind(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime,
+              memo: dict | None = None) -> dict[bool, tuple[float, float]]:
+    """(everything, what the plan's recompute keeps) per layer kind (MoE or dense), one micro-batch. ``memo``:
+    a search's ``ACTIVATION_MEMO``, which keeps each kind's ``layer_activation_parts`` for the recompute forms
+    of a structure (they depend only on the fields in its key)."""
     out: dict[bool, tuple[float, float]] = {}
     for i, kind in enumerate(layer_moe_flags(model)):
         if kind not in out:
-            out[kind] = (layer_activation_bytes(model, job, plan, i), layer_kept_bytes(model, job, plan, i, rt))
+            key = ("layer_parts", plan.tp, plan.sp, plan.cp, plan.micro_batch, plan.etp, kind)
+            parts = memo.get(key) if memo is not None else None
+            if parts is None:
+                parts = layer_activation_parts(model, job, plan, i)
+                if memo is not None:
+                    memo[key] = parts
+            # (layer_activation_bytes and layer_kept_bytes, from one computation of the parts)
+            out[kind] = (sum(parts.values()), _kept_bytes(model, job, plan, i, rt, parts))
     return out
 
 
@@ -528,15 +542,17 @@ def _chunk_activations(model: ModelSpec, job: JobSpec, plan: Plan, kinds: dict[b
 
 
 def _stage_activations(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, stage: int,
-                       num_microbatches: int, kinds: dict[bool, tuple[float, float]] | None = None) -> tuple[float, float]:
-    """(activation bytes of the stage's rank at its peak, micro-batches in flight in stage units)."""
+                       num_microbatches: int, kinds: dict[bool, tuple[float, float]] | None = None,
+                       flags: tuple[bool, ...] | None = None) -> tuple[float, float]:
+    """(activation bytes of the stage's rank at its peak, micro-batches in flight in stage units). ``flags``:
+    ``layer_moe_flags(model)``, if the caller has it."""
     kinds = kinds or _per_kind(model, job, plan, rt)
     chunks = chunk_layer_indices(model, plan, stage)
     tokens = job.seq_len / plan.cp * plan.micro_batch
     boundary = rt.pipe_buffers * layer_input_bytes(model, job, plan)
     per_chunk = []
     working = 0.0
-    flags = layer_moe_flags(model)
+    flags = flags or layer_moe_flags(model)
     for c, layers in enumerate(chunks):
         kept, work = _chunk_activations(model, job, plan, kinds, layers, flags)
         per_chunk.append(kept + boundary)
@@ -572,15 +588,17 @@ def mtp_activation_bytes(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime
 
 
 # ----- the estimator -----------------------------------------------------------------------------
-ACTIVATION_MEMO: ContextVar[dict[tuple, dict[int, tuple[float, float]]] | None] = ContextVar("configurator_activation_memo", default=None)
-"""Set by a search (one model, job and cluster) for its duration: each stage's activation bytes (by stage
-index) under the plan fields they depend on — not the sharding or the offload fraction, which the search
-varies most, nor the MoE dispatcher (its buffers are not activations; the search resolves a structure again
-with flex where they do not fit), nor the expert-parallel degree: a layer keeps what its rank's tokens route
-(``k`` pairs per token, over expert-TP), whatever the number of experts it holds, so structures that differ only
-in EP (up to 7 of DeepSeek-V3's) share them (DeepSeek-V3 on 64 H800: 82,497 stage computations -> 35,886). One
-key per plan, not per stage: hashing the fields is a good part of a memo lookup. ``tests/test_search_speed.py``
-checks that the activations do not depend on EP."""
+ACTIVATION_MEMO: ContextVar[dict[tuple, Any] | None] = ContextVar("configurator_activation_memo", default=None)
+"""Set by a search (one model, job and cluster) for its duration: the parts of ``estimate_memory`` that the
+options of one structure share (``memory_parts``). Each stage's activation bytes under the plan fields they
+depend on — not the sharding or the offload fraction, which the search varies most, nor the MoE dispatcher (its
+buffers are not activations; the search resolves a structure again with flex where they do not fit), nor the
+expert-parallel degree: a layer keeps what its rank's tokens route (``k`` pairs per token, over expert-TP),
+whatever the number of experts it holds, so structures that differ only in EP (up to 7 of DeepSeek-V3's) share
+them (DeepSeek-V3 on 64 H800: 82,497 stage computations -> 35,886). One key per plan, not per stage: hashing the
+fields is a good part of a memo lookup. ``tests/test_search_speed.py`` checks that the activations do not depend
+on EP. Under ``_SHARED``, a dict of its own: each stage's weights, grads and optimizer states per sharding
+(``_STATE_FIELDS``), each layer kind's activation parts (``_per_kind``) and the partitions' parameter tables."""
 ACTIVATION_MEMO_LIMIT = 4096
 """Plans ``ACTIVATION_MEMO`` holds before it is emptied (``search.resolve.MEMO_LIMIT`` says why)."""
 _ACTIVATION_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("sharding", "shard_group", "offload", "ep",
@@ -590,9 +608,172 @@ _ACTIVATION_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("sharding"
 def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan, *,
                     runtime: str | Runtime = "megatron") -> MemoryReport:
     """Peak memory of every pipeline stage's rank. Pure; assumes ``plan`` is legal."""
+    return memory_parts(model, cluster, job, plan, runtime=runtime).report(plan.offload)
+
+
+class MemoryParts:
+    """A plan's memory before the optimizer offload splits it: per pipeline rank, the parts ``estimate_memory``
+    adds up. The offload fraction moves only a share of the optimizer states (``_stage_memory``), so one
+    ``MemoryParts`` gives the report, or only the totals, of every fraction of the plan. The search checks
+    thousands of plans for fit (``search/resolve.py``) and keeps a report only for the few it offers:
+    ``totals`` works the totals out with the same operations in the same order as ``StageMemory.total_bytes``
+    (equal to the last bit; ``tests/test_resolve_parts.py`` checks it). Read-only by convention (a plain
+    class: the search builds one per estimate)."""
+
+    __slots__ = ("states", "activations", "buffer_bytes", "context_bytes", "rt", "capacity_bytes",
+                 "host_capacity_bytes", "gpus_per_node", "buffers")
+
+    def __init__(self, *, states: tuple[tuple[int, int, float, float, float], ...],
+                 activations: tuple[tuple[float, float], ...], buffer_bytes: tuple[float, ...], context_bytes: float,
+                 rt: Runtime, capacity_bytes: float, host_capacity_bytes: float, gpus_per_node: int,
+                 buffers: FlexBuffers | None = None) -> None:
+        self.states = states  # per pipeline rank: (layers, parameters, weights, grads, whole optimizer states)
+        self.activations = activations  # per pipeline rank: (activation bytes, micro-batches in flight)
+        self.buffer_bytes = buffer_bytes  # per pipeline rank: the flex dispatcher's buffers (0 without them)
+        self.context_bytes, self.rt = context_bytes, rt
+        self.capacity_bytes, self.host_capacity_bytes = capacity_bytes, host_capacity_bytes
+        self.gpus_per_node = gpus_per_node  # ranks of one node (``_report``: at worst all of the busiest stage)
+        self.buffers = buffers
+
+    def report(self, offload: float) -> MemoryReport:
+        """``estimate_memory`` of the plan with ``offload`` of its optimizer states on the host."""
+        ctx, rt = self.context_bytes, self.rt
+        stages = tuple(_stage_memory(s, n, p, w, g, o, a, inflight, ctx, offload, rt, ep)
+                       for s, ((n, p, w, g, o), (a, inflight), ep)
+                       in enumerate(zip(self.states, self.activations, self.buffer_bytes)))
+        return MemoryReport(stages=stages, capacity_bytes=self.capacity_bytes,
+                            host_capacity_bytes=self.host_capacity_bytes,
+                            host_peak_bytes=self.gpus_per_node * max(st.host_optimizer_bytes for st in stages),
+                            runtime=rt.name, flex_buffers=self.buffers)
+
+    def totals(self, offload: float) -> MemoryTotals:
+        """``report(offload)``'s per-stage ``total_bytes`` and host peak, without building it."""
+        frag, ctx = self.rt.fragmentation, self.context_bytes
+        totals = []
+        host_max = -math.inf
+        for (_n, _p, w, g, o), (a, _inflight), ep in zip(self.states, self.activations, self.buffer_bytes):
+            host = o * offload  # as _stage_memory
+            allocated = w + g + (o - host) + a
+            # StageMemory.total_bytes: (allocated + fragmentation) + context + buffers, left to right
+            totals.append(allocated + allocated * frag + ctx + ep)
+            if host > host_max:
+                host_max = host
+        return MemoryTotals(self, offload, tuple(totals), max(totals), self.gpus_per_node * host_max)
+
+
+class MemoryTotals:
+    """What a fit check needs of a ``MemoryReport`` (``MemoryParts.totals``): each stage's device total, the
+    peak and the host peak, the same floats; ``report()`` builds the full report when the plan is kept."""
+
+    __slots__ = ("parts", "offload", "stage_totals", "peak_bytes", "host_peak_bytes", "_report")
+
+    def __init__(self, parts: MemoryParts, offload: float, stage_totals: tuple[float, ...], peak_bytes: float,
+                 host_peak_bytes: float) -> None:
+        self.parts, self.offload, self.stage_totals = parts, offload, stage_totals
+        self.peak_bytes, self.host_peak_bytes = peak_bytes, host_peak_bytes
+        self._report: MemoryReport | None = None
+
+    @property
+    def capacity_bytes(self) -> float:
+        return self.parts.capacity_bytes
+
+    @property
+    def host_capacity_bytes(self) -> float:
+        return self.parts.host_capacity_bytes
+
+    @property
+    def fits_device(self) -> bool:
+        return self.peak_bytes <= self.parts.capacity_bytes
+
+    @property
+    def fits_host(self) -> bool:
+        return self.host_peak_bytes <= self.parts.host_capacity_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.fits_device and self.fits_host
+
+    def report(self) -> MemoryReport:
+        """The full report (built once; the flex buffers are the parts' own)."""
+        if self._report is None:
+            self._report = self.parts.report(self.offload)
+        return self._report
+
+
+def memory_parts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan, *,
+                 runtime: str | Runtime = "megatron") -> MemoryParts:
+    """``estimate_memory``'s parts of every pipeline rank, before ``plan.offload`` moves any optimizer states
+    (which it does not read). Within a search (``ACTIVATION_MEMO`` set) the parts that the options of one
+    structure share are worked out once: the weights, grads and optimizer states per sharding
+    (``_stage_states``), the activations per recompute form (``_stage_activation_table``)."""
     rt = runtime if isinstance(runtime, Runtime) else load_runtime(runtime)
     overhead = load_overhead(cluster.gpu.family)
     m = max(1, plan.num_microbatches(job))
+    memo = ACTIVATION_MEMO.get()
+    if memo is None:
+        states = _stage_states(model, plan, rt)
+        acts = _stage_activation_table(model, job, plan, rt, m)
+    else:
+        shared = memo.get(_SHARED)  # (a dict of its own: a structure's shardings must not empty the activations)
+        if shared is None or len(shared) >= ACTIVATION_MEMO_LIMIT:
+            shared = {}
+        key = (_ACTIVATION_FIELDS(plan), m, rt.name)
+        acts = memo.get(key)
+        if acts is None:
+            if len(memo) >= ACTIVATION_MEMO_LIMIT:
+                memo.clear()  # bounded: its hits are within one structure (the key has its degrees and micro-batch)
+            acts = memo[key] = _stage_activation_table(model, job, plan, rt, m, shared)
+        memo[_SHARED] = shared
+        key = (_STATE_FIELDS(plan), rt.name)
+        states = shared.get(key)
+        if states is None:
+            states = shared[key] = _stage_states(model, plan, rt, shared)
+    buffers, stage_buffer_bytes = _stage_flex_buffers(model, cluster, job, plan)
+    return MemoryParts(states=states, activations=acts, buffer_bytes=stage_buffer_bytes,
+                       context_bytes=overhead.cuda_context_bytes + overhead.nccl_bytes, rt=rt,
+                       capacity_bytes=float(cluster.gpu_memory_bytes),
+                       host_capacity_bytes=float(cluster.host_memory_bytes) * HOST_USABLE_FRACTION,
+                       gpus_per_node=min(cluster.gpus_per_node, plan.world_size), buffers=buffers)
+
+
+def memory_floor_bytes(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan, *,
+                       runtime: str | Runtime = "megatron") -> float:
+    """A lower bound of ``estimate_memory(...).peak_bytes`` for ``plan`` under any recompute form: each stage's
+    total with no activations (weights, grads, the optimizer states ``plan.offload`` leaves, their fragmentation,
+    context and buffers). Every part is non-negative and added in ``totals``' order, and rounding is monotone, so
+    no recompute form's peak is below it: where it exceeds the GPU, none fits, without working out any
+    activations (``search/resolve.py``'s ``needs_full_recompute``; DeepSeek-V3 on 64 H800: 92% of the
+    shardings it checks)."""
+    rt = runtime if isinstance(runtime, Runtime) else load_runtime(runtime)
+    overhead = load_overhead(cluster.gpu.family)
+    memo = ACTIVATION_MEMO.get()
+    shared = memo.get(_SHARED) if memo is not None else None
+    key = (_STATE_FIELDS(plan), rt.name)
+    states = shared.get(key) if shared is not None else None
+    if states is None:
+        states = _stage_states(model, plan, rt, shared)
+        if shared is not None:
+            shared[key] = states
+    _, stage_buffer_bytes = _stage_flex_buffers(model, cluster, job, plan)
+    frag, ctx, offload = rt.fragmentation, overhead.cuda_context_bytes + overhead.nccl_bytes, plan.offload
+    floor = 0.0
+    for (_n, _p, w, g, o), ep in zip(states, stage_buffer_bytes):
+        allocated = w + g + (o - o * offload)
+        floor = max(floor, allocated + allocated * frag + ctx + ep)
+    return floor
+
+
+_SHARED = "shared"
+"""``ACTIVATION_MEMO``'s entry holding the other parts (``memory_parts``), bounded on its own."""
+_STATE_FIELDS = attrgetter("tp", "pp", "vpp", "ep", "etp", "pipeline_layers", "dp", "cp", "sharding", "shard_group")
+"""The plan fields ``_stage_states`` reads (its key in ``ACTIVATION_MEMO``: a structure's shardings)."""
+
+
+def _stage_states(model: ModelSpec, plan: Plan, rt: Runtime,
+                  memo: dict | None = None) -> tuple[tuple[int, int, float, float, float], ...]:
+    """Per pipeline rank: (layers, parameters, weights, grads, whole optimizer states before any offload),
+    bytes, under the plan's sharding. ``memo``: a search's ``ACTIVATION_MEMO``, which also holds the
+    partition's parameter table (one model per search; the table's own cache hashes the model spec)."""
     dense_group = plan.dp * plan.cp
     expert_group = plan.expert_dp
     if plan.sharding == "hsdp":
@@ -601,19 +782,13 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
         dense_group = math.gcd(dense_group, plan.shard_group)
         expert_group = math.gcd(expert_group, plan.shard_group)
     zero3 = plan.sharding in ("zero3", "hsdp")
-    kinds: dict[bool, tuple[float, float]] | None = None  # per-layer activation bytes, computed on a memo miss
-    memo = ACTIVATION_MEMO.get()
-    by_stage: dict[int, tuple[float, float]] | None = None  # this plan's stages in the memo (one key per plan)
-    if memo is not None:
-        key = (_ACTIVATION_FIELDS(plan), m, rt.name)
-        by_stage = memo.get(key)
-        if by_stage is None:
-            if len(memo) >= ACTIVATION_MEMO_LIMIT:
-                memo.clear()  # bounded: its hits are within one structure (the key has its degrees and micro-batch)
-            by_stage = memo[key] = {}
-    stages = []
-    table = _stage_param_table(model, plan.tp, plan.pp, plan.vpp, plan.ep, plan.etp, plan.pipeline_layers)
-    buffers, stage_buffer_bytes = _stage_flex_buffers(model, cluster, job, plan)
+    partition = (plan.tp, plan.pp, plan.vpp, plan.ep, plan.etp, plan.pipeline_layers)
+    table = memo.get(partition) if memo is not None else None
+    if table is None:
+        table = _stage_param_table(model, *partition)
+        if memo is not None:
+            memo[partition] = table
+    out = []
     for s, (num_layers, dense, expert, biggest_layer) in enumerate(table):
         weights = grads = optim = 0.0
         for params, group in ((dense, dense_group), (expert, expert_group)):
@@ -641,18 +816,16 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
                 grads += rt.pp_unsharded_grad_bytes * (dense + expert)
         if plan.sharding in ("zero1", "zero2"):
             grads += rt.grad_bucket_bytes
-        hit = by_stage.get(s) if by_stage is not None else None
-        if hit is None:  # (a search reuses it across shardings and offload fractions of one structure)
-            if kinds is None:
-                kinds = _per_kind(model, job, plan, rt)
-            hit = _stage_activations(model, job, plan, rt, s, m, kinds)
-            if by_stage is not None:
-                by_stage[s] = hit
-        act, inflight = hit
-        stages.append(_stage_memory(s, num_layers, int(dense + expert), weights, grads, optim, act, inflight,
-                                    overhead.cuda_context_bytes + overhead.nccl_bytes, plan.offload, rt,
-                                    stage_buffer_bytes[s]))
-    return _report(stages, cluster, plan, rt, buffers)
+        out.append((num_layers, int(dense + expert), weights, grads, optim))
+    return tuple(out)
+
+
+def _stage_activation_table(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, m: int,
+                            memo: dict | None = None) -> tuple[tuple[float, float], ...]:
+    """Per pipeline rank, ``_stage_activations``: (activation bytes at its peak, micro-batches in flight)."""
+    kinds = _per_kind(model, job, plan, rt, memo)
+    flags = layer_moe_flags(model)
+    return tuple(_stage_activations(model, job, plan, rt, s, m, kinds, flags) for s in range(plan.pp))
 
 
 def plan_flex_buffers(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan) -> FlexBuffers | None:
@@ -695,6 +868,14 @@ def with_flex_buffers(base: MemoryReport, model: ModelSpec, cluster: ClusterSpec
     buffers, stage_buffer_bytes = _stage_flex_buffers(model, cluster, job, plan)
     stages = tuple(replace(st, ep_buffer_bytes=stage_buffer_bytes[st.stage]) for st in base.stages)
     return replace(base, stages=stages, flex_buffers=buffers)
+
+
+def flex_peak_bytes(base: MemoryReport, model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan) -> float:
+    """``with_flex_buffers(base, ...).peak_bytes`` without building that report: each stage's
+    ``total_bytes`` with ``plan``'s buffers in place of ``base``'s (the same sum, so the same floats). The
+    search checks it for every option whose dispatcher is open (``search/resolve.py`` ``fit_dispatcher``)."""
+    _, stage_buffer_bytes = _stage_flex_buffers(model, cluster, job, plan)
+    return max(st.reserved_bytes + st.context_bytes + stage_buffer_bytes[st.stage] for st in base.stages)
 
 
 def _stage_memory(stage: int, num_layers: int, params: int, weights: float, grads: float, optim: float, act: float,
@@ -771,6 +952,7 @@ def megatron_theoretical_memory(model: ModelSpec, job: JobSpec, plan: Plan) -> t
     return weights_optimizer, act / plan.tp
 
 
-__all__ = ["MemoryReport", "Runtime", "StageMemory", "estimate_memory", "inflight_chunks",
+__all__ = ["MemoryParts", "MemoryReport", "MemoryTotals", "Runtime", "StageMemory", "estimate_memory", "flex_peak_bytes",
+           "inflight_chunks", "memory_floor_bytes", "memory_parts",
            "layer_activation_bytes", "load_runtime", "megatron_theoretical_memory", "plan_flex_buffers",
            "with_flex_buffers", "with_offload"]

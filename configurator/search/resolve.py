@@ -40,8 +40,8 @@ from functools import lru_cache
 
 from configurator.cost.step import ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, cpu_adam_rate_per_gpu
 from configurator.margin import NO_MARGIN, MemoryMargin, fits_with_margin
-from configurator.memory import (MemoryReport, estimate_memory, recompute_dropped_parts, with_flex_buffers,
-                                  with_offload)
+from configurator.memory import (MemoryReport, MemoryTotals, flex_peak_bytes, memory_floor_bytes, memory_parts,
+                                  recompute_dropped_parts, with_flex_buffers)
 from configurator.profiles import GIB
 from configurator.recompute import MEGATRON_RUNTIMES, selective_module_ladder
 from configurator.search.knobs import dispatcher_choices
@@ -104,9 +104,10 @@ def recompute_ladder(ctx: SearchContext, plan: Plan) -> RecomputeLadder:
     return RecomputeLadder(ctx, plan)
 
 
-MEMORY_MEMO: ContextVar[dict[Plan, MemoryReport] | None] = ContextVar("configurator_memory_memo", default=None)
-"""Set by a search for its duration: memory estimates by plan, so the plans ``resolve`` estimates twice
-(the quick exit's frugal forms again in the offload search, a ladder's ends) are estimated once."""
+MEMORY_MEMO: ContextVar[dict[Plan, MemoryTotals] | None] = ContextVar("configurator_memory_memo", default=None)
+"""Set by a search for its duration: memory estimates (their totals, ``memory.MemoryTotals``) by plan, so the
+plans ``resolve`` estimates twice (the quick exit's frugal forms again in the offload search, a ladder's ends)
+are estimated once."""
 
 
 MEMO_LIMIT = 4096
@@ -116,36 +117,53 @@ peak memory from growing with the number of structures it resolves (Qwen3-235B a
 90,000 estimates, unbounded)."""
 
 
-def _memory(ctx: SearchContext, plan: Plan) -> MemoryReport:
+def _probe(ctx: SearchContext, plan: Plan) -> MemoryTotals:
+    """``plan``'s memory as a fit check needs it: each stage's total, the peak and the host peak (the floats of
+    ``estimate_memory``'s report, which ``.report()`` builds only for the plans the resolution keeps)."""
     memo = MEMORY_MEMO.get()
     if memo is None:
-        return estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+        return memory_parts(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime).totals(plan.offload)
     hit = memo.get(plan)
     if hit is None:
         if len(memo) >= MEMO_LIMIT:
             memo.clear()  # bounded: its hits are within one structure's resolution (the key is the whole plan)
         base = memo.get(replace(plan, offload=0.0)) if plan.offload else None
-        # An offloaded form of a plan estimated without offload: only the optimizer states move (same floats).
-        hit = memo[plan] = (with_offload(base, plan, ctx.cluster, runtime=ctx.runtime) if base is not None else
-                            estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime))
+        # An offloaded form of a plan estimated without offload: only the optimizer states move (same parts).
+        parts = base.parts if base is not None else memory_parts(ctx.model, ctx.cluster, ctx.job, plan,
+                                                                 runtime=ctx.runtime)
+        hit = memo[plan] = parts.totals(plan.offload)
     return hit
 
 
-def _fits_device(mem: MemoryReport, margin: MemoryMargin) -> bool:
+def _memory(ctx: SearchContext, plan: Plan) -> MemoryReport:
+    """``estimate_memory`` of ``plan`` (through the memo)."""
+    return _probe(ctx, plan).report()
+
+
+def _report(mem: MemoryReport | MemoryTotals) -> MemoryReport:
+    return mem.report() if isinstance(mem, MemoryTotals) else mem
+
+
+def _stage_totals(mem: MemoryReport | MemoryTotals) -> tuple[float, ...]:
+    return mem.stage_totals if isinstance(mem, MemoryTotals) else tuple(s.total_bytes for s in mem.stages)
+
+
+def _fits_device(mem: MemoryReport | MemoryTotals, margin: MemoryMargin) -> bool:
     """The device fits the predicted peak with ``margin`` left free."""
     peak = mem.peak_bytes  # (a max over the stages: worked out once, not for each check)
     return peak <= mem.capacity_bytes and fits_with_margin(peak, mem.capacity_bytes, margin)
 
 
-def _least_fitting(ctx: SearchContext, ladder: Sequence[Plan], last: MemoryReport,
-                   first_out: list[MemoryReport | None], margin: MemoryMargin = NO_MARGIN) -> tuple[int, MemoryReport]:
-    """Index of the first plan of the ladder that fits the device (bisection) and its memory; -1 and
-    the memory of the last plan (``last``) if none does."""
+def _least_fitting(ctx: SearchContext, ladder: Sequence[Plan], last: MemoryReport | MemoryTotals,
+                   first_out: list[MemoryTotals | None],
+                   margin: MemoryMargin = NO_MARGIN) -> tuple[int, MemoryReport | MemoryTotals]:
+    """Index of the first plan of the ladder that fits the device (bisection) and its memory (totals; ``last``
+    where that is the answer); -1 and the memory of the last plan (``last``) if none does."""
     lo, hi = 0, len(ladder) - 1
     hi_mem = last
     if not _fits_device(hi_mem, margin):
         return -1, hi_mem
-    first = _memory(ctx, ladder[0])
+    first = _probe(ctx, ladder[0])
     first_out[0] = first
     if _fits_device(first, margin):  # the common case: no recompute needed
         return 0, first
@@ -164,7 +182,7 @@ def _least_fitting(ctx: SearchContext, ladder: Sequence[Plan], last: MemoryRepor
             drop = peak - hi_mem.peak_bytes
             guess = i + math.ceil((peak - cap) / drop * (hi - i)) if drop > 0 else mid
             mid = min(max(guess, lo), hi - 1)
-        mem = _memory(ctx, ladder[mid])
+        mem = _probe(ctx, ladder[mid])
         if _fits_device(mem, margin):
             hi, hi_mem = mid, mem
         else:
@@ -180,31 +198,31 @@ the peak (then it bisects): where the peak is linear in the depth (equal layers,
 and its neighbour settle it in about three estimates instead of log2(layers) ~ 6."""
 
 
-def min_offload(ctx: SearchContext, plan: Plan, m0: MemoryReport | None = None,
+def min_offload(ctx: SearchContext, plan: Plan, m0: MemoryReport | MemoryTotals | None = None,
                 margin: MemoryMargin = NO_MARGIN) -> tuple[float, MemoryReport] | None:
     """The smallest offload fraction (1% steps) under which ``plan`` fits with ``margin`` free, or None.
     ``m0``: the memory of ``plan`` without offload, if already known."""
     if plan.sharding == "none":
         return None
-    m0 = m0 or _memory(ctx, replace(plan, offload=0.0))
+    m0 = m0 or _probe(ctx, replace(plan, offload=0.0))
     if m0.fits_host and _fits_device(m0, margin):
-        return 0.0, m0
-    m1 = _memory(ctx, replace(plan, offload=1.0))
+        return 0.0, _report(m0)
+    m1 = _probe(ctx, replace(plan, offload=1.0))
     if not _fits_device(m1, margin):
         return None
     cap = m0.capacity_bytes - margin.bytes_for(m0.capacity_bytes)
     need = 0.0
-    for s0, s1 in zip(m0.stages, m1.stages):
-        if s0.total_bytes > cap:
-            need = max(need, (s0.total_bytes - cap) / (s0.total_bytes - s1.total_bytes))
+    for t0, t1 in zip(_stage_totals(m0), m1.stage_totals):
+        if t0 > cap:
+            need = max(need, (t0 - cap) / (t0 - t1))
     f = min(1.0, math.ceil(need * 100 - 1e-9) / 100)
-    mem = _memory(ctx, replace(plan, offload=f))
+    mem = _probe(ctx, replace(plan, offload=f))
     while not _fits_device(mem, margin) and f < 1.0:  # rounding guard
         f = min(1.0, f + 0.01)
-        mem = _memory(ctx, replace(plan, offload=f))
+        mem = _probe(ctx, replace(plan, offload=f))
     if not mem.fits:
         return None  # host RAM too small for the offloaded states
-    return f, mem
+    return f, mem.report()
 
 
 def balanced_offload(ctx: SearchContext) -> float:
@@ -248,8 +266,9 @@ def fit_dispatcher(ctx: SearchContext, plan: Plan, memory: MemoryReport, margin:
     alltoall (``memory``: the plan's estimate, any dispatcher). A plan that fixes its dispatcher is its own."""
     if plan.ep_dispatcher is not None or len(dispatcher_choices(plan, ctx.runtime, ctx.model.is_moe, ctx.cluster)) < 2:
         return plan
-    flex = with_flex_buffers(memory, ctx.model, ctx.cluster, ctx.job, replace(plan, ep_dispatcher="flex"))
-    return plan if _fits_device(flex, margin) else replace(plan, ep_dispatcher="alltoall")
+    peak = flex_peak_bytes(memory, ctx.model, ctx.cluster, ctx.job, replace(plan, ep_dispatcher="flex"))
+    fits = peak <= memory.capacity_bytes and fits_with_margin(peak, memory.capacity_bytes, margin)  # (_fits_device)
+    return plan if fits else replace(plan, ep_dispatcher="alltoall")
 
 
 def split_dispatchers(ctx: SearchContext, structure: Plan, res: Resolution, full_only: bool = False) -> Resolution:
@@ -300,7 +319,7 @@ def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin, full_onl
     # per sharding.
     frugal = []
     for sh in reversed(shardings):
-        frugal.append(_memory(ctx, _with_sharding(ctx, structure, sh, recompute="full", recompute_num_layers=0,
+        frugal.append(_probe(ctx, _with_sharding(ctx, structure, sh, recompute="full", recompute_num_layers=0,
                                                   offload=1.0 if sh != "none" else 0.0)))
         if _fits_device(frugal[-1], margin):
             break
@@ -314,8 +333,8 @@ def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin, full_onl
         if plan_violations(ctx.model, ctx.job, base, ctx.num_gpus):
             continue
         ladder = recompute_ladder(ctx, base)
-        full = _memory(ctx, ladder[-1])
-        ladder_first: list[MemoryReport | None] = [None]
+        full = _probe(ctx, ladder[-1])
+        ladder_first: list[MemoryTotals | None] = [None]
         if full_only:
             index, mem = (len(ladder) - 1, full) if _fits_device(full, margin) else (-1, full)
         else:
@@ -323,7 +342,7 @@ def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin, full_onl
         if index >= 0 and mem.fits:
             plan = ladder[index]
             what = "no recompute" if index == 0 else _describe_recompute(plan)
-            options.append(Option(plan=plan, memory=mem, why=f"{sharding}: {what} is the least that fits"))
+            options.append(Option(plan=plan, memory=_report(mem), why=f"{sharding}: {what} is the least that fits"))
             if index > 1 and ctx.runtime in MEGATRON_RUNTIMES:
                 modules = _least_modules(ctx, ladder[1], margin)
                 if modules is not None:
@@ -343,16 +362,16 @@ def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin, full_onl
                                       why=f"{sharding}: fits only with full recompute and {off[0]:.0%} of the "
                                           "optimizer offloaded (the smallest fraction that fits)"))
             else:
-                smallest = min(smallest, _memory(ctx, replace(ladder[-1], offload=1.0)).peak_bytes
+                smallest = min(smallest, _probe(ctx, replace(ladder[-1], offload=1.0)).peak_bytes
                                if sharding != "none" else mem.peak_bytes)
     balanced = balanced_offload(ctx)
     extra = []
     for o in options:
         if 0 < o.plan.offload < balanced:
             plan = replace(o.plan, offload=math.ceil(balanced * 100) / 100)
-            mem = _memory(ctx, plan)
+            mem = _probe(ctx, plan)
             if mem.fits and _fits_device(mem, margin):
-                extra.append(Option(plan=plan, memory=mem, why=o.why + f"; {plan.offload:.0%} balances GPU and CPU Adam"))
+                extra.append(Option(plan=plan, memory=mem.report(), why=o.why + f"; {plan.offload:.0%} balances GPU and CPU Adam"))
     options += extra
     if ctx.framework == "deepspeed":
         options = _deepspeed_runnable(ctx, options)
@@ -383,8 +402,8 @@ def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) ->
         return None
     plans = [replace(selective, recompute="selective", recompute_num_layers=0, recompute_modules=m) for m in ladder]
 
-    def fits(i: int) -> MemoryReport | None:
-        mem = _memory(ctx, plans[i])
+    def fits(i: int) -> MemoryTotals | None:
+        mem = _probe(ctx, plans[i])
         return mem if mem.fits and _fits_device(mem, margin) else None
 
     if _nested(ladder):
@@ -400,7 +419,7 @@ def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) ->
         candidates = range(lo, len(plans))  # every one of them fits: the first Megatron can run
     else:
         union = replace(selective, recompute="selective", recompute_num_layers=0, recompute_modules=union_modules(ladder))
-        if not _fits_device(_memory(ctx, union), margin):
+        if not _fits_device(_probe(ctx, union), margin):
             return None
         candidates = range(len(plans))
     for i in candidates:
@@ -408,7 +427,7 @@ def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) ->
             continue  # e.g. fp8 delayed scaling cannot recompute moe_act/layernorm
         mem = fits(i)
         if mem is not None:
-            return Option(plan=plans[i], memory=mem,
+            return Option(plan=plans[i], memory=mem.report(),
                           why=f"{plans[i].sharding}: selective recompute of {','.join(ladder[i])} fits")
     return None
 
@@ -438,11 +457,11 @@ def resolve_least(ctx: SearchContext, structure: Plan) -> Resolution | None:
             or structure.recompute != "none" \
             or structure.offload:
         return None
-    mem = _memory(ctx, structure)
+    mem = _probe(ctx, structure)
     if not (mem.fits and _fits_device(mem, _margin(ctx))):
         return None
     return split_dispatchers(ctx, structure, Resolution(options=(Option(
-        plan=structure, memory=mem, why=f"{structure.sharding}: no recompute is the least that fits"),)))
+        plan=structure, memory=mem.report(), why=f"{structure.sharding}: no recompute is the least that fits"),)))
 
 
 def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
@@ -454,19 +473,24 @@ def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
     uses it to raise a structure's lower bound to its full-recompute form before resolving it."""
     shardings = framework_shardings(ctx, structure)
     modules = selective_module_ladder(ctx.model, ctx.job.precision)[-1] if ctx.runtime in MEGATRON_RUNTIMES else ()
+    partial: dict[str, object] | None = None
     for sharding in reversed(shardings):  # (most sharded first: the one most likely to fit, which ends it)
         if sharding in ("zero1", "distopt") and "zero2" in shardings:
             continue  # ZeRO-2 holds the same weights and optimizer shards and fewer gradients: never more
         if sharding == "hsdp" and "zero3" in shardings:
             continue  # ZeRO-3 (taken first) shards over all of dp x cp, HSDP over a part of it: never more
         offload = 1.0 if sharding != "none" else 0.0
-        base = _with_sharding(ctx, structure, sharding, recompute="none", recompute_num_layers=0, offload=0.0)
-        ladder = recompute_ladder(ctx, base)
-        partial = ladder[len(ladder) - 2]
-        if _memory(ctx, replace(partial, offload=offload)).fits_device:
+        # the recompute ladder's step before "all layers" (``RecomputeLadder``), each form built in one replace
+        if partial is None:
+            recompute, layers = RecomputeLadder(ctx, structure).steps[-2]
+            partial = {"recompute": recompute, "recompute_num_layers": layers}
+        probe = _with_sharding(ctx, structure, sharding, **partial, offload=offload)
+        if memory_floor_bytes(ctx.model, ctx.cluster, ctx.job, probe, runtime=ctx.runtime) > ctx.cluster.gpu_memory_bytes:
+            continue  # the weights, grads and optimizer states alone do not fit: no recompute form does
+        if _probe(ctx, probe).fits_device:
             return False
-        if modules and _memory(ctx, replace(base, recompute="selective", recompute_modules=modules,
-                                            offload=offload)).fits_device:
+        if modules and _probe(ctx, _with_sharding(ctx, structure, sharding, recompute="selective", recompute_num_layers=0,
+                                                  recompute_modules=modules, offload=offload)).fits_device:
             return False
     return True
 

@@ -1,0 +1,189 @@
+"""The search's cheap memory path (``memory.memory_parts`` / ``MemoryTotals``, ``resolve._probe``) gives the floats
+of the full estimate: ``estimate_memory``'s report, per stage, to the last bit."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from configurator import JobSpec, load_cluster, load_model
+from configurator.memory import (ACTIVATION_MEMO, MemoryParts, estimate_memory, flex_peak_bytes, load_runtime,
+                                 memory_floor_bytes, memory_parts, with_flex_buffers)
+from configurator.profiles import GIB
+from configurator.recompute import selective_module_ladder
+from configurator.search.resolve import MEMORY_MEMO, RecomputeLadder, needs_full_recompute, resolve
+from configurator.search.space import SearchContext, enumerate_plans, framework_shardings, hsdp_shard_group
+from configurator.specs.plan import PLAN_FIELDS, Plan, replace_unchecked
+
+JOB = JobSpec(global_batch=512, seq_len=4096)
+
+
+def _ctx(model: str, cluster: str, gpus: int) -> SearchContext:
+    return SearchContext(model=load_model(model), cluster=load_cluster(cluster, num_gpus=gpus), job=JOB)
+
+
+def _variants(ctx: SearchContext, count: int, seed: int) -> list[Plan]:
+    """Random structures under random memory choices (sharding, recompute form, offload, dispatcher)."""
+    rnd = random.Random(seed)
+    structures = list(enumerate_plans(ctx))
+    modules = [(), ("layernorm",), ("layernorm", "moe_act")] if ctx.model.is_moe else [(), ("layernorm",)]
+    out = []
+    for plan in rnd.sample(structures, min(count, len(structures))):
+        for sharding in ("distopt", "zero2", "zero3", "hsdp"):
+            recompute = rnd.choice(["none", "selective", "full"])
+            out.append(replace_unchecked(
+                plan, sharding=sharding, shard_group=2 if sharding == "hsdp" else 0, recompute=recompute,
+                recompute_num_layers=rnd.choice([0, 1, 2]) if recompute == "full" else 0,
+                recompute_modules=rnd.choice(modules) if recompute == "selective" else (),
+                offload=rnd.choice([0.0, 0.01, 0.37, 1.0]),
+                ep_dispatcher=rnd.choice([None, "flex"]) if ctx.model.is_moe else None))
+    return out
+
+
+def test_the_totals_of_hand_made_parts_add_up_as_a_stage_report_does() -> None:
+    """One stage, weights 1, grads 2, optimizer 4, activations 3 GiB, half the optimizer offloaded, 10%
+    fragmentation, 0.5 GiB context, 0.25 GiB flex buffers: 2 GiB move to the host; allocated 1 + 2 + 2 + 3 =
+    8 GiB; on the device 8 + 0.8 + 0.5 + 0.25 = 9.55 GiB; the host holds 8 ranks x 2 GiB."""
+    rt = dataclasses.replace(load_runtime("megatron"), fragmentation=0.1)
+    rows = {"states": ((4, 100, 1 * GIB, 2 * GIB, 4 * GIB),), "activations": ((3 * GIB, 1.0),),
+            "buffer_bytes": (0.25 * GIB,), "context_bytes": 0.5 * GIB, "rt": rt}
+    parts = MemoryParts(**rows, capacity_bytes=80 * GIB, host_capacity_bytes=1000 * GIB, gpus_per_node=8)
+    totals = parts.totals(0.5)
+    assert totals.stage_totals == pytest.approx((9.55 * GIB,))
+    assert totals.peak_bytes == pytest.approx(9.55 * GIB) and totals.host_peak_bytes == pytest.approx(16 * GIB)
+    report = parts.report(0.5)
+    stage = report.stages[0]
+    assert stage.optimizer_bytes == 2 * GIB and stage.host_optimizer_bytes == 2 * GIB
+    assert stage.allocated_bytes == 8 * GIB and stage.total_bytes == totals.peak_bytes
+    assert report.host_peak_bytes == totals.host_peak_bytes and totals.report() == report
+    assert totals.fits
+    assert not MemoryParts(**rows, capacity_bytes=9 * GIB, host_capacity_bytes=1000 * GIB,
+                           gpus_per_node=8).totals(0.5).fits_device
+
+
+@pytest.mark.parametrize("model, cluster, gpus", [("deepseek-v3", "h800-ib", 64), ("mixtral-8x22b", "dgx-h100", 64),
+                                                  ("llama3-405b", "dgx-h100", 64)])
+def test_the_parts_give_the_full_estimate_to_the_last_bit(model: str, cluster: str, gpus: int) -> None:
+    """Random plans, estimated in an interleaved order with a search's memos set (the parts one structure's
+    options share are reused across shardings and recompute forms) and without: every report equal field by
+    field, and the totals equal to each stage's ``total_bytes``, the peak and the host peak."""
+    ctx = _ctx(model, cluster, gpus)
+    plans = _variants(ctx, 40, seed=5)
+    plain = [estimate_memory(ctx.model, ctx.cluster, ctx.job, p, runtime=ctx.runtime) for p in plans]
+    token = ACTIVATION_MEMO.set({})
+    try:
+        order = list(range(len(plans)))
+        random.Random(1).shuffle(order)
+        memoised = {i: estimate_memory(ctx.model, ctx.cluster, ctx.job, plans[i], runtime=ctx.runtime) for i in order}
+        totals = {i: memory_parts(ctx.model, ctx.cluster, ctx.job, plans[i], runtime=ctx.runtime).totals(plans[i].offload)
+                  for i in order}
+    finally:
+        ACTIVATION_MEMO.reset(token)
+    for i, (plan, report) in enumerate(zip(plans, plain)):
+        assert memoised[i] == report, plan.describe()
+        t = totals[i]
+        assert t.stage_totals == tuple(s.total_bytes for s in report.stages), plan.describe()
+        assert (t.peak_bytes, t.host_peak_bytes, t.capacity_bytes, t.host_capacity_bytes) == \
+            (report.peak_bytes, report.host_peak_bytes, report.capacity_bytes, report.host_capacity_bytes)
+        assert (t.fits_device, t.fits_host, t.fits) == (report.fits_device, report.fits_host, report.fits)
+        assert t.report() == report
+        # Another offload fraction of the same parts: as estimating that plan.
+        other = replace_unchecked(plan, offload=0.63)
+        assert memory_parts(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime).report(0.63) == \
+            estimate_memory(ctx.model, ctx.cluster, ctx.job, other, runtime=ctx.runtime)
+
+
+def test_the_flex_peak_is_the_peak_of_the_report_with_the_flex_buffers() -> None:
+    ctx = _ctx("deepseek-v3", "h800-ib", 64)
+    checked = 0
+    for plan in _variants(ctx, 30, seed=7):
+        base = estimate_memory(ctx.model, ctx.cluster, ctx.job, replace_unchecked(plan, ep_dispatcher=None),
+                               runtime=ctx.runtime)
+        flex = replace_unchecked(plan, ep_dispatcher="flex")
+        expected = with_flex_buffers(base, ctx.model, ctx.cluster, ctx.job, flex).peak_bytes
+        assert flex_peak_bytes(base, ctx.model, ctx.cluster, ctx.job, flex) == expected
+        checked += expected > base.peak_bytes
+    assert checked  # some plans' buffers raise the peak
+
+
+@pytest.mark.parametrize("model, cluster, gpus", [("deepseek-v3", "h800-ib", 64), ("qwen3-235b-a22b", "dgx-h100", 64)])
+def test_every_resolved_option_carries_the_full_estimate_of_its_plan(model: str, cluster: str, gpus: int) -> None:
+    """``resolve`` checks fits on totals and builds reports only for what it keeps: each option's memory is
+    ``estimate_memory`` of the option's plan, and the options are the same with the search's memos as without."""
+    ctx = _ctx(model, cluster, gpus)
+    structures = random.Random(3).sample(list(enumerate_plans(ctx)), 12)
+    bare = [resolve(ctx, s) for s in structures]
+    tokens = (MEMORY_MEMO.set({}), ACTIVATION_MEMO.set({}))
+    try:
+        memoised = [resolve(ctx, s) for s in structures]
+    finally:
+        MEMORY_MEMO.reset(tokens[0])
+        ACTIVATION_MEMO.reset(tokens[1])
+    options = 0
+    for a, b in zip(bare, memoised):
+        assert a == b
+        for option in a.options:
+            options += 1
+            plan = option.plan if option.plan.ep_dispatcher != "alltoall" else replace_unchecked(option.plan, ep_dispatcher=None)
+            assert option.memory == estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+    assert options
+
+
+def test_the_unchecked_replace_is_dataclasses_replace_without_the_checks() -> None:
+    plan = Plan(tp=2, pp=4, dp=8, ep=16, vpp=4, sp=True, sharding="zero2", pipeline_layers=(4,) * 15 + (1,))
+    rnd = random.Random(2)
+    groups = [{"offload": 0.5}, {"recompute": "full", "recompute_num_layers": 3}, {"sharding": "zero3"},
+              {"ep_dispatcher": "flex"}, {"micro_batch": 2}, {"pipeline_layers": ()}]
+    for _ in range(30):
+        changes = {k: v for g in rnd.sample(groups, rnd.randint(0, len(groups))) for k, v in g.items()}
+        changes = dict(rnd.sample(sorted(changes.items()), len(changes)))  # (the call order varies too)
+        got = replace_unchecked(plan, **changes)
+        want = dataclasses.replace(plan, **changes)
+        assert got == want and hash(got) == hash(want) and type(got) is Plan
+        assert [getattr(got, f) for f in PLAN_FIELDS] == [getattr(want, f) for f in PLAN_FIELDS]
+    with pytest.raises(TypeError, match="no_such_field"):
+        replace_unchecked(plan, no_such_field=1)
+
+
+def test_the_memory_floor_is_below_every_recompute_forms_peak() -> None:
+    """``memory_floor_bytes`` (no activations) never exceeds the peak of any recompute form of the plan, and equals
+    that peak's stage total without its activations (hand check on one stage's parts)."""
+    ctx = _ctx("deepseek-v3", "h800-ib", 64)
+    for plan in _variants(ctx, 25, seed=11):
+        floor = memory_floor_bytes(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+        for form in ({"recompute": "none"}, {"recompute": "full", "recompute_num_layers": 0},
+                     {"recompute": "full", "recompute_num_layers": 1},
+                     {"recompute": "selective", "recompute_modules": ("layernorm", "moe_act")}):
+            full = {"recompute_num_layers": 0, "recompute_modules": (), **form}
+            report = estimate_memory(ctx.model, ctx.cluster, ctx.job, replace_unchecked(plan, **full), runtime=ctx.runtime)
+            assert floor <= report.peak_bytes, plan.describe()
+        parts = memory_parts(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+        without = MemoryParts(states=parts.states, activations=tuple((0.0, a[1]) for a in parts.activations),
+                              buffer_bytes=parts.buffer_bytes, context_bytes=parts.context_bytes, rt=parts.rt,
+                              capacity_bytes=parts.capacity_bytes, host_capacity_bytes=parts.host_capacity_bytes,
+                              gpus_per_node=parts.gpus_per_node)
+        assert floor == without.totals(plan.offload).peak_bytes
+
+
+@pytest.mark.parametrize("model, cluster, gpus", [("deepseek-v3", "h800-ib", 64), ("qwen3-235b-a22b", "dgx-h100", 64)])
+def test_needs_full_recompute_answers_as_estimating_every_form(model: str, cluster: str, gpus: int) -> None:
+    """The floor only skips shardings whose weights alone do not fit: the answer is the one of estimating the
+    ladder's step before "all layers" and the last module list under each sharding with the optimizer offloaded."""
+    ctx = _ctx(model, cluster, gpus)
+    modules = selective_module_ladder(ctx.model, ctx.job.precision)[-1]
+    answers = set()
+    for structure in random.Random(4).sample(list(enumerate_plans(ctx)), 40):
+        recompute, layers = RecomputeLadder(ctx, structure).steps[-2]
+        fits = False
+        for sharding in framework_shardings(ctx, structure):
+            group = hsdp_shard_group(ctx, structure) if sharding == "hsdp" else 0
+            offload = 1.0 if sharding != "none" else 0.0
+            for form in ({"recompute": recompute, "recompute_num_layers": layers},
+                         {"recompute": "selective", "recompute_num_layers": 0, "recompute_modules": modules}):
+                plan = replace_unchecked(structure, sharding=sharding, shard_group=group, offload=offload, **form)
+                fits |= estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime).fits_device
+        assert needs_full_recompute(ctx, structure) == (not fits), structure.describe()
+        answers.add(fits)
+    assert answers == {True, False}
