@@ -23,6 +23,7 @@ from configurator.cost.compute import gpu_rates
 from configurator.cost.constants import CostConstants
 from configurator.cost.waves import sm_count, wave_slowdown
 from configurator.errors import InputError
+from configurator.gpu_figures import gpu_figures
 from configurator.profiles import load_cluster, load_gpu, profiles_dir
 
 MAMF_BF16_TFLOPS = {"b200": 1745.0, "gb200": 1822.0}
@@ -138,3 +139,10 @@ def test_mfu_stays_against_the_rated_peak(tmp_path):
     assert out[0.94]["mfu"] < out[1.0]["mfu"]
     # Not all of a step is tensor-core time, so it lengthens by less than 1/0.94.
     assert out[0.94]["step_s"] / out[1.0]["step_s"] < 1 / 0.94
+
+
+def test_gpu_figures_show_the_ratio_where_it_is_used():
+    figures = gpu_figures(load_cluster("gb200-nvl72"))
+    assert figures["datasheet"]["sustained_matmul_ratio"] == 0.94
+    assert figures["used"]["gemm"] == "datasheet peak x sustained_matmul_ratio 0.94 x calibrated efficiency"
+    assert gpu_figures(load_cluster("dgx-b200"))["used"]["gemm"] == "datasheet peak x calibrated efficiency"
