@@ -24,13 +24,16 @@ def gpu_figures(cluster: ClusterSpec) -> dict[str, Any]:
         "name": gpu.name, "memory_gib": round(gpu.memory_bytes / GIB, 2),
         "hbm_tbps": round(gpu.hbm_bandwidth_Bps / 1e12, 4),
         "peak_dense_tflops": {p: round(f / 1e12, 1) for p, f in gpu.peak_flops},
+        "sustained_matmul_ratio": gpu.sustained_matmul_ratio,
     }
+    rated = "datasheet peak" if gpu.sustained_matmul_ratio == 1.0 else \
+        f"datasheet peak x sustained_matmul_ratio {gpu.sustained_matmul_ratio:g}"
     out: dict[str, Any] = {
         "key": gpu.key, "vendor": gpu.vendor, "architecture": gpu.architecture or gpu.family,
         "constants_family": gpu.family, "calibrated": gpu.calibrated,
         "fallback_reason": gpu.fallback_reason or None,
         "datasheet": datasheet, "measured": None,
-        "used": {"gemm": "datasheet peak x calibrated efficiency", "hbm": "datasheet x calibrated efficiency"},
+        "used": {"gemm": f"{rated} x calibrated efficiency", "hbm": "datasheet x calibrated efficiency"},
     }
     section = dict(cluster.measured).get("gpu_measured")
     if isinstance(section, dict):
@@ -43,7 +46,7 @@ def gpu_figures(cluster: ClusterSpec) -> dict[str, Any]:
         per_precision = {p: sum(1 for q in section.get("gemm", []) if q["precision"] == p) for p in best}
         fitted = sorted(p for p, n in per_precision.items() if n >= 3 and gpu.supports(p))
         if fitted:
-            out["used"]["gemm"] = f"measured GEMM curve ({', '.join(fitted)}); others datasheet x efficiency"
+            out["used"]["gemm"] = f"measured GEMM curve ({', '.join(fitted)}); others {rated} x efficiency"
         if measured_hbm_Bps(cluster):
             out["used"]["hbm"] = "measured copy-kernel bandwidth"
     return out

@@ -116,9 +116,11 @@ def model_published(name: str) -> tuple[dict[str, Any], str]:
 # ----- GPUs: presets, inline specs in a cluster profile, --gpu-spec files -------------------------
 _GPU_KEYS = {"key", "name", "family", "memory_GiB", "hbm_bandwidth_TBps", "peak_dense_TFLOPs",
              "nvlink_bandwidth_GBps", "pcie_host_bandwidth_GBps", "tdp_W", "source"}
-_GPU_OPTIONAL_KEYS = {"sfu_exp2_Tps"}
+_GPU_OPTIONAL_KEYS = {"sfu_exp2_Tps", "sustained_matmul_ratio"}
 """``sfu_exp2_Tps``: peak exponentials (MUFU.EX2) per second, in 1e12/s; absent = derived from the 16-bit
-peak by the architecture's SFU-to-tensor-core ratio (specs/hardware.py SFU_EXP2_PER_TENSOR_FLOP)."""
+peak by the architecture's SFU-to-tensor-core ratio (specs/hardware.py SFU_EXP2_PER_TENSOR_FLOP).
+``sustained_matmul_ratio``: share (0, 1] of the rated tensor-core rate that GEMMs sustain relative to the
+family's reference part (GPUSpec.sustained_matmul_ratio); absent = 1.0."""
 SFU_EXP2_BOUNDS_Tps = (0.1, 100.0)
 """T4's ~1 to a few times Blackwell Ultra's ~10 T exponentials/s."""
 GPU_BOUNDS: dict[str, tuple[float, float]] = {
@@ -178,6 +180,17 @@ def _peak_flops(peaks: Any, where: str) -> tuple[tuple[str, float], ...]:
     return tuple((p, v * TERA) for p, v in given.items())
 
 
+def _sustained_ratio(data: dict[str, Any], where: str) -> float:
+    """``sustained_matmul_ratio``: a finite number in (0, 1] (a GPU cannot sustain more than its rating)."""
+    value = data["sustained_matmul_ratio"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"{where}:sustained_matmul_ratio", value, "must be a finite number")
+    if not 0 < value <= 1:
+        raise InputError(f"{where}:sustained_matmul_ratio", value,
+                         "must be in (0, 1] (the share of the rated tensor-core rate GEMMs sustain)")
+    return float(value)
+
+
 def gpu_from_dict(data: Any, where: str) -> GPUSpec:
     """A GPU spec (the schema of profiles/gpus/*.json), strictly checked: every key present, no
     unknown key, finite figures in plausible ranges, a known architecture in ``family``."""
@@ -197,6 +210,7 @@ def gpu_from_dict(data: Any, where: str) -> GPUSpec:
     entry = families[arch]
     figures = {k: _bounded(data, k, where, *bounds) for k, bounds in GPU_BOUNDS.items()}
     exp2_per_s = _bounded(data, "sfu_exp2_Tps", where, *SFU_EXP2_BOUNDS_Tps) * TERA if "sfu_exp2_Tps" in data else None
+    sustained = _sustained_ratio(data, where) if "sustained_matmul_ratio" in data else 1.0
     try:
         gpu = GPUSpec(
             key=key, name=data["name"], family=entry["constants_from"], architecture=arch, vendor=entry["vendor"],
@@ -206,7 +220,7 @@ def gpu_from_dict(data: Any, where: str) -> GPUSpec:
             peak_flops=_peak_flops(data["peak_dense_TFLOPs"], where), sfu_exp2_per_s=exp2_per_s or 0.0,
             nvlink_bandwidth_Bps=figures["nvlink_bandwidth_GBps"] * GB,
             pcie_host_bandwidth_Bps=figures["pcie_host_bandwidth_GBps"] * GB,
-            tdp_W=figures["tdp_W"], source=data["source"])
+            tdp_W=figures["tdp_W"], source=data["source"], sustained_matmul_ratio=sustained)
     except InputError as exc:
         raise InputError(f"{where}:{exc.field}", exc.value, exc.problem) from None
     if exp2_per_s is None:  # not given: derived from the 16-bit peak by the architecture's SFU ratio

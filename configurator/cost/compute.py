@@ -190,18 +190,23 @@ def gpu_rates(cluster: ClusterSpec, precision: str, constants: CostConstants,
     measured = measured if measured is not None else measured_gemm_curves(cluster)
     half = constants["gemm.half_dim"]
 
+    # The tensor-core rate GEMMs sustain under the power cap, relative to the family's reference part
+    # (GPUSpec.sustained_matmul_ratio): scales every precision's modelled GEMM and the attention MMAs, not
+    # a probe's measured curve (already sustained), the SFU's exponentials, nor the peak MFU is taken against.
+    sustained = gpu.sustained_matmul_ratio
+
     def curve(p: str) -> GemmCurve:
         if p in measured:
             return measured[p]
-        return GemmCurve(max_flops=gpu.peak_flops_for(p) * constants.gemm_efficiency(gpu.family, p),
+        return GemmCurve(max_flops=gpu.peak_flops_for(p) * sustained * constants.gemm_efficiency(gpu.family, p),
                          half_dim=half)
 
     sixteen = gpu.half_precision  # bf16, or fp16 where the GPU has no bf16 (V100, T4)
-    bf16_peak = gpu.peak_flops_for(sixteen)
+    bf16_peak = gpu.peak_flops_for(sixteen) * sustained
     attention_peak = bf16_peak
     if fp8_attention and attention_kernel != "unfused" and gpu.supports("fp8"):
-        attention_peak = gpu.peak_flops_for("fp8") * (constants.gemm_efficiency(gpu.family, "fp8")
-                                                      / constants.gemm_efficiency(gpu.family, sixteen))
+        attention_peak = gpu.peak_flops_for("fp8") * sustained * (
+            constants.gemm_efficiency(gpu.family, "fp8") / constants.gemm_efficiency(gpu.family, sixteen))
     return GpuRates(gemm=curve(precision), gemm_bf16=curve(sixteen),
                     attention_flops=attention_peak * attention_efficiency(gpu.family, attention_kernel, constants),
                     attention_half_len=constants["attention.half_len"],

@@ -61,6 +61,14 @@ class GPUSpec:
     """Peak base-2 exponentials per second of the special function units (MUFU.EX2): the softmax's
     ``exp`` in flash attention runs here, not on the tensor cores (cost/compute.py). 0 = not modelled
     (attention is then timed on the tensor-core pipe alone)."""
+    sustained_matmul_ratio: float = 1.0
+    """Tensor-core rate a GEMM sustains on this GPU, as a fraction (0, 1] of what its rated peak implies
+    against its family's reference part (the GPU whose measurements set the family's ``gemm.*`` efficiency,
+    e.g. B200 for Blackwell). A rating can assume an SM clock that GEMMs do not hold under the power cap
+    (GB200: 2,500 TFLOP/s rated, 1.111x B200's, but 1.044x B200's measured best matmul: 0.94). It scales
+    every tensor-core precision's GEMM and attention-MMA rate (cost/compute.py ``gpu_rates``), not the peak
+    that MFU is reported against, nor a probe's measured GEMM curve (already the sustained rate). 1.0 =
+    the rating scales as the reference part's."""
 
     def __post_init__(self) -> None:
         require(self.family in GPU_FAMILIES, "family", self.family,
@@ -74,6 +82,8 @@ class GPUSpec:
         require(any(p in ("bf16", "fp16") for p, _ in self.peak_flops), "peak_dense_TFLOPs",
                 dict(self.peak_flops), "must give bf16 or fp16")
         require(self.sfu_exp2_per_s >= 0, "sfu_exp2_Tps", self.sfu_exp2_per_s, "must be >= 0")
+        require(0 < self.sustained_matmul_ratio <= 1, "sustained_matmul_ratio", self.sustained_matmul_ratio,
+                "must be in (0, 1] (the share of the rated tensor-core rate GEMMs sustain)")
 
     @property
     def half_precision(self) -> str:
