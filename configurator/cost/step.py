@@ -325,11 +325,15 @@ def _layer_of_kind(model: ModelSpec, moe: bool) -> int:
 
 
 def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConstants,
-                 v: int) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+                 v: int, ep_paired_share: float | None = None
+                 ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """(forward components, backward components, compute detail) of one micro-batch on virtual stage v.
 
     Hidden communication is not free: NCCL's SMs slow the compute it hides under
-    (``nccl_overlap_compute_slowdown`` of the hidden time is added to compute)."""
+    (``nccl_overlap_compute_slowdown`` of the hidden time is added to compute). ``ep_paired_share``: the
+    share of passes whose all-to-all can hide (``moe.ep_overlap_paired_share`` of the plan's schedule when
+    None); the search's bounds, which time one layer for every pipeline shape at once, pass 1 (the least
+    time) or 0 (the most): the stage time falls as the share grows."""
     plan, rt = inp.plan, inp.runtime
     cv = constant_values(c)
     knobs = effective_knobs(plan, rt)
@@ -338,8 +342,9 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     detail = dict.fromkeys(("gemm", "attention", "elementwise", "recompute", "launch"), 0.0)
     tp_hidden = cv["overlap.tp"] if knobs.tp_overlap else 0.0
     # Only micro-batch passes that Megatron's combined 1F1B pairs with another can hide their all-to-all.
-    ep_hidden = (cv["overlap.ep"] * ep_overlap_paired_share(plan.pp, plan.vpp, inp.num_microbatches)
-                 if knobs.ep_overlap else 0.0)
+    if ep_paired_share is None:
+        ep_paired_share = ep_overlap_paired_share(plan.pp, plan.vpp, inp.num_microbatches)
+    ep_hidden = cv["overlap.ep"] * ep_paired_share if knobs.ep_overlap else 0.0
     launch_s = cv["overhead.launch_s"]
     slowdown = hardware_default("nccl_overlap_compute_slowdown")
     ep_flex_slowdown = flex_overlap_compute_slowdown(rates.sm_count) if knobs.ep_dispatcher == "flex" else slowdown

@@ -138,20 +138,23 @@ class StructureBounds:
         the offload fraction)."""
         return _LAYER_FIELDS(plan)
 
-    def _times(self, plan: Plan, chunk: int = 1) -> LayerTimes:
+    def _times(self, plan: Plan, chunk: int = 1, ep_share: float = 1.0) -> LayerTimes:
         """Per-layer times of ``plan``'s layer key; ``chunk``: the layers of the virtual stage they sit in,
         which matters only under a partial recompute (each layer of a chunk recomputes ``min(1, k /
-        chunk)`` of its forward, ``_stage_times``), so it is part of the key only then."""
+        chunk)`` of its forward, ``_stage_times``), so it is part of the key only then. ``ep_share``: the
+        share of passes whose EP all-to-all hides (``_stage_times``' ``ep_paired_share``): the layer key
+        leaves out the pipeline shape that sets it, so lower bounds take 1 (every pass hides: the least
+        time) and the end-of-step windows, which must not be shorter than the step's, 0 (the most)."""
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
         if partial:
             # ``_stage_times`` reads k and the chunk only as ``min(1, k / chunk)``: keyed by that share, so
             # (1, 4) and (2, 8) share their times, and a chunk of at most k layers times as full recompute.
             share = min(1.0, plan.recompute_num_layers / chunk)
             if share >= 1.0:
-                return self._times(replace_unchecked(plan, recompute_num_layers=0))
-            key: tuple = (_PREPARED_FIELDS(plan), "partial", share)
+                return self._times(replace_unchecked(plan, recompute_num_layers=0), ep_share=ep_share)
+            key: tuple = (_PREPARED_FIELDS(plan), "partial", share, ep_share)
         else:
-            key = self.layer_key(plan)
+            key = (self.layer_key(plan), ep_share)
         hit = self._layer.get(key)
         if hit is not None:
             return hit
@@ -173,7 +176,7 @@ class StructureBounds:
                                                      for v, st in enumerate(single.stages)))
         totals = []
         for v in range(n_layer_entries):
-            f, b, _ = _stage_times(single, rates, comm, c, v)
+            f, b, _ = _stage_times(single, rates, comm, c, v, ep_share)
             totals.append(sum(f.values()) + sum(b.values()))
         totals += nonlayer
         i = 0
@@ -523,7 +526,8 @@ class StructureBounds:
         per_mb = c["overhead.microbatch_s"] / plan.vpp
         if partial:
             worst = max(_virtual_stage_s(t, n_dense, n_moe, per_mb, 0, len(virtual) - 1)
-                        for t in (self._times(v, n_dense + n_moe) for v in self._window_variants(plan)))
+                        for t in (self._times(v, n_dense + n_moe, ep_share=0.0)
+                                  for v in self._window_variants(plan)))
         else:
             # Each time at its most over the variants (per layer key: the variants differ by pipeline only
             # through Megatron's EP-overlap rule), so the stage's sum is at least every variant's.
@@ -532,7 +536,7 @@ class StructureBounds:
             if t is None:
                 if len(self._most_times) >= 8192:
                     self._most_times.clear()
-                times = [self._times(v) for v in self._window_variants(plan)]
+                times = [self._times(v, ep_share=0.0) for v in self._window_variants(plan)]
                 t = self._most_times[most_key] = LayerTimes(
                     dense_s=max(x.dense_s for x in times), moe_s=max(x.moe_s for x in times),
                     embedding_s=max(x.embedding_s for x in times), head_s=max(x.head_s for x in times))
