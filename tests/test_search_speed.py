@@ -68,7 +68,12 @@ def test_shared_layer_bounds_equal_the_step_models_bound(ctx: SearchContext) -> 
     for plan in sample:
         # The step model's bound under the most favourable open communication knobs (search/knobs.py).
         exact = knob_lower_bound(prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime), CONSTANTS)
-        assert bounds.bound(plan) == pytest.approx(exact, rel=1e-12), plan.describe()
+        if plan.ep > 1:
+            # The EP all-to-all hides only on passes paired with another micro-batch, a share set by the
+            # pipeline shape; the layer key's times take every pass as hidden (a lower bound for any shape).
+            assert bounds.bound(plan) <= exact * (1 + 1e-12), plan.describe()
+        else:
+            assert bounds.bound(plan) == pytest.approx(exact, rel=1e-12), plan.describe()
     # Pipeline variants share their layer times (each plan is bounded under each of its knob settings).
     settings = sum(len(optimistic_plans(p, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster))
                    for p in sample)
