@@ -449,6 +449,70 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     return fwd, bwd, detail
 
 
+@dataclass(frozen=True, slots=True)
+class EndCollectives:
+    """A pipeline rank's end-of-step data-parallel collectives in seconds, before any overlap: the gradient
+    reduction (HSDP's replica all-reduce, or the all-reduce / reduce-scatter of the ranks that reduce once per
+    step), the updated parameters' gather, and under Megatron's DDP buckets the input-side bucket's reduce
+    and gather, which no window hides (``*_floor_s``; 0 without buckets)."""
+    reduce_s: float = 0.0
+    reduce_floor_s: float = 0.0
+    gather_s: float = 0.0
+    gather_floor_s: float = 0.0
+
+
+def end_collectives(comm: CommModel, rt: RuntimeCost, plan: Plan, dense: float, expert: float,
+                    bucket: tuple[float, int] = (0.0, 0)) -> EndCollectives:
+    """``dense`` / ``expert`` parameters' end-of-step collectives (``EndCollectives``); ``bucket``:
+    ``input_bucket``'s (parameters, buckets) where the rank reduces in Megatron's buckets. One formula for
+    ``evaluate`` and the search's end-of-step bound (search/bound.py), which must never exceed it."""
+    per_mb = _per_microbatch_sharding(plan)
+    if plan.sharding == "hsdp":
+        # Gradient shards all-reduced across the replicas once per step.
+        shard = (dense + expert) / plan.shard_group * rt.grad_reduce_bytes
+        return EndCollectives(reduce_s=2 * comm.subgroup_allgather_s("dp_cp", shard, plan.shard_group,
+                                                                      outer=True, pat=False))
+    if per_mb == "zero2":
+        # Gradients were reduce-scattered per micro-batch; updated parameters are gathered once.
+        return EndCollectives(gather_s=comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16))
+    if per_mb:
+        return EndCollectives()
+    grad_all_reduce = plan.sharding == "none" or (plan.sharding == "zero1" and rt.zero1_grad_allreduce)
+
+    def grad_collective(kind: str, num_bytes: float) -> float:
+        """All-reduce (no sharding, or ZeRO-1 where the runtime all-reduces), else reduce-scatter."""
+        if grad_all_reduce:
+            return comm.allreduce_s(kind, num_bytes)
+        return comm.reduce_scatter_s(kind, num_bytes, rt.reduce_scatter_avg)
+
+    grad = dense * rt.grad_reduce_bytes
+    grad_e = expert * rt.grad_reduce_bytes
+    gather = 0.0 if plan.sharding == "none" else \
+        comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
+    bucket_params, buckets = bucket
+    if not buckets:
+        return EndCollectives(reduce_s=grad_collective("dp_cp", grad) + grad_collective("edp", grad_e),
+                              gather_s=gather)
+    # Megatron's buckets: each its own collective (its own ring latency).
+    reduce = buckets * grad_collective("dp_cp", grad / buckets) + grad_collective("edp", grad_e)
+    reduce_floor = grad_collective("dp_cp", bucket_params * rt.grad_reduce_bytes)
+    gather_floor = 0.0
+    if gather:
+        gather = buckets * comm.allgather_s("dp_cp", dense * BF16 / buckets) + comm.allgather_s("edp", expert * BF16)
+        gather_floor = comm.allgather_s("dp_cp", bucket_params * BF16)
+    return EndCollectives(reduce_s=reduce, reduce_floor_s=reduce_floor, gather_s=gather, gather_floor_s=gather_floor)
+
+
+def optimizer_params(plan: Plan, dense: float, expert: float) -> float:
+    """Parameters a rank's optimizer updates, of its ``dense`` / ``expert`` ones: its shard under HSDP and
+    the sharded optimizers (expert parameters over the expert-data-parallel group), all of them unsharded."""
+    if plan.sharding == "hsdp":
+        return (dense + expert) / plan.shard_group
+    if plan.sharding != "none":
+        return dense / (plan.dp * plan.cp) + expert / plan.expert_dp
+    return dense + expert
+
+
 def _per_microbatch_sharding(plan: Plan) -> str:
     """Which per-layer, per-micro-batch sharding traffic the plan has: 'zero3' (ZeRO-3 / FSDP / HSDP:
     gather in forward and backward, reduce-scatter in backward), 'zero2' (ZeRO-2 without pipeline
@@ -636,66 +700,40 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
     gpu_opt = []
     cpu_opt = []
     per_mb = _per_microbatch_sharding(plan)
-    grad_all_reduce = plan.sharding == "none" or (plan.sharding == "zero1" and rt.zero1_grad_allreduce)
-
-    def grad_collective(kind: str, num_bytes: float) -> float:
-        """The end-of-step gradient collective: all-reduce (no sharding, or ZeRO-1 where the runtime
-        all-reduces), else reduce-scatter."""
-        if grad_all_reduce:
-            return comm.allreduce_s(kind, num_bytes)
-        return comm.reduce_scatter_s(kind, num_bytes, rt.reduce_scatter_avg)
-
     overlap_slowdown = hardware_default("nccl_overlap_compute_slowdown")
     for r in range(pp):
         dense, expert = inp.rank_params[r]
+        bucketed = r == 0 and inp.input_bucket[1] > 0
+        ends = end_collectives(comm, rt, plan, dense, expert, inp.input_bucket if bucketed else (0.0, 0))
         exposed = 0.0
         total = 0.0  # the end-of-step collectives' time, hidden or not
         if plan.sharding == "hsdp":
-            # Gradient shards all-reduced across the replicas once per step, under the last backward.
-            shard = (dense + expert) / plan.shard_group * rt.grad_reduce_bytes
-            reduce = 2 * comm.subgroup_allgather_s("dp_cp", shard, plan.shard_group, outer=True, pat=False)
+            # Under the last backward.
             window = sched.finish_s[r] - sched.last_backward_start_s[r] if rt.overlap_grad_reduce else 0.0
-            exposed += max(0.0, reduce - window)
-            total = reduce
+            exposed += max(0.0, ends.reduce_s - window)
+            total = ends.reduce_s
         elif per_mb == "zero2":
-            # Gradients were reduce-scattered per micro-batch; updated parameters are gathered once.
-            gather = comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
-            exposed += max(0.0, gather - (fwd_s[r] if rt.overlap_param_gather else 0.0))
-            total = gather
+            exposed += max(0.0, ends.gather_s - (fwd_s[r] if rt.overlap_param_gather else 0.0))
+            total = ends.gather_s
         elif not per_mb:
-            grad = dense * rt.grad_reduce_bytes
-            grad_e = expert * rt.grad_reduce_bytes
-            reduce = grad_collective("dp_cp", grad) + grad_collective("edp", grad_e)
-            gather = 0.0 if plan.sharding == "none" else \
-                comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
             window = sched.finish_s[r] - sched.last_backward_start_s[r] if rt.overlap_grad_reduce else 0.0
             first_fwd = fwd_s[r] if rt.overlap_param_gather else 0.0
-            bucket_params, buckets = inp.input_bucket
-            if r == 0 and buckets:
-                # Megatron's buckets: each its own collective (its own ring latency); the input-side bucket
-                # waits for the backward's end and the next forward waits for its gather.
-                reduce = buckets * grad_collective("dp_cp", grad / buckets) + grad_collective("edp", grad_e)
-                last = grad_collective("dp_cp", bucket_params * rt.grad_reduce_bytes)
-                exposed += max(last, reduce - window)
-                if gather:
-                    gather = buckets * comm.allgather_s("dp_cp", dense * BF16 / buckets) + \
-                        comm.allgather_s("edp", expert * BF16)
-                    first = comm.allgather_s("dp_cp", bucket_params * BF16)
-                    exposed += max(first, gather - first_fwd) if rt.overlap_param_gather else gather
+            if bucketed:
+                # The input-side bucket waits for the backward's end and the next forward waits for its gather.
+                exposed += max(ends.reduce_floor_s, ends.reduce_s - window)
+                if ends.gather_s:
+                    exposed += max(ends.gather_floor_s, ends.gather_s - first_fwd) if rt.overlap_param_gather \
+                        else ends.gather_s
             else:
-                exposed += max(0.0, reduce - window)
-                exposed += max(0.0, gather - first_fwd)
-            total = reduce + gather
+                exposed += max(0.0, ends.reduce_s - window)
+                exposed += max(0.0, ends.gather_s - first_fwd)
+            total = ends.reduce_s + ends.gather_s
         # Hidden is not free: NCCL's SMs slow the backward/forward it hides under, as for every other
         # overlapped collective (``nccl_overlap_compute_slowdown``); counted in dp_comm.
         exposed += overlap_slowdown * max(0.0, total - exposed)
         end_times.append(sched.finish_s[r] + exposed)
         # Optimizer: parameters this rank updates.
-        group = plan.dp * plan.cp
-        sharded = plan.sharding != "none"
-        owned = dense / group + expert / plan.expert_dp if sharded else dense + expert
-        if plan.sharding == "hsdp":
-            owned = (dense + expert) / plan.shard_group
+        owned = optimizer_params(plan, dense, expert)
         gpu_opt.append((1 - plan.offload) * owned * ADAM_BYTES_PER_PARAM / rates.hbm_Bps)
         if plan.offload > 0:
             cpu = plan.offload * owned / inp.cpu_adam_params_per_s_per_gpu

@@ -30,10 +30,10 @@ from operator import attrgetter
 from configurator.cost.comm import CommModel, LinkEfficiency
 from configurator.cost.constants import CostConstants, hardware_default, load_runtime_cost
 from configurator.cost.knobs import effective_knobs
-from configurator.cost.step import (ADAM_BYTES_PER_PARAM, BF16, OFFLOAD_PCIE_BYTES_PER_PARAM, StepInputs, VirtualStage,
+from configurator.cost.step import (ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, StepInputs, VirtualStage,
                                     _layer_shard_comm, _per_microbatch_sharding, _rates_for, _stage_times,
-                                    busy_lower_bound, cpu_adam_rate_per_gpu, group_domains, input_bucket,
-                                    link_efficiency, mean_layer_shard_bytes, prepare)
+                                    busy_lower_bound, cpu_adam_rate_per_gpu, end_collectives, group_domains,
+                                    input_bucket, link_efficiency, mean_layer_shard_bytes, optimizer_params, prepare)
 from configurator.cost.work import embedding_work, head_work, layer_work, mtp_projection_work
 from configurator.memory import all_layer_params, stage_layer_indices, stage_params
 from configurator.search.knobs import optimistic_plans
@@ -200,7 +200,7 @@ class StructureBounds:
         """One-layer virtual stages of ``plan``'s layer key (its layer kinds, then the embedding, the head
         and the MTP projection), their rates and links, how many are layers, and the non-layers' times
         (no recompute touches them, so every chunk size of a partial recompute shares them)."""
-        ctx, c = self.ctx, self.c
+        c = self.c
         # A one-stage form of the plan (same tp/cp/ep/etp/micro-batch and switches; dp takes the rest).
         flat = replace_unchecked(plan, pp=1, vpp=1, dp=plan.dp * plan.pp, pipeline_layers=())
         # The works and links do not depend on the communication knobs (``cost/work.py`` and ``cost/comm.py``
@@ -513,7 +513,7 @@ class StructureBounds:
         variant of ``plan`` the search evaluates: virtual stage 0's forward + backward from the layer key's
         times, plus its micro-batch overhead and gradient accumulation, the most over the variants; infinite
         (hides everything) where those times need a preparation or the runtime's blocking sends add to them."""
-        ctx, c, rt = self.ctx, self.c, self._runtime
+        c, rt = self.c, self._runtime
         if self._needs_preparation(plan) or (rt.p2p_blocking and plan.pp > 1):
             return float("inf")
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
@@ -573,43 +573,11 @@ class StructureBounds:
         dense, expert = self._rank0_params(plan)
         comm = CommModel(cluster, plan, None, LinkEfficiency(nvlink=1.0, scale_out=1.0)).with_efficiency(
             link_efficiency(self.c))
-        per_mb = _per_microbatch_sharding(plan)
-        grad_all_reduce = plan.sharding == "none" or (plan.sharding == "zero1" and rt.zero1_grad_allreduce)
-
-        def grad_collective(kind: str, num_bytes: float) -> float:
-            if grad_all_reduce:
-                return comm.allreduce_s(kind, num_bytes)
-            return comm.reduce_scatter_s(kind, num_bytes, rt.reduce_scatter_avg)
-
-        a = a_floor = b = b_floor = 0.0
-        if plan.sharding == "hsdp":
-            shard = (dense + expert) / plan.shard_group * rt.grad_reduce_bytes
-            a = 2 * comm.subgroup_allgather_s("dp_cp", shard, plan.shard_group, outer=True, pat=False)
-        elif per_mb == "zero2":
-            b = comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
-        elif not per_mb:
-            grad = dense * rt.grad_reduce_bytes
-            grad_e = expert * rt.grad_reduce_bytes
-            a = grad_collective("dp_cp", grad) + grad_collective("edp", grad_e)
-            b = 0.0 if plan.sharding == "none" else \
-                comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
-            bucket_params, buckets = input_bucket(model, plan) if rt.ddp_buckets and rt.overlap_grad_reduce \
-                else (0.0, 0)
-            if buckets:
-                # Megatron's buckets (``evaluate``, rank 0): the input-side bucket cannot hide.
-                a = buckets * grad_collective("dp_cp", grad / buckets) + grad_collective("edp", grad_e)
-                a_floor = grad_collective("dp_cp", bucket_params * rt.grad_reduce_bytes)
-                if b:
-                    b = buckets * comm.allgather_s("dp_cp", dense * BF16 / buckets) + \
-                        comm.allgather_s("edp", expert * BF16)
-                    b_floor = comm.allgather_s("dp_cp", bucket_params * BF16)
+        ends = end_collectives(comm, rt, plan, dense, expert,
+                               input_bucket(model, plan) if rt.ddp_buckets and rt.overlap_grad_reduce else (0.0, 0))
         comm.release_gpu_map()
-        if plan.sharding == "hsdp":
-            owned = (dense + expert) / plan.shard_group
-        elif plan.sharding != "none":
-            owned = dense / (plan.dp * plan.cp) + expert / plan.expert_dp
-        else:
-            owned = dense + expert
+        a, a_floor, b, b_floor = ends.reduce_s, ends.reduce_floor_s, ends.gather_s, ends.gather_floor_s
+        owned = optimizer_params(plan, dense, expert)
         return a, a_floor, b, b_floor, a + b, owned, cpu_adam_rate_per_gpu(cluster), \
             cluster.gpu.pcie_host_bandwidth_Bps
 
