@@ -135,10 +135,12 @@ def ep_scale_out_share(model: ModelSpec, topk: int, ep_domains: int, dispatcher:
     return min(1.0, remote / topk)
 
 
+@lru_cache(maxsize=4096)
 def ep_overlap_paired_share(pp: int, vpp: int, num_microbatches: int) -> float:
     """Share of a pipeline rank's forward (and backward) chunk passes that Megatron-Core's combined 1F1B
     pairs with a pass of another micro-batch, so that their all-to-alls can hide (module docstring): the
-    rest run alone. Mean over the pipeline ranks' warm-up counts, each capped at the rank's passes."""
+    rest run alone. Mean over the pipeline ranks' warm-up counts, each capped at the rank's passes.
+    Remembered: ``_stage_times`` asks for it on every stage of every costed plan, with a handful of shapes."""
     total = num_microbatches * max(1, vpp)
     if total <= 0:
         return 0.0
