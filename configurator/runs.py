@@ -298,13 +298,37 @@ def _model_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-_MEGATRON_BRIDGE_FLEX = ("deepseekv3", "qwen330ba3b")
-"""Models whose Megatron-Bridge performance recipes all run the flex dispatcher: every DEEPSEEK_V3_* and
-QWEN3_30B_A3B_* workload config sets ``moe_flex_dispatcher_backend`` (hybridep; deepep for DeepSeek-V3's B200
-FP8_MX/NVFP4 V2 variants), which ``apply_flex_dispatcher_backend`` turns into ``moe_token_dispatcher_type =
-flex`` (Megatron-Bridge scripts/performance/configs/deepseek/deepseek_workload_base_configs.py,
-configs/qwen/qwen3_workload_base_configs.py). Qwen3-235B-A22B's set it on GB200/GB300 only (alltoall on
-B200/B300/H100); GPT-OSS 120B's depend on the container and GPU (``_gpt_oss_dispatcher``)."""
+_MEGATRON_BRIDGE_FLEX = ("deepseekv3",)
+"""Models whose Megatron-Bridge performance recipes all run the flex dispatcher: every DEEPSEEK_V3_* workload
+config sets ``moe_flex_dispatcher_backend`` (hybridep; deepep for DeepSeek-V3's B200 FP8_MX/NVFP4 V2 variants),
+which ``apply_flex_dispatcher_backend`` turns into ``moe_token_dispatcher_type = flex`` (Megatron-Bridge
+scripts/performance/configs/deepseek/deepseek_workload_base_configs.py). Qwen3-235B-A22B's set it on
+GB200/GB300 only (alltoall on B200/B300/H100); Qwen3-30B-A3B's and GPT-OSS 120B's depend on the container and
+GPU (``_qwen3_30b_dispatcher``, ``_gpt_oss_dispatcher``)."""
+
+
+def _qwen3_30b_dispatcher(source: str, system: str) -> str:
+    """The token dispatcher of a Megatron-Bridge Qwen3-30B-A3B row, read at each container's tag (25.11 =
+    v0.2.x, 26.02 = v0.3.0, 26.02.01 = v0.3.1 and later):
+
+    - 25.11 (v0.2.0-v0.2.2, scripts/performance/configs/qwen3/workload_base_configs.py): only the GB200 and
+      GB300 configs set ``moe_flex_dispatcher_backend="hybridep"``; ``BASE_QWEN3_30B_A3B_CONFIG`` and the B200
+      and H100 configs set none, so ``qwen3_30b_a3b_pretrain_config(moe_flex_dispatcher_backend=None)`` calls
+      ``apply_flex_dispatcher_backend`` with None, which logs "Not a valid flex dispatcher backend" and
+      returns, leaving ``Qwen3MoEModelProvider.moe_token_dispatcher_type = "alltoall"``
+      (src/megatron/bridge/models/qwen/qwen_provider.py): alltoall on B200 and H100.
+    - 26.02 (v0.3.0, configs/qwen/qwen3_workload_base_configs.py): GB200, GB300 and B300 hybridep, H100
+      ``deepep``, B200 still none (alltoall).
+    - 26.02.01 on (v0.3.1: ``BASE_QWEN3_30B_A3B_CONFIG`` gains ``deepep``, every config sets hybridep, and
+      qwen3_llm_pretrain.py sets ``moe_token_dispatcher_type = "flex"`` itself; 26.08's perf_recipes/qwen
+      likewise): flex on every GPU."""
+    container = _bridge_container(source) or (0,)
+    gpu = _bridge_gpu(system)
+    if container >= (26, 2, 1) or gpu in ("gb200", "gb300"):
+        return "flex"
+    if container >= (26, 2, 0):
+        return "alltoall" if gpu == "b200" else "flex"
+    return "alltoall"
 
 
 def _gpt_oss_dispatcher(source: str, system: str, precision: str, global_batch: int) -> str | None:
@@ -348,6 +372,8 @@ def recipe_dispatcher(source: str, model_name: str, system: str, precision: str 
         return "flex"
     if key == "qwen3235ba22b":
         return "flex" if system.startswith(("gb200", "gb300")) else "alltoall"
+    if key == "qwen330ba3b":
+        return _qwen3_30b_dispatcher(source, system)
     if key == "gptoss120b":
         return _gpt_oss_dispatcher(source, system, precision, global_batch)
     return None

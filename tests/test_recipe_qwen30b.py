@@ -1,0 +1,50 @@
+"""Qwen3-30B-A3B's Megatron-Bridge performance rows get the settings their container's recipe ran (issue 12): the
+token dispatcher of each release (runs.py ``_qwen3_30b_dispatcher``: no backend, hence alltoall, on 25.11's B200
+and H100 configs) and, where a summary table lists a layout its release does not ship, the shipped one
+(runs.py ``shipped_layout``: 26.02.01's H100 row)."""
+
+from __future__ import annotations
+
+from configurator.runs import case_from_row, recipe_dispatcher
+
+QWEN30B = "Qwen3_30B_a3B"
+
+
+def _src(container: str) -> str:
+    return f"Megatron-Bridge performance summary (NeMo {container} container)"
+
+
+def _row(container: str, system: str, gpus: int, tp: int, pp: int, vpp: int, ep: int, dp: int, mb: int,
+         gbs: int) -> dict[str, str]:
+    return {"run_id": "t", "source": _src(container), "model": QWEN30B, "layers": "48", "hidden": "2048",
+            "ffn_hidden": "768", "heads": "32", "kv_heads": "4", "vocab": "151936", "seq_len": "4096",
+            "mlp": "swiglu", "attention": "gqa", "moe_experts": "128", "moe_topk": "8", "moe_ffn_hidden": "768",
+            "moe_shared_experts": "0", "system": system, "num_gpus": str(gpus), "tp": str(tp), "pp": str(pp),
+            "vpp": str(vpp), "cp": "1", "ep": str(ep), "dp": str(dp), "sp": "0", "sharding": "distopt",
+            "micro_batch": str(mb), "global_batch": str(gbs), "precision": "fp8",
+            "notes": "MoE: token distribution force-balanced, dropless."}
+
+
+def test_qwen3_30b_dispatcher_follows_each_containers_recipe() -> None:
+    # 25.11 (v0.2.x): hybridep on GB200/GB300 only; B200 and H100 set no backend -> the provider's alltoall.
+    assert recipe_dispatcher(_src("25.11"), QWEN30B, "gb200-nvl72", "fp8") == "flex"
+    assert recipe_dispatcher(_src("25.11"), QWEN30B, "gb300-nvl72", "fp8") == "flex"
+    assert recipe_dispatcher(_src("25.11"), QWEN30B, "dgx-b200", "fp8") == "alltoall"
+    assert recipe_dispatcher(_src("25.11"), QWEN30B, "dgx-h100", "fp8") == "alltoall"
+    # 26.02 (v0.3.0): H100 deepep and B300 hybridep (flex), B200 still none.
+    assert recipe_dispatcher(_src("26.02"), QWEN30B, "dgx-h100", "fp8") == "flex"
+    assert recipe_dispatcher(_src("26.02"), QWEN30B, "dgx-b300", "fp8") == "flex"
+    assert recipe_dispatcher(_src("26.02"), QWEN30B, "dgx-b200", "fp8") == "alltoall"
+    # 26.02.01 (v0.3.1) on: the pretrain script sets flex on every GPU.
+    for container in ("26.02.01", "26.04", "26.08"):
+        assert recipe_dispatcher(_src(container), QWEN30B, "dgx-b200", "fp8") == "flex"
+        assert recipe_dispatcher(_src(container), QWEN30B, "dgx-h100", "fp8") == "flex"
+    # Other sources are not read from Megatron-Bridge's recipes.
+    assert recipe_dispatcher("Megatron-MoE-ModelZoo", QWEN30B, "dgx-b200", "fp8") is None
+
+
+def test_a_25_11_b200_row_runs_the_alltoall_dispatcher() -> None:
+    case = case_from_row(_row("25.11", "dgx-b200", 8, 1, 1, 1, 8, 8, 1, 512))
+    assert not case.error
+    assert case.plan.ep_dispatcher == "alltoall"
+    assert not any("dispatcher flex" in a for a in case.assumptions)
