@@ -558,6 +558,29 @@ def recipe_ep_overlap(source: str, model_name: str, system: str, precision: str,
                for first, last, k, g, lay in _A2A_OVERLAP_LAYOUTS)
 
 
+_SHIPPED_LAYOUTS: tuple[tuple[tuple[int, int, int], str, str, tuple[int, int, int, int], tuple[int, int, int, int]], ...] = (
+    ((26, 2, 1), "qwen330ba3b", "h100", (1, 2, 12, 8), (1, 1, 1, 16)),
+)
+"""(container, model, GPU, the table's (tp, pp, vpp, ep), the shipped config's) where a Megatron-Bridge
+performance-summary table lists a layout its release's config does not run. 26.02.01's H100 Qwen3-30B-A3B row
+lists TP1 PP2 VP12 EP8 (9,058 tokens/s/GPU), but v0.3.1's ``QWEN3_30B_A3B_PRETRAIN_CONFIG_H100_FP8_CS_V1``
+(scripts/performance/configs/qwen/qwen3_workload_base_configs.py) sets ``expert_model_parallel_size=16``
+without pipelining (hybridep, ``moe_a2a_overlap=False``): the PP2 VP12 EP8 config was v0.3.0's (26.02), whose
+table gives 5,113 for it, and the EP16 rows of 26.04, 26.04.01 and 26.06 (8,901, 8,960, 8,826) match 9,058."""
+
+
+def shipped_layout(source: str, model_name: str, system: str,
+                  layout: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    """(tp, pp, vpp, ep) the row's shipped recipe ran where its table lists another (``_SHIPPED_LAYOUTS``);
+    None for every other row."""
+    container = _bridge_container(source)
+    if container is None:
+        return None
+    key, gpu = _model_key(model_name), _bridge_gpu(system)
+    return next((shipped for c, k, g, table, shipped in _SHIPPED_LAYOUTS
+                 if c == container and k == key and g == gpu and table == layout), None)
+
+
 def recipe_vpp(source: str, model_name: str) -> int | None:
     """Virtual pipeline stages a DGX Cloud Benchmarking row ran with where the README table it was read from
     says otherwise: the v25.04.01 nemotron recipe's table gives Nemotron-4 340B's VP as "NA" (read as vpp 1),
@@ -718,6 +741,14 @@ def case_from_row(row: dict[str, str]) -> RunCase:
             dispatcher = None  # no expert parallelism: nothing to dispatch across ranks
         tp, pp, cp = (_int(row, c, 1) or 1 for c in ("tp", "pp", "cp"))
         dp = _int(row, "dp")
+        ep = _int(row, "ep", 1) or 1
+        shipped = shipped_layout(source, _cell(row, "model"), system, (tp, pp, _int(row, "vpp", 1) or 1, ep))
+        if shipped is not None:
+            tp, pp, shipped_vpp, ep = shipped
+            dp = num_gpus // (tp * pp * cp)
+            row = {**row, "vpp": str(shipped_vpp)}
+            notes.append(f"TP{tp} PP{pp} EP{ep} dp={dp} (the release's shipped config; the table lists "
+                         f"{_cell(base.row, 'tp')}/{_cell(base.row, 'pp')}/{_cell(base.row, 'vpp')}/{_cell(base.row, 'ep')})")
         if dp is None:
             dp = num_gpus // (tp * pp * cp)
             notes.append(f"dp={dp} from GPUs/(tp*pp*cp)")
@@ -757,7 +788,6 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         elif model.num_layers % (pp * vpp):
             layout = balanced_layout(model.num_layers, pp, vpp)
             notes.append(f"uneven pipeline split {'/'.join(map(str, layout))} (ends lighter)")
-        ep = _int(row, "ep", 1) or 1
         ep_overlap = _yes_no(row, "ep_overlap") if model.is_moe else None
         if ep_overlap is None and model.is_moe and recipe_ep_overlap(source, row.get("model", ""), system, precision,
                                                                      (tp, pp, vpp, ep), gbs):
@@ -781,4 +811,4 @@ def case_from_row(row: dict[str, str]) -> RunCase:
 __all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "graphs_from_notes",
            "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_ep_overlap", "recipe_fp8_attention", "recipe_fused_expert_mlp",
            "recipe_recompute_modules", "recipe_routing", "recipe_vpp", "runs_eager",
-           "runtime_for_source", "unknown_micro_batch", "unknown_vpp", "uses_bf16_optimizer"]
+           "runtime_for_source", "shipped_layout", "unknown_micro_batch", "unknown_vpp", "uses_bf16_optimizer"]

@@ -5,7 +5,7 @@ and H100 configs) and, where a summary table lists a layout its release does not
 
 from __future__ import annotations
 
-from configurator.runs import case_from_row, recipe_dispatcher
+from configurator.runs import case_from_row, recipe_dispatcher, shipped_layout
 
 QWEN30B = "Qwen3_30B_a3B"
 
@@ -48,3 +48,24 @@ def test_a_25_11_b200_row_runs_the_alltoall_dispatcher() -> None:
     assert not case.error
     assert case.plan.ep_dispatcher == "alltoall"
     assert not any("dispatcher flex" in a for a in case.assumptions)
+
+
+def test_the_26_02_01_h100_row_runs_the_shipped_ep16_layout() -> None:
+    # The table lists TP1 PP2 VP12 EP8; v0.3.1's H100 config is EP16 without PP, so 16 GPUs / (1 * 1 * 1) = dp 16.
+    assert shipped_layout(_src("26.02.01"), QWEN30B, "dgx-h100", (1, 2, 12, 8)) == (1, 1, 1, 16)
+    case = case_from_row(_row("26.02.01", "dgx-h100", 16, 1, 2, 12, 8, 8, 1, 1024))
+    assert not case.error
+    plan = case.plan
+    assert (plan.tp, plan.pp, plan.vpp, plan.ep, plan.dp) == (1, 1, 1, 16, 16)
+    assert plan.ep_overlap is None  # v0.3.1 sets moe_a2a_overlap=False
+    assert plan.ep_dispatcher == "flex"  # hybridep
+    assert any("shipped config" in a and "1/2/12/8" in a for a in case.assumptions)
+
+
+def test_tables_that_match_their_release_keep_their_layout() -> None:
+    # 26.02 (v0.3.0) did ship PP2 VP12 EP8 for H100; 26.04's table already lists EP16.
+    assert shipped_layout(_src("26.02"), QWEN30B, "dgx-h100", (1, 2, 12, 8)) is None
+    assert shipped_layout(_src("26.04"), QWEN30B, "dgx-h100", (1, 1, 1, 16)) is None
+    assert shipped_layout("torchtitan", QWEN30B, "dgx-h100", (1, 2, 12, 8)) is None
+    case = case_from_row(_row("26.02", "dgx-h100", 16, 1, 2, 12, 8, 8, 1, 1024))
+    assert (case.plan.pp, case.plan.vpp, case.plan.ep, case.plan.dp) == (2, 12, 8, 8)
