@@ -379,6 +379,23 @@ def recipe_dispatcher(source: str, model_name: str, system: str, precision: str 
     return None
 
 
+HYBRIDEP_RECIPE_SMS = 32
+"""SMs of HybridEP's dispatch and combine kernels in Megatron-Bridge's performance recipes: every release sets
+``moe_hybridep_num_sms = 32`` when the backend is hybridep (25.11 = v0.2.x scripts/performance/utils/helpers.py
+``set_common_perf_overrides``; 26.02-26.06 utils/overrides.py ``_set_common_perf_overrides``; 26.08 = v0.6.0
+src/megatron/bridge/perf_recipes/_common.py ``_benchmark_common``), against DeepEP's default of 20."""
+
+
+def recipe_flex_sms(source: str, system: str, dispatcher: str | None) -> int:
+    """SMs the flex dispatcher of a Megatron-Bridge performance row holds (``JobSpec.flex_dispatcher_sms``):
+    ``HYBRIDEP_RECIPE_SMS`` on GB200/GB300, where every flex recipe is HybridEP (``apply_flex_dispatcher_backend``
+    runs DeepEP only on Ampere, Hopper, B200 and B300, in every release from v0.2.0 to v0.6.0); 0 (DeepEP's
+    default) for other rows, including B200/B300/H100 flex rows, whose backend varies by model and release."""
+    if dispatcher != "flex" or _bridge_container(source) is None:
+        return 0
+    return HYBRIDEP_RECIPE_SMS if _bridge_gpu(system) in ("gb200", "gb300") else 0
+
+
 _GRAPH_NOTE = re.compile(r"cuda graphs? \(([^)]*)\)")
 _GRAPH_WORD_SCOPES = (("full", "full_iteration"), ("attn", "attn"), ("router", "moe_router"),
                       ("preprocess", "moe_preprocess"))
@@ -737,6 +754,10 @@ def case_from_row(row: dict[str, str]) -> RunCase:
                 dispatcher = "alltoall"  # the token-drop callback allows only the alltoall dispatcher
         if dispatcher == "flex" and (_int(row, "ep", 1) or 1) > 1:
             notes.append(f"MoE dispatcher flex (DeepEP/HybridEP, from {said})")
+            flex_sms = recipe_flex_sms(source, system, dispatcher)
+            if flex_sms:
+                job = replace(job, flex_dispatcher_sms=flex_sms)
+                notes.append(f"HybridEP on {flex_sms} SMs (the recipe's moe_hybridep_num_sms)")
         elif dispatcher == "flex":
             dispatcher = None  # no expert parallelism: nothing to dispatch across ranks
         tp, pp, cp = (_int(row, c, 1) or 1 for c in ("tp", "pp", "cp"))
@@ -809,6 +830,7 @@ def case_from_row(row: dict[str, str]) -> RunCase:
 
 
 __all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "graphs_from_notes",
-           "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_ep_overlap", "recipe_fp8_attention", "recipe_fused_expert_mlp",
+           "HYBRIDEP_RECIPE_SMS", "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_ep_overlap", "recipe_flex_sms", "recipe_fp8_attention",
+           "recipe_fused_expert_mlp",
            "recipe_recompute_modules", "recipe_routing", "recipe_vpp", "runs_eager",
            "runtime_for_source", "shipped_layout", "unknown_micro_batch", "unknown_vpp", "uses_bf16_optimizer"]

@@ -45,15 +45,16 @@ def effective_knobs(plan: Plan, runtime: RuntimeCost) -> Knobs:
                  ep_dispatcher=dispatcher)
 
 
-def flex_overlap_compute_slowdown(sm_count: int) -> float:
+def flex_overlap_compute_slowdown(sm_count: int, dispatcher_sms: int = 0) -> float:
     """Share of a GPU's compute lost while the flex dispatcher's kernels run beside it: DeepEP's normal
-    (training) kernels are persistent and hold ``flex_dispatcher_sms`` SMs for their whole run
-    (cost.json), so compute overlapping them runs on ``(S - s) / S`` of the SMs and takes ``s / S`` of
-    the hidden time longer. Where the SM count is unknown, NCCL's generic share
-    (``nccl_overlap_compute_slowdown``)."""
+    (training) kernels are persistent and hold ``s`` SMs for their whole run, so compute overlapping them
+    runs on ``(S - s) / S`` of the SMs and takes ``s / S`` of the hidden time longer. ``dispatcher_sms``:
+    the ``s`` a job's recipe sets (``JobSpec.flex_dispatcher_sms``; Megatron-Bridge's HybridEP recipes set
+    32), 0 = DeepEP's default (cost.json ``flex_dispatcher_sms``, 20). Where the GPU's SM count is unknown,
+    NCCL's generic share (``nccl_overlap_compute_slowdown``)."""
     if sm_count <= 0:
         return hardware_default("nccl_overlap_compute_slowdown")
-    return min(1.0, hardware_default("flex_dispatcher_sms") / sm_count)
+    return min(1.0, (dispatcher_sms or hardware_default("flex_dispatcher_sms")) / sm_count)
 
 
 

@@ -51,7 +51,17 @@ class JobSpec:
     SFU as before, so on Blackwell the exponentials set the pace (cost/compute.py). False: bf16 attention,
     what the emitted launch files run. Set by runs.py from a published row's recipe; not a plan knob."""
 
+    flex_dispatcher_sms: int = 0
+    """SMs the flex dispatcher's (DeepEP/HybridEP) dispatch and combine kernels hold while they run
+    (Megatron-Core ``moe_flex_dispatcher_num_sms``, formerly ``moe_hybridep_num_sms``), which compute
+    overlapped with them cannot use (cost/knobs.py ``flex_overlap_compute_slowdown``). 0: DeepEP's default
+    (profiles/cost.json ``flex_dispatcher_sms``, 20), what the emitted launch files run. Set by runs.py from a
+    published row's recipe (Megatron-Bridge's HybridEP recipes set 32); not a plan knob."""
+
     def __post_init__(self) -> None:
+        require(isinstance(self.flex_dispatcher_sms, int) and not isinstance(self.flex_dispatcher_sms, bool)
+                and self.flex_dispatcher_sms >= 0,
+                "flex_dispatcher_sms", self.flex_dispatcher_sms, "must be a non-negative integer")
         require_positive_int("global_batch", self.global_batch)
         require_positive_int("seq_len", self.seq_len)
         require_at_most("global_batch", self.global_batch, MAX_GLOBAL_BATCH, "sequences")
