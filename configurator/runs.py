@@ -386,14 +386,19 @@ HYBRIDEP_RECIPE_SMS = 32
 src/megatron/bridge/perf_recipes/_common.py ``_benchmark_common``), against DeepEP's default of 20."""
 
 
-def recipe_flex_sms(source: str, system: str, dispatcher: str | None) -> int:
+def recipe_flex_sms(source: str, model_name: str, system: str, dispatcher: str | None) -> int:
     """SMs the flex dispatcher of a Megatron-Bridge performance row holds (``JobSpec.flex_dispatcher_sms``):
-    ``HYBRIDEP_RECIPE_SMS`` on GB200/GB300, where every flex recipe is HybridEP (``apply_flex_dispatcher_backend``
-    runs DeepEP only on Ampere, Hopper, B200 and B300, in every release from v0.2.0 to v0.6.0); 0 (DeepEP's
-    default) for other rows, including B200/B300/H100 flex rows, whose backend varies by model and release."""
-    if dispatcher != "flex" or _bridge_container(source) is None:
+    ``HYBRIDEP_RECIPE_SMS`` where the recipe's backend is HybridEP: on GB200/GB300, where every flex recipe is
+    HybridEP (``apply_flex_dispatcher_backend`` runs DeepEP only on Ampere, Hopper, B200 and B300, in every
+    release from v0.2.0 to v0.6.0), and in Qwen3-30B-A3B's recipes from 26.02.01 (v0.3.1 on: every GPU's
+    config sets hybridep, ``_qwen3_30b_dispatcher``); 0 (DeepEP's default) for other rows, whose backend on
+    B200/B300/H100 varies by model and release."""
+    container = _bridge_container(source)
+    if dispatcher != "flex" or container is None:
         return 0
-    return HYBRIDEP_RECIPE_SMS if _bridge_gpu(system) in ("gb200", "gb300") else 0
+    if _bridge_gpu(system) in ("gb200", "gb300"):
+        return HYBRIDEP_RECIPE_SMS
+    return HYBRIDEP_RECIPE_SMS if _model_key(model_name) == "qwen330ba3b" and container >= (26, 2, 1) else 0
 
 
 _GRAPH_NOTE = re.compile(r"cuda graphs? \(([^)]*)\)")
@@ -426,6 +431,8 @@ def recipe_cuda_graphs(source: str, model_name: str, system: str, precision: str
     - Qwen3-30B-A3B: GB300/B300 router + preprocess; GB200 attn + router + preprocess in bf16/FP8-CS,
       router + preprocess in FP8-MX (the Blackwell fp8 of the tables); B200 router + preprocess until
       26.02, attn + router + preprocess from 26.02.01; H100 router + preprocess in bf16, none in FP8-CS.
+      ``full_iteration`` in FP8-MX (``_qwen3_30b_full_iteration``) from 26.06 on GB200, GB300 and B300 and
+      from 26.06.01 on B200.
     - Qwen3-235B-A22B: GB200 attn + router + preprocess; GB300 router + preprocess; B200/B300/H100 none.
     - DeepSeek-V3: GB300 attn + router + preprocess (fp8 only in 25.11: from 26.02 its fp8 scope is empty
       with no graph impl); GB200 router + preprocess in 25.11, attn + router + preprocess from 26.02;
@@ -444,6 +451,8 @@ def recipe_cuda_graphs(source: str, model_name: str, system: str, precision: str
             "deepseekv3", "qwen330ba3b", "qwen3235ba22b", "gptoss120b"):
         return ("full_iteration",)
     if key == "qwen330ba3b":
+        if fp8 and _qwen3_30b_full_iteration(container, gpu):
+            return ("full_iteration",)
         if gpu == "gb200":
             return _ROUTER_PRE if fp8 else _ATTN_ROUTER_PRE
         if gpu == "b200":
@@ -464,6 +473,18 @@ def recipe_cuda_graphs(source: str, model_name: str, system: str, precision: str
     if key == "gptoss120b" and gpu in ("gb300", "b300"):
         return _ATTN_ROUTER_PRE
     return ()
+
+
+def _qwen3_30b_full_iteration(container: tuple[int, ...], gpu: str) -> bool:
+    """Whether Qwen3-30B-A3B's MXFP8 recipe of a container captures the full iteration: v0.5.0 (26.06) sets
+    ``cuda_graph_impl="full_iteration"`` with ``moe_a2a_overlap=True``, ``cutedsl_fused_grouped_mlp=True`` and
+    ``fp8_dot_product_attention=True`` in QWEN3_30B_A3B_PRETRAIN_CONFIG_{GB200,GB300,B300}_FP8_MX_V1
+    (scripts/performance/configs/qwen/qwen3_workload_base_configs.py), v0.5.1 (26.06.01) in B200's too, and
+    v0.6.0 (26.08) calls ``_enable_hybridep_full_iteration_mxfp8`` in the fp8mx configs of all four
+    (src/megatron/bridge/perf_recipes/qwen/{gb200,gb300,b200,b300}/qwen3_moe.py)."""
+    if container >= (26, 6, 1) and gpu == "b200":
+        return True
+    return container >= (26, 6, 0) and gpu in ("gb200", "gb300", "b300")
 
 
 def _bridge_container(source: str) -> tuple[int, ...] | None:
@@ -516,10 +537,17 @@ def recipe_fused_expert_mlp(source: str, model_name: str, system: str, precision
     ``_apply_gpt_oss_120b_full_iter_fp8mx_configs``) and ``NVTE_CUTEDSL_FUSED_GROUPED_MLP=1`` (their
     ``env_vars``), which Megatron-Core's ``TEGroupedMLP._is_fused_impl_supported`` needs, with a Transformer
     Engine that has ``ScaledClampedQGeGLU`` and ``GroupedLinear(scale_bias=...)`` (the one 26.08 pins,
-    4329ff8). Earlier containers have no such path for a clamped GLU (Megatron-Core 0.15-0.18)."""
+    4329ff8). Earlier containers have no such path for a clamped GLU (Megatron-Core 0.15-0.18). Qwen3-30B-A3B's
+    MXFP8 full-iteration recipes (``_qwen3_30b_full_iteration``: ``cutedsl_fused_grouped_mlp=True`` from 26.06,
+    ``use_transformer_engine_op_fuser = True`` in 26.08's ``_enable_hybridep_full_iteration_mxfp8``) run it too;
+    for a plain SwiGLU the step model has no unfused expert kernels to remove (cost/work.py)."""
     container = _bridge_container(source)
-    return (container is not None and container >= (26, 8, 0) and _model_key(model_name) == "gptoss120b"
-            and precision in ("fp8", "fp4") and _bridge_gpu(system) in ("gb200", "gb300"))
+    if container is None or precision not in ("fp8", "fp4"):
+        return False
+    if _model_key(model_name) == "qwen330ba3b":
+        return _qwen3_30b_full_iteration(container, _bridge_gpu(system))
+    return (container >= (26, 8, 0) and _model_key(model_name) == "gptoss120b"
+            and _bridge_gpu(system) in ("gb200", "gb300"))
 
 
 def recipe_fp8_attention(source: str, model_name: str, system: str, precision: str) -> bool:
@@ -754,7 +782,7 @@ def case_from_row(row: dict[str, str]) -> RunCase:
                 dispatcher = "alltoall"  # the token-drop callback allows only the alltoall dispatcher
         if dispatcher == "flex" and (_int(row, "ep", 1) or 1) > 1:
             notes.append(f"MoE dispatcher flex (DeepEP/HybridEP, from {said})")
-            flex_sms = recipe_flex_sms(source, system, dispatcher)
+            flex_sms = recipe_flex_sms(source, row.get("model", ""), system, dispatcher)
             if flex_sms:
                 job = replace(job, flex_dispatcher_sms=flex_sms)
                 notes.append(f"HybridEP on {flex_sms} SMs (the recipe's moe_hybridep_num_sms)")

@@ -33,12 +33,15 @@ def test_the_compute_slowdown_is_the_dispatchers_share_of_the_sms() -> None:
 
 def test_megatron_bridge_hybridep_rows_hold_32_sms() -> None:
     assert HYBRIDEP_RECIPE_SMS == 32
-    assert recipe_flex_sms(_src("26.08"), "gb200-nvl72", "flex") == 32
-    assert recipe_flex_sms(_src("25.11"), "gb300-nvl72", "flex") == 32
-    # Off NVL72 the backend varies (DeepEP on 26.04.01's B200 DeepSeek-V3 V2, 26.02's H100 Qwen3-30B): default.
-    assert recipe_flex_sms(_src("26.04.01"), "dgx-b200", "flex") == 0
-    assert recipe_flex_sms(_src("26.08"), "gb200-nvl72", "alltoall") == 0
-    assert recipe_flex_sms("Megatron-MoE-ModelZoo GB200 table", "gb200-nvl72", "flex") == 0
+    assert recipe_flex_sms(_src("26.08"), "DeepSeekV3", "gb200-nvl72", "flex") == 32
+    assert recipe_flex_sms(_src("25.11"), QWEN30B, "gb300-nvl72", "flex") == 32
+    # Qwen3-30B's configs are all hybridep from 26.02.01 (v0.3.1); 26.02's H100 one was DeepEP.
+    assert recipe_flex_sms(_src("26.02.01"), QWEN30B, "dgx-h100", "flex") == 32
+    assert recipe_flex_sms(_src("26.02"), QWEN30B, "dgx-h100", "flex") == 0
+    # Off NVL72 other models' backends vary (DeepEP on 26.04.01's B200 DeepSeek-V3 V2): the default.
+    assert recipe_flex_sms(_src("26.04.01"), "DeepSeekV3", "dgx-b200", "flex") == 0
+    assert recipe_flex_sms(_src("26.08"), QWEN30B, "gb200-nvl72", "alltoall") == 0
+    assert recipe_flex_sms("Megatron-MoE-ModelZoo GB200 table", QWEN30B, "gb200-nvl72", "flex") == 0
 
 
 def _row(container: str, system: str) -> dict[str, str]:

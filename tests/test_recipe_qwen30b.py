@@ -69,3 +69,22 @@ def test_tables_that_match_their_release_keep_their_layout() -> None:
     assert shipped_layout("torchtitan", QWEN30B, "dgx-h100", (1, 2, 12, 8)) is None
     case = case_from_row(_row("26.02", "dgx-h100", 16, 1, 2, 12, 8, 8, 1, 1024))
     assert (case.plan.pp, case.plan.vpp, case.plan.ep, case.plan.dp) == (2, 12, 8, 8)
+
+
+def test_mxfp8_recipes_capture_the_full_iteration_from_26_06() -> None:
+    from configurator.runs import recipe_cuda_graphs, recipe_ep_overlap, recipe_fused_expert_mlp
+
+    # v0.5.0 (26.06): GB200/GB300/B300 MXFP8 configs run full_iteration + moe_a2a_overlap + the fused grouped MLP.
+    for gpu in ("gb200-nvl72", "gb300-nvl72", "dgx-b300"):
+        assert recipe_cuda_graphs(_src("26.06"), QWEN30B, gpu, "fp8") == ("full_iteration",)
+        assert recipe_ep_overlap(_src("26.06"), QWEN30B, gpu, "fp8", (1, 1, 1, 8), 512)
+        assert recipe_fused_expert_mlp(_src("26.06"), QWEN30B, gpu, "fp8")
+    # B200 joins in v0.5.1 (26.06.01); 26.04.01 (v0.4.2) still captured only router + preprocess on GB200.
+    assert recipe_cuda_graphs(_src("26.06"), QWEN30B, "dgx-b200", "fp8") == ("attn", "moe_router", "moe_preprocess")
+    assert recipe_cuda_graphs(_src("26.06.01"), QWEN30B, "dgx-b200", "fp8") == ("full_iteration",)
+    assert recipe_cuda_graphs(_src("26.08"), QWEN30B, "dgx-b200", "fp8") == ("full_iteration",)
+    assert recipe_cuda_graphs(_src("26.04.01"), QWEN30B, "gb200-nvl72", "fp8") == ("moe_router", "moe_preprocess")
+    assert not recipe_fused_expert_mlp(_src("26.04.01"), QWEN30B, "gb200-nvl72", "fp8")
+    # bf16 and H100's FP8-CS never do.
+    assert recipe_cuda_graphs(_src("26.08"), QWEN30B, "gb200-nvl72", "bf16") != ("full_iteration",)
+    assert recipe_cuda_graphs(_src("26.08"), QWEN30B, "dgx-h100", "fp8") == ()
