@@ -603,7 +603,8 @@ def recipe_ep_overlap(source: str, model_name: str, system: str, precision: str,
                for first, last, k, g, lay in _A2A_OVERLAP_LAYOUTS)
 
 
-_SHIPPED_LAYOUTS: tuple[tuple[tuple[int, int, int], str, str, tuple[int, int, int, int], tuple[int, int, int, int]], ...] = (
+_Layout = tuple[int, int, int, int]
+_SHIPPED_LAYOUTS: tuple[tuple[tuple[int, int, int], str, str, _Layout, _Layout], ...] = (
     ((26, 2, 1), "qwen330ba3b", "h100", (1, 2, 12, 8), (1, 1, 1, 16)),
 )
 """(container, model, GPU, the table's (tp, pp, vpp, ep), the shipped config's) where a Megatron-Bridge
@@ -796,8 +797,8 @@ def case_from_row(row: dict[str, str]) -> RunCase:
             tp, pp, shipped_vpp, ep = shipped
             dp = num_gpus // (tp * pp * cp)
             row = {**row, "vpp": str(shipped_vpp)}
-            notes.append(f"TP{tp} PP{pp} EP{ep} dp={dp} (the release's shipped config; the table lists "
-                         f"{_cell(base.row, 'tp')}/{_cell(base.row, 'pp')}/{_cell(base.row, 'vpp')}/{_cell(base.row, 'ep')})")
+            listed = "/".join(_cell(base.row, c) for c in ("tp", "pp", "vpp", "ep"))
+            notes.append(f"TP{tp} PP{pp} EP{ep} dp={dp} (the release's shipped config; the table lists {listed})")
         if dp is None:
             dp = num_gpus // (tp * pp * cp)
             notes.append(f"dp={dp} from GPUs/(tp*pp*cp)")
@@ -857,8 +858,8 @@ def case_from_row(row: dict[str, str]) -> RunCase:
         return replace(base, error=str(exc))
 
 
-__all__ = ["MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes", "graphs_from_notes",
-           "HYBRIDEP_RECIPE_SMS", "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_ep_overlap", "recipe_flex_sms", "recipe_fp8_attention",
-           "recipe_fused_expert_mlp",
+__all__ = ["HYBRIDEP_RECIPE_SMS", "MEM_KINDS", "REQUIRED_COLUMNS", "RunCase", "case_from_row", "dispatcher_from_notes",
+           "graphs_from_notes", "read_runs", "recipe_cuda_graphs", "recipe_dispatcher", "recipe_ep_overlap",
+           "recipe_flex_sms", "recipe_fp8_attention", "recipe_fused_expert_mlp",
            "recipe_recompute_modules", "recipe_routing", "recipe_vpp", "runs_eager",
            "runtime_for_source", "shipped_layout", "unknown_micro_batch", "unknown_vpp", "uses_bf16_optimizer"]

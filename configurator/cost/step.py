@@ -347,7 +347,8 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     ep_hidden = cv["overlap.ep"] * ep_paired_share if knobs.ep_overlap else 0.0
     launch_s = cv["overhead.launch_s"]
     slowdown = hardware_default("nccl_overlap_compute_slowdown")
-    ep_flex_slowdown = flex_overlap_compute_slowdown(rates.sm_count, inp.job.flex_dispatcher_sms) if knobs.ep_dispatcher == "flex" else slowdown
+    ep_flex_slowdown = (flex_overlap_compute_slowdown(rates.sm_count, inp.job.flex_dispatcher_sms)
+                        if knobs.ep_dispatcher == "flex" else slowdown)
     sync_s = hardware_default("d2h_sync_s")
     # The EP all-to-all's links: DeepEP/HybridEP (flex) move the tokens with their own kernels at the rates their
     # benchmarks measure on NVLink and over RDMA, not at the fitted NCCL all-to-all efficiencies (cost.json
