@@ -680,11 +680,53 @@ def _dgxc_recompute_modules(source: str, notes: str, system: str) -> tuple[str, 
     return _DGXC_RECOMPUTE_MODULES.get(_bridge_gpu(system), ()) if _dgxc_v2505(source, notes) else ()
 
 
-def recipe_recompute_modules(source: str, notes: str, model_name: str, system: str) -> tuple[str, ...]:
+_DEEPSEEK_RECOMPUTE: tuple[tuple[tuple[int, int, int], tuple[int, int, int], str, str, _Layout | None,
+                                 tuple[str, ...]], ...] = (
+    ((25, 11, 0), (25, 11, 0), "gb300", "bf16", None, ("moe_act",)),
+    ((25, 11, 0), (25, 11, 0), "gb200", "", None, ("mla_up_proj",)),
+    ((25, 11, 0), (25, 11, 0), "b200", "", None, ("mla_up_proj",)),
+    ((25, 11, 0), (25, 11, 0), "h100", "", None, ("mla_up_proj", "mlp")),
+    ((26, 4, 0), (26, 4, 1), "b300", "", (1, 16, 1, 8), ("mla_up_proj",)),
+    ((26, 4, 0), (26, 4, 1), "b200", "", (1, 16, 1, 8), ("mla_up_proj",)),
+    ((26, 4, 1), (26, 4, 1), "b200", "fp8", (1, 8, 2, 32), ("mla_up_proj", "mlp")),
+    ((26, 8, 0), (26, 8, 0), "gb200", "fp8", (1, 4, 4, 64), ("mla_up_proj",)),
+)
+"""(first container, last container, GPU, precision ('' = any), (tp, pp, vpp, ep) or None = any, modules) of
+Megatron-Bridge's DeepSeek-V3 performance configs, whose recipes run ``recompute_granularity = "selective"``
+(``set_deepseek_v3_common_configs``; 26.08's ``_deepseek_v3_common``) with these ``recompute_modules``:
+25.11 = v0.2.x scripts/performance/configs/deepseek/workload_base_configs.py (GB300 ``moe_act``, GB200 and B200
+``mla_up_proj``, H100 ``mla_up_proj`` + ``mlp``; one config per GPU, applied by ``set_recompute_overrides``);
+26.04/26.04.01 = v0.4.0/v0.4.2 deepseek_workload_base_configs.py (B300 and B200 V1, PP16 EP8: ``mla_up_proj``;
+v0.4.2's B200 FP8_MX V2, PP8 VP2 EP32: ``mla_up_proj`` + ``mlp``); 26.08 = v0.6.0
+src/megatron/bridge/perf_recipes/deepseek/gb200/deepseek_v3.py (fp8mx PP4 VP4 EP64: ``mla_up_proj``; GB300's
+fp8mx sets none). Where a later config depends on the layout, a row takes it only with the config's layout.
+25.11's tables list layouts of their own (GB300: PP2 VP4 EP32 against the config's PP4 VP4 EP64), run with
+overrides of the one config per GPU, whose modules are taken. 25.11's GB300 ``moe_act`` is taken for bf16 rows only: the plan check refuses ``moe_act`` recompute under fp8
+(``recompute.FP8_DELAYED_NO_RECOMPUTE``, Megatron's delayed scaling), though that row ran MXFP8, which allows it."""
+
+
+def _deepseek_recompute_modules(source: str, model_name: str, system: str, precision: str,
+                                layout: _Layout | None) -> tuple[str, ...]:
+    """Selective-recompute modules of a Megatron-Bridge DeepSeek-V3 row (``_DEEPSEEK_RECOMPUTE``); () otherwise."""
+    container = _bridge_container(source)
+    if container is None or _model_key(model_name) != "deepseekv3":
+        return ()
+    gpu, fp8 = _bridge_gpu(system), precision in ("fp8", "fp4")
+    for first, last, g, prec, lay, modules in _DEEPSEEK_RECOMPUTE:
+        if (first <= container <= last and g == gpu and prec in ("", "fp8" if fp8 else "bf16")
+                and (lay is None or lay == layout)):
+            return modules
+    return ()
+
+
+def recipe_recompute_modules(source: str, notes: str, model_name: str, system: str, precision: str = "",
+                             layout: _Layout | None = None) -> tuple[str, ...]:
     """Selective-recompute modules a row's recipe runs where the row does not state its recompute: DGX Cloud's
-    v25.05 DeepSeek-V3 rows (``_dgxc_recompute_modules``) and Megatron-Bridge's GPT-OSS 120B rows
-    (``_gpt_oss_recompute_modules``); () for every other row."""
-    return _dgxc_recompute_modules(source, notes, system) or _gpt_oss_recompute_modules(source, model_name, system)
+    v25.05 DeepSeek-V3 rows (``_dgxc_recompute_modules``), Megatron-Bridge's GPT-OSS 120B rows
+    (``_gpt_oss_recompute_modules``) and DeepSeek-V3 rows (``_deepseek_recompute_modules``, given the row's
+    precision and (tp, pp, vpp, ep)); () for every other row."""
+    return (_dgxc_recompute_modules(source, notes, system) or _gpt_oss_recompute_modules(source, model_name, system)
+            or _deepseek_recompute_modules(source, model_name, system, precision, layout))
 
 
 def uses_bf16_optimizer(source: str, notes: str) -> bool:
@@ -814,7 +856,8 @@ def case_from_row(row: dict[str, str]) -> RunCase:
             notes.append(f"sharding={sharding} ({runtime} default)")
         recompute = _cell(row, "recompute") or "none"
         recipe_modules = () if _cell(row, "recompute") else recipe_recompute_modules(
-            source, _cell(row, "notes"), row.get("model", ""), system)
+            source, _cell(row, "notes"), row.get("model", ""), system, precision,
+            (tp, pp, _int(row, "vpp", 1) or 1, ep))
         if recipe_modules:
             recompute = "selective"
             notes.append(f"recompute selective {','.join(recipe_modules)} (the recipe's)")

@@ -88,3 +88,25 @@ def test_mxfp8_recipes_capture_the_full_iteration_from_26_06() -> None:
     # bf16 and H100's FP8-CS never do.
     assert recipe_cuda_graphs(_src("26.08"), QWEN30B, "gb200-nvl72", "bf16") != ("full_iteration",)
     assert recipe_cuda_graphs(_src("26.08"), QWEN30B, "dgx-h100", "fp8") == ()
+
+
+def test_deepseek_v3_rows_recompute_their_recipes_modules() -> None:
+    from configurator.runs import recipe_recompute_modules
+
+    ds = "DeepSeekV3"
+    # 25.11 (v0.2.x): one config per GPU; GB300's moe_act only for bf16 rows (the plan check refuses it under fp8).
+    assert recipe_recompute_modules(_src("25.11"), "", ds, "gb200-nvl72", "bf16", (1, 4, 4, 64)) == ("mla_up_proj",)
+    assert recipe_recompute_modules(_src("25.11"), "", ds, "gb300-nvl72", "bf16", (1, 2, 4, 32)) == ("moe_act",)
+    assert recipe_recompute_modules(_src("25.11"), "", ds, "gb300-nvl72", "fp8", (1, 2, 4, 32)) == ()
+    # 26.04.01 (v0.4.2): B200 V1 (PP16 EP8) mla_up_proj; the MXFP8 V2 config (PP8 VP2 EP32) adds mlp.
+    assert recipe_recompute_modules(_src("26.04.01"), "", ds, "dgx-b200", "fp8", (1, 16, 1, 8)) == ("mla_up_proj",)
+    assert recipe_recompute_modules(_src("26.04.01"), "", ds, "dgx-b200", "fp8", (1, 8, 2, 32)) == ("mla_up_proj",
+                                                                                                    "mlp")
+    # 26.04 (v0.4.0) had no PP8 VP2 EP32 B200 config; a layout no config ships takes nothing.
+    assert recipe_recompute_modules(_src("26.04"), "", ds, "dgx-b200", "fp8", (1, 8, 2, 32)) == ()
+    # 26.08 (v0.6.0): GB200 fp8mx PP4 VP4 EP64 mla_up_proj; GB300 fp8mx none.
+    assert recipe_recompute_modules(_src("26.08"), "", ds, "gb200-nvl72", "fp8", (1, 4, 4, 64)) == ("mla_up_proj",)
+    assert recipe_recompute_modules(_src("26.08"), "", ds, "gb300-nvl72", "fp8", (1, 2, 8, 32)) == ()
+    # Other models and sources take nothing from this table.
+    assert recipe_recompute_modules(_src("25.11"), "", QWEN30B, "gb200-nvl72", "bf16", (1, 1, 1, 8)) == ()
+    assert recipe_recompute_modules("DGX Cloud", "", ds, "gb200-nvl72", "bf16", (1, 4, 4, 64)) == ()
