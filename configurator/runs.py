@@ -701,8 +701,9 @@ v0.4.2's B200 FP8_MX V2, PP8 VP2 EP32: ``mla_up_proj`` + ``mlp``); 26.08 = v0.6.
 src/megatron/bridge/perf_recipes/deepseek/gb200/deepseek_v3.py (fp8mx PP4 VP4 EP64: ``mla_up_proj``; GB300's
 fp8mx sets none). Where a later config depends on the layout, a row takes it only with the config's layout.
 25.11's tables list layouts of their own (GB300: PP2 VP4 EP32 against the config's PP4 VP4 EP64), run with
-overrides of the one config per GPU, whose modules are taken. 25.11's GB300 ``moe_act`` is taken for bf16 rows only: the plan check refuses ``moe_act`` recompute under fp8
-(``recompute.FP8_DELAYED_NO_RECOMPUTE``, Megatron's delayed scaling), though that row ran MXFP8, which allows it."""
+overrides of the one config per GPU, whose modules are taken. 25.11's GB300 ``moe_act`` is taken for bf16 rows
+only: the plan check refuses ``moe_act`` recompute under fp8 (``recompute.FP8_DELAYED_NO_RECOMPUTE``, Megatron's
+delayed scaling), though that row ran MXFP8, which allows it."""
 
 
 def _deepseek_recompute_modules(source: str, model_name: str, system: str, precision: str,
