@@ -202,8 +202,10 @@ class StructureBounds:
         if base is None:
             base = self._bases[base_key] = self._base_of(flat)
         single, rates, comm, n_layer_entries, ep_free = base
-        if single.plan != flat:
-            single = dc_replace(single, plan=flat)
+        # The base's inputs are this object's own: the plan (and, under a partial recompute, the layers'
+        # chunk size) swapped in place, not copied (a dataclass copy per timing was a tenth of the bounds).
+        single.plan = flat
+        layer_stages = single.stages
         nonlayer_key = _NONLAYER_FIELDS(plan) if ep_free else _PREPARED_FIELDS(plan)
         nonlayer = self._nonlayer.get(nonlayer_key)
         if nonlayer is None:
@@ -213,24 +215,26 @@ class StructureBounds:
                 nonlayer.append(sum(f.values()) + sum(b.values()))
                 self.stage_timings += 1
             self._nonlayer[nonlayer_key] = nonlayer
-        if partial:  # the layers' stages as chunks of ``chunk`` layers (the others do not recompute)
-            single = dc_replace(single, stages=tuple(VirtualStage(works=st.works, num_layers=chunk)
-                                                     if v < n_layer_entries else st
-                                                     for v, st in enumerate(single.stages)))
         totals = []
-        for v in range(n_layer_entries):
-            dense_key = None
-            if ep_free and not single.stages[v].works[0][2]:
-                dense_key = (_NONLAYER_FIELDS(plan), "partial", share) if partial else (_DENSE_FIELDS(plan),)
-                t = self._dense.get(dense_key)
-                if t is not None:
-                    totals.append(t)
-                    continue
-            f, b, _ = _stage_times(single, rates, comm, c, v, ep_share)
-            self.stage_timings += 1
-            totals.append(sum(f.values()) + sum(b.values()))
-            if dense_key is not None:
-                self._dense[dense_key] = totals[-1]
+        try:
+            if partial:  # the layers' stages as chunks of ``chunk`` layers (the others do not recompute)
+                single.stages = tuple(VirtualStage(works=st.works, num_layers=chunk) if v < n_layer_entries else st
+                                      for v, st in enumerate(layer_stages))
+            for v in range(n_layer_entries):
+                dense_key = None
+                if ep_free and not layer_stages[v].works[0][2]:
+                    dense_key = (_NONLAYER_FIELDS(plan), "partial", share) if partial else (_DENSE_FIELDS(plan),)
+                    t = self._dense.get(dense_key)
+                    if t is not None:
+                        totals.append(t)
+                        continue
+                f, b, _ = _stage_times(single, rates, comm, c, v, ep_share)
+                self.stage_timings += 1
+                totals.append(sum(f.values()) + sum(b.values()))
+                if dense_key is not None:
+                    self._dense[dense_key] = totals[-1]
+        finally:
+            single.stages = layer_stages
         totals += nonlayer
         # Kept for other chunk sizes and knobs: drop the per-rank GPU array (O(GPUs)) a timing may have rebuilt.
         comm.release_gpu_map()
