@@ -591,19 +591,20 @@ class StructureBounds:
         virtual, _ = self._layout(plan)
         n_dense, n_moe = virtual[0]
         per_mb = c["overhead.microbatch_s"] / plan.vpp
+        share = self.plan_share(plan)  # (the times at the plan's own paired EP share, raised for rounding)
         if partial:
             worst = max(_virtual_stage_s(t, n_dense, n_moe, per_mb, 0, len(virtual) - 1)
-                        for t in (self._times(v, n_dense + n_moe, ep_share=0.0)
+                        for t in (self._share_times(v, share, n_dense + n_moe, upper=True)
                                   for v in self._window_variants(plan)))
         else:
             # Each time at its most over the variants (per layer key: the variants differ by pipeline only
             # through Megatron's EP-overlap rule), so the stage's sum is at least every variant's.
-            most_key = (layer_key, plan.pp > 1 and plan.vpp == 1)
+            most_key = (layer_key, plan.pp > 1 and plan.vpp == 1, share)
             t = self._most_times.get(most_key)
             if t is None:
                 if len(self._most_times) >= 8192:
                     self._most_times.clear()
-                times = [self._times(v, ep_share=0.0) for v in self._window_variants(plan)]
+                times = [self._share_times(v, share, upper=True) for v in self._window_variants(plan)]
                 t = self._most_times[most_key] = LayerTimes(
                     dense_s=max(x.dense_s for x in times), moe_s=max(x.moe_s for x in times),
                     embedding_s=max(x.embedding_s for x in times), head_s=max(x.head_s for x in times))
