@@ -150,6 +150,7 @@ class StructureBounds:
         self._row_cache: dict[tuple, tuple[tuple[int, int, int, int, int], ...]] = {}
         self._variant_times: dict[tuple, list[LayerTimes]] = {}
         self._gathers: dict[tuple, list[float]] = {}
+        self._gather_row_cache: dict[tuple, tuple[tuple[float, ...], ...]] = {}
         self._bases: dict[tuple, tuple[StepInputs, object, CommModel, int, bool]] = {}
         self._shares: dict[tuple, float] = {}
         self._all_params = all_layer_params(model)
@@ -464,7 +465,17 @@ class StructureBounds:
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
         share = self.plan_share(plan)
         best = float("inf")
-        for v in optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster):
+        variants = optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster)
+        if not partial:
+            # Every stage is linear in the layer key's times plus its gathers, so each rank's finish is too:
+            # the max over rows of coefficients (``_gather_rows``), no loop over the virtual stages per variant.
+            rows = self._gather_rows(plan, gathers)
+            for v in variants:
+                t = self._share_times(replace_unchecked(self._settled(v), sharding="distopt", shard_group=0), share)
+                best = min(best, max(d * t.dense_s + mo * t.moe_s + k * per_mb + e * t.embedding_s + h * t.head_s + g
+                                     for d, mo, k, e, h, g in rows))
+            return best + c["overhead.step_s"]
+        for v in variants:
             plain = replace_unchecked(self._settled(v), sharding="distopt", shard_group=0)
             times = []
             by_chunk: dict[int, LayerTimes] = {}
@@ -476,6 +487,33 @@ class StructureBounds:
                 times.append(_virtual_stage_s(t, n_dense, n_moe, per_mb, s, last, gathers[s]))
             best = min(best, _busiest_rank_s(times, pp, m))
         return best + c["overhead.step_s"]
+
+    def _gather_rows(self, plan: Plan, gathers: list[float]) -> tuple[tuple[float, ...], ...]:
+        """``_rows`` with each rank's sharding-traffic seconds (``gathers`` of the stages in its fill and, m
+        times, of its own) as a sixth, constant term; rows another matches or exceeds in every term dropped."""
+        key = (plan.tp, plan.cp, plan.pp, plan.vpp, plan.dp, plan.ep, plan.etp, plan.pipeline_layers, plan.sharding,
+               plan.shard_group, plan.micro_batch)
+        hit = self._gather_row_cache.get(key)
+        if hit is not None:
+            return hit
+        virtual, m = self._layout(plan)
+        pp, last = plan.pp, len(virtual) - 1
+        rows = []
+        fill = (0, 0, 0, 0, 0, 0.0)
+        for r in range(pp):
+            own = [(n_dense, n_moe, 1, int(v == 0), int(v == last), gathers[v])
+                   for v, (n_dense, n_moe) in enumerate(virtual) if v % pp == r]
+            busy = [sum(col) for col in zip(*own)]
+            rows.append(tuple(f + m * b for f, b in zip(fill, busy)))
+            n_dense, n_moe = virtual[r]
+            fill = tuple(f + x for f, x in zip(fill, (n_dense, n_moe, 1, int(r == 0), int(r == last), gathers[r])))
+        kept = tuple(row for i, row in enumerate(rows)
+                     if not any(j != i and all(a >= b for a, b in zip(other, row)) and (other != row or j < i)
+                                for j, other in enumerate(rows)))
+        if len(self._gather_row_cache) >= 4096:
+            self._gather_row_cache.clear()  # bounded: a structure's options ask for it a few times in a row
+        self._gather_row_cache[key] = kept
+        return kept
 
     def end_of_step_bound(self, plan: Plan) -> float:
         """A lower bound of what ``evaluate`` adds after the pipeline's makespan (``dp_end + optimizer + offload``)
