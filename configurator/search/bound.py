@@ -274,7 +274,10 @@ class StructureBounds:
         hidden = self._times(plan, chunk, 1.0)
         if (share >= 1.0 and not upper) or not effective_knobs(plan, self._runtime).ep_overlap:
             return hidden
-        alone = self._times(plan, chunk, 0.0)
+        # At share 0 nothing hides: ``_stage_times``' ``ep_hidden`` is overlap.ep x 0 = 0, the same float operations
+        # as without the overlap, so the times are those of the plan without it (which the variants of pipelines
+        # where Megatron cannot overlap, in the same family, time anyway).
+        alone = self._times(replace_unchecked(plan, ep_overlap=False), chunk, 1.0)
         if share <= 0.0 and upper:
             return alone
         return _at_share(alone, hidden, share, 1.0 + EP_SHARE_SLACK if upper else 1.0 - EP_SHARE_SLACK)
