@@ -272,7 +272,10 @@ class StructureBounds:
         between the shares 0 and 1), lowered by ``EP_SHARE_SLACK`` (raised with ``upper``); the times at 1
         where the plan does not overlap its all-to-all (the share changes nothing then)."""
         hidden = self._times(plan, chunk, 1.0)
-        if (share >= 1.0 and not upper) or not effective_knobs(plan, self._runtime).ep_overlap:
+        if share >= 1.0 and not upper:
+            return hidden
+        overlap = plan.ep_overlap if plan.ep_overlap is not None else effective_knobs(plan, self._runtime).ep_overlap
+        if not (overlap and plan.ep > 1):  # (``effective_knobs``' EP overlap, without building its knobs)
             return hidden
         # At share 0 nothing hides: ``_stage_times``' ``ep_hidden`` is overlap.ep x 0 = 0, the same float operations
         # as without the overlap, so the times are those of the plan without it (which the variants of pipelines
@@ -773,9 +776,13 @@ class StructureBounds:
         per_mb = c["overhead.microbatch_s"] / plan.vpp
         times = []
         share = self.plan_share(plan)
+        by_chunk: dict[int, LayerTimes] = {}  # (most chunks of a split have one size)
         for v, (n_dense, n_moe) in enumerate(virtual):
             if partial:
-                t = self._share_times(plan, share, n_dense + n_moe)
+                chunk = n_dense + n_moe
+                t = by_chunk.get(chunk)
+                if t is None:
+                    t = by_chunk[chunk] = self._share_times(plan, share, chunk)
             assert t is not None
             times.append(_virtual_stage_s(t, n_dense, n_moe, per_mb, v, last))
         return _busiest_rank_s(times, pp, m) + c["overhead.step_s"]
