@@ -472,12 +472,14 @@ class StructureBounds:
         share = self.plan_share(plan)
         best = float("inf")
         variants = optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster)
-        if not partial:
+        chunk = self._even_chunk(plan) if partial else 1
+        if chunk:
             # Every stage is linear in the layer key's times plus its gathers, so each rank's finish is too:
             # the max over rows of coefficients (``_gather_rows``), no loop over the virtual stages per variant.
             rows = self._gather_rows(plan, gathers)
             for v in variants:
-                t = self._share_times(replace_unchecked(self._settled(v), sharding="distopt", shard_group=0), share)
+                t = self._share_times(replace_unchecked(self._settled(v), sharding="distopt", shard_group=0), share,
+                                      chunk)
                 best = min(best, max(d * t.dense_s + mo * t.moe_s + k * per_mb + e * t.embedding_s + h * t.head_s + g
                                      for d, mo, k, e, h, g in rows))
             return best + c["overhead.step_s"]
@@ -725,6 +727,12 @@ class StructureBounds:
             hit = self._layouts[key] = (tuple(stages), max(1, plan.num_microbatches(self.ctx.job)))
         return hit
 
+    def _even_chunk(self, plan: Plan) -> int:
+        """The layers of every virtual stage where they all have the same number (else 0)."""
+        virtual, _ = self._layout(plan)
+        first = virtual[0][0] + virtual[0][1]
+        return first if all(d + m == first for d, m in virtual) else 0
+
     def _rows(self, plan: Plan) -> tuple[tuple[int, int, int, int, int], ...]:
         """Per pipeline rank r, the coefficients of (dense, MoE, per-micro-batch overhead, embedding, head)
         times in ``fill before r + micro-batches x r's virtual stages`` (``_arithmetic``'s formula, where a
@@ -762,10 +770,12 @@ class StructureBounds:
             # the distributed optimizer's, so they share its layer key.
             plan = replace_unchecked(plan, sharding="distopt")
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
-        if not partial:
+        chunk = self._even_chunk(plan) if partial else 1
+        if chunk:
             # Every stage's time is linear in the layer key's five times, so each rank's finish is too:
-            # the max over ranks of precomputed coefficient rows (``_rows``), no loop over virtual stages.
-            t = self._share_times(plan, self.plan_share(plan))
+            # the max over ranks of precomputed coefficient rows (``_rows``), no loop over virtual stages
+            # (a partial recompute's too where every chunk has one size, so one set of times serves them all).
+            t = self._share_times(plan, self.plan_share(plan), chunk)
             per_mb = c["overhead.microbatch_s"] / plan.vpp
             return max(d * t.dense_s + mo * t.moe_s + k * per_mb + e * t.embedding_s + h * t.head_s
                        for d, mo, k, e, h in self._rows(plan)) + c["overhead.step_s"]
