@@ -15,7 +15,9 @@ So ``StructureBounds`` times four kinds of work once per *layer key* — a dense
 embedding and the LM head, each as a one-layer virtual stage through the cost model's own
 ``_stage_times`` — and a structure's bound is arithmetic over its virtual stages (the same formula as
 ``busy_lower_bound``: the busiest rank's micro-batches plus the fill before it, exact for equal
-stages). Nothing per structure grows with the GPU count. ``tests/test_search_speed.py`` checks the
+stages). The MoE layer's time also depends on the share of passes whose EP all-to-all hides, which the
+pipeline shape sets (``moe.ep_overlap_paired_share``): it is timed at the shares 0 and 1 and interpolated at
+each structure's own (the time is affine in the share, ``_at_share``). Nothing per structure grows with the GPU count. ``tests/test_search_speed.py`` checks the
 two agree on every bench scenario's structures, so a change of the step model that breaks the
 linearity in layers this relies on fails there.
 """
