@@ -15,7 +15,9 @@ So ``StructureBounds`` times four kinds of work once per *layer key* — a dense
 embedding and the LM head, each as a one-layer virtual stage through the cost model's own
 ``_stage_times`` — and a structure's bound is arithmetic over its virtual stages (the same formula as
 ``busy_lower_bound``: the busiest rank's micro-batches plus the fill before it, exact for equal
-stages). Nothing per structure grows with the GPU count. ``tests/test_search_speed.py`` checks the
+stages). The MoE layer's time also depends on the share of passes whose EP all-to-all hides, which the
+pipeline shape sets (``moe.ep_overlap_paired_share``): it is timed at the shares 0 and 1 and interpolated at
+each structure's own (the time is affine in the share, ``_at_share``). Nothing per structure grows with the GPU count. ``tests/test_search_speed.py`` checks the
 two agree on every bench scenario's structures, so a change of the step model that breaks the
 linearity in layers this relies on fails there.
 """
@@ -30,6 +32,7 @@ from operator import attrgetter
 from configurator.cost.comm import CommModel, LinkEfficiency
 from configurator.cost.constants import CostConstants, hardware_default, load_runtime_cost
 from configurator.cost.knobs import effective_knobs
+from configurator.cost.moe import ep_overlap_paired_share
 from configurator.cost.step import (ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, StepInputs, VirtualStage,
                                     _layer_shard_comm, _per_microbatch_sharding, _rates_for, _stage_times,
                                     busy_lower_bound, cpu_adam_rate_per_gpu, end_collectives, group_domains,
@@ -46,12 +49,26 @@ _RECOMPUTE_FIELDS = ("recompute", "recompute_num_layers", "recompute_modules")
 _KNOB_FIELDS = ("tp_overlap", "ep_overlap", "cp_comm", "ep_dispatcher")
 _BASE_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload",
                                                                  *_RECOMPUTE_FIELDS, *_KNOB_FIELDS)))
-"""What the one-layer stages' works and links depend on (``_single_base``): the layer key without the recompute
+"""What the one-layer stages' works and links depend on (``_base_of``): the layer key without the recompute
 and the communication knobs. (dp is left out as in the layer key: the one-stage form takes dp x pp.)"""
 _PREPARED_FIELDS = attrgetter(*(f for f in PLAN_FIELDS
                                 if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload", *_RECOMPUTE_FIELDS)))
-"""The plan fields the one-layer stages (``_single_stages``: works, links, rates, the embedding's and head's
-times) depend on: a layer key without the recompute, which only ``_stage_times`` reads, for the layers alone."""
+"""The plan fields the one-layer stages (works, links, rates, the embedding's and head's times) depend on: a layer
+key without the recompute, which only ``_stage_times`` reads, for the layers alone."""
+_EP_KNOB_FIELDS = ("ep_overlap", "ep_dispatcher")
+_NONLAYER_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload",
+                                                                     *_RECOMPUTE_FIELDS, *_EP_KNOB_FIELDS)))
+"""What the embedding's, head's and MTP projection's times depend on where they move no EP traffic (``_base_of``
+checks): ``_stage_times`` reads the EP knobs only through a work's all-to-all, expert-TP and expert-GEMM terms,
+each 0 without EP traffic (and 0 x anything finite adds exactly 0), and the recompute only for layers."""
+_DENSE_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload",
+                                                                  *_EP_KNOB_FIELDS)))
+"""What a dense layer's time depends on where it moves no EP traffic: the layer key without the EP knobs (nor
+the paired EP share, which scales only the all-to-all)."""
+EP_SHARE_SLACK = 1e-12
+"""Relative amount a layer time interpolated at a plan's paired EP share (``_share_times``) is lowered by (raised
+by, for the end-of-step windows): the step model computes the same affine function of the share in another
+order, a few ulps (~1e-16 relative) away."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +121,19 @@ class LayerTimes:
     head_s: float
 
 
+def _at_share(alone: LayerTimes, hidden: LayerTimes, share: float, scale: float) -> LayerTimes:
+    """The times at paired EP share ``share`` from those at 0 (``alone``) and 1 (``hidden``), times ``scale``.
+    ``_stage_times`` uses the share only as ``ep_hidden = overlap.ep x share``, and every term it enters is
+    linear in ``ep_hidden`` (the exposed all-to-all ``ep_raw x (1 - ep_hidden)``, the hidden part's compute
+    slowdown ``slowdown x ep_raw x ep_hidden``, the flex kernels' extra ``(flex - slowdown) x ep_raw x
+    ep_hidden``; nothing takes a max or min of them without per-micro-batch sharding), so each time is affine
+    in the share and this is the step model's value up to rounding (``EP_SHARE_SLACK``)."""
+    return LayerTimes(dense_s=(alone.dense_s + share * (hidden.dense_s - alone.dense_s)) * scale,
+                      moe_s=(alone.moe_s + share * (hidden.moe_s - alone.moe_s)) * scale,
+                      embedding_s=(alone.embedding_s + share * (hidden.embedding_s - alone.embedding_s)) * scale,
+                      head_s=(alone.head_s + share * (hidden.head_s - alone.head_s)) * scale)
+
+
 class StructureBounds:
     """``busy_lower_bound`` for the structures of one search, with per-layer times shared by layer key."""
 
@@ -116,12 +146,15 @@ class StructureBounds:
         self._dense_index = next((i for i, f in enumerate(flags) if not f), None)
         self._moe_index = next((i for i, f in enumerate(flags) if f), None)
         self._layer: dict[tuple, LayerTimes] = {}
-        self._prepared: dict[tuple, tuple[StepInputs, object, CommModel, int, list[float]]] = {}
+        self._nonlayer: dict[tuple, list[float]] = {}
+        self._dense: dict[tuple, float] = {}
         self._layouts: dict[tuple, tuple[tuple[tuple[int, int], ...], int]] = {}
         self._row_cache: dict[tuple, tuple[tuple[int, int, int, int, int], ...]] = {}
         self._variant_times: dict[tuple, list[LayerTimes]] = {}
         self._gathers: dict[tuple, list[float]] = {}
-        self._bases: dict[tuple, tuple[StepInputs, object, CommModel, int]] = {}
+        self._gather_row_cache: dict[tuple, tuple[tuple[float, ...], ...]] = {}
+        self._bases: dict[tuple, tuple[StepInputs, object, CommModel, int, bool]] = {}
+        self._shares: dict[tuple, float] = {}
         self._all_params = all_layer_params(model)
         self._template: StepInputs | None = None
         self._runtime = load_runtime_cost(ctx.runtime)
@@ -130,6 +163,7 @@ class StructureBounds:
         self._windows: dict[tuple, float] = {}
         self._most_times: dict[tuple, LayerTimes] = {}
         self.layer_keys_timed = 0
+        self.stage_timings = 0
         self.full_preparations = 0
 
     @staticmethod
@@ -142,10 +176,14 @@ class StructureBounds:
         """Per-layer times of ``plan``'s layer key; ``chunk``: the layers of the virtual stage they sit in,
         which matters only under a partial recompute (each layer of a chunk recomputes ``min(1, k /
         chunk)`` of its forward, ``_stage_times``), so it is part of the key only then. ``ep_share``: the
-        share of passes whose EP all-to-all hides (``_stage_times``' ``ep_paired_share``): the layer key
-        leaves out the pipeline shape that sets it, so lower bounds take 1 (every pass hides: the least
-        time) and the end-of-step windows, which must not be shorter than the step's, 0 (the most)."""
+        share of passes whose EP all-to-all hides (``_stage_times``' ``ep_paired_share``), 1 or 0 here: the
+        layer key leaves out the pipeline shape that sets it; ``_share_times`` interpolates a plan's own.
+
+        The layer kinds are timed (and remembered) apart: a dense layer, the embedding and the head move no
+        EP traffic, so their times are shared by the EP knob variants and both shares (``_DENSE_FIELDS``,
+        ``_NONLAYER_FIELDS``); only the MoE layer is timed per EP knob setting and share."""
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
+        share = 1.0
         if partial:
             # ``_stage_times`` reads k and the chunk only as ``min(1, k / chunk)``: keyed by that share, so
             # (1, 4) and (2, 8) share their times, and a chunk of at most k layers times as full recompute.
@@ -159,26 +197,51 @@ class StructureBounds:
         if hit is not None:
             return hit
         ctx, c = self.ctx, self.c
-        # Shared by the recompute forms of one layer key (the search bounds several per structure): the
-        # one-layer stages do not depend on the recompute, only ``_stage_times`` does, for the layers
-        # (the plan is swapped in below), so the embedding's and head's times are the same too.
-        prepared_key = _PREPARED_FIELDS(plan)
-        prepared = self._prepared.get(prepared_key)
-        if prepared is None:
-            prepared = self._prepared[prepared_key] = self._single_stages(plan)
-        single, rates, comm, n_layer_entries, nonlayer = prepared
+        # The works and links do not depend on the communication knobs nor the recompute (``cost/work.py`` and
+        # ``cost/comm.py`` read only the degrees, micro-batch and SP): one base per ``_BASE_FIELDS``.
+        base_key = _BASE_FIELDS(plan)
+        base = self._bases.get(base_key)
         flat = replace_unchecked(plan, pp=1, vpp=1, dp=plan.dp * plan.pp, pipeline_layers=())
-        if single.plan != flat:
-            single = dc_replace(single, plan=flat)
-        if partial:  # the layers' stages as chunks of ``chunk`` layers (the others do not recompute)
-            single = dc_replace(single, stages=tuple(VirtualStage(works=st.works, num_layers=chunk)
-                                                     if v < n_layer_entries else st
-                                                     for v, st in enumerate(single.stages)))
+        if base is None:
+            base = self._bases[base_key] = self._base_of(flat)
+        single, rates, comm, n_layer_entries, ep_free = base
+        # The base's inputs are this object's own: the plan (and, under a partial recompute, the layers'
+        # chunk size) swapped in place, not copied (a dataclass copy per timing was a tenth of the bounds).
+        single.plan = flat
+        layer_stages = single.stages
+        nonlayer_key = _NONLAYER_FIELDS(plan) if ep_free else _PREPARED_FIELDS(plan)
+        nonlayer = self._nonlayer.get(nonlayer_key)
+        if nonlayer is None:
+            nonlayer = []
+            for v in range(n_layer_entries, len(single.stages)):
+                f, b, _ = _stage_times(single, rates, comm, c, v)
+                nonlayer.append(sum(f.values()) + sum(b.values()))
+                self.stage_timings += 1
+            self._nonlayer[nonlayer_key] = nonlayer
         totals = []
-        for v in range(n_layer_entries):
-            f, b, _ = _stage_times(single, rates, comm, c, v, ep_share)
-            totals.append(sum(f.values()) + sum(b.values()))
+        try:
+            if partial:  # the layers' stages as chunks of ``chunk`` layers (the others do not recompute)
+                single.stages = tuple(VirtualStage(works=st.works, num_layers=chunk) if v < n_layer_entries else st
+                                      for v, st in enumerate(layer_stages))
+            for v in range(n_layer_entries):
+                dense_key = None
+                if ep_free and not layer_stages[v].works[0][2]:
+                    dense_key = (_NONLAYER_FIELDS(plan), "partial", share) if partial else (_DENSE_FIELDS(plan),)
+                    t = self._dense.get(dense_key)
+                    if t is not None:
+                        totals.append(t)
+                        continue
+                f, b, _ = _stage_times(single, rates, comm, c, v, ep_share)
+                self.stage_timings += 1
+                totals.append(sum(f.values()) + sum(b.values()))
+                if dense_key is not None:
+                    self._dense[dense_key] = totals[-1]
+        finally:
+            single.stages = layer_stages
         totals += nonlayer
+        # Kept for other chunk sizes and knobs: drop the per-rank GPU array (O(GPUs)) a timing may have rebuilt.
+        comm.release_gpu_map()
+        single.comm.release_gpu_map()
         i = 0
         dense = moe = 0.0
         if self._dense_index is not None:
@@ -196,34 +259,38 @@ class StructureBounds:
         self.layer_keys_timed += 1
         return times
 
-    def _single_stages(self, plan: Plan) -> tuple[StepInputs, object, CommModel, int, list[float]]:
-        """One-layer virtual stages of ``plan``'s layer key (its layer kinds, then the embedding, the head
-        and the MTP projection), their rates and links, how many are layers, and the non-layers' times
-        (no recompute touches them, so every chunk size of a partial recompute shares them)."""
-        c = self.c
-        # A one-stage form of the plan (same tp/cp/ep/etp/micro-batch and switches; dp takes the rest).
-        flat = replace_unchecked(plan, pp=1, vpp=1, dp=plan.dp * plan.pp, pipeline_layers=())
-        # The works and links do not depend on the communication knobs (``cost/work.py`` and ``cost/comm.py``
-        # read only the degrees, micro-batch and SP): shared by a layer key's knob variants; only the
-        # non-layers' times, which ``_stage_times`` works out under the knobs, are per variant.
-        base_key = _BASE_FIELDS(plan)
-        base = self._bases.get(base_key)
-        if base is None:
-            base = self._bases[base_key] = self._single_base(flat)
-        single, rates, comm, n_layers = base
-        if single.plan != flat:
-            single = dc_replace(single, plan=flat)
-        nonlayer = []
-        for v in range(n_layers, len(single.stages)):
-            f, b, _ = _stage_times(single, rates, comm, c, v)
-            nonlayer.append(sum(f.values()) + sum(b.values()))
-        # Kept for other chunk sizes and knobs: drop the per-rank GPU array (O(GPUs)) a timing may have rebuilt.
-        comm.release_gpu_map()
-        single.comm.release_gpu_map()
-        return single, rates, comm, n_layers, nonlayer
+    def plan_share(self, plan: Plan) -> float:
+        """The share of ``plan``'s passes whose EP all-to-all can hide, as its step sees it
+        (``moe.ep_overlap_paired_share`` of its pp, vpp and micro-batch count: ``prepare``'s)."""
+        key = (plan.pp, plan.vpp, plan.micro_batch, plan.dp)
+        hit = self._shares.get(key)
+        if hit is None:
+            hit = self._shares[key] = ep_overlap_paired_share(plan.pp, plan.vpp,
+                                                              max(1, plan.num_microbatches(self.ctx.job)))
+        return hit
 
-    def _single_base(self, flat: Plan) -> tuple[StepInputs, object, CommModel, int]:
-        """``_single_stages``' knob-independent part for the one-stage plan ``flat``."""
+    def _share_times(self, plan: Plan, share: float, chunk: int = 1, upper: bool = False) -> LayerTimes:
+        """Per-layer times of ``plan``'s layer key at paired EP share ``share`` (``_at_share``: interpolated
+        between the shares 0 and 1), lowered by ``EP_SHARE_SLACK`` (raised with ``upper``); the times at 1
+        where the plan does not overlap its all-to-all (the share changes nothing then)."""
+        hidden = self._times(plan, chunk, 1.0)
+        if share >= 1.0 and not upper:
+            return hidden
+        overlap = plan.ep_overlap if plan.ep_overlap is not None else effective_knobs(plan, self._runtime).ep_overlap
+        if not (overlap and plan.ep > 1):  # (``effective_knobs``' EP overlap, without building its knobs)
+            return hidden
+        # At share 0 nothing hides: ``_stage_times``' ``ep_hidden`` is overlap.ep x 0 = 0, the same float operations
+        # as without the overlap, so the times are those of the plan without it (which the variants of pipelines
+        # where Megatron cannot overlap, in the same family, time anyway).
+        alone = self._times(replace_unchecked(plan, ep_overlap=False), chunk, 1.0)
+        if share <= 0.0 and upper:
+            return alone
+        return _at_share(alone, hidden, share, 1.0 + EP_SHARE_SLACK if upper else 1.0 - EP_SHARE_SLACK)
+
+    def _base_of(self, flat: Plan) -> tuple[StepInputs, object, CommModel, int, bool]:
+        """One-layer virtual stages of the one-stage plan ``flat`` (its layer kinds, then the embedding, the head
+        and the MTP projection), their rates and links, how many are layers, and whether the non-MoE ones move
+        no EP traffic (then their times do not depend on the EP knobs: ``_NONLAYER_FIELDS``)."""
         ctx, c = self.ctx, self.c
         if self._template is None:
             self._template = prepare(ctx.model, ctx.cluster, ctx.job, flat, runtime=ctx.runtime)
@@ -240,6 +307,7 @@ class StructureBounds:
         works.append((embedding_work(ctx.model, ctx.job, flat), False))
         works.append((head_work(ctx.model, ctx.job, flat), False))
         works.append((mtp_projection_work(ctx.model, ctx.job, flat), False))  # used when the model has MTP
+        ep_free = all(not (w.ep_bytes or w.etp_bytes or w.expert_gemms) for w, moe in works if not moe)
         single = dc_replace(inp, stages=tuple(VirtualStage(works=((w, 1, moe),), num_layers=1) for w, moe in works),
                             zero3_layer_bytes=(0.0,) * len(works))
         rates = _rates_for(single, c)
@@ -247,7 +315,7 @@ class StructureBounds:
         # Kept for other chunk sizes and knobs: drop the per-rank GPU array (O(GPUs)); the group shapes are cached.
         comm.release_gpu_map()
         single.comm.release_gpu_map()
-        return single, rates, comm, n_layers
+        return single, rates, comm, n_layers, ep_free
 
     def bound(self, plan: Plan) -> float:
         """A lower bound of ``plan``'s step time under the most favourable setting of the communication
@@ -258,11 +326,15 @@ class StructureBounds:
             # The knob variants' layer times depend on the layer key and, through Megatron's EP-overlap rule
             # (``ep_overlap_conflicts``), on whether the pipeline is non-interleaved: worked out once per
             # such key; a structure's bound is then its split's rows (``_rows``) against each.
-            key = (self.layer_key(plan), plan.pp > 1 and plan.vpp == 1)
+            # Each at the plan's own paired EP share (the step's: ``_share_times``).
+            share = self.plan_share(plan)
+            key = (self.layer_key(plan), plan.pp > 1 and plan.vpp == 1, share)
             times = self._variant_times.get(key)
             if times is None:
+                if len(self._variant_times) >= 16384:
+                    self._variant_times.clear()  # bounded (per layer key, pipeline kind and share)
                 times = self._variant_times[key] = [
-                    self._times(replace_unchecked(v, sharding="distopt") if v.sharding == "zero2" else v)
+                    self._share_times(replace_unchecked(v, sharding="distopt") if v.sharding == "zero2" else v, share)
                     for v in map(self._settled, optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads,
                                                                  ctx.model.is_moe, ctx.cluster))]
             rows = self._rows(plan)
@@ -295,7 +367,8 @@ class StructureBounds:
         split changes) and ``m`` the micro-batches; ``m / pp = global batch x tp x cp / (micro-batch x
         GPUs)`` is the same for every member whose counts divide evenly. The least over the family's
         knob settings (they differ between members only where Megatron's EP overlap conflicts with a
-        non-interleaved pipeline), less a relative 1e-9 for rounding, so it is strictly below every
+        non-interleaved pipeline), each at the largest paired EP share among the members (a layer's time falls as
+        the share grows, ``_at_share``), less a relative 1e-9 for rounding, so it is strictly below every
         member's bound and a family is opened before any of its members would be taken.
 
         The search takes families best-bound-first and bounds their members only when a family reaches
@@ -304,11 +377,13 @@ class StructureBounds:
         ctx, c, job = self.ctx, self.c, self.ctx.job
         rate = float("inf")
         least_m = float("inf")
+        share = 0.0
         kinds: dict[bool, Plan] = {}
         for p in members:
             m = max(1, p.num_microbatches(job))
             rate = min(rate, m / p.pp)
             least_m = min(least_m, m)
+            share = max(share, self.plan_share(p))
             kinds.setdefault(bool(ep_overlap_conflicts(p)), p)
         n_moe = self._moe_prefix[-1]
         n_dense = ctx.model.num_layers - n_moe
@@ -319,7 +394,7 @@ class StructureBounds:
                 v = self._settled(v)
                 if v.sharding == "zero2":
                     v = replace_unchecked(v, sharding="distopt")  # as ``_arithmetic``
-                t = self._times(v)
+                t = self._share_times(v, share)  # (the times fall as the share grows: the members' largest)
                 work = min(work, n_dense * t.dense_s + n_moe * t.moe_s + t.embedding_s + t.head_s)
         bound = rate * work + least_m * c["overhead.microbatch_s"] + c["overhead.step_s"]
         return bound * (1.0 - FAMILY_BOUND_SLACK)
@@ -396,8 +471,21 @@ class StructureBounds:
         pp, last = plan.pp, len(virtual) - 1
         per_mb = c["overhead.microbatch_s"] / plan.vpp
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
+        share = self.plan_share(plan)
         best = float("inf")
-        for v in optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster):
+        variants = optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster)
+        chunk = self._even_chunk(plan) if partial else 1
+        if chunk:
+            # Every stage is linear in the layer key's times plus its gathers, so each rank's finish is too:
+            # the max over rows of coefficients (``_gather_rows``), no loop over the virtual stages per variant.
+            rows = self._gather_rows(plan, gathers)
+            for v in variants:
+                t = self._share_times(replace_unchecked(self._settled(v), sharding="distopt", shard_group=0), share,
+                                      chunk)
+                best = min(best, max(d * t.dense_s + mo * t.moe_s + k * per_mb + e * t.embedding_s + h * t.head_s + g
+                                     for d, mo, k, e, h, g in rows))
+            return best + c["overhead.step_s"]
+        for v in variants:
             plain = replace_unchecked(self._settled(v), sharding="distopt", shard_group=0)
             times = []
             by_chunk: dict[int, LayerTimes] = {}
@@ -405,10 +493,37 @@ class StructureBounds:
                 chunk = n_dense + n_moe if partial else 1
                 t = by_chunk.get(chunk)
                 if t is None:
-                    t = by_chunk[chunk] = self._times(plain, chunk)
+                    t = by_chunk[chunk] = self._share_times(plain, share, chunk)
                 times.append(_virtual_stage_s(t, n_dense, n_moe, per_mb, s, last, gathers[s]))
             best = min(best, _busiest_rank_s(times, pp, m))
         return best + c["overhead.step_s"]
+
+    def _gather_rows(self, plan: Plan, gathers: list[float]) -> tuple[tuple[float, ...], ...]:
+        """``_rows`` with each rank's sharding-traffic seconds (``gathers`` of the stages in its fill and, m
+        times, of its own) as a sixth, constant term; rows another matches or exceeds in every term dropped."""
+        key = (plan.tp, plan.cp, plan.pp, plan.vpp, plan.dp, plan.ep, plan.etp, plan.pipeline_layers, plan.sharding,
+               plan.shard_group, plan.micro_batch)
+        hit = self._gather_row_cache.get(key)
+        if hit is not None:
+            return hit
+        virtual, m = self._layout(plan)
+        pp, last = plan.pp, len(virtual) - 1
+        rows = []
+        fill = (0, 0, 0, 0, 0, 0.0)
+        for r in range(pp):
+            own = [(n_dense, n_moe, 1, int(v == 0), int(v == last), gathers[v])
+                   for v, (n_dense, n_moe) in enumerate(virtual) if v % pp == r]
+            busy = [sum(col) for col in zip(*own)]
+            rows.append(tuple(f + m * b for f, b in zip(fill, busy)))
+            n_dense, n_moe = virtual[r]
+            fill = tuple(f + x for f, x in zip(fill, (n_dense, n_moe, 1, int(r == 0), int(r == last), gathers[r])))
+        kept = tuple(row for i, row in enumerate(rows)
+                     if not any(j != i and all(a >= b for a, b in zip(other, row)) and (other != row or j < i)
+                                for j, other in enumerate(rows)))
+        if len(self._gather_row_cache) >= 4096:
+            self._gather_row_cache.clear()  # bounded: a structure's options ask for it a few times in a row
+        self._gather_row_cache[key] = kept
+        return kept
 
     def end_of_step_bound(self, plan: Plan) -> float:
         """A lower bound of what ``evaluate`` adds after the pipeline's makespan (``dp_end + optimizer + offload``)
@@ -524,19 +639,20 @@ class StructureBounds:
         virtual, _ = self._layout(plan)
         n_dense, n_moe = virtual[0]
         per_mb = c["overhead.microbatch_s"] / plan.vpp
+        share = self.plan_share(plan)  # (the times at the plan's own paired EP share, raised for rounding)
         if partial:
             worst = max(_virtual_stage_s(t, n_dense, n_moe, per_mb, 0, len(virtual) - 1)
-                        for t in (self._times(v, n_dense + n_moe, ep_share=0.0)
+                        for t in (self._share_times(v, share, n_dense + n_moe, upper=True)
                                   for v in self._window_variants(plan)))
         else:
             # Each time at its most over the variants (per layer key: the variants differ by pipeline only
             # through Megatron's EP-overlap rule), so the stage's sum is at least every variant's.
-            most_key = (layer_key, plan.pp > 1 and plan.vpp == 1)
+            most_key = (layer_key, plan.pp > 1 and plan.vpp == 1, share)
             t = self._most_times.get(most_key)
             if t is None:
                 if len(self._most_times) >= 8192:
                     self._most_times.clear()
-                times = [self._times(v, ep_share=0.0) for v in self._window_variants(plan)]
+                times = [self._share_times(v, share, upper=True) for v in self._window_variants(plan)]
                 t = self._most_times[most_key] = LayerTimes(
                     dense_s=max(x.dense_s for x in times), moe_s=max(x.moe_s for x in times),
                     embedding_s=max(x.embedding_s for x in times), head_s=max(x.head_s for x in times))
@@ -613,6 +729,12 @@ class StructureBounds:
             hit = self._layouts[key] = (tuple(stages), max(1, plan.num_microbatches(self.ctx.job)))
         return hit
 
+    def _even_chunk(self, plan: Plan) -> int:
+        """The layers of every virtual stage where they all have the same number (else 0)."""
+        virtual, _ = self._layout(plan)
+        first = virtual[0][0] + virtual[0][1]
+        return first if all(d + m == first for d, m in virtual) else 0
+
     def _rows(self, plan: Plan) -> tuple[tuple[int, int, int, int, int], ...]:
         """Per pipeline rank r, the coefficients of (dense, MoE, per-micro-batch overhead, embedding, head)
         times in ``fill before r + micro-batches x r's virtual stages`` (``_arithmetic``'s formula, where a
@@ -650,10 +772,12 @@ class StructureBounds:
             # the distributed optimizer's, so they share its layer key.
             plan = replace_unchecked(plan, sharding="distopt")
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
-        if not partial:
+        chunk = self._even_chunk(plan) if partial else 1
+        if chunk:
             # Every stage's time is linear in the layer key's five times, so each rank's finish is too:
-            # the max over ranks of precomputed coefficient rows (``_rows``), no loop over virtual stages.
-            t = self._times(plan)
+            # the max over ranks of precomputed coefficient rows (``_rows``), no loop over virtual stages
+            # (a partial recompute's too where every chunk has one size, so one set of times serves them all).
+            t = self._share_times(plan, self.plan_share(plan), chunk)
             per_mb = c["overhead.microbatch_s"] / plan.vpp
             return max(d * t.dense_s + mo * t.moe_s + k * per_mb + e * t.embedding_s + h * t.head_s
                        for d, mo, k, e, h in self._rows(plan)) + c["overhead.step_s"]
@@ -663,12 +787,17 @@ class StructureBounds:
         last = len(virtual) - 1
         per_mb = c["overhead.microbatch_s"] / plan.vpp
         times = []
+        share = self.plan_share(plan)
+        by_chunk: dict[int, LayerTimes] = {}  # (most chunks of a split have one size)
         for v, (n_dense, n_moe) in enumerate(virtual):
             if partial:
-                t = self._times(plan, n_dense + n_moe)
+                chunk = n_dense + n_moe
+                t = by_chunk.get(chunk)
+                if t is None:
+                    t = by_chunk[chunk] = self._share_times(plan, share, chunk)
             assert t is not None
             times.append(_virtual_stage_s(t, n_dense, n_moe, per_mb, v, last))
         return _busiest_rank_s(times, pp, m) + c["overhead.step_s"]
 
 
-__all__ = ["END_BOUND_SLACK", "FAMILY_BOUND_SLACK", "LayerTimes", "StructureBounds"]
+__all__ = ["END_BOUND_SLACK", "EP_SHARE_SLACK", "FAMILY_BOUND_SLACK", "LayerTimes", "StructureBounds"]

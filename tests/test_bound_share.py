@@ -1,0 +1,121 @@
+"""A structure's bound takes its own paired EP-overlap share, and stays a lower bound of its step.
+
+Megatron's combined 1F1B hides the EP all-to-all only on passes paired with another micro-batch
+(``moe.ep_overlap_paired_share``, set by pp, vpp and the micro-batch count). ``StructureBounds`` times one layer
+per layer key, which leaves the pipeline out, at the shares 0 and 1, and interpolates each structure's own share
+(a layer's time is affine in it: ``bound._at_share``); a family of structures takes its members' largest share
+(the time falls as the share grows). Dense layers, the embedding and the head move no EP traffic, so they are
+timed once for every EP knob setting."""
+
+from __future__ import annotations
+
+from dataclasses import replace as dc_replace
+
+import pytest
+
+from configurator import JobSpec, load_cluster, load_model
+from configurator.cost.constants import load_calibration
+from configurator.cost.moe import ep_overlap_paired_share
+from configurator.cost.step import (VirtualStage, _rates_for, _stage_times, busy_lower_bound, evaluate,
+                                    link_efficiency, prepare)
+from configurator.search.bound import StructureBounds
+from configurator.search.knobs import optimistic_inputs
+from configurator.search.space import SearchContext, enumerate_plans
+from configurator.specs.plan import Plan, replace_unchecked
+
+CONSTANTS = load_calibration()
+
+
+def _ctx(model: str, gpus: int, batch: int) -> SearchContext:
+    return SearchContext(model=load_model(model), cluster=load_cluster("dgx-h100", num_gpus=gpus),
+                         job=JobSpec(global_batch=batch, seq_len=4096))
+
+
+def test_a_plans_share_is_the_mean_share_of_its_ranks_paired_passes() -> None:
+    """PP2, 8 micro-batches, no VPP: rank 0 warms up with min(8, 2 x 1 + 1) = 3 passes alone, rank 1 with 1; the
+    mean 2 of 8 run alone, so 6 / 8 = 0.75 of the passes are paired."""
+    ctx = _ctx("mixtral-8x7b", 16, 128)
+    bounds = StructureBounds(ctx, CONSTANTS)
+    plan = Plan(tp=1, pp=2, dp=8, ep=8, micro_batch=2, ep_overlap=True)  # 128 / (2 x 8) = 8 micro-batches
+    assert plan.num_microbatches(ctx.job) == 8
+    assert bounds.plan_share(plan) == 0.75 == ep_overlap_paired_share(2, 1, 8)
+
+
+def test_the_own_share_bound_equals_the_step_models_bound_and_stays_below_every_step() -> None:
+    """Every overlapped EP knob variant with a pipeline (shares below 1) of Mixtral-8x7B on 16 H100: the bound at
+    the plan's own share equals ``busy_lower_bound`` (to rounding), never exceeds the evaluated step, and is
+    above the bound at share 1 (every pass hidden: what the search used before) by the all-to-all the unpaired
+    passes expose."""
+    ctx = _ctx("mixtral-8x7b", 16, 128)
+    bounds = StructureBounds(ctx, CONSTANTS)
+    checked = tighter = 0
+    for plan in enumerate_plans(ctx):
+        if not (plan.ep > 1 and plan.pp > 1):
+            continue
+        inputs = prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+        for variant in optimistic_inputs(inputs):
+            p = variant.plan
+            if not p.ep_overlap:
+                continue
+            own = bounds.bound(p)
+            assert own == pytest.approx(busy_lower_bound(variant, CONSTANTS), rel=1e-11), p.describe()
+            assert own + bounds.end_of_step_bound(p) <= evaluate(variant, CONSTANTS).step_s, p.describe()
+            # At share 1 (the least time of a layer key, for any pipeline shape):
+            hidden = bounds._times(p, ep_share=1.0)
+            assert bounds._share_times(p, bounds.plan_share(p)).moe_s >= hidden.moe_s * (1 - 1e-12)
+            tighter += bounds._share_times(p, bounds.plan_share(p)).moe_s > hidden.moe_s * (1 + 1e-6)
+            checked += 1
+            if checked >= 60:
+                break
+        if checked >= 60:
+            break
+    assert checked >= 60
+    assert tighter == checked  # every such plan has unpaired passes (share < 1), so a longer MoE layer
+
+
+def test_the_interpolated_layer_time_is_the_step_models_at_that_share() -> None:
+    """The MoE layer's time at a share between 0 and 1, interpolated, against ``_stage_times`` called with that
+    share (the step model's own formula): equal to rounding, for both dispatchers."""
+    ctx = _ctx("mixtral-8x7b", 16, 128)
+    bounds = StructureBounds(ctx, CONSTANTS)
+    for dispatcher in ("alltoall", "flex"):
+        plan = Plan(tp=1, pp=2, dp=8, ep=8, micro_batch=2, ep_overlap=True, ep_dispatcher=dispatcher)
+        alone, hidden = bounds._times(plan, ep_share=0.0), bounds._times(plan, ep_share=1.0)
+        assert hidden.moe_s < alone.moe_s  # hiding the all-to-all saves more than its compute slowdown
+        for share in (0.25, 0.75):
+            direct = _moe_layer_s(ctx, plan, share)
+            assert bounds._share_times(plan, share).moe_s == pytest.approx(direct, rel=1e-12)
+            assert bounds._share_times(plan, share).moe_s <= direct
+
+
+def _moe_layer_s(ctx: SearchContext, plan: Plan, share: float) -> float:
+    """One MoE layer's forward + backward from a one-layer prepared stage (pp 1, as the bounds time it)."""
+    flat = replace_unchecked(plan, pp=1, vpp=1, dp=plan.dp * plan.pp, pipeline_layers=())
+    inp = prepare(ctx.model, ctx.cluster, ctx.job, flat, runtime=ctx.runtime)
+    comm = inp.comm.with_efficiency(link_efficiency(CONSTANTS))
+    work, _, moe = inp.stages[0].works[0]
+    assert moe
+    single = dc_replace(inp, stages=(VirtualStage(works=((work, 1, True),), num_layers=1),))
+    f, b, _ = _stage_times(single, _rates_for(single, CONSTANTS), comm, CONSTANTS, 0, share)
+    return sum(f.values()) + sum(b.values())
+
+
+def test_dense_layers_embedding_and_head_are_timed_once_for_every_ep_knob_setting() -> None:
+    """DeepSeek-V3 has dense and MoE layers: a layer key's first timing takes one timing each of the dense layer,
+    the MoE layer, the embedding, the head and the MTP projection (5); its other EP dispatcher, and the share 0,
+    each add only the MoE layer's (1)."""
+    ctx = SearchContext(model=load_model("deepseek-v3"), cluster=load_cluster("h800-ib", num_gpus=256),
+                        job=JobSpec(global_batch=1024, seq_len=4096))
+    bounds = StructureBounds(ctx, CONSTANTS)
+    plan = Plan(tp=2, pp=8, vpp=2, dp=16, ep=16, micro_batch=1, sp=True, ep_overlap=True, ep_dispatcher="alltoall")
+    bounds._times(plan)
+    assert bounds.stage_timings == 5
+    bounds._times(replace_unchecked(plan, ep_dispatcher="flex"))
+    assert bounds.stage_timings == 6
+    bounds._times(replace_unchecked(plan, ep_dispatcher="flex"), ep_share=0.0)
+    assert bounds.stage_timings == 7
+    bounds._times(replace_unchecked(plan, ep_overlap=False))
+    assert bounds.stage_timings == 8
+    # ... and the dense layer's time is the same whatever the EP knobs (no EP traffic in it).
+    fresh = StructureBounds(ctx, CONSTANTS)
+    assert fresh._times(replace_unchecked(plan, ep_overlap=False)).dense_s == bounds._times(plan).dense_s
