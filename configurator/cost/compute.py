@@ -32,7 +32,7 @@ import numpy as np
 
 from configurator.cost.constants import CostConstants, hardware_default
 from configurator.cost.waves import STREAM_K_ARCHITECTURES, sm_count, wave_slowdown
-from configurator.cost.work import BF16, LayerWork
+from configurator.cost.work import BF16, LayerWork, attended_keys, computed_keys
 from configurator.specs.hardware import ClusterSpec
 
 
@@ -75,6 +75,8 @@ class GpuRates:
     """SMs that a GEMM's output tiles are spread over in waves (cost/waves.py); 0 = no wave model."""
     stream_k: bool = False
     """cuBLAS splits the last partial wave along the reduction (Hopper, Blackwell; cost/waves.py)."""
+    flash_architecture: str = ""
+    """Architecture whose flash kernels' query tiles ``flash_query_tile`` gives; "" = attended keys only."""
 
     def gemm_s(self, m: float, n: float, k: float, count: float, bf16: bool) -> float:
         curve = self.gemm_bf16 if bf16 else self.gemm
@@ -106,11 +108,28 @@ class GpuRates:
         return self._flash_s(work, self.attention_bwd_factor)
 
     def _flash_s(self, work: LayerWork, mma_factor: float) -> float:
-        kv_len = work.attention_kv_len
-        mma_s = mma_factor * work.attention_flops / self.attention_flops
-        exp_s = attention_exp_count(work) / self.exp2_per_s if self.exp2_per_s > 0 else 0.0
+        tiles, length = self._flash_tiles(work)
+        mma_s = mma_factor * tiles * work.attention_flops / self.attention_flops
+        exp_s = tiles * attention_exp_count(work) / self.exp2_per_s if self.exp2_per_s > 0 else 0.0
         both_s = max(mma_s, exp_s) + (1.0 - self.exp_overlap) * min(mma_s, exp_s)
-        return both_s * (kv_len + self.attention_half_len) / kv_len
+        return both_s * length
+
+    def _flash_tiles(self, work: LayerWork) -> tuple[float, float]:
+        """(computed / attended scores, length factor) of a flash pass.
+
+        The kernel computes whole ``flash_query_tile x FLASH_TILE_N`` tiles (``computed_keys``): both GEMMs and
+        the exponential run on the masked scores of the diagonal tiles and of the tiles a window's edge cuts.
+        The length factor is the per-row fixed cost (``attention.half_len``, fitted against the causal
+        sequence length, i.e. twice a causal row's mean keys) over the keys a row computes:
+        ``(keys + half_len / 2) / keys``; causal that is ``(s + half_len) / s`` as before, up to the half
+        diagonal tile. Without a sequence (context parallelism's ring blocks, hand-built works) the attended
+        keys stand: ``(kv_len + half_len) / kv_len``."""
+        if not (self.flash_architecture and work.attention_seq_len):
+            kv_len = work.attention_kv_len
+            return 1.0, (kv_len + self.attention_half_len) / kv_len
+        s, w = int(work.attention_seq_len), work.attention_window
+        computed = computed_keys(s, w, flash_query_tile(self.flash_architecture, work.attn_d_qk))
+        return computed / attended_keys(s, w), (computed + 0.5 * self.attention_half_len) / computed
 
 
 def attention_exp_count(work: LayerWork) -> float:
@@ -172,6 +191,29 @@ def measured_hbm_Bps(cluster: ClusterSpec) -> float:
     return 0.0
 
 
+BLACKWELL_FLASH_TILE_M = 256
+"""Query rows per CTA of Blackwell's flash forward: two 128-row Q tiles share each K/V tile
+(FlashAttention-4 ``flash_fwd_sm100.py``: ``cta_tiler = (q_stage * m_block_size, n_block_size, ...)`` with
+``q_stage`` 2, ``m_block_size`` = ``n_block_size`` = 128; its ``tile_size.h``: "Forward: (q_stage * 128, 128)")."""
+HOPPER_FLASH_TILE_M = {64: 192}
+"""FlashAttention-3 ``tile_size_fwd_sm90``: 192 x 128 tiles for head dims <= 64 (causal / local), 128 x 128
+up to 128."""
+
+
+def flash_query_tile(architecture: str, head_dim: float) -> int:
+    """Query rows per CTA of the flash kernel on an architecture (``GpuRates.flash_architecture``): 256 on Blackwell
+    (``BLACKWELL_FLASH_TILE_M``), 192 on Hopper for head dims <= 64, else 128 (FlashAttention-2/-3's 128-row
+    tiles). cuDNN's kernels are closed; its own SDPA benchmark (cudnn-frontend
+    ``benchmark/sdpa_benchmark_training/results/gpt_oss/gb200``, cuDNN 9.22: batch 2, 128 heads of 64,
+    4,096 tokens, 128-key window: 0.210 ms forward, 0.465 ms backward) is within 20% of these tiles
+    (tests/test_gptoss_attention_tiles.py), and 2-2.4x slower than attended-key counting puts it."""
+    if architecture == "blackwell":
+        return BLACKWELL_FLASH_TILE_M
+    if architecture == "hopper" and head_dim <= 64:
+        return HOPPER_FLASH_TILE_M[64]
+    return 128
+
+
 def attention_efficiency(family: str, kernel: str, constants: CostConstants) -> float:
     """Flash-attention throughput / bf16 peak for a kernel family (module docstring)."""
     cudnn = constants[f"attention.{family}"]
@@ -216,6 +258,7 @@ def gpu_rates(cluster: ClusterSpec, precision: str, constants: CostConstants,
                     attention_kernel=attention_kernel,
                     exp2_per_s=gpu.sfu_exp2_per_s, exp_overlap=hardware_default("attention_exp_overlap"),
                     sm_count=sm_count(gpu.key, gpu.architecture or gpu.family),
+                    flash_architecture=(gpu.architecture or gpu.family) if attention_kernel != "unfused" else "",
                     stream_k=(gpu.architecture or gpu.family) in STREAM_K_ARCHITECTURES)
 
 
@@ -286,5 +329,5 @@ def expert_gemms_s(work: LayerWork, rates: GpuRates) -> float:
     return hit  # type: ignore[return-value]
 
 
-__all__ = ["WORK_TIME_MEMO", "GemmCurve", "GpuRates", "WorkTime", "attention_exp_count", "expert_gemms_s", "fit_gemm_curve", "gpu_rates", "measured_gemm_curves",
+__all__ = ["BLACKWELL_FLASH_TILE_M", "WORK_TIME_MEMO", "GemmCurve", "flash_query_tile", "GpuRates", "WorkTime", "attention_exp_count", "expert_gemms_s", "fit_gemm_curve", "gpu_rates", "measured_gemm_curves",
            "measured_hbm_Bps", "time_work"]
