@@ -250,21 +250,6 @@ def attended_keys(seq_len: int, window: int) -> float:
     return window - window * (window - 1) / (2.0 * seq_len)
 
 
-def sort_chunks_bytes(model: ModelSpec, plan: Plan) -> float:
-    """Forward bytes per token of one rank that the alltoall dispatcher's second sort adds: with more than one
-    local expert, the (token, expert) pairs that arrive from the EP ranks are grouped by source rank and are
-    copied into local-expert order before the grouped GEMMs, and copied back into source order before the
-    combine (Megatron-Core ``MoEAlltoAllTokenDispatcher.dispatch_postprocess`` / ``combine_preprocess``:
-    ``sort_chunks_by_idxs``, core_v0.17 to 0.19; a ``transpose().contiguous()`` under capacity padding). Each
-    copy reads and writes the pairs' hidden vectors in bf16: ``2 x 2 x 2 h`` bytes per pair, ``k / tp x etp``
-    pairs per token, as ``work.py`` counts the first permute and the last unpermute. The flex dispatcher
-    (DeepEP/HybridEP) receives tokens, not pairs, and permutes them once into expert order (counted with
-    the permute); one local expert needs no sort. Per token of the micro-batch on the rank."""
-    if not model.is_moe or plan.ep_dispatcher == "flex" or model.num_experts / plan.ep <= 1:
-        return 0.0
-    return model.moe_topk * 2 * 2 * model.hidden_size * BF16 / plan.tp * plan.etp
-
-
 FLASH_TILE_N = 128
 """Keys per K/V tile of the flash-attention kernels (FlashAttention-3/-4 and cuDNN's: ``n_block_size`` 128)."""
 
@@ -354,7 +339,6 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
         elem_split += k / tp * plan.etp * (extra_f + extra_b) / 3
         # permute + unpermute copies of the routed tokens (read + write, bf16), probabilities.
         elem_split += k * h * BF16 * 4 / tp * plan.etp
-        elem_split += sort_chunks_bytes(model, plan)
         # router: fp32 logits written, softmax read + write, top-k read; per token and expert.
         elem_split += model.num_experts * 4 * 4 / tp
         if plan.ep > 1:
@@ -466,4 +450,4 @@ def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
 
 __all__ = ["EXPERT_BIAS_BYTES", "FLASH_TILE_N", "GLU_CLAMP_BYTES", "Gemm", "LayerWork", "UNFUSED_ROPE_BYTES", "attended_keys", "computed_keys",
            "embedding_work", "expert_glu_clamp_unfused", "flops_params", "head_work", "layer_work",
-           "model_flops_per_token", "sort_chunks_bytes", "unfused_expert_bytes", "unfused_kernels", "unfused_rope_bytes"]
+           "model_flops_per_token", "unfused_expert_bytes", "unfused_kernels", "unfused_rope_bytes"]
