@@ -19,7 +19,10 @@ overlap the two pipes in part (ping-pong warp groups), so a pass takes
 ``(max(mma, exp) + (1 - overlap) * min(mma, exp)) / length_curve``, with ``overlap`` the share of the
 shorter pipe hidden (cost.json ``attention_exp_overlap``, from the FA3 ablation and FA4's comparison with
 cuDNN). The backward recomputes the probabilities (one more exponential per score) under
-``bwd_factor`` times the forward's tensor-core time.
+``bwd_factor`` times the forward's tensor-core time. Both pipes work on whole tiles: the scores of the
+K/V tiles each query tile's causal range or window band touches (``flash_query_tile``, ``work.computed_keys``),
+not only the attended ones; under fp8 attention the backward runs at the bf16 tensor rate over a windowed
+layer's causal range (``FP8_ATTENTION_BACKWARD``).
 """
 
 from __future__ import annotations
