@@ -19,7 +19,10 @@ overlap the two pipes in part (ping-pong warp groups), so a pass takes
 ``(max(mma, exp) + (1 - overlap) * min(mma, exp)) / length_curve``, with ``overlap`` the share of the
 shorter pipe hidden (cost.json ``attention_exp_overlap``, from the FA3 ablation and FA4's comparison with
 cuDNN). The backward recomputes the probabilities (one more exponential per score) under
-``bwd_factor`` times the forward's tensor-core time.
+``bwd_factor`` times the forward's tensor-core time. Both pipes work on whole tiles: the scores of the
+K/V tiles each query tile's causal range or window band touches (``flash_query_tile``, ``work.computed_keys``),
+not only the attended ones; under fp8 attention the backward runs at the bf16 tensor rate over a windowed
+layer's causal range (``FP8_ATTENTION_BACKWARD``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 
 from configurator.cost.constants import CostConstants, hardware_default
 from configurator.cost.waves import STREAM_K_ARCHITECTURES, sm_count, wave_slowdown
-from configurator.cost.work import BF16, LayerWork
+from configurator.cost.work import BF16, LayerWork, attended_keys, computed_keys
 from configurator.specs.hardware import ClusterSpec
 
 
@@ -75,6 +78,14 @@ class GpuRates:
     """SMs that a GEMM's output tiles are spread over in waves (cost/waves.py); 0 = no wave model."""
     stream_k: bool = False
     """cuBLAS splits the last partial wave along the reduction (Hopper, Blackwell; cost/waves.py)."""
+    flash_architecture: str = ""
+    """Architecture whose flash kernels' query tiles ``flash_query_tile`` gives; "" = attended keys only."""
+    attention_bwd_flops: float = 0.0
+    """FLOP/s of the backward's tensor-core GEMMs when they differ from the forward's (fp8 attention: the
+    bf16 rate, ``FP8_ATTENTION_BACKWARD``); 0 = ``attention_flops``."""
+    backward_window_tiles: bool = True
+    """Whether the backward skips the K/V tiles outside a sliding window as the forward does (not under fp8
+    attention: ``FP8_ATTENTION_BACKWARD``)."""
 
     def gemm_s(self, m: float, n: float, k: float, count: float, bf16: bool) -> float:
         curve = self.gemm_bf16 if bf16 else self.gemm
@@ -103,14 +114,33 @@ class GpuRates:
             return 0.0
         if self.attention_kernel == "unfused":
             return self.attention_bwd_factor * self.attention_s(work)
-        return self._flash_s(work, self.attention_bwd_factor)
+        return self._flash_s(work, self.attention_bwd_factor, backward=True)
 
-    def _flash_s(self, work: LayerWork, mma_factor: float) -> float:
-        kv_len = work.attention_kv_len
-        mma_s = mma_factor * work.attention_flops / self.attention_flops
-        exp_s = attention_exp_count(work) / self.exp2_per_s if self.exp2_per_s > 0 else 0.0
+    def _flash_s(self, work: LayerWork, mma_factor: float, backward: bool = False) -> float:
+        tiles, length = self._flash_tiles(work, windowed=not backward or self.backward_window_tiles)
+        rate = self.attention_bwd_flops if backward and self.attention_bwd_flops else self.attention_flops
+        mma_s = mma_factor * tiles * work.attention_flops / rate
+        exp_s = tiles * attention_exp_count(work) / self.exp2_per_s if self.exp2_per_s > 0 else 0.0
         both_s = max(mma_s, exp_s) + (1.0 - self.exp_overlap) * min(mma_s, exp_s)
-        return both_s * (kv_len + self.attention_half_len) / kv_len
+        return both_s * length
+
+    def _flash_tiles(self, work: LayerWork, windowed: bool = True) -> tuple[float, float]:
+        """(computed / attended scores, length factor) of a flash pass.
+
+        The kernel computes whole ``flash_query_tile x FLASH_TILE_N`` tiles (``computed_keys``): both GEMMs and
+        the exponential run on the masked scores of the diagonal tiles and of the tiles a window's edge cuts.
+        The length factor is the per-row fixed cost (``attention.half_len``, fitted against the causal
+        sequence length, i.e. twice a causal row's mean keys) over the keys a row computes:
+        ``(keys + half_len / 2) / keys``; causal that is ``(s + half_len) / s`` as before, up to the half
+        diagonal tile. Without a sequence (context parallelism's ring blocks, hand-built works) the attended
+        keys stand: ``(kv_len + half_len) / kv_len``. ``windowed`` False: a pass that runs a windowed layer's
+        whole causal range of tiles (fp8 attention's backward, ``FP8_ATTENTION_BACKWARD``)."""
+        if not (self.flash_architecture and work.attention_seq_len):
+            kv_len = work.attention_kv_len
+            return 1.0, (kv_len + self.attention_half_len) / kv_len
+        s, w = int(work.attention_seq_len), work.attention_window
+        computed = computed_keys(s, w if windowed else 0, flash_query_tile(self.flash_architecture, work.attn_d_qk))
+        return computed / attended_keys(s, w), (computed + 0.5 * self.attention_half_len) / computed
 
 
 def attention_exp_count(work: LayerWork) -> float:
@@ -172,6 +202,41 @@ def measured_hbm_Bps(cluster: ClusterSpec) -> float:
     return 0.0
 
 
+BLACKWELL_FLASH_TILE_M = 256
+"""Query rows per CTA of Blackwell's flash forward: two 128-row Q tiles share each K/V tile
+(FlashAttention-4 ``flash_fwd_sm100.py``: ``cta_tiler = (q_stage * m_block_size, n_block_size, ...)`` with
+``q_stage`` 2, ``m_block_size`` = ``n_block_size`` = 128; its ``tile_size.h``: "Forward: (q_stage * 128, 128)")."""
+HOPPER_FLASH_TILE_M = {64: 192}
+"""FlashAttention-3 ``tile_size_fwd_sm90``: 192 x 128 tiles for head dims <= 64 (causal / local), 128 x 128
+up to 128."""
+
+
+FP8_ATTENTION_BACKWARD = (
+    "cuDNN's fp8 attention (Transformer Engine's fp8_dot_product_attention; MXFP8 on Blackwell) speeds up the "
+    "forward only. cudnn-frontend's SDPA training benchmark (benchmark/sdpa_benchmark_training/results, cuDNN "
+    "9.22, GB200 and GB300, batch 2, causal): the MXFP8 backward runs at 0.92-0.97x the bf16 backward's speed "
+    "at head dim 128 (32 heads, 4,096-8,192 tokens; fp8 1.03-1.09x) and 1.25-1.38x at DeepSeek's 192/128, "
+    "against 1.2-1.6x for the forward; and on GPT-OSS's shape (head dim 64, 128-key window) its time grows with "
+    "the square of the sequence (GB200 MXFP8: 0.64, 2.08, 7.43, 27.9, 108 ms for 2K-32K tokens, 3.2-3.9x per "
+    "doubling; the bf16 backward 0.24-3.69 ms, 2x per doubling): the fp8 backward runs every causal tile of a "
+    "windowed layer. So under fp8 attention the backward's tensor-core GEMMs run at the bf16 rate and a "
+    "windowed layer's backward covers its causal range.")
+
+
+def flash_query_tile(architecture: str, head_dim: float) -> int:
+    """Query rows per CTA of the flash kernel on an architecture (``GpuRates.flash_architecture``): 256 on Blackwell
+    (``BLACKWELL_FLASH_TILE_M``), 192 on Hopper for head dims <= 64, else 128 (FlashAttention-2/-3's 128-row
+    tiles). cuDNN's kernels are closed; its own SDPA benchmark (cudnn-frontend
+    ``benchmark/sdpa_benchmark_training/results/gpt_oss/gb200``, cuDNN 9.22: batch 2, 128 heads of 64,
+    4,096 tokens, 128-key window: 0.210 ms forward, 0.465 ms backward) is within 20% of these tiles
+    (tests/test_gptoss_attention_tiles.py), and 2-2.4x slower than attended-key counting puts it."""
+    if architecture == "blackwell":
+        return BLACKWELL_FLASH_TILE_M
+    if architecture == "hopper" and head_dim <= 64:
+        return HOPPER_FLASH_TILE_M[64]
+    return 128
+
+
 def attention_efficiency(family: str, kernel: str, constants: CostConstants) -> float:
     """Flash-attention throughput / bf16 peak for a kernel family (module docstring)."""
     cudnn = constants[f"attention.{family}"]
@@ -204,11 +269,13 @@ def gpu_rates(cluster: ClusterSpec, precision: str, constants: CostConstants,
     sixteen = gpu.half_precision  # bf16, or fp16 where the GPU has no bf16 (V100, T4)
     bf16_peak = gpu.peak_flops_for(sixteen) * sustained
     attention_peak = bf16_peak
-    if fp8_attention and attention_kernel != "unfused" and gpu.supports("fp8"):
+    fp8_attn = fp8_attention and attention_kernel != "unfused" and gpu.supports("fp8")
+    if fp8_attn:
         attention_peak = gpu.peak_flops_for("fp8") * sustained * (
             constants.gemm_efficiency(gpu.family, "fp8") / constants.gemm_efficiency(gpu.family, sixteen))
+    attention_eff = attention_efficiency(gpu.family, attention_kernel, constants)
     return GpuRates(gemm=curve(precision), gemm_bf16=curve(sixteen),
-                    attention_flops=attention_peak * attention_efficiency(gpu.family, attention_kernel, constants),
+                    attention_flops=attention_peak * attention_eff,
                     attention_half_len=constants["attention.half_len"],
                     attention_bwd_factor=2.0 if attention_kernel == "unfused" else constants["attention.bwd_factor"],
                     hbm_Bps=measured_hbm_Bps(cluster) or gpu.hbm_bandwidth_Bps * constants["memory.hbm"],
@@ -216,6 +283,10 @@ def gpu_rates(cluster: ClusterSpec, precision: str, constants: CostConstants,
                     attention_kernel=attention_kernel,
                     exp2_per_s=gpu.sfu_exp2_per_s, exp_overlap=hardware_default("attention_exp_overlap"),
                     sm_count=sm_count(gpu.key, gpu.architecture or gpu.family),
+                    flash_architecture=(gpu.architecture or gpu.family) if attention_kernel != "unfused" else "",
+                    # FP8_ATTENTION_BACKWARD: the fp8 backward at the bf16 rate, over a windowed layer's causal tiles
+                    attention_bwd_flops=bf16_peak * attention_eff if fp8_attn else 0.0,
+                    backward_window_tiles=not fp8_attn,
                     stream_k=(gpu.architecture or gpu.family) in STREAM_K_ARCHITECTURES)
 
 
@@ -286,5 +357,5 @@ def expert_gemms_s(work: LayerWork, rates: GpuRates) -> float:
     return hit  # type: ignore[return-value]
 
 
-__all__ = ["WORK_TIME_MEMO", "GemmCurve", "GpuRates", "WorkTime", "attention_exp_count", "expert_gemms_s", "fit_gemm_curve", "gpu_rates", "measured_gemm_curves",
+__all__ = ["BLACKWELL_FLASH_TILE_M", "FP8_ATTENTION_BACKWARD", "WORK_TIME_MEMO", "GemmCurve", "flash_query_tile", "GpuRates", "WorkTime", "attention_exp_count", "expert_gemms_s", "fit_gemm_curve", "gpu_rates", "measured_gemm_curves",
            "measured_hbm_Bps", "time_work"]

@@ -78,6 +78,13 @@ class LayerWork:
     extra_kernels: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     """Kernels a model's unfused operations add to the layer's launches (cost/launch.py): (attention forward,
     attention backward, experts forward, experts backward); ``unfused_kernels``."""
+    attention_seq_len: float = 0.0
+    """Tokens of the sequence the flash kernel tiles (``job.seq_len``; 0 under context parallelism, whose ring
+    splits the sequence into per-step blocks that ``attention_flops`` counts as they are): with
+    ``attention_window`` it lets ``GpuRates`` count the keys the kernel computes in whole tiles
+    (``computed_keys``)."""
+    attention_window: int = 0
+    """Keys a windowed layer's query attends to (``ModelSpec.attention_window``); 0 = causal over the sequence."""
     etp_bytes: float = 0.0
     """Expert tensor parallelism (etp > 1): the dispatched (token, expert) pairs all-gathered over the
     expert-TP group after the all-to-all and the experts' outputs reduce-scattered before the combine
@@ -243,6 +250,32 @@ def attended_keys(seq_len: int, window: int) -> float:
     return window - window * (window - 1) / (2.0 * seq_len)
 
 
+FLASH_TILE_N = 128
+"""Keys per K/V tile of the flash-attention kernels (FlashAttention-3/-4 and cuDNN's: ``n_block_size`` 128)."""
+
+
+@lru_cache(maxsize=1024)
+def computed_keys(seq_len: int, window: int, tile_m: int, tile_n: int = FLASH_TILE_N) -> float:
+    """Mean keys per query that a tiled causal flash kernel computes, in whole ``tile_m x tile_n`` tiles.
+
+    A CTA owns ``tile_m`` query rows ``[q0, q1)`` and loops over the K/V tiles its rows can see: causal, the
+    tiles below ``ceil(q1 / tile_n)``; with a window of ``w`` keys (TE passes ``window_size = (w - 1, 0)``),
+    from ``floor((q0 - w + 1) / tile_n)`` on (FlashAttention-4 ``BlockInfo.get_n_block_min_max``). Every
+    score of those tiles goes through both GEMMs and the exponential; the masked ones are discarded after.
+    Causal, that is the useful half plus half a diagonal tile per query (``s/2 + tile_m/2`` for aligned
+    sequences); a 128-key window under 256-row query tiles spans 3 K tiles, 384 keys per query (the useful
+    ones: ``attended_keys`` ~126)."""
+    if seq_len <= 0:
+        return 0.0
+    total = 0.0
+    for q0 in range(0, seq_len, tile_m):
+        q1 = min(seq_len, q0 + tile_m)
+        hi = -(-q1 // tile_n)
+        lo = max(0, (q0 - window + 1) // tile_n) if 0 < window < seq_len else 0
+        total += (hi - lo) * tile_n * (q1 - q0)
+    return total / seq_len
+
+
 def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerWork:
     h = model.hidden_size
     tp = plan.tp
@@ -345,6 +378,8 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
                      attn_batch=plan.micro_batch * heads, attn_q_len=job.seq_len / plan.cp, attn_d_qk=d_qk,
                      attn_d_v=d_v, expert_gemms=tuple(expert_gemms), pairs_per_expert=pairs_per_expert,
                      cp_a2a_bytes=t * (2 * (q_width + 2 * kv_width) + attn_out) * BF16 if plan.cp > 1 else 0.0,
+                     attention_seq_len=float(job.seq_len) if plan.cp == 1 else 0.0,
+                     attention_window=window if plan.cp == 1 and 0 < window < job.seq_len else 0,
                      extra_kernels=unfused_kernels(model, job, model.num_experts / plan.ep if moe else 0.0))
 
 
@@ -413,6 +448,6 @@ def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
     return 6.0 * flops_params(model) + attention
 
 
-__all__ = ["EXPERT_BIAS_BYTES", "GLU_CLAMP_BYTES", "Gemm", "LayerWork", "UNFUSED_ROPE_BYTES", "attended_keys",
+__all__ = ["EXPERT_BIAS_BYTES", "FLASH_TILE_N", "GLU_CLAMP_BYTES", "Gemm", "LayerWork", "UNFUSED_ROPE_BYTES", "attended_keys", "computed_keys",
            "embedding_work", "expert_glu_clamp_unfused", "flops_params", "head_work", "layer_work",
            "model_flops_per_token", "unfused_expert_bytes", "unfused_kernels", "unfused_rope_bytes"]
