@@ -751,8 +751,8 @@ def memory_parts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pla
             states = shared[key] = _stage_states(model, plan, rt, shared)
         device = shared.get(_DEVICE)
         if device is None or device[0] is not cluster:  # (one cluster per search; checked, not assumed)
-            device = shared[_DEVICE] = (cluster, *_device_constants(cluster))
-        _, context, capacity, host_capacity = device
+            device = shared[_DEVICE] = (cluster, *_device_constants(cluster), {})
+        _, context, capacity, host_capacity, _flex = device
     buffers, stage_buffer_bytes = _stage_flex_buffers(model, cluster, job, plan)
     return MemoryParts(states=states, activations=acts, buffer_bytes=stage_buffer_bytes, context_bytes=context, rt=rt,
                        capacity_bytes=capacity, host_capacity_bytes=host_capacity,
@@ -798,7 +798,10 @@ def memory_floor_bytes(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, pla
 _SHARED = "shared"
 """``ACTIVATION_MEMO``'s entry holding the other parts (``memory_parts``), bounded on its own."""
 _DEVICE = "device"
-"""``_SHARED``'s entry holding the cluster and its ``_device_constants``."""
+"""``_SHARED``'s entry holding the cluster, its ``_device_constants`` and its flex buffers per plan (by
+``_FLEX_FIELDS``)."""
+_FLEX_FIELDS = attrgetter("ep_dispatcher", "ep", "etp", "tp", "sp", "cp", "micro_batch", "pp", "vpp", "pipeline_layers")
+"""The plan fields ``_stage_flex_buffers`` reads (``plan_flex_buffers`` and ``_stages_with_moe``)."""
 _STATE_FIELDS = attrgetter("tp", "pp", "vpp", "ep", "etp", "pipeline_layers", "dp", "cp", "sharding", "shard_group")
 """The plan fields ``_stage_states`` reads (its key in ``ACTIVATION_MEMO``: a structure's shardings)."""
 
@@ -881,6 +884,21 @@ def _stage_flex_buffers(model: ModelSpec, cluster: ClusterSpec, job: JobSpec,
     holds an MoE layer (``_stages_with_moe``), 0 elsewhere and for the other dispatchers."""
     if plan.ep_dispatcher != "flex":
         return None, _no_buffers(plan.pp)  # (plan_flex_buffers' first test: most of the search's estimates)
+    memo = ACTIVATION_MEMO.get()
+    shared = memo.get(_SHARED) if memo is not None else None
+    device = shared.get(_DEVICE) if shared is not None else None
+    if device is None or device[0] is not cluster:
+        return _flex_buffers_by_stage(model, cluster, job, plan)
+    key = _FLEX_FIELDS(plan)  # (within a search: by the fields they read, for the cluster they are for)
+    hit = device[4].get(key)
+    if hit is None:
+        hit = device[4][key] = _flex_buffers_by_stage(model, cluster, job, plan)
+    return hit
+
+
+def _flex_buffers_by_stage(model: ModelSpec, cluster: ClusterSpec, job: JobSpec,
+                           plan: Plan) -> tuple[FlexBuffers | None, tuple[float, ...]]:
+    """``_stage_flex_buffers`` worked out."""
     buffers = plan_flex_buffers(model, cluster, job, plan)
     if buffers is None:
         return None, _no_buffers(plan.pp)
