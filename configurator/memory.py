@@ -670,16 +670,24 @@ class MemoryParts:
     def totals(self, offload: float) -> MemoryTotals:
         """``report(offload)``'s per-stage ``total_bytes`` and host peak, without building it."""
         frag, ctx = self.rt.fragmentation, self.context_bytes
-        totals = []
+        if offload == 0.0 and math.copysign(1.0, offload) > 0:
+            # No offload (most estimates): host = o * 0.0 = 0.0 and o - 0.0 = o for the finite, non-negative states,
+            # so the same floats in one pass (StageMemory.total_bytes: (allocated + fragmentation) + context +
+            # buffers, left to right).
+            totals = tuple([x + x * frag + ctx + ep for x, ep in zip(
+                [w + g + o + a for (_n, _p, w, g, o), (a, _inflight) in zip(self.states, self.activations)],
+                self.buffer_bytes)])
+            return MemoryTotals(self, offload, totals, max(totals), self.gpus_per_node * 0.0)
+        totals_list = []
         host_max = -math.inf
         for (_n, _p, w, g, o), (a, _inflight), ep in zip(self.states, self.activations, self.buffer_bytes):
             host = o * offload  # as _stage_memory
             allocated = w + g + (o - host) + a
             # StageMemory.total_bytes: (allocated + fragmentation) + context + buffers, left to right
-            totals.append(allocated + allocated * frag + ctx + ep)
+            totals_list.append(allocated + allocated * frag + ctx + ep)
             if host > host_max:
                 host_max = host
-        return MemoryTotals(self, offload, tuple(totals), max(totals), self.gpus_per_node * host_max)
+        return MemoryTotals(self, offload, tuple(totals_list), max(totals_list), self.gpus_per_node * host_max)
 
 
 class MemoryTotals:
