@@ -954,10 +954,26 @@ def _stage_memory(stage: int, num_layers: int, params: int, weights: float, grad
     host = optim * offload
     optim -= host
     allocated = weights + grads + optim + act
-    return StageMemory(stage=stage, num_layers=num_layers, params=params, weights_bytes=weights, grads_bytes=grads,
-                       optimizer_bytes=optim, activations_bytes=act, fragmentation_bytes=allocated * rt.fragmentation,
-                       context_bytes=context, host_optimizer_bytes=host, inflight_microbatches=inflight,
-                       ep_buffer_bytes=ep_buffers)
+    return _new_stage_memory(stage, num_layers, params, weights, grads, optim, act, allocated * rt.fragmentation,
+                             context, host, inflight, ep_buffers)
+
+
+def _stage_memory_builder() -> Any:
+    """A function that builds a ``StageMemory`` from its fields in declaration order, through their slot
+    descriptors (as ``specs.plan.replace_unchecked``): the dataclass's ``__init__`` (keyword arguments, a frozen
+    ``object.__setattr__`` per field) was most of a report's cost, and the search builds one per stage of every
+    option it keeps. It has no checks to skip; the object is the same (``==``, ``hash``)."""
+    names = [f for f in StageMemory.__dataclass_fields__]
+    lines = [f"def build({', '.join(names)}):", "    new = new_object(StageMemory)"]
+    lines += [f"    set_{name}(new, {name})" for name in names]
+    lines.append("    return new")
+    scope: dict[str, Any] = {"new_object": object.__new__, "StageMemory": StageMemory}
+    scope.update({f"set_{name}": StageMemory.__dict__[name].__set__ for name in names})
+    exec("\n".join(lines), scope)  # noqa: S102 - generated from the dataclass's own field names
+    return scope["build"]
+
+
+_new_stage_memory = _stage_memory_builder()
 
 
 def _report(stages: list[StageMemory], cluster: ClusterSpec, plan: Plan, rt: Runtime,

@@ -112,3 +112,16 @@ def test_plan_violations_still_names_a_wrong_split_and_too_deep_a_recompute() ->
 
 def _fields(plan: Plan) -> dict:
     return {name: getattr(plan, name) for name in Plan.__dataclass_fields__}
+
+
+def test_the_fast_stage_builder_makes_the_dataclass_s_object() -> None:
+    """``_stage_memory`` builds ``StageMemory`` through its slots: equal (and hashing equal) to the constructor's."""
+    from configurator.memory import StageMemory, _stage_memory
+    rt = load_runtime("megatron")
+    built = _stage_memory(1, 8, 1000, 2.0, 4.0, 12.0, 6.0, 3.0, 1.5, 0.25, rt, 0.5)
+    host = 12.0 * 0.25
+    made = StageMemory(stage=1, num_layers=8, params=1000, weights_bytes=2.0, grads_bytes=4.0,
+                       optimizer_bytes=12.0 - host, activations_bytes=6.0,
+                       fragmentation_bytes=(2.0 + 4.0 + (12.0 - host) + 6.0) * rt.fragmentation, context_bytes=1.5,
+                       host_optimizer_bytes=host, inflight_microbatches=3.0, ep_buffer_bytes=0.5)
+    assert type(built) is StageMemory and built == made and hash(built) == hash(made)
