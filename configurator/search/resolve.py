@@ -128,10 +128,18 @@ def _probe(ctx: SearchContext, plan: Plan) -> MemoryTotals:
     if hit is None:
         if len(memo) >= MEMO_LIMIT:
             memo.clear()  # bounded: its hits are within one structure's resolution (the key is the whole plan)
-        base = memo.get(replace(plan, offload=0.0)) if plan.offload else None
-        # An offloaded form of a plan estimated without offload: only the optimizer states move (same parts).
-        parts = base.parts if base is not None else memory_parts(ctx.model, ctx.cluster, ctx.job, plan,
-                                                                 runtime=ctx.runtime)
+        if plan.offload:
+            # An offloaded form of a plan estimated without offload: only the optimizer states move (same parts).
+            # Where that plan is not estimated yet, its totals are kept too: the resolution asks for it next (the
+            # quick exit's frugal forms are the ladder's last plans offloaded).
+            unloaded = replace(plan, offload=0.0)
+            base = memo.get(unloaded)
+            if base is None:
+                base = memo[unloaded] = memory_parts(ctx.model, ctx.cluster, ctx.job, plan,
+                                                     runtime=ctx.runtime).totals(0.0)
+            parts = base.parts
+        else:
+            parts = memory_parts(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
         hit = memo[plan] = parts.totals(plan.offload)
     return hit
 
