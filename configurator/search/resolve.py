@@ -414,7 +414,8 @@ def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) ->
     def plan(i: int) -> Plan:
         p = plans[i]
         if p is None:
-            p = plans[i] = replace(selective, recompute="selective", recompute_num_layers=0, recompute_modules=ladder[i])
+            p = plans[i] = replace(selective, recompute="selective", recompute_num_layers=0,
+                                   recompute_modules=ladder[i])
         return p
 
     def fits(i: int) -> MemoryTotals | None:
