@@ -116,19 +116,27 @@ def peak_inflight(pp: int, vpp: int, m: int, rank: int, chunk_weights: tuple[flo
         held = min(warmup_forwards(pp, vpp, m, rank, min(group or pp, m)) + 1, m * vpp)
         return held * weights[0], _equal_peak_counts(pp, vpp, m, rank, group, held)
     sets = inflight_count_sets(pp, vpp, m, rank, group)
-    array = _count_array(pp, vpp, m, rank, group)
-    # sum(c * w) over the chunks, left to right as Python's sum (the same floats), for every set at once;
-    # the first set reaching the largest value, as a scan would keep.
-    values = np.zeros(len(sets))
-    for c, w in enumerate(weights):
-        values = values + array[:, c] * w
     if not len(sets):
         return 0.0, (0,) * vpp
+    columns = _count_columns(pp, vpp, m, rank, group)
+    # sum(c * w) over the chunks, left to right as Python's sum (the same floats), for every set at once;
+    # the first set reaching the largest value, as a scan would keep. (In place: the same additions, fewer arrays.)
+    values = columns[0] * weights[0]
+    values += 0.0  # (Python's sum starts from 0: 0 + x, which turns a -0.0 into 0.0)
+    for column, w in zip(columns[1:], weights[1:]):
+        values += column * w
     index = int(np.argmax(values))
     best = float(values[index])
     if best <= -1.0:
         return 0.0, (0,) * vpp
     return max(best, 0.0), sets[index]
+
+
+@lru_cache(maxsize=4096)
+def _count_columns(pp: int, vpp: int, m: int, rank: int, group: int | None) -> tuple[np.ndarray, ...]:
+    """``_count_array``'s columns (one per chunk), contiguous, for ``peak_inflight``'s weighted scan."""
+    array = _count_array(pp, vpp, m, rank, group)
+    return tuple(np.ascontiguousarray(array[:, c]) for c in range(vpp))
 
 
 @lru_cache(maxsize=4096)

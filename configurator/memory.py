@@ -430,6 +430,7 @@ its input stays, which is the norm output already counted in ``norm_out``. ``mla
 up-projected q, k, v (recomputed from the kept latents, with RoPE)."""
 
 
+@lru_cache(maxsize=256)
 def recompute_dropped_parts(modules: tuple[str, ...]) -> frozenset[str]:
     """Activation parts not kept when ``modules`` are recomputed (Megatron's default: core_attn)."""
     return frozenset(p for m in (modules or ("core_attn",)) for p in RECOMPUTE_MODULE_PARTS[m])
@@ -510,7 +511,7 @@ def _per_kind(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime,
     a search's ``ACTIVATION_MEMO``, which keeps each kind's ``layer_activation_parts`` for the recompute forms
     of a structure (they depend only on the fields in its key)."""
     out: dict[bool, tuple[float, float]] = {}
-    for i, kind in enumerate(layer_moe_flags(model)):
+    for i, kind in _first_of_each_kind(model):
         if kind not in out:
             key = ("layer_parts", plan.tp, plan.sp, plan.cp, plan.micro_batch, plan.etp, kind)
             parts = memo.get(key) if memo is not None else None
@@ -521,6 +522,16 @@ def _per_kind(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime,
             # (layer_activation_bytes and layer_kept_bytes, from one computation of the parts)
             out[kind] = (sum(parts.values()), _kept_bytes(model, job, plan, i, rt, parts))
     return out
+
+
+@lru_cache(maxsize=64)
+def _first_of_each_kind(model: ModelSpec) -> tuple[tuple[int, bool], ...]:
+    """(index, is MoE) of the first layer of each kind, in layer order: the layers ``_per_kind`` works out (it
+    asked every layer, then skipped all but the first of each kind)."""
+    first: dict[bool, int] = {}
+    for i, kind in enumerate(layer_moe_flags(model)):
+        first.setdefault(kind, i)
+    return tuple((i, kind) for kind, i in first.items())
 
 
 def _chunk_activations(model: ModelSpec, job: JobSpec, plan: Plan, kinds: dict[bool, tuple[float, float]],
@@ -543,18 +554,28 @@ def _chunk_activations(model: ModelSpec, job: JobSpec, plan: Plan, kinds: dict[b
 
 def _stage_activations(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, stage: int,
                        num_microbatches: int, kinds: dict[bool, tuple[float, float]] | None = None,
-                       flags: tuple[bool, ...] | None = None) -> tuple[float, float]:
+                       flags: tuple[bool, ...] | None = None,
+                       chunk_memo: dict[tuple[bool, ...], tuple[float, float]] | None = None) -> tuple[float, float]:
     """(activation bytes of the stage's rank at its peak, micro-batches in flight in stage units). ``flags``:
-    ``layer_moe_flags(model)``, if the caller has it."""
+    ``layer_moe_flags(model)``, if the caller has it. ``chunk_memo``: ``_chunk_activations`` of this plan by the
+    chunk's run of layer kinds (``_stage_activation_table``: a chunk's sum depends on its layers only through
+    their kinds, in order, so the chunks of one plan with the same run share it - the same floats)."""
     kinds = kinds or _per_kind(model, job, plan, rt)
-    chunks = chunk_layer_indices(model, plan, stage)
+    chunks = _virtual_chunks(model.num_layers, plan.pp, plan.vpp, plan.pipeline_layers)[stage]
     tokens = job.seq_len / plan.cp * plan.micro_batch
     boundary = rt.pipe_buffers * layer_input_bytes(model, job, plan)
     per_chunk = []
     working = 0.0
     flags = flags or layer_moe_flags(model)
-    for c, layers in enumerate(chunks):
-        kept, work = _chunk_activations(model, job, plan, kinds, layers, flags)
+    for layers in chunks:  # (ranges of layer indices: ``_chunk_activations`` reads them as the lists they were)
+        if chunk_memo is None:
+            kept, work = _chunk_activations(model, job, plan, kinds, layers, flags)
+        else:
+            run = flags[layers.start:layers.stop]
+            hit = chunk_memo.get(run)
+            if hit is None:
+                hit = chunk_memo[run] = _chunk_activations(model, job, plan, kinds, layers, flags)
+            kept, work = hit
         per_chunk.append(kept + boundary)
         working = max(working, work)
     held, counts = peak_inflight(plan.pp, plan.vpp, num_microbatches, stage, tuple(per_chunk))
@@ -649,16 +670,24 @@ class MemoryParts:
     def totals(self, offload: float) -> MemoryTotals:
         """``report(offload)``'s per-stage ``total_bytes`` and host peak, without building it."""
         frag, ctx = self.rt.fragmentation, self.context_bytes
-        totals = []
+        if offload == 0.0 and math.copysign(1.0, offload) > 0:
+            # No offload (most estimates): host = o * 0.0 = 0.0 and o - 0.0 = o for the finite, non-negative states,
+            # so the same floats in one pass (StageMemory.total_bytes: (allocated + fragmentation) + context +
+            # buffers, left to right).
+            totals = tuple([x + x * frag + ctx + ep for x, ep in zip(
+                [w + g + o + a for (_n, _p, w, g, o), (a, _inflight) in zip(self.states, self.activations)],
+                self.buffer_bytes)])
+            return MemoryTotals(self, offload, totals, max(totals), self.gpus_per_node * 0.0)
+        totals_list = []
         host_max = -math.inf
         for (_n, _p, w, g, o), (a, _inflight), ep in zip(self.states, self.activations, self.buffer_bytes):
             host = o * offload  # as _stage_memory
             allocated = w + g + (o - host) + a
             # StageMemory.total_bytes: (allocated + fragmentation) + context + buffers, left to right
-            totals.append(allocated + allocated * frag + ctx + ep)
+            totals_list.append(allocated + allocated * frag + ctx + ep)
             if host > host_max:
                 host_max = host
-        return MemoryTotals(self, offload, tuple(totals), max(totals), self.gpus_per_node * host_max)
+        return MemoryTotals(self, offload, tuple(totals_list), max(totals_list), self.gpus_per_node * host_max)
 
 
 class MemoryTotals:
@@ -707,33 +736,44 @@ def memory_parts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pla
     structure share are worked out once: the weights, grads and optimizer states per sharding
     (``_stage_states``), the activations per recompute form (``_stage_activation_table``)."""
     rt = runtime if isinstance(runtime, Runtime) else load_runtime(runtime)
-    overhead = load_overhead(cluster.gpu.family)
     m = max(1, plan.num_microbatches(job))
     memo = ACTIVATION_MEMO.get()
     if memo is None:
         states = _stage_states(model, plan, rt)
         acts = _stage_activation_table(model, job, plan, rt, m)
+        context, capacity, host_capacity = _device_constants(cluster)
     else:
         shared = memo.get(_SHARED)  # (a dict of its own: a structure's shardings must not empty the activations)
         if shared is None or len(shared) >= ACTIVATION_MEMO_LIMIT:
-            shared = {}
+            shared = memo[_SHARED] = {}
         key = (_ACTIVATION_FIELDS(plan), m, rt.name)
         acts = memo.get(key)
         if acts is None:
             if len(memo) >= ACTIVATION_MEMO_LIMIT:
                 memo.clear()  # bounded: its hits are within one structure (the key has its degrees and micro-batch)
+                memo[_SHARED] = shared
             acts = memo[key] = _stage_activation_table(model, job, plan, rt, m, shared)
-        memo[_SHARED] = shared
         key = (_STATE_FIELDS(plan), rt.name)
         states = shared.get(key)
         if states is None:
             states = shared[key] = _stage_states(model, plan, rt, shared)
+        device = shared.get(_DEVICE)
+        if device is None or device[0] is not cluster:  # (one cluster per search; checked, not assumed)
+            device = shared[_DEVICE] = (cluster, *_device_constants(cluster), {})
+        _, context, capacity, host_capacity, _flex = device
     buffers, stage_buffer_bytes = _stage_flex_buffers(model, cluster, job, plan)
-    return MemoryParts(states=states, activations=acts, buffer_bytes=stage_buffer_bytes,
-                       context_bytes=overhead.cuda_context_bytes + overhead.nccl_bytes, rt=rt,
-                       capacity_bytes=float(cluster.gpu_memory_bytes),
-                       host_capacity_bytes=float(cluster.host_memory_bytes) * HOST_USABLE_FRACTION,
+    return MemoryParts(states=states, activations=acts, buffer_bytes=stage_buffer_bytes, context_bytes=context, rt=rt,
+                       capacity_bytes=capacity, host_capacity_bytes=host_capacity,
                        gpus_per_node=min(cluster.gpus_per_node, plan.world_size), buffers=buffers)
+
+
+def _device_constants(cluster: ClusterSpec) -> tuple[float, float, float]:
+    """(CUDA context + NCCL bytes, device capacity, host capacity the offload may use) of ``cluster``'s GPUs, as
+    ``memory_parts`` reports them (a measured cluster's capacities are minima over its nodes: worked out once per
+    search, ``_DEVICE``)."""
+    overhead = load_overhead(cluster.gpu.family)
+    return (overhead.cuda_context_bytes + overhead.nccl_bytes, float(cluster.gpu_memory_bytes),
+            float(cluster.host_memory_bytes) * HOST_USABLE_FRACTION)
 
 
 def memory_floor_bytes(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan, *,
@@ -765,6 +805,11 @@ def memory_floor_bytes(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, pla
 
 _SHARED = "shared"
 """``ACTIVATION_MEMO``'s entry holding the other parts (``memory_parts``), bounded on its own."""
+_DEVICE = "device"
+"""``_SHARED``'s entry holding the cluster, its ``_device_constants`` and its flex buffers per plan (by
+``_FLEX_FIELDS``)."""
+_FLEX_FIELDS = attrgetter("ep_dispatcher", "ep", "etp", "tp", "sp", "cp", "micro_batch", "pp", "vpp", "pipeline_layers")
+"""The plan fields ``_stage_flex_buffers`` reads (``plan_flex_buffers`` and ``_stages_with_moe``)."""
 _STATE_FIELDS = attrgetter("tp", "pp", "vpp", "ep", "etp", "pipeline_layers", "dp", "cp", "sharding", "shard_group")
 """The plan fields ``_stage_states`` reads (its key in ``ACTIVATION_MEMO``: a structure's shardings)."""
 
@@ -825,7 +870,8 @@ def _stage_activation_table(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runt
     """Per pipeline rank, ``_stage_activations``: (activation bytes at its peak, micro-batches in flight)."""
     kinds = _per_kind(model, job, plan, rt, memo)
     flags = layer_moe_flags(model)
-    return tuple(_stage_activations(model, job, plan, rt, s, m, kinds, flags) for s in range(plan.pp))
+    chunk_memo: dict[tuple[bool, ...], tuple[float, float]] = {}
+    return tuple(_stage_activations(model, job, plan, rt, s, m, kinds, flags, chunk_memo) for s in range(plan.pp))
 
 
 def plan_flex_buffers(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan) -> FlexBuffers | None:
@@ -844,11 +890,34 @@ def _stage_flex_buffers(model: ModelSpec, cluster: ClusterSpec, job: JobSpec,
                         plan: Plan) -> tuple[FlexBuffers | None, tuple[float, ...]]:
     """``plan_flex_buffers`` and, per pipeline rank, the bytes they take there: the buffers on a rank that
     holds an MoE layer (``_stages_with_moe``), 0 elsewhere and for the other dispatchers."""
+    if plan.ep_dispatcher != "flex":
+        return None, _no_buffers(plan.pp)  # (plan_flex_buffers' first test: most of the search's estimates)
+    memo = ACTIVATION_MEMO.get()
+    shared = memo.get(_SHARED) if memo is not None else None
+    device = shared.get(_DEVICE) if shared is not None else None
+    if device is None or device[0] is not cluster:
+        return _flex_buffers_by_stage(model, cluster, job, plan)
+    key = _FLEX_FIELDS(plan)  # (within a search: by the fields they read, for the cluster they are for)
+    hit = device[4].get(key)
+    if hit is None:
+        hit = device[4][key] = _flex_buffers_by_stage(model, cluster, job, plan)
+    return hit
+
+
+def _flex_buffers_by_stage(model: ModelSpec, cluster: ClusterSpec, job: JobSpec,
+                           plan: Plan) -> tuple[FlexBuffers | None, tuple[float, ...]]:
+    """``_stage_flex_buffers`` worked out."""
     buffers = plan_flex_buffers(model, cluster, job, plan)
     if buffers is None:
-        return None, (0.0,) * plan.pp
+        return None, _no_buffers(plan.pp)
     return buffers, tuple(buffers.total_bytes if holds else 0.0
                           for holds in _stages_with_moe(model, plan.pp, plan.vpp, plan.pipeline_layers))
+
+
+@lru_cache(maxsize=256)
+def _no_buffers(pp: int) -> tuple[float, ...]:
+    """No dispatcher buffers on any of ``pp`` pipeline ranks."""
+    return (0.0,) * pp
 
 
 @lru_cache(maxsize=1024)
@@ -885,10 +954,26 @@ def _stage_memory(stage: int, num_layers: int, params: int, weights: float, grad
     host = optim * offload
     optim -= host
     allocated = weights + grads + optim + act
-    return StageMemory(stage=stage, num_layers=num_layers, params=params, weights_bytes=weights, grads_bytes=grads,
-                       optimizer_bytes=optim, activations_bytes=act, fragmentation_bytes=allocated * rt.fragmentation,
-                       context_bytes=context, host_optimizer_bytes=host, inflight_microbatches=inflight,
-                       ep_buffer_bytes=ep_buffers)
+    return _new_stage_memory(stage, num_layers, params, weights, grads, optim, act, allocated * rt.fragmentation,
+                             context, host, inflight, ep_buffers)
+
+
+def _stage_memory_builder() -> Any:
+    """A function that builds a ``StageMemory`` from its fields in declaration order, through their slot
+    descriptors (as ``specs.plan.replace_unchecked``): the dataclass's ``__init__`` (keyword arguments, a frozen
+    ``object.__setattr__`` per field) was most of a report's cost, and the search builds one per stage of every
+    option it keeps. It has no checks to skip; the object is the same (``==``, ``hash``)."""
+    names = [f for f in StageMemory.__dataclass_fields__]
+    lines = [f"def build({', '.join(names)}):", "    new = new_object(StageMemory)"]
+    lines += [f"    set_{name}(new, {name})" for name in names]
+    lines.append("    return new")
+    scope: dict[str, Any] = {"new_object": object.__new__, "StageMemory": StageMemory}
+    scope.update({f"set_{name}": StageMemory.__dict__[name].__set__ for name in names})
+    exec("\n".join(lines), scope)  # noqa: S102 - generated from the dataclass's own field names
+    return scope["build"]
+
+
+_new_stage_memory = _stage_memory_builder()
 
 
 def _report(stages: list[StageMemory], cluster: ClusterSpec, plan: Plan, rt: Runtime,

@@ -46,6 +46,7 @@ from configurator.profiles import GIB
 from configurator.recompute import MEGATRON_RUNTIMES, selective_module_ladder
 from configurator.search.knobs import dispatcher_choices
 from configurator.search.space import SearchContext, framework_shardings, hsdp_shard_group
+from configurator.specs.model import ModelSpec
 from configurator.specs.plan import Plan, plan_violations
 from configurator.specs.plan import replace_unchecked as replace  # derived from checked plans
 
@@ -127,10 +128,18 @@ def _probe(ctx: SearchContext, plan: Plan) -> MemoryTotals:
     if hit is None:
         if len(memo) >= MEMO_LIMIT:
             memo.clear()  # bounded: its hits are within one structure's resolution (the key is the whole plan)
-        base = memo.get(replace(plan, offload=0.0)) if plan.offload else None
-        # An offloaded form of a plan estimated without offload: only the optimizer states move (same parts).
-        parts = base.parts if base is not None else memory_parts(ctx.model, ctx.cluster, ctx.job, plan,
-                                                                 runtime=ctx.runtime)
+        if plan.offload:
+            # An offloaded form of a plan estimated without offload: only the optimizer states move (same parts).
+            # Where that plan is not estimated yet, its totals are kept too: the resolution asks for it next (the
+            # quick exit's frugal forms are the ladder's last plans offloaded).
+            unloaded = replace(plan, offload=0.0)
+            base = memo.get(unloaded)
+            if base is None:
+                base = memo[unloaded] = memory_parts(ctx.model, ctx.cluster, ctx.job, plan,
+                                                     runtime=ctx.runtime).totals(0.0)
+            parts = base.parts
+        else:
+            parts = memory_parts(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
         hit = memo[plan] = parts.totals(plan.offload)
     return hit
 
@@ -397,13 +406,20 @@ def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) ->
     list that fits is found by bisection (about 3 estimates instead of up to 5); otherwise one estimate under
     the union of all the lists (which keeps the least) rules the structure out when that does not fit, before
     the scan. ``tests/test_search_speed.py`` checks both claims and compares the answer with a plain scan."""
-    ladder = tuple(selective_module_ladder(ctx.model, ctx.job.precision)[1:])
+    ladder = _module_lists(ctx.model, ctx.job.precision)
     if not ladder:
         return None
-    plans = [replace(selective, recompute="selective", recompute_num_layers=0, recompute_modules=m) for m in ladder]
+    plans: list[Plan | None] = [None] * len(ladder)  # (built as the search reaches them)
+
+    def plan(i: int) -> Plan:
+        p = plans[i]
+        if p is None:
+            p = plans[i] = replace(selective, recompute="selective", recompute_num_layers=0,
+                                   recompute_modules=ladder[i])
+        return p
 
     def fits(i: int) -> MemoryTotals | None:
-        mem = _probe(ctx, plans[i])
+        mem = _probe(ctx, plan(i))
         return mem if mem.fits and _fits_device(mem, margin) else None
 
     if _nested(ladder):
@@ -423,13 +439,20 @@ def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) ->
             return None
         candidates = range(len(plans))
     for i in candidates:
-        if plan_violations(ctx.model, ctx.job, plans[i]):
+        if plan_violations(ctx.model, ctx.job, plan(i)):
             continue  # e.g. fp8 delayed scaling cannot recompute moe_act/layernorm
         mem = fits(i)
         if mem is not None:
-            return Option(plan=plans[i], memory=mem.report(),
-                          why=f"{plans[i].sharding}: selective recompute of {','.join(ladder[i])} fits")
+            return Option(plan=plan(i), memory=mem.report(),
+                          why=f"{selective.sharding}: selective recompute of {','.join(ladder[i])} fits")
     return None
+
+
+@lru_cache(maxsize=64)
+def _module_lists(model: ModelSpec, precision: str) -> tuple[tuple[str, ...], ...]:
+    """``selective_module_ladder`` past Megatron's default (the lists ``_least_modules`` tries), once per model
+    and precision."""
+    return tuple(selective_module_ladder(model, precision)[1:])
 
 
 @lru_cache(maxsize=64)

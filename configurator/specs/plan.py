@@ -251,10 +251,10 @@ def plan_violations(model: ModelSpec, job: JobSpec, plan: Plan, num_gpus: int | 
     if plan.sp and plan.tp == 1:
         out.append("sequence parallel needs tp > 1 (Megatron turns it off at tp=1)")
     # Pipeline: layers over pp x vpp.
-    layers = plan.stage_layers(model)
     if plan.pipeline_layers:
-        if sum(layers) != model.num_layers:
-            out.append(f"pipeline_layers {list(plan.pipeline_layers)} sum to {sum(layers)}, "
+        layers = sum(plan.pipeline_layers)  # (every stage's layers: the split's integers, summed)
+        if layers != model.num_layers:
+            out.append(f"pipeline_layers {list(plan.pipeline_layers)} sum to {layers}, "
                        f"not num_layers={model.num_layers}")
     elif model.num_layers % (plan.pp * plan.vpp):
         out.append(f"num_layers={model.num_layers} must divide evenly over pp*vpp = "
@@ -310,8 +310,7 @@ def plan_violations(model: ModelSpec, job: JobSpec, plan: Plan, num_gpus: int | 
     if plan.offload > 0 and plan.sharding == "none":
         out.append("optimizer offload needs a sharded optimizer (distopt or ZeRO; Megatron: "
                    "--optimizer-cpu-offload requires --use-distributed-optimizer)")
-    chunk = max(plan.virtual_stage_layers(model))
-    if plan.recompute_num_layers and plan.recompute_num_layers > chunk:
+    if plan.recompute_num_layers and plan.recompute_num_layers > (chunk := max(plan.virtual_stage_layers(model))):
         out.append(f"recompute_num_layers={plan.recompute_num_layers} exceeds the "
                    f"{chunk} layers of a pipeline chunk")
     return out
