@@ -124,6 +124,22 @@ def _grid_sizes(plan: Plan, expert: bool) -> tuple[int, int, int, int]:
     return plan.pp, edp, plan.ep, plan.etp
 
 
+def group_first_ranks(plan: Plan, kind: str, rows: np.ndarray) -> np.ndarray:
+    """``groups(plan, kind)[rows, 0]``: each row's first rank (every other member is it plus the same offsets,
+    ``group_rows``), from the row index's digits over the grid's outer axes."""
+    if kind not in _GROUP_AXES:
+        raise ValueError(f"unknown group kind {kind!r}")
+    expert, order, n_group = _GROUP_AXES[kind]
+    sizes = _grid_sizes(plan, expert)
+    strides = (sizes[1] * sizes[2] * sizes[3], sizes[2] * sizes[3], sizes[3], 1)
+    base = np.zeros(len(rows), dtype=np.int64)
+    rest = np.asarray(rows, dtype=np.int64)
+    for axis in reversed(order[:-n_group]):  # the last outer axis varies fastest
+        base += (rest % sizes[axis]) * strides[axis]
+        rest = rest // sizes[axis]
+    return base
+
+
 def group_rows(plan: Plan, kind: str, rows: np.ndarray) -> np.ndarray:
     """``groups(plan, kind)[rows]`` worked out arithmetically for only those rows: O(len(rows) x group size)
     instead of O(world size) (a search at 131,072 GPUs asks for a few sampled rows of thousands of groups,
@@ -134,16 +150,12 @@ def group_rows(plan: Plan, kind: str, rows: np.ndarray) -> np.ndarray:
     expert, order, n_group = _GROUP_AXES[kind]
     sizes = _grid_sizes(plan, expert)
     strides = (sizes[1] * sizes[2] * sizes[3], sizes[2] * sizes[3], sizes[3], 1)
-    outer, inner = order[:-n_group], order[-n_group:]
-    base = np.zeros(len(rows), dtype=np.int64)
-    rest = np.asarray(rows, dtype=np.int64)
-    for axis in reversed(outer):  # the last outer axis varies fastest
-        base += (rest % sizes[axis]) * strides[axis]
-        rest = rest // sizes[axis]
+    inner = order[-n_group:]
+    base = group_first_ranks(plan, kind, rows)
     offsets = np.zeros(1, dtype=np.int64)
     for axis in inner:  # C order over the group's axes: the last varies fastest
         offsets = (offsets[:, None] + np.arange(sizes[axis], dtype=np.int64)[None, :] * strides[axis]).reshape(-1)
     return base[:, None] + offsets[None, :]
 
 
-__all__ = ["GROUP_KINDS", "Placement", "group_count", "group_rows", "groups", "rank_grid"]
+__all__ = ["GROUP_KINDS", "Placement", "group_count", "group_first_ranks", "group_rows", "groups", "rank_grid"]
