@@ -12,6 +12,7 @@ them with static node ranks and ``CUDA_VISIBLE_DEVICES``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,4 +101,61 @@ def groups(plan: Plan, kind: str) -> np.ndarray:
     raise ValueError(f"unknown group kind {kind!r}")
 
 
-__all__ = ["GROUP_KINDS", "Placement", "groups", "rank_grid"]
+_GROUP_AXES: dict[str, tuple[bool, tuple[int, ...], int]] = {
+    # kind: (expert grid?, the grid's axes in row order (outer axes first, then the group's), group axes)
+    "tp": (False, (0, 1, 2, 3), 1), "cp": (False, (0, 1, 3, 2), 1), "dp": (False, (0, 2, 3, 1), 1),
+    "dp_cp": (False, (0, 3, 1, 2), 2), "pp": (False, (1, 2, 3, 0), 1),
+    "etp": (True, (0, 1, 2, 3), 1), "ep": (True, (0, 1, 3, 2), 1), "edp": (True, (0, 2, 3, 1), 1),
+}
+"""``groups``' transposes as data, for ``group_rows``."""
+
+
+def group_count(plan: Plan, kind: str) -> int:
+    """Rows of ``groups(plan, kind)`` (groups of that kind), without building them."""
+    expert, order, n_group = _GROUP_AXES[kind]
+    sizes = _grid_sizes(plan, expert)
+    return plan.world_size // math.prod(sizes[a] for a in order[-n_group:])
+
+
+def _grid_sizes(plan: Plan, expert: bool) -> tuple[int, int, int, int]:
+    if not expert:
+        return plan.pp, plan.dp, plan.cp, plan.tp
+    edp = plan.tp * plan.cp * plan.dp // (plan.ep * plan.etp)
+    return plan.pp, edp, plan.ep, plan.etp
+
+
+def group_first_ranks(plan: Plan, kind: str, rows: np.ndarray) -> np.ndarray:
+    """``groups(plan, kind)[rows, 0]``: each row's first rank (every other member is it plus the same offsets,
+    ``group_rows``), from the row index's digits over the grid's outer axes."""
+    if kind not in _GROUP_AXES:
+        raise ValueError(f"unknown group kind {kind!r}")
+    expert, order, n_group = _GROUP_AXES[kind]
+    sizes = _grid_sizes(plan, expert)
+    strides = (sizes[1] * sizes[2] * sizes[3], sizes[2] * sizes[3], sizes[3], 1)
+    base = np.zeros(len(rows), dtype=np.int64)
+    rest = np.asarray(rows, dtype=np.int64)
+    for axis in reversed(order[:-n_group]):  # the last outer axis varies fastest
+        base += (rest % sizes[axis]) * strides[axis]
+        rest = rest // sizes[axis]
+    return base
+
+
+def group_rows(plan: Plan, kind: str, rows: np.ndarray) -> np.ndarray:
+    """``groups(plan, kind)[rows]`` worked out arithmetically for only those rows: O(len(rows) x group size)
+    instead of O(world size) (a search at 131,072 GPUs asks for a few sampled rows of thousands of groups,
+    ``cost/comm.py``). A rank is the dot product of its grid index with the grid's strides (C order), so row
+    ``j`` is the base rank of ``j``'s index over the outer axes plus the offsets of the group's axes."""
+    if kind not in _GROUP_AXES:
+        raise ValueError(f"unknown group kind {kind!r}")
+    expert, order, n_group = _GROUP_AXES[kind]
+    sizes = _grid_sizes(plan, expert)
+    strides = (sizes[1] * sizes[2] * sizes[3], sizes[2] * sizes[3], sizes[3], 1)
+    inner = order[-n_group:]
+    base = group_first_ranks(plan, kind, rows)
+    offsets = np.zeros(1, dtype=np.int64)
+    for axis in inner:  # C order over the group's axes: the last varies fastest
+        offsets = (offsets[:, None] + np.arange(sizes[axis], dtype=np.int64)[None, :] * strides[axis]).reshape(-1)
+    return base[:, None] + offsets[None, :]
+
+
+__all__ = ["GROUP_KINDS", "Placement", "group_count", "group_first_ranks", "group_rows", "groups", "rank_grid"]

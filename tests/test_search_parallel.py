@@ -43,8 +43,8 @@ def test_blocks_keep_each_family_together_and_cover_every_structure() -> None:
     blocks = [block_of(p, 2) for p in plans]
     assert set(blocks) == {0, 1}
     family = {}
-    for p, b in zip(plans, blocks):  # same layer key (tp, cp, ep, etp, micro-batch, switches): same block
-        key = (p.tp, p.cp, p.ep, p.etp, p.micro_batch)
+    for p, b in zip(plans, blocks):  # same degrees (tp, cp, ep, etp): same block, so every family too
+        key = (p.tp, p.cp, p.ep, p.etp)
         assert family.setdefault(key, b) == b
 
 

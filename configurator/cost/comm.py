@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from configurator.placement import Placement, groups
+from configurator.placement import Placement, group_count, group_first_ranks, group_rows, groups
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.plan import Plan
 
@@ -190,8 +190,19 @@ class CommModel:
         if hit is not None and hit[0] is self.cluster.node_links:
             self._shapes[kind] = hit[1]
             return hit[1]
-        rows = self.gpu[groups(self.plan, kind)]
-        if not measured and len(rows) > SAMPLED_GROUPS:
+        if not measured and self.placement is None:
+            # Megatron's order on consecutive GPUs (rank r on GPU r): only the sampled rows, worked out
+            # arithmetically (``group_rows``), the same rows as below without an O(GPUs) array per plan.
+            n_rows = group_count(plan, kind)
+            pick = np.unique(np.linspace(0, n_rows - 1, SAMPLED_GROUPS).astype(int)) if n_rows > SAMPLED_GROUPS \
+                else np.arange(n_rows)
+            # Rows whose first ranks lie at the same place in an NVLink domain spread over domains alike (every
+            # member is the first rank plus the same offsets): one of each, the first, keeps the shapes' order.
+            _, first = np.unique(group_first_ranks(plan, kind, pick) % self.domain_size, return_index=True)
+            rows = group_rows(plan, kind, pick[np.sort(first)])
+        else:
+            rows = self.gpu[groups(self.plan, kind)]
+        if not measured and self.placement is not None and len(rows) > SAMPLED_GROUPS:
             # Homogeneous links: groups differ only in how they spread over NVLink domains, and with
             # Megatron's strided groups that pattern repeats; an even sample of groups (first and last
             # included) finds every pattern without sorting tens of thousands of rows.

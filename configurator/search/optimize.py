@@ -361,8 +361,8 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
                     dict(infeasible), smallest[0], budget.hit, time.process_time() - cpu)
 
         say(0.5, f"searching in {blocks} processes")
-        top, evaluated, notes = _TopK(top_k), 0, [f"exhaustive in {blocks} processes: blocks of structures by layer "
-                                                    f"key, sharing the {top_k}-th best step found, merged exactly"]
+        top, evaluated, notes = _TopK(top_k), 0, [f"exhaustive in {blocks} processes: blocks of structures by "
+                                                    f"degrees, sharing the {top_k}-th best step found, merged exactly"]
         n_resolved = n_feasible = n_options = 0
         for i, (ranked_i, ev, notes_i, res_i, feas_i, opts_i, inf_i, small_i, hit_i, cpu_i) in \
                 enumerate(run_blocks(blocks, run)):

@@ -202,13 +202,20 @@ AXES: tuple[Axis, ...] = (
 _DEFAULT_PLAN = Plan()
 
 
-def structure_plan(ctx: SearchContext, values: dict[str, Any]) -> Plan:
-    """The plan of one point of the space (no recompute, no offload yet)."""
+def structure_plan(ctx: SearchContext, values: dict[str, Any],
+                   layouts: dict[tuple[int, int], tuple[int, ...]] | None = None) -> Plan:
+    """The plan of one point of the space (no recompute, no offload yet). ``layouts``: a cache of
+    ``balanced_layout`` by (pp, vpp) that the enumeration keeps (the same few splits for thousands of points)."""
     tp, cp, pp, vpp = values["tp"], values["cp"], values["pp"], values["vpp"]
     dp = ctx.num_gpus // (tp * cp * pp)
     layout: tuple[int, ...] = ()
     if ctx.model.num_layers % (pp * vpp):
-        layout = balanced_layout(ctx.model.num_layers, pp, vpp)
+        if layouts is None:
+            layout = balanced_layout(ctx.model.num_layers, pp, vpp)
+        else:
+            layout = layouts.get((pp, vpp))  # type: ignore[assignment]
+            if layout is None:
+                layout = layouts[(pp, vpp)] = balanced_layout(ctx.model.num_layers, pp, vpp)
     # Degrees from the axes' own value lists (positive ints) and a sharding from SHARDINGS: Plan's checks
     # cannot fail, and skipping them matters at 20,000 structures; legality is ``plan_violations``'s.
     return replace_unchecked(_DEFAULT_PLAN, tp=tp, cp=cp, pp=pp, vpp=vpp, dp=dp, ep=values["ep"], etp=values["etp"],
@@ -218,15 +225,23 @@ def structure_plan(ctx: SearchContext, values: dict[str, Any]) -> Plan:
                              cp_comm="all_gather" if ctx.framework == "torchtitan" and cp > 1 else None)
 
 
-def _head_aware_variant(ctx: SearchContext, plan: Plan) -> Plan | None:
+def _head_aware_variant(ctx: SearchContext, plan: Plan,
+                        alternatives: dict[tuple, tuple[int, ...]] | None = None) -> Plan | None:
     """The pipelined structure with the embedding/loss-aware split (``configurator/layouts.py``) as a
     second candidate where it differs from the default split; Megatron only (the emitted
-    ``--pipeline-model-parallel-layout``), and only if still legal."""
+    ``--pipeline-model-parallel-layout``), and only if still legal. ``alternatives``: a cache of the split by
+    (pp, vpp, default split), which is all it depends on for one search's model and job."""
     if plan.pp < 2 or ctx.framework != "megatron":
         return None
     from configurator.layouts import alternative_layout
 
-    layout = alternative_layout(ctx.model, ctx.job, plan)
+    if alternatives is None:
+        layout = alternative_layout(ctx.model, ctx.job, plan)
+    else:
+        key = (plan.pp, plan.vpp, plan.pipeline_layers)
+        layout = alternatives.get(key)  # type: ignore[assignment]
+        if layout is None:
+            layout = alternatives[key] = alternative_layout(ctx.model, ctx.job, plan)
     if not layout:
         return None
     variant = replace_unchecked(plan, pipeline_layers=layout)
@@ -236,27 +251,36 @@ def _head_aware_variant(ctx: SearchContext, plan: Plan) -> Plan | None:
 def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iterator[Plan]:
     """Every legal structure of the space; illegal ones are counted by their first reason."""
     stats = stats if stats is not None else SpaceStats()
+    model, job, num_gpus = ctx.model, ctx.job, ctx.num_gpus
+    last = len(AXES) - 1
+    layouts: dict[tuple[int, int], tuple[int, ...]] = {}
+    alternatives: dict[tuple, tuple[int, ...]] = {}
+    reasons_seen: dict[str, str] = {}
 
     def walk(i: int, chosen: dict[str, Any]) -> Iterator[Plan]:
-        if i == len(AXES):
+        axis = AXES[i]
+        for value in axis.values(ctx, chosen, stats):
+            chosen[axis.name] = value
+            if i < last:
+                yield from walk(i + 1, chosen)
+                continue
+            # A point of the space: the structure, if legal, and its head-aware split (``_head_aware_variant``).
             stats.generated += 1
-            plan = structure_plan(ctx, chosen)
-            reasons = plan_violations(ctx.model, ctx.job, plan, ctx.num_gpus)
+            plan = structure_plan(ctx, chosen, layouts)
+            reasons = plan_violations(model, job, plan, num_gpus)
             if reasons:
-                stats.pruned[re.sub(r"\d+", "N", reasons[0])] += 1
-                return
+                reason = reasons_seen.get(reasons[0])
+                if reason is None:
+                    reason = reasons_seen[reasons[0]] = re.sub(r"\d+", "N", reasons[0])
+                stats.pruned[reason] += 1
+                continue
             stats.legal += 1
             yield plan
-            alternative = _head_aware_variant(ctx, plan)
+            alternative = _head_aware_variant(ctx, plan, alternatives)
             if alternative is not None:
                 stats.generated += 1
                 stats.legal += 1
                 yield alternative
-            return
-        axis = AXES[i]
-        for value in axis.values(ctx, chosen, stats):
-            chosen[axis.name] = value
-            yield from walk(i + 1, chosen)
         chosen.pop(axis.name, None)
 
     yield from walk(0, {})

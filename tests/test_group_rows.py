@@ -1,0 +1,75 @@
+"""``placement.group_rows``: the sampled rows of a group kind worked out arithmetically are exactly the rows of
+``groups`` (the O(world size) array the default placement's group shapes no longer build), and the shapes a
+communication model derives from them are those of the full array."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from configurator import load_cluster
+from configurator.cost.comm import SAMPLED_GROUPS, CommModel, LinkEfficiency
+from configurator.placement import GROUP_KINDS, Placement, group_count, group_first_ranks, group_rows, groups
+from configurator.specs.plan import Plan
+
+
+def _plans():
+    for tp, cp, dp, pp, ep, etp in itertools.product((1, 2, 4), (1, 2), (1, 3, 8), (1, 2, 3), (1, 2, 4), (1, 2)):
+        if (tp * cp * dp) % (ep * etp) == 0:
+            yield Plan(tp=tp, cp=cp, dp=dp, pp=pp, ep=ep, etp=etp)
+
+
+@pytest.mark.parametrize("kind", GROUP_KINDS)
+def test_group_rows_are_the_rows_of_groups(kind):
+    for plan in _plans():
+        full = groups(plan, kind)
+        assert group_count(plan, kind) == len(full)
+        every = np.arange(len(full))
+        assert np.array_equal(group_rows(plan, kind, every), full)
+        some = every[1::3]
+        assert np.array_equal(group_rows(plan, kind, some), full[some])
+
+
+def test_default_placement_shapes_equal_the_full_arrays_shapes():
+    """At 4,096 GPUs (more groups than ``SAMPLED_GROUPS``), the arithmetic rows give the shapes the identity
+    placement (same ranks, built through the per-rank GPU array) gives."""
+    cluster = load_cluster("dgx-h100", num_gpus=4096)
+    identity = Placement(node_order=tuple(range(cluster.num_nodes)), gpu_order=())
+    eff = LinkEfficiency(nvlink=1.0, scale_out=1.0)
+    for plan in (Plan(tp=2, cp=2, dp=256, pp=4, ep=8, etp=1), Plan(tp=8, cp=1, dp=64, pp=8, ep=16, etp=2),
+                 Plan(tp=1, cp=4, dp=128, pp=8, ep=4, etp=1)):
+        for kind in GROUP_KINDS:
+            assert group_count(plan, kind) > SAMPLED_GROUPS or kind in ("pp", "dp", "dp_cp", "edp")
+            fast = CommModel(cluster, plan, None, eff).shapes(kind)
+            slow = CommModel(cluster, plan, identity, eff).shapes(kind)
+            assert sorted(map(repr, fast)) == sorted(map(repr, slow)), (plan, kind)
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="unknown group kind"):
+        group_rows(Plan(), "xp", np.arange(1))
+
+
+def test_group_first_ranks_are_the_rows_first_ranks():
+    for plan in _plans():
+        for kind in GROUP_KINDS:
+            full = groups(plan, kind)
+            rows = np.arange(len(full))
+            assert np.array_equal(group_first_ranks(plan, kind, rows), full[:, 0])
+
+
+def test_default_placement_shapes_keep_their_order():
+    """The distinct shapes come in the order of their first sampled group, as from the full array (a shape list's
+    order reaches ``max`` over the shapes only through ties, but it is kept the same anyway)."""
+    cluster = load_cluster("dgx-h100", num_gpus=1536)
+    identity = Placement(node_order=tuple(range(cluster.num_nodes)), gpu_order=())
+    eff = LinkEfficiency(nvlink=1.0, scale_out=1.0)
+    seen_several = 0
+    for plan in (Plan(tp=2, cp=1, dp=96, pp=8, ep=4, etp=1), Plan(tp=1, cp=3, dp=64, pp=8, ep=8, etp=1),
+                 Plan(tp=4, cp=1, dp=3, pp=128, ep=4, etp=1), Plan(tp=1, cp=1, dp=12, pp=128, ep=4, etp=3)):
+        for kind in GROUP_KINDS:
+            fast = CommModel(cluster, plan, None, eff).shapes(kind)
+            slow = CommModel(cluster, plan, identity, eff).shapes(kind)
+            assert list(map(repr, fast)) == list(map(repr, slow)), (plan, kind)
+            seen_several += len(fast) > 1
+    assert seen_several  # some group kind spreads over the domains in more than one way
