@@ -124,9 +124,9 @@ def test_a_familys_lazy_bound_is_below_its_shared_bound(ctx: SearchContext) -> N
 
 
 def test_a_familys_lazy_bound_is_below_every_members_step() -> None:
-    """Mixtral-8x7B on 16 H100 (EP up to 8, pipelines with and without VPP): every family's lazy bound is below the
-    step model's own bound (``knob_lower_bound`` of each prepared member) and the evaluated step of its
-    least-bounded member under every knob variant."""
+    """Mixtral-8x7B on 16 H100 (EP up to 8, pipelines with and without VPP): a sample of families' lazy bounds are
+    below the step model's own bound (``knob_lower_bound``) of sampled members, prepared, and the evaluated step of
+    the least-bounded of them under every knob variant."""
     ctx = ctx_for("mixtral-8x7b", "dgx-h100", 16, 128, 4096)
     bounds = StructureBounds(ctx, CONSTANTS)
     families: dict[tuple, list[Plan]] = {}
@@ -135,10 +135,12 @@ def test_a_familys_lazy_bound_is_below_every_members_step() -> None:
         if key is not None and plan.ep > 1:
             families.setdefault(key, []).append(plan)
     assert len(families) >= 8
-    for members in families.values():
+    rng = random.Random(4)
+    for key in rng.sample(sorted(families, key=repr), 6):
+        members = families[key]
         lazy = bounds.lazy_family_bound(members)
         steps = []
-        for p in members:
+        for p in rng.sample(members, min(4, len(members))):
             inputs = prepare(ctx.model, ctx.cluster, ctx.job, p, runtime=ctx.runtime)
             assert lazy < knob_lower_bound(inputs, CONSTANTS), p.describe()
             steps.append(inputs)
