@@ -119,3 +119,21 @@ def test_dense_layers_embedding_and_head_are_timed_once_for_every_ep_knob_settin
     # ... and the dense layer's time is the same whatever the EP knobs (no EP traffic in it).
     fresh = StructureBounds(ctx, CONSTANTS)
     assert fresh._times(replace_unchecked(plan, ep_overlap=False)).dense_s == bounds._times(plan).dense_s
+
+
+def test_dense_layers_embedding_and_head_are_timed_once_for_every_ep_degree() -> None:
+    """Work without EP traffic does not depend on ep or etp (the TP and CP groups are the same partitions of the
+    ranks whatever they are): a second EP degree of the same layer key adds only the MoE layer's timing (1), and
+    its dense layer and head are bit-for-bit those a fresh timing of it gives."""
+    ctx = SearchContext(model=load_model("deepseek-v3"), cluster=load_cluster("h800-ib", num_gpus=256),
+                        job=JobSpec(global_batch=1024, seq_len=4096))
+    bounds = StructureBounds(ctx, CONSTANTS)
+    plan = Plan(tp=2, pp=8, vpp=2, dp=16, ep=16, micro_batch=1, sp=True, ep_overlap=True, ep_dispatcher="alltoall")
+    bounds._times(plan)
+    assert bounds.stage_timings == 5
+    other = replace_unchecked(plan, ep=8, etp=2)
+    shared = bounds._times(other)
+    assert bounds.stage_timings == 6
+    fresh = StructureBounds(ctx, CONSTANTS)._times(other)
+    assert (shared.dense_s, shared.embedding_s, shared.head_s, shared.moe_s) == \
+        (fresh.dense_s, fresh.embedding_s, fresh.head_s, fresh.moe_s)

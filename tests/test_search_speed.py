@@ -21,7 +21,7 @@ from configurator import JobSpec, load_cluster, load_model
 from configurator.bench import load_scenarios
 from configurator.cost.comm import SHAPE_CACHE
 from configurator.cost.constants import load_calibration
-from configurator.cost.step import prepare
+from configurator.cost.step import evaluate, prepare
 from configurator.search.bound import StructureBounds
 from configurator.search.knobs import knob_lower_bound, knob_variants, optimistic_plans
 from configurator.search.optimize import search
@@ -99,6 +99,55 @@ def test_a_familys_shared_bound_is_below_each_members_bound(ctx: SearchContext) 
         own = [bounds.bound(p) for p in members]
         assert shared < min(own), members[0].describe()
         assert shared > 0.3 * min(own)  # a useful bound, not a trivial one
+
+
+@pytest.mark.parametrize("ctx", [ctx_for("mixtral-8x7b", "dgx-h100", 64, 256, 4096),
+                                 ctx_for("deepseek-v3", "h800-ib", 256, 1024, 4096, runtime="nemo")],
+                         ids=["mixtral", "deepseek-v3-nemo"])
+def test_a_familys_lazy_bound_is_below_its_shared_bound(ctx: SearchContext) -> None:
+    """The search queues a family under ``lazy_family_bound`` (the EP all-to-all overlapped at share 1 for every
+    knob variant) and works out ``family_bound`` only at the front: the lazy one must never exceed it (nor so any
+    member's bound), and must be close enough to rule families out."""
+    bounds = StructureBounds(ctx, CONSTANTS)
+    families: dict[tuple, list[Plan]] = {}
+    for plan in enumerate_plans(ctx):
+        key = bounds.family_key(plan)
+        if key is not None:
+            families.setdefault(key, []).append(plan)
+    ratios = []
+    for key in random.Random(3).sample(sorted(families, key=repr), 40):
+        members = families[key]
+        lazy, shared = bounds.lazy_family_bound(members), bounds.family_bound(members)
+        assert lazy < shared, members[0].describe()
+        ratios.append(lazy / shared)
+    assert sorted(ratios)[len(ratios) // 2] > 0.8  # a useful bound: the overlap changes a part of the EP traffic
+
+
+def test_a_familys_lazy_bound_is_below_every_members_step() -> None:
+    """Mixtral-8x7B on 16 H100 (EP up to 8, pipelines with and without VPP): a sample of families' lazy bounds are
+    below the step model's own bound (``knob_lower_bound``) of sampled members, prepared, and the evaluated step of
+    the least-bounded of them under every knob variant."""
+    ctx = ctx_for("mixtral-8x7b", "dgx-h100", 16, 128, 4096)
+    bounds = StructureBounds(ctx, CONSTANTS)
+    families: dict[tuple, list[Plan]] = {}
+    for plan in enumerate_plans(ctx):
+        key = bounds.family_key(plan)
+        if key is not None and plan.ep > 1:
+            families.setdefault(key, []).append(plan)
+    assert len(families) >= 8
+    rng = random.Random(4)
+    for key in rng.sample(sorted(families, key=repr), 6):
+        members = families[key]
+        lazy = bounds.lazy_family_bound(members)
+        steps = []
+        for p in rng.sample(members, min(4, len(members))):
+            inputs = prepare(ctx.model, ctx.cluster, ctx.job, p, runtime=ctx.runtime)
+            assert lazy < knob_lower_bound(inputs, CONSTANTS), p.describe()
+            steps.append(inputs)
+        least = min(steps, key=lambda i: knob_lower_bound(i, CONSTANTS))
+        for variant in knob_variants(least.plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe,
+                                     ctx.cluster):
+            assert lazy < evaluate(dc_replace(least, plan=variant, _rates={}, _schedules={}), CONSTANTS).step_s
 
 
 @pytest.mark.parametrize("ctx", [ctx_for("mixtral-8x7b", "dgx-h100", 64, 256, 4096),

@@ -61,6 +61,14 @@ _NONLAYER_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp",
 """What the embedding's, head's and MTP projection's times depend on where they move no EP traffic (``_base_of``
 checks): ``_stage_times`` reads the EP knobs only through a work's all-to-all, expert-TP and expert-GEMM terms,
 each 0 without EP traffic (and 0 x anything finite adds exactly 0), and the recompute only for layers."""
+_EP_FREE_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload", "ep",
+                                                                    "etp", *_RECOMPUTE_FIELDS, *_EP_KNOB_FIELDS)))
+"""``_NONLAYER_FIELDS`` without the EP degrees: work that moves no EP traffic (``_base_of``'s ``ep_free``) does not
+depend on them either. Its works read the degrees of its own groups only, and the TP and CP groups are the same
+partitions of the ranks whatever ep and etp are (experts are laid out ``etp-ep-edp`` over the dense ranks; dp is
+the same for every ep), so their links are too; ``_stage_times`` reads ep only in the MoE terms (all-to-all,
+dispatcher syncs, expert GEMMs), 0 for such work. So the EP variants of a family share these times (most of a MoE
+space's families differ only in ep and etp). ``tests/test_bound*.py`` check them against the step model."""
 _DENSE_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload",
                                                                   *_EP_KNOB_FIELDS)))
 """What a dense layer's time depends on where it moves no EP traffic: the layer key without the EP knobs (nor
@@ -209,7 +217,7 @@ class StructureBounds:
         # chunk size) swapped in place, not copied (a dataclass copy per timing was a tenth of the bounds).
         single.plan = flat
         layer_stages = single.stages
-        nonlayer_key = _NONLAYER_FIELDS(plan) if ep_free else _PREPARED_FIELDS(plan)
+        nonlayer_key = _EP_FREE_FIELDS(plan) if ep_free else _PREPARED_FIELDS(plan)
         nonlayer = self._nonlayer.get(nonlayer_key)
         if nonlayer is None:
             nonlayer = []
@@ -226,7 +234,9 @@ class StructureBounds:
             for v in range(n_layer_entries):
                 dense_key = None
                 if ep_free and not layer_stages[v].works[0][2]:
-                    dense_key = (_NONLAYER_FIELDS(plan), "partial", share) if partial else (_DENSE_FIELDS(plan),)
+                    dense_key = ((_EP_FREE_FIELDS(plan), "partial", share) if partial
+                                 else (_EP_FREE_FIELDS(plan), plan.recompute, plan.recompute_num_layers,
+                                       plan.recompute_modules))
                     t = self._dense.get(dense_key)
                     if t is not None:
                         totals.append(t)
@@ -398,6 +408,48 @@ class StructureBounds:
                 work = min(work, n_dense * t.dense_s + n_moe * t.moe_s + t.embedding_s + t.head_s)
         bound = rate * work + least_m * c["overhead.microbatch_s"] + c["overhead.step_s"]
         return bound * (1.0 - FAMILY_BOUND_SLACK)
+
+    def lazy_family_bound(self, members: list[Plan]) -> float:
+        """A lower bound of ``family_bound(members)`` that times about half as many MoE layers: every knob variant's
+        layer times with the EP all-to-all's overlap on at the paired share 1, where ``family_bound`` takes each
+        kind's own overlap (off where Megatron cannot overlap: ``ep_overlap_conflicts``) at the members' largest
+        share, interpolated between the times at 0 and 1 (``_share_times``). At share 1 with the overlap on the
+        MoE layer's time is the least over shares and overlap settings: ``_stage_times`` hides ``overlap.ep``
+        (<= 1) of the all-to-all x the share and charges the compute beside it ``slowdown`` (<= 1; the flex
+        dispatcher's too, capped at 1) of what it hides, the backward's repeats no more often than its exposed
+        part (``1 + re_frac`` against ``1 + re_frac + re_ep``), and nothing else reads the overlap or the share
+        (families have no per-micro-batch sharding). The share-0 / overlap-off times are what ``family_bound``
+        adds to this (half of a MoE family's stage timings), so the search queues a family under this bound and
+        works out ``family_bound`` only when it reaches the front (``_exhaustive``); lowered by another
+        ``FAMILY_BOUND_SLACK`` for the different rounding."""
+        ctx, c, job = self.ctx, self.c, self.ctx.job
+        rate = float("inf")
+        least_m = float("inf")
+        kinds: dict[bool, Plan] = {}
+        for p in members:
+            m = max(1, p.num_microbatches(job))
+            rate = min(rate, m / p.pp)
+            least_m = min(least_m, m)
+            kinds.setdefault(bool(ep_overlap_conflicts(p)), p)
+        n_moe = self._moe_prefix[-1]
+        n_dense = ctx.model.num_layers - n_moe
+        work = float("inf")
+        seen: set[Plan] = set()
+        for p in kinds.values():
+            for v in optimistic_plans(p, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe,
+                                      ctx.cluster):
+                v = self._settled(v)
+                if v.sharding == "zero2":
+                    v = replace_unchecked(v, sharding="distopt")  # as ``_arithmetic``
+                if v.ep > 1 and not v.ep_overlap:
+                    v = replace_unchecked(v, ep_overlap=True)
+                if v in seen:
+                    continue
+                seen.add(v)
+                t = self._times(v, 1, 1.0)
+                work = min(work, n_dense * t.dense_s + n_moe * t.moe_s + t.embedding_s + t.head_s)
+        bound = rate * work + least_m * c["overhead.microbatch_s"] + c["overhead.step_s"]
+        return bound * (1.0 - FAMILY_BOUND_SLACK) * (1.0 - FAMILY_BOUND_SLACK)
 
     def relaxed_bound(self, plan: Plan) -> float:
         """A lower bound of ``bound(plan)`` without a preparation, for a plan that needs one: the same plan

@@ -453,8 +453,9 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
             budget.hit = cut = True
         # Once the budget is spent a family goes in unbounded (after every bounded one, in enumeration
         # order); opened, its members are still bounded and taken best-first.
-        family_lb = _UNBOUNDED if cut else bounds.family_bound([p for _, p in members])
-        queue.append((family_lb, members[0][0], 4, members))
+        # First under ``lazy_family_bound`` (kind 7: half the MoE layer timings); ``family_bound`` only at the front.
+        family_lb = _UNBOUNDED if cut else bounds.lazy_family_bound([p for _, p in members])
+        queue.append((family_lb, members[0][0], 4 if cut else 7, members))
         unopened += len(members)
     heapq.heapify(queue)
     counter = itertools.count(n)
@@ -462,7 +463,7 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     evaluated = resolved = skipped = 0
     notes: list[str] = []
     while queue:
-        lb, _, kind, item = queue[0]
+        lb, index, kind, item = queue[0]
         if lb >= top.bound or shared is not None and lb >= shared.bound():
             kth = top.bound if shared is None else min(top.bound, shared.bound())
             notes.append(f"branch and bound: {len(queue) - 1 + unopened} structures/options left unexplored, their "
@@ -476,6 +477,14 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
                          f"resolutions, {len(queue) - 1 + unopened} structures/options unexplored")
             break
         heapq.heappop(queue)
+        if kind == 7:
+            # A family under its lazy bound at the front: its own (``family_bound``, at least as high) decides
+            # whether it waits or is opened now.
+            family_lb = bounds.family_bound([p for _, p in item])  # type: ignore[attr-defined]
+            if family_lb > lb:
+                heapq.heappush(queue, (family_lb, index, 4, item))
+                continue
+            kind = 4
         if kind == 4:
             unopened -= len(item)  # type: ignore[arg-type]
             for i, plan in item:  # type: ignore[attr-defined]
