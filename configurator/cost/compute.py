@@ -132,8 +132,8 @@ class GpuRates:
         The length factor is the per-row fixed cost (``attention.half_len``, fitted against the causal
         sequence length, i.e. twice a causal row's mean keys) over the keys a row computes:
         ``(keys + half_len / 2) / keys``; causal that is ``(s + half_len) / s`` as before, up to the half
-        diagonal tile. Without a sequence (context parallelism's ring blocks, hand-built works) the attended
-        keys stand: ``(kv_len + half_len) / kv_len``. ``windowed`` False: a pass that runs a windowed layer's
+        diagonal tile. Without a sequence (hand-built works) the attended keys stand:
+        ``(kv_len + half_len) / kv_len``. ``windowed`` False: a pass that runs a windowed layer's
         whole causal range of tiles (fp8 attention's backward, ``FP8_ATTENTION_BACKWARD``)."""
         if not (self.flash_architecture and work.attention_seq_len):
             kv_len = work.attention_kv_len

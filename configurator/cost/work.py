@@ -79,10 +79,11 @@ class LayerWork:
     """Kernels a model's unfused operations add to the layer's launches (cost/launch.py): (attention forward,
     attention backward, experts forward, experts backward); ``unfused_kernels``."""
     attention_seq_len: float = 0.0
-    """Tokens of the sequence the flash kernel tiles (``job.seq_len``; 0 under context parallelism, whose ring
-    splits the sequence into per-step blocks that ``attention_flops`` counts as they are): with
-    ``attention_window`` it lets ``GpuRates`` count the keys the kernel computes in whole tiles
-    (``computed_keys``)."""
+    """Tokens of the sequence the flash kernel tiles (``job.seq_len``; 0 = hand-built works, attended keys only):
+    with ``attention_window`` it lets ``GpuRates`` count the keys the kernel computes in whole tiles
+    (``computed_keys``). Context parallelism included: its ring (or gather, or head-split all-to-all) gives
+    each query row one diagonal block, computed in tiles as without CP, and full blocks below it, so a row
+    computes the same extra keys (half a diagonal tile; a window's edge tiles) as without CP."""
     attention_window: int = 0
     """Keys a windowed layer's query attends to (``ModelSpec.attention_window``); 0 = causal over the sequence."""
     etp_bytes: float = 0.0
@@ -378,8 +379,8 @@ def layer_work(model: ModelSpec, job: JobSpec, plan: Plan, index: int) -> LayerW
                      attn_batch=plan.micro_batch * heads, attn_q_len=job.seq_len / plan.cp, attn_d_qk=d_qk,
                      attn_d_v=d_v, expert_gemms=tuple(expert_gemms), pairs_per_expert=pairs_per_expert,
                      cp_a2a_bytes=t * (2 * (q_width + 2 * kv_width) + attn_out) * BF16 if plan.cp > 1 else 0.0,
-                     attention_seq_len=float(job.seq_len) if plan.cp == 1 else 0.0,
-                     attention_window=window if plan.cp == 1 and 0 < window < job.seq_len else 0,
+                     attention_seq_len=float(job.seq_len),
+                     attention_window=window if 0 < window < job.seq_len else 0,
                      extra_kernels=unfused_kernels(model, job, model.num_experts / plan.ep if moe else 0.0))
 
 
