@@ -29,7 +29,7 @@ from typing import Any
 
 from configurator.cost.constants import CostConstants
 from configurator.cost.gap import gap_line
-from configurator.cost.step import evaluate, prepare
+from configurator.cost.step import prepare
 from configurator.errors import InputError
 from configurator.margin import default_margin
 from configurator.memory import estimate_memory

@@ -10,7 +10,6 @@ beside the package (a source checkout or editable install), then ``<prefix>/shar
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
