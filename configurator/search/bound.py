@@ -384,30 +384,10 @@ class StructureBounds:
         The search takes families best-bound-first and bounds their members only when a family reaches
         the front, so the structures of families that cannot beat the k-th best are never bounded one by
         one (most of a large space); the order in which structures are taken is unchanged."""
-        ctx, c, job = self.ctx, self.c, self.ctx.job
-        rate = float("inf")
-        least_m = float("inf")
-        share = 0.0
-        kinds: dict[bool, Plan] = {}
-        for p in members:
-            m = max(1, p.num_microbatches(job))
-            rate = min(rate, m / p.pp)
-            least_m = min(least_m, m)
-            share = max(share, self.plan_share(p))
-            kinds.setdefault(bool(ep_overlap_conflicts(p)), p)
-        n_moe = self._moe_prefix[-1]
-        n_dense = ctx.model.num_layers - n_moe
-        work = float("inf")
-        for p in kinds.values():
-            for v in optimistic_plans(p, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe,
-                                          ctx.cluster):
-                v = self._settled(v)
-                if v.sharding == "zero2":
-                    v = replace_unchecked(v, sharding="distopt")  # as ``_arithmetic``
-                t = self._share_times(v, share)  # (the times fall as the share grows: the members' largest)
-                work = min(work, n_dense * t.dense_s + n_moe * t.moe_s + t.embedding_s + t.head_s)
-        bound = rate * work + least_m * c["overhead.microbatch_s"] + c["overhead.step_s"]
-        return bound * (1.0 - FAMILY_BOUND_SLACK)
+        rate, least_m, share, variants = self._family_scan(members)
+        # (the times fall as the share grows: the members' largest)
+        work = min((self._model_s(self._share_times(v, share)) for v in variants), default=float("inf"))
+        return self._family_total(rate, least_m, work) * (1.0 - FAMILY_BOUND_SLACK)
 
     def lazy_family_bound(self, members: list[Plan]) -> float:
         """A lower bound of ``family_bound(members)`` that times about half as many MoE layers: every knob variant's
@@ -422,34 +402,44 @@ class StructureBounds:
         adds to this (half of a MoE family's stage timings), so the search queues a family under this bound and
         works out ``family_bound`` only when it reaches the front (``_exhaustive``); lowered by another
         ``FAMILY_BOUND_SLACK`` for the different rounding."""
-        ctx, c, job = self.ctx, self.c, self.ctx.job
+        rate, least_m, _, variants = self._family_scan(members)
+        overlapped = {replace_unchecked(v, ep_overlap=True) if v.ep > 1 and not v.ep_overlap else v for v in variants}
+        work = min((self._model_s(self._times(v, 1, 1.0)) for v in overlapped), default=float("inf"))
+        return self._family_total(rate, least_m, work) * (1.0 - FAMILY_BOUND_SLACK) * (1.0 - FAMILY_BOUND_SLACK)
+
+    def _family_scan(self, members: list[Plan]) -> tuple[float, float, float, list[Plan]]:
+        """What ``family_bound`` and ``lazy_family_bound`` read of a family: the least ``m / pp`` and least ``m``
+        over its members (``m`` micro-batches), their largest paired EP share, and the settled knob variants of
+        each EP-overlap kind among them (``ep_overlap_conflicts``), ZeRO-2 timed as the distributed optimizer
+        (as ``_arithmetic``)."""
+        ctx, job = self.ctx, self.ctx.job
         rate = float("inf")
         least_m = float("inf")
+        share = 0.0
         kinds: dict[bool, Plan] = {}
         for p in members:
             m = max(1, p.num_microbatches(job))
             rate = min(rate, m / p.pp)
             least_m = min(least_m, m)
+            share = max(share, self.plan_share(p))
             kinds.setdefault(bool(ep_overlap_conflicts(p)), p)
-        n_moe = self._moe_prefix[-1]
-        n_dense = ctx.model.num_layers - n_moe
-        work = float("inf")
-        seen: set[Plan] = set()
+        variants = []
         for p in kinds.values():
-            for v in optimistic_plans(p, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe,
-                                      ctx.cluster):
+            for v in optimistic_plans(p, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster):
                 v = self._settled(v)
-                if v.sharding == "zero2":
-                    v = replace_unchecked(v, sharding="distopt")  # as ``_arithmetic``
-                if v.ep > 1 and not v.ep_overlap:
-                    v = replace_unchecked(v, ep_overlap=True)
-                if v in seen:
-                    continue
-                seen.add(v)
-                t = self._times(v, 1, 1.0)
-                work = min(work, n_dense * t.dense_s + n_moe * t.moe_s + t.embedding_s + t.head_s)
-        bound = rate * work + least_m * c["overhead.microbatch_s"] + c["overhead.step_s"]
-        return bound * (1.0 - FAMILY_BOUND_SLACK) * (1.0 - FAMILY_BOUND_SLACK)
+                variants.append(replace_unchecked(v, sharding="distopt") if v.sharding == "zero2" else v)
+        return rate, least_m, share, variants
+
+    def _model_s(self, t: LayerTimes) -> float:
+        """One micro-batch's forward + backward over the whole model (every layer, the embedding and the head)."""
+        n_moe = self._moe_prefix[-1]
+        return (self.ctx.model.num_layers - n_moe) * t.dense_s + n_moe * t.moe_s + t.embedding_s + t.head_s
+
+    def _family_total(self, rate: float, least_m: float, work: float) -> float:
+        """``family_bound``'s step: the mean rank's ``m / pp`` micro-batches of the whole model plus the
+        per-micro-batch and per-step overheads."""
+        c = self.c
+        return rate * work + least_m * c["overhead.microbatch_s"] + c["overhead.step_s"]
 
     def relaxed_bound(self, plan: Plan) -> float:
         """A lower bound of ``bound(plan)`` without a preparation, for a plan that needs one: the same plan
