@@ -516,13 +516,34 @@ def main() -> None:
     ``plan`` found nothing that fits. Each case is caught where it arises, with its field; the generic
     branches below are the last resort (the fuzz tests fail if one of them is ever reached).
     """
-    sys.exit(guarded(app))
+    sys.exit(guarded(_run_app))
+
+
+def _run_app() -> int:
+    """Run the typer app without its standalone error box, so that a usage error (a missing, unknown or
+    malformed option, an unknown command) is one line naming the option, like every other bad input.
+
+    Typer's standalone mode prints usage errors as a multi-line panel; outside it they are raised
+    (``typer.TyperException``, with click's ``exit_code`` 2) and ``typer.Exit`` comes back as the return
+    value. With no arguments typer has already printed the help (``no_args_is_help``) and the error's
+    message is empty."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:
+        format_message = getattr(exc, "format_message", None)
+        message = format_message() if callable(format_message) else str(exc)
+        if message:
+            print(f"error: {message}", file=sys.stderr)
+        exit_code = getattr(exc, "exit_code", 2)
+        return exit_code if isinstance(exit_code, int) else 2
+    return code if isinstance(code, int) else 0
 
 
 def guarded(run) -> int:  # type: ignore[no-untyped-def]
-    """Run ``run()`` and map what escapes it to (one line on stderr, an exit status)."""
+    """Run ``run()`` and map what escapes it to (one line on stderr, an exit status); an ``int`` that
+    ``run`` returns is its exit status."""
     try:
-        run()
+        code = run()
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
@@ -545,7 +566,7 @@ def guarded(run) -> int:  # type: ignore[no-untyped-def]
     except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a traceback
         print(f"error: internal error ({type(exc).__name__}: {str(exc)[:300]}); please report it", file=sys.stderr)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

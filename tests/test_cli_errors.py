@@ -279,6 +279,22 @@ def test_last_resort_guard_prints_one_line_for_anything_unexpected(capsys) -> No
     assert "internal error (KeyError" in err[2] and "/x: Permission denied" in err[1]
 
 
+@pytest.mark.parametrize(("args", "needle"), [
+    (("plan", "--model", "llama3-8b", "--cluster", "dgx-h100"), "Missing option '--seq-len'"),
+    (("plan", "--model", "llama3-8b", *SIZE[:-1], "many"), "'--global-batch'"),
+    (("plan", "--no-such-flag"), "--no-such-flag"),
+    (("no-such-command",), "no-such-command"),
+])
+def test_usage_errors_are_one_line_naming_the_option(args: tuple[str, ...], needle: str) -> None:
+    # Typer's standalone mode printed these as a multi-line panel (exit 2 all the same).
+    one_line_error(run(*args), 2, needle)
+
+
+def test_no_arguments_prints_the_help_and_exits_2() -> None:
+    proc = run()
+    assert proc.returncode == 2 and "plan" in proc.stdout and "Traceback" not in proc.stderr
+
+
 def test_error_lines_stay_short_whatever_the_value() -> None:
     # A 100,000-element list from a hostile profile, an integer past Python's 4,300-digit repr limit.
     assert len(str(InputError("cluster:nodes", list(range(100_000)), "must be a list of objects"))) < 260
