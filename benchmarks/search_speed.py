@@ -24,7 +24,10 @@ short, peak RSS, and the best plan.
 
 The grid: six models (dense Llama-3 8B/70B/405B; MoE Mixtral-8x22B, Qwen3-235B-A22B, DeepSeek-V3) on
 their usual clusters (DGX H100; DeepSeek-V3 on H800 with InfiniBand) at 8, 64, 512, 2,048, 16,384 and
-131,072 GPUs, and each on 64 GB200 (NVL72) GPUs; sequence 4,096, global batch max(512, GPUs) sequences.
+131,072 GPUs, and each on 64 GB200 (NVL72) GPUs; sequence 4,096, global batch max(512, GPUs) sequences. Then the
+long-context jobs (``LONG_CONTEXT_JOBS``): GPT-OSS-120B on 64 GB200 at 131,072 tokens, 64 sequences, where many
+CP/TP plans land within a few percent of each other and its alternating sliding-window and full-attention layers
+test the bounds (``search/bound.py`` timed only the windowed kind: 26,680 options costed, ~237 CPU s, before).
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ MODELS: tuple[tuple[str, str, bool], ...] = (
 )
 GPU_COUNTS = (8, 64, 512, 2048, 16384, 131072)
 SEQ_LEN = 4096
+LONG_CONTEXT_JOBS: tuple[tuple[str, str, int, int, int, bool], ...] = (
+    ("gpt-oss-120b", "gb200-nvl72", 64, 131072, 64, True),
+)
+"""(model, cluster, GPUs, sequence length, global batch, MoE) of the jobs after the 42 of ``MODELS`` x
+``GPU_COUNTS``: a long sequence, where attention (and its kinds: sliding-window or full) is most of the step."""
 
 
 def grid() -> list[dict[str, Any]]:
@@ -55,7 +63,11 @@ def grid() -> list[dict[str, Any]]:
         jobs.append({"model": model, "cluster": "gb200-nvl72", "num_gpus": 64, "moe": moe})
     for j in jobs:
         j["global_batch"] = max(512, j["num_gpus"])
+        j["seq_len"] = SEQ_LEN
         j["name"] = f"{j['model']}/{j['num_gpus']} {j['cluster']}"
+    for model, cluster, n, seq, batch, moe in LONG_CONTEXT_JOBS:
+        jobs.append({"model": model, "cluster": cluster, "num_gpus": n, "moe": moe, "global_batch": batch,
+                     "seq_len": seq, "name": f"{model}/{n} {cluster} seq{seq}"})
     return jobs
 
 
@@ -71,7 +83,7 @@ def _child(job: dict[str, Any], tree: str, method: str, budget: float | None, qu
     from configurator.search.space import SearchContext
 
     ctx = SearchContext(model=load_model(job["model"]), cluster=load_cluster(job["cluster"], num_gpus=job["num_gpus"]),
-                        job=JobSpec(global_batch=job["global_batch"], seq_len=SEQ_LEN))
+                        job=JobSpec(global_batch=job["global_batch"], seq_len=job["seq_len"]))
     loaded = str(Path(configurator.__file__).resolve())
     if not loaded.startswith(str(Path(tree).resolve())):
         raise RuntimeError(f"imported {loaded}, not the tree under test {tree}")

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from configurator import JobSpec, load_cluster, load_model
     from configurator.search.optimize import search
     from configurator.search.space import SearchContext
-    from search_speed import SEQ_LEN, grid
+    from search_speed import grid
 
     if not str(Path(configurator.__file__).resolve()).startswith(str(args.tree.resolve())):
         raise SystemExit(f"imported {configurator.__file__}, not {args.tree}")
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ctx = SearchContext(model=load_model(job["model"]),
                             cluster=load_cluster(job["cluster"], num_gpus=job["num_gpus"]),
-                            job=JobSpec(global_batch=job["global_batch"], seq_len=SEQ_LEN))
+                            job=JobSpec(global_batch=job["global_batch"], seq_len=job["seq_len"]))
         cpu = time.process_time()
         r = search(ctx, top_k=args.top_k, workers=args.workers)
         print(f"# {job['name']}: {len(r.ranked)} plans, truncated={r.truncated}, "

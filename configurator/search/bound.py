@@ -11,9 +11,11 @@ depend on dp (and ZeRO-2's per-micro-batch reduce-scatters without PP; under PP 
 step, so its layers time like the distributed optimizer's), and recomputing k layers of each chunk is
 not linear in a chunk's layers: such plans take one preparation, shared by their knob variants.
 
-So ``StructureBounds`` times four kinds of work once per *layer key* — a dense layer, an MoE layer, the
-embedding and the LM head, each as a one-layer virtual stage through the cost model's own
-``_stage_times`` — and a structure's bound is arithmetic over its virtual stages (the same formula as
+So ``StructureBounds`` times each kind of work once per *layer key* — a dense layer, an MoE layer (each also
+with the other attention window where the model alternates sliding-window and full-attention layers, as
+GPT-OSS: ``prepare`` gives them their own works), the embedding and the LM head, each as a one-layer virtual
+stage through the cost model's own ``_stage_times`` — and a structure's bound is arithmetic over its virtual
+stages' counts of each kind (the same formula as
 ``busy_lower_bound``: the busiest rank's micro-batches plus the fill before it, exact for equal
 stages). The MoE layer's time also depends on the share of passes whose EP all-to-all hides, which the
 pipeline shape sets (``moe.ep_overlap_paired_share``): it is timed at the shares 0 and 1 and interpolated at
@@ -88,12 +90,14 @@ class _ShardBytes:
     zero3_expert_bytes: tuple[float, ...]
 
 
-def _virtual_stage_s(t: LayerTimes, n_dense: int, n_moe: int, per_mb: float, v: int, last: int,
+def _virtual_stage_s(t: LayerTimes, layers: tuple[int, int, int, int], per_mb: float, v: int, last: int,
                      extra_s: float = 0.0) -> float:
-    """One micro-batch of virtual stage ``v`` from its layer key's times: its dense and MoE layers, the
-    per-micro-batch host time, ``extra_s`` (a ZeRO-3 stage's first-layer gather), the embedding on the
-    first stage and the head on the ``last`` (summed in ``_stage_times``' order)."""
-    s = n_dense * t.dense_s + n_moe * t.moe_s + per_mb + extra_s
+    """One micro-batch of virtual stage ``v`` from its layer key's times: its layers of each kind (``layers``:
+    dense, MoE, the other-window dense and MoE, ``StructureBounds._layout``), the per-micro-batch host time,
+    ``extra_s`` (a ZeRO-3 stage's first-layer gather), the embedding on the first stage and the head on the
+    ``last`` (summed in ``_stage_times``' order)."""
+    d, mo, da, ma = layers
+    s = d * t.dense_s + mo * t.moe_s + da * t.dense_alt_s + ma * t.moe_alt_s + per_mb + extra_s
     if v == 0:
         s += t.embedding_s
     if v == last:
@@ -121,12 +125,19 @@ than each member's) can never put it above a member's bound."""
 
 @dataclass(frozen=True, slots=True)
 class LayerTimes:
-    """Forward + backward seconds of one micro-batch on one rank, per kind of work."""
+    """Forward + backward seconds of one micro-batch on one rank, per kind of work. A layer's kind is whether it
+    is MoE and its attention window (``prepare``'s, ``ModelSpec.attention_window``): GPT-OSS alternates 128-key
+    sliding-window layers with full-attention ones, whose attention at 131,072 tokens is most of the step, so
+    timing every layer as the first (windowed) one put the bound at half the step. ``dense_s`` / ``moe_s``: the
+    kind of the first dense / MoE layer; ``dense_alt_s`` / ``moe_alt_s``: the layers of that kind with the other
+    window (0 where there are none: every term they enter then adds an exact 0)."""
 
     dense_s: float
     moe_s: float
     embedding_s: float
     head_s: float
+    dense_alt_s: float = 0.0
+    moe_alt_s: float = 0.0
 
 
 def _at_share(alone: LayerTimes, hidden: LayerTimes, share: float, scale: float) -> LayerTimes:
@@ -139,7 +150,9 @@ def _at_share(alone: LayerTimes, hidden: LayerTimes, share: float, scale: float)
     return LayerTimes(dense_s=(alone.dense_s + share * (hidden.dense_s - alone.dense_s)) * scale,
                       moe_s=(alone.moe_s + share * (hidden.moe_s - alone.moe_s)) * scale,
                       embedding_s=(alone.embedding_s + share * (hidden.embedding_s - alone.embedding_s)) * scale,
-                      head_s=(alone.head_s + share * (hidden.head_s - alone.head_s)) * scale)
+                      head_s=(alone.head_s + share * (hidden.head_s - alone.head_s)) * scale,
+                      dense_alt_s=(alone.dense_alt_s + share * (hidden.dense_alt_s - alone.dense_alt_s)) * scale,
+                      moe_alt_s=(alone.moe_alt_s + share * (hidden.moe_alt_s - alone.moe_alt_s)) * scale)
 
 
 class StructureBounds:
@@ -149,15 +162,25 @@ class StructureBounds:
         self.ctx = ctx
         self.c = constants
         model = ctx.model
+        # Each layer's kind (``LayerTimes``): 0 dense, 1 MoE, 2 / 3 a dense / MoE layer whose attention window
+        # differs from the first such layer's. A window the sequence does not exceed attends like full attention
+        # (``layer_work``: the same work), so it is no other kind.
+        seq = ctx.job.seq_len
         flags = [model.layer_is_moe(i) for i in range(model.num_layers)]
-        self._moe_prefix = [0, *accumulate(int(f) for f in flags)]
-        self._dense_index = next((i for i, f in enumerate(flags) if not f), None)
-        self._moe_index = next((i for i, f in enumerate(flags) if f), None)
+        windows = [w if 0 < w < seq else 0 for w in map(model.attention_window, range(model.num_layers))]
+        first_window: dict[bool, int] = {}
+        kinds = []
+        for f, w in zip(flags, windows):
+            first = first_window.setdefault(f, w)
+            kinds.append(int(f) + (2 if w != first else 0))
+        self._kind_prefix = [[0, *accumulate(int(k == kind) for k in kinds)] for kind in range(4)]
+        self._kind_index = [next((i for i, k in enumerate(kinds) if k == kind), None) for kind in range(4)]
+        self._last_kind = kinds[-1]
         self._layer: dict[tuple, LayerTimes] = {}
         self._nonlayer: dict[tuple, list[float]] = {}
         self._dense: dict[tuple, float] = {}
-        self._layouts: dict[tuple, tuple[tuple[tuple[int, int], ...], int]] = {}
-        self._row_cache: dict[tuple, tuple[tuple[int, int, int, int, int], ...]] = {}
+        self._layouts: dict[tuple, tuple[tuple[tuple[int, int, int, int], ...], int]] = {}
+        self._row_cache: dict[tuple, tuple[tuple[int, int, int, int, int, int, int], ...]] = {}
         self._variant_times: dict[tuple, list[LayerTimes]] = {}
         self._gathers: dict[tuple, list[float]] = {}
         self._gather_row_cache: dict[tuple, tuple[tuple[float, ...], ...]] = {}
@@ -234,9 +257,9 @@ class StructureBounds:
             for v in range(n_layer_entries):
                 dense_key = None
                 if ep_free and not layer_stages[v].works[0][2]:
-                    dense_key = ((_EP_FREE_FIELDS(plan), "partial", share) if partial
+                    dense_key = ((_EP_FREE_FIELDS(plan), "partial", share, v) if partial
                                  else (_EP_FREE_FIELDS(plan), plan.recompute, plan.recompute_num_layers,
-                                       plan.recompute_modules))
+                                       plan.recompute_modules, v))
                     t = self._dense.get(dense_key)
                     if t is not None:
                         totals.append(t)
@@ -253,18 +276,17 @@ class StructureBounds:
         comm.release_gpu_map()
         single.comm.release_gpu_map()
         i = 0
-        dense = moe = 0.0
-        if self._dense_index is not None:
-            dense, i = totals[i], i + 1
-        if self._moe_index is not None:
-            moe, i = totals[i], i + 1
+        kind_s = [0.0] * 4  # (``_base_of`` times the kinds present, in ``_kind_index``'s order)
+        for kind, index in enumerate(self._kind_index):
+            if index is not None:
+                kind_s[kind], i = totals[i], i + 1
         head = totals[i + 1]
         if ctx.model.mtp_layers:
             # Multi-token prediction on the last stage (as ``prepare``): per module a layer like the
             # last one, its projection, and another head + loss.
-            last = moe if ctx.model.layer_is_moe(ctx.model.num_layers - 1) else dense
-            head += ctx.model.mtp_layers * (last + totals[i + 2] + totals[i + 1])
-        times = LayerTimes(dense_s=dense, moe_s=moe, embedding_s=totals[i], head_s=head)
+            head += ctx.model.mtp_layers * (kind_s[self._last_kind] + totals[i + 2] + totals[i + 1])
+        times = LayerTimes(dense_s=kind_s[0], moe_s=kind_s[1], embedding_s=totals[i], head_s=head,
+                           dense_alt_s=kind_s[2], moe_alt_s=kind_s[3])
         self._layer[key] = times
         self.layer_keys_timed += 1
         return times
@@ -310,9 +332,9 @@ class StructureBounds:
         ep_domains, cp_domains = group_domains(comm, flat)  # plan-dependent parts of ``prepare``
         inp = dc_replace(self._template, plan=flat, comm=comm, ep_domains=ep_domains, cp_domains=cp_domains)
         works = []
-        for index, moe in ((self._dense_index, False), (self._moe_index, True)):
+        for kind, index in enumerate(self._kind_index):
             if index is not None:
-                works.append((layer_work(ctx.model, ctx.job, flat, index), moe))
+                works.append((layer_work(ctx.model, ctx.job, flat, index), bool(kind % 2)))
         n_layers = len(works)
         works.append((embedding_work(ctx.model, ctx.job, flat), False))
         works.append((head_work(ctx.model, ctx.job, flat), False))
@@ -349,8 +371,9 @@ class StructureBounds:
                                                                  ctx.model.is_moe, ctx.cluster))]
             rows = self._rows(plan)
             per_mb = self.c["overhead.microbatch_s"] / plan.vpp
-            return min(max(d * t.dense_s + mo * t.moe_s + k * per_mb + e * t.embedding_s + h * t.head_s
-                           for d, mo, k, e, h in rows) for t in times) + self.c["overhead.step_s"]
+            return min(max(d * t.dense_s + mo * t.moe_s + da * t.dense_alt_s + ma * t.moe_alt_s + k * per_mb
+                           + e * t.embedding_s + h * t.head_s
+                           for d, mo, da, ma, k, e, h in rows) for t in times) + self.c["overhead.step_s"]
         variants = [self._settled(v) for v in
                     optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe,
                                      ctx.cluster)]
@@ -432,8 +455,8 @@ class StructureBounds:
 
     def _model_s(self, t: LayerTimes) -> float:
         """One micro-batch's forward + backward over the whole model (every layer, the embedding and the head)."""
-        n_moe = self._moe_prefix[-1]
-        return (self.ctx.model.num_layers - n_moe) * t.dense_s + n_moe * t.moe_s + t.embedding_s + t.head_s
+        d, mo, da, ma = (prefix[-1] for prefix in self._kind_prefix)
+        return d * t.dense_s + mo * t.moe_s + da * t.dense_alt_s + ma * t.moe_alt_s + t.embedding_s + t.head_s
 
     def _family_total(self, rate: float, least_m: float, work: float) -> float:
         """``family_bound``'s step: the mean rank's ``m / pp`` micro-batches of the whole model plus the
@@ -524,19 +547,20 @@ class StructureBounds:
             for v in variants:
                 t = self._share_times(replace_unchecked(self._settled(v), sharding="distopt", shard_group=0), share,
                                       chunk)
-                best = min(best, max(d * t.dense_s + mo * t.moe_s + k * per_mb + e * t.embedding_s + h * t.head_s + g
-                                     for d, mo, k, e, h, g in rows))
+                best = min(best, max(d * t.dense_s + mo * t.moe_s + da * t.dense_alt_s + ma * t.moe_alt_s + k * per_mb
+                                     + e * t.embedding_s + h * t.head_s + g
+                                     for d, mo, da, ma, k, e, h, g in rows))
             return best + c["overhead.step_s"]
         for v in variants:
             plain = replace_unchecked(self._settled(v), sharding="distopt", shard_group=0)
             times = []
             by_chunk: dict[int, LayerTimes] = {}
-            for s, (n_dense, n_moe) in enumerate(virtual):
-                chunk = n_dense + n_moe if partial else 1
+            for s, layers in enumerate(virtual):
+                chunk = sum(layers) if partial else 1
                 t = by_chunk.get(chunk)
                 if t is None:
                     t = by_chunk[chunk] = self._share_times(plain, share, chunk)
-                times.append(_virtual_stage_s(t, n_dense, n_moe, per_mb, s, last, gathers[s]))
+                times.append(_virtual_stage_s(t, layers, per_mb, s, last, gathers[s]))
             best = min(best, _busiest_rank_s(times, pp, m))
         return best + c["overhead.step_s"]
 
@@ -551,14 +575,13 @@ class StructureBounds:
         virtual, m = self._layout(plan)
         pp, last = plan.pp, len(virtual) - 1
         rows = []
-        fill = (0, 0, 0, 0, 0, 0.0)
+        fill = (0, 0, 0, 0, 0, 0, 0, 0.0)
         for r in range(pp):
-            own = [(n_dense, n_moe, 1, int(v == 0), int(v == last), gathers[v])
-                   for v, (n_dense, n_moe) in enumerate(virtual) if v % pp == r]
+            own = [(*layers, 1, int(v == 0), int(v == last), gathers[v])
+                   for v, layers in enumerate(virtual) if v % pp == r]
             busy = [sum(col) for col in zip(*own)]
             rows.append(tuple(f + m * b for f, b in zip(fill, busy)))
-            n_dense, n_moe = virtual[r]
-            fill = tuple(f + x for f, x in zip(fill, (n_dense, n_moe, 1, int(r == 0), int(r == last), gathers[r])))
+            fill = tuple(f + x for f, x in zip(fill, (*virtual[r], 1, int(r == 0), int(r == last), gathers[r])))
         kept = tuple(row for i, row in enumerate(rows)
                      if not any(j != i and all(a >= b for a, b in zip(other, row)) and (other != row or j < i)
                                 for j, other in enumerate(rows)))
@@ -679,12 +702,12 @@ class StructureBounds:
         if key is not None and key in self._windows:
             return self._windows[key]
         virtual, _ = self._layout(plan)
-        n_dense, n_moe = virtual[0]
+        layers = virtual[0]
         per_mb = c["overhead.microbatch_s"] / plan.vpp
         share = self.plan_share(plan)  # (the times at the plan's own paired EP share, raised for rounding)
         if partial:
-            worst = max(_virtual_stage_s(t, n_dense, n_moe, per_mb, 0, len(virtual) - 1)
-                        for t in (self._share_times(v, share, n_dense + n_moe, upper=True)
+            worst = max(_virtual_stage_s(t, layers, per_mb, 0, len(virtual) - 1)
+                        for t in (self._share_times(v, share, sum(layers), upper=True)
                                   for v in self._window_variants(plan)))
         else:
             # Each time at its most over the variants (per layer key: the variants differ by pipeline only
@@ -697,8 +720,9 @@ class StructureBounds:
                 times = [self._share_times(v, share, upper=True) for v in self._window_variants(plan)]
                 t = self._most_times[most_key] = LayerTimes(
                     dense_s=max(x.dense_s for x in times), moe_s=max(x.moe_s for x in times),
-                    embedding_s=max(x.embedding_s for x in times), head_s=max(x.head_s for x in times))
-            worst = _virtual_stage_s(t, n_dense, n_moe, per_mb, 0, len(virtual) - 1)
+                    embedding_s=max(x.embedding_s for x in times), head_s=max(x.head_s for x in times),
+                    dense_alt_s=max(x.dense_alt_s for x in times), moe_alt_s=max(x.moe_alt_s for x in times))
+            worst = _virtual_stage_s(t, layers, per_mb, 0, len(virtual) - 1)
         if rt.grad_accum_bytes_per_param:
             dense, expert = self._rank0_params(plan)
             worst += (dense + expert) / plan.vpp * rt.grad_accum_bytes_per_param / self._hbm(plan)
@@ -756,17 +780,18 @@ class StructureBounds:
             return plan
         return replace_unchecked(plan, ep_overlap=effective_knobs(plan, self._runtime).ep_overlap)
 
-    def _layout(self, plan: Plan) -> tuple[tuple[tuple[int, int], ...], int]:
-        """(dense layers, MoE layers) of each virtual stage, and the micro-batch count (cached by split)."""
+    def _layout(self, plan: Plan) -> tuple[tuple[tuple[int, int, int, int], ...], int]:
+        """The layers of each kind (dense, MoE, other-window dense, other-window MoE: ``LayerTimes``) of each
+        virtual stage, and the micro-batch count (cached by split)."""
         key = (plan.pp, plan.vpp, plan.pipeline_layers, plan.micro_batch, plan.dp)
         hit = self._layouts.get(key)
         if hit is None:
-            prefix = self._moe_prefix
+            prefixes = self._kind_prefix
             stages = []
             start = 0
             for n in plan.virtual_stage_layers(self.ctx.model):
-                n_moe = prefix[start + n] - prefix[start]
-                stages.append((n - n_moe, n_moe))
+                d, mo, da, ma = (prefix[start + n] - prefix[start] for prefix in prefixes)
+                stages.append((d, mo, da, ma))
                 start += n
             hit = self._layouts[key] = (tuple(stages), max(1, plan.num_microbatches(self.ctx.job)))
         return hit
@@ -774,13 +799,14 @@ class StructureBounds:
     def _even_chunk(self, plan: Plan) -> int:
         """The layers of every virtual stage where they all have the same number (else 0)."""
         virtual, _ = self._layout(plan)
-        first = virtual[0][0] + virtual[0][1]
-        return first if all(d + m == first for d, m in virtual) else 0
+        first = sum(virtual[0])
+        return first if all(sum(layers) == first for layers in virtual) else 0
 
-    def _rows(self, plan: Plan) -> tuple[tuple[int, int, int, int, int], ...]:
-        """Per pipeline rank r, the coefficients of (dense, MoE, per-micro-batch overhead, embedding, head)
-        times in ``fill before r + micro-batches x r's virtual stages`` (``_arithmetic``'s formula, where a
-        virtual stage is ``dense x D + moe x M + overhead (+ embedding on the first) (+ head on the last)``);
+    def _rows(self, plan: Plan) -> tuple[tuple[int, int, int, int, int, int, int], ...]:
+        """Per pipeline rank r, the coefficients of (dense, MoE, other-window dense, other-window MoE,
+        per-micro-batch overhead, embedding, head) times in ``fill before r + micro-batches x r's virtual
+        stages`` (``_arithmetic``'s formula, where a virtual stage is ``dense x D + moe x M + dense_alt x DA +
+        moe_alt x MA + overhead (+ embedding on the first) (+ head on the last)``);
         rows that another row matches or exceeds in every coefficient are dropped (every time is >= 0, so
         they can never be the max). Cached by split, as ``_layout``."""
         key = (plan.pp, plan.vpp, plan.pipeline_layers, plan.micro_batch, plan.dp)
@@ -790,12 +816,11 @@ class StructureBounds:
         virtual, m = self._layout(plan)
         pp, last = plan.pp, len(virtual) - 1
 
-        def stage(v: int) -> tuple[int, int, int, int, int]:
-            n_dense, n_moe = virtual[v]
-            return (n_dense, n_moe, 1, int(v == 0), int(v == last))
+        def stage(v: int) -> tuple[int, int, int, int, int, int, int]:
+            return (*virtual[v], 1, int(v == 0), int(v == last))
 
         rows = []
-        fill = (0, 0, 0, 0, 0)
+        fill = (0, 0, 0, 0, 0, 0, 0)
         for r in range(pp):
             busy = [sum(col) for col in zip(*(stage(v) for v in range(r, len(virtual), pp)))]
             rows.append(tuple(f + m * b for f, b in zip(fill, busy)))
@@ -821,8 +846,9 @@ class StructureBounds:
             # (a partial recompute's too where every chunk has one size, so one set of times serves them all).
             t = self._share_times(plan, self.plan_share(plan), chunk)
             per_mb = c["overhead.microbatch_s"] / plan.vpp
-            return max(d * t.dense_s + mo * t.moe_s + k * per_mb + e * t.embedding_s + h * t.head_s
-                       for d, mo, k, e, h in self._rows(plan)) + c["overhead.step_s"]
+            return max(d * t.dense_s + mo * t.moe_s + da * t.dense_alt_s + ma * t.moe_alt_s + k * per_mb
+                       + e * t.embedding_s + h * t.head_s
+                       for d, mo, da, ma, k, e, h in self._rows(plan)) + c["overhead.step_s"]
         t = None
         pp = plan.pp
         virtual, m = self._layout(plan)
@@ -831,14 +857,14 @@ class StructureBounds:
         times = []
         share = self.plan_share(plan)
         by_chunk: dict[int, LayerTimes] = {}  # (most chunks of a split have one size)
-        for v, (n_dense, n_moe) in enumerate(virtual):
+        for v, layers in enumerate(virtual):
             if partial:
-                chunk = n_dense + n_moe
+                chunk = sum(layers)
                 t = by_chunk.get(chunk)
                 if t is None:
                     t = by_chunk[chunk] = self._share_times(plan, share, chunk)
             assert t is not None
-            times.append(_virtual_stage_s(t, n_dense, n_moe, per_mb, v, last))
+            times.append(_virtual_stage_s(t, layers, per_mb, v, last))
         return _busiest_rank_s(times, pp, m) + c["overhead.step_s"]
 
 
