@@ -16,6 +16,9 @@ bisection, memory falls monotonically along that ladder), and the optimizer offl
 For Megatron-Core runtimes, when whole-layer recompute is needed, the first ``--recompute-modules`` list
 that fits (``recompute.selective_module_ladder``) is offered too; the step model charges what it repeats.
 
+Each check works on the structure's parts (``StructureMemory``: its states per sharding, activations per recompute
+form and buffers per dispatcher, combined to the floats of ``estimate_memory``), not on a whole plan's estimate.
+
 Every "fits" keeps ``ctx.memory_margin`` free (``configurator/margin.py``). A structure that fits only
 without the margin gets the options that fit the GPU, marked ``tight`` (the search ranks them last).
 
@@ -228,18 +231,17 @@ def structure_memory(ctx: SearchContext, structure: Plan) -> StructureMemory:
         return StructureMemory(ctx)
     key = _STRUCTURE(structure)
     hit = memo.get(key)
-    if hit is None:
+    if hit is None or hit.ctx is not ctx:  # (one context per search: checked, not assumed)
         if len(memo) >= MEMO_LIMIT:
             memo.clear()  # bounded: its hits are within one structure's resolution
         hit = memo[key] = StructureMemory(ctx)
     return hit
 
 
-def _probe(ctx: SearchContext, plan: Plan, fit: StructureMemory | None = None) -> MemoryTotals:
+def _probe(ctx: SearchContext, plan: Plan) -> MemoryTotals:
     """``plan``'s memory as a fit check needs it: each stage's total, the peak and the host peak (the floats of
-    ``estimate_memory``'s report, which ``.report()`` builds only for the plans the resolution keeps). ``fit``: the
-    ``StructureMemory`` of ``plan``'s structure, if the caller has it."""
-    return (fit or structure_memory(ctx, plan)).probe(plan)
+    ``estimate_memory``'s report, which ``.report()`` builds only for the plans the resolution keeps)."""
+    return structure_memory(ctx, plan).probe(plan)
 
 
 def _memory(ctx: SearchContext, plan: Plan) -> MemoryReport:
