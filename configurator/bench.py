@@ -118,7 +118,7 @@ def modelled_alike(ctx: SearchContext, structure: Plan, constants: CostConstants
     for o in resolve(ctx, structure).options:
         # communication knobs chosen as the search chooses them (search/knobs.py)
         inputs, step = best_knobs(prepare(ctx.model, ctx.cluster, ctx.job, o.plan, runtime=ctx.runtime), constants)
-        timed.append((replace(o, plan=inputs.plan, memory=costed_memory(ctx, o.memory, inputs.plan)), step))
+        timed.append((replace(o, plan=inputs.plan, estimate=costed_memory(ctx, o.memory, inputs.plan)), step))
     return min(timed, key=lambda t: t[1].step_s) if timed else None
 
 

@@ -904,6 +904,14 @@ def _stage_flex_buffers(model: ModelSpec, cluster: ClusterSpec, job: JobSpec,
     return hit
 
 
+def stage_flex_buffers(model: ModelSpec, cluster: ClusterSpec, job: JobSpec,
+                       plan: Plan) -> tuple[FlexBuffers | None, tuple[float, ...]]:
+    """``plan_flex_buffers`` and, per pipeline rank, the bytes they take there (``MemoryParts.buffer_bytes``): what
+    ``memory_parts`` adds for the dispatcher, for a caller that has the other parts (``search/resolve.py``'s
+    ``StructureMemory``)."""
+    return _stage_flex_buffers(model, cluster, job, plan)
+
+
 def _flex_buffers_by_stage(model: ModelSpec, cluster: ClusterSpec, job: JobSpec,
                            plan: Plan) -> tuple[FlexBuffers | None, tuple[float, ...]]:
     """``_stage_flex_buffers`` worked out."""
@@ -1038,6 +1046,7 @@ def megatron_theoretical_memory(model: ModelSpec, job: JobSpec, plan: Plan) -> t
 
 
 __all__ = ["MemoryParts", "MemoryReport", "MemoryTotals", "Runtime", "StageMemory", "estimate_memory", "flex_peak_bytes",
+           "stage_flex_buffers",
            "inflight_chunks", "memory_floor_bytes", "memory_parts",
            "layer_activation_bytes", "load_runtime", "megatron_theoretical_memory", "plan_flex_buffers",
            "with_flex_buffers", "with_offload"]

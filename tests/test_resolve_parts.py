@@ -1,5 +1,5 @@
-"""The search's cheap memory path (``memory.memory_parts`` / ``MemoryTotals``, ``resolve._probe``) gives the floats
-of the full estimate: ``estimate_memory``'s report, per stage, to the last bit."""
+"""The search's cheap memory path (``memory.memory_parts`` / ``MemoryTotals``, ``resolve.StructureMemory``) gives the
+floats of the full estimate: ``estimate_memory``'s report, per stage, to the last bit, and so the same decisions."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import random
 import pytest
 
 from configurator import JobSpec, load_cluster, load_model
-from configurator.memory import (ACTIVATION_MEMO, MemoryParts, estimate_memory, flex_peak_bytes, load_runtime,
-                                 memory_floor_bytes, memory_parts, with_flex_buffers)
+from configurator.memory import (ACTIVATION_MEMO, MemoryParts, MemoryTotals, estimate_memory, flex_peak_bytes,
+                                 load_runtime, memory_floor_bytes, memory_parts, with_flex_buffers)
 from configurator.profiles import GIB
 from configurator.recompute import selective_module_ladder
-from configurator.search.resolve import MEMORY_MEMO, RecomputeLadder, needs_full_recompute, resolve
+from configurator.search.resolve import (MEMORY_MEMO, RecomputeLadder, StructureMemory, _resolve_margins,
+                                         fit_dispatcher, needs_full_recompute, option_margin, resolve, structure_memory)
 from configurator.search.space import SearchContext, enumerate_plans, framework_shardings, hsdp_shard_group
 from configurator.specs.plan import PLAN_FIELDS, Plan, replace_unchecked
 
@@ -187,3 +188,98 @@ def test_needs_full_recompute_answers_as_estimating_every_form(model: str, clust
         assert needs_full_recompute(ctx, structure) == (not fits), structure.describe()
         answers.add(fits)
     assert answers == {True, False}
+
+
+def _slow_probe(self: StructureMemory, plan: Plan, offload: float | None = None) -> MemoryTotals:
+    """The slow path ``StructureMemory.probe`` replaces: the whole plan built and estimated from scratch (no memo)."""
+    plan = plan if offload is None else replace_unchecked(plan, offload=offload)
+    token = ACTIVATION_MEMO.set(None)
+    try:
+        return memory_parts(self.ctx.model, self.ctx.cluster, self.ctx.job, plan, runtime=self.ctx.runtime).totals(plan.offload)
+    finally:
+        ACTIVATION_MEMO.reset(token)
+
+
+def test_a_structures_memory_checks_every_form_as_the_full_estimate() -> None:
+    """``StructureMemory`` combines a structure's parts (states per sharding, activations per recompute form, buffers
+    per dispatcher) instead of estimating each plan: every form it checks, in a shuffled order, has the totals and
+    the fit of ``estimate_memory``'s report of that plan, and the report its parts give is that report."""
+    ctx = _ctx("deepseek-v3", "h800-ib", 64)
+    structures = random.Random(11).sample(list(enumerate_plans(ctx)), 4)
+    checked = fitting = 0
+    tokens = (MEMORY_MEMO.set({}), ACTIVATION_MEMO.set({}))
+    try:
+        for structure in structures:
+            fit = structure_memory(ctx, structure)
+            forms = []
+            for sharding in framework_shardings(ctx, structure):
+                group = hsdp_shard_group(ctx, structure) if sharding == "hsdp" else 0
+                for recompute, layers in RecomputeLadder(ctx, structure).steps[:3] + [("full", 0)]:
+                    for offload in (0.0, 0.01, 0.37, 1.0):
+                        for dispatcher in (None, "flex"):
+                            forms.append(replace_unchecked(structure, sharding=sharding, shard_group=group,
+                                                           recompute=recompute, recompute_num_layers=layers,
+                                                           offload=offload, ep_dispatcher=dispatcher))
+            random.Random(2).shuffle(forms)
+            for plan in forms:
+                report = estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+                t = fit.probe(replace_unchecked(plan, offload=0.0), plan.offload)
+                assert t.stage_totals == tuple(s.total_bytes for s in report.stages), plan.describe()
+                assert (t.peak_bytes, t.host_peak_bytes, t.fits) == (report.peak_bytes, report.host_peak_bytes, report.fits)
+                assert t.report() == report, plan.describe()
+                checked += 1
+                fitting += t.fits
+    finally:
+        MEMORY_MEMO.reset(tokens[0])
+        ACTIVATION_MEMO.reset(tokens[1])
+    assert checked and 0 < fitting < checked  # forms on both sides of the capacity
+
+
+@pytest.mark.parametrize("model, cluster, gpus, batch, seq, count, fitting", [
+    ("deepseek-v3", "h800-ib", 64, 512, 4096, 24, "some"), ("deepseek-v3", "gb200-nvl72", 64, 512, 4096, 6, "some"),
+    ("llama3-70b", "dgx-h100", 8, 32, 4096, 6, "some"), ("llama3-405b", "dgx-h100", 8, 16, 8192, 3, "none")])
+def test_resolve_on_a_structures_parts_decides_as_the_slow_path(monkeypatch: pytest.MonkeyPatch, model: str,
+                                                                cluster: str, gpus: int, batch: int, seq: int,
+                                                                count: int, fitting: str) -> None:
+    """The resolution on ``StructureMemory``'s combined parts against the same resolution with every check a whole
+    plan estimated from scratch: the same options (plans, reasons, tightness, reports), and for structures where
+    nothing fits (all of Llama-3 405B on 8 H100 at 8K; most of DeepSeek-V3 on 64 H800) the same reason and smallest
+    need."""
+    ctx = SearchContext(model=load_model(model), cluster=load_cluster(cluster, num_gpus=gpus),
+                        job=JobSpec(global_batch=batch, seq_len=seq))
+    structures = random.Random(4).sample(list(enumerate_plans(ctx)), count)
+    tokens = (MEMORY_MEMO.set({}), ACTIVATION_MEMO.set({}))
+    try:
+        fast = [resolve(ctx, s) for s in structures]
+    finally:
+        MEMORY_MEMO.reset(tokens[0])
+        ACTIVATION_MEMO.reset(tokens[1])
+    monkeypatch.setattr(StructureMemory, "probe", _slow_probe)
+    slow = [resolve(ctx, s) for s in structures]
+    assert fast == slow
+    failed = [r for r in fast if not r.options]
+    assert all(r.reason and r.smallest_need_bytes > ctx.cluster.gpu_memory_bytes for r in failed)
+    assert len(failed) == len(fast) if fitting == "none" else len(failed) < len(fast)
+
+
+def test_the_dispatcher_check_on_totals_is_the_check_on_the_report() -> None:
+    """``fit_dispatcher`` adds the flex buffers to an option's totals instead of building its report: the same
+    dispatcher for every option (before ``split_dispatchers``) of DeepSeek-V3 on 64 GB200 (both sides of the check
+    occur) and H800."""
+    seen = set()
+    for cluster in ("gb200-nvl72", "h800-ib"):
+        ctx = _ctx("deepseek-v3", cluster, 64)
+        tokens = (MEMORY_MEMO.set({}), ACTIVATION_MEMO.set({}))
+        try:
+            for structure in random.Random(6).sample(list(enumerate_plans(ctx)), 40):
+                for option in _resolve_margins(ctx, structure, False).options:
+                    if option.plan.ep_dispatcher is not None or not isinstance(option.estimate, MemoryTotals):
+                        continue
+                    margin = option_margin(ctx, option)
+                    on_totals = fit_dispatcher(ctx, option.plan, option.estimate, margin)
+                    assert on_totals == fit_dispatcher(ctx, option.plan, option.memory, margin)
+                    seen.add(on_totals.ep_dispatcher)
+        finally:
+            MEMORY_MEMO.reset(tokens[0])
+            ACTIVATION_MEMO.reset(tokens[1])
+    assert seen == {None, "alltoall"}

@@ -16,6 +16,9 @@ bisection, memory falls monotonically along that ladder), and the optimizer offl
 For Megatron-Core runtimes, when whole-layer recompute is needed, the first ``--recompute-modules`` list
 that fits (``recompute.selective_module_ladder``) is offered too; the step model charges what it repeats.
 
+Each check works on the structure's parts (``StructureMemory``: its states per sharding, activations per recompute
+form and buffers per dispatcher, combined to the floats of ``estimate_memory``), not on a whole plan's estimate.
+
 Every "fits" keeps ``ctx.memory_margin`` free (``configurator/margin.py``). A structure that fits only
 without the margin gets the options that fit the GPU, marked ``tight`` (the search ranks them last).
 
@@ -37,30 +40,49 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from dataclasses import replace as dc_replace
 from functools import lru_cache
+from operator import attrgetter
 
 from configurator.cost.step import ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, cpu_adam_rate_per_gpu
 from configurator.margin import NO_MARGIN, MemoryMargin, fits_with_margin
-from configurator.memory import (MemoryReport, MemoryTotals, flex_peak_bytes, memory_floor_bytes, memory_parts,
-                                  recompute_dropped_parts, with_flex_buffers)
+from configurator.memory import (MemoryParts, MemoryReport, MemoryTotals, flex_peak_bytes, memory_floor_bytes,
+                                  memory_parts, recompute_dropped_parts, stage_flex_buffers, with_flex_buffers)
 from configurator.profiles import GIB
 from configurator.recompute import MEGATRON_RUNTIMES, selective_module_ladder
 from configurator.search.knobs import dispatcher_choices
 from configurator.search.space import SearchContext, framework_shardings, hsdp_shard_group
 from configurator.specs.model import ModelSpec
-from configurator.specs.plan import Plan, plan_violations
+from configurator.specs.plan import PLAN_FIELDS, Plan, plan_violations
 from configurator.specs.plan import replace_unchecked as replace  # derived from checked plans
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
 class Option:
     """A fitting plan for a structure, with why its memory choices were made."""
 
     plan: Plan
-    memory: MemoryReport
+    estimate: MemoryReport | MemoryTotals
+    """The plan's memory as the resolution checked it: its totals (``MemoryTotals``) until ``memory`` is read, which
+    builds the report once. A structure's options are many and few are costed (DeepSeek-V3 on 64 GB200: about
+    15,000 options, 25 costed), so most reports are never built."""
     why: str
     tight: bool = False
     """Fits the GPU only without the memory margin (``ctx.memory_margin``): shown, ranked after plans
     with headroom."""
+
+    @property
+    def memory(self) -> MemoryReport:
+        """``estimate_memory`` of the plan (resolved without the flex dispatcher's buffers where it is open)."""
+        return _report(self.estimate)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal plans, reasons and memory (reports: totals have no equality of their own)."""
+        if not isinstance(other, Option):
+            return NotImplemented
+        return (self.plan == other.plan and self.why == other.why and self.tight == other.tight
+                and self.memory == other.memory)
+
+    def __hash__(self) -> int:
+        return hash((self.plan, self.why, self.tight))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -75,14 +97,16 @@ class RecomputeLadder(Sequence[Plan]):
     """Least to most recompute: none, selective, full recompute of 1, 2, ... layers per chunk
     (Megatron-style runtimes), all layers. Plans are built on demand (the search bisects it)."""
 
-    def __init__(self, ctx: SearchContext, plan: Plan) -> None:
+    def __init__(self, ctx: SearchContext, plan: Plan, steps: list[tuple[str, int]] | None = None) -> None:
+        """``steps``: the ladder's steps if known (they depend only on the structure: ``StructureMemory``)."""
         self.plan = plan
-        # --recompute-num-layers counts per model chunk; a chunk with fewer layers recomputes all of them,
-        # so the partial ladder runs up to the largest chunk.
-        chunk = max(plan.virtual_stage_layers(ctx.model))
-        partial = chunk - 1 if ctx.runtime in ("megatron", "nemo", "megatron-2021") else 0
-        self.steps: list[tuple[str, int]] = ([("none", 0), ("selective", 0)]
-                                             + [("full", k) for k in range(1, partial + 1)] + [("full", 0)])
+        if steps is None:
+            # --recompute-num-layers counts per model chunk; a chunk with fewer layers recomputes all of them,
+            # so the partial ladder runs up to the largest chunk.
+            chunk = max(plan.virtual_stage_layers(ctx.model))
+            partial = chunk - 1 if ctx.runtime in ("megatron", "nemo", "megatron-2021") else 0
+            steps = [("none", 0), ("selective", 0)] + [("full", k) for k in range(1, partial + 1)] + [("full", 0)]
+        self.steps: list[tuple[str, int]] = steps
         self._built: dict[int, Plan] = {}
 
     def __len__(self) -> int:
@@ -101,47 +125,123 @@ class RecomputeLadder(Sequence[Plan]):
         return self._built[index]
 
 
-def recompute_ladder(ctx: SearchContext, plan: Plan) -> RecomputeLadder:
-    return RecomputeLadder(ctx, plan)
+def recompute_ladder(ctx: SearchContext, plan: Plan, fit: StructureMemory | None = None) -> RecomputeLadder:
+    """``plan``'s ``RecomputeLadder``; ``fit``: its structure's ``StructureMemory``, which keeps the steps."""
+    if fit is None:
+        return RecomputeLadder(ctx, plan)
+    ladder = RecomputeLadder(ctx, plan, fit.ladder_steps)
+    fit.ladder_steps = ladder.steps
+    return ladder
 
 
-MEMORY_MEMO: ContextVar[dict[Plan, MemoryTotals] | None] = ContextVar("configurator_memory_memo", default=None)
-"""Set by a search for its duration: memory estimates (their totals, ``memory.MemoryTotals``) by plan, so the
-plans ``resolve`` estimates twice (the quick exit's frugal forms again in the offload search, a ladder's ends)
-are estimated once."""
+_FORM_FIELDS = ("sharding", "shard_group", "recompute", "recompute_num_layers", "recompute_modules", "ep_dispatcher")
+"""The plan fields a structure's resolution varies (besides the offload fraction): its memory forms."""
+_FORM = attrgetter(*_FORM_FIELDS)
+_STRUCTURE = attrgetter(*(f for f in PLAN_FIELDS if f not in _FORM_FIELDS and f != "offload"))
+"""The fields that make the structure: fixed across everything ``resolve`` probes for it."""
 
 
-MEMO_LIMIT = 4096
-"""Entries ``MEMORY_MEMO`` (and ``memory.ACTIVATION_MEMO``) hold before they are emptied. Their hits come from
-one structure's resolution (a few dozen estimates), so a bound loses none that matters, and keeps a search's
-peak memory from growing with the number of structures it resolves (Qwen3-235B at 512 GPUs and up held about
-90,000 estimates, unbounded)."""
+class StructureMemory:
+    """One structure's memory checks, worked out from its parts: each stage's weights, grads and optimizer states
+    per sharding, its activations per recompute form and the flex dispatcher's buffers per dispatcher, each taken
+    from ``memory.memory_parts`` the first time a form needs it, and combined for every other form without it.
+
+    A memory check of a form is then a dictionary look-up of three parts and ``MemoryParts.totals`` (the floats of
+    ``estimate_memory``: ``memory_parts`` itself only combines the same memoized tuples), instead of hashing the
+    whole plan and rebuilding its parts (about 15-20 us each, and ``resolve`` makes a dozen per structure). The
+    parts depend on the plan only through the fields ``memory.py`` keys them by (``_ACTIVATION_FIELDS``,
+    ``_STATE_FIELDS``, ``_FLEX_FIELDS``), all fixed by the structure except the ones keyed here.
+    ``tests/test_resolve_parts.py`` compares its totals with ``estimate_memory``'s plan by plan."""
+
+    __slots__ = ("ctx", "states", "activations", "buffers", "forms", "checked", "template", "ladder_steps")
+
+    def __init__(self, ctx: SearchContext) -> None:
+        self.ctx = ctx
+        self.states: dict[tuple[str, int], tuple] = {}  # by (sharding, shard_group): ``MemoryParts.states``
+        self.activations: dict[tuple[str, int, tuple[str, ...]], tuple] = {}  # by recompute form
+        self.buffers: dict[str | None, tuple] = {}  # by dispatcher: (its FlexBuffers, bytes per pipeline rank)
+        self.forms: dict[tuple, MemoryParts] = {}  # by ``_FORM``
+        self.checked: dict[tuple, MemoryTotals] = {}  # by (``_FORM``, offload)
+        self.template: MemoryParts | None = None  # (the structure's constants: capacities, context, runtime)
+        self.ladder_steps: list[tuple[str, int]] | None = None  # (``RecomputeLadder.steps``: the structure's)
+
+    def parts(self, plan: Plan, form: tuple | None = None) -> MemoryParts:
+        """``memory_parts`` of ``plan`` (a form of this structure; ``form``: its ``_FORM`` fields, if known)."""
+        form = form or _FORM(plan)
+        hit = self.forms.get(form)
+        if hit is not None:
+            return hit
+        ctx = self.ctx
+        states = self.states.get((plan.sharding, plan.shard_group))
+        acts = self.activations.get((plan.recompute, plan.recompute_num_layers, plan.recompute_modules))
+        t = self.template
+        if states is None or acts is None or t is None:
+            hit = memory_parts(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
+            self.states[(plan.sharding, plan.shard_group)] = hit.states
+            self.activations[(plan.recompute, plan.recompute_num_layers, plan.recompute_modules)] = hit.activations
+            self.buffers[plan.ep_dispatcher] = (hit.buffers, hit.buffer_bytes)
+            self.template = t or hit
+        else:
+            buffers = self.buffers.get(plan.ep_dispatcher)
+            if buffers is None:
+                buffers = self.buffers[plan.ep_dispatcher] = stage_flex_buffers(ctx.model, ctx.cluster, ctx.job, plan)
+            hit = MemoryParts(states=states, activations=acts, buffer_bytes=buffers[1], context_bytes=t.context_bytes,
+                              rt=t.rt, capacity_bytes=t.capacity_bytes, host_capacity_bytes=t.host_capacity_bytes,
+                              gpus_per_node=t.gpus_per_node, buffers=buffers[0])
+        self.forms[form] = hit
+        return hit
+
+    def probe(self, plan: Plan, offload: float | None = None) -> MemoryTotals:
+        """``plan``'s memory as a fit check needs it (``_probe``), with ``offload`` in place of ``plan.offload``
+        if given (``min_offload`` tries fractions without building their plans)."""
+        offload = plan.offload if offload is None else offload
+        form = _FORM(plan)
+        hit = self.checked.get((form, offload))
+        if hit is None:
+            hit = self.checked[(form, offload)] = self.parts(plan, form).totals(offload)
+        return hit
+
+    def flex_buffer_bytes(self, plan: Plan) -> tuple[float, ...]:
+        """Per pipeline rank, the bytes of the flex dispatcher's buffers for ``plan`` (a form of this structure)."""
+        buffers = self.buffers.get("flex")
+        if buffers is None:
+            ctx = self.ctx
+            buffers = self.buffers["flex"] = stage_flex_buffers(ctx.model, ctx.cluster, ctx.job,
+                                                                replace(plan, ep_dispatcher="flex"))
+        return buffers[1]
+
+
+MEMORY_MEMO: ContextVar[dict[tuple, StructureMemory] | None] = ContextVar("configurator_memory_memo", default=None)
+"""Set by a search for its duration: each structure's ``StructureMemory`` (by its ``_STRUCTURE`` fields), so the
+checks of one structure made by ``resolve_least``, ``needs_full_recompute`` and ``resolve`` (with and without the
+memory margin, with and without the flex dispatcher) share their parts and totals."""
+
+
+MEMO_LIMIT = 512
+"""Structures ``MEMORY_MEMO`` holds before it is emptied. Its hits come from one structure's checks (its least form
+first, its resolution when it reaches the front again), so a bound loses few, and keeps a search's peak memory from
+growing with the number of structures it resolves (Qwen3-235B at 512 GPUs and up held about 90,000 estimates,
+unbounded). A structure keeps a dozen or so checks: 512 hold about what 4,096 single plans did before."""
+
+
+def structure_memory(ctx: SearchContext, structure: Plan) -> StructureMemory:
+    """The ``StructureMemory`` of ``structure`` (any of its forms): the search's (``MEMORY_MEMO``), or a new one."""
+    memo = MEMORY_MEMO.get()
+    if memo is None:
+        return StructureMemory(ctx)
+    key = _STRUCTURE(structure)
+    hit = memo.get(key)
+    if hit is None or hit.ctx is not ctx:  # (one context per search: checked, not assumed)
+        if len(memo) >= MEMO_LIMIT:
+            memo.clear()  # bounded: its hits are within one structure's resolution
+        hit = memo[key] = StructureMemory(ctx)
+    return hit
 
 
 def _probe(ctx: SearchContext, plan: Plan) -> MemoryTotals:
     """``plan``'s memory as a fit check needs it: each stage's total, the peak and the host peak (the floats of
     ``estimate_memory``'s report, which ``.report()`` builds only for the plans the resolution keeps)."""
-    memo = MEMORY_MEMO.get()
-    if memo is None:
-        return memory_parts(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime).totals(plan.offload)
-    hit = memo.get(plan)
-    if hit is None:
-        if len(memo) >= MEMO_LIMIT:
-            memo.clear()  # bounded: its hits are within one structure's resolution (the key is the whole plan)
-        if plan.offload:
-            # An offloaded form of a plan estimated without offload: only the optimizer states move (same parts).
-            # Where that plan is not estimated yet, its totals are kept too: the resolution asks for it next (the
-            # quick exit's frugal forms are the ladder's last plans offloaded).
-            unloaded = replace(plan, offload=0.0)
-            base = memo.get(unloaded)
-            if base is None:
-                base = memo[unloaded] = memory_parts(ctx.model, ctx.cluster, ctx.job, plan,
-                                                     runtime=ctx.runtime).totals(0.0)
-            parts = base.parts
-        else:
-            parts = memory_parts(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
-        hit = memo[plan] = parts.totals(plan.offload)
-    return hit
+    return structure_memory(ctx, plan).probe(plan)
 
 
 def _memory(ctx: SearchContext, plan: Plan) -> MemoryReport:
@@ -164,15 +264,17 @@ def _fits_device(mem: MemoryReport | MemoryTotals, margin: MemoryMargin) -> bool
 
 
 def _least_fitting(ctx: SearchContext, ladder: Sequence[Plan], last: MemoryReport | MemoryTotals,
-                   first_out: list[MemoryTotals | None],
-                   margin: MemoryMargin = NO_MARGIN) -> tuple[int, MemoryReport | MemoryTotals]:
+                   first_out: list[MemoryTotals | None], margin: MemoryMargin = NO_MARGIN,
+                   fit: StructureMemory | None = None) -> tuple[int, MemoryReport | MemoryTotals]:
     """Index of the first plan of the ladder that fits the device (bisection) and its memory (totals; ``last``
-    where that is the answer); -1 and the memory of the last plan (``last``) if none does."""
+    where that is the answer); -1 and the memory of the last plan (``last``) if none does. ``fit``: the ladder's
+    ``StructureMemory``."""
+    fit = fit or structure_memory(ctx, ladder[0])
     lo, hi = 0, len(ladder) - 1
     hi_mem = last
     if not _fits_device(hi_mem, margin):
         return -1, hi_mem
-    first = _probe(ctx, ladder[0])
+    first = fit.probe(ladder[0])
     first_out[0] = first
     if _fits_device(first, margin):  # the common case: no recompute needed
         return 0, first
@@ -191,7 +293,7 @@ def _least_fitting(ctx: SearchContext, ladder: Sequence[Plan], last: MemoryRepor
             drop = peak - hi_mem.peak_bytes
             guess = i + math.ceil((peak - cap) / drop * (hi - i)) if drop > 0 else mid
             mid = min(max(guess, lo), hi - 1)
-        mem = _probe(ctx, ladder[mid])
+        mem = fit.probe(ladder[mid])
         if _fits_device(mem, margin):
             hi, hi_mem = mid, mem
         else:
@@ -211,12 +313,22 @@ def min_offload(ctx: SearchContext, plan: Plan, m0: MemoryReport | MemoryTotals 
                 margin: MemoryMargin = NO_MARGIN) -> tuple[float, MemoryReport] | None:
     """The smallest offload fraction (1% steps) under which ``plan`` fits with ``margin`` free, or None.
     ``m0``: the memory of ``plan`` without offload, if already known."""
+    off = _min_offload(ctx, plan, m0, margin)
+    return None if off is None else (off[0], _report(off[1]))
+
+
+def _min_offload(ctx: SearchContext, plan: Plan, m0: MemoryReport | MemoryTotals | None = None,
+                 margin: MemoryMargin = NO_MARGIN,
+                 fit: StructureMemory | None = None) -> tuple[float, MemoryReport | MemoryTotals] | None:
+    """``min_offload`` with the memory as checked (its report not built). ``fit``: ``plan``'s ``StructureMemory``
+    (the fractions are checked on its parts, without building a plan for each)."""
     if plan.sharding == "none":
         return None
-    m0 = m0 or _probe(ctx, replace(plan, offload=0.0))
+    fit = fit or structure_memory(ctx, plan)
+    m0 = m0 or fit.probe(plan, 0.0)
     if m0.fits_host and _fits_device(m0, margin):
-        return 0.0, _report(m0)
-    m1 = _probe(ctx, replace(plan, offload=1.0))
+        return 0.0, m0
+    m1 = fit.probe(plan, 1.0)
     if not _fits_device(m1, margin):
         return None
     cap = m0.capacity_bytes - margin.bytes_for(m0.capacity_bytes)
@@ -225,13 +337,13 @@ def min_offload(ctx: SearchContext, plan: Plan, m0: MemoryReport | MemoryTotals 
         if t0 > cap:
             need = max(need, (t0 - cap) / (t0 - t1))
     f = min(1.0, math.ceil(need * 100 - 1e-9) / 100)
-    mem = _probe(ctx, replace(plan, offload=f))
+    mem = fit.probe(plan, f)
     while not _fits_device(mem, margin) and f < 1.0:  # rounding guard
         f = min(1.0, f + 0.01)
-        mem = _probe(ctx, replace(plan, offload=f))
+        mem = fit.probe(plan, f)
     if not mem.fits:
         return None  # host RAM too small for the offloaded states
-    return f, mem.report()
+    return f, mem
 
 
 def balanced_offload(ctx: SearchContext) -> float:
@@ -268,14 +380,21 @@ def _resolve_margins(ctx: SearchContext, structure: Plan, full_only: bool) -> Re
                                             f"{keep:.1f} GiB memory margin free") for o in tight.options))
 
 
-def fit_dispatcher(ctx: SearchContext, plan: Plan, memory: MemoryReport, margin: MemoryMargin) -> Plan:
+def fit_dispatcher(ctx: SearchContext, plan: Plan, memory: MemoryReport | MemoryTotals, margin: MemoryMargin,
+                   fit: StructureMemory | None = None) -> Plan:
     """``plan`` as the search may cost it: the knob search (``search/knobs.py``) tries the flex dispatcher on a
     plan whose memory was resolved without it, but flex adds its DeepEP/HybridEP buffers
     (``memory.with_flex_buffers``); where they would not fit with ``margin`` free, the dispatcher is fixed to
     alltoall (``memory``: the plan's estimate, any dispatcher). A plan that fixes its dispatcher is its own."""
     if plan.ep_dispatcher is not None or len(dispatcher_choices(plan, ctx.runtime, ctx.model.is_moe, ctx.cluster)) < 2:
         return plan
-    peak = flex_peak_bytes(memory, ctx.model, ctx.cluster, ctx.job, replace(plan, ep_dispatcher="flex"))
+    if isinstance(memory, MemoryTotals) and not any(memory.parts.buffer_bytes):
+        # Each stage's total is ((allocated + fragmentation) + context) + 0.0 buffers: adding the flex buffers to it
+        # is ``flex_peak_bytes``'s sum, the same floats, without building the report.
+        flex_bytes = (fit or structure_memory(ctx, plan)).flex_buffer_bytes(plan)
+        peak = max(t + b for t, b in zip(memory.stage_totals, flex_bytes))
+    else:
+        peak = flex_peak_bytes(_report(memory), ctx.model, ctx.cluster, ctx.job, replace(plan, ep_dispatcher="flex"))
     fits = peak <= memory.capacity_bytes and fits_with_margin(peak, memory.capacity_bytes, margin)  # (_fits_device)
     return plan if fits else replace(plan, ep_dispatcher="alltoall")
 
@@ -289,7 +408,8 @@ def split_dispatchers(ctx: SearchContext, structure: Plan, res: Resolution, full
     if not res.options or structure.ep_dispatcher is not None \
             or len(dispatcher_choices(structure, ctx.runtime, ctx.model.is_moe, ctx.cluster)) < 2:
         return res
-    kept = [o if (p := fit_dispatcher(ctx, o.plan, o.memory, option_margin(ctx, o))) is o.plan
+    fit = structure_memory(ctx, structure)
+    kept = [o if (p := fit_dispatcher(ctx, o.plan, o.estimate, option_margin(ctx, o), fit)) is o.plan
             else dc_replace(o, plan=p) for o in res.options]
     if all(k is o for k, o in zip(kept, res.options)):
         return res
@@ -322,13 +442,14 @@ def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin, full_onl
     options: list[Option] = []
     smallest = math.inf
     shardings = framework_shardings(ctx, structure)
+    fit = structure_memory(ctx, structure)
     # Quick exit: no sharding fits the device even with full recompute and all optimizer states on the
     # host (more sharding is not always less memory: ZeRO-3 also holds gathered layers). Most sharded
     # first, and no further once one fits (then there is no quick exit): usually one estimate, not one
     # per sharding.
     frugal = []
     for sh in reversed(shardings):
-        frugal.append(_probe(ctx, _with_sharding(ctx, structure, sh, recompute="full", recompute_num_layers=0,
+        frugal.append(fit.probe(_with_sharding(ctx, structure, sh, recompute="full", recompute_num_layers=0,
                                                   offload=1.0 if sh != "none" else 0.0)))
         if _fits_device(frugal[-1], margin):
             break
@@ -341,46 +462,46 @@ def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin, full_onl
         base = _with_sharding(ctx, structure, sharding)
         if plan_violations(ctx.model, ctx.job, base, ctx.num_gpus):
             continue
-        ladder = recompute_ladder(ctx, base)
-        full = _probe(ctx, ladder[-1])
+        ladder = recompute_ladder(ctx, base, fit)
+        full = fit.probe(ladder[-1])
         ladder_first: list[MemoryTotals | None] = [None]
         if full_only:
             index, mem = (len(ladder) - 1, full) if _fits_device(full, margin) else (-1, full)
         else:
-            index, mem = _least_fitting(ctx, ladder, full, ladder_first, margin)
+            index, mem = _least_fitting(ctx, ladder, full, ladder_first, margin, fit)
         if index >= 0 and mem.fits:
             plan = ladder[index]
             what = "no recompute" if index == 0 else _describe_recompute(plan)
-            options.append(Option(plan=plan, memory=_report(mem), why=f"{sharding}: {what} is the least that fits"))
+            options.append(Option(plan=plan, estimate=mem, why=f"{sharding}: {what} is the least that fits"))
             if index > 1 and ctx.runtime in MEGATRON_RUNTIMES:
-                modules = _least_modules(ctx, ladder[1], margin)
+                modules = _least_modules(ctx, ladder[1], margin, fit)
                 if modules is not None:
                     options.append(modules)
             if index > 0:
                 # (full_only: needs_full_recompute showed no offload lets a shorter recompute fit)
-                off = None if full_only else min_offload(ctx, ladder[0], ladder_first[0], margin)
+                off = None if full_only else _min_offload(ctx, ladder[0], ladder_first[0], margin, fit)
                 if off is not None and off[0] > 0:
-                    options.append(Option(plan=replace(ladder[0], offload=off[0]), memory=off[1],
+                    options.append(Option(plan=replace(ladder[0], offload=off[0]), estimate=off[1],
                                           why=f"{sharding}: offloading {off[0]:.0%} of the optimizer avoids recompute"))
             else:
                 break  # fits without recompute or offload: more sharding cannot be faster
         else:
-            off = min_offload(ctx, ladder[-1], full, margin)
+            off = _min_offload(ctx, ladder[-1], full, margin, fit)
             if off is not None:
-                options.append(Option(plan=replace(ladder[-1], offload=off[0]), memory=off[1],
+                options.append(Option(plan=replace(ladder[-1], offload=off[0]), estimate=off[1],
                                       why=f"{sharding}: fits only with full recompute and {off[0]:.0%} of the "
                                           "optimizer offloaded (the smallest fraction that fits)"))
             else:
-                smallest = min(smallest, _probe(ctx, replace(ladder[-1], offload=1.0)).peak_bytes
+                smallest = min(smallest, fit.probe(ladder[-1], 1.0).peak_bytes
                                if sharding != "none" else mem.peak_bytes)
     balanced = balanced_offload(ctx)
     extra = []
     for o in options:
         if 0 < o.plan.offload < balanced:
             plan = replace(o.plan, offload=math.ceil(balanced * 100) / 100)
-            mem = _probe(ctx, plan)
+            mem = fit.probe(plan)
             if mem.fits and _fits_device(mem, margin):
-                extra.append(Option(plan=plan, memory=mem.report(), why=o.why + f"; {plan.offload:.0%} balances GPU and CPU Adam"))
+                extra.append(Option(plan=plan, estimate=mem, why=o.why + f"; {plan.offload:.0%} balances GPU and CPU Adam"))
     options += extra
     if ctx.framework == "deepspeed":
         options = _deepspeed_runnable(ctx, options)
@@ -394,7 +515,8 @@ def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin, full_onl
                       reason=f"needs {need} of {cap / GIB:.1f} GiB even with full recompute and optimizer offload")
 
 
-def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) -> Option | None:
+def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin,
+                   fit: StructureMemory | None = None) -> Option | None:
     """Megatron-Core's ``--recompute-modules``: the first module list (least recompute first,
     ``runs.selective_module_ladder``) under which the plan fits, as an alternative to recomputing whole
     layers - for MoE and long-context plans it often costs less time (the step model charges what the
@@ -409,6 +531,7 @@ def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) ->
     ladder = _module_lists(ctx.model, ctx.job.precision)
     if not ladder:
         return None
+    fit = fit or structure_memory(ctx, selective)
     plans: list[Plan | None] = [None] * len(ladder)  # (built as the search reaches them)
 
     def plan(i: int) -> Plan:
@@ -419,7 +542,7 @@ def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) ->
         return p
 
     def fits(i: int) -> MemoryTotals | None:
-        mem = _probe(ctx, plan(i))
+        mem = fit.probe(plan(i))
         return mem if mem.fits and _fits_device(mem, margin) else None
 
     if _nested(ladder):
@@ -435,7 +558,7 @@ def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) ->
         candidates = range(lo, len(plans))  # every one of them fits: the first Megatron can run
     else:
         union = replace(selective, recompute="selective", recompute_num_layers=0, recompute_modules=union_modules(ladder))
-        if not _fits_device(_probe(ctx, union), margin):
+        if not _fits_device(fit.probe(union), margin):
             return None
         candidates = range(len(plans))
     for i in candidates:
@@ -443,7 +566,7 @@ def _least_modules(ctx: SearchContext, selective: Plan, margin: MemoryMargin) ->
             continue  # e.g. fp8 delayed scaling cannot recompute moe_act/layernorm
         mem = fits(i)
         if mem is not None:
-            return Option(plan=plan(i), memory=mem.report(),
+            return Option(plan=plan(i), estimate=mem,
                           why=f"{selective.sharding}: selective recompute of {','.join(ladder[i])} fits")
     return None
 
@@ -480,11 +603,11 @@ def resolve_least(ctx: SearchContext, structure: Plan) -> Resolution | None:
             or structure.recompute != "none" \
             or structure.offload:
         return None
-    mem = _probe(ctx, structure)
+    mem = structure_memory(ctx, structure).probe(structure)
     if not (mem.fits and _fits_device(mem, _margin(ctx))):
         return None
     return split_dispatchers(ctx, structure, Resolution(options=(Option(
-        plan=structure, memory=mem.report(), why=f"{structure.sharding}: no recompute is the least that fits"),)))
+        plan=structure, estimate=mem, why=f"{structure.sharding}: no recompute is the least that fits"),)))
 
 
 def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
@@ -497,6 +620,7 @@ def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
     shardings = framework_shardings(ctx, structure)
     modules = selective_module_ladder(ctx.model, ctx.job.precision)[-1] if ctx.runtime in MEGATRON_RUNTIMES else ()
     partial: dict[str, object] | None = None
+    fit = structure_memory(ctx, structure)
     for sharding in reversed(shardings):  # (most sharded first: the one most likely to fit, which ends it)
         if sharding in ("zero1", "distopt") and "zero2" in shardings:
             continue  # ZeRO-2 holds the same weights and optimizer shards and fewer gradients: never more
@@ -510,9 +634,9 @@ def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
         probe = _with_sharding(ctx, structure, sharding, **partial, offload=offload)
         if memory_floor_bytes(ctx.model, ctx.cluster, ctx.job, probe, runtime=ctx.runtime) > ctx.cluster.gpu_memory_bytes:
             continue  # the weights, grads and optimizer states alone do not fit: no recompute form does
-        if _probe(ctx, probe).fits_device:
+        if fit.probe(probe).fits_device:
             return False
-        if modules and _probe(ctx, _with_sharding(ctx, structure, sharding, recompute="selective", recompute_num_layers=0,
+        if modules and fit.probe(_with_sharding(ctx, structure, sharding, recompute="selective", recompute_num_layers=0,
                                                   recompute_modules=modules, offload=offload)).fits_device:
             return False
     return True
@@ -548,7 +672,7 @@ def _deepspeed_runnable(ctx: SearchContext, options: list[Option]) -> list[Optio
             if not unsupported(full, ctx.job):
                 mem = _memory(ctx, full)
                 if mem.fits:
-                    out.append(Option(plan=full, memory=mem, why=o.why + "; DeepSpeed below ZeRO-3 offloads all of it"))
+                    out.append(Option(plan=full, estimate=mem, why=o.why + "; DeepSpeed below ZeRO-3 offloads all of it"))
     return out
 
 
