@@ -172,7 +172,7 @@ def test_the_2608_mxfp8_recipes_run_fp8_attention_except_deepseek_on_gb200():
     assert not recipe_fp8_attention("torchtitan", "Qwen3_30B_a3B", "gb300-nvl72", "fp8")
 
 
-def test_fp8_attention_doubles_the_tensor_pipe_but_not_the_exponentials():
+def test_fp8_attention_keeps_the_bf16_pipes_and_divides_by_the_measured_ratio():
     from configurator.cost.compute import gpu_rates
     from configurator.cost.constants import CostConstants
     from configurator.profiles import load_cluster
@@ -181,17 +181,19 @@ def test_fp8_attention_doubles_the_tensor_pipe_but_not_the_exponentials():
     cluster = load_cluster("gb200-nvl72")
     bf16 = gpu_rates(cluster, "fp8", c, measured={})
     fp8 = gpu_rates(cluster, "fp8", c, measured={}, fp8_attention=True)
-    # Defaults: attention.blackwell 0.7 of the bf16 peak; fp8 at the fp8 peak x gemm.blackwell.fp8 (0.97);
-    # both at GB200's sustained_matmul_ratio 0.94 of the rating (the exponentials are not scaled).
-    assert bf16.attention_flops == pytest.approx(2.5e15 * 0.94 * 0.7)
-    assert fp8.attention_flops == pytest.approx(5.0e15 * 0.94 * 0.97 * 0.7)
+    # Defaults: attention.blackwell 0.7 of the bf16 peak at GB200's sustained_matmul_ratio 0.94, under fp8
+    # attention too (the exponentials are not scaled).
+    assert bf16.attention_flops == fp8.attention_flops == pytest.approx(2.5e15 * 0.94 * 0.7)
     assert fp8.exp2_per_s == bf16.exp2_per_s == pytest.approx(4.88e12)
-    # Head dim 128: bf16 mma 167.1 us, fp8 mma 86.2 us, exp 110.0 us: in fp8 the exponentials set the pace.
+    # Head dim 128: bf16 mma 310.1 us at 1.645 PFLOP/s, exp 110.0 us; fp8 = the bf16 pass / cuDNN's measured
+    # MXFP8 speed-up at head dim 128, 4,096 tokens on GB200 (llama3.1: 0.391 / 0.326 ms forward,
+    # 1.198 / 1.305 ms backward). The old rule (fp8 peak on the tensor pipe: 0.71 of this forward) fails.
     work = _work()
-    mma_bf16, mma_fp8, exp = SCORES * 512 / 1.645e15, SCORES * 512 / 3.1913e15, SCORES / 4.88e12
-    assert mma_fp8 < exp < mma_bf16
+    mma_bf16, exp = SCORES * 512 / 1.645e15, SCORES / 4.88e12
     half_len = c["attention.half_len"]
     stretch = (4096 + half_len) / 4096
     o = hardware_default("attention_exp_overlap")
-    assert bf16.attention_s(work) == pytest.approx((mma_bf16 + (1 - o) * exp) * stretch)
-    assert fp8.attention_s(work) == pytest.approx((exp + (1 - o) * mma_fp8) * stretch)
+    forward = (mma_bf16 + (1 - o) * exp) * stretch
+    assert bf16.attention_s(work) == pytest.approx(forward, rel=1e-3)
+    assert fp8.attention_s(work) == pytest.approx(forward / (0.391 / 0.326), rel=1e-3)
+    assert fp8.attention_bwd_s(work) == pytest.approx(bf16.attention_bwd_s(work) / (1.198 / 1.305))

@@ -21,12 +21,14 @@ shorter pipe hidden (cost.json ``attention_exp_overlap``, from the FA3 ablation 
 cuDNN). The backward recomputes the probabilities (one more exponential per score) under
 ``bwd_factor`` times the forward's tensor-core time. Both pipes work on whole tiles: the scores of the
 K/V tiles each query tile's causal range or window band touches (``flash_query_tile``, ``work.computed_keys``),
-not only the attended ones; under fp8 attention the backward runs at the bf16 tensor rate over a windowed
-layer's causal range (``FP8_ATTENTION_BACKWARD``).
+not only the attended ones. Under fp8 attention each pass takes its bf16 time divided by cuDNN's measured
+MXFP8/bf16 speed ratio for the head dim, pass and sequence length (``FP8_ATTENTION_SPEEDUP``), and a windowed
+layer's backward runs its whole causal range (``FP8_ATTENTION_BACKWARD``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -60,7 +62,8 @@ class GpuRates:
     """At the job's GEMM precision."""
     gemm_bf16: GemmCurve
     attention_flops: float
-    """Achievable FLOP/s of flash attention's tensor-core GEMMs (bf16 peak x the family's efficiency)."""
+    """Achievable FLOP/s of flash attention's tensor-core GEMMs (bf16 peak x the family's efficiency; under fp8
+    attention too: ``fp8_attention`` scales the passes' times)."""
     attention_half_len: float
     attention_bwd_factor: float
     """Backward / forward time of the tensor-core part (the whole pass for the unfused kernel)."""
@@ -80,12 +83,10 @@ class GpuRates:
     """cuBLAS splits the last partial wave along the reduction (Hopper, Blackwell; cost/waves.py)."""
     flash_architecture: str = ""
     """Architecture whose flash kernels' query tiles ``flash_query_tile`` gives; "" = attended keys only."""
-    attention_bwd_flops: float = 0.0
-    """FLOP/s of the backward's tensor-core GEMMs when they differ from the forward's (fp8 attention: the
-    bf16 rate, ``FP8_ATTENTION_BACKWARD``); 0 = ``attention_flops``."""
-    backward_window_tiles: bool = True
-    """Whether the backward skips the K/V tiles outside a sliding window as the forward does (not under fp8
-    attention: ``FP8_ATTENTION_BACKWARD``)."""
+    fp8_attention: str = ""
+    """Benchmarked GPU of ``FP8_ATTENTION_SPEEDUP`` whose MXFP8/bf16 ratios divide the flash passes' bf16 times
+    (``fp8_attention_gpu``); its backward also runs a windowed layer's whole causal range
+    (``FP8_ATTENTION_BACKWARD``). "" = bf16 attention."""
 
     def gemm_s(self, m: float, n: float, k: float, count: float, bf16: bool) -> float:
         curve = self.gemm_bf16 if bf16 else self.gemm
@@ -117,11 +118,14 @@ class GpuRates:
         return self._flash_s(work, self.attention_bwd_factor, backward=True)
 
     def _flash_s(self, work: LayerWork, mma_factor: float, backward: bool = False) -> float:
-        tiles, length = self._flash_tiles(work, windowed=not backward or self.backward_window_tiles)
-        rate = self.attention_bwd_flops if backward and self.attention_bwd_flops else self.attention_flops
-        mma_s = mma_factor * tiles * work.attention_flops / rate
+        tiles, length = self._flash_tiles(work, windowed=not (backward and self.fp8_attention))
+        mma_s = mma_factor * tiles * work.attention_flops / self.attention_flops
         exp_s = tiles * attention_exp_count(work) / self.exp2_per_s if self.exp2_per_s > 0 else 0.0
         both_s = max(mma_s, exp_s) + (1.0 - self.exp_overlap) * min(mma_s, exp_s)
+        if self.fp8_attention:
+            pass_ = "bwd" if backward else "fwd"
+            seq_len = work.attention_seq_len or work.attention_kv_len
+            both_s /= fp8_attention_speedup(self.fp8_attention, pass_, work.attn_d_qk, seq_len)
         return both_s * length
 
     def _flash_tiles(self, work: LayerWork, windowed: bool = True) -> tuple[float, float]:
@@ -211,16 +215,75 @@ HOPPER_FLASH_TILE_M = {64: 192}
 up to 128."""
 
 
+FP8_ATTENTION_SPEEDUP: dict[tuple[str, str, int], tuple[tuple[int, float, float], ...]] = {
+    # (GPU, pass, head dim qk): (sequence length, bf16 ms, MXFP8 ms) per measured point
+    ("GB200", "fwd", 192): ((2048, 0.321, 0.224), (4096, 0.977, 0.714), (8192, 3.470, 2.478),
+                            (16384, 13.103, 9.337), (32768, 50.456, 37.773)),
+    ("GB200", "bwd", 192): ((2048, 1.056, 0.854), (4096, 3.383, 2.620), (8192, 11.984, 9.567),
+                            (16384, 50.424, 36.835), (32768, 212.546, 149.238)),
+    ("GB200", "fwd", 128): ((2048, 0.125, 0.103), (4096, 0.391, 0.326), (8192, 1.397, 1.156),
+                            (16384, 5.150, 4.400), (32768, 21.692, 17.201)),
+    ("GB200", "bwd", 128): ((2048, 0.389, 0.461), (4096, 1.198, 1.305), (8192, 4.127, 4.272),
+                            (16384, 16.554, 15.315), (32768, 71.756, 61.716)),
+    ("GB200", "fwd", 64): ((2048, 0.109, 0.109), (4096, 0.210, 0.210), (8192, 0.414, 0.417),
+                           (16384, 0.822, 0.826)),
+    ("GB300", "fwd", 192): ((2048, 0.268, 0.166), (4096, 0.864, 0.546), (8192, 3.013, 1.944),
+                            (16384, 11.178, 7.336), (32768, 44.189, 29.731)),
+    ("GB300", "bwd", 192): ((2048, 0.977, 0.772), (4096, 3.127, 2.348), (8192, 11.074, 8.030),
+                            (16384, 43.911, 31.002), (32768, 177.494, 122.768)),
+    ("GB300", "fwd", 128): ((2048, 0.100, 0.079), (4096, 0.323, 0.242), (8192, 1.185, 0.856),
+                            (16384, 4.593, 3.225), (32768, 18.014, 12.632)),
+    ("GB300", "bwd", 128): ((2048, 0.356, 0.424), (4096, 1.101, 1.203), (8192, 3.832, 3.917),
+                            (16384, 14.593, 14.072), (32768, 59.024, 55.340)),
+    ("GB300", "fwd", 64): ((2048, 0.104, 0.092), (4096, 0.202, 0.175), (8192, 0.397, 0.342),
+                           (16384, 0.790, 0.676)),
+}
+"""cuDNN's measured flash-attention times, bf16 and MXFP8 (Transformer Engine's fp8_dot_product_attention on
+Blackwell, which Megatron-Bridge 26.08's MXFP8 recipes turn on: runs.py ``recipe_fp8_attention``), from
+cudnn-frontend's SDPA training benchmark (github.com/NVIDIA/cudnn-frontend, commit 3929da2e,
+``benchmark/sdpa_benchmark_training/results/<model>/<gpu>/*.csv``: cuDNN 9.22 (backend 92200), frontend
+1.21.1, batch 2, causal ``top_left`` mask, non-deterministic backward, ``time_ms`` column). Head dim 192 (qk) /
+128 (v): ``dsv3`` (DeepSeek-V3: 128 heads, no GQA; ``kimiK26``'s 64 heads agree within 0.06x); 128:
+``llama3.1`` (64 heads, 8 KV heads, the nearest measured shape to Qwen3-235B's 64/4 and Qwen3-30B's 32/4);
+64: ``gpt_oss`` (128 heads of 64 with the 128-key window; forward only: its backward is
+``FP8_ATTENTION_BACKWARD``'s evidence; its 32K point left out, the bf16 forward there took 3.2x its 16K time for
+twice the work of a windowed layer). The MXFP8/bf16 speed ratio at 4,096 tokens: forward 1.37x (GB200) /
+1.58x (GB300) at 192, 1.20x / 1.33x at 128, 1.00x / 1.15x at 64; backward 1.29x / 1.33x at 192 and 0.92x /
+0.92x at 128, every one below the 2x of the fp8/bf16 peaks (the exponentials run on the SFU at either
+precision; the benchmark does not break the rest of the gap down). ``GB200`` stands for GPUs with Blackwell's
+SFU rate per tensor FLOP, ``GB300`` for those with twice it (``fp8_attention_gpu``)."""
+
 FP8_ATTENTION_BACKWARD = (
-    "cuDNN's fp8 attention (Transformer Engine's fp8_dot_product_attention; MXFP8 on Blackwell) speeds up the "
-    "forward only. cudnn-frontend's SDPA training benchmark (benchmark/sdpa_benchmark_training/results, cuDNN "
-    "9.22, GB200 and GB300, batch 2, causal): the MXFP8 backward runs at 0.92-0.97x the bf16 backward's speed "
-    "at head dim 128 (32 heads, 4,096-8,192 tokens; fp8 1.03-1.09x) and 1.25-1.38x at DeepSeek's 192/128, "
-    "against 1.2-1.6x for the forward; and on GPT-OSS's shape (head dim 64, 128-key window) its time grows with "
-    "the square of the sequence (GB200 MXFP8: 0.64, 2.08, 7.43, 27.9, 108 ms for 2K-32K tokens, 3.2-3.9x per "
-    "doubling; the bf16 backward 0.24-3.69 ms, 2x per doubling): the fp8 backward runs every causal tile of a "
-    "windowed layer. So under fp8 attention the backward's tensor-core GEMMs run at the bf16 rate and a "
-    "windowed layer's backward covers its causal range.")
+    "cuDNN's MXFP8 backward runs every causal tile of a windowed layer: on GPT-OSS's shape (head dim 64, "
+    "128-key window) cudnn-frontend's SDPA benchmark (FP8_ATTENTION_SPEEDUP's source, gpt_oss/gb200) measures "
+    "its time growing with the square of the sequence (0.64, 2.08, 7.43, 27.9, 108 ms for 2K-32K tokens, "
+    "3.2-3.9x per doubling) where the bf16 backward's grows with the sequence (0.24-3.69 ms, 2x per doubling). "
+    "So under fp8 attention a windowed layer's backward covers its causal range, at the speed ratio of the "
+    "nearest causally measured head dim (128).")
+
+
+def fp8_attention_gpu(exp2_per_s: float, bf16_peak_flops: float) -> str:
+    """The benchmarked GPU of ``FP8_ATTENTION_SPEEDUP`` whose ratios a GPU takes: the one whose exponentials per
+    dense bf16 FLOP (GB200 16/8,192, GB300 32/8,192) are nearest on a log scale, since the exponentials, which
+    fp8 does not speed up, set how much of a pass the faster tensor cores can shorten. Without a known SFU
+    rate, GB200's."""
+    blackwell = 16.0 / 8192.0
+    if exp2_per_s <= 0 or bf16_peak_flops <= 0:
+        return "GB200"
+    return "GB300" if exp2_per_s / bf16_peak_flops > math.sqrt(2.0) * blackwell else "GB200"
+
+
+@functools.lru_cache(maxsize=4096)
+def fp8_attention_speedup(gpu: str, pass_: str, head_dim: float, seq_len: float) -> float:
+    """MXFP8/bf16 speed ratio of a flash pass (``FP8_ATTENTION_SPEEDUP``): the measured head dim nearest to
+    ``head_dim`` on a log scale (the larger on a tie), linear in log2 of the sequence length between the measured
+    points (2K-32K tokens), held at the ends. Remembered: a search asks for the same few shapes many times."""
+    dims = [d for (g, p, d) in FP8_ATTENTION_SPEEDUP if g == gpu and p == pass_]
+    dim = min(dims, key=lambda d: (abs(math.log(max(head_dim, 1.0) / d)), -d))
+    points = FP8_ATTENTION_SPEEDUP[(gpu, pass_, dim)]
+    xs = [math.log2(s) for s, _, _ in points]
+    ratios = [bf16 / fp8 for _, bf16, fp8 in points]
+    return float(np.interp(math.log2(max(seq_len, 1.0)), xs, ratios))
 
 
 def flash_query_tile(architecture: str, head_dim: float) -> int:
@@ -249,8 +312,8 @@ def attention_efficiency(family: str, kernel: str, constants: CostConstants) -> 
 def gpu_rates(cluster: ClusterSpec, precision: str, constants: CostConstants,
               measured: dict[str, GemmCurve] | None = None, attention_kernel: str = "cudnn",
               fp8_attention: bool = False) -> GpuRates:
-    """``fp8_attention`` (JobSpec): the attention GEMMs at the fp8 peak and the family's fp8/bf16 GEMM
-    efficiency ratio (as the other fp8 GEMMs); the exponentials stay on the SFU."""
+    """``fp8_attention`` (JobSpec): flash attention's passes at cuDNN's measured MXFP8/bf16 speed ratios
+    (``FP8_ATTENTION_SPEEDUP``) of the GPU with the nearest SFU rate (``fp8_attention_gpu``)."""
     gpu = cluster.gpu
     measured = measured if measured is not None else measured_gemm_curves(cluster)
     half = constants["gemm.half_dim"]
@@ -267,12 +330,8 @@ def gpu_rates(cluster: ClusterSpec, precision: str, constants: CostConstants,
                          half_dim=half)
 
     sixteen = gpu.half_precision  # bf16, or fp16 where the GPU has no bf16 (V100, T4)
-    bf16_peak = gpu.peak_flops_for(sixteen) * sustained
-    attention_peak = bf16_peak
+    attention_peak = gpu.peak_flops_for(sixteen) * sustained
     fp8_attn = fp8_attention and attention_kernel != "unfused" and gpu.supports("fp8")
-    if fp8_attn:
-        attention_peak = gpu.peak_flops_for("fp8") * sustained * (
-            constants.gemm_efficiency(gpu.family, "fp8") / constants.gemm_efficiency(gpu.family, sixteen))
     attention_eff = attention_efficiency(gpu.family, attention_kernel, constants)
     return GpuRates(gemm=curve(precision), gemm_bf16=curve(sixteen),
                     attention_flops=attention_peak * attention_eff,
@@ -284,9 +343,8 @@ def gpu_rates(cluster: ClusterSpec, precision: str, constants: CostConstants,
                     exp2_per_s=gpu.sfu_exp2_per_s, exp_overlap=hardware_default("attention_exp_overlap"),
                     sm_count=sm_count(gpu.key, gpu.architecture or gpu.family),
                     flash_architecture=(gpu.architecture or gpu.family) if attention_kernel != "unfused" else "",
-                    # FP8_ATTENTION_BACKWARD: the fp8 backward at the bf16 rate, over a windowed layer's causal tiles
-                    attention_bwd_flops=bf16_peak * attention_eff if fp8_attn else 0.0,
-                    backward_window_tiles=not fp8_attn,
+                    fp8_attention=fp8_attention_gpu(gpu.sfu_exp2_per_s, gpu.peak_flops_for(sixteen))
+                    if fp8_attn else "",
                     stream_k=(gpu.architecture or gpu.family) in STREAM_K_ARCHITECTURES)
 
 
@@ -357,5 +415,22 @@ def expert_gemms_s(work: LayerWork, rates: GpuRates) -> float:
     return hit  # type: ignore[return-value]
 
 
-__all__ = ["BLACKWELL_FLASH_TILE_M", "FP8_ATTENTION_BACKWARD", "WORK_TIME_MEMO", "GemmCurve", "flash_query_tile", "GpuRates", "WorkTime", "attention_exp_count", "expert_gemms_s", "fit_gemm_curve", "gpu_rates", "measured_gemm_curves",
-           "measured_hbm_Bps", "time_work"]
+__all__ = [
+    "BLACKWELL_FLASH_TILE_M",
+    "FP8_ATTENTION_BACKWARD",
+    "FP8_ATTENTION_SPEEDUP",
+    "WORK_TIME_MEMO",
+    "GemmCurve",
+    "flash_query_tile",
+    "fp8_attention_gpu",
+    "fp8_attention_speedup",
+    "GpuRates",
+    "WorkTime",
+    "attention_exp_count",
+    "expert_gemms_s",
+    "fit_gemm_curve",
+    "gpu_rates",
+    "measured_gemm_curves",
+    "measured_hbm_Bps",
+    "time_work",
+]
