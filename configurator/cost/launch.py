@@ -29,6 +29,10 @@ buffers and ``cudaGraphLaunch``, each a few µs like a kernel launch: ~4-6 µs p
 the 26.08 MXFP8 recipes) captures the whole forward-backward: no per-layer launches at all, and no
 dispatcher sync either, since those recipes size the dispatch buffers statically
 (``moe_expert_rank_capacity_factor`` 1.5).
+
+A clamped GLU (GPT-OSS) syncs once more per MoE layer (``activation_syncs``): Megatron-Core's fused
+activation makes a device tensor of a Python float on every call, a blocking host-to-device copy that waits
+for the fc1 GEMMs to finish before the host launches the activation and fc2.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ BACKWARD_KERNEL_RATIO = 2.0
 GRAPH_REPLAY_LAUNCHES = 2.0
 """Host cost of replaying one captured scope, in eager launches (static-input copy + cudaGraphLaunch)."""
 FULL_ITERATION = "full_iteration"
+GLU_SYNC_KERNELS_AFTER = 2
+"""Launches between the clamped GLU's sync and the next long kernel: the activation itself (one
+``torch.compile``'d kernel) and the first cuBLAS GEMM of the grouped fc2 (``activation_syncs``)."""
 
 
 def exposed_launch_s(gpu_s: float, kernels: float, launch_s: float) -> float:
@@ -91,18 +98,44 @@ def dispatcher_syncs(moe: bool, ep: int, moe_routing: str, graphs: tuple[str, ..
     return 1
 
 
+def activation_syncs(clamped_glu: bool, recompute_act: bool, graphs: tuple[str, ...] = ()) -> tuple[int, int]:
+    """(forward, backward) host syncs of one MoE layer's clamped GLU, for a Megatron-Core layer whose experts
+    clamp outside a fused grouped MLP (``work.expert_glu_clamp_unfused``). ``weighted_bias_quick_geglu_impl``
+    (megatron/core/fusions/fused_bias_geglu.py, the same in the 25.11 and 26.04 containers' pins, Megatron-LM
+    0d8e0714 and 2edffadb) runs ``torch.tensor(linear_offset, dtype=input.dtype, device=input.device)`` on
+    every call. A tensor made from a Python scalar on the GPU is a blocking copy: PyTorch's
+    ``internal_new_from_data`` (torch/csrc/utils/tensor_new.cpp) moves it with ``.to(device,
+    non_blocking=false)``, which ``copy_kernel_cuda`` (aten/src/ATen/native/cuda/Copy.cu) runs as
+    ``memcpy_and_sync``: ``cudaMemcpyAsync`` then ``cudaStreamSynchronize``. The host waits for the fc1 GEMMs
+    and the clamps, then launches the activation and fc2 while the GPU idles. Once per forward, and once in
+    the backward where the activation is recomputed (``--recompute-modules moe_act`` or ``moe``:
+    ``CheckpointWithoutOutput`` calls ``bias_act_func`` again); full recompute repeats the forward's launches
+    (step.py). None under a full-iteration graph, which launches nothing per layer."""
+    if not clamped_glu or FULL_ITERATION in graphs:
+        return 0, 0
+    return 1, 1 if recompute_act else 0
+
+
 def layer_launch_s(fwd_gpu_s: float, bwd_gpu_s: float, moe: bool, launch_s: float, sync_s: float,
                    syncs: int, graphs: tuple[str, ...] = (), local_experts: float = 0.0,
-                   extra: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)) -> tuple[float, float]:
-    """(forward, backward) exposed host time of one layer and micro-batch."""
+                   extra: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
+                   act_syncs: tuple[int, int] = (0, 0)) -> tuple[float, float]:
+    """(forward, backward) exposed host time of one layer and micro-batch: the launches the GPU work does not
+    cover, each dispatcher sync's round trip and the ``KERNELS_AFTER_SYNC`` launches before the next large
+    kernel, and each clamped-GLU sync's (``activation_syncs``) round trip and ``GLU_SYNC_KERNELS_AFTER``
+    launches."""
     fwd_launches, bwd_launches = layer_launches(moe, graphs, local_experts, extra)
     f = exposed_launch_s(fwd_gpu_s, fwd_launches, launch_s)
     b = exposed_launch_s(bwd_gpu_s, bwd_launches, launch_s)
     if moe and syncs:
         f += syncs * (sync_s + KERNELS_AFTER_SYNC * launch_s)
+    if moe and any(act_syncs):
+        glu_s = sync_s + GLU_SYNC_KERNELS_AFTER * launch_s
+        f += act_syncs[0] * glu_s
+        b += act_syncs[1] * glu_s
     return f, b
 
 
 __all__ = ["ATTN_KERNELS", "BACKWARD_KERNEL_RATIO", "DENSE_LAYER_KERNELS", "EXPERT_GEMM_LAUNCHES", "FULL_ITERATION", "GRAPH_REPLAY_LAUNCHES",
-           "KERNELS_AFTER_SYNC", "MOE_EXTRA_KERNELS", "PREPROCESS_KERNELS", "ROUTER_KERNELS",
-           "dispatcher_syncs", "exposed_launch_s", "layer_launch_s", "layer_launches"]
+           "GLU_SYNC_KERNELS_AFTER", "KERNELS_AFTER_SYNC", "MOE_EXTRA_KERNELS", "PREPROCESS_KERNELS", "ROUTER_KERNELS",
+           "activation_syncs", "dispatcher_syncs", "exposed_launch_s", "layer_launch_s", "layer_launches"]

@@ -43,14 +43,14 @@ from configurator.cost.constants import CostConstants, RuntimeCost, hardware_def
     load_runtime_cost
 from configurator.cost.cp import cp_times_s
 from configurator.cost.knobs import effective_knobs, flex_overlap_compute_slowdown
-from configurator.cost.launch import dispatcher_syncs, layer_launch_s
+from configurator.cost.launch import activation_syncs, dispatcher_syncs, layer_launch_s
 from configurator.cost.moe import ep_overlap_paired_share, ep_scale_out_share, expert_load_factor
 from configurator.cost.schedule import ScheduleResult, simulate
-from configurator.cost.work import (BF16, LayerWork, embedding_work, head_work, layer_work, model_flops_per_token,
-                                   mtp_projection_work)
+from configurator.cost.work import (BF16, LayerWork, embedding_work, expert_glu_clamp_unfused, head_work, layer_work,
+                                   model_flops_per_token, mtp_projection_work)
 from configurator.memory import all_layer_params, stage_layer_indices, stage_params
 from configurator.placement import Placement
-from configurator.recompute import recompute_shares
+from configurator.recompute import MEGATRON_RUNTIMES, recompute_shares
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
@@ -361,6 +361,11 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         full_frac = min(1.0, (plan.recompute_num_layers or chunk_layers) / chunk_layers)
     per_mb_sharding = _per_microbatch_sharding(plan)
     first_layer = True  # each chunk's forward starts with a gather nothing can hide
+    # Megatron-Core's clamped GLU syncs the host once per MoE forward (and recompute): cost/launch.py.
+    act_syncs = activation_syncs(
+        rt.name in MEGATRON_RUNTIMES and expert_glu_clamp_unfused(inp.model, inp.job),
+        plan.recompute == "selective" and bool({"moe_act", "moe"} & set(plan.recompute_modules)),
+        inp.job.cuda_graphs)
     for work, n, moe in stage.works:
         wt = time_work(work, rates)
         is_layer = work.attention_flops > 0
@@ -410,7 +415,8 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
             syncs = dispatcher_syncs(moe, plan.ep, inp.job.moe_routing, graphs)
             local_experts = work.expert_gemms[0].count if work.expert_gemms else 0.0
             launch_f, launch_b = layer_launch_s(f_compute, b_compute + recompute, moe, launch_s,
-                                                sync_s, syncs, graphs, local_experts, work.extra_kernels)
+                                                sync_s, syncs, graphs, local_experts, work.extra_kernels,
+                                                act_syncs if work.expert_gemms else (0, 0))
             launch_b += re_frac * launch_f
         z_f = z_b = z_first = 0.0
         zf_hidden = zb_hidden = 0.0  # sharding gathers/reductions hidden under compute
