@@ -175,6 +175,9 @@ class StructureBounds:
         self._stage_bytes: dict[tuple, tuple[list[float], list[float], list[int]]] = {}
         self._shard_comm: dict[tuple, tuple[float, float]] = {}
         self._gather_times: dict[tuple, list[LayerTimes]] = {}
+        self._comms: dict[tuple[int, ...], CommModel] = {}
+        self._host_rates: tuple[float, float] | None = None
+        self._split_row_cache: dict[tuple, tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]] = {}
         self.layer_keys_timed = 0
         self.stage_timings = 0
         self.full_preparations = 0
@@ -493,7 +496,6 @@ class StructureBounds:
                 self._stage_bytes.clear()  # bounded (per split and TP / EP degrees)
             stage_bytes = self._stage_bytes[split] = (dense_b, expert_b, sizes)
         dense_b, expert_b, sizes = stage_bytes
-        comm: CommModel | None = None
         groups = (plan.tp, plan.cp, plan.dp, plan.pp, plan.ep, plan.etp, plan.sharding, plan.shard_group)
         out = []
         slowdown = hardware_default("nccl_overlap_compute_slowdown")
@@ -504,21 +506,17 @@ class StructureBounds:
             b = (*groups, dense_b[v], expert_b[v])  # (stages of equal layers have equal bytes)
             hit = self._shard_comm.get(b)
             if hit is None:
-                if comm is None:
-                    comm = CommModel(ctx.cluster, plan, None, LinkEfficiency(nvlink=1.0, scale_out=1.0)).with_efficiency(
-                        link_efficiency(self.c))
                 shards = _ShardBytes(runtime=self._runtime, zero3_layer_bytes=tuple(dense_b),
                                      zero3_expert_bytes=tuple(expert_b))
                 if len(self._shard_comm) >= 8192:
                     self._shard_comm.clear()  # bounded (per groups, sharding and layer bytes)
+                comm = self._comm(plan)
                 hit = self._shard_comm[b] = _layer_shard_comm(shards, comm, v, plan)  # type: ignore[arg-type]
             gather, reduce = hit
             # ``_stage_times``: the first layer's forward gather whole (nothing before it to hide under); of
             # every other forward gather and every backward gather + reduce-scatter at least the slowdown of
             # hiding it (``z + s (x - z) >= s x``).
             out.append(gather + slowdown * ((2 * n - 1) * gather + n * reduce))
-        if comm is not None:
-            comm.release_gpu_map()
         if len(self._gathers) >= 4096:
             self._gathers.clear()  # bounded: a structure's options ask for it a few times in a row
         self._gathers[key] = out
@@ -580,22 +578,46 @@ class StructureBounds:
         if hit is not None:
             return hit
         virtual, m = self._layout(plan)
-        pp, last = plan.pp, len(virtual) - 1
+        pp = plan.pp
+        counts, above = self._split_rows(plan)
         rows = []
-        fill = (0, 0, 0, 0, 0, 0.0)
+        fill = 0.0
         for r in range(pp):
-            own = [(*virtual[v], 1, int(v == 0), int(v == last), gathers[v]) for v in range(r, len(virtual), pp)]
-            busy = [sum(col) for col in zip(*own)]
-            rows.append(tuple(f + m * b for f, b in zip(fill, busy)))
-            n_dense, n_moe = virtual[r]
-            fill = tuple(f + x for f, x in zip(fill, (n_dense, n_moe, 1, int(r == 0), int(r == last), gathers[r])))
+            # The sixth term in ``_rows``' order of operations: the fill's gathers, plus m x the rank's own summed.
+            rows.append((*counts[r], fill + m * sum(gathers[v] for v in range(r, len(virtual), pp))))
+            fill = fill + gathers[r]
+        # Row j covers row i where j's counts cover i's (``_split_rows``) and its gathers are no fewer; of equal
+        # rows the first is kept.
         kept = tuple(row for i, row in enumerate(rows)
-                     if not any(j != i and all(a >= b for a, b in zip(other, row)) and (other != row or j < i)
-                                for j, other in enumerate(rows)))
+                     if not any(rows[j][5] >= row[5] and (rows[j] != row or j < i) for j in above[i]))
         if len(self._gather_row_cache) >= 4096:
             self._gather_row_cache.clear()  # bounded: a structure's options ask for it a few times in a row
         self._gather_row_cache[key] = kept
         return kept
+
+    def _split_rows(self, plan: Plan) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+        """Per pipeline rank, ``_rows``' five counts before any is dropped, and per rank the other ranks whose counts
+        are all at least its (the only rows that can cover it once ``_gather_rows`` adds the gathers): they depend
+        on the split and the micro-batches only, so the structures that share a split work them out once."""
+        key = (plan.pp, plan.vpp, plan.pipeline_layers, plan.micro_batch, plan.dp)
+        hit = self._split_row_cache.get(key)
+        if hit is not None:
+            return hit
+        virtual, m = self._layout(plan)
+        pp, last = plan.pp, len(virtual) - 1
+        counts = []
+        fill = (0, 0, 0, 0, 0)
+        for r in range(pp):
+            busy = [sum(col) for col in zip(*((*virtual[v], 1, int(v == 0), int(v == last))
+                                              for v in range(r, len(virtual), pp)))]
+            counts.append(tuple(f + m * b for f, b in zip(fill, busy)))
+            fill = tuple(f + x for f, x in zip(fill, (*virtual[r], 1, int(r == 0), int(r == last))))
+        above = tuple(tuple(j for j, other in enumerate(counts) if j != i and all(a >= b for a, b in zip(other, row)))
+                      for i, row in enumerate(counts))
+        if len(self._split_row_cache) >= 4096:
+            self._split_row_cache.clear()  # bounded (per split and micro-batches)
+        hit = self._split_row_cache[key] = (tuple(counts), above)
+        return hit
 
     def end_of_step_bound(self, plan: Plan) -> float:
         """A lower bound of what ``evaluate`` adds after the pipeline's makespan (``dp_end + optimizer + offload``)
@@ -748,6 +770,20 @@ class StructureBounds:
             out.append(replace_unchecked(v, sharding="distopt") if v.sharding == "zero2" else v)  # as ``_arithmetic``
         return out
 
+    def _comm(self, plan: Plan) -> CommModel:
+        """The fitted-efficiency communication model of ``plan``'s groups in Megatron's default placement, one per
+        set of degrees (all its group shapes read; ``end_collectives`` and ``_layer_shard_comm`` use nothing else
+        of it), so its shapes are looked up once, not per structure; bounded, and it never builds the O(GPUs)
+        per-rank array (default-placement shapes are arithmetic)."""
+        key = (plan.tp, plan.cp, plan.dp, plan.pp, plan.ep, plan.etp)
+        comm = self._comms.get(key)
+        if comm is None:
+            if len(self._comms) >= 1024:
+                self._comms.clear()  # bounded (per degrees)
+            comm = self._comms[key] = CommModel(self.ctx.cluster, plan, None, LinkEfficiency(
+                nvlink=1.0, scale_out=1.0)).with_efficiency(link_efficiency(self.c))
+        return comm
+
     def _rank0_params(self, plan: Plan) -> tuple[float, float]:
         """(dense, expert) parameters of pipeline rank 0 (``stage_params``: its layers of the split, the embedding,
         and the head and MTP block where it is also the last), remembered per split and TP / EP degrees, all it
@@ -776,17 +812,15 @@ class StructureBounds:
                bucket)
         hit = self._end_sums.get(key)
         if hit is None:
-            comm = CommModel(cluster, plan, None, LinkEfficiency(nvlink=1.0, scale_out=1.0)).with_efficiency(
-                link_efficiency(self.c))
-            ends = end_collectives(comm, rt, plan, dense, expert, bucket)
-            comm.release_gpu_map()
+            ends = end_collectives(self._comm(plan), rt, plan, dense, expert, bucket)
             if len(self._end_sums) >= 8192:
                 self._end_sums.clear()  # bounded (per groups, sharding and rank 0's parameters)
             hit = self._end_sums[key] = (ends.reduce_s, ends.reduce_floor_s, ends.gather_s, ends.gather_floor_s,
                                          optimizer_params(plan, dense, expert))
         a, a_floor, b, b_floor, owned = hit
-        return a, a_floor, b, b_floor, a + b, owned, cpu_adam_rate_per_gpu(cluster), \
-            cluster.gpu.pcie_host_bandwidth_Bps
+        if self._host_rates is None:  # (the cluster's: the same for every plan)
+            self._host_rates = (cpu_adam_rate_per_gpu(cluster), cluster.gpu.pcie_host_bandwidth_Bps)
+        return a, a_floor, b, b_floor, a + b, owned, *self._host_rates
 
     def needs_preparation(self, plan: Plan) -> bool:
         return self._needs_preparation(plan)
