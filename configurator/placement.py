@@ -140,6 +140,53 @@ def group_first_ranks(plan: Plan, kind: str, rows: np.ndarray) -> np.ndarray:
     return base
 
 
+def group_stride(plan: Plan, kind: str) -> tuple[int, int]:
+    """(stride, members) of every group of ``kind``: row ``j`` of ``groups(plan, kind)`` is ``first + i x stride`` for
+    ``i < members`` (``first``: ``group_first_ranks``). Every kind's group axes are adjacent in the grid and taken in
+    C order (``dp_cp``'s dp, cp: dp's stride is cp x cp's), so a row is one arithmetic progression; with the domain
+    size that is all ``progression_spread`` needs to tell how a group spreads over NVLink domains."""
+    if kind not in _GROUP_AXES:
+        raise ValueError(f"unknown group kind {kind!r}")
+    expert, order, n_group = _GROUP_AXES[kind]
+    sizes = _grid_sizes(plan, expert)
+    strides = (sizes[1] * sizes[2] * sizes[3], sizes[2] * sizes[3], sizes[3], 1)
+    inner = order[-n_group:]
+    for outer_axis, inner_axis in zip(inner, inner[1:]):  # contiguous: one progression (every kind is)
+        if strides[outer_axis] != sizes[inner_axis] * strides[inner_axis]:
+            raise ValueError(f"group kind {kind!r} is not one arithmetic progression")
+    return strides[inner[-1]], math.prod(sizes[a] for a in inner)
+
+
+def progression_spread(first: int, stride: int, members: int, domain: int) -> tuple[int, int]:
+    """(most members in one domain, domains spanned) of the ranks ``first + i x stride`` (``i < members``) on
+    consecutive GPUs cut into NVLink domains of ``domain`` GPUs, in O(domain) steps whatever the group size.
+
+    A stride of at least a domain puts every member in its own domain. A shorter one never skips a domain, so the
+    domains are the last member's minus the first's plus one; domain ``k`` holds the members in ``[k D, (k + 1) D)``,
+    ``ceil(((k + 1) D - first) / s) - ceil((k D - first) / s)`` of them where the group covers it whole, which depends
+    on ``k`` only through ``k D mod s`` (period ``s / gcd(s, D)`` in ``k``): the first and last (cut) domains and
+    one period of the whole ones give the most."""
+    if members <= 1:
+        return 1, 1
+    if stride >= domain:
+        return 1, members
+    low = first // domain
+    high = (first + (members - 1) * stride) // domain
+    if low == high:
+        return members, 1
+
+    def count(k: int) -> int:  # members in domain k: i from ceil((kD - first)/s) to ceil(((k+1)D - first)/s)
+        begin = max(0, -((first - k * domain) // stride))
+        end = min(members, -((first - (k + 1) * domain) // stride))
+        return end - begin
+
+    period = stride // math.gcd(stride, domain)
+    most = max(count(low), count(high))
+    for k in range(low + 1, min(high, low + 1 + period)):
+        most = max(most, count(k))
+    return most, high - low + 1
+
+
 def group_rows(plan: Plan, kind: str, rows: np.ndarray) -> np.ndarray:
     """``groups(plan, kind)[rows]`` worked out arithmetically for only those rows: O(len(rows) x group size)
     instead of O(world size) (a search at 131,072 GPUs asks for a few sampled rows of thousands of groups,
@@ -158,4 +205,5 @@ def group_rows(plan: Plan, kind: str, rows: np.ndarray) -> np.ndarray:
     return base[:, None] + offsets[None, :]
 
 
-__all__ = ["GROUP_KINDS", "Placement", "group_count", "group_first_ranks", "group_rows", "groups", "rank_grid"]
+__all__ = ["GROUP_KINDS", "Placement", "group_count", "group_first_ranks", "group_rows", "group_stride", "groups",
+           "progression_spread", "rank_grid"]

@@ -9,7 +9,8 @@ import pytest
 
 from configurator import load_cluster
 from configurator.cost.comm import SAMPLED_GROUPS, CommModel, LinkEfficiency
-from configurator.placement import GROUP_KINDS, Placement, group_count, group_first_ranks, group_rows, groups
+from configurator.placement import (GROUP_KINDS, Placement, group_count, group_first_ranks, group_rows, group_stride,
+                                    groups, progression_spread)
 from configurator.specs.plan import Plan
 
 
@@ -73,3 +74,46 @@ def test_default_placement_shapes_keep_their_order():
             assert list(map(repr, fast)) == list(map(repr, slow)), (plan, kind)
             seen_several += len(fast) > 1
     assert seen_several  # some group kind spreads over the domains in more than one way
+
+
+def _spread_of_numpy(first: int, stride: int, members: int, domain: int) -> tuple[int, int]:
+    """(most members in one domain, domains) by counting every member's domain."""
+    _, counts = np.unique((first + np.arange(members) * stride) // domain, return_counts=True)
+    return int(counts.max()), len(counts)
+
+
+def test_progression_spread_counts_every_member():
+    """Strides that divide the domain, that do not (NVL72's 72-GPU domains), longer than it, and first ranks cut
+    anywhere in a domain: the O(domain) count equals counting each member's domain."""
+    for domain in (1, 4, 8, 36, 72):
+        for stride in (1, 2, 3, 5, 7, 8, 16, 24, 48, 71, 72, 96):
+            for members in (1, 2, 3, 9, 64, 130):
+                for first in range(0, 2 * domain + 1, max(1, domain // 7)):
+                    assert progression_spread(first, stride, members, domain) == \
+                        _spread_of_numpy(first, stride, members, domain), (first, stride, members, domain)
+
+
+@pytest.mark.parametrize("kind", GROUP_KINDS)
+def test_group_stride_gives_the_rows_of_groups(kind):
+    for plan in _plans():
+        full = groups(plan, kind)
+        stride, members = group_stride(plan, kind)
+        assert full.shape[1] == members
+        assert np.array_equal(full, full[:, :1] + stride * np.arange(members)[None, :])
+
+
+def test_arithmetic_shapes_equal_the_numpy_ones_on_nvl72():
+    """On 72-GPU NVLink domains (strides that do not divide the domain, groups cut across racks) the default
+    placement's arithmetic shapes are the identity placement's, which counts each sampled row's GPUs with numpy."""
+    cluster = load_cluster("gb200-nvl72", num_gpus=2304)
+    identity = Placement(node_order=tuple(range(cluster.num_nodes)), gpu_order=())
+    eff = LinkEfficiency(nvlink=1.0, scale_out=1.0)
+    several = 0
+    for plan in (Plan(tp=4, cp=1, dp=72, pp=8, ep=8, etp=1), Plan(tp=1, cp=3, dp=96, pp=8, ep=32, etp=1),
+                 Plan(tp=2, cp=2, dp=18, pp=16, ep=4, etp=2), Plan(tp=8, cp=1, dp=9, pp=32, ep=8, etp=1)):
+        for kind in GROUP_KINDS:
+            fast = CommModel(cluster, plan, None, eff).shapes(kind)
+            slow = CommModel(cluster, plan, identity, eff).shapes(kind)
+            assert list(map(repr, fast)) == list(map(repr, slow)), (plan, kind)
+            several += len(fast) > 1
+    assert several  # some kind spreads over the racks in more than one way

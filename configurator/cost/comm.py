@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from configurator.placement import Placement, group_count, group_first_ranks, group_rows, groups
+from configurator.placement import Placement, group_count, group_first_ranks, group_stride, groups, progression_spread
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.plan import Plan
 
@@ -190,31 +190,42 @@ class CommModel:
         if hit is not None and hit[0] is self.cluster.node_links:
             self._shapes[kind] = hit[1]
             return hit[1]
+        seen: dict[tuple, GroupShape] = {}
+        so = self.cluster.scale_out_link
         if not measured and self.placement is None:
-            # Megatron's order on consecutive GPUs (rank r on GPU r): only the sampled rows, worked out
-            # arithmetically (``group_rows``), the same rows as below without an O(GPUs) array per plan.
+            # Megatron's order on consecutive GPUs (rank r on GPU r): only the sampled rows, each an arithmetic
+            # progression (``group_stride``) whose spread over the domains is worked out in O(domain) steps
+            # (``progression_spread``), nothing that grows with the GPU count. It depends on the first rank only
+            # modulo the domain, and the shapes come in the order of their first sampled row (as from ``groups``).
             n_rows = group_count(plan, kind)
             pick = np.unique(np.linspace(0, n_rows - 1, SAMPLED_GROUPS).astype(int)) if n_rows > SAMPLED_GROUPS \
                 else np.arange(n_rows)
-            # Rows whose first ranks lie at the same place in an NVLink domain spread over domains alike (every
-            # member is the first rank plus the same offsets): one of each, the first, keeps the shapes' order.
-            _, first = np.unique(group_first_ranks(plan, kind, pick) % self.domain_size, return_index=True)
-            rows = group_rows(plan, kind, pick[np.sort(first)])
-        else:
-            rows = self.gpu[groups(self.plan, kind)]
+            stride, size = group_stride(plan, kind)
+            spread: dict[int, tuple[int, int]] = {}
+            for first in (group_first_ranks(plan, kind, pick) % self.domain_size).tolist():
+                if first in spread:
+                    continue
+                per_domain, n_dom = spread[first] = progression_spread(first, stride, size, self.domain_size)
+                sig = (per_domain, 1, math.inf, math.inf, 0.0) if n_dom == 1 else \
+                    (per_domain, n_dom, so.bandwidth_Bps, so.bandwidth_Bps, so.latency_s)
+                if sig not in seen:
+                    seen[sig] = GroupShape(size=size, per_domain=sig[0], domains=sig[1], ring_bw_Bps=sig[2],
+                                           pair_bw_Bps=sig[3], inter_latency_s=sig[4])
+            shapes = list(seen.values())
+            self._shapes[kind] = shapes
+            if cache is not None:
+                cache.put(key, (self.cluster.node_links, shapes))
+            return shapes
+        rows = self.gpu[groups(self.plan, kind)]
         if not measured and self.placement is not None and len(rows) > SAMPLED_GROUPS:
             # Homogeneous links: groups differ only in how they spread over NVLink domains, and with
             # Megatron's strided groups that pattern repeats; an even sample of groups (first and last
             # included) finds every pattern without sorting tens of thousands of rows.
             pick = np.unique(np.linspace(0, len(rows) - 1, SAMPLED_GROUPS).astype(int))
             rows = rows[pick]
-        seen: dict[tuple, GroupShape] = {}
-        so = self.cluster.scale_out_link
         if not measured:
             # Vectorised tally (a ring has up to N/tp ranks): sorted domains, so a domain's count is its run.
-            d = rows // self.domain_size
-            if self.placement is not None:
-                d = np.sort(d, axis=1)  # Megatron's order on consecutive GPUs gives rising rows already
+            d = np.sort(rows // self.domain_size, axis=1)
             size = d.shape[1]
             # Every row at once: where a run of one domain starts, each position's distance from its run's
             # start, so the longest run (the GPUs per domain) and the number of runs (domains) per row.

@@ -193,6 +193,14 @@ class StructureBounds:
         self._hbm_Bps: float | None = None
         self._windows: dict[tuple, float] = {}
         self._most_times: dict[tuple, LayerTimes] = {}
+        self._rank0: dict[tuple, tuple[float, float]] = {}
+        self._end_sums: dict[tuple, tuple[float, float, float, float, float]] = {}
+        self._stage_bytes: dict[tuple, tuple[list[float], list[float], list[int]]] = {}
+        self._shard_comm: dict[tuple, tuple[float, float]] = {}
+        self._gather_times: dict[tuple, list[LayerTimes]] = {}
+        self._comms: dict[tuple[int, ...], CommModel] = {}
+        self._host_rates: tuple[float, float] | None = None
+        self._split_row_cache: dict[tuple, tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]] = {}
         self.layer_keys_timed = 0
         self.stage_timings = 0
         self.full_preparations = 0
@@ -492,34 +500,46 @@ class StructureBounds:
         hit = self._gathers.get(key)
         if hit is not None:
             return hit
-        params = self._all_params
-        dense_b, expert_b, sizes = [], [], []
-        start = 0
-        for n in plan.virtual_stage_layers(ctx.model):
-            d, e = mean_layer_shard_bytes(params, plan, start, n)  # what ``prepare`` gives the stage
-            dense_b.append(d)
-            expert_b.append(e)
-            sizes.append(n)
-            start += n
-        comm = CommModel(ctx.cluster, plan, None, LinkEfficiency(nvlink=1.0, scale_out=1.0)).with_efficiency(
-            link_efficiency(self.c))
-        shards = _ShardBytes(runtime=self._runtime, zero3_layer_bytes=tuple(dense_b), zero3_expert_bytes=tuple(expert_b))
+        # The stages' mean layer bytes depend on the split and the TP / EP degrees only (``mean_layer_shard_bytes``),
+        # a layer's gather and reduce-scatter on its bytes, the sharding and the groups (``_layer_shard_comm``):
+        # each remembered on its own, so the structures of a search that share them work them out once.
+        split = (plan.tp, plan.ep, plan.etp, plan.pp, plan.vpp, plan.pipeline_layers)
+        stage_bytes = self._stage_bytes.get(split)
+        if stage_bytes is None:
+            params = self._all_params
+            dense_b, expert_b, sizes = [], [], []
+            start = 0
+            for n in plan.virtual_stage_layers(ctx.model):
+                d, e = mean_layer_shard_bytes(params, plan, start, n)  # what ``prepare`` gives the stage
+                dense_b.append(d)
+                expert_b.append(e)
+                sizes.append(n)
+                start += n
+            if len(self._stage_bytes) >= 4096:
+                self._stage_bytes.clear()  # bounded (per split and TP / EP degrees)
+            stage_bytes = self._stage_bytes[split] = (dense_b, expert_b, sizes)
+        dense_b, expert_b, sizes = stage_bytes
+        groups = (plan.tp, plan.cp, plan.dp, plan.pp, plan.ep, plan.etp, plan.sharding, plan.shard_group)
         out = []
-        seen: dict[tuple[float, float], tuple[float, float]] = {}  # (stages of equal layers have equal bytes)
         slowdown = hardware_default("nccl_overlap_compute_slowdown")
         for v, n in enumerate(sizes):
             if not n:
                 out.append(0.0)
                 continue
-            b = (dense_b[v], expert_b[v])
-            if b not in seen:
-                seen[b] = _layer_shard_comm(shards, comm, v, plan)  # type: ignore[arg-type]
-            gather, reduce = seen[b]
+            b = (*groups, dense_b[v], expert_b[v])  # (stages of equal layers have equal bytes)
+            hit = self._shard_comm.get(b)
+            if hit is None:
+                shards = _ShardBytes(runtime=self._runtime, zero3_layer_bytes=tuple(dense_b),
+                                     zero3_expert_bytes=tuple(expert_b))
+                if len(self._shard_comm) >= 8192:
+                    self._shard_comm.clear()  # bounded (per groups, sharding and layer bytes)
+                comm = self._comm(plan)
+                hit = self._shard_comm[b] = _layer_shard_comm(shards, comm, v, plan)  # type: ignore[arg-type]
+            gather, reduce = hit
             # ``_stage_times``: the first layer's forward gather whole (nothing before it to hide under); of
             # every other forward gather and every backward gather + reduce-scatter at least the slowdown of
             # hiding it (``z + s (x - z) >= s x``).
             out.append(gather + slowdown * ((2 * n - 1) * gather + n * reduce))
-        comm.release_gpu_map()
         if len(self._gathers) >= 4096:
             self._gathers.clear()  # bounded: a structure's options ask for it a few times in a row
         self._gathers[key] = out
@@ -538,20 +558,29 @@ class StructureBounds:
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
         share = self.plan_share(plan)
         best = float("inf")
-        variants = optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster)
         chunk = self._even_chunk(plan) if partial else 1
         if chunk:
             # Every stage is linear in the layer key's times plus its gathers, so each rank's finish is too:
             # the max over rows of coefficients (``_gather_rows``), no loop over the virtual stages per variant.
-            rows = self._gather_rows(plan, gathers)
-            for v in variants:
-                t = self._share_times(replace_unchecked(self._settled(v), sharding="distopt", shard_group=0), share,
+            # The variants' times depend on the layer key, whether the pipeline is non-interleaved (Megatron's
+            # EP-overlap rule, as in ``bound``), the share and the chunk only: remembered per those.
+            key = (self.layer_key(plan), plan.pp > 1 and plan.vpp == 1, share, chunk)
+            times = self._gather_times.get(key)
+            if times is None:
+                if len(self._gather_times) >= 8192:
+                    self._gather_times.clear()  # bounded (per layer key, pipeline kind, share and chunk)
+                times = self._gather_times[key] = [
+                    self._share_times(replace_unchecked(self._settled(v), sharding="distopt", shard_group=0), share,
                                       chunk)
+                    for v in optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe,
+                                              ctx.cluster)]
+            rows = self._gather_rows(plan, gathers)
+            for t in times:
                 best = min(best, max(d * t.dense_s + mo * t.moe_s + da * t.dense_alt_s + ma * t.moe_alt_s + k * per_mb
                                      + e * t.embedding_s + h * t.head_s + g
                                      for d, mo, da, ma, k, e, h, g in rows))
             return best + c["overhead.step_s"]
-        for v in variants:
+        for v in optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster):
             plain = replace_unchecked(self._settled(v), sharding="distopt", shard_group=0)
             times = []
             by_chunk: dict[int, LayerTimes] = {}
@@ -566,29 +595,54 @@ class StructureBounds:
 
     def _gather_rows(self, plan: Plan, gathers: list[float]) -> tuple[tuple[float, ...], ...]:
         """``_rows`` with each rank's sharding-traffic seconds (``gathers`` of the stages in its fill and, m
-        times, of its own) as a sixth, constant term; rows another matches or exceeds in every term dropped."""
+        times, of its own) as a last, constant term; rows another matches or exceeds in every term dropped."""
         key = (plan.tp, plan.cp, plan.pp, plan.vpp, plan.dp, plan.ep, plan.etp, plan.pipeline_layers, plan.sharding,
                plan.shard_group, plan.micro_batch)
         hit = self._gather_row_cache.get(key)
         if hit is not None:
             return hit
         virtual, m = self._layout(plan)
-        pp, last = plan.pp, len(virtual) - 1
+        pp = plan.pp
+        counts, above = self._split_rows(plan)
         rows = []
-        fill = (0, 0, 0, 0, 0, 0, 0, 0.0)
+        fill = 0.0
         for r in range(pp):
-            own = [(*layers, 1, int(v == 0), int(v == last), gathers[v])
-                   for v, layers in enumerate(virtual) if v % pp == r]
-            busy = [sum(col) for col in zip(*own)]
-            rows.append(tuple(f + m * b for f, b in zip(fill, busy)))
-            fill = tuple(f + x for f, x in zip(fill, (*virtual[r], 1, int(r == 0), int(r == last), gathers[r])))
+            # The last term in ``_rows``' order of operations: the fill's gathers, plus m x the rank's own summed.
+            rows.append((*counts[r], fill + m * sum(gathers[v] for v in range(r, len(virtual), pp))))
+            fill = fill + gathers[r]
+        # Row j covers row i where j's counts cover i's (``_split_rows``) and its gathers are no fewer; of equal
+        # rows the first is kept.
         kept = tuple(row for i, row in enumerate(rows)
-                     if not any(j != i and all(a >= b for a, b in zip(other, row)) and (other != row or j < i)
-                                for j, other in enumerate(rows)))
+                     if not any(rows[j][-1] >= row[-1] and (rows[j] != row or j < i) for j in above[i]))
         if len(self._gather_row_cache) >= 4096:
             self._gather_row_cache.clear()  # bounded: a structure's options ask for it a few times in a row
         self._gather_row_cache[key] = kept
         return kept
+
+    def _split_rows(self, plan: Plan) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+        """Per pipeline rank, ``_rows``' counts (each layer kind's, micro-batches, embedding, head) before any is
+        dropped, and per rank the other ranks whose counts are all at least its (the only rows that can cover it,
+        in ``_rows`` and once ``_gather_rows`` adds the gathers): they depend on the split and the micro-batches
+        only, so the structures that share a split work them out once."""
+        key = (plan.pp, plan.vpp, plan.pipeline_layers, plan.micro_batch, plan.dp)
+        hit = self._split_row_cache.get(key)
+        if hit is not None:
+            return hit
+        virtual, m = self._layout(plan)
+        pp, last = plan.pp, len(virtual) - 1
+        counts = []
+        fill = (0,) * (len(virtual[0]) + 3)  # the layer kinds' counts (``_layout``), micro-batches, embedding, head
+        for r in range(pp):
+            busy = [sum(col) for col in zip(*((*virtual[v], 1, int(v == 0), int(v == last))
+                                              for v in range(r, len(virtual), pp)))]
+            counts.append(tuple(f + m * b for f, b in zip(fill, busy)))
+            fill = tuple(f + x for f, x in zip(fill, (*virtual[r], 1, int(r == 0), int(r == last))))
+        above = tuple(tuple(j for j, other in enumerate(counts) if j != i and all(a >= b for a, b in zip(other, row)))
+                      for i, row in enumerate(counts))
+        if len(self._split_row_cache) >= 4096:
+            self._split_row_cache.clear()  # bounded (per split and micro-batches)
+        hit = self._split_row_cache[key] = (tuple(counts), above)
+        return hit
 
     def end_of_step_bound(self, plan: Plan) -> float:
         """A lower bound of what ``evaluate`` adds after the pipeline's makespan (``dp_end + optimizer + offload``)
@@ -742,8 +796,32 @@ class StructureBounds:
             out.append(replace_unchecked(v, sharding="distopt") if v.sharding == "zero2" else v)  # as ``_arithmetic``
         return out
 
+    def _comm(self, plan: Plan) -> CommModel:
+        """The fitted-efficiency communication model of ``plan``'s groups in Megatron's default placement, one per
+        set of degrees (all its group shapes read; ``end_collectives`` and ``_layer_shard_comm`` use nothing else
+        of it), so its shapes are looked up once, not per structure; bounded, and it never builds the O(GPUs)
+        per-rank array (default-placement shapes are arithmetic)."""
+        key = (plan.tp, plan.cp, plan.dp, plan.pp, plan.ep, plan.etp)
+        comm = self._comms.get(key)
+        if comm is None:
+            if len(self._comms) >= 1024:
+                self._comms.clear()  # bounded (per degrees)
+            comm = self._comms[key] = CommModel(self.ctx.cluster, plan, None, LinkEfficiency(
+                nvlink=1.0, scale_out=1.0)).with_efficiency(link_efficiency(self.c))
+        return comm
+
     def _rank0_params(self, plan: Plan) -> tuple[float, float]:
-        return stage_params(self.ctx.model, plan, 0, stage_layer_indices(self.ctx.model, plan)[0])
+        """(dense, expert) parameters of pipeline rank 0 (``stage_params``: its layers of the split, the embedding,
+        and the head and MTP block where it is also the last), remembered per split and TP / EP degrees, all it
+        reads of the plan."""
+        key = (plan.tp, plan.ep, plan.etp, plan.pp, plan.vpp, plan.pipeline_layers)
+        hit = self._rank0.get(key)
+        if hit is None:
+            if len(self._rank0) >= 4096:
+                self._rank0.clear()  # bounded (per split and TP / EP degrees)
+            hit = self._rank0[key] = stage_params(self.ctx.model, plan, 0,
+                                                  stage_layer_indices(self.ctx.model, plan)[0])
+        return hit
 
     def _end_terms(self, plan: Plan) -> tuple[float, float, float, float, float, float, float, float]:
         """``end_of_step_bound``'s window-free part, in ``evaluate``'s formulas for pipeline rank 0: the
@@ -753,15 +831,22 @@ class StructureBounds:
         ctx, rt = self.ctx, self._runtime
         model, cluster = ctx.model, ctx.cluster
         dense, expert = self._rank0_params(plan)
-        comm = CommModel(cluster, plan, None, LinkEfficiency(nvlink=1.0, scale_out=1.0)).with_efficiency(
-            link_efficiency(self.c))
-        ends = end_collectives(comm, rt, plan, dense, expert,
-                               input_bucket(model, plan) if rt.ddp_buckets and rt.overlap_grad_reduce else (0.0, 0))
-        comm.release_gpu_map()
-        a, a_floor, b, b_floor = ends.reduce_s, ends.reduce_floor_s, ends.gather_s, ends.gather_floor_s
-        owned = optimizer_params(plan, dense, expert)
-        return a, a_floor, b, b_floor, a + b, owned, cpu_adam_rate_per_gpu(cluster), \
-            cluster.gpu.pcie_host_bandwidth_Bps
+        bucket = input_bucket(model, plan) if rt.ddp_buckets and rt.overlap_grad_reduce else (0.0, 0)
+        # ``end_collectives`` and ``optimizer_params`` read the split only through rank 0's parameters and its
+        # input bucket: structures that differ in vpp or the split but not in those share the collectives.
+        key = (plan.tp, plan.cp, plan.dp, plan.pp, plan.ep, plan.etp, plan.sharding, plan.shard_group, dense, expert,
+               bucket)
+        hit = self._end_sums.get(key)
+        if hit is None:
+            ends = end_collectives(self._comm(plan), rt, plan, dense, expert, bucket)
+            if len(self._end_sums) >= 8192:
+                self._end_sums.clear()  # bounded (per groups, sharding and rank 0's parameters)
+            hit = self._end_sums[key] = (ends.reduce_s, ends.reduce_floor_s, ends.gather_s, ends.gather_floor_s,
+                                         optimizer_params(plan, dense, expert))
+        a, a_floor, b, b_floor, owned = hit
+        if self._host_rates is None:  # (the cluster's: the same for every plan)
+            self._host_rates = (cpu_adam_rate_per_gpu(cluster), cluster.gpu.pcie_host_bandwidth_Bps)
+        return a, a_floor, b, b_floor, a + b, owned, *self._host_rates
 
     def needs_preparation(self, plan: Plan) -> bool:
         return self._needs_preparation(plan)
@@ -813,21 +898,8 @@ class StructureBounds:
         hit = self._row_cache.get(key)
         if hit is not None:
             return hit
-        virtual, m = self._layout(plan)
-        pp, last = plan.pp, len(virtual) - 1
-
-        def stage(v: int) -> tuple[int, int, int, int, int, int, int]:
-            return (*virtual[v], 1, int(v == 0), int(v == last))
-
-        rows = []
-        fill = (0, 0, 0, 0, 0, 0, 0)
-        for r in range(pp):
-            busy = [sum(col) for col in zip(*(stage(v) for v in range(r, len(virtual), pp)))]
-            rows.append(tuple(f + m * b for f, b in zip(fill, busy)))
-            fill = tuple(f + x for f, x in zip(fill, stage(r)))
-        kept = tuple(row for i, row in enumerate(rows)
-                     if not any(j != i and all(a >= b for a, b in zip(other, row)) and (other != row or j < i)
-                                for j, other in enumerate(rows)))
+        counts, above = self._split_rows(plan)
+        kept = tuple(row for i, row in enumerate(counts) if not any(counts[j] != row or j < i for j in above[i]))
         self._row_cache[key] = kept
         return kept
 
