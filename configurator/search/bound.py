@@ -752,13 +752,15 @@ class StructureBounds:
             return float("inf")
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
         layer_key = self.layer_key(plan)
-        key = (layer_key, plan.pp, plan.vpp, plan.pipeline_layers) if partial or rt.grad_accum_bytes_per_param else None
+        share = self.plan_share(plan)  # (the times at the plan's own paired EP share, raised for rounding)
+        # The share is in the key: it follows the micro-batch count (dp), which the layer key does not hold.
+        key = ((layer_key, plan.pp, plan.vpp, plan.pipeline_layers, share)
+               if partial or rt.grad_accum_bytes_per_param else None)
         if key is not None and key in self._windows:
             return self._windows[key]
         virtual, _ = self._layout(plan)
         layers = virtual[0]
         per_mb = c["overhead.microbatch_s"] / plan.vpp
-        share = self.plan_share(plan)  # (the times at the plan's own paired EP share, raised for rounding)
         if partial:
             worst = max(_virtual_stage_s(t, layers, per_mb, 0, len(virtual) - 1)
                         for t in (self._share_times(v, share, sum(layers), upper=True)
