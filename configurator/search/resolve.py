@@ -729,6 +729,6 @@ def _describe_recompute(plan: Plan) -> str:
     return f"{plan.recompute} recompute"
 
 
-__all__ = ["Option", "Resolution", "balanced_offload", "min_offload", "needs_full_recompute", "offloads_with_full_recompute",
-           "recompute_ladder", "resolve",
+__all__ = ["Option", "Resolution", "balanced_offload", "min_offload", "needs_full_recompute",
+           "offloads_with_full_recompute", "recompute_ladder", "resolve",
            "resolve_full_recompute", "resolve_least"]
