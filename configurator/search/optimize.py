@@ -55,6 +55,7 @@ from configurator.search.bound import FAMILY_BOUND_SLACK, StructureBounds
 from configurator.search.parallel import (SharedBound, auto_processes, available_cpus, block_of, fork_available,
                                          run_blocks)
 from configurator.search.resolve import (MEMORY_MEMO, Option, Resolution, costed_memory, needs_full_recompute,
+                                         offloads_with_full_recompute,
                                          resolve, resolve_full_recompute, resolve_least)
 from configurator.search.space import AXES, SearchContext, SpaceStats, enumerate_plans
 from configurator.specs.plan import Plan, replace_unchecked
@@ -288,8 +289,8 @@ def _search_caches() -> Iterator[None]:
 
 def _resolution(ctx: SearchContext, plan: Plan, least_only: bool, full_recompute: bool) -> Resolution | None:
     """A structure's memory resolution, lazily: one estimate of its least form first; with ``least_only``,
-    None unless that fits; ``full_recompute``: ``needs_full_recompute`` is known to hold, so the shorter
-    resolution gives the same answer."""
+    None unless that fits; ``full_recompute``: ``needs_full_recompute`` or ``offloads_with_full_recompute`` is known
+    to hold, so the shorter resolution gives the same answer."""
     res = resolve_least(ctx, plan)
     if res is None and least_only:
         return None
@@ -321,8 +322,8 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
 
     def options_of(plan: Plan, least_only: bool = False, full_recompute: bool = False) -> list[Option] | None:
         """The structure's fitting options (``resolve``); with ``least_only``, only if its least form fits
-        (one estimate), else None (nothing recorded); ``full_recompute``: ``needs_full_recompute`` is known
-        to hold, so the shorter resolution gives the same answer."""
+        (one estimate), else None (nothing recorded); ``full_recompute``: ``needs_full_recompute`` or
+        ``offloads_with_full_recompute`` is known to hold, so the shorter resolution gives the same answer."""
         key = (*_key(plan), plan.pipeline_layers)  # a structure may come with two splits (layouts.py)
         if key not in resolutions:
             budget.work += 1
@@ -500,10 +501,12 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
             kind = 6
         full_recompute = kind == 2
         if kind == 6:
-            # Lazy memory: one estimate of the least form; if it does not fit and no partial recompute
-            # can fit either, the structure goes back with the bound of its full-recompute form (and its
-            # options' end-of-step collectives).
-            if options_of(item, True) is None and needs_full_recompute(ctx, item):  # type: ignore[arg-type]
+            # Lazy memory: one estimate of the least form; if it does not fit and every option must recompute
+            # all layers (no partial recompute can fit, or none fits without offload and the resolution only
+            # offloads to make full recompute fit), the structure goes back with the bound of its
+            # full-recompute form (and its options' end-of-step collectives).
+            if options_of(item, True) is None and (offloads_with_full_recompute(ctx, item)  # type: ignore[arg-type]
+                                                   or needs_full_recompute(ctx, item)):  # type: ignore[arg-type]
                 budget.work += 1
                 full_recompute = True
                 full = bounds.bound(replace_unchecked(item, recompute="full", recompute_num_layers=0))  # type: ignore[arg-type]
