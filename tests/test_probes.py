@@ -103,7 +103,7 @@ def test_emulated_cluster_links_are_recovered_and_slow_ones_named(root_netns, tm
     try:
         up = _testbed("up", prefix, "4", str(RATE_MBIT), *(f"{a}:{b}:{r}" for (a, b), r in SLOW.items()))
         assert up.returncode == 0, up.stderr[-2000:]
-        run = _testbed("run", prefix, "4", str(out), "--sizes-mib", "1,4,16", "--repeat", "2", "--gpu", "h100-80gb")
+        run = _testbed("run", prefix, "4", str(out), "--sizes-mib", "1,4,16", "--repeat", "5", "--gpu", "h100-80gb")
         logs = "\n".join(Path(f"/tmp/{prefix}-probe-{i}.log").read_text()[-1500:] for i in range(4))
         assert run.returncode == 0, logs
     finally:
