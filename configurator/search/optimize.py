@@ -555,9 +555,12 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     return top, evaluated, notes
 
 
-_WARM_KEY, _WARM_RAISED, _WARM_FAMILY, _WARM_RELAXED, _WARM_OPTION = 0, 1, 2, 3, 4
-"""Entries of ``_optuna``'s warm-start heap: a structure under its bound, under its full-recompute bound, a family;
-an option a warm trial put off, under its relaxed (no-preparation) bound, under its own bound."""
+_WARM_KEY, _WARM_RAISED, _WARM_FAMILY, _WARM_RELAXED, _WARM_OPTION, _WARM_LAZY, _WARM_FLOORED = 0, 1, 2, 3, 4, 5, 6
+"""Entries of ``_optuna``'s warm-start heap, as the exhaustive search's queue kinds: a structure under its bound
+(kind 0), under its bound raised by its memory check (its full-recompute bound, kind 2), a family under
+``family_bound`` (kind 4); an option a warm trial put off, under its relaxed (no-preparation) bound (kind 5), under
+its own bound (kind 1); a family under ``lazy_family_bound`` (kind 7); a structure under ``options_floor`` (kind 6,
+before its memory estimate)."""
 _UNBOUNDED = 1e300
 """The lower bound of a structure the budget left unbounded (finite: it is still explored for a first plan)."""
 OPTUNA_WARM_SHARE = 1
@@ -598,9 +601,13 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     Warm start: 3 of every 4 trials (``OPTUNA_WARM_RUN``, ``OPTUNA_WARM_SHARE``) while it lasts are the
     structures of block ``warm_part = (i, n)`` of the space (``in_partition``: process i of a parallel search
     bounds only its own n-th of the structures, so the bounding is split, not repeated) taken best-first as the
-    exhaustive search takes them: a heap of lower bounds, where families (``bound.py``: structures sharing their
-    layer times) wait under their shared bound until they reach the front, and a structure whose least form does
-    not fit and needs full recompute goes back under its full-recompute bound (one memory estimate; no trial).
+    exhaustive search takes them, under the same bounds in the same order (so it does no more bounding or memory
+    resolution than that search for the structures it reaches): a heap of lower bounds, where families
+    (``bound.py``: structures sharing their layer times) wait under ``lazy_family_bound``, then ``family_bound``,
+    until they reach the front; a structure is raised by ``options_floor`` (its options' end-of-step collectives)
+    before its memory estimate, and one whose least form does not fit and needs full recompute goes back under its
+    full-recompute bound, raised the same way (one memory estimate; no trial). Every option is bounded with its
+    ``end_of_step_bound`` and costed under the k-th best (``_cost``'s ``beat``), as that search costs it.
     So the structures costed first are those whose bound after the memory check is least, not those whose
     recompute-free bound is (the exhaustive best of Qwen3-235B/64 ranks 2,364th by the latter). They are
     evaluated directly and added to the study as finished trials (no sampler call: the sampler's own cost, not
@@ -666,14 +673,38 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
             for i in range(len(names) + 1):
                 unseen[key[:i]] -= 1
 
+    floor_memo: dict[tuple, list[float]] = {}
+
+    def floors_of(key: tuple) -> list[float]:
+        """Each split's bound raised by its options' end-of-step collectives (``options_floor``, as the exhaustive
+        search raises a structure before its memory estimate): every option of the split is at least that."""
+        if key not in floor_memo:
+            bound_of(key)
+            floor_memo[key] = [bounds.options_floor(p, b) for p, b in zip(legal[key], plan_bounds[key])]
+        return floor_memo[key]
+
+    def floor_of(key: tuple) -> float:
+        """The least of ``floors_of`` over the structure's splits: a lower bound of every option of it."""
+        return min(floors_of(key))
+
     def raised_bound(key: tuple) -> float:
-        """The structure's bound with each split's least form checked against memory (``full_recompute_bound``)."""
-        bound_of(key)
-        raised = [full_recompute_bound(key, i) for i in range(len(legal[key]))]
-        return min(b if r is None else max(b, r) for b, r in zip(plan_bounds[key], raised))
+        """The structure's bound with each split's least form checked against memory (``full_recompute_bound``):
+        where it needs full recompute, the full-recompute form's bound raised by ``options_floor`` (as the
+        exhaustive search raises it); never below ``floors_of``."""
+        raised = []
+        for i, (plan, floor) in enumerate(zip(legal[key], floors_of(key))):
+            full = full_recompute_bound(key, i)
+            raised.append(floor if full is None else max(floor, bounds.options_floor(plan, max(full, floor))))
+        return min(raised)
 
     def cost(option: Option) -> float:
-        result = _cost(ctx, option, constants, bounds)  # knob variants bounded, as the exhaustive search costs
+        """The option's step, costed under the k-th best as the exhaustive search costs it (knob variants bounded:
+        ``_cost`` with ``beat``); where no knob variant can beat the k-th best (nothing evaluated), that step, a
+        lower bound of the option's (the k-th best only falls, so it could not enter the ranking)."""
+        kth = top.bound
+        result = _cost(ctx, option, constants, bounds, kth)
+        if result is None:
+            return kth
         evaluated[0] += 1
         top.push(result)
         return result.step.step_s
@@ -681,14 +712,17 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     complete: set[tuple] = set()  # structures costed with every option considered (sampled trials)
     deferred: list[tuple[float, tuple, int, Option]] = []  # options put off by a warm trial (pushed to its heap)
 
-    def screened(key: tuple, option: Option, front: float) -> bool:
+    def screened(key: tuple, option: Option, front: float, dropped: list[float]) -> bool:
         """Whether a sharding/recompute/offload form of a structure is costed now: not if a bound says it
-        cannot beat the k-th best (dropped) or lies beyond the warm start's front (put off in ``deferred``).
-        First the bound without a preparation (below its own), then its own."""
+        cannot beat the k-th best (dropped: its bound added to ``dropped``) or lies beyond the warm start's front
+        (put off in ``deferred``). As the exhaustive search bounds an option (kinds 3 and 5): first the bound
+        without a preparation (below its own), then its own, each plus ``end_of_step_bound``."""
+        end = bounds.end_of_step_bound(option.plan)
         checks = [(bounds.relaxed_bound, _WARM_RELAXED)] if bounds.needs_preparation(option.plan) else []
         for bound, kind in checks + [(bounds.bound, _WARM_OPTION)]:
-            lb = bound(option.plan)
+            lb = bound(option.plan) + end
             if lb >= top.bound:
+                dropped.append(lb)
                 return False
             if lb > front:
                 deferred.append((lb, key, kind, option))
@@ -710,6 +744,8 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
             mark_tried(key)
             return lb
         best, raised_lb = float("inf"), float("inf")
+        dropped: list[float] = []
+        put_off = len(deferred)
         for i, plan in enumerate(legal[key]):
             raised = full_recompute_bound(key, i)
             opts = None
@@ -719,16 +755,18 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
                     continue
                 opts = options_of(plan, full_recompute=True)
             for option in opts if opts is not None else options_of(plan):
-                if option.plan is not plan and not screened(key, option, front):
+                if not screened(key, option, front, dropped):
                     continue
                 best = min(best, cost(option))
-        if best == float("inf") and raised_lb < float("inf"):
+        if best == float("inf") and len(deferred) > put_off:
+            return None  # type: ignore[return-value]  # every option put off: told when one is costed
+        if best == float("inf") and (raised_lb < float("inf") or dropped):
             pruned[0] += 1
             mark_tried(key)
-            full_bound[key] = raised_lb  # its full-recompute bound: the step is at least that (and top.bound
-            return raised_lb             # only falls, so it stays out)
-        if best == float("inf") and deferred and deferred[-1][1] == key:
-            return None  # type: ignore[return-value]  # every option put off: told when one is costed
+            # its full-recompute bound or its options' own: the step is at least that (and top.bound only
+            # falls, so it stays out)
+            full_bound[key] = min([raised_lb, *dropped])
+            return full_bound[key]
         costed[key] = min(best, costed.get(key, best))
         mark_tried(key)
         if front == float("inf"):
@@ -807,7 +845,8 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
         if over():
             cut = True
             break
-        heap.append((bounds.family_bound([p for k in members for p in legal[k]]), members[0], _WARM_FAMILY,
+        # First under ``lazy_family_bound`` (as the exhaustive search's kind 7); ``family_bound`` only at the front.
+        heap.append((bounds.lazy_family_bound([p for k in members for p in legal[k]]), members[0], _WARM_LAZY,
                      next(tie), members))
     heapq.heapify(heap)
     warm_cap = max(1, max_trials // OPTUNA_WARM_SHARE)
@@ -826,12 +865,19 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
                 proven[0] = not cut and warm_part[1] == 1  # ... and none can beat the k-th best at all
                 return None
             heapq.heappop(heap)
+            if kind == _WARM_LAZY:  # a family under its lazy bound: its own decides whether it waits
+                family_lb = bounds.family_bound([p for k in item for p in legal[k]])  # type: ignore[union-attr]
+                if family_lb > lb:
+                    heapq.heappush(heap, (family_lb, owner, _WARM_FAMILY, next(tie), item))
+                    continue
+                kind = _WARM_FAMILY
             if kind == _WARM_FAMILY:
                 for key in item:  # type: ignore[union-attr]
                     heapq.heappush(heap, (bound_of(key), key, _WARM_KEY, next(tie), key))
                 continue
             if kind == _WARM_RELAXED:  # an option put off under its relaxed bound: now its own
-                heapq.heappush(heap, (max(lb, bounds.bound(item.plan)), owner, _WARM_OPTION, next(tie), item))  # type: ignore[union-attr]
+                own = bounds.bound(item.plan) + bounds.end_of_step_bound(item.plan)  # type: ignore[union-attr]
+                heapq.heappush(heap, (max(lb, own), owner, _WARM_OPTION, next(tie), item))
                 continue
             if kind == _WARM_OPTION:  # an option put off by its structure's trial reaches the front: costed; a
                 if owner in complete:
@@ -845,7 +891,13 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
             key = item  # type: ignore[assignment]
             if key in costed or full_bound[key] >= top.bound:
                 continue  # the sampler tried it, or it was answered by its raised bound
-            if kind == _WARM_KEY:
+            if kind == _WARM_KEY:  # before any memory estimate: its options' end-of-step collectives
+                floor = floor_of(key)
+                if floor > lb:
+                    heapq.heappush(heap, (floor, key, _WARM_FLOORED, next(tie), key))
+                    continue
+                kind = _WARM_FLOORED
+            if kind == _WARM_FLOORED:  # one memory estimate of each split's least form
                 raised = raised_bound(key)
                 if raised > lb:
                     heapq.heappush(heap, (raised, key, _WARM_RAISED, next(tie), key))
