@@ -652,11 +652,13 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
 
     def full_recompute_bound(key: tuple, i: int) -> float | None:
         """Lazy memory, as in the exhaustive search: one estimate of split ``i``'s least form; where it does
-        not fit and no partial recompute can fit, the bound of its full-recompute form, else None."""
+        not fit and every option must recompute all layers (``_exhaustive``'s test), the bound of its full-recompute
+        form, else None."""
         if (key, i) not in raised_memo:
             plan = legal[key][i]
             raised_memo[key, i] = None
-            if options_of(plan, True) is None and needs_full_recompute(ctx, plan):
+            if options_of(plan, True) is None and (offloads_with_full_recompute(ctx, plan)
+                                                   or needs_full_recompute(ctx, plan)):
                 raised_memo[key, i] = bounds.bound(replace_unchecked(plan, recompute="full", recompute_num_layers=0))
         return raised_memo[key, i]
 
