@@ -107,13 +107,12 @@ _GROUP_AXES: dict[str, tuple[bool, tuple[int, ...], int]] = {
     "dp_cp": (False, (0, 3, 1, 2), 2), "pp": (False, (1, 2, 3, 0), 1),
     "etp": (True, (0, 1, 2, 3), 1), "ep": (True, (0, 1, 3, 2), 1), "edp": (True, (0, 2, 3, 1), 1),
 }
-"""``groups``' transposes as data, for ``group_rows``."""
+"""``groups``' transposes as data, for ``group_first_ranks`` and ``group_stride``."""
 
 
 def group_count(plan: Plan, kind: str) -> int:
     """Rows of ``groups(plan, kind)`` (groups of that kind), without building them."""
-    expert, order, n_group = _GROUP_AXES[kind]
-    sizes = _grid_sizes(plan, expert)
+    order, n_group, sizes, _ = _grid(plan, kind)
     return plan.world_size // math.prod(sizes[a] for a in order[-n_group:])
 
 
@@ -124,14 +123,20 @@ def _grid_sizes(plan: Plan, expert: bool) -> tuple[int, int, int, int]:
     return plan.pp, edp, plan.ep, plan.etp
 
 
-def group_first_ranks(plan: Plan, kind: str, rows: np.ndarray) -> np.ndarray:
-    """``groups(plan, kind)[rows, 0]``: each row's first rank (every other member is it plus the same offsets,
-    ``group_rows``), from the row index's digits over the grid's outer axes."""
+def _grid(plan: Plan, kind: str) -> tuple[tuple[int, ...], int, tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """(the grid's axes in row order, how many of the last are the group's, the grid's sizes, its C-order strides)
+    of ``kind``'s grid (``_GROUP_AXES``)."""
     if kind not in _GROUP_AXES:
         raise ValueError(f"unknown group kind {kind!r}")
     expert, order, n_group = _GROUP_AXES[kind]
     sizes = _grid_sizes(plan, expert)
-    strides = (sizes[1] * sizes[2] * sizes[3], sizes[2] * sizes[3], sizes[3], 1)
+    return order, n_group, sizes, (sizes[1] * sizes[2] * sizes[3], sizes[2] * sizes[3], sizes[3], 1)
+
+
+def group_first_ranks(plan: Plan, kind: str, rows: np.ndarray) -> np.ndarray:
+    """``groups(plan, kind)[rows, 0]``: each row's first rank (every other member is it plus multiples of
+    ``group_stride``), from the row index's digits over the grid's outer axes."""
+    order, n_group, sizes, strides = _grid(plan, kind)
     base = np.zeros(len(rows), dtype=np.int64)
     rest = np.asarray(rows, dtype=np.int64)
     for axis in reversed(order[:-n_group]):  # the last outer axis varies fastest
@@ -145,11 +150,7 @@ def group_stride(plan: Plan, kind: str) -> tuple[int, int]:
     ``i < members`` (``first``: ``group_first_ranks``). Every kind's group axes are adjacent in the grid and taken in
     C order (``dp_cp``'s dp, cp: dp's stride is cp x cp's), so a row is one arithmetic progression; with the domain
     size that is all ``progression_spread`` needs to tell how a group spreads over NVLink domains."""
-    if kind not in _GROUP_AXES:
-        raise ValueError(f"unknown group kind {kind!r}")
-    expert, order, n_group = _GROUP_AXES[kind]
-    sizes = _grid_sizes(plan, expert)
-    strides = (sizes[1] * sizes[2] * sizes[3], sizes[2] * sizes[3], sizes[3], 1)
+    order, n_group, sizes, strides = _grid(plan, kind)
     inner = order[-n_group:]
     for outer_axis, inner_axis in zip(inner, inner[1:]):  # contiguous: one progression (every kind is)
         if strides[outer_axis] != sizes[inner_axis] * strides[inner_axis]:
@@ -187,23 +188,5 @@ def progression_spread(first: int, stride: int, members: int, domain: int) -> tu
     return most, high - low + 1
 
 
-def group_rows(plan: Plan, kind: str, rows: np.ndarray) -> np.ndarray:
-    """``groups(plan, kind)[rows]`` worked out arithmetically for only those rows: O(len(rows) x group size)
-    instead of O(world size) (a search at 131,072 GPUs asks for a few sampled rows of thousands of groups,
-    ``cost/comm.py``). A rank is the dot product of its grid index with the grid's strides (C order), so row
-    ``j`` is the base rank of ``j``'s index over the outer axes plus the offsets of the group's axes."""
-    if kind not in _GROUP_AXES:
-        raise ValueError(f"unknown group kind {kind!r}")
-    expert, order, n_group = _GROUP_AXES[kind]
-    sizes = _grid_sizes(plan, expert)
-    strides = (sizes[1] * sizes[2] * sizes[3], sizes[2] * sizes[3], sizes[3], 1)
-    inner = order[-n_group:]
-    base = group_first_ranks(plan, kind, rows)
-    offsets = np.zeros(1, dtype=np.int64)
-    for axis in inner:  # C order over the group's axes: the last varies fastest
-        offsets = (offsets[:, None] + np.arange(sizes[axis], dtype=np.int64)[None, :] * strides[axis]).reshape(-1)
-    return base[:, None] + offsets[None, :]
-
-
-__all__ = ["GROUP_KINDS", "Placement", "group_count", "group_first_ranks", "group_rows", "group_stride", "groups",
+__all__ = ["GROUP_KINDS", "Placement", "group_count", "group_first_ranks", "group_stride", "groups",
            "progression_spread", "rank_grid"]

@@ -1,6 +1,6 @@
-"""``placement.group_rows``: the sampled rows of a group kind worked out arithmetically are exactly the rows of
-``groups`` (the O(world size) array the default placement's group shapes no longer build), and the shapes a
-communication model derives from them are those of the full array."""
+"""``placement.group_first_ranks`` / ``group_stride``: the sampled rows of a group kind worked out arithmetically are
+exactly the rows of ``groups`` (the O(world size) array the default placement's group shapes no longer build), and
+the shapes a communication model derives from them are those of the full array."""
 
 import itertools
 
@@ -9,8 +9,8 @@ import pytest
 
 from configurator import load_cluster
 from configurator.cost.comm import SAMPLED_GROUPS, CommModel, LinkEfficiency
-from configurator.placement import (GROUP_KINDS, Placement, group_count, group_first_ranks, group_rows, group_stride,
-                                    groups, progression_spread)
+from configurator.placement import (GROUP_KINDS, Placement, group_count, group_first_ranks, group_stride, groups,
+                                    progression_spread)
 from configurator.specs.plan import Plan
 
 
@@ -20,15 +20,21 @@ def _plans():
             yield Plan(tp=tp, cp=cp, dp=dp, pp=pp, ep=ep, etp=etp)
 
 
+def _rows(plan: Plan, kind: str, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of ``groups(plan, kind)`` from their first ranks and the kind's stride."""
+    stride, members = group_stride(plan, kind)
+    return group_first_ranks(plan, kind, rows)[:, None] + stride * np.arange(members)[None, :]
+
+
 @pytest.mark.parametrize("kind", GROUP_KINDS)
-def test_group_rows_are_the_rows_of_groups(kind):
+def test_arithmetic_rows_are_the_rows_of_groups(kind):
     for plan in _plans():
         full = groups(plan, kind)
         assert group_count(plan, kind) == len(full)
         every = np.arange(len(full))
-        assert np.array_equal(group_rows(plan, kind, every), full)
+        assert np.array_equal(_rows(plan, kind, every), full)
         some = every[1::3]
-        assert np.array_equal(group_rows(plan, kind, some), full[some])
+        assert np.array_equal(_rows(plan, kind, some), full[some])
 
 
 def test_default_placement_shapes_equal_the_full_arrays_shapes():
@@ -47,8 +53,10 @@ def test_default_placement_shapes_equal_the_full_arrays_shapes():
 
 
 def test_unknown_kind_is_refused():
-    with pytest.raises(ValueError, match="unknown group kind"):
-        group_rows(Plan(), "xp", np.arange(1))
+    for call in (lambda: group_first_ranks(Plan(), "xp", np.arange(1)), lambda: group_stride(Plan(), "xp"),
+                 lambda: group_count(Plan(), "xp")):
+        with pytest.raises(ValueError, match="unknown group kind"):
+            call()
 
 
 def test_group_first_ranks_are_the_rows_first_ranks():
@@ -59,21 +67,29 @@ def test_group_first_ranks_are_the_rows_first_ranks():
             assert np.array_equal(group_first_ranks(plan, kind, rows), full[:, 0])
 
 
-def test_default_placement_shapes_keep_their_order():
-    """The distinct shapes come in the order of their first sampled group, as from the full array (a shape list's
-    order reaches ``max`` over the shapes only through ties, but it is kept the same anyway)."""
-    cluster = load_cluster("dgx-h100", num_gpus=1536)
+@pytest.mark.parametrize(("preset", "gpus", "plans"), [
+    # 8-GPU domains: the distinct shapes come in the order of their first sampled group, as from the full array (a
+    # shape list's order reaches ``max`` over the shapes only through ties, but it is kept the same anyway).
+    ("dgx-h100", 1536, (Plan(tp=2, cp=1, dp=96, pp=8, ep=4, etp=1), Plan(tp=1, cp=3, dp=64, pp=8, ep=8, etp=1),
+                        Plan(tp=4, cp=1, dp=3, pp=128, ep=4, etp=1), Plan(tp=1, cp=1, dp=12, pp=128, ep=4, etp=3))),
+    # 72-GPU NVLink domains: strides that do not divide the domain, groups cut across racks.
+    ("gb200-nvl72", 2304, (Plan(tp=4, cp=1, dp=72, pp=8, ep=8, etp=1), Plan(tp=1, cp=3, dp=96, pp=8, ep=32, etp=1),
+                           Plan(tp=2, cp=2, dp=18, pp=16, ep=4, etp=2), Plan(tp=8, cp=1, dp=9, pp=32, ep=8, etp=1))),
+])
+def test_default_placement_shapes_are_the_numpy_ones_in_order(preset, gpus, plans):
+    """The default placement's arithmetic shapes are the identity placement's, which counts each sampled row's GPUs
+    with numpy, in the same order."""
+    cluster = load_cluster(preset, num_gpus=gpus)
     identity = Placement(node_order=tuple(range(cluster.num_nodes)), gpu_order=())
     eff = LinkEfficiency(nvlink=1.0, scale_out=1.0)
-    seen_several = 0
-    for plan in (Plan(tp=2, cp=1, dp=96, pp=8, ep=4, etp=1), Plan(tp=1, cp=3, dp=64, pp=8, ep=8, etp=1),
-                 Plan(tp=4, cp=1, dp=3, pp=128, ep=4, etp=1), Plan(tp=1, cp=1, dp=12, pp=128, ep=4, etp=3)):
+    several = 0
+    for plan in plans:
         for kind in GROUP_KINDS:
             fast = CommModel(cluster, plan, None, eff).shapes(kind)
             slow = CommModel(cluster, plan, identity, eff).shapes(kind)
             assert list(map(repr, fast)) == list(map(repr, slow)), (plan, kind)
-            seen_several += len(fast) > 1
-    assert seen_several  # some group kind spreads over the domains in more than one way
+            several += len(fast) > 1
+    assert several  # some group kind spreads over the domains in more than one way
 
 
 def _spread_of_numpy(first: int, stride: int, members: int, domain: int) -> tuple[int, int]:
@@ -100,20 +116,3 @@ def test_group_stride_gives_the_rows_of_groups(kind):
         stride, members = group_stride(plan, kind)
         assert full.shape[1] == members
         assert np.array_equal(full, full[:, :1] + stride * np.arange(members)[None, :])
-
-
-def test_arithmetic_shapes_equal_the_numpy_ones_on_nvl72():
-    """On 72-GPU NVLink domains (strides that do not divide the domain, groups cut across racks) the default
-    placement's arithmetic shapes are the identity placement's, which counts each sampled row's GPUs with numpy."""
-    cluster = load_cluster("gb200-nvl72", num_gpus=2304)
-    identity = Placement(node_order=tuple(range(cluster.num_nodes)), gpu_order=())
-    eff = LinkEfficiency(nvlink=1.0, scale_out=1.0)
-    several = 0
-    for plan in (Plan(tp=4, cp=1, dp=72, pp=8, ep=8, etp=1), Plan(tp=1, cp=3, dp=96, pp=8, ep=32, etp=1),
-                 Plan(tp=2, cp=2, dp=18, pp=16, ep=4, etp=2), Plan(tp=8, cp=1, dp=9, pp=32, ep=8, etp=1)):
-        for kind in GROUP_KINDS:
-            fast = CommModel(cluster, plan, None, eff).shapes(kind)
-            slow = CommModel(cluster, plan, identity, eff).shapes(kind)
-            assert list(map(repr, fast)) == list(map(repr, slow)), (plan, kind)
-            several += len(fast) > 1
-    assert several  # some kind spreads over the racks in more than one way

@@ -192,6 +192,18 @@ class CommModel:
             return hit[1]
         seen: dict[tuple, GroupShape] = {}
         so = self.cluster.scale_out_link
+
+        def add(size: int, sig: tuple) -> None:
+            """A group shape of signature (per domain, domains, ring B/s, pair B/s, latency), each once, in order."""
+            if sig not in seen:
+                seen[sig] = GroupShape(size=size, per_domain=sig[0], domains=sig[1], ring_bw_Bps=sig[2],
+                                       pair_bw_Bps=sig[3], inter_latency_s=sig[4])
+
+        def uniform(per_domain: int, n_dom: int) -> tuple:
+            """The signature on homogeneous links: inside one domain, or across domains on the scale-out link."""
+            return (per_domain, 1, math.inf, math.inf, 0.0) if n_dom == 1 else \
+                (per_domain, n_dom, so.bandwidth_Bps, so.bandwidth_Bps, so.latency_s)
+
         if not measured and self.placement is None:
             # Megatron's order on consecutive GPUs (rank r on GPU r): only the sampled rows, each an arithmetic
             # progression (``group_stride``) whose spread over the domains is worked out in O(domain) steps
@@ -201,29 +213,19 @@ class CommModel:
             pick = np.unique(np.linspace(0, n_rows - 1, SAMPLED_GROUPS).astype(int)) if n_rows > SAMPLED_GROUPS \
                 else np.arange(n_rows)
             stride, size = group_stride(plan, kind)
-            spread: dict[int, tuple[int, int]] = {}
+            spread: set[int] = set()
             for first in (group_first_ranks(plan, kind, pick) % self.domain_size).tolist():
-                if first in spread:
-                    continue
-                per_domain, n_dom = spread[first] = progression_spread(first, stride, size, self.domain_size)
-                sig = (per_domain, 1, math.inf, math.inf, 0.0) if n_dom == 1 else \
-                    (per_domain, n_dom, so.bandwidth_Bps, so.bandwidth_Bps, so.latency_s)
-                if sig not in seen:
-                    seen[sig] = GroupShape(size=size, per_domain=sig[0], domains=sig[1], ring_bw_Bps=sig[2],
-                                           pair_bw_Bps=sig[3], inter_latency_s=sig[4])
-            shapes = list(seen.values())
-            self._shapes[kind] = shapes
-            if cache is not None:
-                cache.put(key, (self.cluster.node_links, shapes))
-            return shapes
-        rows = self.gpu[groups(self.plan, kind)]
-        if not measured and self.placement is not None and len(rows) > SAMPLED_GROUPS:
-            # Homogeneous links: groups differ only in how they spread over NVLink domains, and with
-            # Megatron's strided groups that pattern repeats; an even sample of groups (first and last
-            # included) finds every pattern without sorting tens of thousands of rows.
-            pick = np.unique(np.linspace(0, len(rows) - 1, SAMPLED_GROUPS).astype(int))
-            rows = rows[pick]
-        if not measured:
+                if first not in spread:
+                    spread.add(first)
+                    add(size, uniform(*progression_spread(first, stride, size, self.domain_size)))
+        elif not measured:
+            rows = self.gpu[groups(self.plan, kind)]
+            if len(rows) > SAMPLED_GROUPS:
+                # Homogeneous links: groups differ only in how they spread over NVLink domains, and with
+                # Megatron's strided groups that pattern repeats; an even sample of groups (first and last
+                # included) finds every pattern without sorting tens of thousands of rows.
+                pick = np.unique(np.linspace(0, len(rows) - 1, SAMPLED_GROUPS).astype(int))
+                rows = rows[pick]
             # Vectorised tally (a ring has up to N/tp ranks): sorted domains, so a domain's count is its run.
             d = np.sort(rows // self.domain_size, axis=1)
             size = d.shape[1]
@@ -235,33 +237,23 @@ class CommModel:
             run_start = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
             longest = (position - run_start + 1).max(axis=1)
             for per_domain, n_dom in zip(longest.tolist(), starts.sum(axis=1).tolist()):
-                sig = (per_domain, 1, math.inf, math.inf, 0.0) if n_dom == 1 else \
-                    (per_domain, n_dom, so.bandwidth_Bps, so.bandwidth_Bps, so.latency_s)
-                if sig not in seen:
-                    seen[sig] = GroupShape(size=size, per_domain=sig[0], domains=sig[1], ring_bw_Bps=sig[2],
-                                           pair_bw_Bps=sig[3], inter_latency_s=sig[4])
-            domains: list = []
+                add(size, uniform(per_domain, n_dom))
         else:
-            domains = (rows // self.domain_size).tolist()
-            size = len(domains[0])
-        for ring in domains:
-            tally = Counter(ring)
-            ds = list(tally)
-            per_domain = max(tally.values())
-            if len(ds) == 1:
-                sig: tuple = (per_domain, 1, math.inf, math.inf, 0.0)
-            elif measured:
+            rows = self.gpu[groups(self.plan, kind)]
+            size = rows.shape[1]
+            for ring in (rows // self.domain_size).tolist():
+                tally = Counter(ring)
+                ds = list(tally)
+                per_domain = max(tally.values())
+                if len(ds) == 1:
+                    add(size, (per_domain, 1, math.inf, math.inf, 0.0))
+                    continue
                 ring_links = [self._node_link(ds[i], ds[(i + 1) % len(ds)]) for i in range(len(ds))]
                 ring_bw = min(bw for bw, _ in ring_links)
                 lat = max(lt for _, lt in ring_links)
                 pair_bw = min(self._node_link(a, b)[0] for a in ds for b in ds if a != b) \
                     if len(ds) <= 64 else ring_bw
-                sig = (per_domain, len(ds), ring_bw, pair_bw, lat)
-            else:
-                sig = (per_domain, len(ds), so.bandwidth_Bps, so.bandwidth_Bps, so.latency_s)
-            if sig not in seen:
-                seen[sig] = GroupShape(size=size, per_domain=sig[0], domains=sig[1], ring_bw_Bps=sig[2],
-                                       pair_bw_Bps=sig[3], inter_latency_s=sig[4])
+                add(size, (per_domain, len(ds), ring_bw, pair_bw, lat))
         shapes = list(seen.values())
         self._shapes[kind] = shapes
         if cache is not None:
