@@ -223,7 +223,7 @@ def test_lazy_resolutions_give_resolves_answer(name: str) -> None:
     assert least + full > 0
 
 
-@pytest.mark.parametrize("name", ["mixtral-8x7b-h100-64", "qwen3-30b-a3b-gb200-8-fp8", "deepseek-v3-h800-2048"])
+@pytest.mark.parametrize("name", ["mixtral-8x7b-h100-64", "qwen3-30b-a3b-gb200-8-fp8", "deepseek-v3-h800-2048-fp8"])
 def test_the_least_module_list_is_found_without_estimating_every_list(name: str) -> None:
     """``resolve._least_modules`` bisects the ``--recompute-modules`` ladder (each list drops what the one before
     it drops, so memory only falls along it) or, where the lists are not nested, first checks their union (which
@@ -423,7 +423,7 @@ def test_an_offloaded_estimate_derived_from_the_offload_free_one_equals_a_fresh_
                     estimate_memory(ctx.model, ctx.cluster, ctx.job, offloaded, runtime=ctx.runtime)
 
 
-@pytest.mark.parametrize("name", ["mixtral-8x7b-h100-64", "deepseek-v3-h800-2048"])
+@pytest.mark.parametrize("name", ["mixtral-8x7b-h100-64", "deepseek-v3-h800-2048-fp8"])
 def test_activation_memory_does_not_depend_on_the_expert_parallel_degree(name: str) -> None:
     """``memory.ACTIVATION_MEMO`` leaves EP out of its key (structures that differ only in EP share their
     activations): estimated without the memo, two such structures keep the same activation bytes and in-flight
@@ -456,7 +456,7 @@ def test_hsdp_never_needs_less_memory_than_zero3() -> None:
     gathered working set, so no stage of the HSDP form holds less, whatever the recompute and offload."""
     from configurator.search.space import hsdp_shard_group
 
-    ctx = SCENARIOS["deepseek-v3-h800-2048"].ctx
+    ctx = SCENARIOS["deepseek-v3-h800-2048-fp8"].ctx
     plans = [p for p in enumerate_plans(ctx) if hsdp_shard_group(ctx, p)]
     assert plans
     for plan in random.Random(7).sample(plans, min(12, len(plans))):
