@@ -170,3 +170,12 @@ def test_a_top_plan_below_the_measured_best_claims_no_gain() -> None:
     m = measured_job(MODEL, CLUSTER, JOB, top, rows=[_row(measured_tokens_per_s_per_gpu=2 * top.step.tokens_per_s_per_gpu)])
     assert m is not None and not m["beyond_band"] and m["ratio"] == pytest.approx(0.5, abs=1e-3)
     assert "no gain over it claimed" in m["line"]
+
+
+def test_the_recipe_flags_the_run_had_and_the_job_lacks_are_said() -> None:
+    flags = {**_row()["job"], "cuda_graphs": ["attn", "moe_router"], "fp8_attention": True}
+    m = measured_job(MODEL, CLUSTER, JOB, _top(), rows=[_row(job=flags)])
+    assert m is not None and m["recipe_differences"] == {"cuda_graphs": ["attn", "moe_router"], "fp8_attention": True}
+    assert "its recipe, unlike this job: cuda_graphs=attn+moe_router, fp8_attention=True" in m["line"]
+    same = measured_job(MODEL, CLUSTER, JOB, _top(), rows=[_row()])
+    assert same is not None and same["recipe_differences"] == {} and "unlike this job" not in same["line"]
