@@ -179,3 +179,16 @@ def test_the_recipe_flags_the_run_had_and_the_job_lacks_are_said() -> None:
     assert "its recipe, unlike this job: cuda_graphs=attn+moe_router, fp8_attention=True" in m["line"]
     same = measured_job(MODEL, CLUSTER, JOB, _top(), rows=[_row()])
     assert same is not None and same["recipe_differences"] == {} and "unlike this job" not in same["line"]
+
+
+def test_plan_json_has_a_null_measured_job_when_no_run_has_the_job() -> None:
+    from typer.testing import CliRunner
+
+    from configurator.cli import app
+
+    # llama3-8b is published on H100 at seq 8192 only
+    result = CliRunner().invoke(app, ["plan", "--model", "llama3-8b", "--cluster", "dgx-h100", "--num-gpus", "8",
+                                      "--seq-len", "4096", "--global-batch", "64", "--top", "1", "--workers", "1",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["measured_job"] is None
