@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from configurator.cli_options import (CalibrationOpt, ClusterOpt, CpOpt, DpOpt, EpOpt, EtpOpt, GlobalBatchOpt, GpuSpecOpt,
@@ -256,12 +257,15 @@ def plan(
     from configurator.render import conventional_dict, print_conventional
 
     conv = conventional_plan(ctx, constants)
+    from configurator.anchor import measured_job
+
+    anchor = measured_job(spec, hw, job, ranked[0], constants)
     if as_json:
         print(json.dumps({"plans": search_plans_dicts(spec, hw, job, ranked, objective=objective, oom_risk=oom_risk),
                           "conventional": conventional_dict(spec, hw, job, ranked[0], conv) if conv else None,
                           "search": {**result.as_dict(), **margin_info},
                           "emitted": [str(p) for p in written], "emitted_plans": held,
-                          "gpu_spec": gpu_figures(hw),
+                          "gpu_spec": gpu_figures(hw), "measured_job": anchor,
                           **({"versus": versus_text} if versus_text is not None else {})}, indent=2))
         return
     console.print(f"[bold]{spec.name}[/bold] on {hw.num_gpus} x {hw.gpu.key} ({hw.name}), seq {seq_len}, "
@@ -279,6 +283,9 @@ def plan(
     console.print(f"best: {best.plan.describe()} — {best.why}")
     print_best_band(console, spec, hw, job, ranked, objective=objective, oom_risk=oom_risk)
     print_conventional(console, spec, hw, job, best, conv)
+    if anchor is not None:
+        colour = "bold red" if anchor["beyond_band"] else "cyan"
+        console.print(f"[{colour}]{escape(anchor['line'])}[/{colour}]")
     if versus_text is not None:
         console.print(versus_text)
     if best.placement is not None and best.default_placement_step_s:

@@ -38,3 +38,19 @@ def test_the_service_and_the_cli_name_the_same_plans_in_the_same_order() -> None
     assert len(stored["result"]["plans"]) == 3
     assert _plans(stored["result"]) == _plans(cli)
     assert stored["result"]["conventional"] == cli["conventional"]
+
+
+def test_the_service_and_the_cli_give_the_same_measured_job() -> None:
+    """Qwen3-30B-A3B on 16 H100 at GBS 1024, fp8: published as r104; both answers anchor their leader to it."""
+    request = {"model": "qwen3-30b-a3b", "cluster": "dgx-h100", "num_gpus": 16, "seq_len": 4096,
+               "global_batch": 1024, "precision": "fp8", "top": 1}
+    ctx = search_context(request, None)
+    stored: dict = {}
+    finish(lambda _id, **fields: stored.update(fields), "job", ctx, request, search(ctx, **search_kwargs(request)))
+    result = CliRunner().invoke(app, ["plan", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100", "--num-gpus", "16",
+                                      "--seq-len", "4096", "--global-batch", "1024", "--precision", "fp8", "--top", "1",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    cli = json.loads(result.stdout)
+    assert stored["result"]["measured_job"]["run_id"] == "r104"
+    assert stored["result"]["measured_job"] == cli["measured_job"]

@@ -105,13 +105,15 @@ def search_kwargs(request: dict[str, Any]) -> dict[str, Any]:
 
 def finish(update: Any, job_id: str, ctx: Any, request: dict[str, Any], result: Any) -> None:
     """Store a search's outcome: its plans in the risk-aware order, or "failed" naming why nothing fits."""
+    from configurator.anchor import measured_job_for
     from configurator.render import conventional_for, search_plans_dicts
 
     objective, oom_risk = request.get("objective", "p25"), request.get("oom_risk", 0.05)
     payload = {"plans": search_plans_dicts(ctx.model, ctx.cluster, ctx.job, list(result.ranked),
                                            objective=objective, oom_risk=oom_risk, top=request.get("top", 5)),
                "conventional": conventional_for(ctx, list(result.ranked), objective=objective, oom_risk=oom_risk),
-               "search": result.as_dict()}
+               "search": result.as_dict(),
+               "measured_job": measured_job_for(ctx, list(result.ranked), objective=objective, oom_risk=oom_risk)}
     if not result.ranked:
         need = (f"; the smallest candidate needs {result.smallest_need_bytes / 2**30:.1f} GiB"
                 if result.smallest_need_bytes else "")
