@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from dataclasses import replace as dc_replace
 from itertools import accumulate
-from operator import attrgetter
+from operator import attrgetter, ge
 
 from configurator.cost.comm import CommModel, LinkEfficiency
 from configurator.cost.constants import CostConstants, hardware_default, load_runtime_cost
@@ -43,7 +43,12 @@ from configurator.cost.work import embedding_work, head_work, layer_work, mtp_pr
 from configurator.memory import all_layer_params, stage_layer_indices, stage_params
 from configurator.search.knobs import optimistic_plans
 from configurator.search.space import SearchContext, framework_shardings, hsdp_shard_group
-from configurator.specs.plan import PLAN_FIELDS, Plan, ep_overlap_conflicts, replace_unchecked
+from configurator.specs.plan import PLAN_FIELDS, Plan, ep_overlap_conflicts, replace_unchecked, unchecked_replacer
+
+_with_ep_overlap = unchecked_replacer("ep_overlap")
+_with_sharding = unchecked_replacer("sharding")
+_with_plain_sharding = unchecked_replacer("sharding", "shard_group")
+"""``replace_unchecked`` of the fields the bounds change most often (``unchecked_replacer``: half the cost)."""
 
 _LAYER_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload")))
 """The plan fields a layer's time depends on (for plans without per-micro-batch sharding traffic)."""
@@ -186,6 +191,7 @@ class StructureBounds:
         self._gather_row_cache: dict[tuple, tuple[tuple[float, ...], ...]] = {}
         self._bases: dict[tuple, tuple[StepInputs, object, CommModel, int, bool]] = {}
         self._shares: dict[tuple, float] = {}
+        self._share_memo: dict[tuple, LayerTimes] = {}
         self._all_params = all_layer_params(model)
         self._template: StepInputs | None = None
         self._runtime = load_runtime_cost(ctx.runtime)
@@ -312,7 +318,26 @@ class StructureBounds:
     def _share_times(self, plan: Plan, share: float, chunk: int = 1, upper: bool = False) -> LayerTimes:
         """Per-layer times of ``plan``'s layer key at paired EP share ``share`` (``_at_share``: interpolated
         between the shares 0 and 1), lowered by ``EP_SHARE_SLACK`` (raised with ``upper``); the times at 1
-        where the plan does not overlap its all-to-all (the share changes nothing then)."""
+        where the plan does not overlap its all-to-all (the share changes nothing then).
+
+        Remembered (bounded) by what the answer depends on: the layer key, the share, the chunk under a partial
+        recompute (``_times``), ``upper`` and, where the plan leaves its EP overlap to the runtime, whether
+        Megatron's EP-overlap rule sees a non-interleaved pipeline (``effective_knobs`` reads pp and vpp only
+        there). The bounds ask for the same few times tens of thousands of times (Qwen3-235B on 512 H100:
+        ~40,000 calls), each two ``_times`` lookups and a plan copy before."""
+        partial = plan.recompute == "full" and plan.recompute_num_layers > 0
+        memo_key = (self.layer_key(plan), share, chunk if partial else 1, upper,
+                    plan.ep_overlap is None and plan.pp > 1 and plan.vpp == 1)
+        hit = self._share_memo.get(memo_key)
+        if hit is not None:
+            return hit
+        if len(self._share_memo) >= 16384:
+            self._share_memo.clear()  # bounded (per layer key, share, chunk and pipeline kind)
+        hit = self._share_memo[memo_key] = self._share_times_of(plan, share, chunk, upper)
+        return hit
+
+    def _share_times_of(self, plan: Plan, share: float, chunk: int, upper: bool) -> LayerTimes:
+        """``_share_times`` worked out."""
         hidden = self._times(plan, chunk, 1.0)
         if share >= 1.0 and not upper:
             return hidden
@@ -322,7 +347,7 @@ class StructureBounds:
         # At share 0 nothing hides: ``_stage_times``' ``ep_hidden`` is overlap.ep x 0 = 0, the same float operations
         # as without the overlap, so the times are those of the plan without it (which the variants of pipelines
         # where Megatron cannot overlap, in the same family, time anyway).
-        alone = self._times(replace_unchecked(plan, ep_overlap=False), chunk, 1.0)
+        alone = self._times(_with_ep_overlap(plan, False), chunk, 1.0)
         if share <= 0.0 and upper:
             return alone
         return _at_share(alone, hidden, share, 1.0 + EP_SHARE_SLACK if upper else 1.0 - EP_SHARE_SLACK)
@@ -374,7 +399,7 @@ class StructureBounds:
                 if len(self._variant_times) >= 16384:
                     self._variant_times.clear()  # bounded (per layer key, pipeline kind and share)
                 times = self._variant_times[key] = [
-                    self._share_times(replace_unchecked(v, sharding="distopt") if v.sharding == "zero2" else v, share)
+                    self._share_times(_with_sharding(v, "distopt") if v.sharding == "zero2" else v, share)
                     for v in map(self._settled, optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads,
                                                                  ctx.model.is_moe, ctx.cluster))]
             rows = self._rows(plan)
@@ -434,7 +459,7 @@ class StructureBounds:
         works out ``family_bound`` only when it reaches the front (``_exhaustive``); lowered by another
         ``FAMILY_BOUND_SLACK`` for the different rounding."""
         rate, least_m, _, variants = self._family_scan(members)
-        overlapped = {replace_unchecked(v, ep_overlap=True) if v.ep > 1 and not v.ep_overlap else v for v in variants}
+        overlapped = {_with_ep_overlap(v, True) if v.ep > 1 and not v.ep_overlap else v for v in variants}
         work = min((self._model_s(self._times(v, 1, 1.0)) for v in overlapped), default=float("inf"))
         return self._family_total(rate, least_m, work) * (1.0 - FAMILY_BOUND_SLACK) * (1.0 - FAMILY_BOUND_SLACK)
 
@@ -458,7 +483,7 @@ class StructureBounds:
         for p in kinds.values():
             for v in optimistic_plans(p, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster):
                 v = self._settled(v)
-                variants.append(replace_unchecked(v, sharding="distopt") if v.sharding == "zero2" else v)
+                variants.append(_with_sharding(v, "distopt") if v.sharding == "zero2" else v)
         return rate, least_m, share, variants
 
     def _model_s(self, t: LayerTimes) -> float:
@@ -484,10 +509,9 @@ class StructureBounds:
         other layers' exposed parts are >= 0), so each virtual stage's time is at least its distributed-
         optimizer time plus that stage's gather: added here (``_gather_bound``), which rules out most
         ZeRO-3 options without preparing them (DeepSeek-V3 on 512 H800: 1,242 preparations, none costed)."""
-        plain = replace_unchecked(plan, sharding="distopt", shard_group=0)
         if _per_microbatch_sharding(plan) == "zero3":
             return self._gather_bound(plan) * (1.0 - FAMILY_BOUND_SLACK)
-        return self.bound(plain) * (1.0 - FAMILY_BOUND_SLACK)
+        return self.bound(_with_plain_sharding(plan, "distopt", 0)) * (1.0 - FAMILY_BOUND_SLACK)
 
     def _stage_gathers(self, plan: Plan) -> list[float]:
         """Per virtual stage, at least what its layers' per-micro-batch sharding traffic adds to it: the
@@ -570,7 +594,7 @@ class StructureBounds:
                 if len(self._gather_times) >= 8192:
                     self._gather_times.clear()  # bounded (per layer key, pipeline kind, share and chunk)
                 times = self._gather_times[key] = [
-                    self._share_times(replace_unchecked(self._settled(v), sharding="distopt", shard_group=0), share,
+                    self._share_times(_with_plain_sharding(self._settled(v), "distopt", 0), share,
                                       chunk)
                     for v in optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe,
                                               ctx.cluster)]
@@ -581,7 +605,7 @@ class StructureBounds:
                                      for d, mo, da, ma, k, e, h, g in rows))
             return best + c["overhead.step_s"]
         for v in optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster):
-            plain = replace_unchecked(self._settled(v), sharding="distopt", shard_group=0)
+            plain = _with_plain_sharding(self._settled(v), "distopt", 0)
             times = []
             by_chunk: dict[int, LayerTimes] = {}
             for s, layers in enumerate(virtual):
@@ -637,7 +661,8 @@ class StructureBounds:
                                               for v in range(r, len(virtual), pp)))]
             counts.append(tuple(f + m * b for f, b in zip(fill, busy)))
             fill = tuple(f + x for f, x in zip(fill, (*virtual[r], 1, int(r == 0), int(r == last))))
-        above = tuple(tuple(j for j, other in enumerate(counts) if j != i and all(a >= b for a, b in zip(other, row)))
+        # (``map(ge, ...)``: the same comparisons as a generator over ``zip``, in C; O(pp^2) per split)
+        above = tuple(tuple(j for j, other in enumerate(counts) if j != i and all(map(ge, other, row)))
                       for i, row in enumerate(counts))
         if len(self._split_row_cache) >= 4096:
             self._split_row_cache.clear()  # bounded (per split and micro-batches)
@@ -795,7 +820,7 @@ class StructureBounds:
         out = []
         for v in optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster):
             v = self._settled(v)
-            out.append(replace_unchecked(v, sharding="distopt") if v.sharding == "zero2" else v)  # as ``_arithmetic``
+            out.append(_with_sharding(v, "distopt") if v.sharding == "zero2" else v)  # as ``_arithmetic``
         return out
 
     def _comm(self, plan: Plan) -> CommModel:
@@ -865,7 +890,7 @@ class StructureBounds:
         pp and vpp (``ep_overlap_conflicts``), which the layer key and the one-stage form leave out."""
         if plan.ep_overlap is not None or plan.ep == 1:
             return plan
-        return replace_unchecked(plan, ep_overlap=effective_knobs(plan, self._runtime).ep_overlap)
+        return _with_ep_overlap(plan, effective_knobs(plan, self._runtime).ep_overlap)
 
     def _layout(self, plan: Plan) -> tuple[tuple[tuple[int, int, int, int], ...], int]:
         """The layers of each kind (dense, MoE, other-window dense, other-window MoE: ``LayerTimes``) of each
@@ -911,7 +936,7 @@ class StructureBounds:
         if plan.sharding == "zero2":
             # ZeRO-2 under PP reduces once per step (``_per_microbatch_sharding``): its layers time like
             # the distributed optimizer's, so they share its layer key.
-            plan = replace_unchecked(plan, sharding="distopt")
+            plan = _with_sharding(plan, "distopt")
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
         chunk = self._even_chunk(plan) if partial else 1
         if chunk:

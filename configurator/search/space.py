@@ -24,7 +24,7 @@ from typing import Any
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
-from configurator.specs.plan import SHARDINGS, Plan, balanced_layout, plan_violations, replace_unchecked
+from configurator.specs.plan import SHARDINGS, Plan, balanced_layout, plan_violations, unchecked_replacer
 
 MAX_MICRO_BATCH = 8
 MIN_TOKENS_PER_CP_RANK = 1024
@@ -200,6 +200,10 @@ AXES: tuple[Axis, ...] = (
 
 
 _DEFAULT_PLAN = Plan()
+_structure_of = unchecked_replacer("tp", "cp", "pp", "vpp", "dp", "ep", "etp", "sp", "micro_batch", "sharding",
+                                   "pipeline_layers", "cp_comm")
+"""``_DEFAULT_PLAN`` with a point's fields (``structure_plan``), without the keyword call's dict per structure."""
+_with_layout = unchecked_replacer("pipeline_layers")
 
 
 def structure_plan(ctx: SearchContext, values: dict[str, Any],
@@ -218,11 +222,11 @@ def structure_plan(ctx: SearchContext, values: dict[str, Any],
                 layout = layouts[(pp, vpp)] = balanced_layout(ctx.model.num_layers, pp, vpp)
     # Degrees from the axes' own value lists (positive ints) and a sharding from SHARDINGS: Plan's checks
     # cannot fail, and skipping them matters at 20,000 structures; legality is ``plan_violations``'s.
-    return replace_unchecked(_DEFAULT_PLAN, tp=tp, cp=cp, pp=pp, vpp=vpp, dp=dp, ep=values["ep"], etp=values["etp"],
-                             sp=tp > 1 and ctx.framework != "deepspeed", micro_batch=values["micro_batch"],
-                             sharding=search_shardings(ctx.runtime, dp * cp)[0], pipeline_layers=layout,
-                             # torchtitan 0.3.0's CP for language models is FlexAttention's K/V all-gather only
-                             cp_comm="all_gather" if ctx.framework == "torchtitan" and cp > 1 else None)
+    return _structure_of(_DEFAULT_PLAN, tp, cp, pp, vpp, dp, values["ep"], values["etp"],
+                         tp > 1 and ctx.framework != "deepspeed", values["micro_batch"],
+                         search_shardings(ctx.runtime, dp * cp)[0], layout,
+                         # torchtitan 0.3.0's CP for language models is FlexAttention's K/V all-gather only
+                         "all_gather" if ctx.framework == "torchtitan" and cp > 1 else None)
 
 
 def _head_aware_variant(ctx: SearchContext, plan: Plan,
@@ -244,7 +248,7 @@ def _head_aware_variant(ctx: SearchContext, plan: Plan,
             layout = alternatives[key] = alternative_layout(ctx.model, ctx.job, plan)
     if not layout:
         return None
-    variant = replace_unchecked(plan, pipeline_layers=layout)
+    variant = _with_layout(plan, layout)
     return None if plan_violations(ctx.model, ctx.job, variant, ctx.num_gpus) else variant
 
 
