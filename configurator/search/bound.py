@@ -33,7 +33,6 @@ from operator import attrgetter, ge
 
 from configurator.cost.comm import CommModel, LinkEfficiency
 from configurator.cost.constants import CostConstants, hardware_default, load_runtime_cost
-from configurator.cost.knobs import effective_knobs
 from configurator.cost.moe import ep_overlap_paired_share
 from configurator.cost.step import (ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, StepInputs, VirtualStage,
                                     _layer_shard_comm, _per_microbatch_sharding, _rates_for, _stage_times,
@@ -207,6 +206,10 @@ class StructureBounds:
         self._comms: dict[tuple[int, ...], CommModel] = {}
         self._host_rates: tuple[float, float] | None = None
         self._split_row_cache: dict[tuple, tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]] = {}
+        # The per-micro-batch and per-step overheads, read once (``CostConstants[name]`` walks its tuple; the
+        # constants are frozen, so every read gives these floats).
+        self._microbatch_s = constants["overhead.microbatch_s"]
+        self._step_s = constants["overhead.step_s"]
         self.layer_keys_timed = 0
         self.stage_timings = 0
         self.full_preparations = 0
@@ -341,8 +344,8 @@ class StructureBounds:
         hidden = self._times(plan, chunk, 1.0)
         if share >= 1.0 and not upper:
             return hidden
-        overlap = plan.ep_overlap if plan.ep_overlap is not None else effective_knobs(plan, self._runtime).ep_overlap
-        if not (overlap and plan.ep > 1):  # (``effective_knobs``' EP overlap, without building its knobs)
+        overlap = plan.ep_overlap if plan.ep_overlap is not None else self._default_ep_overlap(plan)
+        if not (overlap and plan.ep > 1):
             return hidden
         # At share 0 nothing hides: ``_stage_times``' ``ep_hidden`` is overlap.ep x 0 = 0, the same float operations
         # as without the overlap, so the times are those of the plan without it (which the variants of pipelines
@@ -403,10 +406,10 @@ class StructureBounds:
                     for v in map(self._settled, optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads,
                                                                  ctx.model.is_moe, ctx.cluster))]
             rows = self._rows(plan)
-            per_mb = self.c["overhead.microbatch_s"] / plan.vpp
+            per_mb = self._microbatch_s / plan.vpp
             return min(max(d * t.dense_s + mo * t.moe_s + da * t.dense_alt_s + ma * t.moe_alt_s + k * per_mb
                            + e * t.embedding_s + h * t.head_s
-                           for d, mo, da, ma, k, e, h in rows) for t in times) + self.c["overhead.step_s"]
+                           for d, mo, da, ma, k, e, h in rows) for t in times) + self._step_s
         variants = [self._settled(v) for v in
                     optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe,
                                      ctx.cluster)]
@@ -494,8 +497,7 @@ class StructureBounds:
     def _family_total(self, rate: float, least_m: float, work: float) -> float:
         """``family_bound``'s step: the mean rank's ``m / pp`` micro-batches of the whole model plus the
         per-micro-batch and per-step overheads."""
-        c = self.c
-        return rate * work + least_m * c["overhead.microbatch_s"] + c["overhead.step_s"]
+        return rate * work + least_m * self._microbatch_s + self._step_s
 
     def relaxed_bound(self, plan: Plan) -> float:
         """A lower bound of ``bound(plan)`` without a preparation, for a plan that needs one: the same plan
@@ -574,11 +576,11 @@ class StructureBounds:
         busiest rank's time with each virtual stage at its distributed-optimizer time plus its first
         layer's gather and the slowdown of its other sharding traffic (``_stage_gathers``); the least over
         the variants."""
-        ctx, c = self.ctx, self.c
+        ctx = self.ctx
         gathers = self._stage_gathers(plan)
         virtual, m = self._layout(plan)
         pp, last = plan.pp, len(virtual) - 1
-        per_mb = c["overhead.microbatch_s"] / plan.vpp
+        per_mb = self._microbatch_s / plan.vpp
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
         share = self.plan_share(plan)
         best = float("inf")
@@ -603,7 +605,7 @@ class StructureBounds:
                 best = min(best, max(d * t.dense_s + mo * t.moe_s + da * t.dense_alt_s + ma * t.moe_alt_s + k * per_mb
                                      + e * t.embedding_s + h * t.head_s + g
                                      for d, mo, da, ma, k, e, h, g in rows))
-            return best + c["overhead.step_s"]
+            return best + self._step_s
         for v in optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster):
             plain = _with_plain_sharding(self._settled(v), "distopt", 0)
             times = []
@@ -615,7 +617,7 @@ class StructureBounds:
                     t = by_chunk[chunk] = self._share_times(plain, share, chunk)
                 times.append(_virtual_stage_s(t, layers, per_mb, s, last, gathers[s]))
             best = min(best, _busiest_rank_s(times, pp, m))
-        return best + c["overhead.step_s"]
+        return best + self._step_s
 
     def _gather_rows(self, plan: Plan, gathers: list[float]) -> tuple[tuple[float, ...], ...]:
         """``_rows`` with each rank's sharding-traffic seconds (``gathers`` of the stages in its fill and, m
@@ -772,7 +774,7 @@ class StructureBounds:
         variant of ``plan`` the search evaluates: virtual stage 0's forward + backward from the layer key's
         times, plus its micro-batch overhead and gradient accumulation, the most over the variants; infinite
         (hides everything) where those times need a preparation or the runtime's blocking sends add to them."""
-        c, rt = self.c, self._runtime
+        rt = self._runtime
         if self._needs_preparation(plan) or (rt.p2p_blocking and plan.pp > 1):
             return float("inf")
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
@@ -785,7 +787,7 @@ class StructureBounds:
             return self._windows[key]
         virtual, _ = self._layout(plan)
         layers = virtual[0]
-        per_mb = c["overhead.microbatch_s"] / plan.vpp
+        per_mb = self._microbatch_s / plan.vpp
         if partial:
             worst = max(_virtual_stage_s(t, layers, per_mb, 0, len(virtual) - 1)
                         for t in (self._share_times(v, share, sum(layers), upper=True)
@@ -890,7 +892,12 @@ class StructureBounds:
         pp and vpp (``ep_overlap_conflicts``), which the layer key and the one-stage form leave out."""
         if plan.ep_overlap is not None or plan.ep == 1:
             return plan
-        return _with_ep_overlap(plan, effective_knobs(plan, self._runtime).ep_overlap)
+        return _with_ep_overlap(plan, self._default_ep_overlap(plan))
+
+    def _default_ep_overlap(self, plan: Plan) -> bool:
+        """``effective_knobs(plan, runtime).ep_overlap`` for a plan that leaves it to the runtime (``ep_overlap`` None),
+        without building its ``Knobs``: the runtime's default where Megatron-Core can run it, with expert parallelism."""
+        return bool(self._runtime.ep_comm_overlap and not ep_overlap_conflicts(plan)) and plan.ep > 1
 
     def _layout(self, plan: Plan) -> tuple[tuple[tuple[int, int, int, int], ...], int]:
         """The layers of each kind (dense, MoE, other-window dense, other-window MoE: ``LayerTimes``) of each
@@ -932,7 +939,6 @@ class StructureBounds:
 
     def _arithmetic(self, plan: Plan) -> float:
         """``busy_lower_bound`` from the per-layer-key times (no preparation)."""
-        c = self.c
         if plan.sharding == "zero2":
             # ZeRO-2 under PP reduces once per step (``_per_microbatch_sharding``): its layers time like
             # the distributed optimizer's, so they share its layer key.
@@ -944,15 +950,15 @@ class StructureBounds:
             # the max over ranks of precomputed coefficient rows (``_rows``), no loop over virtual stages
             # (a partial recompute's too where every chunk has one size, so one set of times serves them all).
             t = self._share_times(plan, self.plan_share(plan), chunk)
-            per_mb = c["overhead.microbatch_s"] / plan.vpp
+            per_mb = self._microbatch_s / plan.vpp
             return max(d * t.dense_s + mo * t.moe_s + da * t.dense_alt_s + ma * t.moe_alt_s + k * per_mb
                        + e * t.embedding_s + h * t.head_s
-                       for d, mo, da, ma, k, e, h in self._rows(plan)) + c["overhead.step_s"]
+                       for d, mo, da, ma, k, e, h in self._rows(plan)) + self._step_s
         t = None
         pp = plan.pp
         virtual, m = self._layout(plan)
         last = len(virtual) - 1
-        per_mb = c["overhead.microbatch_s"] / plan.vpp
+        per_mb = self._microbatch_s / plan.vpp
         times = []
         share = self.plan_share(plan)
         by_chunk: dict[int, LayerTimes] = {}  # (most chunks of a split have one size)
@@ -964,7 +970,7 @@ class StructureBounds:
                     t = by_chunk[chunk] = self._share_times(plan, share, chunk)
             assert t is not None
             times.append(_virtual_stage_s(t, layers, per_mb, v, last))
-        return _busiest_rank_s(times, pp, m) + c["overhead.step_s"]
+        return _busiest_rank_s(times, pp, m) + self._step_s
 
 
 __all__ = ["END_BOUND_SLACK", "EP_SHARE_SLACK", "FAMILY_BOUND_SLACK", "LayerTimes", "StructureBounds"]
