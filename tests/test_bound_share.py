@@ -162,3 +162,44 @@ def test_remembered_share_times_are_those_worked_out_for_each_plan() -> None:
                         form, share, chunk, upper)
                     checked += 1
     assert checked > 500
+
+
+def test_uneven_partial_recompute_bounds_time_each_run_of_layers_once_with_the_same_floats() -> None:
+    """Under a partial recompute of an uneven split (Qwen3-235B's 94 layers over pp x vpp chunks of 3 and 1), the
+    bounds sum per-stage times (``_arithmetic``, ``_gather_bound``): a stage between the first and the last is worked
+    out once per run of layers (and gathers) and reused; the bound equals, to the last bit, the sum with every stage
+    worked out on its own (``_virtual_stage_s`` per stage, then ``_busiest_rank_s``)."""
+    from configurator.search.bound import _busiest_rank_s, _virtual_stage_s
+
+    ctx = _ctx("qwen3-235b-a22b", 64, 512)
+    bounds = StructureBounds(ctx, CONSTANTS)
+    per_mb_s, step_s = CONSTANTS["overhead.microbatch_s"], CONSTANTS["overhead.step_s"]
+    checked = ends_like_interior = 0  # (a last stage with an interior one's layers: it must not take its time)
+    for plan in enumerate_plans(ctx):
+        if plan.pp * plan.vpp < 4 or not plan.pipeline_layers or len(set(plan.pipeline_layers)) < 2:
+            continue
+        for sharding in ("distopt", "zero3"):
+            form = replace_unchecked(plan, recompute="full", recompute_num_layers=1, sharding=sharding)
+            if bounds._even_chunk(form):
+                continue
+            virtual, m = bounds._layout(form)
+            last, share = len(virtual) - 1, bounds.plan_share(form)
+            if sharding == "distopt":
+                got = bounds._arithmetic(form)
+                times = [_virtual_stage_s(bounds._share_times(form, share, sum(layers)), layers, per_mb_s / form.vpp,
+                                          v, last) for v, layers in enumerate(virtual)]
+                assert got == _busiest_rank_s(times, form.pp, m) + step_s, form.describe()
+            else:
+                got = bounds._gather_bound(form)
+                gathers = bounds._stage_gathers(form)
+                expected = float("inf")
+                for v in bounds._window_variants(form):
+                    plain = replace_unchecked(v, sharding="distopt", shard_group=0)
+                    times = [_virtual_stage_s(bounds._share_times(plain, share, sum(layers)), layers,
+                                              per_mb_s / form.vpp, s, last, gathers[s])
+                             for s, layers in enumerate(virtual)]
+                    expected = min(expected, _busiest_rank_s(times, form.pp, m))
+                assert got == expected + step_s, form.describe()
+            checked += 1
+            ends_like_interior += virtual[-1] in virtual[1:-1]
+    assert checked >= 40 and ends_like_interior >= 10, (checked, ends_like_interior)
