@@ -230,26 +230,41 @@ def structure_plan(ctx: SearchContext, values: dict[str, Any],
 
 
 def _head_aware_variant(ctx: SearchContext, plan: Plan,
-                        alternatives: dict[tuple, tuple[int, ...]] | None = None) -> Plan | None:
+                        alternatives: dict[tuple, tuple[tuple[int, ...], bool | None]] | None = None) -> Plan | None:
     """The pipelined structure with the embedding/loss-aware split (``configurator/layouts.py``) as a
     second candidate where it differs from the default split; Megatron only (the emitted
     ``--pipeline-model-parallel-layout``), and only if still legal. ``alternatives``: a cache of the split by
-    (pp, vpp, default split), which is all it depends on for one search's model and job."""
+    (pp, vpp, default split), which is all it depends on for one search's model and job, with whether the
+    variant is legal once known. ``plan`` is a legal structure (no partial recompute): its variant differs from it
+    only in the split, and of ``plan_violations``' rules only the split's sum reads the split then (the
+    ``recompute_num_layers`` rule is void at 0; the even-split rule is for plans without a split), so the variants
+    of every structure with one key are legal or not together (``tests/test_space_enumeration.py`` compares
+    with checking each)."""
     if plan.pp < 2 or ctx.framework != "megatron":
         return None
-    from configurator.layouts import alternative_layout
-
     if alternatives is None:
+        from configurator.layouts import alternative_layout
+
         layout = alternative_layout(ctx.model, ctx.job, plan)
-    else:
-        key = (plan.pp, plan.vpp, plan.pipeline_layers)
-        layout = alternatives.get(key)  # type: ignore[assignment]
-        if layout is None:
-            layout = alternatives[key] = alternative_layout(ctx.model, ctx.job, plan)
-    if not layout:
+        if not layout:
+            return None
+        variant = _with_layout(plan, layout)
+        return None if plan_violations(ctx.model, ctx.job, variant, ctx.num_gpus) else variant
+    key = (plan.pp, plan.vpp, plan.pipeline_layers)
+    hit = alternatives.get(key)
+    if hit is None:
+        from configurator.layouts import alternative_layout
+
+        hit = alternatives[key] = (alternative_layout(ctx.model, ctx.job, plan), None)
+    layout, legal = hit
+    if not layout or legal is False:
         return None
     variant = _with_layout(plan, layout)
-    return None if plan_violations(ctx.model, ctx.job, variant, ctx.num_gpus) else variant
+    if legal is None or plan.recompute_num_layers:
+        legal = not plan_violations(ctx.model, ctx.job, variant, ctx.num_gpus)
+        if not plan.recompute_num_layers:
+            alternatives[key] = (layout, legal)
+    return variant if legal else None
 
 
 def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iterator[Plan]:
@@ -258,7 +273,7 @@ def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iter
     model, job, num_gpus = ctx.model, ctx.job, ctx.num_gpus
     last = len(AXES) - 1
     layouts: dict[tuple[int, int], tuple[int, ...]] = {}
-    alternatives: dict[tuple, tuple[int, ...]] = {}
+    alternatives: dict[tuple, tuple[tuple[int, ...], bool | None]] = {}
     reasons_seen: dict[str, str] = {}
 
     def walk(i: int, chosen: dict[str, Any]) -> Iterator[Plan]:
