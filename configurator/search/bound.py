@@ -47,6 +47,7 @@ from configurator.specs.plan import PLAN_FIELDS, Plan, ep_overlap_conflicts, rep
 _with_ep_overlap = unchecked_replacer("ep_overlap")
 _with_sharding = unchecked_replacer("sharding")
 _with_plain_sharding = unchecked_replacer("sharding", "shard_group")
+_flat = unchecked_replacer("pp", "vpp", "dp", "pipeline_layers")
 """``replace_unchecked`` of the fields the bounds change most often (``unchecked_replacer``: half the cost)."""
 
 _LAYER_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload")))
@@ -249,7 +250,7 @@ class StructureBounds:
         # ``cost/comm.py`` read only the degrees, micro-batch and SP): one base per ``_BASE_FIELDS``.
         base_key = _BASE_FIELDS(plan)
         base = self._bases.get(base_key)
-        flat = replace_unchecked(plan, pp=1, vpp=1, dp=plan.dp * plan.pp, pipeline_layers=())
+        flat = _flat(plan, 1, 1, plan.dp * plan.pp, ())
         if base is None:
             base = self._bases[base_key] = self._base_of(flat)
         single, rates, comm, n_layer_entries, ep_free = base
