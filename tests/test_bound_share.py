@@ -137,3 +137,69 @@ def test_dense_layers_embedding_and_head_are_timed_once_for_every_ep_degree() ->
     fresh = StructureBounds(ctx, CONSTANTS)._times(other)
     assert (shared.dense_s, shared.embedding_s, shared.head_s, shared.moe_s) == \
         (fresh.dense_s, fresh.embedding_s, fresh.head_s, fresh.moe_s)
+
+
+def test_remembered_share_times_are_those_worked_out_for_each_plan() -> None:
+    """``_share_times`` remembers its answer by layer key, share, chunk, ``upper`` and (for a plan leaving its EP
+    overlap to the runtime) whether the pipeline is non-interleaved: for every structure of Qwen3-30B-A3B on 64 H100
+    and its overlap-open, overlap-off and partial-recompute forms, at shares 0, 0.6 and 1, lower and upper, the
+    remembered times equal those ``_share_times_of`` works out for that plan (the same floats)."""
+    ctx = _ctx("qwen3-30b-a3b", 64, 256)
+    bounds = StructureBounds(ctx, CONSTANTS)
+    reference = StructureBounds(ctx, CONSTANTS)  # (its ``_times`` remembers by layer key, as before)
+    checked = 0
+    for i, plan in enumerate(enumerate_plans(ctx)):
+        if i % 7:
+            continue  # (a seventh of the space: every degree and pipeline kind still comes up)
+        forms = [plan, replace_unchecked(plan, ep_overlap=False)]
+        if plan.pp > 1:
+            forms.append(replace_unchecked(plan, recompute="full", recompute_num_layers=1))
+        for form in forms:
+            chunk = max(form.virtual_stage_layers(ctx.model))
+            for share in (0.0, 0.6, 1.0):
+                for upper in (False, True):
+                    assert bounds._share_times(form, share, chunk, upper) == reference._share_times_of(
+                        form, share, chunk, upper)
+                    checked += 1
+    assert checked > 500
+
+
+def test_uneven_partial_recompute_bounds_time_each_run_of_layers_once_with_the_same_floats() -> None:
+    """Under a partial recompute of an uneven split (Qwen3-235B's 94 layers over pp x vpp chunks of 3 and 1), the
+    bounds sum per-stage times (``_arithmetic``, ``_gather_bound``): a stage between the first and the last is worked
+    out once per run of layers (and gathers) and reused; the bound equals, to the last bit, the sum with every stage
+    worked out on its own (``_virtual_stage_s`` per stage, then ``_busiest_rank_s``)."""
+    from configurator.search.bound import _busiest_rank_s, _virtual_stage_s
+
+    ctx = _ctx("qwen3-235b-a22b", 64, 512)
+    bounds = StructureBounds(ctx, CONSTANTS)
+    per_mb_s, step_s = CONSTANTS["overhead.microbatch_s"], CONSTANTS["overhead.step_s"]
+    checked = ends_like_interior = 0  # (a last stage with an interior one's layers: it must not take its time)
+    for plan in enumerate_plans(ctx):
+        if plan.pp * plan.vpp < 4 or not plan.pipeline_layers or len(set(plan.pipeline_layers)) < 2:
+            continue
+        for sharding in ("distopt", "zero3"):
+            form = replace_unchecked(plan, recompute="full", recompute_num_layers=1, sharding=sharding)
+            if bounds._even_chunk(form):
+                continue
+            virtual, m = bounds._layout(form)
+            last, share = len(virtual) - 1, bounds.plan_share(form)
+            if sharding == "distopt":
+                got = bounds._arithmetic(form)
+                times = [_virtual_stage_s(bounds._share_times(form, share, sum(layers)), layers, per_mb_s / form.vpp,
+                                          v, last) for v, layers in enumerate(virtual)]
+                assert got == _busiest_rank_s(times, form.pp, m) + step_s, form.describe()
+            else:
+                got = bounds._gather_bound(form)
+                gathers = bounds._stage_gathers(form)
+                expected = float("inf")
+                for v in bounds._window_variants(form):
+                    plain = replace_unchecked(v, sharding="distopt", shard_group=0)
+                    times = [_virtual_stage_s(bounds._share_times(plain, share, sum(layers)), layers,
+                                              per_mb_s / form.vpp, s, last, gathers[s])
+                             for s, layers in enumerate(virtual)]
+                    expected = min(expected, _busiest_rank_s(times, form.pp, m))
+                assert got == expected + step_s, form.describe()
+            checked += 1
+            ends_like_interior += virtual[-1] in virtual[1:-1]
+    assert checked >= 40 and ends_like_interior >= 10, (checked, ends_like_interior)

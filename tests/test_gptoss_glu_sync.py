@@ -56,3 +56,21 @@ def test_each_gpt_oss_moe_layer_pays_the_sync_per_micro_batch_unless_the_grouped
     eager = _launch_detail_s(job, recompute)
     fused = _launch_detail_s(replace(job, fused_expert_mlp=True), recompute)
     assert math.isclose(eager - fused, 2 * 36 * 5 * per_sync, rel_tol=1e-9)
+
+
+def test_the_remembered_clamp_answer_is_each_model_and_jobs_own_and_bounded() -> None:
+    """``_stage_times`` reads whether the experts clamp outside a fused MLP from a small memo by (model, job) object:
+    GPT-OSS unfused clamps, fused does not, Llama never; asked again (the memo's answers) the same; the memo never
+    holds more than its limit."""
+    from configurator.cost import step
+    from configurator.cost.work import expert_glu_clamp_unfused
+
+    llama = load_model("llama3-8b")
+    unfused, fused = JobSpec(global_batch=8, seq_len=4096), JobSpec(global_batch=8, seq_len=4096, fused_expert_mlp=True)
+    cases = [(GPT_OSS, unfused, True), (GPT_OSS, fused, False), (llama, unfused, False)]
+    for _ in range(2):
+        for model, job, expected in cases:
+            assert step._glu_clamp_unfused(model, job) is expected is expert_glu_clamp_unfused(model, job)
+    jobs = [JobSpec(global_batch=8 * (i + 1), seq_len=4096) for i in range(2 * step._GLU_CLAMP_LIMIT)]
+    assert all(step._glu_clamp_unfused(GPT_OSS, job) for job in jobs)
+    assert len(step._GLU_CLAMP) <= step._GLU_CLAMP_LIMIT

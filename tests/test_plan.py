@@ -90,3 +90,33 @@ def test_resolve_plan_fills_megatron_defaults() -> None:
 
 def test_expert_dp_folds_tp_cp_dp() -> None:
     assert Plan(tp=2, dp=8, ep=8, etp=1).expert_dp == 2
+
+
+@pytest.mark.parametrize("changes", [
+    {"ep_overlap": False},
+    {"sharding": "zero3", "shard_group": 0},
+    {"tp_overlap": True, "ep_overlap": None, "cp_comm": "a2a", "ep_dispatcher": "flex"},
+    {"pipeline_layers": (7, 9)},
+])
+def test_positional_replacer_builds_the_plan_dataclasses_replace_builds(changes: dict) -> None:
+    """``unchecked_replacer(*names)(plan, *values)`` is ``replace_unchecked(plan, **changes)`` and, for valid values,
+    ``dataclasses.replace``: every field copied, the named ones changed (equal, hash-equal, all fields set)."""
+    from dataclasses import replace
+
+    from configurator.specs.plan import PLAN_FIELDS, replace_unchecked, unchecked_replacer
+
+    plan = Plan(tp=2, pp=2, dp=4, ep=4, sp=True, micro_batch=2, recompute="selective",
+                recompute_modules=("core_attn",), offload=0.5)
+    built = unchecked_replacer(*changes)(plan, *changes.values())
+    assert built == replace(plan, **changes) == replace_unchecked(plan, **changes)
+    assert hash(built) == hash(replace(plan, **changes))
+    assert all(getattr(built, f) == changes.get(f, getattr(plan, f)) for f in PLAN_FIELDS)
+
+
+def test_positional_replacer_rejects_unknown_and_repeated_fields() -> None:
+    from configurator.specs.plan import unchecked_replacer
+
+    with pytest.raises(TypeError, match="no field 'tensor'"):
+        unchecked_replacer("tp", "tensor")
+    with pytest.raises(TypeError, match="named twice"):
+        unchecked_replacer("tp", "tp")

@@ -93,3 +93,30 @@ def test_a_pruned_familys_members_are_all_worse_than_the_kth_best() -> None:
                 assert step.step_s > kth, option.plan.describe()
                 costed += 1
     assert costed > 10
+
+
+def test_a_split_variant_found_illegal_once_is_dropped_for_every_structure_sharing_its_split(monkeypatch) -> None:
+    """The enumeration checks a head-aware variant's legality once per (pp, vpp, default split) and reuses it (a legal
+    structure's variant differs only in the split, whose sum is the only rule reading it). With a split that drops a
+    layer at pp = 2 (illegal: the layers no longer sum to the model's) and the real one elsewhere, the cached
+    enumeration still equals the plain walk that checks every variant, and drops those variants."""
+    import configurator.layouts as layouts
+
+    real = layouts.alternative_layout
+
+    def short_at_pp2(model, job, plan):  # (the real split elsewhere; one layer short at pp = 2)
+        layout = real(model, job, plan)
+        if plan.pp == 2:
+            virtual = plan.virtual_stage_layers(model)
+            return (virtual[0] - 1, *virtual[1:])
+        return layout
+
+    monkeypatch.setattr(layouts, "alternative_layout", short_at_pp2)
+    ctx = _ctx("deepseek-v3", "h800-ib", 32, 256)
+    stats = SpaceStats()
+    plans = list(enumerate_plans(ctx, stats))
+    plain, generated, legal, pruned = _plain_walk(ctx)
+    assert plans == plain and (stats.generated, stats.legal) == (generated, legal)
+    assert any(p.pp == 2 for p in plans) and not any(p.pp == 2 and sum(p.pipeline_layers) != 61 for p in plans if
+                                                     p.pipeline_layers)
+    assert any(p.pipeline_layers for p in plans if p.pp > 2)  # (the real splits still come)

@@ -324,6 +324,22 @@ def _layer_of_kind(model: ModelSpec, moe: bool) -> int:
     return next((i for i in range(model.num_layers) if model.layer_is_moe(i) == moe), 0)
 
 
+_GLU_CLAMP: dict[tuple[int, int], tuple[ModelSpec, JobSpec, bool]] = {}
+_GLU_CLAMP_LIMIT = 64
+
+
+def _glu_clamp_unfused(model: ModelSpec, job: JobSpec) -> bool:
+    """``expert_glu_clamp_unfused(model, job)``, remembered per (model, job) object as ``constant_values`` remembers
+    its constants (the entry holds both, so their ids stay theirs; bounded): ``_stage_times`` asks on every call, and
+    the model's ``clamped_glu`` scans its features each time (~10,000 calls per MoE search, 2% of its CPU)."""
+    hit = _GLU_CLAMP.get((id(model), id(job)))
+    if hit is None:
+        if len(_GLU_CLAMP) >= _GLU_CLAMP_LIMIT:
+            _GLU_CLAMP.clear()
+        hit = _GLU_CLAMP[(id(model), id(job))] = (model, job, expert_glu_clamp_unfused(model, job))
+    return hit[2]
+
+
 def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConstants,
                  v: int, ep_paired_share: float | None = None
                  ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
@@ -363,7 +379,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     first_layer = True  # each chunk's forward starts with a gather nothing can hide
     # Megatron-Core's clamped GLU syncs the host once per MoE forward (and recompute): cost/launch.py.
     act_syncs = activation_syncs(
-        rt.name in MEGATRON_RUNTIMES and expert_glu_clamp_unfused(inp.model, inp.job),
+        rt.name in MEGATRON_RUNTIMES and _glu_clamp_unfused(inp.model, inp.job),
         plan.recompute == "selective" and bool({"moe_act", "moe"} & set(plan.recompute_modules)),
         inp.job.cuda_graphs)
     for work, n, moe in stage.works:

@@ -21,9 +21,11 @@ from configurator.cost.knobs import flex_dispatcher_available
 from configurator.ep_buffers import flex_backend, flex_group_supported
 from configurator.specs.hardware import ClusterSpec
 from configurator.cost.step import StepInputs, StepReport, busy_lower_bound, evaluate
-from configurator.specs.plan import CP_COMMS, Plan, ep_overlap_conflicts, replace_unchecked
+from configurator.specs.plan import CP_COMMS, Plan, ep_overlap_conflicts, unchecked_replacer
 
 MEGATRON_RUNTIMES = ("megatron", "nemo")
+_with_knobs = unchecked_replacer("tp_overlap", "ep_overlap", "cp_comm", "ep_dispatcher")
+"""The plan with its four communication knobs set (``unchecked_replacer``: the bounds build ~30,000 per search)."""
 
 
 def dispatcher_choices(plan: Plan, runtime: str, is_moe: bool, cluster: ClusterSpec | None) -> list[str | None]:
@@ -70,7 +72,7 @@ def knob_variants(plan: Plan, runtime: str, attention_heads: int, is_moe: bool,
         return [plan]
     # Derived from a checked plan, changing only knobs to values the runtime runs: no re-validation
     # (the search builds one set per bound and per costed plan).
-    variants = [replace_unchecked(plan, tp_overlap=a, ep_overlap=b, cp_comm=c, ep_dispatcher=d)
+    variants = [_with_knobs(plan, a, b, c, d)
                 for a, b, c, d in itertools.product(tp, ep, cp, ds)]
     return variants or [plan]
 
@@ -87,8 +89,7 @@ def optimistic_plans(plan: Plan, runtime: str, attention_heads: int, is_moe: boo
     tp, ep = tps[-1], eps[-1]
     if tp is plan.tp_overlap and ep is plan.ep_overlap and len(cp) == 1 and len(ds) == 1:
         return [plan]
-    return [replace_unchecked(plan, tp_overlap=tp, ep_overlap=ep, cp_comm=c, ep_dispatcher=d)
-            for c in cp for d in ds]
+    return [_with_knobs(plan, tp, ep, c, d) for c in cp for d in ds]
 
 
 def optimistic_inputs(inputs: StepInputs) -> list[StepInputs]:

@@ -24,7 +24,7 @@ from typing import Any
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
-from configurator.specs.plan import SHARDINGS, Plan, balanced_layout, plan_violations, replace_unchecked
+from configurator.specs.plan import SHARDINGS, Plan, balanced_layout, plan_violations, unchecked_replacer
 
 MAX_MICRO_BATCH = 8
 MIN_TOKENS_PER_CP_RANK = 1024
@@ -200,6 +200,10 @@ AXES: tuple[Axis, ...] = (
 
 
 _DEFAULT_PLAN = Plan()
+_structure_of = unchecked_replacer("tp", "cp", "pp", "vpp", "dp", "ep", "etp", "sp", "micro_batch", "sharding",
+                                   "pipeline_layers", "cp_comm")
+"""``_DEFAULT_PLAN`` with a point's fields (``structure_plan``), without the keyword call's dict per structure."""
+_with_layout = unchecked_replacer("pipeline_layers")
 
 
 def structure_plan(ctx: SearchContext, values: dict[str, Any],
@@ -218,34 +222,49 @@ def structure_plan(ctx: SearchContext, values: dict[str, Any],
                 layout = layouts[(pp, vpp)] = balanced_layout(ctx.model.num_layers, pp, vpp)
     # Degrees from the axes' own value lists (positive ints) and a sharding from SHARDINGS: Plan's checks
     # cannot fail, and skipping them matters at 20,000 structures; legality is ``plan_violations``'s.
-    return replace_unchecked(_DEFAULT_PLAN, tp=tp, cp=cp, pp=pp, vpp=vpp, dp=dp, ep=values["ep"], etp=values["etp"],
-                             sp=tp > 1 and ctx.framework != "deepspeed", micro_batch=values["micro_batch"],
-                             sharding=search_shardings(ctx.runtime, dp * cp)[0], pipeline_layers=layout,
-                             # torchtitan 0.3.0's CP for language models is FlexAttention's K/V all-gather only
-                             cp_comm="all_gather" if ctx.framework == "torchtitan" and cp > 1 else None)
+    return _structure_of(_DEFAULT_PLAN, tp, cp, pp, vpp, dp, values["ep"], values["etp"],
+                         tp > 1 and ctx.framework != "deepspeed", values["micro_batch"],
+                         search_shardings(ctx.runtime, dp * cp)[0], layout,
+                         # torchtitan 0.3.0's CP for language models is FlexAttention's K/V all-gather only
+                         "all_gather" if ctx.framework == "torchtitan" and cp > 1 else None)
 
 
 def _head_aware_variant(ctx: SearchContext, plan: Plan,
-                        alternatives: dict[tuple, tuple[int, ...]] | None = None) -> Plan | None:
+                        alternatives: dict[tuple, tuple[tuple[int, ...], bool | None]] | None = None) -> Plan | None:
     """The pipelined structure with the embedding/loss-aware split (``configurator/layouts.py``) as a
     second candidate where it differs from the default split; Megatron only (the emitted
     ``--pipeline-model-parallel-layout``), and only if still legal. ``alternatives``: a cache of the split by
-    (pp, vpp, default split), which is all it depends on for one search's model and job."""
+    (pp, vpp, default split), which is all it depends on for one search's model and job, with whether the
+    variant is legal once known. ``plan`` is a legal structure (no partial recompute): its variant differs from it
+    only in the split, and of ``plan_violations``' rules only the split's sum reads the split then (the
+    ``recompute_num_layers`` rule is void at 0; the even-split rule is for plans without a split), so the variants
+    of every structure with one key are legal or not together (``tests/test_space_enumeration.py`` compares
+    with checking each)."""
     if plan.pp < 2 or ctx.framework != "megatron":
         return None
-    from configurator.layouts import alternative_layout
-
     if alternatives is None:
+        from configurator.layouts import alternative_layout
+
         layout = alternative_layout(ctx.model, ctx.job, plan)
-    else:
-        key = (plan.pp, plan.vpp, plan.pipeline_layers)
-        layout = alternatives.get(key)  # type: ignore[assignment]
-        if layout is None:
-            layout = alternatives[key] = alternative_layout(ctx.model, ctx.job, plan)
-    if not layout:
+        if not layout:
+            return None
+        variant = _with_layout(plan, layout)
+        return None if plan_violations(ctx.model, ctx.job, variant, ctx.num_gpus) else variant
+    key = (plan.pp, plan.vpp, plan.pipeline_layers)
+    hit = alternatives.get(key)
+    if hit is None:
+        from configurator.layouts import alternative_layout
+
+        hit = alternatives[key] = (alternative_layout(ctx.model, ctx.job, plan), None)
+    layout, legal = hit
+    if not layout or legal is False:
         return None
-    variant = replace_unchecked(plan, pipeline_layers=layout)
-    return None if plan_violations(ctx.model, ctx.job, variant, ctx.num_gpus) else variant
+    variant = _with_layout(plan, layout)
+    if legal is None or plan.recompute_num_layers:
+        legal = not plan_violations(ctx.model, ctx.job, variant, ctx.num_gpus)
+        if not plan.recompute_num_layers:
+            alternatives[key] = (layout, legal)
+    return variant if legal else None
 
 
 def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iterator[Plan]:
@@ -254,7 +273,7 @@ def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iter
     model, job, num_gpus = ctx.model, ctx.job, ctx.num_gpus
     last = len(AXES) - 1
     layouts: dict[tuple[int, int], tuple[int, ...]] = {}
-    alternatives: dict[tuple, tuple[int, ...]] = {}
+    alternatives: dict[tuple, tuple[tuple[int, ...], bool | None]] = {}
     reasons_seen: dict[str, str] = {}
 
     def walk(i: int, chosen: dict[str, Any]) -> Iterator[Plan]:
