@@ -8,8 +8,11 @@ fit, the structure goes back with the bound of its full-recompute form — and o
 order of their bounds; costing stops once the bound exceeds the k-th best step found. What the step adds after the
 pipeline (the exposed gradient reduction and parameter gather, the optimizer: ``bound.end_of_step_bound``) raises each
 option's bound and its knob variants' (a variant that cannot beat the k-th best is not evaluated), and, as the least
-over the structure's shardings (``bound.options_floor``), the structure's before any memory estimate. Nothing skipped
-can beat what was kept: the answer is the exhaustive optimum of the model. With ``workers > 1`` (``plan``'s default:
+over the structure's shardings (``bound.options_floor``), the structure's before any memory estimate. A tight option
+(it fits only without the memory margin, ranked after every plan with headroom) is pruned by the k-th best tight step
+(``_TopK.bound_for``), and a structure none of whose options can keep the margin (``resolve.may_keep_margin``) is
+skipped unresolved once tight options cannot enter. Nothing skipped can beat what was kept: the answer is the
+exhaustive optimum of the model. With ``workers > 1`` (``plan``'s default:
 one per CPU available) it runs as that many blocks of structures in forked processes that share the k-th best step
 found, merged exactly (``parallel.py``).
 
