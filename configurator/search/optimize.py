@@ -491,6 +491,14 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     top = _TopK(top_k)
     evaluated = resolved = skipped = dropped = dropped_structures = 0
     margin_room: dict[tuple, bool] = {}  # per structure and split: ``may_keep_margin``
+
+    def room(plan: Plan) -> bool:
+        key = (*_key(plan), plan.pipeline_layers)
+        hit = margin_room.get(key)
+        if hit is None:
+            hit = margin_room[key] = may_keep_margin(ctx, plan)
+        return hit
+
     notes: list[str] = []
     while queue:
         lb, index, kind, item = queue[0]
@@ -513,16 +521,20 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
             # cannot enter (its step is at least ``lb``).
             dropped += 1
             continue
-        if kind in (0, 2, 6) and lb >= _kth(top, shared, shared_tight, True) \
+        if kind in (0, 2, 4, 6, 7) and lb >= _kth(top, shared, shared_tight, True) \
                 and _kth(top, shared, shared_tight, False) == math.inf:
-            # A structure whose tight options cannot enter, while a tight plan is kept (else the k-th best step
-            # with headroom bounds it, and most structures reached keep the margin): it matters only if one of its
-            # options keeps the memory margin free, which ``may_keep_margin`` rules out with a few estimates.
-            key = (*_key(item), item.pipeline_layers)  # type: ignore[attr-defined]
-            room = margin_room.get(key)
-            if room is None:
-                room = margin_room[key] = may_keep_margin(ctx, item)  # type: ignore[arg-type]
-            if not room:
+            # A structure (or a family's members) whose tight options cannot enter, while a tight plan is kept (else
+            # the k-th best step with headroom bounds it, and most structures reached keep the margin): it matters
+            # only if one of its options keeps the memory margin free, which ``may_keep_margin`` rules out with a
+            # few estimates; a family keeps only such members (before its own bound or theirs is worked out).
+            if kind in (4, 7):
+                members = [(i, p) for i, p in item if room(p)]  # type: ignore[attr-defined]
+                dropped_structures += len(item) - len(members)  # type: ignore[arg-type]
+                unopened -= len(item) - len(members)  # type: ignore[arg-type]
+                if not members:
+                    continue
+                item = members
+            elif not room(item):  # type: ignore[arg-type]
                 dropped_structures += 1
                 continue
         if kind == 7:
