@@ -515,7 +515,8 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
                          f"resolutions, {len(queue) - 1 + unopened} structures/options unexplored")
             break
         heapq.heappop(queue)
-        if kind in (1, 3, 5) and item.tight and lb >= _kth(top, shared, shared_tight, True):  # type: ignore[attr-defined]
+        if kind in (1, 3, 5) and item.tight \
+                and lb >= _kth(top, shared, shared_tight, True):  # type: ignore[attr-defined]
             # A tight option (it fits only without the memory margin) under the k-th best it could beat: while a
             # tight plan is kept ``top.bound`` stays inf, so the front never stops the search, but this option
             # cannot enter (its step is at least ``lb``).
@@ -596,7 +597,8 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
                     continue
             heapq.heappush(queue, (max(lb, bounds.bound(plan) + end), next(counter), 1, item))
         else:
-            costed = _cost(ctx, item, constants, bounds, _kth(top, shared, shared_tight, item.tight))  # type: ignore[arg-type]
+            kth = _kth(top, shared, shared_tight, item.tight)  # type: ignore[attr-defined]
+            costed = _cost(ctx, item, constants, bounds, kth)  # type: ignore[arg-type]
             budget.work += 1
             if costed is None:
                 skipped += 1
