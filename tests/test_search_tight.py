@@ -62,12 +62,16 @@ def test_blocks_share_the_kth_best_tight_step() -> None:
     assert two.evaluated < 4 * one.evaluated
 
 
-@pytest.mark.parametrize("margin", ["20%", "40%", "60%"])
-def test_a_structure_that_may_not_keep_the_margin_has_only_tight_options(margin: str) -> None:
+@pytest.mark.parametrize("runtime, margin", [("megatron", "20%"), ("megatron", "40%"), ("megatron", "60%"),
+                                             ("fsdp", "45%"), ("deepspeed", "45%")])
+def test_a_structure_that_may_not_keep_the_margin_has_only_tight_options(runtime: str, margin: str) -> None:
     """``may_keep_margin`` False means ``resolve`` gives only tight options (or none); where it is True some are
-    not tight on part of the structures (so the check can fail both ways)."""
-    ctx = _ctx(margin)
-    plans = random.Random(4).sample(list(enumerate_plans(ctx)), 120)
+    not tight on part of the structures (so the check can fail both ways). Megatron's shardings (Mixtral-8x7B/8) and
+    FSDP's and DeepSpeed's (Llama-3-70B/16, whose runnable sets filter the options)."""
+    ctx = _ctx(margin) if runtime == "megatron" else \
+        SearchContext(model=load_model("llama3-70b"), cluster=load_cluster("dgx-h100", num_gpus=16),
+                      job=JobSpec(global_batch=64, seq_len=4096), runtime=runtime, memory_margin=parse_margin(margin))
+    plans = random.Random(4).sample(list(enumerate_plans(ctx)), 120 if runtime == "megatron" else 60)
     kept = skipped = 0
     for plan in plans:
         options = resolve(ctx, plan).options
@@ -76,7 +80,7 @@ def test_a_structure_that_may_not_keep_the_margin_has_only_tight_options(margin:
         else:
             skipped += 1
             assert all(o.tight for o in options), plan.describe()
-    assert skipped if margin == "60%" else kept
+    assert skipped if margin == "60%" else kept and (skipped or runtime == "megatron")
 
 
 def test_a_tight_option_must_beat_the_worst_kept_tight_plan() -> None:
