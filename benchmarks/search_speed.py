@@ -28,6 +28,8 @@ their usual clusters (DGX H100; DeepSeek-V3 on H800 with InfiniBand) at 8, 64, 5
 long-context jobs (``LONG_CONTEXT_JOBS``): GPT-OSS-120B on 64 GB200 at 131,072 tokens, 64 sequences, where many
 CP/TP plans land within a few percent of each other and its alternating sliding-window and full-attention layers
 test the bounds (``search/bound.py`` timed only the windowed kind: 26,680 options costed, ~237 CPU s, before).
+Last the large-batch jobs (``LARGE_BATCH_JOBS``): four models on 64 GPUs at global batch 2,048 with the CLI's
+default memory margin, as users run them (the jobs before have no margin, so none of their plans is tight).
 """
 
 from __future__ import annotations
@@ -53,6 +55,16 @@ LONG_CONTEXT_JOBS: tuple[tuple[str, str, int, int, int, bool], ...] = (
 )
 """(model, cluster, GPUs, sequence length, global batch, MoE) of the jobs after the 42 of ``MODELS`` x
 ``GPU_COUNTS``: a long sequence, where attention (and its kinds: sliding-window or full) is most of the step."""
+LARGE_BATCH_JOBS: tuple[tuple[str, str, int, int, bool], ...] = (
+    ("deepseek-v3", "h800-ib", 64, 2048, True), ("llama3-70b", "dgx-h100", 64, 2048, False),
+    ("qwen3-235b-a22b", "dgx-h100", 64, 2048, True), ("mixtral-8x22b", "dgx-h100", 64, 2048, True),
+)
+"""(model, cluster, GPUs, global batch, MoE) of the last jobs: the global batch users train with (2,048 sequences of
+4,096 tokens, not the grid's 512: 4x the micro-batches, where the pipeline simulation of each costing is longer),
+searched as ``configurator plan`` searches, with the default memory margin (``margin.default_margin``), which the
+jobs above leave out. With it no DeepSeek-V3/64 H800 plan keeps the margin free, so every plan is tight (ranked
+after any plan with headroom) and the search once costed every fitting option (2,434, ~35 CPU s, 438 MB RSS on
+main 3466937, for 5 plans; ``optimize._TopK.bound_for``); the other three keep it (0.7-4.3 CPU s there)."""
 
 
 def grid() -> list[dict[str, Any]]:
@@ -68,7 +80,25 @@ def grid() -> list[dict[str, Any]]:
     for model, cluster, n, seq, batch, moe in LONG_CONTEXT_JOBS:
         jobs.append({"model": model, "cluster": cluster, "num_gpus": n, "moe": moe, "global_batch": batch,
                      "seq_len": seq, "name": f"{model}/{n} {cluster} seq{seq}"})
+    for model, cluster, n, batch, moe in LARGE_BATCH_JOBS:
+        jobs.append({"model": model, "cluster": cluster, "num_gpus": n, "moe": moe, "global_batch": batch,
+                     "seq_len": SEQ_LEN, "margin": "default", "name": f"{model}/{n} {cluster} gbs{batch} margin"})
     return jobs
+
+
+def job_context(job: dict[str, Any]) -> Any:
+    """The job's ``SearchContext`` (imported from whichever ``configurator`` is on the path): with the CLI's default
+    memory margin where the job says ``"margin": "default"``, else none."""
+    from configurator import JobSpec, load_cluster, load_model
+    from configurator.search.space import SearchContext
+
+    extra: dict[str, Any] = {}
+    if job.get("margin") == "default":
+        from configurator.margin import parse_margin
+
+        extra["memory_margin"] = parse_margin(None)
+    return SearchContext(model=load_model(job["model"]), cluster=load_cluster(job["cluster"], num_gpus=job["num_gpus"]),
+                         job=JobSpec(global_batch=job["global_batch"], seq_len=job["seq_len"]), **extra)
 
 
 def _child(job: dict[str, Any], tree: str, method: str, budget: float | None, queue: Any, workers: int = 1) -> None:
@@ -78,12 +108,9 @@ def _child(job: dict[str, Any], tree: str, method: str, budget: float | None, qu
 
     sys.path.insert(0, tree)
     import configurator
-    from configurator import JobSpec, load_cluster, load_model
     from configurator.search.optimize import search
-    from configurator.search.space import SearchContext
 
-    ctx = SearchContext(model=load_model(job["model"]), cluster=load_cluster(job["cluster"], num_gpus=job["num_gpus"]),
-                        job=JobSpec(global_batch=job["global_batch"], seq_len=job["seq_len"]))
+    ctx = job_context(job)
     loaded = str(Path(configurator.__file__).resolve())
     if not loaded.startswith(str(Path(tree).resolve())):
         raise RuntimeError(f"imported {loaded}, not the tree under test {tree}")

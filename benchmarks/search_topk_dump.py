@@ -26,19 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(args.tree.resolve()))
     sys.path.insert(0, str(REPO / "benchmarks"))
     import configurator
-    from configurator import JobSpec, load_cluster, load_model
     from configurator.search.optimize import search
-    from configurator.search.space import SearchContext
-    from search_speed import grid
+    from search_speed import grid, job_context
 
     if not str(Path(configurator.__file__).resolve()).startswith(str(args.tree.resolve())):
         raise SystemExit(f"imported {configurator.__file__}, not {args.tree}")
     for job in grid():
         if args.only and args.only not in job["name"]:
             continue
-        ctx = SearchContext(model=load_model(job["model"]),
-                            cluster=load_cluster(job["cluster"], num_gpus=job["num_gpus"]),
-                            job=JobSpec(global_batch=job["global_batch"], seq_len=job["seq_len"]))
+        ctx = job_context(job)
         cpu = time.process_time()
         r = search(ctx, top_k=args.top_k, workers=args.workers)
         print(f"# {job['name']}: {len(r.ranked)} plans, truncated={r.truncated}, "

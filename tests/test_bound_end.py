@@ -112,3 +112,36 @@ def test_bounds_stay_below_steps_whose_ep_overlap_hides_only_paired_passes() -> 
                 variant.plan.describe()
             checked += 1
     assert checked >= 100
+
+
+def test_a_structures_floor_raised_with_its_full_recompute_bound_stays_below_its_options() -> None:
+    """The search asks ``options_floor`` twice for a structure that needs full recompute: with its own bound, then with
+    its full-recompute form's (``optimize._exhaustive``, kind 2); the addition worked out at the first call serves the
+    second. On DeepSeek-V3/64 H800 (most structures need full recompute): the raised floor is never below that
+    bound nor above any step of an option ``resolve`` gives (under each knob variant the search evaluates), and it
+    equals what a fresh ``StructureBounds`` gives at that bound."""
+    import random
+
+    from configurator.search.resolve import needs_full_recompute, offloads_with_full_recompute
+
+    ctx = SearchContext(model=load_model("deepseek-v3"), cluster=load_cluster("h800-ib", num_gpus=64),
+                        job=JobSpec(global_batch=512, seq_len=4096))
+    bounds = StructureBounds(ctx, CONSTANTS)
+    checked = 0
+    for plan in random.Random(6).sample(list(enumerate_plans(ctx)), 60):
+        if checked >= 4 or not (needs_full_recompute(ctx, plan) or offloads_with_full_recompute(ctx, plan)):
+            continue
+        options = resolve(ctx, plan).options
+        if not options:
+            continue
+        lb = bounds.bound(plan)
+        full = bounds.bound(replace_unchecked(plan, recompute="full", recompute_num_layers=0))
+        assert bounds.options_floor(plan, lb) >= lb
+        raised = bounds.options_floor(plan, full)
+        assert raised >= full
+        assert raised == StructureBounds(ctx, CONSTANTS).options_floor(plan, full)
+        for option in options:
+            for variant in optimistic_inputs(prepare(ctx.model, ctx.cluster, ctx.job, option.plan, runtime=ctx.runtime)):
+                assert raised <= evaluate(variant, CONSTANTS).step_s, variant.plan.describe()
+        checked += 1
+    assert checked == 4

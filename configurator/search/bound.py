@@ -211,6 +211,7 @@ class StructureBounds:
         # constants are frozen, so every read gives these floats).
         self._microbatch_s = constants["overhead.microbatch_s"]
         self._step_s = constants["overhead.step_s"]
+        self._floor_extras: dict[Plan, float] = {}
         self.layer_keys_timed = 0
         self.stage_timings = 0
         self.full_preparations = 0
@@ -735,7 +736,19 @@ class StructureBounds:
         forms (full recompute's: a shorter recompute redoes less of the forward), the least over the shardings.
         The optimizer is left out (offload moves it). ``lb`` where no sharding adds anything. ``lb`` must hold
         for the distributed-optimizer form's pipeline (ZeRO-3 adds on top of it). The search raises a structure
-        to it before its memory estimates."""
+        to it before its memory estimates, and again with its full-recompute bound where it needs full recompute:
+        what it adds to ``lb`` is worked out once per structure (``_floor_extra``)."""
+        extra = self._floor_extras.get(structure)
+        if extra is None:
+            if len(self._floor_extras) >= 8192:
+                self._floor_extras.clear()  # bounded: a structure asks for it twice, close together
+            extra = self._floor_extras[structure] = self._floor_extra(structure)
+        return lb + extra
+
+    def _floor_extra(self, structure: Plan) -> float:
+        """``options_floor``'s addition to ``lb``: the least over the shardings of each one's exposed end-of-step
+        collectives (less ``END_BOUND_SLACK``). ``lb + x`` rounds monotonically in x, so the least of the sums is
+        ``lb`` plus the least addition, whatever ``lb`` is: 0.0 where a sharding adds nothing (``lb + 0.0 == lb``)."""
         ctx = self.ctx
         best = float("inf")
         later = []
@@ -749,13 +762,11 @@ class StructureBounds:
                 continue
             terms = self._end(form)
             if not (terms[0] or terms[2]):
-                return lb
+                return 0.0
             if window is None:
                 window = max(self._window_s(form), self._window_s(
                     replace_unchecked(form, recompute="full", recompute_num_layers=0)))
-            best = min(best, lb + self._exposed_s(terms, window) * (1.0 - END_BOUND_SLACK))
-            if best <= lb:
-                return lb
+            best = min(best, self._exposed_s(terms, window) * (1.0 - END_BOUND_SLACK))
         for form in later:
             terms = self._end(form)
             extra = self._exposed_s(terms, float("inf")) if terms[0] or terms[2] else 0.0
@@ -765,9 +776,7 @@ class StructureBounds:
                 gathers = self._stage_gathers(form)
                 virtual, m = self._layout(form)
                 extra += m * min(sum(gathers[r::form.pp]) for r in range(form.pp))
-            best = min(best, lb + extra * (1.0 - END_BOUND_SLACK))
-            if best <= lb:
-                return lb
+            best = min(best, extra * (1.0 - END_BOUND_SLACK))
         return best
 
     def _hbm(self, plan: Plan) -> float:

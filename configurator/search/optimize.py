@@ -8,8 +8,11 @@ fit, the structure goes back with the bound of its full-recompute form — and o
 order of their bounds; costing stops once the bound exceeds the k-th best step found. What the step adds after the
 pipeline (the exposed gradient reduction and parameter gather, the optimizer: ``bound.end_of_step_bound``) raises each
 option's bound and its knob variants' (a variant that cannot beat the k-th best is not evaluated), and, as the least
-over the structure's shardings (``bound.options_floor``), the structure's before any memory estimate. Nothing skipped
-can beat what was kept: the answer is the exhaustive optimum of the model. With ``workers > 1`` (``plan``'s default:
+over the structure's shardings (``bound.options_floor``), the structure's before any memory estimate. A tight option
+(it fits only without the memory margin, ranked after every plan with headroom) is pruned by the k-th best tight step
+(``_TopK.bound_for``), and a structure none of whose options can keep the margin (``resolve.may_keep_margin``) is
+skipped unresolved once tight options cannot enter. Nothing skipped can beat what was kept: the answer is the
+exhaustive optimum of the model. With ``workers > 1`` (``plan``'s default:
 one per CPU available) it runs as that many blocks of structures in forked processes that share the k-th best step
 found, merged exactly (``parallel.py``).
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import time
 import warnings
 from collections.abc import Iterator
@@ -54,8 +58,8 @@ from configurator.placement import Placement
 from configurator.search.bound import FAMILY_BOUND_SLACK, StructureBounds
 from configurator.search.parallel import (SharedBound, auto_processes, available_cpus, block_of, fork_available,
                                          run_blocks)
-from configurator.search.resolve import (MEMORY_MEMO, Option, Resolution, costed_memory, needs_full_recompute,
-                                         offloads_with_full_recompute,
+from configurator.search.resolve import (MEMORY_MEMO, Option, Resolution, costed_memory, may_keep_margin,
+                                         needs_full_recompute, offloads_with_full_recompute,
                                          resolve, resolve_full_recompute, resolve_least)
 from configurator.search.space import AXES, SearchContext, SpaceStats, enumerate_plans
 from configurator.specs.plan import Plan, replace_unchecked
@@ -172,12 +176,26 @@ class _TopK:
             return float("inf")
         return -self.heap[0][0][1]
 
+    def bound_for(self, tight: bool) -> float:
+        """Step time a new option of this tightness must beat to enter. ``bound`` for one with headroom; a tight one
+        ranks after every plan with headroom, so it must beat the worst kept plan's step while that plan is tight, and
+        cannot enter at all (-inf) once k plans with headroom are kept. Where no plan keeps the memory margin (every
+        option tight: DeepSeek-V3/64 H800 at global batch 2,048), ``bound`` stays inf and only this one prunes."""
+        if not tight or len(self.heap) < self.k:
+            return self.bound
+        worst_tight, worst_negated_step = self.heap[0][0]
+        return -worst_negated_step if worst_tight else -math.inf
+
     def ranked(self) -> list[Evaluated]:
         return [e for _, _, e in sorted(self.heap, key=lambda t: (-t[0][0], -t[0][1], t[1]))]
 
     def headroom_steps(self) -> list[float]:
         """Step times of the kept plans with headroom (not tight): what a parallel block publishes."""
         return [-key[1] for key, _, _ in self.heap if not key[0]]
+
+    def tight_steps(self) -> list[float]:
+        """Step times of the kept tight plans: what a parallel block publishes for the others' tight options."""
+        return [-key[1] for key, _, _ in self.heap if key[0]]
 
 
 def _cost(ctx: SearchContext, option: Option, constants: CostConstants,
@@ -349,14 +367,16 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
     workers = workers or 1
     if chosen == "exhaustive" and blocks > 1:
         shared = SharedBound(top_k, blocks)
+        shared_tight = SharedBound(top_k, blocks)  # the same for the tight plans' steps (``_TopK.bound_for``)
 
         def run(index: int) -> tuple:
             """Block ``index``: its structures searched exhaustively against the shared k-th best step."""
             shared.attach(index)
+            shared_tight.attach(index)
             cpu = time.process_time()
             mine = [p for p in structures if block_of(p, blocks) == index]
             part_top, part_evaluated, part_notes = _exhaustive(ctx, mine, options_of, constants, top_k, budget,
-                                                               lambda _f, _m: None, shared)
+                                                               lambda _f, _m: None, shared, shared_tight)
             return (part_top.ranked(), part_evaluated, part_notes, len(resolutions),
                     sum(1 for opts in resolutions.values() if opts), sum(len(o) for o in resolutions.values()),
                     dict(infeasible), smallest[0], budget.hit, time.process_time() - cpu)
@@ -415,7 +435,8 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
 
 def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable[..., list[Option] | None],
                 constants: CostConstants, top_k: int, budget: _Budget, say: Progress,
-                shared: SharedBound | None = None) -> tuple[_TopK, int, list[str]]:
+                shared: SharedBound | None = None,
+                shared_tight: SharedBound | None = None) -> tuple[_TopK, int, list[str]]:
     """Best-first branch and bound over structures, then their memory options.
 
     A structure's optimistic bound uses its least-sharded, recompute-free, offload-free form: every
@@ -425,7 +446,14 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     only when they reach the front of the queue; the search stops when the front's bound reaches the
     k-th best step. The budget is checked in every phase; once it is spent the search still costs
     until it has one plan, and is marked truncated. ``shared``: one block of a search in several processes
-    (``parallel.py``); it also stops at the k-th best step any of them has found, and publishes its own.
+    (``parallel.py``); it also stops at the k-th best step any of them has found, and publishes its own;
+    ``shared_tight``: the same for the tight plans' steps, which bound only the tight options.
+
+    Tight options (they fit only without the memory margin) rank after every plan with headroom, so while a tight
+    plan is kept the k-th best step does not stop the search; a tight option is then skipped once its bound cannot
+    beat the k-th best tight step, and a structure too, unresolved, when no option of it can keep the margin
+    (``may_keep_margin``). Where no structure keeps the margin (DeepSeek-V3 on 64 H800 at global batch 2,048 with
+    the CLI's default margin) the search otherwise costed every fitting option: 2,434 of them, ~30 CPU s, for 5.
     """
     bounds = StructureBounds(ctx, constants)
     queue: list[tuple[float, int, int, object]] = []
@@ -461,7 +489,16 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
     heapq.heapify(queue)
     counter = itertools.count(n)
     top = _TopK(top_k)
-    evaluated = resolved = skipped = 0
+    evaluated = resolved = skipped = dropped = dropped_structures = 0
+    margin_room: dict[tuple, bool] = {}  # per structure and split: ``may_keep_margin``
+
+    def room(plan: Plan) -> bool:
+        key = (*_key(plan), plan.pipeline_layers)
+        hit = margin_room.get(key)
+        if hit is None:
+            hit = margin_room[key] = may_keep_margin(ctx, plan)
+        return hit
+
     notes: list[str] = []
     while queue:
         lb, index, kind, item = queue[0]
@@ -478,6 +515,29 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
                          f"resolutions, {len(queue) - 1 + unopened} structures/options unexplored")
             break
         heapq.heappop(queue)
+        if kind in (1, 3, 5) and item.tight \
+                and lb >= _kth(top, shared, shared_tight, True):  # type: ignore[attr-defined]
+            # A tight option (it fits only without the memory margin) under the k-th best it could beat: while a
+            # tight plan is kept ``top.bound`` stays inf, so the front never stops the search, but this option
+            # cannot enter (its step is at least ``lb``).
+            dropped += 1
+            continue
+        if kind in (0, 2, 4, 6, 7) and lb >= _kth(top, shared, shared_tight, True) \
+                and _kth(top, shared, shared_tight, False) == math.inf:
+            # A structure (or a family's members) whose tight options cannot enter, while a tight plan is kept (else
+            # the k-th best step with headroom bounds it, and most structures reached keep the margin): it matters
+            # only if one of its options keeps the memory margin free, which ``may_keep_margin`` rules out with a
+            # few estimates; a family keeps only such members (before its own bound or theirs is worked out).
+            if kind in (4, 7):
+                members = [(i, p) for i, p in item if room(p)]  # type: ignore[attr-defined]
+                dropped_structures += len(item) - len(members)  # type: ignore[arg-type]
+                unopened -= len(item) - len(members)  # type: ignore[arg-type]
+                if not members:
+                    continue
+                item = members
+            elif not room(item):  # type: ignore[arg-type]
+                dropped_structures += 1
+                continue
         if kind == 7:
             # A family under its lazy bound at the front: its own (``family_bound``, at least as high) decides
             # whether it waits or is opened now.
@@ -537,7 +597,7 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
                     continue
             heapq.heappush(queue, (max(lb, bounds.bound(plan) + end), next(counter), 1, item))
         else:
-            kth = top.bound if shared is None else min(top.bound, shared.bound())
+            kth = _kth(top, shared, shared_tight, item.tight)  # type: ignore[attr-defined]
             costed = _cost(ctx, item, constants, bounds, kth)  # type: ignore[arg-type]
             budget.work += 1
             if costed is None:
@@ -546,13 +606,33 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
             top.push(costed)
             if shared is not None:
                 shared.publish(top.headroom_steps())
+            if shared_tight is not None:
+                shared_tight.publish(top.tight_steps())
             evaluated += 1
             if evaluated % 8 == 0:
                 say(0.5 + 0.5 * min(1.0, evaluated / 200), f"costing: {evaluated} evaluated")
     if skipped:
         notes.append(f"{skipped} options reached costing but no knob variant's lower bound could beat the "
                      f"{top_k}-th best step then: not evaluated")
+    if dropped:
+        notes.append(f"{dropped} tight options (fitting only without the memory margin) were left uncosted: their "
+                     f"lower bounds could not beat the {top_k}-th best step a tight plan must beat")
+    if dropped_structures:
+        notes.append(f"{dropped_structures} structures were left unresolved: none can keep the memory margin free and "
+                     f"their lower bounds could not beat the {top_k}-th best step a tight plan must beat")
     return top, evaluated, notes
+
+
+def _kth(top: _TopK, shared: SharedBound | None, shared_tight: SharedBound | None, tight: bool) -> float:
+    """The step an option of this tightness must beat: this block's (``_TopK.bound_for``) and, in a parallel search,
+    the k-th best step with headroom any block has found (k plans with headroom rank before any option) and, for a
+    tight option, the k-th best tight step any block has found (the merge keeps k tight plans at least that good)."""
+    kth = top.bound_for(tight)
+    if shared is not None:
+        kth = min(kth, shared.bound())
+    if tight and shared_tight is not None:
+        kth = min(kth, shared_tight.bound())
+    return kth
 
 
 _WARM_KEY, _WARM_RAISED, _WARM_FAMILY, _WARM_RELAXED, _WARM_OPTION, _WARM_LAZY, _WARM_FLOORED = 0, 1, 2, 3, 4, 5, 6

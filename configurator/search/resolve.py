@@ -687,6 +687,33 @@ def offloads_with_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
     return False
 
 
+def may_keep_margin(ctx: SearchContext, structure: Plan) -> bool:
+    """False when no option of ``structure`` can keep ``ctx.memory_margin`` free, so every option ``resolve`` gives
+    it is tight (or none fits): ``_resolve``'s quick exit under the margin, i.e. even each sharding's most frugal form
+    (full recompute, the whole optimizer offloaded) does not fit with the margin free. Memory only falls towards
+    that form, and the flex dispatcher's buffers (``split_dispatchers``' second resolution) only add to it. The
+    shardings ``needs_full_recompute`` shows never hold less are skipped (ZeRO-1 / the distributed optimizer where
+    ZeRO-2 is offered, HSDP where ZeRO-3 is): one or two estimates, not a resolution's ~15 (DeepSeek-V3/64 H800).
+    The search uses it to skip, unresolved, a structure whose tight options cannot beat the k-th best
+    (``optimize._exhaustive``)."""
+    margin = _margin(ctx)
+    if margin == NO_MARGIN or margin.bytes_for(ctx.cluster.gpu_memory_bytes) <= 0:
+        return True  # (no option is tight: ``_resolve_margins``)
+    fit = structure_memory(ctx, structure)
+    shardings = framework_shardings(ctx, structure)
+    for sharding in reversed(shardings):  # (most sharded first: the one most likely to fit, which ends it)
+        if sharding in ("zero1", "distopt") and "zero2" in shardings or sharding == "hsdp" and "zero3" in shardings:
+            continue
+        frugal = _with_sharding(ctx, structure, sharding, recompute="full", recompute_num_layers=0,
+                                offload=1.0 if sharding != "none" else 0.0)
+        if not fits_with_margin(memory_floor_bytes(ctx.model, ctx.cluster, ctx.job, frugal, runtime=ctx.runtime),
+                                ctx.cluster.gpu_memory_bytes, margin):
+            continue  # the states alone leave no room for the margin (no activations worked out)
+        if _fits_device(fit.probe(frugal), margin):
+            return True
+    return False
+
+
 def resolve_full_recompute(ctx: SearchContext, structure: Plan) -> Resolution:
     """``resolve``'s answer for a structure where ``needs_full_recompute`` holds, without the searches
     that cannot succeed there (the recompute bisection always ends at "all layers", and no offload can
