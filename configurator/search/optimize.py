@@ -54,8 +54,8 @@ from configurator.placement import Placement
 from configurator.search.bound import FAMILY_BOUND_SLACK, StructureBounds
 from configurator.search.parallel import (SharedBound, auto_processes, available_cpus, block_of, fork_available,
                                          run_blocks)
-from configurator.search.resolve import (MEMORY_MEMO, Option, Resolution, costed_memory, needs_full_recompute,
-                                         offloads_with_full_recompute,
+from configurator.search.resolve import (MEMORY_MEMO, Option, Resolution, costed_memory, costly_terms,
+                                         needs_full_recompute, offloads_with_full_recompute,
                                          resolve, resolve_full_recompute, resolve_least)
 from configurator.search.space import AXES, SearchContext, SpaceStats, enumerate_plans
 from configurator.specs.plan import Plan, replace_unchecked
@@ -501,19 +501,35 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
             kind = 6
         full_recompute = kind == 2
         if kind == 6:
-            # Lazy memory: one estimate of the least form; if it does not fit and every option must recompute
-            # all layers (no partial recompute can fit, or none fits without offload and the resolution only
-            # offloads to make full recompute fit), the structure goes back with the bound of its
-            # full-recompute form (and its options' end-of-step collectives).
-            if options_of(item, True) is None and (offloads_with_full_recompute(ctx, item)  # type: ignore[arg-type]
-                                                   or needs_full_recompute(ctx, item)):  # type: ignore[arg-type]
+            # Lazy memory: one estimate of the least form; if it does not fit, the structure goes back with the
+            # least bound of its options' memory forms per sharding (``resolve.costly_terms``, kind 8), and where
+            # every option must recompute all layers (no partial recompute can fit, or none fits without offload
+            # and the resolution only offloads to make full recompute fit) at least the bound of its
+            # full-recompute form with its options' end-of-step collectives; resolved once that is final and at
+            # the front.
+            if options_of(item, True) is None:
+                floor = lb
+                if offloads_with_full_recompute(ctx, item) or needs_full_recompute(ctx, item):  # type: ignore[arg-type]
+                    full_recompute = True
+                    full = bounds.bound(replace_unchecked(item, recompute="full", recompute_num_layers=0))  # type: ignore[arg-type]
+                    floor = max(lb, bounds.options_floor(item, full))  # type: ignore[arg-type]
                 budget.work += 1
-                full_recompute = True
-                full = bounds.bound(replace_unchecked(item, recompute="full", recompute_num_layers=0))  # type: ignore[arg-type]
-                raised = bounds.options_floor(item, full)  # type: ignore[arg-type]
-                if raised > lb:
-                    heapq.heappush(queue, (raised, next(counter), 2, item))
+                terms = costly_terms(ctx, bounds, item)  # type: ignore[arg-type]
+                if terms is not None:
+                    item, kind = (item, terms, floor, full_recompute), 8
+                elif floor > lb:
+                    heapq.heappush(queue, (floor, next(counter), 2, item))
                     continue
+            if kind == 6:
+                kind = 2
+        if kind == 8:
+            # Under its memory forms' bounds, worked out only as far as this front needs (``resolve.CostlyTerms``):
+            # back while they are above it, resolved once they are final and not.
+            item, terms, floor, full_recompute = item  # type: ignore[misc]
+            terms.raise_above(lb)
+            if max(floor, terms.low) > lb:
+                heapq.heappush(queue, (max(floor, terms.low), next(counter), 8, (item, terms, floor, full_recompute)))
+                continue
             kind = 2
         if kind == 2:
             resolved += 1
