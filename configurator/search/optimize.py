@@ -499,36 +499,39 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
                 heapq.heappush(queue, (floor, next(counter), 6, item))
                 continue
             kind = 6
-        full_recompute = kind == 2
+        full_recompute = kind == 10
         if kind == 6:
             # Lazy memory: one estimate of the least form; if it does not fit, the structure goes back with the
             # least bound of its options' memory forms per sharding (``resolve.costly_terms``, kind 8), and where
             # every option must recompute all layers (no partial recompute can fit, or none fits without offload
             # and the resolution only offloads to make full recompute fit) at least the bound of its
-            # full-recompute form with its options' end-of-step collectives; resolved once that is final and at
-            # the front.
+            # full-recompute form with its options' end-of-step collectives (first alone, kind 10: its terms only
+            # once that reaches the front); resolved once the terms are final and at the front.
             if options_of(item, True) is None:
-                floor = lb
-                if offloads_with_full_recompute(ctx, item) or needs_full_recompute(ctx, item):  # type: ignore[arg-type]
-                    full_recompute = True
-                    full = bounds.bound(replace_unchecked(item, recompute="full", recompute_num_layers=0))  # type: ignore[arg-type]
-                    floor = max(lb, bounds.options_floor(item, full))  # type: ignore[arg-type]
                 budget.work += 1
-                terms = costly_terms(ctx, bounds, item)  # type: ignore[arg-type]
-                if terms is not None:
-                    item, kind = (item, terms, floor, full_recompute), 8
-                elif floor > lb:
-                    heapq.heappush(queue, (floor, next(counter), 2, item))
-                    continue
-            if kind == 6:
+                if offloads_with_full_recompute(ctx, item) or needs_full_recompute(ctx, item):  # type: ignore[arg-type]
+                    full = bounds.bound(replace_unchecked(item, recompute="full", recompute_num_layers=0))  # type: ignore[arg-type]
+                    raised = bounds.options_floor(item, full)  # type: ignore[arg-type]
+                    full_recompute = True
+                    if raised > lb:  # (its terms only once that reaches the front: most never do)
+                        heapq.heappush(queue, (raised, next(counter), 10, item))
+                        continue
+                kind = 9
+            else:
+                kind = 2
+        if kind in (9, 10):
+            terms = costly_terms(ctx, bounds, item, full_recompute)  # type: ignore[arg-type]
+            if terms is not None:
+                item, kind = (item, terms, full_recompute), 8
+            else:
                 kind = 2
         if kind == 8:
             # Under its memory forms' bounds, worked out only as far as this front needs (``resolve.CostlyTerms``):
             # back while they are above it, resolved once they are final and not.
-            item, terms, floor, full_recompute = item  # type: ignore[misc]
+            item, terms, full_recompute = item  # type: ignore[misc]
             terms.raise_above(lb)
-            if max(floor, terms.low) > lb:
-                heapq.heappush(queue, (max(floor, terms.low), next(counter), 8, (item, terms, floor, full_recompute)))
+            if terms.low > lb:
+                heapq.heappush(queue, (terms.low, next(counter), 8, (item, terms, full_recompute)))
                 continue
             kind = 2
         if kind == 2:

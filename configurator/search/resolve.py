@@ -714,27 +714,28 @@ class ShardingForms:
     gives."""
 
 
-def sharding_forms(ctx: SearchContext, structure: Plan) -> tuple[ShardingForms, ...] | None:
+def sharding_forms(ctx: SearchContext, structure: Plan, full_only: bool = False) -> tuple[ShardingForms, ...] | None:
     """Per sharding of the framework, ``structure``'s ``ShardingForms``; None for a structure that fixes its offload
     or recompute, or where nothing fits (``resolve`` says why). Every check is made without the memory margin and
     without the flex dispatcher's buffers, so it holds for every option ``resolve`` gives (the tight ones, and those
     of ``split_dispatchers``' second resolution with flex, which hold more), and nothing is assumed of where
     ``resolve`` stops adding shardings but where a sharding fits plainly (``ShardingForms.plain``, checked with the
     margin and the buffers). Two or four estimates per sharding, which ``resolve`` makes too (kept in the
-    structure's ``StructureMemory``)."""
+    structure's ``StructureMemory``). ``full_only``: every option recomputes all layers (``needs_full_recompute``,
+    ``offloads_with_full_recompute``): only full recompute is checked."""
     if structure.offload or structure.recompute != "none":
         return None
     fit = structure_memory(ctx, structure)
 
     def fraction(plan: Plan) -> float | None:
+        if plan.sharding == "none":
+            return 0.0 if fit.probe(plan).fits_device else None  # (nothing to offload: ``min_offload``)
+        m1 = fit.probe(plan, 1.0)  # (first: where nothing fits, ``resolve``'s quick exit makes the same estimate)
+        if not m1.fits_device:
+            return None
         m0 = fit.probe(plan)
         if m0.fits_device:
             return 0.0
-        if plan.sharding == "none":
-            return None  # (nothing to offload: ``min_offload``)
-        m1 = fit.probe(plan, 1.0)
-        if not m1.fits_device:
-            return None
         cap = m0.capacity_bytes
         need = max((t0 - cap) / (t0 - t1) for t0, t1 in zip(m0.stage_totals, m1.stage_totals) if t0 > cap)
         return max(0.0, need - 0.01)
@@ -745,73 +746,68 @@ def sharding_forms(ctx: SearchContext, structure: Plan) -> tuple[ShardingForms, 
     forms = []
     for sharding in framework_shardings(ctx, structure):
         none = _with_sharding(ctx, structure, sharding)
-        bare = fraction(none)
+        full = fraction(replace(none, recompute="full", recompute_num_layers=0))
+        bare = None if full_only or full is None else fraction(none)  # (it holds more than full recompute)
         if bare == 0.0 and _fits_device(fit.probe(none), margin) \
                 and fit_dispatcher(ctx, none, fit.probe(none), margin, fit) is none \
                 and not any(plan_violations(ctx.model, ctx.job, p, ctx.num_gpus)
                             for p in ((none, replace(none, ep_dispatcher="flex")) if flex else (none,))):
             forms.append(ShardingForms(form=none, bare=0.0, full=None, plain=True))
             break  # (``_resolve``: "more sharding cannot be faster")
-        forms.append(ShardingForms(form=none, bare=bare,
-                                   full=fraction(replace(none, recompute="full", recompute_num_layers=0))))
+        forms.append(ShardingForms(form=none, bare=bare, full=full))
     return tuple(forms) if any(f.bare is not None or f.full is not None for f in forms) else None
 
 
-def short_recompute_kinds(ctx: SearchContext, form: Plan) -> list[tuple[Plan, Callable[[], Plan | None]]]:
-    """The kinds of recompute short of all layers ``resolve`` may give ``form``'s structure under ``form``'s sharding:
-    per kind, its least recompute (``form``'s structure under its least sharding, no offload) and a search for the
-    first of the kind that fits under ``form``'s sharding without offload (None: no option of the kind). Every option
-    of a kind has a step bound at least the bound of what the search finds, which is at least the least's.
+def short_recompute_kinds(ctx: SearchContext, structure: Plan) -> list[tuple[Plan, Callable[[str], Plan | None]]]:
+    """The kinds of recompute short of all layers ``resolve`` may give ``structure``: per kind, its least recompute
+    (``structure`` under its least sharding, no offload) and a search for the first of the kind that fits under a
+    sharding without offload (None: no option of the kind under it). Every option of a kind under that sharding has a
+    step bound at least the bound of what the search finds, which is at least the least's.
 
     ``resolve`` offers them only without offload (the least step of the recompute ladder that fits, and a
     Megatron-Core ``--recompute-modules`` list), so each fits the device under its sharding without offload (even
     without the margin and the flex dispatcher's buffers). Memory only falls along the recompute ladder and along
-    nested module lists, and their step bounds only rise (``tests/test_resolve_parts.py``): the first of a kind that
+    nested module lists, and their step bounds only rise (``tests/test_resolve_costly.py``): the first of a kind that
     fits bounds the options of that kind. The kinds: the default selective recompute, the module lists (each list a
-    kind where they are not nested), the partial depths. A search is a bisection along the kind's ladder (one
-    estimate for selective), made only where the bound needs it."""
-    fit = structure_memory(ctx, form)
-    least = framework_shardings(ctx, form)[0]
-    base = replace(form, sharding=least, shard_group=0) if form.sharding != least else form
+    kind where they are not nested), the partial depths. A search checks the last and the first of its kind, then
+    interpolates and bisects along it (``first``), made only where the bound needs it."""
+    fit = structure_memory(ctx, structure)
+    least = framework_shardings(ctx, structure)[0]
+    base = replace(structure, sharding=least, shard_group=0, offload=0.0)
 
-    def peak(plan: Plan) -> float:
-        return fit.probe(_with_sharding(ctx, plan, form.sharding)).peak_bytes
+    def probe(plan: Plan, sharding: str) -> MemoryTotals:
+        return fit.probe(_with_sharding(ctx, plan, sharding))
 
-    def fits(plan: Plan) -> bool:
-        return fit.probe(_with_sharding(ctx, plan, form.sharding)).fits_device
-
-    def first(count: int, plan: Callable[[int], Plan]) -> Plan | None:
-        """The first of ``plan(0), ..., plan(count - 1)`` (memory falling along them) that fits: the last, the first,
-        then as ``_least_fitting`` (``INTERPOLATED_GUESSES`` linear guesses of the peak's crossing, then bisection;
-        any index in the open range keeps it exact). Each plan is built only when checked."""
-        if not count:
+    def first(count: int, plan: Callable[[int], Plan], sharding: str) -> Plan | None:
+        """The first of ``plan(0), ..., plan(count - 1)`` (memory falling along them) that fits under ``sharding``:
+        the last, the first, then as ``_least_fitting`` (``INTERPOLATED_GUESSES`` linear guesses of the peak's
+        crossing, then bisection; any index in the open range keeps it exact). Each plan is built only when checked."""
+        last = probe(plan(count - 1), sharding)
+        cap = last.capacity_bytes
+        if not last.fits_device:
             return None
-        cap = fit.probe(_with_sharding(ctx, plan(0), form.sharding)).capacity_bytes
-        hi, hi_peak = count - 1, peak(plan(count - 1))
-        if hi_peak > cap:
-            return None
-        below = (0, peak(plan(0)))  # the largest index known not to fit, and its peak
-        if hi == 0 or below[1] <= cap:
+        below = (0, probe(plan(0), sharding).peak_bytes)  # the largest index known not to fit, and its peak
+        if count == 1 or below[1] <= cap:
             return plan(0)
-        lo, guesses = 1, 0
+        lo, hi, hi_peak, guesses = 1, count - 1, last.peak_bytes, 0
         while lo < hi:
             mid = (lo + hi) // 2
             if guesses < INTERPOLATED_GUESSES and below[1] > hi_peak:
                 guesses += 1
                 i, p = below
                 mid = min(max(i + math.ceil((p - cap) / (p - hi_peak) * (hi - i)), lo), hi - 1)
-            at = peak(plan(mid))
+            at = probe(plan(mid), sharding).peak_bytes
             if at <= cap:
                 hi, hi_peak = mid, at
             else:
                 lo, below = mid + 1, (mid, at)
         return plan(hi)
 
-    def alone(plan: Plan) -> tuple[Plan, Callable[[], Plan | None]]:
-        return plan, lambda: plan if fits(plan) else None
+    def alone(plan: Plan) -> tuple[Plan, Callable[[str], Plan | None]]:
+        return plan, lambda sharding: plan if probe(plan, sharding).fits_device else None
 
-    def ladder(count: int, plan: Callable[[int], Plan]) -> tuple[Plan, Callable[[], Plan | None]]:
-        return plan(0), lambda: first(count, plan)
+    def ladder(count: int, plan: Callable[[int], Plan]) -> tuple[Plan, Callable[[str], Plan | None]]:
+        return plan(0), lambda sharding: first(count, plan, sharding)
 
     selective = replace(base, recompute="selective", recompute_num_layers=0)
     kinds = [alone(selective)]
@@ -831,10 +827,12 @@ Refine = Callable[[], "tuple[float, Refine | None] | list[tuple[float, int, Refi
 splits into, or None where the term's kind of option does not exist."""
 
 
-def costly_terms(ctx: SearchContext, bounds: StructureBounds, structure: Plan) -> CostlyTerms | None:
+def costly_terms(ctx: SearchContext, bounds: StructureBounds, structure: Plan,
+                 full_only: bool = False) -> CostlyTerms | None:
     """A lower bound of every option ``resolve`` can give ``structure`` (None where ``sharding_forms`` has
     no forms): per sharding, the least over the kinds of option it may have (none, each kind of recompute short of
-    all layers, full recompute) of their pipeline and end-of-step bounds.
+    all layers, full recompute; only full recompute with ``full_only``, as ``sharding_forms``) of their pipeline and
+    end-of-step bounds.
 
     The pipeline: the sharding's no-recompute form's (``relaxed_bound`` where it needs a preparation: below
     ``bound``, which an option's own adds to), and for an option that recomputes also the least-sharded recompute
@@ -852,12 +850,21 @@ def costly_terms(ctx: SearchContext, bounds: StructureBounds, structure: Plan) -
 
     On Mixtral-8x22B/64 H100 the search resolved 2,022 structures in full and costed options of 13; with these
     bounds 14 (2,054 structures get terms, 2,040 pass the k-th best)."""
-    forms = sharding_forms(ctx, structure)
+    forms = sharding_forms(ctx, structure, full_only)
     if forms is None:
         return None
     full = bounds.bound(replace(forms[0].form, recompute="full", recompute_num_layers=0))
     terms: list[tuple[float, int, Refine | None]] = []  # (bound, tie, its refinement)
     tie = itertools.count()
+    kinds: list[tuple[float | None, Callable[[str], Plan | None]]] = []  # (worked out once, for every sharding)
+
+    def short_kinds() -> list[tuple[float | None, Callable[[str], Plan | None]]]:
+        """``short_recompute_kinds`` with their least recompute's bound (None for the partial depths: a depth's bound
+        times its chunk's share, dear and not shared between structures)."""
+        if not kinds:
+            kinds.extend((None if least.recompute == "full" else bounds.bound(least), search)
+                         for least, search in short_recompute_kinds(ctx, structure))
+        return kinds
     for sf in forms:
         plan = sf.form
         prepared = bounds.needs_preparation(plan)
@@ -872,9 +879,10 @@ def costly_terms(ctx: SearchContext, bounds: StructureBounds, structure: Plan) -
         end = _offload_floor(bounds, whole, sf.full)
         terms.append((max(pipeline, full) + end, next(tie),
                       _relaxed_under(bounds, whole, end) if prepared else None))
-        if sf.full == 0.0:  # (a shorter recompute holds more memory: it cannot fit where full needs offload)
+        if sf.full == 0.0 and not full_only:  # (a shorter recompute holds more memory: none where full offloads)
             end = bounds.end_of_step_bound(whole)
-            terms.append((pipeline + end, next(tie), _short_kinds(ctx, bounds, plan, pipeline, prepared, end, tie)))
+            terms.append((pipeline + end, next(tie), _short_kinds(bounds, plan, pipeline, prepared, end, tie,
+                                                                  short_kinds)))
     heapq.heapify(terms)
     return CostlyTerms(terms) if terms else None
 
@@ -912,18 +920,15 @@ class CostlyTerms:
             self.refine()
 
 
-def _short_kinds(ctx: SearchContext, bounds: StructureBounds, plan: Plan, pipeline: float, prepared: bool, end: float,
-                 tie: Iterator[int]) -> Refine:
+def _short_kinds(bounds: StructureBounds, plan: Plan, pipeline: float, prepared: bool, end: float,
+                 tie: Iterator[int], kinds: Callable[[], list[tuple[float | None, Callable[[str], Plan | None]]]]
+                 ) -> Refine:
     """The refinement of ``costly_terms``' term for the options of ``plan``'s sharding with a recompute short of all
-    layers (first bounded as the sharding's pipeline without recompute plus ``end``): a term per kind
-    (``short_recompute_kinds``), each under its least recompute's bound (a partial depth's under the
-    pipeline's: its bound times its chunk's share, dear and not shared between structures), then ``_short_term``."""
+    layers (first bounded as the sharding's pipeline without recompute plus ``end``): a term per kind (``kinds``: its
+    least recompute's bound, where known, and its search), each under that bound, then ``_short_term``."""
     def refine() -> list[tuple[float, int, Refine | None]]:
-        out = []
-        for least, search in short_recompute_kinds(ctx, plan):
-            low = pipeline if least.recompute == "full" else max(pipeline, bounds.bound(least))
-            out.append((low + end, next(tie), _short_term(bounds, plan, pipeline, prepared, end, search)))
-        return out
+        return [((pipeline if low is None else max(pipeline, low)) + end, next(tie),
+                 _short_term(bounds, plan, pipeline, prepared, end, search)) for low, search in kinds()]
     return refine  # type: ignore[return-value]
 
 
@@ -934,12 +939,12 @@ def _relaxed_under(bounds: StructureBounds, plan: Plan, end: float) -> Refine:
 
 
 def _short_term(bounds: StructureBounds, plan: Plan, pipeline: float, prepared: bool, end: float,
-                search: Callable[[], Plan | None]) -> Refine:
+                search: Callable[[str], Plan | None]) -> Refine:
     """A short recompute kind's refinement under ``plan``'s sharding: its first form that fits (``search``; None: the
     kind has no option there), bounded at least ``pipeline`` (the sharding's without recompute), plus ``end``; then,
     where the sharding needs a preparation, that form's ``relaxed_bound`` under it."""
     def refine() -> tuple[float, Refine | None] | None:
-        form = search()
+        form = search(plan.sharding)
         if form is None:
             return None
         under = replace(form, sharding=plan.sharding, shard_group=plan.shard_group)
