@@ -3,8 +3,9 @@
 Exhaustive (branch and bound): every structure gets a lower bound of its step time (the busiest rank's
 own work plus the pipeline fill and drain, exact for equal stages; ``bound.py`` shares the per-layer
 times across pipeline variants, so a bound is arithmetic). Structures are taken in order of that bound;
-memory is resolved lazily — one estimate of the least form first, and where no partial recompute can
-fit, the structure goes back with the bound of its full-recompute form — and options are costed in
+memory is resolved lazily — one estimate of the least form first, and where it does not fit, the
+structure goes back under the least bound of its options' memory forms per sharding (``resolve.costly_terms``;
+where no partial recompute can fit, at least its full-recompute form's) — and options are costed in
 order of their bounds; costing stops once the bound exceeds the k-th best step found. What the step adds after the
 pipeline (the exposed gradient reduction and parameter gather, the optimizer: ``bound.end_of_step_bound``) raises each
 option's bound and its knob variants' (a variant that cannot beat the k-th best is not evaluated), and, as the least

@@ -26,6 +26,12 @@ The MoE dispatcher is a knob the search picks when it costs an option (``search/
 dispatcher also allocates DeepEP/HybridEP buffers (``memory.py`` ``ep_buffers``): an option without room for
 them is kept for alltoall only and the structure is resolved again with flex fixed (``split_dispatchers``).
 
+Before a structure whose least form does not fit is resolved, the search bounds its options from their memory forms
+alone (``costly_terms``): per sharding, no recompute with the least offload that fits, each kind of shorter recompute
+at its first form that fits, full recompute with its least offload, each with its pipeline and end-of-step bounds;
+worked out lazily, as far as the search's front needs. Most such structures (ZeRO-3 with a partial recompute, CPU
+offload) never reach the front again and are never resolved.
+
 The search costs every option and keeps the fastest. A more sharded option is only tried while the
 less sharded ones need recompute or offload (more sharding adds communication and cannot be faster
 than a fitting plan without recompute). A structure with no option gets the reason, with the smallest
