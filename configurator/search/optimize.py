@@ -3,8 +3,9 @@
 Exhaustive (branch and bound): every structure gets a lower bound of its step time (the busiest rank's
 own work plus the pipeline fill and drain, exact for equal stages; ``bound.py`` shares the per-layer
 times across pipeline variants, so a bound is arithmetic). Structures are taken in order of that bound;
-memory is resolved lazily — one estimate of the least form first, and where no partial recompute can
-fit, the structure goes back with the bound of its full-recompute form — and options are costed in
+memory is resolved lazily — one estimate of the least form first, and where it does not fit, the
+structure goes back under the least bound of its options' memory forms per sharding (``resolve.costly_terms``;
+where no partial recompute can fit, at least its full-recompute form's) — and options are costed in
 order of their bounds; costing stops once the bound exceeds the k-th best step found. What the step adds after the
 pipeline (the exposed gradient reduction and parameter gather, the optimizer: ``bound.end_of_step_bound``) raises each
 option's bound and its knob variants' (a variant that cannot beat the k-th best is not evaluated), and, as the least
@@ -58,7 +59,7 @@ from configurator.placement import Placement
 from configurator.search.bound import FAMILY_BOUND_SLACK, StructureBounds
 from configurator.search.parallel import (SharedBound, auto_processes, available_cpus, block_of, fork_available,
                                          run_blocks)
-from configurator.search.resolve import (MEMORY_MEMO, Option, Resolution, costed_memory, may_keep_margin,
+from configurator.search.resolve import (MEMORY_MEMO, Option, Resolution, costed_memory, costly_terms, may_keep_margin,
                                          needs_full_recompute, offloads_with_full_recompute,
                                          resolve, resolve_full_recompute, resolve_least)
 from configurator.search.space import AXES, SearchContext, SpaceStats, enumerate_plans
@@ -522,7 +523,7 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
             # cannot enter (its step is at least ``lb``).
             dropped += 1
             continue
-        if kind in (0, 2, 4, 6, 7) and lb >= _kth(top, shared, shared_tight, True) \
+        if kind in (0, 4, 6, 7, 8, 10) and lb >= _kth(top, shared, shared_tight, True) \
                 and _kth(top, shared, shared_tight, False) == math.inf:
             # A structure (or a family's members) whose tight options cannot enter, while a tight plan is kept (else
             # the k-th best step with headroom bounds it, and most structures reached keep the margin): it matters
@@ -535,7 +536,7 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
                 if not members:
                     continue
                 item = members
-            elif not room(item):  # type: ignore[arg-type]
+            elif not room(item[0] if kind == 8 else item):  # type: ignore[arg-type,index]
                 dropped_structures += 1
                 continue
         if kind == 7:
@@ -559,21 +560,40 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
                 heapq.heappush(queue, (floor, next(counter), 6, item))
                 continue
             kind = 6
-        full_recompute = kind == 2
+        full_recompute = kind == 10
         if kind == 6:
-            # Lazy memory: one estimate of the least form; if it does not fit and every option must recompute
-            # all layers (no partial recompute can fit, or none fits without offload and the resolution only
-            # offloads to make full recompute fit), the structure goes back with the bound of its
-            # full-recompute form (and its options' end-of-step collectives).
-            if options_of(item, True) is None and (offloads_with_full_recompute(ctx, item)  # type: ignore[arg-type]
-                                                   or needs_full_recompute(ctx, item)):  # type: ignore[arg-type]
+            # Lazy memory: one estimate of the least form; if it does not fit, the structure goes back with the
+            # least bound of its options' memory forms per sharding (``resolve.costly_terms``, kind 8), and where
+            # every option must recompute all layers (no partial recompute can fit, or none fits without offload
+            # and the resolution only offloads to make full recompute fit) at least the bound of its
+            # full-recompute form with its options' end-of-step collectives (first alone, kind 10: its terms only
+            # once that reaches the front); resolved once the terms are final and at the front.
+            if options_of(item, True) is None:
                 budget.work += 1
-                full_recompute = True
-                full = bounds.bound(replace_unchecked(item, recompute="full", recompute_num_layers=0))  # type: ignore[arg-type]
-                raised = bounds.options_floor(item, full)  # type: ignore[arg-type]
-                if raised > lb:
-                    heapq.heappush(queue, (raised, next(counter), 2, item))
-                    continue
+                if offloads_with_full_recompute(ctx, item) or needs_full_recompute(ctx, item):  # type: ignore[arg-type]
+                    full = bounds.bound(replace_unchecked(item, recompute="full", recompute_num_layers=0))  # type: ignore[arg-type]
+                    raised = bounds.options_floor(item, full)  # type: ignore[arg-type]
+                    full_recompute = True
+                    if raised > lb:  # (its terms only once that reaches the front: most never do)
+                        heapq.heappush(queue, (raised, next(counter), 10, item))
+                        continue
+                kind = 9
+            else:
+                kind = 2
+        if kind in (9, 10):
+            terms = costly_terms(ctx, bounds, item, full_recompute)  # type: ignore[arg-type]
+            if terms is not None:
+                item, kind = (item, terms, full_recompute), 8
+            else:
+                kind = 2
+        if kind == 8:
+            # Under its memory forms' bounds, worked out only as far as this front needs (``resolve.CostlyTerms``):
+            # back while they are above it, resolved once they are final and not.
+            item, terms, full_recompute = item  # type: ignore[misc]
+            terms.raise_above(lb)
+            if terms.low > lb:
+                heapq.heappush(queue, (terms.low, next(counter), 8, (item, terms, full_recompute)))
+                continue
             kind = 2
         if kind == 2:
             resolved += 1

@@ -26,6 +26,12 @@ The MoE dispatcher is a knob the search picks when it costs an option (``search/
 dispatcher also allocates DeepEP/HybridEP buffers (``memory.py`` ``ep_buffers``): an option without room for
 them is kept for alltoall only and the structure is resolved again with flex fixed (``split_dispatchers``).
 
+Before a structure whose least form does not fit is resolved, the search bounds its options from their memory forms
+alone (``costly_terms``): per sharding, no recompute with the least offload that fits, each kind of shorter recompute
+at its first form that fits, full recompute with its least offload, each with its pipeline and end-of-step bounds;
+worked out lazily, as far as the search's front needs. Most such structures (ZeRO-3 with a partial recompute, CPU
+offload) never reach the front again and are never resolved.
+
 The search costs every option and keeps the fastest. A more sharded option is only tried while the
 less sharded ones need recompute or offload (more sharding adds communication and cannot be faster
 than a fitting plan without recompute). A structure with no option gets the reason, with the smallest
@@ -34,13 +40,16 @@ memory it would need.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from dataclasses import replace as dc_replace
 from functools import lru_cache
 from operator import attrgetter
+from typing import TYPE_CHECKING
 
 from configurator.cost.step import ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, cpu_adam_rate_per_gpu
 from configurator.margin import NO_MARGIN, MemoryMargin, fits_with_margin
@@ -53,6 +62,9 @@ from configurator.search.space import SearchContext, framework_shardings, hsdp_s
 from configurator.specs.model import ModelSpec
 from configurator.specs.plan import PLAN_FIELDS, Plan, plan_violations
 from configurator.specs.plan import replace_unchecked as replace  # derived from checked plans
+
+if TYPE_CHECKING:
+    from configurator.search.bound import StructureBounds
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -714,6 +726,276 @@ def may_keep_margin(ctx: SearchContext, structure: Plan) -> bool:
     return False
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ShardingForms:
+    """Under one sharding, which kinds of option ``resolve`` may give a structure and the least offload each needs
+    (``sharding_forms``): what a lower bound of their steps takes (``costly_terms``)."""
+
+    form: Plan
+    """The structure under this sharding, without recompute and without offload."""
+    bare: float | None
+    """A fraction at most any under which ``form`` fits the device (0 where it fits without offload; less 1% for
+    ``min_offload``'s rounding, memory being affine in the fraction); None where none does: no option of this
+    sharding without recompute."""
+    full: float | None
+    """As ``bare``, for full recompute of all layers. A recompute short of all layers is only offered without
+    offload and holds more memory: possible only where this is 0."""
+    plain: bool = False
+    """``form`` fits with the margin free and room for the flex dispatcher's buffers where it may run flex, and the
+    plan is legal (with flex too): then ``resolve``'s only option of this sharding is ``form`` and it adds no more
+    sharding (its ``split_dispatchers`` resolution with flex stops here too). The last sharding ``sharding_forms``
+    gives."""
+
+
+def sharding_forms(ctx: SearchContext, structure: Plan, full_only: bool = False) -> tuple[ShardingForms, ...] | None:
+    """Per sharding of the framework, ``structure``'s ``ShardingForms``; None for a structure that fixes its offload
+    or recompute, or where nothing fits (``resolve`` says why). Every check is made without the memory margin and
+    without the flex dispatcher's buffers, so it holds for every option ``resolve`` gives (the tight ones, and those
+    of ``split_dispatchers``' second resolution with flex, which hold more), and nothing is assumed of where
+    ``resolve`` stops adding shardings but where a sharding fits plainly (``ShardingForms.plain``, checked with the
+    margin and the buffers). Two or four estimates per sharding, which ``resolve`` makes too (kept in the
+    structure's ``StructureMemory``). ``full_only``: every option recomputes all layers (``needs_full_recompute``,
+    ``offloads_with_full_recompute``): only full recompute is checked."""
+    if structure.offload or structure.recompute != "none":
+        return None
+    fit = structure_memory(ctx, structure)
+
+    def fraction(plan: Plan) -> float | None:
+        if plan.sharding == "none":
+            return 0.0 if fit.probe(plan).fits_device else None  # (nothing to offload: ``min_offload``)
+        m1 = fit.probe(plan, 1.0)  # (first: where nothing fits, ``resolve``'s quick exit makes the same estimate)
+        if not m1.fits_device:
+            return None
+        m0 = fit.probe(plan)
+        if m0.fits_device:
+            return 0.0
+        cap = m0.capacity_bytes
+        need = max((t0 - cap) / (t0 - t1) for t0, t1 in zip(m0.stage_totals, m1.stage_totals) if t0 > cap)
+        return max(0.0, need - 0.01)
+
+    margin = _margin(ctx)
+    flex = structure.ep_dispatcher is None \
+        and len(dispatcher_choices(structure, ctx.runtime, ctx.model.is_moe, ctx.cluster)) >= 2
+    forms = []
+    for sharding in framework_shardings(ctx, structure):
+        none = _with_sharding(ctx, structure, sharding)
+        full = fraction(replace(none, recompute="full", recompute_num_layers=0))
+        bare = None if full_only or full is None else fraction(none)  # (it holds more than full recompute)
+        if bare == 0.0 and _fits_device(fit.probe(none), margin) \
+                and fit_dispatcher(ctx, none, fit.probe(none), margin, fit) is none \
+                and not any(plan_violations(ctx.model, ctx.job, p, ctx.num_gpus)
+                            for p in ((none, replace(none, ep_dispatcher="flex")) if flex else (none,))):
+            forms.append(ShardingForms(form=none, bare=0.0, full=None, plain=True))
+            break  # (``_resolve``: "more sharding cannot be faster")
+        forms.append(ShardingForms(form=none, bare=bare, full=full))
+    return tuple(forms) if any(f.bare is not None or f.full is not None for f in forms) else None
+
+
+def short_recompute_kinds(ctx: SearchContext, structure: Plan) -> list[tuple[Plan, Callable[[str], Plan | None]]]:
+    """The kinds of recompute short of all layers ``resolve`` may give ``structure``: per kind, its least recompute
+    (``structure`` under its least sharding, no offload) and a search for the first of the kind that fits under a
+    sharding without offload (None: no option of the kind under it). Every option of a kind under that sharding has a
+    step bound at least the bound of what the search finds, which is at least the least's.
+
+    ``resolve`` offers them only without offload (the least step of the recompute ladder that fits, and a
+    Megatron-Core ``--recompute-modules`` list), so each fits the device under its sharding without offload (even
+    without the margin and the flex dispatcher's buffers). Memory only falls along the recompute ladder and along
+    nested module lists, and their step bounds only rise (``tests/test_resolve_costly.py``): the first of a kind that
+    fits bounds the options of that kind. The kinds: the default selective recompute, the module lists (each list a
+    kind where they are not nested), the partial depths. A search checks the last and the first of its kind, then
+    interpolates and bisects along it (``first``), made only where the bound needs it."""
+    fit = structure_memory(ctx, structure)
+    least = framework_shardings(ctx, structure)[0]
+    base = replace(structure, sharding=least, shard_group=0, offload=0.0)
+
+    def probe(plan: Plan, sharding: str) -> MemoryTotals:
+        return fit.probe(_with_sharding(ctx, plan, sharding))
+
+    def first(count: int, plan: Callable[[int], Plan], sharding: str) -> Plan | None:
+        """The first of ``plan(0), ..., plan(count - 1)`` (memory falling along them) that fits under ``sharding``:
+        the last, the first, then as ``_least_fitting`` (``INTERPOLATED_GUESSES`` linear guesses of the peak's
+        crossing, then bisection; any index in the open range keeps it exact). Each plan is built only when checked."""
+        last = probe(plan(count - 1), sharding)
+        cap = last.capacity_bytes
+        if not last.fits_device:
+            return None
+        below = (0, probe(plan(0), sharding).peak_bytes)  # the largest index known not to fit, and its peak
+        if count == 1 or below[1] <= cap:
+            return plan(0)
+        lo, hi, hi_peak, guesses = 1, count - 1, last.peak_bytes, 0
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if guesses < INTERPOLATED_GUESSES and below[1] > hi_peak:
+                guesses += 1
+                i, p = below
+                mid = min(max(i + math.ceil((p - cap) / (p - hi_peak) * (hi - i)), lo), hi - 1)
+            at = probe(plan(mid), sharding).peak_bytes
+            if at <= cap:
+                hi, hi_peak = mid, at
+            else:
+                lo, below = mid + 1, (mid, at)
+        return plan(hi)
+
+    def alone(plan: Plan) -> tuple[Plan, Callable[[str], Plan | None]]:
+        return plan, lambda sharding: plan if probe(plan, sharding).fits_device else None
+
+    def ladder(count: int, plan: Callable[[int], Plan]) -> tuple[Plan, Callable[[str], Plan | None]]:
+        return plan(0), lambda sharding: first(count, plan, sharding)
+
+    selective = replace(base, recompute="selective", recompute_num_layers=0)
+    kinds = [alone(selective)]
+    lists = _module_lists(ctx.model, ctx.job.precision) if ctx.runtime in MEGATRON_RUNTIMES else ()
+    if lists and _nested(lists):
+        kinds.append(ladder(len(lists), lambda i: replace(selective, recompute_modules=lists[i])))
+    else:
+        kinds += [alone(replace(selective, recompute_modules=m)) for m in lists]
+    depths = [k for r, k in recompute_ladder(ctx, base, fit).steps if r == "full" and k]
+    if depths:
+        kinds.append(ladder(len(depths), lambda i: replace(base, recompute="full", recompute_num_layers=depths[i])))
+    return kinds
+
+
+Refine = Callable[[], "tuple[float, Refine | None] | list[tuple[float, int, Refine | None]] | None"]
+"""``costly_terms``' work on a term: its higher bound and what refines that further (None: final), the terms it
+splits into, or None where the term's kind of option does not exist."""
+
+
+def costly_terms(ctx: SearchContext, bounds: StructureBounds, structure: Plan,
+                 full_only: bool = False) -> CostlyTerms | None:
+    """A lower bound of every option ``resolve`` can give ``structure`` (None where ``sharding_forms`` has
+    no forms): per sharding, the least over the kinds of option it may have (none, each kind of recompute short of
+    all layers, full recompute; only full recompute with ``full_only``, as ``sharding_forms``) of their pipeline and
+    end-of-step bounds.
+
+    The pipeline: the sharding's no-recompute form's (``relaxed_bound`` where it needs a preparation: below
+    ``bound``, which an option's own adds to), and for an option that recomputes also the least-sharded recompute
+    form's (sharding only adds to it, recompute only adds to the no-recompute form's) and, where the sharding needs
+    a preparation, the recompute form's ``relaxed_bound`` under it. The end (``end_of_step_bound`` at an offload
+    fraction f, ``(d + max((1 - f) G, f C)) s`` with d, G, C >= 0, is at least ``max((1 - f) E0, f E1)``, E0 and E1
+    its values at no and whole offload): its least over the fractions that fit (``_offload_floor``); for a recompute
+    short of all layers (never offloaded) E0 of full recompute, whose window is the largest.
+
+    The terms wait in a heap under a lower bound that needs no estimate (a short recompute's: the pipeline's, then
+    per kind of ``short_recompute_kinds`` its least recompute's bound) and are refined (the kind's first fitting
+    form, then its ``relaxed_bound`` under the sharding) only when they come first (``CostlyTerms``), and the search
+    refines them only while the structure is at the front of its queue: a structure whose terms pass the k-th best
+    step before they are worked out costs no more.
+
+    On Mixtral-8x22B/64 H100 the search resolved 2,022 structures in full and costed options of 13; with these
+    bounds 14 (2,054 structures get terms, 2,040 pass the k-th best)."""
+    forms = sharding_forms(ctx, structure, full_only)
+    if forms is None:
+        return None
+    full = bounds.bound(replace(forms[0].form, recompute="full", recompute_num_layers=0))
+    terms: list[tuple[float, int, Refine | None]] = []  # (bound, tie, its refinement)
+    tie = itertools.count()
+    kinds: list[tuple[float | None, Callable[[str], Plan | None]]] = []  # (worked out once, for every sharding)
+
+    def short_kinds() -> list[tuple[float | None, Callable[[str], Plan | None]]]:
+        """``short_recompute_kinds`` with their least recompute's bound (None for the partial depths: a depth's bound
+        times its chunk's share, dear and not shared between structures)."""
+        if not kinds:
+            kinds.extend((None if least.recompute == "full" else bounds.bound(least), search)
+                         for least, search in short_recompute_kinds(ctx, structure))
+        return kinds
+    for sf in forms:
+        plan = sf.form
+        prepared = bounds.needs_preparation(plan)
+        pipeline = bounds.relaxed_bound(plan) if prepared else bounds.bound(plan)
+        if sf.plain:  # (its only option: no offload)
+            terms.append((pipeline + bounds.end_of_step_bound(plan), next(tie), None))
+        elif sf.bare is not None:
+            terms.append((pipeline + _offload_floor(bounds, plan, sf.bare), next(tie), None))
+        if sf.full is None:
+            continue
+        whole = replace(plan, recompute="full", recompute_num_layers=0)
+        end = _offload_floor(bounds, whole, sf.full)
+        terms.append((max(pipeline, full) + end, next(tie),
+                      _relaxed_under(bounds, whole, end) if prepared else None))
+        if sf.full == 0.0 and not full_only:  # (a shorter recompute holds more memory: none where full offloads)
+            end = bounds.end_of_step_bound(whole)
+            terms.append((pipeline + end, next(tie), _short_kinds(bounds, plan, pipeline, prepared, end, tie,
+                                                                  short_kinds)))
+    heapq.heapify(terms)
+    return CostlyTerms(terms) if terms else None
+
+
+class CostlyTerms:
+    """``costly_terms``' heap of lower bounds: its least (``low``) is a lower bound of every option of the
+    structure; ``refine`` works the least one out a step further (higher, or dropped where its kind of option does
+    not exist), until the least is final (``settled``)."""
+
+    __slots__ = ("heap",)
+
+    def __init__(self, heap: list[tuple[float, int, Refine | None]]) -> None:
+        self.heap = heap
+
+    @property
+    def low(self) -> float:
+        return self.heap[0][0] if self.heap else float("inf")
+
+    @property
+    def settled(self) -> bool:
+        return not self.heap or self.heap[0][2] is None
+
+    def refine(self) -> None:
+        low, at, refine = heapq.heappop(self.heap)
+        refined = refine()  # type: ignore[misc]  # (not settled: the least has a refinement)
+        if isinstance(refined, list):  # (a term split into several: ``_short_kinds``)
+            for term in refined:
+                heapq.heappush(self.heap, (max(low, term[0]), *term[1:]))
+        elif refined is not None:
+            heapq.heappush(self.heap, (max(low, refined[0]), at, refined[1]))
+
+    def raise_above(self, lb: float) -> None:
+        """Refine until the least is above ``lb`` or final."""
+        while not self.settled and self.low <= lb:
+            self.refine()
+
+
+def _short_kinds(bounds: StructureBounds, plan: Plan, pipeline: float, prepared: bool, end: float,
+                 tie: Iterator[int], kinds: Callable[[], list[tuple[float | None, Callable[[str], Plan | None]]]]
+                 ) -> Refine:
+    """The refinement of ``costly_terms``' term for the options of ``plan``'s sharding with a recompute short of all
+    layers (first bounded as the sharding's pipeline without recompute plus ``end``): a term per kind (``kinds``: its
+    least recompute's bound, where known, and its search), each under that bound, then ``_short_term``."""
+    def refine() -> list[tuple[float, int, Refine | None]]:
+        return [((pipeline if low is None else max(pipeline, low)) + end, next(tie),
+                 _short_term(bounds, plan, pipeline, prepared, end, search)) for low, search in kinds()]
+    return refine  # type: ignore[return-value]
+
+
+def _relaxed_under(bounds: StructureBounds, plan: Plan, end: float) -> Refine:
+    """A term's refinement for a recompute form ``plan`` under a sharding that needs a preparation: its
+    ``relaxed_bound`` plus ``end``."""
+    return lambda: (bounds.relaxed_bound(plan) + end, None)
+
+
+def _short_term(bounds: StructureBounds, plan: Plan, pipeline: float, prepared: bool, end: float,
+                search: Callable[[str], Plan | None]) -> Refine:
+    """A short recompute kind's refinement under ``plan``'s sharding: its first form that fits (``search``; None: the
+    kind has no option there), bounded at least ``pipeline`` (the sharding's without recompute), plus ``end``; then,
+    where the sharding needs a preparation, that form's ``relaxed_bound`` under it."""
+    def refine() -> tuple[float, Refine | None] | None:
+        form = search(plan.sharding)
+        if form is None:
+            return None
+        under = replace(form, sharding=plan.sharding, shard_group=plan.shard_group)
+        return max(pipeline, bounds.bound(form)) + end, _relaxed_under(bounds, under, end) if prepared else None
+    return refine
+
+
+def _offload_floor(bounds: StructureBounds, plan: Plan, least: float) -> float:
+    """At most ``end_of_step_bound`` of ``plan`` (no offload) at any offload fraction f >= ``least``: with E0, E1 its
+    values at no and whole offload, ``max((1 - f) E0, f E1)`` is below it (``costly_terms``), and its least over
+    f >= ``least`` is at ``max(least, E0 / (E0 + E1))``."""
+    e0 = bounds.end_of_step_bound(plan)
+    e1 = bounds.end_of_step_bound(replace(plan, offload=1.0))
+    if e0 + e1 <= 0.0:
+        return 0.0
+    return max(least, e0 / (e0 + e1)) * e1
+
+
 def resolve_full_recompute(ctx: SearchContext, structure: Plan) -> Resolution:
     """``resolve``'s answer for a structure where ``needs_full_recompute`` holds, without the searches
     that cannot succeed there (the recompute bisection always ends at "all layers", and no offload can
@@ -756,6 +1038,6 @@ def _describe_recompute(plan: Plan) -> str:
     return f"{plan.recompute} recompute"
 
 
-__all__ = ["Option", "Resolution", "balanced_offload", "min_offload", "needs_full_recompute",
-           "offloads_with_full_recompute", "recompute_ladder", "resolve",
-           "resolve_full_recompute", "resolve_least"]
+__all__ = ["CostlyTerms", "Option", "Resolution", "ShardingForms", "balanced_offload", "costly_terms", "min_offload",
+           "needs_full_recompute", "offloads_with_full_recompute", "recompute_ladder", "resolve",
+           "resolve_full_recompute", "resolve_least", "sharding_forms", "short_recompute_kinds"]
