@@ -3,7 +3,9 @@
 Exhaustive (branch and bound): every structure gets a lower bound of its step time (the busiest rank's
 own work plus the pipeline fill and drain, exact for equal stages; ``bound.py`` shares the per-layer
 times across pipeline variants, so a bound is arithmetic). Structures are taken in order of that bound;
-memory is resolved lazily — one estimate of the least form first, and where it does not fit, the
+one whose states alone exceed the GPU under every sharding (``resolve.fits_nowhere``) is dropped as "nothing
+fits" when it reaches the front, before any other bound or estimate of it. Memory is resolved lazily — one
+estimate of the least form first, and where it does not fit, the
 structure goes back under the least bound of its options' memory forms per sharding (``resolve.costly_terms``;
 where no partial recompute can fit, at least its full-recompute form's) — and options are costed in
 order of their bounds; costing stops once the bound exceeds the k-th best step found. What the step adds after the
