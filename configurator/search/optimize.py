@@ -3,7 +3,9 @@
 Exhaustive (branch and bound): every structure gets a lower bound of its step time (the busiest rank's
 own work plus the pipeline fill and drain, exact for equal stages; ``bound.py`` shares the per-layer
 times across pipeline variants, so a bound is arithmetic). Structures are taken in order of that bound;
-memory is resolved lazily — one estimate of the least form first, and where it does not fit, the
+one whose states alone exceed the GPU under every sharding (``resolve.fits_nowhere``) is dropped as "nothing
+fits" when it reaches the front, before any other bound or estimate of it. Memory is resolved lazily — one
+estimate of the least form first, and where it does not fit, the
 structure goes back under the least bound of its options' memory forms per sharding (``resolve.costly_terms``;
 where no partial recompute can fit, at least its full-recompute form's) — and options are costed in
 order of their bounds; costing stops once the bound exceeds the k-th best step found. What the step adds after the
@@ -59,8 +61,8 @@ from configurator.placement import Placement
 from configurator.search.bound import FAMILY_BOUND_SLACK, StructureBounds
 from configurator.search.parallel import (SharedBound, auto_processes, available_cpus, block_of, fork_available,
                                          run_blocks)
-from configurator.search.resolve import (MEMORY_MEMO, Option, Resolution, costed_memory, costly_terms, may_keep_margin,
-                                         needs_full_recompute, offloads_with_full_recompute,
+from configurator.search.resolve import (MEMORY_MEMO, Option, Resolution, costed_memory, costly_terms, fits_nowhere,
+                                         may_keep_margin, needs_full_recompute, offloads_with_full_recompute,
                                          resolve, resolve_full_recompute, resolve_least)
 from configurator.search.space import AXES, SearchContext, SpaceStats, enumerate_plans
 from configurator.specs.plan import Plan, replace_unchecked
@@ -338,12 +340,20 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
     smallest = [float("inf")]
     resolutions: dict[tuple, list[Option]] = {}
     feasible_elsewhere = 0
+    unresolved: list[Plan] = []  # structures recorded under ``fits_nowhere``, not resolved (``options_of``)
 
-    def options_of(plan: Plan, least_only: bool = False, full_recompute: bool = False) -> list[Option] | None:
+    def options_of(plan: Plan, least_only: bool = False, full_recompute: bool = False,
+                   nowhere: bool = False) -> list[Option] | None:
         """The structure's fitting options (``resolve``); with ``least_only``, only if its least form fits
         (one estimate), else None (nothing recorded); ``full_recompute``: ``needs_full_recompute`` or
-        ``offloads_with_full_recompute`` is known to hold, so the shorter resolution gives the same answer."""
+        ``offloads_with_full_recompute`` is known to hold, so the shorter resolution gives the same answer;
+        ``nowhere``: ``fits_nowhere`` holds, so ``resolve`` would give no option for the reason "nothing fits": recorded
+        as such without resolving it (its smallest need only if the search ranks no plan: ``settle_unresolved``)."""
         key = (*_key(plan), plan.pipeline_layers)  # a structure may come with two splits (layouts.py)
+        if nowhere and key not in resolutions:
+            infeasible["nothing fits memory even with full recompute and optimizer offload"] += 1
+            unresolved.append(plan)
+            resolutions[key] = []
         if key not in resolutions:
             budget.work += 1
             res = _resolution(ctx, plan, least_only, full_recompute)
@@ -355,6 +365,19 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
                     smallest[0] = min(smallest[0], res.smallest_need_bytes)
             resolutions[key] = list(res.options)
         return resolutions[key]
+
+    def settle_unresolved(found: _TopK) -> None:
+        """Where the search ranks no plan (``found`` empty), resolve the structures recorded under ``fits_nowhere``
+        for their smallest need (``SearchResult.smallest_need_bytes``, reported only then), which they were dropped
+        without. With nothing ranked the k-th best step never bounds the front, so every structure reaches it and
+        the least is over the same structures as when each was resolved there."""
+        if found.heap:
+            return
+        for plan in unresolved:
+            need = resolve_full_recompute(ctx, plan).smallest_need_bytes
+            if need:
+                smallest[0] = min(smallest[0], need)
+        unresolved.clear()
 
     if storage is not None:
         chosen = "optuna"
@@ -378,6 +401,7 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
             mine = [p for p in structures if block_of(p, blocks) == index]
             part_top, part_evaluated, part_notes = _exhaustive(ctx, mine, options_of, constants, top_k, budget,
                                                                lambda _f, _m: None, shared, shared_tight)
+            settle_unresolved(part_top)
             return (part_top.ranked(), part_evaluated, part_notes, len(resolutions),
                     sum(1 for opts in resolutions.values() if opts), sum(len(o) for o in resolutions.values()),
                     dict(infeasible), smallest[0], budget.hit, time.process_time() - cpu)
@@ -399,6 +423,7 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
             budget.hit = budget.hit or hit_i
     elif chosen == "exhaustive":
         top, evaluated, notes = _exhaustive(ctx, structures, options_of, constants, top_k, budget, say)
+        settle_unresolved(top)
     elif workers > 1:
         top, evaluated, notes, feasible_elsewhere = _optuna_parallel(ctx, constants, top_k, time_budget_s, seed,
                                                                      max_trials, storage, workers)
@@ -553,6 +578,12 @@ def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable
                 heapq.heappush(queue, (bounds.bound(plan), i, 0, plan))
             continue
         if kind == 0:
+            if fits_nowhere(ctx, item):  # type: ignore[arg-type]
+                # No option fits (its states alone exceed the GPU under every sharding): recorded as "nothing
+                # fits" and dropped, before its ``options_floor`` and memory checks (most structures of a
+                # memory-bound job: DeepSeek-V3/64 H800).
+                options_of(item, nowhere=True)
+                continue
             # Before any memory estimate: the bound every option of the structure has with its end-of-step
             # collectives (``options_floor``: the least over its shardings).
             floor = bounds.options_floor(item, lb)  # type: ignore[arg-type]
