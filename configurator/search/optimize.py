@@ -401,16 +401,18 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
             mine = [p for p in structures if block_of(p, blocks) == index]
             part_top, part_evaluated, part_notes = _exhaustive(ctx, mine, options_of, constants, top_k, budget,
                                                                lambda _f, _m: None, shared, shared_tight)
-            settle_unresolved(part_top)
+            # (its ``fits_nowhere`` structures go back to the parent only where this block ranked nothing: their
+            # smallest need matters only if no block ranks a plan, which only the merge knows)
             return (part_top.ranked(), part_evaluated, part_notes, len(resolutions),
                     sum(1 for opts in resolutions.values() if opts), sum(len(o) for o in resolutions.values()),
-                    dict(infeasible), smallest[0], budget.hit, time.process_time() - cpu)
+                    dict(infeasible), smallest[0], budget.hit, time.process_time() - cpu,
+                    [] if part_top.heap else list(unresolved))
 
         say(0.5, f"searching in {blocks} processes")
         top, evaluated, notes = _TopK(top_k), 0, [f"exhaustive in {blocks} processes: blocks of structures by "
                                                     f"degrees, sharing the {top_k}-th best step found, merged exactly"]
         n_resolved = n_feasible = n_options = 0
-        for i, (ranked_i, ev, notes_i, res_i, feas_i, opts_i, inf_i, small_i, hit_i, cpu_i) in \
+        for i, (ranked_i, ev, notes_i, res_i, feas_i, opts_i, inf_i, small_i, hit_i, cpu_i, nowhere_i) in \
                 enumerate(run_blocks(blocks, run)):
             block_cpu.append(cpu_i)
             for e in ranked_i:
@@ -421,6 +423,8 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
             infeasible.update(inf_i)
             smallest[0] = min(smallest[0], small_i)
             budget.hit = budget.hit or hit_i
+            unresolved.extend(nowhere_i)
+        settle_unresolved(top)  # (only where no block ranked a plan: then every block sent its own)
     elif chosen == "exhaustive":
         top, evaluated, notes = _exhaustive(ctx, structures, options_of, constants, top_k, budget, say)
         settle_unresolved(top)

@@ -713,15 +713,21 @@ def fits_nowhere(ctx: SearchContext, structure: Plan) -> bool:
     On DeepSeek-V3/64 H800 (global batch 512) 9,440 of the 11,592 structures are of this kind (10,312 have no option):
     the search drops them at the front before their ``options_floor`` (``optimize._exhaustive``)."""
     cap = ctx.cluster.gpu_memory_bytes
+    return not any(memory_floor_bytes(ctx.model, ctx.cluster, ctx.job, frugal, runtime=ctx.runtime) <= cap
+                   for frugal in _frugal_forms(ctx, structure))
+
+
+def _frugal_forms(ctx: SearchContext, structure: Plan) -> Iterator[Plan]:
+    """``structure``'s most frugal form (full recompute, the whole optimizer offloaded) under each sharding that may
+    hold less than the others, most sharded first (the one most likely to fit, which ends a caller's scan): ZeRO-1 /
+    the distributed optimizer are skipped where ZeRO-2 is offered and HSDP where ZeRO-3 is (never less:
+    ``needs_full_recompute``). What ``fits_nowhere`` and ``may_keep_margin`` check."""
     shardings = framework_shardings(ctx, structure)
     for sharding in reversed(shardings):
         if sharding in ("zero1", "distopt") and "zero2" in shardings or sharding == "hsdp" and "zero3" in shardings:
-            continue  # (never less than ZeRO-2's, ZeRO-3's: ``needs_full_recompute``)
-        frugal = _with_sharding(ctx, structure, sharding, recompute="full", recompute_num_layers=0,
-                                offload=1.0 if sharding != "none" else 0.0)
-        if memory_floor_bytes(ctx.model, ctx.cluster, ctx.job, frugal, runtime=ctx.runtime) <= cap:
-            return False
-    return True
+            continue
+        yield _with_sharding(ctx, structure, sharding, recompute="full", recompute_num_layers=0,
+                             offload=1.0 if sharding != "none" else 0.0)
 
 
 def may_keep_margin(ctx: SearchContext, structure: Plan) -> bool:
@@ -737,12 +743,7 @@ def may_keep_margin(ctx: SearchContext, structure: Plan) -> bool:
     if margin == NO_MARGIN or margin.bytes_for(ctx.cluster.gpu_memory_bytes) <= 0:
         return True  # (no option is tight: ``_resolve_margins``)
     fit = structure_memory(ctx, structure)
-    shardings = framework_shardings(ctx, structure)
-    for sharding in reversed(shardings):  # (most sharded first: the one most likely to fit, which ends it)
-        if sharding in ("zero1", "distopt") and "zero2" in shardings or sharding == "hsdp" and "zero3" in shardings:
-            continue
-        frugal = _with_sharding(ctx, structure, sharding, recompute="full", recompute_num_layers=0,
-                                offload=1.0 if sharding != "none" else 0.0)
+    for frugal in _frugal_forms(ctx, structure):
         if not fits_with_margin(memory_floor_bytes(ctx.model, ctx.cluster, ctx.job, frugal, runtime=ctx.runtime),
                                 ctx.cluster.gpu_memory_bytes, margin):
             continue  # the states alone leave no room for the margin (no activations worked out)
