@@ -837,11 +837,14 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     def cost(option: Option) -> float:
         """The option's step, costed under the k-th best as the exhaustive search costs it (knob variants bounded:
         ``_cost`` with ``beat``); where no knob variant can beat the k-th best (nothing evaluated), that step, a
-        lower bound of the option's (the k-th best only falls, so it could not enter the ranking)."""
-        kth = top.bound
-        result = _cost(ctx, option, constants, bounds, kth)
+        lower bound of the option's (the k-th best only falls, so it could not enter the ranking). A tight option
+        (fits only without the memory margin) is costed under the k-th best tight step (``_TopK.bound_for``); where
+        it cannot enter at all (k plans keep the margin) the k-th best step stands in for its value: it ranks after
+        all of them."""
+        kth = top.bound_for(option.tight)
+        result = _cost(ctx, option, constants, bounds, kth) if kth > -math.inf else None
         if result is None:
-            return kth
+            return kth if kth > -math.inf else top.bound
         evaluated[0] += 1
         top.push(result)
         return result.step.step_s
@@ -858,8 +861,8 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
         checks = [(bounds.relaxed_bound, _WARM_RELAXED)] if bounds.needs_preparation(option.plan) else []
         for bound, kind in checks + [(bounds.bound, _WARM_OPTION)]:
             lb = bound(option.plan) + end
-            if lb >= top.bound:
-                dropped.append(lb)
+            if lb >= top.bound_for(option.tight):  # (a tight option: the k-th best tight step, as ``cost``)
+                dropped.append(max(lb, top.bound) if top.bound_for(option.tight) == -math.inf else lb)
                 return False
             if lb > front:
                 deferred.append((lb, key, kind, option))
