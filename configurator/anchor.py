@@ -280,6 +280,9 @@ def main(argv: list[str]) -> int:
         print("usage: python -m configurator.anchor --runs RUNS.csv", file=sys.stderr)
         return 2
     runs = Path(argv[1])
+    if not runs.is_file():
+        print(f"error: --runs={runs}: no such file", file=sys.stderr)
+        return 2
     out = Path(__file__).resolve().parent.parent / "profiles" / TABLE_NAME
     data = {"about": "Best measured throughput per published job (model shape, GPU, seq, precision, GPU count, "
                      "global batch) in the runs CSV, with the run's resolved plan (configurator/anchor.py); plan "
@@ -296,4 +299,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    from configurator.errors import run_tool
+
+    raise SystemExit(run_tool(main, sys.argv[1:]))

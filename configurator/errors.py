@@ -7,6 +7,8 @@ one line and exit with status 2. ``assert`` is reserved for internal invariants.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -72,3 +74,13 @@ class EnvironmentProblem(RuntimeError):
         self.value = value
         self.problem = problem
         super().__init__(f"{field}={shown(value)}: {problem}")
+
+
+def run_tool(main: Callable[[list[str]], int], argv: list[str]) -> int:
+    """A ``python -m configurator.X`` maintenance tool's exit status: bad input (``InputError``: a corrupt runs CSV,
+    a missing column) is one line on stderr and status 2, as for the ``configurator`` commands, not a traceback."""
+    try:
+        return main(argv)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -65,6 +65,9 @@ def main(argv: list[str]) -> int:
         print("usage: python -m configurator.plausibility --runs RUNS.csv", file=sys.stderr)
         return 2
     runs = Path(argv[1])
+    if not runs.is_file():
+        print(f"error: --runs={runs}: no such file", file=sys.stderr)
+        return 2
     out = Path(__file__).resolve().parent.parent / "benchmarks" / "measured_mfu.json"
     data = {"about": "Best measured MFU per GPU family and precision in the runs CSV (configurator/"
                      "plausibility.py); bench flags top plans more than 5 points above it.",
@@ -78,4 +81,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    from configurator.errors import run_tool
+
+    raise SystemExit(run_tool(main, sys.argv[1:]))

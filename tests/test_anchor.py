@@ -22,7 +22,8 @@ from configurator.specs.job import JobSpec
 from configurator.specs.plan import Plan
 from configurator.uncertainty import band_for
 
-RUNS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "published_runs.csv"
+REPO = Path(__file__).resolve().parent.parent
+RUNS = REPO.parent / "shared" / "data" / "published_runs.csv"
 
 MODEL = load_model("llama3-8b")
 CLUSTER = load_cluster("dgx-h100", num_gpus=8)
@@ -192,3 +193,25 @@ def test_plan_json_has_a_null_measured_job_when_no_run_has_the_job() -> None:
                                       "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["measured_job"] is None
+
+
+@pytest.mark.parametrize("module", ["configurator.anchor", "configurator.plausibility"])
+@pytest.mark.parametrize("content", [None, "a,b\n1,2\n"])
+def test_the_table_tools_refuse_bad_runs_in_one_line(tmp_path, module: str, content: str | None) -> None:
+    """``python -m configurator.anchor|plausibility --runs FILE`` with a missing file or a CSV without the runs
+    columns: one line naming the input, status 2, no traceback, and the shipped table untouched."""
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs.csv"
+    if content is not None:
+        runs.write_text(content)
+    table = REPO / ("profiles/measured_jobs.json" if module.endswith("anchor") else "benchmarks/measured_mfu.json")
+    before = table.read_bytes()
+    done = subprocess.run([sys.executable, "-m", module, "--runs", str(runs)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr
+    assert ("no such file" if content is None else "run_id") in lines[0]
+    assert table.read_bytes() == before
