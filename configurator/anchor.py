@@ -275,14 +275,8 @@ def anchor_line(m: dict[str, Any], num_gpus: int, global_batch: int) -> str:
     return line
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] != "--runs":
-        print("usage: python -m configurator.anchor --runs RUNS.csv", file=sys.stderr)
-        return 2
-    runs = Path(argv[1])
-    if not runs.is_file():
-        print(f"error: --runs={runs}: no such file", file=sys.stderr)
-        return 2
+def main(runs: Path) -> int:
+    """Rebuild the table from the runs CSV ``runs`` (``python -m configurator.anchor --runs RUNS.csv``)."""
     out = Path(__file__).resolve().parent.parent / "profiles" / TABLE_NAME
     data = {"about": "Best measured throughput per published job (model shape, GPU, seq, precision, GPU count, "
                      "global batch) in the runs CSV, with the run's resolved plan (configurator/anchor.py); plan "
@@ -301,4 +295,4 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     from configurator.errors import run_tool
 
-    raise SystemExit(run_tool(main, sys.argv[1:]))
+    raise SystemExit(run_tool(main, sys.argv[1:], "anchor"))

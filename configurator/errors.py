@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -76,11 +77,20 @@ class EnvironmentProblem(RuntimeError):
         super().__init__(f"{field}={shown(value)}: {problem}")
 
 
-def run_tool(main: Callable[[list[str]], int], argv: list[str]) -> int:
-    """A ``python -m configurator.X`` maintenance tool's exit status: bad input (``InputError``: a corrupt runs CSV,
-    a missing column) is one line on stderr and status 2, as for the ``configurator`` commands, not a traceback."""
+def run_tool(write: Callable[[Path], int], argv: list[str], tool: str) -> int:
+    """A ``python -m configurator.<tool> --runs RUNS.csv`` maintenance tool's exit status: ``write`` rebuilds its table
+    from the runs CSV. Wrong arguments or a missing file, and bad input inside it (``InputError``: a corrupt CSV, a
+    missing column), are one line on stderr and status 2, as for the ``configurator`` commands, not a traceback;
+    nothing is written then."""
+    if len(argv) != 2 or argv[0] != "--runs":
+        print(f"usage: python -m configurator.{tool} --runs RUNS.csv", file=sys.stderr)
+        return 2
+    runs = Path(argv[1])
+    if not runs.is_file():
+        print(f"error: --runs={runs}: no such file", file=sys.stderr)
+        return 2
     try:
-        return main(argv)
+        return write(runs)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

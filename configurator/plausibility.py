@@ -60,14 +60,8 @@ def load_table(path: Path) -> dict[str, dict[str, Any]]:
     return json.loads(path.read_text())["best_measured_mfu"]
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] != "--runs":
-        print("usage: python -m configurator.plausibility --runs RUNS.csv", file=sys.stderr)
-        return 2
-    runs = Path(argv[1])
-    if not runs.is_file():
-        print(f"error: --runs={runs}: no such file", file=sys.stderr)
-        return 2
+def main(runs: Path) -> int:
+    """Rebuild the table from the runs CSV ``runs`` (``python -m configurator.plausibility --runs RUNS.csv``)."""
     out = Path(__file__).resolve().parent.parent / "benchmarks" / "measured_mfu.json"
     data = {"about": "Best measured MFU per GPU family and precision in the runs CSV (configurator/"
                      "plausibility.py); bench flags top plans more than 5 points above it.",
@@ -83,4 +77,4 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     from configurator.errors import run_tool
 
-    raise SystemExit(run_tool(main, sys.argv[1:]))
+    raise SystemExit(run_tool(main, sys.argv[1:], "plausibility"))
