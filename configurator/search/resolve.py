@@ -632,16 +632,10 @@ def needs_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
     do not fit the device (even without the memory margin). Memory only falls along the ladder and with
     the offload fraction, so no less recompute can fit either. A few estimates per sharding; the search
     uses it to raise a structure's lower bound to its full-recompute form before resolving it."""
-    shardings = framework_shardings(ctx, structure)
     modules = selective_module_ladder(ctx.model, ctx.job.precision)[-1] if ctx.runtime in MEGATRON_RUNTIMES else ()
     partial: dict[str, object] | None = None
     fit = structure_memory(ctx, structure)
-    for sharding in reversed(shardings):  # (most sharded first: the one most likely to fit, which ends it)
-        if sharding in ("zero1", "distopt") and "zero2" in shardings:
-            continue  # ZeRO-2 holds the same weights and optimizer shards and fewer gradients: never more
-        if sharding == "hsdp" and "zero3" in shardings:
-            continue  # ZeRO-3 (taken first) shards over all of dp x cp, HSDP over a part of it: never more
-        offload = 1.0 if sharding != "none" else 0.0
+    for sharding, offload in _frugal_shardings(ctx, structure):
         # the recompute ladder's step before "all layers" (``RecomputeLadder``), each form built in one replace
         if partial is None:
             recompute, layers = RecomputeLadder(ctx, structure).steps[-2]
@@ -717,17 +711,24 @@ def fits_nowhere(ctx: SearchContext, structure: Plan) -> bool:
                    for frugal in _frugal_forms(ctx, structure))
 
 
-def _frugal_forms(ctx: SearchContext, structure: Plan) -> Iterator[Plan]:
-    """``structure``'s most frugal form (full recompute, the whole optimizer offloaded) under each sharding that may
-    hold less than the others, most sharded first (the one most likely to fit, which ends a caller's scan): ZeRO-1 /
-    the distributed optimizer are skipped where ZeRO-2 is offered and HSDP where ZeRO-3 is (never less:
-    ``needs_full_recompute``). What ``fits_nowhere`` and ``may_keep_margin`` check."""
+def _frugal_shardings(ctx: SearchContext, structure: Plan) -> Iterator[tuple[str, float]]:
+    """The framework's shardings of ``structure`` that may hold less than the others, most sharded first (the one
+    most likely to fit, which ends a caller's scan), each with its largest optimizer offload (the whole optimizer; none
+    without sharding). What ``needs_full_recompute``, ``fits_nowhere`` and ``may_keep_margin`` scan."""
     shardings = framework_shardings(ctx, structure)
     for sharding in reversed(shardings):
-        if sharding in ("zero1", "distopt") and "zero2" in shardings or sharding == "hsdp" and "zero3" in shardings:
-            continue
-        yield _with_sharding(ctx, structure, sharding, recompute="full", recompute_num_layers=0,
-                             offload=1.0 if sharding != "none" else 0.0)
+        if sharding in ("zero1", "distopt") and "zero2" in shardings:
+            continue  # ZeRO-2 holds the same weights and optimizer shards and fewer gradients: never more
+        if sharding == "hsdp" and "zero3" in shardings:
+            continue  # ZeRO-3 (taken first) shards over all of dp x cp, HSDP over a part of it: never more
+        yield sharding, 1.0 if sharding != "none" else 0.0
+
+
+def _frugal_forms(ctx: SearchContext, structure: Plan) -> Iterator[Plan]:
+    """``structure``'s most frugal form (full recompute, the whole optimizer offloaded) under each of
+    ``_frugal_shardings``: what ``fits_nowhere`` and ``may_keep_margin`` check."""
+    for sharding, offload in _frugal_shardings(ctx, structure):
+        yield _with_sharding(ctx, structure, sharding, recompute="full", recompute_num_layers=0, offload=offload)
 
 
 def may_keep_margin(ctx: SearchContext, structure: Plan) -> bool:
