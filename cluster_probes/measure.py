@@ -70,16 +70,21 @@ def measure_pair(src: int, dst: int, sizes_bytes: list[int], repeat: int, device
 
     The receiver's time is the transfer time (it waits for the last byte); it sends its timings back."""
     me = dist.get_rank()
-    best = []
-    for size in sizes_bytes:
-        tensor = torch.empty(size // 4, dtype=torch.float32, device=device)
-        # Warm the connection with one untimed transfer of the full size, not a few bytes: TCP (gloo) likely restarts
-        # slow start after idle, so the first timed transfer of a size otherwise pays the window's growth (on
-        # shaped 1000 Mbit test links, 0.61-0.88 of the rate on some links with a 4-byte warm-up), as
-        # nccl-tests' untimed warm-up iterations at full size avoid it.
+    tensors = [torch.empty(size // 4, dtype=torch.float32, device=device) for size in sizes_bytes]
+    # Warm the connection with one untimed transfer of each full size, not a few bytes: TCP (gloo) likely restarts
+    # slow start after idle, so the first timed transfer of a size otherwise pays the window's growth (on
+    # shaped 1000 Mbit test links, 0.61-0.88 of the rate on some links with a 4-byte warm-up), as
+    # nccl-tests' untimed warm-up iterations at full size avoid it.
+    for tensor in tensors:
         _timed_send_recv(src, dst, tensor, me, device)
-        times = [_timed_send_recv(src, dst, tensor, me, device) for _ in range(repeat)]
-        best.append(min(times))
+    # The repeats cycle through the sizes rather than timing one size's repeats back to back: a slow spell of
+    # the host (another process, stolen CPU) then costs one sample of each size, which the best-of keeps out,
+    # instead of every sample of the size it falls on, which would bend the bandwidth fit.
+    times: list[list[float]] = [[] for _ in sizes_bytes]
+    for _ in range(repeat):
+        for i, tensor in enumerate(tensors):
+            times[i].append(_timed_send_recv(src, dst, tensor, me, device))
+    best = [min(t) for t in times]
     result = torch.tensor(best, dtype=torch.float64)
     if device.type == "cuda":
         result = result.to(device)
