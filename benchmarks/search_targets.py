@@ -13,8 +13,8 @@ Targets:
    five, <= 10 s each; and the gap between Optuna's best (8 s budget) and the exhaustive best.
 4. 64 nodes with a measured-style matrix, 10% of node pairs at 1/4 bandwidth: the placement beats
    Megatron's default order in modelled step time (gain reported).
-5. Jobs that fit only with optimizer offload: Llama-3-70B on one 8-GPU H100 node; and a job where a
-   partial fraction is enough.
+5. Jobs that fit only with optimizer offload (no plan without host memory): Llama-3-70B on one 8-GPU
+   H100 node; and a job where a partial fraction is enough (Llama-3-70B on 16 H100, seq 8192, GBS 128).
 """
 
 from __future__ import annotations
@@ -128,14 +128,21 @@ def run() -> tuple[list[dict[str, Any]], list[str]]:
     record("64 nodes, 10% of pairs at 1/4 bandwidth: placement beats Megatron's order", better < default,
            plan=plan.describe(), default_step_s=round(default, 4), placed_step_s=round(better, 4),
            gain_pct=round(100 * (default / better - 1), 2), method=placed.method, seconds=round(seconds, 2))
-    # 5. Offload.
-    for name, gpus, gbs in (("Llama-3-70B on one 8-GPU H100 node", 8, 32), ("Llama-3-70B on 64 H100", 64, 256)):
-        ctx = SearchContext(model=load_model("llama3-70b"), cluster=load_cluster("dgx-h100", num_gpus=gpus),
-                            job=JobSpec(global_batch=gbs, seq_len=4096 if gpus == 8 else 8192))
+    # 5. Offload. Each job must fit only with offload: with 1 byte of host memory per node (nothing can be
+    # offloaded) the search finds no plan. Llama-3-70B on 64 H100 (GBS 256, seq 8192) was the partial case
+    # until the memory model of sessions 4-5 fitted it without offload; on 16 H100 nothing fits without it.
+    for name, gpus, gbs, seq in (("Llama-3-70B on one 8-GPU H100 node", 8, 32, 4096),
+                                 ("Llama-3-70B on 16 H100", 16, 128, 8192)):
+        cluster = load_cluster("dgx-h100", num_gpus=gpus)
+        job = JobSpec(global_batch=gbs, seq_len=seq)
+        ctx = SearchContext(model=load_model("llama3-70b"), cluster=cluster, job=job)
         r = search(ctx, top_k=3)
         best = r.ranked[0]
-        record(f"{name}: the search chose an offload fraction", 0 < best.plan.offload <= 1 and best.memory.fits,
+        no_host = search(replace(ctx, cluster=replace(cluster, host_memory_bytes_per_node=1)), top_k=1)
+        record(f"{name}: fits only with offload, and the search chose an offload fraction",
+               not no_host.ranked and 0 < best.plan.offload <= 1 and best.memory.fits,
                best=best.plan.describe(), offload=best.plan.offload, why=best.why,
+               plans_without_host_memory=len(no_host.ranked),
                host_gib=round(best.memory.host_peak_bytes / 2**30, 1),
                host_capacity_gib=round(best.memory.host_capacity_bytes / 2**30, 1), seconds=round(r.seconds, 2))
     return results, failures
