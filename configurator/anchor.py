@@ -12,10 +12,17 @@ shared experts; never the model's name), on the same GPU type, at the same seque
 (fp16 counts as bf16: the same tensor-core rate on every GPU the presets hold). GPU count and global batch
 should be equal; where no run has both, the nearest run is reported and the line says how far it is.
 
+A run at another scale judges the claim only within reach (``REACH_GPU_RATIO``, ``batch_per_gpu_allowance``):
+per-GPU throughput legitimately changes with scale, so a far run neither supports nor refutes a prediction.
+The nearest run within reach anchors the claim; where none is, the nearest run is printed as context, with
+no flag, and the line says it is too far to judge the claim.
+
 The flag: the error band (``uncertainty.py``) says the top plan's measured throughput would lie within
 p10-p90 of the prediction. When even its p10 is above the best measured throughput of the job -- the
 ratio above ``predicted / p10``, the band's upper edge of predicted over measured -- the model's error
-cannot explain the gain, and no measured run supports it: the line says "unproven".
+cannot explain the gain, and no measured run supports it: the line says "unproven". A run within reach at a
+smaller batch per GPU than the job's widens that edge by the gain the larger batch can buy
+(``batch_per_gpu_allowance``).
 
 Where the job is measured exactly (same GPU count and global batch), the measured run's own plan is
 modelled as it ran (its recipe's plan and job flags, its system, one ``estimate_step``), so the user sees
@@ -53,6 +60,21 @@ VOCAB_PADDING = 128 * 8
 ``--make-vocab-size-divisible-by`` (128) x the tensor-parallel size (``_vocab_size_with_padding``, TP at
 most 8 within a node), and sources list either the tokenizer's size or the padded one (GPT-3's 50,257 is
 51,200 in the Megatron rows)."""
+
+REACH_GPU_RATIO = 2.0
+"""A run at another GPU count judges the claim only within one doubling of the job's GPU count (either way).
+At an equal batch per GPU, the GPU count changes per-GPU throughput through what it does to the plan: the
+data-parallel degree ``d`` at a given model-parallel layout sets the training state per GPU (Megatron's
+distributed optimizer: 6 + 12/``d`` bytes per parameter with bf16 weights and fp32 gradients, its
+``docs/source/api-guide/dist_optimizer.md``), hence which recompute, sharding and TP/PP degrees fit, and the
+gradient reduction (``2(d-1)/d`` of the gradient bytes per GPU) and the nodes the groups span. One doubling
+changes that state by at most 1.5x (18 -> 12 bytes, ``d`` 1 -> 2); sixteen times the GPUs is a plan of another
+kind: GPT-3 175B on 64 A100 (r013) ran DP1 at TP8 x PP8 with recompute, 175e9 x 18 bytes / 64 = 49 GB of state
+per GPU, where 1,024 GPUs at that layout shard the optimizer 16 ways (175e9 x 6.75 / 64 = 18 GB). Where the plan
+stays the same, the published weak-scaling sweeps at a fixed batch per GPU are flat, within 1% per doubling and
+over 8x (GPT-3 175B at 2 sequences per GPU on H100: 487.2 on 256 GPUs, 484.6 on 1,024, 482.4 on 2,048,
+r178/r180/r181; Llama 3 8B at 16 per GPU: 10,682 on 8 H100 to 10,630 on 64, r143-r146): the reach is bounded by
+the plan a GPU count allows, not by those."""
 
 RECIPE_JOB_FIELDS = ("moe_routing", "compiled", "cuda_graphs", "fused_expert_mlp", "fp8_attention",
                      "flex_dispatcher_sms")
@@ -151,12 +173,39 @@ class Match:
     """Same GPU count and global batch: the very job."""
     distance: float
     """``|log2(GPUs ratio)| + |log2(global batch ratio)|``: 0 for the very job."""
+    gpu_ratio: float
+    """The larger GPU count over the smaller (the run's and the job's): 1 for the very job."""
+    batch_per_gpu_ratio: float
+    """The job's global batch per GPU over the run's: above 1 when the job gives each GPU more sequences."""
+
+    @property
+    def judges(self) -> bool:
+        """Near enough to support or refute the claim: GPU counts within ``REACH_GPU_RATIO``."""
+        return self.gpu_ratio <= REACH_GPU_RATIO
+
+    @property
+    def allowance(self) -> float:
+        """``batch_per_gpu_allowance`` for this run."""
+        return batch_per_gpu_allowance(self.batch_per_gpu_ratio)
+
+
+def batch_per_gpu_allowance(batch_per_gpu_ratio: float) -> float:
+    """How much faster per GPU the job may run than a run at a smaller batch per GPU, ``r`` = the job's batch per
+    GPU over the run's: at most ``r`` (1 when the job's batch is not larger). At one plan the step is ``m`` x
+    ``t`` + ``c`` for ``m`` micro-batches per data-parallel rank, ``t`` a micro-batch's time and ``c`` what the
+    step pays once whatever ``m`` is (the pipeline fill and drain, the gradient reduction, the optimizer step);
+    per-GPU throughput ``m / (m t + c)`` grows with ``m`` but by at most ``r`` when ``m`` grows ``r``-fold (all
+    of ``c`` amortized), and the memory does not grow (1F1B keeps at most ``pp`` micro-batches in flight). So
+    any plan of the job runs the run's job, with ``1/r`` of its micro-batches, at least ``1/r`` as fast, and a
+    job at a smaller batch per GPU than the run's runs no faster than the run's job can: no allowance."""
+    return max(1.0, batch_per_gpu_ratio)
 
 
 def find_measured(rows: list[dict[str, Any]], model: ModelSpec, gpu_key: str, job: JobSpec,
                   num_gpus: int) -> Match | None:
     """The best measured run of the same job, or where none has the same GPU count and global batch, the
-    best run of the nearest (shape, GPU, seq and precision always equal); None if no run matches."""
+    best run of the nearest within reach (``Match.judges``), or where none is within reach, of the nearest
+    (shape, GPU, seq and precision always equal); None if no run matches."""
     shape = shape_of(model)
     precision = same_precision(job.precision)
     same = [r for r in rows if r["shape"] == shape and r["gpu"] == gpu_key and r["seq_len"] == job.seq_len
@@ -164,12 +213,14 @@ def find_measured(rows: list[dict[str, Any]], model: ModelSpec, gpu_key: str, jo
     if not same:
         return None
 
-    def distance(r: dict[str, Any]) -> float:
-        return abs(math.log2(r["num_gpus"] / num_gpus)) + abs(math.log2(r["global_batch"] / job.global_batch))
+    def match(r: dict[str, Any]) -> Match:
+        d = abs(math.log2(r["num_gpus"] / num_gpus)) + abs(math.log2(r["global_batch"] / job.global_batch))
+        return Match(row=r, exact=d == 0.0, distance=d,
+                     gpu_ratio=max(r["num_gpus"], num_gpus) / min(r["num_gpus"], num_gpus),
+                     batch_per_gpu_ratio=(job.global_batch / num_gpus) / (r["global_batch"] / r["num_gpus"]))
 
-    row = min(same, key=lambda r: (distance(r), -r["measured_tokens_per_s_per_gpu"], r["run_id"]))
-    d = distance(row)
-    return Match(row=row, exact=d == 0.0, distance=d)
+    return min((match(r) for r in same),
+               key=lambda m: (not m.judges, m.distance, -m.row["measured_tokens_per_s_per_gpu"], m.row["run_id"]))
 
 
 def predict_measured(model: ModelSpec, match: Match, constants: CostConstants | None) -> float | None:
@@ -213,6 +264,7 @@ def measured_job(model: ModelSpec, cluster: Any, job: JobSpec, top: Any, constan
                     top.memory.capacity_bytes)
     upper = predicted / band.tokens_per_s_per_gpu_p10
     ratio = predicted / measured
+    allowed = upper * match.allowance
     modelled = predict_measured(model, match, constants) if match.exact else None
     out = {"run_id": row["run_id"], "source": row["source"], "model": row["model"],
            "published_plan": row["published_plan"], "modelled_plan": row["plan_text"],
@@ -221,7 +273,10 @@ def measured_job(model: ModelSpec, cluster: Any, job: JobSpec, top: Any, constan
            "measured_tokens_per_s_per_gpu": measured, "top_plan_tokens_per_s_per_gpu": round(predicted, 1),
            "ratio": round(ratio, 3), "band_upper_ratio": round(upper, 3), "beyond_band": ratio > upper,
            "measured_plan_predicted_tokens_per_s_per_gpu": None if modelled is None else round(modelled, 1),
-           "recipe_differences": recipe_differences(row["job"], job)}
+           "recipe_differences": recipe_differences(row["job"], job),
+           "gpu_ratio": round(match.gpu_ratio, 3), "batch_per_gpu_ratio": round(match.batch_per_gpu_ratio, 3),
+           "judges_claim": match.judges, "allowed_ratio": round(allowed, 3),
+           "unproven": match.judges and ratio > allowed}
     out["line"] = anchor_line(out, cluster.num_gpus, job.global_batch)
     return out
 
@@ -252,21 +307,31 @@ def measured_job_for(ctx: Any, ranked: list[Any], constants: CostConstants | Non
 
 def anchor_line(m: dict[str, Any], num_gpus: int, global_batch: int) -> str:
     """The one line ``plan`` prints for a ``measured_job`` object."""
-    where = "this job" if m["exact"] else (f"the nearest job, {m['num_gpus']} GPUs and global batch "
-                                           f"{m['global_batch']} (this one: {num_gpus}, {global_batch})")
+    where = "this job" if m["exact"] else (f"the nearest job, {m['num_gpus']:,} GPUs and global batch "
+                                           f"{m['global_batch']:,} (this one: {num_gpus:,}, {global_batch:,})")
     differs = m["recipe_differences"]
     recipe = ("; its recipe, unlike this job: " + ", ".join(
         f"{f}={'+'.join(v) if isinstance(v, list) else v}" for f, v in differs.items())) if differs else ""
     line = (f"measured on {where}: {m['measured_tokens_per_s_per_gpu']:,.0f} tok/s/GPU ({m['run_id']}, "
             f"{m['published_plan']}, {m['system']}, {m['source']}{recipe}); the top plan's "
             f"{m['top_plan_tokens_per_s_per_gpu']:,.0f} is {m['ratio']:.2f}x it")
-    if m["beyond_band"]:
-        line += (f", beyond the error band (x{m['band_upper_ratio']:.2f} at most): unproven - no measured run "
-                 f"supports a gain this large")
+    upper = f"x{m['band_upper_ratio']:.2f}"
+    allowed = (f"x{m['allowed_ratio']:.2f} with the gain this job's {m['batch_per_gpu_ratio']:.2f}x larger batch "
+               f"per GPU allows")
+    if not m["judges_claim"]:
+        line += (f"; too far from this job to judge the claim: {m['gpu_ratio']:.3g}x apart in GPU count (a run "
+                 f"judges it within {REACH_GPU_RATIO:.0f}x: the GPU count changes which plans fit), shown as "
+                 f"context only")
+    elif m["unproven"]:
+        line += (f", beyond the error band ({upper} at most"
+                 f"{', ' + allowed if m['allowed_ratio'] > m['band_upper_ratio'] else ''}): unproven - no measured "
+                 f"run supports a gain this large")
     elif m["ratio"] <= 1.0:
         line += ", no gain over it claimed"
+    elif m["beyond_band"]:
+        line += f", beyond the error band ({upper}) but within {allowed}"
     else:
-        line += f", within the error band (up to x{m['band_upper_ratio']:.2f})"
+        line += f", within the error band (up to {upper})"
     modelled = m["measured_plan_predicted_tokens_per_s_per_gpu"]
     if modelled is not None:
         err = modelled / m["measured_tokens_per_s_per_gpu"] - 1

@@ -284,7 +284,7 @@ def plan(
     print_best_band(console, spec, hw, job, ranked, objective=objective, oom_risk=oom_risk)
     print_conventional(console, spec, hw, job, best, conv)
     if anchor is not None:
-        colour = "bold red" if anchor["beyond_band"] else "cyan"
+        colour = "bold red" if anchor["unproven"] else "cyan"
         console.print(f"[{colour}]{escape(anchor['line'])}[/{colour}]")
     if versus_text is not None:
         console.print(versus_text)

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from configurator.anchor import (find_measured, load_measured_jobs, measured_job, measured_jobs_table,
-                                 predict_measured, shape_of)
+from configurator.anchor import (REACH_GPU_RATIO, batch_per_gpu_allowance, find_measured, load_measured_jobs,
+                                 measured_job, measured_jobs_table, predict_measured, shape_of)
 from configurator.cost.step import estimate_step
 from configurator.memory import estimate_memory
 from configurator.profiles import load_cluster, load_model
@@ -95,6 +95,78 @@ def test_the_flag_fires_when_the_measured_best_lies_below_the_top_plans_p10() ->
     assert below["ratio"] == pytest.approx(1 / 0.99 * top.step.tokens_per_s_per_gpu / p10, abs=1e-3)
 
 
+def _p10(top: SimpleNamespace) -> float:
+    return band_for(MODEL, CLUSTER, JOB, PLAN, "megatron", top.step.tokens_per_s_per_gpu, top.memory.peak_bytes,
+                    top.memory.capacity_bytes).tokens_per_s_per_gpu_p10
+
+
+@pytest.mark.parametrize("num_gpus", [4, 16])
+def test_a_run_one_doubling_away_in_gpus_at_the_same_batch_per_gpu_still_flags(num_gpus: int) -> None:
+    # the job: 8 GPUs, GBS 64 = 8 sequences per GPU; the run: half or twice the GPUs at 8 per GPU
+    top = _top()
+    m = measured_job(MODEL, CLUSTER, JOB, top, rows=[_row(num_gpus=num_gpus, global_batch=8 * num_gpus,
+                                                           measured_tokens_per_s_per_gpu=0.99 * _p10(top))])
+    assert m is not None and not m["exact"] and m["judges_claim"] and m["gpu_ratio"] == 2.0
+    assert m["batch_per_gpu_ratio"] == 1.0 and m["allowed_ratio"] == m["band_upper_ratio"]
+    assert m["unproven"] and m["beyond_band"] and "unproven" in m["line"] and "too far" not in m["line"]
+
+
+@pytest.mark.parametrize("num_gpus", [2, 32])
+def test_a_run_beyond_one_doubling_in_gpus_is_context_without_the_flag(num_gpus: int) -> None:
+    """4x fewer or more GPUs at the same batch per GPU, measured far below the top plan's p10: the ratio is beyond
+    the band (a fact, ``beyond_band``), but the run is too far to judge the claim, so no "unproven". Without the
+    cutoff this run would flag."""
+    top = _top()
+    m = measured_job(MODEL, CLUSTER, JOB, top, rows=[_row(num_gpus=num_gpus, global_batch=8 * num_gpus,
+                                                           measured_tokens_per_s_per_gpu=0.5 * _p10(top))])
+    assert m is not None and m["gpu_ratio"] == 4.0 > REACH_GPU_RATIO
+    assert m["beyond_band"] and not m["judges_claim"] and not m["unproven"]
+    assert "unproven" not in m["line"] and "beyond the error band" not in m["line"]
+    assert "too far from this job to judge the claim: 4x apart in GPU count" in m["line"]
+    assert f"the nearest job, {num_gpus} GPUs and global batch {8 * num_gpus} (this one: 8, 64)" in m["line"]
+
+
+def test_a_run_within_reach_anchors_before_a_nearer_one_beyond_it() -> None:
+    # 32 GPUs at GBS 64: 2 doublings away, 4x the GPUs; 16 GPUs at GBS 512: 1 + 3 doublings away, within reach
+    rows = [_row(run_id="far", num_gpus=32), _row(run_id="reach", num_gpus=16, global_batch=512)]
+    match = find_measured(rows, MODEL, "h100-80gb", JOB, 8)
+    assert match is not None and match.row["run_id"] == "reach" and match.judges and match.distance == 4.0
+    only_far = find_measured(rows[:1], MODEL, "h100-80gb", JOB, 8)
+    assert only_far is not None and only_far.row["run_id"] == "far" and not only_far.judges
+
+
+def test_a_run_at_a_smaller_batch_per_gpu_widens_the_band_by_the_batch_ratio() -> None:
+    """Same GPUs, half the global batch: each GPU of the job runs twice the micro-batches, which can buy up to 2x
+    (the fixed per-step costs fully amortized), so the flag needs the ratio beyond 2 x the band's edge; a run at
+    twice the batch per GPU gets no allowance (the job cannot be faster than the run's easier job)."""
+    top = _top()
+    p10 = _p10(top)
+    assert batch_per_gpu_allowance(2.0) == 2.0 and batch_per_gpu_allowance(0.5) == 1.0
+    inside = measured_job(MODEL, CLUSTER, JOB, top, rows=[_row(global_batch=32,
+                                                                measured_tokens_per_s_per_gpu=p10 / 1.9)])
+    beyond = measured_job(MODEL, CLUSTER, JOB, top, rows=[_row(global_batch=32,
+                                                                measured_tokens_per_s_per_gpu=p10 / 2.1)])
+    assert inside is not None and beyond is not None
+    assert inside["batch_per_gpu_ratio"] == 2.0 and inside["allowed_ratio"] == pytest.approx(
+        2 * inside["band_upper_ratio"], abs=2e-3)
+    assert inside["beyond_band"] and not inside["unproven"] and "unproven" not in inside["line"]
+    assert (f"beyond the error band (x{inside['band_upper_ratio']:.2f}) but within x{inside['allowed_ratio']:.2f} "
+            f"with the gain this job's 2.00x larger batch per GPU allows") in inside["line"]
+    assert beyond["unproven"] and "2.00x larger batch per GPU allows): unproven" in beyond["line"]
+    larger = measured_job(MODEL, CLUSTER, JOB, top, rows=[_row(global_batch=128,
+                                                                measured_tokens_per_s_per_gpu=0.99 * p10)])
+    assert larger is not None and larger["batch_per_gpu_ratio"] == 0.5 and larger["unproven"]
+    assert larger["allowed_ratio"] == larger["band_upper_ratio"] and "larger batch per GPU" not in larger["line"]
+
+
+def test_gpt3_on_1024_a100_is_too_far_from_the_64_gpu_run_to_judge() -> None:
+    """The shipped table's only GPT-3 175B run on A100 is r013 (64 GPUs, GBS 64): 16x fewer GPUs than the
+    scenario gpt3-175b-a100-1024 (GBS 1536), the nearest run, context only."""
+    job = JobSpec(global_batch=1536, seq_len=2048, precision="fp16")
+    match = find_measured(load_measured_jobs(), load_model("gpt3-175b"), "a100-80gb", job, 1024)
+    assert match is not None and match.row["run_id"] == "r013" and match.gpu_ratio == 16.0 and not match.judges
+
+
 def test_no_matching_run_gives_no_anchor() -> None:
     assert measured_job(MODEL, CLUSTER, JOB, _top(), rows=[_row(seq_len=4096)]) is None
 
@@ -162,6 +234,7 @@ def test_plan_prints_the_measured_job_and_its_json_carries_it() -> None:
     top = out["plans"][0]["time"]["tokens_per_s_per_gpu"]
     assert m["top_plan_tokens_per_s_per_gpu"] == pytest.approx(top, rel=1e-4)
     assert m["beyond_band"] == (m["ratio"] > m["band_upper_ratio"])
+    assert m["judges_claim"] and m["unproven"] == m["beyond_band"] and m["allowed_ratio"] == m["band_upper_ratio"]
     assert m["measured_plan_predicted_tokens_per_s_per_gpu"] > 0
     assert m["line"].split(";")[0] in text.stdout.replace("\n", "")
 

@@ -1,8 +1,9 @@
 """The HTML page of a plan job (``GET /plans/{id}``): status, the top-k table with the error bands, the
 conventional plan beside the best, and the best plan drawn as ``configurator explain --svg`` draws it
-(pipeline timeline and memory per stage, with their bands). Rendered from the Jinja2 template
-``configurator/templates/plan_page.html`` (autoescaped; only the SVG, built by ``explain.py`` with its
-own escaping, is inserted as markup)."""
+(pipeline timeline and memory per stage, with their bands), and the measured-job line of ``anchor.py`` (the
+best published run of the job; marked UNPROVEN when its flag is set, as ``plan`` prints it in red). Rendered
+from the Jinja2 template ``configurator/templates/plan_page.html`` (autoescaped; only the SVG, built by
+``explain.py`` with its own escaping, is inserted as markup)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def render_page(job: Job, store: Store) -> str:
     plans: list[dict[str, Any]] = result.get("plans", [])
     return _environment().get_template("plan_page.html").render(
         job=job, request=job.request, plans=plans, conventional=result.get("conventional"),
-        svg=_best_svg(job, store) if plans else "")
+        measured=result.get("measured_job"), svg=_best_svg(job, store) if plans else "")
 
 
 __all__ = ["render_page"]
