@@ -959,20 +959,23 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
         """Whether every split of the structure was worked out to the end (costed or answered)."""
         return all((key, i) in splits and splits[key, i].stage == _S_CONCLUDED for i in range(len(legal[key])))
 
-    def verdict(key: tuple) -> float:
+    def verdict(key: tuple, again: bool = False) -> float:
         """The structure's value as a trial: its least step costed, else the least bound that answered its splits
-        (the step is at least that, and the k-th best only falls, so it stays out), inf where nothing fits."""
+        (the step is at least that, and the k-th best only falls, so it stays out), inf where nothing fits.
+        ``again``: a structure told before, not counted as answered by its bound once more."""
         states = [splits[key, i] for i in range(len(legal[key])) if (key, i) in splits]
         best = min((s.best for s in states), default=math.inf)
         if best < math.inf:
             return best
-        pruned[0] += 1
-        return min((s.dropped for s in states), default=math.inf)
+        bound = min((s.dropped for s in states), default=math.inf)
+        if bound < math.inf and not again:
+            pruned[0] += 1  # (answered by its bound; inf: nothing fits)
+        return bound
 
     def value(key: tuple) -> float:
         """A sampled structure's value (``verdict``), each split worked out to the end (``conclude``)."""
-        if key in costed and concluded(key):
-            return costed[key]
+        if key in tried and concluded(key):
+            return verdict(key, again=True)  # (drawn again: nothing new was left to draw)
         for i in range(len(legal[key])):
             conclude(key, i)
         mark_tried(key)
