@@ -54,7 +54,7 @@ def _context(model: str, cluster: str, gpus: int) -> Any:
 
 
 def _count_work() -> list[int]:
-    """Count the calls of ``COUNTED`` (those a tree's ``optimize`` makes) from now on, per kind, in the list returned."""
+    """Count the calls of ``COUNTED`` that a tree's ``optimize`` makes from now on, per kind, in the list returned."""
     from configurator.search import optimize
 
     count = [0, 0, 0]
@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the sampled trials' sampler (optimize.OPTUNA_SAMPLER; default: the search's own)")
     ap.add_argument("--other", action="store_true", help="run OTHER_JOBS instead of the issue's four")
     ap.add_argument("--out", type=Path, help="also write the table here")
-    ap.add_argument("--tree", type=Path, default=REPO, help="import configurator from this checkout (default: this one)")
+    ap.add_argument("--tree", type=Path, default=REPO,
+                    help="import configurator from this checkout (default: this one)")
     args = ap.parse_args(argv)
     tree = args.tree.resolve()
     lines = [f"{'job':30} {'exh. CPU s':>10} {'Optuna CPU s':>12} {'at equal CPU':>12} {'at 2x CPU':>9} "

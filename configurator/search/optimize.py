@@ -1190,8 +1190,9 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     sampler_name = "TPE" if OPTUNA_SAMPLER == "tpe" else "structure sampler (TPE's rule, untried structures only)"
     notes = [f"optuna {sampler_name} (seed {seed}): {ran[0]} trials, {len(costed)} distinct structures costed "
              f"of {len(legal)} ({warm} of them the warm start's, in lower-bound order of block {warm_part[0] + 1}/"
-             f"{warm_part[1]}), {resolved[0]} structure splits resolved (memory), {pruned[0]} trials answered by their lower bound (it could not beat the {top_k}-th "
-             f"best), {repeats[0]} sampled trials drew a structure already tried; ended by the {ended}"]
+             f"{warm_part[1]}), {resolved[0]} structure splits resolved (memory), {pruned[0]} trials answered by "
+             f"their lower bound (it could not beat the {top_k}-th best), {repeats[0]} sampled trials drew a structure "
+             f"already tried; ended by the {ended}"]
     return top, evaluated[0], notes
 
 
