@@ -28,8 +28,8 @@ Optuna (seeded; its sampled trials drawn by TPE's rule among untried structures,
 space has more structures than ``EXHAUSTIVE_LIMIT``, the trials choose each axis among the values legal after the
 axes before it (no illegal trial), a structure already costed is never re-costed, one whose lower bound cannot beat
 the k-th best found is answered with its bound (neither resolved nor costed), and 3 of every 4 trials, while they
-last, are the structures taken best-first as the exhaustive search takes them (families under their shared bound, a
-structure that needs full recompute under that form's bound): a warm start told to the sampler as finished trials.
+last, are the structures taken best-first as the exhaustive search takes them (the same bounds, skips and calls; a
+sampled structure goes through them too): a warm start told to the sampler as finished trials.
 Deterministic for a seed when the trial count, not a wall-clock budget, ends the study. Where both can
 run, ``gap_to_exhaustive`` reports how far the search's best is from the exhaustive best.
 
@@ -61,9 +61,9 @@ from configurator.placement import Placement
 from configurator.search.bound import FAMILY_BOUND_SLACK, StructureBounds
 from configurator.search.parallel import (SharedBound, auto_processes, available_cpus, block_of, fork_available,
                                          run_blocks)
-from configurator.search.resolve import (MEMORY_MEMO, Option, Resolution, costed_memory, costly_terms, fits_nowhere,
-                                         may_keep_margin, needs_full_recompute, offloads_with_full_recompute,
-                                         resolve, resolve_full_recompute, resolve_least)
+from configurator.search.resolve import (MEMORY_MEMO, CostlyTerms, Option, Resolution, costed_memory, costly_terms,
+                                         fits_nowhere, may_keep_margin, needs_full_recompute,
+                                         offloads_with_full_recompute, resolve, resolve_full_recompute, resolve_least)
 from configurator.search.space import AXES, SearchContext, SpaceStats, enumerate_plans
 from configurator.specs.plan import Plan, replace_unchecked
 
@@ -690,12 +690,37 @@ def _kth(top: _TopK, shared: SharedBound | None, shared_tight: SharedBound | Non
     return kth
 
 
-_WARM_KEY, _WARM_RAISED, _WARM_FAMILY, _WARM_RELAXED, _WARM_OPTION, _WARM_LAZY, _WARM_FLOORED = 0, 1, 2, 3, 4, 5, 6
-"""Entries of ``_optuna``'s warm-start heap, as the exhaustive search's queue kinds: a structure under its bound
-(kind 0), under its bound raised by its memory check (its full-recompute bound, kind 2), a family under
-``family_bound`` (kind 4); an option a warm trial put off, under its relaxed (no-preparation) bound (kind 5), under
-its own bound (kind 1); a family under ``lazy_family_bound`` (kind 7); a structure under ``options_floor`` (kind 6,
-before its memory estimate)."""
+_WARM_SPLIT, _WARM_FAMILY, _WARM_RELAXED, _WARM_OPTION, _WARM_LAZY = 0, 1, 2, 3, 4
+"""Entries of ``_optuna``'s warm-start heap, as the exhaustive search's queue kinds: a structure's split under its
+bound so far (``_Split``: the exhaustive search's kinds 0, 6, 8, 10), a family under ``family_bound`` (kind 4) and
+under ``lazy_family_bound`` (kind 7); an option put off, under its relaxed (no-preparation) bound (kind 5) and under
+its own bound (kind 1)."""
+_S_BOUNDED, _S_FLOORED, _S_MEMORY, _S_TERMS, _S_READY, _S_LISTED, _S_CONCLUDED = 0, 1, 2, 3, 4, 5, 6
+"""How far ``_optuna`` has worked out a split (``_Split.stage``), as ``_exhaustive``'s queue kinds take a structure:
+under its bound (kind 0), raised by ``options_floor`` (6), its least form not fitting (9/10: its memory forms' bounds
+to work out), under ``costly_terms`` (8), ready to resolve (2), its options listed with some waiting on the warm
+start's heap, concluded (every option costed or bounded out, nothing fits, or answered by its bound)."""
+
+
+@dataclass(slots=True)
+class _Split:
+    """One pipeline split of a structure in ``_optuna``: its lower bound so far and how far it was worked out, shared
+    by the warm start and the sampled trials (a structure one has bounded, estimated or resolved is not redone by the
+    other)."""
+
+    lb: float
+    stage: int = _S_BOUNDED
+    full_recompute: bool = False
+    """Every option recomputes all layers (``needs_full_recompute`` or ``offloads_with_full_recompute``)."""
+    terms: CostlyTerms | None = None
+    best: float = math.inf
+    """The least step costed among its options."""
+    dropped: float = math.inf
+    """The least bound that answered it or one of its options (the step is at least that)."""
+    waiting: int = 0
+    """Options put off on the warm start's heap (their bound beyond its front)."""
+
+
 _UNBOUNDED = 1e300
 """The lower bound of a structure the budget left unbounded (finite: it is still explored for a first plan)."""
 OPTUNA_WARM_SHARE = 1
@@ -736,13 +761,20 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     Warm start: 3 of every 4 trials (``OPTUNA_WARM_RUN``, ``OPTUNA_WARM_SHARE``) while it lasts are the
     structures of block ``warm_part = (i, n)`` of the space (``in_partition``: process i of a parallel search
     bounds only its own n-th of the structures, so the bounding is split, not repeated) taken best-first as the
-    exhaustive search takes them, under the same bounds in the same order (so it does no more bounding or memory
-    resolution than that search for the structures it reaches): a heap of lower bounds, where families
-    (``bound.py``: structures sharing their layer times) wait under ``lazy_family_bound``, then ``family_bound``,
-    until they reach the front; a structure is raised by ``options_floor`` (its options' end-of-step collectives)
-    before its memory estimate, and one whose least form does not fit and needs full recompute goes back under its
-    full-recompute bound, raised the same way (one memory estimate; no trial). Every option is bounded with its
-    ``end_of_step_bound`` and costed under the k-th best (``_cost``'s ``beat``), as that search costs it.
+    exhaustive search takes them, split by split, under the same bounds in the same order, by the same calls
+    (``advance``; alone it makes exactly that search's memory checks, resolutions and evaluations:
+    ``tests/test_search_optuna_warm.py``): a heap of lower bounds, where families (``bound.py``: structures sharing
+    their layer times) wait under ``lazy_family_bound``, then ``family_bound``, until they reach the front; a split
+    whose states fit nowhere (``resolve.fits_nowhere``) is dropped there; one is raised by ``options_floor`` (its
+    options' end-of-step collectives) before its memory estimate, and one whose least form does not fit goes back
+    under its full-recompute bound where every option must recompute all layers, then under its memory forms'
+    bounds (``resolve.costly_terms``, worked out as far as the front needs), and is resolved only once those are
+    final and at the front; while only tight plans are kept, a split none of whose options can keep the memory
+    margin (``resolve.may_keep_margin``) is skipped once its tight options cannot enter. Every option is bounded
+    with its ``end_of_step_bound`` and costed under the k-th best (``_cost``'s ``beat``), as that search costs it.
+    A sampled structure is worked out through the same stages (from where the warm start left it), answered by its
+    bound as soon as that cannot beat the k-th best. Before (session 13's bounds missing here) the study resolved
+    1,237 structures of DeepSeek-V3/64 GB200 in full, against the exhaustive search's 85; now 91.
     So the structures costed first are those whose bound after the memory check is least, not those whose
     recompute-free bound is (the exhaustive best of Qwen3-235B/64 ranks 2,364th by the latter). They are
     evaluated directly and added to the study as finished trials (no sampler call: the sampler's own cost, not
@@ -755,8 +787,11 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     legal: dict[tuple, list[Plan]] = {}
+    split_at: list[int] = []  # per structure of ``structures``: its index among its key's splits
     for p in structures:  # a structure may come with two pipeline splits (layouts.py): both are tried
-        legal.setdefault(_key(p), []).append(p)
+        plans = legal.setdefault(_key(p), [])
+        split_at.append(len(plans))
+        plans.append(p)
     names = ("tp", "cp", "pp", "vpp", "ep", "etp", "micro_batch")
     assert [a.name for a in AXES[:7]] == list(names)
     options: dict[tuple, set[int]] = {}
@@ -770,69 +805,71 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
         return f"{names[i]}:{'/'.join(map(str, children[prefix]))}"
 
     top = _TopK(top_k)
-    costed: dict[tuple, float] = {}
+    costed: dict[tuple, float] = {}  # per structure: the least step costed (a trial's value)
     evaluated = [0]
     pruned = [0]
+    resolved = [0]  # splits whose options were listed (``_exhaustive``'s "needed a memory resolution")
     remaining = budget_s if budget_s is not None else None
     bounds = StructureBounds(ctx, constants)
-    plan_bounds: dict[tuple, list[float]] = {}  # each split's own bound
-    full_bound: dict[tuple, float] = {}   # the least over the structure's splits (raised where known)
-    raised_memo: dict[tuple[tuple, int], float | None] = {}
+    splits: dict[tuple[tuple, int], _Split] = {}  # per structure and pipeline split: how far it was worked out
+    handled: set[int] = set()  # options costed or bounded out (``id``: they live in the search's resolutions)
+    margin_room: dict[tuple[tuple, int], bool] = {}
 
-    def bound_of(key: tuple) -> float:
-        if key not in full_bound:
-            plan_bounds[key] = [bounds.bound(p) for p in legal[key]]
-            full_bound[key] = min(plan_bounds[key])
-        return full_bound[key]
+    def split_of(key: tuple, i: int) -> _Split:
+        """Split ``i`` of structure ``key``, bounded when first met (by the warm start or a sampled trial)."""
+        s = splits.get((key, i))
+        if s is None:
+            s = splits[key, i] = _Split(lb=bounds.bound(legal[key][i]))
+        return s
 
-    def full_recompute_bound(key: tuple, i: int) -> float | None:
-        """Lazy memory, as in the exhaustive search: one estimate of split ``i``'s least form; where it does
-        not fit and every option must recompute all layers (``_exhaustive``'s test), the bound of its full-recompute
-        form, else None."""
-        if (key, i) not in raised_memo:
-            plan = legal[key][i]
-            raised_memo[key, i] = None
-            if options_of(plan, True) is None and (offloads_with_full_recompute(ctx, plan)
-                                                   or needs_full_recompute(ctx, plan)):
-                raised_memo[key, i] = bounds.bound(replace_unchecked(plan, recompute="full", recompute_num_layers=0))
-        return raised_memo[key, i]
+    def room(key: tuple, i: int) -> bool:
+        """``may_keep_margin`` of the split, once."""
+        if (key, i) not in margin_room:
+            margin_room[key, i] = may_keep_margin(ctx, legal[key][i])
+        return margin_room[key, i]
 
-    unseen: dict[tuple, int] = {}  # per prefix of the axes: structures under it neither costed nor bounded out
-    for k in legal:
-        for i in range(len(names) + 1):
-            unseen[k[:i]] = unseen.get(k[:i], 0) + 1
-    tried: set[tuple] = set()
+    def tight_only_out(key: tuple, i: int, lb: float) -> bool:
+        """As ``_exhaustive`` skips a structure unresolved: while a tight plan is kept (``top.bound`` infinite) and
+        none of the split's tight options can enter (``lb`` at least the k-th best tight step), it matters only if an
+        option keeps the memory margin free, which ``may_keep_margin`` rules out with a few estimates."""
+        return lb >= top.bound_for(True) and top.bound == math.inf and not room(key, i)
 
-    def mark_tried(key: tuple) -> None:
-        """The structure was costed or answered by its bound: the sampler does not draw it again."""
-        if key not in tried:
-            tried.add(key)
-            for i in range(len(names) + 1):
-                unseen[key[:i]] -= 1
-
-    floor_memo: dict[tuple, list[float]] = {}
-
-    def floors_of(key: tuple) -> list[float]:
-        """Each split's bound raised by its options' end-of-step collectives (``options_floor``, as the exhaustive
-        search raises a structure before its memory estimate): every option of the split is at least that."""
-        if key not in floor_memo:
-            bound_of(key)
-            floor_memo[key] = [bounds.options_floor(p, b) for p, b in zip(legal[key], plan_bounds[key])]
-        return floor_memo[key]
-
-    def floor_of(key: tuple) -> float:
-        """The least of ``floors_of`` over the structure's splits: a lower bound of every option of it."""
-        return min(floors_of(key))
-
-    def raised_bound(key: tuple) -> float:
-        """The structure's bound with each split's least form checked against memory (``full_recompute_bound``):
-        where it needs full recompute, the full-recompute form's bound raised by ``options_floor`` (as the
-        exhaustive search raises it); never below ``floors_of``."""
-        raised = []
-        for i, (plan, floor) in enumerate(zip(legal[key], floors_of(key))):
-            full = full_recompute_bound(key, i)
-            raised.append(floor if full is None else max(floor, bounds.options_floor(plan, max(full, floor))))
-        return min(raised)
+    def advance(key: tuple, i: int) -> None:
+        """One stage of the split's work at its current bound, as ``_exhaustive`` takes a structure at the front of
+        its queue (the same calls, in the same order): dropped when its states fit nowhere (``fits_nowhere``); raised
+        by ``options_floor``; one estimate of its least form, ready when that fits; else raised to its full-recompute
+        form's bound where every option must recompute all layers, then under its memory forms' bounds
+        (``costly_terms``), refined as far as its bound; ready once they are final and not above it. The caller puts
+        the split back when its bound rose (a warm start's heap) or answers it by that bound (a sampled trial)."""
+        s = splits[key, i]
+        plan = legal[key][i]
+        if s.stage == _S_BOUNDED:
+            if fits_nowhere(ctx, plan):
+                options_of(plan, nowhere=True)  # recorded as "nothing fits", unresolved
+                s.stage = _S_CONCLUDED
+                return
+            s.stage = _S_FLOORED
+            s.lb = max(s.lb, bounds.options_floor(plan, s.lb))
+        elif s.stage == _S_FLOORED:
+            if options_of(plan, True) is not None:
+                s.stage = _S_READY
+                return
+            s.stage = _S_MEMORY
+            if offloads_with_full_recompute(ctx, plan) or needs_full_recompute(ctx, plan):
+                s.full_recompute = True
+                full = bounds.bound(replace_unchecked(plan, recompute="full", recompute_num_layers=0))
+                s.lb = max(s.lb, bounds.options_floor(plan, full))
+        elif s.stage == _S_MEMORY:
+            s.terms = costly_terms(ctx, bounds, plan, s.full_recompute)
+            s.stage = _S_READY if s.terms is None else _S_TERMS
+        else:  # _S_TERMS
+            terms = s.terms
+            assert terms is not None
+            terms.raise_above(s.lb)
+            if terms.low > s.lb:
+                s.lb = terms.low
+            else:
+                s.stage = _S_READY
 
     def cost(option: Option) -> float:
         """The option's step, costed under the k-th best as the exhaustive search costs it (knob variants bounded:
@@ -849,71 +886,102 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
         top.push(result)
         return result.step.step_s
 
-    complete: set[tuple] = set()  # structures costed with every option considered (sampled trials)
-    deferred: list[tuple[float, tuple, int, Option]] = []  # options put off by a warm trial (pushed to its heap)
+    heap: list[tuple[float, int, int, object]] = []  # the warm start's: (bound, tie, kind, item)
+    tie = itertools.count(len(structures))
 
-    def screened(key: tuple, option: Option, front: float, dropped: list[float]) -> bool:
-        """Whether a sharding/recompute/offload form of a structure is costed now: not if a bound says it
-        cannot beat the k-th best (dropped: its bound added to ``dropped``) or lies beyond the warm start's front
-        (put off in ``deferred``). As the exhaustive search bounds an option (kinds 3 and 5): first the bound
-        without a preparation (below its own), then its own, each plus ``end_of_step_bound``."""
-        end = bounds.end_of_step_bound(option.plan)
-        checks = [(bounds.relaxed_bound, _WARM_RELAXED)] if bounds.needs_preparation(option.plan) else []
-        for bound, kind in checks + [(bounds.bound, _WARM_OPTION)]:
-            lb = bound(option.plan) + end
-            if lb >= top.bound_for(option.tight):  # (a tight option: the k-th best tight step, as ``cost``)
-                dropped.append(max(lb, top.bound) if top.bound_for(option.tight) == -math.inf else lb)
-                return False
-            if lb > front:
-                deferred.append((lb, key, kind, option))
-                return False
+    def drop(option: Option, lb: float, s: _Split) -> bool:
+        """Whether the option's bound ``lb`` cannot beat the k-th best (a tight option: the k-th best tight step, as
+        ``cost``): then it is handled, its bound kept in ``s.dropped``."""
+        kth = top.bound_for(option.tight)
+        if lb < kth:
+            return False
+        handled.add(id(option))
+        s.dropped = min(s.dropped, max(lb, top.bound) if kth == -math.inf else lb)
         return True
 
-    def value(key: tuple, front: float = float("inf")) -> float | None:
-        """The structure's best step time (inf: nothing fits), or its bound when that cannot beat the k-th best.
-        ``front``: the warm start's next lower bound; an option whose bound exceeds it is put off (``deferred``,
-        costed when it reaches the front, as the exhaustive search does), so the value is the best of the
-        options costed now; None if every option was put off."""
-        if key in costed:
-            return costed[key]
-        lb = bound_of(key)
-        if lb >= top.bound:
-            # Its lower bound cannot beat the k-th best found: not resolved, not costed; the sampler
-            # learns the bound (the step is at least that), like the exhaustive search's pruning.
-            pruned[0] += 1
-            mark_tried(key)
-            return lb
-        best, raised_lb = float("inf"), float("inf")
-        dropped: list[float] = []
-        put_off = len(deferred)
-        for i, plan in enumerate(legal[key]):
-            raised = full_recompute_bound(key, i)
-            opts = None
-            if raised is not None:
-                if raised >= top.bound:
-                    raised_lb = min(raised_lb, raised)
-                    continue
-                opts = options_of(plan, full_recompute=True)
-            for option in opts if opts is not None else options_of(plan):
-                if not screened(key, option, front, dropped):
-                    continue
-                best = min(best, cost(option))
-        if best == float("inf") and len(deferred) > put_off:
-            return None  # type: ignore[return-value]  # every option put off: told when one is costed
-        if best == float("inf") and (raised_lb < float("inf") or dropped):
-            pruned[0] += 1
-            mark_tried(key)
-            # its full-recompute bound or its options' own: the step is at least that (and top.bound only
-            # falls, so it stays out)
-            full_bound[key] = min([raised_lb, *dropped])
-            return full_bound[key]
-        costed[key] = min(best, costed.get(key, best))
+    def screened(owner: tuple[tuple, int], option: Option, front: float, s: _Split) -> float | None:
+        """The bound of a sharding/recompute/offload form of a split, where it may be costed now: None if a bound
+        says it cannot beat the k-th best (``drop``) or lies beyond the warm start's ``front`` (put on its heap,
+        costed when it reaches the front). As the exhaustive search bounds an option (kinds 3 and 5): first the
+        bound without a preparation (below its own), then its own, each plus ``end_of_step_bound``."""
+        end = bounds.end_of_step_bound(option.plan)
+        checks = [(bounds.relaxed_bound, _WARM_RELAXED)] if bounds.needs_preparation(option.plan) else []
+        lb = -math.inf
+        for bound, kind in checks + [(bounds.bound, _WARM_OPTION)]:
+            lb = bound(option.plan) + end
+            if drop(option, lb, s):
+                return None
+            if lb > front:
+                s.waiting += 1
+                heapq.heappush(heap, (lb, next(tie), kind, (owner, option)))
+                return None
+        return lb
+
+    def cost_options(key: tuple, i: int, front: float) -> None:
+        """Cost the ready split's options not yet handled that pass ``screened`` (those beyond ``front`` wait on the
+        warm start's heap); the split is concluded unless some wait."""
+        s = splits[key, i]
+        if s.stage == _S_READY:
+            s.stage = _S_LISTED
+            resolved[0] += 1
+        s.waiting = 0
+        now = []
+        for n, option in enumerate(options_of(legal[key][i], full_recompute=s.full_recompute) or ()):
+            if id(option) not in handled and (lb := screened((key, i), option, front, s)) is not None:
+                now.append((lb, n, option))
+        for lb, _, option in sorted(now, key=lambda t: t[:2]):  # (best-first, as the exhaustive queue costs them)
+            if drop(option, lb, s):
+                continue  # (the k-th best fell below it: an option costed before it)
+            handled.add(id(option))
+            settle_option(key, s, cost(option))
+        if not s.waiting:
+            s.stage = _S_CONCLUDED
+
+    def settle_option(key: tuple, s: _Split, step: float) -> None:
+        s.best = min(s.best, step)
+        costed[key] = min(costed.get(key, step), step)
+
+    def conclude(key: tuple, i: int) -> None:
+        """Work the split out to the end against the k-th best (a sampled trial: no front to wait behind), each
+        stage as the warm start takes it: answered by its bound once that cannot beat the k-th best, else its
+        options costed (every one not handled before)."""
+        s = split_of(key, i)
+        while s.stage < _S_READY:
+            if s.lb >= top.bound or tight_only_out(key, i, s.lb):
+                s.dropped = min(s.dropped, s.lb)
+                s.stage = _S_CONCLUDED
+                return
+            advance(key, i)
+        if s.stage != _S_CONCLUDED:
+            cost_options(key, i, float("inf"))
+
+    def concluded(key: tuple) -> bool:
+        """Whether every split of the structure was worked out to the end (costed or answered)."""
+        return all((key, i) in splits and splits[key, i].stage == _S_CONCLUDED for i in range(len(legal[key])))
+
+    def verdict(key: tuple, again: bool = False) -> float:
+        """The structure's value as a trial: its least step costed, else the least bound that answered its splits
+        (the step is at least that, and the k-th best only falls, so it stays out), inf where nothing fits.
+        ``again``: a structure told before, not counted as answered by its bound once more."""
+        states = [splits[key, i] for i in range(len(legal[key])) if (key, i) in splits]
+        best = min((s.best for s in states), default=math.inf)
+        if best < math.inf:
+            return best
+        bound = min((s.dropped for s in states), default=math.inf)
+        if bound < math.inf and not again:
+            pruned[0] += 1  # (answered by its bound; inf: nothing fits)
+        return bound
+
+    def value(key: tuple) -> float:
+        """A sampled structure's value (``verdict``), each split worked out to the end (``conclude``)."""
+        if key in tried and concluded(key):
+            return verdict(key, again=True)  # (drawn again: nothing new was left to draw)
+        for i in range(len(legal[key])):
+            conclude(key, i)
         mark_tried(key)
-        if front == float("inf"):
-            complete.add(key)  # every option was considered: none is left in the warm start's heap to cost
         frac = (time.perf_counter() - start) / remaining if remaining else len(costed) / max_trials
         say(min(1.0, frac), f"optuna: {len(costed)} structures tried")
-        return best
+        return verdict(key)
 
     def params_of(key: tuple) -> tuple[dict[str, object], dict[str, optuna.distributions.BaseDistribution]]:
         params: dict[str, object] = {}
@@ -925,6 +993,19 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
                 dists[param(i, prefix)] = optuna.distributions.CategoricalDistribution(children[prefix])
             prefix = (*prefix, v)
         return params, dists
+
+    unseen: dict[tuple, int] = {}  # per prefix of the axes: structures under it neither costed nor bounded out
+    for k in legal:
+        for i in range(len(names) + 1):
+            unseen[k[:i]] = unseen.get(k[:i], 0) + 1
+    tried: set[tuple] = set()
+
+    def mark_tried(key: tuple) -> None:
+        """The structure was costed or answered by its bound: the sampler does not draw it again."""
+        if key not in tried:
+            tried.add(key)
+            for i in range(len(names) + 1):
+                unseen[key[:i]] -= 1
 
     ran = [0]
     current: list[tuple] = [()]  # the axes chosen so far in the trial being sampled
@@ -964,104 +1045,126 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     def over() -> bool:
         return remaining is not None and time.perf_counter() - start >= remaining
 
-    # Warm start: the structures of this block best-first, as the exhaustive search takes them (a heap of lower
-    # bounds: families under their shared bound until they reach the front; a structure whose least form does
-    # not fit and needs full recompute goes back under its full-recompute bound), 3 of every 4 trials while it lasts.
-    heap: list[tuple[float, tuple, int, int, object]] = []  # (bound, structure, kind, tie, item)
-    tie = itertools.count()
-    families: dict[tuple, list[tuple]] = {}
+    # Warm start: the splits of this block's structures best-first, as the exhaustive search takes them (its queue's
+    # order: bounds, then enumeration index; families under their shared bounds until they reach the front).
     cut = False
-    mine = [key for key, plans in legal.items() if warm_part[1] == 1 or in_partition(plans[0], warm_part)]
-    for i, key in enumerate(mine):
-        if i and i % 256 == 0 and over():
+    mine = {key for key, plans in legal.items() if warm_part[1] == 1 or in_partition(plans[0], warm_part)}
+    families: dict[tuple, list[tuple[int, tuple, int]]] = {}
+    for index, plan in enumerate(structures):
+        if index and index % 256 == 0 and over():
             cut = True
             break
-        family = bounds.family_key(legal[key][0])
-        if family is None or any(bounds.family_key(p) != family for p in legal[key][1:]):
-            heap.append((bound_of(key), key, _WARM_KEY, next(tie), key))
+        key = _key(plan)
+        if key not in mine:
+            continue
+        at = split_at[index]
+        family = bounds.family_key(plan)
+        if family is None:
+            heap.append((split_of(key, at).lb, index, _WARM_SPLIT, (key, at)))
         else:
-            families.setdefault(family, []).append(key)
+            families.setdefault(family, []).append((index, key, at))
     for members in families.values():
         if over():
             cut = True
             break
         # First under ``lazy_family_bound`` (as the exhaustive search's kind 7); ``family_bound`` only at the front.
-        heap.append((bounds.lazy_family_bound([p for k in members for p in legal[k]]), members[0], _WARM_LAZY,
-                     next(tie), members))
+        heap.append((bounds.lazy_family_bound([legal[k][i] for _, k, i in members]), members[0][0], _WARM_LAZY,
+                     members))
     heapq.heapify(heap)
     warm_cap = max(1, max_trials // OPTUNA_WARM_SHARE)
     warm = 0
     proven = [False]  # set once the whole space is bounded out: the k best found are the exhaustive optimum
     told: set[tuple] = set()  # structures the warm start told the study
-    exhausted = False
 
-    def next_warm() -> tuple | None:
-        """The next structure of the warm start (None once it is spent or bounded out): bounding, opening a
-        family or raising a structure to its full-recompute bound is no trial."""
+    def next_warm() -> tuple[tuple, float] | None:
+        """The next structure of the warm start and its value (None once it is spent or bounded out): bounding,
+        opening a family, raising a split's bound or costing an option of a structure already told is no trial; a
+        structure is told once an option of it is costed, or once every split of it is answered without one."""
         while heap and warm < warm_cap and not (over() and top.heap):
-            lb, owner, kind, _, item = heap[0]
+            lb, at, kind, item = heap[0]
             if lb >= top.bound:
-                heap.clear()  # every structure left is bounded out (heap order): only the sampler goes on
+                heap.clear()  # every split left is bounded out (heap order): only the sampler goes on
                 proven[0] = not cut and warm_part[1] == 1  # ... and none can beat the k-th best at all
                 return None
             heapq.heappop(heap)
             if kind == _WARM_LAZY:  # a family under its lazy bound: its own decides whether it waits
-                family_lb = bounds.family_bound([p for k in item for p in legal[k]])  # type: ignore[union-attr]
+                members = [(j, k, i) for j, k, i in item  # type: ignore[attr-defined]
+                           if not tight_only_out(k, i, lb)]  # (``_exhaustive`` keeps only these too)
+                if not members:
+                    continue
+                family_lb = bounds.family_bound([legal[k][i] for _, k, i in members])
                 if family_lb > lb:
-                    heapq.heappush(heap, (family_lb, owner, _WARM_FAMILY, next(tie), item))
+                    heapq.heappush(heap, (family_lb, at, _WARM_FAMILY, members))
                     continue
-                kind = _WARM_FAMILY
+                item, kind = members, _WARM_FAMILY
             if kind == _WARM_FAMILY:
-                for key in item:  # type: ignore[union-attr]
-                    heapq.heappush(heap, (bound_of(key), key, _WARM_KEY, next(tie), key))
+                for j, k, i in item:  # type: ignore[attr-defined]
+                    if not tight_only_out(k, i, lb):
+                        heapq.heappush(heap, (split_of(k, i).lb, j, _WARM_SPLIT, (k, i)))
                 continue
-            if kind == _WARM_RELAXED:  # an option put off under its relaxed bound: now its own
-                own = bounds.bound(item.plan) + bounds.end_of_step_bound(item.plan)  # type: ignore[union-attr]
-                heapq.heappush(heap, (max(lb, own), owner, _WARM_OPTION, next(tie), item))
-                continue
-            if kind == _WARM_OPTION:  # an option put off by its structure's trial reaches the front: costed; a
-                if owner in complete:
-                    continue  # a sampled trial costed the structure whole meanwhile
-                step = cost(item)  # type: ignore[arg-type]  # trial if the structure has not been told yet
-                costed[owner] = min(costed.get(owner, step), step)
-                mark_tried(owner)
-                if owner not in told:
-                    return owner
-                continue
-            key = item  # type: ignore[assignment]
-            if key in costed or full_bound[key] >= top.bound:
-                continue  # the sampler tried it, or it was answered by its raised bound
-            if kind == _WARM_KEY:  # before any memory estimate: its options' end-of-step collectives
-                floor = floor_of(key)
-                if floor > lb:
-                    heapq.heappush(heap, (floor, key, _WARM_FLOORED, next(tie), key))
+            if kind in (_WARM_RELAXED, _WARM_OPTION):  # an option put off by its split: its own bound, then costed
+                (key, i), option = item  # type: ignore[misc]
+                if id(option) in handled:
+                    continue  # a sampled trial costed the split whole meanwhile
+                s = splits[key, i]
+                if kind == _WARM_RELAXED:
+                    own = bounds.bound(option.plan) + bounds.end_of_step_bound(option.plan)
+                    heapq.heappush(heap, (max(lb, own), next(tie), _WARM_OPTION, item))
                     continue
-                kind = _WARM_FLOORED
-            if kind == _WARM_FLOORED:  # one memory estimate of each split's least form
-                raised = raised_bound(key)
-                if raised > lb:
-                    heapq.heappush(heap, (raised, key, _WARM_RAISED, next(tie), key))
+                s.waiting -= 1
+                if not drop(option, lb, s):  # (a tight option under its k-th best, as ``_exhaustive`` drops it)
+                    handled.add(id(option))
+                    settle_option(key, s, cost(option))
+                if not s.waiting:
+                    s.stage = _S_CONCLUDED
+                told_now = tell_if_due(key)
+                if told_now is not None:
+                    return told_now
+                continue
+            key, i = item  # type: ignore[misc]
+            s = split_of(key, i)
+            if s.stage == _S_CONCLUDED or s.stage == _S_LISTED:
+                continue  # a sampled trial worked it out meanwhile
+            if s.lb > lb:
+                heapq.heappush(heap, (s.lb, next(tie), _WARM_SPLIT, item))
+                continue
+            if tight_only_out(key, i, lb):
+                s.dropped, s.stage = min(s.dropped, lb), _S_CONCLUDED
+            else:
+                while s.stage < _S_READY and s.lb <= lb:
+                    advance(key, i)
+                if s.stage < _S_READY:
+                    heapq.heappush(heap, (s.lb, next(tie), _WARM_SPLIT, item))  # raised: back until it is the front
                     continue
-            return key  # type: ignore[return-value]
+                if s.stage == _S_READY:
+                    cost_options(key, i, heap[0][0] if heap else float("inf"))
+            told_now = tell_if_due(key)
+            if told_now is not None:
+                return told_now
         return None
 
+    def tell_if_due(key: tuple) -> tuple[tuple, float] | None:
+        """The structure as a warm trial, if not told yet and due: an option of it costed, or every split answered."""
+        if key in told:
+            return None
+        if key not in costed and not concluded(key):
+            return None
+        told.add(key)
+        mark_tried(key)
+        return key, verdict(key)
+
+    exhausted = False
     while ran[0] < max_trials and not (over() and top.heap) and not proven[0]:
         # The structure sampler's turn is skipped once no untried structure is left (it would draw a tried one).
         nothing_new = not unseen[()] and OPTUNA_SAMPLER == "structure"
-        key = next_warm() if ran[0] % (OPTUNA_WARM_RUN + 1) != OPTUNA_WARM_RUN or nothing_new else None
-        if key is None and nothing_new:
+        warm_turn = next_warm() if ran[0] % (OPTUNA_WARM_RUN + 1) != OPTUNA_WARM_RUN or nothing_new else None
+        if warm_turn is None and nothing_new:
             # Every structure costed or answered by its bound, and no option left put off (the warm start's heap
             # is spent or bounded out): nothing new to sample; the k best found are the exhaustive optimum.
-            exhausted = not proven[0] and not (over() and top.heap)
+            exhausted = not heap and not proven[0] and not (over() and top.heap)
             break
-        if key is not None:
-            v = costed[key] if key in costed else value(key, heap[0][0] if heap else float("inf"))
-            for bound, owner, kind, option in deferred:
-                heapq.heappush(heap, (bound, owner, kind, next(tie), option))
-            deferred.clear()
-            if v is None:
-                continue  # every option put off (no trial): the structure is told once one of them is costed
-            told.add(key)
+        if warm_turn is not None:
+            key, v = warm_turn
             ran[0] += 1
             warm += 1
             params, dists = params_of(key)
@@ -1087,8 +1190,9 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     sampler_name = "TPE" if OPTUNA_SAMPLER == "tpe" else "structure sampler (TPE's rule, untried structures only)"
     notes = [f"optuna {sampler_name} (seed {seed}): {ran[0]} trials, {len(costed)} distinct structures costed "
              f"of {len(legal)} ({warm} of them the warm start's, in lower-bound order of block {warm_part[0] + 1}/"
-             f"{warm_part[1]}), {pruned[0]} trials answered by their lower bound (it could not beat the {top_k}-th "
-             f"best), {repeats[0]} sampled trials drew a structure already tried; ended by the {ended}"]
+             f"{warm_part[1]}), {resolved[0]} structure splits resolved (memory), {pruned[0]} trials answered by "
+             f"their lower bound (it could not beat the {top_k}-th best), {repeats[0]} sampled trials drew a structure "
+             f"already tried; ended by the {ended}"]
     return top, evaluated[0], notes
 
 
@@ -1115,9 +1219,13 @@ def _optuna_study(ctx: SearchContext, constants: CostConstants, top_k: int, budg
     structures = list(enumerate_plans(ctx))
     resolutions: dict[tuple, list[Option]] = {}
 
-    def options_of(plan: Plan, least_only: bool = False, full_recompute: bool = False) -> list[Option] | None:
-        """As ``_search``'s: with ``least_only`` None unless the least form fits (nothing recorded)."""
+    def options_of(plan: Plan, least_only: bool = False, full_recompute: bool = False,
+                   nowhere: bool = False) -> list[Option] | None:
+        """As ``_search``'s: with ``least_only`` None unless the least form fits (nothing recorded); ``nowhere``:
+        ``fits_nowhere`` holds, recorded as no option without resolving it."""
         key = (*_key(plan), plan.pipeline_layers)
+        if nowhere and key not in resolutions:
+            resolutions[key] = []
         if key not in resolutions:
             res = _resolution(ctx, plan, least_only, full_recompute)
             if res is None:
