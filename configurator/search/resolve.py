@@ -1013,14 +1013,9 @@ def _short_term(bounds: StructureBounds, plan: Plan, pipeline: float, prepared: 
 
 
 def _offload_floor(bounds: StructureBounds, plan: Plan, least: float) -> float:
-    """At most ``end_of_step_bound`` of ``plan`` (no offload) at any offload fraction f >= ``least``: with E0, E1 its
-    values at no and whole offload, ``max((1 - f) E0, f E1)`` is below it (``costly_terms``), and its least over
-    f >= ``least`` is at ``max(least, E0 / (E0 + E1))``."""
-    e0 = bounds.end_of_step_bound(plan)
-    e1 = bounds.end_of_step_bound(replace(plan, offload=1.0))
-    if e0 + e1 <= 0.0:
-        return 0.0
-    return max(least, e0 / (e0 + e1)) * e1
+    """At most ``end_of_step_bound`` of ``plan`` (no offload) at any offload fraction f >= ``least``
+    (``StructureBounds.end_of_step_floor``)."""
+    return bounds.end_of_step_floor(plan, least)
 
 
 def resolve_full_recompute(ctx: SearchContext, structure: Plan) -> Resolution:
