@@ -145,3 +145,31 @@ def test_a_structures_floor_raised_with_its_full_recompute_bound_stays_below_its
                 assert raised <= evaluate(variant, CONSTANTS).step_s, variant.plan.describe()
         checked += 1
     assert checked == 4
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_the_end_of_step_floor_is_below_the_bound_at_every_offload_fraction_it_covers(data: st.DataObject) -> None:
+    """``end_of_step_floor(plan, least)`` bounds ``end_of_step_bound`` of ``plan`` at every offload fraction from
+    ``least`` to 1 (``resolve.costly_terms`` gives it for options whose fraction is only known to be at least that):
+    checked on a grid of fractions and where the GPU and host optimizer times cross (a floor that ignored the offload,
+    or scaled it the wrong way, exceeds the bound there). It is at least the floor before it (the least over f of
+    ``max((1 - f) E0, f E1)``), and within a few per mille of the grid's least (it is the least, not a loose floor)."""
+    ctx, plans, bounds = _space(data.draw(st.sampled_from(sorted(CONTEXTS)), label="context"))
+    plan = data.draw(st.sampled_from(plans), label="structure")
+    sharding = data.draw(st.sampled_from(["distopt", "zero1", "zero2", "zero3", "hsdp"]), label="sharding")
+    group = hsdp_shard_group(ctx, plan) if sharding == "hsdp" else 0
+    if sharding == "hsdp" and not group:
+        sharding = "zero3"
+    recompute = data.draw(st.sampled_from(["none", "full"]), label="recompute")
+    plan = replace_unchecked(plan, sharding=sharding, shard_group=group, recompute=recompute, recompute_num_layers=0,
+                             offload=0.0)
+    least = data.draw(st.sampled_from([0.0, 0.05, 0.3, 0.7, 1.0]), label="least")
+    floor = bounds.end_of_step_floor(plan, least)
+    fractions = sorted({least + (1.0 - least) * i / 200 for i in range(201)})
+    ends = [bounds.end_of_step_bound(replace_unchecked(plan, offload=f)) for f in fractions]
+    assert floor <= min(ends), (plan.describe(), least, floor, min(ends))
+    assert floor >= min(ends) * (1 - 5e-3)
+    e0, e1 = ends[0] if least == 0.0 else bounds.end_of_step_bound(plan), ends[-1]
+    if e0 + e1 > 0.0:
+        assert floor >= max(least, e0 / (e0 + e1)) * e1 * (1 - 1e-8)  # (equal without end-of-step collectives)

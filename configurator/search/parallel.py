@@ -65,14 +65,20 @@ def auto_processes() -> int:
 
 
 def block_of(plan: Plan, blocks: int) -> int:
-    """The block of structure ``plan``: a stable hash (CRC-32) of its degrees (tp, cp, ep, etp), so that the
-    structures sharing work are searched in one process and it is worked out once, not in every process: a family
-    (same layer key: per-layer times, ``StructureBounds.layer_key``) and its micro-batch siblings, which share
-    their group shapes (``cost/comm.py``), end-of-step terms and ZeRO-3 gathers (``bound.py``) and sharding
-    states (``search/resolve.py``). Measured 2026-11-30 (two processes, 2-core machine) against the layer key:
-    10-12% less CPU in all on DeepSeek-V3/2,048, Qwen3-235B/512 and Mixtral-8x22B/131,072, and the slower block
-    0-12% faster (noisy: the machine was shared)."""
-    return zlib.crc32(repr((plan.tp, plan.cp, plan.ep, plan.etp)).encode()) % blocks
+    """The block of structure ``plan``: a stable hash (CRC-32) of (tp, cp, etp, micro-batch), so that a family (same
+    layer key: per-layer times, ``StructureBounds.layer_key``) is searched in one process, and with it the structures
+    that differ from it only in the expert-parallel degree, which share the most work: their dense layers', embedding's
+    and head's times (``bound.py``'s ``_EP_FREE_FIELDS``) and their activations (``memory.ACTIVATION_MEMO`` leaves ep
+    out), worked out once, not in every process.
+
+    Not by (tp, cp, ep, etp), as before: a MoE search spends most of its work on the few EP degrees whose plans are
+    best (Qwen3-235B: ep 16), and those went to one block whole, in a handful of heavy (tp, cp) groups, while the other
+    block searched with only the k-th best step the first one published. Measured 2026-12-01 (two processes,
+    2-core machine, back to back, two runs each): Qwen3-235B on 512-131,072 H100, the slower block's CPU 1.2-1.6x the
+    other's before and 0.9-1.3x after, the path (parent + slowest block) 1.9-2.5 s before and 1.6-2.1 s after, with
+    fewer options costed (e.g. 2,048 GPUs: 87-90 -> 72); Mixtral-8x22B on 64-16,384 H100 within the noise either
+    way. Before that, (tp, cp, ep, etp) against the layer key (2026-11-30): 10-12% less CPU in all."""
+    return zlib.crc32(repr((plan.tp, plan.cp, plan.etp, plan.micro_batch)).encode()) % blocks
 
 
 class SharedBound:
