@@ -83,7 +83,7 @@ def test_the_hsdp_window_prunes_resolutions_without_changing_the_top_plans(monke
     memory resolutions (115 structures resolved against 334 when written)."""
     ctx, _ = _space("mixtral-8x7b", 8192)
     tightened = search(ctx, top_k=5, workers=1)
-    monkeypatch.setattr(bound_module.StructureBounds, "_prepared_window_s", lambda self, plan: float("inf"))
+    monkeypatch.setattr(bound_module.StructureBounds, "_with_stage0_gathers", lambda self, plan, window: float("inf"))
     plain = search(ctx, top_k=5, workers=1)
     assert [(e.plan, e.step.step_s) for e in tightened.ranked] == [(e.plan, e.step.step_s) for e in plain.ranked]
     assert len(tightened.ranked) == 5

@@ -527,14 +527,16 @@ class StructureBounds:
         hit = self._gathers.get(key)
         if hit is not None:
             return hit
-        sizes = self._stage_bytes_of(plan)[2]
+        dense_b, expert_b, sizes = self._stage_bytes_of(plan)
+        groups = (plan.tp, plan.cp, plan.dp, plan.pp, plan.ep, plan.etp, plan.sharding, plan.shard_group)
         out = []
         slowdown = hardware_default("nccl_overlap_compute_slowdown")
         for v, n in enumerate(sizes):
             if not n:
                 out.append(0.0)
                 continue
-            gather, reduce = self._layer_shards(plan, v)
+            hit = self._shard_comm.get((*groups, dense_b[v], expert_b[v]))  # (``_layer_shards``, inline: per stage)
+            gather, reduce = hit if hit is not None else self._layer_shards(plan, v)
             # ``_stage_times``: the first layer's forward gather whole (nothing before it to hide under); of
             # every other forward gather and every backward gather + reduce-scatter at least the slowdown of
             # hiding it (``z + s (x - z) >= s x``).
@@ -571,7 +573,7 @@ class StructureBounds:
         bytes (stages of equal layers have equal bytes)."""
         dense_b, expert_b, _ = self._stage_bytes_of(plan)
         key = (plan.tp, plan.cp, plan.dp, plan.pp, plan.ep, plan.etp, plan.sharding, plan.shard_group, dense_b[v],
-               expert_b[v])
+               expert_b[v])  # (``_stage_gathers`` looks it up in the same form)
         hit = self._shard_comm.get(key)
         if hit is None:
             shards = _ShardBytes(runtime=self._runtime, zero3_layer_bytes=tuple(dense_b),
@@ -803,9 +805,14 @@ class StructureBounds:
             terms = self._end(form)
             extra = 0.0
             if terms[0] or terms[2]:
-                # (its windows at their largest over the recompute forms, as above: ``_prepared_window_s``)
-                extra = self._exposed_s(terms, max(self._window_s(form), self._window_s(
-                    replace_unchecked(form, recompute="full", recompute_num_layers=0))))
+                # Its windows at their largest over the recompute forms, as above (``_prepared_window_s``): the
+                # distributed-optimizer form's (no sharding without per-layer traffic changes a stage's times, so
+                # those above are the same) plus its stage 0's gathers.
+                if window is None:
+                    plain = _with_plain_sharding(form, "distopt", 0)
+                    window = max(self._window_s(plain), self._window_s(
+                        replace_unchecked(plain, recompute="full", recompute_num_layers=0)))
+                extra = self._exposed_s(terms, self._with_stage0_gathers(form, window))
             if _per_microbatch_sharding(form) == "zero3" and not _per_microbatch_sharding(structure):
                 # Every virtual stage takes at least its ``_stage_gathers`` more than under the distributed
                 # optimizer, so every rank's finish at least m x its stages' sum more (the least over ranks).
@@ -883,7 +890,11 @@ class StructureBounds:
         all-reduce ``evaluate`` hides under rank 0's last backward: it grows with the replicas (dp), and an infinite
         window (before) bounded it at the slowdown alone (Qwen3-235B on 131,072 H100: HSDP options bounded about
         0.1 s under their step)."""
-        window = self._window_s(_with_plain_sharding(plan, "distopt", 0))
+        return self._with_stage0_gathers(plan, self._window_s(_with_plain_sharding(plan, "distopt", 0)))
+
+    def _with_stage0_gathers(self, plan: Plan, window: float) -> float:
+        """``window`` (its distributed-optimizer form's) plus, where ``plan`` gathers per layer, virtual stage 0's
+        layers x one layer's gather + reduce-scatter (``_prepared_window_s``)."""
         if _per_microbatch_sharding(plan) != "zero3" or window == float("inf"):
             return window
         layers = self._stage_bytes_of(plan)[2][0]
