@@ -522,31 +522,12 @@ class StructureBounds:
         all-gather of its first layer's shards (``_layer_shard_comm``'s, with ``prepare``'s per-stage mean layer
         bytes) plus ``nccl_overlap_compute_slowdown`` of the rest of its gathers and reduce-scatters (hidden or
         not, a layer's sharding traffic costs at least that); 0 for a stage without layers."""
-        ctx = self.ctx
         key = (plan.tp, plan.cp, plan.pp, plan.vpp, plan.dp, plan.ep, plan.etp, plan.pipeline_layers,
                plan.sharding, plan.shard_group)
         hit = self._gathers.get(key)
         if hit is not None:
             return hit
-        # The stages' mean layer bytes depend on the split and the TP / EP degrees only (``mean_layer_shard_bytes``),
-        # a layer's gather and reduce-scatter on its bytes, the sharding and the groups (``_layer_shard_comm``):
-        # each remembered on its own, so the structures of a search that share them work them out once.
-        split = (plan.tp, plan.ep, plan.etp, plan.pp, plan.vpp, plan.pipeline_layers)
-        stage_bytes = self._stage_bytes.get(split)
-        if stage_bytes is None:
-            params = self._all_params
-            dense_b, expert_b, sizes = [], [], []
-            start = 0
-            for n in plan.virtual_stage_layers(ctx.model):
-                d, e = mean_layer_shard_bytes(params, plan, start, n)  # what ``prepare`` gives the stage
-                dense_b.append(d)
-                expert_b.append(e)
-                sizes.append(n)
-                start += n
-            if len(self._stage_bytes) >= 4096:
-                self._stage_bytes.clear()  # bounded (per split and TP / EP degrees)
-            stage_bytes = self._stage_bytes[split] = (dense_b, expert_b, sizes)
-        dense_b, expert_b, sizes = stage_bytes
+        dense_b, expert_b, sizes = self._stage_bytes_of(plan)
         groups = (plan.tp, plan.cp, plan.dp, plan.pp, plan.ep, plan.etp, plan.sharding, plan.shard_group)
         out = []
         slowdown = hardware_default("nccl_overlap_compute_slowdown")
@@ -554,16 +535,8 @@ class StructureBounds:
             if not n:
                 out.append(0.0)
                 continue
-            b = (*groups, dense_b[v], expert_b[v])  # (stages of equal layers have equal bytes)
-            hit = self._shard_comm.get(b)
-            if hit is None:
-                shards = _ShardBytes(runtime=self._runtime, zero3_layer_bytes=tuple(dense_b),
-                                     zero3_expert_bytes=tuple(expert_b))
-                if len(self._shard_comm) >= 8192:
-                    self._shard_comm.clear()  # bounded (per groups, sharding and layer bytes)
-                comm = self._comm(plan)
-                hit = self._shard_comm[b] = _layer_shard_comm(shards, comm, v, plan)  # type: ignore[arg-type]
-            gather, reduce = hit
+            hit = self._shard_comm.get((*groups, dense_b[v], expert_b[v]))  # (``_layer_shards``, inline: per stage)
+            gather, reduce = hit if hit is not None else self._layer_shards(plan, v)
             # ``_stage_times``: the first layer's forward gather whole (nothing before it to hide under); of
             # every other forward gather and every backward gather + reduce-scatter at least the slowdown of
             # hiding it (``z + s (x - z) >= s x``).
@@ -572,6 +545,43 @@ class StructureBounds:
             self._gathers.clear()  # bounded: a structure's options ask for it a few times in a row
         self._gathers[key] = out
         return out
+
+    def _stage_bytes_of(self, plan: Plan) -> tuple[list[float], list[float], list[int]]:
+        """Per virtual stage, ``prepare``'s mean non-expert and expert shard bytes of one layer
+        (``mean_layer_shard_bytes``) and its layers. They depend on the split and the TP / EP degrees only: remembered
+        per those, so the structures of a search that share them work them out once."""
+        split = (plan.tp, plan.ep, plan.etp, plan.pp, plan.vpp, plan.pipeline_layers)
+        stage_bytes = self._stage_bytes.get(split)
+        if stage_bytes is None:
+            params = self._all_params
+            dense_b, expert_b, sizes = [], [], []
+            start = 0
+            for n in plan.virtual_stage_layers(self.ctx.model):
+                d, e = mean_layer_shard_bytes(params, plan, start, n)  # what ``prepare`` gives the stage
+                dense_b.append(d)
+                expert_b.append(e)
+                sizes.append(n)
+                start += n
+            if len(self._stage_bytes) >= 4096:
+                self._stage_bytes.clear()  # bounded (per split and TP / EP degrees)
+            stage_bytes = self._stage_bytes[split] = (dense_b, expert_b, sizes)
+        return stage_bytes
+
+    def _layer_shards(self, plan: Plan, v: int) -> tuple[float, float]:
+        """(all-gather, gradient reduce-scatter) seconds of one layer's shards on virtual stage ``v`` of ``plan``
+        (``_layer_shard_comm`` with ``prepare``'s per-stage mean layer bytes), remembered per groups, sharding and
+        bytes (stages of equal layers have equal bytes)."""
+        dense_b, expert_b, _ = self._stage_bytes_of(plan)
+        key = (plan.tp, plan.cp, plan.dp, plan.pp, plan.ep, plan.etp, plan.sharding, plan.shard_group, dense_b[v],
+               expert_b[v])  # (``_stage_gathers`` looks it up in the same form)
+        hit = self._shard_comm.get(key)
+        if hit is None:
+            shards = _ShardBytes(runtime=self._runtime, zero3_layer_bytes=tuple(dense_b),
+                                 zero3_expert_bytes=tuple(expert_b))
+            if len(self._shard_comm) >= 8192:
+                self._shard_comm.clear()  # bounded (per groups, sharding and layer bytes)
+            hit = self._shard_comm[key] = _layer_shard_comm(shards, self._comm(plan), v, plan)  # type: ignore[arg-type]
+        return hit
 
     def _gather_bound(self, plan: Plan) -> float:
         """``relaxed_bound``'s ZeRO-3 form: per knob variant of ``plan`` (as ``bound`` takes them), the
@@ -793,7 +803,16 @@ class StructureBounds:
             best = min(best, self._exposed_s(terms, window) * (1.0 - END_BOUND_SLACK))
         for form in later:
             terms = self._end(form)
-            extra = self._exposed_s(terms, float("inf")) if terms[0] or terms[2] else 0.0
+            extra = 0.0
+            if terms[0] or terms[2]:
+                # Its windows at their largest over the recompute forms, as above (``_prepared_window_s``): the
+                # distributed-optimizer form's (no sharding without per-layer traffic changes a stage's times, so
+                # those above are the same) plus its stage 0's gathers.
+                if window is None:
+                    plain = _with_plain_sharding(form, "distopt", 0)
+                    window = max(self._window_s(plain), self._window_s(
+                        replace_unchecked(plain, recompute="full", recompute_num_layers=0)))
+                extra = self._exposed_s(terms, self._with_stage0_gathers(form, window))
             if _per_microbatch_sharding(form) == "zero3" and not _per_microbatch_sharding(structure):
                 # Every virtual stage takes at least its ``_stage_gathers`` more than under the distributed
                 # optimizer, so every rank's finish at least m x its stages' sum more (the least over ranks).
@@ -815,10 +834,13 @@ class StructureBounds:
         """At least rank 0's last backward and its first forward (``evaluate``'s windows) under every knob
         variant of ``plan`` the search evaluates: virtual stage 0's forward + backward from the layer key's
         times, plus its micro-batch overhead and gradient accumulation, the most over the variants; infinite
-        (hides everything) where those times need a preparation or the runtime's blocking sends add to them."""
+        (hides everything) where the runtime's blocking sends add to them. A plan with per-micro-batch sharding
+        traffic: ``_prepared_window_s``."""
         rt = self._runtime
-        if self._needs_preparation(plan) or (rt.p2p_blocking and plan.pp > 1):
+        if rt.p2p_blocking and plan.pp > 1:
             return float("inf")
+        if self._needs_preparation(plan):
+            return self._prepared_window_s(plan)
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
         layer_key = self.layer_key(plan)
         share = self.plan_share(plan)  # (the times at the plan's own paired EP share, raised for rounding)
@@ -857,6 +879,29 @@ class StructureBounds:
                 self._windows.clear()
             self._windows[key] = worst
         return worst
+
+    def _prepared_window_s(self, plan: Plan) -> float:
+        """``_window_s`` of a plan with per-micro-batch sharding traffic, without preparing it: that traffic changes
+        nothing in a stage's times but its own terms (``_stage_times``: each layer's exposed part ``z`` and the
+        slowdown ``s`` of hiding the rest, ``z + s (x - z) <= x`` for ``x`` its gathers and reduce-scatters, as
+        ``s <= 1``), so rank 0's windows are at most its distributed-optimizer form's plus, where it gathers per layer
+        (ZeRO-3 / FSDP / HSDP), virtual stage 0's layers x one layer's gather + reduce-scatter (``_layer_shards``;
+        ZeRO-2 without PP adds nothing to the forward, its gather's window). It matters for HSDP, whose replica
+        all-reduce ``evaluate`` hides under rank 0's last backward: it grows with the replicas (dp), and an infinite
+        window (before) bounded it at the slowdown alone (Qwen3-235B on 131,072 H100: HSDP options bounded about
+        0.1 s under their step)."""
+        return self._with_stage0_gathers(plan, self._window_s(_with_plain_sharding(plan, "distopt", 0)))
+
+    def _with_stage0_gathers(self, plan: Plan, window: float) -> float:
+        """``window`` (its distributed-optimizer form's) plus, where ``plan`` gathers per layer, virtual stage 0's
+        layers x one layer's gather + reduce-scatter (``_prepared_window_s``)."""
+        if _per_microbatch_sharding(plan) != "zero3" or window == float("inf"):
+            return window
+        layers = self._stage_bytes_of(plan)[2][0]
+        if not layers:
+            return window
+        gather, reduce = self._layer_shards(plan, 0)
+        return (window + layers * (gather + reduce)) * (1.0 + END_BOUND_SLACK)
 
     def _window_variants(self, plan: Plan) -> list[Plan]:
         """``plan``'s knob variants the search evaluates, as ``bound`` times them."""
