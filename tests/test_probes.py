@@ -102,8 +102,14 @@ def _cpu_ticks() -> tuple[int, int]:
     return sum(fields), (fields[7] if len(fields) > 7 else 0)
 
 
-def _probe_emulated_cluster(prefix: str, out: Path) -> tuple[dict, dict[tuple[int, int], float], str]:
-    """One probe over the shaped 4-host testbed: (profile, measured/true rate per link, machine state)."""
+STARVED_STEAL = 0.05
+"""CPU steal (the share of this VM's CPU time its host gave to others) above which a probe cannot check link rates:
+misses were seen at 6%, 13% and 17% steal (CI, 2026-12-01: every link at 0.6-0.9 of its rate, both probes), clean
+probes at 0-2%."""
+
+
+def _probe_emulated_cluster(prefix: str, out: Path) -> tuple[dict, dict[tuple[int, int], float], float, str]:
+    """One probe over the shaped 4-host testbed: (profile, measured/true rate per link, CPU steal, machine state)."""
     ticks0, steal0 = _cpu_ticks()
     start = time.perf_counter()
     try:
@@ -124,33 +130,39 @@ def _probe_emulated_cluster(prefix: str, out: Path) -> tuple[dict, dict[tuple[in
     steal = (steal1 - steal0) / max(1, ticks1 - ticks0)
     state = (f"{time.perf_counter() - start:.1f} s, CPU steal {steal:.0%}, "
              f"load {Path('/proc/loadavg').read_text().split()[0]}")
-    return data, ratios, state
+    return data, ratios, steal, state
 
 
 def test_emulated_cluster_links_are_recovered_and_slow_ones_named(root_netns, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Every shaped link is recovered within 10% of its rate (after the header factor).
+    """Every shaped link is recovered within 10% of its rate (after the header factor), the slow ones are named, and
+    the planner keeps the slow pair off the pipeline's stage boundaries.
 
-    One fresh probe is allowed when the first misses: a CI machine once measured every link, fast and slow
-    alike, at 0.53-0.82 of its rate in one run, while this machine measures 0.95-1.0 idle, with 2 or 8 CPU
-    hogs alongside, over many runs. A probe that is wrong by mechanism misses both times and fails; each
-    miss prints the machine's CPU steal and load so the next one says whether the host was starved.
+    Up to three probes: the first whose links all land within 10% is checked. A probe on a starved host measures the
+    host, not the links (``STARVED_STEAL``), so where every probe missed under that much steal, the rates cannot be
+    checked on this machine and the test says so and skips, after the checks that do not depend on them (12 links,
+    the host names, the fake host memory). A miss with the host not starved fails: the probe is wrong. A probe wrong
+    by mechanism (the header factor mutated to 0.8) misses every time on a healthy host and fails.
     """
     prefix = f"cfgt{os.getpid() % 1000}"
-    misses = []
-    for attempt in range(2):
+    misses, steals = [], []
+    for attempt in range(3):
         out = tmp_path / f"emulated{attempt}.json"
-        data, ratios, state = _probe_emulated_cluster(prefix, out)
+        data, ratios, steal, state = _probe_emulated_cluster(prefix, out)
         assert len(ratios) == 12
+        assert [n["host"] for n in data["nodes"]] == ["node0", "node1", "node2", "node3"]
+        assert [n["host_memory_GiB"] for n in data["nodes"]] == [16.0, 17.0, 18.0, 19.0]  # the fake /proc/meminfo
         off = {k: round(v, 3) for k, v in ratios.items() if not 0.9 <= v <= 1.1}
         if not off:
             break
         misses.append(f"attempt {attempt + 1} ({state}): {off}")
+        steals.append(steal)
         print(f"emulated-cluster probe missed: {misses[-1]}")
-    assert not off, f"links off by more than 10% after the header factor in both probes: {misses}"
+    if off and min(steals) >= STARVED_STEAL:
+        pytest.skip(f"the host was starved in every probe (CPU steal {', '.join(f'{x:.0%}' for x in steals)} >= "
+                    f"{STARVED_STEAL:.0%}): link rates cannot be checked on this machine now; {misses}")
+    assert not off, f"links off by more than 10% after the header factor, the host not starved: {misses}"
     slow_warnings = [w for w in data["warnings"] if w.startswith("slow link")]
     assert {w.split(":")[0] for w in slow_warnings} == {"slow link node1->node2", "slow link node2->node1"}
-    assert [n["host"] for n in data["nodes"]] == ["node0", "node1", "node2", "node3"]
-    assert [n["host_memory_GiB"] for n in data["nodes"]] == [16.0, 17.0, 18.0, 19.0]  # the fake /proc/meminfo
     print(f"emulated-cluster probe ({state}); link ratios {sorted(round(v, 3) for v in ratios.values())}")
     # End to end: the planner keeps the slow pair off the pipeline's stage boundaries.
     cluster = load_cluster(str(out))

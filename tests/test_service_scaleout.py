@@ -24,7 +24,7 @@ httpx = pytest.importorskip("httpx")
 sa = pytest.importorskip("sqlalchemy")
 pytest.importorskip("fastapi", reason="the service needs the service extra: pip install -e '.[service]'")
 
-from service_helpers import free_port, fresh_postgres_database, session_processes  # noqa: E402
+from service_helpers import free_ports, fresh_postgres_database, session_processes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,17 +54,27 @@ def _start(*args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 90, path: str = "/healthz") -> None:
+    """Until ``base + path`` answers 200: a server's health, a worker host's ``/metrics`` (it serves them once its
+    pool is up). A process that exited fails here with its stderr, not later as jobs nobody runs."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+            if httpx.get(base + path, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             if proc.poll() is not None:
-                raise AssertionError(f"server exited: {proc.stderr.read() if proc.stderr else ''}") from None
+                raise AssertionError(f"{proc.args[3]} exited ({proc.returncode}): "
+                                     f"{proc.stderr.read()[-2000:] if proc.stderr else ''}") from None
         time.sleep(0.3)
-    raise AssertionError("server did not start")
+    raise AssertionError(f"{proc.args[3]} did not start within {timeout:.0f} s")
+
+
+def _alive(proc: subprocess.Popen) -> None:
+    """The process still runs, else its exit status and the end of its stderr."""
+    if proc.poll() is not None:
+        raise AssertionError(f"{' '.join(proc.args[3:5])} exited ({proc.returncode}): "
+                             f"{proc.stderr.read()[-2000:] if proc.stderr else ''}")
 
 
 def single_process_answer(request: dict) -> dict:
@@ -104,17 +114,19 @@ def test_servers_and_worker_hosts_share_one_postgres_store_split_a_search_and_su
     procs: list[subprocess.Popen] = []
     try:
         bases = []
-        for _ in range(3):
-            port = free_port()
+        *server_ports, metrics_a, metrics_b = free_ports(5)  # (distinct: a clash would leave a host dead at start)
+        for port in server_ports:
             procs.append(_start("serve", "--port", str(port), "--db", pg_url, "--workers", "0",
                                 "--lease", str(LEASE_S)))
             bases.append(f"http://127.0.0.1:{port}")
-        metrics_ports = [free_port(), free_port()]
+        metrics_ports = [metrics_a, metrics_b]
         workers = [_start("worker", "--db", pg_url, "--workers", "2", "--lease", str(LEASE_S), "--drain", "0",
                           "--metrics-port", str(port)) for port in metrics_ports]
         procs += workers
         for base, proc in zip(bases, procs):
             _wait_healthy(base, proc)
+        for port, proc in zip(metrics_ports, workers):  # both hosts up before any job: the kill must leave one
+            _wait_healthy(f"http://127.0.0.1:{port}", proc, path="/metrics")
         engine = sa.create_engine(pg_url)
 
         victim = httpx.post(bases[0] + "/v1/plans", json=VICTIM, timeout=30).json()["id"]
@@ -127,6 +139,7 @@ def test_servers_and_worker_hosts_share_one_postgres_store_split_a_search_and_su
         assert holder, "no worker host claimed the victim job"
         dead = next(w for w in workers if holder.endswith(f":{w.pid}"))
         os.killpg(dead.pid, signal.SIGKILL)  # the host dies with its job processes
+        survivor = next(w for w in workers if w is not dead)
 
         split_id = httpx.post(bases[1] + "/v1/plans", json=SPLIT, timeout=30).json()["id"]
         # 200 requests, 50 distinct, spread round-robin over the 3 servers, 12 at a time.
@@ -148,6 +161,7 @@ def test_servers_and_worker_hosts_share_one_postgres_store_split_a_search_and_su
                 open_jobs = conn.execute(sa.text("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"))
                 if not open_jobs.scalar():
                     break
+            _alive(survivor)  # (a dead survivor leaves the jobs open: say so, not a count of them 480 s later)
             time.sleep(0.5)
         with engine.connect() as conn:
             every = conn.execute(sa.text("SELECT id, cache_key, status, error, attempts, claimed_by, request "
@@ -161,8 +175,7 @@ def test_servers_and_worker_hosts_share_one_postgres_store_split_a_search_and_su
         assert all(r.status == "done" for r in rows), [(r.id, r.status, r.error) for r in rows]
         taken_over = next(r for r in rows if r.id == victim)
         assert taken_over.attempts == 2 and taken_over.claimed_by != holder, taken_over
-        survivor = next(w for w in workers if w is not dead)
-        assert survivor.poll() is None
+        _alive(survivor)
         plans = httpx.get(f"{bases[2]}/v1/plans/{victim}", timeout=30).json()
         assert plans["status"] == "done" and plans["plans"], plans
         engine.dispose()
