@@ -798,8 +798,7 @@ class StructureBounds:
             if not (terms[0] or terms[2]):
                 return 0.0
             if window is None:
-                window = max(self._window_s(form), self._window_s(
-                    replace_unchecked(form, recompute="full", recompute_num_layers=0)))
+                window = self._widest_window_s(form)
             best = min(best, self._exposed_s(terms, window) * (1.0 - END_BOUND_SLACK))
         for form in later:
             terms = self._end(form)
@@ -809,9 +808,7 @@ class StructureBounds:
                 # distributed-optimizer form's (no sharding without per-layer traffic changes a stage's times, so
                 # those above are the same) plus its stage 0's gathers.
                 if window is None:
-                    plain = _with_plain_sharding(form, "distopt", 0)
-                    window = max(self._window_s(plain), self._window_s(
-                        replace_unchecked(plain, recompute="full", recompute_num_layers=0)))
+                    window = self._widest_window_s(_with_plain_sharding(form, "distopt", 0))
                 extra = self._exposed_s(terms, self._with_stage0_gathers(form, window))
             if _per_microbatch_sharding(form) == "zero3" and not _per_microbatch_sharding(structure):
                 # Every virtual stage takes at least its ``_stage_gathers`` more than under the distributed
@@ -821,6 +818,12 @@ class StructureBounds:
                 extra += m * min(sum(gathers[r::form.pp]) for r in range(form.pp))
             best = min(best, extra * (1.0 - END_BOUND_SLACK))
         return best
+
+    def _widest_window_s(self, form: Plan) -> float:
+        """``_window_s`` at its largest over ``form``'s recompute forms: its full-recompute form's or its own (a shorter
+        recompute redoes less of the forward), as ``options_floor`` takes it for every option of a sharding."""
+        full = replace_unchecked(form, recompute="full", recompute_num_layers=0)
+        return max(self._window_s(form), self._window_s(full))
 
     def _hbm(self, plan: Plan) -> float:
         """The GPU's memory bandwidth in the cost model (no plan field changes it)."""
