@@ -21,10 +21,11 @@ DIR (another checkout, e.g. the branch's base) instead of this one.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
 from pathlib import Path
 from typing import Any
+
+from spawned import ChildFailed, spawned_result  # (benchmarks/spawned.py)
 
 REPO = Path(__file__).resolve().parent.parent
 JOBS = (("qwen3-235b-a22b", "dgx-h100", 64), ("deepseek-v3", "gb200-nvl72", 64), ("mixtral-8x22b", "dgx-h100", 64),
@@ -149,13 +150,11 @@ def _optuna(job: tuple[str, str, int], trials: int | None, best_key: tuple, limi
 
 
 def _run(target: Any, *args: Any) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    out = queue.get(timeout=3600)
-    proc.join(timeout=30)
-    return out
+    """``target``'s result from a fresh process (``spawned.spawned_result``); one that gives none stops the benchmark."""
+    try:
+        return spawned_result(target, args, timeout_s=3600)
+    except ChildFailed as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="import configurator from this checkout (default: this one)")
     args = ap.parse_args(argv)
     tree = args.tree.resolve()
+    if not (tree / "configurator" / "__init__.py").is_file():
+        ap.error(f"--tree={str(args.tree)!r}: not a configurator checkout (no configurator/__init__.py there)")
     lines = [f"{'job':30} {'exh. CPU s':>10} {'Optuna CPU s':>12} {'at equal CPU':>12} {'at 2x CPU':>9} "
              f"{'best rank':>9}  Optuna found the exhaustive best at"]
     print(lines[0], flush=True)

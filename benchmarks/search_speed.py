@@ -36,11 +36,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
+
+from spawned import ChildFailed, spawned_result  # (benchmarks/spawned.py)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,7 +102,7 @@ def job_context(job: dict[str, Any]) -> Any:
                          job=JobSpec(global_batch=job["global_batch"], seq_len=job["seq_len"]), **extra)
 
 
-def _child(job: dict[str, Any], tree: str, method: str, budget: float | None, queue: Any, workers: int = 1) -> None:
+def _child(job: dict[str, Any], tree: str, method: str, budget: float | None, workers: int, queue: Any) -> None:
     """One search in this (fresh) process; puts its measurements on ``queue``."""
     import resource
     import time
@@ -145,16 +146,10 @@ def _child(job: dict[str, Any], tree: str, method: str, budget: float | None, qu
 
 def run_one(job: dict[str, Any], tree: Path, method: str = "exhaustive", budget: float | None = None,
             workers: int = 1) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(job, str(tree), method, budget, queue, workers))
-    proc.start()
     try:
-        out = queue.get(timeout=900)
-    except Exception as exc:  # noqa: BLE001 - report the job as failed, keep the grid going
-        out = {"error": f"{type(exc).__name__}: {exc}"}
-    proc.join(timeout=30)
-    return out
+        return spawned_result(_child, (job, str(tree), method, budget, workers), timeout_s=900)
+    except ChildFailed as exc:  # report the job as failed, keep the grid going
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def main(argv: list[str] | None = None) -> int:
