@@ -82,3 +82,47 @@ def test_sampled_trials_use_the_same_bounds() -> None:
     exhaustive_resolved = int(exhaustive.notes[0].split(" structures needed a memory resolution")[0].rsplit(" ", 3)[1])
     assert exhaustive_resolved <= resolved <= exhaustive_resolved + 2 * sampled  # (two splits at most per trial)
     assert _ranking(study) == _ranking(exhaustive)
+
+
+def test_no_sampled_trial_before_k_plans_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until the warm start keeps k plans a sampled structure would be costed in full, drawn blind: the sampler's
+    first turn comes after the k-th plan (``_TopK.push`` keeps min(k, pushes) plans), and sampled turns do come. (On
+    this job the sampler's first turn otherwise comes before any plan: measured 2026-12-01.)"""
+    import optuna
+
+    ctx = SearchContext(model=load_model("mixtral-8x7b"), cluster=load_cluster("dgx-h100", num_gpus=8),
+                        job=JobSpec(global_batch=64, seq_len=4096))
+    pushes = [0]
+    asked_after: list[int] = []
+    push, ask = optimize._TopK.push, optuna.Study.ask
+
+    def counting_push(self: optimize._TopK, item: optimize.Evaluated) -> None:
+        pushes[0] += 1
+        push(self, item)
+
+    def recording_ask(self: optuna.Study, *args: object, **kwargs: object) -> optuna.Trial:
+        asked_after.append(pushes[0])
+        return ask(self, *args, **kwargs)
+
+    monkeypatch.setattr(optimize._TopK, "push", counting_push)
+    monkeypatch.setattr(optuna.Study, "ask", recording_ask)
+    search(ctx, top_k=3, method="optuna", seed=0, constants=CostConstants.defaults())
+    assert asked_after and min(asked_after) >= 3
+
+
+def test_a_study_without_sampled_turns_is_never_opened(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The study (Optuna's import, the sampler, the axes' values) opens at the first sampled turn: a search the warm
+    start proves first creates none, and gives the exhaustive ranking."""
+    import optuna
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a study was created")
+
+    ctx = SearchContext(model=load_model("qwen3-30b-a3b"), cluster=load_cluster("dgx-h100", num_gpus=16),
+                        job=JobSpec(global_batch=64, seq_len=4096))
+    constants = CostConstants.defaults()
+    exhaustive = search(ctx, top_k=3, method="exhaustive", constants=constants)
+    monkeypatch.setattr(optuna, "create_study", refuse)
+    monkeypatch.setattr(optimize, "OPTUNA_WARM_RUN", 10**9)  # no sampled turn while the warm start lasts
+    warm = search(ctx, top_k=3, method="optuna", constants=constants)
+    assert "proof" in warm.notes[0] and _ranking(warm) == _ranking(exhaustive)
