@@ -49,9 +49,21 @@ def pg_url():  # type: ignore[no-untyped-def]
     yield fresh_postgres_database("scaleout")
 
 
-def _start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "configurator.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+def _start(log_dir: Path, *args: str) -> subprocess.Popen:
+    """``configurator ARGS`` in its own session, its stderr in a file of ``log_dir`` (``_stderr``): a pipe that
+    nobody reads while the test runs would block the process once it holds 64 KB, and a server writes a JSON line
+    for every request."""
+    log = log_dir / f"{len(list(log_dir.iterdir()))}-{args[0]}.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "configurator.cli", *args], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=err, text=True, start_new_session=True)
+    proc.log_path = log  # type: ignore[attr-defined]
+    return proc
+
+
+def _stderr(proc: subprocess.Popen) -> str:
+    """What the process has written to its stderr so far (``_start``)."""
+    return proc.log_path.read_text(errors="replace")  # type: ignore[attr-defined]
 
 
 def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 90, path: str = "/healthz") -> None:
@@ -64,8 +76,7 @@ def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 90, path: 
                 return
         except httpx.HTTPError:
             if proc.poll() is not None:
-                raise AssertionError(f"{proc.args[3]} exited ({proc.returncode}): "
-                                     f"{proc.stderr.read()[-2000:] if proc.stderr else ''}") from None
+                raise AssertionError(f"{proc.args[3]} exited ({proc.returncode}): {_stderr(proc)[-2000:]}") from None
         time.sleep(0.3)
     raise AssertionError(f"{proc.args[3]} did not start within {timeout:.0f} s")
 
@@ -73,8 +84,7 @@ def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 90, path: 
 def _alive(proc: subprocess.Popen) -> None:
     """The process still runs, else its exit status and the end of its stderr."""
     if proc.poll() is not None:
-        raise AssertionError(f"{' '.join(proc.args[3:5])} exited ({proc.returncode}): "
-                             f"{proc.stderr.read()[-2000:] if proc.stderr else ''}")
+        raise AssertionError(f"{' '.join(proc.args[3:5])} exited ({proc.returncode}): {_stderr(proc)[-2000:]}")
 
 
 def single_process_answer(request: dict) -> dict:
@@ -107,7 +117,7 @@ def _kill_session(proc: subprocess.Popen) -> None:
 
 
 def test_servers_and_worker_hosts_share_one_postgres_store_split_a_search_and_survive_a_dead_host(
-        pg_url) -> None:  # type: ignore[no-untyped-def]
+        pg_url, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from configurator.service.store import Store
 
     Store(pg_url).engine.dispose()  # migrate once up front, so the servers start on a ready schema
@@ -116,11 +126,11 @@ def test_servers_and_worker_hosts_share_one_postgres_store_split_a_search_and_su
         bases = []
         *server_ports, metrics_a, metrics_b = free_ports(5)  # (distinct: a clash would leave a host dead at start)
         for port in server_ports:
-            procs.append(_start("serve", "--port", str(port), "--db", pg_url, "--workers", "0",
+            procs.append(_start(tmp_path, "serve", "--port", str(port), "--db", pg_url, "--workers", "0",
                                 "--lease", str(LEASE_S)))
             bases.append(f"http://127.0.0.1:{port}")
         metrics_ports = [metrics_a, metrics_b]
-        workers = [_start("worker", "--db", pg_url, "--workers", "2", "--lease", str(LEASE_S), "--drain", "0",
+        workers = [_start(tmp_path, "worker", "--db", pg_url, "--workers", "2", "--lease", str(LEASE_S), "--drain", "0",
                           "--metrics-port", str(port)) for port in metrics_ports]
         procs += workers
         for base, proc in zip(bases, procs):
@@ -201,7 +211,7 @@ def test_servers_and_worker_hosts_share_one_postgres_store_split_a_search_and_su
         # Structured logs: every job's id is a field of the JSON line its server wrote when it queued it.
         logged = set()
         for proc in procs[:3]:
-            for line in proc.stderr.read().splitlines():
+            for line in _stderr(proc).splitlines():
                 if line.startswith("{"):
                     record = json.loads(line)
                     if record["event"].startswith("job queued"):
