@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="processes of each exhaustive search (search/parallel.py; default 1). CPU s then sums them; "
                          "'path s' is this process's CPU plus the slowest block's: the wall time on idle cores")
     args = ap.parse_args(argv)
+    if args.compare_with is not None and not (args.compare_with / "configurator" / "__init__.py").is_file():
+        ap.error(f"--compare-with={str(args.compare_with)!r}: not a configurator checkout (no configurator/__init__.py "
+                 "there)")
     jobs = [j for j in grid() if j["num_gpus"] <= args.max_gpus and (not args.only or args.only in j["name"])]
     rows = []
     print(f"{'job':34} {'wall s':>7} {'CPU s':>6} {'path s':>6} {'method':>10} {'structs':>7} {'options':>7} {'costed':>6} "
@@ -186,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{job['name']:34} {this['wall_s']:7.2f} {this['cpu_s']:6.2f} {this['path_cpu_s']:6.2f} {this['method']:>10} "
               f"{this['structures']:7d} "
               f"{this['options']:7d} {this['evaluated']:6d} {this['peak_rss_mb']:7.0f}  {this['best']}{flag}", flush=True)
-        if "other" in row and "error" not in row["other"]:
+        if "other" in row and "error" in row["other"]:
+            print(f"{'':34} other code: ERROR {row['other']['error']}", flush=True)
+        elif "other" in row:
             o = row["other"]
             same = o["best"] == this["best"]
             row["speedup"] = o["cpu_s"] / this["cpu_s"]
