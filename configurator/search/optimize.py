@@ -49,7 +49,6 @@ from contextlib import contextmanager
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from configurator.cost.comm import SHAPE_CACHE, ShapeCache
 from configurator.cost.compute import WORK_TIME_MEMO
@@ -759,10 +758,9 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     under both its pipeline splits (the default one and the embedding/loss-aware one of ``layouts.py``,
     where the exhaustive search has it too), every fitting option whose own bound can still beat the k-th best.
 
-    Warm start: every trial until k plans are kept, then 3 of every 4 (``OPTUNA_WARM_RUN``, ``OPTUNA_WARM_SHARE``),
-    while it lasts, are the structures of block ``warm_part = (i, n)`` of the space (``in_partition``: process i of
-    a parallel search bounds only its own n-th of the structures, so the bounding is split, not repeated) taken
-    best-first as the
+    Warm start: 3 of every 4 trials (``OPTUNA_WARM_RUN``, ``OPTUNA_WARM_SHARE``) while it lasts are the
+    structures of block ``warm_part = (i, n)`` of the space (``in_partition``: process i of a parallel search
+    bounds only its own n-th of the structures, so the bounding is split, not repeated) taken best-first as the
     exhaustive search takes them, split by split, under the same bounds in the same order, by the same calls
     (``advance``; alone it makes exactly that search's memory checks, resolutions and evaluations:
     ``tests/test_search_optuna_warm.py``): a heap of lower bounds, where families (``bound.py``: structures sharing
@@ -784,13 +782,10 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     only the sampler goes on (over the whole space; a sampled structure's bound is computed when it is sampled).
     A fitting option other than the structure's least form is costed only if its bound can beat the k-th best:
     first the bound without a preparation (``relaxed_bound``), then its own.
-    Deterministic for a seed when the trial cap ends the study.
+    Deterministic for a seed when the trial cap ends the study."""
+    import optuna
 
-    The study itself (Optuna's import, ~0.1 CPU s, the sampler and the axes' legal values) is opened at the first
-    sampled turn (``open_study``), with the warm trials before it added in their order, so the sampler sees what it
-    saw when the study was opened first; a search the warm start proves before any sampled turn never opens one
-    (with a ``storage`` it is opened at once: other processes share it)."""
-    optuna: Any = None  # the module, once ``open_study`` imported it
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     legal: dict[tuple, list[Plan]] = {}
     split_at: list[int] = []  # per structure of ``structures``: its index among its key's splits
     for p in structures:  # a structure may come with two pipeline splits (layouts.py): both are tried
@@ -799,7 +794,11 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
         plans.append(p)
     names = ("tp", "cp", "pp", "vpp", "ep", "etp", "micro_batch")
     assert [a.name for a in AXES[:7]] == list(names)
-    children: dict[tuple, list] = {}  # per prefix of the axes: the legal values of the next one (``open_study``)
+    options: dict[tuple, set[int]] = {}
+    for k in legal:
+        for i in range(len(names)):
+            options.setdefault(k[:i], set()).add(k[i])
+    children = {prefix: sorted(v) for prefix, v in options.items()}
 
     def param(i: int, prefix: tuple) -> str:
         """One parameter per axis and set of legal values (TPE learns across prefixes sharing it)."""
@@ -995,16 +994,18 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
             prefix = (*prefix, v)
         return params, dists
 
-    unseen: dict[tuple, int] = {}  # per prefix of the axes: structures under it neither tried (``open_study``)
+    unseen: dict[tuple, int] = {}  # per prefix of the axes: structures under it neither costed nor bounded out
+    for k in legal:
+        for i in range(len(names) + 1):
+            unseen[k[:i]] = unseen.get(k[:i], 0) + 1
     tried: set[tuple] = set()
 
     def mark_tried(key: tuple) -> None:
         """The structure was costed or answered by its bound: the sampler does not draw it again."""
         if key not in tried:
             tried.add(key)
-            if unseen:
-                for i in range(len(names) + 1):
-                    unseen[key[:i]] -= 1
+            for i in range(len(names) + 1):
+                unseen[key[:i]] -= 1
 
     ran = [0]
     current: list[tuple] = [()]  # the axes chosen so far in the trial being sampled
@@ -1028,53 +1029,18 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
             raise optuna.TrialPruned()
         return v
 
-    studies: list[Any] = []  # the study, once opened
-    pending: list[tuple[tuple, float]] = []  # warm trials (structure, value) told before the study was opened
+    sampler: optuna.samplers.BaseSampler
+    if OPTUNA_SAMPLER == "structure":
+        from configurator.search.structure_sampler import StructureSampler
 
-    def add_warm_trial(key: tuple, v: float) -> None:
-        params, dists = params_of(key)
-        state = optuna.trial.TrialState.PRUNED if v == float("inf") else optuna.trial.TrialState.COMPLETE
-        studies[0].add_trial(optuna.trial.create_trial(params=params, distributions=dists, state=state,
-                                                       value=None if v == float("inf") else v))
-
-    def open_study() -> Any:
-        """The study, opened at the first call: Optuna imported, the axes' legal values (``children``) and the
-        untried structures under each prefix (``unseen``) worked out, the sampler made, the warm trials told so far
-        added in their order."""
-        nonlocal optuna
-        if studies:
-            return studies[0]
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        options: dict[tuple, set[int]] = {}
-        for k in legal:
-            for i in range(len(names)):
-                options.setdefault(k[:i], set()).add(k[i])
-        children.update((prefix, sorted(v)) for prefix, v in options.items())
-        for k in legal:
-            if k not in tried:
-                for i in range(len(names) + 1):
-                    unseen[k[:i]] = unseen.get(k[:i], 0) + 1
-        sampler: optuna.samplers.BaseSampler
-        if OPTUNA_SAMPLER == "structure":
-            from configurator.search.structure_sampler import StructureSampler
-
-            sampler = StructureSampler(seed=seed, open_choices=open_choices)
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group=True (conditional axes)
-                sampler = optuna.samplers.TPESampler(seed=seed, multivariate=OPTUNA_MULTIVARIATE,
-                                                     group=OPTUNA_MULTIVARIATE, n_startup_trials=10)
-        studies.append(optuna.create_study(direction="minimize", sampler=sampler, storage=storage,
-                                           study_name=study_name, load_if_exists=storage is not None))
-        for key, v in pending:
-            add_warm_trial(key, v)
-        pending.clear()
-        return studies[0]
-
-    if storage is not None:
-        open_study()
+        sampler = StructureSampler(seed=seed, open_choices=open_choices)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group=True (conditional axes)
+            sampler = optuna.samplers.TPESampler(seed=seed, multivariate=OPTUNA_MULTIVARIATE,
+                                                 group=OPTUNA_MULTIVARIATE, n_startup_trials=10)
+    study = optuna.create_study(direction="minimize", sampler=sampler, storage=storage, study_name=study_name,
+                                load_if_exists=storage is not None)
 
     def over() -> bool:
         return remaining is not None and time.perf_counter() - start >= remaining
@@ -1190,14 +1156,8 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
     exhausted = False
     while ran[0] < max_trials and not (over() and top.heap) and not proven[0]:
         # The structure sampler's turn is skipped once no untried structure is left (it would draw a tried one).
-        nothing_new = len(tried) == len(legal) and OPTUNA_SAMPLER == "structure"
-        # Until k plans are kept the warm start takes every turn (while it lasts): a sampled structure would be
-        # worked out in full with every fitting option costed (no k-th best answers it by its bound) and drawn
-        # blind (no finished value to learn from) - on Qwen3-235B/64 22 such evaluations came before the optimum.
-        sample_now = ran[0] % (OPTUNA_WARM_RUN + 1) == OPTUNA_WARM_RUN and len(top.heap) >= top.k
-        warm_turn = next_warm() if not sample_now or nothing_new else None
-        if proven[0]:
-            break  # (the warm start just proved the optimum: no sampled trial after it)
+        nothing_new = not unseen[()] and OPTUNA_SAMPLER == "structure"
+        warm_turn = next_warm() if ran[0] % (OPTUNA_WARM_RUN + 1) != OPTUNA_WARM_RUN or nothing_new else None
         if warm_turn is None and nothing_new:
             # Every structure costed or answered by its bound, and no option left put off (the warm start's heap
             # is spent or bounded out): nothing new to sample; the k best found are the exhaustive optimum.
@@ -1207,12 +1167,11 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
             key, v = warm_turn
             ran[0] += 1
             warm += 1
-            if studies:
-                add_warm_trial(key, v)
-            else:
-                pending.append((key, v))
+            params, dists = params_of(key)
+            state = optuna.trial.TrialState.PRUNED if v == float("inf") else optuna.trial.TrialState.COMPLETE
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, state=state,
+                                                      value=None if v == float("inf") else v))
             continue
-        study = open_study()
         trial = study.ask()
         try:
             study.tell(trial, objective(trial))
