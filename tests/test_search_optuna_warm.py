@@ -82,3 +82,15 @@ def test_sampled_trials_use_the_same_bounds() -> None:
     exhaustive_resolved = int(exhaustive.notes[0].split(" structures needed a memory resolution")[0].rsplit(" ", 3)[1])
     assert exhaustive_resolved <= resolved <= exhaustive_resolved + 2 * sampled  # (two splits at most per trial)
     assert _ranking(study) == _ranking(exhaustive)
+
+
+def test_no_sampled_trial_after_the_warm_starts_proof(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the warm start has proved the optimum the study ends: with no sampled turn while the warm start lasts,
+    every trial is the warm start's (one sampled trial ran after the proof before 2026-12-01)."""
+    ctx = SearchContext(model=load_model("qwen3-30b-a3b"), cluster=load_cluster("dgx-h100", num_gpus=16),
+                        job=JobSpec(global_batch=64, seq_len=4096))
+    monkeypatch.setattr(optimize, "OPTUNA_WARM_RUN", 10**9)  # no sampled turn while the warm start lasts
+    note = search(ctx, top_k=3, method="optuna", constants=CostConstants.defaults()).notes[0]
+    trials = int(note.split(" trials,")[0].rsplit(" ", 1)[1])
+    warm = int(note.split(" of them the warm start's")[0].rsplit("(", 1)[1])
+    assert "proof" in note and trials == warm, note

@@ -1158,6 +1158,8 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
         # The structure sampler's turn is skipped once no untried structure is left (it would draw a tried one).
         nothing_new = not unseen[()] and OPTUNA_SAMPLER == "structure"
         warm_turn = next_warm() if ran[0] % (OPTUNA_WARM_RUN + 1) != OPTUNA_WARM_RUN or nothing_new else None
+        if proven[0]:
+            break  # (the warm start just proved the optimum: no sampled trial after it)
         if warm_turn is None and nothing_new:
             # Every structure costed or answered by its bound, and no option left put off (the warm start's heap
             # is spent or bounded out): nothing new to sample; the k best found are the exhaustive optimum.
