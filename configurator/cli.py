@@ -241,11 +241,7 @@ def plan(
             print(f"note: {line}", file=sys.stderr)
             held.pop(line.split(":", 1)[0], None)
     if not ranked:
-        need = (f"; the smallest candidate needs {result.smallest_need_bytes / GIB:.1f} GiB of "
-                f"{hw.gpu_memory_bytes / GIB:.1f}" if result.smallest_need_bytes else "")
-        reasons = "; ".join(f"{n} x {r}" for r, n in result.pruned[:3])
-        print(f"error: no plan fits: {result.candidates} legal candidates, none fits memory{need} "
-              f"(why candidates were dropped: {reasons})", file=sys.stderr)
+        print(f"error: {result.no_plan_message(hw.gpu_memory_bytes)}", file=sys.stderr)
         if as_json:
             print(json.dumps({"plans": [], "search": result.as_dict()}, indent=2))
         raise typer.Exit(3)

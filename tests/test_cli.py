@@ -173,6 +173,17 @@ def test_plan_exits_3_when_nothing_fits() -> None:
     assert "no plan fits" in proc.stderr and "GiB of 79.6" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_study_that_tried_few_structures_does_not_claim_that_no_plan_fits() -> None:
+    """Two Optuna trials on DeepSeek-V3/256 H100 find nothing that fits, among 18,343 structures most of which were
+    never tried (plans do fit: ``test_emit``'s 60-trial study finds them): no plan found, not "no plan fits"."""
+    proc = run("plan", "--model", "deepseek-v3", "--cluster", "dgx-h100", "--num-gpus", "256", "--seq-len", "4096",
+               "--global-batch", "1024", "--method", "optuna", "--trials", "2", "--top", "1", "--json")
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: no plan found:"), proc.stderr
+    assert "--trials" in proc.stderr and "no plan fits" not in proc.stderr
+    assert json.loads(proc.stdout)["search"]["complete"] is False
+
+
 @pytest.mark.parametrize(("args", "needle"), [
     (["--method", "annealing"], "method='annealing'"),
     (["--top", "0"], "top=0"),

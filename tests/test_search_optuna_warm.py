@@ -90,7 +90,11 @@ def test_no_sampled_trial_after_the_warm_starts_proof(monkeypatch: pytest.Monkey
     ctx = SearchContext(model=load_model("qwen3-30b-a3b"), cluster=load_cluster("dgx-h100", num_gpus=16),
                         job=JobSpec(global_batch=64, seq_len=4096))
     monkeypatch.setattr(optimize, "OPTUNA_WARM_RUN", 10**9)  # no sampled turn while the warm start lasts
-    note = search(ctx, top_k=3, method="optuna", constants=CostConstants.defaults()).notes[0]
+    result = search(ctx, top_k=3, method="optuna", constants=CostConstants.defaults())
+    note = result.notes[0]
     trials = int(note.split(" trials,")[0].rsplit(" ", 1)[1])
     warm = int(note.split(" of them the warm start's")[0].rsplit("(", 1)[1])
     assert "proof" in note and trials == warm, note
+    assert result.complete  # (the proof: the ranking is the exhaustive optimum)
+    capped = search(ctx, top_k=3, method="optuna", constants=CostConstants.defaults(), max_trials=3)
+    assert "trial cap" in capped.notes[0] and not capped.complete

@@ -295,6 +295,7 @@ def test_a_spent_budget_marks_the_search_truncated() -> None:
     full = search(ctx, top_k=3, constants=CONSTANTS)
     assert not full.truncated and full.as_dict()["truncated"] is False
     assert full.ranked[0].step.step_s <= cut.ranked[0].step.step_s
+    assert full.complete and not cut.complete and not timed.complete  # ("no plan fits" only from a complete search)
 
 
 def test_wall_clock_budget_covers_enumeration_and_bounding() -> None:

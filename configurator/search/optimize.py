@@ -149,13 +149,38 @@ class SearchResult:
     work_budget: int | None = None
     block_cpu_s: tuple[float, ...] = ()
     """An exhaustive search in several processes: each one's CPU seconds on its block (after the enumeration)."""
+    complete: bool = False
+    """Every legal structure was costed or bounded out: the ranking is the exhaustive optimum, and an empty one means
+    no plan fits. False where a budget cut the search short or an Optuna study ended on its trial cap before the
+    warm start's proof (a study tries some structures only): then an empty ranking means none was found."""
+
+    def no_plan_message(self, gpu_memory_bytes: float | None = None) -> str:
+        """Why the ranking is empty, in one line: "no plan fits" only where the search examined every structure
+        (``complete``); else what it did examine, and how to search further (a 2-trial Optuna study once said "no plan
+        fits: 18343 legal candidates, none fits memory")."""
+        gib = 2.0**30
+        need = ""
+        if self.smallest_need_bytes:
+            need = f"; the smallest candidate needs {self.smallest_need_bytes / gib:.1f} GiB"
+            if gpu_memory_bytes:
+                need += f" of {gpu_memory_bytes / gib:.1f}"
+        reasons = "; ".join(f"{n} x {r}" for r, n in self.pruned[:3])
+        why = f" (why candidates were dropped: {reasons})" if reasons else ""
+        if self.complete:
+            return f"no plan fits: {self.candidates} legal candidates, none fits memory{need}{why}"
+        stopped = ("its time budget ran out" if self.truncated else
+                   "the Optuna study ended on its trial cap before it could rule the rest out")
+        return (f"no plan found: the search stopped before examining every one of the {self.candidates} legal "
+                f"candidates ({stopped}), and none it examined fits memory{need}{why}; a larger --time-budget or "
+                "--trials, or --method exhaustive, may find one")
 
     def as_dict(self) -> dict[str, object]:
         return {"candidates": self.candidates, "feasible": self.feasible, "options": self.options,
                 "evaluated": self.evaluated, "seconds": round(self.seconds, 3), "method": self.method,
                 "pruned": [{"reason": r, "count": n} for r, n in self.pruned],
                 "gap_to_exhaustive": self.gap_to_exhaustive, "notes": list(self.notes),
-                "truncated": self.truncated, "budget_s": self.budget_s, "work_budget": self.work_budget}
+                "truncated": self.truncated, "budget_s": self.budget_s, "work_budget": self.work_budget,
+                "complete": self.complete}
 
 
 class _TopK:
@@ -389,6 +414,7 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
         if blocks > 1 and (len(structures) < PARALLEL_MIN_STRUCTURES or not fork_available()):
             blocks = 1  # too small to gain, or a threaded process (a server) where forking is not safe
     workers = workers or 1
+    complete = chosen == "exhaustive"  # (an Optuna study says whether it proved the optimum; a budget hit: not)
     if chosen == "exhaustive" and blocks > 1:
         shared = SharedBound(top_k, blocks)
         shared_tight = SharedBound(top_k, blocks)  # the same for the tight plans' steps (``_TopK.bound_for``)
@@ -433,9 +459,9 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
                                                                      max_trials, storage, workers)
         chosen = f"optuna ({workers} workers, one study each)"
     else:
-        top, evaluated, notes = _optuna(ctx, structures, options_of, constants, top_k, time_budget_s, seed, start, say,
-                                        max_trials, storage, _study_name(ctx, seed) if storage else None,
-                                        budget=budget)
+        top, evaluated, notes, complete = _optuna(ctx, structures, options_of, constants, top_k, time_budget_s, seed,
+                                                  start, say, max_trials, storage,
+                                                  _study_name(ctx, seed) if storage else None, budget=budget)
     if blocks == 1:
         n_resolved, n_feasible = len(resolutions), sum(1 for opts in resolutions.values() if opts)
         n_options = sum(len(o) for o in resolutions.values())
@@ -460,7 +486,8 @@ def _search(ctx: SearchContext, *, top_k: int, time_budget_s: float | None, seed
                         seconds=time.perf_counter() - start, pruned=tuple(pruned.most_common()),
                         smallest_need_bytes=0.0 if smallest[0] == float("inf") else smallest[0],
                         notes=tuple(notes), truncated=budget.hit, budget_s=time_budget_s,
-                        work_budget=budget.work_cap, block_cpu_s=tuple(block_cpu))
+                        work_budget=budget.work_cap, block_cpu_s=tuple(block_cpu),
+                        complete=complete and not budget.hit)
 
 
 def _exhaustive(ctx: SearchContext, structures: list[Plan], options_of: Callable[..., list[Option] | None],
@@ -747,7 +774,7 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
             constants: CostConstants, top_k: int, budget_s: float | None, seed: int, start: float,
             say: Progress, max_trials: int, storage: str | None = None,
             study_name: str | None = None, budget: _Budget | None = None,
-            warm_part: tuple[int, int] = (0, 1)) -> tuple[_TopK, int, list[str]]:
+            warm_part: tuple[int, int] = (0, 1)) -> tuple[_TopK, int, list[str], bool]:
     """Optuna over the legal structures only: each axis is chosen among the values legal after the axes
     before it (a conditional, define-by-run space), so no trial is illegal; the sampler (``OPTUNA_SAMPLER``:
     ``structure_sampler.StructureSampler``) draws only values under which a structure not yet tried remains, so
@@ -1195,7 +1222,7 @@ def _optuna(ctx: SearchContext, structures: list[Plan], options_of: Callable[...
              f"{warm_part[1]}), {resolved[0]} structure splits resolved (memory), {pruned[0]} trials answered by "
              f"their lower bound (it could not beat the {top_k}-th best), {repeats[0]} sampled trials drew a structure "
              f"already tried; ended by the {ended}"]
-    return top, evaluated[0], notes
+    return top, evaluated[0], notes, (proven[0] or exhausted) and not by_time
 
 
 def _study_name(ctx: SearchContext, seed: int) -> str:
@@ -1235,7 +1262,7 @@ def _optuna_study(ctx: SearchContext, constants: CostConstants, top_k: int, budg
             resolutions[key] = list(res.options)
         return resolutions[key]
 
-    top, evaluated, _ = _optuna(ctx, structures, options_of, constants, top_k, budget, seed, time.perf_counter(),
+    top, evaluated, _, _ = _optuna(ctx, structures, options_of, constants, top_k, budget, seed, time.perf_counter(),
                                 lambda _f, _m: None, max_trials, storage, study_name, warm_part=(index, parts))
     return top.ranked(), evaluated, sum(1 for opts in resolutions.values() if opts)
 

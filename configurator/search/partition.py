@@ -67,7 +67,8 @@ def merge(parts: list[SearchResult], top_k: int, *, seconds: float | None = None
                         pruned=tuple(pruned.most_common()), smallest_need_bytes=min(needs) if needs else 0.0,
                         notes=tuple(notes), truncated=any(p.truncated for p in parts),
                         budget_s=parts[0].budget_s if parts else None,
-                        work_budget=parts[0].work_budget if parts else None)
+                        work_budget=parts[0].work_budget if parts else None,
+                        complete=bool(parts) and all(p.complete for p in parts))
 
 
 def search_block(ctx: SearchContext, index: int, parts: int, **kwargs: Any) -> SearchResult:

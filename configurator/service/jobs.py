@@ -115,10 +115,8 @@ def finish(update: Any, job_id: str, ctx: Any, request: dict[str, Any], result: 
                "search": result.as_dict(),
                "measured_job": measured_job_for(ctx, list(result.ranked), objective=objective, oom_risk=oom_risk)}
     if not result.ranked:
-        need = (f"; the smallest candidate needs {result.smallest_need_bytes / 2**30:.1f} GiB"
-                if result.smallest_need_bytes else "")
         update(job_id, status="failed", progress=1.0, result=payload,
-               error=f"no plan fits: {result.candidates} legal candidates, none fits memory{need}")
+               error=result.no_plan_message(float(ctx.cluster.gpu_memory_bytes)))
         return
     update(job_id, status="done", progress=1.0, result=payload)
 
