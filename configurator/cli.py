@@ -289,7 +289,9 @@ def plan(
         console.print(f"placement: node order {list(best.placement.node_order)} is {100 * gain:.1f}% faster than "
                       f"Megatron's default order ({best.default_placement_step_s:.3f} s -> {best.step.step_s:.3f} s)")
     console.print(f"search: {result.method}, {result.candidates} candidates, {result.feasible} fit, "
-                  f"{result.evaluated} costed, {result.seconds:.1f} s")
+                  f"{result.evaluated} costed, {result.seconds:.1f} s"
+                  + ("" if result.complete or result.truncated else  # (a truncated search has its banner)
+                     "; not proven optimal: the study tried some structures only (--method exhaustive proves it)"))
     for note in result.notes:
         console.print(f"  {note}")
     if written:

@@ -166,6 +166,15 @@ def test_plan_table_renders() -> None:
     assert "Best plans" in proc.stdout and "offload" in proc.stdout and "search: exhaustive" in proc.stdout
 
 
+def test_a_capped_study_says_its_ranking_is_not_proven_and_a_complete_search_does_not() -> None:
+    args = ("plan", "--model", "llama3-70b", "--cluster", "dgx-h100", "--num-gpus", "64", "--seq-len", "4096",
+            "--global-batch", "256", "--top", "1")
+    capped = run(*args, "--method", "optuna", "--trials", "3")
+    full = run(*args)
+    assert capped.returncode == 0 and full.returncode == 0, capped.stderr + full.stderr
+    assert "not proven optimal" in " ".join(capped.stdout.split()) and "not proven optimal" not in full.stdout
+
+
 def test_plan_exits_3_when_nothing_fits() -> None:
     proc = run("plan", "--model", "llama3-405b", "--cluster", "dgx-h100", "--num-gpus", "8", "--seq-len", "8192",
                "--global-batch", "16")
