@@ -140,10 +140,10 @@ def test_dense_layers_embedding_and_head_are_timed_once_for_every_ep_degree() ->
 
 
 def test_remembered_share_times_are_those_worked_out_for_each_plan() -> None:
-    """``_share_times`` remembers its answer by layer key, share, chunk, ``upper`` and (for a plan leaving its EP
-    overlap to the runtime) whether the pipeline is non-interleaved: for every structure of Qwen3-30B-A3B on 64 H100
-    and its overlap-open, overlap-off and partial-recompute forms, at shares 0, 0.6 and 1, lower and upper, the
-    remembered times equal those ``_share_times_of`` works out for that plan (the same floats)."""
+    """``_share_times`` (and ``_share_split``, the windows' forward and backward times) remembers its answer by layer
+    key, share, chunk and (for a plan leaving its EP overlap to the runtime) whether the pipeline is non-interleaved:
+    for every structure of Qwen3-30B-A3B on 64 H100 and its overlap-open, overlap-off and partial-recompute forms, at
+    shares 0, 0.6 and 1, the remembered times equal those worked out for that plan alone (the same floats)."""
     ctx = _ctx("qwen3-30b-a3b", 64, 256)
     bounds = StructureBounds(ctx, CONSTANTS)
     reference = StructureBounds(ctx, CONSTANTS)  # (its ``_times`` remembers by layer key, as before)
@@ -157,10 +157,10 @@ def test_remembered_share_times_are_those_worked_out_for_each_plan() -> None:
         for form in forms:
             chunk = max(form.virtual_stage_layers(ctx.model))
             for share in (0.0, 0.6, 1.0):
-                for upper in (False, True):
-                    assert bounds._share_times(form, share, chunk, upper) == reference._share_times_of(
-                        form, share, chunk, upper)
-                    checked += 1
+                assert bounds._share_times(form, share, chunk) == reference._share_times_of(form, share, chunk)
+                fresh = StructureBounds(ctx, CONSTANTS)._share_split(form, share, chunk)
+                assert bounds._share_split(form, share, chunk) == fresh
+                checked += 1
     assert checked > 500
 
 
