@@ -207,10 +207,11 @@ def test_uneven_partial_recompute_bounds_time_each_run_of_layers_once_with_the_s
 
 def test_the_stage_times_memo_gives_the_floats_of_each_plan_worked_out_alone() -> None:
     """``_times`` keeps one memo per base (``_stage_times``' ``memo``: a work's compute, expert imbalance, TP
-    all-reduce and raw EP exchange per dispatcher) for every plan timed on it. Qwen3-30B-A3B on 64 H100 (CP, EP, expert
-    TP; both dispatchers): every knob variant and recompute form of a sample of structures, timed after all the others
-    on one ``StructureBounds``, has the floats a fresh one gives it (its first timing on a base works everything
-    out). A memo keyed without the dispatcher (the flex dispatcher's links differ) fails it."""
+    all-reduce, raw EP exchange per dispatcher and CP exchange per CP type) for every plan timed on it. Qwen3-30B-A3B
+    on 64 H100 (CP, EP, expert TP; both dispatchers): every knob variant and recompute form of a sample of structures,
+    timed after all the others on one ``StructureBounds``, has the floats a fresh one gives it (its first timing on a
+    base works everything out). A memo keyed without the dispatcher (the flex dispatcher's links differ), or without
+    the CP type, fails it."""
     ctx = _ctx("qwen3-30b-a3b", 64, 256)
     shared = StructureBounds(ctx, CONSTANTS)
     forms = []

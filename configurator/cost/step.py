@@ -354,8 +354,9 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     ``memo``: where a caller times the same works at the same rates over the same links under many plans that
     differ only in the recompute and the communication knobs (the search's bounds, ``search/bound.py``: one
     one-layer stage per layer kind, timed under every knob and recompute setting), what depends on nothing else --
-    a work's compute, its expert imbalance, its TP all-reduce and its raw EP exchange (per dispatcher) -- is
-    remembered in it per (stage, work, dispatcher): the same floats, not worked out again per plan. The caller keeps
+    a work's compute, its expert imbalance, its TP all-reduce and its raw EP exchange (per dispatcher), its CP
+    exchange (per CP type) -- is remembered in it per (stage, work, knob): the same floats, not worked out again per
+    plan. The caller keeps
     one per (inputs, rates, links), and the plan must not change anything else those read (the degrees, the
     micro-batch, SP)."""
     plan, rt = inp.plan, inp.runtime
@@ -422,8 +423,14 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         hidden_f = 0.0  # communication hidden under this layer's forward (repeated in backward)
         tp_f = work.tp_collectives * tp_raw * (1 - tp_hidden)
         hidden_f += work.tp_collectives * tp_raw * tp_hidden
-        cp_f, cp_b, cp_hidden = cp_times_s(knobs.cp_comm, work, plan.cp, comm, wt.attention_s,
-                                           wt.attention_bwd_s / wt.attention_s if wt.attention_s else 0.0)
+        cp_key = (v, i, "cp", knobs.cp_comm)
+        cp = memo.get(cp_key) if memo is not None else None
+        if cp is None:
+            cp = cp_times_s(knobs.cp_comm, work, plan.cp, comm, wt.attention_s,
+                            wt.attention_bwd_s / wt.attention_s if wt.attention_s else 0.0)
+            if memo is not None:
+                memo[cp_key] = cp
+        cp_f, cp_b, cp_hidden = cp
         ep_f = ep_raw * (1 - ep_hidden)
         hidden_f += ep_raw * ep_hidden
         # The flex dispatcher's kernels hold their own SMs (not NCCL's channels) while hidden.

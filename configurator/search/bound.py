@@ -846,7 +846,10 @@ class StructureBounds:
         best = float("inf")
         later = []
         window = None
-        for sh in framework_shardings(ctx, structure):
+        shardings = framework_shardings(ctx, structure)
+        for sh in shardings:
+            if sh == "zero2" and structure.pp > 1 and "distopt" in shardings:
+                continue  # (under PP its pipeline, end terms and optimizer are the distributed optimizer's: ``_end``)
             group = hsdp_shard_group(ctx, structure) if sh == "hsdp" else 0
             form = replace_unchecked(structure, sharding=sh, shard_group=group, recompute="none",
                                      recompute_num_layers=0, recompute_modules=(), offload=0.0)
