@@ -203,7 +203,7 @@ class StructureBounds:
         self._kind_index = [next((i for i, k in enumerate(kinds) if k == kind), None) for kind in range(4)]
         self._last_kind = kinds[-1]
         self._layer: dict[tuple, LayerTimes] = {}
-        self._layer_split: dict[tuple, tuple[LayerTimes, LayerTimes]] = {}
+        self._layer_split: dict[tuple, list[tuple[float, float, float]] | tuple[LayerTimes, LayerTimes]] = {}
         self._nonlayer: dict[tuple, list[tuple[float, float, float]]] = {}
         self._dense: dict[tuple, tuple[float, float, float]] = {}
         self._layouts: dict[tuple, tuple[tuple[tuple[int, int, int, int], ...], int]] = {}
@@ -309,9 +309,8 @@ class StructureBounds:
         # Kept for other chunk sizes and knobs: drop the per-rank GPU array (O(GPUs)) a timing may have rebuilt.
         comm.release_gpu_map()
         single.comm.release_gpu_map()
-        total, fwd, bwd = (self._kind_times([t[j] for t in totals]) for j in range(3))
-        self._layer[key] = total
-        self._layer_split[key] = (fwd, bwd)
+        total = self._layer[key] = self._kind_times([t[0] for t in totals])
+        self._layer_split[key] = totals  # (forward and backward apart only where a window asks: ``_split_times``)
         self.layer_keys_timed += 1
         return total
 
@@ -347,7 +346,12 @@ class StructureBounds:
         (``_windows_s``). Worked out with ``_times``' and summed from the same components (``_stage_times``'),
         so ``forward + backward`` is its total up to rounding."""
         self._times(plan, chunk, ep_share)
-        return self._layer_split[self._time_key(plan, chunk, ep_share)[1]]
+        key = self._time_key(plan, chunk, ep_share)[1]
+        split = self._layer_split[key]
+        if isinstance(split, list):  # (the one-layer stages' seconds ``_times`` left: made ``LayerTimes`` once)
+            split = self._layer_split[key] = (self._kind_times([t[1] for t in split]),
+                                              self._kind_times([t[2] for t in split]))
+        return split
 
     def plan_share(self, plan: Plan) -> float:
         """The share of ``plan``'s passes whose EP all-to-all can hide, as its step sees it
