@@ -173,3 +173,40 @@ def test_the_end_of_step_floor_is_below_the_bound_at_every_offload_fraction_it_c
     e0, e1 = ends[0] if least == 0.0 else bounds.end_of_step_bound(plan), ends[-1]
     if e0 + e1 > 0.0:
         assert floor >= max(least, e0 / (e0 + e1)) * e1 * (1 - 1e-8)  # (equal without end-of-step collectives)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_the_end_of_step_windows_cover_rank_0s_first_forward_and_last_backward(data: st.DataObject) -> None:
+    """``evaluate`` hides the gradient reduction under pipeline rank 0's last backward (virtual stage 0's, with the
+    gradient accumulation where the runtime adds it) and the parameter gather under its first forward: the bound's
+    windows (``_windows_s``) must be at least those under every knob variant the search evaluates (a window too small
+    puts the bound above a step), for every sharding and recompute form. Without per-micro-batch sharding and partial
+    recompute they are the step model's own up to rounding (the largest over the variants): a window taken as the
+    forward + backward, as before, fails the second check (the backward's is about 1.5x too large there)."""
+    from configurator.cost.step import _rates_for, operation_times
+
+    ctx, plans, bounds = _space(data.draw(st.sampled_from(sorted(CONTEXTS)), label="context"))
+    plan = data.draw(st.sampled_from(plans), label="structure")
+    sharding = data.draw(st.sampled_from(["distopt", "zero1", "none", "zero2", "zero3", "hsdp"]), label="sharding")
+    group = hsdp_shard_group(ctx, plan) if sharding == "hsdp" else 0
+    if sharding == "hsdp" and not group:
+        sharding = "zero3"
+    recompute = data.draw(st.sampled_from(["none", "selective", "full", "partial"]), label="recompute")
+    plan = replace_unchecked(plan, sharding=sharding, shard_group=group,
+                             recompute="full" if recompute == "partial" else recompute,
+                             recompute_num_layers=1 if recompute == "partial" else 0)
+    backward, forward = bounds._windows_s(plan)
+    most_backward = most_forward = 0.0
+    for variant in optimistic_inputs(prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)):
+        times = operation_times(variant, CONSTANTS)
+        rt = variant.runtime
+        accum = (sum(variant.rank_params[0]) / variant.plan.vpp * rt.grad_accum_bytes_per_param
+                 / _rates_for(variant, CONSTANTS).hbm_Bps) if rt.grad_accum_bytes_per_param else 0.0
+        assert backward >= times.backward_s[0] + accum, variant.plan.describe()
+        assert forward >= times.forward_s[0], variant.plan.describe()
+        most_backward = max(most_backward, times.backward_s[0] + accum)
+        most_forward = max(most_forward, times.forward_s[0])
+    if backward < float("inf") and not bounds.needs_preparation(plan) and recompute != "partial":
+        assert backward <= most_backward * (1 + 1e-6), plan.describe()
+        assert forward <= most_forward * (1 + 1e-6), plan.describe()

@@ -140,10 +140,10 @@ def test_dense_layers_embedding_and_head_are_timed_once_for_every_ep_degree() ->
 
 
 def test_remembered_share_times_are_those_worked_out_for_each_plan() -> None:
-    """``_share_times`` remembers its answer by layer key, share, chunk, ``upper`` and (for a plan leaving its EP
-    overlap to the runtime) whether the pipeline is non-interleaved: for every structure of Qwen3-30B-A3B on 64 H100
-    and its overlap-open, overlap-off and partial-recompute forms, at shares 0, 0.6 and 1, lower and upper, the
-    remembered times equal those ``_share_times_of`` works out for that plan (the same floats)."""
+    """``_share_times`` (and ``_share_split``, the windows' forward and backward times) remembers its answer by layer
+    key, share, chunk and (for a plan leaving its EP overlap to the runtime) whether the pipeline is non-interleaved:
+    for every structure of Qwen3-30B-A3B on 64 H100 and its overlap-open, overlap-off and partial-recompute forms, at
+    shares 0, 0.6 and 1, the remembered times equal those worked out for that plan alone (the same floats)."""
     ctx = _ctx("qwen3-30b-a3b", 64, 256)
     bounds = StructureBounds(ctx, CONSTANTS)
     reference = StructureBounds(ctx, CONSTANTS)  # (its ``_times`` remembers by layer key, as before)
@@ -157,10 +157,10 @@ def test_remembered_share_times_are_those_worked_out_for_each_plan() -> None:
         for form in forms:
             chunk = max(form.virtual_stage_layers(ctx.model))
             for share in (0.0, 0.6, 1.0):
-                for upper in (False, True):
-                    assert bounds._share_times(form, share, chunk, upper) == reference._share_times_of(
-                        form, share, chunk, upper)
-                    checked += 1
+                assert bounds._share_times(form, share, chunk) == reference._share_times_of(form, share, chunk)
+                fresh = StructureBounds(ctx, CONSTANTS)._share_split(form, share, chunk)
+                assert bounds._share_split(form, share, chunk) == fresh
+                checked += 1
     assert checked > 500
 
 
@@ -203,3 +203,60 @@ def test_uneven_partial_recompute_bounds_time_each_run_of_layers_once_with_the_s
             checked += 1
             ends_like_interior += virtual[-1] in virtual[1:-1]
     assert checked >= 40 and ends_like_interior >= 10, (checked, ends_like_interior)
+
+
+def test_the_stage_times_memo_gives_the_floats_of_each_plan_worked_out_alone() -> None:
+    """``_times`` keeps one memo per base (``_stage_times``' ``memo``: a work's compute, expert imbalance, TP
+    all-reduce, raw EP exchange per dispatcher and CP exchange per CP type) for every plan timed on it. Qwen3-30B-A3B
+    on 64 H100 (CP, EP, expert TP; both dispatchers): every knob variant and recompute form of a sample of structures,
+    timed after all the others on one ``StructureBounds``, has the floats a fresh one gives it (its first timing on a
+    base works everything out). A memo keyed without the dispatcher (the flex dispatcher's links differ), or without
+    the CP type, fails it."""
+    ctx = _ctx("qwen3-30b-a3b", 64, 256)
+    shared = StructureBounds(ctx, CONSTANTS)
+    forms = []
+    for i, plan in enumerate(enumerate_plans(ctx)):
+        if i % 29 or plan.ep == 1:
+            continue
+        for recompute, k, modules in (("none", 0, ()), ("selective", 0, ("layernorm", "moe")), ("full", 0, ()),
+                                      ("full", 1, ())):
+            form = replace_unchecked(plan, recompute=recompute, recompute_num_layers=k, recompute_modules=modules)
+            for variant in optimistic_inputs(prepare(ctx.model, ctx.cluster, ctx.job, form, runtime=ctx.runtime)):
+                forms.append(variant.plan)
+                shared._times(variant.plan, 4, 1.0)
+    assert len({(p.ep_dispatcher, p.cp_comm) for p in forms}) >= 4 and len(forms) >= 200
+    for p in forms:
+        assert shared._times(p, 4, 1.0) == StructureBounds(ctx, CONSTANTS)._times(p, 4, 1.0), p.describe()
+        assert shared._split_times(p, 4, 0.0) == StructureBounds(ctx, CONSTANTS)._split_times(p, 4, 0.0), p.describe()
+
+
+def test_dropping_dominated_knob_variants_leaves_every_bound_the_same_float(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bound`` and ``_gather_bound`` take the least over a layer key's knob variants, less those another matches or
+    beats in every kind of time (``bound._undominated``): on Qwen3-30B-A3B on 64 H100 (CP exchanges, EP dispatchers)
+    every structure's bound, and its ZeRO-3 form's relaxed bound, are the floats of the least over all variants, and
+    variants were dropped. Keeping the slowest variant instead fails it. ZeRO-2 under PP shares the distributed
+    optimizer's end-of-step terms (``_end``): the floats ``_end_terms`` works out for it (without PP it does not)."""
+    from configurator.search import bound as bound_module
+
+    ctx = _ctx("qwen3-30b-a3b", 64, 256)
+    pruned = StructureBounds(ctx, CONSTANTS)
+    dropped = 0
+    original = bound_module._undominated
+
+    def counting(times: list) -> list:
+        nonlocal dropped
+        kept = original(times)
+        dropped += len(times) - len(kept)
+        return kept
+
+    plans = [p for i, p in enumerate(enumerate_plans(ctx)) if i % 5 == 0]
+    monkeypatch.setattr(bound_module, "_undominated", counting)
+    lows = [(pruned.bound(p), pruned.relaxed_bound(replace_unchecked(p, sharding="zero3"))) for p in plans]
+    monkeypatch.setattr(bound_module, "_undominated", lambda times: times)
+    whole = StructureBounds(ctx, CONSTANTS)
+    assert lows == [(whole.bound(p), whole.relaxed_bound(replace_unchecked(p, sharding="zero3"))) for p in plans]
+    assert dropped > len(plans)
+    for p in plans:  # (without PP, ZeRO-2 reduce-scatters per micro-batch and gathers once: other terms)
+        zero2 = replace_unchecked(p, sharding="zero2")
+        pruned._end(replace_unchecked(p, sharding="distopt"))
+        assert pruned._end(zero2) == StructureBounds(ctx, CONSTANTS)._end_terms(zero2), zero2.describe()

@@ -87,10 +87,11 @@ def moe_exhaustive(model: str) -> SearchResult:
 
 
 def test_optuna_is_deterministic_for_a_seed() -> None:
-    # 2,379 structures, 40 trials (fewer than the ~60 after which the warm start proves the optimum)
+    # 2,379 structures, 20 trials (fewer than the ~34 after which the warm start proves the optimum: ~60 before the
+    # end-of-step bound took the backward and forward windows apart)
     ctx = ctx_for("mixtral-8x7b", "dgx-h100", 16, 64, 4096)
-    a = search(ctx, top_k=2, method="optuna", seed=3, time_budget_s=120.0, max_trials=40, constants=CONSTANTS)
-    b = search(ctx, top_k=2, method="optuna", seed=3, time_budget_s=120.0, max_trials=40, constants=CONSTANTS)
+    a = search(ctx, top_k=2, method="optuna", seed=3, time_budget_s=120.0, max_trials=20, constants=CONSTANTS)
+    b = search(ctx, top_k=2, method="optuna", seed=3, time_budget_s=120.0, max_trials=20, constants=CONSTANTS)
     assert a.method == "optuna" and "trial cap" in a.notes[0]
     assert [e.plan for e in a.ranked] == [e.plan for e in b.ranked]
     exhaustive = moe_exhaustive("mixtral-8x7b")

@@ -80,8 +80,9 @@ def test_every_optuna_trial_tries_a_new_structure() -> None:
     Optuna's TPE on the same search: 20 of its 120 trials drew a structure already tried)."""
     ctx = SearchContext(model=load_model("mixtral-8x7b"), cluster=load_cluster("dgx-h100", num_gpus=16),
                         job=JobSpec(global_batch=64, seq_len=4096))
-    # (40 trials: the warm start proves the optimum after about 60)
-    result = search(ctx, top_k=2, method="optuna", seed=1, max_trials=40, constants=CostConstants.defaults())
+    # (32 trials: the warm start proves the optimum after 34; after about 60 before the end-of-step bound took the
+    # backward and forward windows apart)
+    result = search(ctx, top_k=2, method="optuna", seed=1, max_trials=32, constants=CostConstants.defaults())
     note = result.notes[0]
 
     def count(before: str) -> int:

@@ -341,7 +341,7 @@ def _glu_clamp_unfused(model: ModelSpec, job: JobSpec) -> bool:
 
 
 def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConstants,
-                 v: int, ep_paired_share: float | None = None
+                 v: int, ep_paired_share: float | None = None, memo: dict[tuple, tuple] | None = None
                  ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """(forward components, backward components, compute detail) of one micro-batch on virtual stage v.
 
@@ -349,7 +349,16 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     (``nccl_overlap_compute_slowdown`` of the hidden time is added to compute). ``ep_paired_share``: the
     share of passes whose all-to-all can hide (``moe.ep_overlap_paired_share`` of the plan's schedule when
     None); the search's bounds, which time one layer for every pipeline shape at once, pass 1 (the least
-    time) or 0 (the most): the stage time falls as the share grows."""
+    time) or 0 (the most): the stage time falls as the share grows.
+
+    ``memo``: where a caller times the same works at the same rates over the same links under many plans that
+    differ only in the recompute and the communication knobs (the search's bounds, ``search/bound.py``: one
+    one-layer stage per layer kind, timed under every knob and recompute setting), what depends on nothing else --
+    a work's compute, its expert imbalance, its TP all-reduce and its raw EP exchange (per dispatcher), its CP
+    exchange (per CP type) -- is remembered in it per (stage, work, knob): the same floats, not worked out again per
+    plan. The caller keeps
+    one per (inputs, rates, links), and the plan must not change anything else those read (the degrees, the
+    micro-batch, SP)."""
     plan, rt = inp.plan, inp.runtime
     cv = constant_values(c)
     knobs = effective_knobs(plan, rt)
@@ -369,7 +378,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     # The EP all-to-all's links: DeepEP/HybridEP (flex) move the tokens with their own kernels at the rates their
     # benchmarks measure on NVLink and over RDMA, not at the fitted NCCL all-to-all efficiencies (cost.json
     # flex_dispatcher_nvlink_efficiency / flex_dispatcher_rdma_efficiency).
-    ep_comm = comm.with_efficiency(flex_link_efficiency(comm.eff)) if knobs.ep_dispatcher == "flex" else comm
+    ep_comm: CommModel | None = None  # (the flex dispatcher's links: worked out where needed)
     stage = inp.stages[v]
     chunk_layers = stage.num_layers
     full_frac = 0.0
@@ -382,30 +391,46 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
         rt.name in MEGATRON_RUNTIMES and _glu_clamp_unfused(inp.model, inp.job),
         plan.recompute == "selective" and bool({"moe_act", "moe"} & set(plan.recompute_modules)),
         inp.job.cuda_graphs)
-    for work, n, moe in stage.works:
-        wt = time_work(work, rates)
+    for i, (work, n, moe) in enumerate(stage.works):
+        memo_key = (v, i, knobs.ep_dispatcher)
+        known = memo.get(memo_key) if memo is not None else None
+        if known is not None:
+            wt, imbalance, f_compute, b_compute, tp_raw, ep_raw = known
+        else:
+            wt = time_work(work, rates)
+            imbalance = 0.0
+            factor = 1.0
+            if work.expert_gemms:
+                # Dropless routing: the busiest EP rank's grouped GEMMs and all-to-all set the pace.
+                factor = expert_load_factor(inp.model, plan, inp.job, work.pairs_per_expert, cv)
+                imbalance = (factor - 1.0) * expert_gemms_s(work, rates)
+            f_compute = wt.total_s + imbalance
+            b_compute = 2 * (wt.gemm_s + imbalance) + wt.attention_bwd_s + 2 * wt.elementwise_s
+            tp_raw = comm.allreduce_s("tp", work.tp_bytes) if work.tp_bytes else 0.0
+            ep_raw = 0.0
+            if work.ep_bytes:
+                if ep_comm is None:
+                    ep_comm = comm.with_efficiency(flex_link_efficiency(comm.eff)) \
+                        if knobs.ep_dispatcher == "flex" else comm
+                share = ep_scale_out_share(inp.model, inp.model.moe_topk, inp.ep_domains, knobs.ep_dispatcher)
+                ep_raw = 2 * ep_comm.alltoall_s("ep", work.ep_bytes * factor, share)
+            if work.etp_bytes:
+                # expert-TP all-gather of the dispatched pairs + reduce-scatter of the expert outputs
+                ep_raw += comm.allreduce_s("etp", work.etp_bytes * factor)
+            if memo is not None:
+                memo[memo_key] = (wt, imbalance, f_compute, b_compute, tp_raw, ep_raw)
         is_layer = work.attention_flops > 0
-        imbalance = 0.0
-        factor = 1.0
-        if work.expert_gemms:
-            # Dropless routing: the busiest EP rank's grouped GEMMs and all-to-all set the pace.
-            factor = expert_load_factor(inp.model, plan, inp.job, work.pairs_per_expert, cv)
-            imbalance = (factor - 1.0) * expert_gemms_s(work, rates)
-        f_compute = wt.total_s + imbalance
-        b_compute = 2 * (wt.gemm_s + imbalance) + wt.attention_bwd_s + 2 * wt.elementwise_s
         hidden_f = 0.0  # communication hidden under this layer's forward (repeated in backward)
-        tp_raw = comm.allreduce_s("tp", work.tp_bytes) if work.tp_bytes else 0.0
         tp_f = work.tp_collectives * tp_raw * (1 - tp_hidden)
         hidden_f += work.tp_collectives * tp_raw * tp_hidden
-        cp_f, cp_b, cp_hidden = cp_times_s(knobs.cp_comm, work, plan.cp, comm, wt.attention_s,
-                                           wt.attention_bwd_s / wt.attention_s if wt.attention_s else 0.0)
-        ep_raw = 0.0
-        if work.ep_bytes:
-            share = ep_scale_out_share(inp.model, inp.model.moe_topk, inp.ep_domains, knobs.ep_dispatcher)
-            ep_raw = 2 * ep_comm.alltoall_s("ep", work.ep_bytes * factor, share)
-        if work.etp_bytes:
-            # expert-TP all-gather of the dispatched pairs + reduce-scatter of the expert outputs
-            ep_raw += comm.allreduce_s("etp", work.etp_bytes * factor)
+        cp_key = (v, i, "cp", knobs.cp_comm)
+        cp = memo.get(cp_key) if memo is not None else None
+        if cp is None:
+            cp = cp_times_s(knobs.cp_comm, work, plan.cp, comm, wt.attention_s,
+                            wt.attention_bwd_s / wt.attention_s if wt.attention_s else 0.0)
+            if memo is not None:
+                memo[cp_key] = cp
+        cp_f, cp_b, cp_hidden = cp
         ep_f = ep_raw * (1 - ep_hidden)
         hidden_f += ep_raw * ep_hidden
         # The flex dispatcher's kernels hold their own SMs (not NCCL's channels) while hidden.

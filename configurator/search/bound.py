@@ -26,6 +26,7 @@ linearity in layers this relies on fails there.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import replace as dc_replace
 from itertools import accumulate
@@ -110,6 +111,26 @@ def _virtual_stage_s(t: LayerTimes, layers: tuple[int, int, int, int], per_mb: f
     return s
 
 
+def _most(times: Iterable[LayerTimes]) -> LayerTimes:
+    """Each kind's time at its most over ``times`` (the knob variants' of one layer key: ``_windows_s``)."""
+    times = list(times)
+    return LayerTimes(dense_s=max(x.dense_s for x in times), moe_s=max(x.moe_s for x in times),
+                      embedding_s=max(x.embedding_s for x in times), head_s=max(x.head_s for x in times),
+                      dense_alt_s=max(x.dense_alt_s for x in times), moe_alt_s=max(x.moe_alt_s for x in times))
+
+
+def _undominated(times: list[LayerTimes]) -> list[LayerTimes]:
+    """``times`` (knob variants' of one layer key) less those another matches or beats in every kind (the first of
+    equal ones kept). A bound is the least over the variants of the busiest rank's ``sum(count x time)`` with counts
+    >= 0, and rounding is monotone (a product or sum of larger floats is no smaller), so a dropped variant's value is
+    never below its dominator's, computed the same way: the least is the same float. On Mixtral-8x22B/64 H100 one
+    variant dominates the others (~4 of them: the CP exchanges and EP dispatchers) in every bound the search takes."""
+    return [t for i, t in enumerate(times)
+            if not any(j != i and (u != t or j < i) and u.dense_s <= t.dense_s and u.moe_s <= t.moe_s
+                       and u.embedding_s <= t.embedding_s and u.head_s <= t.head_s and u.dense_alt_s <= t.dense_alt_s
+                       and u.moe_alt_s <= t.moe_alt_s for j, u in enumerate(times))]
+
+
 def _busiest_rank_s(times: list[float], pp: int, m: int) -> float:
     """The latest finish over pipeline ranks: rank r starts after the fill of the stages before it and runs
     ``m`` micro-batches of its virtual stages r, r + pp, ... (``busy_lower_bound``'s arithmetic)."""
@@ -182,23 +203,25 @@ class StructureBounds:
         self._kind_index = [next((i for i, k in enumerate(kinds) if k == kind), None) for kind in range(4)]
         self._last_kind = kinds[-1]
         self._layer: dict[tuple, LayerTimes] = {}
-        self._nonlayer: dict[tuple, list[float]] = {}
-        self._dense: dict[tuple, float] = {}
+        self._layer_split: dict[tuple, list[tuple[float, float, float]] | tuple[LayerTimes, LayerTimes]] = {}
+        self._nonlayer: dict[tuple, list[tuple[float, float, float]]] = {}
+        self._dense: dict[tuple, tuple[float, float, float]] = {}
         self._layouts: dict[tuple, tuple[tuple[tuple[int, int, int, int], ...], int]] = {}
         self._row_cache: dict[tuple, tuple[tuple[int, int, int, int, int, int, int], ...]] = {}
         self._variant_times: dict[tuple, list[LayerTimes]] = {}
         self._gathers: dict[tuple, list[float]] = {}
         self._gather_row_cache: dict[tuple, tuple[tuple[float, ...], ...]] = {}
-        self._bases: dict[tuple, tuple[StepInputs, object, CommModel, int, bool]] = {}
+        self._bases: dict[tuple, tuple[StepInputs, object, CommModel, int, bool, dict[tuple, tuple]]] = {}
         self._shares: dict[tuple, float] = {}
         self._share_memo: dict[tuple, LayerTimes] = {}
+        self._split_memo: dict[tuple, tuple[LayerTimes, LayerTimes]] = {}
         self._all_params = all_layer_params(model)
         self._template: StepInputs | None = None
         self._runtime = load_runtime_cost(ctx.runtime)
         self._ends: dict[tuple, tuple[float, float, float, float]] = {}
         self._hbm_Bps: float | None = None
-        self._windows: dict[tuple, float] = {}
-        self._most_times: dict[tuple, LayerTimes] = {}
+        self._windows: dict[tuple, tuple[float, float]] = {}
+        self._most_times: dict[tuple, tuple[LayerTimes, LayerTimes]] = {}
         self._rank0: dict[tuple, tuple[float, float]] = {}
         self._end_sums: dict[tuple, tuple[float, float, float, float, float]] = {}
         self._stage_bytes: dict[tuple, tuple[list[float], list[float], list[int]]] = {}
@@ -232,21 +255,11 @@ class StructureBounds:
         The layer kinds are timed (and remembered) apart: a dense layer, the embedding and the head move no
         EP traffic, so their times are shared by the EP knob variants and both shares (``_DENSE_FIELDS``,
         ``_NONLAYER_FIELDS``); only the MoE layer is timed per EP knob setting and share."""
-        partial = plan.recompute == "full" and plan.recompute_num_layers > 0
-        share = 1.0
-        if partial:
-            # ``_stage_times`` reads k and the chunk only as ``min(1, k / chunk)``: keyed by that share, so
-            # (1, 4) and (2, 8) share their times, and a chunk of at most k layers times as full recompute.
-            share = min(1.0, plan.recompute_num_layers / chunk)
-            if share >= 1.0:
-                return self._times(replace_unchecked(plan, recompute_num_layers=0), ep_share=ep_share)
-            key: tuple = (_PREPARED_FIELDS(plan), "partial", share, ep_share)
-        else:
-            key = (self.layer_key(plan), ep_share)
+        plan, key, partial, share = self._time_key(plan, chunk, ep_share)
         hit = self._layer.get(key)
         if hit is not None:
             return hit
-        ctx, c = self.ctx, self.c
+        c = self.c
         # The works and links do not depend on the communication knobs nor the recompute (``cost/work.py`` and
         # ``cost/comm.py`` read only the degrees, micro-batch and SP): one base per ``_BASE_FIELDS``.
         base_key = _BASE_FIELDS(plan)
@@ -254,7 +267,7 @@ class StructureBounds:
         flat = _flat(plan, 1, 1, plan.dp * plan.pp, ())
         if base is None:
             base = self._bases[base_key] = self._base_of(flat)
-        single, rates, comm, n_layer_entries, ep_free = base
+        single, rates, comm, n_layer_entries, ep_free, parts = base
         # The base's inputs are this object's own: the plan (and, under a partial recompute, the layers'
         # chunk size) swapped in place, not copied (a dataclass copy per timing was a tenth of the bounds).
         single.plan = flat
@@ -264,11 +277,12 @@ class StructureBounds:
         if nonlayer is None:
             nonlayer = []
             for v in range(n_layer_entries, len(single.stages)):
-                f, b, _ = _stage_times(single, rates, comm, c, v)
-                nonlayer.append(sum(f.values()) + sum(b.values()))
+                f, b, _ = _stage_times(single, rates, comm, c, v, memo=parts)
+                fs, bs = sum(f.values()), sum(b.values())
+                nonlayer.append((fs + bs, fs, bs))
                 self.stage_timings += 1
             self._nonlayer[nonlayer_key] = nonlayer
-        totals = []
+        totals = []  # (forward + backward, forward, backward) of each one-layer stage
         try:
             if partial:  # the layers' stages as chunks of ``chunk`` layers (the others do not recompute)
                 single.stages = tuple(VirtualStage(works=st.works, num_layers=chunk) if v < n_layer_entries else st
@@ -279,13 +293,14 @@ class StructureBounds:
                     dense_key = ((_EP_FREE_FIELDS(plan), "partial", share, v) if partial
                                  else (_EP_FREE_FIELDS(plan), plan.recompute, plan.recompute_num_layers,
                                        plan.recompute_modules, v))
-                    t = self._dense.get(dense_key)
-                    if t is not None:
-                        totals.append(t)
+                    hit_dense = self._dense.get(dense_key)
+                    if hit_dense is not None:
+                        totals.append(hit_dense)
                         continue
-                f, b, _ = _stage_times(single, rates, comm, c, v, ep_share)
+                f, b, _ = _stage_times(single, rates, comm, c, v, ep_share, parts)
                 self.stage_timings += 1
-                totals.append(sum(f.values()) + sum(b.values()))
+                fs, bs = sum(f.values()), sum(b.values())
+                totals.append((fs + bs, fs, bs))
                 if dense_key is not None:
                     self._dense[dense_key] = totals[-1]
         finally:
@@ -294,21 +309,49 @@ class StructureBounds:
         # Kept for other chunk sizes and knobs: drop the per-rank GPU array (O(GPUs)) a timing may have rebuilt.
         comm.release_gpu_map()
         single.comm.release_gpu_map()
+        total = self._layer[key] = self._kind_times([t[0] for t in totals])
+        self._layer_split[key] = totals  # (forward and backward apart only where a window asks: ``_split_times``)
+        self.layer_keys_timed += 1
+        return total
+
+    def _kind_times(self, totals: list[float]) -> LayerTimes:
+        """``LayerTimes`` from the one-layer stages' seconds in ``_base_of``'s order (the kinds present, in
+        ``_kind_index``'s order, then the embedding, the head and the MTP projection)."""
         i = 0
-        kind_s = [0.0] * 4  # (``_base_of`` times the kinds present, in ``_kind_index``'s order)
+        kind_s = [0.0] * 4
         for kind, index in enumerate(self._kind_index):
             if index is not None:
                 kind_s[kind], i = totals[i], i + 1
         head = totals[i + 1]
-        if ctx.model.mtp_layers:
+        if self.ctx.model.mtp_layers:
             # Multi-token prediction on the last stage (as ``prepare``): per module a layer like the
             # last one, its projection, and another head + loss.
-            head += ctx.model.mtp_layers * (kind_s[self._last_kind] + totals[i + 2] + totals[i + 1])
-        times = LayerTimes(dense_s=kind_s[0], moe_s=kind_s[1], embedding_s=totals[i], head_s=head,
-                           dense_alt_s=kind_s[2], moe_alt_s=kind_s[3])
-        self._layer[key] = times
-        self.layer_keys_timed += 1
-        return times
+            head += self.ctx.model.mtp_layers * (kind_s[self._last_kind] + totals[i + 2] + totals[i + 1])
+        return LayerTimes(dense_s=kind_s[0], moe_s=kind_s[1], embedding_s=totals[i], head_s=head,
+                          dense_alt_s=kind_s[2], moe_alt_s=kind_s[3])
+
+    def _time_key(self, plan: Plan, chunk: int, ep_share: float) -> tuple[Plan, tuple, bool, float]:
+        """``_times``' plan, memo key, whether it recomputes part of each chunk, and that part's share of the chunk.
+        ``_stage_times`` reads k and the chunk only as ``min(1, k / chunk)``: keyed by that share, so (1, 4) and (2, 8)
+        share their times, and a chunk of at most k layers times as full recompute (its plan and key are those)."""
+        if plan.recompute == "full" and plan.recompute_num_layers > 0:
+            share = min(1.0, plan.recompute_num_layers / chunk)
+            if share < 1.0:
+                return plan, (_PREPARED_FIELDS(plan), "partial", share, ep_share), True, share
+            plan = replace_unchecked(plan, recompute_num_layers=0)
+        return plan, (self.layer_key(plan), ep_share), False, 1.0
+
+    def _split_times(self, plan: Plan, chunk: int = 1, ep_share: float = 1.0) -> tuple[LayerTimes, LayerTimes]:
+        """``_times`` as (forward, backward) seconds: the end-of-step windows are a forward and a backward
+        (``_windows_s``). Worked out with ``_times``' and summed from the same components (``_stage_times``'),
+        so ``forward + backward`` is its total up to rounding."""
+        self._times(plan, chunk, ep_share)
+        key = self._time_key(plan, chunk, ep_share)[1]
+        split = self._layer_split[key]
+        if isinstance(split, list):  # (the one-layer stages' seconds ``_times`` left: made ``LayerTimes`` once)
+            split = self._layer_split[key] = (self._kind_times([t[1] for t in split]),
+                                              self._kind_times([t[2] for t in split]))
+        return split
 
     def plan_share(self, plan: Plan) -> float:
         """The share of ``plan``'s passes whose EP all-to-all can hide, as its step sees it
@@ -320,31 +363,31 @@ class StructureBounds:
                                                               max(1, plan.num_microbatches(self.ctx.job)))
         return hit
 
-    def _share_times(self, plan: Plan, share: float, chunk: int = 1, upper: bool = False) -> LayerTimes:
+    def _share_times(self, plan: Plan, share: float, chunk: int = 1) -> LayerTimes:
         """Per-layer times of ``plan``'s layer key at paired EP share ``share`` (``_at_share``: interpolated
-        between the shares 0 and 1), lowered by ``EP_SHARE_SLACK`` (raised with ``upper``); the times at 1
+        between the shares 0 and 1), lowered by ``EP_SHARE_SLACK``; the times at 1
         where the plan does not overlap its all-to-all (the share changes nothing then).
 
         Remembered (bounded) by what the answer depends on: the layer key, the share, the chunk under a partial
-        recompute (``_times``), ``upper`` and, where the plan leaves its EP overlap to the runtime, whether
+        recompute (``_times``) and, where the plan leaves its EP overlap to the runtime, whether
         Megatron's EP-overlap rule sees a non-interleaved pipeline (``effective_knobs`` reads pp and vpp only
         there). Each answer was two ``_times`` look-ups, a plan copy and an interpolation; a third of the calls repeat
         one (Qwen3-235B on 512 H100: 12,153 of 40,369; DeepSeek-V3 on 512 H800: 6,273 of 21,072)."""
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
-        memo_key = (self.layer_key(plan), share, chunk if partial else 1, upper,
+        memo_key = (self.layer_key(plan), share, chunk if partial else 1,
                     plan.ep_overlap is None and plan.pp > 1 and plan.vpp == 1)
         hit = self._share_memo.get(memo_key)
         if hit is not None:
             return hit
         if len(self._share_memo) >= 16384:
             self._share_memo.clear()  # bounded (per layer key, share, chunk and pipeline kind)
-        hit = self._share_memo[memo_key] = self._share_times_of(plan, share, chunk, upper)
+        hit = self._share_memo[memo_key] = self._share_times_of(plan, share, chunk)
         return hit
 
-    def _share_times_of(self, plan: Plan, share: float, chunk: int, upper: bool) -> LayerTimes:
+    def _share_times_of(self, plan: Plan, share: float, chunk: int) -> LayerTimes:
         """``_share_times`` worked out."""
         hidden = self._times(plan, chunk, 1.0)
-        if share >= 1.0 and not upper:
+        if share >= 1.0:
             return hidden
         overlap = plan.ep_overlap if plan.ep_overlap is not None else self._default_ep_overlap(plan)
         if not (overlap and plan.ep > 1):
@@ -353,14 +396,15 @@ class StructureBounds:
         # as without the overlap, so the times are those of the plan without it (which the variants of pipelines
         # where Megatron cannot overlap, in the same family, time anyway).
         alone = self._times(_with_ep_overlap(plan, False), chunk, 1.0)
-        if share <= 0.0 and upper:
-            return alone
-        return _at_share(alone, hidden, share, 1.0 + EP_SHARE_SLACK if upper else 1.0 - EP_SHARE_SLACK)
+        return _at_share(alone, hidden, share, 1.0 - EP_SHARE_SLACK)
 
-    def _base_of(self, flat: Plan) -> tuple[StepInputs, object, CommModel, int, bool]:
+    def _base_of(self, flat: Plan) -> tuple[StepInputs, object, CommModel, int, bool, dict[tuple, tuple]]:
         """One-layer virtual stages of the one-stage plan ``flat`` (its layer kinds, then the embedding, the head
-        and the MTP projection), their rates and links, how many are layers, and whether the non-MoE ones move
-        no EP traffic (then their times do not depend on the EP knobs: ``_NONLAYER_FIELDS``)."""
+        and the MTP projection), their rates and links, how many are layers, whether the non-MoE ones move
+        no EP traffic (then their times do not depend on the EP knobs: ``_NONLAYER_FIELDS``), and the memo of their
+        knob- and recompute-free parts (``_stage_times``' ``memo``: the base's plans differ only in those, and a
+        search times each base's MoE layer under up to a few dozen of them: Mixtral-8x22B/64 H100, ~6,700 timings of
+        ~340 bases)."""
         ctx, c = self.ctx, self.c
         if self._template is None:
             self._template = prepare(ctx.model, ctx.cluster, ctx.job, flat, runtime=ctx.runtime)
@@ -385,7 +429,7 @@ class StructureBounds:
         # Kept for other chunk sizes and knobs: drop the per-rank GPU array (O(GPUs)); the group shapes are cached.
         comm.release_gpu_map()
         single.comm.release_gpu_map()
-        return single, rates, comm, n_layers, ep_free
+        return single, rates, comm, n_layers, ep_free, {}
 
     def bound(self, plan: Plan) -> float:
         """A lower bound of ``plan``'s step time under the most favourable setting of the communication
@@ -403,10 +447,10 @@ class StructureBounds:
             if times is None:
                 if len(self._variant_times) >= 16384:
                     self._variant_times.clear()  # bounded (per layer key, pipeline kind and share)
-                times = self._variant_times[key] = [
+                times = self._variant_times[key] = _undominated([
                     self._share_times(_with_sharding(v, "distopt") if v.sharding == "zero2" else v, share)
                     for v in map(self._settled, optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads,
-                                                                 ctx.model.is_moe, ctx.cluster))]
+                                                                 ctx.model.is_moe, ctx.cluster))])
             rows = self._rows(plan)
             per_mb = self._microbatch_s / plan.vpp
             return min(max(d * t.dense_s + mo * t.moe_s + da * t.dense_alt_s + ma * t.moe_alt_s + k * per_mb
@@ -607,11 +651,11 @@ class StructureBounds:
             if times is None:
                 if len(self._gather_times) >= 8192:
                     self._gather_times.clear()  # bounded (per layer key, pipeline kind, share and chunk)
-                times = self._gather_times[key] = [
+                times = self._gather_times[key] = _undominated([
                     self._share_times(_with_plain_sharding(self._settled(v), "distopt", 0), share,
                                       chunk)
                     for v in optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe,
-                                              ctx.cluster)]
+                                              ctx.cluster)])
             rows = self._gather_rows(plan, gathers)
             for t in times:
                 best = min(best, max(d * t.dense_s + mo * t.moe_s + da * t.dense_alt_s + ma * t.moe_alt_s + k * per_mb
@@ -702,15 +746,16 @@ class StructureBounds:
         its first virtual stage (1F1B and interleaved, ``schedule.py``), and rank r - 1's needs rank r's result,
         so ``makespan = finish_0`` and ``dp_end = max_r(finish_r + exposed_r) - makespan >= exposed_0``. Rank 0's
         exposed end-of-step collectives are ``evaluate``'s, with the windows that hide them (its last backward,
-        its first forward: each at most virtual stage 0's forward + backward + micro-batch overhead + gradient
-        accumulation, ``_window_s``) at their largest; then ``nccl_overlap_compute_slowdown`` of the rest
-        (``evaluate`` charges ``e + s * max(0, total - e)``, which grows with ``e``). The optimizer and offload
-        add ``max(max_r gpu_opt_r, max_r cpu_opt_r) >= max(gpu_opt_0, cpu_opt_0)``. Nothing for ZeRO-3 / FSDP's
-        collectives (inside the layers). Less a relative ``END_BOUND_SLACK`` for rounding."""
+        its first forward: at most virtual stage 0's backward, with its share of the micro-batch overhead and the
+        gradient accumulation, and its forward, with its share of the overhead, ``_windows_s``) at their largest;
+        then ``nccl_overlap_compute_slowdown`` of the rest (``evaluate`` charges ``e + s * max(0, total - e)``, which
+        grows with ``e``). The optimizer and offload add ``max(max_r gpu_opt_r, max_r cpu_opt_r) >= max(gpu_opt_0,
+        cpu_opt_0)``. Nothing for ZeRO-3 / FSDP's collectives (inside the layers). Less a relative ``END_BOUND_SLACK``
+        for rounding."""
         hit = self._end(plan)
         (a, a_floor, b, b_floor, total, owned, cpu_rate, pcie_Bps) = hit
         rt = self._runtime
-        dp_lb = self._exposed_s(hit, self._window_s(plan)) if a or b else 0.0
+        dp_lb = self._exposed_s(hit, self._windows_s(plan)) if a or b else 0.0
         f = plan.offload
         opt = (1 - f) * owned * ADAM_BYTES_PER_PARAM / self._hbm(plan)
         if f > 0:
@@ -734,17 +779,27 @@ class StructureBounds:
         options to cost 8."""
         hit = self._end(plan)
         (a, a_floor, b, b_floor, total, owned, cpu_rate, pcie_Bps) = hit
-        dp_lb = self._exposed_s(hit, self._window_s(plan)) if a or b else 0.0
+        dp_lb = self._exposed_s(hit, self._windows_s(plan)) if a or b else 0.0
+        return (dp_lb + self._least_optimizer_s(plan, hit, least)) * (1.0 - END_BOUND_SLACK) * (1.0 - END_BOUND_SLACK)
+
+    def _least_optimizer_s(self, plan: Plan, terms: tuple[float, ...], least: float) -> float:
+        """The optimizer and offload part of ``end_of_step_bound`` (``terms``: ``_end``'s of ``plan``) at its least
+        over the offload fractions in [``least``, 1] (``end_of_step_floor``): ``max((1 - f) A, f c)``, least where
+        its sides cross or at the nearest end of the range."""
+        owned, cpu_rate, pcie_Bps = terms[5:8]
         gpu = owned * ADAM_BYTES_PER_PARAM / self._hbm(plan)
         cpu = owned / cpu_rate
         pcie = owned * OFFLOAD_PCIE_BYTES_PER_PARAM / pcie_Bps
         host = max(cpu, pcie) if self._runtime.overlap_cpu_optimizer else cpu + pcie
         f = min(1.0, max(least, gpu / (gpu + host) if gpu + host > 0.0 else 0.0))
-        opt = max((1 - f) * gpu, f * host)
-        return (dp_lb + opt) * (1.0 - END_BOUND_SLACK) * (1.0 - END_BOUND_SLACK)
+        return max((1 - f) * gpu, f * host)
 
     def _end(self, plan: Plan) -> tuple[float, float, float, float, float, float, float, float]:
-        key = (plan.tp, plan.cp, plan.pp, plan.vpp, plan.dp, plan.ep, plan.etp, plan.pipeline_layers, plan.sharding,
+        """``_end_terms`` of ``plan``, remembered per degrees, split and sharding; ZeRO-2 under PP under the
+        distributed optimizer's key: it reduces and gathers once per step as that does (``end_collectives``: the
+        same reduce-scatter and gather; ``optimizer_params``: the same shard), so its terms are the same floats."""
+        sharding = "distopt" if plan.sharding == "zero2" and plan.pp > 1 else plan.sharding
+        key = (plan.tp, plan.cp, plan.pp, plan.vpp, plan.dp, plan.ep, plan.etp, plan.pipeline_layers, sharding,
                plan.shard_group)
         hit = self._ends.get(key)
         if hit is None:
@@ -753,13 +808,15 @@ class StructureBounds:
             hit = self._ends[key] = self._end_terms(plan)
         return hit
 
-    def _exposed_s(self, terms: tuple[float, ...], window: float) -> float:
+    def _exposed_s(self, terms: tuple[float, ...], windows: tuple[float, float]) -> float:
         """``evaluate``'s exposed end-of-step collectives of pipeline rank 0 (with the slowdown of hiding the
-        rest), at the least: its windows at most ``window``."""
+        rest), at the least: its windows (``_windows_s``: the last backward's, which hides the gradient reduction,
+        and the first forward's, which hides the parameter gather) at most ``windows``."""
         a, a_floor, b, b_floor, total = terms[:5]
+        backward, forward = windows
         rt = self._runtime
-        e = (max(a_floor, a - window) if rt.overlap_grad_reduce else a) + \
-            (max(b_floor, b - window) if rt.overlap_param_gather else b)
+        e = (max(a_floor, a - backward) if rt.overlap_grad_reduce else a) + \
+            (max(b_floor, b - forward) if rt.overlap_param_gather else b)
         return e + hardware_default("nccl_overlap_compute_slowdown") * max(0.0, total - e)
 
     def options_floor(self, structure: Plan, lb: float) -> float:
@@ -767,8 +824,8 @@ class StructureBounds:
         any recompute, offload and dispatcher), given ``lb``, one of its least form's (which holds for every
         option's pipeline): per sharding, ``lb`` (or, for ZeRO-3 / HSDP, the form's ``relaxed_bound`` if
         higher) plus its exposed end-of-step collectives with the windows at their largest over the recompute
-        forms (full recompute's: a shorter recompute redoes less of the forward), the least over the shardings.
-        The optimizer is left out (offload moves it). ``lb`` where no sharding adds anything. ``lb`` must hold
+        forms (full recompute's: a shorter recompute redoes less of the forward) and its optimizer step at its least
+        over the offload fractions, the least over the shardings. ``lb`` must hold
         for the distributed-optimizer form's pipeline (ZeRO-3 adds on top of it). The search raises a structure
         to it before its memory estimates, and again with its full-recompute bound where it needs full recompute:
         what it adds to ``lb`` is worked out once per structure (``_floor_extra``)."""
@@ -781,13 +838,22 @@ class StructureBounds:
 
     def _floor_extra(self, structure: Plan) -> float:
         """``options_floor``'s addition to ``lb``: the least over the shardings of each one's exposed end-of-step
-        collectives (less ``END_BOUND_SLACK``). ``lb + x`` rounds monotonically in x, so the least of the sums is
-        ``lb`` plus the least addition, whatever ``lb`` is: 0.0 where a sharding adds nothing (``lb + 0.0 == lb``)."""
+        collectives and its optimizer step at the least over the offload fractions (``_least_optimizer_s``: every
+        option's optimizer and offload take at least that, whatever fraction its memory needs), less
+        ``END_BOUND_SLACK``. ``lb + x`` rounds monotonically in x, so the least of the sums is ``lb`` plus the least
+        addition, whatever ``lb`` is.
+
+        The optimizer was left out before (offload moves it off the GPU), but no fraction takes it below where the
+        GPU's and the host's parts cross: on Mixtral-8x22B on 64 H100 about 0.02 s, which bounds out a few structures
+        before their memory checks."""
         ctx = self.ctx
         best = float("inf")
         later = []
         window = None
-        for sh in framework_shardings(ctx, structure):
+        shardings = framework_shardings(ctx, structure)
+        for sh in shardings:
+            if sh == "zero2" and structure.pp > 1 and "distopt" in shardings:
+                continue  # (under PP its pipeline, end terms and optimizer are the distributed optimizer's: ``_end``)
             group = hsdp_shard_group(ctx, structure) if sh == "hsdp" else 0
             form = replace_unchecked(structure, sharding=sh, shard_group=group, recompute="none",
                                      recompute_num_layers=0, recompute_modules=(), offload=0.0)
@@ -795,20 +861,21 @@ class StructureBounds:
                 later.append(form)
                 continue
             terms = self._end(form)
-            if not (terms[0] or terms[2]):
-                return 0.0
-            if window is None:
-                window = self._widest_window_s(form)
-            best = min(best, self._exposed_s(terms, window) * (1.0 - END_BOUND_SLACK))
+            exposed = 0.0
+            if terms[0] or terms[2]:
+                if window is None:
+                    window = self._widest_windows_s(form)
+                exposed = self._exposed_s(terms, window)
+            best = min(best, (exposed + self._least_optimizer_s(form, terms, 0.0)) * (1.0 - END_BOUND_SLACK))
         for form in later:
             terms = self._end(form)
             extra = 0.0
             if terms[0] or terms[2]:
-                # Its windows at their largest over the recompute forms, as above (``_prepared_window_s``): the
+                # Its windows at their largest over the recompute forms, as above (``_prepared_windows_s``): the
                 # distributed-optimizer form's (no sharding without per-layer traffic changes a stage's times, so
                 # those above are the same) plus its stage 0's gathers.
                 if window is None:
-                    window = self._widest_window_s(_with_plain_sharding(form, "distopt", 0))
+                    window = self._widest_windows_s(_with_plain_sharding(form, "distopt", 0))
                 extra = self._exposed_s(terms, self._with_stage0_gathers(form, window))
             if _per_microbatch_sharding(form) == "zero3" and not _per_microbatch_sharding(structure):
                 # Every virtual stage takes at least its ``_stage_gathers`` more than under the distributed
@@ -816,14 +883,16 @@ class StructureBounds:
                 gathers = self._stage_gathers(form)
                 virtual, m = self._layout(form)
                 extra += m * min(sum(gathers[r::form.pp]) for r in range(form.pp))
-            best = min(best, extra * (1.0 - END_BOUND_SLACK))
+            best = min(best, (extra + self._least_optimizer_s(form, terms, 0.0)) * (1.0 - END_BOUND_SLACK))
         return best
 
-    def _widest_window_s(self, form: Plan) -> float:
-        """``_window_s`` at its largest over ``form``'s recompute forms: its full-recompute form's or its own (a shorter
-        recompute redoes less of the forward), as ``options_floor`` takes it for every option of a sharding."""
+    def _widest_windows_s(self, form: Plan) -> tuple[float, float]:
+        """``_windows_s`` at their largest over ``form``'s recompute forms: its full-recompute form's or its own (a
+        shorter recompute redoes less of the forward in the backward), as ``options_floor`` takes them for every
+        option of a sharding."""
         full = replace_unchecked(form, recompute="full", recompute_num_layers=0)
-        return max(self._window_s(form), self._window_s(full))
+        own, most = self._windows_s(form), self._windows_s(full)
+        return max(own[0], most[0]), max(own[1], most[1])
 
     def _hbm(self, plan: Plan) -> float:
         """The GPU's memory bandwidth in the cost model (no plan field changes it)."""
@@ -833,17 +902,23 @@ class StructureBounds:
             self._hbm_Bps = _rates_for(template, self.c).hbm_Bps
         return self._hbm_Bps
 
-    def _window_s(self, plan: Plan) -> float:
-        """At least rank 0's last backward and its first forward (``evaluate``'s windows) under every knob
-        variant of ``plan`` the search evaluates: virtual stage 0's forward + backward from the layer key's
-        times, plus its micro-batch overhead and gradient accumulation, the most over the variants; infinite
-        (hides everything) where the runtime's blocking sends add to them. A plan with per-micro-batch sharding
-        traffic: ``_prepared_window_s``."""
+    def _windows_s(self, plan: Plan) -> tuple[float, float]:
+        """At least rank 0's last backward and its first forward (``evaluate``'s windows: the gradient reduction hides
+        under the first, the parameter gather under the second) under every knob variant of ``plan`` the search
+        evaluates: virtual stage 0's backward and forward from the layer key's times (``_split_times``), with the
+        micro-batch overhead's share ``evaluate`` adds to each (a third to the forward) and the gradient accumulation
+        (the backward's), each the most over the variants; infinite (hides everything) where the runtime's blocking
+        sends add to them. A plan with per-micro-batch sharding traffic: ``_prepared_windows_s``.
+
+        Each window was stage 0's forward + backward before, for both collectives: 1.5x the backward, 3x the forward
+        (a layer's backward is about twice its forward), so the bound charged the gradient reduction about the
+        forward less than ``evaluate`` does, and the gather most of the step's forward less. With the windows apart,
+        Mixtral-8x22B on 64 H100 bounds out structures before their memory checks that their end terms could not."""
         rt = self._runtime
         if rt.p2p_blocking and plan.pp > 1:
-            return float("inf")
+            return float("inf"), float("inf")
         if self._needs_preparation(plan):
-            return self._prepared_window_s(plan)
+            return self._prepared_windows_s(plan)
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
         layer_key = self.layer_key(plan)
         share = self.plan_share(plan)  # (the times at the plan's own paired EP share, raised for rounding)
@@ -854,57 +929,89 @@ class StructureBounds:
             return self._windows[key]
         virtual, _ = self._layout(plan)
         layers = virtual[0]
+        last = len(virtual) - 1
+        # ``evaluate`` adds a third of the micro-batch overhead to each stage's forward, two thirds to its backward.
         per_mb = self._microbatch_s / plan.vpp
         if partial:
-            worst = max(_virtual_stage_s(t, layers, per_mb, 0, len(virtual) - 1)
-                        for t in (self._share_times(v, share, sum(layers), upper=True)
-                                  for v in self._window_variants(plan)))
+            pairs = [self._share_split(v, share, sum(layers)) for v in self._window_variants(plan)]
+            backward = max(_virtual_stage_s(b, layers, 2 * per_mb / 3, 0, last) for _, b in pairs)
+            forward = max(_virtual_stage_s(f, layers, per_mb / 3, 0, last) for f, _ in pairs)
         else:
             # Each time at its most over the variants (per layer key: the variants differ by pipeline only
-            # through Megatron's EP-overlap rule), so the stage's sum is at least every variant's.
+            # through Megatron's EP-overlap rule), so the stage's sums are at least every variant's.
             most_key = (layer_key, plan.pp > 1 and plan.vpp == 1, share)
-            t = self._most_times.get(most_key)
-            if t is None:
+            most = self._most_times.get(most_key)
+            if most is None:
                 if len(self._most_times) >= 8192:
                     self._most_times.clear()
-                times = [self._share_times(v, share, upper=True) for v in self._window_variants(plan)]
-                t = self._most_times[most_key] = LayerTimes(
-                    dense_s=max(x.dense_s for x in times), moe_s=max(x.moe_s for x in times),
-                    embedding_s=max(x.embedding_s for x in times), head_s=max(x.head_s for x in times),
-                    dense_alt_s=max(x.dense_alt_s for x in times), moe_alt_s=max(x.moe_alt_s for x in times))
-            worst = _virtual_stage_s(t, layers, per_mb, 0, len(virtual) - 1)
+                pairs = [self._share_split(v, share) for v in self._window_variants(plan)]
+                most = self._most_times[most_key] = (_most(f for f, _ in pairs), _most(b for _, b in pairs))
+            forward = _virtual_stage_s(most[0], layers, per_mb / 3, 0, last)
+            backward = _virtual_stage_s(most[1], layers, 2 * per_mb / 3, 0, last)
         if rt.grad_accum_bytes_per_param:
             dense, expert = self._rank0_params(plan)
-            worst += (dense + expert) / plan.vpp * rt.grad_accum_bytes_per_param / self._hbm(plan)
-        worst *= 1.0 + END_BOUND_SLACK
+            backward += (dense + expert) / plan.vpp * rt.grad_accum_bytes_per_param / self._hbm(plan)
+        windows = backward * (1.0 + END_BOUND_SLACK), forward * (1.0 + END_BOUND_SLACK)
         if key is not None:
             if len(self._windows) >= 8192:
                 self._windows.clear()
-            self._windows[key] = worst
-        return worst
+            self._windows[key] = windows
+        return windows
 
-    def _prepared_window_s(self, plan: Plan) -> float:
-        """``_window_s`` of a plan with per-micro-batch sharding traffic, without preparing it: that traffic changes
+    def _share_split(self, plan: Plan, share: float, chunk: int = 1) -> tuple[LayerTimes, LayerTimes]:
+        """``_split_times`` at paired EP share ``share`` (as ``_share_times`` interpolates the totals: each of the
+        forward's and the backward's terms is affine in the share too), raised by ``EP_SHARE_SLACK``: the windows'
+        upper bounds. Remembered (bounded) by ``_share_times``' key."""
+        partial = plan.recompute == "full" and plan.recompute_num_layers > 0
+        memo_key = (self.layer_key(plan), share, chunk if partial else 1,
+                    plan.ep_overlap is None and plan.pp > 1 and plan.vpp == 1)
+        hit = self._split_memo.get(memo_key)
+        if hit is not None:
+            return hit
+        if len(self._split_memo) >= 16384:
+            self._split_memo.clear()  # bounded (per layer key, share, chunk and pipeline kind)
+        up = 1.0 + EP_SHARE_SLACK
+        hidden_f, hidden_b = self._split_times(plan, chunk, 1.0)
+        overlap = plan.ep_overlap if plan.ep_overlap is not None else self._default_ep_overlap(plan)
+        if not (overlap and plan.ep > 1):
+            hit = _at_share(hidden_f, hidden_f, 1.0, up), _at_share(hidden_b, hidden_b, 1.0, up)
+        else:
+            # (at share 0 the plan's times are those without the overlap: ``_share_times_of``)
+            alone_f, alone_b = self._split_times(_with_ep_overlap(plan, False), chunk, 1.0)
+            hit = _at_share(alone_f, hidden_f, share, up), _at_share(alone_b, hidden_b, share, up)
+        self._split_memo[memo_key] = hit
+        return hit
+
+    def _prepared_windows_s(self, plan: Plan) -> tuple[float, float]:
+        """``_windows_s`` of a plan with per-micro-batch sharding traffic, without preparing it: that traffic changes
         nothing in a stage's times but its own terms (``_stage_times``: each layer's exposed part ``z`` and the
         slowdown ``s`` of hiding the rest, ``z + s (x - z) <= x`` for ``x`` its gathers and reduce-scatters, as
         ``s <= 1``), so rank 0's windows are at most its distributed-optimizer form's plus, where it gathers per layer
-        (ZeRO-3 / FSDP / HSDP), virtual stage 0's layers x one layer's gather + reduce-scatter (``_layer_shards``;
-        ZeRO-2 without PP adds nothing to the forward, its gather's window). It matters for HSDP, whose replica
-        all-reduce ``evaluate`` hides under rank 0's last backward: it grows with the replicas (dp), and an infinite
-        window (before) bounded it at the slowdown alone (Qwen3-235B on 131,072 H100: HSDP options bounded about
-        0.1 s under their step)."""
-        return self._with_stage0_gathers(plan, self._window_s(_with_plain_sharding(plan, "distopt", 0)))
+        (ZeRO-3 / FSDP / HSDP), virtual stage 0's layers x one layer's gather + reduce-scatter in the backward and
+        one more gather than it has layers in the forward (the first layer's gather is whole, and its hidden part is
+        charged again, ``_with_stage0_gathers``); ZeRO-2 without PP adds nothing to the forward, its gather's window.
+        It matters for HSDP, whose replica all-reduce ``evaluate`` hides under rank 0's last backward: it grows with
+        the replicas (dp), and an infinite window (before) bounded it at the slowdown alone (Qwen3-235B on 131,072
+        H100: HSDP options bounded about 0.1 s under their step)."""
+        return self._with_stage0_gathers(plan, self._windows_s(_with_plain_sharding(plan, "distopt", 0)))
 
-    def _with_stage0_gathers(self, plan: Plan, window: float) -> float:
-        """``window`` (its distributed-optimizer form's) plus, where ``plan`` gathers per layer, virtual stage 0's
-        layers x one layer's gather + reduce-scatter (``_prepared_window_s``)."""
-        if _per_microbatch_sharding(plan) != "zero3" or window == float("inf"):
-            return window
+    def _with_stage0_gathers(self, plan: Plan, windows: tuple[float, float]) -> tuple[float, float]:
+        """``windows`` (its distributed-optimizer form's) plus virtual stage 0's per-layer gathers and reduce-scatters
+        where ``plan`` has them (``_prepared_windows_s``; ZeRO-2 without PP reduce-scatters per layer, which only its
+        backward window holds, and ``evaluate`` hides nothing under that window there: it only keeps the window an
+        upper bound of the backward)."""
+        backward, forward = windows
+        kind = _per_microbatch_sharding(plan)
+        if not kind or backward == float("inf"):
+            return windows
         layers = self._stage_bytes_of(plan)[2][0]
         if not layers:
-            return window
+            return windows
         gather, reduce = self._layer_shards(plan, 0)
-        return (window + layers * (gather + reduce)) * (1.0 + END_BOUND_SLACK)
+        if kind == "zero2":  # (its reduce-scatters only, in the backward: it gathers once per step)
+            return (backward + layers * reduce) * (1.0 + END_BOUND_SLACK), forward
+        return ((backward + layers * (gather + reduce)) * (1.0 + END_BOUND_SLACK),
+                (forward + (layers + 1) * gather) * (1.0 + END_BOUND_SLACK))
 
     def _window_variants(self, plan: Plan) -> list[Plan]:
         """``plan``'s knob variants the search evaluates, as ``bound`` times them."""
