@@ -108,17 +108,38 @@ def peak_inflight(pp: int, vpp: int, m: int, rank: int, chunk_weights: tuple[flo
     """(the largest sum of ``count[c] * chunk_weights[c]``, the counts that reach it). Without weights
     every chunk weighs 1, i.e. the peak number of chunk-micro-batches held."""
     if vpp == 1:  # 1F1B: min(pp - rank, m), whatever the weight
-        held = min(pp - rank, m) if pp > 1 else min(1, m)
-        return held * (chunk_weights[0] if chunk_weights else 1.0), (held,)
+        held, counts = equal_weight_peak(pp, vpp, m, rank, group)
+        return held * (chunk_weights[0] if chunk_weights else 1.0), counts
     weights = chunk_weights or (1.0,) * vpp
     if all(w == weights[0] for w in weights):
-        # Equal chunks: the peak is right after the first steady-state forward, warm-up + 1 chunks.
-        held = min(warmup_forwards(pp, vpp, m, rank, min(group or pp, m)) + 1, m * vpp)
-        return held * weights[0], _equal_peak_counts(pp, vpp, m, rank, group, held)
-    sets = inflight_count_sets(pp, vpp, m, rank, group)
+        held, counts = equal_weight_peak(pp, vpp, m, rank, group)
+        return held * weights[0], counts
+    return weighted_peak(*count_table(pp, vpp, m, rank, group), weights)
+
+
+def equal_weight_peak(pp: int, vpp: int, m: int, rank: int, group: int | None = None) -> tuple[int, tuple[int, ...]]:
+    """(chunk-micro-batches held at the peak, its per-chunk counts) where every chunk weighs the same: the count
+    ``peak_inflight`` multiplies the weight by, whatever the weight (1F1B: min(pp - rank, m); interleaved: right
+    after the first steady-state forward, warm-up + 1 chunks)."""
+    if vpp == 1:
+        held = min(pp - rank, m) if pp > 1 else min(1, m)
+        return held, (held,)
+    held = min(warmup_forwards(pp, vpp, m, rank, min(group or pp, m)) + 1, m * vpp)
+    return held, _equal_peak_counts(pp, vpp, m, rank, group, held)
+
+
+def count_table(pp: int, vpp: int, m: int, rank: int,
+                group: int | None = None) -> tuple[tuple[tuple[int, ...], ...], tuple[np.ndarray, ...]]:
+    """The rank's ``inflight_count_sets`` and their columns: what ``weighted_peak`` scans."""
+    return inflight_count_sets(pp, vpp, m, rank, group), _count_columns(pp, vpp, m, rank, group)
+
+
+def weighted_peak(sets: tuple[tuple[int, ...], ...], columns: tuple[np.ndarray, ...],
+                  weights: tuple[float, ...]) -> tuple[float, tuple[int, ...]]:
+    """``peak_inflight`` of chunks of unequal ``weights`` from the rank's ``count_table``, for a caller that keeps it
+    (``memory._stage_activation_table``: the recompute forms of a plan share it)."""
     if not len(sets):
-        return 0.0, (0,) * vpp
-    columns = _count_columns(pp, vpp, m, rank, group)
+        return 0.0, (0,) * len(weights)
     # sum(c * w) over the chunks, left to right as Python's sum (the same floats), for every set at once;
     # the first set reaching the largest value, as a scan would keep. (In place: the same additions, fewer arrays.)
     values = columns[0] * weights[0]
@@ -128,7 +149,7 @@ def peak_inflight(pp: int, vpp: int, m: int, rank: int, chunk_weights: tuple[flo
     index = int(np.argmax(values))
     best = float(values[index])
     if best <= -1.0:
-        return 0.0, (0,) * vpp
+        return 0.0, (0,) * len(weights)
     return max(best, 0.0), sets[index]
 
 
@@ -145,4 +166,5 @@ def _count_array(pp: int, vpp: int, m: int, rank: int, group: int | None) -> np.
     return np.array(inflight_count_sets(pp, vpp, m, rank, group), dtype=np.float64).reshape(-1, vpp)
 
 
-__all__ = ["inflight_count_sets", "peak_inflight", "replay", "schedule_table", "warmup_forwards"]
+__all__ = ["count_table", "equal_weight_peak", "inflight_count_sets", "peak_inflight", "replay", "schedule_table",
+           "warmup_forwards", "weighted_peak"]

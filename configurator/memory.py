@@ -44,7 +44,7 @@ from typing import Any
 
 from configurator.ep_buffers import FlexBuffers, flex_backend, flex_buffers
 from configurator.errors import InputError
-from configurator.inflight import peak_inflight
+from configurator.inflight import count_table, equal_weight_peak, peak_inflight, weighted_peak
 from configurator.profiles import GIB, profiles_dir
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
@@ -505,13 +505,14 @@ def chunk_layer_indices(model: ModelSpec, plan: Plan, stage: int) -> list[list[i
     return [list(r) for r in _virtual_chunks(model.num_layers, plan.pp, plan.vpp, plan.pipeline_layers)[stage]]
 
 
-def _per_kind(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime,
-              memo: dict | None = None) -> dict[bool, tuple[float, float]]:
+def _per_kind(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, memo: dict | None = None,
+              first: tuple[tuple[int, bool], ...] | None = None) -> dict[bool, tuple[float, float]]:
     """(everything, what the plan's recompute keeps) per layer kind (MoE or dense), one micro-batch. ``memo``:
     a search's ``ACTIVATION_MEMO``, which keeps each kind's ``layer_activation_parts`` for the recompute forms
-    of a structure (they depend only on the fields in its key)."""
+    of a structure (they depend only on the fields in its key). ``first``: ``_first_of_each_kind(model)``, if the
+    caller has it."""
     out: dict[bool, tuple[float, float]] = {}
-    for i, kind in _first_of_each_kind(model):
+    for i, kind in first or _first_of_each_kind(model):
         if kind not in out:
             key = ("layer_parts", plan.tp, plan.sp, plan.cp, plan.micro_batch, plan.etp, kind)
             parts = memo.get(key) if memo is not None else None
@@ -621,7 +622,8 @@ fields is a good part of a memo lookup. ``tests/test_search_speed.py`` checks th
 on EP. Under ``_SHARED``, a dict of its own: each stage's weights, grads and optimizer states per sharding
 (``_STATE_FIELDS``), each layer kind's activation parts (``_per_kind``) and the partitions' parameter tables."""
 ACTIVATION_MEMO_LIMIT = 4096
-"""Plans ``ACTIVATION_MEMO`` holds before it is emptied (``search.resolve.MEMO_LIMIT`` says why)."""
+"""Plans ``ACTIVATION_MEMO`` holds before it starts a new generation (``_OLDER``; ``search.resolve.MEMO_LIMIT``
+says why it is bounded)."""
 _ACTIVATION_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("sharding", "shard_group", "offload", "ep",
                                                                        "ep_dispatcher")))
 
@@ -749,10 +751,18 @@ def memory_parts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pla
         key = (_ACTIVATION_FIELDS(plan), m, rt.name)
         acts = memo.get(key)
         if acts is None:
+            older = memo.get(_OLDER)
+            acts = older.pop(key, None) if older is not None else None
             if len(memo) >= ACTIVATION_MEMO_LIMIT:
-                memo.clear()  # bounded: its hits are within one structure (the key has its degrees and micro-batch)
-                memo[_SHARED] = shared
-            acts = memo[key] = _stage_activation_table(model, job, plan, rt, m, shared)
+                # bounded, keeping the last generation: a structure's forms are asked again when it reaches the
+                # front of the search again, often thousands of tables later
+                memo[_OLDER] = {k: v for k, v in memo.items() if k != _SHARED and k != _OLDER}
+                older = memo[_OLDER]
+                memo.clear()
+                memo[_SHARED], memo[_OLDER] = shared, older
+            if acts is None:
+                acts = _stage_activation_table(model, job, plan, rt, m, shared)
+            memo[key] = acts
         key = (_STATE_FIELDS(plan), rt.name)
         states = shared.get(key)
         if states is None:
@@ -805,6 +815,11 @@ def memory_floor_bytes(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, pla
 
 _SHARED = "shared"
 """``ACTIVATION_MEMO``'s entry holding the other parts (``memory_parts``), bounded on its own."""
+_OLDER = "older"
+"""``ACTIVATION_MEMO``'s entry holding the tables it held when it last reached ``ACTIVATION_MEMO_LIMIT``: a table
+asked again is taken from there (and kept again), so the memo holds at most twice the limit and forgets only what
+two generations did not ask for (Mixtral-8x22B/64 H100 at global batch 2,048: 7,994 tables worked out -> 6,011,
+of 6,000 distinct; emptied at the limit, 1,994 were worked out again)."""
 _DEVICE = "device"
 """``_SHARED``'s entry holding the cluster, its ``_device_constants`` and its flex buffers per plan (by
 ``_FLEX_FIELDS``)."""
@@ -867,11 +882,118 @@ def _stage_states(model: ModelSpec, plan: Plan, rt: Runtime,
 
 def _stage_activation_table(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, m: int,
                             memo: dict | None = None) -> tuple[tuple[float, float], ...]:
-    """Per pipeline rank, ``_stage_activations``: (activation bytes at its peak, micro-batches in flight)."""
-    kinds = _per_kind(model, job, plan, rt, memo)
+    """Per pipeline rank, ``_stage_activations``: (activation bytes at its peak, micro-batches in flight).
+
+    The same operations on the same values as ``_stage_activations`` stage by stage (so the same floats;
+    ``tests/test_memory_speed_caches.py`` compares them), with what does not depend on the recompute form taken
+    from the plan's ``_StageLayout`` (``memo``: a search's, where the recompute forms of a structure share it): a
+    chunk's sum depends on its layers only through their run of kinds, so it is worked out once per distinct run,
+    and a rank whose chunks all have one run weighs them the same (``peak_inflight``'s count times the weight). A
+    search works out about 6,000 tables for Mixtral-8x22B on 64 H100, about 9 recompute forms of each layout."""
+    layout = _stage_layout(model, job, plan, rt, m, memo)
+    kinds = _per_kind(model, job, plan, rt, memo, layout.first_of_kind)
+    flags, boundary, vpp = layout.flags, layout.boundary, plan.vpp
+    sums = [_chunk_activations(model, job, plan, kinds, layers, flags) for layers in layout.runs]
+    out = []
+    for s, (ids, held_equal, inflight_equal, ids_bytes) in enumerate(layout.stages):
+        if len(ids) == 1:  # (every chunk of the rank has the same run: ``max`` over equal values is the first)
+            kept, work = sums[ids[0]]
+            act = held_equal * (kept + boundary) + max(0.0, work)
+            inflight, extra = inflight_equal, ids_bytes
+        else:
+            per_chunk = []
+            working = 0.0
+            for i in ids:
+                kept, work = sums[i]
+                per_chunk.append(kept + boundary)
+                working = max(working, work)
+            first = per_chunk[0]
+            if all(w == first for w in per_chunk):  # (``peak_inflight``: the count does not depend on the weight)
+                act = held_equal * first + working
+                inflight, extra = inflight_equal, ids_bytes
+            else:
+                held, counts = weighted_peak(*layout.count_sets[s], tuple(per_chunk))
+                act = held + working
+                inflight = sum(counts) / vpp
+                extra = inflight * layout.tokens * 8
+        if s == 0:
+            act += extra  # token ids and position ids (int64) per micro-batch
+        if s == plan.pp - 1:
+            act += layout.head
+            act += mtp_activation_bytes(model, job, plan, rt, kinds)
+        out.append((act, inflight))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _StageLayout:
+    """What ``_stage_activation_table`` needs of a plan besides its recompute form: the fields of
+    ``_LAYOUT_FIELDS``, the micro-batches and the runtime, for one model and job (a search's)."""
+
+    flags: tuple[bool, ...]
+    """``layer_moe_flags(model)`` (its cache hashes the whole model spec on every call)."""
+    first_of_kind: tuple[tuple[int, bool], ...]
+    """``_first_of_each_kind(model)``, for ``_per_kind``."""
+    tokens: float
+    boundary: float
+    """The pipeline's send/receive buffers held per chunk and micro-batch (``_stage_activations``)."""
+    head: float
+    """The last stage's output layer activations (hidden states and logits) per micro-batch."""
+    runs: tuple[range, ...]
+    """The layers of the first chunk with each distinct run of layer kinds, in the order they first appear."""
+    stages: tuple[tuple[tuple[int, ...], int, float, float], ...]
+    """Per pipeline rank: its chunks' runs (indices into ``runs``, one per chunk; a single index where every chunk
+    has that run), and for when its chunks weigh the same (always under 1F1B): the micro-batch-chunks held at the
+    peak, the micro-batches in flight and the first stage's token and position ids at those counts
+    (``peak_inflight``)."""
+    count_sets: tuple[tuple[tuple[tuple[int, ...], ...], tuple[Any, ...]], ...]
+    """Per pipeline rank (interleaved schedules only; empty under 1F1B): its ``inflight_count_sets`` and their
+    columns, for ``weighted_peak`` where its chunks differ (``peak_inflight``'s own arguments: the same floats)."""
+
+
+_LAYOUT = "stage_layout"
+"""Key prefix of ``_StageLayout``s in ``ACTIVATION_MEMO``'s ``_SHARED`` dict."""
+_LAYOUT_FIELDS = attrgetter("tp", "sp", "cp", "micro_batch", "pp", "vpp", "pipeline_layers")
+"""The plan fields ``_stage_layout`` reads (its key, with the micro-batches and the runtime)."""
+
+
+def _stage_layout(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, m: int,
+                  memo: dict | None = None) -> _StageLayout:
+    """``plan``'s ``_StageLayout`` with ``m`` micro-batches: from ``memo`` (a search's, keyed by ``_LAYOUT_FIELDS``,
+    ``m`` and the runtime) or worked out with ``_stage_activations``' operations."""
+    key = (_LAYOUT, _LAYOUT_FIELDS(plan), m, rt.name)
+    hit = memo.get(key) if memo is not None else None
+    if hit is not None:
+        return hit
+    pp, vpp = plan.pp, plan.vpp
     flags = layer_moe_flags(model)
-    chunk_memo: dict[tuple[bool, ...], tuple[float, float]] = {}
-    return tuple(_stage_activations(model, job, plan, rt, s, m, kinds, flags, chunk_memo) for s in range(plan.pp))
+    tokens = job.seq_len / plan.cp * plan.micro_batch
+    vocab = model.padded_vocab_size(plan.tp)
+    run_ids: dict[tuple[bool, ...], int] = {}
+    runs: list[range] = []
+    stages = []
+    count_sets = []
+    for s, chunks in enumerate(_virtual_chunks(model.num_layers, pp, vpp, plan.pipeline_layers)):
+        ids = []
+        for r in chunks:
+            run = flags[r.start:r.stop]
+            if run not in run_ids:
+                run_ids[run] = len(runs)
+                runs.append(r)
+            ids.append(run_ids[run])
+        held, counts = equal_weight_peak(pp, vpp, m, s)
+        if vpp > 1:
+            count_sets.append(count_table(pp, vpp, m, s))
+        inflight = sum(counts) / vpp
+        stages.append((tuple(ids) if len(set(ids)) > 1 else (ids[0],), held, inflight, inflight * tokens * 8))
+    hit = _StageLayout(flags=flags, first_of_kind=_first_of_each_kind(model), tokens=tokens,
+                       boundary=rt.pipe_buffers * layer_input_bytes(model, job, plan),
+                       head=tokens * (2 * model.hidden_size / (plan.tp if plan.sp else 1)
+                                      + rt.logit_bytes * vocab / plan.tp),
+                       runs=tuple(runs), stages=tuple(stages), count_sets=tuple(count_sets))
+    if memo is not None:
+        memo[key] = hit
+    return hit
 
 
 def plan_flex_buffers(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan) -> FlexBuffers | None:
