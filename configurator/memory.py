@@ -44,7 +44,7 @@ from typing import Any
 
 from configurator.ep_buffers import FlexBuffers, flex_backend, flex_buffers
 from configurator.errors import InputError
-from configurator.inflight import count_table, equal_weight_peak, peak_inflight, weighted_peak
+from configurator.inflight import CountTable, count_table, equal_weight_peak, peak_inflight, weighted_peak
 from configurator.profiles import GIB, profiles_dir
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
@@ -912,7 +912,7 @@ def _stage_activation_table(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runt
                 act = held_equal * first + working
                 inflight, extra = inflight_equal, ids_bytes
             else:
-                held, counts = weighted_peak(*layout.count_sets[s], tuple(per_chunk))
+                held, counts = weighted_peak(layout.count_sets[s], tuple(per_chunk))
                 act = held + working
                 inflight = sum(counts) / vpp
                 extra = inflight * layout.tokens * 8
@@ -946,9 +946,9 @@ class _StageLayout:
     has that run), and for when its chunks weigh the same (always under 1F1B): the micro-batch-chunks held at the
     peak, the micro-batches in flight and the first stage's token and position ids at those counts
     (``peak_inflight``)."""
-    count_sets: tuple[tuple[tuple[tuple[int, ...], ...], tuple[Any, ...]], ...]
-    """Per pipeline rank (interleaved schedules only; empty under 1F1B): its ``inflight_count_sets`` and their
-    columns, for ``weighted_peak`` where its chunks differ (``peak_inflight``'s own arguments: the same floats)."""
+    count_sets: tuple[CountTable, ...]
+    """Per pipeline rank (interleaved schedules only; empty under 1F1B): its ``count_table``, for ``weighted_peak``
+    where its chunks differ (``peak_inflight``'s own: the same floats)."""
 
 
 _LAYOUT = "stage_layout"

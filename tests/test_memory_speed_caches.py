@@ -1,11 +1,14 @@
 """The caches that make a search's memory estimates cheaper give the uncached floats, and their keys tell apart
-what changes the answer: the chunk sums shared by runs of layer kinds, the flex buffers remembered per search
+what changes the answer: the chunk sums shared by runs of layer kinds, the stage layouts shared by a structure's
+recompute forms, the tables kept a generation past the memo's limit, the flex buffers remembered per search
 (and per cluster), the first layer of each kind, the module lists per model and precision, and
 ``plan_violations`` working out the pipeline split only where a rule reads it."""
 
 from __future__ import annotations
 
 import contextvars
+
+import pytest
 
 from configurator import JobSpec, load_cluster, load_model
 from configurator.memory import (ACTIVATION_MEMO, _chunk_activations, _first_of_each_kind, _per_kind,
@@ -185,7 +188,7 @@ def test_the_stage_layout_is_keyed_on_every_field_it_reads() -> None:
     assert len(set(asked)) == len(asked)  # (every variant changes the table: a key missing a field would show)
 
 
-def test_a_table_asked_again_after_the_limit_comes_from_the_last_generation(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_table_asked_again_after_the_limit_comes_from_the_last_generation(monkeypatch: pytest.MonkeyPatch) -> None:
     """``ACTIVATION_MEMO`` at its limit keeps the tables of its last generation: a table asked again there is not
     worked out again (the first generation, asked again two generations later, is), the memo holds at most twice
     the limit, and every estimate is the fresh one's."""
