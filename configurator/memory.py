@@ -39,8 +39,8 @@ import math
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from operator import attrgetter
-from typing import Any
+from operator import add, attrgetter
+from typing import Any, NamedTuple
 
 from configurator.ep_buffers import FlexBuffers, flex_backend, flex_buffers
 from configurator.errors import InputError
@@ -644,12 +644,13 @@ class MemoryParts:
     class: the search builds one per estimate)."""
 
     __slots__ = ("states", "activations", "buffer_bytes", "context_bytes", "rt", "capacity_bytes",
-                 "host_capacity_bytes", "gpus_per_node", "buffers")
+                 "host_capacity_bytes", "gpus_per_node", "buffers", "state_sums", "activation_bytes")
 
     def __init__(self, *, states: tuple[tuple[int, int, float, float, float], ...],
                  activations: tuple[tuple[float, float], ...], buffer_bytes: tuple[float, ...], context_bytes: float,
                  rt: Runtime, capacity_bytes: float, host_capacity_bytes: float, gpus_per_node: int,
-                 buffers: FlexBuffers | None = None) -> None:
+                 buffers: FlexBuffers | None = None, state_sums: StateSums | None = None,
+                 activation_bytes: tuple[float, ...] | None = None) -> None:
         self.states = states  # per pipeline rank: (layers, parameters, weights, grads, whole optimizer states)
         self.activations = activations  # per pipeline rank: (activation bytes, micro-batches in flight)
         self.buffer_bytes = buffer_bytes  # per pipeline rank: the flex dispatcher's buffers (0 without them)
@@ -657,6 +658,9 @@ class MemoryParts:
         self.capacity_bytes, self.host_capacity_bytes = capacity_bytes, host_capacity_bytes
         self.gpus_per_node = gpus_per_node  # ranks of one node (``_report``: at worst all of the busiest stage)
         self.buffers = buffers
+        # ``totals``' sums of ``states`` and the activation bytes of ``activations`` (worked out there if not given:
+        # ``search/resolve.py``'s ``StructureMemory`` gives them, once per sharding and per recompute form)
+        self.state_sums, self.activation_bytes = state_sums, activation_bytes
 
     def report(self, offload: float) -> MemoryReport:
         """``estimate_memory`` of the plan with ``offload`` of its optimizer states on the host."""
@@ -672,24 +676,53 @@ class MemoryParts:
     def totals(self, offload: float) -> MemoryTotals:
         """``report(offload)``'s per-stage ``total_bytes`` and host peak, without building it."""
         frag, ctx = self.rt.fragmentation, self.context_bytes
+        sums = self.state_sums
+        if sums is None:
+            sums = self.state_sums = state_sums(self.states)
+        acts = self.activation_bytes
+        if acts is None:
+            acts = self.activation_bytes = activation_bytes(self.activations)
         if offload == 0.0 and math.copysign(1.0, offload) > 0:
             # No offload (most estimates): host = o * 0.0 = 0.0 and o - 0.0 = o for the finite, non-negative states,
             # so the same floats in one pass (StageMemory.total_bytes: (allocated + fragmentation) + context +
-            # buffers, left to right).
-            totals = tuple([x + x * frag + ctx + ep for x, ep in zip(
-                [w + g + o + a for (_n, _p, w, g, o), (a, _inflight) in zip(self.states, self.activations)],
-                self.buffer_bytes)])
+            # buffers, left to right; allocated = w + g + o + a, whose first two additions ``StateSums`` keeps).
+            totals = tuple([x + x * frag + ctx + ep for x, ep in zip(map(add, sums.kept, acts), self.buffer_bytes)])
             return MemoryTotals(self, offload, totals, max(totals), self.gpus_per_node * 0.0)
         totals_list = []
         host_max = -math.inf
-        for (_n, _p, w, g, o), (a, _inflight), ep in zip(self.states, self.activations, self.buffer_bytes):
+        for wg, o, a, ep in zip(sums.weights_grads, sums.optimizer, acts, self.buffer_bytes):
             host = o * offload  # as _stage_memory
-            allocated = w + g + (o - host) + a
+            allocated = wg + (o - host) + a  # (w + g + (o - host) + a, left to right)
             # StageMemory.total_bytes: (allocated + fragmentation) + context + buffers, left to right
             totals_list.append(allocated + allocated * frag + ctx + ep)
             if host > host_max:
                 host_max = host
         return MemoryTotals(self, offload, tuple(totals_list), max(totals_list), self.gpus_per_node * host_max)
+
+
+class StateSums(NamedTuple):
+    """Per pipeline rank, the sums of a sharding's states that ``MemoryParts.totals`` starts from, worked out once
+    per sharding (``state_sums``): the same additions in the same order as ``w + g + o + a`` and
+    ``w + g + (o - host) + a``, so the same floats."""
+
+    weights_grads: tuple[float, ...]
+    """w + g."""
+    optimizer: tuple[float, ...]
+    """o, the whole optimizer states."""
+    kept: tuple[float, ...]
+    """w + g + o: everything but the activations, without offload."""
+
+
+def state_sums(states: tuple[tuple[int, int, float, float, float], ...]) -> StateSums:
+    """``StateSums`` of ``MemoryParts.states``."""
+    weights_grads = tuple([w + g for _n, _p, w, g, _o in states])
+    optimizer = tuple([o for *_, o in states])
+    return StateSums(weights_grads, optimizer, tuple(map(add, weights_grads, optimizer)))
+
+
+def activation_bytes(activations: tuple[tuple[float, float], ...]) -> tuple[float, ...]:
+    """Per pipeline rank, the activation bytes of ``MemoryParts.activations``."""
+    return tuple([a for a, _inflight in activations])
 
 
 class MemoryTotals:
@@ -745,28 +778,9 @@ def memory_parts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pla
         acts = _stage_activation_table(model, job, plan, rt, m)
         context, capacity, host_capacity = _device_constants(cluster)
     else:
-        shared = memo.get(_SHARED)  # (a dict of its own: a structure's shardings must not empty the activations)
-        if shared is None or len(shared) >= ACTIVATION_MEMO_LIMIT:
-            shared = memo[_SHARED] = {}
-        key = (_ACTIVATION_FIELDS(plan), m, rt.name)
-        acts = memo.get(key)
-        if acts is None:
-            older = memo.get(_OLDER)
-            acts = older.pop(key, None) if older is not None else None
-            if len(memo) >= ACTIVATION_MEMO_LIMIT:
-                # bounded, keeping the last generation: a structure's forms are asked again when it reaches the
-                # front of the search again, often thousands of tables later
-                memo[_OLDER] = {k: v for k, v in memo.items() if k != _SHARED and k != _OLDER}
-                older = memo[_OLDER]
-                memo.clear()
-                memo[_SHARED], memo[_OLDER] = shared, older
-            if acts is None:
-                acts = _stage_activation_table(model, job, plan, rt, m, shared)
-            memo[key] = acts
-        key = (_STATE_FIELDS(plan), rt.name)
-        states = shared.get(key)
-        if states is None:
-            states = shared[key] = _stage_states(model, plan, rt, shared)
+        shared = _shared_memo(memo)
+        acts = _memo_activations(memo, shared, model, job, plan, rt, m)
+        states = _memo_states(shared, model, plan, rt)
         device = shared.get(_DEVICE)
         if device is None or device[0] is not cluster:  # (one cluster per search; checked, not assumed)
             device = shared[_DEVICE] = (cluster, *_device_constants(cluster), {})
@@ -775,6 +789,67 @@ def memory_parts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pla
     return MemoryParts(states=states, activations=acts, buffer_bytes=stage_buffer_bytes, context_bytes=context, rt=rt,
                        capacity_bytes=capacity, host_capacity_bytes=host_capacity,
                        gpus_per_node=min(cluster.gpus_per_node, plan.world_size), buffers=buffers)
+
+
+def stage_activations(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime) -> tuple[tuple[float, float], ...]:
+    """``memory_parts(...).activations`` alone (through ``ACTIVATION_MEMO`` in a search), for a caller that has the
+    other parts (``search/resolve.py``'s ``StructureMemory``: a structure's next recompute form)."""
+    m = max(1, plan.num_microbatches(job))
+    memo = ACTIVATION_MEMO.get()
+    if memo is None:
+        return _stage_activation_table(model, job, plan, rt, m)
+    return _memo_activations(memo, _shared_memo(memo), model, job, plan, rt, m)
+
+
+def stage_states(model: ModelSpec, plan: Plan, rt: Runtime) -> tuple[tuple[int, int, float, float, float], ...]:
+    """``memory_parts(...).states`` alone (through ``ACTIVATION_MEMO`` in a search), for a caller that has the other
+    parts (``StructureMemory``: a structure's next sharding)."""
+    memo = ACTIVATION_MEMO.get()
+    if memo is None:
+        return _stage_states(model, plan, rt)
+    return _memo_states(_shared_memo(memo), model, plan, rt)
+
+
+def _shared_memo(memo: dict) -> dict:
+    """``memo``'s ``_SHARED`` dict (a dict of its own: a structure's shardings must not empty the activations),
+    emptied at ``ACTIVATION_MEMO_LIMIT``."""
+    shared = memo.get(_SHARED)
+    if shared is None or len(shared) >= ACTIVATION_MEMO_LIMIT:
+        shared = memo[_SHARED] = {}
+    return shared
+
+
+def _memo_activations(memo: dict, shared: dict, model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime,
+                      m: int) -> tuple[tuple[float, float], ...]:
+    """``_stage_activation_table`` of ``plan`` with ``m`` micro-batches through ``memo`` (a search's
+    ``ACTIVATION_MEMO``, by ``_ACTIVATION_FIELDS``, ``m`` and the runtime; its last generation in ``_OLDER``)."""
+    key = (_ACTIVATION_FIELDS(plan), m, rt.name)
+    acts = memo.get(key)
+    if acts is None:
+        older = memo.get(_OLDER)
+        acts = older.pop(key, None) if older is not None else None
+        if len(memo) >= ACTIVATION_MEMO_LIMIT:
+            # bounded, keeping the last generation: a structure's forms are asked again when it reaches the
+            # front of the search again, often thousands of tables later
+            memo[_OLDER] = {k: v for k, v in memo.items() if k != _SHARED and k != _OLDER}
+            older = memo[_OLDER]
+            memo.clear()
+            memo[_SHARED], memo[_OLDER] = shared, older
+        if acts is None:
+            acts = _stage_activation_table(model, job, plan, rt, m, shared)
+        memo[key] = acts
+    return acts
+
+
+def _memo_states(shared: dict, model: ModelSpec, plan: Plan,
+                 rt: Runtime) -> tuple[tuple[int, int, float, float, float], ...]:
+    """``_stage_states`` of ``plan`` through ``shared`` (``ACTIVATION_MEMO``'s ``_SHARED``, by ``_STATE_FIELDS``
+    and the runtime)."""
+    key = (_STATE_FIELDS(plan), rt.name)
+    states = shared.get(key)
+    if states is None:
+        states = shared[key] = _stage_states(model, plan, rt, shared)
+    return states
 
 
 def _device_constants(cluster: ClusterSpec) -> tuple[float, float, float]:
@@ -1167,8 +1242,9 @@ def megatron_theoretical_memory(model: ModelSpec, job: JobSpec, plan: Plan) -> t
     return weights_optimizer, act / plan.tp
 
 
-__all__ = ["MemoryParts", "MemoryReport", "MemoryTotals", "Runtime", "StageMemory", "estimate_memory", "flex_peak_bytes",
-           "stage_flex_buffers",
+__all__ = ["MemoryParts", "MemoryReport", "MemoryTotals", "Runtime", "StageMemory", "StateSums", "activation_bytes",
+           "estimate_memory", "flex_peak_bytes", "state_sums",
+           "stage_activations", "stage_flex_buffers", "stage_states",
            "inflight_chunks", "memory_floor_bytes", "memory_parts",
            "layer_activation_bytes", "load_runtime", "megatron_theoretical_memory", "plan_flex_buffers",
            "with_flex_buffers", "with_offload"]
