@@ -39,6 +39,7 @@ Placement: on a cluster with a measured link matrix, the best plans get a link-a
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import math
@@ -301,11 +302,23 @@ def _search_caches() -> Iterator[None]:
     memos = (SHAPE_CACHE, MEMORY_MEMO, ACTIVATION_MEMO, WORK_TIME_MEMO, SCHEDULE_MEMO)
     tokens = (SHAPE_CACHE.set(ShapeCache()), MEMORY_MEMO.set({}), ACTIVATION_MEMO.set({}), WORK_TIME_MEMO.set({}),
               SCHEDULE_MEMO.set({}))
+    threshold = gc.get_threshold()
+    gc.set_threshold(max(threshold[0], SEARCH_GC_THRESHOLD), *threshold[1:])
     try:
         yield
     finally:
+        gc.set_threshold(*threshold)
         for var, token in zip(memos, tokens):
             var.reset(token)  # type: ignore[attr-defined]
+
+
+SEARCH_GC_THRESHOLD = 10_000
+"""Allocations between CPython's young-generation collections while a search runs (its default: 700; restored after).
+A search allocates hundreds of thousands of short-lived plans and tuples, freed by reference counting, and its memos
+hold tens of thousands more: at the default, a collection every 700 allocations and a full one every 100 of those
+(which walks the memos too) took 0.8-1.0 of the 4.5-5 CPU s of Mixtral-8x22B/64 H100 at global batch 2,048
+(``gc.callbacks``); at 5,000 to 100,000 the search took 3.8-4.3 CPU s, with the same peak RSS (107 MB). Collection
+only frees unreachable cycles, so no answer changes (the 47 jobs' top-5 dump is identical)."""
 
 
 def _resolution(ctx: SearchContext, plan: Plan, least_only: bool, full_recompute: bool) -> Resolution | None:
