@@ -559,8 +559,9 @@ def _stage_activations(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, 
                        chunk_memo: dict[tuple[bool, ...], tuple[float, float]] | None = None) -> tuple[float, float]:
     """(activation bytes of the stage's rank at its peak, micro-batches in flight in stage units). ``flags``:
     ``layer_moe_flags(model)``, if the caller has it. ``chunk_memo``: ``_chunk_activations`` of this plan by the
-    chunk's run of layer kinds (``_stage_activation_table``: a chunk's sum depends on its layers only through
-    their kinds, in order, so the chunks of one plan with the same run share it - the same floats)."""
+    chunk's run of layer kinds (a chunk's sum depends on its layers only through their kinds, in order, so the
+    chunks of one plan with the same run share it - the same floats). The definition one stage at a time:
+    ``_stage_activation_table`` works out every stage of a plan with the same operations."""
     kinds = kinds or _per_kind(model, job, plan, rt)
     chunks = _virtual_chunks(model.num_layers, plan.pp, plan.vpp, plan.pipeline_layers)[stage]
     tokens = job.seq_len / plan.cp * plan.micro_batch
