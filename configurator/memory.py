@@ -39,12 +39,12 @@ import math
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from operator import attrgetter
-from typing import Any
+from operator import add, attrgetter
+from typing import Any, NamedTuple
 
 from configurator.ep_buffers import FlexBuffers, flex_backend, flex_buffers
 from configurator.errors import InputError
-from configurator.inflight import peak_inflight
+from configurator.inflight import CountTable, count_table, equal_weight_peak, peak_inflight, weighted_peak
 from configurator.profiles import GIB, profiles_dir
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
@@ -505,13 +505,14 @@ def chunk_layer_indices(model: ModelSpec, plan: Plan, stage: int) -> list[list[i
     return [list(r) for r in _virtual_chunks(model.num_layers, plan.pp, plan.vpp, plan.pipeline_layers)[stage]]
 
 
-def _per_kind(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime,
-              memo: dict | None = None) -> dict[bool, tuple[float, float]]:
+def _per_kind(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, memo: dict | None = None,
+              first: tuple[tuple[int, bool], ...] | None = None) -> dict[bool, tuple[float, float]]:
     """(everything, what the plan's recompute keeps) per layer kind (MoE or dense), one micro-batch. ``memo``:
     a search's ``ACTIVATION_MEMO``, which keeps each kind's ``layer_activation_parts`` for the recompute forms
-    of a structure (they depend only on the fields in its key)."""
+    of a structure (they depend only on the fields in its key). ``first``: ``_first_of_each_kind(model)``, if the
+    caller has it."""
     out: dict[bool, tuple[float, float]] = {}
-    for i, kind in _first_of_each_kind(model):
+    for i, kind in first or _first_of_each_kind(model):
         if kind not in out:
             key = ("layer_parts", plan.tp, plan.sp, plan.cp, plan.micro_batch, plan.etp, kind)
             parts = memo.get(key) if memo is not None else None
@@ -558,8 +559,9 @@ def _stage_activations(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, 
                        chunk_memo: dict[tuple[bool, ...], tuple[float, float]] | None = None) -> tuple[float, float]:
     """(activation bytes of the stage's rank at its peak, micro-batches in flight in stage units). ``flags``:
     ``layer_moe_flags(model)``, if the caller has it. ``chunk_memo``: ``_chunk_activations`` of this plan by the
-    chunk's run of layer kinds (``_stage_activation_table``: a chunk's sum depends on its layers only through
-    their kinds, in order, so the chunks of one plan with the same run share it - the same floats)."""
+    chunk's run of layer kinds (a chunk's sum depends on its layers only through their kinds, in order, so the
+    chunks of one plan with the same run share it - the same floats). The definition one stage at a time:
+    ``_stage_activation_table`` works out every stage of a plan with the same operations."""
     kinds = kinds or _per_kind(model, job, plan, rt)
     chunks = _virtual_chunks(model.num_layers, plan.pp, plan.vpp, plan.pipeline_layers)[stage]
     tokens = job.seq_len / plan.cp * plan.micro_batch
@@ -621,7 +623,8 @@ fields is a good part of a memo lookup. ``tests/test_search_speed.py`` checks th
 on EP. Under ``_SHARED``, a dict of its own: each stage's weights, grads and optimizer states per sharding
 (``_STATE_FIELDS``), each layer kind's activation parts (``_per_kind``) and the partitions' parameter tables."""
 ACTIVATION_MEMO_LIMIT = 4096
-"""Plans ``ACTIVATION_MEMO`` holds before it is emptied (``search.resolve.MEMO_LIMIT`` says why)."""
+"""Plans ``ACTIVATION_MEMO`` holds before it starts a new generation (``_OLDER``; ``search.resolve.MEMO_LIMIT``
+says why it is bounded)."""
 _ACTIVATION_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("sharding", "shard_group", "offload", "ep",
                                                                        "ep_dispatcher")))
 
@@ -642,12 +645,13 @@ class MemoryParts:
     class: the search builds one per estimate)."""
 
     __slots__ = ("states", "activations", "buffer_bytes", "context_bytes", "rt", "capacity_bytes",
-                 "host_capacity_bytes", "gpus_per_node", "buffers")
+                 "host_capacity_bytes", "gpus_per_node", "buffers", "state_sums", "activation_bytes")
 
     def __init__(self, *, states: tuple[tuple[int, int, float, float, float], ...],
                  activations: tuple[tuple[float, float], ...], buffer_bytes: tuple[float, ...], context_bytes: float,
                  rt: Runtime, capacity_bytes: float, host_capacity_bytes: float, gpus_per_node: int,
-                 buffers: FlexBuffers | None = None) -> None:
+                 buffers: FlexBuffers | None = None, state_sums: StateSums | None = None,
+                 activation_bytes: tuple[float, ...] | None = None) -> None:
         self.states = states  # per pipeline rank: (layers, parameters, weights, grads, whole optimizer states)
         self.activations = activations  # per pipeline rank: (activation bytes, micro-batches in flight)
         self.buffer_bytes = buffer_bytes  # per pipeline rank: the flex dispatcher's buffers (0 without them)
@@ -655,6 +659,9 @@ class MemoryParts:
         self.capacity_bytes, self.host_capacity_bytes = capacity_bytes, host_capacity_bytes
         self.gpus_per_node = gpus_per_node  # ranks of one node (``_report``: at worst all of the busiest stage)
         self.buffers = buffers
+        # ``totals``' sums of ``states`` and the activation bytes of ``activations`` (worked out there if not given:
+        # ``search/resolve.py``'s ``StructureMemory`` gives them, once per sharding and per recompute form)
+        self.state_sums, self.activation_bytes = state_sums, activation_bytes
 
     def report(self, offload: float) -> MemoryReport:
         """``estimate_memory`` of the plan with ``offload`` of its optimizer states on the host."""
@@ -670,24 +677,53 @@ class MemoryParts:
     def totals(self, offload: float) -> MemoryTotals:
         """``report(offload)``'s per-stage ``total_bytes`` and host peak, without building it."""
         frag, ctx = self.rt.fragmentation, self.context_bytes
+        sums = self.state_sums
+        if sums is None:
+            sums = self.state_sums = state_sums(self.states)
+        acts = self.activation_bytes
+        if acts is None:
+            acts = self.activation_bytes = activation_bytes(self.activations)
         if offload == 0.0 and math.copysign(1.0, offload) > 0:
             # No offload (most estimates): host = o * 0.0 = 0.0 and o - 0.0 = o for the finite, non-negative states,
             # so the same floats in one pass (StageMemory.total_bytes: (allocated + fragmentation) + context +
-            # buffers, left to right).
-            totals = tuple([x + x * frag + ctx + ep for x, ep in zip(
-                [w + g + o + a for (_n, _p, w, g, o), (a, _inflight) in zip(self.states, self.activations)],
-                self.buffer_bytes)])
+            # buffers, left to right; allocated = w + g + o + a, whose first two additions ``StateSums`` keeps).
+            totals = tuple([x + x * frag + ctx + ep for x, ep in zip(map(add, sums.kept, acts), self.buffer_bytes)])
             return MemoryTotals(self, offload, totals, max(totals), self.gpus_per_node * 0.0)
         totals_list = []
         host_max = -math.inf
-        for (_n, _p, w, g, o), (a, _inflight), ep in zip(self.states, self.activations, self.buffer_bytes):
+        for wg, o, a, ep in zip(sums.weights_grads, sums.optimizer, acts, self.buffer_bytes):
             host = o * offload  # as _stage_memory
-            allocated = w + g + (o - host) + a
+            allocated = wg + (o - host) + a  # (w + g + (o - host) + a, left to right)
             # StageMemory.total_bytes: (allocated + fragmentation) + context + buffers, left to right
             totals_list.append(allocated + allocated * frag + ctx + ep)
             if host > host_max:
                 host_max = host
         return MemoryTotals(self, offload, tuple(totals_list), max(totals_list), self.gpus_per_node * host_max)
+
+
+class StateSums(NamedTuple):
+    """Per pipeline rank, the sums of a sharding's states that ``MemoryParts.totals`` starts from, worked out once
+    per sharding (``state_sums``): the same additions in the same order as ``w + g + o + a`` and
+    ``w + g + (o - host) + a``, so the same floats."""
+
+    weights_grads: tuple[float, ...]
+    """w + g."""
+    optimizer: tuple[float, ...]
+    """o, the whole optimizer states."""
+    kept: tuple[float, ...]
+    """w + g + o: everything but the activations, without offload."""
+
+
+def state_sums(states: tuple[tuple[int, int, float, float, float], ...]) -> StateSums:
+    """``StateSums`` of ``MemoryParts.states``."""
+    weights_grads = tuple([w + g for _n, _p, w, g, _o in states])
+    optimizer = tuple([o for *_, o in states])
+    return StateSums(weights_grads, optimizer, tuple(map(add, weights_grads, optimizer)))
+
+
+def activation_bytes(activations: tuple[tuple[float, float], ...]) -> tuple[float, ...]:
+    """Per pipeline rank, the activation bytes of ``MemoryParts.activations``."""
+    return tuple([a for a, _inflight in activations])
 
 
 class MemoryTotals:
@@ -743,20 +779,9 @@ def memory_parts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pla
         acts = _stage_activation_table(model, job, plan, rt, m)
         context, capacity, host_capacity = _device_constants(cluster)
     else:
-        shared = memo.get(_SHARED)  # (a dict of its own: a structure's shardings must not empty the activations)
-        if shared is None or len(shared) >= ACTIVATION_MEMO_LIMIT:
-            shared = memo[_SHARED] = {}
-        key = (_ACTIVATION_FIELDS(plan), m, rt.name)
-        acts = memo.get(key)
-        if acts is None:
-            if len(memo) >= ACTIVATION_MEMO_LIMIT:
-                memo.clear()  # bounded: its hits are within one structure (the key has its degrees and micro-batch)
-                memo[_SHARED] = shared
-            acts = memo[key] = _stage_activation_table(model, job, plan, rt, m, shared)
-        key = (_STATE_FIELDS(plan), rt.name)
-        states = shared.get(key)
-        if states is None:
-            states = shared[key] = _stage_states(model, plan, rt, shared)
+        shared = _shared_memo(memo)
+        acts = _memo_activations(memo, shared, model, job, plan, rt, m)
+        states = _memo_states(shared, model, plan, rt)
         device = shared.get(_DEVICE)
         if device is None or device[0] is not cluster:  # (one cluster per search; checked, not assumed)
             device = shared[_DEVICE] = (cluster, *_device_constants(cluster), {})
@@ -765,6 +790,67 @@ def memory_parts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pla
     return MemoryParts(states=states, activations=acts, buffer_bytes=stage_buffer_bytes, context_bytes=context, rt=rt,
                        capacity_bytes=capacity, host_capacity_bytes=host_capacity,
                        gpus_per_node=min(cluster.gpus_per_node, plan.world_size), buffers=buffers)
+
+
+def stage_activations(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime) -> tuple[tuple[float, float], ...]:
+    """``memory_parts(...).activations`` alone (through ``ACTIVATION_MEMO`` in a search), for a caller that has the
+    other parts (``search/resolve.py``'s ``StructureMemory``: a structure's next recompute form)."""
+    m = max(1, plan.num_microbatches(job))
+    memo = ACTIVATION_MEMO.get()
+    if memo is None:
+        return _stage_activation_table(model, job, plan, rt, m)
+    return _memo_activations(memo, _shared_memo(memo), model, job, plan, rt, m)
+
+
+def stage_states(model: ModelSpec, plan: Plan, rt: Runtime) -> tuple[tuple[int, int, float, float, float], ...]:
+    """``memory_parts(...).states`` alone (through ``ACTIVATION_MEMO`` in a search), for a caller that has the other
+    parts (``StructureMemory``: a structure's next sharding)."""
+    memo = ACTIVATION_MEMO.get()
+    if memo is None:
+        return _stage_states(model, plan, rt)
+    return _memo_states(_shared_memo(memo), model, plan, rt)
+
+
+def _shared_memo(memo: dict) -> dict:
+    """``memo``'s ``_SHARED`` dict (a dict of its own: a structure's shardings must not empty the activations),
+    emptied at ``ACTIVATION_MEMO_LIMIT``."""
+    shared = memo.get(_SHARED)
+    if shared is None or len(shared) >= ACTIVATION_MEMO_LIMIT:
+        shared = memo[_SHARED] = {}
+    return shared
+
+
+def _memo_activations(memo: dict, shared: dict, model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime,
+                      m: int) -> tuple[tuple[float, float], ...]:
+    """``_stage_activation_table`` of ``plan`` with ``m`` micro-batches through ``memo`` (a search's
+    ``ACTIVATION_MEMO``, by ``_ACTIVATION_FIELDS``, ``m`` and the runtime; its last generation in ``_OLDER``)."""
+    key = (_ACTIVATION_FIELDS(plan), m, rt.name)
+    acts = memo.get(key)
+    if acts is None:
+        older = memo.get(_OLDER)
+        acts = older.pop(key, None) if older is not None else None
+        if len(memo) >= ACTIVATION_MEMO_LIMIT:
+            # bounded, keeping the last generation: a structure's forms are asked again when it reaches the
+            # front of the search again, often thousands of tables later
+            memo[_OLDER] = {k: v for k, v in memo.items() if k != _SHARED and k != _OLDER}
+            older = memo[_OLDER]
+            memo.clear()
+            memo[_SHARED], memo[_OLDER] = shared, older
+        if acts is None:
+            acts = _stage_activation_table(model, job, plan, rt, m, shared)
+        memo[key] = acts
+    return acts
+
+
+def _memo_states(shared: dict, model: ModelSpec, plan: Plan,
+                 rt: Runtime) -> tuple[tuple[int, int, float, float, float], ...]:
+    """``_stage_states`` of ``plan`` through ``shared`` (``ACTIVATION_MEMO``'s ``_SHARED``, by ``_STATE_FIELDS``
+    and the runtime)."""
+    key = (_STATE_FIELDS(plan), rt.name)
+    states = shared.get(key)
+    if states is None:
+        states = shared[key] = _stage_states(model, plan, rt, shared)
+    return states
 
 
 def _device_constants(cluster: ClusterSpec) -> tuple[float, float, float]:
@@ -805,6 +891,11 @@ def memory_floor_bytes(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, pla
 
 _SHARED = "shared"
 """``ACTIVATION_MEMO``'s entry holding the other parts (``memory_parts``), bounded on its own."""
+_OLDER = "older"
+"""``ACTIVATION_MEMO``'s entry holding the tables it held when it last reached ``ACTIVATION_MEMO_LIMIT``: a table
+asked again is taken from there (and kept again), so the memo holds at most twice the limit and forgets only what
+two generations did not ask for (Mixtral-8x22B/64 H100 at global batch 2,048: 7,994 tables worked out -> 6,011,
+of 6,000 distinct; emptied at the limit, 1,994 were worked out again)."""
 _DEVICE = "device"
 """``_SHARED``'s entry holding the cluster, its ``_device_constants`` and its flex buffers per plan (by
 ``_FLEX_FIELDS``)."""
@@ -867,11 +958,118 @@ def _stage_states(model: ModelSpec, plan: Plan, rt: Runtime,
 
 def _stage_activation_table(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, m: int,
                             memo: dict | None = None) -> tuple[tuple[float, float], ...]:
-    """Per pipeline rank, ``_stage_activations``: (activation bytes at its peak, micro-batches in flight)."""
-    kinds = _per_kind(model, job, plan, rt, memo)
+    """Per pipeline rank, ``_stage_activations``: (activation bytes at its peak, micro-batches in flight).
+
+    The same operations on the same values as ``_stage_activations`` stage by stage (so the same floats;
+    ``tests/test_memory_speed_caches.py`` compares them), with what does not depend on the recompute form taken
+    from the plan's ``_StageLayout`` (``memo``: a search's, where the recompute forms of a structure share it): a
+    chunk's sum depends on its layers only through their run of kinds, so it is worked out once per distinct run,
+    and a rank whose chunks all have one run weighs them the same (``peak_inflight``'s count times the weight). A
+    search works out about 6,000 tables for Mixtral-8x22B on 64 H100, about 9 recompute forms of each layout."""
+    layout = _stage_layout(model, job, plan, rt, m, memo)
+    kinds = _per_kind(model, job, plan, rt, memo, layout.first_of_kind)
+    flags, boundary, vpp = layout.flags, layout.boundary, plan.vpp
+    sums = [_chunk_activations(model, job, plan, kinds, layers, flags) for layers in layout.runs]
+    out = []
+    for s, (ids, held_equal, inflight_equal, ids_bytes) in enumerate(layout.stages):
+        if len(ids) == 1:  # (every chunk of the rank has the same run: ``max`` over equal values is the first)
+            kept, work = sums[ids[0]]
+            act = held_equal * (kept + boundary) + max(0.0, work)
+            inflight, extra = inflight_equal, ids_bytes
+        else:
+            per_chunk = []
+            working = 0.0
+            for i in ids:
+                kept, work = sums[i]
+                per_chunk.append(kept + boundary)
+                working = max(working, work)
+            first = per_chunk[0]
+            if all(w == first for w in per_chunk):  # (``peak_inflight``: the count does not depend on the weight)
+                act = held_equal * first + working
+                inflight, extra = inflight_equal, ids_bytes
+            else:
+                held, counts = weighted_peak(layout.count_sets[s], tuple(per_chunk))
+                act = held + working
+                inflight = sum(counts) / vpp
+                extra = inflight * layout.tokens * 8
+        if s == 0:
+            act += extra  # token ids and position ids (int64) per micro-batch
+        if s == plan.pp - 1:
+            act += layout.head
+            act += mtp_activation_bytes(model, job, plan, rt, kinds)
+        out.append((act, inflight))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _StageLayout:
+    """What ``_stage_activation_table`` needs of a plan besides its recompute form: the fields of
+    ``_LAYOUT_FIELDS``, the micro-batches and the runtime, for one model and job (a search's)."""
+
+    flags: tuple[bool, ...]
+    """``layer_moe_flags(model)`` (its cache hashes the whole model spec on every call)."""
+    first_of_kind: tuple[tuple[int, bool], ...]
+    """``_first_of_each_kind(model)``, for ``_per_kind``."""
+    tokens: float
+    boundary: float
+    """The pipeline's send/receive buffers held per chunk and micro-batch (``_stage_activations``)."""
+    head: float
+    """The last stage's output layer activations (hidden states and logits) per micro-batch."""
+    runs: tuple[range, ...]
+    """The layers of the first chunk with each distinct run of layer kinds, in the order they first appear."""
+    stages: tuple[tuple[tuple[int, ...], int, float, float], ...]
+    """Per pipeline rank: its chunks' runs (indices into ``runs``, one per chunk; a single index where every chunk
+    has that run), and for when its chunks weigh the same (always under 1F1B): the micro-batch-chunks held at the
+    peak, the micro-batches in flight and the first stage's token and position ids at those counts
+    (``peak_inflight``)."""
+    count_sets: tuple[CountTable, ...]
+    """Per pipeline rank (interleaved schedules only; empty under 1F1B): its ``count_table``, for ``weighted_peak``
+    where its chunks differ (``peak_inflight``'s own: the same floats)."""
+
+
+_LAYOUT = "stage_layout"
+"""Key prefix of ``_StageLayout``s in ``ACTIVATION_MEMO``'s ``_SHARED`` dict."""
+_LAYOUT_FIELDS = attrgetter("tp", "sp", "cp", "micro_batch", "pp", "vpp", "pipeline_layers")
+"""The plan fields ``_stage_layout`` reads (its key, with the micro-batches and the runtime)."""
+
+
+def _stage_layout(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime, m: int,
+                  memo: dict | None = None) -> _StageLayout:
+    """``plan``'s ``_StageLayout`` with ``m`` micro-batches: from ``memo`` (a search's, keyed by ``_LAYOUT_FIELDS``,
+    ``m`` and the runtime) or worked out with ``_stage_activations``' operations."""
+    key = (_LAYOUT, _LAYOUT_FIELDS(plan), m, rt.name)
+    hit = memo.get(key) if memo is not None else None
+    if hit is not None:
+        return hit
+    pp, vpp = plan.pp, plan.vpp
     flags = layer_moe_flags(model)
-    chunk_memo: dict[tuple[bool, ...], tuple[float, float]] = {}
-    return tuple(_stage_activations(model, job, plan, rt, s, m, kinds, flags, chunk_memo) for s in range(plan.pp))
+    tokens = job.seq_len / plan.cp * plan.micro_batch
+    vocab = model.padded_vocab_size(plan.tp)
+    run_ids: dict[tuple[bool, ...], int] = {}
+    runs: list[range] = []
+    stages = []
+    count_sets = []
+    for s, chunks in enumerate(_virtual_chunks(model.num_layers, pp, vpp, plan.pipeline_layers)):
+        ids = []
+        for r in chunks:
+            run = flags[r.start:r.stop]
+            if run not in run_ids:
+                run_ids[run] = len(runs)
+                runs.append(r)
+            ids.append(run_ids[run])
+        held, counts = equal_weight_peak(pp, vpp, m, s)
+        if vpp > 1:
+            count_sets.append(count_table(pp, vpp, m, s))
+        inflight = sum(counts) / vpp
+        stages.append((tuple(ids) if len(set(ids)) > 1 else (ids[0],), held, inflight, inflight * tokens * 8))
+    hit = _StageLayout(flags=flags, first_of_kind=_first_of_each_kind(model), tokens=tokens,
+                       boundary=rt.pipe_buffers * layer_input_bytes(model, job, plan),
+                       head=tokens * (2 * model.hidden_size / (plan.tp if plan.sp else 1)
+                                      + rt.logit_bytes * vocab / plan.tp),
+                       runs=tuple(runs), stages=tuple(stages), count_sets=tuple(count_sets))
+    if memo is not None:
+        memo[key] = hit
+    return hit
 
 
 def plan_flex_buffers(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan) -> FlexBuffers | None:
@@ -1045,8 +1243,9 @@ def megatron_theoretical_memory(model: ModelSpec, job: JobSpec, plan: Plan) -> t
     return weights_optimizer, act / plan.tp
 
 
-__all__ = ["MemoryParts", "MemoryReport", "MemoryTotals", "Runtime", "StageMemory", "estimate_memory", "flex_peak_bytes",
-           "stage_flex_buffers",
+__all__ = ["MemoryParts", "MemoryReport", "MemoryTotals", "Runtime", "StageMemory", "StateSums", "activation_bytes",
+           "estimate_memory", "flex_peak_bytes", "state_sums",
+           "stage_activations", "stage_flex_buffers", "stage_states",
            "inflight_chunks", "memory_floor_bytes", "memory_parts",
            "layer_activation_bytes", "load_runtime", "megatron_theoretical_memory", "plan_flex_buffers",
            "with_flex_buffers", "with_offload"]

@@ -1,11 +1,14 @@
 """The caches that make a search's memory estimates cheaper give the uncached floats, and their keys tell apart
-what changes the answer: the chunk sums shared by runs of layer kinds, the flex buffers remembered per search
+what changes the answer: the chunk sums shared by runs of layer kinds, the stage layouts shared by a structure's
+recompute forms, the tables kept a generation past the memo's limit, the flex buffers remembered per search
 (and per cluster), the first layer of each kind, the module lists per model and precision, and
 ``plan_violations`` working out the pipeline split only where a rule reads it."""
 
 from __future__ import annotations
 
 import contextvars
+
+import pytest
 
 from configurator import JobSpec, load_cluster, load_model
 from configurator.memory import (ACTIVATION_MEMO, _chunk_activations, _first_of_each_kind, _per_kind,
@@ -125,3 +128,95 @@ def test_the_fast_stage_builder_makes_the_dataclass_s_object() -> None:
                        fragmentation_bytes=(2.0 + 4.0 + (12.0 - host) + 6.0) * rt.fragmentation, context_bytes=1.5,
                        host_optimizer_bytes=host, inflight_microbatches=3.0, ep_buffer_bytes=0.5)
     assert type(built) is StageMemory and built == made and hash(built) == hash(made)
+
+
+def _alone(model, plan: Plan, rt, m: int) -> tuple:  # type: ignore[no-untyped-def]
+    """The table as ``_stage_activations`` works it out stage by stage, without a memo (the reference)."""
+    return tuple(_stage_activations(model, JOB, plan, rt, s, m) for s in range(plan.pp))
+
+
+_SPLIT = (8, 8, 8, 8, 8, 8, 8, 5)
+"""DeepSeek-V3's 61 layers over PP4 x VPP2, one chunk shorter (chunks of unequal weight: ``weighted_peak``)."""
+
+
+def _forms(plan: Plan) -> list[Plan]:
+    """``plan`` under each kind of recompute form the search tries."""
+    return [Plan(**{**_fields(plan), **form}) for form in (
+        {}, {"recompute": "selective"}, {"recompute": "selective", "recompute_modules": ("layernorm", "moe_act")},
+        {"recompute": "full"}, {"recompute": "full", "recompute_num_layers": 2})]
+
+
+def test_the_table_equals_each_stage_worked_out_alone() -> None:
+    """Every branch of ``_stage_activation_table`` (1F1B, interleaved chunks with one run of kinds, several runs of
+    equal and of unequal weight, one stage, the MTP block on the last stage) under each recompute form, with and
+    without pipeline buffers (Megatron keeps none, DeepSpeed two): the floats of ``_stage_activations``."""
+    plans = [Plan(tp=2, pp=4, vpp=1, dp=8, ep=8, sp=True), Plan(tp=2, pp=4, vpp=2, dp=8, ep=8, sp=True),
+             Plan(tp=2, pp=4, vpp=2, dp=8, ep=8, sp=True, pipeline_layers=_SPLIT), Plan(tp=8, pp=1, dp=8, ep=8)]
+    mixtral = load_model("mixtral-8x22b")  # 56 layers, all MoE: one run of kinds per chunk
+    for runtime in ("megatron", "deepspeed"):
+        rt = load_runtime(runtime)
+        for plan in (f for p in plans for f in _forms(p)):
+            m = plan.num_microbatches(JOB)
+            assert _stage_activation_table(DEEPSEEK, JOB, plan, rt, m) == _alone(DEEPSEEK, plan, rt, m)
+        for plan in _forms(Plan(tp=2, pp=4, vpp=7, dp=8, ep=8, sp=True)) \
+                + _forms(Plan(tp=2, pp=2, vpp=3, dp=16, ep=8, pipeline_layers=(9, 9, 10, 10, 9, 9))):
+            m = plan.num_microbatches(JOB)
+            assert _stage_activation_table(mixtral, JOB, plan, rt, m) == _alone(mixtral, plan, rt, m)
+
+
+def test_the_stage_layout_is_keyed_on_every_field_it_reads() -> None:
+    """One search memo, plans that differ from the first in one field the layout reads (TP and SP: the head's and
+    the pipeline buffers' widths; CP and the micro-batch: the tokens; PP, VPP and the split: the chunks; the
+    micro-batches: the counts in flight; the runtime: the buffers), each asked after the first: each gets the
+    floats of its own table, not the first's layout."""
+    base = Plan(tp=2, pp=4, vpp=2, dp=8, ep=8, sp=True, recompute="full", recompute_num_layers=2,
+                pipeline_layers=_SPLIT)
+    fields = _fields(base)
+    variants = [base, Plan(**{**fields, "tp": 4, "dp": 4}), Plan(**{**fields, "sp": False}),
+                Plan(**{**fields, "cp": 2, "dp": 4}), Plan(**{**fields, "micro_batch": 2}),
+                Plan(**{**fields, "pp": 8, "dp": 4, "pipeline_layers": (4,) * 15 + (1,)}),
+                Plan(**{**fields, "vpp": 1, "pipeline_layers": (16, 16, 16, 13)}),
+                Plan(**{**fields, "pipeline_layers": (5, 8, 8, 8, 8, 8, 8, 8)})]
+    memo: dict = {}
+    asked = []
+    for runtime in ("deepspeed", "megatron"):
+        rt = load_runtime(runtime)
+        for plan in variants:
+            for m in (plan.num_microbatches(JOB), 1):
+                asked.append(_stage_activation_table(DEEPSEEK, JOB, plan, rt, m, memo))
+                assert asked[-1] == _alone(DEEPSEEK, plan, rt, m), (runtime, plan, m)
+    assert len(set(asked)) == len(asked)  # (every variant changes the table: a key missing a field would show)
+
+
+def test_a_table_asked_again_after_the_limit_comes_from_the_last_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ACTIVATION_MEMO`` at its limit keeps the tables of its last generation: a table asked again there is not
+    worked out again (the first generation, asked again two generations later, is), the memo holds at most twice
+    the limit, and every estimate is the fresh one's."""
+    import configurator.memory as memory
+    monkeypatch.setattr(memory, "ACTIVATION_MEMO_LIMIT", 6)
+    made = []
+    table = memory._stage_activation_table
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        made.append(args[2])
+        return table(*args, **kwargs)
+    monkeypatch.setattr(memory, "_stage_activation_table", counted)
+    cluster = load_cluster("h800-ib", num_gpus=64)
+    plans = [Plan(tp=2, pp=4, dp=8, ep=8, sp=True, recompute="full", recompute_num_layers=k) for k in range(1, 13)]
+
+    def ask(order: list[int]) -> list:  # type: ignore[no-untyped-def]
+        def run():  # type: ignore[no-untyped-def]
+            ACTIVATION_MEMO.set({})
+            out = []
+            for i in order:
+                out.append(memory_parts(DEEPSEEK, cluster, JOB, plans[i]).activations)
+                assert len(ACTIVATION_MEMO.get()) <= 2 * memory.ACTIVATION_MEMO_LIMIT + 2
+            return out
+        return contextvars.copy_context().run(run)
+    first, second = list(range(8)), list(range(4, 8))  # 8 tables (one new generation), then 4 of the last 4
+    got = ask(first + second)
+    assert len(made) == 8
+    assert got == [memory_parts(DEEPSEEK, cluster, JOB, plans[i]).activations for i in first + second]
+    made.clear()
+    ask(list(range(12)) + [0])  # the first table is two generations old by then: worked out again
+    assert len(made) == 13

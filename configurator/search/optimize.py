@@ -39,6 +39,7 @@ Placement: on a cluster with a measured link matrix, the best plans get a link-a
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import math
@@ -326,11 +327,24 @@ def _search_caches() -> Iterator[None]:
     memos = (SHAPE_CACHE, MEMORY_MEMO, ACTIVATION_MEMO, WORK_TIME_MEMO, SCHEDULE_MEMO)
     tokens = (SHAPE_CACHE.set(ShapeCache()), MEMORY_MEMO.set({}), ACTIVATION_MEMO.set({}), WORK_TIME_MEMO.set({}),
               SCHEDULE_MEMO.set({}))
+    threshold = gc.get_threshold()
+    gc.set_threshold(max(threshold[0], SEARCH_GC_THRESHOLD), *threshold[1:])
     try:
         yield
     finally:
+        gc.set_threshold(*threshold)
         for var, token in zip(memos, tokens):
             var.reset(token)  # type: ignore[attr-defined]
+
+
+SEARCH_GC_THRESHOLD = 100_000
+"""Allocations between CPython's young-generation collections while a search runs (its default: 700; restored after).
+A search allocates plans and tuples by the hundred thousand (most freed at once by reference counting) and its memos
+hold tens of thousands: at the default, a collection every 700 net allocations and a full one every 100 of those
+(which walks the memos too) took 0.73-1.0 of the 4.5-5 CPU s of Mixtral-8x22B/64 H100 at global batch 2,048
+(``gc.callbacks``: 1,093 young, 99 middle and 6 full collections); at 10,000 still 0.52 s (76, 6 and one full one of
+0.16 s), at 100,000 0.18 s (6 young ones, none older). Peak RSS: the same there (107 MB), +1-3 MB on the 131,072-GPU
+jobs. Collection only frees unreachable cycles, so no answer changes (the 47 jobs' top-5 dump is identical)."""
 
 
 def _resolution(ctx: SearchContext, plan: Plan, least_only: bool, full_recompute: bool) -> Resolution | None:

@@ -54,8 +54,9 @@ from typing import TYPE_CHECKING
 
 from configurator.cost.step import ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, cpu_adam_rate_per_gpu
 from configurator.margin import NO_MARGIN, MemoryMargin, fits_with_margin
-from configurator.memory import (MemoryParts, MemoryReport, MemoryTotals, flex_peak_bytes, memory_floor_bytes,
-                                  memory_parts, recompute_dropped_parts, stage_flex_buffers, with_flex_buffers)
+from configurator.memory import (MemoryParts, MemoryReport, MemoryTotals, StateSums, activation_bytes, flex_peak_bytes,
+                                  memory_floor_bytes, memory_parts, recompute_dropped_parts, stage_activations,
+                                  stage_flex_buffers, stage_states, state_sums, with_flex_buffers)
 from configurator.profiles import GIB
 from configurator.recompute import MEGATRON_RUNTIMES, selective_module_ladder
 from configurator.search.knobs import dispatcher_choices
@@ -161,7 +162,9 @@ class StructureMemory:
 
     A memory check of a form is then a dictionary look-up of three parts and ``MemoryParts.totals`` (the floats of
     ``estimate_memory``: ``memory_parts`` itself only combines the same memoized tuples), instead of hashing the
-    whole plan and rebuilding its parts (about 15-20 us each, and ``resolve`` makes a dozen per structure). The
+    whole plan and rebuilding its parts (about 15-20 us each, and ``resolve`` makes a dozen per structure); a part
+    not kept yet is asked alone (``memory.stage_states``, ``memory.stage_activations``), with the sums ``totals``
+    starts from (``memory.StateSums``). The
     parts depend on the plan only through the fields ``memory.py`` keys them by (``_ACTIVATION_FIELDS``,
     ``_STATE_FIELDS``, ``_FLEX_FIELDS``), all fixed by the structure except the ones keyed here.
     ``tests/test_resolve_parts.py`` compares its totals with ``estimate_memory``'s plan by plan."""
@@ -170,8 +173,10 @@ class StructureMemory:
 
     def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx
-        self.states: dict[tuple[str, int], tuple] = {}  # by (sharding, shard_group): ``MemoryParts.states``
-        self.activations: dict[tuple[str, int, tuple[str, ...]], tuple] = {}  # by recompute form
+        # by (sharding, shard_group): ``MemoryParts.states`` and their ``StateSums``
+        self.states: dict[tuple[str, int], tuple[tuple, StateSums]] = {}
+        # by recompute form: ``MemoryParts.activations`` and their ``activation_bytes``
+        self.activations: dict[tuple[str, int, tuple[str, ...]], tuple[tuple, tuple[float, ...]]] = {}
         self.buffers: dict[str | None, tuple] = {}  # by dispatcher: (its FlexBuffers, bytes per pipeline rank)
         self.forms: dict[tuple, MemoryParts] = {}  # by ``_FORM``
         self.checked: dict[tuple, MemoryTotals] = {}  # by (``_FORM``, offload)
@@ -188,19 +193,30 @@ class StructureMemory:
         states = self.states.get((plan.sharding, plan.shard_group))
         acts = self.activations.get((plan.recompute, plan.recompute_num_layers, plan.recompute_modules))
         t = self.template
-        if states is None or acts is None or t is None:
+        if t is None:  # (the structure's first form: nothing kept yet)
             hit = memory_parts(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
-            self.states[(plan.sharding, plan.shard_group)] = hit.states
-            self.activations[(plan.recompute, plan.recompute_num_layers, plan.recompute_modules)] = hit.activations
+            # (the sums ``totals`` starts from, once per sharding and per recompute form)
+            hit.state_sums, hit.activation_bytes = state_sums(hit.states), activation_bytes(hit.activations)
+            self.states[(plan.sharding, plan.shard_group)] = (hit.states, hit.state_sums)
+            self.activations[(plan.recompute, plan.recompute_num_layers, plan.recompute_modules)] = \
+                (hit.activations, hit.activation_bytes)
             self.buffers[plan.ep_dispatcher] = (hit.buffers, hit.buffer_bytes)
-            self.template = t or hit
+            self.template = hit
         else:
+            if states is None:  # (a new sharding: its states alone, as ``memory_parts`` would give them)
+                got = stage_states(ctx.model, plan, t.rt)
+                states = self.states[(plan.sharding, plan.shard_group)] = (got, state_sums(got))
+            if acts is None:  # (a new recompute form: its activations alone)
+                got_acts = stage_activations(ctx.model, ctx.job, plan, t.rt)
+                acts = self.activations[(plan.recompute, plan.recompute_num_layers, plan.recompute_modules)] = \
+                    (got_acts, activation_bytes(got_acts))
             buffers = self.buffers.get(plan.ep_dispatcher)
             if buffers is None:
                 buffers = self.buffers[plan.ep_dispatcher] = stage_flex_buffers(ctx.model, ctx.cluster, ctx.job, plan)
-            hit = MemoryParts(states=states, activations=acts, buffer_bytes=buffers[1], context_bytes=t.context_bytes,
-                              rt=t.rt, capacity_bytes=t.capacity_bytes, host_capacity_bytes=t.host_capacity_bytes,
-                              gpus_per_node=t.gpus_per_node, buffers=buffers[0])
+            hit = MemoryParts(states=states[0], activations=acts[0], buffer_bytes=buffers[1],
+                              context_bytes=t.context_bytes, rt=t.rt, capacity_bytes=t.capacity_bytes,
+                              host_capacity_bytes=t.host_capacity_bytes, gpus_per_node=t.gpus_per_node,
+                              buffers=buffers[0], state_sums=states[1], activation_bytes=acts[1])
         self.forms[form] = hit
         return hit
 
