@@ -71,3 +71,13 @@ def test_a_stored_answer_without_the_unproven_field_is_marked_by_beyond_band(res
 def test_no_measured_run_means_no_line(result: dict, store: Store) -> None:
     html = _page({**result, "measured_job": None}, store)
     assert "id='measured-job'" not in html and "id='plans'" in html
+
+
+def test_a_ranking_the_search_did_not_prove_says_so_and_a_complete_one_does_not(result: dict, store: Store) -> None:
+    assert result["search"]["complete"] is True and "id='not-proven'" not in _page(result, store)
+    capped = copy.deepcopy(result)
+    capped["search"].update(complete=False, method="optuna")
+    assert "id='not-proven'" in _page(capped, store) and "search (optuna) ended" in _page(capped, store)
+    older = copy.deepcopy(result)
+    del older["search"]["complete"]  # (a job stored before the field: nothing is claimed either way)
+    assert "id='not-proven'" not in _page(older, store)
