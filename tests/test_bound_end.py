@@ -41,9 +41,9 @@ def _space(name: str) -> tuple[SearchContext, tuple, StructureBounds]:
     return ctx, tuple(enumerate_plans(ctx)), StructureBounds(ctx, CONSTANTS)
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(data=st.data())
-def test_an_options_bound_with_its_end_of_step_terms_never_exceeds_its_step(data: st.DataObject) -> None:
+def _draw_option(data: st.DataObject, offload: bool) -> tuple[SearchContext, StructureBounds, object, str]:
+    """A structure of one of ``CONTEXTS`` under a drawn sharding and recompute form (and, with ``offload``, an offload
+    fraction): (context, its bounds, the plan, the recompute drawn: "partial" is full recompute of one layer)."""
     ctx, plans, bounds = _space(data.draw(st.sampled_from(sorted(CONTEXTS)), label="context"))
     plan = data.draw(st.sampled_from(plans), label="structure")
     sharding = data.draw(st.sampled_from(["distopt", "zero1", "none", "zero2", "zero3", "hsdp"]), label="sharding")
@@ -51,11 +51,18 @@ def test_an_options_bound_with_its_end_of_step_terms_never_exceeds_its_step(data
     if sharding == "hsdp" and not group:
         sharding = "zero3"
     recompute = data.draw(st.sampled_from(["none", "selective", "full", "partial"]), label="recompute")
+    fraction = (data.draw(st.sampled_from([0.0, 0.3, 1.0]), label="offload") if offload and sharding != "none"
+                else 0.0)
     plan = replace_unchecked(plan, sharding=sharding, shard_group=group,
                              recompute="full" if recompute == "partial" else recompute,
-                             recompute_num_layers=1 if recompute == "partial" else 0,
-                             offload=data.draw(st.sampled_from([0.0, 0.3, 1.0]), label="offload")
-                             if sharding != "none" else 0.0)
+                             recompute_num_layers=1 if recompute == "partial" else 0, offload=fraction)
+    return ctx, bounds, plan, recompute
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_an_options_bound_with_its_end_of_step_terms_never_exceeds_its_step(data: st.DataObject) -> None:
+    ctx, bounds, plan, _ = _draw_option(data, offload=True)
     for variant in optimistic_inputs(prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)):
         report = evaluate(variant, CONSTANTS)
         own = bounds.bound(variant.plan)
@@ -186,16 +193,7 @@ def test_the_end_of_step_windows_cover_rank_0s_first_forward_and_last_backward(d
     forward + backward, as before, fails the second check (the backward's is about 1.5x too large there)."""
     from configurator.cost.step import _rates_for, operation_times
 
-    ctx, plans, bounds = _space(data.draw(st.sampled_from(sorted(CONTEXTS)), label="context"))
-    plan = data.draw(st.sampled_from(plans), label="structure")
-    sharding = data.draw(st.sampled_from(["distopt", "zero1", "none", "zero2", "zero3", "hsdp"]), label="sharding")
-    group = hsdp_shard_group(ctx, plan) if sharding == "hsdp" else 0
-    if sharding == "hsdp" and not group:
-        sharding = "zero3"
-    recompute = data.draw(st.sampled_from(["none", "selective", "full", "partial"]), label="recompute")
-    plan = replace_unchecked(plan, sharding=sharding, shard_group=group,
-                             recompute="full" if recompute == "partial" else recompute,
-                             recompute_num_layers=1 if recompute == "partial" else 0)
+    ctx, bounds, plan, recompute = _draw_option(data, offload=False)
     backward, forward = bounds._windows_s(plan)
     most_backward = most_forward = 0.0
     for variant in optimistic_inputs(prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)):

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from dataclasses import replace as dc_replace
 from itertools import accumulate
 from operator import attrgetter, ge
+from typing import Any
 
 from configurator.cost.comm import CommModel, LinkEfficiency
 from configurator.cost.constants import CostConstants, hardware_default, load_runtime_cost
@@ -179,6 +180,19 @@ def _at_share(alone: LayerTimes, hidden: LayerTimes, share: float, scale: float)
                       head_s=(alone.head_s + share * (hidden.head_s - alone.head_s)) * scale,
                       dense_alt_s=(alone.dense_alt_s + share * (hidden.dense_alt_s - alone.dense_alt_s)) * scale,
                       moe_alt_s=(alone.moe_alt_s + share * (hidden.moe_alt_s - alone.moe_alt_s)) * scale)
+
+
+SHARE_MEMO_LIMIT = 16384
+"""Entries ``StructureBounds``' per-share memos hold before they are emptied (per layer key, share, chunk and
+pipeline kind: ``_share_key``)."""
+
+
+def _remember(memo: dict, key: tuple, value: Any) -> Any:
+    """``value`` kept in ``memo`` under ``key``, the memo emptied first once it holds ``SHARE_MEMO_LIMIT``."""
+    if len(memo) >= SHARE_MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 class StructureBounds:
@@ -373,15 +387,10 @@ class StructureBounds:
         Megatron's EP-overlap rule sees a non-interleaved pipeline (``effective_knobs`` reads pp and vpp only
         there). Each answer was two ``_times`` look-ups, a plan copy and an interpolation; a third of the calls repeat
         one (Qwen3-235B on 512 H100: 12,153 of 40,369; DeepSeek-V3 on 512 H800: 6,273 of 21,072)."""
-        partial = plan.recompute == "full" and plan.recompute_num_layers > 0
-        memo_key = (self.layer_key(plan), share, chunk if partial else 1,
-                    plan.ep_overlap is None and plan.pp > 1 and plan.vpp == 1)
+        memo_key = self._share_key(plan, share, chunk)
         hit = self._share_memo.get(memo_key)
-        if hit is not None:
-            return hit
-        if len(self._share_memo) >= 16384:
-            self._share_memo.clear()  # bounded (per layer key, share, chunk and pipeline kind)
-        hit = self._share_memo[memo_key] = self._share_times_of(plan, share, chunk)
+        if hit is None:
+            hit = _remember(self._share_memo, memo_key, self._share_times_of(plan, share, chunk))
         return hit
 
     def _share_times_of(self, plan: Plan, share: float, chunk: int) -> LayerTimes:
@@ -958,18 +967,20 @@ class StructureBounds:
             self._windows[key] = windows
         return windows
 
+    def _share_key(self, plan: Plan, share: float, chunk: int) -> tuple:
+        """``_share_times``' and ``_share_split``'s memo key: what their answers depend on (``_share_times``)."""
+        partial = plan.recompute == "full" and plan.recompute_num_layers > 0
+        return (self.layer_key(plan), share, chunk if partial else 1,
+                plan.ep_overlap is None and plan.pp > 1 and plan.vpp == 1)
+
     def _share_split(self, plan: Plan, share: float, chunk: int = 1) -> tuple[LayerTimes, LayerTimes]:
         """``_split_times`` at paired EP share ``share`` (as ``_share_times`` interpolates the totals: each of the
         forward's and the backward's terms is affine in the share too), raised by ``EP_SHARE_SLACK``: the windows'
         upper bounds. Remembered (bounded) by ``_share_times``' key."""
-        partial = plan.recompute == "full" and plan.recompute_num_layers > 0
-        memo_key = (self.layer_key(plan), share, chunk if partial else 1,
-                    plan.ep_overlap is None and plan.pp > 1 and plan.vpp == 1)
+        memo_key = self._share_key(plan, share, chunk)
         hit = self._split_memo.get(memo_key)
         if hit is not None:
             return hit
-        if len(self._split_memo) >= 16384:
-            self._split_memo.clear()  # bounded (per layer key, share, chunk and pipeline kind)
         up = 1.0 + EP_SHARE_SLACK
         hidden_f, hidden_b = self._split_times(plan, chunk, 1.0)
         overlap = plan.ep_overlap if plan.ep_overlap is not None else self._default_ep_overlap(plan)
@@ -979,8 +990,7 @@ class StructureBounds:
             # (at share 0 the plan's times are those without the overlap: ``_share_times_of``)
             alone_f, alone_b = self._split_times(_with_ep_overlap(plan, False), chunk, 1.0)
             hit = _at_share(alone_f, hidden_f, share, up), _at_share(alone_b, hidden_b, share, up)
-        self._split_memo[memo_key] = hit
-        return hit
+        return _remember(self._split_memo, memo_key, hit)
 
     def _prepared_windows_s(self, plan: Plan) -> tuple[float, float]:
         """``_windows_s`` of a plan with per-micro-batch sharding traffic, without preparing it: that traffic changes
