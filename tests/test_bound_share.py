@@ -142,8 +142,9 @@ def test_dense_layers_embedding_and_head_are_timed_once_for_every_ep_degree() ->
 def test_remembered_share_times_are_those_worked_out_for_each_plan() -> None:
     """``_share_times`` (and ``_share_split``, the windows' forward and backward times) remembers its answer by layer
     key, share, chunk and (for a plan leaving its EP overlap to the runtime) whether the pipeline is non-interleaved:
-    for every structure of Qwen3-30B-A3B on 64 H100 and its overlap-open, overlap-off and partial-recompute forms, at
-    shares 0, 0.6 and 1, the remembered times equal those worked out for that plan alone (the same floats)."""
+    for every seventh structure of Qwen3-30B-A3B on 64 H100 and its overlap-open, overlap-off, overlap-on and
+    partial-recompute forms, at shares 0, 0.6 and 1, the remembered times equal those worked out for that plan alone
+    (the same floats). Without the overlap-on form the share never mattered here: a memo keyed without it passed."""
     ctx = _ctx("qwen3-30b-a3b", 64, 256)
     bounds = StructureBounds(ctx, CONSTANTS)
     reference = StructureBounds(ctx, CONSTANTS)  # (its ``_times`` remembers by layer key, as before)
@@ -152,14 +153,16 @@ def test_remembered_share_times_are_those_worked_out_for_each_plan() -> None:
         if i % 7:
             continue  # (a seventh of the space: every degree and pipeline kind still comes up)
         forms = [plan, replace_unchecked(plan, ep_overlap=False)]
+        if plan.ep > 1:
+            forms.append(replace_unchecked(plan, ep_overlap=True))  # (the share matters only with the overlap on)
         if plan.pp > 1:
             forms.append(replace_unchecked(plan, recompute="full", recompute_num_layers=1))
         for form in forms:
             chunk = max(form.virtual_stage_layers(ctx.model))
+            alone = StructureBounds(ctx, CONSTANTS)  # (this form's splits only, worked out at each share)
             for share in (0.0, 0.6, 1.0):
                 assert bounds._share_times(form, share, chunk) == reference._share_times_of(form, share, chunk)
-                fresh = StructureBounds(ctx, CONSTANTS)._share_split(form, share, chunk)
-                assert bounds._share_split(form, share, chunk) == fresh
+                assert bounds._share_split(form, share, chunk) == alone._share_split(form, share, chunk)
                 checked += 1
     assert checked > 500
 
@@ -226,8 +229,9 @@ def test_the_stage_times_memo_gives_the_floats_of_each_plan_worked_out_alone() -
                 shared._times(variant.plan, 4, 1.0)
     assert len({(p.ep_dispatcher, p.cp_comm) for p in forms}) >= 4 and len(forms) >= 200
     for p in forms:
-        assert shared._times(p, 4, 1.0) == StructureBounds(ctx, CONSTANTS)._times(p, 4, 1.0), p.describe()
-        assert shared._split_times(p, 4, 0.0) == StructureBounds(ctx, CONSTANTS)._split_times(p, 4, 0.0), p.describe()
+        alone = StructureBounds(ctx, CONSTANTS)  # (this plan's timings only)
+        assert shared._times(p, 4, 1.0) == alone._times(p, 4, 1.0), p.describe()
+        assert shared._split_times(p, 4, 0.0) == alone._split_times(p, 4, 0.0), p.describe()
 
 
 def test_dropping_dominated_knob_variants_leaves_every_bound_the_same_float(monkeypatch: pytest.MonkeyPatch) -> None:
