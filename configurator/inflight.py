@@ -146,13 +146,14 @@ class CountTable(NamedTuple):
 def count_table(pp: int, vpp: int, m: int, rank: int, group: int | None = None) -> CountTable:
     """The rank's ``CountTable``: what ``weighted_peak`` scans."""
     sets = inflight_count_sets(pp, vpp, m, rank, group)
-    array = _count_array(pp, vpp, m, rank, group)
+    array = np.array(sets, dtype=np.float64).reshape(-1, vpp)
     # covers[i, j]: set j holds at least set i's count of every chunk (the sets are distinct: j != i holds more)
     covers = (array[None, :, :] >= array[:, None, :]).all(axis=2)
     np.fill_diagonal(covers, False)
     maximal = tuple(c for c, covered in zip(sets, covers.any(axis=1)) if not covered)
     tops = tuple(int(t) for t in array.max(axis=0)) if len(sets) else (0,) * vpp
-    return CountTable(sets, _count_columns(pp, vpp, m, rank, group), maximal, tops)
+    columns = tuple(np.ascontiguousarray(array[:, c]) for c in range(vpp))
+    return CountTable(sets, columns, maximal, tops)
 
 
 _TIE_FREE_ULPS = 4
@@ -167,7 +168,7 @@ def weighted_peak(table: CountTable, weights: tuple[float, ...]) -> tuple[float,
 
     Where every weight is at least a byte and exceeds ``_TIE_FREE_ULPS * vpp`` units in the last place of the largest
     possible sum, only the maximal sets are scanned (a third to a quarter of them), with the same operations: a set
-    that another holds at most as much of every chunk as sums to strictly less then. Its sum is at most the other's
+    that another holds at most as much of every chunk as sums to strictly less than it. Its sum is at most the other's
     at every step (rounding is monotone), is below it by at least a weight's worth (less two half-units) after the
     chunk where it holds less, and each later addition closes that gap by at most a unit; so the largest sum is
     reached only by maximal sets, and the first of them in ``sets``' order is the first of all."""
@@ -199,19 +200,6 @@ def weighted_peak(table: CountTable, weights: tuple[float, ...]) -> tuple[float,
     if best <= -1.0:
         return 0.0, (0,) * vpp
     return max(best, 0.0), peak
-
-
-@lru_cache(maxsize=4096)
-def _count_columns(pp: int, vpp: int, m: int, rank: int, group: int | None) -> tuple[np.ndarray, ...]:
-    """``_count_array``'s columns (one per chunk), contiguous, for ``peak_inflight``'s weighted scan."""
-    array = _count_array(pp, vpp, m, rank, group)
-    return tuple(np.ascontiguousarray(array[:, c]) for c in range(vpp))
-
-
-@lru_cache(maxsize=4096)
-def _count_array(pp: int, vpp: int, m: int, rank: int, group: int | None) -> np.ndarray:
-    """``inflight_count_sets`` as an integer array (one row per set), for ``peak_inflight``'s weighted scan."""
-    return np.array(inflight_count_sets(pp, vpp, m, rank, group), dtype=np.float64).reshape(-1, vpp)
 
 
 __all__ = ["CountTable", "count_table", "equal_weight_peak", "inflight_count_sets", "peak_inflight", "replay",
