@@ -59,6 +59,7 @@ from configurator.cost.step import StepInputs, StepReport, evaluate, prepare
 from configurator.search.knobs import best_knobs, optimistic_inputs
 from configurator.memory import ACTIVATION_MEMO, MemoryReport
 from configurator.placement import Placement
+from configurator.profiles import GIB
 from configurator.search.bound import FAMILY_BOUND_SLACK, StructureBounds
 from configurator.search.parallel import (SharedBound, auto_processes, available_cpus, block_of, fork_available,
                                          run_blocks)
@@ -159,12 +160,11 @@ class SearchResult:
         """Why the ranking is empty, in one line: "no plan fits" only where the search examined every structure
         (``complete``); else what it did examine, and how to search further (a 2-trial Optuna study once said "no plan
         fits: 18343 legal candidates, none fits memory")."""
-        gib = 2.0**30
         need = ""
         if self.smallest_need_bytes:
-            need = f"; the smallest candidate needs {self.smallest_need_bytes / gib:.1f} GiB"
+            need = f"; the smallest candidate needs {self.smallest_need_bytes / GIB:.1f} GiB"
             if gpu_memory_bytes:
-                need += f" of {gpu_memory_bytes / gib:.1f}"
+                need += f" of {gpu_memory_bytes / GIB:.1f}"
         reasons = "; ".join(f"{n} x {r}" for r, n in self.pruned[:3])
         why = f" (why candidates were dropped: {reasons})" if reasons else ""
         if self.complete:
