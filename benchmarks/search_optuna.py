@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spawned import ChildFailed, spawned_result  # (benchmarks/spawned.py)
+from spawned import ChildFailed, checkout_problem, spawned_result  # (benchmarks/spawned.py)
 
 REPO = Path(__file__).resolve().parent.parent
 JOBS = (("qwen3-235b-a22b", "dgx-h100", 64), ("deepseek-v3", "gb200-nvl72", 64), ("mixtral-8x22b", "dgx-h100", 64),
@@ -171,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="import configurator from this checkout (default: this one)")
     args = ap.parse_args(argv)
     tree = args.tree.resolve()
-    if not (tree / "configurator" / "__init__.py").is_file():
-        ap.error(f"--tree={str(args.tree)!r}: not a configurator checkout (no configurator/__init__.py there)")
+    problem = checkout_problem("tree", args.tree)
+    if problem:
+        ap.error(problem)
     lines = [f"{'job':30} {'exh. CPU s':>10} {'Optuna CPU s':>12} {'at equal CPU':>12} {'at 2x CPU':>9} "
              f"{'best rank':>9}  Optuna found the exhaustive best at"]
     print(lines[0], flush=True)

@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spawned import ChildFailed, spawned_result  # (benchmarks/spawned.py)
+from spawned import ChildFailed, checkout_problem, spawned_result  # (benchmarks/spawned.py)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -166,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="processes of each exhaustive search (search/parallel.py; default 1). CPU s then sums them; "
                          "'path s' is this process's CPU plus the slowest block's: the wall time on idle cores")
     args = ap.parse_args(argv)
-    if args.compare_with is not None and not (args.compare_with / "configurator" / "__init__.py").is_file():
-        ap.error(f"--compare-with={str(args.compare_with)!r}: not a configurator checkout (no configurator/__init__.py "
-                 "there)")
+    problem = checkout_problem("compare-with", args.compare_with) if args.compare_with is not None else None
+    if problem:
+        ap.error(problem)
     jobs = [j for j in grid() if j["num_gpus"] <= args.max_gpus and (not args.only or args.only in j["name"])]
     rows = []
     print(f"{'job':34} {'wall s':>7} {'CPU s':>6} {'path s':>6} {'method':>10} {'structs':>7} {'options':>7} {'costed':>6} "

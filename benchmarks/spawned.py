@@ -1,6 +1,7 @@
 """A benchmark's measurement in a fresh (spawned) process, supervised: its one result, or ``ChildFailed`` as soon as
 the process ends without one (an exception, a kill, an import of the wrong tree) or runs past its time, never a wait
-on a process that is gone. The process is joined, and killed if it outlives that, before returning."""
+on a process that is gone. The process is joined, and killed if it outlives that, before returning. Also whether
+a tree the measurement is to import ``configurator`` from is a checkout (``checkout_problem``), checked up front."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import multiprocessing
 import queue
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -38,3 +40,12 @@ def spawned_result(target: Callable[..., None], args: tuple[Any, ...], timeout_s
         if proc.is_alive():
             proc.kill()
             proc.join()
+
+
+def checkout_problem(option: str, tree: Path) -> str | None:
+    """Why a benchmark cannot import ``configurator`` from ``tree`` (given as ``--option``), in one line; None where
+    it is a checkout. A spawned measurement that imports the wrong tree fails (``ChildFailed``), but only after the
+    benchmark started: checked up front."""
+    if (tree / "configurator" / "__init__.py").is_file():
+        return None
+    return f"--{option}={str(tree)!r}: not a configurator checkout (no configurator/__init__.py there)"
