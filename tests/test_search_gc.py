@@ -44,3 +44,26 @@ def test_the_threshold_is_raised_during_a_search_and_restored_after(monkeypatch:
         assert gc.get_threshold() == (700, 10, 10)
     finally:
         gc.set_threshold(*before)
+
+
+def test_the_memos_are_gone_before_the_threshold_is_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first allocation after the threshold comes back collects the young generation: by then the search's memos
+    must be freed, or that collection walks every entry they held (``_search_caches``)."""
+    from configurator.memory import ACTIVATION_MEMO
+    from configurator.search.resolve import MEMORY_MEMO
+
+    memos_at_restore = []
+    set_threshold = gc.set_threshold
+
+    def watched(*args: int) -> None:
+        if args[0] < SEARCH_GC_THRESHOLD:  # the restore, not the raise
+            memos_at_restore.append((ACTIVATION_MEMO.get(), MEMORY_MEMO.get()))
+        set_threshold(*args)
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        monkeypatch.setattr(optimize.gc, "set_threshold", watched)
+        assert search(_ctx(), top_k=1).ranked
+    finally:
+        set_threshold(*before)
+    assert memos_at_restore == [(None, None)]

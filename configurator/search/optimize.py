@@ -332,19 +332,26 @@ def _search_caches() -> Iterator[None]:
     try:
         yield
     finally:
-        gc.set_threshold(*threshold)
         for var, token in zip(memos, tokens):
             var.reset(token)  # type: ignore[attr-defined]
+        # After the memos are freed: the young generation's count is still the search's, so the first allocation
+        # after this collects it, and what it walks is what survived.
+        gc.set_threshold(*threshold)
 
 
-SEARCH_GC_THRESHOLD = 100_000
-"""Allocations between CPython's young-generation collections while a search runs (its default: 700; restored after).
-A search allocates plans and tuples by the hundred thousand (most freed at once by reference counting) and its memos
-hold tens of thousands: at the default, a collection every 700 net allocations and a full one every 100 of those
-(which walks the memos too) took 0.73-1.0 of the 4.5-5 CPU s of Mixtral-8x22B/64 H100 at global batch 2,048
-(``gc.callbacks``: 1,093 young, 99 middle and 6 full collections); at 10,000 still 0.52 s (76, 6 and one full one of
-0.16 s), at 100,000 0.18 s (6 young ones, none older). Peak RSS: the same there (107 MB), +1-3 MB on the 131,072-GPU
-jobs. Collection only frees unreachable cycles, so no answer changes (the 47 jobs' top-5 dump is identical)."""
+SEARCH_GC_THRESHOLD = 1_000_000
+"""Allocations between CPython's young-generation collections while a search runs (its default: 700; restored after,
+once the search's memos are freed). A search allocates plans and tuples by the hundred thousand (most freed at once by
+reference counting) and its memos hold tens of thousands, and it makes no reference cycles (``gc.collect()`` after
+the grid's heaviest searches found 0 unreachable objects), so a collection only walks live objects: at the default,
+a collection every 700 net allocations and a full one every 100 of those (which walks the memos too) took 0.73-1.0
+of the 4.5-5 CPU s of Mixtral-8x22B/64 H100 at global batch 2,048 (``gc.callbacks``: 1,093 young, 99 middle and 6
+full collections); at 10,000 still 0.52 s (76, 6 and one full one of 0.16 s); at 100,000 0.24-0.27 s (6 young ones
+of 0.04 s, each walking ~100,000 objects); at 1,000,000 0.016 s (none during the search; one after, of what survived
+it). Measured 2026-12-01 on that job, one process: peak RSS 108 MB at either; the two blocks of ``--workers 2``:
+the slower 1.95-2.03 -> 1.77-1.92 CPU s. A search that does allocate a million (none of the 47 grid jobs) is
+collected as before, so cycles a future change might make stay bounded. Collection only frees unreachable cycles,
+so no answer changes."""
 
 
 def _resolution(ctx: SearchContext, plan: Plan, least_only: bool, full_recompute: bool) -> Resolution | None:
