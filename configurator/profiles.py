@@ -295,7 +295,8 @@ _CLUSTER_KEYS = {"name", "description", "gpu", "gpus_per_node", "nvlink_domain_g
                  "scale_out_link", "host_memory_GiB_per_node", "host_cpu_cores_per_node",
                  "default_num_nodes", "source"}
 _MEASURED_KEYS = {"nodes", "links", "intra_links", "collectives", "compute", "provenance", "warnings",
-                  "host_device_bandwidth_GBps", "cpu_adam_params_per_s", "gpu_measured"}
+                  "host_device_bandwidth_GBps", "cpu_adam_params_per_s", "gpu_measured", "host_dispatch_ratio"}
+"""Optional keys: a probe's measurements, and ``host_dispatch_ratio`` (``ClusterSpec``; 1.0 where absent)."""
 
 
 def cluster_names() -> list[str]:
@@ -388,7 +389,7 @@ def cluster_from_dict(data: dict[str, Any], where: str) -> ClusterSpec:
             host_memory_bytes_per_node=int(_number(data, "host_memory_GiB_per_node", where) * GIB),
             host_cpu_cores_per_node=data["host_cpu_cores_per_node"], source=str(data["source"]),
             node_links=node_links, nodes=nodes, warnings=tuple(str(w) for w in warnings),
-            measured=measured)
+            measured=measured, host_dispatch_ratio=data.get("host_dispatch_ratio", 1.0))
     except InputError as exc:
         raise InputError(f"{where}:{exc.field}", exc.value, exc.problem) from None
 

@@ -30,6 +30,11 @@ the 26.08 MXFP8 recipes) captures the whole forward-backward: no per-layer launc
 dispatcher sync either, since those recipes size the dispatch buffers statically
 (``moe_expert_rank_capacity_factor`` 1.5).
 
+The host's speed: ``overhead.launch_s`` is fitted on rows whose hosts are x86 (most are DGX H100s); a Grace host
+(GB200/GB300 NVL72) dispatches an eager op in 2.75x that time (``ClusterSpec.host_dispatch_ratio``, measured in
+NVIDIA/TransformerEngine#2053), so its Python-dispatched launches and the launches after each sync cost that much
+more; the grouped GEMMs' C++ loop is left at the fitted cost (``layer_launch_s``).
+
 A clamped GLU (GPT-OSS) syncs once more per MoE layer (``activation_syncs``): Megatron-Core's fused
 activation makes a device tensor of a Python float on every call, a blocking host-to-device copy that waits
 for the fc1 GEMMs to finish before the host launches the activation and fc2.
@@ -119,18 +124,30 @@ def activation_syncs(clamped_glu: bool, recompute_act: bool, graphs: tuple[str, 
 def layer_launch_s(fwd_gpu_s: float, bwd_gpu_s: float, moe: bool, launch_s: float, sync_s: float,
                    syncs: int, graphs: tuple[str, ...] = (), local_experts: float = 0.0,
                    extra: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
-                   act_syncs: tuple[int, int] = (0, 0)) -> tuple[float, float]:
+                   act_syncs: tuple[int, int] = (0, 0), host_ratio: float = 1.0) -> tuple[float, float]:
     """(forward, backward) exposed host time of one layer and micro-batch: the launches the GPU work does not
     cover, each dispatcher sync's round trip and the ``KERNELS_AFTER_SYNC`` launches before the next large
     kernel, and each clamped-GLU sync's (``activation_syncs``) round trip and ``GLU_SYNC_KERNELS_AFTER``
-    launches."""
+    launches.
+
+    ``host_ratio`` (``ClusterSpec.host_dispatch_ratio``): the host's op-dispatch time over the reference host's
+    (a DGX H100's x86), applied to the launches that go through Python and ATen one op at a time, not to the
+    grouped GEMMs' per-expert cuBLAS launches, which Transformer Engine issues from one C++ loop
+    (``multi_stream_cublas_gemm``) with no Python in between: the measured ratio is of Python-dispatched ops
+    (NVIDIA/TransformerEngine#2053), and a C++ loop's launches on Grace were not measured."""
     fwd_launches, bwd_launches = layer_launches(moe, graphs, local_experts, extra)
-    f = exposed_launch_s(fwd_gpu_s, fwd_launches, launch_s)
-    b = exposed_launch_s(bwd_gpu_s, bwd_launches, launch_s)
+    if host_ratio == 1.0:
+        f = exposed_launch_s(fwd_gpu_s, fwd_launches, launch_s)
+        b = exposed_launch_s(bwd_gpu_s, bwd_launches, launch_s)
+    else:
+        expert_f = EXPERT_GEMM_LAUNCHES * local_experts if moe and FULL_ITERATION not in graphs else 0.0
+        expert_b = BACKWARD_KERNEL_RATIO * expert_f
+        f = max(0.0, ((fwd_launches - expert_f) * host_ratio + expert_f) * launch_s - fwd_gpu_s)
+        b = max(0.0, ((bwd_launches - expert_b) * host_ratio + expert_b) * launch_s - bwd_gpu_s)
     if moe and syncs:
-        f += syncs * (sync_s + KERNELS_AFTER_SYNC * launch_s)
+        f += syncs * (sync_s + KERNELS_AFTER_SYNC * launch_s * host_ratio)
     if moe and any(act_syncs):
-        glu_s = sync_s + GLU_SYNC_KERNELS_AFTER * launch_s
+        glu_s = sync_s + GLU_SYNC_KERNELS_AFTER * launch_s * host_ratio
         f += act_syncs[0] * glu_s
         b += act_syncs[1] * glu_s
     return f, b

@@ -457,7 +457,8 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
             local_experts = work.expert_gemms[0].count if work.expert_gemms else 0.0
             launch_f, launch_b = layer_launch_s(f_compute, b_compute + recompute, moe, launch_s,
                                                 sync_s, syncs, graphs, local_experts, work.extra_kernels,
-                                                act_syncs if work.expert_gemms else (0, 0))
+                                                act_syncs if work.expert_gemms else (0, 0),
+                                                inp.cluster.host_dispatch_ratio)
             launch_b += re_frac * launch_f
         z_f = z_b = z_first = 0.0
         zf_hidden = zb_hidden = 0.0  # sharding gathers/reductions hidden under compute

@@ -159,6 +159,11 @@ class NodeInfo:
     host_memory_bytes: int
 
 
+MIN_HOST_DISPATCH_RATIO, MAX_HOST_DISPATCH_RATIO = 0.25, 10.0
+"""Bounds of ``ClusterSpec.host_dispatch_ratio``: a host 4x faster or 10x slower at dispatching ops than a DGX H100's
+(the Grace hosts measured 2.5-2.75x) is a unit mistake, not a CPU."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ClusterSpec:
     """A cluster of identical nodes, sized; links as tiers or as a measured node matrix."""
@@ -183,11 +188,25 @@ class ClusterSpec:
     warnings: tuple[str, ...] = ()
     measured: tuple[tuple[str, object], ...] = field(default=())
     """Probe extras kept verbatim (collectives, compute curve, provenance) for later stages."""
+    host_dispatch_ratio: float = 1.0
+    """The host CPU's time to dispatch one eager PyTorch op (Python, ATen and the CUDA launch), over that of the host
+    the fitted ``overhead.launch_s`` describes (the x86 Xeon Platinum 8480C of a DGX H100, like most rows'). Grace
+    hosts (GB200/GB300 NVL72) take 2.75x: a ``torch.nn.Linear`` forward (bf16, hidden 2,048, 8,192 tokens) costs
+    37.08 us of CPU on GB200 and 13.48 us on a DGX H100 (33.17 on GH200), measured by one user with the same
+    software on each (NVIDIA/TransformerEngine#2053, 2025-08; Transformer Engine's own modules 99.66 / 90.53 us on
+    GB200 / GH200). It matters only where launches are exposed (``cost/launch.py``: thin layers, and the kernels
+    after an MoE dispatcher's device-to-host sync), and only for ops dispatched through Python: the grouped GEMMs'
+    per-expert cuBLAS calls, which Transformer Engine makes from one C++ loop, keep the fitted cost."""
 
     def __post_init__(self) -> None:
         for name in ("num_nodes", "gpus_per_node", "nvlink_domain_gpus", "host_cpu_cores_per_node"):
             require_positive_int(name, getattr(self, name))
         require_positive_int("host_memory_bytes_per_node", self.host_memory_bytes_per_node)
+        require(isinstance(self.host_dispatch_ratio, (int, float)) and not isinstance(self.host_dispatch_ratio, bool)
+                and MIN_HOST_DISPATCH_RATIO <= self.host_dispatch_ratio <= MAX_HOST_DISPATCH_RATIO,
+                "host_dispatch_ratio", self.host_dispatch_ratio,
+                f"must be a number from {MIN_HOST_DISPATCH_RATIO:g} to {MAX_HOST_DISPATCH_RATIO:g} (the host's "
+                "op-dispatch time over a DGX H100's x86 host's)")
         from configurator.bounds import check_cluster_bounds
 
         check_cluster_bounds(self)
