@@ -376,3 +376,27 @@ def test_the_first_layers_gather_of_each_microbatch_is_exposed() -> None:
     fwd, _, _ = _stage_times(inp, _rates_for(inp, C), comm, C, 0)
     # mb4 x 8K tokens: every later gather hides under its layer's compute, the first one cannot
     assert math.isclose(fwd["dp_comm"], gather, rel_tol=1e-9)
+
+
+def test_gap_line_names_host_launches_when_they_separate_the_compute() -> None:
+    """Where most of the compute term's difference is host time (``compute_detail_s["launch"]``), the line says
+    so instead of guessing from the plans (here both run EP8: ``term_mechanism`` would name nothing, or the
+    experts' imbalance for a wider EP)."""
+    from configurator.cost.gap import gap_line, launch_mechanism
+
+    qwen = load_model("qwen3-30b-a3b")
+    cluster = load_cluster("gb200-nvl72", num_gpus=8)  # a Grace host: its launches cost 2.75x
+    job = JobSpec(global_batch=64, seq_len=4096)
+    big, small = Plan(dp=8, ep=8, micro_batch=8), Plan(dp=8, ep=8, micro_batch=1)
+    fast = estimate_step(qwen, cluster, job, big, constants=C)
+    slow = estimate_step(qwen, cluster, job, small, constants=C)
+    launch_gap = dict(slow.compute_detail_s)["launch"] - dict(fast.compute_detail_s)["launch"]
+    line = gap_line(fast, slow, best_plan=big, other_plan=small)  # (default constants: 2.7 s against 1.3 s)
+    assert line is not None and "it loses compute" in line
+    text = line.split("compute: ", 1)[1]
+    assert text.startswith("its host cannot keep up") and f"{launch_gap:.2f} s" in text and "mb=1 against mb=8" in text
+    # Where recompute separates them (GPU work), no host line.
+    cluster_h100 = load_cluster("dgx-h100", num_gpus=8)
+    a = estimate_step(LLAMA70B, cluster_h100, job, Plan(tp=8, sp=True, tp_overlap=True), constants=C)
+    b = estimate_step(LLAMA70B, cluster_h100, job, Plan(tp=8, sp=True, tp_overlap=True, recompute="full"), constants=C)
+    assert launch_mechanism(a, b, Plan(tp=8), Plan(tp=8, recompute="full")) == ""

@@ -32,10 +32,27 @@ def gap_line(best: StepReport, other: StepReport, label: str = "the published pl
     line = (f"{100 * speedup:.0f}% faster than {label} (modelled): it loses "
             + (", ".join(parts) if parts else "no single term") + f" per step ({other.step_s:.2f} s vs {best.step_s:.2f} s)")
     if terms and best_plan is not None and other_plan is not None:
-        why = term_mechanism(terms[0][0], best_plan, other_plan)
+        why = (launch_mechanism(best, other, best_plan, other_plan) if terms[0][0] == "compute" else "") \
+            or term_mechanism(terms[0][0], best_plan, other_plan)
         if why:
             line += f"; {terms[0][0]}: {why}"
     return line
+
+
+def launch_mechanism(best: StepReport, other: StepReport, best_plan: Plan, other_plan: Plan) -> str:
+    """The compute term's mechanism when most of what separates it is host time (``compute_detail_s``'s
+    ``launch``: kernel launches the GPU work does not cover and the waits after device-to-host syncs,
+    ``cost/launch.py``), not GPU work: "" otherwise. A plan-difference guess (``term_mechanism``) would name the
+    experts' imbalance or the recompute there, which is not what the model charges."""
+    b, o = dict(best.compute_detail_s), dict(other.compute_detail_s)
+    deltas = {k: o[k] - b.get(k, 0.0) for k in o}
+    launch = deltas.get("launch", 0.0)
+    if launch <= 0 or launch < max(deltas.values()):
+        return ""
+    return (f"its host cannot keep up: {launch:.2f} s more of kernel launches and sync waits the GPU work does "
+            f"not cover (cost/launch.py; mb={other_plan.micro_batch} against mb={best_plan.micro_batch}, "
+            f"ep={other_plan.ep} against ep={best_plan.ep}: smaller micro-batches launch every layer's kernels "
+            "for fewer tokens, and each dropless MoE layer with ep > 1 waits for its token counts)")
 
 
 def _recompute_text(plan: Plan) -> str:
@@ -77,7 +94,7 @@ def term_mechanism(term: str, best: Plan, other: Plan) -> str:
     return ""
 
 
-__all__ = ["EXPLAIN_GAP", "gap_line", "separating_terms", "term_mechanism"]
+__all__ = ["EXPLAIN_GAP", "gap_line", "launch_mechanism", "separating_terms", "term_mechanism"]
 
 
 VERSUS_KEYS = {"tp": "tp", "pp": "pp", "vpp": "vpp", "cp": "cp", "ep": "ep", "etp": "etp", "mb": "micro_batch",
