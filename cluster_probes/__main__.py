@@ -68,11 +68,60 @@ def _local_ip() -> str:
         return ""
 
 
+def _read(path: str) -> str:
+    """A file's text, or "" where it cannot be read (a container without /proc/cpuinfo)."""
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
 def host_memory_bytes() -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("/proc/meminfo has no MemTotal")
+
+
+NEOVERSE_V2 = ("0x41", "0xd4f")
+"""(CPU implementer, CPU part) of Arm Neoverse V2 in /proc/cpuinfo on aarch64 (Arm's MIDR: implementer 0x41 = Arm,
+part 0xD4F = Neoverse V2), the cores of NVIDIA's Grace CPU."""
+GRACE_HOST_DISPATCH_RATIO = 2.75
+"""The profile's ``host_dispatch_ratio`` where every node's host is a Grace CPU: the configurator presets' value for
+gb200-nvl72 and gb300-nvl72 (a ``torch.nn.Linear`` forward costs 37.08 us of CPU on GB200 and 13.48 us on a DGX
+H100, NVIDIA/TransformerEngine#2053). Recognised from the CPU, not measured here: timing an op's dispatch says
+nothing without the reference host to time it on too."""
+
+
+def host_cpu(cpuinfo: str, machine: str) -> str:
+    """The host CPU as a profile records it: x86's ``model name``; on Arm the implementer and part, named for
+    Neoverse V2 (Grace, ``NEOVERSE_V2``); the machine type alone when /proc/cpuinfo says neither."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    if fields.get("model name"):
+        return f"{machine} {fields['model name']}"
+    implementer, part = fields.get("cpu implementer", "").lower(), fields.get("cpu part", "").lower()
+    if (implementer, part) == NEOVERSE_V2:
+        return f"{machine} Arm Neoverse V2 (Grace)"
+    if part:
+        return f"{machine} CPU implementer {implementer or '?'} part {part}"
+    return machine or "unknown"
+
+
+def host_dispatch_warning(cpus: list[str]) -> str:
+    """What the profile says of its hosts' dispatch speed: "" on x86 (the reference, 1.0), a line naming the ratio
+    written where every host is Grace, a line saying 1.0 is kept (unmeasured) for any other CPU."""
+    if cpus and all(c.endswith("(Grace)") for c in cpus):
+        return (f"host_dispatch_ratio {GRACE_HOST_DISPATCH_RATIO}: every host is a Grace CPU (Arm Neoverse V2); "
+                "NVIDIA/TransformerEngine#2053's GB200 ratio, recognised, not measured here")
+    other = sorted({c for c in cpus if not c.startswith(("x86_64", "i686", "AMD64"))})
+    if other:
+        return (f"host CPU {other[0]}: host_dispatch_ratio left at 1.0 (a DGX H100's x86 host); nothing measured "
+                "for this CPU: set it in the profile if its op dispatch is known to differ")
+    return ""
 
 
 GPU_KEYS = (("H100", "h100-80gb"), ("H200", "h200"), ("H800", "h800-80gb"), ("A100-SXM4-40GB", "a100-40gb"),
@@ -127,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     free, total = torch.cuda.mem_get_info(device) if cuda else (0, 0)
     me = {"host": socket.gethostname(), "ip": _local_ip(), "node": node, "local_rank": local_rank,
           "gpu_name": torch.cuda.get_device_name(device) if cuda else "cpu", "gpu_total": total, "gpu_free": free,
-          "host_memory": host_memory_bytes(), "cpu_cores": os.cpu_count() or 1}
+          "host_memory": host_memory_bytes(), "cpu_cores": os.cpu_count() or 1,
+          "host_cpu": host_cpu(_read("/proc/cpuinfo"), platform.machine())}
     everyone: list[dict] = [None] * world  # type: ignore[list-item]
     dist.all_gather_object(everyone, me)
     leaders = [r for r in range(world) if everyone[r]["local_rank"] == 0]
@@ -153,8 +203,14 @@ def main(argv: list[str] | None = None) -> int:
                        "nccl": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None,
                        "backend": "nccl" if cuda else "gloo", "python": platform.python_version(),
                        "date": _dt.date.today().isoformat(), "command": " ".join(sys.argv),
-                       "sizes_bytes": args.sizes, "repeat": args.repeat},
+                       "sizes_bytes": args.sizes, "repeat": args.repeat,
+                       "host_cpus": sorted({e["host_cpu"] for e in everyone})},
     })
+    host_note = host_dispatch_warning([everyone[r]["host_cpu"] for r in leaders])
+    if host_note:
+        writer.data["warnings"].append(host_note)
+        if host_note.startswith("host_dispatch_ratio"):
+            writer.data["host_dispatch_ratio"] = GRACE_HOST_DISPATCH_RATIO
     if not cuda:
         writer.data["warnings"].append("no GPU: gpu_memory_GiB, the GEMM curve and gpu_measured are not measured "
                                        "(gloo run)")

@@ -94,3 +94,33 @@ def test_the_command_line_names_a_bad_ratio_in_one_line_and_exits_2(tmp_path: Pa
                           "--global-batch", "8"], capture_output=True, text=True)
     assert out.returncode == 2 and "host_dispatch_ratio" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+GRACE_CPUINFO = """processor\t: 0
+BogoMIPS\t: 2000.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x0
+CPU part\t: 0xd4f
+CPU revision\t: 0
+"""
+XEON_CPUINFO = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480C\n"
+
+
+def test_the_probe_recognises_a_grace_host_and_writes_the_presets_ratio() -> None:
+    """``cluster_probes`` names each host's CPU from /proc/cpuinfo; where every host is Grace (Arm Neoverse V2:
+    implementer 0x41, part 0xd4f) the profile carries the presets' ratio, with a warning that it was recognised, not
+    measured; other Arm parts keep 1.0 and say so; x86 says nothing."""
+    from cluster_probes.__main__ import GRACE_HOST_DISPATCH_RATIO, host_cpu, host_dispatch_warning
+
+    assert GRACE_HOST_DISPATCH_RATIO == load_cluster("gb200-nvl72").host_dispatch_ratio  # one value, two places
+    grace = host_cpu(GRACE_CPUINFO, "aarch64")
+    xeon = host_cpu(XEON_CPUINFO, "x86_64")
+    other_arm = host_cpu(GRACE_CPUINFO.replace("0xd4f", "0xd0c"), "aarch64")  # Neoverse N1
+    assert grace == "aarch64 Arm Neoverse V2 (Grace)" and xeon == "x86_64 Intel(R) Xeon(R) Platinum 8480C"
+    assert other_arm == "aarch64 CPU implementer 0x41 part 0xd0c" and host_cpu("", "riscv64") == "riscv64"
+    assert host_dispatch_warning([grace, grace]).startswith("host_dispatch_ratio 2.75")
+    assert host_dispatch_warning([xeon]) == ""
+    assert "left at 1.0" in host_dispatch_warning([grace, other_arm])  # not every host is Grace
+    assert "left at 1.0" in host_dispatch_warning([other_arm])

@@ -73,6 +73,9 @@ def test_probe_across_real_processes_writes_a_loadable_profile(tmp_path) -> None
         {(a, b) for a in range(3) for b in range(3) if a != b}
     assert {c["op"] for c in data["collectives"]} >= {"all_reduce", "all_gather"}
     assert data["cpu_adam_params_per_s"] > 0 and data["provenance"]["backend"] == "gloo"
+    cpus = data["provenance"]["host_cpus"]  # each host's CPU, named from /proc/cpuinfo
+    assert cpus and all(isinstance(c, str) and c for c in cpus)
+    assert ("host_dispatch_ratio" in data) == all(c.endswith("(Grace)") for c in cpus)
     cluster = load_cluster(str(out))  # the planner reads what the probe wrote
     assert cluster.num_nodes == 3 and cluster.node_links is not None
 
