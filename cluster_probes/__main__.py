@@ -111,17 +111,19 @@ def host_cpu(cpuinfo: str, machine: str) -> str:
     return machine or "unknown"
 
 
-def host_dispatch_warning(cpus: list[str]) -> str:
-    """What the profile says of its hosts' dispatch speed: "" on x86 (the reference, 1.0), a line naming the ratio
-    written where every host is Grace, a line saying 1.0 is kept (unmeasured) for any other CPU."""
+def host_dispatch(cpus: list[str]) -> tuple[float | None, str]:
+    """The profile's ``host_dispatch_ratio`` for hosts with these CPUs and what it says of it: (None, "") on x86 (the
+    reference: the key stays absent, 1.0); the Grace ratio and a line saying it was recognised where every host is
+    Grace; (None, a line saying 1.0 is kept, unmeasured) for any other CPU."""
     if cpus and all(c.endswith("(Grace)") for c in cpus):
-        return (f"host_dispatch_ratio {GRACE_HOST_DISPATCH_RATIO}: every host is a Grace CPU (Arm Neoverse V2); "
-                "NVIDIA/TransformerEngine#2053's GB200 ratio, recognised, not measured here")
+        return GRACE_HOST_DISPATCH_RATIO, (
+            f"host_dispatch_ratio {GRACE_HOST_DISPATCH_RATIO}: every host is a Grace CPU (Arm Neoverse V2); "
+            "NVIDIA/TransformerEngine#2053's GB200 ratio, recognised, not measured here")
     other = sorted({c for c in cpus if not c.startswith(("x86_64", "i686", "AMD64"))})
     if other:
-        return (f"host CPU {other[0]}: host_dispatch_ratio left at 1.0 (a DGX H100's x86 host); nothing measured "
-                "for this CPU: set it in the profile if its op dispatch is known to differ")
-    return ""
+        return None, (f"host CPU {other[0]}: host_dispatch_ratio left at 1.0 (a DGX H100's x86 host); nothing "
+                      "measured for this CPU: set it in the profile if its op dispatch is known to differ")
+    return None, ""
 
 
 GPU_KEYS = (("H100", "h100-80gb"), ("H200", "h200"), ("H800", "h800-80gb"), ("A100-SXM4-40GB", "a100-40gb"),
@@ -206,11 +208,11 @@ def main(argv: list[str] | None = None) -> int:
                        "sizes_bytes": args.sizes, "repeat": args.repeat,
                        "host_cpus": sorted({e["host_cpu"] for e in everyone})},
     })
-    host_note = host_dispatch_warning([everyone[r]["host_cpu"] for r in leaders])
+    ratio, host_note = host_dispatch([everyone[r]["host_cpu"] for r in leaders])
+    if ratio is not None:
+        writer.data["host_dispatch_ratio"] = ratio
     if host_note:
         writer.data["warnings"].append(host_note)
-        if host_note.startswith("host_dispatch_ratio"):
-            writer.data["host_dispatch_ratio"] = GRACE_HOST_DISPATCH_RATIO
     if not cuda:
         writer.data["warnings"].append("no GPU: gpu_memory_GiB, the GEMM curve and gpu_measured are not measured "
                                        "(gloo run)")

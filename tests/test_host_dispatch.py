@@ -112,7 +112,7 @@ def test_the_probe_recognises_a_grace_host_and_writes_the_presets_ratio() -> Non
     """``cluster_probes`` names each host's CPU from /proc/cpuinfo; where every host is Grace (Arm Neoverse V2:
     implementer 0x41, part 0xd4f) the profile carries the presets' ratio, with a warning that it was recognised, not
     measured; other Arm parts keep 1.0 and say so; x86 says nothing."""
-    from cluster_probes.__main__ import GRACE_HOST_DISPATCH_RATIO, host_cpu, host_dispatch_warning
+    from cluster_probes.__main__ import GRACE_HOST_DISPATCH_RATIO, host_cpu, host_dispatch
 
     assert GRACE_HOST_DISPATCH_RATIO == load_cluster("gb200-nvl72").host_dispatch_ratio  # one value, two places
     grace = host_cpu(GRACE_CPUINFO, "aarch64")
@@ -120,7 +120,9 @@ def test_the_probe_recognises_a_grace_host_and_writes_the_presets_ratio() -> Non
     other_arm = host_cpu(GRACE_CPUINFO.replace("0xd4f", "0xd0c"), "aarch64")  # Neoverse N1
     assert grace == "aarch64 Arm Neoverse V2 (Grace)" and xeon == "x86_64 Intel(R) Xeon(R) Platinum 8480C"
     assert other_arm == "aarch64 CPU implementer 0x41 part 0xd0c" and host_cpu("", "riscv64") == "riscv64"
-    assert host_dispatch_warning([grace, grace]).startswith("host_dispatch_ratio 2.75")
-    assert host_dispatch_warning([xeon]) == ""
-    assert "left at 1.0" in host_dispatch_warning([grace, other_arm])  # not every host is Grace
-    assert "left at 1.0" in host_dispatch_warning([other_arm])
+    ratio, said = host_dispatch([grace, grace])
+    assert ratio == 2.75 and said.startswith("host_dispatch_ratio 2.75") and "not measured" in said
+    assert host_dispatch([xeon]) == (None, "")
+    for mixed in ([grace, other_arm], [other_arm]):  # not every host is Grace
+        ratio, said = host_dispatch(mixed)
+        assert ratio is None and "left at 1.0" in said
