@@ -36,7 +36,7 @@ from configurator.memory import estimate_memory
 from configurator.profiles import load_cluster, load_model
 from configurator.render import estimate_dict, search_plans_dicts
 from configurator.search.optimize import search
-from configurator.search.resolve import costed_memory, resolve
+from configurator.search.resolve import costed_memory, fit_graphs, option_margin, resolve
 from configurator.search.space import SearchContext, search_shardings
 from configurator.specs.job import JobSpec
 from configurator.specs.plan import PLAN_FIELDS, Plan, balanced_layout, plan_from_dict, plan_violations
@@ -117,7 +117,8 @@ def modelled_alike(ctx: SearchContext, structure: Plan, constants: CostConstants
     timed = []
     for o in resolve(ctx, structure).options:
         # communication knobs chosen as the search chooses them (search/knobs.py)
-        inputs, step = best_knobs(prepare(ctx.model, ctx.cluster, ctx.job, o.plan, runtime=ctx.runtime), constants)
+        plan = fit_graphs(ctx, o.plan, o.estimate, option_margin(ctx, o))
+        inputs, step = best_knobs(prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime), constants)
         timed.append((replace(o, plan=inputs.plan, estimate=costed_memory(ctx, o.memory, inputs.plan)), step))
     return min(timed, key=lambda t: t[1].step_s) if timed else None
 

@@ -24,8 +24,8 @@ from configurator.cli_options import (CalibrationOpt, ClusterOpt, CpOpt, DpOpt, 
                                       MicroBatchOpt, ModelOpt, NodesOpt, NumGpusOpt, OffloadOpt, PipelineLayersOpt,
                                       PpOpt, PrecisionOpt, RecomputeLayersOpt, RecomputeOpt, SeqLenOpt, ShardingOpt,
                                       SpOpt, TpOpt, VppOpt, _constants, _job, check_database_url,
-                                      check_seed, console, CpCommOpt, EpDispatcherOpt, EpOverlapOpt, PlanJsonOpt,
-                                      RecomputeModulesOpt, ShardGroupOpt, TpOverlapOpt, _request_plan)
+                                      check_seed, console, CpCommOpt, CudaGraphsOpt, EpDispatcherOpt, EpOverlapOpt,
+                                      PlanJsonOpt, RecomputeModulesOpt, ShardGroupOpt, TpOverlapOpt, _request_plan)
 from configurator.cli_bands import register as register_bands
 from configurator.cli_tools import register as register_tools
 from configurator.cost.step import estimate_step
@@ -331,6 +331,7 @@ def estimate(
     ep_overlap: EpOverlapOpt = None,
     cp_comm: CpCommOpt = None,
     ep_dispatcher: EpDispatcherOpt = None,
+    cuda_graphs: CudaGraphsOpt = None,
     plan_json: PlanJsonOpt = None,
     runtime: Annotated[str, typer.Option("--runtime", help=f"The framework that runs the plan (memory layout and step mechanics): {'|'.join(RUNTIMES)}.")] = "megatron",
     calibration: CalibrationOpt = None,
@@ -345,7 +346,7 @@ def estimate(
         tp=tp, pp=pp, vpp=vpp, cp=cp, ep=ep, etp=etp, dp=dp, sp=sp, sharding=sharding, shard_group=shard_group,
         recompute=recompute, recompute_layers=recompute_layers, recompute_modules=recompute_modules,
         micro_batch=micro_batch, offload=offload, pipeline_layers=pipeline_layers, tp_overlap=tp_overlap,
-        ep_overlap=ep_overlap, cp_comm=cp_comm, ep_dispatcher=ep_dispatcher))
+        ep_overlap=ep_overlap, cp_comm=cp_comm, ep_dispatcher=ep_dispatcher, cuda_graphs=cuda_graphs))
     chosen += knob_defaults(spec, plan, runtime)
     if svg is not None and svg.exists() and not force:
         raise InputError("svg", str(svg), "exists; pass --force to overwrite")
@@ -451,6 +452,7 @@ def emit_files(
     ep_overlap: EpOverlapOpt = None,
     cp_comm: CpCommOpt = None,
     ep_dispatcher: EpDispatcherOpt = None,
+    cuda_graphs: CudaGraphsOpt = None,
     plan_json: PlanJsonOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the files an earlier emit wrote in --out (its MANIFEST).")] = False,
     hosts: HostsOpt = None,
@@ -473,7 +475,7 @@ def emit_files(
         tp=tp, pp=pp, vpp=vpp, cp=cp, ep=ep, etp=etp, dp=dp, sp=sp, sharding=sharding, shard_group=shard_group,
         recompute=recompute, recompute_layers=recompute_layers, recompute_modules=recompute_modules,
         micro_batch=micro_batch, offload=offload, pipeline_layers=pipeline_layers, tp_overlap=tp_overlap,
-        ep_overlap=ep_overlap, cp_comm=cp_comm, ep_dispatcher=ep_dispatcher))
+        ep_overlap=ep_overlap, cp_comm=cp_comm, ep_dispatcher=ep_dispatcher, cuda_graphs=cuda_graphs))
     if framework in FRAMEWORK_RUNTIME:  # what an unset knob becomes in these files: the framework's default
         chosen += knob_defaults(spec, plan, FRAMEWORK_RUNTIME[framework])
     notes: list[str] = []

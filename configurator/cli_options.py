@@ -102,6 +102,10 @@ CpCommOpt = Annotated[Optional[str], typer.Option(
 EpDispatcherOpt = Annotated[Optional[str], typer.Option(
     "--ep-dispatcher", help="MoE token dispatcher, Megatron --moe-token-dispatcher-type: alltoall|flex (flex = "
     "DeepEP/HybridEP; needs ep x etp > 1). Default: the runtime's (alltoall).")]
+CudaGraphsOpt = Annotated[Optional[bool], typer.Option(
+    "--cuda-graphs/--no-cuda-graphs", help="Capture each layer's attention and router/dispatcher preprocessing (MoE) "
+    "or attention and MLP (dense) in CUDA graphs (Megatron --cuda-graph-impl transformer_engine --cuda-graph-modules "
+    "...; not with full recompute or a recomputed moe module). Default: off (eager launches).")]
 PlanJsonOpt = Annotated[Optional[Path], typer.Option(
     "--plan-json", help="Take the plan from a JSON file: `plan --json` output (its best plan), one of its "
     "`plans` entries or an `estimate --json` object (plan and placement), or a bare plan object. Plan options "
@@ -112,7 +116,8 @@ def _given_plan(spec, hw, job, *, tp: int, pp: int, vpp: int, cp: int, ep: int, 
                 sp: bool | None, sharding: str, recompute: str, recompute_layers: int, micro_batch: int,
                 offload: float, pipeline_layers: str | None, shard_group: int = 0,
                 recompute_modules: str | None = None, tp_overlap: bool | None = None,
-                ep_overlap: bool | None = None, cp_comm: str | None = None, ep_dispatcher: str | None = None):
+                ep_overlap: bool | None = None, cp_comm: str | None = None, ep_dispatcher: str | None = None,
+                cuda_graphs: bool | None = None):
     """The plan of a request, defaults filled as Megatron-LM would, checked against the model and job."""
     from configurator.specs.plan import check_given_knobs, check_plan, resolve_plan
 
@@ -122,7 +127,8 @@ def _given_plan(spec, hw, job, *, tp: int, pp: int, vpp: int, cp: int, ep: int, 
                                 recompute_modules=parse_recompute_modules(recompute_modules),
                                 micro_batch=micro_batch, offload=offload,
                                 pipeline_layers=_parse_layers(pipeline_layers), tp_overlap=tp_overlap,
-                                ep_overlap=ep_overlap, cp_comm=cp_comm, ep_dispatcher=ep_dispatcher)
+                                ep_overlap=ep_overlap, cp_comm=cp_comm, ep_dispatcher=ep_dispatcher,
+                                cuda_graphs=cuda_graphs)
     check_plan(spec, job, plan, hw.num_gpus)
     check_given_knobs(spec, plan)
     return plan, chosen
@@ -134,6 +140,7 @@ PLAN_OPTIONS: dict[str, str] = {
     "recompute_layers": "recompute_num_layers", "recompute_modules": "recompute_modules",
     "micro_batch": "micro_batch", "offload": "offload", "pipeline_layers": "pipeline_layers",
     "tp_overlap": "tp_overlap", "ep_overlap": "ep_overlap", "cp_comm": "cp_comm", "ep_dispatcher": "ep_dispatcher",
+    "cuda_graphs": "cuda_graphs",
 }
 """Command-line parameter (estimate/explain/emit) -> the Plan field it sets."""
 

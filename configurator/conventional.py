@@ -32,7 +32,7 @@ from configurator.cost.step import StepReport, prepare
 from configurator.memory import MemoryReport, estimate_memory
 from configurator.margin import NO_MARGIN
 from configurator.search.knobs import best_knobs
-from configurator.search.resolve import costed_memory, fit_dispatcher
+from configurator.search.resolve import costed_memory, fit_dispatcher, fit_graphs
 from configurator.search.space import SearchContext, _powers_of_two, search_shardings
 from configurator.specs.plan import Plan, balanced_layout, plan_violations
 
@@ -83,7 +83,7 @@ def conventional_plan(ctx: SearchContext, constants: CostConstants) -> Conventio
         memory = estimate_memory(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
         if memory.fits:
             # (the flex dispatcher only where its buffers fit too)
-            plan = fit_dispatcher(ctx, plan, memory, NO_MARGIN)
+            plan = fit_graphs(ctx, fit_dispatcher(ctx, plan, memory, NO_MARGIN), memory, NO_MARGIN)
             inputs, step = best_knobs(prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime),
                                       constants)
             return Conventional(plan=inputs.plan, memory=costed_memory(ctx, memory, inputs.plan), step=step)

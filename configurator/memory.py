@@ -148,6 +148,8 @@ class StageMemory:
     inflight_microbatches: float
     ep_buffer_bytes: float = 0.0
     """The flex dispatcher's DeepEP/HybridEP buffers (``ep_buffers.py``): outside the PyTorch allocator."""
+    cuda_graph_bytes: float = 0.0
+    """What the plan's own CUDA graphs' pool holds beyond eager (``cuda_graph_bytes``); 0 without them."""
 
     @property
     def allocated_bytes(self) -> float:
@@ -162,7 +164,7 @@ class StageMemory:
     @property
     def total_bytes(self) -> float:
         """Device memory in use, as nvidia-smi shows it; this must fit the GPU."""
-        return self.reserved_bytes + self.context_bytes + self.ep_buffer_bytes
+        return self.reserved_bytes + self.context_bytes + self.ep_buffer_bytes + self.cuda_graph_bytes
 
     @property
     def overhead_bytes(self) -> float:
@@ -229,6 +231,7 @@ class MemoryReport:
                 "activations": round(p.activations_bytes / GIB, 3),
                 "overhead": round(p.overhead_bytes / GIB, 3),
                 "ep_buffers": round(p.ep_buffer_bytes / GIB, 3),
+                **({"cuda_graphs": round(p.cuda_graph_bytes / GIB, 3)} if p.cuda_graph_bytes else {}),
             },
             "per_stage_peak_gib": [round(s.total_bytes / GIB, 3) for s in self.stages],
             "runtime": self.runtime,
@@ -626,7 +629,7 @@ ACTIVATION_MEMO_LIMIT = 4096
 """Plans ``ACTIVATION_MEMO`` holds before it starts a new generation (``_OLDER``; ``search.resolve.MEMO_LIMIT``
 says why it is bounded)."""
 _ACTIVATION_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("sharding", "shard_group", "offload", "ep",
-                                                                       "ep_dispatcher")))
+                                                                       "ep_dispatcher", "cuda_graphs")))
 
 
 def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan, *,
@@ -645,13 +648,14 @@ class MemoryParts:
     class: the search builds one per estimate)."""
 
     __slots__ = ("states", "activations", "buffer_bytes", "context_bytes", "rt", "capacity_bytes",
-                 "host_capacity_bytes", "gpus_per_node", "buffers", "state_sums", "activation_bytes")
+                 "host_capacity_bytes", "gpus_per_node", "buffers", "state_sums", "activation_bytes", "graph_bytes")
 
     def __init__(self, *, states: tuple[tuple[int, int, float, float, float], ...],
                  activations: tuple[tuple[float, float], ...], buffer_bytes: tuple[float, ...], context_bytes: float,
                  rt: Runtime, capacity_bytes: float, host_capacity_bytes: float, gpus_per_node: int,
                  buffers: FlexBuffers | None = None, state_sums: StateSums | None = None,
-                 activation_bytes: tuple[float, ...] | None = None) -> None:
+                 activation_bytes: tuple[float, ...] | None = None,
+                 graph_bytes: tuple[float, ...] | None = None) -> None:
         self.states = states  # per pipeline rank: (layers, parameters, weights, grads, whole optimizer states)
         self.activations = activations  # per pipeline rank: (activation bytes, micro-batches in flight)
         self.buffer_bytes = buffer_bytes  # per pipeline rank: the flex dispatcher's buffers (0 without them)
@@ -662,6 +666,7 @@ class MemoryParts:
         # ``totals``' sums of ``states`` and the activation bytes of ``activations`` (worked out there if not given:
         # ``search/resolve.py``'s ``StructureMemory`` gives them, once per sharding and per recompute form)
         self.state_sums, self.activation_bytes = state_sums, activation_bytes
+        self.graph_bytes = graph_bytes  # per pipeline rank: the plan's CUDA graphs' pool (None without them)
 
     def report(self, offload: float) -> MemoryReport:
         """``estimate_memory`` of the plan with ``offload`` of its optimizer states on the host."""
@@ -669,6 +674,8 @@ class MemoryParts:
         stages = tuple(_stage_memory(s, n, p, w, g, o, a, inflight, ctx, offload, rt, ep)
                        for s, ((n, p, w, g, o), (a, inflight), ep)
                        in enumerate(zip(self.states, self.activations, self.buffer_bytes)))
+        if self.graph_bytes is not None:
+            stages = tuple(replace(st, cuda_graph_bytes=gb) for st, gb in zip(stages, self.graph_bytes))
         return MemoryReport(stages=stages, capacity_bytes=self.capacity_bytes,
                             host_capacity_bytes=self.host_capacity_bytes,
                             host_peak_bytes=self.gpus_per_node * max(st.host_optimizer_bytes for st in stages),
@@ -688,6 +695,8 @@ class MemoryParts:
             # so the same floats in one pass (StageMemory.total_bytes: (allocated + fragmentation) + context +
             # buffers, left to right; allocated = w + g + o + a, whose first two additions ``StateSums`` keeps).
             totals = tuple([x + x * frag + ctx + ep for x, ep in zip(map(add, sums.kept, acts), self.buffer_bytes)])
+            if self.graph_bytes is not None:  # (StageMemory.total_bytes: ... + buffers + graphs)
+                totals = tuple(map(add, totals, self.graph_bytes))
             return MemoryTotals(self, offload, totals, max(totals), self.gpus_per_node * 0.0)
         totals_list = []
         host_max = -math.inf
@@ -698,6 +707,8 @@ class MemoryParts:
             totals_list.append(allocated + allocated * frag + ctx + ep)
             if host > host_max:
                 host_max = host
+        if self.graph_bytes is not None:
+            totals_list = list(map(add, totals_list, self.graph_bytes))
         return MemoryTotals(self, offload, tuple(totals_list), max(totals_list), self.gpus_per_node * host_max)
 
 
@@ -789,7 +800,18 @@ def memory_parts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pla
     buffers, stage_buffer_bytes = _stage_flex_buffers(model, cluster, job, plan)
     return MemoryParts(states=states, activations=acts, buffer_bytes=stage_buffer_bytes, context_bytes=context, rt=rt,
                        capacity_bytes=capacity, host_capacity_bytes=host_capacity,
-                       gpus_per_node=min(cluster.gpus_per_node, plan.world_size), buffers=buffers)
+                       gpus_per_node=min(cluster.gpus_per_node, plan.world_size), buffers=buffers,
+                       graph_bytes=cuda_graph_bytes(acts) if plan.cuda_graphs else None)
+
+
+def cuda_graph_bytes(activations: tuple[tuple[float, float], ...]) -> tuple[float, ...]:
+    """Per pipeline rank, what the plan's own CUDA graphs (``Plan.cuda_graphs``) hold beyond eager: a share
+    (profiles/memory.json ``cuda_graph_activation_share``, NeMo's measured ~20%) of the rank's activation bytes at
+    its peak (``MemoryParts.activations``). A captured graph keeps its forward's temporaries and its static input
+    and output buffers in a pool of its own, sized by the micro-batches in flight like the activations, which
+    eager code cannot reuse."""
+    share = memory_constants()["cuda_graph_activation_share"]["value"]
+    return tuple([a * share for a, _inflight in activations])
 
 
 def stage_activations(model: ModelSpec, job: JobSpec, plan: Plan, rt: Runtime) -> tuple[tuple[float, float], ...]:
@@ -1150,7 +1172,8 @@ def flex_peak_bytes(base: MemoryReport, model: ModelSpec, cluster: ClusterSpec, 
     ``total_bytes`` with ``plan``'s buffers in place of ``base``'s (the same sum, so the same floats). The
     search checks it for every option whose dispatcher is open (``search/resolve.py`` ``fit_dispatcher``)."""
     _, stage_buffer_bytes = _stage_flex_buffers(model, cluster, job, plan)
-    return max(st.reserved_bytes + st.context_bytes + stage_buffer_bytes[st.stage] for st in base.stages)
+    return max(st.reserved_bytes + st.context_bytes + stage_buffer_bytes[st.stage] + st.cuda_graph_bytes
+               for st in base.stages)
 
 
 def _stage_memory(stage: int, num_layers: int, params: int, weights: float, grads: float, optim: float, act: float,
@@ -1161,7 +1184,7 @@ def _stage_memory(stage: int, num_layers: int, params: int, weights: float, grad
     optim -= host
     allocated = weights + grads + optim + act
     return _new_stage_memory(stage, num_layers, params, weights, grads, optim, act, allocated * rt.fragmentation,
-                             context, host, inflight, ep_buffers)
+                             context, host, inflight, ep_buffers, 0.0)
 
 
 def _stage_memory_builder() -> Any:

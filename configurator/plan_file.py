@@ -38,6 +38,7 @@ DERIVED_FROM: dict[str, tuple[str, ...]] = {
     "cp_comm": ("cp",),
     "ep_overlap": ("ep", "pp", "vpp", "recompute"),
     "ep_dispatcher": ("ep", "etp"),
+    "cuda_graphs": ("recompute", "recompute_modules", "sharding", "ep_overlap"),
 }
 """Plan field -> the fields it was chosen for. ``dp`` and ``sp`` are re-derived as Megatron would
 (``resolve_plan``); the rest return to ``Plan``'s default (even split, no HSDP, the runtime's knobs)."""

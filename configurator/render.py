@@ -30,7 +30,7 @@ def plan_dict(plan: Plan, job: JobSpec) -> dict[str, Any]:
         "pipeline_layers": list(plan.pipeline_layers) or None,
         "shard_group": plan.shard_group, "recompute_modules": list(plan.recompute_modules),
         "tp_overlap": plan.tp_overlap, "ep_overlap": plan.ep_overlap, "cp_comm": plan.cp_comm,
-        "ep_dispatcher": plan.ep_dispatcher,
+        "ep_dispatcher": plan.ep_dispatcher, "cuda_graphs": plan.cuda_graphs,
     }
 
 

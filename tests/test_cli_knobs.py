@@ -69,7 +69,7 @@ def options_of(plan: dict) -> list[str]:
         out += ["--recompute-modules", ",".join(plan["recompute_modules"])]
     if plan.get("pipeline_layers"):
         out += ["--pipeline-layers", ",".join(map(str, plan["pipeline_layers"]))]
-    for knob in ("tp_overlap", "ep_overlap"):
+    for knob in ("tp_overlap", "ep_overlap", "cuda_graphs"):
         if plan.get(knob) is not None:
             out.append(f"--{'' if plan[knob] else 'no-'}{knob.replace('_', '-')}")
     for knob in ("cp_comm", "ep_dispatcher"):

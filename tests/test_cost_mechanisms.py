@@ -83,12 +83,17 @@ def test_tp_overlap_knob_shortens_the_step_by_the_hidden_share() -> None:
 def test_search_offers_only_the_knobs_the_runtime_runs() -> None:
     plan = Plan(tp=2, sp=True, cp=4, ep=2, dp=2)
     v = knob_variants(plan, "megatron", attention_heads=64, is_moe=True)
-    assert len(v) == 2 * 2 * 4  # tp overlap x ep overlap x four CP types (32 heads per TP rank: cp | 32)
+    assert len(v) == 2 * 2 * 4 * 2  # tp overlap x ep overlap x four CP types (32 heads per TP rank: cp | 32) x graphs
     v = knob_variants(plan, "megatron", attention_heads=6, is_moe=True)
     assert {p.cp_comm for p in v} == {"p2p", "all_gather", "a2a+p2p"}  # 3 heads per TP rank: no Ulysses over 4
     assert knob_variants(plan, "deepspeed", attention_heads=64, is_moe=True) == [plan]
-    fixed = replace(plan, tp_overlap=True, ep_overlap=False, cp_comm="p2p")
+    fixed = replace(plan, tp_overlap=True, ep_overlap=False, cp_comm="p2p", cuda_graphs=False)
     assert knob_variants(fixed, "megatron", attention_heads=64, is_moe=True) == [fixed]
+    # Megatron-Core refuses per-layer graphs with full recompute, and under Megatron-FSDP beside an EP overlap
+    assert {p.cuda_graphs for p in knob_variants(replace(plan, recompute="full"), "megatron", 64, True)} == {None}
+    assert {p.cuda_graphs for p in knob_variants(replace(plan, sharding="zero3"), "megatron", 64, True)} == {None}
+    assert {p.cuda_graphs for p in knob_variants(replace(plan, sharding="zero3", ep_overlap=False), "megatron", 64,
+                                                 True)} == {False, True}
 
 
 def test_busiest_expert_rank_by_the_gaussian_maximum() -> None:

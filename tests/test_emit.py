@@ -23,7 +23,7 @@ from configurator.errors import InputError
 from configurator.search.resolve import resolve
 from configurator.profiles import model_names
 from configurator.specs.model import ModelSpec
-from configurator.specs.plan import balanced_layout, plan_from_dict, plan_violations
+from configurator.specs.plan import balanced_layout, check_given_knobs, plan_from_dict, plan_violations
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from launch_stubs import option, run_script  # noqa: E402
@@ -155,6 +155,13 @@ MEGATRON_CASES = {
     "qwen3-30b-flex-deepep": ("qwen3-30b-a3b", "dgx-h100", 16, 4096, 256,
                               Plan(dp=16, ep=16, ep_overlap=True, ep_dispatcher="flex"), "bf16"),
     "llama3-8b-hsdp": ("llama3-8b", "dgx-h100", 16, 4096, 64, Plan(dp=16, sharding="hsdp", shard_group=8), "bf16"),
+    # Per-layer CUDA graphs: an MoE model's attention, router and dispatcher preprocessing (with flex and fp8 on
+    # GB200, as NVIDIA's recipes run them), a dense model's attention and MLP under an interleaved pipeline.
+    "qwen3-30b-cuda-graphs": ("qwen3-30b-a3b", "gb200-nvl72", 8, 4096, 512,
+                              Plan(dp=8, ep=8, micro_batch=4, ep_dispatcher="flex", cuda_graphs=True), "fp8"),
+    "llama3-8b-cuda-graphs-vpp": ("llama3-8b", "dgx-h100", 16, 4096, 64,
+                                  Plan(tp=2, pp=2, vpp=2, dp=4, sp=True, recompute="selective", cuda_graphs=True),
+                                  "bf16"),
 }
 
 
@@ -180,6 +187,7 @@ CLI_CASES = {
                             "--ep-dispatcher", "flex", "--ep-overlap"],
     "cli-hsdp-no-overlap": ["--model", "qwen3-30b-a3b", *_H100_16, "--global-batch", "256", "--ep", "8",
                             "--sharding", "hsdp", "--shard-group", "8", "--no-ep-overlap", "--ep-dispatcher", "alltoall"],
+    "cli-cuda-graphs": ["--model", "qwen3-30b-a3b", *_H100_16, "--global-batch", "256", "--ep", "8", "--cuda-graphs"],
 }
 
 
@@ -255,7 +263,14 @@ def _broken_plans(root: Path) -> tuple[list[str], None]:
     launch = (no_env / "launch_megatron.sh").read_text()
     assert "export CUDA_DEVICE_MAX_CONNECTIONS=1" in launch
     (no_env / "launch_megatron.sh").write_text(launch.replace("export CUDA_DEVICE_MAX_CONNECTIONS=1", "true"))
-    return [f"{launched(d, root)}:hopper" for d in (root / "ok", broken, no_env)], None
+    # Graphs under full recompute, which this tool never emits (``cuda_graph_conflicts``): Megatron-Core refuses it.
+    graphed = root / "graphs-full-recompute"
+    emit(_request("llama3-8b", "dgx-h100", 8, 4096, 64, Plan(tp=2, pp=2, dp=2, sp=True, recompute="full")), "megatron",
+         graphed)
+    args = (graphed / "megatron_args.txt").read_text()
+    (graphed / "megatron_args.txt").write_text(args + "--cuda-graph-impl\ntransformer_engine\n--cuda-graph-modules\n"
+                                               "attn\nmlp\n")
+    return [f"{launched(d, root)}:hopper" for d in (root / "ok", broken, no_env, graphed)], None
 
 
 @pytest.fixture(scope="module")
@@ -304,6 +319,11 @@ def test_megatron_accepts_what_the_emitted_script_launches_for_plans_of_every_ki
     assert flex["overlap_moe_expert_parallel_comm"]
     hsdp = by_name["llama3-8b-hsdp"]
     assert hsdp["use_megatron_fsdp"] and hsdp["num_distributed_optimizer_instances"] == 2
+    moe_graphs, dense_graphs = by_name["qwen3-30b-cuda-graphs"], by_name["llama3-8b-cuda-graphs-vpp"]
+    assert moe_graphs["cuda_graph_impl"] == dense_graphs["cuda_graph_impl"] == "transformer_engine"
+    assert moe_graphs["cuda_graph_modules"] == ["attn", "moe_router", "moe_preprocess"]
+    assert dense_graphs["cuda_graph_modules"] == ["attn", "mlp"] and dense_graphs["te_rng_tracker"]
+    assert by_name["llama3-8b-hsdp"]["cuda_graph_impl"] == "none"
 
 
 def test_megatron_reads_back_the_knobs_given_as_emit_options(megatron_runs) -> None:  # type: ignore[no-untyped-def]
@@ -320,6 +340,7 @@ def test_megatron_reads_back_the_knobs_given_as_emit_options(megatron_runs) -> N
     hsdp = by_name["cli-hsdp-no-overlap"]
     assert hsdp["moe_token_dispatcher_type"] == "alltoall" and not hsdp["overlap_moe_expert_parallel_comm"]
     assert hsdp["use_megatron_fsdp"] and hsdp["num_distributed_optimizer_instances"] == 2
+    assert by_name["cli-cuda-graphs"]["cuda_graph_modules"] == ["attn", "moe_router", "moe_preprocess"]
 
 
 def test_megatron_parses_back_every_preset_model_as_its_model_spec(megatron_runs) -> None:  # type: ignore[no-untyped-def]
@@ -338,10 +359,13 @@ def test_megatron_accepts_the_benchmark_scenarios_best_and_reference_plans(megat
 
 
 def test_megatron_rejects_a_broken_plan(validators, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    ok, bad, env = run_megatron(_broken_plans(tmp_path)[0])
+    ok, bad, env, graphed = run_megatron(_broken_plans(tmp_path)[0])
     assert ok["ok"]
     assert not bad["ok"] and "virtual pipeline" in bad["error"]
     assert not env["ok"] and "CUDA_DEVICE_MAX_CONNECTIONS" in env["error"]
+    assert not graphed["ok"] and "full recompute is only supported with full iteration" in graphed["error"]
+    with pytest.raises(InputError, match="cuda_graphs"):
+        check_given_knobs(load_model("llama3-8b"), Plan(tp=2, pp=2, dp=2, sp=True, recompute="full", cuda_graphs=True))
 
 
 DEEPSPEED_CASES = {

@@ -194,7 +194,8 @@ def test_optimistic_plans_are_the_knob_variants_with_no_open_overlap_off(ctx: Se
     for plan in plans:
         expected = [v for v in knob_variants(plan, ctx.runtime, heads, moe)
                     if (plan.tp_overlap is not None or v.tp_overlap is not False)
-                    and (plan.ep_overlap is not None or v.ep_overlap is not False)]
+                    and (plan.ep_overlap is not None or v.ep_overlap is not False)
+                    and (plan.cuda_graphs is not None or v.cuda_graphs is not False)]
         assert optimistic_plans(plan, ctx.runtime, heads, moe) == expected, plan.describe()
 
 

@@ -24,6 +24,8 @@ class Knobs:
     ep_overlap: bool
     cp_comm: str
     ep_dispatcher: str = "alltoall"
+    cuda_graphs: bool = False
+    """The plan captures its layers' scopes in CUDA graphs (``Plan.cuda_graphs``; unset = off)."""
 
 
 FLEX_DISPATCHER_FAMILIES = ("hopper", "blackwell")
@@ -42,7 +44,7 @@ def effective_knobs(plan: Plan, runtime: RuntimeCost) -> Knobs:
     cp = plan.cp_comm or runtime.cp_comm
     dispatcher = plan.ep_dispatcher or runtime.ep_dispatcher
     return Knobs(tp_overlap=bool(tp) and plan.tp > 1, ep_overlap=bool(ep) and plan.ep > 1, cp_comm=cp,
-                 ep_dispatcher=dispatcher)
+                 ep_dispatcher=dispatcher, cuda_graphs=bool(plan.cuda_graphs))
 
 
 def flex_overlap_compute_slowdown(sm_count: int, dispatcher_sms: int = 0) -> float:

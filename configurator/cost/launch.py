@@ -47,6 +47,16 @@ MOE_EXTRA_KERNELS = 30
 ATTN_KERNELS = 12
 """Of a layer's DENSE_LAYER_KERNELS: input norm, QKV GEMM, rotary, core attention, output projection,
 bias-dropout-add, fp8 casts: what the ``attn`` graph scope captures."""
+MLP_KERNELS = DENSE_LAYER_KERNELS - ATTN_KERNELS
+"""Of a dense layer's DENSE_LAYER_KERNELS: the pre-MLP norm, FC1, activation, FC2, bias-dropout-add and fp8 casts:
+what the ``mlp`` graph scope captures (Megatron-Core captures it for dense layers only)."""
+PLAN_SCOPES_MOE = ("attn", "moe_router", "moe_preprocess")
+"""What ``Plan.cuda_graphs`` captures in an MoE model: NVIDIA's Megatron-Bridge GB200 recipes' scopes (runs.py
+``recipe_cuda_graphs``: Qwen3-235B-A22B, DeepSeek-V3 from 26.02, Qwen3-30B-A3B in bf16); the experts' grouped GEMMs
+and the all-to-all stay eager (their token counts change every step)."""
+PLAN_SCOPES_DENSE = ("attn", "mlp")
+"""What ``Plan.cuda_graphs`` captures in a dense model: the whole layer as two graphs (the scopes of NVIDIA's
+Llama-3 70B GB200 run in NVIDIA/TransformerEngine#3427, ``cuda_graph_modules=[mlp, attn]``)."""
 ROUTER_KERNELS = 8
 """Of MOE_EXTRA_KERNELS: router GEMM, softmax/sigmoid, top-k, score normalisation, aux/z losses."""
 PREPROCESS_KERNELS = 6
@@ -79,7 +89,7 @@ def layer_launches(moe: bool, graphs: tuple[str, ...] = (), local_experts: float
     if FULL_ITERATION in graphs:
         return 0.0, 0.0
     eager = DENSE_LAYER_KERNELS + (MOE_EXTRA_KERNELS + EXPERT_GEMM_LAUNCHES * local_experts if moe else 0)
-    captured = {"attn": ATTN_KERNELS, "moe_router": ROUTER_KERNELS if moe else 0,
+    captured = {"attn": ATTN_KERNELS, "mlp": 0 if moe else MLP_KERNELS, "moe_router": ROUTER_KERNELS if moe else 0,
                 "moe_preprocess": PREPROCESS_KERNELS if moe else 0}
     replays = 0
     for scope in set(graphs):
@@ -89,6 +99,11 @@ def layer_launches(moe: bool, graphs: tuple[str, ...] = (), local_experts: float
     attn_f, attn_b = (0.0, 0.0) if "attn" in graphs else extra[:2]
     return (eager + attn_f + extra[2] + GRAPH_REPLAY_LAUNCHES * replays,
             BACKWARD_KERNEL_RATIO * eager + attn_b + extra[3] + GRAPH_REPLAY_LAUNCHES * replays)
+
+
+def plan_graph_scopes(is_moe: bool) -> tuple[str, ...]:
+    """The scopes ``Plan.cuda_graphs`` captures (``PLAN_SCOPES_MOE`` / ``PLAN_SCOPES_DENSE``)."""
+    return PLAN_SCOPES_MOE if is_moe else PLAN_SCOPES_DENSE
 
 
 def dispatcher_syncs(moe: bool, ep: int, moe_routing: str, graphs: tuple[str, ...] = ()) -> int:
@@ -153,6 +168,7 @@ def layer_launch_s(fwd_gpu_s: float, bwd_gpu_s: float, moe: bool, launch_s: floa
     return f, b
 
 
-__all__ = ["ATTN_KERNELS", "BACKWARD_KERNEL_RATIO", "DENSE_LAYER_KERNELS", "EXPERT_GEMM_LAUNCHES", "FULL_ITERATION", "GRAPH_REPLAY_LAUNCHES",
-           "GLU_SYNC_KERNELS_AFTER", "KERNELS_AFTER_SYNC", "MOE_EXTRA_KERNELS", "PREPROCESS_KERNELS", "ROUTER_KERNELS",
-           "activation_syncs", "dispatcher_syncs", "exposed_launch_s", "layer_launch_s", "layer_launches"]
+__all__ = ["ATTN_KERNELS", "BACKWARD_KERNEL_RATIO", "DENSE_LAYER_KERNELS", "EXPERT_GEMM_LAUNCHES", "FULL_ITERATION",
+           "GRAPH_REPLAY_LAUNCHES", "GLU_SYNC_KERNELS_AFTER", "KERNELS_AFTER_SYNC", "MLP_KERNELS", "MOE_EXTRA_KERNELS",
+           "PLAN_SCOPES_DENSE", "PLAN_SCOPES_MOE", "PREPROCESS_KERNELS", "ROUTER_KERNELS", "activation_syncs",
+           "dispatcher_syncs", "exposed_launch_s", "layer_launch_s", "layer_launches", "plan_graph_scopes"]

@@ -43,7 +43,7 @@ from configurator.cost.constants import CostConstants, RuntimeCost, hardware_def
     load_runtime_cost
 from configurator.cost.cp import cp_times_s
 from configurator.cost.knobs import effective_knobs, flex_overlap_compute_slowdown
-from configurator.cost.launch import activation_syncs, dispatcher_syncs, layer_launch_s
+from configurator.cost.launch import activation_syncs, dispatcher_syncs, layer_launch_s, plan_graph_scopes
 from configurator.cost.moe import ep_overlap_paired_share, ep_scale_out_share, expert_load_factor
 from configurator.cost.schedule import ScheduleResult, simulate
 from configurator.cost.work import (BF16, LayerWork, embedding_work, expert_glu_clamp_unfused, head_work, layer_work,
@@ -89,6 +89,11 @@ class StepReport:
     bubble_fraction: float
     runtime: str
     peak_flops: float
+    graph_launch_saved_s: float = 0.0
+    """Host launch time per step that the plan's own CUDA graphs (``Plan.cuda_graphs``) take off the GPU's path on
+    the pipeline rank where they take off most (its layers' exposed launches, eager less graphed): 0 where every
+    layer's kernels outlast their launches anyway on every rank (then the graphs change nothing, and the search
+    leaves them off)."""
 
     def term(self, name: str) -> float:
         return dict(self.breakdown_s)[name]
@@ -107,6 +112,7 @@ class StepReport:
             "num_microbatches": self.num_microbatches,
             "bubble_fraction": round(self.bubble_fraction, 5),
             "runtime": self.runtime,
+            **({"cuda_graph_launch_saved_s": round(self.graph_launch_saved_s, 6)} if self.graph_launch_saved_s else {}),
         }
 
 
@@ -452,14 +458,22 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
                 recompute = wt.attention_s if rt.selective_recompute == "attention" else 0.5 * wt.gemm_s
         launch_f = launch_b = 0.0
         if is_layer:
-            graphs = inp.job.cuda_graphs
+            # A published run's graphs (its recipe's, ``JobSpec.cuda_graphs``), else the plan's own.
+            own_graphs = knobs.cuda_graphs and not inp.job.cuda_graphs
+            graphs = plan_graph_scopes(inp.model.is_moe) if own_graphs else inp.job.cuda_graphs
             syncs = dispatcher_syncs(moe, plan.ep, inp.job.moe_routing, graphs)
             local_experts = work.expert_gemms[0].count if work.expert_gemms else 0.0
+            layer_syncs = act_syncs if work.expert_gemms else (0, 0)
             launch_f, launch_b = layer_launch_s(f_compute, b_compute + recompute, moe, launch_s,
                                                 sync_s, syncs, graphs, local_experts, work.extra_kernels,
-                                                act_syncs if work.expert_gemms else (0, 0),
-                                                inp.cluster.host_dispatch_ratio)
+                                                layer_syncs, inp.cluster.host_dispatch_ratio)
             launch_b += re_frac * launch_f
+            if own_graphs:
+                eager_f, eager_b = layer_launch_s(f_compute, b_compute + recompute, moe, launch_s, sync_s, syncs, (),
+                                                  local_experts, work.extra_kernels, layer_syncs,
+                                                  inp.cluster.host_dispatch_ratio)
+                saved = n * ((eager_f + eager_b + re_frac * eager_f) - (launch_f + launch_b))
+                detail["graphs_saved"] = detail.get("graphs_saved", 0.0) + saved
         z_f = z_b = z_first = 0.0
         zf_hidden = zb_hidden = 0.0  # sharding gathers/reductions hidden under compute
         if per_mb_sharding and is_layer:
@@ -810,7 +824,9 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
         mfu=model_tflops / peak, breakdown_s=tuple((k, breakdown[k]) for k in BREAKDOWN_TERMS),
         compute_detail_s=tuple(detail.items()), critical_stage=critical, stage_busy_s=sched.busy_s,
         num_microbatches=m, bubble_fraction=bubble / sched.makespan_s if sched.makespan_s else 0.0,
-        runtime=rt.name, peak_flops=peak)
+        runtime=rt.name, peak_flops=peak,
+        graph_launch_saved_s=max(m * sum(per_stage[v][2].get("graphs_saved", 0.0) for v in range(r, pp * vpp, pp))
+                                 for r in range(pp)))
 
 
 def estimate_step(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Plan,

@@ -65,6 +65,8 @@ def unsupported(plan: Plan, job: JobSpec) -> list[str]:
                    "DeepSpeed offloads all or nothing")
     if plan.tp_overlap:
         out.append("tp_overlap (TP communication/GEMM overlap) is Megatron/Transformer Engine's; AutoTP has none")
+    if plan.cuda_graphs:
+        out.append("cuda_graphs (Megatron-Core's per-layer Transformer Engine graphs) has no ds_config setting")
     if plan.recompute_modules:
         out.append("recompute_modules names Megatron-Core modules; DeepSpeed checkpoints what the model code wraps")
     if plan.pipeline_layers and plan.pp == 1:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from configurator.cost.launch import plan_graph_scopes
 from configurator.emit.shell import known_hosts, node_prologue
 from configurator.ep_buffers import DEEPEP_GROUP_SIZES, flex_backend, flex_group_supported
 from configurator.errors import InputError
@@ -231,6 +232,12 @@ def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
         flag("--tp-comm-overlap")
     if plan.ep_overlap:
         flag("--overlap-moe-expert-parallel-comm")
+    if plan.cuda_graphs:
+        # Transformer Engine's make_graphed_callables per layer over these scopes (cost/launch.py
+        # plan_graph_scopes); Megatron turns on the TE RNG tracker graphs need, said here rather than warned.
+        flag("--cuda-graph-impl", "transformer_engine")
+        flag("--cuda-graph-modules", *plan_graph_scopes(model.is_moe))
+        flag("--te-rng-tracker")
     if model.is_moe and plan.ep_dispatcher == "flex":
         backend = flex_backend(cluster)
         if not flex_group_supported(backend, plan.ep * plan.etp):

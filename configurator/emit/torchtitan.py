@@ -143,6 +143,9 @@ def unsupported(model: ModelSpec, plan: Plan, job: JobSpec) -> list[str]:
                    "divide it")
     if plan.ep_overlap:
         out.append("EP all-to-all overlap: no such option in torchtitan 0.3.0")
+    if plan.cuda_graphs:
+        out.append("cuda_graphs: Megatron-Core's per-layer Transformer Engine graphs; torchtitan 0.3.0 has no "
+                   "per-layer capture of its own")
     if plan.ep_dispatcher == "flex":
         out.append("ep_dispatcher flex (DeepEP/HybridEP): this tool emits it for Megatron only; the torchtitan "
                    "emitter writes the default all-to-all dispatcher")

@@ -56,7 +56,7 @@ from configurator.cost.compute import WORK_TIME_MEMO
 from configurator.cost.schedule import SCHEDULE_MEMO
 from configurator.cost.constants import CostConstants, load_calibration
 from configurator.cost.step import StepInputs, StepReport, evaluate, prepare
-from configurator.search.knobs import best_knobs, optimistic_inputs
+from configurator.search.knobs import best_knobs, graphs_where_they_help, optimistic_inputs
 from configurator.memory import ACTIVATION_MEMO, MemoryReport
 from configurator.placement import Placement
 from configurator.profiles import GIB
@@ -64,7 +64,7 @@ from configurator.search.bound import FAMILY_BOUND_SLACK, StructureBounds
 from configurator.search.parallel import (SharedBound, auto_processes, available_cpus, block_of, fork_available,
                                          run_blocks)
 from configurator.search.resolve import (MEMORY_MEMO, CostlyTerms, Option, Resolution, costed_memory, costly_terms,
-                                         fits_nowhere, may_keep_margin, needs_full_recompute,
+                                         fit_graphs, fits_nowhere, may_keep_margin, needs_full_recompute, option_margin,
                                          offloads_with_full_recompute, resolve, resolve_full_recompute, resolve_least)
 from configurator.search.space import AXES, SearchContext, SpaceStats, enumerate_plans
 from configurator.specs.plan import Plan, replace_unchecked
@@ -232,7 +232,9 @@ def _cost(ctx: SearchContext, option: Option, constants: CostConstants,
     """``option`` costed under its best communication knobs (``search/knobs.py``). With ``bounds`` and a
     finite ``beat`` (the k-th best step kept): None when every knob variant's lower bound shows it cannot
     come under ``beat`` (nothing evaluated; such a plan could not enter the ranking anyway)."""
-    inputs = prepare(ctx.model, ctx.cluster, ctx.job, option.plan, runtime=ctx.runtime)
+    # (open CUDA graphs only where Megatron-Core runs them and their pool fits: ``fit_graphs``)
+    plan = fit_graphs(ctx, option.plan, option.estimate, option_margin(ctx, option))
+    inputs = prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)
     # communication knobs chosen per plan (search/knobs.py)
     if bounds is None:
         inputs, step = best_knobs(inputs, constants)
@@ -241,8 +243,12 @@ def _cost(ctx: SearchContext, option: Option, constants: CostConstants,
         if found is None:
             return None
         inputs, step = found
+    why = option.why
+    if inputs.plan.cuda_graphs and step.graph_launch_saved_s:
+        why += (f"; CUDA graphs take up to {step.graph_launch_saved_s:.2f} s of kernel launches a step off a "
+                f"pipeline rank's path")
     return Evaluated(plan=inputs.plan, memory=costed_memory(ctx, option.memory, inputs.plan), step=step,
-                     why=option.why, tight=option.tight)
+                     why=why, tight=option.tight)
 
 
 def _best_knobs_bounded(inputs: StepInputs, constants: CostConstants, bounds: StructureBounds,
@@ -262,7 +268,7 @@ def _best_knobs_bounded(inputs: StepInputs, constants: CostConstants, bounds: St
         if beat < float("inf") and ((bounds.relaxed_bound(p) if bounds.needs_preparation(p) else bounds.bound(p))
                                     + end) * (1.0 - FAMILY_BOUND_SLACK) >= beat:
             return None
-        return variants[0], evaluate(variants[0], constants)
+        return graphs_where_they_help(inputs.plan, variants[0], evaluate(variants[0], constants))
     lows = []
     for v in variants:
         p = v.plan
@@ -277,7 +283,7 @@ def _best_knobs_bounded(inputs: StepInputs, constants: CostConstants, bounds: St
         report = evaluate(variants[i], constants)
         if best is None or (report.step_s, i) < (best[0], best[1]):
             best = (report.step_s, i, variants[i], report)
-    return None if best is None else (best[2], best[3])
+    return None if best is None else graphs_where_they_help(inputs.plan, best[2], best[3])
 
 
 def _key(plan: Plan) -> tuple:

@@ -54,15 +54,15 @@ from typing import TYPE_CHECKING
 
 from configurator.cost.step import ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, cpu_adam_rate_per_gpu
 from configurator.margin import NO_MARGIN, MemoryMargin, fits_with_margin
-from configurator.memory import (MemoryParts, MemoryReport, MemoryTotals, StateSums, activation_bytes, flex_peak_bytes,
-                                  memory_floor_bytes, memory_parts, recompute_dropped_parts, stage_activations,
-                                  stage_flex_buffers, stage_states, state_sums, with_flex_buffers)
+from configurator.memory import (MemoryParts, MemoryReport, MemoryTotals, StateSums, activation_bytes, cuda_graph_bytes,
+                                  flex_peak_bytes, memory_floor_bytes, memory_parts, recompute_dropped_parts,
+                                  stage_activations, stage_flex_buffers, stage_states, state_sums, with_flex_buffers)
 from configurator.profiles import GIB
 from configurator.recompute import MEGATRON_RUNTIMES, selective_module_ladder
 from configurator.search.knobs import dispatcher_choices
 from configurator.search.space import SearchContext, framework_shardings, hsdp_shard_group
 from configurator.specs.model import ModelSpec
-from configurator.specs.plan import PLAN_FIELDS, Plan, plan_violations
+from configurator.specs.plan import PLAN_FIELDS, Plan, cuda_graph_conflicts, plan_violations
 from configurator.specs.plan import replace_unchecked as replace  # derived from checked plans
 
 if TYPE_CHECKING:
@@ -450,11 +450,42 @@ def split_dispatchers(ctx: SearchContext, structure: Plan, res: Resolution, full
 
 
 def costed_memory(ctx: SearchContext, memory: MemoryReport, plan: Plan) -> MemoryReport:
-    """The memory of ``plan`` as costed (its dispatcher chosen by the knob search) from ``memory``, its
-    structure's estimate: with the flex dispatcher's buffers where it runs flex."""
+    """The memory of ``plan`` as costed (its dispatcher and CUDA graphs chosen by the knob search) from ``memory``,
+    its structure's estimate: with the flex dispatcher's buffers where it runs flex, and the graphs' pool
+    (``memory.cuda_graph_bytes``, the same floats as ``estimate_memory``'s) where it captures them."""
     if plan.ep_dispatcher == "flex" and memory.flex_buffers is None:
-        return with_flex_buffers(memory, ctx.model, ctx.cluster, ctx.job, plan)
+        memory = with_flex_buffers(memory, ctx.model, ctx.cluster, ctx.job, plan)
+    if plan.cuda_graphs and not any(st.cuda_graph_bytes for st in memory.stages):
+        graphs = cuda_graph_bytes(tuple((st.activations_bytes, st.inflight_microbatches) for st in memory.stages))
+        memory = dc_replace(memory, stages=tuple(dc_replace(st, cuda_graph_bytes=g)
+                                                 for st, g in zip(memory.stages, graphs)))
     return memory
+
+
+def fit_graphs(ctx: SearchContext, plan: Plan, memory: MemoryReport | MemoryTotals, margin: MemoryMargin) -> Plan:
+    """``plan`` as the search may cost it: the knob search (``search/knobs.py``) turns open CUDA graphs on, but
+    Megatron-Core refuses some with the model's dropout or the job's capacity-factor routing
+    (``cuda_graph_conflicts``), and the graphs' pool (``memory.cuda_graph_bytes``) must fit beside the plan's
+    memory (``memory``: its estimate) with ``margin`` free, with the flex dispatcher's buffers too where the
+    dispatcher is still open; otherwise the graphs are fixed off. Checked once per costed option (a few dozen a
+    search), not per option resolved; the option's lower bound took the graphs on, which only lowers it. A plan
+    that fixes its graphs is its own. (Graphs that would fit only with more offload or recompute are not looked
+    for: the structure's options with more recompute hold fewer activations, so they get their own check.)"""
+    if plan.cuda_graphs is not None or ctx.runtime not in MEGATRON_RUNTIMES:
+        return plan
+    if cuda_graph_conflicts(plan, ctx.model.is_moe, bool(ctx.model.dropout), ctx.job.moe_routing):
+        return dc_replace(plan, cuda_graphs=False)
+    report = _report(memory)
+    if plan.ep_dispatcher is None and report.flex_buffers is None \
+            and len(dispatcher_choices(plan, ctx.runtime, ctx.model.is_moe, ctx.cluster)) >= 2:
+        flex = with_flex_buffers(report, ctx.model, ctx.cluster, ctx.job, dc_replace(plan, ep_dispatcher="flex"))
+        buffers = tuple(st.ep_buffer_bytes for st in flex.stages)
+    else:
+        buffers = tuple(st.ep_buffer_bytes for st in report.stages)
+    graphs = cuda_graph_bytes(tuple((st.activations_bytes, st.inflight_microbatches) for st in report.stages))
+    peak = max(st.reserved_bytes + st.context_bytes + b + g for st, b, g in zip(report.stages, buffers, graphs))
+    fits = peak <= report.capacity_bytes and fits_with_margin(peak, report.capacity_bytes, margin)
+    return plan if fits else dc_replace(plan, cuda_graphs=False)
 
 
 def option_margin(ctx: SearchContext, option: Option) -> MemoryMargin:
@@ -1085,6 +1116,7 @@ def _describe_recompute(plan: Plan) -> str:
     return f"{plan.recompute} recompute"
 
 
-__all__ = ["CostlyTerms", "Option", "Resolution", "ShardingForms", "balanced_offload", "costly_terms", "min_offload",
+__all__ = ["CostlyTerms", "Option", "Resolution", "ShardingForms", "balanced_offload", "costed_memory", "costly_terms",
+           "fit_dispatcher", "fit_graphs", "min_offload", "option_margin",
            "needs_full_recompute", "offloads_with_full_recompute", "recompute_ladder", "resolve",
            "resolve_full_recompute", "resolve_least", "sharding_forms", "short_recompute_kinds"]

@@ -133,6 +133,8 @@ class EstimateRequest(_JobFields):
         default=None, description="Context-parallel exchange (Megatron --cp-comm-type); null = the runtime's default.")
     ep_dispatcher: Optional[Literal[EP_DISPATCHERS]] = Field(  # type: ignore[valid-type]
         default=None, description="MoE token dispatcher (alltoall | flex); null = the runtime's default.")
+    cuda_graphs: Optional[bool] = Field(default=None, description="Per-layer CUDA graphs (Megatron --cuda-graph-impl "
+                                        "transformer_engine); null = off.")
     runtime: str = Field(default="megatron", max_length=40)
 
 
@@ -439,7 +441,8 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
                                     recompute_num_layers=req.recompute_layers, micro_batch=req.micro_batch,
                                     offload=req.offload, shard_group=req.shard_group,
                                     recompute_modules=tuple(req.recompute_modules), tp_overlap=req.tp_overlap,
-                                    ep_overlap=req.ep_overlap, cp_comm=req.cp_comm, ep_dispatcher=req.ep_dispatcher)
+                                    ep_overlap=req.ep_overlap, cp_comm=req.cp_comm, ep_dispatcher=req.ep_dispatcher,
+                                    cuda_graphs=req.cuda_graphs)
         check_plan(spec, job, plan, hw.num_gpus)
         check_given_knobs(spec, plan)
         microbatches = req.global_batch // max(1, req.micro_batch * plan.dp)

@@ -9,7 +9,7 @@ from configurator.errors import require, require_positive_int
 from configurator.specs.hardware import PRECISIONS
 
 MOE_ROUTINGS = ("learned", "force_balanced", "capacity_padded")
-CUDA_GRAPH_SCOPES = ("attn", "moe_router", "moe_preprocess", "full_iteration")
+CUDA_GRAPH_SCOPES = ("attn", "mlp", "moe_router", "moe_preprocess", "full_iteration")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -36,8 +36,8 @@ class JobSpec:
     """Parts of each layer the framework captures in CUDA graphs (Megatron-Core ``--cuda-graph-impl
     transformer_engine --cuda-graph-scope ...``: ``attn``, ``moe_router``, ``moe_preprocess``; or
     ``full_iteration``), whose kernels then cost one graph replay instead of a host launch each
-    (cost/launch.py). Empty: eager launches, what the emitted launch files run. Set by runs.py from a
-    published row's recipe; not a plan knob."""
+    (cost/launch.py). Empty: eager launches unless the plan captures its own (``Plan.cuda_graphs``, the search's
+    knob). Set by runs.py from a published row's recipe, and then it is what the step model uses."""
     fused_expert_mlp: bool = False
     """The routed experts run as Transformer Engine's fused grouped MLP (Megatron-Core
     ``use_transformer_engine_op_fuser`` with ``NVTE_CUTEDSL_FUSED_GROUPED_MLP=1``: FC1, the probability-scaled

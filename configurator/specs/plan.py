@@ -75,6 +75,12 @@ class Plan:
     """Context-parallel communication (CP_COMMS); None = the runtime's default."""
     ep_dispatcher: str | None = None
     """MoE token dispatcher (EP_DISPATCHERS); None = the runtime's default (profiles/cost.json: alltoall)."""
+    cuda_graphs: bool | None = None
+    """Each layer's attention and router/dispatcher preprocessing (an MoE model) or attention and MLP (a dense
+    one) captured in CUDA graphs (Megatron-Core ``--cuda-graph-impl transformer_engine --cuda-graph-modules``
+    ``plan_graph_scopes``), so the host replays a graph per part instead of launching its kernels
+    (cost/launch.py); the graphs' pool holds memory of its own (memory.py ``cuda_graph_bytes``). None = off,
+    what Megatron does unless told; the search turns it on where it shortens the step and fits."""
     micro_batch: int = 1
     """Sequences per micro-batch per data-parallel rank."""
     offload: float = 0.0
@@ -116,6 +122,8 @@ class Plan:
                 f"must be one of {', '.join(CP_COMMS)}")
         require(self.ep_dispatcher is None or self.ep_dispatcher in EP_DISPATCHERS, "ep_dispatcher",
                 self.ep_dispatcher, f"must be one of {', '.join(EP_DISPATCHERS)}")
+        require(self.cuda_graphs is None or isinstance(self.cuda_graphs, bool), "cuda_graphs", self.cuda_graphs,
+                "must be true, false or unset")
         if isinstance(self.recompute_num_layers, bool) or not isinstance(self.recompute_num_layers, int) \
                 or self.recompute_num_layers < 0:
             raise InputError("recompute_num_layers", self.recompute_num_layers,
@@ -180,6 +188,8 @@ class Plan:
             parts.append(f"cp_comm={self.cp_comm}")
         if self.ep_dispatcher is not None:
             parts.append(f"ep_dispatcher={self.ep_dispatcher}")
+        if self.cuda_graphs:  # (off is Megatron's default and the search's answer wherever graphs would not help)
+            parts.append("cuda_graphs=on")
         return " ".join(parts)
 
     def as_dict(self) -> dict[str, object]:
@@ -321,6 +331,9 @@ def plan_violations(model: ModelSpec, job: JobSpec, plan: Plan, num_gpus: int | 
     if plan.ep_dispatcher == "flex" and (not model.is_moe or plan.ep * plan.etp == 1):
         # MoEFlexTokenDispatcher: "DeepEP dispatcher requires TPxEP > 1" (its group is expert-TP x EP).
         out.append("ep_dispatcher=flex needs an MoE model with expert parallelism (ep x etp > 1)")
+    if plan.cuda_graphs:
+        out += [f"cuda_graphs: {r}" for r in cuda_graph_conflicts(plan, model.is_moe, bool(model.dropout),
+                                                                   job.moe_routing)]
     if job.precision == "fp8" and {"moe_act", "layernorm"} & set(plan.recompute_modules):
         out.append("recompute_modules moe_act/layernorm: Megatron's fp8 delayed scaling does not support "
                    "recomputing them")
@@ -346,6 +359,31 @@ def ep_overlap_conflicts(plan: Plan) -> list[str]:
         out.append("cannot run with full recompute")
     if "moe" in plan.recompute_modules:
         out.append("cannot run with the moe module recomputed")
+    return out
+
+
+def cuda_graph_conflicts(plan: Plan, is_moe: bool, dropout: bool = False, moe_routing: str = "learned") -> list[str]:
+    """Why Megatron-Core refuses per-layer Transformer Engine CUDA graphs (``--cuda-graph-impl transformer_engine``
+    over ``plan_graph_scopes``) for this plan, [] when it runs (Megatron-Core 0.19's TransformerConfig and
+    Megatron-FSDP adapter): "full recompute is only supported with full iteration CUDA graph"; "moe recompute is
+    not supported with moe_router CUDA graph"; "1F1B overlap with FSDP does not support per-layer CUDA graphs";
+    with dropout (``dropout``), "attention dropout is not supported with graphed attention recomputation" (the
+    default selective recompute is core_attn) and its MLP twin for a dense model; and with the alltoall dispatcher
+    under an expert capacity factor (``moe_routing`` ``capacity_padded``), "moe_preprocess cuda graph is not
+    supported when there are DtoH copies and synchronizations in the preprocess step"."""
+    out = []
+    if plan.recompute == "full":
+        out.append("Megatron-Core captures per-layer graphs only without full recompute")
+    if is_moe and "moe" in plan.recompute_modules:
+        out.append("Megatron-Core cannot recompute the moe module under the moe_router graph")
+    if plan.ep_overlap and plan.sharding in ("zero2", "zero3", "hsdp"):
+        out.append("Megatron-FSDP's EP all-to-all overlap does not support per-layer graphs")
+    if dropout and plan.recompute == "selective":
+        modules = plan.recompute_modules or ("core_attn",)
+        if "core_attn" in modules or (not is_moe and "mlp" in modules):
+            out.append("Megatron-Core cannot recompute a graphed module with dropout")
+    if is_moe and moe_routing == "capacity_padded" and plan.ep_dispatcher != "flex":
+        out.append("Megatron-Core's moe_preprocess graph cannot run the alltoall dispatcher with a capacity factor")
     return out
 
 
@@ -387,6 +425,10 @@ def check_given_knobs(spec: ModelSpec, plan: Plan) -> None:
                          "asserts it")
     if plan.ep_dispatcher is not None and not spec.is_moe:
         raise InputError("ep_dispatcher", plan.ep_dispatcher, f"{spec.name} is not an MoE model")
+    if plan.cuda_graphs:
+        reasons = cuda_graph_conflicts(plan, spec.is_moe, bool(spec.dropout))
+        if reasons:
+            raise InputError("cuda_graphs", "on", reasons[0])
 
 
 def resolve_plan(num_gpus: int, *, tp: int = 1, pp: int = 1, cp: int = 1, dp: int | None = None,

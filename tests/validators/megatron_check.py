@@ -139,6 +139,9 @@ def check(record: Path) -> dict:
             "hierarchical_context_parallel_sizes": _jsonable(args.hierarchical_context_parallel_sizes),
             "num_distributed_optimizer_instances": args.num_distributed_optimizer_instances,
             "use_megatron_fsdp": args.use_megatron_fsdp,
+            "cuda_graph_impl": config.cuda_graph_impl,
+            "cuda_graph_modules": [getattr(m, "name", str(m)) for m in config.cuda_graph_modules],
+            "te_rng_tracker": bool(getattr(args, "te_rng_tracker", False)),
             "num_layers": config.num_layers, "optimizer": optimizer_config.optimizer,
             "offload_fraction": getattr(optimizer_config, "optimizer_offload_fraction", None), "groups": groups}
 
