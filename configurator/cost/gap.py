@@ -49,14 +49,16 @@ def launch_mechanism(best: StepReport, other: StepReport, best_plan: Plan, other
     launch = deltas.get("launch", 0.0)
     if launch <= 0 or launch < max(deltas.values()):
         return ""
-    said = [f"mb={other_plan.micro_batch} against mb={best_plan.micro_batch}"]
+    said = [f"mb={other_plan.micro_batch} against mb={best_plan.micro_batch}"] \
+        if other_plan.micro_batch != best_plan.micro_batch else []
     if other_plan.ep != best_plan.ep:
         said.append(f"ep={other_plan.ep} against ep={best_plan.ep}")
     if best_plan.cuda_graphs and not other_plan.cuda_graphs:
         said.append("eager against CUDA graphs, which replay each layer's attention and router as one launch")
+    why = f"; {', '.join(said)}" if said else ""
     return (f"its host cannot keep up: {launch:.2f} s more of kernel launches and sync waits the GPU work does "
-            f"not cover (cost/launch.py; {', '.join(said)}: smaller micro-batches launch every layer's kernels "
-            "for fewer tokens, and each dropless MoE layer with ep > 1 waits for its token counts)")
+            f"not cover (cost/launch.py{why}: smaller micro-batches launch every layer's kernels for fewer tokens, "
+            "and each dropless MoE layer with ep > 1 waits for its token counts)")
 
 
 def _recompute_text(plan: Plan) -> str:

@@ -55,7 +55,7 @@ _flat = unchecked_replacer("pp", "vpp", "dp", "pipeline_layers")
 _LAYER_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload")))
 """The plan fields a layer's time depends on (for plans without per-micro-batch sharding traffic)."""
 _RECOMPUTE_FIELDS = ("recompute", "recompute_num_layers", "recompute_modules")
-_KNOB_FIELDS = ("tp_overlap", "ep_overlap", "cp_comm", "ep_dispatcher")
+_KNOB_FIELDS = ("tp_overlap", "ep_overlap", "cp_comm", "ep_dispatcher", "cuda_graphs")
 _BASE_FIELDS = attrgetter(*(f for f in PLAN_FIELDS if f not in ("pp", "vpp", "dp", "pipeline_layers", "offload",
                                                                  *_RECOMPUTE_FIELDS, *_KNOB_FIELDS)))
 """What the one-layer stages' works and links depend on (``_base_of``): the layer key without the recompute
