@@ -53,10 +53,12 @@ what the ``mlp`` graph scope captures (Megatron-Core captures it for dense layer
 PLAN_SCOPES_MOE = ("attn", "moe_router", "moe_preprocess")
 """What ``Plan.cuda_graphs`` captures in an MoE model: NVIDIA's Megatron-Bridge GB200 recipes' scopes (runs.py
 ``recipe_cuda_graphs``: Qwen3-235B-A22B, DeepSeek-V3 from 26.02, Qwen3-30B-A3B in bf16); the experts' grouped GEMMs
-and the all-to-all stay eager (their token counts change every step)."""
+and the all-to-all stay eager (their token counts change every step). Megatron-Bridge's CUDA-graph guide starts
+dropless MoE models there too ("dropless MoE: attn moe_router moe_preprocess")."""
 PLAN_SCOPES_DENSE = ("attn", "mlp")
 """What ``Plan.cuda_graphs`` captures in a dense model: the whole layer as two graphs (the scopes of NVIDIA's
-Llama-3 70B GB200 run in NVIDIA/TransformerEngine#3427, ``cuda_graph_modules=[mlp, attn]``)."""
+Llama-3 70B GB200 run in NVIDIA/TransformerEngine#3427, ``cuda_graph_modules=[mlp, attn]``; Megatron-Bridge's
+CUDA-graph guide: "dense models: attn, then optionally mlp")."""
 ROUTER_KERNELS = 8
 """Of MOE_EXTRA_KERNELS: router GEMM, softmax/sigmoid, top-k, score normalisation, aux/z losses."""
 PREPROCESS_KERNELS = 6
