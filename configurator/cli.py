@@ -175,10 +175,9 @@ def plan(
 
         check_out_dir(out, force=force)
         writable_folder(out, "out", create=True)
-    if framework == "torchtitan":  # a model torchtitan has no family for: say so before searching
-        from configurator.emit.torchtitan import family
+    from configurator.emit import check_framework_runs
 
-        family(spec)
+    check_framework_runs(framework, spec, job)  # a model or precision the framework cannot run: before searching
     from configurator.ranking import OBJECTIVES, rank_plans
 
     if objective not in OBJECTIVES:
@@ -212,14 +211,11 @@ def plan(
             if target == framework:
                 found = ranked[0]
             else:  # --emit all: the other framework's own space (and runtime), not the first one's
-                if target == "torchtitan":
-                    from configurator.emit.torchtitan import family
-
-                    try:
-                        family(spec)
-                    except InputError as exc:
-                        print(f"note: torchtitan: {exc}; its files are not written", file=sys.stderr)
-                        continue
+                try:
+                    check_framework_runs(target, spec, job)
+                except InputError as exc:
+                    print(f"note: {target}: {exc}; its files are not written", file=sys.stderr)
+                    continue
                 other = search(SearchContext(model=spec, cluster=hw, job=job, framework=target,
                                              runtime=FRAMEWORK_RUNTIME[target],
                                              memory_margin=margin),

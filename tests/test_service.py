@@ -124,6 +124,10 @@ def test_estimate_takes_the_plan_knobs_and_names_a_bad_one(server) -> None:  # t
     ({**PLAN, "time_budget": 3600}, 422, "time_budget"),
     ({**PLAN, "unknown": 1}, 422, "unknown"),
     ({**PLAN, "num_gpus": 12}, 400, "num_gpus"),
+    # Frameworks that can run no plan of the job: refused before a job is queued, not a search dropping every plan.
+    ({**PLAN, "framework": "deepspeed", "precision": "fp8"}, 400, "precision"),
+    ({**PLAN, "framework": "torchtitan", "precision": "fp16"}, 400, "precision"),
+    ({**PLAN, "framework": "torchtitan", "model": "qwen3-30b-a3b"}, 400, "model.moe_aux_loss_coeff"),
 ])
 def test_bad_requests_name_the_field_without_a_trace(server, body, status, field) -> None:  # type: ignore[no-untyped-def]
     r = httpx.post(server.base + "/v1/plans", json=body, timeout=30)

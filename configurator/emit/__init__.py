@@ -54,6 +54,22 @@ def targets_of(framework: str) -> tuple[str, ...]:
     return TARGETS if framework == "all" else (framework,)
 
 
+def check_framework_runs(framework: str, model: ModelSpec, job: JobSpec) -> None:
+    """An ``InputError`` naming the field when ``framework`` can run no plan of ``model`` and ``job`` at all
+    (torchtitan: a model none of its families builds, or fp16/fp4; DeepSpeed: fp8/fp4). A search for that
+    framework's plans is refused before it starts: it would drop every plan and report that nothing fits memory."""
+    if framework == "torchtitan":
+        torchtitan.family(model)
+        reasons = torchtitan.job_refusals(job)
+    elif framework == "deepspeed":
+        reasons = deepspeed.job_refusals(job)
+    else:
+        return
+    if reasons:
+        raise InputError("precision", job.precision, f"{framework} can run no plan of this job: {reasons[0]} "
+                         "(framework megatron runs it)")
+
+
 def files_for(request: EmitRequest, framework: str) -> dict[str, str]:
     """File name -> content, or an ``InputError`` when the framework cannot run the plan or the model."""
     targets = targets_of(framework)
@@ -90,9 +106,17 @@ def emit(request: EmitRequest | dict[str, EmitRequest], framework: str, out_dir:
     """Write the files of ``framework`` for ``request`` (one request, or one per target) into ``out_dir``.
 
     With ``notes`` (a list) and several targets, a target that refuses its plan or model adds one line to
-    ``notes`` and the others are still written; without it, or when every target refuses, the refusal raises."""
+    ``notes`` and the others are still written; without it, or when every target refuses, the refusal raises.
+    A dict of requests may hold fewer targets than ``framework`` names (``plan --emit all`` leaves out a
+    framework that can run no plan of the job): only those it holds are written."""
     targets = targets_of(framework)
-    requests = request if isinstance(request, dict) else {t: request for t in targets}
+    if isinstance(request, dict):
+        requests = request
+        targets = tuple(t for t in targets if t in requests)
+        if not targets:
+            raise InputError("emit", framework, f"no request for it (requests for: {', '.join(requests) or 'none'})")
+    else:
+        requests = {t: request for t in targets}
     files: dict[str, str] = {}
     held: list[str] = []
     refused: list[InputError] = []

@@ -37,6 +37,15 @@ from configurator.specs.plan import Plan
 ZERO_STAGE = {"none": 0, "zero1": 1, "distopt": 1, "zero2": 2, "zero3": 3}
 
 
+def job_refusals(job: JobSpec) -> list[str]:
+    """Why DeepSpeed can run no plan of ``job`` at all ([] if some plan may run): its precision. The search
+    checks this before it starts (``emit.check_framework_runs``): every plan would be refused for it, and a search
+    that drops them all would otherwise report that nothing fits memory."""
+    if job.precision in ("fp8", "fp4"):
+        return [f"{job.precision} training needs Transformer Engine layers in the model code"]
+    return []
+
+
 def unsupported(plan: Plan, job: JobSpec) -> list[str]:
     """Why DeepSpeed cannot run ``plan`` as modelled ([] if it can)."""
     if plan.sharding == "hsdp":
@@ -58,8 +67,7 @@ def unsupported(plan: Plan, job: JobSpec) -> list[str]:
     if plan.ep > 1 or plan.etp > 1:
         out.append("expert parallelism is set in DeepSpeed MoE model code (deepspeed.moe.layer.MoE ep_size), "
                    "not in ds_config; emit for Megatron instead")
-    if job.precision in ("fp8", "fp4"):
-        out.append(f"{job.precision} training needs Transformer Engine layers in the model code")
+    out.extend(job_refusals(job))
     if 0 < plan.offload < 1 and stage != 3:
         out.append(f"a partial optimizer offload (ratio {plan.offload:g}) needs ZeRO-3; with stage {stage} "
                    "DeepSpeed offloads all or nothing")

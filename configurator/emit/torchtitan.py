@@ -126,6 +126,14 @@ def family(model: ModelSpec) -> str:
     return "llama3"
 
 
+def job_refusals(job: JobSpec) -> list[str]:
+    """Why torchtitan can run no plan of ``job`` at all ([] if some plan may run): its precision (the model's
+    refusals are ``family``'s). Checked before a search starts (``emit.check_framework_runs``)."""
+    if job.precision in ("fp16", "fp4"):
+        return [f"precision {job.precision}: torchtitan trains in bf16 (fp8 through its Float8 converter)"]
+    return []
+
+
 def unsupported(model: ModelSpec, plan: Plan, job: JobSpec) -> list[str]:
     """Why torchtitan cannot run ``plan`` as modelled ([] if it can). The model's own refusals are ``family``'s."""
     out = []
@@ -159,8 +167,7 @@ def unsupported(model: ModelSpec, plan: Plan, job: JobSpec) -> list[str]:
     if plan.offload > 0 and not (plan.offload == 1.0 and plan.sharding == "zero3"):
         out.append(f"offload {plan.offload:g} with {plan.sharding}: torchtitan offloads parameters, gradients and "
                    "the whole optimizer together, with FSDP2 (ZeRO-3) only")
-    if job.precision in ("fp16", "fp4"):
-        out.append(f"precision {job.precision}: torchtitan trains in bf16 (fp8 through its Float8 converter)")
+    out.extend(job_refusals(job))
     if plan.tp_overlap and not plan.sp:
         out.append("async TP needs sequence parallelism")
     if plan.tp_overlap and plan.pp > 1:

@@ -388,7 +388,14 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
 
         if req.runtime is not None and req.runtime not in RUNTIMES:
             raise InputError("runtime", req.runtime, f"must be one of {', '.join(RUNTIMES)}")
-        _check_model(req.model)
+        spec = _check_model(req.model)
+        from configurator.emit import check_framework_runs
+        from configurator.specs.job import JobSpec
+
+        # A framework that can run no plan of this model or precision: a named 422, not a search that drops
+        # every plan.
+        check_framework_runs(req.framework, spec, JobSpec(global_batch=req.global_batch, seq_len=req.seq_len,
+                                                          precision=req.precision))
         build_cluster(request, profile)
         prepare_optuna(request)
         parse_margin(req.memory_margin)
