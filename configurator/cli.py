@@ -178,7 +178,7 @@ def plan(
     from configurator.emit import check_framework_runs
 
     check_framework_runs(framework, spec, job)  # a model or precision the framework cannot run: before searching
-    from configurator.ranking import OBJECTIVES, rank_plans
+    from configurator.ranking import OBJECTIVES, rank_plans, ranking_pool
 
     if objective not in OBJECTIVES:
         raise InputError("objective", objective, f"must be one of {', '.join(OBJECTIVES)}")
@@ -196,8 +196,8 @@ def plan(
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err,
                   transient=True, disable=not err.is_terminal, auto_refresh=False) as bar:
         task = bar.add_task("searching", total=1.0)
-        result = search(ctx, top_k=2 * top, time_budget_s=time_budget, seed=seed, method=method, constants=constants,
-                        max_trials=trials, storage=storage, workers=workers,
+        result = search(ctx, top_k=ranking_pool(top), time_budget_s=time_budget, seed=seed, method=method,
+                        constants=constants, max_trials=trials, storage=storage, workers=workers,
                         progress=lambda frac, msg: bar.update(task, completed=frac, description=msg, refresh=True))
     ranked = [r.evaluated for r in rank_plans(spec, hw, job, list(result.ranked), objective=objective,
                                               oom_risk=oom_risk, top=top)]
@@ -219,14 +219,16 @@ def plan(
                 other = search(SearchContext(model=spec, cluster=hw, job=job, framework=target,
                                              runtime=FRAMEWORK_RUNTIME[target],
                                              memory_margin=margin),
-                               top_k=1, time_budget_s=time_budget, seed=seed, method=method, constants=constants,
-                               max_trials=trials)
+                               top_k=ranking_pool(1), time_budget_s=time_budget, seed=seed, method=method,
+                               constants=constants, max_trials=trials)
                 if not other.ranked:
                     why = "; ".join(f"{n} x {r}" for r, n in other.pruned[:2])
                     print(f"note: {target}: no plan {target} can run fits ({other.candidates} candidates; {why}); "
                           f"writing the other files only", file=sys.stderr)
                     continue
-                found = other.ranked[0]
+                # Its leader as `plan --framework TARGET` names it (the risk-aware order), not its fastest plan.
+                found = rank_plans(spec, hw, job, list(other.ranked), objective=objective, oom_risk=oom_risk,
+                                   top=1)[0].evaluated
             requests[target] = EmitRequest(model=spec, cluster=hw, job=job, plan=found.plan,
                                            placement=found.placement, hosts=host_names)
             held[target] = found.plan.describe()

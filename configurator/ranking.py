@@ -78,6 +78,19 @@ def rank_plans(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, ranked: Seq
             for i, s, over, tied in order]
 
 
+RANKING_POOL = 10
+"""Fewest plans (the search's fastest by the model's step) the ranking chooses the leader from, whatever ``top``
+is. With ``2 * top`` alone, ``plan --top 1`` ranked only the two fastest plans: on Llama-3-70B/64 H100 at seq
+8192 both had an OOM risk of 5.3% (over the 5% limit), so one of them was named best where ``--top 5`` named a
+plan at 0%. Every ``top`` up to 5 now ranks the same ten; a larger ``top`` ranks ``2 * top`` and may find a plan
+under the limit further down, which then leads."""
+
+
+def ranking_pool(top: int) -> int:
+    """Plans the search keeps for the ranking to choose ``top`` from: twice ``top``, at least ``RANKING_POOL``."""
+    return max(2 * top, RANKING_POOL)
+
+
 def vs_best(r: RankedPlan, best: RankedPlan, oom_risk: float, objective: str) -> str:
     """Why ``r`` is not first, in words."""
     if r is best:
@@ -96,5 +109,5 @@ def vs_best(r: RankedPlan, best: RankedPlan, oom_risk: float, objective: str) ->
     return text
 
 
-__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_OOM_RISK", "OBJECTIVES", "RankedPlan", "band_of", "order_by_band",
-           "rank_plans", "score", "vs_best"]
+__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_OOM_RISK", "OBJECTIVES", "RANKING_POOL", "RankedPlan", "band_of",
+           "order_by_band", "rank_plans", "ranking_pool", "score", "vs_best"]

@@ -182,7 +182,8 @@ def plans_table(ranked: list[Any], capacity_gib: float, model: ModelSpec | None 
     table = Table(title=f"Best plans (modelled; ordered by {objective} throughput, OOM risk <= {100 * oom_risk:g}%)")
     for col in ("#", "plan", "tokens/s/GPU", "p10-p90", "MFU", "peak GiB (p90)", "OOM risk",
                 "compute/bubble/comm s", "vs best"):
-        table.add_column(col, justify="left" if col in ("plan", "vs best") else "right")
+        # Folded, never cut: an ellipsis hid a knob's value ("cp_com…") on an 80-column log.
+        table.add_column(col, justify="left" if col in ("plan", "vs best") else "right", overflow="fold")
     for i, r in enumerate(ordered, 1):
         e, b = r.evaluated, r.band
         t = dict(e.step.breakdown_s)

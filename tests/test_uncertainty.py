@@ -203,6 +203,23 @@ def test_plan_marks_ties_and_shows_the_conventional_plan() -> None:
     assert sum(saved.values()) == pytest.approx(conv["vs_winner"]["step_s_saved"], abs=1e-4)
 
 
+def test_the_leader_does_not_depend_on_how_many_plans_are_shown() -> None:
+    """``--top 1`` once ranked only the two fastest plans: on this job both were over the 5% OOM-risk limit
+    (5.3%), so one of them led where ``--top 5`` led with a plan at 0%. Every ``top`` up to 5 ranks the same
+    pool now (``ranking.RANKING_POOL``)."""
+    base = ["plan", "--model", "llama3-70b", "--cluster", "dgx-h100", "--num-gpus", "64", "--seq-len", "8192",
+            "--global-batch", "256", "--json"]
+    leaders = {}
+    for top in ("1", "2", "5"):
+        out = runner.invoke(app, [*base, "--top", top])
+        assert out.exit_code == 0, out.output
+        plans = json.loads(out.output)["plans"]
+        assert len(plans) == int(top)
+        leaders[top] = plans[0]
+    assert len({json.dumps(p["plan"], sort_keys=True) for p in leaders.values()}) == 1, leaders
+    assert not leaders["1"]["rank"]["over_oom_risk_limit"]
+
+
 def test_plan_rejects_an_unknown_objective_and_a_bad_risk() -> None:
     base = ["plan", "--model", "llama3-8b", "--cluster", "dgx-h100", "--num-gpus", "8", "--seq-len", "4096",
             "--global-batch", "64"]

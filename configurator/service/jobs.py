@@ -97,9 +97,11 @@ def search_context(request: dict[str, Any], profile: dict[str, Any] | None) -> A
 def search_kwargs(request: dict[str, Any]) -> dict[str, Any]:
     """``search``'s arguments from a request. Without a ``time_budget`` the search is bounded by its work count
     (``DEFAULT_WORK_BUDGET``, as the CLI), so an answer does not depend on how loaded the workers are. Like
-    ``plan``, it keeps twice ``top`` fastest plans for the risk-aware ranking to choose ``top`` from (``finish``),
-    so the service and the CLI name the same leader for the same request."""
-    return {"top_k": 2 * request.get("top", 5), "time_budget_s": request.get("time_budget"),
+    ``plan``, it keeps the ``ranking.ranking_pool(top)`` fastest plans for the risk-aware ranking to choose ``top``
+    from (``finish``), so the service and the CLI name the same leader for the same request."""
+    from configurator.ranking import ranking_pool
+
+    return {"top_k": ranking_pool(request.get("top", 5)), "time_budget_s": request.get("time_budget"),
             "seed": request.get("seed", 0), "method": request.get("method", "auto")}
 
 
