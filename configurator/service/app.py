@@ -392,7 +392,7 @@ def create_app(db_url: str, *, workers: int = 2, token: str | None = None, max_q
         from configurator.emit import check_framework_runs
         from configurator.specs.job import JobSpec
 
-        # A framework that can run no plan of this model or precision: a named 422, not a search that drops
+        # A framework that can run no plan of this model or precision: a named 400, not a search that drops
         # every plan.
         check_framework_runs(req.framework, spec, JobSpec(global_batch=req.global_batch, seq_len=req.seq_len,
                                                           precision=req.precision))
