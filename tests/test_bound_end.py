@@ -208,3 +208,26 @@ def test_the_end_of_step_windows_cover_rank_0s_first_forward_and_last_backward(d
     if backward < float("inf") and not bounds.needs_preparation(plan) and recompute != "partial":
         assert backward <= most_backward * (1 + 1e-6), plan.describe()
         assert forward <= most_forward * (1 + 1e-6), plan.describe()
+
+
+def test_megatron_zero2_under_pipeline_parallelism_is_bounded_by_its_own_bf16_reduction() -> None:
+    """Megatron-FSDP's ZeRO-2 reduces its gradients in bf16, the distributed optimizer in fp32: under PP the two
+    no longer share end-of-step terms, so neither an option's bound nor a structure's floor may take ZeRO-2's from
+    the distributed optimizer's (which are larger). Before, both did, and the search lost better ZeRO-2 plans
+    (bench: llama3-70b-h100-64, gpt3-175b-a100-1024)."""
+    ctx, plans, bounds = _space("mixtral-megatron")
+    checked = 0
+    for structure in plans:
+        if structure.pp == 1 or structure.dp * structure.cp == 1:
+            continue
+        floor = bounds.options_floor(structure, bounds.bound(structure))
+        plan = replace_unchecked(structure, sharding="zero2", recompute="full", recompute_num_layers=0,
+                                 recompute_modules=(), offload=0.0)
+        for variant in optimistic_inputs(prepare(ctx.model, ctx.cluster, ctx.job, plan, runtime=ctx.runtime)):
+            step = evaluate(variant, CONSTANTS).step_s
+            assert bounds.bound(variant.plan) + bounds.end_of_step_bound(variant.plan) <= step, plan.describe()
+            assert floor <= step, plan.describe()
+        checked += 1
+        if checked == 12:
+            break
+    assert checked == 12

@@ -181,7 +181,7 @@ def test_the_placement_in_a_plan_json_reaches_the_estimate_and_the_launch_files(
     ("qwen-flex-ep-overlap", {"--moe-token-dispatcher-type": ["flex"], "--moe-flex-dispatcher-backend": ["deepep"],
                               "--overlap-moe-expert-parallel-comm": []}),
     ("qwen-hsdp-alltoall", {"--moe-token-dispatcher-type": ["alltoall"], "--num-distributed-optimizer-instances": ["2"],
-                            "--use-megatron-fsdp": []}),
+                            "--use-megatron-fsdp": [], "--grad-reduce-in-bf16": []}),
 ])
 def test_emit_options_put_each_knob_in_the_megatron_launch(name: str, flags: dict, tmp_path) -> None:  # type: ignore[type-arg]
     job_args, fields = KNOB_PLANS[name]

@@ -10,7 +10,7 @@ from dataclasses import replace
 from configurator import JobSpec, Plan, load_cluster, load_model, plan_violations
 from configurator.cost import CostConstants, estimate_step, prepare
 from configurator.cost.comm import CommModel, LinkEfficiency
-from configurator.cost.constants import hardware_default, load_runtime_cost
+from configurator.cost.constants import grad_wire_bytes, hardware_default, load_runtime_cost
 from configurator.cost.cp import cp_times_s
 from configurator.cost.knobs import effective_knobs
 from configurator.cost.launch import DENSE_LAYER_KERNELS, exposed_launch_s, layer_launch_s
@@ -182,17 +182,48 @@ def test_zero3_expert_shards_are_gathered_over_expert_data_parallel() -> None:
     assert math.isclose(gather, comm.allgather_s("dp_cp", dense_b) + edp, rel_tol=1e-9)
 
 
+def test_megatron_fsdp_reduces_gradients_in_bf16_and_deepspeed_zero3_in_fp32() -> None:
+    """Megatron-FSDP runs with --grad-reduce-in-bf16 (its user guide's flag, which the emitter writes): its
+    gradient reduce-scatter moves 2 bytes per element, where the distributed optimizer of the same runtime moves
+    4 (fp32 main grads) and DeepSpeed's ZeRO-3 reduces in fp32 too."""
+    model = load_model("mixtral-8x22b")
+    cluster = load_cluster("dgx-h100", num_gpus=256)
+    job = JobSpec(global_batch=256, seq_len=4096)
+    plan = Plan(ep=8, dp=256, sharding="zero3")
+    sums = {}
+    for runtime in ("megatron", "deepspeed"):
+        inp = prepare(model, cluster, job, plan, runtime=runtime)
+        comm = inp.comm.with_efficiency(EFF)
+        _, reduce = _layer_shard_comm(inp, comm, 0, plan)
+        dense_b, expert_b = inp.zero3_layer_bytes[0], inp.zero3_expert_bytes[0]  # bf16 parameter bytes
+        wire = {"megatron": 1.0, "deepspeed": 2.0}[runtime]  # bytes per element over bf16's 2
+        avg = inp.runtime.reduce_scatter_avg
+        expect = comm.reduce_scatter_s("dp_cp", dense_b * wire, avg) + comm.reduce_scatter_s("edp", expert_b * wire, avg)
+        assert math.isclose(reduce, expect, rel_tol=1e-12)
+        sums[runtime] = reduce
+    assert sums["megatron"] < sums["deepspeed"]
+    assert grad_wire_bytes(load_runtime_cost("megatron"), "distopt") == 4
+    assert grad_wire_bytes(load_runtime_cost("megatron"), "zero3") == 2
+
+
 def test_zero2_under_pipeline_parallelism_reduces_once_per_step_like_the_distributed_optimizer() -> None:
     cluster = load_cluster("dgx-h100", num_gpus=16)
     job = JobSpec(global_batch=64, seq_len=4096)
     base = Plan(tp=2, sp=True, pp=2, dp=4, sharding="distopt")
+    # NeMo reduces every plan's gradients in bf16, so the two differ only in when they reduce.
+    a = estimate_step(LLAMA70B, cluster, job, base, constants=C, runtime="nemo")
+    b = estimate_step(LLAMA70B, cluster, job, replace(base, sharding="zero2"), constants=C, runtime="nemo")
+    assert math.isclose(a.step_s, b.step_s, rel_tol=1e-12)
+    # Megatron-LM's ZeRO-2 is Megatron-FSDP with bf16 reduction: the same one reduction, half the bytes.
     a = estimate_step(LLAMA70B, cluster, job, base, constants=C)
     b = estimate_step(LLAMA70B, cluster, job, replace(base, sharding="zero2"), constants=C)
-    assert math.isclose(a.step_s, b.step_s, rel_tol=1e-12)
-    # Without PP, ZeRO-2 reduce-scatters each micro-batch's gradients (more DP traffic than distopt).
+    assert b.term("dp_comm") <= a.term("dp_comm") and b.step_s < a.step_s
+    # Without PP, ZeRO-2 reduce-scatters each micro-batch's gradients: more DP traffic than distopt, hidden
+    # under the backward but slowing it (NCCL's SMs), so a longer step at the same bytes per element.
     flat = Plan(tp=8, sp=True, dp=2, sharding="distopt")
-    assert estimate_step(LLAMA70B, cluster, job, replace(flat, sharding="zero2"), constants=C).term("dp_comm") > \
-        estimate_step(LLAMA70B, cluster, job, flat, constants=C).term("dp_comm")
+    assert estimate_step(LLAMA70B, cluster, job, replace(flat, sharding="zero2"), constants=C,
+                         runtime="nemo").step_s > \
+        estimate_step(LLAMA70B, cluster, job, flat, constants=C, runtime="nemo").step_s
 
 
 def test_hsdp_shards_inside_the_node_over_nvlink() -> None:

@@ -80,9 +80,9 @@ def test_every_optuna_trial_tries_a_new_structure() -> None:
     Optuna's TPE on the same search: 20 of its 120 trials drew a structure already tried)."""
     ctx = SearchContext(model=load_model("mixtral-8x7b"), cluster=load_cluster("dgx-h100", num_gpus=16),
                         job=JobSpec(global_batch=64, seq_len=4096))
-    # (32 trials: the warm start proves the optimum after 34; after about 60 before the end-of-step bound took the
-    # backward and forward windows apart)
-    result = search(ctx, top_k=2, method="optuna", seed=1, max_trials=32, constants=CostConstants.defaults())
+    # (26 trials: the warm start proves the optimum after 28 since Megatron-FSDP reduces in bf16 (session 20), after
+    # 34 before, and after about 60 before the end-of-step bound took the backward and forward windows apart)
+    result = search(ctx, top_k=2, method="optuna", seed=1, max_trials=26, constants=CostConstants.defaults())
     note = result.notes[0]
 
     def count(before: str) -> int:
@@ -90,7 +90,7 @@ def test_every_optuna_trial_tries_a_new_structure() -> None:
 
     assert "structure sampler" in note and "trial cap" in note
     assert count(" sampled trials drew a structure already tried") == 0
-    assert count(" trials,") - count(" of them the warm start's") >= 8  # sampled trials among them (1 in 4)
+    assert count(" trials,") - count(" of them the warm start's") >= 5  # sampled trials among them (1 in 4)
 
 
 def test_a_study_that_tries_every_structure_ends_with_the_exhaustive_ranking() -> None:

@@ -265,11 +265,24 @@ class RuntimeCost:
     reduce_scatter_avg: bool = False
     """Gradients are reduce-scattered with a dividing op (``ReduceOp.AVG`` / ``PREMUL_SUM``: PyTorch FSDP2's
     ``_get_gradient_divide_factors`` for bf16/fp32), which NCCL does not run as PAT (cost/comm.py)."""
+    sharded_grad_reduce_bytes: int = 0
+    """Bytes per gradient element on the wire when the plan shards gradients (ZeRO-2/3, HSDP), where the runtime
+    runs those with another reduce dtype than ``grad_reduce_bytes`` (0: the same). Megatron-LM runs them as
+    Megatron-FSDP, which this tool emits with ``--grad-reduce-in-bf16`` as Megatron-FSDP's user guide recommends
+    ("reducing communication volume and accelerating the backward pass"): 2."""
     ddp_buckets: bool = False
     """Megatron-Core's DDP: gradients are reduced (and parameters gathered) in buckets of
     ``max(40M, 1M x dp)`` parameters (``DDP_BUCKET_MIN_PARAMS``) as the backward makes them ready, so the
     bucket holding the embedding and first layers is reduced after the backward ends and gathered before
     the next forward can start (cost/step.py ``input_bucket``)."""
+
+
+def grad_wire_bytes(rt: RuntimeCost, sharding: str) -> int:
+    """Bytes per gradient element the data-parallel reduction moves for a plan sharded as ``sharding``
+    (``RuntimeCost.sharded_grad_reduce_bytes`` for ZeRO-2/3 and HSDP where the runtime sets it)."""
+    if sharding in ("zero2", "zero3", "hsdp") and rt.sharded_grad_reduce_bytes:
+        return rt.sharded_grad_reduce_bytes
+    return rt.grad_reduce_bytes
 
 
 @lru_cache(maxsize=None)
@@ -319,4 +332,4 @@ def load_calibration(path: Path | None = None) -> CostConstants:
 
 
 __all__ = ["CostConstants", "PARAMETERS", "PARAMETER_NAMES", "ParamDef", "RuntimeCost", "calibration_path",
-           "hardware_default", "load_calibration", "load_runtime_cost"]
+           "grad_wire_bytes", "hardware_default", "load_calibration", "load_runtime_cost"]

@@ -39,8 +39,8 @@ from typing import Any
 from configurator.cost.comm import CommModel, LinkEfficiency
 from configurator.cost.compute import WORK_TIME_MEMO, GemmCurve, GpuRates, expert_gemms_s, gpu_rates, \
     measured_gemm_curves, time_work
-from configurator.cost.constants import CostConstants, RuntimeCost, hardware_default, load_calibration, \
-    load_runtime_cost
+from configurator.cost.constants import CostConstants, RuntimeCost, grad_wire_bytes, hardware_default, \
+    load_calibration, load_runtime_cost
 from configurator.cost.cp import cp_times_s
 from configurator.cost.knobs import effective_knobs, flex_overlap_compute_slowdown
 from configurator.cost.launch import activation_syncs, dispatcher_syncs, layer_launch_s, plan_graph_scopes
@@ -532,7 +532,7 @@ def end_collectives(comm: CommModel, rt: RuntimeCost, plan: Plan, dense: float, 
     per_mb = _per_microbatch_sharding(plan)
     if plan.sharding == "hsdp":
         # Gradient shards all-reduced across the replicas once per step.
-        shard = (dense + expert) / plan.shard_group * rt.grad_reduce_bytes
+        shard = (dense + expert) / plan.shard_group * grad_wire_bytes(rt, plan.sharding)
         return EndCollectives(reduce_s=2 * comm.subgroup_allgather_s("dp_cp", shard, plan.shard_group,
                                                                       outer=True, pat=False))
     if per_mb == "zero2":
@@ -548,8 +548,9 @@ def end_collectives(comm: CommModel, rt: RuntimeCost, plan: Plan, dense: float, 
             return comm.allreduce_s(kind, num_bytes)
         return comm.reduce_scatter_s(kind, num_bytes, rt.reduce_scatter_avg)
 
-    grad = dense * rt.grad_reduce_bytes
-    grad_e = expert * rt.grad_reduce_bytes
+    wire = grad_wire_bytes(rt, plan.sharding)
+    grad = dense * wire
+    grad_e = expert * wire
     gather = 0.0 if plan.sharding == "none" else \
         comm.allgather_s("dp_cp", dense * BF16) + comm.allgather_s("edp", expert * BF16)
     bucket_params, buckets = bucket
@@ -558,7 +559,7 @@ def end_collectives(comm: CommModel, rt: RuntimeCost, plan: Plan, dense: float, 
                               gather_s=gather)
     # Megatron's buckets: each its own collective (its own ring latency).
     reduce = buckets * grad_collective("dp_cp", grad / buckets) + grad_collective("edp", grad_e)
-    reduce_floor = grad_collective("dp_cp", bucket_params * rt.grad_reduce_bytes)
+    reduce_floor = grad_collective("dp_cp", bucket_params * wire)
     gather_floor = 0.0
     if gather:
         gather = buckets * comm.allgather_s("dp_cp", dense * BF16 / buckets) + comm.allgather_s("edp", expert * BF16)
@@ -595,7 +596,7 @@ def _layer_shard_comm(inp: StepInputs, comm: CommModel, v: int, plan: Plan) -> t
     group (``dp*cp*tp / (ep*etp)`` ranks); HSDP shards both inside ``shard_group`` consecutive ranks."""
     rt = inp.runtime
     dense_b, expert_b = inp.zero3_layer_bytes[v], inp.zero3_expert_bytes[v]
-    grad = rt.grad_reduce_bytes / BF16
+    grad = grad_wire_bytes(rt, plan.sharding) / BF16
     if plan.sharding == "hsdp":
         g = comm.subgroup_allgather_s("dp_cp", dense_b + expert_b, plan.shard_group, outer=False)
         r = comm.subgroup_allgather_s("dp_cp", (dense_b + expert_b) * grad, plan.shard_group, outer=False,

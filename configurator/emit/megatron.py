@@ -15,7 +15,9 @@ and Megatron-Core's config dataclasses (checked in CI by Megatron's own ``parse_
   exports it — except with Megatron-FSDP, which asserts it is not 1 (found by Megatron's validator);
 * offload: ``--optimizer-cpu-offload --optimizer-offload-fraction F --use-precision-aware-optimizer``
   (the fraction's CLI default is 1.0, so it is always written) with ``--overlap-cpu-optimizer-d2h-h2d``;
-* ZeRO-2/3 run as Megatron-FSDP (``--use-megatron-fsdp --data-parallel-sharding-strategy``).
+* ZeRO-2/3 run as Megatron-FSDP (``--use-megatron-fsdp --data-parallel-sharding-strategy``) with
+  ``--grad-reduce-in-bf16``, one of the flags Megatron-FSDP's user guide recommends, which halves its
+  gradient traffic (the step model costs it so: cost.json ``sharded_grad_reduce_bytes``).
 
 The launch script uses torchrun with static rendezvous (``--nnodes --node-rank --master-addr
 --master-port --nproc-per-node``): with c10d rendezvous node ranks come from sorting host addresses,
@@ -257,6 +259,9 @@ def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
             flag("--num-distributed-optimizer-instances", plan.dp * plan.cp // plan.shard_group)
             flag("--outer-dp-sharding-strategy", "no_shard")
         flag("--ckpt-format", "fsdp_dtensor")  # Megatron-FSDP asserts this checkpoint format
+        if job.precision != "fp16":
+            # Megatron-FSDP's user guide: bf16 gradient reduction (cost.json sharded_grad_reduce_bytes).
+            flag("--grad-reduce-in-bf16")
         flag("--overlap-grad-reduce")
         flag("--overlap-param-gather")
     if plan.recompute == "selective":

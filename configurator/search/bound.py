@@ -34,7 +34,7 @@ from operator import attrgetter, ge
 from typing import Any
 
 from configurator.cost.comm import CommModel, LinkEfficiency
-from configurator.cost.constants import CostConstants, hardware_default, load_runtime_cost
+from configurator.cost.constants import CostConstants, grad_wire_bytes, hardware_default, load_runtime_cost
 from configurator.cost.moe import ep_overlap_paired_share
 from configurator.cost.step import (ADAM_BYTES_PER_PARAM, OFFLOAD_PCIE_BYTES_PER_PARAM, StepInputs, VirtualStage,
                                     _layer_shard_comm, _per_microbatch_sharding, _rates_for, _stage_times,
@@ -806,8 +806,11 @@ class StructureBounds:
     def _end(self, plan: Plan) -> tuple[float, float, float, float, float, float, float, float]:
         """``_end_terms`` of ``plan``, remembered per degrees, split and sharding; ZeRO-2 under PP under the
         distributed optimizer's key: it reduces and gathers once per step as that does (``end_collectives``: the
-        same reduce-scatter and gather; ``optimizer_params``: the same shard), so its terms are the same floats."""
-        sharding = "distopt" if plan.sharding == "zero2" and plan.pp > 1 else plan.sharding
+        same reduce-scatter and gather; ``optimizer_params``: the same shard), so its terms are the same floats -
+        where the runtime reduces both in the same dtype (``grad_wire_bytes``: Megatron-FSDP's are bf16)."""
+        rt = self._runtime
+        same = plan.sharding == "zero2" and plan.pp > 1 and grad_wire_bytes(rt, "zero2") == grad_wire_bytes(rt, "distopt")
+        sharding = "distopt" if same else plan.sharding
         key = (plan.tp, plan.cp, plan.pp, plan.vpp, plan.dp, plan.ep, plan.etp, plan.pipeline_layers, sharding,
                plan.shard_group)
         hit = self._ends.get(key)
@@ -861,7 +864,8 @@ class StructureBounds:
         window = None
         shardings = framework_shardings(ctx, structure)
         for sh in shardings:
-            if sh == "zero2" and structure.pp > 1 and "distopt" in shardings:
+            if sh == "zero2" and structure.pp > 1 and "distopt" in shardings and \
+                    grad_wire_bytes(self._runtime, "zero2") == grad_wire_bytes(self._runtime, "distopt"):
                 continue  # (under PP its pipeline, end terms and optimizer are the distributed optimizer's: ``_end``)
             group = hsdp_shard_group(ctx, structure) if sh == "hsdp" else 0
             form = replace_unchecked(structure, sharding=sh, shard_group=group, recompute="none",

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from configurator.cost.constants import CostConstants
+from configurator.cost.constants import CostConstants, grad_wire_bytes
 from configurator.cost.step import prepare
 from configurator.placement import Placement, groups
 from configurator.search.space import SearchContext
@@ -76,7 +76,7 @@ def slot_traffic(ctx: SearchContext, plan: Plan) -> SlotTraffic:
     dense, expert = max(inputs.rank_params, key=lambda p: p[0] + p[1])
     group = plan.dp * plan.cp
     if group > 1:
-        ring("dp_cp", 2 * (dense * inputs.runtime.grad_reduce_bytes + dense * 2) / group)
+        ring("dp_cp", 2 * (dense * grad_wire_bytes(inputs.runtime, plan.sharding) + dense * 2) / group)
     layers = max(sum(st.num_layers for st in inputs.stages[r::plan.pp]) for r in range(plan.pp))
     works = [w for st in inputs.stages for w, _, _ in st.works]
     if plan.cp > 1:
