@@ -22,7 +22,7 @@ from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
 from configurator.specs.plan import Plan
-from configurator.uncertainty import Band
+from configurator.uncertainty import Band, risk_pct
 
 FORWARD, BACKWARD, COMM, TAIL, OPTIM = "#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#9c755f"
 MEMORY_COLOURS = (("weights", "#4e79a7"), ("grads", "#f28e2b"), ("optimizer", "#e15759"),
@@ -158,12 +158,12 @@ def svg(tl: Timeline, memory: MemoryReport, *, title: str, width: int = 1100, ba
         y = mem_top + 14 + i * (bar_h + 8) + bar_h / 2
         x0, x1 = left + band.peak_gib_p10 * GIB * mscale, left + band.peak_gib_p90 * GIB * mscale
         out.append(f'<g class="band memory-band"><title>peak memory p10-p90 {band.peak_gib_p10:.1f}-'
-                   f'{band.peak_gib_p90:.1f} GiB; OOM risk {100 * band.oom_risk:.0f}%</title>'
+                   f'{band.peak_gib_p90:.1f} GiB; OOM risk {risk_pct(band.oom_risk)}</title>'
                    f'<line x1="{x0:.1f}" y1="{y}" x2="{x1:.1f}" y2="{y}" stroke="#111" stroke-width="2"/>'
                    f'<line x1="{x0:.1f}" y1="{y - 6}" x2="{x0:.1f}" y2="{y + 6}" stroke="#111" stroke-width="2"/>'
                    f'<line x1="{x1:.1f}" y1="{y - 6}" x2="{x1:.1f}" y2="{y + 6}" stroke="#111" stroke-width="2"/></g>')
         out.append(f'<text x="10" y="{mem_top + 14 + len(stages) * (bar_h + 8) + 36}">peak p10-p90 '
-                   f'{band.peak_gib_p10:.1f}-{band.peak_gib_p90:.1f} GiB, OOM risk {100 * band.oom_risk:.0f}% '
+                   f'{band.peak_gib_p10:.1f}-{band.peak_gib_p90:.1f} GiB, OOM risk {risk_pct(band.oom_risk)} '
                    f'(out-of-sample memory errors of the validation runs)</text>')
     cap_x = left + cap * mscale
     last_y = mem_top + 14 + len(stages) * (bar_h + 8)

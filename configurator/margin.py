@@ -7,10 +7,14 @@ margin free on every GPU: a plan *fits with headroom* when its predicted peak is
 shown and marked, ranked after every plan with headroom, never first silently.
 
 The margin is given in GiB (``8``, ``8GiB``) or as a percentage of the GPU's memory (``12%``). Its
-default is the p90 of |memory error| of the validation report (``benchmarks/validation/summary.json``,
-``memory.p90_abs_error_pct``), rounded up to a whole percent and recorded, with that provenance, in
-``profiles/memory.json`` (``default_memory_margin_pct``): a plan whose prediction is 90% likely to be
-no more than that fraction under the truth still fits (``tests/test_margin.py`` keeps the two equal).
+default, recorded with its provenance in ``profiles/memory.json`` (``default_memory_margin_pct``), is the
+larger of two figures from the validation data, rounded up to a whole percent: the p90 of |memory error| of
+the validation report (``benchmarks/validation/summary.json``, ``memory.p90_abs_error_pct``: a plan whose
+prediction is 90% likely to be no more than that fraction under the truth still fits), and the headroom at
+which a plan that fills memory to the margin has the OOM risk the ranking allows (``ranking.DEFAULT_OOM_RISK``:
+``1 - 1 / memory_headroom``, the memory band's 95th percentile over the model). Without the second, a search
+that filled memory to the margin returned plans over the ranking's risk limit. ``tests/test_margin.py`` keeps
+the recorded value equal to the larger figure rounded up.
 """
 
 from __future__ import annotations
@@ -71,7 +75,8 @@ def default_margin() -> MemoryMargin:
 
     entry = memory_constants()["default_memory_margin_pct"]
     return MemoryMargin(fraction=entry["value"] / 100,
-                        source=f"default: p90 of |memory error| in the validation report, {entry['value']:g}%")
+                        source=f"default: {entry['value']:g}%, the larger of the validation report's p90 |memory "
+                               f"error| and the headroom for a 5% OOM risk")
 
 
 NO_MARGIN = MemoryMargin()

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
-from configurator.uncertainty import Band, band_for
+from configurator.uncertainty import Band, band_for, risk_pct
 
 OBJECTIVES = ("p25", "mean")
 DEFAULT_OBJECTIVE = "p25"
@@ -96,7 +96,7 @@ def vs_best(r: RankedPlan, best: RankedPlan, oom_risk: float, objective: str) ->
     if r is best:
         return "best"
     if r.over_oom_limit and not best.over_oom_limit:
-        return f"OOM risk {100 * r.band.oom_risk:.0f}% is above the {100 * oom_risk:g}% limit"
+        return f"OOM risk {risk_pct(r.band.oom_risk)} is above the {100 * oom_risk:g}% limit"
     slower = best.evaluated.step.tokens_per_s_per_gpu / r.evaluated.step.tokens_per_s_per_gpu - 1.0
     if slower < 0:
         text = (f"{-100 * slower:.1f}% faster by the model, but its {objective} under the error band is lower "

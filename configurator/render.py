@@ -16,7 +16,7 @@ from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
 from configurator.specs.plan import Plan
 from configurator.ranking import DEFAULT_OBJECTIVE, DEFAULT_OOM_RISK, rank_plans, vs_best
-from configurator.uncertainty import Band, band_for
+from configurator.uncertainty import Band, band_for, risk_pct
 
 
 def plan_dict(plan: Plan, job: JobSpec) -> dict[str, Any]:
@@ -94,7 +94,7 @@ def band_text(band: Band) -> str:
     """One line: the throughput and peak-memory bands and the OOM risk."""
     return (f"p10-p90 {band.tokens_per_s_per_gpu_p10:,.0f}-{band.tokens_per_s_per_gpu_p90:,.0f} tokens/s per GPU; "
             f"peak memory p10-p90 {band.peak_gib_p10:.1f}-{band.peak_gib_p90:.1f} GiB of {band.capacity_gib:.1f}, "
-            f"OOM risk {100 * band.oom_risk:.0f}% (band from {band.effective_rows:.0f} effective validation rows)")
+            f"OOM risk {risk_pct(band.oom_risk)} (band from {band.effective_rows:.0f} effective validation rows)")
 
 
 def step_table(step: StepReport) -> Table:
@@ -192,7 +192,7 @@ def plans_table(ranked: list[Any], capacity_gib: float, model: ModelSpec | None 
         table.add_row(str(i), e.plan.describe(), f"{e.step.tokens_per_s_per_gpu:,.0f}",
                       f"{b.tokens_per_s_per_gpu_p10:,.0f}-{b.tokens_per_s_per_gpu_p90:,.0f}",
                       f"{100 * e.step.mfu:.1f}%", f"{b.peak_gib:.1f} ({b.peak_gib_p90:.1f})/{capacity_gib:.0f}",
-                      f"{100 * b.oom_risk:.0f}%", f"{t['compute']:.2f} / {t['pipeline_bubble']:.2f} / {comm:.2f}",
+                      risk_pct(b.oom_risk), f"{t['compute']:.2f} / {t['pipeline_bubble']:.2f} / {comm:.2f}",
                       why)
     return table
 

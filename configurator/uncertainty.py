@@ -344,9 +344,15 @@ def coverage(table: ResidualTable) -> Coverage:
                     by_publisher=tuple((g, len(x), sum(x)) for g, x in sorted(pubs.items())))
 
 
+def risk_pct(risk: float) -> str:
+    """An OOM risk as a percentage, with a decimal below 10% so a risk just over the ranking's 5% limit does not
+    read as 5%."""
+    return f"{100 * risk:.1f}%" if risk < 0.1 else f"{100 * risk:.0f}%"
+
+
 __all__ = ["Band", "Coverage", "ErrorModel", "MIN_GROUP_ROWS", "ResidualTable", "TAG_NAMES", "band_for",
            "choose_lambda", "coverage", "error_bands_path", "group_widening", "loo_bands", "load_error_model",
-           "load_error_model_file", "plan_tags", "scale_band"]
+           "load_error_model_file", "plan_tags", "risk_pct", "scale_band"]
 
 
 def coverage_markdown(model: ErrorModel | None = None) -> list[str]:

@@ -267,10 +267,11 @@ def test_margin_parses_gib_and_percent() -> None:
     assert not fits_with_margin(70.1 * GIB, 80 * GIB, MemoryMargin(gib=10))
 
 
-def test_default_margin_is_the_validation_reports_memory_p90() -> None:
+def test_default_margin_is_never_below_the_validation_reports_memory_p90() -> None:
+    """(tests/test_margin.py checks the whole rule: the larger of this p90 and the OOM-risk headroom, rounded up.)"""
     p90 = json.loads((REPO / "benchmarks" / "validation" / "summary.json").read_text())["memory"]["p90_abs_error_pct"]
     pct = default_margin().fraction * 100
-    assert p90 <= pct <= p90 + 1.0, f"profiles/memory.json's default margin {pct}% vs the report's p90 {p90}%"
+    assert p90 <= pct, f"profiles/memory.json's default margin {pct}% vs the report's p90 {p90}%"
 
 
 def test_search_keeps_the_margin_and_marks_tight_plans() -> None:
