@@ -136,7 +136,7 @@ def plan(
     hosts: HostsOpt = None,
     hostfile: HostfileOpt = None,
     calibration: CalibrationOpt = None,
-    memory_margin: Annotated[Optional[str], typer.Option("--memory-margin", help="GPU memory the plan must leave free: GiB (e.g. 8) or a percentage of the GPU (e.g. 12%); default: the larger of the validation report's memory p90 error and the headroom that keeps a plan at the margin within a 5% OOM risk (plan's header shows it). Plans that fit only without it are marked tight and ranked last.")] = None,
+    memory_margin: Annotated[Optional[str], typer.Option("--memory-margin", help="GPU memory the plan must leave free: GiB (e.g. 8) or a percentage of the GPU (e.g. 12%); default: the larger of the validation report's memory p90 error and the headroom that keeps a plan at the margin within the --oom-risk limit (plan's header shows it). Plans that fit only without it are marked tight and ranked last.")] = None,
     versus: Annotated[Optional[str], typer.Option("--versus", help="A published plan to compare with, e.g. 'tp=1,pp=16,ep=64,mb=1' (modelled like the search's; says why when the top plan beats it by >15%).")] = None,
     objective: Annotated[str, typer.Option("--objective", help="Order the plans by p25 (the 25th percentile of the throughput error band, default) or mean (the model's estimate).")] = "p25",
     oom_risk: Annotated[float, typer.Option("--oom-risk", help="Most probability of running out of memory (from the memory error band) a leading plan may have, 0..1.")] = 0.05,
@@ -185,7 +185,7 @@ def plan(
     if not 0.0 <= oom_risk <= 1.0:
         raise InputError("oom_risk", oom_risk, "must be a probability between 0 and 1")
     constants = _constants(calibration)
-    margin = parse_margin(memory_margin)
+    margin = parse_margin(memory_margin, oom_risk)
     ctx = SearchContext(model=spec, cluster=hw, job=job, runtime=runtime, framework=framework, memory_margin=margin)
     from configurator.cost.gap import parse_versus, versus_line
 

@@ -51,10 +51,11 @@ class MemoryMargin:
         return text + (f" ({self.source})" if self.source else "")
 
 
-def parse_margin(text: str | float | int | None) -> MemoryMargin:
-    """``"12%"`` -> 12% of capacity; ``"8"`` / ``"8GiB"`` / ``8`` -> 8 GiB; None -> the default."""
+def parse_margin(text: str | float | int | None, oom_risk: float | None = None) -> MemoryMargin:
+    """``"12%"`` -> 12% of capacity; ``"8"`` / ``"8GiB"`` / ``8`` -> 8 GiB; None -> the default for ``oom_risk``
+    (the ranking's limit; ``default_margin``)."""
     if text is None:
-        return default_margin()
+        return default_margin(oom_risk)
     if isinstance(text, bool):
         raise InputError("memory_margin", text, "must be GiB (e.g. 8) or a percentage (e.g. 12%)")
     if isinstance(text, (int, float)):
@@ -69,14 +70,29 @@ def parse_margin(text: str | float | int | None) -> MemoryMargin:
     return MemoryMargin(gib=number, source="given")
 
 
-def default_margin() -> MemoryMargin:
-    """The margin recorded in ``profiles/memory.json`` from the validation report's memory p90."""
+def default_margin(oom_risk: float | None = None) -> MemoryMargin:
+    """The margin recorded in ``profiles/memory.json`` (for the ranking's default 5% OOM-risk limit), or, for a
+    stricter ``oom_risk`` (``plan --oom-risk``), the headroom that keeps a plan at the margin within it where that
+    is larger (``ErrorModel.memory_headroom``, rounded up to a whole percent): a search that filled memory to a
+    margin looser than the limit asks would return only plans the ranking then flags. Never below the recorded
+    default, whose p90 |memory error| part holds whatever the risk."""
     from configurator.memory import memory_constants
+    from configurator.ranking import DEFAULT_OOM_RISK
 
     entry = memory_constants()["default_memory_margin_pct"]
-    return MemoryMargin(fraction=entry["value"] / 100,
-                        source=f"default: {entry['value']:g}%, the larger of the validation report's p90 |memory "
-                               f"error| and the headroom for a 5% OOM risk")
+    pct = float(entry["value"])
+    source = (f"default: {pct:g}%, the larger of the validation report's p90 |memory error| and the headroom for a "
+              f"{100 * DEFAULT_OOM_RISK:g}% OOM risk")
+    if oom_risk is not None and oom_risk < DEFAULT_OOM_RISK:
+        from configurator.uncertainty import load_error_model
+
+        # (the tags do not matter: the memory band's quantiles are the same for every plan, tests/test_margin.py)
+        headroom = load_error_model().memory_headroom({}, oom_risk)
+        needed = math.ceil(100 * (1 - 1 / headroom) - 1e-9)
+        if needed > pct:
+            pct = float(needed)
+            source = f"default for a {100 * oom_risk:g}% OOM risk: {pct:g}%, the headroom that keeps it"
+    return MemoryMargin(fraction=pct / 100, source=source)
 
 
 NO_MARGIN = MemoryMargin()

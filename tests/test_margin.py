@@ -35,3 +35,36 @@ def test_a_plan_filling_memory_to_the_default_margin_keeps_the_oom_risk_limit() 
     fill = 1 - default_margin().fraction
     for tags in (TAGS, {**TAGS, "moe": "dense", "gpu_family": "blackwell", "scale": ">512", "zero3": "yes"}):
         assert fill * model.memory_headroom(tags, DEFAULT_OOM_RISK) <= 1.0
+
+
+def test_a_stricter_oom_risk_widens_the_default_margin_and_a_looser_one_keeps_it() -> None:
+    model = load_error_model()
+    for risk in (0.02, 0.01):
+        margin = default_margin(risk)
+        assert margin.fraction > default_margin().fraction
+        assert (1 - margin.fraction) * model.memory_headroom(TAGS, risk) <= 1.0, risk
+    assert default_margin(0.2).fraction == default_margin(DEFAULT_OOM_RISK).fraction == default_margin().fraction
+
+
+def test_plan_keeps_a_stricter_oom_risk_without_flagging_its_leader() -> None:
+    """``plan --oom-risk 0.01`` without ``--memory-margin``: the search keeps the margin that risk needs, so the
+    leader is under it (with the 5% default margin, 15%, the leader was at 4.6% and flagged)."""
+    from typer.testing import CliRunner
+
+    from configurator.cli import app
+
+    args = ["plan", "--model", "qwen3-235b-a22b", "--cluster", "dgx-h100", "--num-gpus", "64", "--seq-len", "4096",
+            "--global-batch", "1024", "--top", "3", "--oom-risk", "0.01", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    plans = json.loads(result.output[result.output.index("{"):])["plans"]
+    assert plans and not plans[0]["rank"]["over_oom_risk_limit"] and plans[0]["oom_risk"] <= 0.01
+
+
+def test_the_service_keeps_the_margin_its_request_risk_needs() -> None:
+    from configurator.service.jobs import search_context
+
+    request = {"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 8, "global_batch": 64, "seq_len": 4096}
+    assert search_context(request, None).memory_margin.fraction == default_margin().fraction
+    assert search_context({**request, "oom_risk": 0.01}, None).memory_margin.fraction == default_margin(0.01).fraction
+    assert search_context({**request, "oom_risk": 0.01, "memory_margin": "10%"}, None).memory_margin.fraction == 0.10

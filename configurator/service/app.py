@@ -98,7 +98,7 @@ class PlanRequest(_JobFields):
     memory_margin: Optional[str] = Field(default=None, max_length=32, description=(
         "GPU memory the plan must leave free: GiB ('8') or a percentage of the GPU ('12%'); default: the "
         "larger of the validation report's memory p90 error and the headroom that keeps a plan at the margin "
-        "within a 5% OOM risk. Plans that fit only without it come back \"tight\": true."))
+        "within the request's oom_risk. Plans that fit only without it come back \"tight\": true."))
     objective: Literal["p25", "mean"] = Field(default="p25", description="Order plans by the 25th percentile of "
                                               "the throughput error band or by the model's estimate.")
     oom_risk: float = Field(default=0.05, ge=0.0, le=1.0, description="Most OOM probability (from the memory "

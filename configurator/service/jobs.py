@@ -91,7 +91,7 @@ def search_context(request: dict[str, Any], profile: dict[str, Any] | None) -> A
     framework = request.get("framework") or "megatron"
     runtime = request.get("runtime") or FRAMEWORK_RUNTIME[framework]
     return SearchContext(model=model, cluster=cluster, job=spec, runtime=runtime, framework=framework,
-                         memory_margin=parse_margin(request.get("memory_margin")))
+                         memory_margin=parse_margin(request.get("memory_margin"), request.get("oom_risk")))
 
 
 def search_kwargs(request: dict[str, Any]) -> dict[str, Any]:
