@@ -86,7 +86,8 @@ def default_margin(oom_risk: float | None = None) -> MemoryMargin:
     if oom_risk is not None and oom_risk < DEFAULT_OOM_RISK:
         from configurator.uncertainty import load_error_model
 
-        # (the tags do not matter: the memory band's quantiles are the same for every plan, tests/test_margin.py)
+        # (no tags: the memory band weights every memory row alike, so its quantiles are the same for every
+        # plan; tests/test_margin.py checks a plan at this margin against two plans' tags)
         headroom = load_error_model().memory_headroom({}, oom_risk)
         needed = math.ceil(100 * (1 - 1 / headroom) - 1e-9)
         if needed > pct:

@@ -198,7 +198,8 @@ def test_megatron_fsdp_reduces_gradients_in_bf16_and_deepspeed_zero3_in_fp32() -
         dense_b, expert_b = inp.zero3_layer_bytes[0], inp.zero3_expert_bytes[0]  # bf16 parameter bytes
         wire = {"megatron": 1.0, "deepspeed": 2.0}[runtime]  # bytes per element over bf16's 2
         avg = inp.runtime.reduce_scatter_avg
-        expect = comm.reduce_scatter_s("dp_cp", dense_b * wire, avg) + comm.reduce_scatter_s("edp", expert_b * wire, avg)
+        expect = comm.reduce_scatter_s("dp_cp", dense_b * wire, avg) + \
+            comm.reduce_scatter_s("edp", expert_b * wire, avg)
         assert math.isclose(reduce, expect, rel_tol=1e-12)
         sums[runtime] = reduce
     assert sums["megatron"] < sums["deepspeed"]

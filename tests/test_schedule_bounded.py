@@ -44,9 +44,10 @@ def pipelines(draw):  # type: ignore[no-untyped-def]
                 send_backward_s=draw(st.lists(sends, min_size=pp, max_size=pp)))
 
 
-# Derandomized (the same 30 draws every run): session 20's unseeded run drew pp 6, vpp 2, 324 micro-batches with most
-# stage times at the grid's 1/8, where the extrapolation was off by 0.14 s of 3,870 (3.6e-5; the near-tie case
-# ``extrapolated`` documents as approximate); 1,100 further random draws found none, so CI should not fail on it by chance.
+# Derandomized (the same 30 draws every run): session 20's unseeded run drew pp 6, vpp 2, 324 micro-batches with
+# most stage times at the grid's 1/8, where the extrapolation was off by 0.14 s of 3,870 (3.6e-5; the near-tie
+# case ``extrapolated`` documents as approximate); 1,100 further random draws found none, so CI should not fail
+# on it by chance.
 @settings(max_examples=30, deadline=None, derandomize=True)
 @given(pipelines())
 def test_extrapolated_schedule_equals_full_simulation(args) -> None:  # type: ignore[no-untyped-def]

@@ -809,8 +809,8 @@ class StructureBounds:
         same reduce-scatter and gather; ``optimizer_params``: the same shard), so its terms are the same floats -
         where the runtime reduces both in the same dtype (``grad_wire_bytes``: Megatron-FSDP's are bf16)."""
         rt = self._runtime
-        same = plan.sharding == "zero2" and plan.pp > 1 and grad_wire_bytes(rt, "zero2") == grad_wire_bytes(rt, "distopt")
-        sharding = "distopt" if same else plan.sharding
+        same_dtype = grad_wire_bytes(rt, "zero2") == grad_wire_bytes(rt, "distopt")
+        sharding = "distopt" if plan.sharding == "zero2" and plan.pp > 1 and same_dtype else plan.sharding
         key = (plan.tp, plan.cp, plan.pp, plan.vpp, plan.dp, plan.ep, plan.etp, plan.pipeline_layers, sharding,
                plan.shard_group)
         hit = self._ends.get(key)
