@@ -232,6 +232,10 @@ class StructureBounds:
         self._all_params = all_layer_params(model)
         self._template: StepInputs | None = None
         self._runtime = load_runtime_cost(ctx.runtime)
+        self._zero2_ends_as_distopt = \
+            grad_wire_bytes(self._runtime, "zero2") == grad_wire_bytes(self._runtime, "distopt")
+        """Under PP, ZeRO-2's end-of-step terms are the distributed optimizer's (``_end``) where the runtime reduces
+        both in the same dtype (Megatron-FSDP's are bf16, the distributed optimizer's fp32)."""
         self._ends: dict[tuple, tuple[float, float, float, float]] = {}
         self._hbm_Bps: float | None = None
         self._windows: dict[tuple, tuple[float, float]] = {}
@@ -808,9 +812,8 @@ class StructureBounds:
         distributed optimizer's key: it reduces and gathers once per step as that does (``end_collectives``: the
         same reduce-scatter and gather; ``optimizer_params``: the same shard), so its terms are the same floats -
         where the runtime reduces both in the same dtype (``grad_wire_bytes``: Megatron-FSDP's are bf16)."""
-        rt = self._runtime
-        same_dtype = grad_wire_bytes(rt, "zero2") == grad_wire_bytes(rt, "distopt")
-        sharding = "distopt" if plan.sharding == "zero2" and plan.pp > 1 and same_dtype else plan.sharding
+        as_distopt = plan.sharding == "zero2" and plan.pp > 1 and self._zero2_ends_as_distopt
+        sharding = "distopt" if as_distopt else plan.sharding
         key = (plan.tp, plan.cp, plan.pp, plan.vpp, plan.dp, plan.ep, plan.etp, plan.pipeline_layers, sharding,
                plan.shard_group)
         hit = self._ends.get(key)
@@ -864,8 +867,7 @@ class StructureBounds:
         window = None
         shardings = framework_shardings(ctx, structure)
         for sh in shardings:
-            if sh == "zero2" and structure.pp > 1 and "distopt" in shardings and \
-                    grad_wire_bytes(self._runtime, "zero2") == grad_wire_bytes(self._runtime, "distopt"):
+            if sh == "zero2" and structure.pp > 1 and "distopt" in shardings and self._zero2_ends_as_distopt:
                 continue  # (under PP its pipeline, end terms and optimizer are the distributed optimizer's: ``_end``)
             group = hsdp_shard_group(ctx, structure) if sh == "hsdp" else 0
             form = replace_unchecked(structure, sharding=sh, shard_group=group, recompute="none",

@@ -49,8 +49,11 @@ def _describe(plan: dict[str, Any]) -> str:
 def _environment():  # type: ignore[no-untyped-def]
     from jinja2 import Environment, PackageLoader, select_autoescape
 
+    from configurator.uncertainty import risk_pct
+
     env = Environment(loader=PackageLoader("configurator", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["describe"] = _describe
+    env.filters["risk_pct"] = risk_pct
     return env
 
 
