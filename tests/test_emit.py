@@ -26,7 +26,7 @@ from configurator.specs.model import ModelSpec
 from configurator.specs.plan import balanced_layout, check_given_knobs, plan_from_dict, plan_violations
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from launch_stubs import option, run_script  # noqa: E402
+from launch_stubs import TRANSFORMER_ENGINE_VERSION, option, run_script  # noqa: E402
 from validator_env import VALIDATOR_PYTHON, megatron_ready, require, run_checker  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,10 +47,11 @@ def run_deepspeed(specs: list[str]) -> list[dict]:
     return run_checker("deepspeed_check.py", specs)
 
 
-def launched(out: Path, root: Path, node_rank: int = 0) -> Path:
-    """Run the emitted launch_megatron.sh for one node with the stub torchrun; the record's prefix."""
+def launched(out: Path, root: Path, node_rank: int = 0, te_version: str = TRANSFORMER_ENGINE_VERSION) -> Path:
+    """Run the emitted launch_megatron.sh for one node with the stub torchrun (on a node whose Transformer Engine
+    is ``te_version``); the record's prefix."""
     proc, launches = run_script(out / "launch_megatron.sh", str(node_rank), "10.0.0.1", root=root,
-                                record=root / "records" / out.name)
+                                record=root / "records" / out.name, te_version=te_version)
     assert proc.returncode == 0 and len(launches) == 1, proc.stderr
     assert option(launches[0].argv, "--node-rank") == str(node_rank)
     return launches[0].prefix
@@ -366,6 +367,38 @@ def test_megatron_rejects_a_broken_plan(validators, tmp_path) -> None:  # type: 
     assert not graphed["ok"] and "full recompute is only supported with full iteration" in graphed["error"]
     with pytest.raises(InputError, match="cuda_graphs"):
         check_given_knobs(load_model("llama3-8b"), Plan(tp=2, pp=2, dp=2, sp=True, recompute="full", cuda_graphs=True))
+
+
+def test_megatron_fsdp_runs_unfused_gradient_accumulation_where_transformer_engine_is_older_than_2_10(
+        validators, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Megatron-Core's Megatron-FSDP adapter asserts Transformer Engine >= 2.10 for fused gradient accumulation
+    while it builds the model (Megatron's validate_args lets it through): the launch script reads the node's version
+    and adds --no-gradient-accumulation-fusion below it. Without that fallback the target container's TE (2.8)
+    is refused, which is what the third launch shows."""
+    request = _request("llama3-8b", "dgx-h100", 16, 4096, 64, Plan(dp=16, sharding="zero2", micro_batch=2))
+    records = {}
+    for name, te in (("te-2.10", "2.10.0"), ("te-2.8", "2.8.0+40c69e7")):
+        emit(request, "megatron", tmp_path / name)
+        proc, launches = run_script(tmp_path / name / "launch_megatron.sh", "0", "10.0.0.1", root=tmp_path,
+                                    record=tmp_path / "records" / name, te_version=te)
+        assert proc.returncode == 0 and len(launches) == 1, proc.stderr
+        fallback = "--no-gradient-accumulation-fusion" in launches[0].argv
+        assert fallback == (te != "2.10.0") == ("adding --no-gradient-accumulation-fusion" in proc.stderr), proc.stderr
+        records[name] = launches[0].prefix
+    fused = tmp_path / "te-2.8-no-fallback"
+    emit(request, "megatron", fused)
+    script = (fused / "launch_megatron.sh").read_text()
+    assert script.count("FSDP_ARGS=(--no-gradient-accumulation-fusion)") == 1
+    (fused / "launch_megatron.sh").write_text(script.replace("FSDP_ARGS=(--no-gradient-accumulation-fusion)",
+                                                             "FSDP_ARGS=()"))
+    records["fused"] = launched(fused, tmp_path, te_version="2.8.0")
+    new, old, fused_old = run_megatron([f"{records[k]}:hopper" for k in ("te-2.10", "te-2.8", "fused")])
+    assert new["ok"] and old["ok"], (new, old)
+    assert new["use_megatron_fsdp"] and old["use_megatron_fsdp"]
+    assert not fused_old["ok"] and "requires Transformer Engine version 2.10" in fused_old["error"], fused_old
+    # A plan that is not Megatron-FSDP reads no version and adds nothing.
+    emit(_request("llama3-8b", "dgx-h100", 8, 4096, 64, Plan(dp=8)), "megatron", tmp_path / "ddp")
+    assert "FSDP_ARGS" not in (tmp_path / "ddp" / "launch_megatron.sh").read_text()
 
 
 DEEPSPEED_CASES = {

@@ -17,7 +17,12 @@ and Megatron-Core's config dataclasses (checked in CI by Megatron's own ``parse_
   (the fraction's CLI default is 1.0, so it is always written) with ``--overlap-cpu-optimizer-d2h-h2d``;
 * ZeRO-2/3 run as Megatron-FSDP (``--use-megatron-fsdp --data-parallel-sharding-strategy``) with
   ``--grad-reduce-in-bf16``, one of the flags Megatron-FSDP's user guide recommends, which halves its
-  gradient traffic (the step model costs it so: cost.json ``sharded_grad_reduce_bytes``).
+  gradient traffic (the step model costs it so: cost.json ``sharded_grad_reduce_bytes``). Megatron-FSDP
+  keeps Megatron's fused gradient accumulation (the wgrad GEMM writes into the gradient buffer), for which
+  Megatron-Core 0.19's adapter asserts Transformer Engine >= 2.10 when it builds the model, minutes into
+  the job: the launch script reads the node's Transformer Engine version first and, below 2.10, adds
+  ``--no-gradient-accumulation-fusion`` (the path Megatron-FSDP's user guide lists), saying so
+  (``FSDP_TE_FUSED``).
 
 The launch script uses torchrun with static rendezvous (``--nnodes --node-rank --master-addr
 --master-port --nproc-per-node``): with c10d rendezvous node ranks come from sorting host addresses,
@@ -296,6 +301,38 @@ def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
     return a
 
 
+FSDP_TE_FUSED = (2, 10)
+"""Transformer Engine version Megatron-Core's Megatron-FSDP adapter asserts for fused gradient accumulation
+(``mcore_fsdp_adapter.py``: "Megatron-FSDP with gradient_accumulation_fusion requires Transformer Engine version
+2.10 or higher"; the NGC PyTorch 25.10 container ships 2.8)."""
+
+
+def fsdp_fusion_check() -> list[str]:
+    """Launch-script lines for a Megatron-FSDP plan: read the node's Transformer Engine version (package metadata,
+    without importing torch) and, below ``FSDP_TE_FUSED``, run the unfused gradient accumulation rather than
+    let Megatron assert after the job has started. ``FSDP_ARGS`` goes between the plan's and the user's
+    arguments; a node without Transformer Engine's metadata is left to Megatron, with a note."""
+    major, minor = FSDP_TE_FUSED
+    return [
+        f"# Megatron-FSDP keeps Megatron's fused gradient accumulation, which needs Transformer Engine >= {major}.{minor}",
+        "# (Megatron-Core asserts it while building the model); with an older one, run the unfused path instead.",
+        'PYTHON="${PYTHON:-python3}"  # the Python that torchrun runs',
+        'TE_CHECK="$("$PYTHON" -c \'import importlib.metadata as m, re; v = m.version("transformer_engine"); '
+        f'print(v, int(tuple(int(x) for x in re.findall(r"[0-9]+", v)[:2]) >= ({major}, {minor})))\' 2>/dev/null || true)"',
+        'read -r TE_VERSION TE_FUSED <<< "$TE_CHECK" || true',
+        "FSDP_ARGS=()",
+        'if [ -z "${TE_VERSION:-}" ]; then',
+        '  echo "launch_megatron.sh: note: no Transformer Engine found by $PYTHON (set PYTHON to the one torchrun'
+        f' runs); Megatron-FSDP\'s fused gradient accumulation needs >= {major}.{minor}" >&2',
+        'elif [ "$TE_FUSED" != 1 ]; then',
+        "  FSDP_ARGS=(--no-gradient-accumulation-fusion)",
+        f'  echo "launch_megatron.sh: Transformer Engine $TE_VERSION is older than {major}.{minor}, which Megatron-FSDP\'s'
+        ' fused gradient accumulation needs: adding --no-gradient-accumulation-fusion (a gradient add per'
+        ' micro-batch that the plan\'s step time does not count)" >&2',
+        "fi",
+    ]
+
+
 def needs_single_connection(cluster: ClusterSpec, plan: Plan) -> bool:
     """Megatron asserts CUDA_DEVICE_MAX_CONNECTIONS=1 with TP or CP > 1 before Blackwell, except under
     Megatron-FSDP (ZeRO-2/3), which asserts the opposite (it only warns about the TP/CP combination)."""
@@ -355,6 +392,9 @@ def launch_script(model: ModelSpec, cluster: ClusterSpec, plan: Plan, placement:
         lines.append(f"export CUDA_DEVICE_MAX_CONNECTIONS={conn}  # EP all-to-all overlap needs several queues")
     else:
         lines.append("unset CUDA_DEVICE_MAX_CONNECTIONS  # this plan needs the driver's default")
+    fsdp = plan.sharding in ("zero2", "zero3", "hsdp")
+    if fsdp:
+        lines += fsdp_fusion_check()
     if plan.tp_overlap:
         lines.append("# --tp-comm-overlap needs Transformer Engine built with userbuffers (NGC PyTorch containers).")
     lines += [
@@ -365,7 +405,8 @@ def launch_script(model: ModelSpec, cluster: ClusterSpec, plan: Plan, placement:
         'mapfile -t PLAN_ARGS < "$HERE/megatron_args.txt"  # one word per line',
         'exec torchrun --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$NPROC" \\',
         '  --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \\',
-        '  "$MEGATRON_DIR/pretrain_gpt.py" "${PLAN_ARGS[@]}" "${USER_ARGS[@]}"',
+        '  "$MEGATRON_DIR/pretrain_gpt.py" "${PLAN_ARGS[@]}" '
+        + ('${FSDP_ARGS[@]+"${FSDP_ARGS[@]}"} ' if fsdp else "") + '"${USER_ARGS[@]}"',
     ]
     return "\n".join(lines) + "\n"
 

@@ -6,8 +6,10 @@ launcher, NUL-separated): the world size is torchrun's ``--nnodes x --nproc-per-
 the words after ``pretrain_gpt.py``, and CUDA_DEVICE_MAX_CONNECTIONS is set exactly as the script exported
 it. Then ``parse_args`` + ``validate_args`` run, the TransformerConfig, the OptimizerConfig and the DDP
 config are built as ``pretrain_gpt.py`` would, and Megatron's ``RankGenerator`` groups (order
-tp-cp-ep-dp-pp). Prints one JSON object per record: {"dir": RECORD, "ok": true, "groups": {...},
-"model": {...}} or {"dir": ..., "ok": false, "error": ...}; exit 1 if any was rejected.
+tp-cp-ep-dp-pp); Megatron-FSDP's adapter requirement on the node's Transformer Engine (``node_te_version``,
+``fsdp_fusion_requirement``) is applied to the parsed arguments. Prints one JSON object per record:
+{"dir": RECORD, "ok": true, "groups": {...}, "model": {...}} or {"dir": ..., "ok": false, "error": ...};
+exit 1 if any was rejected.
 """
 
 from __future__ import annotations
@@ -16,14 +18,40 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # tests/: launch_stubs (standard library only)
 
-TRANSFORMER_ENGINE_VERSION = "2.8.0"
-"""The Transformer Engine of the NGC containers the emitted launch files target (25.10+)."""
+from launch_stubs import TRANSFORMER_ENGINE_VERSION  # noqa: E402
+
+FSDP_ADAPTER = "megatron/core/distributed/fsdp/mcore_fsdp_adapter.py"
+_FSDP_FUSION_NEEDS = re.compile(r'if config\.gradient_accumulation_fusion:\s*assert is_te_min_version\("([0-9.]+)"\)')
+
+
+def node_te_version(env: dict[str, str]) -> str:
+    """The Transformer Engine version the launch script's node had: a ``transformer_engine`` distribution on the
+    recorded PYTHONPATH (launch_stubs.fake_transformer_engine), else the target containers' version."""
+    import importlib.metadata
+
+    paths = [p for p in env.get("PYTHONPATH", "").split(":") if p]
+    found = [d.version for d in importlib.metadata.distributions(path=paths)
+             if (d.metadata["Name"] or "").replace("-", "_").lower() == "transformer_engine"] if paths else []
+    return found[0] if found else TRANSFORMER_ENGINE_VERSION
+
+
+def fsdp_fusion_requirement() -> str | None:
+    """The Transformer Engine version Megatron-FSDP's adapter asserts for fused gradient accumulation, read from
+    Megatron-Core's own source (None where this Megatron has no such check). The adapter runs while the model is
+    built on GPUs, which this check cannot do, so its condition is applied to the parsed arguments here."""
+    import megatron
+
+    source = Path(next(iter(megatron.__path__))).resolve().parent / FSDP_ADAPTER  # (a namespace package)
+    match = _FSDP_FUSION_NEEDS.search(source.read_text()) if source.is_file() else None
+    return match.group(1) if match else None
 
 
 def _provided_by_transformer_engine(*args: object, **kwargs: object) -> None:
@@ -99,7 +127,7 @@ def check(record: Path) -> dict:
 
             # The cluster runs an NGC PyTorch container with Transformer Engine; Megatron only asks for
             # its version while validating (fused RoPE, fp8/fp4 recipes), so answer with that version.
-            mcore_utils._te_version = Version(TRANSFORMER_ENGINE_VERSION)
+            mcore_utils._te_version = Version(node_te_version(env))
             from megatron.core.models.common.embeddings import rope_utils
 
             # Fused RoPE kernels come from Transformer Engine on the cluster; stand in for them here.
@@ -109,6 +137,11 @@ def check(record: Path) -> dict:
             sys.argv = ["pretrain_gpt.py", *argv[script + 1:]]
             args = parse_args()
             validate_args(args)
+            needs = fsdp_fusion_requirement() if args.use_megatron_fsdp else None
+            if needs and args.gradient_accumulation_fusion and not mcore_utils.is_te_min_version(needs):
+                raise AssertionError(f"Megatron-FSDP with gradient_accumulation_fusion requires Transformer Engine "
+                                     f"version {needs} or higher ({FSDP_ADAPTER}; the node has "
+                                     f"{node_te_version(env)})")
             config = core_transformer_config_from_args(args)
             optimizer_config, _ = get_megatron_optimizer_config(args)
             ddp_kwargs = {f: getattr(args, f) for f in DistributedDataParallelConfig.__dataclass_fields__
