@@ -234,3 +234,33 @@ def test_processes_opening_a_fresh_sqlite_store_at_once_migrate_it_once(tmp_path
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-400:] for _, err in outs]
     assert [out.strip() for out, _ in outs] == [HEAD] * 4
+
+
+def test_processes_checking_a_fresh_store_at_once_never_collide_on_its_health_row(store) -> None:  # type: ignore[no-untyped-def]
+    """A server and a worker host opening a fresh store at once both write the health row. Before, each updated it,
+    found none and inserted it, and the second insert failed (IntegrityError: the worker host exited at start-up in
+    the scale-out test). Here another connection has inserted the row but not committed it while the store checks
+    it: the check waits for that commit (PostgreSQL) or for the write lock (SQLite), then succeeds."""
+    import threading
+
+    raced = store.engine.connect()
+    pending = raced.begin()
+    raced.execute(sqlalchemy.text("INSERT INTO health (id, checked) VALUES (1, 'other process')"))
+    errors: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            store.check_writable()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    checker = threading.Thread(target=check)
+    checker.start()
+    checker.join(timeout=1.0)  # it waits on the uncommitted row (or SQLite's write lock)
+    pending.commit()
+    raced.close()
+    checker.join(timeout=60)
+    assert not checker.is_alive() and not errors, errors
+    with store.engine.connect() as conn:
+        rows = conn.execute(sqlalchemy.text("SELECT id, checked FROM health")).all()
+    assert len(rows) == 1 and rows[0][1] != "other process"  # the check's write came after the other's

@@ -264,11 +264,14 @@ class Store:
         return None
 
     def check_writable(self) -> None:
-        """A real write (the health row): raises the store's own error when it is read-only, locked or full."""
+        """A real write (the health row): raises the store's own error when it is read-only, locked or full.
+
+        One upsert (``ON CONFLICT``: PostgreSQL 9.5+, SQLite 3.24+), not an update then an insert: a server and a
+        worker host opening a fresh store at once both found no row to update, both inserted it, and the second
+        process exited with "store error (IntegrityError)" (tests/test_store.py)."""
         with self.engine.begin() as conn:
-            updated = conn.execute(sa.text("UPDATE health SET checked = :c WHERE id = 1"), {"c": _now()}).rowcount
-            if not updated:
-                conn.execute(sa.text("INSERT INTO health (id, checked) VALUES (1, :c)"), {"c": _now()})
+            conn.execute(sa.text("INSERT INTO health (id, checked) VALUES (1, :c) "
+                                 "ON CONFLICT (id) DO UPDATE SET checked = excluded.checked"), {"c": _now()})
 
     def update_job(self, job_id: str, *, status: str | None = None, progress: float | None = None,
                    result: dict[str, Any] | None = None, error: str | None = None,
