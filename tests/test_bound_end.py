@@ -135,7 +135,7 @@ def test_a_structures_floor_raised_with_its_full_recompute_bound_stays_below_its
                         job=JobSpec(global_batch=512, seq_len=4096))
     bounds = StructureBounds(ctx, CONSTANTS)
     checked = 0
-    for plan in random.Random(6).sample(list(enumerate_plans(ctx)), 60):
+    for plan in random.Random(6).sample(list(enumerate_plans(ctx)), 150):
         if checked >= 4 or not (needs_full_recompute(ctx, plan) or offloads_with_full_recompute(ctx, plan)):
             continue
         options = resolve(ctx, plan).options

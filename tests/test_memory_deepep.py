@@ -115,23 +115,24 @@ def test_a_flex_plan_that_fit_at_the_margin_now_needs_room_for_its_buffers() -> 
     # Qwen3-30B-A3B on 16 H100 (fp8), EP16 over two nodes: the buffers take 0.66 GiB (DeepEP, hidden 2048).
     # Resolved without them, its no-recompute options offload just enough optimizer states to keep the
     # margin free; the flex dispatcher would eat into it. The search keeps those options for alltoall and
-    # resolves flex again with the buffers counted: more offload.
+    # resolves flex again with the buffers counted: more offload. (Under the distributed optimizer: Megatron-LM
+    # offloads nothing under Megatron-FSDP, ``space.offload_runs``.)
     model = load_model("qwen3-30b-a3b")
     cluster = load_cluster("dgx-h100", num_gpus=16)
     job = JobSpec(global_batch=1024, seq_len=4096, precision="fp8")
     margin = parse_margin(None)
     ctx = SearchContext(model=model, cluster=cluster, job=job, memory_margin=margin)
-    structure = Plan(dp=8, cp=2, ep=16, micro_batch=4, sharding="zero2")
+    structure = Plan(dp=8, cp=2, ep=16, micro_batch=4, sharding="distopt")
     buffers = flex_buffers("deepep", 2048, 16, 2048 * 4, 8, 8).total_bytes
     cap = cluster.gpu_memory_bytes
-    old = [o for o in _resolve_margins(ctx, structure, False).options if o.plan.sharding == "zero2"]
+    old = [o for o in _resolve_margins(ctx, structure, False).options if o.plan.sharding == "distopt"]
     offloaded = next(o for o in old if o.plan.offload > 0)
     assert fits_with_margin(offloaded.memory.peak_bytes, cap, margin)
     as_flex = with_flex_buffers(offloaded.memory, model, cluster, job, replace(offloaded.plan, ep_dispatcher="flex"))
     assert as_flex.peak_bytes == offloaded.memory.peak_bytes + buffers
     assert not fits_with_margin(as_flex.peak_bytes, cap, margin)  # it fit at the margin; with flex it does not
 
-    new = [o for o in resolve(ctx, structure).options if o.plan.sharding == "zero2"]
+    new = [o for o in resolve(ctx, structure).options if o.plan.sharding == "distopt"]
     kept = next(o for o in new if o.plan == replace(offloaded.plan, ep_dispatcher="alltoall"))
     assert kept.memory == offloaded.memory
     flex = next(o for o in new if o.plan.ep_dispatcher == "flex" and o.plan.recompute == "none")

@@ -20,7 +20,7 @@ from configurator.search.resolve import (MEMORY_MEMO, RecomputeLadder, Structure
                                          fit_dispatcher, needs_full_recompute, offloads_with_full_recompute,
                                          option_margin, resolve, resolve_full_recompute, resolve_least,
                                          structure_memory)
-from configurator.search.space import SearchContext, enumerate_plans, framework_shardings, hsdp_shard_group
+from configurator.search.space import SearchContext, enumerate_plans, framework_shardings, hsdp_shard_group, max_offload
 from configurator.specs.plan import PLAN_FIELDS, Plan, replace_unchecked
 
 JOB = JobSpec(global_batch=512, seq_len=4096)
@@ -176,7 +176,8 @@ def test_the_memory_floor_is_below_every_recompute_forms_peak() -> None:
 @pytest.mark.parametrize("model, cluster, gpus", [("deepseek-v3", "h800-ib", 64), ("qwen3-235b-a22b", "dgx-h100", 64)])
 def test_needs_full_recompute_answers_as_estimating_every_form(model: str, cluster: str, gpus: int) -> None:
     """The floor only skips shardings whose weights alone do not fit: the answer is the one of estimating the
-    ladder's step before "all layers" and the last module list under each sharding with the optimizer offloaded."""
+    ladder's step before "all layers" and the last module list under each sharding with as much of the optimizer
+    offloaded as the framework can (``space.max_offload``: none under Megatron-FSDP)."""
     ctx = _ctx(model, cluster, gpus)
     modules = selective_module_ladder(ctx.model, ctx.job.precision)[-1]
     answers = set()
@@ -185,7 +186,7 @@ def test_needs_full_recompute_answers_as_estimating_every_form(model: str, clust
         fits = False
         for sharding in framework_shardings(ctx, structure):
             group = hsdp_shard_group(ctx, structure) if sharding == "hsdp" else 0
-            offload = 1.0 if sharding != "none" else 0.0
+            offload = max_offload(ctx, sharding)
             for form in ({"recompute": recompute, "recompute_num_layers": layers},
                          {"recompute": "selective", "recompute_num_layers": 0, "recompute_modules": modules}):
                 plan = replace_unchecked(structure, sharding=sharding, shard_group=group, offload=offload, **form)
@@ -242,7 +243,7 @@ def test_a_structures_memory_checks_every_form_as_the_full_estimate() -> None:
 
 @pytest.mark.parametrize("model, cluster, gpus, batch, seq, count, fitting", [
     ("deepseek-v3", "h800-ib", 64, 512, 4096, 24, "some"), ("deepseek-v3", "gb200-nvl72", 64, 512, 4096, 6, "some"),
-    ("llama3-70b", "dgx-h100", 8, 32, 4096, 6, "some"), ("llama3-405b", "dgx-h100", 8, 16, 8192, 3, "none")])
+    ("llama3-70b", "dgx-h100", 8, 32, 4096, 20, "some"), ("llama3-405b", "dgx-h100", 8, 16, 8192, 3, "none")])
 def test_resolve_on_a_structures_parts_decides_as_the_slow_path(monkeypatch: pytest.MonkeyPatch, model: str,
                                                                 cluster: str, gpus: int, batch: int, seq: int,
                                                                 count: int, fitting: str) -> None:

@@ -15,6 +15,8 @@ and Megatron-Core's config dataclasses (checked in CI by Megatron's own ``parse_
   exports it — except with Megatron-FSDP, which asserts it is not 1 (found by Megatron's validator);
 * offload: ``--optimizer-cpu-offload --optimizer-offload-fraction F --use-precision-aware-optimizer``
   (the fraction's CLI default is 1.0, so it is always written) with ``--overlap-cpu-optimizer-d2h-h2d``;
+* optimizer offload only with the distributed optimizer: Megatron-FSDP's offload fails while the optimizer is
+  built in Megatron-Core 0.19 (``search.space.offload_runs``), so such a plan is refused by field;
 * ZeRO-2/3 run as Megatron-FSDP (``--use-megatron-fsdp --data-parallel-sharding-strategy``) with
   ``--grad-reduce-in-bf16``, one of the flags Megatron-FSDP's user guide recommends, which halves its
   gradient traffic (the step model costs it so: cost.json ``sharded_grad_reduce_bytes``). Megatron-FSDP
@@ -39,6 +41,7 @@ from configurator.emit.shell import known_hosts, node_prologue
 from configurator.ep_buffers import DEEPEP_GROUP_SIZES, flex_backend, flex_group_supported
 from configurator.errors import InputError
 from configurator.placement import Placement, groups
+from configurator.search.space import MEGATRON_FSDP_SHARDINGS
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
@@ -293,6 +296,10 @@ def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
     elif job.precision == "fp4":
         flag("--fp4-format", "e2m1")
     # ----- optimizer offload -----
+    if plan.offload > 0 and plan.sharding in MEGATRON_FSDP_SHARDINGS:
+        raise InputError("plan.offload", f"{plan.offload:g}", f"Megatron-LM cannot offload the optimizer under "
+                         f"Megatron-FSDP (sharding {plan.sharding}): Megatron-Core 0.19's hybrid CPU optimizer fails "
+                         "on its sharded parameters (NVIDIA/Megatron-LM#1986); offload with sharding distopt")
     if plan.offload > 0:
         flag("--optimizer-cpu-offload")
         flag("--optimizer-offload-fraction", f"{plan.offload:g}")
@@ -314,11 +321,13 @@ def fsdp_fusion_check() -> list[str]:
     arguments; a node without Transformer Engine's metadata is left to Megatron, with a note."""
     major, minor = FSDP_TE_FUSED
     return [
-        f"# Megatron-FSDP keeps Megatron's fused gradient accumulation, which needs Transformer Engine >= {major}.{minor}",
+        "# Megatron-FSDP keeps Megatron's fused gradient accumulation, which needs Transformer Engine >= "
+        f"{major}.{minor}",
         "# (Megatron-Core asserts it while building the model); with an older one, run the unfused path instead.",
         'PYTHON="${PYTHON:-python3}"  # the Python that torchrun runs',
         'TE_CHECK="$("$PYTHON" -c \'import importlib.metadata as m, re; v = m.version("transformer_engine"); '
-        f'print(v, int(tuple(int(x) for x in re.findall(r"[0-9]+", v)[:2]) >= ({major}, {minor})))\' 2>/dev/null || true)"',
+        'print(v, int(tuple(int(x) for x in re.findall(r"[0-9]+", v)[:2]) >= '
+        f'({major}, {minor})))\' 2>/dev/null || true)"',
         'read -r TE_VERSION TE_FUSED <<< "$TE_CHECK" || true',
         "FSDP_ARGS=()",
         'if [ -z "${TE_VERSION:-}" ]; then',
@@ -326,8 +335,8 @@ def fsdp_fusion_check() -> list[str]:
         f' runs); Megatron-FSDP\'s fused gradient accumulation needs >= {major}.{minor}" >&2',
         'elif [ "$TE_FUSED" != 1 ]; then',
         "  FSDP_ARGS=(--no-gradient-accumulation-fusion)",
-        f'  echo "launch_megatron.sh: Transformer Engine $TE_VERSION is older than {major}.{minor}, which Megatron-FSDP\'s'
-        ' fused gradient accumulation needs: adding --no-gradient-accumulation-fusion (a gradient add per'
+        f'  echo "launch_megatron.sh: Transformer Engine $TE_VERSION is older than {major}.{minor}, which'
+        ' Megatron-FSDP\'s fused gradient accumulation needs: adding --no-gradient-accumulation-fusion (a gradient add per'
         ' micro-batch that the plan\'s step time does not count)" >&2',
         "fi",
     ]

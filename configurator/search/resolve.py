@@ -60,7 +60,7 @@ from configurator.memory import (MemoryParts, MemoryReport, MemoryTotals, StateS
 from configurator.profiles import GIB
 from configurator.recompute import MEGATRON_RUNTIMES, selective_module_ladder
 from configurator.search.knobs import dispatcher_choices
-from configurator.search.space import SearchContext, framework_shardings, hsdp_shard_group
+from configurator.search.space import SearchContext, framework_shardings, hsdp_shard_group, max_offload
 from configurator.specs.model import ModelSpec
 from configurator.specs.plan import PLAN_FIELDS, Plan, cuda_graph_conflicts, plan_violations
 from configurator.specs.plan import replace_unchecked as replace  # derived from checked plans
@@ -351,8 +351,8 @@ def _min_offload(ctx: SearchContext, plan: Plan, m0: MemoryReport | MemoryTotals
                  fit: StructureMemory | None = None) -> tuple[float, MemoryReport | MemoryTotals] | None:
     """``min_offload`` with the memory as checked (its report not built). ``fit``: ``plan``'s ``StructureMemory``
     (the fractions are checked on its parts, without building a plan for each)."""
-    if plan.sharding == "none":
-        return None
+    if not max_offload(ctx, plan.sharding):
+        return None  # (nothing to offload, or the framework cannot: ``space.offload_runs``)
     fit = fit or structure_memory(ctx, plan)
     m0 = m0 or fit.probe(plan, 0.0)
     if m0.fits_host and _fits_device(m0, margin):
@@ -511,7 +511,7 @@ def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin, full_onl
     frugal = []
     for sh in reversed(shardings):
         frugal.append(fit.probe(_with_sharding(ctx, structure, sh, recompute="full", recompute_num_layers=0,
-                                                  offload=1.0 if sh != "none" else 0.0)))
+                                                  offload=max_offload(ctx, sh))))
         if _fits_device(frugal[-1], margin):
             break
     least = min(reversed(frugal), key=lambda m: m.peak_bytes)  # (the first least in sharding order, as before)
@@ -555,7 +555,7 @@ def _resolve(ctx: SearchContext, structure: Plan, margin: MemoryMargin, full_onl
                                           "optimizer offloaded (the smallest fraction that fits)"))
             else:
                 smallest = min(smallest, fit.probe(ladder[-1], 1.0).peak_bytes
-                               if sharding != "none" else mem.peak_bytes)
+                               if max_offload(ctx, sharding) else mem.peak_bytes)
     balanced = balanced_offload(ctx)
     extra = []
     for o in options:
@@ -728,8 +728,8 @@ def offloads_with_full_recompute(ctx: SearchContext, structure: Plan) -> bool:
     flex = structure.ep_dispatcher is None \
         and len(dispatcher_choices(structure, ctx.runtime, ctx.model.is_moe, ctx.cluster)) >= 2
     for sharding in reversed(shardings):
-        if sharding == "none":
-            continue  # (nothing to offload)
+        if not max_offload(ctx, sharding):
+            continue  # (nothing to offload, or the framework cannot: ``space.offload_runs``)
         base = _with_sharding(ctx, structure, sharding)
         bases = (base, replace(base, ep_dispatcher="flex")) if flex else (base,)
         if any(plan_violations(ctx.model, ctx.job, b, ctx.num_gpus) for b in bases):
@@ -764,11 +764,13 @@ def _frugal_shardings(ctx: SearchContext, structure: Plan) -> Iterator[tuple[str
     without sharding). What ``needs_full_recompute``, ``fits_nowhere`` and ``may_keep_margin`` scan."""
     shardings = framework_shardings(ctx, structure)
     for sharding in reversed(shardings):
-        if sharding in ("zero1", "distopt") and "zero2" in shardings:
+        if sharding in ("zero1", "distopt") and "zero2" in shardings \
+                and max_offload(ctx, "zero2") >= max_offload(ctx, sharding):
             continue  # ZeRO-2 holds the same weights and optimizer shards and fewer gradients: never more
+            # (where it offloads as much: under Megatron-FSDP it cannot, ``space.offload_runs``)
         if sharding == "hsdp" and "zero3" in shardings:
             continue  # ZeRO-3 (taken first) shards over all of dp x cp, HSDP over a part of it: never more
-        yield sharding, 1.0 if sharding != "none" else 0.0
+        yield sharding, max_offload(ctx, sharding)
 
 
 def _frugal_forms(ctx: SearchContext, structure: Plan) -> Iterator[Plan]:
@@ -835,8 +837,8 @@ def sharding_forms(ctx: SearchContext, structure: Plan, full_only: bool = False)
     fit = structure_memory(ctx, structure)
 
     def fraction(plan: Plan) -> float | None:
-        if plan.sharding == "none":
-            return 0.0 if fit.probe(plan).fits_device else None  # (nothing to offload: ``min_offload``)
+        if not max_offload(ctx, plan.sharding):  # (nothing to offload, or the framework cannot: ``min_offload``)
+            return 0.0 if fit.probe(plan).fits_device else None
         m1 = fit.probe(plan, 1.0)  # (first: where nothing fits, ``resolve``'s quick exit makes the same estimate)
         if not m1.fits_device:
             return None

@@ -173,6 +173,31 @@ def hsdp_shard_group(ctx: SearchContext, plan: Plan) -> int:
     return inside
 
 
+MEGATRON_FSDP_SHARDINGS = ("zero2", "zero3", "hsdp")
+"""Shardings Megatron-LM runs as Megatron-FSDP (``--use-megatron-fsdp``; emit/megatron.py)."""
+MEGATRON_FSDP_RUNTIMES = ("megatron", "nemo")
+"""Runtimes whose ZeRO-2/3 plans are Megatron-FSDP's."""
+
+
+def offload_runs(ctx: SearchContext, sharding: str) -> bool:
+    """Whether the framework can offload optimizer states to the host under ``sharding``. Not without sharding
+    (nothing to offload), and not under Megatron-FSDP: Megatron-Core 0.19's ``HybridDeviceOptimizer``
+    (megatron/core/optimizer/cpu_offloading/hybrid_optimizer.py, ``_init_sub_optimizers``) copies each parameter
+    with ``param.detach().clone().cpu().pin_memory()``, which fails on Megatron-FSDP's sharded DTensor parameters
+    while the optimizer is built (NVIDIA/Megatron-LM#1986, "Megatron FSDP does not work with CPU_OFFLOADING";
+    the fix, #4623, works on local shards and was still open in 2026-05, with checkpoint saves hanging on an MoE
+    model, #4910). The distributed optimizer (ZeRO-1) offloads, as does DeepSpeed's ZeRO."""
+    if sharding == "none":
+        return False
+    return not (ctx.framework == "megatron" and ctx.runtime in MEGATRON_FSDP_RUNTIMES
+                and sharding in MEGATRON_FSDP_SHARDINGS)
+
+
+def max_offload(ctx: SearchContext, sharding: str) -> float:
+    """The largest optimizer offload fraction a plan under ``sharding`` can have (``offload_runs``)."""
+    return 1.0 if offload_runs(ctx, sharding) else 0.0
+
+
 def framework_shardings(ctx: SearchContext, plan: Plan) -> tuple[str, ...]:
     """``search_shardings`` narrowed to what the target framework runs with this structure (Megatron-LM:
     HSDP inside the node before ZeRO-3 across it, where ``hsdp_shard_group`` gives a group)."""
@@ -305,6 +330,7 @@ def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iter
     yield from walk(0, {})
 
 
-__all__ = ["AXES", "Axis", "SearchContext", "SpaceStats", "enumerate_plans", "framework_shardings", "hsdp_shard_group",
+__all__ = ["AXES", "Axis", "MEGATRON_FSDP_RUNTIMES", "MEGATRON_FSDP_SHARDINGS", "SearchContext", "SpaceStats",
+           "enumerate_plans", "framework_shardings", "hsdp_shard_group", "max_offload", "offload_runs",
            "search_shardings",
            "structure_plan"]

@@ -1,0 +1,84 @@
+"""Megatron-LM offloads the optimizer only with the distributed optimizer, never under Megatron-FSDP.
+
+Megatron-Core 0.19's ``HybridDeviceOptimizer`` copies every parameter with ``.cpu().pin_memory()``, which fails on
+Megatron-FSDP's sharded DTensor parameters while the optimizer is built (NVIDIA/Megatron-LM#1986;
+``search.space.offload_runs``). So the search gives Megatron-LM no ZeRO-2/3/HSDP option with an offload fraction,
+``emit`` refuses one by field, ``estimate`` warns, and DeepSpeed (whose ZeRO offloads) keeps them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from configurator import JobSpec, Plan, load_cluster, load_model
+from configurator.cost.knobs import megatron_warnings
+from configurator.margin import parse_margin
+from configurator.search.optimize import search
+from configurator.search.resolve import resolve
+from configurator.search.space import MEGATRON_FSDP_SHARDINGS, SearchContext, max_offload, offload_runs
+
+
+def _ctx(framework: str, runtime: str, gpus: int, batch: int, seq: int, model: str = "llama3-70b") -> SearchContext:
+    return SearchContext(model=load_model(model), cluster=load_cluster("dgx-h100", num_gpus=gpus),
+                         job=JobSpec(global_batch=batch, seq_len=seq), framework=framework, runtime=runtime,
+                         memory_margin=parse_margin(None))
+
+
+def test_only_the_distributed_optimizer_offloads_under_megatron() -> None:
+    megatron, nemo = _ctx("megatron", "megatron", 8, 32, 4096), _ctx("megatron", "nemo", 8, 32, 4096)
+    deepspeed, torchtitan = _ctx("deepspeed", "deepspeed", 8, 32, 4096), _ctx("torchtitan", "fsdp", 8, 32, 4096)
+    for ctx in (megatron, nemo):
+        assert offload_runs(ctx, "distopt") and max_offload(ctx, "distopt") == 1.0
+        assert not any(offload_runs(ctx, s) for s in MEGATRON_FSDP_SHARDINGS)
+        assert max_offload(ctx, "zero3") == 0.0
+    for ctx in (deepspeed, torchtitan):
+        assert all(offload_runs(ctx, s) for s in ("zero1", "zero2", "zero3"))
+    assert not any(offload_runs(ctx, "none") for ctx in (megatron, deepspeed))
+
+
+def test_a_structure_that_fits_only_by_offloading_under_zero3_has_no_megatron_option() -> None:
+    """Llama-3-70B on 8 H100 with DP8: only ZeRO-3 with full recompute and most of the optimizer on the host fits.
+    DeepSpeed runs that (ZeRO-Offload); Megatron-LM would run it as Megatron-FSDP, which cannot offload, so the
+    structure has no Megatron option and the reason says so (the quick exit's most frugal forms keep ZeRO-3's
+    optimizer on the GPU)."""
+    structure = Plan(dp=8)
+    deepspeed = resolve(_ctx("deepspeed", "deepspeed", 8, 32, 4096), structure).options
+    assert [(o.plan.sharding, o.plan.recompute) for o in deepspeed] == [("zero3", "full")]
+    assert 0.5 < deepspeed[0].plan.offload < 1.0
+    megatron = resolve(_ctx("megatron", "megatron", 8, 32, 4096), structure)
+    assert megatron.options == () and "even with full recompute" in (megatron.reason or "")
+    # With tensor parallelism the distributed optimizer (which does offload) fits: Megatron-LM's plan offloads there.
+    tp8 = resolve(_ctx("megatron", "megatron", 8, 32, 4096), Plan(tp=8, dp=1, sp=True)).options
+    assert tp8 and all(o.plan.sharding == "distopt" for o in tp8) and any(o.plan.offload > 0 for o in tp8)
+
+
+def test_the_search_never_offloads_under_megatron_fsdp() -> None:
+    """The README's first job (Llama-3-70B on 64 H100, seq 8,192, global batch 256) led with ZeRO-2 and 88% of the
+    optimizer offloaded, a plan Megatron-Core fails to build; its top plans now offload only with the distributed
+    optimizer, if at all, and the Megatron-FSDP ones among them hold their whole optimizer."""
+    result = search(_ctx("megatron", "megatron", 64, 256, 8192), top_k=10)
+    plans = [e.plan for e in result.ranked]
+    assert plans and any(p.sharding in MEGATRON_FSDP_SHARDINGS for p in plans)
+    assert not [p.describe() for p in plans if p.sharding in MEGATRON_FSDP_SHARDINGS and p.offload > 0]
+
+
+def test_estimate_warns_and_emit_refuses_offload_under_megatron_fsdp(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    plan = Plan(dp=16, sharding="zero2", offload=0.5)
+    assert any("Megatron-LM#1986" in w for w in megatron_warnings(plan, "hopper"))
+    assert not any("#1986" in w for w in megatron_warnings(Plan(dp=16, offload=0.5), "hopper"))
+    out = tmp_path / "out"
+    args = ["emit", "--model", "llama3-8b", "--cluster", "dgx-h100", "--num-gpus", "16", "--seq-len", "4096",
+            "--global-batch", "64", "--sharding", "zero2", "--offload", "0.5", "--framework", "megatron",
+            "--out", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "configurator.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and "plan.offload='0.5'" in lines[0] and "distopt" in lines[0], proc.stderr
+    assert not out.exists()
+    # The distributed optimizer offloads: the same plan with sharding distopt is written.
+    ok = subprocess.run([sys.executable, "-m", "configurator.cli", *[a if a != "zero2" else "distopt" for a in args]],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "--optimizer-cpu-offload" in (out / "megatron_args.txt").read_text()
