@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from configurator.cost.constants import RuntimeCost, hardware_default
+from configurator.search.space import MEGATRON_FSDP_SHARDINGS
 from configurator.specs.plan import Plan, ep_overlap_conflicts
 
 
@@ -75,7 +76,7 @@ def megatron_warnings(plan: Plan, gpu_family: str) -> list[str]:
                        "warns they need different CUDA_DEVICE_MAX_CONNECTIONS settings")
     if plan.tp_overlap and not plan.sp:
         out.append("TP communication overlap needs sequence parallelism (Megatron asserts it)")
-    if plan.offload > 0 and plan.sharding in ("zero2", "zero3", "hsdp"):
+    if plan.offload > 0 and plan.sharding in MEGATRON_FSDP_SHARDINGS:
         out.append("optimizer offload under Megatron-FSDP (ZeRO-2/3, HSDP): Megatron-Core 0.19 fails building its "
                    "hybrid CPU optimizer (NVIDIA/Megatron-LM#1986); offload runs with the distributed optimizer")
     if plan.ep_dispatcher == "flex" and not flex_dispatcher_available(gpu_family):

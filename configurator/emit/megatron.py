@@ -401,7 +401,7 @@ def launch_script(model: ModelSpec, cluster: ClusterSpec, plan: Plan, placement:
         lines.append(f"export CUDA_DEVICE_MAX_CONNECTIONS={conn}  # EP all-to-all overlap needs several queues")
     else:
         lines.append("unset CUDA_DEVICE_MAX_CONNECTIONS  # this plan needs the driver's default")
-    fsdp = plan.sharding in ("zero2", "zero3", "hsdp")
+    fsdp = plan.sharding in MEGATRON_FSDP_SHARDINGS
     if fsdp:
         lines += fsdp_fusion_check()
     if plan.tp_overlap:

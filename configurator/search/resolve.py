@@ -764,10 +764,11 @@ def _frugal_shardings(ctx: SearchContext, structure: Plan) -> Iterator[tuple[str
     without sharding). What ``needs_full_recompute``, ``fits_nowhere`` and ``may_keep_margin`` scan."""
     shardings = framework_shardings(ctx, structure)
     for sharding in reversed(shardings):
+        # ZeRO-2 holds the same weights and optimizer shards and fewer gradients: never more, where it can offload
+        # as much (under Megatron-FSDP it cannot, ``space.offload_runs``)
         if sharding in ("zero1", "distopt") and "zero2" in shardings \
                 and max_offload(ctx, "zero2") >= max_offload(ctx, sharding):
-            continue  # ZeRO-2 holds the same weights and optimizer shards and fewer gradients: never more
-            # (where it offloads as much: under Megatron-FSDP it cannot, ``space.offload_runs``)
+            continue
         if sharding == "hsdp" and "zero3" in shardings:
             continue  # ZeRO-3 (taken first) shards over all of dp x cp, HSDP over a part of it: never more
         yield sharding, max_offload(ctx, sharding)
