@@ -207,20 +207,34 @@ def test_megatron_fsdp_reduces_gradients_in_bf16_and_deepspeed_zero3_in_fp32() -
     assert grad_wire_bytes(load_runtime_cost("megatron"), "zero3") == 2
 
 
-def test_zero2_under_pipeline_parallelism_reduces_once_per_step_like_the_distributed_optimizer() -> None:
+def test_megatron_fsdp_zero2_reduce_scatters_every_micro_batch_also_under_pipeline_parallelism() -> None:
+    """Megatron-FSDP's ZeRO-2 (``optim_grads``) reduce-scatters each micro-batch's gradients in its backward whatever
+    the pipeline (Megatron-Core 0.19.2 megatron_fsdp.py: ``grad_reduce_every_bprop``), as it must to hold only its
+    shard of them (the memory model's ZeRO-2). Before, the step model let it reduce once per step under PP like the
+    distributed optimizer while keeping ZeRO-2's memory: ZeRO-2 + PP plans led bench and the README's first command on
+    traffic they do not save. A runtime that accumulates under PP and reduces once (``fsdp``, FSDP2 as torchtitan
+    runs it) still times it as the distributed optimizer does."""
+    from configurator.cost.constants import load_runtime_cost
+    from configurator.cost.step import _per_microbatch_sharding
+
     cluster = load_cluster("dgx-h100", num_gpus=16)
     job = JobSpec(global_batch=64, seq_len=4096)
     base = Plan(tp=2, sp=True, pp=2, dp=4, sharding="distopt")
-    # NeMo reduces every plan's gradients in bf16, so the two differ only in when they reduce.
-    a = estimate_step(LLAMA70B, cluster, job, base, constants=C, runtime="nemo")
-    b = estimate_step(LLAMA70B, cluster, job, replace(base, sharding="zero2"), constants=C, runtime="nemo")
-    assert math.isclose(a.step_s, b.step_s, rel_tol=1e-12)
-    # Megatron-LM's ZeRO-2 is Megatron-FSDP with bf16 reduction: the same one reduction, half the bytes.
-    a = estimate_step(LLAMA70B, cluster, job, base, constants=C)
-    b = estimate_step(LLAMA70B, cluster, job, replace(base, sharding="zero2"), constants=C)
-    assert b.term("dp_comm") <= a.term("dp_comm") and b.step_s < a.step_s
-    # Without PP, ZeRO-2 reduce-scatters each micro-batch's gradients: more DP traffic than distopt, hidden
-    # under the backward but slowing it (NCCL's SMs), so a longer step at the same bytes per element.
+    zero2 = replace(base, sharding="zero2")
+    for runtime in ("megatron", "nemo"):
+        rt = load_runtime_cost(runtime)
+        assert rt.zero2_reduces_each_microbatch and _per_microbatch_sharding(zero2, rt) == "zero2"
+        a = estimate_step(LLAMA70B, cluster, job, base, constants=C, runtime=runtime)
+        b = estimate_step(LLAMA70B, cluster, job, zero2, constants=C, runtime=runtime)
+        # The end-of-step reduction is gone (only the updated parameters' gather is left) ...
+        assert b.term("dp_comm") < a.term("dp_comm")
+        # ... but every micro-batch's reduce-scatter runs beside its backward: hidden, yet slowing it (NCCL's SMs).
+        assert b.term("compute") > a.term("compute") and b.step_s > a.step_s
+    fsdp = load_runtime_cost("fsdp")
+    assert not fsdp.zero2_reduces_each_microbatch and _per_microbatch_sharding(zero2, fsdp) == ""
+    assert math.isclose(estimate_step(LLAMA70B, cluster, job, zero2, constants=C, runtime="fsdp").step_s,
+                        estimate_step(LLAMA70B, cluster, job, base, constants=C, runtime="fsdp").step_s, rel_tol=1e-12)
+    # Without PP every runtime's ZeRO-2 reduce-scatters each micro-batch's gradients.
     flat = Plan(tp=8, sp=True, dp=2, sharding="distopt")
     assert estimate_step(LLAMA70B, cluster, job, replace(flat, sharding="zero2"), constants=C,
                          runtime="nemo").step_s > \

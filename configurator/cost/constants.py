@@ -265,6 +265,10 @@ class RuntimeCost:
     reduce_scatter_avg: bool = False
     """Gradients are reduce-scattered with a dividing op (``ReduceOp.AVG`` / ``PREMUL_SUM``: PyTorch FSDP2's
     ``_get_gradient_divide_factors`` for bf16/fp32), which NCCL does not run as PAT (cost/comm.py)."""
+    zero2_reduces_each_microbatch: bool = False
+    """ZeRO-2 reduce-scatters every micro-batch's gradients under pipeline parallelism too (Megatron-FSDP's
+    ``optim_grads``: ``grad_reduce_every_bprop`` in megatron_fsdp.py, whatever the pipeline), as it must to keep
+    only its shard of them; False: under PP it accumulates a micro-batch's gradients and reduces them once per step."""
     sharded_grad_reduce_bytes: int = 0
     """Bytes per gradient element on the wire when the plan shards gradients (ZeRO-2/3, HSDP), where the runtime
     runs those with another reduce dtype than ``grad_reduce_bytes`` (0: the same). Megatron-LM runs them as

@@ -390,7 +390,7 @@ def _stage_times(inp: StepInputs, rates: GpuRates, comm: CommModel, c: CostConst
     full_frac = 0.0
     if plan.recompute == "full" and chunk_layers:
         full_frac = min(1.0, (plan.recompute_num_layers or chunk_layers) / chunk_layers)
-    per_mb_sharding = _per_microbatch_sharding(plan)
+    per_mb_sharding = _per_microbatch_sharding(plan, rt)
     first_layer = True  # each chunk's forward starts with a gather nothing can hide
     # Megatron-Core's clamped GLU syncs the host once per MoE forward (and recompute): cost/launch.py.
     act_syncs = activation_syncs(
@@ -529,7 +529,7 @@ def end_collectives(comm: CommModel, rt: RuntimeCost, plan: Plan, dense: float, 
     """``dense`` / ``expert`` parameters' end-of-step collectives (``EndCollectives``); ``bucket``:
     ``input_bucket``'s (parameters, buckets) where the rank reduces in Megatron's buckets. One formula for
     ``evaluate`` and the search's end-of-step bound (search/bound.py), which must never exceed it."""
-    per_mb = _per_microbatch_sharding(plan)
+    per_mb = _per_microbatch_sharding(plan, rt)
     if plan.sharding == "hsdp":
         # Gradient shards all-reduced across the replicas once per step.
         shard = (dense + expert) / plan.shard_group * grad_wire_bytes(rt, plan.sharding)
@@ -577,14 +577,15 @@ def optimizer_params(plan: Plan, dense: float, expert: float) -> float:
     return dense + expert
 
 
-def _per_microbatch_sharding(plan: Plan) -> str:
+def _per_microbatch_sharding(plan: Plan, rt: RuntimeCost) -> str:
     """Which per-layer, per-micro-batch sharding traffic the plan has: 'zero3' (ZeRO-3 / FSDP / HSDP:
-    gather in forward and backward, reduce-scatter in backward), 'zero2' (ZeRO-2 without pipeline
-    parallelism: reduce-scatter each micro-batch's gradients, no gathers), or '' (none: ZeRO-1,
-    the distributed optimizer, and ZeRO-2 under pipeline parallelism, which reduce once per step)."""
+    gather in forward and backward, reduce-scatter in backward), 'zero2' (ZeRO-2: reduce-scatter each
+    micro-batch's gradients, no gathers; under pipeline parallelism only where the runtime does,
+    ``RuntimeCost.zero2_reduces_each_microbatch``: Megatron-FSDP), or '' (none: ZeRO-1, the distributed
+    optimizer, and ZeRO-2 under pipeline parallelism elsewhere, which reduce once per step)."""
     if plan.sharding in ("zero3", "hsdp"):
         return "zero3"
-    if plan.sharding == "zero2" and plan.pp == 1:
+    if plan.sharding == "zero2" and (plan.pp == 1 or rt.zero2_reduces_each_microbatch):
         return "zero2"
     return ""
 
@@ -763,7 +764,7 @@ def evaluate(inp: StepInputs, constants: CostConstants) -> StepReport:
     end_times = []
     gpu_opt = []
     cpu_opt = []
-    per_mb = _per_microbatch_sharding(plan)
+    per_mb = _per_microbatch_sharding(plan, rt)
     overlap_slowdown = hardware_default("nccl_overlap_compute_slowdown")
     for r in range(pp):
         dense, expert = inp.rank_params[r]

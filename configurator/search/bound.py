@@ -232,10 +232,11 @@ class StructureBounds:
         self._all_params = all_layer_params(model)
         self._template: StepInputs | None = None
         self._runtime = load_runtime_cost(ctx.runtime)
-        self._zero2_ends_as_distopt = \
+        self._zero2_ends_as_distopt = not self._runtime.zero2_reduces_each_microbatch and \
             grad_wire_bytes(self._runtime, "zero2") == grad_wire_bytes(self._runtime, "distopt")
         """Under PP, ZeRO-2's end-of-step terms are the distributed optimizer's (``_end``) where the runtime reduces
-        both in the same dtype (Megatron-FSDP's are bf16, the distributed optimizer's fp32)."""
+        it once per step (not Megatron-FSDP, which reduce-scatters every micro-batch:
+        ``RuntimeCost.zero2_reduces_each_microbatch``) and in the same dtype."""
         self._ends: dict[tuple, tuple[float, float, float, float]] = {}
         self._hbm_Bps: float | None = None
         self._windows: dict[tuple, tuple[float, float]] = {}
@@ -570,7 +571,7 @@ class StructureBounds:
         other layers' exposed parts are >= 0), so each virtual stage's time is at least its distributed-
         optimizer time plus that stage's gather: added here (``_gather_bound``), which rules out most
         ZeRO-3 options without preparing them (DeepSeek-V3 on 512 H800: 1,242 preparations, none costed)."""
-        if _per_microbatch_sharding(plan) == "zero3":
+        if _per_microbatch_sharding(plan, self._runtime) == "zero3":
             return self._gather_bound(plan) * (1.0 - FAMILY_BOUND_SLACK)
         return self.bound(_with_plain_sharding(plan, "distopt", 0)) * (1.0 - FAMILY_BOUND_SLACK)
 
@@ -892,7 +893,8 @@ class StructureBounds:
                 if window is None:
                     window = self._widest_windows_s(_with_plain_sharding(form, "distopt", 0))
                 extra = self._exposed_s(terms, self._with_stage0_gathers(form, window))
-            if _per_microbatch_sharding(form) == "zero3" and not _per_microbatch_sharding(structure):
+            rt = self._runtime
+            if _per_microbatch_sharding(form, rt) == "zero3" and not _per_microbatch_sharding(structure, rt):
                 # Every virtual stage takes at least its ``_stage_gathers`` more than under the distributed
                 # optimizer, so every rank's finish at least m x its stages' sum more (the least over ranks).
                 gathers = self._stage_gathers(form)
@@ -934,6 +936,12 @@ class StructureBounds:
             return float("inf"), float("inf")
         if self._needs_preparation(plan):
             return self._prepared_windows_s(plan)
+        return self._plain_windows_s(plan)
+
+    def _plain_windows_s(self, plan: Plan) -> tuple[float, float]:
+        """``_windows_s`` without the per-micro-batch sharding traffic: from the times of ``plan``'s own knob variants
+        under the distributed optimizer (``_window_variants``)."""
+        rt = self._runtime
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
         layer_key = self.layer_key(plan)
         share = self.plan_share(plan)  # (the times at the plan's own paired EP share, raised for rounding)
@@ -1008,8 +1016,10 @@ class StructureBounds:
         charged again, ``_with_stage0_gathers``); ZeRO-2 without PP adds nothing to the forward, its gather's window.
         It matters for HSDP, whose replica all-reduce ``evaluate`` hides under rank 0's last backward: it grows with
         the replicas (dp), and an infinite window (before) bounded it at the slowdown alone (Qwen3-235B on 131,072
-        H100: HSDP options bounded about 0.1 s under their step)."""
-        return self._with_stage0_gathers(plan, self._windows_s(_with_plain_sharding(plan, "distopt", 0)))
+        H100: HSDP options bounded about 0.1 s under their step). The base is the plan's own knob variants'
+        (``_plain_windows_s``), not its distributed-optimizer form's: the search offers Megatron-FSDP's fewer (no
+        per-layer CUDA graphs beside the EP all-to-all overlap, ``cuda_graph_conflicts``), whose forward is longer."""
+        return self._with_stage0_gathers(plan, self._plain_windows_s(plan))
 
     def _with_stage0_gathers(self, plan: Plan, windows: tuple[float, float]) -> tuple[float, float]:
         """``windows`` (its distributed-optimizer form's) plus virtual stage 0's per-layer gathers and reduce-scatters
@@ -1017,7 +1027,7 @@ class StructureBounds:
         backward window holds, and ``evaluate`` hides nothing under that window there: it only keeps the window an
         upper bound of the backward)."""
         backward, forward = windows
-        kind = _per_microbatch_sharding(plan)
+        kind = _per_microbatch_sharding(plan, self._runtime)
         if not kind or backward == float("inf"):
             return windows
         layers = self._stage_bytes_of(plan)[2][0]
@@ -1035,7 +1045,11 @@ class StructureBounds:
         out = []
         for v in optimistic_plans(plan, ctx.runtime, ctx.model.num_attention_heads, ctx.model.is_moe, ctx.cluster):
             v = self._settled(v)
-            out.append(_with_sharding(v, "distopt") if v.sharding == "zero2" else v)  # as ``_arithmetic``
+            if v.sharding == "zero2" or self._needs_preparation(v):
+                # (as ``_arithmetic``; a sharding with per-micro-batch traffic: its own terms are added by
+                # ``_prepared_windows_s``)
+                v = _with_plain_sharding(v, "distopt", 0)
+            out.append(v)
         return out
 
     def _comm(self, plan: Plan) -> CommModel:
@@ -1093,12 +1107,11 @@ class StructureBounds:
     def needs_preparation(self, plan: Plan) -> bool:
         return self._needs_preparation(plan)
 
-    @staticmethod
-    def _needs_preparation(plan: Plan) -> bool:
-        """Per-micro-batch sharding traffic (ZeRO-3/FSDP/HSDP gathers, ZeRO-2's reduce-scatters without
-        PP): they depend on dp and on each stage's mean layer size. (A partial recompute is timed from
-        per-layer times keyed by the chunk's layer count, ``_times``.)"""
-        return bool(_per_microbatch_sharding(plan))
+    def _needs_preparation(self, plan: Plan) -> bool:
+        """Per-micro-batch sharding traffic (ZeRO-3/FSDP/HSDP gathers, ZeRO-2's reduce-scatters without PP or
+        where the runtime reduces every micro-batch): they depend on dp and on each stage's mean layer size. (A
+        partial recompute is timed from per-layer times keyed by the chunk's layer count, ``_times``.)"""
+        return bool(_per_microbatch_sharding(plan, self._runtime))
 
     def _settled(self, plan: Plan) -> Plan:
         """The plan with a runtime-default EP overlap made explicit: whether Megatron can run it depends on
@@ -1153,8 +1166,9 @@ class StructureBounds:
     def _arithmetic(self, plan: Plan) -> float:
         """``busy_lower_bound`` from the per-layer-key times (no preparation)."""
         if plan.sharding == "zero2":
-            # ZeRO-2 under PP reduces once per step (``_per_microbatch_sharding``): its layers time like
-            # the distributed optimizer's, so they share its layer key.
+            # ZeRO-2 under PP where the runtime reduces once per step (``_per_microbatch_sharding``; the
+            # others need a preparation and never get here): its layers time like the distributed optimizer's,
+            # so they share its layer key.
             plan = _with_sharding(plan, "distopt")
         partial = plan.recompute == "full" and plan.recompute_num_layers > 0
         chunk = self._even_chunk(plan) if partial else 1
