@@ -85,6 +85,11 @@ class Runtime:
     pp_unsharded_grad_bytes: float = 2.0
     """With ``zero3_pp_unsharded``: bytes per parameter of the unsharded gradient accumulated over the
     micro-batches (FSDP2 upcasts it to its fp32 reduce dtype while gradient sync is off: 4)."""
+    sharded_grad_bytes: float = 0.0
+    """Bytes per parameter of the gradient buffers of the sharded-gradient plans (ZeRO-2/3, HSDP) where the runtime
+    keeps them in another dtype than ``grad_bytes`` (0: the same): Megatron-FSDP's main gradients take the compute
+    parameters' dtype unless set (Megatron-Core 0.19.2 ``MixedPrecisionPolicy.main_grads_dtype`` None, from
+    ``--megatron-fsdp-main-grads-dtype auto``), bf16, where the distributed optimizer keeps fp32 main grads."""
     selective_policy: str = "fraction"
     """What selective recompute keeps without a module list: ``fraction`` (``selective_keep_fraction``
     of the layer) or ``op_every_second_mm`` (torchtitan's op-level policy, ``torchtitan_op_sac_bytes``)."""
@@ -949,11 +954,13 @@ def _stage_states(model: ModelSpec, plan: Plan, rt: Runtime,
     out = []
     for s, (num_layers, dense, expert, biggest_layer) in enumerate(table):
         weights = grads = optim = 0.0
+        sharded_grad = plan.sharding in ("zero2", "zero3", "hsdp")
+        grad_b = rt.sharded_grad_bytes if sharded_grad and rt.sharded_grad_bytes else rt.grad_bytes
         for params, group in ((dense, dense_group), (expert, expert_group)):
-            w_b, g_b, o_b = rt.weight_bytes, rt.grad_bytes, rt.optimizer_bytes
+            w_b, g_b, o_b = rt.weight_bytes, grad_b, rt.optimizer_bytes
             if plan.sharding in ("zero1", "distopt", "zero2", "zero3", "hsdp"):
                 o_b /= group
-            if plan.sharding in ("zero2", "zero3", "hsdp"):
+            if sharded_grad:
                 g_b /= group
             if zero3:
                 w_b = rt.zero3_param_bytes / group
@@ -962,13 +969,14 @@ def _stage_states(model: ModelSpec, plan: Plan, rt: Runtime,
             optim += params * o_b
         if zero3:
             # Unsharded working set: two gathered layers (current + prefetch) in bf16 and one layer's
-            # unsharded fp32 gradient before its reduce-scatter; the embedding/head gathered likewise.
+            # unsharded gradient before its reduce-scatter (fp32; the runtime's sharded-gradient dtype where it
+            # has one); the embedding/head gathered likewise.
             # A gathered layer holds its non-expert part over TP and only this rank's experts (EP x ETP).
             biggest = biggest_layer
             if s in (0, plan.pp - 1):
                 biggest = max(biggest, model.padded_vocab_size(plan.tp) * model.hidden_size / plan.tp)
             weights += 2 * 2 * biggest
-            grads += 4 * biggest
+            grads += (rt.sharded_grad_bytes or 4) * biggest
             if plan.pp > 1 and rt.zero3_pp_unsharded:
                 weights += 2 * (dense + expert)
                 grads += rt.pp_unsharded_grad_bytes * (dense + expert)

@@ -299,8 +299,10 @@ def test_offloads_with_full_recompute_decides_as_resolve(model: str, cluster: st
     the search raises such a structure to (its full-recompute form's, with ``options_floor``) is below every
     option's own bound: the search takes the structure as before, only later. The sample must hold structures of the
     new case (where ``needs_full_recompute`` does not hold), and on Qwen3-235B also structures where it does not
-    hold (on DeepSeek-V3/64 GB200 it holds for every structure that needs more than its least form, 252 of 300, and
-    ``needs_full_recompute`` for the rest; on Qwen3-235B/64 H100 for 187 of 300, against 74 where it does not)."""
+    hold. In this sample of 100, of the structures that need more than their least form and not
+    ``needs_full_recompute``: DeepSeek-V3/64 GB200 43 hold, 3 do not; Qwen3-235B/64 H100 2 hold, 44 do not (since
+    session 21, Megatron-FSDP's bf16 gradients let most of its ZeRO-3 forms fit full recompute without offload; 187 of
+    300 held before)."""
     ctx = _ctx(model, cluster, gpus)
     bounds = StructureBounds(ctx, load_calibration())
     answers: list[bool] = []
@@ -326,4 +328,4 @@ def test_offloads_with_full_recompute_decides_as_resolve(model: str, cluster: st
                 for o in exact.options:
                     own = bounds.bound(o.plan) + bounds.end_of_step_bound(o.plan)
                     assert raised <= own * (1 + 1e-12), (structure.describe(), o.plan.describe())
-    assert answers.count(True) >= 10 and (False in answers or model == "deepseek-v3"), answers
+    assert answers.count(True) >= (10 if model == "deepseek-v3" else 1) and False in answers, answers
