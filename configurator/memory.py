@@ -952,10 +952,10 @@ def _stage_states(model: ModelSpec, plan: Plan, rt: Runtime,
         if memo is not None:
             memo[partition] = table
     out = []
+    sharded_grad = plan.sharding in ("zero2", "zero3", "hsdp")
+    grad_b = rt.sharded_grad_bytes if sharded_grad and rt.sharded_grad_bytes else rt.grad_bytes
     for s, (num_layers, dense, expert, biggest_layer) in enumerate(table):
         weights = grads = optim = 0.0
-        sharded_grad = plan.sharding in ("zero2", "zero3", "hsdp")
-        grad_b = rt.sharded_grad_bytes if sharded_grad and rt.sharded_grad_bytes else rt.grad_bytes
         for params, group in ((dense, dense_group), (expert, expert_group)):
             w_b, g_b, o_b = rt.weight_bytes, grad_b, rt.optimizer_bytes
             if plan.sharding in ("zero1", "distopt", "zero2", "zero3", "hsdp"):

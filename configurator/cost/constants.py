@@ -272,8 +272,8 @@ class RuntimeCost:
     sharded_grad_reduce_bytes: int = 0
     """Bytes per gradient element on the wire when the plan shards gradients (ZeRO-2/3, HSDP), where the runtime
     runs those with another reduce dtype than ``grad_reduce_bytes`` (0: the same). Megatron-LM runs them as
-    Megatron-FSDP, which this tool emits with ``--grad-reduce-in-bf16`` as Megatron-FSDP's user guide recommends
-    ("reducing communication volume and accelerating the backward pass"): 2."""
+    Megatron-FSDP, whose gradients take the compute dtype in Megatron-Core 0.19.2 (``--megatron-fsdp-main-grads-dtype
+    auto``; this tool also emits ``--grad-reduce-in-bf16``, as Megatron-FSDP's user guide recommends): 2."""
     ddp_buckets: bool = False
     """Megatron-Core's DDP: gradients are reduced (and parameters gathered) in buckets of
     ``max(40M, 1M x dp)`` parameters (``DDP_BUCKET_MIN_PARAMS``) as the backward makes them ready, so the

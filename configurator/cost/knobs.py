@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from configurator.cost.constants import RuntimeCost, hardware_default
-from configurator.search.space import MEGATRON_FSDP_SHARDINGS
-from configurator.specs.plan import Plan, ep_overlap_conflicts
+from configurator.specs.plan import MEGATRON_FSDP_SHARDINGS, Plan, ep_overlap_conflicts
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -18,8 +18,9 @@ and Megatron-Core's config dataclasses (checked in CI by Megatron's own ``parse_
 * optimizer offload only with the distributed optimizer: Megatron-FSDP's offload fails while the optimizer is
   built in Megatron-Core 0.19 (``search.space.offload_runs``), so such a plan is refused by field;
 * ZeRO-2/3 run as Megatron-FSDP (``--use-megatron-fsdp --data-parallel-sharding-strategy``) with
-  ``--grad-reduce-in-bf16``, one of the flags Megatron-FSDP's user guide recommends, which halves its
-  gradient traffic (the step model costs it so: cost.json ``sharded_grad_reduce_bytes``). Megatron-FSDP
+  ``--grad-reduce-in-bf16``, one of the flags Megatron-FSDP's user guide recommends; in Megatron-Core 0.19.2 its
+  gradients are bf16 anyway (``--megatron-fsdp-main-grads-dtype auto``: the compute dtype), so they cross the
+  network in bf16 (cost.json ``sharded_grad_reduce_bytes``) and are held so (memory.json ``sharded_grad_bytes``). Megatron-FSDP
   keeps Megatron's fused gradient accumulation (the wgrad GEMM writes into the gradient buffer), for which
   Megatron-Core 0.19's adapter asserts Transformer Engine >= 2.10 when it builds the model, minutes into
   the job: the launch script reads the node's Transformer Engine version first and, below 2.10, adds
@@ -41,11 +42,10 @@ from configurator.emit.shell import known_hosts, node_prologue
 from configurator.ep_buffers import DEEPEP_GROUP_SIZES, flex_backend, flex_group_supported
 from configurator.errors import InputError
 from configurator.placement import Placement, groups
-from configurator.search.space import MEGATRON_FSDP_SHARDINGS
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
-from configurator.specs.plan import Plan
+from configurator.specs.plan import MEGATRON_FSDP_SHARDINGS, Plan
 
 PRE_BLACKWELL = ("ampere", "hopper")
 EXPRESSIBLE_FEATURES = {"shared_expert_gate": "--moe-shared-expert-gate"}
@@ -259,7 +259,7 @@ def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
         flag("--use-distributed-optimizer")
         flag("--overlap-grad-reduce")
         flag("--overlap-param-gather")
-    elif plan.sharding in ("zero2", "zero3", "hsdp"):
+    elif plan.sharding in MEGATRON_FSDP_SHARDINGS:
         flag("--use-megatron-fsdp")
         flag("--data-parallel-sharding-strategy", "optim_grads" if plan.sharding == "zero2" else "optim_grads_params")
         if plan.sharding == "hsdp":
@@ -268,7 +268,7 @@ def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
             flag("--outer-dp-sharding-strategy", "no_shard")
         flag("--ckpt-format", "fsdp_dtensor")  # Megatron-FSDP asserts this checkpoint format
         if job.precision != "fp16":
-            # Megatron-FSDP's user guide: bf16 gradient reduction (cost.json sharded_grad_reduce_bytes).
+            # Megatron-FSDP's user guide recommends it (0.19.2 reduces in bf16 by default: sharded_grad_reduce_bytes).
             flag("--grad-reduce-in-bf16")
         flag("--overlap-grad-reduce")
         flag("--overlap-param-gather")
@@ -345,7 +345,7 @@ def fsdp_fusion_check() -> list[str]:
 def needs_single_connection(cluster: ClusterSpec, plan: Plan) -> bool:
     """Megatron asserts CUDA_DEVICE_MAX_CONNECTIONS=1 with TP or CP > 1 before Blackwell, except under
     Megatron-FSDP (ZeRO-2/3), which asserts the opposite (it only warns about the TP/CP combination)."""
-    fsdp = plan.sharding in ("zero2", "zero3", "hsdp")
+    fsdp = plan.sharding in MEGATRON_FSDP_SHARDINGS
     return (plan.tp > 1 or plan.cp > 1) and cluster.gpu.family in PRE_BLACKWELL and not fsdp
 
 

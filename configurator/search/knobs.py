@@ -21,12 +21,12 @@ from configurator.cost.knobs import flex_dispatcher_available
 from configurator.ep_buffers import flex_backend, flex_group_supported
 from configurator.specs.hardware import ClusterSpec
 from configurator.cost.step import StepInputs, StepReport, busy_lower_bound, evaluate
-from configurator.specs.plan import CP_COMMS, Plan, cuda_graph_conflicts, ep_overlap_conflicts, unchecked_replacer
+from configurator.specs.plan import CP_COMMS, MEGATRON_FSDP_SHARDINGS, Plan, cuda_graph_conflicts, ep_overlap_conflicts, \
+    unchecked_replacer
 
 MEGATRON_RUNTIMES = ("megatron", "nemo")
 _with_knobs = unchecked_replacer("tp_overlap", "ep_overlap", "cp_comm", "ep_dispatcher", "cuda_graphs")
 """The plan with its five knobs set (``unchecked_replacer``: the bounds build ~30,000 per search)."""
-_FSDP = ("zero2", "zero3", "hsdp")
 
 
 def dispatcher_choices(plan: Plan, runtime: str, is_moe: bool, cluster: ClusterSpec | None) -> list[str | None]:
@@ -63,7 +63,7 @@ def _knob_choices(plan: Plan, runtime: str, attention_heads: int, is_moe: bool) 
             heads = attention_heads // plan.tp
             cp = [c for c in CP_COMMS if c != "a2a" or heads % plan.cp == 0]
         if plan.cuda_graphs is None and not cuda_graph_conflicts(plan, is_moe) \
-                and not (plan.sharding in _FSDP and ep[-1] is True):
+                and not (plan.sharding in MEGATRON_FSDP_SHARDINGS and ep[-1] is True):
             graphs = [False, True]
     elif runtime == "fsdp" and plan.cp_comm is None and plan.cp > 1:
         cp = ["all_gather", "p2p"]

@@ -24,7 +24,8 @@ from typing import Any
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
-from configurator.specs.plan import SHARDINGS, Plan, balanced_layout, plan_violations, unchecked_replacer
+from configurator.specs.plan import MEGATRON_FSDP_SHARDINGS, SHARDINGS, Plan, balanced_layout, plan_violations, \
+    unchecked_replacer
 
 MAX_MICRO_BATCH = 8
 MIN_TOKENS_PER_CP_RANK = 1024
@@ -173,8 +174,6 @@ def hsdp_shard_group(ctx: SearchContext, plan: Plan) -> int:
     return inside
 
 
-MEGATRON_FSDP_SHARDINGS = ("zero2", "zero3", "hsdp")
-"""Shardings Megatron-LM runs as Megatron-FSDP (``--use-megatron-fsdp``; emit/megatron.py)."""
 MEGATRON_FSDP_RUNTIMES = ("megatron", "nemo")
 """Runtimes whose ZeRO-2/3 plans are Megatron-FSDP's."""
 

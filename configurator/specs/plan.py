@@ -20,6 +20,9 @@ from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
 
 SHARDINGS: tuple[str, ...] = ("none", "zero1", "zero2", "zero3", "distopt", "hsdp")
+MEGATRON_FSDP_SHARDINGS: tuple[str, ...] = ("zero2", "zero3", "hsdp")
+"""The shardings of gradients (and parameters) that Megatron-LM runs as Megatron-FSDP (``--use-megatron-fsdp``;
+emit/megatron.py)."""
 RECOMPUTES: tuple[str, ...] = ("none", "selective", "full")
 CP_COMMS: tuple[str, ...] = ("p2p", "all_gather", "a2a", "a2a+p2p")
 """Megatron's ``--cp-comm-type``: ring of point-to-point exchanges, all-gather of K/V (Llama 3),
@@ -376,7 +379,7 @@ def cuda_graph_conflicts(plan: Plan, is_moe: bool, dropout: bool = False, moe_ro
         out.append("Megatron-Core captures per-layer graphs only without full recompute")
     if is_moe and "moe" in plan.recompute_modules:
         out.append("Megatron-Core cannot recompute the moe module under the moe_router graph")
-    if plan.ep_overlap and plan.sharding in ("zero2", "zero3", "hsdp"):
+    if plan.ep_overlap and plan.sharding in MEGATRON_FSDP_SHARDINGS:
         out.append("Megatron-FSDP's EP all-to-all overlap does not support per-layer graphs")
     if dropout and plan.recompute == "selective":
         modules = plan.recompute_modules or ("core_attn",)
