@@ -3,11 +3,12 @@
 Megatron-Core 0.19's ``HybridDeviceOptimizer`` copies every parameter with ``.cpu().pin_memory()``, which fails on
 Megatron-FSDP's sharded DTensor parameters while the optimizer is built (NVIDIA/Megatron-LM#1986;
 ``search.space.offload_runs``). So the search gives Megatron-LM no ZeRO-2/3/HSDP option with an offload fraction,
-``emit`` refuses one by field, ``estimate`` warns, and DeepSpeed (whose ZeRO offloads) keeps them.
+``emit`` refuses one by field, ``estimate`` warns (text and JSON), and DeepSpeed (whose ZeRO offloads) keeps them.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -67,10 +68,21 @@ def test_estimate_warns_and_emit_refuses_offload_under_megatron_fsdp(tmp_path) -
     plan = Plan(dp=16, sharding="zero2", offload=0.5)
     assert any("Megatron-LM#1986" in w for w in megatron_warnings(plan, "hopper"))
     assert not any("#1986" in w for w in megatron_warnings(Plan(dp=16, offload=0.5), "hopper"))
+    job = ["--model", "llama3-8b", "--cluster", "dgx-h100", "--num-gpus", "16", "--seq-len", "4096",
+           "--global-batch", "64", "--sharding", "zero2", "--offload", "0.5"]
+    # ``estimate`` says so, in its text and its JSON (``runtime_warnings``, the key ``plan``'s JSON uses), under
+    # Megatron's runtimes only: DeepSpeed's ZeRO-2 offloads.
+    for runtime, expected in (("megatron", True), ("deepspeed", False)):
+        est = subprocess.run([sys.executable, "-m", "configurator.cli", "estimate", *job, "--runtime", runtime, "--json"],
+                             capture_output=True, text=True, timeout=120)
+        assert est.returncode == 0, est.stderr
+        warned = json.loads(est.stdout).get("runtime_warnings", [])
+        assert any("#1986" in w for w in warned) == expected, (runtime, warned)
+    text = subprocess.run([sys.executable, "-m", "configurator.cli", "estimate", *job], capture_output=True, text=True,
+                          timeout=120)
+    assert text.returncode == 0 and "Megatron-FSDP" in text.stdout.replace("\n", " "), text.stdout
     out = tmp_path / "out"
-    args = ["emit", "--model", "llama3-8b", "--cluster", "dgx-h100", "--num-gpus", "16", "--seq-len", "4096",
-            "--global-batch", "64", "--sharding", "zero2", "--offload", "0.5", "--framework", "megatron",
-            "--out", str(out)]
+    args = ["emit", *job, "--framework", "megatron", "--out", str(out)]
     proc = subprocess.run([sys.executable, "-m", "configurator.cli", *args], capture_output=True, text=True,
                           timeout=120)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
