@@ -28,13 +28,11 @@ from configurator.cli_options import (CalibrationOpt, ClusterOpt, CpOpt, DpOpt, 
                                       PlanJsonOpt, RecomputeModulesOpt, ShardGroupOpt, TpOverlapOpt, _request_plan)
 from configurator.cli_bands import register as register_bands
 from configurator.cli_tools import register as register_tools
-from configurator.cost.knobs import megatron_warnings
 from configurator.cost.step import estimate_step
 from configurator.errors import EnvironmentProblem, InputError
 from configurator.gpu_figures import gpu_figures, gpu_line
 from configurator.memory import RUNTIMES, estimate_memory
 from configurator.profiles import GIB, cluster_names, load_cluster, load_model, model_names, model_published
-from configurator.recompute import MEGATRON_RUNTIMES
 from configurator.render import band_text, estimate_dict, knob_defaults, memory_table, print_best_band, step_table
 from configurator.search.space import FRAMEWORK_RUNTIME
 
@@ -372,10 +370,6 @@ def estimate(
         except OSError as exc:
             raise EnvironmentProblem("svg", str(svg), f"cannot write ({exc.strerror})") from None
     result = estimate_dict(spec, hw, job, plan, memory, chosen, step)
-    # What Megatron-LM warns about or cannot run for this plan (``plan``'s JSON has them per plan, the same key).
-    runtime_warnings = megatron_warnings(plan, hw.gpu.family) if runtime in MEGATRON_RUNTIMES else []
-    if runtime_warnings:
-        result["runtime_warnings"] = runtime_warnings
     if placement is not None:  # from --plan-json: kept in the JSON, so the output can be read back in turn
         result["placement"] = placement.as_dict(hw)
     if as_json:
@@ -403,7 +397,7 @@ def estimate(
                   f"(of {step.peak_flops / 1e12:.0f} TFLOP/s {precision} peak; bubble "
                   f"{100 * step.bubble_fraction:.1f}%)")
     console.print(band_text(band))
-    for warning in [*runtime_warnings, *band.warnings]:
+    for warning in [*result.get("runtime_warnings", []), *band.warnings]:
         console.print(f"[yellow]warning[/yellow]: {warning}")
 
 

@@ -11,6 +11,7 @@ from configurator.cost.step import StepReport
 from configurator.gpu_figures import gpu_figures
 from configurator.memory import MemoryReport
 from configurator.profiles import GIB
+from configurator.recompute import MEGATRON_RUNTIMES
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
@@ -71,6 +72,11 @@ def estimate_dict(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
     add_band(out, band_for(model, cluster, job, plan, memory.runtime,
                            step.tokens_per_s_per_gpu if step is not None else 0.0,
                            memory.peak_bytes, memory.capacity_bytes))
+    # What Megatron-LM warns about or cannot run (its runtimes only): ``estimate`` and ``POST /v1/estimate`` show a
+    # plan the user gave; ``search_plans_dicts`` keeps it for the search's plans.
+    warnings = megatron_warnings(plan, cluster.gpu.family) if memory.runtime in MEGATRON_RUNTIMES else []
+    if warnings:
+        out["runtime_warnings"] = warnings
     return out
 
 
@@ -151,7 +157,7 @@ def search_plans_dicts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, ran
     for r in ordered:
         e = r.evaluated
         d = estimate_dict(model, cluster, job, e.plan, e.memory, [e.why], e.step)
-        warnings = megatron_warnings(e.plan, cluster.gpu.family)
+        warnings = d.get("runtime_warnings") or megatron_warnings(e.plan, cluster.gpu.family)
         if warnings:
             d["runtime_warnings"] = warnings
         placement = e.placement

@@ -94,3 +94,20 @@ def test_estimate_warns_and_emit_refuses_offload_under_megatron_fsdp(tmp_path) -
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "--optimizer-cpu-offload" in (out / "megatron_args.txt").read_text()
+
+
+def test_the_services_estimate_warns_of_offload_under_megatron_fsdp(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``POST /v1/estimate`` builds its answer as ``estimate`` does (``render.estimate_dict``): the same
+    ``runtime_warnings``."""
+    from fastapi.testclient import TestClient
+
+    from configurator.service.app import create_app
+
+    body = {"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 16, "seq_len": 4096, "global_batch": 64,
+            "sharding": "zero2", "offload": 0.5}
+    with TestClient(create_app(f"sqlite:///{tmp_path / 's.db'}", workers=1)) as client:
+        est = client.post("/v1/estimate", json=body)
+        plain = client.post("/v1/estimate", json={**body, "sharding": "distopt"})
+    assert est.status_code == 200 and plain.status_code == 200, (est.text, plain.text)
+    assert any("#1986" in w for w in est.json()["runtime_warnings"])
+    assert not any("#1986" in w for w in plain.json().get("runtime_warnings", []))
