@@ -95,7 +95,7 @@ TpOverlapOpt = Annotated[Optional[bool], typer.Option(
     "torchtitan async TP; needs --sp). Default: the runtime's (profiles/cost.json; off for megatron).")]
 EpOverlapOpt = Annotated[Optional[bool], typer.Option(
     "--ep-overlap/--no-ep-overlap", help="MoE all-to-all overlapped with compute (Megatron "
-    "--overlap-moe-expert-parallel-comm; needs ep > 1, vpp > 1 under pp, no full recompute). Default: the runtime's.")]
+    "--overlap-moe-expert-parallel-comm; needs ep > 1, vpp > 1 under pp, no full recompute; under Megatron-FSDP pp 1). Default: the runtime's.")]
 CpCommOpt = Annotated[Optional[str], typer.Option(
     "--cp-comm", help="Context-parallel exchange, Megatron --cp-comm-type: p2p|all_gather|a2a|a2a+p2p (needs cp > 1). "
     "Default: the runtime's (p2p for megatron).")]

@@ -401,6 +401,25 @@ def test_megatron_fsdp_runs_unfused_gradient_accumulation_where_transformer_engi
     assert "FSDP_ARGS" not in (tmp_path / "ddp" / "launch_megatron.sh").read_text()
 
 
+def test_megatron_refuses_the_ep_overlap_under_a_megatron_fsdp_pipeline(validators, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Megatron-Core's combined 1F1B schedule asserts that Megatron-FSDP runs the EP overlap only without an
+    interleaved pipeline (``ep_overlap_conflicts``, which keeps such plans out of the search and emit). The check
+    applies that condition (read from Megatron's source): the distributed-optimizer plan launches, and the same
+    launch switched to Megatron-FSDP by hand is refused."""
+    plan = Plan(dp=8, pp=2, vpp=2, ep=2, ep_overlap=True)
+    emit(_request("mixtral-8x7b", "dgx-h100", 16, 4096, 64, plan), "megatron", tmp_path / "distopt")
+    fsdp = tmp_path / "fsdp"
+    emit(_request("mixtral-8x7b", "dgx-h100", 16, 4096, 64, plan), "megatron", fsdp)
+    args = (fsdp / "megatron_args.txt").read_text()
+    assert args.count("--use-distributed-optimizer\n") == 1
+    (fsdp / "megatron_args.txt").write_text(args.replace(
+        "--use-distributed-optimizer\n", "--use-megatron-fsdp\n--data-parallel-sharding-strategy\noptim_grads\n"
+        "--ckpt-format\nfsdp_dtensor\n--no-gradient-accumulation-fusion\n"))
+    distopt, refused = run_megatron([f"{launched(tmp_path / name, tmp_path)}:hopper" for name in ("distopt", "fsdp")])
+    assert distopt["ok"] and distopt["overlap_moe_expert_parallel_comm"] and not distopt["use_megatron_fsdp"], distopt
+    assert not refused["ok"] and "EP overlap 1F1B with FSDP is not supported" in refused["error"], refused
+
+
 DEEPSPEED_CASES = {
     "zero3-partial-offload": ("llama3-70b", "dgx-h100", 64, 8192, 256,
                               Plan(dp=64, sharding="zero3", recompute="full", offload=0.4, micro_batch=2)),

@@ -351,13 +351,18 @@ def plan_violations(model: ModelSpec, job: JobSpec, plan: Plan, num_gpus: int | 
 
 def ep_overlap_conflicts(plan: Plan) -> list[str]:
     """Why Megatron-Core refuses ``--overlap-moe-expert-parallel-comm`` for this plan (its
-    TransformerConfig assertions), [] when it runs: the overlap needs expert parallelism, an
-    interleaved schedule under pipeline parallelism, and no full recompute or recomputed MoE module."""
+    TransformerConfig assertions and its schedule's), [] when it runs: the overlap needs expert parallelism, an
+    interleaved schedule under pipeline parallelism, and no full recompute or recomputed MoE module. Under
+    Megatron-FSDP it needs pp 1: Megatron-Core 0.19's combined 1F1B schedule asserts "EP overlap 1F1B with FSDP is
+    not supported for interleaved pipeline parallelism" (combined_1f1b.py) on the first step, and pp > 1 needs the
+    interleaved schedule. Only Megatron runs the overlap, so a ZeRO sharding here is Megatron-FSDP."""
     out = []
     if plan.ep == 1:
         out.append("needs expert parallelism (ep > 1)")
     if plan.pp > 1 and plan.vpp == 1:
         out.append("needs an interleaved schedule (vpp > 1) when pp > 1")
+    elif plan.pp > 1 and plan.sharding in MEGATRON_FSDP_SHARDINGS:
+        out.append("cannot run under Megatron-FSDP with pipeline parallelism (pp > 1)")
     if plan.recompute == "full":
         out.append("cannot run with full recompute")
     if "moe" in plan.recompute_modules:

@@ -7,7 +7,8 @@ the words after ``pretrain_gpt.py``, and CUDA_DEVICE_MAX_CONNECTIONS is set exac
 it. Then ``parse_args`` + ``validate_args`` run, the TransformerConfig, the OptimizerConfig and the DDP
 config are built as ``pretrain_gpt.py`` would, and Megatron's ``RankGenerator`` groups (order
 tp-cp-ep-dp-pp); Megatron-FSDP's adapter requirement on the node's Transformer Engine (``node_te_version``,
-``fsdp_fusion_requirement``) is applied to the parsed arguments. Prints one JSON object per record:
+``fsdp_fusion_requirement``) and its combined 1F1B schedule's refusal of the EP overlap under a pipeline
+(``fsdp_refuses_pipelined_ep_overlap``) are applied to the parsed arguments. Prints one JSON object per record:
 {"dir": RECORD, "ok": true, "groups": {...}, "model": {...}} or {"dir": ..., "ok": false, "error": ...};
 exit 1 if any was rejected.
 """
@@ -29,6 +30,8 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # tests/: launc
 from launch_stubs import TRANSFORMER_ENGINE_VERSION  # noqa: E402
 
 FSDP_ADAPTER = "megatron/core/distributed/fsdp/mcore_fsdp_adapter.py"
+COMBINED_1F1B = "megatron/core/pipeline_parallel/combined_1f1b.py"
+_FSDP_EP_OVERLAP_REFUSED = "EP overlap 1F1B with FSDP is not supported for interleaved"  # (one literal there)
 _FSDP_FUSION_NEEDS = re.compile(r'if config\.gradient_accumulation_fusion:\s*assert is_te_min_version\("([0-9.]+)"\)')
 
 
@@ -43,15 +46,27 @@ def node_te_version(env: dict[str, str]) -> str:
     return found[0] if found else TRANSFORMER_ENGINE_VERSION
 
 
+def _megatron_source(relative: str) -> str:
+    """The text of one of Megatron's source files ("" where this Megatron has none)."""
+    import megatron
+
+    source = Path(next(iter(megatron.__path__))).resolve().parent / relative  # (a namespace package)
+    return source.read_text() if source.is_file() else ""
+
+
 def fsdp_fusion_requirement() -> str | None:
     """The Transformer Engine version Megatron-FSDP's adapter asserts for fused gradient accumulation, read from
     Megatron-Core's own source (None where this Megatron has no such check). The adapter runs while the model is
     built on GPUs, which this check cannot do, so its condition is applied to the parsed arguments here."""
-    import megatron
-
-    source = Path(next(iter(megatron.__path__))).resolve().parent / FSDP_ADAPTER  # (a namespace package)
-    match = _FSDP_FUSION_NEEDS.search(source.read_text()) if source.is_file() else None
+    match = _FSDP_FUSION_NEEDS.search(_megatron_source(FSDP_ADAPTER))
     return match.group(1) if match else None
+
+
+def fsdp_refuses_pipelined_ep_overlap() -> bool:
+    """Whether Megatron-Core's combined 1F1B schedule asserts that Megatron-FSDP runs the EP all-to-all overlap
+    only without an interleaved pipeline (which pipeline parallelism needs for the overlap), read from its own
+    source. The schedule asserts on the first step, on GPUs, so the condition is applied to the parsed arguments."""
+    return _FSDP_EP_OVERLAP_REFUSED in _megatron_source(COMBINED_1F1B)
 
 
 def _provided_by_transformer_engine(*args: object, **kwargs: object) -> None:
@@ -142,6 +157,9 @@ def check(record: Path) -> dict:
                 raise AssertionError(f"Megatron-FSDP with gradient_accumulation_fusion requires Transformer Engine "
                                      f"version {needs} or higher ({FSDP_ADAPTER}; the node has "
                                      f"{node_te_version(env)})")
+            if (args.use_megatron_fsdp and args.overlap_moe_expert_parallel_comm
+                    and args.pipeline_model_parallel_size > 1 and fsdp_refuses_pipelined_ep_overlap()):
+                raise AssertionError(f"{_FSDP_EP_OVERLAP_REFUSED} pipeline parallelism ({COMBINED_1F1B})")
             config = core_transformer_config_from_args(args)
             optimizer_config, _ = get_megatron_optimizer_config(args)
             ddp_kwargs = {f: getattr(args, f) for f in DistributedDataParallelConfig.__dataclass_fields__
