@@ -77,19 +77,24 @@ class Runtime:
     """(reserved - allocated) / allocated of the caching allocator at peak."""
     pipe_buffers: int
     """Stage-boundary activations kept per in-flight micro-batch (DeepSpeed's pipe buffers)."""
-    zero3_pp_unsharded: bool
-    """With pp > 1, ZeRO-3 keeps the stage's bf16 parameters and grads unsharded (torchtitan)."""
+    fsdp_pp_unsharded: bool
+    """With pp > 1, ZeRO-3 and ZeRO-2 keep the stage's bf16 parameters and grads unsharded (torchtitan: PyTorch's
+    pipeline stage turns resharding after backward and gradient sync off but on the last micro-batch)."""
     grad_bucket_bytes: float = 0.0
     """A fixed gradient-reduction buffer per rank (DeepSpeed ZeRO-1/2's contiguous IPG bucket of
     ``reduce_bucket_size`` elements), bytes; counted with the grads."""
     pp_unsharded_grad_bytes: float = 2.0
-    """With ``zero3_pp_unsharded``: bytes per parameter of the unsharded gradient accumulated over the
+    """With ``fsdp_pp_unsharded``: bytes per parameter of the unsharded gradient accumulated over the
     micro-batches (FSDP2 upcasts it to its fp32 reduce dtype while gradient sync is off: 4)."""
     sharded_grad_bytes: float = 0.0
     """Bytes per parameter of the gradient buffers of the sharded-gradient plans (ZeRO-2/3, HSDP) where the runtime
     keeps them in another dtype than ``grad_bytes`` (0: the same): Megatron-FSDP's main gradients take the compute
     parameters' dtype unless set (Megatron-Core 0.19.2 ``MixedPrecisionPolicy.main_grads_dtype`` None, from
     ``--megatron-fsdp-main-grads-dtype auto``), bf16, where the distributed optimizer keeps fp32 main grads."""
+    zero2_param_bytes: float = 0.0
+    """Bytes per parameter of the sharded parameter kept beside the unsharded compute copy under ZeRO-2 where that
+    shard is the master (FSDP2's reshard_after_forward False, FSDP1's SHARD_GRAD_OP: ``master_bytes`` 0); 0 where
+    the master is counted with the optimizer (Megatron-FSDP, DeepSpeed)."""
     selective_policy: str = "fraction"
     """What selective recompute keeps without a module list: ``fraction`` (``selective_keep_fraction``
     of the layer) or ``op_every_second_mm`` (torchtitan's op-level policy, ``torchtitan_op_sac_bytes``)."""
@@ -964,6 +969,8 @@ def _stage_states(model: ModelSpec, plan: Plan, rt: Runtime,
                 g_b /= group
             if zero3:
                 w_b = rt.zero3_param_bytes / group
+            elif plan.sharding == "zero2":
+                w_b += rt.zero2_param_bytes / group
             weights += params * w_b
             grads += params * g_b
             optim += params * o_b
@@ -977,9 +984,12 @@ def _stage_states(model: ModelSpec, plan: Plan, rt: Runtime,
                 biggest = max(biggest, model.padded_vocab_size(plan.tp) * model.hidden_size / plan.tp)
             weights += 2 * 2 * biggest
             grads += (rt.sharded_grad_bytes or 4) * biggest
-            if plan.pp > 1 and rt.zero3_pp_unsharded:
+            if plan.pp > 1 and rt.fsdp_pp_unsharded:
                 weights += 2 * (dense + expert)
                 grads += rt.pp_unsharded_grad_bytes * (dense + expert)
+        elif plan.sharding == "zero2" and plan.pp > 1 and rt.fsdp_pp_unsharded:
+            # (ZeRO-2's bf16 parameters are whole already; the gradients accumulate unsharded over the micro-batches)
+            grads += rt.pp_unsharded_grad_bytes * (dense + expert)
         if plan.sharding in ("zero1", "zero2"):
             grads += rt.grad_bucket_bytes
         out.append((num_layers, int(dense + expert), weights, grads, optim))

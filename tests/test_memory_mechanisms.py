@@ -198,6 +198,27 @@ def test_torchtitan_pp_holds_fp32_unsharded_grads() -> None:
     assert fsdp.pp_unsharded_grad_bytes == 4
 
 
+def test_torchtitan_zero2_holds_the_whole_bf16_stage_beside_its_fp32_shards() -> None:
+    """FSDP2's ZeRO-2 (reshard_after_forward never) keeps every layer's bf16 copy from its forward to its backward,
+    beside the fp32 shard that is its master (there is no other: ``master_bytes`` 0); under pipeline parallelism
+    PyTorch's stage turns gradient sync off but on the last micro-batch, so the gradients accumulate unsharded
+    (fp32, FSDP2's reduce dtype) as under ZeRO-3. Hand-computed per parameter of the stage, dp 8."""
+    cluster = load_cluster("dgx-h100", num_gpus=16)
+    job = JobSpec(global_batch=16, seq_len=2048)
+    fsdp = load_runtime("fsdp")
+    assert fsdp.master_bytes == 0 and fsdp.zero2_param_bytes == 4 and fsdp.fsdp_pp_unsharded
+    flat = estimate_memory(LLAMA8B, cluster, job, Plan(dp=16, sharding="zero2"), runtime=fsdp).stages[0]
+    assert flat.weights_bytes == pytest.approx((2 + 4 / 16) * flat.params, rel=1e-6)
+    assert flat.grads_bytes == pytest.approx(4 / 16 * flat.params, rel=1e-6)
+    piped = estimate_memory(LLAMA8B, cluster, job, Plan(pp=2, dp=8, sharding="zero2"), runtime=fsdp).stages[0]
+    assert piped.weights_bytes == pytest.approx((2 + 4 / 8) * piped.params, rel=1e-6)
+    assert piped.grads_bytes == pytest.approx((4 / 8 + 4) * piped.params, rel=1e-6)
+    # Megatron-FSDP's ZeRO-2 keeps its fp32 master with the optimizer and reduce-scatters every micro-batch.
+    megatron = estimate_memory(LLAMA8B, cluster, job, Plan(pp=2, dp=8, sharding="zero2")).stages[0]
+    assert megatron.weights_bytes == pytest.approx(2 * megatron.params, rel=1e-6)
+    assert megatron.grads_bytes == pytest.approx(2 / 8 * megatron.params, rel=1e-6)
+
+
 def test_hsdp_shards_inside_the_group_only() -> None:
     cluster = load_cluster("dgx-h100", num_gpus=64)
     job = JobSpec(global_batch=64, seq_len=4096)
