@@ -156,10 +156,8 @@ def search_plans_dicts(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, ran
     ordered = rank_plans(model, cluster, job, ranked, objective=objective, oom_risk=oom_risk, top=top)
     for r in ordered:
         e = r.evaluated
+        # (``estimate_dict`` adds Megatron's warnings under its runtimes only: a DeepSpeed plan carries none)
         d = estimate_dict(model, cluster, job, e.plan, e.memory, [e.why], e.step)
-        warnings = d.get("runtime_warnings") or megatron_warnings(e.plan, cluster.gpu.family)
-        if warnings:
-            d["runtime_warnings"] = warnings
         placement = e.placement
         d["placement"] = (placement.as_dict(cluster) if placement is not None else
                           {"node_order": list(range(cluster.num_nodes)), "gpu_order": None,

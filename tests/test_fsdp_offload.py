@@ -15,6 +15,7 @@ import sys
 from configurator import JobSpec, Plan, load_cluster, load_model
 from configurator.cost.knobs import megatron_warnings
 from configurator.margin import parse_margin
+from configurator.render import search_plans_dicts
 from configurator.search.optimize import search
 from configurator.search.resolve import resolve
 from configurator.search.space import MEGATRON_FSDP_SHARDINGS, SearchContext, max_offload, offload_runs
@@ -62,6 +63,20 @@ def test_the_search_never_offloads_under_megatron_fsdp() -> None:
     plans = [e.plan for e in result.ranked]
     assert plans and any(p.sharding in MEGATRON_FSDP_SHARDINGS for p in plans)
     assert not [p.describe() for p in plans if p.sharding in MEGATRON_FSDP_SHARDINGS and p.offload > 0]
+
+
+def test_deepspeed_plans_carry_no_megatron_warnings() -> None:
+    """DeepSpeed's ZeRO-2/3 offload (ZeRO-Offload): the plan list must not tell its users that Megatron-FSDP cannot
+    (``search_plans_dicts`` added Megatron's warnings to every runtime's plans)."""
+    ctx = _ctx("deepspeed", "deepspeed", 8, 32, 4096)
+    plans = search_plans_dicts(ctx.model, ctx.cluster, ctx.job, list(search(ctx, top_k=5).ranked))
+    assert any(d["plan"]["sharding"] in ("zero2", "zero3") and d["plan"]["offload"] > 0 for d in plans)
+    assert not [d["runtime_warnings"] for d in plans if "runtime_warnings" in d]
+    # Under Megatron's runtime, a Megatron-FSDP plan with TP before Blackwell still carries its warning.
+    megatron = _ctx("megatron", "megatron", 64, 256, 8192)
+    dicts = search_plans_dicts(megatron.model, megatron.cluster, megatron.job,
+                               list(search(megatron, top_k=10).ranked))
+    assert any(d.get("runtime_warnings") for d in dicts)
 
 
 def test_estimate_warns_and_emit_refuses_offload_under_megatron_fsdp(tmp_path) -> None:  # type: ignore[no-untyped-def]
