@@ -229,8 +229,6 @@ class RuntimeCost:
     """Distributed-optimizer parameter all-gather overlapped with the next step's first forward."""
     grad_reduce_bytes: int
     """Bytes per gradient element on the wire in the data-parallel reduction."""
-    zero3_per_microbatch: bool
-    """ZeRO-3/FSDP gathers parameters (and reduces gradients) in every micro-batch."""
     selective_recompute: str
     """'attention' (Megatron: the core-attention forward is recomputed) or 'ops' (torchtitan's
     op-level policy: every second matmul is recomputed)."""
