@@ -270,11 +270,14 @@ def test_plans_torchtitan_cannot_run_are_refused_with_the_reason() -> None:
         (no_aux_loss("deepseek-v3"), Plan(pp=2, dp=4, sharding="zero3"), "MTP"),
         (llama, Plan(dp=2, cp=4, sharding="hsdp", shard_group=2), "replicas must divide"),
         (moe, Plan(dp=8, ep=8, sharding="hsdp", shard_group=4), "not the HSDP replicas"),
+        # 64 / (dp 4 x mb 4) = 4 micro-batches under 8 stages: PyTorch's Schedule1F1B raises; 8 run.
+        (llama, Plan(pp=8, dp=4, micro_batch=4, sharding="zero3"), "Schedule1F1B"),
     ]
     for model, plan, reason in cases:
         reasons = unsupported(model, plan, job)
         assert reasons and reason in reasons[0], (plan.describe(), reasons)
     assert unsupported(llama, Plan(dp=8, sharding="zero3", offload=1.0), job) == []
+    assert unsupported(llama, Plan(pp=8, dp=4, micro_batch=2, sharding="zero3"), job) == []
     assert unsupported(llama, Plan(dp=8, sharding="zero3"), JobSpec(global_batch=64, seq_len=4096, precision="fp16"))
 
 

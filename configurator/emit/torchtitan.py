@@ -176,6 +176,11 @@ def unsupported(model: ModelSpec, plan: Plan, job: JobSpec) -> list[str]:
         out.append("torchtitan 0.3.0's MTP does not support pipeline or context parallelism")
     if model.tied_embeddings and plan.pp > 1:
         out.append("torchtitan does not tie embeddings under pipeline parallelism")
+    if plan.pp > 1 and plan.vpp == 1 and job.global_batch % (plan.dp * plan.micro_batch) == 0 \
+            and plan.num_microbatches(job) < plan.pp:
+        # (Megatron's 1F1B runs fewer; the interleaved schedule's rule is plan_violations')
+        out.append(f"{plan.num_microbatches(job)} micro-batches under pp={plan.pp}: PyTorch's Schedule1F1B, "
+                   "which torchtitan runs, refuses fewer micro-batches than stages")
     return out
 
 
