@@ -248,7 +248,7 @@ def plan(
     versus_text = (versus_line(ctx, ranked[0].step, reference, constants, best_plan=ranked[0].plan)
                    if reference is not None else None)
     from configurator.conventional import conventional_plan
-    from configurator.render import conventional_dict, print_conventional
+    from configurator.render import conventional_dict, print_conventional, runtime_warnings
 
     conv = conventional_plan(ctx, constants)
     from configurator.anchor import measured_job
@@ -275,6 +275,8 @@ def plan(
     console.print(plans_table(ranked, hw.gpu_memory_bytes / GIB, spec, hw, job, objective=objective, oom_risk=oom_risk))
     best = ranked[0]
     console.print(f"best: {best.plan.describe()} — {best.why}")
+    for warning in runtime_warnings(best.plan, hw, ctx.runtime):
+        console.print(f"  [yellow]warning[/yellow]: {escape(warning)}")
     print_best_band(console, spec, hw, job, ranked, objective=objective, oom_risk=oom_risk)
     print_conventional(console, spec, hw, job, best, conv)
     if anchor is not None:

@@ -72,12 +72,17 @@ def estimate_dict(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
     add_band(out, band_for(model, cluster, job, plan, memory.runtime,
                            step.tokens_per_s_per_gpu if step is not None else 0.0,
                            memory.peak_bytes, memory.capacity_bytes))
-    # What Megatron-LM warns about or cannot run (its runtimes only): ``estimate`` and ``POST /v1/estimate`` show a
-    # plan the user gave; ``search_plans_dicts`` keeps it for the search's plans.
-    warnings = megatron_warnings(plan, cluster.gpu.family) if memory.runtime in MEGATRON_RUNTIMES else []
+    # ``estimate`` and ``POST /v1/estimate`` show a plan the user gave; ``search_plans_dicts`` the search's plans.
+    warnings = runtime_warnings(plan, cluster, memory.runtime)
     if warnings:
         out["runtime_warnings"] = warnings
     return out
+
+
+def runtime_warnings(plan: Plan, cluster: ClusterSpec, runtime: str) -> list[str]:
+    """What Megatron-LM warns about or cannot run for ``plan`` (``megatron_warnings``), under its runtimes only:
+    a DeepSpeed or torchtitan plan gets none."""
+    return megatron_warnings(plan, cluster.gpu.family) if runtime in MEGATRON_RUNTIMES else []
 
 
 def add_band(out: dict[str, Any], band: Band) -> dict[str, Any]:

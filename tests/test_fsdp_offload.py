@@ -9,6 +9,8 @@ Megatron-FSDP's sharded DTensor parameters while the optimizer is built (NVIDIA/
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -72,11 +74,16 @@ def test_deepspeed_plans_carry_no_megatron_warnings() -> None:
     plans = search_plans_dicts(ctx.model, ctx.cluster, ctx.job, list(search(ctx, top_k=5).ranked))
     assert any(d["plan"]["sharding"] in ("zero2", "zero3") and d["plan"]["offload"] > 0 for d in plans)
     assert not [d["runtime_warnings"] for d in plans if "runtime_warnings" in d]
-    # Under Megatron's runtime, a Megatron-FSDP plan with TP before Blackwell still carries its warning.
+    # Under Megatron's runtime, a Megatron-FSDP plan with TP or CP before Blackwell carries Megatron's warning, ZeRO-2
+    # (Megatron-FSDP's optim_grads) as well as ZeRO-3: the README job's leader is a TP4 CP2 ZeRO-2 plan.
     megatron = _ctx("megatron", "megatron", 64, 256, 8192)
     dicts = search_plans_dicts(megatron.model, megatron.cluster, megatron.job,
                                list(search(megatron, top_k=10).ranked))
-    assert any(d.get("runtime_warnings") for d in dicts)
+    for d in dicts:
+        plan = d["plan"]
+        fsdp_tp = plan["sharding"] in MEGATRON_FSDP_SHARDINGS and (plan["tp"] > 1 or plan["cp"] > 1)
+        assert fsdp_tp == any("CUDA_DEVICE_MAX_CONNECTIONS" in w for w in d.get("runtime_warnings", [])), plan
+    assert any(d["plan"]["sharding"] == "zero2" and d.get("runtime_warnings") for d in dicts)
 
 
 def test_estimate_warns_and_emit_refuses_offload_under_megatron_fsdp(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -126,3 +133,19 @@ def test_the_services_estimate_warns_of_offload_under_megatron_fsdp(tmp_path) ->
     assert est.status_code == 200 and plain.status_code == 200, (est.text, plain.text)
     assert any("#1986" in w for w in est.json()["runtime_warnings"])
     assert not any("#1986" in w for w in plain.json().get("runtime_warnings", []))
+
+
+def test_plan_text_shows_the_best_plans_megatron_warnings() -> None:
+    """``plan``'s text output names what Megatron warns about for the best plan (before, only its JSON did): the
+    README job's leader is Megatron-FSDP with TP and CP on Hopper, which Megatron warns against."""
+    job = ["--model", "llama3-70b", "--cluster", "dgx-h100", "--num-gpus", "64", "--seq-len", "8192",
+           "--global-batch", "256", "--workers", "1"]
+    out = subprocess.run([sys.executable, "-m", "configurator.cli", "plan", *job], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "COLUMNS": "300"})
+    assert out.returncode == 0, out.stderr
+    best = next(line for line in out.stdout.splitlines() if line.startswith("best: "))
+    warned = [line for line in out.stdout.splitlines() if "warning: Megatron-FSDP" in line]
+    fsdp = re.search(r" (zero2|zero3|hsdp\d+) ", best) is not None  # (describe() writes HSDP as hsdp<group>)
+    fsdp_tp_cp = fsdp and ("TP1 " not in best or "CP1 " not in best)
+    assert bool(warned) == fsdp_tp_cp, out.stdout
+    assert all("CUDA_DEVICE_MAX_CONNECTIONS" in line for line in warned)

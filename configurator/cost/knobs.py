@@ -67,9 +67,12 @@ def megatron_warnings(plan: Plan, gpu_family: str) -> list[str]:
     it larger, so combining them costs one side its overlap."""
     out = []
     if gpu_family in ("ampere", "hopper") and (plan.tp > 1 or plan.cp > 1):
-        if plan.sharding in ("zero3", "hsdp"):
-            out.append("FSDP with tensor/context parallelism on Hopper or older: Megatron warns they need "
-                       "different CUDA_DEVICE_MAX_CONNECTIONS settings (1 for TP/SP, unset for FSDP)")
+        if plan.sharding in MEGATRON_FSDP_SHARDINGS:
+            # (ZeRO-2 runs as Megatron-FSDP's optim_grads too: validate_args warns on --use-megatron-fsdp)
+            out.append("Megatron-FSDP (ZeRO-2/3, HSDP) with tensor/context parallelism on Hopper or older: Megatron "
+                       "warns they need different CUDA_DEVICE_MAX_CONNECTIONS settings (1 for TP/SP, unset for "
+                       "FSDP); the launch script leaves it unset, which Megatron-FSDP's guide says may slow TP and "
+                       "CP communication, a cost the step model does not count")
         elif plan.ep_overlap:
             out.append("MoE all-to-all overlap with tensor/context parallelism on Hopper or older: Megatron "
                        "warns they need different CUDA_DEVICE_MAX_CONNECTIONS settings")
