@@ -320,6 +320,8 @@ def test_megatron_accepts_what_the_emitted_script_launches_for_plans_of_every_ki
     assert flex["overlap_moe_expert_parallel_comm"]
     hsdp = by_name["llama3-8b-hsdp"]
     assert hsdp["use_megatron_fsdp"] and hsdp["num_distributed_optimizer_instances"] == 2
+    # Every Megatron-FSDP launch builds on the meta device; the distributed optimizer's does not need to.
+    assert all(r["init_model_with_meta_device"] == r["use_megatron_fsdp"] for r in by_name.values())
     moe_graphs, dense_graphs = by_name["qwen3-30b-cuda-graphs"], by_name["llama3-8b-cuda-graphs-vpp"]
     assert moe_graphs["cuda_graph_impl"] == dense_graphs["cuda_graph_impl"] == "transformer_engine"
     assert moe_graphs["cuda_graph_modules"] == ["attn", "moe_router", "moe_preprocess"]
@@ -395,6 +397,9 @@ def test_megatron_fsdp_runs_unfused_gradient_accumulation_where_transformer_engi
     new, old, fused_old = run_megatron([f"{records[k]}:hopper" for k in ("te-2.10", "te-2.8", "fused")])
     assert new["ok"] and old["ok"], (new, old)
     assert new["use_megatron_fsdp"] and old["use_megatron_fsdp"]
+    # Built on the meta device, as NVIDIA's Megatron-Bridge performance scripts run Megatron-FSDP: no whole unsharded
+    # model partition on the GPU at start-up, which the (steady-state) memory model does not count.
+    assert new["init_model_with_meta_device"] and old["init_model_with_meta_device"]
     assert not fused_old["ok"] and "requires Transformer Engine version 2.10" in fused_old["error"], fused_old
     # A plan that is not Megatron-FSDP reads no version and adds nothing.
     emit(_request("llama3-8b", "dgx-h100", 8, 4096, 64, Plan(dp=8)), "megatron", tmp_path / "ddp")

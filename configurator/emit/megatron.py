@@ -25,7 +25,12 @@ and Megatron-Core's config dataclasses (checked in CI by Megatron's own ``parse_
   Megatron-Core 0.19's adapter asserts Transformer Engine >= 2.10 when it builds the model, minutes into
   the job: the launch script reads the node's Transformer Engine version first and, below 2.10, adds
   ``--no-gradient-accumulation-fusion`` (the path Megatron-FSDP's user guide lists), saying so
-  (``FSDP_TE_FUSED``).
+  (``FSDP_TE_FUSED``). And ``--init-model-with-meta-device``, as NVIDIA's Megatron-Bridge performance scripts set
+  for every Megatron-FSDP run (``_set_megatron_fsdp_overrides``) and its user guide recommends: without it
+  ``get_model`` builds the rank's whole model partition in bf16 on the GPU before Megatron-FSDP shards it, a
+  transient of 2 bytes per parameter beside the new buffers that the memory model (steady state) does not count and
+  that a ZeRO-3 plan chosen to fit (Llama-3-70B at TP1: 130 GiB) cannot hold; with it the Transformer Engine layers
+  are built on the meta device and materialised layer by layer into the sharded buffers.
 
 The launch script uses torchrun with static rendezvous (``--nnodes --node-rank --master-addr
 --master-port --nproc-per-node``): with c10d rendezvous node ranks come from sorting host addresses,
@@ -267,6 +272,7 @@ def megatron_args(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: Pl
             flag("--num-distributed-optimizer-instances", plan.dp * plan.cp // plan.shard_group)
             flag("--outer-dp-sharding-strategy", "no_shard")
         flag("--ckpt-format", "fsdp_dtensor")  # Megatron-FSDP asserts this checkpoint format
+        flag("--init-model-with-meta-device")  # no whole unsharded model on the GPU at start-up (docstring)
         if job.precision != "fp16":
             # Megatron-FSDP's user guide recommends it (0.19.2 reduces in bf16 by default: sharded_grad_reduce_bytes).
             flag("--grad-reduce-in-bf16")

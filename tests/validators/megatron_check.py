@@ -190,6 +190,7 @@ def check(record: Path) -> dict:
             "hierarchical_context_parallel_sizes": _jsonable(args.hierarchical_context_parallel_sizes),
             "num_distributed_optimizer_instances": args.num_distributed_optimizer_instances,
             "use_megatron_fsdp": args.use_megatron_fsdp,
+            "init_model_with_meta_device": bool(args.init_model_with_meta_device),
             "cuda_graph_impl": config.cuda_graph_impl,
             "cuda_graph_modules": [getattr(m, "name", str(m)) for m in config.cuda_graph_modules],
             "te_rng_tracker": bool(getattr(args, "te_rng_tracker", False)),
