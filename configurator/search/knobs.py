@@ -19,12 +19,12 @@ from dataclasses import replace
 from configurator.cost.constants import CostConstants
 from configurator.cost.knobs import flex_dispatcher_available
 from configurator.ep_buffers import flex_backend, flex_group_supported
+from configurator.recompute import MEGATRON_RUNTIMES
 from configurator.specs.hardware import ClusterSpec
 from configurator.cost.step import StepInputs, StepReport, busy_lower_bound, evaluate
 from configurator.specs.plan import CP_COMMS, MEGATRON_FSDP_SHARDINGS, Plan, cuda_graph_conflicts, ep_overlap_conflicts, \
     unchecked_replacer
 
-MEGATRON_RUNTIMES = ("megatron", "nemo")
 _with_knobs = unchecked_replacer("tp_overlap", "ep_overlap", "cp_comm", "ep_dispatcher", "cuda_graphs")
 """The plan with its five knobs set (``unchecked_replacer``: the bounds build ~30,000 per search)."""
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from configurator.recompute import MEGATRON_RUNTIMES  # (whose ZeRO-2/3 plans are Megatron-FSDP's)
 from configurator.specs.hardware import ClusterSpec
 from configurator.specs.job import JobSpec
 from configurator.specs.model import ModelSpec
@@ -174,10 +175,6 @@ def hsdp_shard_group(ctx: SearchContext, plan: Plan) -> int:
     return inside
 
 
-MEGATRON_FSDP_RUNTIMES = ("megatron", "nemo")
-"""Runtimes whose ZeRO-2/3 plans are Megatron-FSDP's."""
-
-
 def offload_runs(ctx: SearchContext, sharding: str) -> bool:
     """Whether the framework can offload optimizer states to the host under ``sharding``. Not without sharding
     (nothing to offload), and not under Megatron-FSDP: Megatron-Core 0.19's ``HybridDeviceOptimizer``
@@ -188,7 +185,7 @@ def offload_runs(ctx: SearchContext, sharding: str) -> bool:
     model, #4910). The distributed optimizer (ZeRO-1) offloads, as does DeepSpeed's ZeRO."""
     if sharding == "none":
         return False
-    return not (ctx.framework == "megatron" and ctx.runtime in MEGATRON_FSDP_RUNTIMES
+    return not (ctx.framework == "megatron" and ctx.runtime in MEGATRON_RUNTIMES
                 and sharding in MEGATRON_FSDP_SHARDINGS)
 
 
@@ -329,7 +326,7 @@ def enumerate_plans(ctx: SearchContext, stats: SpaceStats | None = None) -> Iter
     yield from walk(0, {})
 
 
-__all__ = ["AXES", "Axis", "MEGATRON_FSDP_RUNTIMES", "MEGATRON_FSDP_SHARDINGS", "SearchContext", "SpaceStats",
+__all__ = ["AXES", "Axis", "MEGATRON_FSDP_SHARDINGS", "SearchContext", "SpaceStats",
            "enumerate_plans", "framework_shardings", "hsdp_shard_group", "max_offload", "offload_runs",
            "search_shardings",
            "structure_plan"]
